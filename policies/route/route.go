@@ -1,0 +1,20 @@
+// Package route holds routing policies: given a request and a view of every instance, pick
+// the instance that serves it. The same policy objects route simulated arrivals and real
+// HTTP requests.
+package route
+
+import (
+	"servelab/policies"
+	"servelab/serving"
+)
+
+// Policy picks an instance for a request. Route returns an index into views (the views'
+// own Index fields need not equal their positions). A policy may keep state across calls
+// (a round-robin cursor, a prefix index, a seeded random source); it is not safe for
+// concurrent use, and callers serialise calls.
+type Policy interface {
+	Route(req *serving.Request, views []serving.InstanceView) int
+}
+
+// Registry holds every routing policy by name.
+var Registry = policies.NewRegistry[Policy]("route")
