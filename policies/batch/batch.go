@@ -20,16 +20,19 @@ type Instance interface {
 	// computed anything are in the prefix cache (0 when prefix caching is off). vLLM
 	// recomputes the last token of a full hit, so the result is below the prompt length.
 	CachedTokens(s *serving.Seq) int
-	// Allocate reserves KV blocks so s can compute numTokens more tokens (taking cached
-	// prefix blocks first for a fresh sequence). It returns false, changing nothing, when
-	// free blocks do not suffice.
+	// Allocate reserves KV blocks so s can compute numTokens more tokens beyond its cached
+	// prefix (for a fresh sequence, the prefix CachedTokens reported is taken from the
+	// cache and counted as computed). It returns false, changing nothing, when free blocks
+	// do not suffice. A successful Allocate must be followed by Schedule of the same chunk.
 	Allocate(s *serving.Seq, numTokens int) bool
 	// Schedule adds a chunk of numTokens for s to the step being planned. A waiting s is
 	// admitted to the running queue.
 	Schedule(s *serving.Seq, numTokens int)
 	// Preempt frees s's blocks and returns it to the front of the waiting queue to be
-	// recomputed later (vLLM's preemption by recompute).
-	Preempt(s *serving.Seq)
+	// recomputed later (vLLM's preemption by recompute). If s was already scheduled in
+	// this step, its chunk is withdrawn and Preempt returns the chunk's token count so the
+	// policy can give it back to its budget.
+	Preempt(s *serving.Seq) (withdrawn int)
 }
 
 // Limits are a policy's scheduling limits, under vLLM's flag names.

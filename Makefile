@@ -1,0 +1,34 @@
+# servelab — the two commands a newcomer needs are `make run` and `make test`.
+GO       ?= go
+BIN      := bin/servelab
+SHARED   ?= ../shared
+# The main job replays the Azure LLM 2023 conversation trace when ../shared has it, else the
+# first 3,000 rows of it shipped in the repo.
+TRACE    ?= $(if $(wildcard $(SHARED)/traces/azure_llm_2023_conv.csv),$(SHARED)/traces/azure_llm_2023_conv.csv,examples/traces/azure_conv_3000.csv)
+RUN_ARGS ?= --instances 4 --model llama-3.1-8b --gpu a100-80g --rate-scale 4 --goodput ttft:2000,tpot:100
+
+.PHONY: all build run test race lint bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/servelab
+
+run: build
+	$(BIN) compare --trace $(TRACE) $(RUN_ARGS) \
+		--router round-robin --router least-request --router power-of-two \
+		--router least-kv --router weighted
+
+test: lint
+	$(GO) test ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: build
+	bash scripts/bench.sh
+
+clean:
+	rm -rf bin

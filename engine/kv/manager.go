@@ -1,0 +1,246 @@
+// Package kv is the paged KV-cache block manager: fixed-size blocks with reference counts,
+// chained block hashes for prefix caching, and eviction of cached blocks through a
+// policies/evict policy. The simulator and the real engine share it.
+package kv
+
+import (
+	"fmt"
+
+	"servelab/policies"
+	"servelab/policies/evict"
+	"servelab/serving"
+)
+
+// Config sizes a block manager.
+type Config struct {
+	// NumBlocks is the number of KV blocks.
+	NumBlocks int
+	// BlockSize is tokens per block; 0 means 16, vLLM's default.
+	BlockSize int
+	// EnablePrefixCaching is vLLM's --enable-prefix-caching.
+	EnablePrefixCaching bool
+	// Evict orders free blocks for reuse; nil means vLLM's LRU.
+	Evict evict.Policy
+	// Events, if set, receives a KV event for every block stored in or removed from the
+	// prefix cache, as vLLM publishes them for routers.
+	Events func(Event)
+}
+
+// EventKind names a KV event after vLLM's kv_events.
+type EventKind uint8
+
+const (
+	BlockStored EventKind = iota
+	BlockRemoved
+)
+
+func (k EventKind) String() string {
+	if k == BlockStored {
+		return "BlockStored"
+	}
+	return "BlockRemoved"
+}
+
+// Event reports blocks that entered or left the prefix cache.
+type Event struct {
+	Kind   EventKind
+	Hashes []uint64
+}
+
+const noHash = 0
+
+// Manager owns the blocks of one engine instance.
+type Manager struct {
+	blockSize int
+	caching   bool
+	evict     evict.Policy
+	events    func(Event)
+
+	ref    []int32
+	hash   []uint64 // noHash when the block holds no cached prefix block
+	hits   []uint32
+	filled []uint64
+	fills  uint64
+	cached map[uint64]int32
+	free   int
+}
+
+// New builds a manager with every block free.
+func New(cfg Config) (*Manager, error) {
+	if cfg.NumBlocks <= 0 {
+		return nil, fmt.Errorf("kv: number of blocks must be positive, got %d", cfg.NumBlocks)
+	}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = 16
+	}
+	if cfg.BlockSize < 0 {
+		return nil, fmt.Errorf("kv: block size must be positive, got %d", cfg.BlockSize)
+	}
+	if cfg.Evict == nil {
+		p, err := evict.Registry.Build(policies.Spec{Name: "lru"}, policies.Env{})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Evict = p
+	}
+	m := &Manager{
+		blockSize: cfg.BlockSize,
+		caching:   cfg.EnablePrefixCaching,
+		evict:     cfg.Evict,
+		events:    cfg.Events,
+		ref:       make([]int32, cfg.NumBlocks),
+		hash:      make([]uint64, cfg.NumBlocks),
+		hits:      make([]uint32, cfg.NumBlocks),
+		filled:    make([]uint64, cfg.NumBlocks),
+		cached:    make(map[uint64]int32),
+		free:      cfg.NumBlocks,
+	}
+	m.evict.Reset(cfg.NumBlocks)
+	return m, nil
+}
+
+// BlockSize is tokens per block.
+func (m *Manager) BlockSize() int { return m.blockSize }
+
+// NumBlocks is the total number of blocks.
+func (m *Manager) NumBlocks() int { return len(m.ref) }
+
+// NumFree is the number of unreferenced blocks, cached or not.
+func (m *Manager) NumFree() int { return m.free }
+
+// NumCached is the number of blocks holding a cached prefix block.
+func (m *Manager) NumCached() int { return len(m.cached) }
+
+// Usage is vLLM's kv_cache_usage_perc: the fraction of blocks referenced by requests.
+func (m *Manager) Usage() float64 { return 1 - float64(m.free)/float64(len(m.ref)) }
+
+// CachedPrefixBlocks returns how many leading blocks of hashes are in the cache.
+func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
+	if !m.caching {
+		return 0
+	}
+	for i, h := range hashes {
+		if _, ok := m.cached[h]; !ok {
+			return i
+		}
+	}
+	return len(hashes)
+}
+
+// BlocksNeeded is how many new blocks s needs to compute numNewTokens more tokens.
+func (m *Manager) BlocksNeeded(s *serving.Seq, numNewTokens int) int {
+	return max(0, m.blocksFor(s.NumComputed+numNewTokens)-len(s.Blocks))
+}
+
+func (m *Manager) blocksFor(tokens int) int { return (tokens + m.blockSize - 1) / m.blockSize }
+
+// Allocate extends s's block table so it covers numNewTokens more tokens. For a fresh
+// sequence, cachedBlocks leading blocks of its prompt (as CachedPrefixBlocks found them)
+// are taken from the cache and count as computed. It returns false, changing nothing,
+// when the free blocks do not suffice.
+func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) bool {
+	covered := s.NumComputed + numNewTokens
+	if cachedBlocks > 0 {
+		if len(s.Blocks) != 0 || s.NumComputed != 0 {
+			panic("kv: prefix blocks offered to a sequence that already has blocks")
+		}
+		covered += cachedBlocks * m.blockSize
+	}
+	need := m.blocksFor(covered) - len(s.Blocks) - cachedBlocks
+	if need <= 0 && cachedBlocks == 0 {
+		return true // the fast path of most decode steps
+	}
+	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
+	reclaimed := 0
+	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
+		if m.ref[m.cached[h]] == 0 {
+			reclaimed++
+		}
+	}
+	if max(need, 0)+reclaimed > m.free {
+		return false
+	}
+	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
+		b := m.cached[h]
+		if m.ref[b] == 0 {
+			m.evict.Touch(b)
+			m.free--
+		}
+		m.ref[b]++
+		m.hits[b]++
+		s.Blocks = append(s.Blocks, b)
+	}
+	for range need {
+		b, ok := m.evict.Pop()
+		if !ok {
+			panic("kv: evict policy has no block though the count says it should")
+		}
+		m.uncache(b)
+		m.ref[b] = 1
+		m.free--
+		s.Blocks = append(s.Blocks, b)
+	}
+	m.cacheFullBlocks(s, covered)
+	return true
+}
+
+// cacheFullBlocks registers the prompt blocks that the scheduled tokens fill, as vLLM v1
+// does when it schedules them.
+func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
+	if !m.caching {
+		return
+	}
+	full := min(covered/m.blockSize, len(s.Req.BlockHashes), len(s.Blocks))
+	for i := full - 1; i >= 0; i-- {
+		b := s.Blocks[i]
+		if m.hash[b] != noHash {
+			break // this block and every one before it were cached earlier
+		}
+		h := s.Req.BlockHashes[i]
+		if _, dup := m.cached[h]; dup {
+			continue // another block holds the same content; keep that one
+		}
+		m.hash[b] = h
+		m.hits[b] = 0
+		m.fills++
+		m.filled[b] = m.fills
+		m.cached[h] = b
+		m.emit(BlockStored, h)
+	}
+}
+
+// uncache drops a block's cached content before the block is reused.
+func (m *Manager) uncache(b int32) {
+	h := m.hash[b]
+	if h == noHash {
+		return
+	}
+	delete(m.cached, h)
+	m.hash[b] = noHash
+	m.hits[b] = 0
+	m.emit(BlockRemoved, h)
+}
+
+func (m *Manager) emit(kind EventKind, h uint64) {
+	if m.events != nil {
+		m.events(Event{Kind: kind, Hashes: []uint64{h}})
+	}
+}
+
+// Free releases s's blocks, last block first, so that under LRU a sequence's tail is
+// reclaimed before the prefix other requests are likelier to share.
+func (m *Manager) Free(s *serving.Seq) {
+	for i := len(s.Blocks) - 1; i >= 0; i-- {
+		b := s.Blocks[i]
+		m.ref[b]--
+		if m.ref[b] > 0 {
+			continue
+		}
+		if m.ref[b] < 0 {
+			panic(fmt.Sprintf("kv: block %d freed more often than referenced", b))
+		}
+		m.free++
+		m.evict.Free(b, evict.BlockInfo{Cached: m.hash[b] != noHash, Hits: m.hits[b], Filled: m.filled[b]})
+	}
+	s.Blocks = s.Blocks[:0]
+}

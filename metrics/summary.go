@@ -1,0 +1,231 @@
+// Package metrics turns per-request records into the summary that vLLM's benchmark
+// (`vllm bench serve`) prints, under the same names and with the same definitions, so a
+// simulated run and a measured one read alike.
+package metrics
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/gonum/stat"
+
+	"servelab/serving"
+)
+
+// SLO holds goodput targets in milliseconds, as vLLM's --goodput ttft:MS tpot:MS e2el:MS;
+// zero means no target.
+type SLO struct {
+	TTFTMs, TPOTMs, E2ELMs float64
+}
+
+// ParseSLO reads "ttft:500,tpot:50" (entries may also be given one per string).
+func ParseSLO(entries ...string) (SLO, error) {
+	var slo SLO
+	for _, entry := range entries {
+		for _, kv := range strings.Split(entry, ",") {
+			kv = strings.TrimSpace(kv)
+			if kv == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(kv, ":")
+			if !ok {
+				return SLO{}, fmt.Errorf("goodput %q: want metric:milliseconds", kv)
+			}
+			ms, err := strconv.ParseFloat(v, 64)
+			if err != nil || ms <= 0 || math.IsInf(ms, 0) {
+				return SLO{}, fmt.Errorf("goodput %q: %q is not a positive number of milliseconds", kv, v)
+			}
+			switch k {
+			case "ttft":
+				slo.TTFTMs = ms
+			case "tpot":
+				slo.TPOTMs = ms
+			case "e2el":
+				slo.E2ELMs = ms
+			default:
+				return SLO{}, fmt.Errorf("goodput %q: unknown metric %q (want ttft, tpot or e2el)", kv, k)
+			}
+		}
+	}
+	return slo, nil
+}
+
+// Met reports whether a finished request met every target.
+func (s SLO) Met(r *serving.Record) bool {
+	if s.TTFTMs > 0 && r.TTFT()*1000 > s.TTFTMs {
+		return false
+	}
+	if s.E2ELMs > 0 && r.E2E()*1000 > s.E2ELMs {
+		return false
+	}
+	if tpot, ok := r.TPOT(); ok && s.TPOTMs > 0 && tpot*1000 > s.TPOTMs {
+		return false
+	}
+	return true
+}
+
+// Summary is a run's result under vLLM benchmark names (times in ms, throughputs per
+// second of duration), plus the cache and preemption counters of the engines.
+type Summary struct {
+	Completed            int     `json:"completed"`
+	Failed               int     `json:"failed"`
+	TotalInputTokens     int64   `json:"total_input_tokens"`
+	TotalOutputTokens    int64   `json:"total_output_tokens"`
+	Duration             float64 `json:"duration"`
+	RequestThroughput    float64 `json:"request_throughput"`
+	RequestGoodput       float64 `json:"request_goodput"`
+	OutputThroughput     float64 `json:"output_throughput"`
+	TotalTokenThroughput float64 `json:"total_token_throughput"`
+
+	MeanTTFTMs   float64 `json:"mean_ttft_ms"`
+	MedianTTFTMs float64 `json:"median_ttft_ms"`
+	StdTTFTMs    float64 `json:"std_ttft_ms"`
+	P90TTFTMs    float64 `json:"p90_ttft_ms"`
+	P99TTFTMs    float64 `json:"p99_ttft_ms"`
+
+	MeanTPOTMs   float64 `json:"mean_tpot_ms"`
+	MedianTPOTMs float64 `json:"median_tpot_ms"`
+	StdTPOTMs    float64 `json:"std_tpot_ms"`
+	P90TPOTMs    float64 `json:"p90_tpot_ms"`
+	P99TPOTMs    float64 `json:"p99_tpot_ms"`
+
+	MeanITLMs   float64 `json:"mean_itl_ms"`
+	MedianITLMs float64 `json:"median_itl_ms"`
+	StdITLMs    float64 `json:"std_itl_ms"`
+	P90ITLMs    float64 `json:"p90_itl_ms"`
+	P99ITLMs    float64 `json:"p99_itl_ms"`
+
+	MeanE2ELMs   float64 `json:"mean_e2el_ms"`
+	MedianE2ELMs float64 `json:"median_e2el_ms"`
+	StdE2ELMs    float64 `json:"std_e2el_ms"`
+	P90E2ELMs    float64 `json:"p90_e2el_ms"`
+	P99E2ELMs    float64 `json:"p99_e2el_ms"`
+
+	// PrefixCacheHitRate is hits over queries in prompt tokens, as vLLM's
+	// prefix_cache_hits / prefix_cache_queries.
+	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
+	// Preemptions is the engines' total of vllm:num_preemptions.
+	Preemptions int64 `json:"preemptions"`
+}
+
+// EngineCounters are the engine-side counters a summary reports.
+type EngineCounters struct {
+	PrefixCacheQueries, PrefixCacheHits, Preemptions int64
+}
+
+// Collector accumulates records and inter-token latencies as a run produces them.
+type Collector struct {
+	slo                 SLO
+	ttft, tpot, e2el    []float64
+	itl                 runs
+	completed, failed   int
+	good                int
+	inputTokens, output int64
+}
+
+// NewCollector returns a collector that judges goodput against slo.
+func NewCollector(slo SLO) *Collector { return &Collector{slo: slo} }
+
+// Add takes one record.
+func (c *Collector) Add(r *serving.Record) {
+	if r.Failed {
+		c.failed++
+		return
+	}
+	c.completed++
+	c.inputTokens += int64(r.PromptTokens)
+	c.output += int64(r.OutputTokens)
+	c.ttft = append(c.ttft, r.TTFT())
+	c.e2el = append(c.e2el, r.E2E())
+	if tpot, ok := r.TPOT(); ok {
+		c.tpot = append(c.tpot, tpot)
+	}
+	if c.slo.Met(r) {
+		c.good++
+	}
+}
+
+// AddITL takes one inter-token latency in seconds. Consecutive equal values are merged,
+// so a step that advances a whole batch costs one entry however large the batch.
+func (c *Collector) AddITL(seconds float64) { c.itl.add(seconds, 1) }
+
+// AddITLs takes n equal inter-token latencies.
+func (c *Collector) AddITLs(seconds float64, n int) { c.itl.add(seconds, float64(n)) }
+
+// Summary computes the summary of a run that lasted duration seconds.
+func (c *Collector) Summary(duration float64, eng EngineCounters) Summary {
+	s := Summary{
+		Completed:         c.completed,
+		Failed:            c.failed,
+		TotalInputTokens:  c.inputTokens,
+		TotalOutputTokens: c.output,
+		Duration:          duration,
+		Preemptions:       eng.Preemptions,
+	}
+	if duration > 0 {
+		s.RequestThroughput = float64(c.completed) / duration
+		s.RequestGoodput = float64(c.good) / duration
+		s.OutputThroughput = float64(c.output) / duration
+		s.TotalTokenThroughput = float64(c.inputTokens+c.output) / duration
+	}
+	if eng.PrefixCacheQueries > 0 {
+		s.PrefixCacheHitRate = float64(eng.PrefixCacheHits) / float64(eng.PrefixCacheQueries)
+	}
+	s.MeanTTFTMs, s.MedianTTFTMs, s.StdTTFTMs, s.P90TTFTMs, s.P99TTFTMs = describe(c.ttft, nil)
+	s.MeanTPOTMs, s.MedianTPOTMs, s.StdTPOTMs, s.P90TPOTMs, s.P99TPOTMs = describe(c.tpot, nil)
+	s.MeanE2ELMs, s.MedianE2ELMs, s.StdE2ELMs, s.P90E2ELMs, s.P99E2ELMs = describe(c.e2el, nil)
+	itl, weights := c.itl.sorted()
+	s.MeanITLMs, s.MedianITLMs, s.StdITLMs, s.P90ITLMs, s.P99ITLMs = describe(itl, weights)
+	return s
+}
+
+// describe returns mean, median, population standard deviation (numpy's default, as vLLM
+// uses), p90 and p99 of x in milliseconds; weights, if given, count repeats of each value.
+func describe(x, weights []float64) (mean, median, std, p90, p99 float64) {
+	if len(x) == 0 {
+		return 0, 0, 0, 0, 0
+	}
+	if weights == nil {
+		x = slices.Clone(x)
+		slices.Sort(x)
+	}
+	mean, std = stat.PopMeanStdDev(x, weights)
+	ms := func(v float64) float64 { return v * 1000 }
+	return ms(mean), ms(Percentile(x, weights, 50)), ms(std), ms(Percentile(x, weights, 90)), ms(Percentile(x, weights, 99))
+}
+
+// Percentile is numpy.percentile's default (linear interpolation between closest ranks)
+// over sorted values x, each repeated weights[i] times when weights is not nil.
+func Percentile(x, weights []float64, p float64) float64 {
+	if len(x) == 0 {
+		return 0
+	}
+	if weights == nil {
+		rank := p / 100 * float64(len(x)-1)
+		lo := int(math.Floor(rank))
+		hi := min(lo+1, len(x)-1)
+		return x[lo] + (x[hi]-x[lo])*(rank-float64(lo))
+	}
+	var total float64
+	for _, w := range weights {
+		total += w
+	}
+	rank := p / 100 * (total - 1)
+	lo := math.Floor(rank)
+	return valueAt(x, weights, lo) + (valueAt(x, weights, min(lo+1, total-1))-valueAt(x, weights, lo))*(rank-lo)
+}
+
+// valueAt is the value at position pos of the expanded sorted sample.
+func valueAt(x, weights []float64, pos float64) float64 {
+	var seen float64
+	for i, w := range weights {
+		seen += w
+		if pos < seen {
+			return x[i]
+		}
+	}
+	return x[len(x)-1]
+}
