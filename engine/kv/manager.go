@@ -61,8 +61,13 @@ type Manager struct {
 	hits   []uint32
 	filled []uint64
 	fills  uint64
-	cached map[uint64]int32
-	free   int
+	// cached maps a hash to one block holding it. Blocks with equal content (a prompt
+	// recomputing its last block, or a prefix whose head was evicted while its tail
+	// stayed) are chained through samePrev/sameNext, so evicting one keeps the others
+	// findable, as vLLM keeps several blocks per hash.
+	cached             map[uint64]int32
+	samePrev, sameNext []int32
+	free               int
 }
 
 // New builds a manager with every block free.
@@ -93,6 +98,8 @@ func New(cfg Config) (*Manager, error) {
 		hits:      make([]uint32, cfg.NumBlocks),
 		filled:    make([]uint64, cfg.NumBlocks),
 		cached:    make(map[uint64]int32),
+		samePrev:  make([]int32, cfg.NumBlocks),
+		sameNext:  make([]int32, cfg.NumBlocks),
 		free:      cfg.NumBlocks,
 	}
 	m.evict.Reset(cfg.NumBlocks)
@@ -197,28 +204,51 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 			break // this block and every one before it were cached earlier
 		}
 		h := s.Req.BlockHashes[i]
-		if _, dup := m.cached[h]; dup {
-			continue // another block holds the same content; keep that one
-		}
 		m.hash[b] = h
 		m.hits[b] = 0
 		m.fills++
 		m.filled[b] = m.fills
+		m.samePrev[b] = none
+		if head, dup := m.cached[h]; dup {
+			// Chain behind the block already found for this hash.
+			m.sameNext[b] = m.sameNext[head]
+			if next := m.sameNext[head]; next != none {
+				m.samePrev[next] = b
+			}
+			m.sameNext[head] = b
+			m.samePrev[b] = head
+			continue
+		}
+		m.sameNext[b] = none
 		m.cached[h] = b
 		m.emit(BlockStored, h)
 	}
 }
 
-// uncache drops a block's cached content before the block is reused.
+const none int32 = -1
+
+// uncache drops a block's cached content before the block is reused. The hash leaves the
+// cache only with the last block that holds it.
 func (m *Manager) uncache(b int32) {
 	h := m.hash[b]
 	if h == noHash {
 		return
 	}
-	delete(m.cached, h)
+	prev, next := m.samePrev[b], m.sameNext[b]
+	if next != none {
+		m.samePrev[next] = prev
+	}
+	switch {
+	case prev != none:
+		m.sameNext[prev] = next
+	case next != none:
+		m.cached[h] = next
+	default:
+		delete(m.cached, h)
+		m.emit(BlockRemoved, h)
+	}
 	m.hash[b] = noHash
 	m.hits[b] = 0
-	m.emit(BlockRemoved, h)
 }
 
 func (m *Manager) emit(kind EventKind, h uint64) {
