@@ -32,6 +32,9 @@ type StepShape struct {
 	// ContextTokens is the KV tokens read by attention: the sum over sequences of the
 	// context before the step plus its new tokens.
 	ContextTokens int
+	// DecodeContextTokens is the part of ContextTokens read by decoding sequences: the
+	// query-key pairs of their attention.
+	DecodeContextTokens int
 	// PrefillAttention is the sum over prefill chunks of new*(context+new/2): the number of
 	// query-key pairs the chunk's causal attention computes.
 	PrefillAttention float64
@@ -62,6 +65,7 @@ func (s *Step) Add(seq *Seq, numTokens int) {
 		s.Shape.PrefillAttention += float64(numTokens) * (float64(ctx) + float64(numTokens)/2)
 	} else {
 		s.Shape.DecodeSeqs++
+		s.Shape.DecodeContextTokens += ctx + numTokens
 	}
 	s.Shape.ContextTokens += ctx + numTokens
 }

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"servelab/sim"
+)
+
+func newCompareCmd() *cobra.Command {
+	var f simFlags
+	var routers []string
+	cmd := &cobra.Command{
+		Use:   "compare --trace FILE --router SPEC --router SPEC ... [flags]",
+		Short: "Simulate one trace under several routing policies and print a comparison table",
+		Long:  "Run the same trace and cluster once per --router and compare the results.\n\n" + policyHelp(),
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(routers) < 1 {
+				return fmt.Errorf("give at least one --router")
+			}
+			rows := make([]compareRow, 0, len(routers))
+			for _, r := range routers {
+				cluster := f.cluster
+				cluster.Router = r
+				res, err := f.simulate(cluster, nil)
+				if err != nil {
+					return fmt.Errorf("router %q: %w", r, err)
+				}
+				rows = append(rows, compareRow{router: r, result: res})
+			}
+			printComparison(cmd.OutOrStdout(), f, rows)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringArrayVar(&routers, "router", nil, "routing policy spec to compare (repeat the flag)")
+	return cmd
+}
+
+type compareRow struct {
+	router string
+	result sim.Result
+}
+
+func printComparison(w io.Writer, f simFlags, rows []compareRow) {
+	c := f.cluster
+	fmt.Fprintf(w, "trace %s (rate x%g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
+		f.trace, f.rateScale, c.Instances, c.Model, c.GPU, c.TP, c.Batch, c.Evict, c.Seed)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "router\tcompleted\treq/s\tgoodput\tout tok/s\tmean TTFT ms\tp99 TTFT ms\tmean TPOT ms\tp99 TPOT ms\tp99 ITL ms\tmean E2E ms\tprefix hit %\tpreempt\t")
+	for _, r := range rows {
+		s := r.result.Summary
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f\t%d\t\n",
+			r.router, s.Completed, s.RequestThroughput, s.RequestGoodput, s.OutputThroughput,
+			s.MeanTTFTMs, s.P99TTFTMs, s.MeanTPOTMs, s.P99TPOTMs, s.P99ITLMs, s.MeanE2ELMs,
+			s.PrefixCacheHitRate*100, s.Preemptions)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"servelab/metrics"
+)
+
+const azureSlice = "../../examples/traces/azure_conv_3000.csv"
+const mooncakeSlice = "../../examples/traces/mooncake_conv_500.jsonl"
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestSimJSONIsDeterministic(t *testing.T) {
+	args := []string{"sim", "--trace", mooncakeSlice, "--instances", "2", "--router", "weighted:prefix=3,queue=1,kv=1",
+		"--batch", "vllm", "--evict", "lru", "--model", "llama-3.1-8b", "--gpu", "h100", "--seed", "7", "--json",
+		"--goodput", "ttft:2000"}
+	first, err := run(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := run(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != second {
+		t.Error("same inputs and seed gave different output")
+	}
+	var s metrics.Summary
+	dec := json.NewDecoder(strings.NewReader(first))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		t.Fatalf("output is not a summary: %v\n%s", err, first)
+	}
+	if s.Completed+s.Failed != 500 || s.PrefixCacheHitRate <= 0 {
+		t.Errorf("completed %d + failed %d of 500, prefix hit rate %g", s.Completed, s.Failed, s.PrefixCacheHitRate)
+	}
+}
+
+func TestSimOutDir(t *testing.T) {
+	dir := t.TempDir()
+	_, err := run(t, "sim", "--trace", azureSlice, "--max-requests", "200", "--instances", "2", "--out", dir, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"summary.json", "config.json", "records.jsonl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("missing %s: %v", name, err)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "records.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "\n"); n != 200 {
+		t.Errorf("records.jsonl has %d lines, want 200", n)
+	}
+}
+
+func TestSimErrorsNameTheProblem(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sim"}, "--trace"},
+		{[]string{"sim", "--trace", azureSlice, "--router", "fastest"}, "fastest"},
+		{[]string{"sim", "--trace", azureSlice, "--batch", "vllm:max_num_seqs=x"}, "max_num_seqs"},
+		{[]string{"sim", "--trace", azureSlice, "--evict", "lru:size=3"}, "size"},
+		{[]string{"sim", "--trace", azureSlice, "--gpu", "tpu"}, "tpu"},
+		{[]string{"sim", "--trace", azureSlice, "--model", "gpt-5"}, "gpt-5"},
+		{[]string{"sim", "--trace", "no/such/file.csv"}, "no/such/file.csv"},
+		{[]string{"sim", "--trace", azureSlice, "--goodput", "ttft:-3"}, "ttft"},
+	} {
+		_, err := run(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one mentioning %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestSimHelpListsPolicies(t *testing.T) {
+	out, err := run(t, "sim", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"round-robin", "prefix-affinity", "weighted", "vllm", "priority", "static", "lru", "lfu", "fifo", "max_num_batched_tokens", "--goodput"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sim --help does not mention %q", want)
+		}
+	}
+}
+
+func TestCompare(t *testing.T) {
+	out, err := run(t, "compare", "--trace", azureSlice, "--max-requests", "300", "--instances", "2",
+		"--router", "round-robin", "--router", "least-request", "--router", "weighted:prefix=3,queue=2,kv=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"round-robin", "least-request", "weighted:prefix=3,queue=2,kv=2", "p99 TTFT ms"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("comparison lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"servelab/metrics"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+	"servelab/policies/route"
+	"servelab/serving"
+	"servelab/sim"
+	"servelab/sim/latency"
+	"servelab/traces"
+)
+
+// simFlags are the flags of a simulated run, shared by sim and compare.
+type simFlags struct {
+	cluster     sim.ClusterSpec
+	trace       string
+	format      string
+	rateScale   float64
+	maxRequests int
+	goodput     []string
+}
+
+func (f *simFlags) register(cmd *cobra.Command) {
+	f.cluster = sim.DefaultClusterSpec()
+	fl := cmd.Flags()
+	fl.StringVar(&f.trace, "trace", "", "trace file to replay (required)")
+	fl.StringVar(&f.format, "format", "", "trace format: azure, mooncake, burstgpt or native (guessed from the file when empty)")
+	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate (arrival times are divided by it)")
+	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
+	fl.IntVar(&f.cluster.Instances, "instances", f.cluster.Instances, "number of engine instances")
+	fl.StringVar(&f.cluster.Batch, "batch", f.cluster.Batch, "batch policy spec (see below)")
+	fl.StringVar(&f.cluster.Evict, "evict", f.cluster.Evict, "eviction policy spec (see below)")
+	fl.StringVar(&f.cluster.Model, "model", f.cluster.Model, "model: "+strings.Join(latency.ModelNames(), ", ")+", or a Hugging Face config.json")
+	fl.StringVar(&f.cluster.GPU, "gpu", f.cluster.GPU, "GPU: "+strings.Join(latency.GPUNames(), ", "))
+	fl.IntVar(&f.cluster.TP, "tp", f.cluster.TP, "tensor-parallel size of each instance")
+	fl.StringVar(&f.cluster.Latency, "latency", f.cluster.Latency, "step-time model: roofline, or linear:FILE / profile:FILE (a profile of the real engine)")
+	fl.IntVar(&f.cluster.BlockSize, "block-size", f.cluster.BlockSize, "KV block size in tokens")
+	fl.IntVar(&f.cluster.NumGPUBlocksOverride, "num-gpu-blocks-override", 0, "KV blocks per instance, overriding the latency model's memory budget")
+	fl.Float64Var(&f.cluster.GPUMemoryUtilization, "gpu-memory-utilization", f.cluster.GPUMemoryUtilization, "fraction of GPU memory for weights, activations and KV cache")
+	fl.BoolVar(&f.cluster.EnablePrefixCaching, "enable-prefix-caching", f.cluster.EnablePrefixCaching, "reuse cached KV blocks of shared prefixes")
+	fl.IntVar(&f.cluster.MaxModelLen, "max-model-len", 0, "longest prompt plus output served (0: the model's max_position_embeddings)")
+	fl.Uint64Var(&f.cluster.Seed, "seed", 0, "seed of every policy's random source")
+	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
+}
+
+// policyHelp lists every policy with its parameters, for the commands' long help.
+func policyHelp() string {
+	return "Routing policies (--router; also an llm-d EndpointPickerConfig YAML file):\n" + route.Registry.Help() +
+		"\nBatch policies (--batch):\n" + batch.Registry.Help() +
+		"\nEviction policies (--evict):\n" + evict.Registry.Help() +
+		"\nA spec is NAME or NAME:key=value,key=value, e.g. weighted:prefix=3,queue=1,kv=1\n"
+}
+
+// openTrace opens the trace with the requested scaling and limit.
+func (f *simFlags) openTrace() (traces.Reader, io.Closer, error) {
+	if f.trace == "" {
+		return nil, nil, fmt.Errorf("--trace is required")
+	}
+	if f.rateScale <= 0 {
+		return nil, nil, fmt.Errorf("--rate-scale must be positive, got %g", f.rateScale)
+	}
+	r, c, err := traces.Open(f.trace, traces.Format(f.format))
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.rateScale != 1 {
+		r = traces.ScaleRate(r, f.rateScale)
+	}
+	if f.maxRequests > 0 {
+		r = traces.Limit(r, f.maxRequests)
+	}
+	return r, c, nil
+}
+
+// simulate runs the flags' trace on cluster.
+func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Record) error) (sim.Result, error) {
+	slo, err := metrics.ParseSLO(f.goodput...)
+	if err != nil {
+		return sim.Result{}, err
+	}
+	cfg, err := cluster.Build(slo)
+	if err != nil {
+		return sim.Result{}, err
+	}
+	cfg.OnRecord = onRecord
+	src, closer, err := f.openTrace()
+	if err != nil {
+		return sim.Result{}, err
+	}
+	defer closer.Close()
+	return sim.Run(cfg, src)
+}
+
+func newSimCmd() *cobra.Command {
+	var f simFlags
+	var out string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "sim --trace FILE [flags]",
+		Short: "Simulate a serving cluster on a trace and print vLLM-style benchmark metrics",
+		Long: "Simulate a serving cluster replaying a trace: each instance runs the engine's real scheduler,\n" +
+			"KV block manager and policies, with a latency model in place of the GPU.\n\n" + policyHelp(),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var records *recordWriter
+			if out != "" {
+				var err error
+				if records, err = newRecordWriter(out); err != nil {
+					return err
+				}
+			}
+			var onRecord func(*serving.Record) error
+			if records != nil {
+				onRecord = records.write
+			}
+			res, err := f.simulate(f.cluster, onRecord)
+			if records != nil {
+				if cerr := records.close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if out != "" {
+				if err := writeRunDir(out, f, res.Summary); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), res.Summary)
+			}
+			printSummary(cmd.OutOrStdout(), f.cluster.Router, res)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (see below)")
+	cmd.Flags().StringVar(&out, "out", "", "also write summary.json, records.jsonl and config.json to this directory")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// writeRunDir writes a run's summary and the configuration it ran with.
+func writeRunDir(dir string, f simFlags, s metrics.Summary) error {
+	config := struct {
+		Trace       string          `json:"trace"`
+		Format      string          `json:"format,omitempty"`
+		RateScale   float64         `json:"rate_scale"`
+		MaxRequests int             `json:"max_requests,omitempty"`
+		Goodput     []string        `json:"goodput,omitempty"`
+		Cluster     sim.ClusterSpec `json:"cluster"`
+	}{f.trace, f.format, f.rateScale, f.maxRequests, f.goodput, f.cluster}
+	for name, v := range map[string]any{"summary.json": s, "config.json": config} {
+		file, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		err = writeJSON(file, v)
+		if cerr := file.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordWriter streams per-request records as JSON lines.
+type recordWriter struct {
+	file *os.File
+	buf  *bufio.Writer
+	enc  *json.Encoder
+}
+
+func newRecordWriter(dir string) (*recordWriter, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	file, err := os.Create(filepath.Join(dir, "records.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	buf := bufio.NewWriterSize(file, 1<<20)
+	return &recordWriter{file: file, buf: buf, enc: json.NewEncoder(buf)}, nil
+}
+
+func (w *recordWriter) write(r *serving.Record) error { return w.enc.Encode(r) }
+
+func (w *recordWriter) close() error {
+	err := w.buf.Flush()
+	if cerr := w.file.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// printSummary prints a run as vLLM's benchmark does.
+func printSummary(w io.Writer, title string, r sim.Result) {
+	s := r.Summary
+	line := func(name string, v any) { fmt.Fprintf(w, "%-40s %v\n", name+":", v) }
+	num := func(name string, v float64) { fmt.Fprintf(w, "%-40s %.2f\n", name+":", v) }
+	fmt.Fprintf(w, "%s\n", center(" Serving Benchmark Result ("+title+") ", 60, '='))
+	line("Successful requests", s.Completed)
+	line("Failed requests", s.Failed)
+	num("Benchmark duration (s)", s.Duration)
+	line("Total input tokens", s.TotalInputTokens)
+	line("Total generated tokens", s.TotalOutputTokens)
+	num("Request throughput (req/s)", s.RequestThroughput)
+	num("Request goodput (req/s)", s.RequestGoodput)
+	num("Output token throughput (tok/s)", s.OutputThroughput)
+	num("Total Token throughput (tok/s)", s.TotalTokenThroughput)
+	for _, m := range []struct {
+		title, name                 string
+		mean, median, p90, p99, std float64
+	}{
+		{"Time to First Token", "TTFT", s.MeanTTFTMs, s.MedianTTFTMs, s.P90TTFTMs, s.P99TTFTMs, s.StdTTFTMs},
+		{"Time per Output Token (excl. 1st token)", "TPOT", s.MeanTPOTMs, s.MedianTPOTMs, s.P90TPOTMs, s.P99TPOTMs, s.StdTPOTMs},
+		{"Inter-token Latency", "ITL", s.MeanITLMs, s.MedianITLMs, s.P90ITLMs, s.P99ITLMs, s.StdITLMs},
+		{"End-to-end Latency", "E2EL", s.MeanE2ELMs, s.MedianE2ELMs, s.P90E2ELMs, s.P99E2ELMs, s.StdE2ELMs},
+	} {
+		fmt.Fprintf(w, "%s\n", center(m.title, 60, '-'))
+		num("Mean "+m.name+" (ms)", m.mean)
+		num("Median "+m.name+" (ms)", m.median)
+		num("P90 "+m.name+" (ms)", m.p90)
+		num("P99 "+m.name+" (ms)", m.p99)
+	}
+	fmt.Fprintf(w, "%s\n", center("Engine", 60, '-'))
+	num("Prefix cache hit rate (%)", s.PrefixCacheHitRate*100)
+	line("Preemptions", s.Preemptions)
+	line("Engine steps simulated", r.Steps)
+	fmt.Fprintf(w, "%s\n", strings.Repeat("=", 60))
+}
+
+func center(s string, width int, pad rune) string {
+	if len(s) >= width {
+		return s
+	}
+	left := (width - len(s)) / 2
+	return strings.Repeat(string(pad), left) + s + strings.Repeat(string(pad), width-len(s)-left)
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# make bench: measures the simulator end to end and its hot paths, and writes
+# docs/BENCHMARKS.md with the machine, the commands and medians.
+#
+# Optional peer: set BLIS_BIN to a built BLIS binary (github.com/inference-sim/inference-sim)
+# to run it side by side on the same workload; BLIS_FULL=1 adds its 100,000-request run
+# (about 7 minutes here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=bin/servelab
+SHARED=${SHARED:-../shared}
+REPS=${REPS:-5}
+OUT=docs/BENCHMARKS.md
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ ! -x /usr/bin/time ]; then
+  echo "installing GNU time (Debian package 'time') to measure peak RSS" >&2
+  (apt-get update -qq && apt-get install -y -qq time) >/dev/null
+fi
+
+# measure CMD...: runs the command REPS times; prints "median_wall_s max_rss_mb".
+measure() {
+  local reps=$1; shift
+  local walls=() rss=0
+  for _ in $(seq "$reps"); do
+    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >"$WORK/stdout"
+    read -r wall kb <"$WORK/time"
+    walls+=("$wall")
+    [ "$kb" -gt "$rss" ] && rss=$kb
+  done
+  local median
+  median=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
+  echo "$median $((rss / 1024))"
+}
+
+row() { # name command reps
+  local name=$1 reps=$2; shift 2
+  read -r wall rss < <(measure "$reps" "$@")
+  echo "| $name | \`${*}\` | $reps | $wall | $rss |" >>"$WORK/e2e.md"
+  echo "$name: median ${wall}s, peak ${rss} MB" >&2
+}
+
+: >"$WORK/e2e.md"
+AZURE=$SHARED/traces/azure_llm_2023_conv.csv
+[ -f "$AZURE" ] || AZURE=examples/traces/azure_conv_3000.csv
+
+row "Azure conv trace, 8 x H100, Llama-3.1-8B" "$REPS" \
+  $BIN sim --trace "$AZURE" --instances 8 --gpu h100 --model llama-3.1-8b --router least-request --json
+
+$BIN trace synth --requests 1000000 --rate 1000 --input-mean 1024 --output-mean 256 --prefix-groups 64 --seed 1 --out "$WORK/synth_1m.jsonl"
+row "1,000,000 synthetic requests, 64 x H100, Llama-3.1-8B" 1 \
+  $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router weighted --json
+
+# The BLIS workload: fixed 512 input / 512 output tokens, 1 instance, roofline, H100, Qwen2.5-7B.
+for n in 10000 100000; do
+  $BIN trace synth --requests $n --rate "${BLIS_RATE:-20}" --input-mean 512 --output-mean 512 --input-sigma 0 --output-sigma 0 --seed 1 --out "$WORK/fixed_$n.jsonl"
+  row "$n requests 512/512, 1 x H100, Qwen2.5-7B (servelab)" 3 \
+    $BIN sim --trace "$WORK/fixed_$n.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --json
+done
+if [ -n "${BLIS_BIN:-}" ]; then
+  row "10000 requests 512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 10000
+  if [ -n "${BLIS_FULL:-}" ]; then
+    row "100000 requests 512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 100000
+  fi
+fi
+
+echo "running go test benchmarks (count $REPS)" >&2
+go test -run '^$' -bench . -benchmem -count "$REPS" ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... >"$WORK/bench.txt"
+go run golang.org/x/perf/cmd/benchstat@v0.0.0-20250813145418-2f7363a06fe1 "$WORK/bench.txt" >"$WORK/benchstat.txt"
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%d)."
+  echo
+  echo "## Machine"
+  echo
+  echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
+  echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "- $(go version)"
+  echo "- Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo
+  echo "## End to end"
+  echo
+  echo "Wall time is the median of the repetitions; peak RSS the largest seen (GNU time)."
+  echo
+  echo "| run | command | reps | wall s (median) | peak RSS MB |"
+  echo "| --- | --- | ---: | ---: | ---: |"
+  cat "$WORK/e2e.md"
+  echo
+  if [ -f docs/benchmarks-notes.md ]; then cat docs/benchmarks-notes.md; echo; fi
+  echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
+  echo
+  echo '```'
+  cat "$WORK/benchstat.txt"
+  echo '```'
+} >"$OUT"
+echo "wrote $OUT" >&2

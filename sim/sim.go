@@ -1,0 +1,294 @@
+// Package sim is a discrete-event simulator of an LLM serving cluster: instances running
+// the real engine core (scheduler, KV block manager, batch and evict policies) with a
+// latency model in place of a GPU, behind a router running a real routing policy, driven by
+// a trace.
+//
+// Cost model: an instance's steps are independent of the rest of the cluster until the
+// next arrival, the only event that reads or changes more than one instance. So when an
+// instance's step ends before the next arrival, the simulator plans and completes its next
+// step at once instead of queueing an event for it; the event queue only ever holds one
+// pending step per busy instance, and a long decode phase costs one loop iteration per
+// step with no heap traffic.
+package sim
+
+import (
+	"fmt"
+	"math"
+
+	"servelab/engine/core"
+	"servelab/engine/kv"
+	"servelab/metrics"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+	"servelab/policies/route"
+	"servelab/serving"
+	"servelab/sim/latency"
+	"servelab/traces"
+)
+
+// Config describes a simulated cluster.
+type Config struct {
+	Instances int
+	Router    route.Policy
+	// NewBatch and NewEvict build one policy object per instance (policies keep state).
+	NewBatch func(instance int) (batch.Policy, error)
+	NewEvict func(instance int) (evict.Policy, error)
+	// KVBlocks and BlockSize size each instance's KV cache.
+	KVBlocks, BlockSize int
+	// PrefixCaching is vLLM's --enable-prefix-caching.
+	PrefixCaching bool
+	// MaxModelLen rejects requests whose prompt plus output exceed it (0: no limit besides
+	// the KV cache's capacity).
+	MaxModelLen int
+	Latency     latency.Model
+	SLO         metrics.SLO
+	// OnRecord, if set, receives every finished or rejected request's record.
+	OnRecord func(*serving.Record) error
+}
+
+// Result is what a run produced.
+type Result struct {
+	Summary metrics.Summary
+	// Requests is the number of trace rows read.
+	Requests int64
+	// Steps is the engine steps executed across instances.
+	Steps int64
+	// Events is the step-end events that went through the event queue; the rest of the
+	// steps were run ahead without one.
+	Events int64
+}
+
+type instance struct {
+	core *core.Instance
+	busy bool
+	step *serving.Step
+}
+
+type simulation struct {
+	cfg       Config
+	instances []instance
+	views     []serving.InstanceView
+	queue     eventQueue
+	collector *metrics.Collector
+	result    Result
+	lastEnd   float64
+	capacity  int
+	err       error
+	// queueEveryStep sends every step through the event queue, the plain discrete-event
+	// schedule that running ahead must reproduce exactly (tests compare the two).
+	queueEveryStep bool
+}
+
+// Run simulates the trace read from src.
+func Run(cfg Config, src traces.Reader) (Result, error) {
+	s, err := newSimulation(cfg)
+	if err != nil {
+		return Result{}, err
+	}
+	return s.run(src)
+}
+
+func newSimulation(cfg Config) (*simulation, error) {
+	switch {
+	case cfg.Instances <= 0:
+		return nil, fmt.Errorf("sim: instances must be positive, got %d", cfg.Instances)
+	case cfg.Router == nil:
+		return nil, fmt.Errorf("sim: no router policy")
+	case cfg.Latency == nil:
+		return nil, fmt.Errorf("sim: no latency model")
+	case cfg.KVBlocks <= 0:
+		return nil, fmt.Errorf("sim: KV blocks must be positive, got %d", cfg.KVBlocks)
+	}
+	if cfg.BlockSize <= 0 {
+		cfg.BlockSize = 16
+	}
+	s := &simulation{
+		cfg:       cfg,
+		instances: make([]instance, cfg.Instances),
+		views:     make([]serving.InstanceView, cfg.Instances),
+		collector: metrics.NewCollector(cfg.SLO),
+		capacity:  cfg.KVBlocks * cfg.BlockSize,
+	}
+	if cfg.MaxModelLen > 0 {
+		s.capacity = min(s.capacity, cfg.MaxModelLen)
+	}
+	for i := range s.instances {
+		b, err := cfg.NewBatch(i)
+		if err != nil {
+			return nil, err
+		}
+		var e evict.Policy
+		if cfg.NewEvict != nil {
+			if e, err = cfg.NewEvict(i); err != nil {
+				return nil, err
+			}
+		}
+		c, err := core.New(core.Config{
+			Index: i,
+			Batch: b,
+			KV: kv.Config{
+				NumBlocks:           cfg.KVBlocks,
+				BlockSize:           cfg.BlockSize,
+				EnablePrefixCaching: cfg.PrefixCaching,
+				Evict:               e,
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.instances[i].core = c
+	}
+	return s, nil
+}
+
+func (s *simulation) run(src traces.Reader) (Result, error) {
+	next, more, err := s.read(src)
+	if err != nil {
+		return Result{}, err
+	}
+	for s.err == nil && (more || len(s.queue) > 0) {
+		horizon := math.Inf(1)
+		if more {
+			horizon = next.Arrival
+		}
+		// Step ends at the same time as an arrival go first: the request joins the queues
+		// the finished step left behind.
+		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
+			e := s.queue.pop()
+			s.result.Events++
+			s.advance(e.instance, e.at, horizon)
+			continue
+		}
+		s.arrive(next)
+		if next, more, err = s.read(src); err != nil {
+			return Result{}, err
+		}
+	}
+	if s.err != nil {
+		return Result{}, s.err
+	}
+	for i := range s.instances {
+		if !s.instances[i].core.Idle() {
+			in := s.instances[i].core
+			return Result{}, fmt.Errorf("sim: instance %d stopped with %d waiting and %d running requests that cannot be scheduled", i, in.NumWaiting(), in.NumRunning())
+		}
+	}
+	var eng metrics.EngineCounters
+	for i := range s.instances {
+		st := s.instances[i].core.Stats()
+		eng.PrefixCacheQueries += st.PrefixCacheQueries
+		eng.PrefixCacheHits += st.PrefixCacheHits
+		eng.Preemptions += st.Preemptions
+		s.result.Steps += st.Steps
+	}
+	s.result.Summary = s.collector.Summary(s.lastEnd, eng)
+	return s.result, nil
+}
+
+// read returns the next trace row as a request.
+func (s *simulation) read(src traces.Reader) (*serving.Request, bool, error) {
+	row, err := src.Next()
+	if err != nil {
+		if isEOF(err) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	id := uint64(s.result.Requests)
+	s.result.Requests++
+	return RequestFromRow(id, row, s.cfg.BlockSize), true, nil
+}
+
+// RequestFromRow turns a trace row into a request for an engine with the given block
+// size, mapping the trace's prefix hash ids onto the engine's blocks.
+func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
+	return &serving.Request{
+		ID:           id,
+		Arrival:      row.Arrival,
+		PromptTokens: row.InputTokens,
+		MaxTokens:    max(row.OutputTokens, 1),
+		BlockHashes:  serving.TraceBlockHashes(row.HashIDs, row.HashBlockSize, row.InputTokens, blockSize, id),
+		Session:      row.Session,
+		Priority:     row.Priority,
+	}
+}
+
+func (s *simulation) arrive(req *serving.Request) {
+	if need := req.PromptTokens + req.MaxTokens; need > s.capacity {
+		s.emit(&serving.Record{
+			ID: req.ID, Instance: -1, Arrival: req.Arrival, PromptTokens: req.PromptTokens,
+			Failed: true,
+			Error:  fmt.Sprintf("request needs %d tokens of context, more than an instance holds (%d)", need, s.capacity),
+		})
+		return
+	}
+	for i := range s.instances {
+		s.views[i] = s.instances[i].core.View()
+	}
+	target := s.cfg.Router.Route(req, s.views)
+	if target < 0 || target >= len(s.instances) {
+		s.err = fmt.Errorf("sim: router returned instance %d of %d", target, len(s.instances))
+		return
+	}
+	in := &s.instances[target]
+	in.core.Add(req)
+	if !in.busy {
+		if end, ok := s.plan(target, req.Arrival); ok {
+			s.queue.push(stepEnd{at: end, instance: target})
+		}
+	}
+}
+
+// advance completes instance i's step that ended at t, then keeps running its next steps
+// while they end by horizon (no arrival can change them), queueing the first that does not.
+func (s *simulation) advance(i int, t, horizon float64) {
+	for {
+		s.complete(i, t)
+		end, ok := s.plan(i, t)
+		if !ok {
+			return
+		}
+		if end > horizon || s.queueEveryStep {
+			s.queue.push(stepEnd{at: end, instance: i})
+			return
+		}
+		t = end
+	}
+}
+
+// plan plans instance i's step starting at t and returns when it ends; ok is false when
+// the instance has nothing to run and goes idle.
+func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
+	in := &s.instances[i]
+	in.step = in.core.Plan(t)
+	in.busy = !in.step.Empty()
+	if !in.busy {
+		return 0, false
+	}
+	return t + s.cfg.Latency.StepTime(in.step.Shape), true
+}
+
+func (s *simulation) complete(i int, t float64) {
+	in := &s.instances[i]
+	finished := in.core.Complete(in.step, t)
+	for k := range in.step.Seqs {
+		sc := &in.step.Seqs[k]
+		if sc.Emitted && sc.Seq.NumOutput >= 2 {
+			s.collector.AddITL(sc.Seq.LastToken - sc.Seq.PrevToken)
+		}
+	}
+	for _, seq := range finished {
+		rec := serving.NewRecord(seq)
+		s.emit(&rec)
+	}
+}
+
+func (s *simulation) emit(r *serving.Record) {
+	if r.Finish > s.lastEnd {
+		s.lastEnd = r.Finish
+	}
+	s.collector.Add(r)
+	if s.cfg.OnRecord != nil && s.err == nil {
+		s.err = s.cfg.OnRecord(r)
+	}
+}

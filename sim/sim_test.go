@@ -1,0 +1,225 @@
+package sim
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"math"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"servelab/metrics"
+	"servelab/policies"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+	"servelab/policies/route"
+	"servelab/serving"
+	"servelab/traces"
+)
+
+// affineModel costs a fixed time per step plus a time per token computed.
+type affineModel struct{ perStep, perToken, perContext float64 }
+
+func (m affineModel) StepTime(s serving.StepShape) float64 {
+	return m.perStep + m.perToken*float64(s.Tokens()) + m.perContext*float64(s.ContextTokens)
+}
+func (m affineModel) Name() string { return "affine" }
+
+type sliceReader struct {
+	rows []traces.Row
+	next int
+}
+
+func (r *sliceReader) Next() (traces.Row, error) {
+	if r.next == len(r.rows) {
+		return traces.Row{}, io.EOF
+	}
+	r.next++
+	return r.rows[r.next-1], nil
+}
+
+func testConfig(t *testing.T, instances int, router, batchSpec string, blocks int) Config {
+	t.Helper()
+	env := policies.Env{Seed: 3, BlockSize: 16}
+	r, _, err := route.Registry.Parse(router, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{
+		Instances: instances,
+		Router:    r,
+		NewBatch: func(int) (batch.Policy, error) {
+			p, _, err := batch.Registry.Parse(batchSpec, env)
+			return p, err
+		},
+		NewEvict: func(int) (evict.Policy, error) {
+			p, _, err := evict.Registry.Parse("lru", env)
+			return p, err
+		},
+		KVBlocks:      blocks,
+		BlockSize:     16,
+		PrefixCaching: true,
+		Latency:       affineModel{perStep: 0.01, perToken: 1e-4, perContext: 1e-7},
+		SLO:           metrics.SLO{TTFTMs: 500},
+	}
+}
+
+// randomRows is a bursty workload with shared prefixes, enough to queue and preempt.
+func randomRows(n int, seed uint64) []traces.Row {
+	syn, err := traces.NewSynth(traces.SynthConfig{
+		Requests: n, Rate: 40, Arrival: "gamma", CV: 2,
+		InputMean: 300, OutputMean: 80, InputSigma: 0.8, OutputSigma: 0.8,
+		PrefixGroups: 4, PrefixTokens: 128, BlockSize: 16, Seed: seed,
+	})
+	if err != nil {
+		panic(err)
+	}
+	var rows []traces.Row
+	for {
+		row, err := syn.Next()
+		if err == io.EOF {
+			return rows
+		}
+		if err != nil {
+			panic(err)
+		}
+		rows = append(rows, row)
+	}
+}
+
+func runCollect(t *testing.T, cfg Config, rows []traces.Row, queueEveryStep bool) (Result, []serving.Record) {
+	t.Helper()
+	var recs []serving.Record
+	cfg.OnRecord = func(r *serving.Record) error {
+		recs = append(recs, *r)
+		return nil
+	}
+	s, err := newSimulation(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.queueEveryStep = queueEveryStep
+	res, err := s.run(&sliceReader{rows: rows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, recs
+}
+
+func TestOneRequestTiming(t *testing.T) {
+	cfg := testConfig(t, 1, "round-robin", "vllm", 100)
+	rows := []traces.Row{{Arrival: 2, InputTokens: 100, OutputTokens: 3}}
+	res, recs := runCollect(t, cfg, rows, false)
+	m := cfg.Latency.(affineModel)
+	prefill := m.perStep + 100*m.perToken + 100*m.perContext
+	decode1 := m.perStep + m.perToken + 101*m.perContext
+	decode2 := m.perStep + m.perToken + 102*m.perContext
+	want := serving.Record{
+		ID: 0, Arrival: 2, Scheduled: 2, FirstToken: 2 + prefill, Finish: 2 + prefill + decode1 + decode2,
+		PromptTokens: 100, OutputTokens: 3,
+	}
+	if diff := cmp.Diff([]serving.Record{want}, recs, cmpopts.EquateApprox(0, 1e-12)); diff != "" {
+		t.Errorf("records (-want +got):\n%s", diff)
+	}
+	if res.Summary.Completed != 1 || math.Abs(res.Summary.MeanTTFTMs-prefill*1000) > 1e-9 {
+		t.Errorf("summary completed %d TTFT %g ms, want 1 and %g", res.Summary.Completed, res.Summary.MeanTTFTMs, prefill*1000)
+	}
+	if got, want := res.Summary.MeanITLMs, (decode1+decode2)/2*1000; math.Abs(got-want) > 1e-9 {
+		t.Errorf("mean ITL %g ms, want %g", got, want)
+	}
+}
+
+// TestRunningAheadMatchesPlainSchedule checks the simulator's one optimisation: running an
+// instance's steps ahead of the event queue must give exactly the records of a schedule
+// that queues every step.
+func TestRunningAheadMatchesPlainSchedule(t *testing.T) {
+	rows := randomRows(600, 5)
+	for _, router := range []string{"round-robin", "least-request", "prefix-affinity", "weighted"} {
+		t.Run(router, func(t *testing.T) {
+			fast, fastRecs := runCollect(t, testConfig(t, 3, router, "vllm:max_num_batched_tokens=512", 150), rows, false)
+			plain, plainRecs := runCollect(t, testConfig(t, 3, router, "vllm:max_num_batched_tokens=512", 150), rows, true)
+			byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
+			slices.SortFunc(fastRecs, byID)
+			slices.SortFunc(plainRecs, byID)
+			if diff := cmp.Diff(plainRecs, fastRecs); diff != "" {
+				t.Errorf("records differ (-plain +fast):\n%s", diff)
+			}
+			if diff := cmp.Diff(plain.Summary, fast.Summary); diff != "" {
+				t.Errorf("summaries differ (-plain +fast):\n%s", diff)
+			}
+			if fast.Events >= plain.Events {
+				t.Errorf("running ahead used %d queued events, plain %d", fast.Events, plain.Events)
+			}
+			if fast.Summary.Preemptions == 0 || fast.Summary.PrefixCacheHitRate == 0 {
+				t.Errorf("workload too easy: %d preemptions, hit rate %g", fast.Summary.Preemptions, fast.Summary.PrefixCacheHitRate)
+			}
+		})
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	rows := randomRows(400, 9)
+	encode := func() []byte {
+		res, recs := runCollect(t, testConfig(t, 4, "random", "vllm", 300), rows, false)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		if err := enc.Encode(res.Summary); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if err := enc.Encode(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return buf.Bytes()
+	}
+	if a, b := encode(), encode(); !bytes.Equal(a, b) {
+		t.Error("two runs with the same seed differ")
+	}
+}
+
+func TestRoundRobinSpreadsEvenly(t *testing.T) {
+	rows := randomRows(400, 2)
+	_, recs := runCollect(t, testConfig(t, 4, "round-robin", "vllm", 300), rows, false)
+	per := make([]int, 4)
+	for _, r := range recs {
+		per[r.Instance]++
+	}
+	if diff := cmp.Diff([]int{100, 100, 100, 100}, per); diff != "" {
+		t.Errorf("requests per instance (-want +got):\n%s", diff)
+	}
+}
+
+func TestOversizedRequestFails(t *testing.T) {
+	cfg := testConfig(t, 1, "round-robin", "vllm", 10) // 160 tokens of KV
+	rows := []traces.Row{
+		{Arrival: 0, InputTokens: 100, OutputTokens: 10},
+		{Arrival: 1, InputTokens: 200, OutputTokens: 10},
+	}
+	res, recs := runCollect(t, cfg, rows, false)
+	if res.Summary.Completed != 1 || res.Summary.Failed != 1 {
+		t.Fatalf("completed %d failed %d, want 1 and 1", res.Summary.Completed, res.Summary.Failed)
+	}
+	if !recs[1].Failed || recs[1].Error == "" {
+		t.Errorf("oversized request record %+v lacks failure and reason", recs[1])
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	good := testConfig(t, 1, "round-robin", "vllm", 10)
+	for name, mutate := range map[string]func(*Config){
+		"no instances": func(c *Config) { c.Instances = 0 },
+		"no router":    func(c *Config) { c.Router = nil },
+		"no latency":   func(c *Config) { c.Latency = nil },
+		"no blocks":    func(c *Config) { c.KVBlocks = 0 },
+	} {
+		cfg := good
+		mutate(&cfg)
+		if _, err := Run(cfg, &sliceReader{}); err == nil {
+			t.Errorf("%s: Run succeeded", name)
+		}
+	}
+}

@@ -1,0 +1,33 @@
+package traces
+
+import "io"
+
+// ScaleRate multiplies a trace's arrival rate by factor: arrival times are divided by it.
+func ScaleRate(r Reader, factor float64) Reader { return &scaled{r: r, factor: factor} }
+
+type scaled struct {
+	r      Reader
+	factor float64
+}
+
+func (s *scaled) Next() (Row, error) {
+	row, err := s.r.Next()
+	row.Arrival /= s.factor
+	return row, err
+}
+
+// Limit stops a trace after n rows.
+func Limit(r Reader, n int) Reader { return &limited{r: r, left: n} }
+
+type limited struct {
+	r    Reader
+	left int
+}
+
+func (l *limited) Next() (Row, error) {
+	if l.left <= 0 {
+		return Row{}, io.EOF
+	}
+	l.left--
+	return l.r.Next()
+}
