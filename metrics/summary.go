@@ -120,7 +120,7 @@ type EngineCounters struct {
 type Collector struct {
 	slo                 SLO
 	ttft, tpot, e2el    []float64
-	itl                 runs
+	itl                 histogram
 	completed, failed   int
 	good                int
 	inputTokens, output int64
@@ -148,8 +148,8 @@ func (c *Collector) Add(r *serving.Record) {
 	}
 }
 
-// AddITL takes one inter-token latency in seconds. Consecutive equal values are merged,
-// so a step that advances a whole batch costs one entry however large the batch.
+// AddITL takes one inter-token latency in seconds. ITLs are kept in a histogram (see
+// histogram for its precision): a long run has hundreds of millions of them.
 func (c *Collector) AddITL(seconds float64) { c.itl.add(seconds, 1) }
 
 // AddITLs takes n equal inter-token latencies.
@@ -177,8 +177,7 @@ func (c *Collector) Summary(duration float64, eng EngineCounters) Summary {
 	s.MeanTTFTMs, s.MedianTTFTMs, s.StdTTFTMs, s.P90TTFTMs, s.P99TTFTMs = describe(c.ttft, nil)
 	s.MeanTPOTMs, s.MedianTPOTMs, s.StdTPOTMs, s.P90TPOTMs, s.P99TPOTMs = describe(c.tpot, nil)
 	s.MeanE2ELMs, s.MedianE2ELMs, s.StdE2ELMs, s.P90E2ELMs, s.P99E2ELMs = describe(c.e2el, nil)
-	itl, weights := c.itl.sorted()
-	s.MeanITLMs, s.MedianITLMs, s.StdITLMs, s.P90ITLMs, s.P99ITLMs = describe(itl, weights)
+	s.MeanITLMs, s.MedianITLMs, s.StdITLMs, s.P90ITLMs, s.P99ITLMs = c.itl.describe()
 	return s
 }
 

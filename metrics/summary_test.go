@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -39,20 +40,26 @@ func TestWeightedPercentileEqualsExpanded(t *testing.T) {
 	}
 }
 
-func TestRunsMergeAndSort(t *testing.T) {
-	var r runs
-	for _, v := range []float64{3, 3, 1, 3, 2, 1} {
-		r.add(v, 1)
+func TestHistogramPercentiles(t *testing.T) {
+	var h histogram
+	var exact []float64
+	for i := range 20000 {
+		v := 0.001 * (1 + float64((i*7919)%1000)/37)
+		h.add(v, 1)
+		exact = append(exact, v)
 	}
-	if len(r.values) != 5 {
-		t.Errorf("consecutive equal values not merged: %v", r.values)
+	slices.Sort(exact)
+	for _, p := range []float64{0, 1, 50, 90, 99, 99.9, 100} {
+		got, want := h.percentile(p), Percentile(exact, nil, p)
+		if math.Abs(got-want) > want*1e-4 {
+			t.Errorf("p%g = %g, exact %g", p, got, want)
+		}
 	}
-	values, counts := r.sorted()
-	if diff := cmp.Diff([]float64{1, 2, 3}, values); diff != "" {
-		t.Errorf("values (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]float64{2, 1, 3}, counts); diff != "" {
-		t.Errorf("counts (-want +got):\n%s", diff)
+	var one histogram
+	one.add(0.0123, 500)
+	one.add(0.0456, 500)
+	if got := one.percentile(25); got != 0.0123 {
+		t.Errorf("a bucket of one value reads %g, want it exactly", got)
 	}
 }
 
@@ -92,8 +99,12 @@ func TestSummary(t *testing.T) {
 	for i := range records {
 		c.Add(&records[i])
 	}
-	c.AddITLs(0.1, 10)
-	c.AddITLs(0.2, 4)
+	for range 10 {
+		c.AddITL(0.1)
+	}
+	for range 4 {
+		c.AddITL(0.2)
+	}
 	got := c.Summary(4, EngineCounters{PrefixCacheQueries: 60, PrefixCacheHits: 15, Preemptions: 2})
 	want := Summary{
 		Completed: 3, Failed: 1, TotalInputTokens: 60, TotalOutputTokens: 17, Duration: 4,

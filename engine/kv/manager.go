@@ -6,6 +6,7 @@ package kv
 import (
 	"fmt"
 
+	"servelab/internal/blockmap"
 	"servelab/policies"
 	"servelab/policies/evict"
 	"servelab/serving"
@@ -65,7 +66,7 @@ type Manager struct {
 	// recomputing its last block, or a prefix whose head was evicted while its tail
 	// stayed) are chained through samePrev/sameNext, so evicting one keeps the others
 	// findable, as vLLM keeps several blocks per hash.
-	cached             map[uint64]int32
+	cached             *blockmap.Map
 	samePrev, sameNext []int32
 	free               int
 }
@@ -97,7 +98,7 @@ func New(cfg Config) (*Manager, error) {
 		hash:      make([]uint64, cfg.NumBlocks),
 		hits:      make([]uint32, cfg.NumBlocks),
 		filled:    make([]uint64, cfg.NumBlocks),
-		cached:    make(map[uint64]int32),
+		cached:    blockmap.New(cfg.NumBlocks),
 		samePrev:  make([]int32, cfg.NumBlocks),
 		sameNext:  make([]int32, cfg.NumBlocks),
 		free:      cfg.NumBlocks,
@@ -116,7 +117,7 @@ func (m *Manager) NumBlocks() int { return len(m.ref) }
 func (m *Manager) NumFree() int { return m.free }
 
 // NumCached is the number of blocks holding a cached prefix block.
-func (m *Manager) NumCached() int { return len(m.cached) }
+func (m *Manager) NumCached() int { return m.cached.Len() }
 
 // Usage is vLLM's kv_cache_usage_perc: the fraction of blocks referenced by requests.
 func (m *Manager) Usage() float64 { return 1 - float64(m.free)/float64(len(m.ref)) }
@@ -127,7 +128,7 @@ func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
 		return 0
 	}
 	for i, h := range hashes {
-		if _, ok := m.cached[h]; !ok {
+		if !m.cached.Has(h) {
 			return i
 		}
 	}
@@ -160,7 +161,7 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
 	reclaimed := 0
 	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
-		if m.ref[m.cached[h]] == 0 {
+		if b, _ := m.cached.Get(h); m.ref[b] == 0 {
 			reclaimed++
 		}
 	}
@@ -168,7 +169,7 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 		return false
 	}
 	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
-		b := m.cached[h]
+		b, _ := m.cached.Get(h)
 		if m.ref[b] == 0 {
 			m.evict.Touch(b)
 			m.free--
@@ -209,7 +210,7 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 		m.fills++
 		m.filled[b] = m.fills
 		m.samePrev[b] = none
-		if head, dup := m.cached[h]; dup {
+		if head, dup := m.cached.Get(h); dup {
 			// Chain behind the block already found for this hash.
 			m.sameNext[b] = m.sameNext[head]
 			if next := m.sameNext[head]; next != none {
@@ -220,7 +221,7 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 			continue
 		}
 		m.sameNext[b] = none
-		m.cached[h] = b
+		m.cached.Put(h, b)
 		m.emit(BlockStored, h)
 	}
 }
@@ -242,9 +243,9 @@ func (m *Manager) uncache(b int32) {
 	case prev != none:
 		m.sameNext[prev] = next
 	case next != none:
-		m.cached[h] = next
+		m.cached.Put(h, next)
 	default:
-		delete(m.cached, h)
+		m.cached.Delete(h)
 		m.emit(BlockRemoved, h)
 	}
 	m.hash[b] = noHash

@@ -72,18 +72,17 @@ func checkInvariants(t *testing.T, m *Manager, live []*serving.Seq) {
 	if free != m.NumFree() || m.evict.Len() != free {
 		t.Fatalf("free blocks: counted %d, manager says %d, policy holds %d", free, m.NumFree(), m.evict.Len())
 	}
-	for h, b := range m.cached {
+	reachable := 0
+	m.cached.Range(func(h uint64, b int32) bool {
 		if m.hash[b] != h || m.samePrev[b] != none {
 			t.Fatalf("cache maps %x to block %d holding %x (not the head of its chain)", h, b, m.hash[b])
 		}
-	}
-	// Every block with a hash is reachable from the cache through its chain.
-	reachable := 0
-	for _, b := range m.cached {
+		// Every block with a hash is reachable from the cache through its chain.
 		for ; b != none; b = m.sameNext[b] {
 			reachable++
 		}
-	}
+		return true
+	})
 	hashed := 0
 	for _, h := range m.hash {
 		if h != noHash {
@@ -117,7 +116,7 @@ func TestRandomInterleavings(t *testing.T) {
 					if admit(m, s) {
 						live = append(live, s)
 						for i := range s.Req.PromptTokens / 4 {
-							if _, ok := m.cached[s.Req.BlockHashes[i]]; !ok {
+							if !m.cached.Has(s.Req.BlockHashes[i]) {
 								t.Fatalf("full prompt block %d of a running sequence is not cached", i)
 							}
 						}
@@ -160,9 +159,10 @@ func TestRandomInterleavings(t *testing.T) {
 					fromEvents = append(fromEvents, h)
 				}
 			}
-			for h := range m.cached {
+			m.cached.Range(func(h uint64, _ int32) bool {
 				inCache = append(inCache, h)
-			}
+				return true
+			})
 			less := func(a, b uint64) bool { return a < b }
 			if diff := cmp.Diff(inCache, fromEvents, cmpSorted(less)); diff != "" {
 				t.Errorf("events disagree with the cache (-cache +events):\n%s", diff)
