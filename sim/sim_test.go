@@ -147,7 +147,8 @@ func TestRunningAheadMatchesPlainSchedule(t *testing.T) {
 			if diff := cmp.Diff(plainRecs, fastRecs); diff != "" {
 				t.Errorf("records differ (-plain +fast):\n%s", diff)
 			}
-			if diff := cmp.Diff(plain.Summary, fast.Summary); diff != "" {
+			// Sums see the same values in another order, so they may differ in the last bits.
+			if diff := cmp.Diff(plain.Summary, fast.Summary, cmpopts.EquateApprox(1e-12, 0)); diff != "" {
 				t.Errorf("summaries differ (-plain +fast):\n%s", diff)
 			}
 			if fast.Events >= plain.Events {
