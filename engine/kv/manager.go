@@ -57,18 +57,24 @@ type Manager struct {
 	evict     evict.Policy
 	events    func(Event)
 
-	ref    []int32
-	hash   []uint64 // noHash when the block holds no cached prefix block
-	hits   []uint32
-	filled []uint64
+	// blocks holds each block's bookkeeping in one struct, so touching a block costs one
+	// cache line: at 64 instances the simulator's working set is far beyond the caches.
+	blocks []block
 	fills  uint64
 	// cached maps a hash to one block holding it. Blocks with equal content (a prompt
 	// recomputing its last block, or a prefix whose head was evicted while its tail
 	// stayed) are chained through samePrev/sameNext, so evicting one keeps the others
 	// findable, as vLLM keeps several blocks per hash.
-	cached             *blockmap.Map
-	samePrev, sameNext []int32
-	free               int
+	cached *blockmap.Map
+	free   int
+}
+
+type block struct {
+	hash               uint64 // noHash when the block holds no cached prefix block
+	filled             uint64
+	ref                int32
+	hits               uint32
+	samePrev, sameNext int32
 }
 
 // New builds a manager with every block free.
@@ -94,13 +100,8 @@ func New(cfg Config) (*Manager, error) {
 		caching:   cfg.EnablePrefixCaching,
 		evict:     cfg.Evict,
 		events:    cfg.Events,
-		ref:       make([]int32, cfg.NumBlocks),
-		hash:      make([]uint64, cfg.NumBlocks),
-		hits:      make([]uint32, cfg.NumBlocks),
-		filled:    make([]uint64, cfg.NumBlocks),
+		blocks:    make([]block, cfg.NumBlocks),
 		cached:    blockmap.New(cfg.NumBlocks),
-		samePrev:  make([]int32, cfg.NumBlocks),
-		sameNext:  make([]int32, cfg.NumBlocks),
 		free:      cfg.NumBlocks,
 	}
 	m.evict.Reset(cfg.NumBlocks)
@@ -111,7 +112,7 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) BlockSize() int { return m.blockSize }
 
 // NumBlocks is the total number of blocks.
-func (m *Manager) NumBlocks() int { return len(m.ref) }
+func (m *Manager) NumBlocks() int { return len(m.blocks) }
 
 // NumFree is the number of unreferenced blocks, cached or not.
 func (m *Manager) NumFree() int { return m.free }
@@ -120,7 +121,7 @@ func (m *Manager) NumFree() int { return m.free }
 func (m *Manager) NumCached() int { return m.cached.Len() }
 
 // Usage is vLLM's kv_cache_usage_perc: the fraction of blocks referenced by requests.
-func (m *Manager) Usage() float64 { return 1 - float64(m.free)/float64(len(m.ref)) }
+func (m *Manager) Usage() float64 { return 1 - float64(m.free)/float64(len(m.blocks)) }
 
 // CachedPrefixBlocks returns how many leading blocks of hashes are in the cache.
 func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
@@ -161,7 +162,7 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
 	reclaimed := 0
 	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
-		if b, _ := m.cached.Get(h); m.ref[b] == 0 {
+		if b, _ := m.cached.Get(h); m.blocks[b].ref == 0 {
 			reclaimed++
 		}
 	}
@@ -170,12 +171,12 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	}
 	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
 		b, _ := m.cached.Get(h)
-		if m.ref[b] == 0 {
+		if m.blocks[b].ref == 0 {
 			m.evict.Touch(b)
 			m.free--
 		}
-		m.ref[b]++
-		m.hits[b]++
+		m.blocks[b].ref++
+		m.blocks[b].hits++
 		s.Blocks = append(s.Blocks, b)
 	}
 	for range need {
@@ -184,7 +185,7 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 			panic("kv: evict policy has no block though the count says it should")
 		}
 		m.uncache(b)
-		m.ref[b] = 1
+		m.blocks[b].ref = 1
 		m.free--
 		s.Blocks = append(s.Blocks, b)
 	}
@@ -201,27 +202,27 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 	full := min(covered/m.blockSize, len(s.Req.BlockHashes), len(s.Blocks))
 	for i := full - 1; i >= 0; i-- {
 		b := s.Blocks[i]
-		if m.hash[b] != noHash {
+		if m.blocks[b].hash != noHash {
 			break // this block and every one before it were cached earlier
 		}
 		h := s.Req.BlockHashes[i]
-		m.hash[b] = h
-		m.hits[b] = 0
+		m.blocks[b].hash = h
+		m.blocks[b].hits = 0
 		m.fills++
-		m.filled[b] = m.fills
-		m.samePrev[b] = none
-		if head, dup := m.cached.Get(h); dup {
+		m.blocks[b].filled = m.fills
+		m.blocks[b].samePrev = none
+		m.blocks[b].sameNext = none
+		if head, dup := m.cached.PutIfAbsent(h, b); dup {
 			// Chain behind the block already found for this hash.
-			m.sameNext[b] = m.sameNext[head]
-			if next := m.sameNext[head]; next != none {
-				m.samePrev[next] = b
+			next := m.blocks[head].sameNext
+			m.blocks[b].sameNext = next
+			if next != none {
+				m.blocks[next].samePrev = b
 			}
-			m.sameNext[head] = b
-			m.samePrev[b] = head
+			m.blocks[head].sameNext = b
+			m.blocks[b].samePrev = head
 			continue
 		}
-		m.sameNext[b] = none
-		m.cached.Put(h, b)
 		m.emit(BlockStored, h)
 	}
 }
@@ -231,25 +232,25 @@ const none int32 = -1
 // uncache drops a block's cached content before the block is reused. The hash leaves the
 // cache only with the last block that holds it.
 func (m *Manager) uncache(b int32) {
-	h := m.hash[b]
+	h := m.blocks[b].hash
 	if h == noHash {
 		return
 	}
-	prev, next := m.samePrev[b], m.sameNext[b]
+	prev, next := m.blocks[b].samePrev, m.blocks[b].sameNext
 	if next != none {
-		m.samePrev[next] = prev
+		m.blocks[next].samePrev = prev
 	}
 	switch {
 	case prev != none:
-		m.sameNext[prev] = next
+		m.blocks[prev].sameNext = next
 	case next != none:
 		m.cached.Put(h, next)
 	default:
 		m.cached.Delete(h)
 		m.emit(BlockRemoved, h)
 	}
-	m.hash[b] = noHash
-	m.hits[b] = 0
+	m.blocks[b].hash = noHash
+	m.blocks[b].hits = 0
 }
 
 func (m *Manager) emit(kind EventKind, h uint64) {
@@ -263,15 +264,15 @@ func (m *Manager) emit(kind EventKind, h uint64) {
 func (m *Manager) Free(s *serving.Seq) {
 	for i := len(s.Blocks) - 1; i >= 0; i-- {
 		b := s.Blocks[i]
-		m.ref[b]--
-		if m.ref[b] > 0 {
+		m.blocks[b].ref--
+		if m.blocks[b].ref > 0 {
 			continue
 		}
-		if m.ref[b] < 0 {
+		if m.blocks[b].ref < 0 {
 			panic(fmt.Sprintf("kv: block %d freed more often than referenced", b))
 		}
 		m.free++
-		m.evict.Free(b, evict.BlockInfo{Cached: m.hash[b] != noHash, Hits: m.hits[b], Filled: m.filled[b]})
+		m.evict.Free(b, evict.BlockInfo{Cached: m.blocks[b].hash != noHash, Hits: m.blocks[b].hits, Filled: m.blocks[b].filled})
 	}
 	s.Blocks = s.Blocks[:0]
 }

@@ -62,8 +62,8 @@ func checkInvariants(t *testing.T, m *Manager, live []*serving.Seq) {
 	}
 	free := 0
 	for b, r := range refs {
-		if r != m.ref[b] {
-			t.Fatalf("block %d: ref %d, sequences hold it %d times", b, m.ref[b], r)
+		if r != m.blocks[b].ref {
+			t.Fatalf("block %d: ref %d, sequences hold it %d times", b, m.blocks[b].ref, r)
 		}
 		if r == 0 {
 			free++
@@ -74,18 +74,18 @@ func checkInvariants(t *testing.T, m *Manager, live []*serving.Seq) {
 	}
 	reachable := 0
 	m.cached.Range(func(h uint64, b int32) bool {
-		if m.hash[b] != h || m.samePrev[b] != none {
-			t.Fatalf("cache maps %x to block %d holding %x (not the head of its chain)", h, b, m.hash[b])
+		if m.blocks[b].hash != h || m.blocks[b].samePrev != none {
+			t.Fatalf("cache maps %x to block %d holding %x (not the head of its chain)", h, b, m.blocks[b].hash)
 		}
 		// Every block with a hash is reachable from the cache through its chain.
-		for ; b != none; b = m.sameNext[b] {
+		for ; b != none; b = m.blocks[b].sameNext {
 			reachable++
 		}
 		return true
 	})
 	hashed := 0
-	for _, h := range m.hash {
-		if h != noHash {
+	for _, b := range m.blocks {
+		if b.hash != noHash {
 			hashed++
 		}
 	}

@@ -87,6 +87,25 @@ func (m *Map) Put(k uint64, v int32) {
 	m.n++
 }
 
+// PutIfAbsent sets k to v unless k is present; it returns the present value and true in
+// that case. One probe sequence serves both the lookup and the insert.
+func (m *Map) PutIfAbsent(k uint64, v int32) (int32, bool) {
+	if 2*(m.n+1) > len(m.slots) {
+		m.resize(2 * len(m.slots))
+	}
+	mask := len(m.slots) - 1
+	i := m.home(k)
+	for m.slots[i].used {
+		if m.slots[i].key == k {
+			return m.slots[i].val, true
+		}
+		i = (i + 1) & mask
+	}
+	m.slots[i] = slot{key: k, val: v, used: true}
+	m.n++
+	return 0, false
+}
+
 // Delete removes k, shifting later entries of its probe run back into the hole so that
 // lookups never stop early.
 func (m *Map) Delete(k uint64) bool {

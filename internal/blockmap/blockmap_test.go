@@ -14,7 +14,16 @@ func TestAgainstBuiltinMap(t *testing.T) {
 		rng := rand.New(rand.NewPCG(spread, 1))
 		for i := range 200000 {
 			k := rng.Uint64N(spread) * 0x10001
-			switch rng.IntN(3) {
+			switch rng.IntN(4) {
+			case 3:
+				old, found := m.PutIfAbsent(k, int32(i))
+				rv, rok := ref[k]
+				if found != rok || (found && old != rv) {
+					t.Fatalf("PutIfAbsent(%d) = %d, %v; want %d, %v", k, old, found, rv, rok)
+				}
+				if !rok {
+					ref[k] = int32(i)
+				}
 			case 0:
 				m.Put(k, int32(i))
 				ref[k] = int32(i)

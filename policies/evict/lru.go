@@ -5,49 +5,56 @@ import "servelab/policies"
 // list is an intrusive doubly linked list over block indices: O(1) push, pop and unlink
 // with no allocation after Reset.
 type list struct {
-	prev, next []int32
-	in         []bool
+	links      []link
 	head, tail int32
 	n          int
+}
+
+// link keeps a block's neighbours together: one cache line per touch.
+type link struct {
+	prev, next int32
+	in         bool
 }
 
 const none int32 = -1
 
 func (l *list) reset(n int) {
-	l.prev = resize(l.prev, n)
-	l.next = resize(l.next, n)
-	l.in = resizeBool(l.in, n)
+	if cap(l.links) < n {
+		l.links = make([]link, n)
+	}
+	l.links = l.links[:n]
+	clear(l.links)
 	l.head, l.tail, l.n = none, none, 0
 }
 
 func (l *list) pushBack(b int32) {
-	l.prev[b], l.next[b] = l.tail, none
+	l.links[b] = link{prev: l.tail, next: none, in: true}
 	if l.tail == none {
 		l.head = b
 	} else {
-		l.next[l.tail] = b
+		l.links[l.tail].next = b
 	}
 	l.tail = b
-	l.in[b] = true
 	l.n++
 }
 
 func (l *list) unlink(b int32) {
-	if !l.in[b] {
+	lb := &l.links[b]
+	if !lb.in {
 		return
 	}
-	p, n := l.prev[b], l.next[b]
+	p, n := lb.prev, lb.next
+	lb.in = false
 	if p == none {
 		l.head = n
 	} else {
-		l.next[p] = n
+		l.links[p].next = n
 	}
 	if n == none {
 		l.tail = p
 	} else {
-		l.prev[n] = p
+		l.links[n].prev = p
 	}
-	l.in[b] = false
 	l.n--
 }
 
@@ -65,15 +72,6 @@ func resize(s []int32, n int) []int32 {
 		return make([]int32, n)
 	}
 	return s[:n]
-}
-
-func resizeBool(s []bool, n int) []bool {
-	if cap(s) < n {
-		return make([]bool, n)
-	}
-	s = s[:n]
-	clear(s)
-	return s
 }
 
 // LRU is vLLM v1's free-block queue: allocation takes the head, a freed block joins the
