@@ -82,10 +82,10 @@ func TestReadersOnSamples(t *testing.T) {
 // figures their README gives.
 func TestSharedTraces(t *testing.T) {
 	for _, tc := range []struct {
-		file           string
-		rows           int
+		file            string
+		rows            int
 		inMean, outMean float64
-		span           float64
+		span            float64
 	}{
 		{"../../shared/traces/azure_llm_2023_conv.csv", 19366, 1155, 211, 3502},
 		{"../../shared/traces/mooncake_conversation.jsonl", 12031, 12035, 343, 3537},

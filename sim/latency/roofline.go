@@ -42,7 +42,8 @@ type Roofline struct {
 	flopsPerToken      float64 // linear layers
 	flopsPerSeq        float64 // lm_head, once per sequence
 	flopsPerPair       float64 // attention, per query-key pair over all layers
-	weightBytes        float64
+	weightBytes        float64 // streamed each step: every layer and the lm_head
+	weightMemory       float64 // resident: the embedding table too
 	kvBytesPerToken    float64
 	flopRate, byteRate float64
 	allReducePerToken  float64
@@ -75,6 +76,7 @@ func NewRoofline(gpu GPU, m ModelConfig, tp int, opts RooflineOptions) (*Rooflin
 		flopsPerSeq:     2 * lmHead / t,
 		flopsPerPair:    4 * layers * float64(m.HeadDim) * float64(m.NumAttentionHeads) / t,
 		weightBytes:     dtype * (layers*float64(m.LayerParams()) + lmHead) / t,
+		weightMemory:    dtype * float64(m.Params()) / t,
 		kvBytesPerToken: dtype * 2 * layers * kvHeadsPerGPU * float64(m.HeadDim),
 		flopRate:        gpu.PeakTFLOPS * 1e12 * opts.MFU,
 		byteRate:        gpu.MemoryBandwidthGBps * 1e9 * opts.BandwidthEfficiency,
@@ -118,12 +120,12 @@ func (r *Roofline) KVCacheBlocks(blockSize int, gpuMemoryUtilization float64) (i
 		return 0, fmt.Errorf("gpu memory utilization must be in (0, 1], got %g", gpuMemoryUtilization)
 	}
 	const gib = 1 << 30
-	budget := r.gpu.MemoryGiB*gib*gpuMemoryUtilization - r.weightBytes - r.opts.ActivationReserveGiB*gib
+	budget := r.gpu.MemoryGiB*gib*gpuMemoryUtilization - r.weightMemory - r.opts.ActivationReserveGiB*gib
 	perBlock := r.kvBytesPerToken * float64(blockSize)
 	blocks := int(budget / perBlock)
 	if blocks <= 0 {
 		return 0, fmt.Errorf("%s does not fit on %d x %s at %.0f%% memory: weights need %.1f GiB per GPU of %.1f GiB",
-			r.model.NameOrPath, r.tp, r.gpu.Name, gpuMemoryUtilization*100, r.weightBytes/gib, r.gpu.MemoryGiB*gpuMemoryUtilization)
+			r.model.NameOrPath, r.tp, r.gpu.Name, gpuMemoryUtilization*100, r.weightMemory/gib, r.gpu.MemoryGiB*gpuMemoryUtilization)
 	}
 	return blocks, nil
 }
