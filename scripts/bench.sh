@@ -2,9 +2,9 @@
 # make bench: measures the simulator end to end and its hot paths, and writes
 # docs/BENCHMARKS.md with the machine, the commands and medians.
 #
-# Optional peer: set BLIS_BIN to a built BLIS binary (github.com/inference-sim/inference-sim)
-# to run it side by side on the same workload; BLIS_FULL=1 adds its 100,000-request run
-# (about 7 minutes here).
+# Optional peer: set BLIS_BIN to a built BLIS binary and BLIS_DIR to its checkout
+# (github.com/inference-sim/inference-sim) to run it side by side on the same workload;
+# BLIS_FULL=1 adds its 100,000-request run (about 7 minutes here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,16 +53,18 @@ $BIN trace synth --requests 1000000 --rate 1000 --input-mean 1024 --output-mean 
 row "1,000,000 synthetic requests, 64 x H100, Llama-3.1-8B" 1 \
   $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router weighted --json
 
-# The BLIS workload: fixed 512 input / 512 output tokens, 1 instance, roofline, H100, Qwen2.5-7B.
+# The BLIS workload: 512 +- 256 prompt and output tokens, 1 request/s, 1 instance, roofline,
+# H100, Qwen2.5-7B. servelab draws lengths lognormally with the same mean and standard
+# deviation (sigma 0.472 gives a coefficient of variation of 0.5).
 for n in 10000 100000; do
-  $BIN trace synth --requests $n --rate "${BLIS_RATE:-20}" --input-mean 512 --output-mean 512 --input-sigma 0 --output-sigma 0 --seed 1 --out "$WORK/fixed_$n.jsonl"
-  row "$n requests 512/512, 1 x H100, Qwen2.5-7B (servelab)" 3 \
-    $BIN sim --trace "$WORK/fixed_$n.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --json
+  $BIN trace synth --requests $n --rate 1 --input-mean 512 --output-mean 512 --input-sigma 0.472 --output-sigma 0.472 --seed 42 --out "$WORK/blis_$n.jsonl"
+  row "$n requests ~512/512, 1 x H100, Qwen2.5-7B (servelab)" 3 \
+    $BIN sim --trace "$WORK/blis_$n.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --json
 done
 if [ -n "${BLIS_BIN:-}" ]; then
-  row "10000 requests 512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 10000
+  row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (BLIS $(git -C "$BLIS_DIR" rev-parse --short HEAD))" 1 bash scripts/blis.sh 10000
   if [ -n "${BLIS_FULL:-}" ]; then
-    row "100000 requests 512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 100000
+    row "100000 requests ~512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 100000
   fi
 fi
 
