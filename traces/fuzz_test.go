@@ -7,6 +7,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // fuzzReader checks that a reader never panics, ends, and yields only valid rows.
@@ -68,4 +71,25 @@ func FuzzBurstGPT(f *testing.F) {
 func FuzzNative(f *testing.F) {
 	f.Add(`{"arrival_s":0.5,"input_tokens":40,"output_tokens":3,"hash_ids":[1,2,3],"hash_block_size":16,"session_id":2,"priority":1}` + "\n" + `{"arrival_s":1,"input_tokens":1,"output_tokens":1}`)
 	f.Fuzz(func(t *testing.T, data string) { fuzzReader(t, Native, data) })
+}
+
+// FuzzNativeFastPath checks that the fast native parser agrees with encoding/json on
+// every line it accepts.
+func FuzzNativeFastPath(f *testing.F) {
+	f.Add(`{"arrival_s":0.5,"input_tokens":40,"output_tokens":3,"hash_ids":[1,-2,3],"hash_block_size":16,"session_id":2,"priority":-1}`)
+	f.Add(`{ "input_tokens" : 1e2 , "arrival_s":1 , "output_tokens":7}`)
+	f.Fuzz(func(t *testing.T, line string) {
+		var fast nativeRow
+		if !parseNativeFast([]byte(line), &fast) {
+			return
+		}
+		var slow nativeRow
+		l := newLineReader(strings.NewReader(""), "x")
+		if err := l.decode([]byte(line), &slow, true); err != nil {
+			t.Fatalf("fast path accepted %q, encoding/json rejects it: %v", line, err)
+		}
+		if !cmp.Equal(fast, slow, cmpopts.EquateEmpty()) {
+			t.Fatalf("fast path read %q as %+v, encoding/json as %+v", line, fast, slow)
+		}
+	})
 }

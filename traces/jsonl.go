@@ -148,8 +148,11 @@ func (n *nativeReader) Next() (Row, error) {
 		return Row{}, err
 	}
 	var raw nativeRow
-	if err := n.lines.decode(line, &raw, true); err != nil {
-		return Row{}, err
+	if !parseNativeFast(line, &raw) {
+		raw = nativeRow{}
+		if err := n.lines.decode(line, &raw, true); err != nil {
+			return Row{}, err
+		}
 	}
 	l := n.lines
 	if err := l.required("arrival_s", raw.ArrivalS != nil); err != nil {
