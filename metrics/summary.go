@@ -152,9 +152,6 @@ func (c *Collector) Add(r *serving.Record) {
 // histogram for its precision): a long run has hundreds of millions of them.
 func (c *Collector) AddITL(seconds float64) { c.itl.add(seconds, 1) }
 
-// AddITLs takes n equal inter-token latencies.
-func (c *Collector) AddITLs(seconds float64, n int) { c.itl.add(seconds, float64(n)) }
-
 // Summary computes the summary of a run that lasted duration seconds.
 func (c *Collector) Summary(duration float64, eng EngineCounters) Summary {
 	s := Summary{
@@ -174,57 +171,34 @@ func (c *Collector) Summary(duration float64, eng EngineCounters) Summary {
 	if eng.PrefixCacheQueries > 0 {
 		s.PrefixCacheHitRate = float64(eng.PrefixCacheHits) / float64(eng.PrefixCacheQueries)
 	}
-	s.MeanTTFTMs, s.MedianTTFTMs, s.StdTTFTMs, s.P90TTFTMs, s.P99TTFTMs = describe(c.ttft, nil)
-	s.MeanTPOTMs, s.MedianTPOTMs, s.StdTPOTMs, s.P90TPOTMs, s.P99TPOTMs = describe(c.tpot, nil)
-	s.MeanE2ELMs, s.MedianE2ELMs, s.StdE2ELMs, s.P90E2ELMs, s.P99E2ELMs = describe(c.e2el, nil)
+	s.MeanTTFTMs, s.MedianTTFTMs, s.StdTTFTMs, s.P90TTFTMs, s.P99TTFTMs = describe(c.ttft)
+	s.MeanTPOTMs, s.MedianTPOTMs, s.StdTPOTMs, s.P90TPOTMs, s.P99TPOTMs = describe(c.tpot)
+	s.MeanE2ELMs, s.MedianE2ELMs, s.StdE2ELMs, s.P90E2ELMs, s.P99E2ELMs = describe(c.e2el)
 	s.MeanITLMs, s.MedianITLMs, s.StdITLMs, s.P90ITLMs, s.P99ITLMs = c.itl.describe()
 	return s
 }
 
 // describe returns mean, median, population standard deviation (numpy's default, as vLLM
-// uses), p90 and p99 of x in milliseconds; weights, if given, count repeats of each value.
-func describe(x, weights []float64) (mean, median, std, p90, p99 float64) {
+// uses), p90 and p99 of x in milliseconds.
+func describe(x []float64) (mean, median, std, p90, p99 float64) {
 	if len(x) == 0 {
 		return 0, 0, 0, 0, 0
 	}
-	if weights == nil {
-		x = slices.Clone(x)
-		slices.Sort(x)
-	}
-	mean, std = stat.PopMeanStdDev(x, weights)
+	x = slices.Clone(x)
+	slices.Sort(x)
+	mean, std = stat.PopMeanStdDev(x, nil)
 	ms := func(v float64) float64 { return v * 1000 }
-	return ms(mean), ms(Percentile(x, weights, 50)), ms(std), ms(Percentile(x, weights, 90)), ms(Percentile(x, weights, 99))
+	return ms(mean), ms(Percentile(x, 50)), ms(std), ms(Percentile(x, 90)), ms(Percentile(x, 99))
 }
 
 // Percentile is numpy.percentile's default (linear interpolation between closest ranks)
-// over sorted values x, each repeated weights[i] times when weights is not nil.
-func Percentile(x, weights []float64, p float64) float64 {
+// over sorted values x.
+func Percentile(x []float64, p float64) float64 {
 	if len(x) == 0 {
 		return 0
 	}
-	if weights == nil {
-		rank := p / 100 * float64(len(x)-1)
-		lo := int(math.Floor(rank))
-		hi := min(lo+1, len(x)-1)
-		return x[lo] + (x[hi]-x[lo])*(rank-float64(lo))
-	}
-	var total float64
-	for _, w := range weights {
-		total += w
-	}
-	rank := p / 100 * (total - 1)
-	lo := math.Floor(rank)
-	return valueAt(x, weights, lo) + (valueAt(x, weights, min(lo+1, total-1))-valueAt(x, weights, lo))*(rank-lo)
-}
-
-// valueAt is the value at position pos of the expanded sorted sample.
-func valueAt(x, weights []float64, pos float64) float64 {
-	var seen float64
-	for i, w := range weights {
-		seen += w
-		if pos < seen {
-			return x[i]
-		}
-	}
-	return x[len(x)-1]
+	rank := p / 100 * float64(len(x)-1)
+	lo := int(math.Floor(rank))
+	hi := min(lo+1, len(x)-1)
+	return x[lo] + (x[hi]-x[lo])*(rank-float64(lo))
 }

@@ -17,25 +17,8 @@ func TestPercentileMatchesNumpy(t *testing.T) {
 	for _, tc := range []struct{ p, want float64 }{
 		{0, 1}, {50, 3}, {90, 7.6}, {99, 9.76}, {100, 10}, {25, 2},
 	} {
-		if got := Percentile(x, nil, tc.p); math.Abs(got-tc.want) > 1e-12 {
+		if got := Percentile(x, tc.p); math.Abs(got-tc.want) > 1e-12 {
 			t.Errorf("Percentile(%v, %g) = %g, want %g", x, tc.p, got, tc.want)
-		}
-	}
-}
-
-func TestWeightedPercentileEqualsExpanded(t *testing.T) {
-	values := []float64{0.5, 1, 2.5, 7}
-	weights := []float64{3, 1, 4, 2}
-	var expanded []float64
-	for i, v := range values {
-		for range int(weights[i]) {
-			expanded = append(expanded, v)
-		}
-	}
-	for p := 0.0; p <= 100; p += 0.5 {
-		got, want := Percentile(values, weights, p), Percentile(expanded, nil, p)
-		if math.Abs(got-want) > 1e-12 {
-			t.Fatalf("p%g: weighted %g, expanded %g", p, got, want)
 		}
 	}
 }
@@ -50,7 +33,7 @@ func TestHistogramPercentiles(t *testing.T) {
 	}
 	slices.Sort(exact)
 	for _, p := range []float64{0, 1, 50, 90, 99, 99.9, 100} {
-		got, want := h.percentile(p), Percentile(exact, nil, p)
+		got, want := h.percentile(p), Percentile(exact, p)
 		if math.Abs(got-want) > want*1e-4 {
 			t.Errorf("p%g = %g, exact %g", p, got, want)
 		}

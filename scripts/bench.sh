@@ -38,7 +38,8 @@ measure() {
 row() { # name command reps
   local name=$1 reps=$2; shift 2
   read -r wall rss < <(measure "$reps" "$@")
-  echo "| $name | \`${*}\` | $reps | $wall | $rss |" >>"$WORK/e2e.md"
+  local shown=${*}
+  echo "| $name | \`${shown//$WORK/\$WORK}\` | $reps | $wall | $rss |" >>"$WORK/e2e.md"
   echo "$name: median ${wall}s, peak ${rss} MB" >&2
 }
 
@@ -50,8 +51,10 @@ row "Azure conv trace, 8 x H100, Llama-3.1-8B" "$REPS" \
   $BIN sim --trace "$AZURE" --instances 8 --gpu h100 --model llama-3.1-8b --router least-request --json
 
 $BIN trace synth --requests 1000000 --rate 1000 --input-mean 1024 --output-mean 256 --prefix-groups 64 --seed 1 --out "$WORK/synth_1m.jsonl"
-row "1,000,000 synthetic requests, 64 x H100, Llama-3.1-8B" 1 \
-  $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router weighted --json
+for router in least-request weighted; do
+  row "1,000,000 synthetic requests, 64 x H100, Llama-3.1-8B, $router" 1 \
+    $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router $router --json
+done
 
 # The BLIS workload: 512 +- 256 prompt and output tokens, 1 request/s, 1 instance, roofline,
 # H100, Qwen2.5-7B. servelab draws lengths lognormally with the same mean and standard
@@ -69,13 +72,15 @@ if [ -n "${BLIS_BIN:-}" ]; then
 fi
 
 echo "running go test benchmarks (count $REPS)" >&2
-go test -run '^$' -bench . -benchmem -count "$REPS" ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... >"$WORK/bench.txt"
-go run golang.org/x/perf/cmd/benchstat@v0.0.0-20250813145418-2f7363a06fe1 "$WORK/bench.txt" >"$WORK/benchstat.txt"
+go test -run '^$' -bench . -benchmem -benchtime "${BENCHTIME:-300ms}" -count "$REPS" \
+  ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... ./internal/... >"$WORK/bench.txt"
+go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK/bench.txt" >"$WORK/benchstat.txt"
 
 {
   echo "# Benchmarks"
   echo
-  echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%d)."
+  echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%d). Commands run from the repository"
+  echo "root after \`make build\`; \$WORK is a temporary directory."
   echo
   echo "## Machine"
   echo

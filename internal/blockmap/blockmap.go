@@ -49,16 +49,24 @@ func (m *Map) resize(size int) {
 	}
 }
 
+// probe returns the slot holding k, or the empty slot where k belongs.
+func (m *Map) probe(k uint64) (i int, found bool) {
+	mask := len(m.slots) - 1
+	for i = m.home(k); m.slots[i].used; i = (i + 1) & mask {
+		if m.slots[i].key == k {
+			return i, true
+		}
+	}
+	return i, false
+}
+
 // Get returns the value of k.
 func (m *Map) Get(k uint64) (int32, bool) {
 	if m.n == 0 {
 		return 0, false
 	}
-	mask := len(m.slots) - 1
-	for i := m.home(k); m.slots[i].used; i = (i + 1) & mask {
-		if m.slots[i].key == k {
-			return m.slots[i].val, true
-		}
+	if i, found := m.probe(k); found {
+		return m.slots[i].val, true
 	}
 	return 0, false
 }
@@ -71,20 +79,10 @@ func (m *Map) Has(k uint64) bool {
 
 // Put sets the value of k.
 func (m *Map) Put(k uint64, v int32) {
-	if 2*(m.n+1) > len(m.slots) {
-		m.resize(2 * len(m.slots))
+	if _, found := m.PutIfAbsent(k, v); found {
+		i, _ := m.probe(k)
+		m.slots[i].val = v
 	}
-	mask := len(m.slots) - 1
-	i := m.home(k)
-	for m.slots[i].used {
-		if m.slots[i].key == k {
-			m.slots[i].val = v
-			return
-		}
-		i = (i + 1) & mask
-	}
-	m.slots[i] = slot{key: k, val: v, used: true}
-	m.n++
 }
 
 // PutIfAbsent sets k to v unless k is present; it returns the present value and true in
@@ -93,13 +91,9 @@ func (m *Map) PutIfAbsent(k uint64, v int32) (int32, bool) {
 	if 2*(m.n+1) > len(m.slots) {
 		m.resize(2 * len(m.slots))
 	}
-	mask := len(m.slots) - 1
-	i := m.home(k)
-	for m.slots[i].used {
-		if m.slots[i].key == k {
-			return m.slots[i].val, true
-		}
-		i = (i + 1) & mask
+	i, found := m.probe(k)
+	if found {
+		return m.slots[i].val, true
 	}
 	m.slots[i] = slot{key: k, val: v, used: true}
 	m.n++

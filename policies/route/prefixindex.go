@@ -1,6 +1,10 @@
 package route
 
-import "fmt"
+import (
+	"fmt"
+
+	"servelab/internal/blockmap"
+)
 
 // Defaults of GIE's prefix-cache-scorer, which llm-d deploys: 31250 entries per server is
 // its sizing for Llama-3-8B on an H100 (500K cacheable tokens / 16-token blocks), and 256
@@ -104,13 +108,11 @@ func (x *PrefixIndex) Len(instance int) int {
 
 // blockLRU is a set of block hashes with least-recently-used eviction: nodes in a circular
 // doubly linked list through slice positions (head is the most recent, its prev the
-// least), found through an open-addressing table of node positions. Once the set is full
-// a new hash reuses the least recent node, so steady-state updates allocate nothing.
+// least), found through a hash map of node positions. Once the set is full a new hash
+// reuses the least recent node, so steady-state updates allocate nothing.
 type blockLRU struct {
 	nodes []lruNode
-	// slots holds node position+1 per table slot, 0 for empty; linear probing.
-	slots []int32
-	shift uint8
+	index blockmap.Map
 	head  int32
 }
 
@@ -119,27 +121,12 @@ type lruNode struct {
 	prev, next int32
 }
 
-func (l *blockLRU) home(h uint64) int {
-	// Fibonacci hashing: callers' hashes are usually mixed already, but this keeps small
-	// or sequential keys spread too.
-	return int((h * 0x9e3779b97f4a7c15) >> l.shift)
-}
-
 // find returns the node position holding h, or -1.
 func (l *blockLRU) find(h uint64) int32 {
-	if len(l.slots) == 0 {
-		return -1
+	if i, ok := l.index.Get(h); ok {
+		return i
 	}
-	mask := len(l.slots) - 1
-	for s := l.home(h); ; s = (s + 1) & mask {
-		n := l.slots[s]
-		if n == 0 {
-			return -1
-		}
-		if l.nodes[n-1].hash == h {
-			return n - 1
-		}
-	}
+	return -1
 }
 
 // touch makes h the most recently used entry, inserting it (and evicting the least recent
@@ -153,19 +140,15 @@ func (l *blockLRU) touch(h uint64, capacity int) {
 		i := int32(len(l.nodes))
 		l.nodes = append(l.nodes, lruNode{hash: h})
 		l.linkFront(i)
-		if 2*len(l.nodes) > len(l.slots) {
-			l.grow()
-		} else {
-			l.insertSlot(i)
-		}
+		l.index.Put(h, i)
 		return
 	}
 	// The least recent node is the head's predecessor in the circular list; rewriting it
 	// and stepping the head back onto it makes it the most recent without relinking.
 	tail := l.nodes[l.head].prev
-	l.deleteSlot(l.nodes[tail].hash)
+	l.index.Delete(l.nodes[tail].hash)
 	l.nodes[tail].hash = h
-	l.insertSlot(tail)
+	l.index.Put(h, tail)
 	l.head = tail
 }
 
@@ -194,55 +177,4 @@ func (l *blockLRU) moveToFront(i int32) {
 	l.nodes[p].next = n
 	l.nodes[n].prev = p
 	l.linkFront(i)
-}
-
-// grow doubles the table (from 16 slots) and reinserts every node.
-func (l *blockLRU) grow() {
-	size := max(16, 2*len(l.slots))
-	for size < 2*len(l.nodes) {
-		size *= 2
-	}
-	l.slots = make([]int32, size)
-	bits := uint8(0)
-	for 1<<bits < size {
-		bits++
-	}
-	l.shift = 64 - bits
-	for i := range l.nodes {
-		l.insertSlot(int32(i))
-	}
-}
-
-func (l *blockLRU) insertSlot(i int32) {
-	mask := len(l.slots) - 1
-	s := l.home(l.nodes[i].hash)
-	for l.slots[s] != 0 {
-		s = (s + 1) & mask
-	}
-	l.slots[s] = i + 1
-}
-
-// deleteSlot removes h from the table, shifting later entries of its probe run back so
-// lookups never stop early at the hole (no tombstones, so the table never degrades).
-func (l *blockLRU) deleteSlot(h uint64) {
-	mask := len(l.slots) - 1
-	hole := l.home(h)
-	for l.nodes[l.slots[hole]-1].hash != h {
-		hole = (hole + 1) & mask
-	}
-	for j := (hole + 1) & mask; l.slots[j] != 0; j = (j + 1) & mask {
-		k := l.home(l.nodes[l.slots[j]-1].hash)
-		// The entry at j may fill the hole unless its home lies cyclically in (hole, j].
-		var stays bool
-		if hole <= j {
-			stays = hole < k && k <= j
-		} else {
-			stays = hole < k || k <= j
-		}
-		if !stays {
-			l.slots[hole] = l.slots[j]
-			hole = j
-		}
-	}
-	l.slots[hole] = 0
 }
