@@ -247,14 +247,15 @@ func BenchmarkAllocate(b *testing.B) {
 		s := prompt(1, 0, 0, 64)
 		admit(m, s)
 		b.ReportAllocs()
-		for i := range b.N {
+		for range b.N {
 			if !m.Allocate(s, 1, 0) {
+				// The cache is full: start the sequence over, as a preemption would.
 				m.Free(s)
+				s.NumComputed = 0
 				admit(m, s)
 				continue
 			}
 			s.NumComputed++
-			_ = i
 		}
 	})
 	for _, shared := range []int{0, 32} {
