@@ -65,7 +65,9 @@ for n in 10000 100000; do
     $BIN sim --trace "$WORK/blis_$n.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --json
 done
 if [ -n "${BLIS_BIN:-}" ]; then
-  row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (BLIS $(git -C "$BLIS_DIR" rev-parse --short HEAD))" 1 bash scripts/blis.sh 10000
+  blis="BLIS $(git -C "$BLIS_DIR" rev-parse --short HEAD)"
+  row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, defaults)" 1 bash scripts/blis.sh 10000
+  row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, --cache-signal-delay 0)" 1 bash scripts/blis.sh 10000 --cache-signal-delay 0
   if [ -n "${BLIS_FULL:-}" ]; then
     row "100000 requests ~512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 100000
   fi
