@@ -1,7 +1,6 @@
 package traces
 
 import (
-	"container/heap"
 	"fmt"
 	"io"
 	"math"
@@ -14,64 +13,83 @@ import (
 type SynthConfig struct {
 	// Requests is the number of rows, follow-up turns included.
 	Requests int `json:"requests"`
-	// Rate is new conversations (or requests, without sessions) per second.
+	// Rate is requests per second, follow-up turns included: with sessions, conversations
+	// start at Rate/TurnsMean per second, so the rate is reached once follow-ups have
+	// caught up, after a few think times.
 	Rate float64 `json:"rate"`
 	// Arrival is "poisson" (default) or "gamma"; CV is the gamma inter-arrival
-	// coefficient of variation (burstiness: 1 is Poisson, above 1 burstier).
+	// coefficient of variation (shape 1/CV²: 1 is Poisson, above 1 burstier).
 	Arrival string  `json:"arrival,omitempty"`
 	CV      float64 `json:"cv,omitempty"`
 	// InputMean and OutputMean are mean token counts, drawn lognormally with the given
-	// sigmas (0: every request gets the mean), unless empirical samples are given.
-	InputMean       float64 `json:"input_mean"`
-	OutputMean      float64 `json:"output_mean"`
-	InputSigma      float64 `json:"input_sigma"`
-	OutputSigma     float64 `json:"output_sigma"`
+	// sigmas (0: every request gets the mean), unless empirical samples are given, which
+	// are then drawn from uniformly (e.g. a trace's lengths).
+	InputMean       float64 `json:"input_mean,omitempty"`
+	OutputMean      float64 `json:"output_mean,omitempty"`
+	InputSigma      float64 `json:"input_sigma,omitempty"`
+	OutputSigma     float64 `json:"output_sigma,omitempty"`
 	InputEmpirical  []int   `json:"-"`
 	OutputEmpirical []int   `json:"-"`
-	// PrefixGroups requests share one of this many prefixes of PrefixTokens tokens (a
-	// system prompt, a few-shot template); a prompt shorter than the prefix shares part.
+	// PrefixGroups makes each conversation start with one of this many shared prefixes
+	// of PrefixTokens tokens (a system prompt, a few-shot template; default 512), chosen
+	// uniformly; a prompt shorter than the prefix shares the part it has.
 	PrefixGroups int `json:"prefix_groups,omitempty"`
 	PrefixTokens int `json:"prefix_tokens,omitempty"`
-	// TurnsMean above 1 makes conversations: follow-up turns (geometric count with this
-	// mean) arrive ThinkTimeMean seconds (exponential) after the previous turn, with the
-	// previous prompt and answer as their prefix.
+	// TurnsMean above 1 makes conversations with a geometric number of turns of this
+	// mean. A follow-up turn arrives an exponential think time (mean ThinkTimeMean s,
+	// default 30) after the turn before it, and its prompt is that turn's prompt, its
+	// answer and a new user message drawn like a first prompt.
 	TurnsMean     float64 `json:"turns_mean,omitempty"`
 	ThinkTimeMean float64 `json:"think_time_mean,omitempty"`
 	// BlockSize is the tokens each generated hash id covers (default 16).
 	BlockSize int `json:"block_size,omitempty"`
-	// MinTokens and MaxTokens clamp drawn lengths (defaults 1 and 32768).
+	// MinTokens and MaxTokens clamp drawn lengths and follow-up prompts (defaults 1 and
+	// 32768).
 	MinTokens int    `json:"min_tokens,omitempty"`
 	MaxTokens int    `json:"max_tokens,omitempty"`
 	Seed      uint64 `json:"seed"`
 }
 
 func (c *SynthConfig) validate() error {
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 	switch {
 	case c.Requests <= 0:
 		return fmt.Errorf("synth: requests must be positive, got %d", c.Requests)
-	case !(c.Rate > 0) || math.IsInf(c.Rate, 0):
+	case !(c.Rate > 0) || !finite(c.Rate):
 		return fmt.Errorf("synth: rate must be positive, got %g", c.Rate)
 	case c.Arrival != "" && c.Arrival != "poisson" && c.Arrival != "gamma":
 		return fmt.Errorf("synth: arrival %q: want poisson or gamma", c.Arrival)
-	case c.Arrival == "gamma" && !(c.CV > 0):
+	case c.Arrival == "gamma" && !(c.CV > 0 && finite(c.CV)):
 		return fmt.Errorf("synth: gamma arrivals need a positive cv, got %g", c.CV)
-	case len(c.InputEmpirical) == 0 && !(c.InputMean >= 1):
+	case len(c.InputEmpirical) == 0 && !(c.InputMean >= 1 && finite(c.InputMean)):
 		return fmt.Errorf("synth: input mean must be at least 1, got %g", c.InputMean)
-	case len(c.OutputEmpirical) == 0 && !(c.OutputMean >= 1):
+	case len(c.OutputEmpirical) == 0 && !(c.OutputMean >= 1 && finite(c.OutputMean)):
 		return fmt.Errorf("synth: output mean must be at least 1, got %g", c.OutputMean)
-	case c.InputSigma < 0 || c.OutputSigma < 0:
-		return fmt.Errorf("synth: sigmas must not be negative")
-	case c.PrefixGroups < 0 || c.PrefixTokens < 0:
-		return fmt.Errorf("synth: prefix groups and tokens must not be negative")
-	case c.TurnsMean != 0 && c.TurnsMean < 1:
-		return fmt.Errorf("synth: turns mean must be at least 1, got %g", c.TurnsMean)
-	case c.BlockSize < 0 || c.MinTokens < 0 || c.MaxTokens < 0:
-		return fmt.Errorf("synth: block size and token bounds must not be negative")
+	case !(c.InputSigma >= 0 && c.InputSigma <= 10) || !(c.OutputSigma >= 0 && c.OutputSigma <= 10):
+		return fmt.Errorf("synth: sigmas must be between 0 and 10, got %g and %g", c.InputSigma, c.OutputSigma)
+	case c.PrefixGroups < 0 || c.PrefixGroups > math.MaxInt32 || c.PrefixTokens < 0:
+		return fmt.Errorf("synth: prefix groups (%d) and tokens (%d) must not be negative", c.PrefixGroups, c.PrefixTokens)
+	case c.TurnsMean != 0 && !(c.TurnsMean >= 1 && c.TurnsMean <= 1000):
+		return fmt.Errorf("synth: turns mean must be between 1 and 1000, got %g", c.TurnsMean)
+	case !(c.ThinkTimeMean >= 0) || !finite(c.ThinkTimeMean):
+		return fmt.Errorf("synth: think time mean must not be negative, got %g", c.ThinkTimeMean)
+	case c.BlockSize < 0 || c.MinTokens < 0 || c.MaxTokens < 0 || c.MaxTokens > maxCount:
+		return fmt.Errorf("synth: block size and token bounds must be between 0 and %d", maxCount)
+	case c.MaxTokens != 0 && c.MinTokens > c.MaxTokens:
+		return fmt.Errorf("synth: min tokens %d above max tokens %d", c.MinTokens, c.MaxTokens)
 	}
 	return nil
 }
 
-// NewSynth returns a generator of rows in arrival order, the same for the same config.
+// NewSynth returns a generator of cfg.Requests rows in nondecreasing arrival order, the
+// first at 0 s. The same config (seed included) gives the same rows.
+//
+// Rows carry hash ids of BlockSize tokens: a prefix group's requests share their leading
+// ids, and a follow-up turn's prompt repeats the ids of the full blocks of the previous
+// turn's prompt, then has fresh ids for the rest (the previous answer and the new
+// message). Those fresh ids cover the answer's tokens too, so a later turn reuses them:
+// they hit in a cache only if the engine kept the earlier turn's blocks, as in real
+// multi-turn serving.
 func NewSynth(cfg SynthConfig) (Reader, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -83,7 +101,7 @@ func NewSynth(cfg SynthConfig) (Reader, error) {
 		cfg.MinTokens = 1
 	}
 	if cfg.MaxTokens == 0 {
-		cfg.MaxTokens = 32768
+		cfg.MaxTokens = max(32768, cfg.MinTokens)
 	}
 	if cfg.PrefixGroups > 0 && cfg.PrefixTokens == 0 {
 		cfg.PrefixTokens = 512
@@ -92,16 +110,19 @@ func NewSynth(cfg SynthConfig) (Reader, error) {
 		cfg.ThinkTimeMean = 30
 	}
 	src := rand.NewPCG(cfg.Seed, 0x5eed)
-	s := &synth{cfg: cfg, rng: rand.New(src), nextID: 1 << 40}
+	s := &synth{cfg: cfg, rng: rand.New(src), nextID: 1}
+	conversations := cfg.Rate
+	if cfg.TurnsMean > 1 {
+		conversations /= cfg.TurnsMean
+	}
 	if cfg.Arrival == "gamma" {
 		shape := 1 / (cfg.CV * cfg.CV)
-		s.gap = distuv.Gamma{Alpha: shape, Beta: shape * cfg.Rate, Src: src}
+		s.gap = distuv.Gamma{Alpha: shape, Beta: shape * conversations, Src: src}
 	} else {
-		s.gap = distuv.Exponential{Rate: cfg.Rate, Src: src}
+		s.gap = distuv.Exponential{Rate: conversations, Src: src}
 	}
 	s.input = s.lengths(cfg.InputMean, cfg.InputSigma, cfg.InputEmpirical, src)
 	s.output = s.lengths(cfg.OutputMean, cfg.OutputSigma, cfg.OutputEmpirical, src)
-	s.nextArrival = s.gap.Rand()
 	return s, nil
 }
 
@@ -125,9 +146,13 @@ func (s *synth) lengths(mean, sigma float64, samples []int, src rand.Source) sam
 	case sigma == 0:
 		return fixed(mean)
 	}
-	// A lognormal with the requested mean: mu = ln(mean) - sigma^2/2.
+	// A lognormal with the requested mean: E = exp(mu + sigma²/2).
 	return distuv.LogNormal{Mu: math.Log(mean) - sigma*sigma/2, Sigma: sigma, Src: src}
 }
+
+// Hash ids: fresh ones count up from 1; a prefix group's are groupIDs|group<<31|block,
+// disjoint from them and from each other's (groups and blocks both stay below 2^31).
+const groupIDs = 1 << 62
 
 type synth struct {
 	cfg           SynthConfig
@@ -138,46 +163,33 @@ type synth struct {
 	nextID        int64
 	sessions      uint64
 	emitted       int
-	pending       turnQueue
+	pending       turnHeap
+	slab          idSlab
+	ids           []int64
 }
 
 // turn is a conversation's next request, waiting for its arrival time.
 type turn struct {
 	row  Row
-	left int // turns after this one
-	seq  uint64
-}
-
-type turnQueue []turn
-
-func (q turnQueue) Len() int { return len(q) }
-func (q turnQueue) Less(i, j int) bool {
-	if q[i].row.Arrival != q[j].row.Arrival {
-		return q[i].row.Arrival < q[j].row.Arrival
-	}
-	return q[i].seq < q[j].seq
-}
-func (q turnQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *turnQueue) Push(x any)   { *q = append(*q, x.(turn)) }
-func (q *turnQueue) Pop() any {
-	old := *q
-	t := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return t
+	left int    // turns after this one
+	seq  uint64 // breaks ties in arrival time deterministically
 }
 
 func (s *synth) draw(sm sampler) int {
-	v := int(math.Round(sm.Rand()))
-	return min(max(v, s.cfg.MinTokens), s.cfg.MaxTokens)
+	v := sm.Rand()
+	if !(v < float64(s.cfg.MaxTokens)) { // NaN and huge draws too
+		return s.cfg.MaxTokens
+	}
+	return max(int(math.Round(v)), s.cfg.MinTokens)
 }
 
-// freshIDs appends ids unique to this request for n blocks.
-func (s *synth) freshIDs(ids []int64, n int) []int64 {
-	for range n {
-		ids = append(ids, s.nextID)
+// fresh appends ids unique to this request until the prompt's blocks are covered.
+func (s *synth) fresh(tokens int) []int64 {
+	for len(s.ids) < s.blocks(tokens) {
+		s.ids = append(s.ids, s.nextID)
 		s.nextID++
 	}
-	return ids
+	return s.slab.copy(s.ids)
 }
 
 func (s *synth) blocks(tokens int) int { return (tokens + s.cfg.BlockSize - 1) / s.cfg.BlockSize }
@@ -185,22 +197,20 @@ func (s *synth) blocks(tokens int) int { return (tokens + s.cfg.BlockSize - 1) /
 // newConversation draws the first request of a conversation (or a lone request).
 func (s *synth) newConversation(at float64) turn {
 	in, out := s.draw(s.input), s.draw(s.output)
-	var ids []int64
+	s.ids = s.ids[:0]
 	if g := s.cfg.PrefixGroups; g > 0 {
 		group := int64(s.rng.IntN(g))
-		shared := min(s.cfg.PrefixTokens, in) / s.cfg.BlockSize
-		for i := range shared {
-			ids = append(ids, group<<32|int64(i))
+		for i := range min(s.cfg.PrefixTokens, in) / s.cfg.BlockSize {
+			s.ids = append(s.ids, groupIDs|group<<31|int64(i))
 		}
 	}
-	ids = s.freshIDs(ids, s.blocks(in)-len(ids))
-	t := turn{row: Row{Arrival: at, InputTokens: in, OutputTokens: out, HashIDs: ids, HashBlockSize: s.cfg.BlockSize}}
+	t := turn{row: Row{Arrival: at, InputTokens: in, OutputTokens: out, HashIDs: s.fresh(in), HashBlockSize: s.cfg.BlockSize}}
 	if s.cfg.TurnsMean > 1 {
 		s.sessions++
 		t.row.Session = s.sessions
-		// Geometric number of further turns with mean TurnsMean-1.
+		// Geometric number of further turns, mean TurnsMean-1.
 		p := 1 / s.cfg.TurnsMean
-		for s.rng.Float64() > p {
+		for s.rng.Float64() >= p {
 			t.left++
 		}
 	}
@@ -208,16 +218,19 @@ func (s *synth) newConversation(at float64) turn {
 }
 
 // followUp is the turn after prev: its prompt is prev's prompt and answer plus new text.
-func (s *synth) followUp(prev turn) turn {
+func (s *synth) followUp(prev *turn) turn {
 	user, out := s.draw(s.input), s.draw(s.output)
 	in := min(prev.row.InputTokens+prev.row.OutputTokens+user, s.cfg.MaxTokens)
 	keep := min(prev.row.InputTokens/s.cfg.BlockSize, s.blocks(in))
-	ids := append(make([]int64, 0, s.blocks(in)), prev.row.HashIDs[:keep]...)
-	ids = s.freshIDs(ids, s.blocks(in)-len(ids))
+	s.ids = append(s.ids[:0], prev.row.HashIDs[:keep]...)
 	think := s.rng.ExpFloat64() * s.cfg.ThinkTimeMean
 	return turn{
-		row:  Row{Arrival: prev.row.Arrival + think, InputTokens: in, OutputTokens: out, HashIDs: ids, HashBlockSize: s.cfg.BlockSize, Session: prev.row.Session},
+		row: Row{
+			Arrival: prev.row.Arrival + think, InputTokens: in, OutputTokens: out,
+			HashIDs: s.fresh(in), HashBlockSize: s.cfg.BlockSize, Session: prev.row.Session,
+		},
 		left: prev.left - 1,
+		seq:  uint64(s.emitted),
 	}
 }
 
@@ -227,17 +240,63 @@ func (s *synth) Next() (Row, error) {
 	}
 	var t turn
 	if len(s.pending) > 0 && s.pending[0].row.Arrival <= s.nextArrival {
-		t = heap.Pop(&s.pending).(turn)
+		t = s.pending.pop()
 	} else {
 		t = s.newConversation(s.nextArrival)
 		s.nextArrival += s.gap.Rand()
 	}
 	if t.left > 0 {
-		next := s.followUp(t)
-		next.seq = uint64(s.emitted)
-		heap.Push(&s.pending, next)
+		s.pending.push(s.followUp(&t))
 	}
 	s.emitted++
 	t.row.Line = s.emitted
 	return t.row, nil
+}
+
+// turnHeap orders waiting turns by arrival, then by when they were drawn.
+type turnHeap []turn
+
+func (h turnHeap) less(i, j int) bool {
+	if h[i].row.Arrival != h[j].row.Arrival {
+		return h[i].row.Arrival < h[j].row.Arrival
+	}
+	return h[i].seq < h[j].seq
+}
+
+func (h *turnHeap) push(t turn) {
+	*h = append(*h, t)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !q.less(i, parent) {
+			break
+		}
+		q[i], q[parent] = q[parent], q[i]
+		i = parent
+	}
+}
+
+func (h *turnHeap) pop() turn {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q[last] = turn{}
+	q = q[:last]
+	for i := 0; ; {
+		least, l, r := i, 2*i+1, 2*i+2
+		if l < len(q) && q.less(l, least) {
+			least = l
+		}
+		if r < len(q) && q.less(r, least) {
+			least = r
+		}
+		if least == i {
+			break
+		}
+		q[i], q[least] = q[least], q[i]
+		i = least
+	}
+	*h = q
+	return top
 }

@@ -2,7 +2,8 @@ package traces
 
 import "io"
 
-// ScaleRate multiplies a trace's arrival rate by factor: arrival times are divided by it.
+// ScaleRate multiplies a trace's arrival rate by factor (positive): arrival times are
+// divided by it.
 func ScaleRate(r Reader, factor float64) Reader { return &scaled{r: r, factor: factor} }
 
 type scaled struct {
@@ -30,4 +31,17 @@ func (l *limited) Next() (Row, error) {
 	}
 	l.left--
 	return l.r.Next()
+}
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (s *scaled) Skipped() int { return skipped(s.r) }
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (l *limited) Skipped() int { return skipped(l.r) }
+
+func skipped(r Reader) int {
+	if s, ok := r.(Skipper); ok {
+		return s.Skipped()
+	}
+	return 0
 }

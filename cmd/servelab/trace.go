@@ -26,7 +26,11 @@ func newTraceInspectCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inspect FILE",
 		Short: "Print a trace's rows, span, rate, token-length percentiles and prefix sharing",
-		Args:  cobra.ExactArgs(1),
+		Long: "Reads a trace (Azure LLM CSV, BurstGPT CSV, Mooncake JSONL or servelab's native JSONL,\n" +
+			"told from its first line unless --format says) and prints its rows, span, mean rate,\n" +
+			"input and output token percentiles and, for traces with prefix hash ids, the share of\n" +
+			"blocks that repeat an earlier block (what an unbounded prefix cache could reuse).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, c, err := traces.Open(args[0], traces.Format(format))
 			if err != nil {
@@ -43,25 +47,35 @@ func newTraceInspectCmd() *cobra.Command {
 			return st.WriteText(cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&format, "format", "", "trace format: azure, mooncake, burstgpt or native (guessed when empty)")
+	cmd.Flags().StringVar(&format, "format", "", "trace format: azure, mooncake, burstgpt or native (detected when empty)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the statistics as JSON")
 	return cmd
 }
 
 func newTraceSynthCmd() *cobra.Command {
-	cfg := traces.SynthConfig{InputMean: 1024, OutputMean: 256, InputSigma: 0.6, OutputSigma: 0.6, Arrival: "poisson"}
-	var out string
+	cfg := traces.SynthConfig{Requests: 1000, Rate: 10, InputMean: 1024, OutputMean: 256, InputSigma: 0.6, OutputSigma: 0.6, Arrival: "poisson", CV: 2}
+	var out, lengthsFrom, lengthsFormat string
 	cmd := &cobra.Command{
 		Use:   "synth --requests N --rate R --out FILE",
 		Short: "Write a synthetic trace in servelab's native JSONL format",
-		Args:  cobra.NoArgs,
+		Long: "Generates a workload: Poisson or gamma (bursty) arrivals, lognormal prompt and output\n" +
+			"lengths (or lengths sampled from a trace with --lengths-from), shared prefixes\n" +
+			"(--prefix-groups) and multi-turn conversations (--turns-mean), with prefix hash ids of\n" +
+			"--block-size tokens. The same flags and seed give the same file.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if out == "" {
-				return fmt.Errorf("--out is required")
+			if lengthsFrom != "" {
+				var err error
+				if cfg.InputEmpirical, cfg.OutputEmpirical, err = traceLengths(lengthsFrom, traces.Format(lengthsFormat)); err != nil {
+					return err
+				}
 			}
 			gen, err := traces.NewSynth(cfg)
 			if err != nil {
 				return err
+			}
+			if out == "-" {
+				return copyRows(traces.NewNativeWriter(cmd.OutOrStdout()), gen)
 			}
 			f, err := os.Create(out)
 			if err != nil {
@@ -75,22 +89,51 @@ func newTraceSynthCmd() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&cfg.Requests, "requests", 1000, "number of requests")
-	fl.Float64Var(&cfg.Rate, "rate", 10, "arrivals per second (new conversations when --turns-mean > 1)")
+	fl.IntVar(&cfg.Requests, "requests", cfg.Requests, "number of requests, follow-up turns included")
+	fl.Float64Var(&cfg.Rate, "rate", cfg.Rate, "requests per second, follow-up turns included")
 	fl.StringVar(&cfg.Arrival, "arrival", cfg.Arrival, "arrival process: poisson or gamma")
-	fl.Float64Var(&cfg.CV, "cv", 2, "coefficient of variation of gamma inter-arrival times (burstiness)")
+	fl.Float64Var(&cfg.CV, "cv", cfg.CV, "coefficient of variation of gamma inter-arrival times (burstiness; 1 is Poisson)")
 	fl.Float64Var(&cfg.InputMean, "input-mean", cfg.InputMean, "mean prompt tokens")
 	fl.Float64Var(&cfg.OutputMean, "output-mean", cfg.OutputMean, "mean output tokens")
 	fl.Float64Var(&cfg.InputSigma, "input-sigma", cfg.InputSigma, "lognormal sigma of prompt lengths (0: all equal)")
 	fl.Float64Var(&cfg.OutputSigma, "output-sigma", cfg.OutputSigma, "lognormal sigma of output lengths (0: all equal)")
-	fl.IntVar(&cfg.PrefixGroups, "prefix-groups", 0, "requests share one of this many prefixes")
+	fl.StringVar(&lengthsFrom, "lengths-from", "", "sample prompt and output lengths from this trace instead of lognormals")
+	fl.StringVar(&lengthsFormat, "lengths-format", "", "format of --lengths-from (detected when empty)")
+	fl.IntVar(&cfg.PrefixGroups, "prefix-groups", 0, "each conversation starts with one of this many shared prefixes")
 	fl.IntVar(&cfg.PrefixTokens, "prefix-tokens", 0, "tokens of each shared prefix (default 512 with --prefix-groups)")
 	fl.Float64Var(&cfg.TurnsMean, "turns-mean", 0, "mean turns per conversation; above 1 makes multi-turn sessions")
 	fl.Float64Var(&cfg.ThinkTimeMean, "think-time-mean", 0, "mean seconds between a conversation's turns (default 30)")
 	fl.IntVar(&cfg.BlockSize, "block-size", 0, "tokens per prefix hash id (default 16)")
+	fl.IntVar(&cfg.MinTokens, "min-tokens", 0, "smallest prompt or output length (default 1)")
+	fl.IntVar(&cfg.MaxTokens, "max-tokens", 0, "largest prompt or output length (default 32768)")
 	fl.Uint64Var(&cfg.Seed, "seed", 0, "random seed")
-	fl.StringVar(&out, "out", "", "output file (native JSONL)")
+	fl.StringVar(&out, "out", "", `output file (native JSONL; "-" for standard output)`)
+	_ = cmd.MarkFlagRequired("out")
 	return cmd
+}
+
+// traceLengths reads a trace's prompt and output lengths.
+func traceLengths(path string, format traces.Format) (in, out []int, err error) {
+	r, c, err := traces.Open(path, format)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close()
+	for {
+		row, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		in = append(in, row.InputTokens)
+		out = append(out, row.OutputTokens)
+	}
+	if len(in) == 0 {
+		return nil, nil, fmt.Errorf("%s: no rows to take lengths from", path)
+	}
+	return in, out, nil
 }
 
 func copyRows(w *traces.NativeWriter, r traces.Reader) error {

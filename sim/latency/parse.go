@@ -7,18 +7,25 @@ import (
 	"servelab/policies"
 )
 
-// Parse builds a model from a spec: "roofline" (with optional parameters mfu,
-// bandwidth_efficiency, overhead_ms, activation_reserve_gib) for the named GPU, model and
-// tensor parallelism, or "linear:FILE" / "profile:FILE" for a profile of the real engine.
+// Parse builds a latency model from a spec:
+//
+//   - "roofline", optionally with parameters mfu, bandwidth_efficiency, overhead_ms,
+//     allreduce_us and activation_reserve_gib ("roofline:mfu=0.5,overhead_ms=2"), for
+//     the named GPU, model and tensor parallelism (see DefaultRooflineOptions);
+//   - "profile:FILE", a Profile of the real engine;
+//   - "linear:FILE", a Profile or a bare LinearCoefficients object.
+//
+// gpu, model and tp are only used by roofline.
 func Parse(spec, gpu, model string, tp int) (Model, error) {
-	for _, prefix := range []string{"linear:", "profile:"} {
-		if file, ok := strings.CutPrefix(spec, prefix); ok {
-			p, err := LoadProfile(file)
-			if err != nil {
-				return nil, err
-			}
-			return p.StepModel(), nil
+	if file, ok := strings.CutPrefix(spec, "profile:"); ok {
+		p, err := LoadProfile(file)
+		if err != nil {
+			return nil, err
 		}
+		return p.StepModel(), nil
+	}
+	if file, ok := strings.CutPrefix(spec, "linear:"); ok {
+		return LoadLinear(file)
 	}
 	s, err := policies.ParseSpec(spec)
 	if err != nil {
@@ -32,6 +39,7 @@ func Parse(spec, gpu, model string, tp int) (Model, error) {
 	opts.MFU = p.Float("mfu", opts.MFU)
 	opts.BandwidthEfficiency = p.Float("bandwidth_efficiency", opts.BandwidthEfficiency)
 	opts.StepOverhead = p.Float("overhead_ms", opts.StepOverhead*1e3) / 1e3
+	opts.AllReduceLatency = p.Float("allreduce_us", opts.AllReduceLatency*1e6) / 1e6
 	opts.ActivationReserveGiB = p.Float("activation_reserve_gib", opts.ActivationReserveGiB)
 	if err := p.Err(); err != nil {
 		return nil, err

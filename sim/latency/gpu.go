@@ -1,0 +1,103 @@
+package latency
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"sigs.k8s.io/yaml"
+)
+
+// GPU is an accelerator's datasheet figures; data/gpus.yaml cites the sources.
+type GPU struct {
+	// Name is the lower-case short name LookupGPU takes ("h100").
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	// PeakTFLOPS is dense (no sparsity) BF16 tensor-core throughput.
+	PeakTFLOPS float64 `json:"peak_tflops"`
+	// MemoryBandwidthGBps is peak DRAM bandwidth in GB/s.
+	MemoryBandwidthGBps float64 `json:"memory_bandwidth_gbps"`
+	// MemoryGB is the capacity the datasheet sells.
+	MemoryGB float64 `json:"memory_gb"`
+	// MemoryMiB is the total memory the device reports (nvidia-smi memory.total), which
+	// gpu_memory_utilization is a fraction of. 0 means MemoryGB decimal gigabytes.
+	MemoryMiB float64 `json:"memory_mib,omitempty"`
+	// Interconnect names the GPU-to-GPU link ("nvlink4", "pcie4").
+	Interconnect string `json:"interconnect"`
+	// InterconnectGBps is the per-direction GPU-to-GPU bandwidth that tensor-parallel
+	// all-reduces use, GB/s.
+	InterconnectGBps float64 `json:"interconnect_gbps"`
+}
+
+// MemoryBytes is the device memory that vLLM's gpu_memory_utilization applies to.
+func (g GPU) MemoryBytes() float64 {
+	if g.MemoryMiB > 0 {
+		return g.MemoryMiB * (1 << 20)
+	}
+	return g.MemoryGB * 1e9
+}
+
+func (g GPU) validate() error {
+	for _, f := range []struct {
+		name  string
+		value float64
+	}{
+		{"peak_tflops", g.PeakTFLOPS}, {"memory_bandwidth_gbps", g.MemoryBandwidthGBps}, {"memory_gb", g.MemoryGB},
+	} {
+		if !(f.value > 0) {
+			return fmt.Errorf("GPU %q: field %q must be positive, got %v", g.Name, f.name, f.value)
+		}
+	}
+	if g.MemoryMiB < 0 || g.InterconnectGBps < 0 {
+		return fmt.Errorf("GPU %q: fields \"memory_mib\" and \"interconnect_gbps\" must not be negative", g.Name)
+	}
+	return nil
+}
+
+// gpus parses the embedded table once; a bad table is a build defect, caught by the tests.
+var gpus = sync.OnceValue(func() []GPU {
+	raw, err := data.ReadFile("data/gpus.yaml")
+	if err != nil {
+		panic(err)
+	}
+	var list []GPU
+	if err := yaml.UnmarshalStrict(raw, &list); err != nil {
+		panic(fmt.Sprintf("embedded gpus.yaml: %v", err))
+	}
+	for _, g := range list {
+		if err := g.validate(); err != nil {
+			panic(fmt.Sprintf("embedded gpus.yaml: %v", err))
+		}
+	}
+	return list
+})
+
+// GPUNames lists the known GPUs in the order of data/gpus.yaml.
+func GPUNames() []string {
+	var names []string
+	for _, g := range gpus() {
+		names = append(names, g.Name)
+	}
+	return names
+}
+
+// LookupGPU finds a GPU by its short name (h100, h200, a100-80g, l40s, l4), ignoring case.
+func LookupGPU(name string) (GPU, error) {
+	key := strings.ToLower(strings.TrimSpace(name))
+	for _, g := range gpus() {
+		if g.Name == key {
+			return g, nil
+		}
+	}
+	return GPU{}, fmt.Errorf("unknown GPU %q (known: %s)", name, strings.Join(GPUNames(), ", "))
+}
+
+// GPUClass is "h100" for the GPUs vLLM gives its larger scheduling defaults (H100, H200),
+// "" otherwise.
+func GPUClass(name string) string {
+	switch strings.ToLower(name) {
+	case "h100", "h200":
+		return "h100"
+	}
+	return ""
+}

@@ -1,0 +1,141 @@
+package latency
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+)
+
+// Profile is the file that `servelab profile` writes after timing the real engine's steps
+// and fitting a linear model to them (FitLinear), and that `--latency profile:FILE` reads.
+// It is JSON with exactly these keys; unknown keys are errors.
+type Profile struct {
+	// Model is the served model, as given to the engine (a Hugging Face repository or
+	// path). For people; the simulator does not check it.
+	Model string `json:"model"`
+	// Machine describes the hardware that was profiled ("1x NVIDIA H100 80GB HBM3"). For
+	// people.
+	Machine string `json:"machine"`
+	// TensorParallelSize is the number of GPUs the engine split the model over; 0 when
+	// not recorded.
+	TensorParallelSize int `json:"tensor_parallel_size,omitempty"`
+	// BlockSize is the engine's KV block size in tokens. Required when NumGPUBlocks is set.
+	BlockSize int `json:"block_size"`
+	// NumGPUBlocks is the engine's KV cache size in blocks of BlockSize (vLLM's
+	// num_gpu_blocks); 0 when not recorded, and the simulation must then be told the size.
+	NumGPUBlocks int `json:"num_gpu_blocks"`
+	// MaxModelLen is the engine's context limit in tokens; 0 when not recorded.
+	MaxModelLen int `json:"max_model_len,omitempty"`
+	// Coefficients is the fitted step-time model; see LinearCoefficients.
+	Coefficients LinearCoefficients `json:"coefficients"`
+	// Samples is the number of measured steps the coefficients were fitted to.
+	Samples int `json:"samples"`
+	// R2 is the fit's coefficient of determination over those steps' durations.
+	R2 float64 `json:"r2"`
+	// MeanRelativeError is the mean of |predicted - measured| / measured over the steps;
+	// 0 when not recorded.
+	MeanRelativeError float64 `json:"mean_relative_error,omitempty"`
+}
+
+// LoadProfile reads a profile file. Errors name the file and the offending field.
+func LoadProfile(path string) (*Profile, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseProfile(raw, path)
+}
+
+// ParseProfile reads a profile from JSON; source names it in errors.
+func ParseProfile(raw []byte, source string) (*Profile, error) {
+	var p Profile
+	if err := decodeStrict(source, raw, &p); err != nil {
+		return nil, err
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	return &p, nil
+}
+
+// Validate checks the profile's fields; errors name the JSON key.
+func (p *Profile) Validate() error {
+	for _, f := range []struct {
+		name  string
+		value int
+	}{
+		{"tensor_parallel_size", p.TensorParallelSize}, {"block_size", p.BlockSize},
+		{"num_gpu_blocks", p.NumGPUBlocks}, {"max_model_len", p.MaxModelLen}, {"samples", p.Samples},
+	} {
+		if f.value < 0 {
+			return fmt.Errorf("field %q: must not be negative, got %d", f.name, f.value)
+		}
+	}
+	if p.NumGPUBlocks > 0 && p.BlockSize == 0 {
+		return fmt.Errorf("field \"block_size\": required with num_gpu_blocks")
+	}
+	if math.IsNaN(p.R2) || p.R2 > 1 {
+		return fmt.Errorf("field \"r2\": %v is not at most 1", p.R2)
+	}
+	if !(p.MeanRelativeError >= 0) || math.IsInf(p.MeanRelativeError, 0) {
+		return fmt.Errorf("field \"mean_relative_error\": %v is not a non-negative number", p.MeanRelativeError)
+	}
+	if err := p.Coefficients.Validate(); err != nil {
+		return fmt.Errorf("field \"coefficients\": %w", err)
+	}
+	return nil
+}
+
+// Write writes the profile as indented JSON, after checking that LoadProfile will accept
+// it.
+func (p *Profile) Write(path string) error {
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	raw, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(raw, '\n'), 0o644)
+}
+
+// StepModel returns the profile's step-time model, which also reports the profiled KV
+// cache size and context limit. (It is not called Model because that is a field.)
+func (p *Profile) StepModel() *Linear {
+	name := "linear"
+	if m := strings.TrimSpace(p.Model); m != "" {
+		name = "linear(" + m + ")"
+	}
+	return &Linear{Coefficients: p.Coefficients, name: name, blocks: p.NumGPUBlocks, blockSize: p.BlockSize, maxLen: p.MaxModelLen}
+}
+
+// LoadLinear reads the file of `--latency linear:FILE`: either a profile or, for
+// coefficients written by hand, a bare LinearCoefficients object. A JSON object with a
+// "coefficients" key is a profile.
+func LoadLinear(path string) (*Linear, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		return nil, describeJSONError(path, raw, err)
+	}
+	if _, ok := keys["coefficients"]; ok {
+		p, err := ParseProfile(raw, path)
+		if err != nil {
+			return nil, err
+		}
+		return p.StepModel(), nil
+	}
+	var c LinearCoefficients
+	if err := decodeStrict(path, raw, &c); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return NewLinear(c), nil
+}
