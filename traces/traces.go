@@ -92,12 +92,7 @@ func Open(name string, format Format) (Reader, io.Closer, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := open(f, name, format)
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return r, f, nil
+	return openFile(f, name, format)
 }
 
 // OpenFS is Open for a file in fsys, such as an embedded trace.
@@ -106,6 +101,11 @@ func OpenFS(fsys fs.FS, name string, format Format) (Reader, io.Closer, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	return openFile(f, name, format)
+}
+
+// openFile reads an opened file, closing it if it is not a trace.
+func openFile(f io.ReadCloser, name string, format Format) (Reader, io.Closer, error) {
 	r, err := open(f, name, format)
 	if err != nil {
 		f.Close()
