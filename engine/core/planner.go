@@ -38,10 +38,12 @@ func (p *planner) Allocate(s *serving.Seq, numTokens int) bool {
 		return p.kv.Allocate(s, numTokens, 0)
 	}
 	cached := p.cachedBlocks(s)
+	// The memo answers only the lookup just made: by the next step other sequences'
+	// allocations may have evicted those blocks.
+	p.lookupSeq = nil
 	if !p.kv.Allocate(s, numTokens, cached) {
 		return false
 	}
-	p.lookupSeq = nil
 	if s.NumComputed == 0 {
 		hit := cached * p.kv.BlockSize()
 		if p.cache {

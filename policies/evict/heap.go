@@ -1,101 +1,113 @@
 package evict
 
-// blockHeap is a binary min-heap of block indices keyed by (primary, secondary), with a
-// position index so a block can be removed from the middle in O(log n).
-type blockHeap struct {
-	items              []int32
-	pos                []int32 // position in items, or none
-	primary, secondary []uint64
+import "fmt"
+
+// keyHeap is a binary min-heap of blocks ordered by (k1, k2), with each block's position
+// kept so a cache hit can take it out of the middle in O(log n). Keys sit next to the
+// block in the heap array, so sifting compares without chasing per-block slices.
+type keyHeap struct {
+	items []heapItem
+	pos   []int32 // index in items, or none
 }
 
-func (h *blockHeap) reset(n int) {
+type heapItem struct {
+	k1, k2 uint64
+	block  int32
+}
+
+func (h *keyHeap) reset(numBlocks int) {
+	if cap(h.items) < numBlocks {
+		h.items = make([]heapItem, 0, numBlocks)
+	}
 	h.items = h.items[:0]
-	h.pos = resize(h.pos, n)
+	if cap(h.pos) < numBlocks {
+		h.pos = make([]int32, numBlocks)
+	}
+	h.pos = h.pos[:numBlocks]
 	for i := range h.pos {
 		h.pos[i] = none
 	}
-	h.primary = resize64(h.primary, n)
-	h.secondary = resize64(h.secondary, n)
 }
 
-func resize64(s []uint64, n int) []uint64 {
-	if cap(s) < n {
-		return make([]uint64, n)
-	}
-	return s[:n]
+func (h *keyHeap) len() int { return len(h.items) }
+
+func (h *keyHeap) has(b int32) bool { return h.pos[b] != none }
+
+func (a *heapItem) less(b *heapItem) bool {
+	return a.k1 < b.k1 || (a.k1 == b.k1 && a.k2 < b.k2)
 }
 
-func (h *blockHeap) less(i, j int) bool {
-	a, b := h.items[i], h.items[j]
-	if h.primary[a] != h.primary[b] {
-		return h.primary[a] < h.primary[b]
-	}
-	return h.secondary[a] < h.secondary[b]
-}
-
-func (h *blockHeap) swap(i, j int) {
-	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.pos[h.items[i]] = int32(i)
-	h.pos[h.items[j]] = int32(j)
-}
-
-func (h *blockHeap) up(i int) {
+// up moves the item at i towards the root until its parent is not greater; the item is
+// carried in a register and written once, instead of swapped at every level.
+func (h *keyHeap) up(i int) {
+	it := h.items[i]
 	for i > 0 {
 		parent := (i - 1) / 2
-		if !h.less(i, parent) {
-			return
+		if !it.less(&h.items[parent]) {
+			break
 		}
-		h.swap(i, parent)
+		h.items[i] = h.items[parent]
+		h.pos[h.items[i].block] = int32(i)
 		i = parent
 	}
+	h.items[i] = it
+	h.pos[it.block] = int32(i)
 }
 
-func (h *blockHeap) down(i int) {
+func (h *keyHeap) down(i int) {
 	n := len(h.items)
+	it := h.items[i]
 	for {
-		smallest, l, r := i, 2*i+1, 2*i+2
-		if l < n && h.less(l, smallest) {
-			smallest = l
+		c := 2*i + 1
+		if c >= n {
+			break
 		}
-		if r < n && h.less(r, smallest) {
-			smallest = r
+		if r := c + 1; r < n && h.items[r].less(&h.items[c]) {
+			c = r
 		}
-		if smallest == i {
-			return
+		if !h.items[c].less(&it) {
+			break
 		}
-		h.swap(i, smallest)
-		i = smallest
+		h.items[i] = h.items[c]
+		h.pos[h.items[i].block] = int32(i)
+		i = c
 	}
+	h.items[i] = it
+	h.pos[it.block] = int32(i)
 }
 
-func (h *blockHeap) push(b int32, primary, secondary uint64) {
-	h.primary[b], h.secondary[b] = primary, secondary
-	h.items = append(h.items, b)
-	h.pos[b] = int32(len(h.items) - 1)
+func (h *keyHeap) push(b int32, k1, k2 uint64) {
+	if h.pos[b] != none {
+		panic(fmt.Sprintf("evict: block %d freed while already free", b))
+	}
+	h.items = append(h.items, heapItem{k1: k1, k2: k2, block: b})
 	h.up(len(h.items) - 1)
 }
 
-func (h *blockHeap) remove(b int32) bool {
+// remove takes b out of the heap and reports whether it was there.
+func (h *keyHeap) remove(b int32) bool {
 	i := int(h.pos[b])
 	if i == int(none) {
 		return false
 	}
-	last := len(h.items) - 1
-	h.swap(i, last)
-	h.items = h.items[:last]
 	h.pos[b] = none
-	if i < last {
+	last := len(h.items) - 1
+	if i != last {
+		h.items[i] = h.items[last]
+		h.items = h.items[:last]
 		h.down(i)
 		h.up(i)
+	} else {
+		h.items = h.items[:last]
 	}
 	return true
 }
 
-func (h *blockHeap) popMin() (int32, bool) {
+func (h *keyHeap) popMin() (int32, bool) {
 	if len(h.items) == 0 {
 		return 0, false
 	}
-	b := h.items[0]
+	b := h.items[0].block
 	h.remove(b)
 	return b, true
 }

@@ -1,0 +1,97 @@
+package kv
+
+import (
+	"fmt"
+
+	"servelab/policies/evict"
+	"servelab/serving"
+)
+
+// Allocate extends s's block table so it covers numNewTokens more tokens, and caches the
+// prompt blocks those tokens fill. For a fresh sequence, cachedBlocks leading blocks of
+// its prompt (as CachedPrefixBlocks found them just before) are taken from the cache
+// instead; the caller then counts their tokens as computed. It returns false, changing
+// nothing, when the free blocks do not suffice.
+func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) bool {
+	covered := s.NumComputed + numNewTokens
+	if cachedBlocks == 0 && covered <= len(s.Blocks)*m.blockSize &&
+		(!m.caching || s.NumComputed >= len(s.Req.BlockHashes)*m.blockSize) {
+		// Most decode steps: the last block has room, and every prompt block is full
+		// and cached already.
+		return true
+	}
+	if cachedBlocks > 0 {
+		m.checkPrefix(s, cachedBlocks)
+		covered += cachedBlocks * m.blockSize
+	}
+	need := max(0, m.blocksFor(covered)-len(s.Blocks)-cachedBlocks)
+	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
+	reclaimed := 0
+	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
+		if b, _ := m.cached.Get(h); m.blocks[b].ref == 0 {
+			reclaimed++
+		}
+	}
+	if need+reclaimed > m.free {
+		return false
+	}
+	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
+		b, _ := m.cached.Get(h)
+		if m.blocks[b].ref == 0 {
+			m.evict.Touch(b)
+			m.free--
+		}
+		m.blocks[b].ref++
+		m.blocks[b].hits++
+		s.Blocks = append(s.Blocks, b)
+	}
+	for range need {
+		b, ok := m.evict.Pop()
+		if !ok {
+			panic("kv: the eviction policy has no block though the free count says it should")
+		}
+		m.uncache(b)
+		m.blocks[b].ref = 1
+		m.free--
+		s.Blocks = append(s.Blocks, b)
+	}
+	if m.caching {
+		m.cacheFullBlocks(s, covered)
+	}
+	return true
+}
+
+// checkPrefix panics unless s may take cachedBlocks blocks from the cache: a mistake of
+// the caller's would otherwise corrupt reference counts.
+func (m *Manager) checkPrefix(s *serving.Seq, cachedBlocks int) {
+	if len(s.Blocks) != 0 || s.NumComputed != 0 {
+		panic("kv: prefix blocks offered to a sequence that already has blocks")
+	}
+	if cachedBlocks > len(s.Req.BlockHashes) {
+		panic(fmt.Sprintf("kv: %d prefix blocks offered for a prompt of %d full blocks", cachedBlocks, len(s.Req.BlockHashes)))
+	}
+	for i, h := range s.Req.BlockHashes[:cachedBlocks] {
+		if !m.cached.Has(h) {
+			panic(fmt.Sprintf("kv: prefix block %d is not cached; cachedBlocks must come from CachedPrefixBlocks", i))
+		}
+	}
+}
+
+// Free releases s's blocks, last block first as vLLM does, so that under LRU a sequence's
+// tail is reclaimed before the prefix other requests are likelier to share.
+func (m *Manager) Free(s *serving.Seq) {
+	for i := len(s.Blocks) - 1; i >= 0; i-- {
+		b := s.Blocks[i]
+		blk := &m.blocks[b]
+		blk.ref--
+		if blk.ref > 0 {
+			continue
+		}
+		if blk.ref < 0 {
+			panic(fmt.Sprintf("kv: block %d freed more often than referenced", b))
+		}
+		m.free++
+		m.evict.Free(b, evict.BlockInfo{Cached: blk.hash != noHash, Hits: blk.hits, Filled: blk.filled})
+	}
+	s.Blocks = s.Blocks[:0]
+}

@@ -1,0 +1,114 @@
+package kv
+
+import (
+	"servelab/internal/blockmap"
+	"servelab/policies/evict"
+	"servelab/serving"
+)
+
+// CachedPrefixBlocks returns how many leading blocks of hashes are in the prefix cache,
+// referenced or free; 0 when prefix caching is off. It implements serving.PrefixCache.
+func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
+	if !m.caching {
+		return 0
+	}
+	for i, h := range hashes {
+		if !m.cached.Has(h) {
+			return i
+		}
+	}
+	return len(hashes)
+}
+
+// cacheFullBlocks registers the prompt blocks that the first covered tokens fill, as vLLM
+// v1 does when it schedules them.
+func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
+	full := min(covered/m.blockSize, len(s.Req.BlockHashes), len(s.Blocks))
+	// Blocks are cached in prefix order, so the new ones follow the last cached one.
+	first := full
+	for first > 0 && m.blocks[s.Blocks[first-1]].hash == noHash {
+		first--
+	}
+	m.stored = m.stored[:0]
+	for i := first; i < full; i++ {
+		b, h := s.Blocks[i], s.Req.BlockHashes[i]
+		blk := &m.blocks[b]
+		blk.hash = h
+		blk.hits = 0
+		m.fills++
+		blk.filled = m.fills
+		if head, dup := m.cached.PutIfAbsent(h, b); dup {
+			// Another block holds this content: chain behind it and keep it as the one
+			// the cache finds, so the hash is stored once.
+			next := m.blocks[head].sameNext
+			blk.samePrev, blk.sameNext = head, next
+			if next != none {
+				m.blocks[next].samePrev = b
+			}
+			m.blocks[head].sameNext = b
+			continue
+		}
+		if m.events != nil {
+			m.stored = append(m.stored, h)
+		}
+	}
+	if len(m.stored) > 0 {
+		m.emit(BlockStored, append([]uint64(nil), m.stored...)...)
+	}
+}
+
+// uncache drops a block's cached content before the block is reused. The hash leaves the
+// cache only with the last block that holds it.
+func (m *Manager) uncache(b int32) {
+	blk := &m.blocks[b]
+	h := blk.hash
+	if h == noHash {
+		return
+	}
+	prev, next := blk.samePrev, blk.sameNext
+	if next != none {
+		m.blocks[next].samePrev = prev
+	}
+	switch {
+	case prev != none:
+		m.blocks[prev].sameNext = next
+	case next != none:
+		m.cached.Put(h, next)
+	default:
+		m.cached.Delete(h)
+		if m.events != nil {
+			m.emit(BlockRemoved, h)
+		}
+	}
+	blk.hash, blk.hits = noHash, 0
+	blk.samePrev, blk.sameNext = none, none
+}
+
+// ResetPrefixCache drops every cached prefix, as vLLM's reset_prefix_cache does after a
+// weight update or between benchmark runs. Like vLLM it refuses, returning false, while
+// any block is referenced. Free blocks keep their place in the eviction order, now as
+// uncached blocks.
+func (m *Manager) ResetPrefixCache() bool {
+	if m.free != len(m.blocks) {
+		return false
+	}
+	order := make([]int32, 0, len(m.blocks))
+	for {
+		b, ok := m.evict.Pop()
+		if !ok {
+			break
+		}
+		order = append(order, b)
+	}
+	for i := range m.blocks {
+		m.blocks[i] = block{samePrev: none, sameNext: none}
+	}
+	for _, b := range order {
+		m.evict.Free(b, evict.BlockInfo{})
+	}
+	m.cached = blockmap.New(len(m.blocks))
+	if m.events != nil {
+		m.emit(AllBlocksCleared)
+	}
+	return true
+}
