@@ -6,6 +6,9 @@ SHARED   ?= ../shared
 # first 3,000 rows of it shipped in the repo.
 TRACE    ?= $(if $(wildcard $(SHARED)/traces/azure_llm_2023_conv.csv),$(SHARED)/traces/azure_llm_2023_conv.csv,examples/traces/azure_conv_3000.csv)
 RUN_ARGS ?= --instances 4 --model llama-3.1-8b --gpu a100-80g --rate-scale 4 --goodput ttft:2000,tpot:100
+# A second table on Mooncake's conversation trace, whose shared prefixes make routing a
+# trade-off between cache hits and load balance.
+MOONCAKE ?= $(if $(wildcard $(SHARED)/traces/mooncake_conversation.jsonl),$(SHARED)/traces/mooncake_conversation.jsonl,examples/traces/mooncake_conv_500.jsonl)
 
 .PHONY: all build run test race lint bench clean
 
@@ -18,6 +21,10 @@ run: build
 	$(BIN) compare --trace $(TRACE) $(RUN_ARGS) \
 		--router round-robin --router least-request --router power-of-two \
 		--router least-kv --router weighted
+	@echo
+	$(BIN) compare --trace $(MOONCAKE) --instances 4 --model llama-3.1-8b --gpu h100 --goodput ttft:2000,tpot:100 \
+		--router least-request --router prefix-affinity --router weighted \
+		--router examples/router/llm-d-default.yaml
 
 test: lint
 	$(GO) test ./...
