@@ -229,3 +229,34 @@ func BenchmarkDecodeStep(b *testing.B) {
 		})
 	}
 }
+
+// TestPrefixLookupIsNotReusedAcrossSteps guards against planning a waiting request with a
+// prefix-cache lookup from an earlier step: in between, other sequences' allocations can
+// evict the blocks that lookup found.
+func TestPrefixLookupIsNotReusedAcrossSteps(t *testing.T) {
+	in := newInstance(t, "vllm", "lru", 10, true)
+	shared := serving.TraceBlockHashes([]int64{1, 2, 3}, 16, 48, 16, 0)
+	in.Add(request(1, 48, 1, shared))
+	drain(t, in, 0) // its three prompt blocks stay cached, free
+
+	// Y fills nine blocks, evicting all but the first shared block; Z shares that block but
+	// does not fit yet, so its lookup of one cached block is left unused.
+	in.Add(request(2, 144, 2, nil))
+	z := request(3, 64, 1, append(append([]uint64(nil), shared...), serving.TraceBlockHashes(nil, 0, 64, 16, 3)[3]))
+	in.Add(z)
+	step := in.Plan(1)
+	if len(step.Seqs) != 1 {
+		t.Fatalf("first step runs %d sequences, want only the 144-token prompt", len(step.Seqs))
+	}
+	in.Complete(step, 2)
+	// Y's first decode token needs a tenth block: the last free one, the shared block.
+	step = in.Plan(2)
+	in.Complete(step, 3)
+	if got := in.KV().CachedPrefixBlocks(z.BlockHashes); got != 0 {
+		t.Fatalf("the shared block is still cached (%d blocks); the scenario needs it evicted", got)
+	}
+	drain(t, in, 3)
+	if free := in.KV().NumFree(); free != 10 {
+		t.Errorf("%d of 10 blocks free after all finished", free)
+	}
+}
