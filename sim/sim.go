@@ -12,7 +12,9 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"math"
 
 	"servelab/engine/core"
@@ -189,7 +191,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 func (s *simulation) read(src traces.Reader) (*serving.Request, bool, error) {
 	row, err := src.Next()
 	if err != nil {
-		if isEOF(err) {
+		if errors.Is(err, io.EOF) {
 			return nil, false, nil
 		}
 		return nil, false, err
