@@ -168,6 +168,21 @@ func (in *Instance) Complete(step *serving.Step, now float64) []*serving.Seq {
 	return in.finished
 }
 
+// Finish ends a running sequence at time now because the driver saw a stop condition
+// (an end-of-sequence token or a stop string) before MaxTokens, and frees its blocks. Like
+// Abort, it must not be called between Plan and Complete.
+func (in *Instance) Finish(s *serving.Seq, now float64) {
+	if s.Status != serving.SeqRunning {
+		return
+	}
+	if i := slices.Index(in.running, s); i >= 0 {
+		in.running = slices.Delete(in.running, i, i+1)
+	}
+	in.kv.Free(s)
+	s.Status = serving.SeqFinished
+	s.Finish = now
+}
+
 // Abort removes a request wherever it is and frees its blocks (a client went away). It
 // must not be called between Plan and Complete for a sequence in the planned step.
 func (in *Instance) Abort(s *serving.Seq) {

@@ -1,6 +1,8 @@
 package kv
 
 import (
+	"slices"
+
 	"servelab/internal/blockmap"
 	"servelab/policies/evict"
 	"servelab/serving"
@@ -111,4 +113,16 @@ func (m *Manager) ResetPrefixCache() bool {
 		m.emit(AllBlocksCleared)
 	}
 	return true
+}
+
+// CachedHashes lists the hashes in the prefix cache, sorted, for a subscriber to KV
+// events that needs a snapshot to start from.
+func (m *Manager) CachedHashes() []uint64 {
+	out := make([]uint64, 0, m.cached.Len())
+	m.cached.Range(func(h uint64, _ int32) bool {
+		out = append(out, h)
+		return true
+	})
+	slices.Sort(out)
+	return out
 }

@@ -1,0 +1,358 @@
+// Package engine is one real serving instance: it drives the shared scheduler
+// (engine/core, with a policies/batch policy and the engine/kv block manager) from a single
+// goroutine that runs each planned step through an Executor (the model's forward pass),
+// samples the next tokens, applies stop conditions and streams text back to callers.
+//
+// Callers (the HTTP server) Submit requests from any goroutine and read their Stream; the
+// engine never blocks on a slow reader, because a stream accumulates output until it is read.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"servelab/engine/core"
+	"servelab/engine/kv"
+	"servelab/engine/sampling"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+	"servelab/serving"
+)
+
+// Input is one sequence's part of a step, as the executor sees it.
+type Input struct {
+	// Tokens are the tokens to compute this step.
+	Tokens []int32
+	// Pos is the position of Tokens[0]: how many tokens of the sequence the KV cache holds.
+	Pos int
+	// Blocks is the sequence's block table: position p lives in block Blocks[p/blockSize].
+	Blocks []int32
+	// Logits asks for the logits of the last token.
+	Logits bool
+}
+
+// Executor runs one step of the model.
+type Executor interface {
+	// Execute computes the batch, writing its keys and values into the KV blocks, and
+	// returns one logits row per input that asked for one, in order. The rows stay valid
+	// until the next call.
+	Execute(batch []Input) [][]float32
+}
+
+// TextDecoder turns generated token ids into text incrementally.
+type TextDecoder interface {
+	// Add returns the text that token id completes (possibly empty).
+	Add(id int32) string
+	// Flush returns what is left at the end.
+	Flush() string
+}
+
+// Config assembles an engine.
+type Config struct {
+	// ModelName is the served model name, used in metric labels.
+	ModelName string
+	Executor  Executor
+	// NewDecoder starts incremental detokenisation for one request.
+	NewDecoder func(skipSpecial bool) TextDecoder
+	// EOS are the end-of-sequence token ids.
+	EOS []int32
+	// MaxModelLen is the longest sequence (prompt plus output) in tokens.
+	MaxModelLen int
+	NumBlocks   int
+	BlockSize   int
+	// EnablePrefixCaching is vLLM's --enable-prefix-caching.
+	EnablePrefixCaching bool
+	Batch               batch.Policy
+	// Evict orders free blocks for reuse; nil means LRU.
+	Evict evict.Policy
+	// MaxWaiting bounds the waiting queue; a request beyond it gets ErrQueueFull. 0 means
+	// 4 x the batch policy's max_num_seqs.
+	MaxWaiting int
+	// Seed seeds requests that do not bring their own.
+	Seed uint64
+	// Metrics, if set, receives the engine's observations.
+	Metrics *Metrics
+}
+
+// SamplingParams are a request's generation parameters, after vLLM's SamplingParams.
+type SamplingParams struct {
+	sampling.Params
+	// MaxTokens is the most tokens to generate.
+	MaxTokens int
+	// MinTokens suppresses stop conditions until that many tokens were generated.
+	MinTokens int
+	// Stop strings end generation; the matched string is not returned.
+	Stop []string
+	// StopTokenIDs end generation like EOS.
+	StopTokenIDs []int32
+	// IgnoreEOS keeps generating past EOS.
+	IgnoreEOS bool
+	// SkipSpecialTokens leaves special tokens out of the text (vLLM default true).
+	SkipSpecialTokens bool
+}
+
+// Request is one generation request.
+type Request struct {
+	// ID names the request in errors and logs.
+	ID       string
+	Prompt   []int32
+	Sampling SamplingParams
+	// Priority orders requests for the priority batch policy: lower runs first.
+	Priority int
+}
+
+// Output is what a stream delivers: the text and tokens generated since the last read.
+type Output struct {
+	Text     string
+	TokenIDs []int32
+	// Finished is set on the last output; FinishReason is then "stop", "length" or "abort",
+	// and StopReason the stop string or stop token id that matched, if any (vLLM's
+	// stop_reason; nil for EOS).
+	Finished     bool
+	FinishReason string
+	StopReason   any
+	// Counts as of this output.
+	PromptTokens     int
+	CachedTokens     int
+	CompletionTokens int
+}
+
+// Errors Submit returns; the server maps them to HTTP statuses.
+var (
+	// ErrQueueFull: the waiting queue is at its bound (HTTP 429).
+	ErrQueueFull = errors.New("engine: too many requests waiting")
+	// ErrShuttingDown: the engine no longer accepts requests (HTTP 503).
+	ErrShuttingDown = errors.New("engine: shutting down")
+)
+
+// InvalidRequestError is a request the engine can never serve (HTTP 400).
+type InvalidRequestError struct {
+	// Param is the OpenAI API parameter at fault.
+	Param string
+	Msg   string
+}
+
+func (e *InvalidRequestError) Error() string { return e.Msg }
+
+// Stats is a snapshot of the engine's state, named after vLLM's metrics.
+type Stats struct {
+	Running, Waiting int
+	// KVCacheUsage is vllm:kv_cache_usage_perc (a fraction).
+	KVCacheUsage       float64
+	PrefixCacheQueries int64
+	PrefixCacheHits    int64
+	Preemptions        int64
+	Steps              int64
+	// FreeBlocks and NumBlocks describe the block manager; FreeBlocks == NumBlocks when no
+	// request holds a block.
+	FreeBlocks, NumBlocks int
+}
+
+// Engine is one serving instance.
+type Engine struct {
+	cfg   Config
+	inst  *core.Instance
+	start time.Time
+
+	mu       sync.Mutex
+	incoming []*request
+	aborts   []*request
+	subs     []*subscriber
+	newSubs  []*subscriber
+	waiting  int // requests submitted and not yet scheduled for the first time
+	closing  bool
+	wake     chan struct{}
+	stats    Stats
+	done     chan struct{}
+	stopLoop bool
+
+	// Owned by the loop goroutine.
+	live     map[*serving.Seq]*request
+	inputs   []Input
+	events   []kv.Event
+	eventSeq uint64
+	nextID   uint64
+}
+
+// New builds an engine and starts its loop.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Executor == nil || cfg.NewDecoder == nil || cfg.Batch == nil {
+		return nil, fmt.Errorf("engine: Executor, NewDecoder and Batch are required")
+	}
+	if cfg.MaxModelLen <= 0 {
+		return nil, fmt.Errorf("engine: max model length must be positive, got %d", cfg.MaxModelLen)
+	}
+	if cfg.BlockSize <= 0 {
+		cfg.BlockSize = 16
+	}
+	if cfg.MaxModelLen > cfg.NumBlocks*cfg.BlockSize {
+		// As vLLM refuses to start: a request of the full length could never be scheduled.
+		return nil, fmt.Errorf("engine: max model length %d exceeds the KV cache (%d blocks of %d tokens = %d); lower --max-model-len or give the cache more memory",
+			cfg.MaxModelLen, cfg.NumBlocks, cfg.BlockSize, cfg.NumBlocks*cfg.BlockSize)
+	}
+	if cfg.MaxWaiting <= 0 {
+		cfg.MaxWaiting = 4 * cfg.Batch.Limits().MaxNumSeqs
+	}
+	e := &Engine{
+		cfg:   cfg,
+		start: time.Now(),
+		wake:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+		live:  map[*serving.Seq]*request{},
+	}
+	inst, err := core.New(core.Config{
+		KV: kv.Config{
+			NumBlocks:           cfg.NumBlocks,
+			BlockSize:           cfg.BlockSize,
+			EnablePrefixCaching: cfg.EnablePrefixCaching,
+			Evict:               cfg.Evict,
+			Events:              func(ev kv.Event) { e.events = append(e.events, ev) },
+		},
+		Batch: cfg.Batch,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.inst = inst
+	e.publishStats()
+	if cfg.Metrics != nil {
+		cfg.Metrics.bind(e)
+	}
+	go e.loop()
+	return e, nil
+}
+
+// Config returns the engine's configuration.
+func (e *Engine) Config() Config { return e.cfg }
+
+// Stats returns the latest snapshot, taken after each step.
+func (e *Engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stats
+}
+
+// Validate checks a request against the engine's limits without submitting it.
+func (e *Engine) Validate(req *Request) error {
+	sp := &req.Sampling
+	switch {
+	case len(req.Prompt) == 0:
+		return &InvalidRequestError{"prompt", "the prompt is empty"}
+	case sp.MaxTokens <= 0:
+		return &InvalidRequestError{"max_tokens", fmt.Sprintf("max_tokens must be at least 1, got %d", sp.MaxTokens)}
+	case sp.MinTokens < 0 || sp.MinTokens > sp.MaxTokens:
+		return &InvalidRequestError{"min_tokens", fmt.Sprintf("min_tokens must be in [0, max_tokens=%d], got %d", sp.MaxTokens, sp.MinTokens)}
+	case len(req.Prompt)+sp.MaxTokens > e.cfg.MaxModelLen:
+		return &InvalidRequestError{"max_tokens", fmt.Sprintf(
+			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.",
+			e.cfg.MaxModelLen, len(req.Prompt)+sp.MaxTokens, len(req.Prompt), sp.MaxTokens)}
+	}
+	for i, s := range sp.Stop {
+		if s == "" {
+			return &InvalidRequestError{"stop", fmt.Sprintf("stop[%d] is empty", i)}
+		}
+	}
+	if err := sp.Params.Validate(); err != nil {
+		return &InvalidRequestError{"sampling", err.Error()}
+	}
+	return nil
+}
+
+// Submit queues a request. Its output is read from the returned stream; cancelling ctx
+// (a client that went away) aborts the request and frees its blocks.
+func (e *Engine) Submit(ctx context.Context, req Request) (*Stream, error) {
+	if err := e.Validate(&req); err != nil {
+		return nil, err
+	}
+	r := &request{
+		Request: req,
+		arrival: time.Now(),
+		tokens:  slices.Clone(req.Prompt),
+	}
+	r.stream = newStream(e, r)
+	e.mu.Lock()
+	switch {
+	case e.closing:
+		e.mu.Unlock()
+		return nil, ErrShuttingDown
+	case e.waiting >= e.cfg.MaxWaiting:
+		e.mu.Unlock()
+		return nil, ErrQueueFull
+	}
+	e.waiting++
+	e.incoming = append(e.incoming, r)
+	e.mu.Unlock()
+	e.signal()
+	r.stopWatch = context.AfterFunc(ctx, r.stream.Abort)
+	return r.stream, nil
+}
+
+func (e *Engine) signal() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) abort(r *request) {
+	e.mu.Lock()
+	e.aborts = append(e.aborts, r)
+	e.mu.Unlock()
+	e.signal()
+}
+
+// Shutdown stops accepting requests, lets in-flight ones finish until ctx is done, then
+// aborts the rest and stops the loop. After it returns every block is free.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	e.closing = true
+	e.mu.Unlock()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		e.mu.Lock()
+		idle := len(e.incoming) == 0 && e.stats.Running == 0 && e.stats.Waiting == 0 && e.waiting == 0
+		e.mu.Unlock()
+		if idle {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			break wait
+		case <-tick.C:
+		}
+	}
+	e.mu.Lock()
+	e.stopLoop = true
+	e.mu.Unlock()
+	e.signal()
+	<-e.done
+	return err
+}
+
+func (e *Engine) now() float64 { return time.Since(e.start).Seconds() }
+
+func (e *Engine) publishStats() {
+	st := e.inst.Stats()
+	m := e.inst.KV()
+	e.mu.Lock()
+	e.stats = Stats{
+		Running:            e.inst.NumRunning(),
+		Waiting:            e.inst.NumWaiting(),
+		KVCacheUsage:       m.Usage(),
+		PrefixCacheQueries: st.PrefixCacheQueries,
+		PrefixCacheHits:    st.PrefixCacheHits,
+		Preemptions:        st.Preemptions,
+		Steps:              st.Steps,
+		FreeBlocks:         m.NumFree(),
+		NumBlocks:          m.NumBlocks(),
+	}
+	e.mu.Unlock()
+}

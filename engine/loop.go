@@ -1,0 +1,298 @@
+package engine
+
+import (
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"servelab/engine/sampling"
+	"servelab/serving"
+)
+
+// request is the loop's state for one submitted request.
+type request struct {
+	Request
+	arrival   time.Time
+	stream    *Stream
+	stopWatch func() bool
+
+	seq     *serving.Seq
+	tokens  []int32 // prompt, then generated tokens
+	sampler *sampling.Sampler
+	decoder TextDecoder
+	// text is the generated text so far; emitted counts its bytes already streamed. With
+	// stop strings, the tail that could begin one is held back.
+	text      []byte
+	emitted   int
+	holdBack  int
+	lastToken time.Time
+	scheduled bool
+	done      bool
+}
+
+func (e *Engine) loop() {
+	defer close(e.done)
+	for {
+		e.mu.Lock()
+		incoming, aborts, newSubs := e.incoming, e.aborts, e.newSubs
+		e.incoming, e.aborts, e.newSubs = nil, nil, nil
+		stop := e.stopLoop
+		e.mu.Unlock()
+
+		for _, r := range incoming {
+			e.admit(r)
+		}
+		for _, r := range aborts {
+			e.finishAborted(r)
+		}
+		e.addSubscribers(newSubs)
+		if stop {
+			e.abortAll()
+			e.flushEvents()
+			e.closeSubscribers()
+			e.publishStats()
+			return
+		}
+		if e.inst.Idle() {
+			e.flushEvents()
+			e.publishStats()
+			<-e.wake
+			continue
+		}
+		if !e.step() {
+			// Nothing could be scheduled (every block held by running requests that are
+			// themselves waiting on blocks cannot happen with recompute preemption, so this
+			// is a request larger than the cache): wait for a change.
+			e.flushEvents()
+			e.publishStats()
+			<-e.wake
+		}
+	}
+}
+
+func (e *Engine) admit(r *request) {
+	r.Request.ID = strings.Clone(r.Request.ID)
+	e.nextID++
+	sreq := &serving.Request{
+		ID:           e.nextID,
+		Arrival:      r.arrival.Sub(e.start).Seconds(),
+		PromptTokens: len(r.Prompt),
+		MaxTokens:    r.Sampling.MaxTokens,
+		TokenIDs:     r.Prompt,
+		Priority:     r.Priority,
+	}
+	if e.cfg.EnablePrefixCaching {
+		sreq.BlockHashes = serving.TokenBlockHashes(r.Prompt, e.cfg.BlockSize)
+	}
+	r.seq = e.inst.Add(sreq)
+	r.sampler = sampling.New(r.Sampling.Params, e.cfg.Seed^e.nextID*0x9e3779b97f4a7c15)
+	r.decoder = e.cfg.NewDecoder(r.Sampling.SkipSpecialTokens)
+	for _, s := range r.Sampling.Stop {
+		r.holdBack = max(r.holdBack, len(s)-1)
+	}
+	e.live[r.seq] = r
+}
+
+// step plans, executes and completes one engine step; false when nothing was scheduled.
+func (e *Engine) step() bool {
+	step := e.inst.Plan(e.now())
+	if step.Empty() {
+		e.inst.Complete(step, e.now())
+		return false
+	}
+	e.inputs = e.inputs[:0]
+	for _, sc := range step.Seqs {
+		s := sc.Seq
+		r := e.live[s]
+		if !r.scheduled {
+			r.scheduled = true
+			e.mu.Lock()
+			e.waiting--
+			e.mu.Unlock()
+			if m := e.cfg.Metrics; m != nil {
+				m.queueTime.Observe(time.Since(r.arrival).Seconds())
+			}
+		}
+		end := s.NumComputed + sc.NumTokens
+		e.inputs = append(e.inputs, Input{
+			Tokens: r.tokens[s.NumComputed:end],
+			Pos:    s.NumComputed,
+			Blocks: s.Blocks,
+			Logits: end == s.NumTokens(),
+		})
+	}
+	logits := e.cfg.Executor.Execute(e.inputs)
+	now := time.Now()
+	row := 0
+	sampled := make([]int32, len(step.Seqs))
+	for i, in := range e.inputs {
+		if !in.Logits {
+			continue
+		}
+		r := e.live[step.Seqs[i].Seq]
+		sampled[i] = r.sampler.Sample(logits[row])
+		row++
+	}
+	finished := e.inst.Complete(step, now.Sub(e.start).Seconds())
+	for i, sc := range step.Seqs {
+		if !sc.Emitted {
+			continue
+		}
+		r := e.live[sc.Seq]
+		e.emit(r, sampled[i], now)
+	}
+	for _, s := range finished {
+		if r := e.live[s]; r != nil && !r.done {
+			// The core ended it at max_tokens.
+			e.finish(r, "length", nil, now)
+		}
+	}
+	if m := e.cfg.Metrics; m != nil {
+		m.iterationTokens.Observe(float64(step.Shape.Tokens()))
+	}
+	e.flushEvents()
+	e.publishStats()
+	return true
+}
+
+// emit appends a sampled token to r and applies the stop conditions in vLLM's order:
+// EOS, stop token ids, stop strings, then length (which the core applies).
+func (e *Engine) emit(r *request, tok int32, now time.Time) {
+	r.tokens = append(r.tokens, tok)
+	n := r.seq.NumOutput
+	if m := e.cfg.Metrics; m != nil {
+		if n == 1 {
+			m.ttft.Observe(now.Sub(r.arrival).Seconds())
+		} else {
+			m.itl.Observe(now.Sub(r.lastToken).Seconds())
+		}
+		m.generationTokens.Inc()
+	}
+	r.lastToken = now
+	sp := &r.Sampling
+	if n > sp.MinTokens || n == sp.MaxTokens {
+		if !sp.IgnoreEOS && slices.Contains(e.cfg.EOS, tok) {
+			e.finish(r, "stop", nil, now)
+			return
+		}
+		if slices.Contains(sp.StopTokenIDs, tok) {
+			e.finish(r, "stop", tok, now)
+			return
+		}
+	}
+	before := len(r.text)
+	r.text = append(r.text, r.decoder.Add(tok)...)
+	if len(sp.Stop) > 0 && n > sp.MinTokens {
+		from := max(0, before-r.holdBack)
+		for _, stop := range sp.Stop {
+			if i := strings.Index(string(r.text[from:]), stop); i >= 0 {
+				r.text = r.text[:from+i]
+				e.finish(r, "stop", stop, now)
+				return
+			}
+		}
+	}
+	if r.seq.Status == serving.SeqFinished {
+		return // the core finished it at max_tokens; finish() reports it
+	}
+	e.deliver(r, tok, false)
+}
+
+// deliver pushes the new tokens and the text that is safe to show to r's stream.
+func (e *Engine) deliver(r *request, tok int32, final bool) {
+	upto := len(r.text)
+	if !final {
+		// The decoder returns whole runes; only the held-back cut may split one.
+		upto = max(r.emitted, upto-r.holdBack)
+		for upto > r.emitted && upto < len(r.text) && !utf8.RuneStart(r.text[upto]) {
+			upto--
+		}
+	}
+	out := Output{
+		Text:             string(r.text[r.emitted:upto]),
+		PromptTokens:     len(r.Prompt),
+		CachedTokens:     r.seq.NumCachedPrompt,
+		CompletionTokens: r.seq.NumOutput,
+	}
+	if tok >= 0 {
+		out.TokenIDs = []int32{tok}
+	}
+	r.emitted = upto
+	r.stream.push(out)
+}
+
+// finish ends r with the given reason; its blocks are freed.
+func (e *Engine) finish(r *request, reason string, stopReason any, now time.Time) {
+	if r.done {
+		return
+	}
+	r.done = true
+	if r.seq.Status == serving.SeqRunning {
+		e.inst.Finish(r.seq, now.Sub(e.start).Seconds())
+	}
+	if _, cut := stopReason.(string); !cut {
+		// Text the decoder held (an incomplete rune) belongs to the output unless a stop
+		// string cut it.
+		r.text = append(r.text, r.decoder.Flush()...)
+	}
+	last := int32(-1)
+	if r.seq.NumOutput > 0 {
+		last = r.tokens[len(r.tokens)-1]
+	}
+	out := Output{
+		Text:             string(r.text[r.emitted:]),
+		Finished:         true,
+		FinishReason:     reason,
+		StopReason:       stopReason,
+		PromptTokens:     len(r.Prompt),
+		CachedTokens:     r.seq.NumCachedPrompt,
+		CompletionTokens: r.seq.NumOutput,
+	}
+	if last >= 0 && reason != "abort" {
+		out.TokenIDs = []int32{last}
+	}
+	r.emitted = len(r.text)
+	delete(e.live, r.seq)
+	if r.stopWatch != nil {
+		r.stopWatch()
+	}
+	if m := e.cfg.Metrics; m != nil {
+		m.observeFinished(r, reason, now)
+	}
+	r.stream.push(out)
+}
+
+func (e *Engine) finishAborted(r *request) {
+	if r.seq == nil || r.done {
+		return
+	}
+	if !r.scheduled {
+		r.scheduled = true
+		e.mu.Lock()
+		e.waiting--
+		e.mu.Unlock()
+	}
+	e.inst.Abort(r.seq)
+	e.finish(r, "abort", nil, time.Now())
+}
+
+func (e *Engine) abortAll() {
+	// Requests submitted after the last drain are still in incoming; admit them so they
+	// are aborted the same way.
+	e.mu.Lock()
+	incoming := e.incoming
+	e.incoming = nil
+	e.mu.Unlock()
+	for _, r := range incoming {
+		e.admit(r)
+	}
+	rs := make([]*request, 0, len(e.live))
+	for _, r := range e.live {
+		rs = append(rs, r)
+	}
+	slices.SortFunc(rs, func(a, b *request) int { return int(a.seq.Req.ID - b.seq.Req.ID) })
+	for _, r := range rs {
+		e.finishAborted(r)
+	}
+}
