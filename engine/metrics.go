@@ -14,7 +14,7 @@ import (
 type Metrics struct {
 	labels prometheus.Labels
 
-	ttft, itl, e2e, queueTime, prefillTime, decodeTime prometheus.Observer
+	ttft, itl, e2e, queueTime, prefillTime, decodeTime      prometheus.Observer
 	promptTokensHist, generationTokensHist, iterationTokens prometheus.Observer
 	promptTokens, generationTokens                          prometheus.Counter
 	success                                                 *prometheus.CounterVec
