@@ -1,0 +1,84 @@
+package profile
+
+import (
+	"testing"
+
+	"servelab/engine"
+	"servelab/serving"
+)
+
+// recorder checks every step against the engine's limits and records its shape.
+type recorder struct {
+	t   *testing.T
+	cfg Config
+	out [][]float32
+	n   int
+}
+
+func (r *recorder) Execute(batch []engine.Input) [][]float32 {
+	r.t.Helper()
+	r.n++
+	r.out = r.out[:0]
+	tokens, used := 0, map[int32]bool{}
+	for _, in := range batch {
+		tokens += len(in.Tokens)
+		end := in.Pos + len(in.Tokens)
+		if end > r.cfg.MaxModelLen {
+			r.t.Fatalf("sequence reaches %d tokens, past max model len %d", end, r.cfg.MaxModelLen)
+		}
+		if need := (end + r.cfg.BlockSize - 1) / r.cfg.BlockSize; len(in.Blocks) < need {
+			r.t.Fatalf("block table of %d blocks for %d tokens", len(in.Blocks), end)
+		}
+		for _, b := range in.Blocks {
+			if b < 0 || int(b) >= r.cfg.NumBlocks || used[b] {
+				r.t.Fatalf("block %d out of range or shared", b)
+			}
+			used[b] = true
+		}
+		r.out = append(r.out, nil)
+	}
+	if tokens > r.cfg.MaxNumBatchedTokens || len(batch) > r.cfg.MaxNumSeqs {
+		r.t.Fatalf("step of %d tokens and %d seqs exceeds the limits", tokens, len(batch))
+	}
+	return r.out
+}
+
+func TestMeasureStaysWithinLimits(t *testing.T) {
+	cfg := Config{MaxModelLen: 200, NumBlocks: 64, BlockSize: 16, MaxNumBatchedTokens: 128, MaxNumSeqs: 16, Repeats: 2}
+	rec := &recorder{t: t, cfg: cfg}
+	points, err := Measure(rec, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := len(grid(cfg)); len(points) != want || rec.n != 1+2*want {
+		t.Errorf("%d points from %d executions, want %d points from %d", len(points), rec.n, want, 1+2*want)
+	}
+	var prefill, decode, mixed bool
+	for _, p := range points {
+		s := p.Shape
+		prefill = prefill || s.PrefillSeqs > 0 && s.DecodeSeqs == 0
+		decode = decode || s.DecodeSeqs > 0 && s.PrefillSeqs == 0
+		mixed = mixed || s.DecodeSeqs > 0 && s.PrefillSeqs > 0
+	}
+	if !prefill || !decode || !mixed {
+		t.Errorf("grid lacks a kind of step: prefill %v decode %v mixed %v", prefill, decode, mixed)
+	}
+}
+
+func TestShapesMatchTheScheduler(t *testing.T) {
+	// A decode over 100 tokens of context and a 20-token chunk after 40 cached tokens.
+	got := buildStep([]chunk{{context: 100, tokens: 1, decode: true}, {context: 40, tokens: 20}}, 16, make([]int32, 200)).shape
+	want := serving.StepShape{
+		PrefillTokens: 20, PrefillSeqs: 1, DecodeSeqs: 1,
+		ContextTokens: 101 + 60, DecodeContextTokens: 101, PrefillAttention: 20 * (40 + 10),
+	}
+	if got != want {
+		t.Errorf("shape %+v, want %+v", got, want)
+	}
+}
+
+func TestMeasureRejectsTooSmallEngines(t *testing.T) {
+	if _, err := Measure(&recorder{t: t}, Config{MaxModelLen: 8, NumBlocks: 1, BlockSize: 16, MaxNumBatchedTokens: 8, MaxNumSeqs: 1}); err == nil {
+		t.Error("a grid of almost no shapes was accepted")
+	}
+}
