@@ -250,3 +250,42 @@ func permuteQK(spec Spec, w *Weights, inverse bool) *Weights {
 	}
 	return &out
 }
+
+// WriteLlama2C writes weights in HF order (as [Write] takes them) as a legacy llama2.c
+// checkpoint, q/k rows permuted back to adjacent-pair RoPE, so llama2.c's run.c computes the
+// same model: the peer the engine's benchmarks are measured against. freq_cis tables are
+// written as zeros (run.c skips them).
+func WriteLlama2C(path string, spec Spec, w *Weights) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if err := w.Check(spec); err != nil {
+		return err
+	}
+	w = PermuteQKFromHF(spec, w)
+	vocab := spec.Vocab
+	if !spec.Tied {
+		vocab = -vocab
+	}
+	var buf []byte
+	for _, v := range []int{spec.Dim, spec.Hidden, spec.Layers, spec.Heads, spec.KVHeads, vocab, spec.MaxSeqLen} {
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(int32(v)))
+	}
+	put := func(vs ...[]float32) {
+		for _, v := range vs {
+			for _, x := range v {
+				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
+			}
+		}
+	}
+	put(w.Embed)
+	for _, field := range [][][]float32{w.AttnNorm, w.Wq, w.Wk, w.Wv, w.Wo, w.FFNNorm, w.W1, w.W2, w.W3} {
+		put(field...)
+	}
+	put(w.FinalNorm)
+	put(make([]float32, spec.MaxSeqLen*spec.HeadDim()/2*2))
+	if !spec.Tied {
+		put(w.LMHead)
+	}
+	return os.WriteFile(path, buf, 0o644)
+}

@@ -825,3 +825,29 @@ func TestReadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteLlama2CRoundTrip(t *testing.T) {
+	for _, tied := range []bool{true, false} {
+		spec, err := Preset("tiny")
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Tied = tied
+		w := RandomWeights(spec, 3)
+		path := filepath.Join(t.TempDir(), "model.bin")
+		if err := WriteLlama2C(path, spec, w); err != nil {
+			t.Fatal(err)
+		}
+		gotSpec, got, err := ReadLlama2C(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(spec, gotSpec); diff != "" {
+			t.Errorf("tied=%v spec (-want +got)\n%s", tied, diff)
+		}
+		// ReadLlama2C returns llama2.c order; back in HF order it must be the original.
+		if diff := cmp.Diff(w, PermuteQKToHF(gotSpec, got)); diff != "" {
+			t.Errorf("tied=%v weights differ (-want +got)\n%s", tied, diff)
+		}
+	}
+}
