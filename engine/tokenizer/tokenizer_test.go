@@ -207,7 +207,9 @@ func FuzzEncodeDecode(f *testing.F) {
 	})
 }
 
-func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s && !strings.Contains(s, "\uFFFD") }
+func utf8Valid(s string) bool {
+	return strings.ToValidUTF8(s, "\uFFFD") == s && !strings.Contains(s, "\uFFFD")
+}
 
 func FuzzParse(f *testing.F) {
 	tj, tc, _ := Train(DefaultCorpus(), TrainConfig{VocabSize: 300, Kind: "sentencepiece", Special: []string{"<unk>", "<s>", "</s>"}})
