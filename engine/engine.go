@@ -274,20 +274,22 @@ func (e *Engine) Submit(ctx context.Context, req Request) (*Stream, error) {
 		tokens:  slices.Clone(req.Prompt),
 	}
 	r.stream = newStream(e, r)
+	r.stopWatch = context.AfterFunc(ctx, r.stream.Abort)
 	e.mu.Lock()
 	switch {
 	case e.closing:
 		e.mu.Unlock()
+		r.stopWatch()
 		return nil, ErrShuttingDown
 	case e.waiting >= e.cfg.MaxWaiting:
 		e.mu.Unlock()
+		r.stopWatch()
 		return nil, ErrQueueFull
 	}
 	e.waiting++
 	e.incoming = append(e.incoming, r)
 	e.mu.Unlock()
 	e.signal()
-	r.stopWatch = context.AfterFunc(ctx, r.stream.Abort)
 	return r.stream, nil
 }
 
@@ -300,6 +302,8 @@ func (e *Engine) signal() {
 
 func (e *Engine) abort(r *request) {
 	e.mu.Lock()
+	// The loop may not have admitted r yet; it checks the flag when it does.
+	r.abortRequested = true
 	e.aborts = append(e.aborts, r)
 	e.mu.Unlock()
 	e.signal()

@@ -29,6 +29,8 @@ type request struct {
 	lastToken time.Time
 	scheduled bool
 	done      bool
+	// abortRequested is set under Engine.mu by abort.
+	abortRequested bool
 }
 
 func (e *Engine) loop() {
@@ -43,6 +45,13 @@ func (e *Engine) loop() {
 		for _, r := range incoming {
 			e.admit(r)
 		}
+		e.mu.Lock()
+		for _, r := range incoming {
+			if r.abortRequested && !slices.Contains(aborts, r) {
+				aborts = append(aborts, r)
+			}
+		}
+		e.mu.Unlock()
 		for _, r := range aborts {
 			e.finishAborted(r)
 		}
