@@ -25,9 +25,21 @@ run: build
 	$(BIN) compare --trace $(MOONCAKE) --instances 4 --model llama-3.1-8b --gpu h100 --goodput ttft:2000,tpot:100 \
 		--router least-request --router prefix-affinity --router weighted \
 		--router examples/router/llm-d-default.yaml
+	@echo
+	@echo "== The real engine: a synthesised model, profiled on this machine, calibrates the simulator"
+	$(BIN) model synth --preset tiny --out bin/models/tiny
+	$(BIN) profile --model bin/models/tiny --num-gpu-blocks-override 1024 --quick --out bin/models/tiny-profile.json
+	$(BIN) trace synth --requests 300 --rate 20 --input-mean 200 --output-mean 50 --prefix-groups 8 --seed 1 --out bin/models/tiny-trace.jsonl
+	$(BIN) compare --trace bin/models/tiny-trace.jsonl --instances 2 --model bin/models/tiny/config.json --latency profile:bin/models/tiny-profile.json \
+		--router round-robin --router prefix-affinity --router weighted
+	@echo "serve it with: $(BIN) engine --model bin/models/tiny --port 8000"
 
 test: lint
 	$(GO) test ./...
+
+# The packages with goroutines, under the race detector.
+race:
+	$(GO) test -race ./engine/ ./engine/server/ ./engine/cpu/ ./engine/model/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

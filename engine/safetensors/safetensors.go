@@ -318,6 +318,10 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("safetensors: writing %s: %w", path, err)
 	}
+	// CreateTemp makes the file private; a model file is as readable as any other output.
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("safetensors: %w", err)
+	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("safetensors: %w", err)
 	}

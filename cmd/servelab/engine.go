@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"servelab/engine"
+	"servelab/engine/backend"
+	"servelab/engine/server"
+	"servelab/policies"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+)
+
+// engineFlags mirror vLLM's serve flags where they mean the same.
+type engineFlags struct {
+	model               string
+	servedName          string
+	host                string
+	port                int
+	apiKey              string
+	maxNumSeqs          int
+	maxNumBatchedTokens int
+	blockSize           int
+	prefixCaching       bool
+	maxModelLen         int
+	kvCacheMemory       int64
+	numBlocksOverride   int
+	batchSpec           string
+	evictSpec           string
+	threads             int
+	seed                uint64
+	maxWaiting          int
+}
+
+func (f *engineFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.model, "model", "", "Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
+	fl.StringVar(&f.servedName, "served-model-name", "", "model name in the API (default: the directory's base name)")
+	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
+	fl.IntVar(&f.port, "port", 8000, "port to listen on (0 picks a free one)")
+	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on /v1 endpoints")
+	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 0, "most sequences per step (default: the batch policy's, 256)")
+	fl.IntVar(&f.maxNumBatchedTokens, "max-num-batched-tokens", 0, "token budget per step (default: the batch policy's, 2048)")
+	fl.IntVar(&f.blockSize, "block-size", 16, "tokens per KV cache block")
+	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
+	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the model's, capped by the KV cache)")
+	fl.Int64Var(&f.kvCacheMemory, "kv-cache-memory-bytes", backend.DefaultKVCacheMemory, "memory for the KV cache")
+	fl.IntVar(&f.numBlocksOverride, "num-gpu-blocks-override", 0, "number of KV blocks, overriding --kv-cache-memory-bytes (vLLM's name)")
+	fl.StringVar(&f.batchSpec, "batch", "vllm", "batch policy spec: "+batch.Registry.Names()[0]+", ... (see servelab sim --help)")
+	fl.StringVar(&f.evictSpec, "evict", "lru", "KV eviction policy spec")
+	fl.IntVar(&f.threads, "threads", 0, "CPU threads for the kernels (default GOMAXPROCS)")
+	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
+	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
+}
+
+// batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.
+func (f *engineFlags) batchPolicy() (batch.Policy, error) {
+	spec, err := policies.ParseSpec(f.batchSpec)
+	if err != nil {
+		return nil, err
+	}
+	set := func(key string, v int) {
+		if v > 0 {
+			if spec.Params == nil {
+				spec.Params = map[string]string{}
+			}
+			spec.Params[key] = strconv.Itoa(v)
+		}
+	}
+	set("max_num_seqs", f.maxNumSeqs)
+	set("max_num_batched_tokens", f.maxNumBatchedTokens)
+	return batch.Registry.Build(spec, policies.Env{BlockSize: f.blockSize})
+}
+
+// running is a started engine and its HTTP server.
+type running struct {
+	backend  *backend.Backend
+	engine   *engine.Engine
+	server   *server.Server
+	listener net.Listener
+	name     string
+}
+
+func (f *engineFlags) start() (*running, error) {
+	if f.model == "" {
+		return nil, errors.New("--model is required")
+	}
+	bp, err := f.batchPolicy()
+	if err != nil {
+		return nil, err
+	}
+	ev, _, err := evict.Registry.Parse(f.evictSpec, policies.Env{BlockSize: f.blockSize})
+	if err != nil {
+		return nil, err
+	}
+	b, err := backend.Load(backend.Options{
+		Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
+		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
+	})
+	if err != nil {
+		return nil, err
+	}
+	name := f.servedName
+	if name == "" {
+		name = baseName(f.model)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	eng, err := engine.New(engine.Config{
+		ModelName:           name,
+		Executor:            b.NewExecutor(),
+		NewDecoder:          b.NewDecoder,
+		EOS:                 b.EOS(),
+		MaxModelLen:         b.MaxModelLen,
+		NumBlocks:           b.NumBlocks,
+		BlockSize:           b.BlockSize,
+		EnablePrefixCaching: f.prefixCaching,
+		Batch:               bp,
+		Evict:               ev,
+		MaxWaiting:          f.maxWaiting,
+		Seed:                f.seed,
+		Metrics:             engine.NewMetrics(reg, name, b.MaxModelLen),
+	})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := server.New(server.Config{
+		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
+		APIKey: f.apiKey, Registry: reg, Defaults: server.GenerationDefaults{
+			Temperature: b.Generation.Temperature, TopP: b.Generation.TopP, TopK: b.Generation.TopK,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
+	if err != nil {
+		return nil, err
+	}
+	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name}, nil
+}
+
+func baseName(dir string) string {
+	for len(dir) > 1 && dir[len(dir)-1] == '/' {
+		dir = dir[:len(dir)-1]
+	}
+	for i := len(dir) - 1; i >= 0; i-- {
+		if dir[i] == '/' {
+			return dir[i+1:]
+		}
+	}
+	return dir
+}
+
+func newEngineCmd() *cobra.Command {
+	var f engineFlags
+	cmd := &cobra.Command{
+		Use:   "engine --model DIR [--port N]",
+		Short: "Serve a model with the real CPU engine behind an OpenAI-compatible API",
+		Long: `Serve a Hugging Face model directory (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM;
+F32/F16/BF16 safetensors) on the CPU. The scheduler, KV block manager and batch/evict policies are
+the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
+/health, /metrics (vLLM metric names) and /v1/kv_events (KV cache events for routers).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := f.start()
+			if err != nil {
+				return err
+			}
+			b := r.backend
+			fmt.Fprintf(cmd.OutOrStdout(), "servelab engine: model %s (%s, %d layers, dim %d), %d KV blocks of %d tokens, max model len %d, %d threads\n",
+				r.name, b.Model.Config.Arch, b.Model.Config.Layers, b.Model.Config.Dim, b.NumBlocks, b.BlockSize, b.MaxModelLen, b.Pool.Threads())
+			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			errc := make(chan error, 1)
+			go func() { errc <- r.server.Serve(r.listener) }()
+			select {
+			case err := <-errc:
+				if !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+			case <-ctx.Done():
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "shutting down: finishing in-flight requests (10 s)")
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.server.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			return nil
+		},
+	}
+	f.register(cmd)
+	return cmd
+}

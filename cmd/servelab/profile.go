@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"servelab/engine/backend"
+	"servelab/engine/profile"
+	"servelab/sim/latency"
+)
+
+func newProfileCmd() *cobra.Command {
+	var (
+		f     engineFlags
+		out   string
+		quick bool
+		reps  int
+	)
+	cmd := &cobra.Command{
+		Use:   "profile --model DIR --out FILE",
+		Short: "Measure the engine's step time over batch shapes and fit the simulator's linear latency model",
+		Long: `Time the real engine's forward pass over a grid of step shapes (prefill chunks with and without
+cached context, decode batches over short and long contexts, mixed steps), fit the simulator's
+linear step-time model to them (non-negative least squares, gonum) and write a profile that
+'servelab sim --latency profile:FILE' loads.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.model == "" || out == "" {
+				return fmt.Errorf("--model and --out are required")
+			}
+			bp, err := f.batchPolicy()
+			if err != nil {
+				return err
+			}
+			b, err := backend.Load(backend.Options{
+				Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
+				KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
+			})
+			if err != nil {
+				return err
+			}
+			limits := bp.Limits()
+			w := cmd.ErrOrStderr()
+			progress := func(done, total int) {}
+			if f, ok := w.(*os.File); ok {
+				if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+					progress = func(done, total int) { fmt.Fprintf(w, "\rprofiling: %d/%d shapes", done, total) }
+				}
+			}
+			points, err := profile.Measure(b.NewExecutor(), profile.Config{
+				MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
+				MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
+				Repeats: reps, Quick: quick,
+				Progress: progress,
+			})
+			if err != nil {
+				return err
+			}
+			samples := make([]latency.Sample, len(points))
+			for i, p := range points {
+				samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
+			}
+			coef, r2, err := latency.FitLinear(samples)
+			if err != nil {
+				return err
+			}
+			_, mre := latency.Evaluate(coef, samples)
+			prof := &latency.Profile{
+				Model:             f.model,
+				Machine:           fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()),
+				BlockSize:         b.BlockSize,
+				NumGPUBlocks:      b.NumBlocks,
+				MaxModelLen:       b.MaxModelLen,
+				Coefficients:      coef,
+				Samples:           len(samples),
+				R2:                r2,
+				MeanRelativeError: mre,
+			}
+			if err := prof.Write(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d shapes, R² %.4f, mean relative error %.1f%%\n", out, len(samples), r2, 100*mre)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&out, "out", "", "profile file to write (JSON)")
+	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
+	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
+	return cmd
+}
