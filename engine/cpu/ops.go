@@ -3,34 +3,107 @@ package cpu
 import "math"
 
 // MatMul computes y = x * wᵀ for n rows: x is n×in, w is out×in (the row-major layout of
-// a Hugging Face linear layer's weight), y is n×out. Rows of w are split across the pool.
+// a Hugging Face linear layer's weight), y is n×out. Rows of w are split across the pool;
+// each thread streams its rows of w once, computing them against every row of x, so a
+// batch of n tokens costs little more memory traffic than one.
 func (p *Pool) MatMul(y, x, w []float32, n, in, out int) {
 	if len(x) < n*in || len(w) < out*in || len(y) < n*out {
 		panic("cpu: MatMul operand too short")
 	}
-	p.Parallel(out, 16, func(lo, hi int) {
-		matmulRange(y, x, w, n, in, out, lo, hi)
+	if n == 0 || out == 0 {
+		return
+	}
+	// Chunks of 12 weight rows keep the kernels' 3- and 4-row blocks whole.
+	p.Parallel((out+11)/12, 1, func(lo, hi int) {
+		matmulRange(y, x, w, n, in, out, lo*12, min(hi*12, out))
 	})
 }
 
 func matmulRange(y, x, w []float32, n, in, out, lo, hi int) {
+	if !useAVX2 || in < 8 {
+		matmulScalar(y, x, w, n, in, out, lo, hi)
+		return
+	}
+	vec := in &^ 7 // the kernels take multiples of 8; the tail is added below
+	o := lo
+	if n >= 4 {
+		var acc [12]float32
+		for ; o+3 <= hi; o += 3 {
+			r := 0
+			for ; r+4 <= n; r += 4 {
+				dot4x3(&x[r*in], in, &w[o*in], in, vec, &acc)
+				for i := range 4 {
+					yr := y[(r+i)*out+o : (r+i)*out+o+3]
+					yr[0], yr[1], yr[2] = acc[i*3], acc[i*3+1], acc[i*3+2]
+				}
+			}
+			for ; r < n; r++ {
+				for j := range 3 {
+					y[r*out+o+j] = Dot(x[r*in:r*in+vec], w[(o+j)*in:(o+j)*in+vec])
+				}
+			}
+		}
+	} else {
+		var acc [4]float32
+		for ; o+4 <= hi; o += 4 {
+			for r := range n {
+				dot1x4(&x[r*in], &w[o*in], in, vec, &acc)
+				copy(y[r*out+o:r*out+o+4], acc[:])
+			}
+		}
+	}
+	for ; o < hi; o++ {
+		for r := range n {
+			y[r*out+o] = Dot(x[r*in:r*in+vec], w[o*in:o*in+vec])
+		}
+	}
+	if vec < in {
+		for r := range n {
+			xr := x[r*in+vec : (r+1)*in]
+			for o := lo; o < hi; o++ {
+				y[r*out+o] += dotScalar(xr, w[o*in+vec:(o+1)*in])
+			}
+		}
+	}
+}
+
+func matmulScalar(y, x, w []float32, n, in, out, lo, hi int) {
 	for r := 0; r < n; r++ {
 		xr := x[r*in : (r+1)*in]
 		yr := y[r*out : (r+1)*out]
 		for o := lo; o < hi; o++ {
-			yr[o] = Dot(xr, w[o*in:(o+1)*in])
+			yr[o] = dotScalar(xr, w[o*in:(o+1)*in])
 		}
 	}
 }
 
 // Dot is the inner product of a and b (len(b) >= len(a)).
 func Dot(a, b []float32) float32 {
-	var s float32
 	b = b[:len(a)]
-	for i, v := range a {
-		s += v * b[i]
+	if useAVX2 && len(a) >= 32 {
+		// dot1x4 with a zero stride computes the same row four times; one is kept.
+		var acc [4]float32
+		vec := len(a) &^ 7
+		dot1x4(&a[0], &b[0], 0, vec, &acc)
+		return acc[0] + dotScalar(a[vec:], b[vec:])
 	}
-	return s
+	return dotScalar(a, b)
+}
+
+func dotScalar(a, b []float32) float32 {
+	var s0, s1, s2, s3 float32
+	b = b[:len(a)]
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // Axpy adds alpha*x to y.

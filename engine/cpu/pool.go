@@ -39,7 +39,7 @@ func (p *Pool) Parallel(n, grain int, fn func(lo, hi int)) {
 		return
 	}
 	chunk := (n + parts - 1) / parts
-	p.wg.Add(parts - 1)
+	p.wg.Add((n+chunk-1)/chunk - 1)
 	for lo := chunk; lo < n; lo += chunk {
 		go func(lo, hi int) {
 			defer p.wg.Done()
