@@ -12,3 +12,9 @@ func dot1x4(x, w *float32, wstride, n int, out *[4]float32)
 
 //go:noescape
 func dot4x3(x *float32, xstride int, w *float32, wstride, n int, out *[12]float32)
+
+//go:noescape
+func dotAVX(x, y *float32, n int) float32
+
+//go:noescape
+func axpyAVX(alpha float32, x, y *float32, n int)

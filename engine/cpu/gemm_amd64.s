@@ -146,3 +146,66 @@ reduce:
 	VMOVUPS X8, 32(DX)
 	VZEROUPPER
 	RET
+
+// func dotAVX(x, y *float32, n int) float32
+// n is a multiple of 8.
+TEXT ·dotAVX(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), SI
+	MOVQ y+8(FP), DI
+	MOVQ n+16(FP), CX
+	SHLQ $2, CX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	XORQ AX, AX
+	MOVQ CX, R11
+	SUBQ $32, R11
+
+dloop16:
+	CMPQ AX, R11
+	JGE  dtail8
+	VMOVUPS (SI)(AX*1), Y2
+	VMOVUPS 32(SI)(AX*1), Y3
+	VFMADD231PS (DI)(AX*1), Y2, Y0
+	VFMADD231PS 32(DI)(AX*1), Y3, Y1
+	ADDQ $64, AX
+	JMP  dloop16
+
+dtail8:
+	CMPQ AX, CX
+	JGE  dreduce
+	VMOVUPS (SI)(AX*1), Y2
+	VFMADD231PS (DI)(AX*1), Y2, Y0
+	ADDQ $32, AX
+
+dreduce:
+	VADDPS Y1, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS X1, X0, X0
+	VHADDPS X0, X0, X0
+	VHADDPS X0, X0, X0
+	VMOVSS X0, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func axpyAVX(alpha float32, x, y *float32, n int)
+// y[i] += alpha * x[i]; n is a multiple of 8.
+TEXT ·axpyAVX(SB), NOSPLIT, $0-32
+	VBROADCASTSS alpha+0(FP), Y0
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	MOVQ n+24(FP), CX
+	SHLQ $2, CX
+	XORQ AX, AX
+
+aloop:
+	CMPQ AX, CX
+	JGE  adone
+	VMOVUPS (DI)(AX*1), Y1
+	VFMADD231PS (SI)(AX*1), Y0, Y1
+	VMOVUPS Y1, (DI)(AX*1)
+	ADDQ $32, AX
+	JMP  aloop
+
+adone:
+	VZEROUPPER
+	RET

@@ -9,3 +9,7 @@ func dot1x4(x, w *float32, wstride, n int, out *[4]float32) { panic("unreachable
 func dot4x3(x *float32, xstride int, w *float32, wstride, n int, out *[12]float32) {
 	panic("unreachable")
 }
+
+func dotAVX(x, y *float32, n int) float32 { panic("unreachable") }
+
+func axpyAVX(alpha float32, x, y *float32, n int) { panic("unreachable") }

@@ -80,12 +80,9 @@ func matmulScalar(y, x, w []float32, n, in, out, lo, hi int) {
 // Dot is the inner product of a and b (len(b) >= len(a)).
 func Dot(a, b []float32) float32 {
 	b = b[:len(a)]
-	if useAVX2 && len(a) >= 32 {
-		// dot1x4 with a zero stride computes the same row four times; one is kept.
-		var acc [4]float32
+	if useAVX2 && len(a) >= 8 {
 		vec := len(a) &^ 7
-		dot1x4(&a[0], &b[0], 0, vec, &acc)
-		return acc[0] + dotScalar(a[vec:], b[vec:])
+		return dotAVX(&a[0], &b[0], vec) + dotScalar(a[vec:], b[vec:])
 	}
 	return dotScalar(a, b)
 }
@@ -109,6 +106,11 @@ func dotScalar(a, b []float32) float32 {
 // Axpy adds alpha*x to y.
 func Axpy(alpha float32, x, y []float32) {
 	y = y[:len(x)]
+	if useAVX2 && len(x) >= 8 {
+		vec := len(x) &^ 7
+		axpyAVX(alpha, &x[0], &y[0], vec)
+		x, y = x[vec:], y[vec:]
+	}
 	for i, v := range x {
 		y[i] += alpha * v
 	}

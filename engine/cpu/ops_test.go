@@ -118,3 +118,22 @@ func BenchmarkDot(b *testing.B) {
 		Dot(x, y)
 	}
 }
+
+func TestAxpy(t *testing.T) {
+	withPaths(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(5, 6))
+		for _, n := range []int{0, 1, 7, 8, 9, 16, 33, 100} {
+			x, y := randSlice(rng, n), randSlice(rng, n)
+			want := make([]float64, n)
+			for i := range want {
+				want[i] = float64(y[i]) + 0.5*float64(x[i])
+			}
+			Axpy(0.5, x, y)
+			for i := range y {
+				if math.Abs(float64(y[i])-want[i]) > 1e-6*max(1, math.Abs(want[i])) {
+					t.Fatalf("n=%d: y[%d] = %v, want %v", n, i, y[i], want[i])
+				}
+			}
+		}
+	})
+}
