@@ -8,9 +8,6 @@ import "golang.org/x/sys/cpu"
 var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
 //go:noescape
-func dot1x4(x, w *float32, wstride, n int, out *[4]float32)
-
-//go:noescape
 func dot4x3(x *float32, xstride int, w *float32, wstride, n int, out *[12]float32)
 
 //go:noescape

@@ -4,8 +4,6 @@ package cpu
 
 var useAVX2 = false
 
-func dot1x4(x, w *float32, wstride, n int, out *[4]float32) { panic("unreachable") }
-
 func dot4x3(x *float32, xstride int, w *float32, wstride, n int, out *[12]float32) {
 	panic("unreachable")
 }

@@ -43,15 +43,10 @@ func matmulRange(y, x, w []float32, n, in, out, lo, hi int) {
 				}
 			}
 		}
-	} else {
-		var acc [4]float32
-		for ; o+4 <= hi; o += 4 {
-			for r := range n {
-				dot1x4(&x[r*in], &w[o*in], in, vec, &acc)
-				copy(y[r*out+o:r*out+o+4], acc[:])
-			}
-		}
 	}
+	// Fewer than four rows of x (decode at small batch) is bound by reading w: one
+	// sequential stream per weight row lets the hardware prefetcher run at full bandwidth
+	// (interleaving four rows measured 40% slower); x stays in L1.
 	for ; o < hi; o++ {
 		for r := range n {
 			y[r*out+o] = Dot(x[r*in:r*in+vec], w[o*in:o*in+vec])
