@@ -4,7 +4,8 @@
 #
 # Optional peer: set BLIS_BIN to a built BLIS binary and BLIS_DIR to its checkout
 # (github.com/inference-sim/inference-sim) to run it side by side on the same workload;
-# BLIS_FULL=1 adds its 100,000-request run (about 7 minutes here).
+# BLIS_FULL=1 adds its 100,000-request run (about 7 minutes here). LLAMA2C_DIR, a
+# github.com/karpathy/llama2.c checkout, adds run.c beside the real engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +74,26 @@ if [ -n "${BLIS_BIN:-}" ]; then
   fi
 fi
 
+# The real engine against llama2.c's run.c on the TinyStories 15M and 110M shapes (random
+# weights, the same ones in both formats). The engine's rates come from its forward-pass
+# benchmark (context ~128 like run.c's 256-token generation from BOS); run.c's from its own
+# "achieved tok/s" line. Set LLAMA2C_DIR to a llama2.c checkout for the peer rows.
+echo "measuring the engine's forward pass (15m, 110m)" >&2
+go test -run '^$' -bench 'BenchmarkForward' -benchtime 2s -count 3 ./engine/model/ >"$WORK/forward.txt"
+engine_rate() { # preset case -> median tok/s
+  grep "BenchmarkForward/$1/$2-" "$WORK/forward.txt" | awk '{for (i=1;i<=NF;i++) if ($(i+1)=="tok/s") print $i}' | sort -g | sed -n 2p
+}
+{
+  for preset in 15m 110m; do
+    echo "| $preset | servelab engine, decode, batch 1 | $(nproc) | $(engine_rate $preset decode-1) |"
+    echo "| $preset | servelab engine, decode, batch 16 (aggregate) | $(nproc) | $(engine_rate $preset decode-16) |"
+    echo "| $preset | servelab engine, prefill of 128 tokens | $(nproc) | $(engine_rate $preset prefill-128) |"
+  done
+  if [ -n "${LLAMA2C_DIR:-}" ]; then
+    bash scripts/llama2c.sh "$BIN" "$WORK"
+  fi
+} >"$WORK/engine.md"
+
 echo "running go test benchmarks (count $REPS)" >&2
 go test -run '^$' -bench . -benchmem -benchtime "${BENCHTIME:-300ms}" -count "$REPS" \
   ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... ./internal/... >"$WORK/bench.txt"
@@ -100,6 +121,17 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   cat "$WORK/e2e.md"
   echo
   if [ -f docs/benchmarks-notes.md ]; then cat docs/benchmarks-notes.md; echo; fi
+  echo "## The real engine (CPU, fp32) against llama2.c run.c"
+  echo
+  echo "Median of 3. Engine: \`go test -run '^\$' -bench BenchmarkForward -benchtime 2s -count 3 ./engine/model/\`"
+  echo "(random weights of the preset, written by \`servelab model synth --preset P --llama2c FILE\`); run.c:"
+  echo "\`run FILE -z tokenizer.bin -t 0 -n 256 -i \"\"\` on the same weights (scripts/llama2c.sh)."
+  echo
+  echo "| model | implementation | threads | tok/s |"
+  echo "| --- | --- | ---: | ---: |"
+  cat "$WORK/engine.md"
+  echo
+  if [ -f docs/engine-notes.md ]; then cat docs/engine-notes.md; echo; fi
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
   echo '```'
