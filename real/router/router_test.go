@@ -30,7 +30,7 @@ type stub struct {
 	release          chan struct{}
 }
 
-func newStub(t *testing.T, name string) *stub {
+func newStub(t testing.TB, name string) *stub {
 	t.Helper()
 	s := &stub{release: make(chan struct{})}
 	mux := http.NewServeMux()
@@ -59,7 +59,7 @@ func newStub(t *testing.T, name string) *stub {
 	return s
 }
 
-func newRouter(t *testing.T, spec string, scrape time.Duration, urls ...string) (*Router, string, *prometheus.Registry) {
+func newRouter(t testing.TB, spec string, scrape time.Duration, urls ...string) (*Router, string, *prometheus.Registry) {
 	t.Helper()
 	p, err := route.Parse(spec, policies.Env{Seed: 1, BlockSize: 16})
 	if err != nil {
