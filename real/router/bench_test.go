@@ -16,7 +16,7 @@ import (
 func BenchmarkOverhead(b *testing.B) {
 	up := newStub(b, "a")
 	close(up.release)
-	r, url, _ := newRouter(b, "least-request", 50*time.Millisecond, up.URL)
+	_, url, _ := newRouter(b, "least-request", 50*time.Millisecond, up.URL)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	do := func(base string) time.Duration {
 		start := time.Now()
