@@ -62,8 +62,10 @@ type Config struct {
 	EOS []int32
 	// MaxModelLen is the longest sequence (prompt plus output) in tokens.
 	MaxModelLen int
-	NumBlocks   int
-	BlockSize   int
+	// VocabSize bounds prompt token ids (a client may send ids); 0 skips the check.
+	VocabSize int
+	NumBlocks int
+	BlockSize int
 	// EnablePrefixCaching is vLLM's --enable-prefix-caching.
 	EnablePrefixCaching bool
 	Batch               batch.Policy
@@ -250,6 +252,11 @@ func (e *Engine) Validate(req *Request) error {
 		return &InvalidRequestError{"max_tokens", fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.",
 			e.cfg.MaxModelLen, len(req.Prompt)+sp.MaxTokens, len(req.Prompt), sp.MaxTokens)}
+	}
+	for i, id := range req.Prompt {
+		if id < 0 || e.cfg.VocabSize > 0 && int(id) >= e.cfg.VocabSize {
+			return &InvalidRequestError{"prompt", fmt.Sprintf("prompt token %d: id %d is outside the vocabulary [0, %d)", i, id, e.cfg.VocabSize)}
+		}
 	}
 	for i, s := range sp.Stop {
 		if s == "" {

@@ -104,6 +104,7 @@ func newTestEngine(t *testing.T, mutate func(*Config)) testEngine {
 		NewDecoder:          func(bool) TextDecoder { return byteDecoder{} },
 		EOS:                 []int32{eosID},
 		MaxModelLen:         256,
+		VocabSize:           128,
 		NumBlocks:           64,
 		BlockSize:           4,
 		EnablePrefixCaching: true,
@@ -288,6 +289,8 @@ func TestQueueFullAndValidation(t *testing.T) {
 		{Request{Prompt: encode("x"), Sampling: SamplingParams{MaxTokens: 0}}, "max_tokens"},
 		{Request{Prompt: encode("x"), Sampling: SamplingParams{MaxTokens: 256}}, "max_tokens"},
 		{Request{Prompt: encode("x"), Sampling: SamplingParams{MaxTokens: 2, Stop: []string{""}}}, "stop"},
+		{Request{Prompt: []int32{5, 128}, Sampling: SamplingParams{MaxTokens: 2}}, "prompt"},
+		{Request{Prompt: []int32{-1}, Sampling: SamplingParams{MaxTokens: 2}}, "prompt"},
 	}
 	for _, tc := range bad {
 		var inv *InvalidRequestError

@@ -125,6 +125,7 @@ func (f *engineFlags) start() (*running, error) {
 		NewDecoder:          b.NewDecoder,
 		EOS:                 b.EOS(),
 		MaxModelLen:         b.MaxModelLen,
+		VocabSize:           b.Model.Config.Vocab,
 		NumBlocks:           b.NumBlocks,
 		BlockSize:           b.BlockSize,
 		EnablePrefixCaching: f.prefixCaching,

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"reflect"
 	"strings"
 	"time"
 
@@ -13,10 +15,19 @@ import (
 	"servelab/engine/sampling"
 )
 
-// stopField is OpenAI's stop: a string or a list of strings.
-type stopField []string
+// fieldError is a known field whose value has the wrong shape, from a custom decoder.
+type fieldError struct{ field, want string }
 
-func (s *stopField) UnmarshalJSON(b []byte) error {
+func (e *fieldError) Error() string { return fmt.Sprintf("%s: expected %s", e.field, e.want) }
+
+// stopList is OpenAI's stop: null, a string or a list of strings.
+type stopList []string
+
+func (s *stopList) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*s = nil
+		return nil
+	}
 	var one string
 	if err := json.Unmarshal(b, &one); err == nil {
 		*s = []string{one}
@@ -24,180 +35,347 @@ func (s *stopField) UnmarshalJSON(b []byte) error {
 	}
 	var many []string
 	if err := json.Unmarshal(b, &many); err != nil {
-		return errors.New("want a string or a list of strings")
+		return &fieldError{"stop", "a string or a list of strings"}
 	}
 	*s = many
 	return nil
 }
 
-// common are the fields completions and chat completions share (OpenAI's, plus vLLM's
-// sampling extensions top_k, min_p, min_tokens, stop_token_ids, ignore_eos, priority).
-type common struct {
-	Model         string    `json:"model"`
-	MaxTokens     *int      `json:"max_tokens"`
-	Temperature   *float64  `json:"temperature"`
-	TopP          *float64  `json:"top_p"`
-	TopK          *int      `json:"top_k"`
-	MinP          *float64  `json:"min_p"`
-	Seed          *int64    `json:"seed"`
-	Stop          stopField `json:"stop"`
-	StopTokenIDs  []int32   `json:"stop_token_ids"`
-	IgnoreEOS     bool      `json:"ignore_eos"`
-	MinTokens     int       `json:"min_tokens"`
-	N             *int      `json:"n"`
-	Stream        bool      `json:"stream"`
-	StreamOptions *struct {
+// samplingFields are the fields completions and chat completions share: OpenAI's, plus
+// vLLM's extensions (top_k, min_p, min_tokens, stop_token_ids, ignore_eos,
+// skip_special_tokens, repetition_penalty, priority).
+type samplingFields struct {
+	Model             string             `json:"model"`
+	MaxTokens         *int               `json:"max_tokens"`
+	Temperature       *float64           `json:"temperature"`
+	TopP              *float64           `json:"top_p"`
+	TopK              *int               `json:"top_k"`
+	MinP              *float64           `json:"min_p"`
+	Seed              *int64             `json:"seed"`
+	Stop              stopList           `json:"stop"`
+	StopTokenIDs      []int32            `json:"stop_token_ids"`
+	IgnoreEOS         bool               `json:"ignore_eos"`
+	MinTokens         int                `json:"min_tokens"`
+	N                 *int               `json:"n"`
+	PresencePenalty   *float64           `json:"presence_penalty"`
+	FrequencyPenalty  *float64           `json:"frequency_penalty"`
+	RepetitionPenalty *float64           `json:"repetition_penalty"`
+	LogitBias         map[string]float64 `json:"logit_bias"`
+	Stream            bool               `json:"stream"`
+	StreamOptions     *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	Logprobs          json.RawMessage `json:"logprobs"`
-	SkipSpecialTokens *bool           `json:"skip_special_tokens"`
-	Priority          int             `json:"priority"`
+	SkipSpecialTokens *bool   `json:"skip_special_tokens"`
+	Priority          int     `json:"priority"`
+	User              *string `json:"user"`
 }
 
-type completionRequest struct {
-	common
-	Prompt json.RawMessage `json:"prompt"`
-	Echo   bool            `json:"echo"`
+// completionFields are /v1/completions' own fields.
+type completionFields struct {
+	Prompt   json.RawMessage `json:"prompt"`
+	Echo     bool            `json:"echo"`
+	Logprobs *int            `json:"logprobs"`
+	BestOf   *int            `json:"best_of"`
+	Suffix   *string         `json:"suffix"`
 }
 
-type chatRequest struct {
-	common
-	MaxCompletionTokens *int `json:"max_completion_tokens"`
+// chatFields are /v1/chat/completions' own fields.
+type chatFields struct {
+	MaxCompletionTokens *int  `json:"max_completion_tokens"`
+	Logprobs            *bool `json:"logprobs"`
+	TopLogprobs         *int  `json:"top_logprobs"`
 	Messages            []struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
 }
 
-// decode reads a JSON body strictly for known fields; errors name the field.
-func decode(r *http.Request, v any) *apiError {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, 32<<20))
+// readBody reads a request body of at most s.maxBody bytes.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 	if err != nil {
-		return badRequest("", "reading the body: %v", err)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		var syntaxErr *json.SyntaxError
-		switch {
-		case errors.As(err, &typeErr):
-			field := strings.TrimPrefix(typeErr.Field, "common.")
-			return badRequest(field, "field %q: expected %s, got JSON %s", field, typeErr.Type, typeErr.Value)
-		case errors.As(err, &syntaxErr):
-			return badRequest("", "malformed JSON at byte %d: %v", syntaxErr.Offset, err)
-		default:
-			return badRequest("", "invalid request body: %v", err)
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, &apiError{status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("the request body exceeds %d bytes", s.maxBody), Type: "RequestTooLargeError"}
 		}
+		return nil, badRequest("", "reading the request body: %v", err)
 	}
-	return nil
+	return body, nil
 }
 
-// samplingParams applies the request's fields over the model's generation defaults.
-func (s *Server) samplingParams(c *common, promptLen int, maxTokens *int) (engine.SamplingParams, *apiError) {
-	if c.N != nil && *c.N != 1 {
-		return engine.SamplingParams{}, badRequest("n", "only n=1 is supported, got %d", *c.N)
+// decodeFields decodes body into v (a struct pointer): unknown fields are ignored, known
+// ones must have the right type, and the error names the field.
+func decodeFields(body []byte, v any) *apiError {
+	err := json.Unmarshal(body, v)
+	if err == nil {
+		return nil
 	}
-	if len(c.Logprobs) > 0 && string(c.Logprobs) != "null" && string(c.Logprobs) != "false" {
-		return engine.SamplingParams{}, badRequest("logprobs", "logprobs are not supported")
+	var typeErr *json.UnmarshalTypeError
+	var fieldErr *fieldError
+	switch {
+	case errors.As(err, &fieldErr):
+		return badRequest(fieldErr.field, "invalid value for %q: expected %s", fieldErr.field, fieldErr.want)
+	case errors.As(err, &typeErr) && typeErr.Field == "":
+		return badRequest("", "the request body must be a JSON object, got %s", typeErr.Value)
+	case errors.As(err, &typeErr):
+		return badRequest(typeErr.Field, "invalid type for %q: expected %s, got %s", typeErr.Field, jsonKind(typeErr.Type), typeErr.Value)
+	default:
+		return badRequest("", "malformed JSON: %v", err)
+	}
+}
+
+// jsonKind names the JSON value a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(jsonKind(t.Elem()), "a "), "an ") + "s"
+	default:
+		return "an object"
+	}
+}
+
+// samplingParams validates the request's sampling fields and applies them over the
+// model's generation defaults; maxTokens nil means what the context leaves.
+func (s *Server) samplingParams(f *samplingFields, promptLen int, maxTokens *int) (engine.SamplingParams, *apiError) {
+	switch {
+	case f.N != nil && *f.N != 1:
+		return engine.SamplingParams{}, badRequest("n", "only n=1 is supported, got %d", *f.N)
+	case f.PresencePenalty != nil && *f.PresencePenalty != 0:
+		return engine.SamplingParams{}, badRequest("presence_penalty", "presence_penalty is not supported")
+	case f.FrequencyPenalty != nil && *f.FrequencyPenalty != 0:
+		return engine.SamplingParams{}, badRequest("frequency_penalty", "frequency_penalty is not supported")
+	case f.RepetitionPenalty != nil && *f.RepetitionPenalty != 1:
+		return engine.SamplingParams{}, badRequest("repetition_penalty", "repetition_penalty is not supported")
+	case len(f.LogitBias) > 0:
+		return engine.SamplingParams{}, badRequest("logit_bias", "logit_bias is not supported")
+	case f.StreamOptions != nil && !f.Stream:
+		return engine.SamplingParams{}, badRequest("stream_options", "stream_options can only be set when stream is true")
+	case f.MinTokens < 0:
+		return engine.SamplingParams{}, badRequest("min_tokens", "min_tokens must be at least 0, got %d", f.MinTokens)
 	}
 	p := engine.SamplingParams{
 		Params:            sampling.Params{Temperature: 1, TopP: 1},
-		Stop:              c.Stop,
-		StopTokenIDs:      c.StopTokenIDs,
-		IgnoreEOS:         c.IgnoreEOS,
-		MinTokens:         c.MinTokens,
+		Stop:              f.Stop,
+		StopTokenIDs:      f.StopTokenIDs,
+		IgnoreEOS:         f.IgnoreEOS,
+		MinTokens:         f.MinTokens,
 		SkipSpecialTokens: true,
 	}
+	set := func(dst *float64, def, req *float64) {
+		if req != nil {
+			*dst = *req
+		} else if def != nil {
+			*dst = *def
+		}
+	}
 	d := s.cfg.Defaults
-	if d.Temperature != nil {
-		p.Temperature = *d.Temperature
-	}
-	if d.TopP != nil {
-		p.TopP = *d.TopP
-	}
-	if d.TopK != nil {
+	set(&p.Temperature, d.Temperature, f.Temperature)
+	set(&p.TopP, d.TopP, f.TopP)
+	set(&p.MinP, nil, f.MinP)
+	if f.TopK != nil {
+		p.TopK = *f.TopK
+	} else if d.TopK != nil {
 		p.TopK = *d.TopK
 	}
-	if c.Temperature != nil {
-		p.Temperature = *c.Temperature
+	switch {
+	case p.Temperature < 0 || math.IsNaN(p.Temperature):
+		return p, badRequest("temperature", "temperature must be at least 0, got %v", p.Temperature)
+	case !(p.TopP > 0 && p.TopP <= 1):
+		return p, badRequest("top_p", "top_p must be in (0, 1], got %v", p.TopP)
+	case p.TopK < -1:
+		return p, badRequest("top_k", "top_k must be -1 or 0 (disabled) or at least 1, got %d", p.TopK)
+	case !(p.MinP >= 0 && p.MinP <= 1):
+		return p, badRequest("min_p", "min_p must be in [0, 1], got %v", p.MinP)
 	}
-	if c.TopP != nil {
-		p.TopP = *c.TopP
+	if f.Seed != nil {
+		p.Seed, p.Seeded = uint64(*f.Seed), true
 	}
-	if c.TopK != nil {
-		p.TopK = *c.TopK
-	}
-	if c.MinP != nil {
-		p.MinP = *c.MinP
-	}
-	if c.Seed != nil {
-		p.Seed, p.Seeded = uint64(*c.Seed), true
-	}
-	if c.SkipSpecialTokens != nil {
-		p.SkipSpecialTokens = *c.SkipSpecialTokens
+	if f.SkipSpecialTokens != nil {
+		p.SkipSpecialTokens = *f.SkipSpecialTokens
 	}
 	if maxTokens != nil {
 		p.MaxTokens = *maxTokens
 	} else {
 		// vLLM's default: whatever the context leaves.
-		p.MaxTokens = max(1, s.cfg.MaxModelLen-promptLen)
+		p.MaxTokens = s.cfg.MaxModelLen - promptLen
 	}
 	return p, nil
 }
 
+// checkPromptLen refuses a prompt that leaves no room for a token.
+func (s *Server) checkPromptLen(param string, n int) *apiError {
+	if n >= s.cfg.MaxModelLen {
+		return badRequest(param, "This model's maximum context length is %d tokens. However, your request has %d input tokens, which leaves no room for the completion. Please reduce the length of the input.", s.cfg.MaxModelLen, n)
+	}
+	return nil
+}
+
+// parsePrompt reads a completion prompt: a string, a list of token ids, or a list holding
+// one of those. text is the prompt's text when it was given as a string.
+func (s *Server) parsePrompt(raw json.RawMessage) (ids []int32, text string, isText bool, e *apiError) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, "", false, badRequest("prompt", "prompt is required")
+	}
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		if one == "" {
+			return nil, "", false, badRequest("prompt", "the prompt is empty")
+		}
+		return s.cfg.Tokenizer.Encode(one, true), one, true, nil
+	}
+	var tokens []int32
+	if json.Unmarshal(raw, &tokens) == nil {
+		return tokens, "", false, s.checkTokens(tokens)
+	}
+	var texts []string
+	if json.Unmarshal(raw, &texts) == nil {
+		switch len(texts) {
+		case 0:
+			return nil, "", false, badRequest("prompt", "the prompt is empty")
+		case 1:
+			b, _ := json.Marshal(texts[0])
+			return s.parsePrompt(b)
+		}
+		return nil, "", false, badRequest("prompt", "batched prompts are not supported: send one prompt per request")
+	}
+	var batch [][]int32
+	if json.Unmarshal(raw, &batch) == nil {
+		switch len(batch) {
+		case 0:
+			return nil, "", false, badRequest("prompt", "the prompt is empty")
+		case 1:
+			return batch[0], "", false, s.checkTokens(batch[0])
+		}
+		return nil, "", false, badRequest("prompt", "batched prompts are not supported: send one prompt per request")
+	}
+	return nil, "", false, badRequest("prompt", "invalid type for \"prompt\": expected a string or a list of token ids")
+}
+
+func (s *Server) checkTokens(ids []int32) *apiError {
+	if len(ids) == 0 {
+		return badRequest("prompt", "the prompt is empty")
+	}
+	vocab := math.MaxInt32
+	if v, ok := s.cfg.Tokenizer.(vocabSizer); ok {
+		vocab = v.VocabSize()
+	}
+	for i, id := range ids {
+		if id < 0 || int(id) >= vocab {
+			return badRequest("prompt", "prompt[%d]: token id %d is out of vocabulary", i, id)
+		}
+	}
+	return nil
+}
+
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
-	var req completionRequest
-	if e := decode(r, &req); e != nil {
-		writeError(w, e)
-		return
-	}
-	if e := s.checkModel(req.Model); e != nil {
-		writeError(w, e)
-		return
-	}
-	var prompt []int32
-	var text string
-	if json.Unmarshal(req.Prompt, &text) == nil {
-		prompt = s.cfg.Tokenizer.Encode(text, true)
-	} else if json.Unmarshal(req.Prompt, &prompt) != nil {
-		writeError(w, badRequest("prompt", "prompt must be a string or a list of token ids (batched prompts are not supported)"))
-		return
-	}
-	if len(prompt) == 0 {
-		writeError(w, badRequest("prompt", "the prompt is empty"))
-		return
-	}
-	sp, e := s.samplingParams(&req.common, len(prompt), req.MaxTokens)
+	body, e := s.readBody(w, r)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	echo := ""
-	if req.Echo {
-		echo = s.cfg.Tokenizer.Decode(prompt, true)
+	var f samplingFields
+	var c completionFields
+	if e := decodeFields(body, &f); e != nil {
+		writeError(w, e)
+		return
 	}
-	s.generate(w, r, engine.Request{ID: newID("cmpl-"), Prompt: prompt, Sampling: sp, Priority: req.Priority}, &req.common, false, echo)
+	if e := decodeFields(body, &c); e != nil {
+		writeError(w, e)
+		return
+	}
+	if e := s.checkModel(f.Model); e != nil {
+		writeError(w, e)
+		return
+	}
+	switch {
+	case c.Logprobs != nil:
+		writeError(w, badRequest("logprobs", "logprobs are not supported"))
+		return
+	case c.BestOf != nil && *c.BestOf != 1:
+		writeError(w, badRequest("best_of", "only best_of=1 is supported, got %d", *c.BestOf))
+		return
+	case c.Suffix != nil && *c.Suffix != "":
+		writeError(w, badRequest("suffix", "suffix is not supported"))
+		return
+	}
+	prompt, text, isText, e := s.parsePrompt(c.Prompt)
+	if e == nil {
+		e = s.checkPromptLen("prompt", len(prompt))
+	}
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	sp, e := s.samplingParams(&f, len(prompt), f.MaxTokens)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	j := &job{
+		req:    engine.Request{ID: newID("cmpl-"), Prompt: prompt, Sampling: sp, Priority: f.Priority},
+		object: "text_completion", stream: f.Stream,
+		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
+	}
+	if c.Echo {
+		if isText {
+			j.echo = text
+		} else {
+			j.echo = s.cfg.Tokenizer.Decode(prompt, sp.SkipSpecialTokens)
+		}
+	}
+	s.generate(w, r, j)
 }
 
+// chatRoles are the roles a message may have.
+var chatRoles = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true}
+
 func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
-	var req chatRequest
-	if e := decode(r, &req); e != nil {
+	body, e := s.readBody(w, r)
+	if e != nil {
 		writeError(w, e)
 		return
 	}
-	if e := s.checkModel(req.Model); e != nil {
+	var f samplingFields
+	var c chatFields
+	if e := decodeFields(body, &f); e != nil {
 		writeError(w, e)
 		return
 	}
-	if len(req.Messages) == 0 {
+	if e := decodeFields(body, &c); e != nil {
+		writeError(w, e)
+		return
+	}
+	if e := s.checkModel(f.Model); e != nil {
+		writeError(w, e)
+		return
+	}
+	switch {
+	case c.Logprobs != nil && *c.Logprobs:
+		writeError(w, badRequest("logprobs", "logprobs are not supported"))
+		return
+	case c.TopLogprobs != nil && *c.TopLogprobs != 0:
+		writeError(w, badRequest("top_logprobs", "top_logprobs are not supported"))
+		return
+	case len(c.Messages) == 0:
 		writeError(w, badRequest("messages", "messages must not be empty"))
 		return
 	}
-	msgs := make([]Message, len(req.Messages))
-	for i, m := range req.Messages {
-		switch m.Role {
-		case "system", "user", "assistant", "developer", "tool":
-		default:
-			writeError(w, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role: unknown role %q", i, m.Role))
+	msgs := make([]Message, len(c.Messages))
+	for i, m := range c.Messages {
+		if !chatRoles[m.Role] {
+			writeError(w, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role: unknown role %q (want system, developer, user, assistant or tool)", i, m.Role))
 			return
 		}
 		content, err := messageText(m.Content)
@@ -209,24 +387,36 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 	text, err := s.cfg.Tokenizer.RenderChat(msgs, true)
 	if err != nil {
-		writeError(w, badRequest("messages", "%v", err))
+		writeError(w, badRequest("messages", "applying the chat template: %v", err))
 		return
 	}
 	// Chat templates write their own BOS.
 	prompt := s.cfg.Tokenizer.Encode(text, false)
-	maxTokens := req.MaxCompletionTokens
-	if maxTokens == nil {
-		maxTokens = req.MaxTokens
+	if len(prompt) == 0 {
+		writeError(w, badRequest("messages", "the rendered conversation is empty"))
+		return
 	}
-	sp, e := s.samplingParams(&req.common, len(prompt), maxTokens)
+	if e := s.checkPromptLen("messages", len(prompt)); e != nil {
+		writeError(w, e)
+		return
+	}
+	maxTokens, maxParam := c.MaxCompletionTokens, "max_completion_tokens"
+	if maxTokens == nil {
+		maxTokens, maxParam = f.MaxTokens, ""
+	}
+	sp, e := s.samplingParams(&f, len(prompt), maxTokens)
 	if e != nil {
 		writeError(w, e)
 		return
 	}
-	s.generate(w, r, engine.Request{ID: newID("chatcmpl-"), Prompt: prompt, Sampling: sp, Priority: req.Priority}, &req.common, true, "")
+	s.generate(w, r, &job{
+		req:    engine.Request{ID: newID("chatcmpl-"), Prompt: prompt, Sampling: sp, Priority: f.Priority},
+		object: "chat.completion", chat: true, stream: f.Stream, maxParam: maxParam,
+		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
+	})
 }
 
-// messageText reads a message's content: a string, or a list of {type: text, text} parts.
+// messageText reads a message's content: null, a string, or a list of text parts.
 func messageText(raw json.RawMessage) (string, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return "", nil
@@ -236,22 +426,23 @@ func messageText(raw json.RawMessage) (string, error) {
 		return s, nil
 	}
 	var parts []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
+		Type string  `json:"type"`
+		Text *string `json:"text"`
 	}
 	if err := json.Unmarshal(raw, &parts); err != nil {
-		return "", errors.New("want a string or a list of content parts")
+		return "", errors.New("expected a string or a list of content parts")
 	}
-	var out string
+	var out strings.Builder
 	for i, p := range parts {
-		if p.Type != "text" {
-			return "", fmt.Errorf("part %d: type %q is not supported (text only)", i, p.Type)
+		if p.Type != "text" || p.Text == nil {
+			return "", fmt.Errorf("part %d: only {\"type\": \"text\", \"text\": ...} parts are supported, got type %q", i, p.Type)
 		}
-		out += p.Text
+		out.WriteString(*p.Text)
 	}
-	return out, nil
+	return out.String(), nil
 }
 
+// Response bodies, with OpenAI's field names.
 type usage struct {
 	PromptTokens        int `json:"prompt_tokens"`
 	CompletionTokens    int `json:"completion_tokens"`
@@ -267,80 +458,121 @@ func usageOf(o engine.Output) *usage {
 	return u
 }
 
-func finishReason(o engine.Output) any {
-	if !o.Finished {
-		return nil
-	}
-	return o.FinishReason
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
 }
 
-// generate submits the request and writes the response, streamed or whole.
-func (s *Server) generate(w http.ResponseWriter, r *http.Request, req engine.Request, c *common, chat bool, echo string) {
-	if s.shuttingDown() {
-		s.submitError(w, engine.ErrShuttingDown)
+type chatDelta struct {
+	Role    string  `json:"role,omitempty"`
+	Content *string `json:"content,omitempty"`
+}
+
+// choice is a completion's or a chat completion's choice, whole or streamed: exactly one
+// of Text, Message and Delta is set.
+type choice struct {
+	Index        int          `json:"index"`
+	Text         *string      `json:"text,omitempty"`
+	Message      *chatMessage `json:"message,omitempty"`
+	Delta        *chatDelta   `json:"delta,omitempty"`
+	Logprobs     any          `json:"logprobs"`
+	FinishReason *string      `json:"finish_reason"`
+	StopReason   any          `json:"stop_reason"`
+}
+
+type response struct {
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	Model   string   `json:"model"`
+	Choices []choice `json:"choices"`
+	Usage   *usage   `json:"usage,omitempty"`
+}
+
+// job is one generation request on its way to the engine.
+type job struct {
+	req          engine.Request
+	object       string // "text_completion" or "chat.completion"
+	chat         bool
+	stream       bool
+	includeUsage bool
+	echo         string // completions' echo: the prompt text, prepended to the output
+	maxParam     string // the field max tokens came from, when not max_tokens
+}
+
+// generate submits the job and writes the response, streamed or whole.
+func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
+	if s.closing.Load() {
+		writeError(w, unavailable())
 		return
 	}
 	ctx := r.Context()
-	stream, err := s.cfg.Engine.Submit(ctx, req)
+	stream, err := s.cfg.Engine.Submit(ctx, j.req)
 	if err != nil {
-		s.submitError(w, err)
+		s.submitError(w, err, j.maxParam)
 		return
 	}
 	created := time.Now().Unix()
-	object := "text_completion"
-	if chat {
-		object = "chat.completion"
-	}
-	if !c.Stream {
+	if !j.stream {
 		out, err := stream.Wait(ctx)
 		if err != nil {
 			return // the client went away; the engine aborted the request
 		}
-		choice := map[string]any{"index": 0, "finish_reason": finishReason(out), "stop_reason": out.StopReason, "logprobs": nil}
-		if chat {
-			choice["message"] = map[string]any{"role": "assistant", "content": out.Text}
+		c := choice{FinishReason: &out.FinishReason, StopReason: out.StopReason}
+		if j.chat {
+			c.Message = &chatMessage{Role: "assistant", Content: out.Text}
 		} else {
-			choice["text"] = echo + out.Text
+			text := j.echo + out.Text
+			c.Text = &text
 		}
-		writeJSON(w, map[string]any{
-			"id": req.ID, "object": object, "created": created, "model": s.cfg.ModelName,
-			"choices": []any{choice}, "usage": usageOf(out),
-		})
+		writeJSON(w, response{ID: j.req.ID, Object: j.object, Created: created, Model: s.cfg.ModelName, Choices: []choice{c}, Usage: usageOf(out)})
 		return
 	}
+
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		stream.Abort()
-		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: "streaming unsupported", Type: "InternalServerError"})
+		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: "streaming is not supported by this connection", Type: "InternalServerError"})
 		return
 	}
-	if chat {
+	object := j.object
+	if j.chat {
 		object = "chat.completion.chunk"
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	// Headers go out at once, so a client sees its request accepted while it waits in
+	// The headers go out at once, so a client sees its request accepted while it waits in
 	// the queue.
 	flusher.Flush()
 	send := func(v any) bool {
-		data, _ := json.Marshal(v)
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+		data, err := json.Marshal(v)
+		if err == nil {
+			_, err = fmt.Fprintf(w, "data: %s\n\n", data)
+		}
+		if err != nil {
 			stream.Abort()
 			return false
 		}
 		flusher.Flush()
 		return true
 	}
-	chunk := func(choice map[string]any) map[string]any {
-		return map[string]any{"id": req.ID, "object": object, "created": created, "model": s.cfg.ModelName, "choices": []any{choice}}
+	chunk := func(c choice) response {
+		return response{ID: j.req.ID, Object: object, Created: created, Model: s.cfg.ModelName, Choices: []choice{c}}
 	}
-	if chat {
-		if !send(chunk(map[string]any{"index": 0, "delta": map[string]any{"role": "assistant", "content": ""}, "logprobs": nil, "finish_reason": nil})) {
+	textChoice := func(text string) choice {
+		if j.chat {
+			return choice{Delta: &chatDelta{Content: &text}}
+		}
+		return choice{Text: &text}
+	}
+	if j.chat {
+		empty := ""
+		if !send(chunk(choice{Delta: &chatDelta{Role: "assistant", Content: &empty}})) {
 			return
 		}
-	} else if echo != "" {
-		if !send(chunk(map[string]any{"index": 0, "text": echo, "logprobs": nil, "finish_reason": nil})) {
+	} else if j.echo != "" {
+		if !send(chunk(textChoice(j.echo))) {
 			return
 		}
 	}
@@ -351,31 +583,25 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, req engine.Req
 			break
 		}
 		if err != nil {
-			return // client gone: Next aborted the request
+			return // the client went away: Next aborted the request
 		}
 		last = out
-		if out.Text == "" && !out.Finished {
-			continue
-		}
-		choice := map[string]any{"index": 0, "logprobs": nil, "finish_reason": finishReason(out)}
-		if out.Finished {
-			choice["stop_reason"] = out.StopReason
-		}
-		if chat {
-			delta := map[string]any{}
-			if out.Text != "" {
-				delta["content"] = out.Text
-			}
-			choice["delta"] = delta
-		} else {
-			choice["text"] = out.Text
-		}
-		if !send(chunk(choice)) {
+		if out.Text != "" && !send(chunk(textChoice(out.Text))) {
 			return
 		}
+		if out.Finished {
+			end := textChoice("")
+			if j.chat {
+				end.Delta.Content = nil
+			}
+			end.FinishReason, end.StopReason = &out.FinishReason, out.StopReason
+			if !send(chunk(end)) {
+				return
+			}
+		}
 	}
-	if c.StreamOptions != nil && c.StreamOptions.IncludeUsage {
-		if !send(map[string]any{"id": req.ID, "object": object, "created": created, "model": s.cfg.ModelName, "choices": []any{}, "usage": usageOf(last)}) {
+	if j.includeUsage {
+		if !send(response{ID: j.req.ID, Object: object, Created: created, Model: s.cfg.ModelName, Choices: []choice{}, Usage: usageOf(last)}) {
 			return
 		}
 	}

@@ -1,25 +1,75 @@
 // Package server is the engine's OpenAI-compatible HTTP API, with vLLM's extensions and
-// conventions: /v1/completions and /v1/chat/completions (SSE streaming, usage with
-// prompt_tokens_details.cached_tokens), /v1/models, /health, /metrics (vLLM metric names)
-// and /v1/kv_events.
+// conventions, in front of one *engine.Engine.
 //
-// /v1/kv_events streams the engine's prefix-cache events as server-sent events, one
-// KVEventBatch per message, named after vLLM's kv_events:
+// # Endpoints
 //
-//	data: {"seq":1,"ts":1732500000.123,"events":[{"type":"AllBlocksCleared"},{"type":"BlockStored","block_hashes":[...]}]}
+//   - POST /v1/completions: prompt (a string or a list of token ids; a list of one string or
+//     one list of ids is that prompt; batched prompts are refused), with OpenAI's and vLLM's
+//     sampling fields (temperature, top_p, top_k, min_p, seed, stop, stop_token_ids,
+//     ignore_eos, min_tokens, skip_special_tokens, priority), n (only 1), echo, stream and
+//     stream_options.include_usage. logprobs are not supported (400).
+//   - POST /v1/chat/completions: messages (content a string or a list of {"type":"text"}
+//     parts) rendered with Tokenizer.RenderChat and encoded without special tokens (chat
+//     templates write their own BOS); max_completion_tokens (or the older max_tokens).
+//   - GET /v1/models, GET /health (200, or 503 once Shutdown began), GET /metrics (promhttp
+//     over Config.Registry), GET /v1/kv_events (below).
 //
-// The first batch is a snapshot (AllBlocksCleared, then every cached hash); seq has no
-// gaps. A subscriber that falls behind is disconnected and must reconnect for a fresh
-// snapshot. Hashes are servelab's chained block hashes (serving.TokenBlockHashes).
+// Unknown request fields are ignored, as OpenAI-compatible servers do; known fields are
+// decoded strictly and a wrong type is a 400 that names the field. A field the engine cannot
+// honour with a non-default value (logprobs, n > 1, best_of > 1, penalties, logit_bias,
+// suffix) is a 400 too, rather than being silently ignored. max_tokens defaults to what the
+// context leaves (max_model_len minus the prompt), and temperature, top_p and top_k to
+// Config.Defaults (generation_config.json) when the request omits them, as in vLLM.
 //
-// Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}}, with vLLM's
-// types: BadRequestError (400), AuthenticationError (401), NotFoundError (404),
-// MethodNotAllowed (405), RateLimitError (429, with Retry-After), ServiceUnavailableError (503).
+// Streaming responses are server-sent events, one "data: {json}\n\n" per chunk, flushed at
+// once, ending with "data: [DONE]\n\n". Text chunks carry no finish_reason; a last chunk
+// with empty text (or an empty delta) carries finish_reason and stop_reason, and with
+// stream_options.include_usage a final chunk with "choices": [] carries the usage. Chat
+// streams open with a chunk whose delta is {"role":"assistant","content":""}. The streamed
+// text equals the non-streamed text for the same request and seed. A client that
+// disconnects aborts its request, which frees its KV blocks.
+//
+// Usage is OpenAI's, with vLLM's prompt_tokens_details.cached_tokens (prompt tokens served
+// from the prefix cache). stop_reason is vLLM's: the stop string or stop token id that
+// ended generation, null otherwise.
+//
+// # Errors
+//
+// Errors have OpenAI's body, {"error": {"message", "type", "param", "code"}}, with vLLM's
+// type names and the HTTP status as code:
+//
+//	400 BadRequestError          malformed JSON, a wrong field type, an empty prompt or
+//	                             messages, an unknown role, max_tokens < 1, a prompt longer
+//	                             than the context, an out-of-range parameter; param names it
+//	401 AuthenticationError      Config.APIKey is set and the Bearer token differs (/v1/* only)
+//	404 NotFoundError            an unknown model ("The model `x` does not exist.") or path
+//	405 MethodNotAllowed         a wrong method (with an Allow header)
+//	413 RequestTooLargeError     a body over 32 MiB
+//	429 RateLimitError           the engine's waiting queue is full; Retry-After in seconds
+//	503 ServiceUnavailableError  the server or engine is shutting down
+//
+// # KV events
+//
+// GET /v1/kv_events streams the engine's prefix-cache events as server-sent events, one
+// batch per message, named after vLLM's KVEventBatch, BlockStored, BlockRemoved and
+// AllBlocksCleared:
+//
+//	data: {"seq":1,"ts":1732500000.123,"events":[{"type":"AllBlocksCleared"},{"type":"BlockStored","block_hashes":[123,456]}]}
+//	data: {"seq":2,"ts":1732500000.456,"events":[{"type":"BlockRemoved","block_hashes":[123]}]}
+//
+// seq counts batches of this subscription from 1 without gaps; ts is the Unix time in
+// seconds. The first batch is a snapshot: AllBlocksCleared, then one BlockStored with every
+// cached hash. block_hashes (always present on BlockStored and BlockRemoved, possibly
+// empty) are servelab's chained block hashes (serving.TokenBlockHashes), unsigned 64-bit
+// integers written as JSON numbers (exact in Go; a JavaScript reader needs a big-integer
+// parser). When the engine drops the subscription (the reader fell behind) or shuts down,
+// the response ends; a client reconnects and starts again from a fresh snapshot.
 package server
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -27,25 +77,33 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"servelab/engine"
+	"servelab/engine/kv"
 )
 
 // Message is one chat turn.
 type Message struct{ Role, Content string }
 
 // Tokenizer is what the server needs of a tokenizer.
+//
+// A Tokenizer that also has a VocabSize() int method lets the server refuse token-id
+// prompts outside the vocabulary (400) before they reach the model; without it only
+// negative ids are refused.
 type Tokenizer interface {
 	Encode(text string, addSpecial bool) []int32
 	Decode(ids []int32, skipSpecial bool) string
 	// RenderChat applies the model's chat template (or a plain fallback) to messages.
 	RenderChat(msgs []Message, addGenerationPrompt bool) (string, error)
 }
+
+// vocabSizer is the optional Tokenizer method that bounds token ids.
+type vocabSizer interface{ VocabSize() int }
 
 // GenerationDefaults come from generation_config.json and apply when a request omits a
 // parameter, as in vLLM.
@@ -56,55 +114,71 @@ type GenerationDefaults struct {
 
 // Config assembles a server.
 type Config struct {
-	Engine      *engine.Engine
-	Tokenizer   Tokenizer
-	ModelName   string
+	Engine    *engine.Engine
+	Tokenizer Tokenizer
+	// ModelName is the served model id; requests naming another model get a 404.
+	ModelName string
+	// MaxModelLen is reported by /v1/models and bounds prompts; 0 means the engine's.
 	MaxModelLen int
-	// APIKey, if set, is required as a Bearer token on /v1 endpoints (vLLM --api-key).
-	APIKey   string
+	// APIKey, if set, is required as a Bearer token on /v1/* (vLLM --api-key).
+	APIKey string
+	// Registry is served at /metrics; the caller registers the engine's metrics in it.
 	Registry *prometheus.Registry
 	Defaults GenerationDefaults
-	// RetryAfter is advertised with 429s; at least one second.
+	// RetryAfter is advertised with 429s, rounded up to whole seconds, at least one.
 	RetryAfter time.Duration
 }
 
 // Server serves one engine.
 type Server struct {
 	cfg     Config
-	mux     *http.ServeMux
+	handler http.Handler
 	http    *http.Server
 	created int64
 
-	mu      sync.Mutex
-	closing bool
+	closing  atomic.Bool
+	inflight atomic.Int64 // generation and kv_events handlers running
+	// kvBuffer is the KV event subscription's buffer, in batches.
+	kvBuffer int
+	// maxBody bounds request bodies, in bytes.
+	maxBody int64
 }
+
+// defaultMaxBody bounds request bodies.
+const defaultMaxBody = 32 << 20
 
 // New builds a server.
 func New(cfg Config) (*Server, error) {
 	if cfg.Engine == nil || cfg.Tokenizer == nil || cfg.ModelName == "" {
 		return nil, errors.New("server: Engine, Tokenizer and ModelName are required")
 	}
+	if cfg.MaxModelLen <= 0 {
+		cfg.MaxModelLen = cfg.Engine.Config().MaxModelLen
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	if cfg.RetryAfter < time.Second {
-		cfg.RetryAfter = time.Second
-	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), created: time.Now().Unix()}
-	s.mux.HandleFunc("/v1/completions", s.auth(s.post(s.completions)))
-	s.mux.HandleFunc("/v1/chat/completions", s.auth(s.post(s.chatCompletions)))
-	s.mux.HandleFunc("/v1/models", s.auth(s.get(s.models)))
-	s.mux.HandleFunc("/v1/kv_events", s.auth(s.get(s.kvEvents)))
-	s.mux.HandleFunc("/health", s.get(s.health))
-	s.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	cfg.RetryAfter = max(cfg.RetryAfter, time.Second)
+	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: defaultMaxBody}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.track(s.completions))))
+	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.track(s.chatCompletions))))
+	mux.HandleFunc("/v1/models", s.auth(method(http.MethodGet, s.models)))
+	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.track(s.kvEvents))))
+	mux.HandleFunc("/v1/", s.auth(notFound))
+	mux.HandleFunc("/health", method(http.MethodGet, s.health))
+	mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", notFound)
+	s.handler = mux
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
-// Handler is the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler is the server's HTTP handler, for callers that run their own http.Server.
+func (s *Server) Handler() http.Handler { return s.handler }
 
-// ListenAndServe serves on addr, 127.0.0.1:8000 when empty.
+// ListenAndServe serves on addr, 127.0.0.1:8000 when empty. After Shutdown it returns
+// http.ErrServerClosed.
 func (s *Server) ListenAndServe(addr string) error {
 	if addr == "" {
 		addr = "127.0.0.1:8000"
@@ -116,26 +190,43 @@ func (s *Server) ListenAndServe(addr string) error {
 	return s.Serve(ln)
 }
 
-// Serve serves on a listener.
+// Serve serves on a listener. After Shutdown it returns http.ErrServerClosed.
 func (s *Server) Serve(ln net.Listener) error { return s.http.Serve(ln) }
 
-// Shutdown stops accepting connections and requests; in-flight requests finish until ctx
-// ends and are aborted then, freeing their KV blocks.
+// drainGrace is how long Shutdown waits, after its deadline aborted the engine's requests,
+// for their handlers to write the aborted ends before it closes the connections.
+const drainGrace = 2 * time.Second
+
+// Shutdown stops accepting connections and requests (/health turns 503, new requests get
+// 503), lets in-flight requests finish until ctx ends, then aborts the rest in the engine
+// (their streams end with finish_reason "abort"), shuts the engine down (every KV block is
+// free when it returns) and closes the remaining connections. It returns ctx's error if the
+// deadline cut requests short.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
+	s.closing.Store(true)
 	engErr := make(chan error, 1)
 	go func() { engErr <- s.cfg.Engine.Shutdown(ctx) }()
 	err := s.http.Shutdown(ctx)
 	if e := <-engErr; e != nil && err == nil {
 		err = e
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		// Streams were aborted by the engine; close what is left.
-		s.http.Close()
+	// The engine has finished or aborted every request, so the handlers are writing their
+	// last chunks; give them a moment, then cut what is left.
+	deadline := time.Now().Add(drainGrace)
+	for s.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
 	}
+	s.http.Close()
 	return err
+}
+
+// track counts a handler as in flight, so Shutdown can wait for it.
+func (s *Server) track(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		h(w, r)
+	}
 }
 
 // apiError is OpenAI's error body.
@@ -161,7 +252,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	e.Code = e.status
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.status)
-	json.NewEncoder(w).Encode(map[string]any{"error": e})
+	json.NewEncoder(w).Encode(struct {
+		Error *apiError `json:"error"`
+	}{e})
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -169,10 +262,19 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, &apiError{status: http.StatusNotFound, Msg: fmt.Sprintf("no such endpoint: %s", r.URL.Path), Type: "NotFoundError"})
+}
+
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	if s.cfg.APIKey == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.cfg.APIKey)
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.APIKey != "" && r.Header.Get("Authorization") != "Bearer "+s.cfg.APIKey {
-			writeError(w, &apiError{status: http.StatusUnauthorized, Msg: "Unauthorized", Type: "AuthenticationError"})
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeError(w, &apiError{status: http.StatusUnauthorized, Msg: "Unauthorized: a valid API key is required (Authorization: Bearer <key>)", Type: "AuthenticationError"})
 			return
 		}
 		h(w, r)
@@ -183,50 +285,103 @@ func method(m string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != m {
 			w.Header().Set("Allow", m)
-			writeError(w, &apiError{status: http.StatusMethodNotAllowed, Msg: fmt.Sprintf("method %s not allowed, use %s", r.Method, m), Type: "MethodNotAllowed"})
+			writeError(w, &apiError{status: http.StatusMethodNotAllowed, Msg: fmt.Sprintf("method %s is not allowed on %s; use %s", r.Method, r.URL.Path, m), Type: "MethodNotAllowed"})
 			return
 		}
 		h(w, r)
 	}
 }
 
-func (s *Server) post(h http.HandlerFunc) http.HandlerFunc { return method(http.MethodPost, h) }
-func (s *Server) get(h http.HandlerFunc) http.HandlerFunc  { return method(http.MethodGet, h) }
-
-func (s *Server) shuttingDown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
+func unavailable() *apiError {
+	return &apiError{status: http.StatusServiceUnavailable, Msg: "the server is shutting down", Type: "ServiceUnavailableError"}
 }
 
 func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
-	if s.shuttingDown() {
-		writeError(w, &apiError{status: http.StatusServiceUnavailable, Msg: "shutting down", Type: "ServiceUnavailableError"})
+	if s.closing.Load() {
+		writeError(w, unavailable())
 		return
 	}
 	w.WriteHeader(http.StatusOK)
 }
 
+type modelCard struct {
+	ID          string  `json:"id"`
+	Object      string  `json:"object"`
+	Created     int64   `json:"created"`
+	OwnedBy     string  `json:"owned_by"`
+	Root        string  `json:"root"`
+	Parent      *string `json:"parent"`
+	MaxModelLen int     `json:"max_model_len"`
+}
+
 func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, map[string]any{"object": "list", "data": []any{map[string]any{
-		"id": s.cfg.ModelName, "object": "model", "created": s.created, "owned_by": "servelab",
-		"root": s.cfg.ModelName, "max_model_len": s.cfg.MaxModelLen,
+	writeJSON(w, struct {
+		Object string      `json:"object"`
+		Data   []modelCard `json:"data"`
+	}{"list", []modelCard{{
+		ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "servelab",
+		Root: s.cfg.ModelName, MaxModelLen: s.cfg.MaxModelLen,
 	}}})
 }
 
 func newID(prefix string) string {
-	var b [12]byte
+	var b [16]byte
 	rand.Read(b[:])
 	return prefix + hex.EncodeToString(b[:])
 }
 
+// kvEvent and kvBatch are /v1/kv_events' wire format.
+type kvEvent struct {
+	Type string
+	// BlockHashes is nil for AllBlocksCleared and non-nil otherwise.
+	BlockHashes []uint64
+}
+
+type kvBatch struct {
+	Seq    uint64    `json:"seq"`
+	TS     float64   `json:"ts"`
+	Events []kvEvent `json:"events"`
+}
+
+func encodeKVBatch(b engine.KVEventBatch) kvBatch {
+	out := kvBatch{Seq: b.Seq, TS: float64(b.Time.UnixNano()) / 1e9, Events: make([]kvEvent, len(b.Events))}
+	for i, e := range b.Events {
+		out.Events[i].Type = e.Kind.String()
+		if e.Kind != kv.AllBlocksCleared {
+			// Present even when empty, so readers need not tell a missing list from none.
+			out.Events[i].BlockHashes = e.Hashes
+			if out.Events[i].BlockHashes == nil {
+				out.Events[i].BlockHashes = []uint64{}
+			}
+		}
+	}
+	return out
+}
+
+// MarshalJSON keeps block_hashes on BlockStored and BlockRemoved even when empty.
+func (e kvEvent) MarshalJSON() ([]byte, error) {
+	if e.BlockHashes == nil {
+		return json.Marshal(struct {
+			Type string `json:"type"`
+		}{e.Type})
+	}
+	return json.Marshal(struct {
+		Type        string   `json:"type"`
+		BlockHashes []uint64 `json:"block_hashes"`
+	}{e.Type, e.BlockHashes})
+}
+
 func (s *Server) kvEvents(w http.ResponseWriter, r *http.Request) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: "streaming unsupported", Type: "InternalServerError"})
+	if s.closing.Load() {
+		writeError(w, unavailable())
 		return
 	}
-	events, cancel := s.cfg.Engine.SubscribeKVEvents(1024)
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: "streaming is not supported by this connection", Type: "InternalServerError"})
+		return
+	}
+	events, cancel := s.cfg.Engine.SubscribeKVEvents(s.kvBuffer)
 	defer cancel()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -238,18 +393,14 @@ func (s *Server) kvEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		case b, ok := <-events:
 			if !ok {
+				// Fell behind or the engine stopped: end the response; the client
+				// reconnects for a fresh snapshot.
 				return
 			}
-			out := map[string]any{"seq": b.Seq, "ts": float64(b.Time.UnixNano()) / 1e9}
-			evs := make([]map[string]any, len(b.Events))
-			for i, e := range b.Events {
-				evs[i] = map[string]any{"type": e.Kind.String()}
-				if e.Hashes != nil {
-					evs[i]["block_hashes"] = e.Hashes
-				}
+			data, err := json.Marshal(encodeKVBatch(b))
+			if err != nil {
+				return
 			}
-			out["events"] = evs
-			data, _ := json.Marshal(out)
 			if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
 				return
 			}
@@ -258,28 +409,32 @@ func (s *Server) kvEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// retryAfter renders the Retry-After header value.
+// retryAfter renders the Retry-After header value: whole seconds, rounded up.
 func (s *Server) retryAfter() string {
 	return strconv.Itoa(int((s.cfg.RetryAfter + time.Second - 1) / time.Second))
 }
 
 // submitError maps engine errors to HTTP errors.
-func (s *Server) submitError(w http.ResponseWriter, err error) {
+func (s *Server) submitError(w http.ResponseWriter, err error, chatMaxTokens string) {
 	var inv *engine.InvalidRequestError
 	switch {
 	case errors.As(err, &inv):
-		writeError(w, badRequest(inv.Param, "%s", inv.Msg))
+		param := inv.Param
+		if param == "max_tokens" && chatMaxTokens != "" {
+			param = chatMaxTokens
+		}
+		writeError(w, badRequest(param, "%s", inv.Msg))
 	case errors.Is(err, engine.ErrQueueFull):
 		w.Header().Set("Retry-After", s.retryAfter())
-		writeError(w, &apiError{status: http.StatusTooManyRequests, Msg: "the engine's waiting queue is full; retry later", Type: "RateLimitError"})
+		writeError(w, &apiError{status: http.StatusTooManyRequests, Msg: "too many requests are waiting; retry later", Type: "RateLimitError"})
 	case errors.Is(err, engine.ErrShuttingDown):
-		writeError(w, &apiError{status: http.StatusServiceUnavailable, Msg: "the engine is shutting down", Type: "ServiceUnavailableError"})
+		writeError(w, unavailable())
 	default:
 		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: err.Error(), Type: "InternalServerError"})
 	}
 }
 
-// checkModel accepts the served name (or none).
+// checkModel accepts the served name, or none (vLLM serves its only model then).
 func (s *Server) checkModel(model string) *apiError {
 	if model != "" && model != s.cfg.ModelName {
 		return &apiError{status: http.StatusNotFound, Msg: fmt.Sprintf("The model `%s` does not exist.", model), Type: "NotFoundError", Param: "model"}
