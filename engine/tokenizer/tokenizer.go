@@ -1,435 +1,437 @@
-// Package tokenizer reads Hugging Face tokenizer.json files with a BPE model — byte-level
-// (GPT-2, Llama-3, Qwen2) and SentencePiece-style with byte fallback (Llama-2, Mistral) —
-// encodes and decodes text, detokenises incrementally for streaming, applies chat
-// templates, and trains small BPE vocabularies for synthesised test models.
+// Package tokenizer reads Hugging Face tokenizer files (tokenizer.json as written by
+// the `tokenizers` library, plus tokenizer_config.json) for BPE models — byte-level ones
+// such as GPT-2, Llama-3 and Qwen2, and SentencePiece-style ones with byte fallback such
+// as Llama-2 and Mistral — and encodes, decodes, detokenises incrementally for
+// streaming, applies chat templates, and trains small BPE vocabularies for synthesised
+// test models.
+//
+// The encoding pipeline is HF's: added tokens are cut out of the input first (longest
+// match), the rest is normalized, pre-tokenized into words, and each word is encoded by
+// the BPE model; the post-processor then adds special tokens such as BOS. Supported
+// components:
+//
+//   - model: BPE (vocab, merges as "a b" strings or ["a","b"] pairs, byte_fallback,
+//     unk_token, fuse_unk, ignore_merges, continuing_subword_prefix,
+//     end_of_word_suffix)
+//   - normalizer: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip,
+//     StripAccents
+//   - pre_tokenizer: Sequence, ByteLevel, Split, Metaspace, Digits, Punctuation,
+//     Whitespace, WhitespaceSplit, BertPreTokenizer. Split's well-known GPT-2, Llama-3
+//     and Qwen2 patterns run on a hand-written scanner (Go's regexp has no lookahead);
+//     other patterns must compile with Go's regexp.
+//   - post_processor: TemplateProcessing, ByteLevel, BertProcessing,
+//     RobertaProcessing, Sequence
+//   - decoder: ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, WordPiece,
+//     BPEDecoder, Sequence
+//
+// Not supported: the WordPiece, WordLevel and Unigram models, the Precompiled and
+// BertNormalizer normalizers, and the CTC decoder; Parse fails naming them. Decode does
+// not apply transformers' clean_up_tokenization_spaces, so that Decode(Encode(s)) == s.
 package tokenizer
 
 import (
-	"encoding/json"
+	"compress/gzip"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
+	"unicode/utf8"
 )
 
-// Kind is the BPE flavour.
-type Kind string
-
-const (
-	// ByteLevel maps every byte to a printable rune before BPE (GPT-2, Llama-3, Qwen2).
-	ByteLevel Kind = "byte-level"
-	// SentencePiece replaces spaces with "▁", prepends one, and falls back to <0xXX> byte
-	// tokens for runes outside the vocabulary (Llama-2, Mistral).
-	SentencePiece Kind = "sentencepiece"
-)
-
-const spSpace = "▁"
-
-// Tokenizer is a loaded tokenizer; it is safe for concurrent use.
+// Tokenizer is a loaded tokenizer. It is safe for concurrent use.
 type Tokenizer struct {
-	kind         Kind
-	vocab        map[string]int32
-	tokens       []string // by id
-	ranks        map[[2]int32]int32
-	merged       map[[2]int32]int32
-	byteFallback bool
-	ignoreMerges bool
-	unk          int32
-	byteTokens   [256]int32 // SentencePiece <0xXX> ids, -1 when absent
-	added        []addedToken
-	special      map[int32]bool
-	prefixSpace  bool // byte-level add_prefix_space
-	spPrepend    bool // SentencePiece: prepend "▁" to the input
-	stripLeading bool // SentencePiece decoder strips the space the normaliser added
+	normalizer normalizer
+	pre        preTokenizer
+	model      *bpe
+	post       postProcessor
+	dec        decoder
 
-	bos, eos         int32
-	hasBOS           bool
-	addBOS, addEOS   bool
-	eosIDs           []int32
-	chatTemplate     string
-	modelMaxLength   int
-	cacheMu          sync.Mutex
-	cache            map[string][]int32
-	byteDecodeTable  map[rune]byte
-	byteEncodeTable  [256]rune
-	maxAddedTokenLen int
+	rawAdded  *addedMatcher // added tokens matched in the raw input
+	normAdded *addedMatcher // added tokens matched in normalized text
+
+	tokens  []string // by id
+	known   []bool   // by id: the id has a token
+	special []bool   // by id: an added token marked special
+	added   map[string]int32
+
+	bos          int32 // -1: none
+	eos          []int32
+	bosToken     string
+	eosToken     string
+	unkToken     string
+	padToken     string
+	chatTemplate string
+	maxLength    int64
+
+	byteFallbackDecoder bool
 }
 
-type addedToken struct {
-	content string
-	id      int32
-	special bool
-}
-
-// Load reads dir/tokenizer.json and, if present, dir/tokenizer_config.json.
+// Load reads dir/tokenizer.json and, if present, dir/tokenizer_config.json (either may
+// also be gzip-compressed, as tokenizer.json.gz).
 func Load(dir string) (*Tokenizer, error) {
-	tj, err := os.ReadFile(filepath.Join(dir, "tokenizer.json"))
+	tj, err := readMaybeGzip(filepath.Join(dir, "tokenizer.json"))
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
-	tc, err := os.ReadFile(filepath.Join(dir, "tokenizer_config.json"))
-	if err != nil && !os.IsNotExist(err) {
+	tc, err := readMaybeGzip(filepath.Join(dir, "tokenizer_config.json"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("tokenizer: %w", err)
 	}
 	return Parse(tj, tc)
 }
 
-type fileJSON struct {
-	AddedTokens []struct {
-		ID      int32  `json:"id"`
-		Content string `json:"content"`
-		Special bool   `json:"special"`
-	} `json:"added_tokens"`
-	Normalizer    json.RawMessage `json:"normalizer"`
-	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
-	PostProcessor json.RawMessage `json:"post_processor"`
-	Decoder       json.RawMessage `json:"decoder"`
-	Model         struct {
-		Type         string           `json:"type"`
-		Vocab        map[string]int32 `json:"vocab"`
-		Merges       json.RawMessage  `json:"merges"`
-		UnkToken     *string          `json:"unk_token"`
-		ByteFallback bool             `json:"byte_fallback"`
-		IgnoreMerges bool             `json:"ignore_merges"`
-	} `json:"model"`
-}
-
-// component is any normalizer, pre-tokenizer, decoder or post-processor node.
-type component struct {
-	Type           string            `json:"type"`
-	AddPrefixSpace *bool             `json:"add_prefix_space"`
-	Prepend        string            `json:"prepend"`
-	PrependScheme  string            `json:"prepend_scheme"`
-	Replacement    string            `json:"replacement"`
-	Pattern        json.RawMessage   `json:"pattern"`
-	Content        string            `json:"content"`
-	Start          int               `json:"start"`
-	Normalizers    []json.RawMessage `json:"normalizers"`
-	PreTokenizers  []json.RawMessage `json:"pretokenizers"`
-	Decoders       []json.RawMessage `json:"decoders"`
-	Processors     []json.RawMessage `json:"processors"`
-	Single         []struct {
-		SpecialToken *struct {
-			ID string `json:"id"`
-		} `json:"SpecialToken"`
-	} `json:"single"`
-}
-
-// walk visits a component tree (Sequence nodes included).
-func walk(raw json.RawMessage, path string, visit func(c component, path string) error) error {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
+func readMaybeGzip(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return b, err
 	}
-	var c component
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer.json: %s: %v", path, err)
+	f, gzErr := os.Open(path + ".gz")
+	if gzErr != nil {
+		return nil, err
 	}
-	if err := visit(c, path); err != nil {
-		return err
+	defer f.Close()
+	zr, gzErr := gzip.NewReader(f)
+	if gzErr != nil {
+		return nil, fmt.Errorf("%s.gz: %w", path, gzErr)
 	}
-	for name, kids := range map[string][]json.RawMessage{"normalizers": c.Normalizers, "pretokenizers": c.PreTokenizers, "decoders": c.Decoders, "processors": c.Processors} {
-		for i, k := range kids {
-			if err := walk(k, fmt.Sprintf("%s.%s[%d]", path, name, i), visit); err != nil {
-				return err
-			}
-		}
+	b, gzErr = io.ReadAll(zr)
+	if gzErr != nil {
+		return nil, fmt.Errorf("%s.gz: %w", path, gzErr)
 	}
-	return nil
-}
-
-type configJSON struct {
-	ChatTemplate   json.RawMessage `json:"chat_template"`
-	BOSToken       json.RawMessage `json:"bos_token"`
-	EOSToken       json.RawMessage `json:"eos_token"`
-	AddBOSToken    *bool           `json:"add_bos_token"`
-	AddEOSToken    *bool           `json:"add_eos_token"`
-	ModelMaxLength float64         `json:"model_max_length"`
-}
-
-// tokenString reads a special token given as "text" or {"content": "text"}.
-func tokenString(raw json.RawMessage) (string, bool) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", false
-	}
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s, true
-	}
-	var obj struct {
-		Content string `json:"content"`
-	}
-	if json.Unmarshal(raw, &obj) == nil && obj.Content != "" {
-		return obj.Content, true
-	}
-	return "", false
+	return b, nil
 }
 
 // Parse builds a tokenizer from the contents of tokenizer.json and tokenizer_config.json
-// (which may be nil).
+// (nil or empty when there is none). Errors name the file and the JSON path of the bad
+// field, as in `tokenizer.json: model.merges[12]: "xy" is not in the vocabulary`.
 func Parse(tokenizerJSON, tokenizerConfigJSON []byte) (*Tokenizer, error) {
-	var f fileJSON
-	if err := json.Unmarshal(tokenizerJSON, &f); err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %v", err)
-	}
-	if f.Model.Type != "BPE" {
-		return nil, fmt.Errorf("tokenizer.json: model.type: unsupported %q (only BPE)", f.Model.Type)
-	}
-	if len(f.Model.Vocab) == 0 {
-		return nil, fmt.Errorf("tokenizer.json: model.vocab: empty")
-	}
-	t := &Tokenizer{
-		vocab:   f.Model.Vocab,
-		ranks:   map[[2]int32]int32{},
-		merged:  map[[2]int32]int32{},
-		special: map[int32]bool{},
-		unk:     -1,
-		bos:     -1,
-		eos:     -1,
-		cache:   map[string][]int32{},
-	}
-	t.byteFallback, t.ignoreMerges = f.Model.ByteFallback, f.Model.IgnoreMerges
-	size := 0
-	for tok, id := range f.Model.Vocab {
-		if id < 0 {
-			return nil, fmt.Errorf("tokenizer.json: model.vocab[%q]: negative id %d", tok, id)
-		}
-		size = max(size, int(id)+1)
-	}
-	for i, a := range f.AddedTokens {
-		if a.ID < 0 || a.Content == "" {
-			return nil, fmt.Errorf("tokenizer.json: added_tokens[%d]: bad id %d or empty content", i, a.ID)
-		}
-		size = max(size, int(a.ID)+1)
-	}
-	if size > 1<<24 {
-		return nil, fmt.Errorf("tokenizer.json: model.vocab: id %d too large", size-1)
-	}
-	t.tokens = make([]string, size)
-	for tok, id := range f.Model.Vocab {
-		t.tokens[id] = tok
-	}
-	for _, a := range f.AddedTokens {
-		t.tokens[a.ID] = a.Content
-		if _, ok := t.vocab[a.Content]; !ok {
-			t.vocab[a.Content] = a.ID
-		}
-		t.added = append(t.added, addedToken{a.Content, a.ID, a.Special})
-		if a.Special {
-			t.special[a.ID] = true
-		}
-		t.maxAddedTokenLen = max(t.maxAddedTokenLen, len(a.Content))
-	}
-	slices.SortStableFunc(t.added, func(a, b addedToken) int { return len(b.content) - len(a.content) })
-	if f.Model.UnkToken != nil {
-		if id, ok := t.vocab[*f.Model.UnkToken]; ok {
-			t.unk = id
-		}
-	}
-	if err := t.parseMerges(f.Model.Merges); err != nil {
+	root, err := jval{file: "tokenizer.json", raw: tokenizerJSON}.object()
+	if err != nil {
 		return nil, err
 	}
-	if err := t.readPipeline(&f); err != nil {
+	t := &Tokenizer{bos: -1}
+	if t.model, err = parseBPE(root.get("model")); err != nil {
 		return nil, err
 	}
-	if t.kind == ByteLevel {
-		t.byteEncodeTable, t.byteDecodeTable = byteLevelTables()
+	if t.normalizer, err = parseNormalizer(root.get("normalizer")); err != nil {
+		return nil, err
 	}
-	for b := range t.byteTokens {
-		t.byteTokens[b] = -1
-		if id, ok := t.vocab[fmt.Sprintf("<0x%02X>", b)]; ok {
-			t.byteTokens[b] = id
-		}
+	if t.pre, err = parsePreTokenizer(root.get("pre_tokenizer")); err != nil {
+		return nil, err
 	}
-	if err := t.readConfig(tokenizerConfigJSON); err != nil {
+	if t.post, err = parsePostProcessor(root.get("post_processor")); err != nil {
+		return nil, err
+	}
+	if t.dec, err = parseDecoder(root.get("decoder")); err != nil {
+		return nil, err
+	}
+	t.byteFallbackDecoder = hasByteFallback(t.dec)
+	added, err := parseAddedTokens(root.get("added_tokens"), len(t.model.vocab))
+	if err != nil {
+		return nil, err
+	}
+	t.buildTables(added)
+	if err := t.parseConfig(jval{file: "tokenizer_config.json", raw: tokenizerConfigJSON}); err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-func (t *Tokenizer) parseMerges(raw json.RawMessage) error {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil
+func parseAddedTokens(v jval, vocabSize int) ([]addedToken, error) {
+	if v.missing() {
+		return nil, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
-		return fmt.Errorf("tokenizer.json: model.merges: %v", err)
+	list, err := v.array()
+	if err != nil {
+		return nil, err
 	}
-	for i, it := range items {
-		var a, b string
-		var s string
-		var pair []string
-		switch {
-		case json.Unmarshal(it, &s) == nil:
-			var ok bool
-			a, b, ok = strings.Cut(s, " ")
-			if !ok {
-				return fmt.Errorf("tokenizer.json: model.merges[%d]: %q is not two tokens separated by a space", i, s)
-			}
-		case json.Unmarshal(it, &pair) == nil && len(pair) == 2:
-			a, b = pair[0], pair[1]
-		default:
-			return fmt.Errorf("tokenizer.json: model.merges[%d]: want \"a b\" or [\"a\", \"b\"]", i)
+	limit := maxID(vocabSize + len(list))
+	out := make([]addedToken, 0, len(list))
+	for _, it := range list {
+		o, err := it.object()
+		if err != nil {
+			return nil, err
 		}
-		ia, oka := t.vocab[a]
-		ib, okb := t.vocab[b]
-		im, okm := t.vocab[a+b]
-		if !oka || !okb || !okm {
-			return fmt.Errorf("tokenizer.json: model.merges[%d]: %q + %q: token not in the vocabulary", i, a, b)
+		id, err := o.get("id").integer()
+		if err != nil {
+			return nil, err
 		}
-		key := [2]int32{ia, ib}
-		if _, dup := t.ranks[key]; !dup {
-			t.ranks[key] = int32(i)
-			t.merged[key] = im
+		if id < 0 || id > limit {
+			return nil, o.get("id").errf("id %d out of range", id)
 		}
+		a := addedToken{id: int32(id)}
+		if a.content, err = o.get("content").str(); err != nil {
+			return nil, err
+		}
+		if a.content == "" {
+			return nil, o.get("content").errf("empty token")
+		}
+		if a.special, err = o.boolean("special", false); err != nil {
+			return nil, err
+		}
+		if a.lstrip, err = o.boolean("lstrip", false); err != nil {
+			return nil, err
+		}
+		if a.rstrip, err = o.boolean("rstrip", false); err != nil {
+			return nil, err
+		}
+		if a.singleWord, err = o.boolean("single_word", false); err != nil {
+			return nil, err
+		}
+		if a.normalized, err = o.boolean("normalized", !a.special); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
 	}
-	return nil
+	return out, nil
 }
 
-// readPipeline decides the flavour from the normalizer, pre-tokenizer and decoder, and
-// which token the post-processor adds.
-func (t *Tokenizer) readPipeline(f *fileJSON) error {
-	var byteLevel, metaspace, replaceSpace, prepend bool
-	check := func(c component, path string) error {
-		switch c.Type {
-		case "ByteLevel":
-			byteLevel = true
-			if c.AddPrefixSpace != nil && *c.AddPrefixSpace && strings.HasPrefix(path, "pre_tokenizer") {
-				t.prefixSpace = true
-			}
-		case "Metaspace":
-			metaspace = true
-			if strings.HasPrefix(path, "pre_tokenizer") && c.PrependScheme != "never" {
-				prepend = true
-			}
-		case "Prepend":
-			if c.Prepend == spSpace {
-				prepend = true
-			}
-		case "Replace":
-			var pat struct {
-				String string `json:"String"`
-			}
-			_ = json.Unmarshal(c.Pattern, &pat)
-			if pat.String == " " && c.Content == spSpace {
-				replaceSpace = true
-			}
-		case "Strip":
-			if c.Content == " " && c.Start > 0 {
-				t.stripLeading = true
-			}
-		case "Sequence", "Split", "Digits", "Punctuation", "NFC", "NFKC", "Fuse", "ByteFallback",
-			"TemplateProcessing", "RobertaProcessing", "BertProcessing", "Whitespace", "WhitespaceSplit", "":
-		default:
-			return fmt.Errorf("tokenizer.json: %s: unsupported component type %q", path, c.Type)
-		}
-		return nil
+func (t *Tokenizer) buildTables(added []addedToken) {
+	n := 0
+	for _, id := range t.model.vocab {
+		n = max(n, int(id)+1)
 	}
-	for _, part := range []struct {
-		name string
-		raw  json.RawMessage
-	}{{"normalizer", f.Normalizer}, {"pre_tokenizer", f.PreTokenizer}, {"decoder", f.Decoder}, {"post_processor", f.PostProcessor}} {
-		if err := walk(part.raw, part.name, check); err != nil {
+	for _, a := range added {
+		n = max(n, int(a.id)+1)
+	}
+	t.tokens = make([]string, n)
+	t.known = make([]bool, n)
+	t.special = make([]bool, n)
+	for tok, id := range t.model.vocab {
+		t.tokens[id], t.known[id] = tok, true
+	}
+	t.added = make(map[string]int32, len(added))
+	var raw, norm []addedToken
+	var rawPat, normPat []string
+	for _, a := range added {
+		t.tokens[a.id], t.known[a.id] = a.content, true
+		t.special[a.id] = a.special
+		t.added[a.content] = a.id
+		if a.normalized && t.normalizer != nil {
+			norm = append(norm, a)
+			normPat = append(normPat, t.normalizer.normalize(a.content))
+		} else {
+			raw = append(raw, a)
+			rawPat = append(rawPat, a.content)
+		}
+	}
+	t.rawAdded = newAddedMatcher(raw, rawPat)
+	t.normAdded = newAddedMatcher(norm, normPat)
+}
+
+// tokenContent reads a special token setting of tokenizer_config.json: a string, an
+// AddedToken object {"content": ...}, or null.
+func tokenContent(v jval) (string, error) {
+	if v.missing() {
+		return "", nil
+	}
+	if s, err := v.str(); err == nil {
+		return s, nil
+	}
+	o, err := v.object()
+	if err != nil {
+		return "", v.errf("want a string or {\"content\": ...}, got %s", v.kind())
+	}
+	return o.get("content").str()
+}
+
+func (t *Tokenizer) parseConfig(v jval) error {
+	var o jobj
+	if !v.missing() {
+		var err error
+		if o, err = v.object(); err != nil {
 			return err
 		}
 	}
-	switch {
-	case byteLevel:
-		t.kind = ByteLevel
-	case metaspace || replaceSpace || t.byteFallback:
-		t.kind = SentencePiece
-		t.spPrepend = prepend
-		if metaspace {
-			t.stripLeading = t.stripLeading || prepend
+	var err error
+	for _, f := range []struct {
+		key string
+		dst *string
+	}{{"bos_token", &t.bosToken}, {"eos_token", &t.eosToken}, {"unk_token", &t.unkToken}, {"pad_token", &t.padToken}} {
+		if o.m == nil {
+			break
 		}
-	default:
-		return fmt.Errorf("tokenizer.json: neither a ByteLevel nor a SentencePiece-style (Metaspace, or Replace \" \" -> \"▁\") pipeline")
+		if *f.dst, err = tokenContent(o.get(f.key)); err != nil {
+			return err
+		}
 	}
-	// A TemplateProcessing post-processor names the BOS it adds.
-	return walk(f.PostProcessor, "post_processor", func(c component, _ string) error {
-		if c.Type != "TemplateProcessing" {
-			return nil
+	if o.m != nil {
+		if t.chatTemplate, err = parseChatTemplate(o.get("chat_template")); err != nil {
+			return err
 		}
-		for _, p := range c.Single {
-			if p.SpecialToken == nil {
-				continue
-			}
-			id, ok := t.vocab[p.SpecialToken.ID]
-			if !ok {
-				return fmt.Errorf("tokenizer.json: post_processor: special token %q not in the vocabulary", p.SpecialToken.ID)
-			}
-			if !t.hasBOS {
-				t.bos, t.hasBOS, t.addBOS = id, true, true
+		if t.maxLength, err = o.integer("model_max_length", 0); err != nil {
+			return err
+		}
+	}
+	if id, ok := t.TokenID(t.bosToken); ok && t.bosToken != "" {
+		t.bos = id
+	}
+	if id, ok := t.TokenID(t.eosToken); ok && t.eosToken != "" {
+		t.eos = []int32{id}
+	}
+	if o.m == nil || (!o.has("add_bos_token") && !o.has("add_eos_token")) {
+		if t.bos < 0 && t.post != nil {
+			// No configured BOS: the special token the template puts first.
+			if probe := t.post.process(nil); len(probe) > 0 {
+				t.bos = probe[0]
+				t.bosToken = t.tokens[probe[0]]
 			}
 		}
 		return nil
-	})
-}
-
-func (t *Tokenizer) readConfig(raw []byte) error {
-	if len(raw) == 0 {
-		return nil
 	}
-	var c configJSON
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return fmt.Errorf("tokenizer_config.json: %v", err)
+	// add_bos_token / add_eos_token decide (transformers rebuilds the post-processor
+	// of Llama-style tokenizers from them); a missing one keeps what the template did.
+	var probe []int32
+	if t.post != nil {
+		probe = t.post.process(nil)
 	}
-	if len(c.ChatTemplate) > 0 && string(c.ChatTemplate) != "null" {
-		if json.Unmarshal(c.ChatTemplate, &t.chatTemplate) != nil {
-			var named []struct{ Name, Template string }
-			if err := json.Unmarshal(c.ChatTemplate, &named); err != nil {
-				return fmt.Errorf("tokenizer_config.json: chat_template: want a string or a list of {name, template}")
-			}
-			for _, n := range named {
-				if n.Name == "default" {
-					t.chatTemplate = n.Template
-				}
-			}
-		}
+	addBOS, err := o.boolean("add_bos_token", len(probe) > 0 && probe[0] == t.bos)
+	if err != nil {
+		return err
 	}
-	if s, ok := tokenString(c.BOSToken); ok {
-		id, found := t.vocab[s]
-		if !found {
-			return fmt.Errorf("tokenizer_config.json: bos_token: %q not in the vocabulary", s)
-		}
-		t.bos, t.hasBOS = id, true
+	addEOS, err := o.boolean("add_eos_token", len(probe) > 0 && len(t.eos) > 0 && probe[len(probe)-1] == t.eos[0])
+	if err != nil {
+		return err
 	}
-	if s, ok := tokenString(c.EOSToken); ok {
-		id, found := t.vocab[s]
-		if !found {
-			return fmt.Errorf("tokenizer_config.json: eos_token: %q not in the vocabulary", s)
-		}
-		t.eos = id
-		t.eosIDs = []int32{id}
+	var p postTemplate
+	if addBOS && t.bos >= 0 {
+		p.items = append(p.items, postItem{ids: []int32{t.bos}})
 	}
-	if c.AddBOSToken != nil {
-		t.addBOS = *c.AddBOSToken && t.hasBOS
+	p.items = append(p.items, postItem{seq: true})
+	if addEOS && len(t.eos) > 0 {
+		p.items = append(p.items, postItem{ids: []int32{t.eos[0]}})
 	}
-	if c.AddEOSToken != nil {
-		t.addEOS = *c.AddEOSToken && t.eos >= 0
-	}
-	t.modelMaxLength = int(min(c.ModelMaxLength, 1<<30))
+	t.post = p
 	return nil
 }
 
-// Kind is the tokenizer's BPE flavour.
-func (t *Tokenizer) Kind() Kind { return t.kind }
+func parseChatTemplate(v jval) (string, error) {
+	if v.missing() {
+		return "", nil
+	}
+	if s, err := v.str(); err == nil {
+		return s, nil
+	}
+	list, err := v.array()
+	if err != nil {
+		return "", v.errf("want a string or a list of {\"name\", \"template\"}, got %s", v.kind())
+	}
+	for _, it := range list {
+		o, err := it.object()
+		if err != nil {
+			return "", err
+		}
+		name, err := o.get("name").str()
+		if err != nil {
+			return "", err
+		}
+		tpl, err := o.get("template").str()
+		if err != nil {
+			return "", err
+		}
+		if name == "default" {
+			return tpl, nil
+		}
+	}
+	return "", nil
+}
 
-// VocabSize is the number of token ids.
+// Encode returns the ids of text. With addSpecial the post-processor adds the special
+// tokens it declares (BOS for Llama), or those tokenizer_config.json's add_bos_token
+// and add_eos_token ask for. Added tokens in the text (special ones included) encode
+// to their ids. Invalid UTF-8 is encoded as U+FFFD.
+func (t *Tokenizer) Encode(text string, addSpecial bool) []int32 {
+	if !utf8.ValidString(text) {
+		text = strings.ToValidUTF8(text, "\uFFFD")
+	}
+	ids := make([]int32, 0, len(text)/3+4)
+	var segs, subs []segment
+	var pieces []piece
+	segs = t.rawAdded.split(segs, text, true)
+	for _, seg := range segs {
+		if seg.tok >= 0 {
+			ids = append(ids, seg.tok)
+			continue
+		}
+		s := seg.text
+		if t.normalizer != nil {
+			s = t.normalizer.normalize(s)
+		}
+		subs = t.normAdded.split(subs[:0], s, seg.first)
+		for _, sub := range subs {
+			if sub.tok >= 0 {
+				ids = append(ids, sub.tok)
+				continue
+			}
+			if t.pre == nil {
+				ids = t.model.tokenize(sub.text, ids)
+				continue
+			}
+			pieces = t.pre.split(pieces[:0], piece{sub.text, sub.first})
+			for _, p := range pieces {
+				ids = t.model.tokenize(p.s, ids)
+			}
+		}
+	}
+	if addSpecial && t.post != nil {
+		ids = t.post.process(ids)
+	}
+	return ids
+}
+
+// Decode returns the text of ids; with skipSpecial, added tokens marked special (BOS,
+// EOS, chat markers) are left out. Unknown ids are ignored.
+func (t *Tokenizer) Decode(ids []int32, skipSpecial bool) string {
+	toks := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if id < 0 || int(id) >= len(t.tokens) || !t.known[id] || skipSpecial && t.special[id] {
+			continue
+		}
+		toks = append(toks, t.tokens[id])
+	}
+	if t.dec == nil {
+		return strings.Join(toks, " ")
+	}
+	return strings.Join(t.dec.decodeChain(toks), "")
+}
+
+// VocabSize is the number of token ids: one more than the largest id of the vocabulary
+// and the added tokens.
 func (t *Tokenizer) VocabSize() int { return len(t.tokens) }
 
-// TokenID looks a token's string up.
+// TokenID returns the id of a token (an added token or a vocabulary entry, in its
+// vocabulary spelling: "▁the", "Ġthe").
 func (t *Tokenizer) TokenID(token string) (int32, bool) {
-	id, ok := t.vocab[token]
+	if id, ok := t.added[token]; ok {
+		return id, true
+	}
+	id, ok := t.model.vocab[token]
 	return id, ok
 }
 
-// BOS is the beginning-of-sequence id, if the tokenizer has one.
-func (t *Tokenizer) BOS() (int32, bool) { return t.bos, t.hasBOS }
+// Token returns the vocabulary spelling of id.
+func (t *Tokenizer) Token(id int32) (string, bool) {
+	if id < 0 || int(id) >= len(t.tokens) || !t.known[id] {
+		return "", false
+	}
+	return t.tokens[id], true
+}
 
-// EOS are the end-of-sequence ids named by tokenizer_config.json.
-func (t *Tokenizer) EOS() []int32 { return slices.Clone(t.eosIDs) }
+// BOS returns the beginning-of-sequence id: tokenizer_config.json's bos_token, else the
+// special token the post-processor puts first.
+func (t *Tokenizer) BOS() (int32, bool) { return t.bos, t.bos >= 0 }
 
-// IsSpecial reports whether id is a special added token.
-func (t *Tokenizer) IsSpecial(id int32) bool { return t.special[id] }
+// EOS returns the end-of-sequence ids from tokenizer_config.json's eos_token (a string
+// or {"content": ...}); none without it.
+func (t *Tokenizer) EOS() []int32 { return append([]int32(nil), t.eos...) }
+
+// IsSpecial reports whether id is an added token marked special.
+func (t *Tokenizer) IsSpecial(id int32) bool {
+	return id >= 0 && int(id) < len(t.special) && t.special[id]
+}
+
+// ModelMaxLength is tokenizer_config.json's model_max_length (0 when absent; huge
+// placeholder values are kept as they are, capped at 2^62).
+func (t *Tokenizer) ModelMaxLength() int64 { return t.maxLength }
