@@ -33,9 +33,18 @@ type routerFlags struct {
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
-	policy, err := route.Parse(f.spec, policies.Env{Seed: f.seed, BlockSize: f.blockSize})
+	cfg, err := f.config()
 	if err != nil {
 		return nil, err
+	}
+	return router.New(cfg)
+}
+
+// config is the router's configuration without endpoints when f.endpoints is empty.
+func (f *routerFlags) config() (router.Config, error) {
+	policy, err := route.Parse(f.spec, policies.Env{Seed: f.seed, BlockSize: f.blockSize})
+	if err != nil {
+		return router.Config{}, err
 	}
 	cfg := router.Config{
 		Endpoints: f.endpoints, Policy: policy, ScrapeInterval: f.scrape,
@@ -44,13 +53,13 @@ func (f *routerFlags) build() (*router.Router, error) {
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
 		if err != nil {
-			return nil, err
+			return router.Config{}, err
 		}
 		// Completions prompts are encoded as the engine encodes them, so the router's block
 		// hashes equal the engine's and KV events can be matched.
 		cfg.Encode = func(s string) []int32 { return tok.Encode(s, true) }
 	}
-	return router.New(cfg)
+	return cfg, nil
 }
 
 func newRouterCmd() *cobra.Command {

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"servelab/real/local"
+)
+
+// clusterFlags describe a local cluster: the engines' flags (vLLM's names) and the router's.
+type clusterFlags struct {
+	engines             int
+	model               string
+	batch               string
+	evict               string
+	blockSize           int
+	numBlocks           int
+	maxNumSeqs          int
+	maxNumBatchedTokens int
+	maxModelLen         int
+	threads             int
+	prefixCaching       bool
+	router              routerFlags
+	verbose             bool
+}
+
+func (f *clusterFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.IntVar(&f.engines, "engines", 2, "number of engine processes")
+	fl.StringVar(&f.model, "model", "", "model directory every engine serves (required)")
+	fl.StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
+	fl.StringVar(&f.batch, "batch", "vllm", "batch policy spec of every engine")
+	fl.StringVar(&f.evict, "evict", "lru", "KV eviction policy spec of every engine")
+	fl.IntVar(&f.blockSize, "block-size", 16, "tokens per KV cache block")
+	fl.IntVar(&f.numBlocks, "num-gpu-blocks-override", 0, "KV blocks per engine (default: the engine's memory budget)")
+	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 0, "most sequences per engine step (default: the batch policy's)")
+	fl.IntVar(&f.maxNumBatchedTokens, "max-num-batched-tokens", 0, "token budget per engine step (default: the batch policy's)")
+	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the model's)")
+	fl.IntVar(&f.threads, "threads", 0, "CPU threads per engine (default: the machine's CPUs divided among the engines)")
+	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
+	fl.DurationVar(&f.router.scrape, "scrape-interval", 50*time.Millisecond, "how often the router reads each engine's /metrics")
+	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
+	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised routing policies")
+	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")
+}
+
+// threadsPerEngine divides the machine among the engines, so they do not fight over cores.
+func (f *clusterFlags) threadsPerEngine() int {
+	if f.threads > 0 {
+		return f.threads
+	}
+	return max(1, runtime.NumCPU()/max(f.engines, 1))
+}
+
+func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
+	if f.model == "" {
+		return local.Options{}, errors.New("--model is required")
+	}
+	args := []string{"--model", f.model, "--batch", f.batch, "--evict", f.evict,
+		"--block-size", strconv.Itoa(f.blockSize), "--threads", strconv.Itoa(f.threadsPerEngine()),
+		"--enable-prefix-caching=" + strconv.FormatBool(f.prefixCaching)}
+	for _, o := range []struct {
+		flag string
+		v    int
+	}{{"--num-gpu-blocks-override", f.numBlocks}, {"--max-num-seqs", f.maxNumSeqs},
+		{"--max-num-batched-tokens", f.maxNumBatchedTokens}, {"--max-model-len", f.maxModelLen}} {
+		if o.v > 0 {
+			args = append(args, o.flag, strconv.Itoa(o.v))
+		}
+	}
+	rf := f.router
+	rf.blockSize = f.blockSize
+	rf.model = f.model
+	cfg, err := rf.config()
+	if err != nil {
+		return local.Options{}, fmt.Errorf("--router: %w", err)
+	}
+	return local.Options{Engines: f.engines, EngineArgs: args, Router: cfg, Log: log}, nil
+}
+
+func newUpCmd() *cobra.Command {
+	var f clusterFlags
+	var host string
+	var port int
+	cmd := &cobra.Command{
+		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC]",
+		Short: "Run a local serving cluster: N engine processes and the router, on loopback",
+		Long: `Start N 'servelab engine' processes on free loopback ports and the router in front of them,
+wait until every engine answers /health, and print the router's endpoint (an OpenAI-compatible
+API; replay a trace against it with 'servelab bench --endpoint URL'). Ctrl-C stops the router,
+lets engines finish in-flight requests and stops them; engines also stop if this process dies.
+An engine that exits on its own stops the cluster with its error.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var log io.Writer = io.Discard
+			if f.verbose {
+				log = cmd.ErrOrStderr()
+			}
+			opts, err := f.options(log)
+			if err != nil {
+				return err
+			}
+			opts.RouterAddr = fmt.Sprintf("%s:%d", host, port)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "starting %d engines (%d threads each) serving %s ...\n", f.engines, f.threadsPerEngine(), f.model)
+			c, err := local.Start(ctx, opts)
+			if err != nil {
+				return err
+			}
+			for i, ep := range c.Endpoints {
+				fmt.Fprintf(out, "engine-%d  %s\n", i, ep)
+			}
+			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
+			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
+			var runErr error
+			select {
+			case <-ctx.Done():
+			case runErr = <-c.Done():
+			}
+			fmt.Fprintln(out, "stopping the cluster")
+			if err := c.Stop(15 * time.Second); runErr == nil {
+				runErr = err
+			}
+			return runErr
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")
+	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
+	return cmd
+}

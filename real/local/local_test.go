@@ -1,0 +1,225 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"servelab/policies"
+	"servelab/policies/route"
+	"servelab/real/router"
+)
+
+// The test binary doubles as a fake engine: started with FAKE_ENGINE set, it serves
+// /health, /metrics and /v1/completions (answering with its own name) the way
+// `servelab engine` announces and serves them, and misbehaves as FAKE_ENGINE says.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("FAKE_ENGINE"); mode != "" {
+		fakeEngine(mode, os.Args[1:])
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func fakeEngine(mode string, args []string) {
+	fs := flag.NewFlagSet("engine", flag.ExitOnError)
+	host := fs.String("host", "", "")
+	port := fs.Int("port", -1, "")
+	name := fs.String("name", "fake", "")
+	fs.Parse(args)
+	if mode == "crash-at-start" {
+		fmt.Println("loading model: no such file")
+		os.Exit(3)
+	}
+	if *host != "127.0.0.1" || *port != 0 {
+		fmt.Printf("want --host 127.0.0.1 --port 0, got %q %d\n", *host, *port)
+		os.Exit(2)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0")
+	})
+	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, `{"served_by":%q}`, *name)
+		if mode == "crash-after-request" {
+			go func() { time.Sleep(10 * time.Millisecond); os.Exit(4) }()
+		}
+	})
+	fmt.Println("servelab engine: fake")
+	fmt.Printf("%s%s\n", listenPrefix, ln.Addr())
+	go http.Serve(ln, mux)
+	for {
+		<-sigs
+		if mode != "ignore-sigterm" {
+			fmt.Println("shutting down")
+			return
+		}
+	}
+}
+
+func startFake(t *testing.T, mode string, engines int, policy route.Policy) (*Cluster, *lockedBuffer, error) {
+	t.Helper()
+	log := &lockedBuffer{}
+	c, err := Start(context.Background(), Options{
+		Engines:      engines,
+		Command:      []string{os.Args[0]},
+		EngineArgs:   []string{"--name", "fake"},
+		Env:          []string{"FAKE_ENGINE=" + mode},
+		Router:       router.Config{Policy: policy, ScrapeInterval: 10 * time.Millisecond},
+		Log:          log,
+		StartTimeout: 20 * time.Second,
+	})
+	if err == nil {
+		t.Cleanup(func() { c.Stop(5 * time.Second) })
+	}
+	return c, log, err
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func roundRobin(t *testing.T) route.Policy {
+	t.Helper()
+	p, err := route.Parse("round-robin", policies.Env{BlockSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestClusterRoutesToEveryEngineAndStops(t *testing.T) {
+	c, log, err := startFake(t, "ok", 3, roundRobin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints) != 3 || c.URL == "" {
+		t.Fatalf("endpoints %v, router %q", c.Endpoints, c.URL)
+	}
+	seen := map[string]bool{}
+	for _, ep := range c.Endpoints {
+		if !strings.HasPrefix(ep, "http://127.0.0.1:") || seen[ep] {
+			t.Fatalf("endpoint %q: want distinct loopback URLs, got %v", ep, c.Endpoints)
+		}
+		seen[ep] = true
+	}
+	for range 6 {
+		resp, err := http.Post(c.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"hi","max_tokens":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "fake") {
+			t.Fatalf("through the router: %d %s", resp.StatusCode, body)
+		}
+	}
+	if err := c.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range c.engines {
+		select {
+		case <-e.exited:
+		default:
+			t.Fatalf("%s still running after Stop", e.name)
+		}
+		if err := e.cmd.Process.Signal(syscall.Signal(0)); err == nil {
+			t.Fatalf("%s: process still exists", e.name)
+		}
+	}
+	if got := strings.Count(log.String(), "shutting down"); got != 3 {
+		t.Fatalf("%d engines shut down gracefully, want 3; log:\n%s", got, log)
+	}
+	if _, err := http.Get(c.Endpoints[0] + "/health"); err == nil {
+		t.Fatal("engine still answers after Stop")
+	}
+}
+
+func TestStartFailureNamesTheEngineAndItsOutput(t *testing.T) {
+	_, _, err := startFake(t, "crash-at-start", 2, roundRobin(t))
+	if err == nil {
+		t.Fatal("Start succeeded with engines that exit at start")
+	}
+	for _, want := range []string{"engine-", "exit status 3", "no such file"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestDoneReportsAnEngineThatDies(t *testing.T) {
+	c, _, err := startFake(t, "crash-after-request", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.URL != "" || c.Router != nil {
+		t.Fatal("a router was started without a policy")
+	}
+	resp, err := http.Post(c.Endpoints[0]+"/v1/completions", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	select {
+	case err := <-c.Done():
+		if err == nil || !strings.Contains(err.Error(), "exit status 4") {
+			t.Fatalf("Done: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Done did not report the engine's exit")
+	}
+}
+
+func TestStopKillsEnginesThatIgnoreSIGTERM(t *testing.T) {
+	c, _, err := startFake(t, "ignore-sigterm", 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = c.Stop(300 * time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("Stop: %v, want an error saying engines were killed", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("Stop waited far past its grace period")
+	}
+	for _, e := range c.engines {
+		<-e.exited
+	}
+	if err := c.Stop(time.Second); !errors.Is(err, c.stopErr) {
+		t.Fatalf("a second Stop: %v", err)
+	}
+}
