@@ -1,6 +1,9 @@
 package traces
 
-import "io"
+import (
+	"io"
+	"math"
+)
 
 // ScaleRate multiplies a trace's arrival rate by factor (positive): arrival times are
 // divided by it.
@@ -45,3 +48,65 @@ func skipped(r Reader) int {
 	}
 	return 0
 }
+
+// ScaleTokens multiplies every request's input and output lengths by factor (positive),
+// keeping at least one token of each, and the tokens each prefix hash id covers by the same
+// factor, so a trace's block sharing survives the scaling: it is how a trace of 8B-model
+// traffic is replayed against a small model with a short context. Hash ids that no longer
+// start inside the scaled prompt are dropped.
+func ScaleTokens(r Reader, factor float64) Reader { return &tokenScaled{r: r, factor: factor} }
+
+type tokenScaled struct {
+	r      Reader
+	factor float64
+}
+
+func (s *tokenScaled) Next() (Row, error) {
+	row, err := s.r.Next()
+	if err != nil {
+		return row, err
+	}
+	scale := func(n int) int { return max(1, int(math.Round(float64(n)*s.factor))) }
+	row.InputTokens = scale(row.InputTokens)
+	row.OutputTokens = scale(row.OutputTokens)
+	if row.HashIDs != nil {
+		row.HashBlockSize = scale(row.HashBlockSize)
+		row.HashIDs = coveredHashIDs(row.HashIDs, row.HashBlockSize, row.InputTokens)
+	}
+	return row, nil
+}
+
+// FitContext shortens requests whose prompt plus output exceed maxModelLen, as a trace
+// replayed against an engine with a shorter context must be: the output keeps up to half
+// the context and the prompt gets the rest.
+func FitContext(r Reader, maxModelLen int) Reader { return &fitted{r: r, maxLen: maxModelLen} }
+
+type fitted struct {
+	r      Reader
+	maxLen int
+}
+
+func (f *fitted) Next() (Row, error) {
+	row, err := f.r.Next()
+	if err != nil || row.InputTokens+row.OutputTokens <= f.maxLen {
+		return row, err
+	}
+	row.OutputTokens = max(1, min(row.OutputTokens, f.maxLen/2))
+	row.InputTokens = max(1, min(row.InputTokens, f.maxLen-row.OutputTokens))
+	if row.HashIDs != nil {
+		row.HashIDs = coveredHashIDs(row.HashIDs, row.HashBlockSize, row.InputTokens)
+	}
+	return row, nil
+}
+
+// coveredHashIDs keeps the hash ids whose blocks start inside a prompt of n tokens.
+func coveredHashIDs(ids []int64, blockSize, n int) []int64 {
+	keep := min(len(ids), (n+blockSize-1)/blockSize)
+	return ids[:keep:keep]
+}
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (s *tokenScaled) Skipped() int { return skipped(s.r) }
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (f *fitted) Skipped() int { return skipped(f.r) }

@@ -1,0 +1,48 @@
+package traces
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestScaleTokensKeepsBlockSharing(t *testing.T) {
+	rows := []Row{
+		{InputTokens: 6758, OutputTokens: 500, HashBlockSize: 512, HashIDs: []int64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}},
+		{InputTokens: 1024, OutputTokens: 3, HashBlockSize: 512, HashIDs: []int64{0, 1}},
+		{InputTokens: 10, OutputTokens: 1},
+	}
+	got := readAll(t, ScaleTokens(&sliceReader{rows: rows}, 1.0/64))
+	want := []Row{
+		{InputTokens: 106, OutputTokens: 8, HashBlockSize: 8, HashIDs: []int64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}},
+		{InputTokens: 16, OutputTokens: 1, HashBlockSize: 8, HashIDs: []int64{0, 1}},
+		{InputTokens: 1, OutputTokens: 1},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("scaled rows (-want +got):\n%s", diff)
+	}
+}
+
+func TestFitContext(t *testing.T) {
+	rows := []Row{
+		{InputTokens: 100, OutputTokens: 20},
+		{InputTokens: 600, OutputTokens: 20, HashBlockSize: 64, HashIDs: []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
+		{InputTokens: 100, OutputTokens: 900},
+		{InputTokens: 1000, OutputTokens: 1000},
+	}
+	got := readAll(t, FitContext(&sliceReader{rows: rows}, 512))
+	want := []Row{
+		{InputTokens: 100, OutputTokens: 20},
+		{InputTokens: 492, OutputTokens: 20, HashBlockSize: 64, HashIDs: []int64{1, 2, 3, 4, 5, 6, 7, 8}},
+		{InputTokens: 100, OutputTokens: 256},
+		{InputTokens: 256, OutputTokens: 256},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("fitted rows (-want +got):\n%s", diff)
+	}
+	for _, r := range got {
+		if r.InputTokens+r.OutputTokens > 512 {
+			t.Errorf("row %+v exceeds the context", r)
+		}
+	}
+}
