@@ -31,58 +31,20 @@ linear step-time model to them (non-negative least squares, gonum) and write a p
 			if f.model == "" || out == "" {
 				return fmt.Errorf("--model and --out are required")
 			}
-			bp, err := f.batchPolicy()
-			if err != nil {
-				return err
-			}
-			b, err := backend.Load(backend.Options{
-				Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
-				KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
-			})
-			if err != nil {
-				return err
-			}
-			limits := bp.Limits()
 			w := cmd.ErrOrStderr()
 			progress := func(done, total int) {}
-			if f, ok := w.(*os.File); ok {
-				if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-					progress = func(done, total int) { fmt.Fprintf(w, "\rprofiling: %d/%d shapes", done, total) }
-				}
+			if isTerminal(w) {
+				progress = func(done, total int) { fmt.Fprintf(w, "\rprofiling: %d/%d shapes", done, total) }
 			}
-			points, err := profile.Measure(b.NewExecutor(), profile.Config{
-				MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
-				MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
-				Repeats: reps, Quick: quick,
-				Progress: progress,
-			})
+			prof, err := measureProfile(f, quick, reps, progress)
 			if err != nil {
 				return err
 			}
-			samples := make([]latency.Sample, len(points))
-			for i, p := range points {
-				samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
-			}
-			coef, r2, err := latency.FitLinear(samples)
-			if err != nil {
-				return err
-			}
-			_, mre := latency.Evaluate(coef, samples)
-			prof := &latency.Profile{
-				Model:             f.model,
-				Machine:           fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()),
-				BlockSize:         b.BlockSize,
-				NumGPUBlocks:      b.NumBlocks,
-				MaxModelLen:       b.MaxModelLen,
-				Coefficients:      coef,
-				Samples:           len(samples),
-				R2:                r2,
-				MeanRelativeError: mre,
-			}
+			r2, mre := prof.R2, prof.MeanRelativeError
 			if err := prof.Write(out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d shapes, R² %.4f, mean relative error %.1f%%\n", out, len(samples), r2, 100*mre)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d shapes, R² %.4f, mean relative error %.1f%%\n", out, prof.Samples, r2, 100*mre)
 			return nil
 		},
 	}
@@ -91,4 +53,60 @@ linear step-time model to them (non-negative least squares, gonum) and write a p
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
 	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
 	return cmd
+}
+
+// measureProfile times the engine flags' model over step shapes and fits the simulator's
+// linear step-time model.
+func measureProfile(f engineFlags, quick bool, reps int, progress func(done, total int)) (*latency.Profile, error) {
+	bp, err := f.batchPolicy()
+	if err != nil {
+		return nil, err
+	}
+	b, err := backend.Load(backend.Options{
+		Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
+		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
+	})
+	if err != nil {
+		return nil, err
+	}
+	limits := bp.Limits()
+	points, err := profile.Measure(b.NewExecutor(), profile.Config{
+		MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
+		MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
+		Repeats: reps, Quick: quick,
+		Progress: progress,
+	})
+	if err != nil {
+		return nil, err
+	}
+	samples := make([]latency.Sample, len(points))
+	for i, p := range points {
+		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
+	}
+	coef, r2, err := latency.FitLinear(samples)
+	if err != nil {
+		return nil, err
+	}
+	_, mre := latency.Evaluate(coef, samples)
+	return &latency.Profile{
+		Model:             f.model,
+		Machine:           fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()),
+		BlockSize:         b.BlockSize,
+		NumGPUBlocks:      b.NumBlocks,
+		MaxModelLen:       b.MaxModelLen,
+		Coefficients:      coef,
+		Samples:           len(samples),
+		R2:                r2,
+		MeanRelativeError: mre,
+	}, nil
+}
+
+// isTerminal reports whether w is a terminal, where progress lines belong.
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -141,7 +141,7 @@ func newSimCmd() *cobra.Command {
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), res.Summary)
 			}
-			printSummary(cmd.OutOrStdout(), f.cluster.Router, res)
+			printSummary(cmd.OutOrStdout(), f.cluster.Router, res.Summary, res.Steps)
 			return nil
 		},
 	}
@@ -213,9 +213,9 @@ func (w *recordWriter) close() error {
 	return err
 }
 
-// printSummary prints a run as vLLM's benchmark does.
-func printSummary(w io.Writer, title string, r sim.Result) {
-	s := r.Summary
+// printSummary prints a run as vLLM's benchmark does; steps < 0 leaves out the simulated
+// step count.
+func printSummary(w io.Writer, title string, s metrics.Summary, steps int64) {
 	line := func(name string, v any) { fmt.Fprintf(w, "%-40s %v\n", name+":", v) }
 	num := func(name string, v float64) { fmt.Fprintf(w, "%-40s %.2f\n", name+":", v) }
 	fmt.Fprintf(w, "%s\n", center(" Serving Benchmark Result ("+title+") ", 60, '='))
@@ -246,7 +246,9 @@ func printSummary(w io.Writer, title string, r sim.Result) {
 	fmt.Fprintf(w, "%s\n", center("Engine", 60, '-'))
 	num("Prefix cache hit rate (%)", s.PrefixCacheHitRate*100)
 	line("Preemptions", s.Preemptions)
-	line("Engine steps simulated", r.Steps)
+	if steps >= 0 {
+		line("Engine steps simulated", steps)
+	}
 	fmt.Fprintf(w, "%s\n", strings.Repeat("=", 60))
 }
 

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"servelab/engine/backend"
+	"servelab/policies"
 	"servelab/real/local"
 )
 
@@ -37,7 +39,6 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.IntVar(&f.engines, "engines", 2, "number of engine processes")
 	fl.StringVar(&f.model, "model", "", "model directory every engine serves (required)")
-	fl.StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	fl.StringVar(&f.batch, "batch", "vllm", "batch policy spec of every engine")
 	fl.StringVar(&f.evict, "evict", "lru", "KV eviction policy spec of every engine")
 	fl.IntVar(&f.blockSize, "block-size", 16, "tokens per KV cache block")
@@ -49,7 +50,7 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	fl.DurationVar(&f.router.scrape, "scrape-interval", 50*time.Millisecond, "how often the router reads each engine's /metrics")
 	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
-	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised routing policies")
+	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised policies (and, in fidelity, of the prompts)")
 	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")
 }
 
@@ -59,6 +60,34 @@ func (f *clusterFlags) threadsPerEngine() int {
 		return f.threads
 	}
 	return max(1, runtime.NumCPU()/max(f.engines, 1))
+}
+
+// engineFlags are the flags each engine of the cluster runs with.
+func (f *clusterFlags) engineFlags() engineFlags {
+	return engineFlags{
+		model: f.model, blockSize: f.blockSize, prefixCaching: f.prefixCaching, maxModelLen: f.maxModelLen,
+		kvCacheMemory: backend.DefaultKVCacheMemory, numBlocksOverride: f.numBlocks,
+		maxNumSeqs: f.maxNumSeqs, maxNumBatchedTokens: f.maxNumBatchedTokens,
+		batchSpec: f.batch, evictSpec: f.evict, threads: f.threadsPerEngine(),
+	}
+}
+
+// batchSpec is the engines' batch policy spec with the limit flags folded in, as the
+// simulator must run it.
+func (f *clusterFlags) batchSpec() string {
+	spec, err := policies.ParseSpec(f.batch)
+	if err != nil {
+		return f.batch // the engines and the simulator report the error
+	}
+	for key, v := range map[string]int{"max_num_seqs": f.maxNumSeqs, "max_num_batched_tokens": f.maxNumBatchedTokens} {
+		if v > 0 {
+			if spec.Params == nil {
+				spec.Params = map[string]string{}
+			}
+			spec.Params[key] = strconv.Itoa(v)
+		}
+	}
+	return spec.String()
 }
 
 func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
@@ -136,6 +165,7 @@ An engine that exits on its own stops the cluster with its error.`,
 		},
 	}
 	f.register(cmd)
+	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
 	return cmd

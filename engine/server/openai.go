@@ -43,7 +43,7 @@ func (s *stopList) UnmarshalJSON(b []byte) error {
 
 // samplingFields are the fields completions and chat completions share: OpenAI's, plus
 // vLLM's extensions (top_k, min_p, min_tokens, stop_token_ids, ignore_eos,
-// skip_special_tokens, repetition_penalty, priority).
+// skip_special_tokens, repetition_penalty, priority, return_token_ids).
 type samplingFields struct {
 	Model             string             `json:"model"`
 	MaxTokens         *int               `json:"max_tokens"`
@@ -68,6 +68,10 @@ type samplingFields struct {
 	SkipSpecialTokens *bool   `json:"skip_special_tokens"`
 	Priority          int     `json:"priority"`
 	User              *string `json:"user"`
+	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids),
+	// and makes a stream send a chunk for every engine output, also when its tokens do not
+	// yet decode to text: benchmarks time tokens, not characters.
+	ReturnTokenIDs bool `json:"return_token_ids"`
 }
 
 // completionFields are /v1/completions' own fields.
@@ -327,6 +331,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		req:    engine.Request{ID: newID("cmpl-"), Prompt: prompt, Sampling: sp, Priority: f.Priority},
 		object: "text_completion", stream: f.Stream,
 		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
+		tokenIDs:     f.ReturnTokenIDs,
 	}
 	if c.Echo {
 		if isText {
@@ -413,6 +418,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		req:    engine.Request{ID: newID("chatcmpl-"), Prompt: prompt, Sampling: sp, Priority: f.Priority},
 		object: "chat.completion", chat: true, stream: f.Stream, maxParam: maxParam,
 		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
+		tokenIDs:     f.ReturnTokenIDs,
 	})
 }
 
@@ -478,6 +484,7 @@ type choice struct {
 	Logprobs     any          `json:"logprobs"`
 	FinishReason *string      `json:"finish_reason"`
 	StopReason   any          `json:"stop_reason"`
+	TokenIDs     []int32      `json:"token_ids,omitempty"`
 }
 
 type response struct {
@@ -496,6 +503,7 @@ type job struct {
 	chat         bool
 	stream       bool
 	includeUsage bool
+	tokenIDs     bool // return_token_ids
 	echo         string // completions' echo: the prompt text, prepended to the output
 	maxParam     string // the field max tokens came from, when not max_tokens
 }
@@ -519,6 +527,9 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 			return // the client went away; the engine aborted the request
 		}
 		c := choice{FinishReason: &out.FinishReason, StopReason: out.StopReason}
+		if j.tokenIDs {
+			c.TokenIDs = out.TokenIDs
+		}
 		if j.chat {
 			c.Message = &chatMessage{Role: "assistant", Content: out.Text}
 		} else {
@@ -586,8 +597,14 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 			return // the client went away: Next aborted the request
 		}
 		last = out
-		if out.Text != "" && !send(chunk(textChoice(out.Text))) {
-			return
+		if out.Text != "" || (j.tokenIDs && len(out.TokenIDs) > 0) {
+			c := textChoice(out.Text)
+			if j.tokenIDs {
+				c.TokenIDs = out.TokenIDs
+			}
+			if !send(chunk(c)) {
+				return
+			}
 		}
 		if out.Finished {
 			end := textChoice("")

@@ -967,3 +967,59 @@ func TestListenAndServe(t *testing.T) {
 		t.Error("New without an engine succeeded")
 	}
 }
+
+// TestReturnTokenIDs: with vLLM's return_token_ids every generated token reaches a
+// streaming client as it is produced, also while its bytes do not yet decode to text.
+func TestReturnTokenIDs(t *testing.T) {
+	f := start(t, options{})
+	// Prompt token ids with greedy generation of 16 tokens; the fake vocabulary's byte
+	// tokens above 0x7f are held back by the UTF-8 decoder until a rune completes.
+	prompt := []int32{bosID}
+	prompt = append(prompt, ids("hello there")...)
+	want := greedy(prompt, 16, true)
+	body := `{"prompt":"hello there","max_tokens":16,"min_tokens":16,"ignore_eos":true,"temperature":0,"stream":true,"return_token_ids":true}`
+	resp, data := f.post("/v1/completions", body)
+	events, done := sseEvents(t, data)
+	if resp.StatusCode != 200 || !done {
+		t.Fatalf("%d %s", resp.StatusCode, data)
+	}
+	var got []int32
+	var streamedText string
+	for _, e := range events {
+		var c struct {
+			Choices []struct {
+				Text     string  `json:"text"`
+				TokenIDs []int32 `json:"token_ids"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range c.Choices {
+			got = append(got, ch.TokenIDs...)
+			streamedText += ch.Text
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("streamed token ids (-want +got):\n%s", diff)
+	}
+	if streamedText != text(want) {
+		t.Errorf("streamed text %q, want %q", streamedText, text(want))
+	}
+	_, wholeBody := f.post("/v1/completions", `{"prompt":"hello there","max_tokens":16,"min_tokens":16,"ignore_eos":true,"temperature":0,"return_token_ids":true}`)
+	var whole struct {
+		Choices []struct {
+			TokenIDs []int32 `json:"token_ids"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(wholeBody, &whole); err != nil || len(whole.Choices) != 1 {
+		t.Fatalf("%v: %s", err, wholeBody)
+	}
+	if diff := cmp.Diff(want, whole.Choices[0].TokenIDs); diff != "" {
+		t.Errorf("whole response's token ids (-want +got):\n%s", diff)
+	}
+	_, plain := f.post("/v1/completions", `{"prompt":"hello there","max_tokens":4,"temperature":0}`)
+	if strings.Contains(string(plain), "token_ids") {
+		t.Errorf("token_ids without return_token_ids: %s", plain)
+	}
+}

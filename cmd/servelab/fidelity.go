@@ -1,0 +1,453 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"servelab/engine/model"
+	"servelab/metrics"
+	"servelab/real/bench"
+	"servelab/real/local"
+	"servelab/sim"
+	"servelab/sim/latency"
+	"servelab/traces"
+)
+
+type fidelityFlags struct {
+	cluster     clusterFlags
+	routers     []string
+	trace       string
+	format      string
+	maxRequests int
+	tokenScale  string
+	load        float64
+	rateScale   float64
+	profile     string
+	quick       bool
+	goodput     []string
+	out         string
+	asJSON      bool
+}
+
+// fidelityRun is one router's predicted and measured summaries.
+type fidelityRun struct {
+	Router    string          `json:"router"`
+	Predicted metrics.Summary `json:"predicted"`
+	Measured  metrics.Summary `json:"measured"`
+	Failures  map[string]int  `json:"failures,omitempty"`
+}
+
+// fidelityReport is what `servelab fidelity --json` prints and --out writes.
+type fidelityReport struct {
+	Trace       string        `json:"trace"`
+	Requests    int           `json:"requests"`
+	TokenScale  float64       `json:"token_scale"`
+	RateScale   float64       `json:"rate_scale"`
+	CapacityRPS float64       `json:"simulated_capacity_rps"`
+	Engines     int           `json:"engines"`
+	Model       string        `json:"model"`
+	Profile     string        `json:"profile"`
+	Runs        []fidelityRun `json:"runs"`
+}
+
+func newFidelityCmd() *cobra.Command {
+	var f fidelityFlags
+	cmd := &cobra.Command{
+		Use:   "fidelity --trace FILE --engines N --model DIR --router SPEC [--router SPEC ...]",
+		Short: "Check the simulator against the real engines: predicted vs measured on the same trace slice",
+		Long: `Profile the engine on this machine (or reuse --profile), then for each router run the simulator
+calibrated by that profile and a real local cluster (N engine processes behind the router, as
+'servelab up' starts them) on the same trace slice, replayed by 'servelab bench', and print
+predicted vs measured TTFT, TPOT, ITL and E2E latency (p50, p90, p99), throughput and prefix-cache
+hit rate with relative errors, and whether both worlds rank the routers the same by mean TTFT.
+
+The slice is the trace's first --max-requests rows. Their token counts are scaled by
+--token-scale (auto: to fit the model's context; for traces with prefix hash ids, so each hash
+block covers whole KV blocks, keeping the trace's block sharing) and clipped to the context. The
+arrival rate is scaled so the offered load is --load times the cluster's capacity as the
+simulator predicts it (or by --rate-scale).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rep, err := f.run(ctx, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if f.out != "" {
+				if err := writeJSONFile(filepath.Join(f.out, "fidelity.json"), rep); err != nil {
+					return err
+				}
+			}
+			if f.asJSON {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			printFidelity(cmd.OutOrStdout(), rep)
+			return nil
+		},
+	}
+	f.cluster.register(cmd)
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.routers, "router", []string{"round-robin", "prefix-affinity"}, "routing policy spec; repeat to compare routers")
+	fl.StringVar(&f.trace, "trace", "", "trace file (required)")
+	fl.StringVar(&f.format, "format", "", "trace format (guessed when empty)")
+	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
+	fl.StringVar(&f.tokenScale, "token-scale", "auto", "multiply the trace's token counts (auto: fit the model's context)")
+	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the simulated capacity (ignored with --rate-scale)")
+	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
+	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
+	fl.BoolVar(&f.quick, "quick", false, "profile a small grid of step shapes")
+	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms: ttft:MS,tpot:MS,e2el:MS")
+	fl.StringVar(&f.out, "out", "", "write fidelity.json, the profile and each run's records to this directory")
+	fl.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport, error) {
+	c := &f.cluster
+	if c.model == "" || f.trace == "" {
+		return nil, errors.New("--model and --trace are required")
+	}
+	if len(f.routers) == 0 {
+		return nil, errors.New("give at least one --router")
+	}
+	raw, err := os.ReadFile(filepath.Join(c.model, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	mc, err := model.ParseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	vocab, err := promptVocab(c.model)
+	if err != nil {
+		return nil, err
+	}
+	slo, err := metrics.ParseSLO(f.goodput...)
+	if err != nil {
+		return nil, err
+	}
+	out := f.out
+	if out == "" {
+		if out, err = os.MkdirTemp("", "servelab-fidelity-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(out)
+	} else if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+
+	// The profile is measured as one engine of the cluster runs: same threads, blocks, limits.
+	profilePath := f.profile
+	if profilePath == "" {
+		fmt.Fprintf(log, "profiling %s with %d threads (one engine's share) ...\n", c.model, c.threadsPerEngine())
+		prof, err := measureProfile(c.engineFlags(), f.quick, 3, func(int, int) {})
+		if err != nil {
+			return nil, err
+		}
+		profilePath = filepath.Join(out, "profile.json")
+		if err := prof.Write(profilePath); err != nil {
+			return nil, err
+		}
+	}
+	prof, err := latency.LoadProfile(profilePath)
+	if err != nil {
+		return nil, err
+	}
+	if c.numBlocks == 0 {
+		c.numBlocks = prof.NumGPUBlocks
+	}
+	maxLen := mc.MaxPos
+	if c.maxModelLen > 0 {
+		maxLen = min(maxLen, c.maxModelLen)
+	}
+
+	scan, err := f.scanSlice()
+	if err != nil {
+		return nil, err
+	}
+	tokenScale, err := f.chooseTokenScale(scan, maxLen)
+	if err != nil {
+		return nil, err
+	}
+	slice := func(rateScale float64) (traces.Reader, io.Closer, error) {
+		r, closer, err := traces.Open(f.trace, traces.Format(f.format))
+		if err != nil {
+			return nil, nil, err
+		}
+		r = traces.Limit(r, f.maxRequests)
+		if tokenScale != 1 {
+			r = traces.ScaleTokens(r, tokenScale)
+		}
+		r = traces.FitContext(r, maxLen)
+		return traces.ScaleRate(r, rateScale), closer, nil
+	}
+	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
+		spec := sim.DefaultClusterSpec()
+		spec.Instances, spec.Router, spec.Batch, spec.Evict = c.engines, router, c.batchSpec(), c.evict
+		spec.Model, spec.Latency = filepath.Join(c.model, "config.json"), "profile:"+profilePath
+		spec.BlockSize, spec.NumGPUBlocksOverride = c.blockSize, c.numBlocks
+		spec.EnablePrefixCaching, spec.MaxModelLen, spec.Seed = c.prefixCaching, maxLen, f.cluster.router.seed
+		cfg, err := spec.Build(slo)
+		if err != nil {
+			return metrics.Summary{}, err
+		}
+		src, closer, err := slice(rateScale)
+		if err != nil {
+			return metrics.Summary{}, err
+		}
+		defer closer.Close()
+		res, err := sim.Run(cfg, src)
+		return res.Summary, err
+	}
+
+	rep := &fidelityReport{Trace: f.trace, Requests: scan.rows, TokenScale: tokenScale, Engines: c.engines,
+		Model: c.model, Profile: profilePath, RateScale: f.rateScale}
+	// Capacity: the simulated cluster's throughput when the whole slice arrives at once.
+	burst, err := simulate(f.routers[0], 1e9)
+	if err != nil {
+		return nil, err
+	}
+	rep.CapacityRPS = burst.RequestThroughput
+	if rep.RateScale <= 0 {
+		if f.load <= 0 {
+			return nil, fmt.Errorf("--load must be positive, got %g", f.load)
+		}
+		traceRate := float64(scan.rows) / math.Max(scan.span, 1e-9)
+		rep.RateScale = f.load * rep.CapacityRPS / traceRate
+	}
+	fmt.Fprintf(log, "slice: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
+		scan.rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
+
+	for _, router := range f.routers {
+		predicted, err := simulate(router, rep.RateScale)
+		if err != nil {
+			return nil, fmt.Errorf("simulating %s: %w", router, err)
+		}
+		fmt.Fprintf(log, "%s: starting %d engines ...\n", router, c.engines)
+		rf := *c
+		rf.router.spec = router
+		opts, err := rf.options(io.Discard)
+		if err != nil {
+			return nil, err
+		}
+		cl, err := local.Start(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, filepath.Join(out, "runs", dirName(router)), log)
+		if serr := cl.Stop(15 * time.Second); err == nil {
+			err = serr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("replaying against %s: %w", router, err)
+		}
+		rep.Runs = append(rep.Runs, fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures})
+	}
+	return rep, nil
+}
+
+func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice func(float64) (traces.Reader, io.Closer, error),
+	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer) (metrics.Summary, map[string]int, error) {
+	src, closer, err := slice(rateScale)
+	if err != nil {
+		return metrics.Summary{}, nil, err
+	}
+	defer closer.Close()
+	records, err := newRecordWriter(dir)
+	if err != nil {
+		return metrics.Summary{}, nil, err
+	}
+	metricsURLs := make([]string, len(cl.Endpoints))
+	for i, ep := range cl.Endpoints {
+		metricsURLs[i] = ep + "/metrics"
+	}
+	var progress io.Writer
+	if isTerminal(log) {
+		progress = log
+	}
+	res, err := bench.Run(ctx, bench.Options{
+		Endpoint: cl.URL, Trace: src, VocabSize: vocab, Seed: f.cluster.router.seed, SLO: slo,
+		MetricsURLs: metricsURLs, OnRecord: records.write, Progress: progress,
+	})
+	if cerr := records.close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = writeJSONFile(filepath.Join(dir, "summary.json"), res.Summary)
+	}
+	return res.Summary, res.Failures, err
+}
+
+// sliceScan is what fidelity needs to know of the trace slice before scaling it.
+type sliceScan struct {
+	rows          int
+	span          float64
+	meanInput     float64
+	hashBlockSize int
+}
+
+func (f *fidelityFlags) scanSlice() (sliceScan, error) {
+	r, closer, err := traces.Open(f.trace, traces.Format(f.format))
+	if err != nil {
+		return sliceScan{}, err
+	}
+	defer closer.Close()
+	r = traces.Limit(r, f.maxRequests)
+	var s sliceScan
+	var input float64
+	for {
+		row, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return sliceScan{}, err
+		}
+		s.rows++
+		s.span = row.Arrival
+		input += float64(row.InputTokens)
+		if row.HashIDs != nil && s.hashBlockSize == 0 {
+			s.hashBlockSize = row.HashBlockSize
+		}
+	}
+	if s.rows == 0 {
+		return sliceScan{}, fmt.Errorf("%s: no requests", f.trace)
+	}
+	s.meanInput = input / float64(s.rows)
+	return s, nil
+}
+
+// chooseTokenScale makes the mean prompt a quarter of the context, and, for traces with
+// prefix hash ids, makes each hash block a whole number of KV blocks: the simulator shares
+// only KV blocks that lie inside one hash block, and the real prompts share exactly the
+// tokens of equal hash blocks, so the two agree only on whole blocks.
+func (f *fidelityFlags) chooseTokenScale(s sliceScan, maxLen int) (float64, error) {
+	if f.tokenScale != "auto" {
+		v, err := strconv.ParseFloat(f.tokenScale, 64)
+		if err != nil || v <= 0 || math.IsInf(v, 0) {
+			return 0, fmt.Errorf("--token-scale: want a positive number or auto, got %q", f.tokenScale)
+		}
+		return v, nil
+	}
+	scale := math.Min(1, float64(maxLen)/4/s.meanInput)
+	if s.hashBlockSize > 0 {
+		bs := f.cluster.blockSize
+		blocks := math.Max(1, math.Round(float64(s.hashBlockSize)*scale/float64(bs)))
+		scale = blocks * float64(bs) / float64(s.hashBlockSize)
+	}
+	return scale, nil
+}
+
+func dirName(spec string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, spec)
+}
+
+func writeJSONFile(path string, v any) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	file, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = writeJSON(file, v)
+	if cerr := file.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// printFidelity prints each router's predicted vs measured metrics and the ranking check.
+func printFidelity(w io.Writer, rep *fidelityReport) {
+	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g, rate scale %.4g, %d engines of %s\n",
+		rep.Trace, rep.Requests, rep.TokenScale, rep.RateScale, rep.Engines, rep.Model)
+	for _, run := range rep.Runs {
+		p, m := run.Predicted, run.Measured
+		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 62, '='))
+		fmt.Fprintf(w, "%-28s %11s %11s %9s\n", "metric", "predicted", "measured", "error")
+		row := func(name string, pv, mv float64) {
+			fmt.Fprintf(w, "%-28s %11.2f %11.2f %9s\n", name, pv, mv, relError(pv, mv))
+		}
+		for _, m3 := range []struct {
+			name              string
+			pm, p50, p90, p99 float64
+			mm, m50, m90, m99 float64
+		}{
+			{"TTFT", p.MeanTTFTMs, p.MedianTTFTMs, p.P90TTFTMs, p.P99TTFTMs, m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs},
+			{"TPOT", p.MeanTPOTMs, p.MedianTPOTMs, p.P90TPOTMs, p.P99TPOTMs, m.MeanTPOTMs, m.MedianTPOTMs, m.P90TPOTMs, m.P99TPOTMs},
+			{"ITL", p.MeanITLMs, p.MedianITLMs, p.P90ITLMs, p.P99ITLMs, m.MeanITLMs, m.MedianITLMs, m.P90ITLMs, m.P99ITLMs},
+			{"E2EL", p.MeanE2ELMs, p.MedianE2ELMs, p.P90E2ELMs, p.P99E2ELMs, m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs},
+		} {
+			row("Mean "+m3.name+" (ms)", m3.pm, m3.mm)
+			row("P50 "+m3.name+" (ms)", m3.p50, m3.m50)
+			row("P90 "+m3.name+" (ms)", m3.p90, m3.m90)
+			row("P99 "+m3.name+" (ms)", m3.p99, m3.m99)
+		}
+		row("Request throughput (req/s)", p.RequestThroughput, m.RequestThroughput)
+		row("Output throughput (tok/s)", p.OutputThroughput, m.OutputThroughput)
+		fmt.Fprintf(w, "%-28s %11.2f %11.2f %9s\n", "Prefix cache hit rate (%)", 100*p.PrefixCacheHitRate, 100*m.PrefixCacheHitRate,
+			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
+		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed / failed", p.Completed, m.Completed)
+		if m.Failed > 0 || p.Failed > 0 {
+			fmt.Fprintf(w, "%-28s %11d %11d   %v\n", "Failed", p.Failed, m.Failed, run.Failures)
+		}
+	}
+	if len(rep.Runs) > 1 {
+		fmt.Fprintf(w, "\nRanking by mean TTFT  predicted: %s   measured: %s   %s\n",
+			strings.Join(rankByTTFT(rep.Runs, true), " < "), strings.Join(rankByTTFT(rep.Runs, false), " < "),
+			map[bool]string{true: "(same)", false: "(DIFFERENT)"}[sameRanking(rep.Runs)])
+	}
+}
+
+func relError(predicted, measured float64) string {
+	if measured == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%+.1f%%", 100*(predicted-measured)/measured)
+}
+
+func rankByTTFT(runs []fidelityRun, predicted bool) []string {
+	idx := make([]int, len(runs))
+	for i := range idx {
+		idx[i] = i
+	}
+	ttft := func(i int) float64 {
+		if predicted {
+			return runs[i].Predicted.MeanTTFTMs
+		}
+		return runs[i].Measured.MeanTTFTMs
+	}
+	for i := 1; i < len(idx); i++ {
+		for j := i; j > 0 && ttft(idx[j]) < ttft(idx[j-1]); j-- {
+			idx[j], idx[j-1] = idx[j-1], idx[j]
+		}
+	}
+	names := make([]string, len(idx))
+	for i, k := range idx {
+		names[i] = runs[k].Router
+	}
+	return names
+}
+
+func sameRanking(runs []fidelityRun) bool {
+	return strings.Join(rankByTTFT(runs, true), "\x00") == strings.Join(rankByTTFT(runs, false), "\x00")
+}

@@ -1,0 +1,470 @@
+// Package bench replays a trace against any OpenAI-compatible endpoint, as `vllm bench
+// serve` does: open loop at the trace's arrival times or closed loop at a fixed
+// concurrency, every response streamed, and the same per-request records and summary as
+// the simulator writes, so a measured run and a simulated one compare field by field.
+//
+// Prompts are token ids synthesised to the trace's input lengths. Where a trace gives
+// prefix hash ids (Mooncake, native), requests that share hash ids share exactly those
+// prompt tokens, so the engines see the trace's block sharing.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"servelab/metrics"
+	"servelab/serving"
+	"servelab/traces"
+)
+
+// FirstTokenID is the lowest prompt token id: ids below it are special tokens (BOS, EOS,
+// padding) in most vocabularies.
+const FirstTokenID = 3
+
+// Options describe a benchmark run.
+type Options struct {
+	// Endpoint is the server's base URL; requests go to Endpoint/v1/completions.
+	Endpoint string
+	// Model is the request's "model"; empty asks /v1/models for the first one.
+	Model  string
+	APIKey string
+	// Trace yields the requests, already scaled and limited.
+	Trace traces.Reader
+	// Concurrency > 0 runs closed loop with that many requests in flight, ignoring arrival
+	// times; 0 sends each request at its arrival time (open loop).
+	Concurrency int
+	// VocabSize bounds prompt token ids to [FirstTokenID, VocabSize).
+	VocabSize int
+	// Seed makes the prompts; the same seed and trace give the same prompts.
+	Seed uint64
+	SLO  metrics.SLO
+	// MetricsURLs are engines' /metrics, read before and after the run for the prefix-cache
+	// and preemption counters (vLLM names). Without them the prefix-cache hit rate comes
+	// from the responses' cached_tokens.
+	MetricsURLs []string
+	// Client sends the requests; nil uses one without an overall timeout.
+	Client *http.Client
+	// OnRecord receives every request's record as it finishes, from one goroutine.
+	OnRecord func(*serving.Record) error
+	// Progress, if set, gets a progress line redrawn with carriage returns.
+	Progress io.Writer
+}
+
+// Result is a finished run.
+type Result struct {
+	Summary metrics.Summary
+	// Records holds every request, by id.
+	Records []serving.Record
+	// Failures counts failed requests by kind ("HTTP 429", "connection refused", ...).
+	Failures map[string]int
+}
+
+// outcome is one request's record and its inter-token latencies.
+type outcome struct {
+	rec  serving.Record
+	itls []float64
+	kind string // failure kind, for Failures
+}
+
+type runner struct {
+	opts   Options
+	client *http.Client
+	start  time.Time
+	itls   []float64 // every request's inter-token latencies, gathered by collect
+}
+
+// Run replays the trace and returns when every request has finished or ctx is done;
+// requests cut off by ctx are recorded as failed.
+func Run(ctx context.Context, opts Options) (Result, error) {
+	if opts.Endpoint == "" || opts.Trace == nil {
+		return Result{}, errors.New("bench: an endpoint and a trace are required")
+	}
+	if opts.VocabSize <= FirstTokenID {
+		return Result{}, fmt.Errorf("bench: vocabulary size %d leaves no prompt token ids (want > %d)", opts.VocabSize, FirstTokenID)
+	}
+	if opts.Concurrency < 0 {
+		return Result{}, fmt.Errorf("bench: concurrency must not be negative, got %d", opts.Concurrency)
+	}
+	opts.Endpoint = strings.TrimRight(opts.Endpoint, "/")
+	r := &runner{opts: opts, client: opts.Client}
+	if r.client == nil {
+		r.client = &http.Client{Transport: &http.Transport{
+			Proxy:               nil, // loopback benchmarks must not detour through a proxy
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			MaxIdleConns:        4096,
+			MaxIdleConnsPerHost: 4096,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	if r.opts.Model == "" {
+		name, err := r.firstModel(ctx)
+		if err != nil {
+			return Result{}, err
+		}
+		r.opts.Model = name
+	}
+	before, err := r.scrape(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+
+	outcomes := make(chan outcome, 256)
+	var sendErr error
+	var wg sync.WaitGroup
+	r.start = time.Now()
+	go func() {
+		sendErr = r.send(ctx, &wg, outcomes)
+		wg.Wait()
+		close(outcomes)
+	}()
+	res, err := r.collect(outcomes)
+	if err == nil {
+		err = sendErr
+	}
+	if err != nil {
+		return res, err
+	}
+	// The closing scrape runs even when ctx ended the run early.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	counters, err := r.counters(sctx, before, res.Records)
+	if err != nil {
+		return res, err
+	}
+	c := metrics.NewCollector(opts.SLO)
+	var first, last float64
+	for i := range res.Records {
+		rec := &res.Records[i]
+		c.Add(rec)
+		if i == 0 || rec.Arrival < first {
+			first = rec.Arrival
+		}
+		if !rec.Failed {
+			last = max(last, rec.Finish)
+		}
+	}
+	for _, itl := range r.itls {
+		c.AddITL(itl)
+	}
+	res.Summary = c.Summary(max(last-first, 0), counters)
+	return res, nil
+}
+
+// send starts one goroutine per request, at its arrival time or when a slot frees.
+func (r *runner) send(ctx context.Context, wg *sync.WaitGroup, outcomes chan<- outcome) error {
+	var slots chan struct{}
+	if r.opts.Concurrency > 0 {
+		slots = make(chan struct{}, r.opts.Concurrency)
+	}
+	for id := uint64(0); ; id++ {
+		row, err := r.opts.Trace.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if slots != nil {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+		} else if wait := time.Until(r.start.Add(time.Duration(row.Arrival * float64(time.Second)))); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o := r.do(ctx, id, row)
+			if slots != nil {
+				<-slots
+			}
+			outcomes <- o
+		}()
+	}
+}
+
+// collect gathers outcomes in completion order, feeding OnRecord and the progress line.
+func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
+	res := Result{Failures: map[string]int{}}
+	var err error
+	failed := 0
+	lastDraw := time.Time{}
+	for o := range outcomes {
+		res.Records = append(res.Records, o.rec)
+		r.itls = append(r.itls, o.itls...)
+		if o.rec.Failed {
+			res.Failures[o.kind]++
+			failed++
+		}
+		if r.opts.OnRecord != nil && err == nil {
+			err = r.opts.OnRecord(&o.rec)
+		}
+		if r.opts.Progress != nil && time.Since(lastDraw) > 100*time.Millisecond {
+			r.drawProgress(len(res.Records), failed)
+			lastDraw = time.Now()
+		}
+	}
+	if r.opts.Progress != nil {
+		r.drawProgress(len(res.Records), failed)
+		fmt.Fprintln(r.opts.Progress)
+	}
+	slices.SortFunc(res.Records, func(a, b serving.Record) int { return int(a.ID) - int(b.ID) })
+	return res, err
+}
+
+func (r *runner) drawProgress(done, failed int) {
+	elapsed := time.Since(r.start).Seconds()
+	fmt.Fprintf(r.opts.Progress, "\r%6d done  %4d failed  %7.1f s  %7.2f req/s", done, failed, elapsed, float64(done)/max(elapsed, 1e-9))
+}
+
+// completionRequest is the body sent: greedy, exactly the trace's output length (vLLM's
+// min_tokens and ignore_eos), streamed with usage.
+type completionRequest struct {
+	Model       string  `json:"model"`
+	Prompt      []int32 `json:"prompt"`
+	MaxTokens   int     `json:"max_tokens"`
+	MinTokens   int     `json:"min_tokens"`
+	IgnoreEOS   bool    `json:"ignore_eos"`
+	Temperature float64 `json:"temperature"`
+	// ReturnTokenIDs (vLLM's) has servers that support it stream every token as it is
+	// produced with its id, so inter-token latencies are per token even while the text
+	// is held back (incomplete UTF-8, a possible stop string).
+	ReturnTokenIDs bool `json:"return_token_ids"`
+	Stream         bool `json:"stream"`
+	StreamOptions  struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+type streamChunk struct {
+	Choices []struct {
+		Text     string  `json:"text"`
+		TokenIDs []int32 `json:"token_ids"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens        int `json:"prompt_tokens"`
+		CompletionTokens    int `json:"completion_tokens"`
+		PromptTokensDetails *struct {
+			CachedTokens int `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
+	} `json:"usage"`
+	Error *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// do sends one request and reads its stream to the end.
+func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
+	body := completionRequest{
+		Model: r.opts.Model, Prompt: Prompt(row, id, r.opts.Seed, r.opts.VocabSize),
+		MaxTokens: row.OutputTokens, MinTokens: row.OutputTokens, IgnoreEOS: true, Stream: true,
+		ReturnTokenIDs: true,
+	}
+	body.StreamOptions.IncludeUsage = true
+	raw, _ := json.Marshal(body)
+	o := outcome{rec: serving.Record{ID: id, Instance: -1, PromptTokens: row.InputTokens}}
+	now := func() float64 { return time.Since(r.start).Seconds() }
+	fail := func(kind string, err error) outcome {
+		o.rec.Failed, o.rec.Error, o.kind, o.itls = true, err.Error(), kind, nil
+		o.rec.Finish = now()
+		return o
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.opts.Endpoint+"/v1/completions", bytes.NewReader(raw))
+	if err != nil {
+		return fail("bad request", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if r.opts.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
+	}
+	o.rec.Arrival = now()
+	// The queueing delay inside the engine is not observable over HTTP.
+	o.rec.Scheduled = o.rec.Arrival
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return fail(errorKind(ctx, err), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fail(fmt.Sprintf("HTTP %d", resp.StatusCode), fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(msg)))
+	}
+	var last float64
+	sawDone := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		data, ok := bytes.CutPrefix(line, []byte("data:"))
+		if !ok {
+			continue
+		}
+		data = bytes.TrimSpace(data)
+		if string(data) == "[DONE]" {
+			sawDone = true
+			break
+		}
+		t := now()
+		var chunk streamChunk
+		if err := json.Unmarshal(data, &chunk); err != nil {
+			return fail("bad stream", fmt.Errorf("undecodable chunk %.80q: %v", data, err))
+		}
+		if chunk.Error != nil {
+			return fail("stream error", errors.New(chunk.Error.Message))
+		}
+		if len(chunk.Choices) > 0 && (chunk.Choices[0].Text != "" || len(chunk.Choices[0].TokenIDs) > 0) {
+			if o.rec.FirstToken == 0 {
+				o.rec.FirstToken = t
+			} else {
+				o.itls = append(o.itls, t-last)
+			}
+			last = t
+		}
+		if u := chunk.Usage; u != nil {
+			o.rec.PromptTokens, o.rec.OutputTokens = u.PromptTokens, u.CompletionTokens
+			if u.PromptTokensDetails != nil {
+				o.rec.CachedTokens = u.PromptTokensDetails.CachedTokens
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fail(errorKind(ctx, err), err)
+	}
+	if !sawDone {
+		return fail("truncated stream", errors.New("the stream ended without [DONE]"))
+	}
+	if o.rec.FirstToken == 0 {
+		// Every output token decoded to nothing visible; the stream's end stands in.
+		o.rec.FirstToken, last = now(), now()
+	}
+	if o.rec.OutputTokens == 0 {
+		o.rec.OutputTokens = len(o.itls) + 1
+	}
+	o.rec.Finish = last
+	return o
+}
+
+// errorKind names a transport error's class for the failure counts.
+func errorKind(ctx context.Context, err error) string {
+	switch {
+	case ctx.Err() != nil:
+		return "canceled"
+	case strings.Contains(err.Error(), "connection refused"):
+		return "connection refused"
+	case strings.Contains(err.Error(), "connection reset"), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "connection lost"
+	case strings.Contains(err.Error(), "timeout"):
+		return "timeout"
+	}
+	return "transport error"
+}
+
+func (r *runner) firstModel(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.opts.Endpoint+"/v1/models", nil)
+	if err != nil {
+		return "", err
+	}
+	if r.opts.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("bench: asking %s/v1/models for the model name: %w", r.opts.Endpoint, err)
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("bench: %s/v1/models: HTTP %d", r.opts.Endpoint, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || len(list.Data) == 0 {
+		return "", fmt.Errorf("bench: %s/v1/models lists no model (%v); give the model name", r.opts.Endpoint, err)
+	}
+	return list.Data[0].ID, nil
+}
+
+// scrape sums the engine counters over MetricsURLs.
+func (r *runner) scrape(ctx context.Context) (metrics.EngineCounters, error) {
+	var c metrics.EngineCounters
+	for _, url := range r.opts.MetricsURLs {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return c, err
+		}
+		resp, err := r.client.Do(req)
+		if err != nil {
+			return c, fmt.Errorf("bench: reading %s: %w", url, err)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return c, fmt.Errorf("bench: parsing %s: %w", url, err)
+		}
+		sum := func(name string) int64 {
+			var total float64
+			if f, ok := families[name]; ok {
+				for _, m := range f.GetMetric() {
+					total += m.GetCounter().GetValue()
+				}
+			}
+			return int64(total)
+		}
+		c.PrefixCacheQueries += sum("vllm:prefix_cache_queries_total")
+		c.PrefixCacheHits += sum("vllm:prefix_cache_hits_total")
+		c.Preemptions += sum("vllm:num_preemptions_total")
+	}
+	return c, nil
+}
+
+// counters are the run's engine counters: the scrape difference, or, without metrics
+// URLs, the prompt and cached tokens the responses reported.
+func (r *runner) counters(ctx context.Context, before metrics.EngineCounters, records []serving.Record) (metrics.EngineCounters, error) {
+	if len(r.opts.MetricsURLs) == 0 {
+		var c metrics.EngineCounters
+		for _, rec := range records {
+			if !rec.Failed {
+				c.PrefixCacheQueries += int64(rec.PromptTokens)
+				c.PrefixCacheHits += int64(rec.CachedTokens)
+			}
+		}
+		return c, nil
+	}
+	after, err := r.scrape(ctx)
+	if err != nil {
+		return metrics.EngineCounters{}, err
+	}
+	return metrics.EngineCounters{
+		PrefixCacheQueries: after.PrefixCacheQueries - before.PrefixCacheQueries,
+		PrefixCacheHits:    after.PrefixCacheHits - before.PrefixCacheHits,
+		Preemptions:        after.Preemptions - before.Preemptions,
+	}, nil
+}

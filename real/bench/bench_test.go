@@ -1,0 +1,310 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"servelab/metrics"
+	"servelab/serving"
+	"servelab/traces"
+)
+
+type rows struct{ r []traces.Row }
+
+func (s *rows) Next() (traces.Row, error) {
+	if len(s.r) == 0 {
+		return traces.Row{}, io.EOF
+	}
+	r := s.r[0]
+	s.r = s.r[1:]
+	return r, nil
+}
+
+// stub is an OpenAI completions server that streams max_tokens tokens, the first after
+// firstDelay and the rest interDelay apart, and misbehaves for chosen prompt lengths.
+type stub struct {
+	t                      *testing.T
+	firstDelay, interDelay time.Duration
+	inFlight, maxInFlight  atomic.Int64
+	mu                     sync.Mutex
+	bodies                 []completionRequest
+}
+
+const (
+	lenTooMany   = 7  // answered with 429
+	lenServerErr = 8  // answered with 500
+	lenDropped   = 9  // the connection drops after two tokens
+	lenSlow      = 10 // streams for ten seconds
+)
+
+func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/models" {
+		fmt.Fprint(w, `{"object":"list","data":[{"id":"stub-model","object":"model"}]}`)
+		return
+	}
+	if r.URL.Path != "/v1/completions" || r.Method != http.MethodPost {
+		http.NotFound(w, r)
+		return
+	}
+	n := s.inFlight.Add(1)
+	// A request leaves flight before its last event goes out: the client may send the next
+	// one as soon as it reads [DONE], before this handler returns.
+	leave := sync.OnceFunc(func() { s.inFlight.Add(-1) })
+	defer leave()
+	for {
+		m := s.maxInFlight.Load()
+		if n <= m || s.maxInFlight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	var req completionRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		s.t.Errorf("stub: undecodable body: %v", err)
+		http.Error(w, err.Error(), 400)
+		return
+	}
+	s.mu.Lock()
+	s.bodies = append(s.bodies, req)
+	s.mu.Unlock()
+	switch len(req.Prompt) {
+	case lenTooMany:
+		http.Error(w, `{"error":{"message":"too many requests"}}`, http.StatusTooManyRequests)
+		return
+	case lenServerErr:
+		http.Error(w, `{"error":{"message":"boom"}}`, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	flusher := w.(http.Flusher)
+	delay := s.firstDelay
+	for i := range req.MaxTokens {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		if len(req.Prompt) == lenSlow {
+			delay = 10 * time.Second
+		} else {
+			delay = s.interDelay
+		}
+		fmt.Fprintf(w, "data: {\"choices\":[{\"index\":0,\"text\":\"t%d\",\"token_ids\":[%d]}]}\n\n", i, 100+i)
+		flusher.Flush()
+		if len(req.Prompt) == lenDropped && i == 1 {
+			panic(http.ErrAbortHandler) // drops the connection without ending the stream
+		}
+	}
+	fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n",
+		len(req.Prompt), req.MaxTokens, len(req.Prompt)/2)
+	leave()
+	fmt.Fprint(w, "data: [DONE]\n\n")
+	flusher.Flush()
+}
+
+func startStub(t *testing.T, first, inter time.Duration) (*stub, string) {
+	t.Helper()
+	s := &stub{t: t, firstDelay: first, interDelay: inter}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return s, srv.URL
+}
+
+func TestOpenLoopTimings(t *testing.T) {
+	s, url := startStub(t, 30*time.Millisecond, 10*time.Millisecond)
+	trace := []traces.Row{
+		{Arrival: 0, InputTokens: 20, OutputTokens: 5},
+		{Arrival: 0.1, InputTokens: 40, OutputTokens: 3},
+		{Arrival: 0.2, InputTokens: 30, OutputTokens: 1},
+	}
+	var streamed []uint64
+	res, err := Run(context.Background(), Options{
+		Endpoint: url, Trace: &rows{trace}, VocabSize: 1000, Seed: 1, SLO: metrics.SLO{TTFTMs: 1000},
+		OnRecord: func(r *serving.Record) error { streamed = append(streamed, r.ID); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Records) != 3 || len(streamed) != 3 || res.Summary.Completed != 3 || res.Summary.Failed != 0 {
+		t.Fatalf("records %+v, summary %+v", res.Records, res.Summary)
+	}
+	for i, r := range res.Records {
+		row := trace[i]
+		if r.ID != uint64(i) || r.PromptTokens != row.InputTokens || r.OutputTokens != row.OutputTokens || r.CachedTokens != row.InputTokens/2 {
+			t.Errorf("record %d: %+v", i, r)
+		}
+		// Sent on schedule (loosely: the test machine may be busy).
+		if r.Arrival < row.Arrival || r.Arrival > row.Arrival+0.05 {
+			t.Errorf("request %d sent at %.3f s, scheduled at %.3f s", i, r.Arrival, row.Arrival)
+		}
+		if ttft := r.TTFT(); ttft < 0.03 || ttft > 0.09 {
+			t.Errorf("request %d: TTFT %.3f s, the stub waits 0.03 s", i, ttft)
+		}
+		if tpot, ok := r.TPOT(); ok && (tpot < 0.01 || tpot > 0.04) {
+			t.Errorf("request %d: TPOT %.3f s, the stub streams every 0.01 s", i, tpot)
+		}
+	}
+	if got := res.Summary.MedianITLMs; got < 10 || got > 40 {
+		t.Errorf("median ITL %.1f ms, want about 10", got)
+	}
+	if res.Summary.PrefixCacheHitRate < 0.45 || res.Summary.PrefixCacheHitRate > 0.55 {
+		t.Errorf("prefix cache hit rate from cached_tokens: %.3f, want ~0.5", res.Summary.PrefixCacheHitRate)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.bodies {
+		if b.Model != "stub-model" || !b.Stream || !b.StreamOptions.IncludeUsage || !b.IgnoreEOS || b.MinTokens != b.MaxTokens ||
+			!b.ReturnTokenIDs || b.Temperature != 0 {
+			t.Errorf("request body %+v", b)
+		}
+		for _, id := range b.Prompt {
+			if id < FirstTokenID || id >= 1000 {
+				t.Errorf("prompt token %d outside [%d, 1000)", id, FirstTokenID)
+			}
+		}
+	}
+}
+
+func TestClosedLoopBoundsConcurrency(t *testing.T) {
+	s, url := startStub(t, 5*time.Millisecond, time.Millisecond)
+	var trace []traces.Row
+	for i := range 24 {
+		trace = append(trace, traces.Row{Arrival: float64(i) * 100, InputTokens: 12, OutputTokens: 4})
+	}
+	start := time.Now()
+	res, err := Run(context.Background(), Options{Endpoint: url, Model: "m", Trace: &rows{trace}, Concurrency: 3, VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Summary.Completed != 24 {
+		t.Fatalf("completed %d of 24", res.Summary.Completed)
+	}
+	if m := s.maxInFlight.Load(); m > 3 || m < 2 {
+		t.Errorf("at most %d requests in flight, want 3", m)
+	}
+	if time.Since(start) > 20*time.Second {
+		t.Error("closed loop waited for arrival times")
+	}
+}
+
+func TestFailuresAreRecordedApart(t *testing.T) {
+	_, url := startStub(t, time.Millisecond, time.Millisecond)
+	trace := []traces.Row{
+		{InputTokens: 20, OutputTokens: 3},
+		{InputTokens: lenTooMany, OutputTokens: 3},
+		{InputTokens: lenServerErr, OutputTokens: 3},
+		{InputTokens: lenDropped, OutputTokens: 5},
+		{InputTokens: 21, OutputTokens: 2},
+	}
+	res, err := Run(context.Background(), Options{Endpoint: url, Model: "m", Trace: &rows{trace}, VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Summary.Completed != 2 || res.Summary.Failed != 3 {
+		t.Fatalf("completed %d, failed %d; records %+v", res.Summary.Completed, res.Summary.Failed, res.Records)
+	}
+	want := map[string]int{"HTTP 429": 1, "HTTP 500": 1, "connection lost": 1}
+	if lost := res.Failures["truncated stream"]; lost > 0 { // the drop may surface as a clean EOF
+		want["truncated stream"], want["connection lost"] = lost, 0
+		delete(want, "connection lost")
+	}
+	if diff := cmp.Diff(want, res.Failures); diff != "" {
+		t.Errorf("failures (-want +got):\n%s", diff)
+	}
+	for _, i := range []int{1, 2, 3} {
+		if r := res.Records[i]; !r.Failed || r.Error == "" {
+			t.Errorf("record %d should be failed with an error: %+v", i, r)
+		}
+	}
+	// Latencies come from the two completed requests only.
+	if res.Summary.TotalOutputTokens != 5 || res.Summary.TotalInputTokens != 41 {
+		t.Errorf("totals %d in / %d out, want 41 / 5", res.Summary.TotalInputTokens, res.Summary.TotalOutputTokens)
+	}
+}
+
+func TestCancelStopsTheRun(t *testing.T) {
+	_, url := startStub(t, time.Millisecond, time.Millisecond)
+	trace := []traces.Row{
+		{Arrival: 0, InputTokens: lenSlow, OutputTokens: 3},
+		{Arrival: 30, InputTokens: 20, OutputTokens: 3},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := Run(ctx, Options{Endpoint: url, Model: "m", Trace: &rows{trace}, VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("Run did not return soon after its context ended")
+	}
+	if len(res.Records) != 1 || !res.Records[0].Failed || res.Failures["canceled"] != 1 {
+		t.Fatalf("records %+v failures %v: want the in-flight request recorded as canceled and the later one not sent", res.Records, res.Failures)
+	}
+}
+
+func TestRunRejectsBadOptions(t *testing.T) {
+	for _, opts := range []Options{
+		{Trace: &rows{}, VocabSize: 10},
+		{Endpoint: "http://127.0.0.1:1", VocabSize: 10},
+		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: FirstTokenID},
+		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: 10, Concurrency: -1},
+	} {
+		if _, err := Run(context.Background(), opts); err == nil {
+			t.Errorf("Run(%+v) succeeded", opts)
+		}
+	}
+}
+
+func TestPromptsShareExactlyTheTracesBlocks(t *testing.T) {
+	row := func(in int, ids ...int64) traces.Row {
+		return traces.Row{InputTokens: in, HashBlockSize: 16, HashIDs: ids}
+	}
+	a := Prompt(row(40, 1, 2, 3), 0, 7, 5000)
+	b := Prompt(row(40, 1, 2, 9), 1, 7, 5000)
+	c := Prompt(row(60, 1, 2, 3, 4), 2, 7, 5000)
+	d := Prompt(row(40, 5, 2, 3), 3, 7, 5000)
+	common := func(x, y []int32) int {
+		n := 0
+		for n < min(len(x), len(y)) && x[n] == y[n] {
+			n++
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		name string
+		x, y []int32
+		want int
+	}{
+		{"two equal blocks then different", a, b, 32},
+		{"a's whole prompt, its last block partial, is c's prefix", a, c, 40},
+		{"different first hash id", a, d, 0},
+	} {
+		// Unique tokens may equal by chance; the first differing token must be where the
+		// blocks stop matching, allowing one accidental match in a 5000-token vocabulary.
+		if got := common(tc.x, tc.y); got < tc.want || got > tc.want+1 {
+			t.Errorf("%s: common prefix %d tokens, want %d", tc.name, got, tc.want)
+		}
+	}
+	if !slices.Equal(a, Prompt(row(40, 1, 2, 3), 0, 7, 5000)) {
+		t.Error("the same seed, row and id gave a different prompt")
+	}
+	if slices.Equal(a[:16], Prompt(row(40, 1, 2, 3), 0, 8, 5000)[:16]) {
+		t.Error("another seed gave the same shared block")
+	}
+	plain := Prompt(traces.Row{InputTokens: 30}, 4, 7, 5000)
+	other := Prompt(traces.Row{InputTokens: 30}, 5, 7, 5000)
+	if common(plain, other) > 1 {
+		t.Error("requests without hash ids share a prefix")
+	}
+}
