@@ -503,7 +503,7 @@ type job struct {
 	chat         bool
 	stream       bool
 	includeUsage bool
-	tokenIDs     bool // return_token_ids
+	tokenIDs     bool   // return_token_ids
 	echo         string // completions' echo: the prompt text, prepended to the output
 	maxParam     string // the field max tokens came from, when not max_tokens
 }
