@@ -94,6 +94,25 @@ engine_rate() { # preset case -> median tok/s
   fi
 } >"$WORK/engine.md"
 
+# The router's added latency against a loopback stub: closed loop, and open loop at 500
+# routed requests per second (the issue's target: p50 under 1 ms, p99 under 5 ms).
+echo "measuring the router's overhead" >&2
+go test -run '^$' -bench 'BenchmarkOverhead$' -count 3 ./real/router/ >"$WORK/router.txt"
+go test -run '^$' -bench 'BenchmarkOverheadAt500RPS' -benchtime 2500x -count 3 ./real/router/ >>"$WORK/router.txt"
+
+# Fidelity: the simulator calibrated by a profile of the engine against a real local
+# cluster (2 engine processes and the router) on the first 300 requests of each shipped
+# trace, 15M-parameter Llama shape (random weights), load 0.7 of the simulated capacity.
+echo "measuring sim-vs-real fidelity" >&2
+$BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
+: >"$WORK/fidelity.txt"
+for trace in "$AZURE" "$SHARED/traces/mooncake_conversation.jsonl"; do
+  [ -f "$trace" ] || trace=examples/traces/mooncake_conv_500.jsonl
+  $BIN fidelity --trace "$trace" --engines 2 --model "$WORK/m15" --router round-robin --router prefix-affinity \
+    --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
+  echo >>"$WORK/fidelity.txt"
+done
+
 echo "running go test benchmarks (count $REPS)" >&2
 go test -run '^$' -bench . -benchmem -benchtime "${BENCHTIME:-300ms}" -count "$REPS" \
   ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... ./internal/... >"$WORK/bench.txt"
@@ -132,6 +151,28 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   cat "$WORK/engine.md"
   echo
   if [ -f docs/engine-notes.md ]; then cat docs/engine-notes.md; echo; fi
+  echo "## Router overhead"
+  echo
+  echo "\`go test -run '^\$' -bench 'BenchmarkOverhead\$' -count 3 ./real/router/\` (closed loop) and"
+  echo "\`-bench BenchmarkOverheadAt500RPS -benchtime 2500x -count 3\` (500 routed requests/s, open loop): the"
+  echo "router's latency minus a direct request's, to a stub upstream on loopback."
+  echo
+  echo '```'
+  grep -E '^Benchmark' "$WORK/router.txt"
+  echo '```'
+  echo
+  echo "## Simulator fidelity (predicted vs measured)"
+  echo
+  echo "\`servelab fidelity --trace T --engines 2 --model M15 --router round-robin --router prefix-affinity"
+  echo "--max-requests 300\`: the engine profiled here (one engine's thread share), the simulator run with that"
+  echo "profile, and a real local cluster on the same slice (tokens scaled to the model's 256-token context,"
+  echo "arrivals scaled to 70% of the simulated capacity). Error = (predicted - measured) / measured."
+  echo
+  echo '```'
+  cat "$WORK/fidelity.txt"
+  echo '```'
+  echo
+  if [ -f docs/fidelity-notes.md ]; then cat docs/fidelity-notes.md; echo; fi
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
   echo '```'
