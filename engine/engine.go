@@ -78,6 +78,10 @@ type Config struct {
 	Seed uint64
 	// Metrics, if set, receives the engine's observations.
 	Metrics *Metrics
+	// OnStep, if set, is called from the engine loop after every step with its shape and
+	// wall time (planning, forward pass, sampling, stop conditions and streaming): the
+	// measured counterpart of the simulator's step-time model. It must be quick.
+	OnStep func(shape serving.StepShape, seconds float64)
 }
 
 // SamplingParams are a request's generation parameters, after vLLM's SamplingParams.

@@ -14,6 +14,7 @@ import (
 
 	"servelab/policies"
 	"servelab/policies/batch"
+	"servelab/serving"
 )
 
 // pagedFake is an executor that stores each computed token in its KV slot and derives the
@@ -338,5 +339,34 @@ func TestKVEvents(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event batch")
+	}
+}
+
+// TestOnStepSeesEveryStep: the step observer gets each step's shape and a duration, and
+// the shapes account for every prompt and output token (prefill in chunks of at most 32,
+// then one decode per output token after the first).
+func TestOnStepSeesEveryStep(t *testing.T) {
+	var mu sync.Mutex
+	var shapes []serving.StepShape
+	var total float64
+	te := newTestEngine(t, func(c *Config) {
+		c.OnStep = func(s serving.StepShape, seconds float64) {
+			mu.Lock()
+			defer mu.Unlock()
+			shapes = append(shapes, s)
+			total += seconds
+		}
+	})
+	run(t, te.Engine, greedy(strings.Repeat("abcdefgh", 9), 5)) // 72 prompt tokens
+	mu.Lock()
+	defer mu.Unlock()
+	prefill, decode := 0, 0
+	for _, s := range shapes {
+		prefill += s.PrefillTokens
+		decode += s.DecodeSeqs
+	}
+	if prefill != 72 || decode != 4 || len(shapes) != 7 || !(total > 0) {
+		t.Errorf("%d steps, %d prefill tokens, %d decodes, %.6f s; want 7 steps (3 prefill chunks, 4 decodes), 72, 4, > 0",
+			len(shapes), prefill, decode, total)
 	}
 }

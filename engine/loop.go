@@ -105,7 +105,9 @@ func (e *Engine) admit(r *request) {
 
 // step plans, executes and completes one engine step; false when nothing was scheduled.
 func (e *Engine) step() bool {
+	began := time.Now()
 	step := e.inst.Plan(e.now())
+	shape := step.Shape
 	if step.Empty() {
 		e.inst.Complete(step, e.now())
 		return false
@@ -162,6 +164,9 @@ func (e *Engine) step() bool {
 	}
 	e.flushEvents()
 	e.publishStats()
+	if e.cfg.OnStep != nil {
+		e.cfg.OnStep(shape, time.Since(began).Seconds())
+	}
 	return true
 }
 

@@ -24,20 +24,20 @@ type Scheduled struct {
 // constant time whatever its batch size.
 type StepShape struct {
 	// PrefillTokens is the new tokens of sequences still in prefill.
-	PrefillTokens int
+	PrefillTokens int `json:"prefill_tokens"`
 	// PrefillSeqs is the number of sequences in prefill.
-	PrefillSeqs int
+	PrefillSeqs int `json:"prefill_seqs"`
 	// DecodeSeqs is the number of sequences decoding one token.
-	DecodeSeqs int
+	DecodeSeqs int `json:"decode_seqs"`
 	// ContextTokens is the KV tokens read by attention: the sum over sequences of the
 	// context before the step plus its new tokens.
-	ContextTokens int
+	ContextTokens int `json:"context_tokens"`
 	// DecodeContextTokens is the part of ContextTokens read by decoding sequences: the
 	// query-key pairs of their attention.
-	DecodeContextTokens int
+	DecodeContextTokens int `json:"decode_context_tokens"`
 	// PrefillAttention is the sum over prefill chunks of new*(context+new/2): the number of
 	// query-key pairs the chunk's causal attention computes.
-	PrefillAttention float64
+	PrefillAttention float64 `json:"prefill_attention"`
 }
 
 // Tokens is all new tokens the step computes.

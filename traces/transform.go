@@ -110,3 +110,33 @@ func (s *tokenScaled) Skipped() int { return skipped(s.r) }
 
 // Skipped forwards the wrapped reader's count of skipped rows.
 func (f *fitted) Skipped() int { return skipped(f.r) }
+
+// Skip drops a trace's first n rows and shifts the rest to arrive from time 0, so a later
+// slice of a trace replays like a trace of its own.
+func Skip(r Reader, n int) Reader { return &skipping{r: r, left: n, origin: -1} }
+
+type skipping struct {
+	r      Reader
+	left   int
+	origin float64
+}
+
+func (s *skipping) Next() (Row, error) {
+	for ; s.left > 0; s.left-- {
+		if _, err := s.r.Next(); err != nil {
+			return Row{}, err
+		}
+	}
+	row, err := s.r.Next()
+	if err != nil {
+		return row, err
+	}
+	if s.origin < 0 {
+		s.origin = row.Arrival
+	}
+	row.Arrival -= s.origin
+	return row, nil
+}
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (s *skipping) Skipped() int { return skipped(s.r) }

@@ -46,3 +46,15 @@ func TestFitContext(t *testing.T) {
 		}
 	}
 }
+
+func TestSkipStartsTheRestAtZero(t *testing.T) {
+	rows := []Row{{Arrival: 0, InputTokens: 1}, {Arrival: 2, InputTokens: 2}, {Arrival: 5, InputTokens: 3}, {Arrival: 6, InputTokens: 4}}
+	got := readAll(t, Limit(Skip(&sliceReader{rows: rows}, 2), 5))
+	want := []Row{{Arrival: 0, InputTokens: 3}, {Arrival: 1, InputTokens: 4}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if got := readAll(t, Skip(&sliceReader{rows: rows}, 9)); len(got) != 0 {
+		t.Errorf("skipping past the end left %v", got)
+	}
+}

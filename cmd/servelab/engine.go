@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +25,8 @@ import (
 	"servelab/policies"
 	"servelab/policies/batch"
 	"servelab/policies/evict"
+	"servelab/serving"
+	"servelab/sim/latency"
 )
 
 // engineFlags mirror vLLM's serve flags where they mean the same.
@@ -43,6 +48,7 @@ type engineFlags struct {
 	threads             int
 	seed                uint64
 	maxWaiting          int
+	stepLog             string
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
@@ -64,6 +70,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.threads, "threads", 0, "CPU threads for the kernels (default GOMAXPROCS)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
 	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
+	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time to this JSON-lines file (input for 'servelab profile --from-steps')")
 }
 
 // batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.
@@ -92,6 +99,15 @@ type running struct {
 	server   *server.Server
 	listener net.Listener
 	name     string
+	stepLog  *stepLog // nil without --step-log
+}
+
+// close releases what the engine holds besides its server: the step log.
+func (r *running) close() error {
+	if r.stepLog == nil {
+		return nil
+	}
+	return r.stepLog.close()
 }
 
 func (f *engineFlags) start() (*running, error) {
@@ -117,6 +133,14 @@ func (f *engineFlags) start() (*running, error) {
 	if name == "" {
 		name = baseName(f.model)
 	}
+	var steps *stepLog
+	var onStep func(serving.StepShape, float64)
+	if f.stepLog != "" {
+		if steps, err = newStepLog(f.stepLog); err != nil {
+			return nil, err
+		}
+		onStep = steps.observe
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := engine.New(engine.Config{
@@ -134,6 +158,7 @@ func (f *engineFlags) start() (*running, error) {
 		MaxWaiting:          f.maxWaiting,
 		Seed:                f.seed,
 		Metrics:             engine.NewMetrics(reg, name, b.MaxModelLen),
+		OnStep:              onStep,
 	})
 	if err != nil {
 		return nil, err
@@ -151,7 +176,7 @@ func (f *engineFlags) start() (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name}, nil
+	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps}, nil
 }
 
 func baseName(dir string) string {
@@ -202,9 +227,50 @@ the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE strea
 			if err := r.server.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				return err
 			}
-			return nil
+			return r.close()
 		},
 	}
 	f.register(cmd)
 	return cmd
+}
+
+// stepLog writes engine steps as latency.Sample JSON lines. The engine loop calls observe;
+// the file is written through a buffer and flushed at close.
+type stepLog struct {
+	mu   sync.Mutex
+	file *os.File
+	buf  *bufio.Writer
+	enc  *json.Encoder
+	err  error
+}
+
+func newStepLog(path string) (*stepLog, error) {
+	file, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	buf := bufio.NewWriterSize(file, 1<<16)
+	return &stepLog{file: file, buf: buf, enc: json.NewEncoder(buf)}, nil
+}
+
+// observe is an engine.Config.OnStep.
+func (l *stepLog) observe(shape serving.StepShape, seconds float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = l.enc.Encode(latency.Sample{Shape: shape, Seconds: seconds})
+	}
+}
+
+func (l *stepLog) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	err := l.buf.Flush()
+	if cerr := l.file.Close(); err == nil {
+		err = cerr
+	}
+	if l.err != nil {
+		return l.err
+	}
+	return err
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +38,7 @@ type fidelityFlags struct {
 	rateScale   float64
 	profile     string
 	quick       bool
+	calibrate   bool
 	goodput     []string
 	out         string
 	asJSON      bool
@@ -47,19 +50,29 @@ type fidelityRun struct {
 	Predicted metrics.Summary `json:"predicted"`
 	Measured  metrics.Summary `json:"measured"`
 	Failures  map[string]int  `json:"failures,omitempty"`
+	// StepTimeRatio is the engines' measured step time over what the simulator's latency
+	// model gives for the same steps: how much of the error is the step-time model's.
+	StepTimeRatio float64 `json:"measured_over_modelled_step_time"`
+	Steps         int     `json:"engine_steps"`
 }
 
 // fidelityReport is what `servelab fidelity --json` prints and --out writes.
 type fidelityReport struct {
-	Trace       string        `json:"trace"`
-	Requests    int           `json:"requests"`
-	TokenScale  float64       `json:"token_scale"`
-	RateScale   float64       `json:"rate_scale"`
-	CapacityRPS float64       `json:"simulated_capacity_rps"`
-	Engines     int           `json:"engines"`
-	Model       string        `json:"model"`
-	Profile     string        `json:"profile"`
-	Runs        []fidelityRun `json:"runs"`
+	Trace       string  `json:"trace"`
+	Requests    int     `json:"requests"`
+	TokenScale  float64 `json:"token_scale"`
+	RateScale   float64 `json:"rate_scale"`
+	CapacityRPS float64 `json:"simulated_capacity_rps"`
+	Engines     int     `json:"engines"`
+	Model       string  `json:"model"`
+	Profile     string  `json:"profile"`
+	// Calibrated is set when the simulator's step-time model was fitted to the engines' own
+	// steps on the slice after the compared one (--calibrate).
+	Calibrated        bool          `json:"calibrated"`
+	CalibrationSteps  int           `json:"calibration_steps,omitempty"`
+	CalibrationR2     float64       `json:"calibration_r2,omitempty"`
+	ProfileStepsRatio float64       `json:"measured_over_profiled_step_time,omitempty"`
+	Runs              []fidelityRun `json:"runs"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -109,6 +122,7 @@ simulator predicts it (or by --rate-scale).`,
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
 	fl.BoolVar(&f.quick, "quick", false, "profile a small grid of step shapes")
+	fl.BoolVar(&f.calibrate, "calibrate", true, "fit the step-time model to the engines' own steps, logged while the cluster replays the next --max-requests rows, before predicting")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringVar(&f.out, "out", "", "write fidelity.json, the profile and each run's records to this directory")
 	fl.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
@@ -182,10 +196,13 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if err != nil {
 		return nil, err
 	}
-	slice := func(rateScale float64) (traces.Reader, io.Closer, error) {
+	sliceFrom := func(skip int, rateScale float64) (traces.Reader, io.Closer, error) {
 		r, closer, err := traces.Open(f.trace, traces.Format(f.format))
 		if err != nil {
 			return nil, nil, err
+		}
+		if skip > 0 {
+			r = traces.Skip(r, skip)
 		}
 		r = traces.Limit(r, f.maxRequests)
 		if tokenScale != 1 {
@@ -194,6 +211,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		r = traces.FitContext(r, maxLen)
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
+	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
 	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
 		spec := sim.DefaultClusterSpec()
 		spec.Instances, spec.Router, spec.Batch, spec.Evict = c.engines, router, c.batchSpec(), c.evict
@@ -231,6 +249,18 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	fmt.Fprintf(log, "slice: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
 		scan.rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
 
+	if f.calibrate {
+		calibrated, err := f.calibrateProfile(ctx, prof, sliceFrom, rep, vocab, slo, out, log)
+		if err != nil {
+			return nil, err
+		}
+		profilePath = filepath.Join(out, "profile-calibrated.json")
+		if err := calibrated.Write(profilePath); err != nil {
+			return nil, err
+		}
+		rep.Profile, rep.Calibrated = profilePath, true
+	}
+
 	for _, router := range f.routers {
 		predicted, err := simulate(router, rep.RateScale)
 		if err != nil {
@@ -243,20 +273,132 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, err
 		}
+		dir := filepath.Join(out, "runs", dirName(router))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		stepLog := func(i int) string { return filepath.Join(dir, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
+		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
 		cl, err := local.Start(ctx, opts)
 		if err != nil {
 			return nil, err
 		}
-		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, filepath.Join(out, "runs", dirName(router)), log)
+		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, dir, log)
 		if serr := cl.Stop(15 * time.Second); err == nil {
 			err = serr
 		}
 		if err != nil {
 			return nil, fmt.Errorf("replaying against %s: %w", router, err)
 		}
-		rep.Runs = append(rep.Runs, fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures})
+		run := fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures}
+		model, err := latency.LoadLinear(profilePath)
+		if err != nil {
+			return nil, err
+		}
+		for i := range c.engines {
+			steps, err := readSteps(stepLog(i))
+			if err != nil {
+				return nil, err
+			}
+			var m, p float64
+			for _, s := range steps {
+				m += s.Seconds
+				p += model.StepTime(s.Shape)
+			}
+			run.Steps += len(steps)
+			if p > 0 {
+				run.StepTimeRatio += m / p / float64(c.engines)
+			}
+		}
+		rep.Runs = append(rep.Runs, run)
 	}
 	return rep, nil
+}
+
+// calibrateProfile replays the slice after the compared one on a real cluster (the first
+// router) with every engine logging its steps, and refits the profile's coefficients to
+// those steps: the step times the engines achieve sharing this machine with each other,
+// the router and the load generator, which a profile of one engine alone overestimates.
+func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Profile,
+	sliceFrom func(int, float64) (traces.Reader, io.Closer, error), rep *fidelityReport,
+	vocab int, slo metrics.SLO, out string, log io.Writer) (*latency.Profile, error) {
+	c := f.cluster
+	c.router.spec = f.routers[0]
+	opts, err := c.options(io.Discard)
+	if err != nil {
+		return nil, err
+	}
+	logs := filepath.Join(out, "calibration")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return nil, err
+	}
+	stepLog := func(i int) string { return filepath.Join(logs, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
+	opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
+	fmt.Fprintf(log, "calibrating: replaying requests %d-%d with step logs ...\n", f.maxRequests, 2*f.maxRequests-1)
+	cl, err := local.Start(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	sum, _, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
+		rep.RateScale, vocab, slo, filepath.Join(logs, "run"), log)
+	if serr := cl.Stop(15 * time.Second); err == nil {
+		err = serr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("calibration run: %w", err)
+	}
+	if sum.Completed == 0 {
+		return nil, fmt.Errorf("calibration: the trace has no requests after the first %d; use --calibrate=false", f.maxRequests)
+	}
+	var samples []latency.Sample
+	for i := range c.engines {
+		s, err := readSteps(stepLog(i))
+		if err != nil {
+			return nil, err
+		}
+		samples = append(samples, s...)
+	}
+	coef, r2, err := latency.FitLinear(samples)
+	if err != nil {
+		return nil, fmt.Errorf("calibration: fitting %d steps: %w", len(samples), err)
+	}
+	var measured, profiled float64
+	old := latency.NewLinear(prof.Coefficients)
+	for _, s := range samples {
+		measured += s.Seconds
+		profiled += old.StepTime(s.Shape)
+	}
+	cal := *prof
+	cal.Coefficients, cal.R2, cal.Samples = coef, r2, len(samples)
+	_, cal.MeanRelativeError = latency.Evaluate(coef, samples)
+	cal.Machine = prof.Machine + ", calibrated on the engines' own steps under load"
+	rep.CalibrationSteps, rep.CalibrationR2 = len(samples), r2
+	if profiled > 0 {
+		rep.ProfileStepsRatio = measured / profiled
+	}
+	fmt.Fprintf(log, "calibration: %d steps, R² %.3f; the engines' steps took %.2fx what the profile predicts\n",
+		len(samples), r2, rep.ProfileStepsRatio)
+	return &cal, nil
+}
+
+// readSteps reads a step log written by `servelab engine --step-log`.
+func readSteps(path string) ([]latency.Sample, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	var samples []latency.Sample
+	dec := json.NewDecoder(bufio.NewReader(file))
+	for line := 1; ; line++ {
+		var s latency.Sample
+		if err := dec.Decode(&s); errors.Is(err, io.EOF) {
+			return samples, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: step %d: %w", path, line, err)
+		}
+		samples = append(samples, s)
+	}
 }
 
 func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice func(float64) (traces.Reader, io.Closer, error),
@@ -406,7 +548,8 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 		row("Output throughput (tok/s)", p.OutputThroughput, m.OutputThroughput)
 		fmt.Fprintf(w, "%-28s %11.2f %11.2f %9s\n", "Prefix cache hit rate (%)", 100*p.PrefixCacheHitRate, 100*m.PrefixCacheHitRate,
 			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
-		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed / failed", p.Completed, m.Completed)
+		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed", p.Completed, m.Completed)
+		fmt.Fprintf(w, "%-28s %11s %11.2f   (%d steps)\n", "Step time / modelled", "", run.StepTimeRatio, run.Steps)
 		if m.Failed > 0 || p.Failed > 0 {
 			fmt.Fprintf(w, "%-28s %11d %11d   %v\n", "Failed", p.Failed, m.Failed, run.Failures)
 		}

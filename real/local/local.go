@@ -38,6 +38,8 @@ type Options struct {
 	// EngineArgs are appended to Command for every engine (model, policies, limits);
 	// --host 127.0.0.1 --port 0 are added by Start.
 	EngineArgs []string
+	// EngineArgsFor, if set, adds flags for engine i (0-based) after EngineArgs.
+	EngineArgsFor func(i int) []string
 	// Env is added to each engine's environment.
 	Env []string
 	// Router configures the router; its Endpoints are filled in by Start. A nil Policy
@@ -148,7 +150,11 @@ const listenPrefix = "listening on http://"
 
 func startEngine(i int, opts Options, logMu *sync.Mutex, addrs chan<- addrOrErr) (*engineProc, error) {
 	name := fmt.Sprintf("engine-%d", i)
-	args := append(append(append([]string{}, opts.Command[1:]...), opts.EngineArgs...), "--host", "127.0.0.1", "--port", "0")
+	args := append(append([]string{}, opts.Command[1:]...), opts.EngineArgs...)
+	if opts.EngineArgsFor != nil {
+		args = append(args, opts.EngineArgsFor(i)...)
+	}
+	args = append(args, "--host", "127.0.0.1", "--port", "0")
 	cmd := exec.Command(opts.Command[0], args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
 	cmd.SysProcAttr = engineSysProcAttr()

@@ -37,6 +37,7 @@ func fakeEngine(mode string, args []string) {
 	host := fs.String("host", "", "")
 	port := fs.Int("port", -1, "")
 	name := fs.String("name", "fake", "")
+	index := fs.Int("index", -1, "")
 	fs.Parse(args)
 	if mode == "crash-at-start" {
 		fmt.Println("loading model: no such file")
@@ -60,7 +61,7 @@ func fakeEngine(mode string, args []string) {
 	})
 	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
-		fmt.Fprintf(w, `{"served_by":%q}`, *name)
+		fmt.Fprintf(w, `{"served_by":"%s-%d"}`, *name, *index)
 		if mode == "crash-after-request" {
 			go func() { time.Sleep(10 * time.Millisecond); os.Exit(4) }()
 		}
@@ -81,13 +82,14 @@ func startFake(t *testing.T, mode string, engines int, policy route.Policy) (*Cl
 	t.Helper()
 	log := &lockedBuffer{}
 	c, err := Start(context.Background(), Options{
-		Engines:      engines,
-		Command:      []string{os.Args[0]},
-		EngineArgs:   []string{"--name", "fake"},
-		Env:          []string{"FAKE_ENGINE=" + mode},
-		Router:       router.Config{Policy: policy, ScrapeInterval: 10 * time.Millisecond},
-		Log:          log,
-		StartTimeout: 20 * time.Second,
+		Engines:       engines,
+		Command:       []string{os.Args[0]},
+		EngineArgs:    []string{"--name", "fake"},
+		EngineArgsFor: func(i int) []string { return []string{"--index", fmt.Sprint(i)} },
+		Env:           []string{"FAKE_ENGINE=" + mode},
+		Router:        router.Config{Policy: policy, ScrapeInterval: 10 * time.Millisecond},
+		Log:           log,
+		StartTimeout:  20 * time.Second,
 	})
 	if err == nil {
 		t.Cleanup(func() { c.Stop(5 * time.Second) })
@@ -128,6 +130,17 @@ func TestClusterRoutesToEveryEngineAndStops(t *testing.T) {
 	}
 	if len(c.Endpoints) != 3 || c.URL == "" {
 		t.Fatalf("endpoints %v, router %q", c.Endpoints, c.URL)
+	}
+	for i, ep := range c.Endpoints {
+		resp, err := http.Post(ep+"/v1/completions", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf(`"fake-%d"`, i); !strings.Contains(string(body), want) {
+			t.Errorf("endpoint %d answers %s, want %s: endpoints out of order or per-engine flags lost", i, body, want)
+		}
 	}
 	seen := map[string]bool{}
 	for _, ep := range c.Endpoints {

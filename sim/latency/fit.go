@@ -13,8 +13,8 @@ import (
 
 // Sample is one measured engine step.
 type Sample struct {
-	Shape   serving.StepShape
-	Seconds float64
+	Shape   serving.StepShape `json:"shape"`
+	Seconds float64           `json:"seconds"`
 }
 
 // FitLinear fits LinearCoefficients to measured steps and returns them with the fit's R²
