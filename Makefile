@@ -32,7 +32,12 @@ run: build
 	$(BIN) trace synth --requests 300 --rate 20 --input-mean 200 --output-mean 50 --prefix-groups 8 --seed 1 --out bin/models/tiny-trace.jsonl
 	$(BIN) compare --trace bin/models/tiny-trace.jsonl --instances 2 --model bin/models/tiny/config.json --latency profile:bin/models/tiny-profile.json \
 		--router round-robin --router prefix-affinity --router weighted
-	@echo "serve it with: $(BIN) engine --model bin/models/tiny --port 8000"
+	@echo
+	@echo "== The real path: predicted (the simulator, calibrated on the engines' own steps) vs measured (2 engine processes behind the router) on Mooncake"
+	$(BIN) fidelity --trace examples/traces/mooncake_conv_500.jsonl --max-requests 200 --engines 2 --model bin/models/tiny \
+		--router round-robin --router prefix-affinity
+	@echo "serve it with: $(BIN) up --engines 2 --model bin/models/tiny --router prefix-affinity --port 8080"
+	@echo "and replay a trace: $(BIN) bench --endpoint http://127.0.0.1:8080 --model bin/models/tiny --trace examples/traces/mooncake_conv_500.jsonl --token-scale 0.03125 --max-model-len 512 --rate-scale 4"
 
 test: lint
 	$(GO) test ./...

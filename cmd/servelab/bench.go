@@ -30,6 +30,8 @@ func newBenchCmd() *cobra.Command {
 		apiKey      string
 		out         string
 		asJSON      bool
+		tokenScale  float64
+		maxLen      int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench --endpoint URL --trace FILE [--rate-scale X] [--max-requests N] [--out DIR] [--json]",
@@ -64,6 +66,15 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 				return err
 			}
 			defer closer.Close()
+			if tokenScale <= 0 {
+				return fmt.Errorf("--token-scale must be positive, got %g", tokenScale)
+			}
+			if tokenScale != 1 {
+				src = traces.ScaleTokens(src, tokenScale)
+			}
+			if maxLen > 0 {
+				src = traces.FitContext(src, maxLen)
+			}
 			var records *recordWriter
 			if out != "" {
 				if records, err = newRecordWriter(out); err != nil {
@@ -103,7 +114,9 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 					VocabSize   int      `json:"vocab_size"`
 					Seed        uint64   `json:"seed"`
 					Goodput     []string `json:"goodput,omitempty"`
-				}{endpoint, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput}
+					TokenScale  float64  `json:"token_scale"`
+					MaxModelLen int      `json:"max_model_len,omitempty"`
+				}{endpoint, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput, tokenScale, maxLen}
 				if err := writeJSONFile(filepath.Join(out, "summary.json"), res.Summary); err != nil {
 					return err
 				}
@@ -135,6 +148,8 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 	fl.StringVar(&f.format, "format", "", "trace format: "+fmt.Sprint(traces.Formats())+" (guessed when empty)")
 	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
+	fl.Float64Var(&tokenScale, "token-scale", 1, "multiply the trace's token counts (hash blocks scale with them), to replay big-model traffic on a small model")
+	fl.IntVar(&maxLen, "max-model-len", 0, "shorten requests to fit this context (prompt plus output)")
 	fl.IntVar(&concurrency, "concurrency", 0, "closed loop with this many requests in flight (0: open loop at the trace's arrival times)")
 	fl.StringVar(&modelName, "model-name", "", "model name in requests (default: the first of /v1/models)")
 	fl.StringVar(&modelDir, "model", "", "the served model's directory, for its vocabulary size")

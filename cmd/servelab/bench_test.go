@@ -12,20 +12,16 @@ import (
 	"servelab/serving"
 )
 
-// TestUpAndBenchOnASharedPrefixTrace replays a trace with shared prefixes through
-// `servelab up` with `servelab bench`: every request completes with the trace's output
-// length, and the engines serve the shared prefixes from their caches.
-func TestUpAndBenchOnASharedPrefixTrace(t *testing.T) {
+// TestUpAndBenchOnAShippedTrace replays the shipped Mooncake slice (scaled to the tiny
+// model's context) through `servelab up` with `servelab bench`: every request completes
+// with the trace's output length, and the engines serve the shared prefixes from cache.
+func TestUpAndBenchOnAShippedTrace(t *testing.T) {
 	dir := synthTiny(t)
-	trace := filepath.Join(t.TempDir(), "trace.jsonl")
-	if _, err := run(t, "trace", "synth", "--requests", "30", "--rate", "60", "--input-mean", "120", "--output-mean", "8",
-		"--prefix-groups", "2", "--seed", "1", "--out", trace); err != nil {
-		t.Fatal(err)
-	}
 	url, _ := startUp(t, "--engines", "2", "--model", dir, "--router", "prefix-affinity",
-		"--num-gpu-blocks-override", "256", "--threads", "1")
+		"--num-gpu-blocks-override", "512", "--threads", "1")
 	out := filepath.Join(t.TempDir(), "bench")
-	stdout, err := run(t, "bench", "--endpoint", url, "--trace", trace, "--model", dir, "--out", out, "--json")
+	stdout, err := run(t, "bench", "--endpoint", url, "--trace", mooncakeSlice, "--max-requests", "30", "--rate-scale", "20",
+		"--token-scale", "0.03125", "--max-model-len", "512", "--model", dir, "--out", out, "--json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
