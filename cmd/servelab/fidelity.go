@@ -233,23 +233,35 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 
 	rep := &fidelityReport{Trace: f.trace, Requests: scan.rows, TokenScale: tokenScale, Engines: c.engines,
 		Model: c.model, Profile: profilePath, RateScale: f.rateScale}
-	// Capacity: the simulated cluster's throughput when the whole slice arrives at once.
-	burst, err := simulate(f.routers[0], 1e9)
-	if err != nil {
+	// The offered load is --load times the capacity the simulator predicts: its throughput
+	// when the whole slice arrives at once. It is chosen again after calibration, whose
+	// model knows what the engines achieve on this machine.
+	chooseRate := func(what string) error {
+		burst, err := simulate(f.routers[0], 1e9)
+		if err != nil {
+			return err
+		}
+		rep.CapacityRPS = burst.RequestThroughput
+		if f.rateScale <= 0 {
+			if f.load <= 0 {
+				return fmt.Errorf("--load must be positive, got %g", f.load)
+			}
+			traceRate := float64(scan.rows) / math.Max(scan.span, 1e-9)
+			rep.RateScale = f.load * rep.CapacityRPS / traceRate
+		}
+		fmt.Fprintf(log, "%s: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
+			what, scan.rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
+		return nil
+	}
+	if err := chooseRate("slice"); err != nil {
 		return nil, err
 	}
-	rep.CapacityRPS = burst.RequestThroughput
-	if rep.RateScale <= 0 {
-		if f.load <= 0 {
-			return nil, fmt.Errorf("--load must be positive, got %g", f.load)
-		}
-		traceRate := float64(scan.rows) / math.Max(scan.span, 1e-9)
-		rep.RateScale = f.load * rep.CapacityRPS / traceRate
-	}
-	fmt.Fprintf(log, "slice: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
-		scan.rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
 
-	if f.calibrate {
+	// Calibration runs twice: the first at the load the engine-alone profile suggests
+	// (usually too high: the engines share the machine), the second at the load its fitted
+	// model suggests, so the steps the final model is fitted to have the batch sizes of the
+	// compared runs.
+	for round := 1; f.calibrate && round <= 2; round++ {
 		calibrated, err := f.calibrateProfile(ctx, prof, sliceFrom, rep, vocab, slo, out, log)
 		if err != nil {
 			return nil, err
@@ -259,6 +271,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return nil, err
 		}
 		rep.Profile, rep.Calibrated = profilePath, true
+		if err := chooseRate(fmt.Sprintf("calibration round %d", round)); err != nil {
+			return nil, err
+		}
 	}
 
 	for _, router := range f.routers {
