@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 
 	"gonum.org/v1/gonum/stat/distuv"
+
+	"servelab/internal/minheap"
 )
 
 // SynthConfig describes a synthetic workload.
@@ -163,7 +165,7 @@ type synth struct {
 	nextID        int64
 	sessions      uint64
 	emitted       int
-	pending       turnHeap
+	pending       minheap.Heap[turn]
 	slab          idSlab
 	ids           []int64
 }
@@ -240,63 +242,23 @@ func (s *synth) Next() (Row, error) {
 	}
 	var t turn
 	if len(s.pending) > 0 && s.pending[0].row.Arrival <= s.nextArrival {
-		t = s.pending.pop()
+		t = s.pending.Pop()
 	} else {
 		t = s.newConversation(s.nextArrival)
 		s.nextArrival += s.gap.Rand()
 	}
 	if t.left > 0 {
-		s.pending.push(s.followUp(&t))
+		s.pending.Push(s.followUp(&t))
 	}
 	s.emitted++
 	t.row.Line = s.emitted
 	return t.row, nil
 }
 
-// turnHeap orders waiting turns by arrival, then by when they were drawn.
-type turnHeap []turn
-
-func (h turnHeap) less(i, j int) bool {
-	if h[i].row.Arrival != h[j].row.Arrival {
-		return h[i].row.Arrival < h[j].row.Arrival
+// Less orders waiting turns by arrival, then by when they were drawn.
+func (t turn) Less(o turn) bool {
+	if t.row.Arrival != o.row.Arrival {
+		return t.row.Arrival < o.row.Arrival
 	}
-	return h[i].seq < h[j].seq
-}
-
-func (h *turnHeap) push(t turn) {
-	*h = append(*h, t)
-	q := *h
-	for i := len(q) - 1; i > 0; {
-		parent := (i - 1) / 2
-		if !q.less(i, parent) {
-			break
-		}
-		q[i], q[parent] = q[parent], q[i]
-		i = parent
-	}
-}
-
-func (h *turnHeap) pop() turn {
-	q := *h
-	top := q[0]
-	last := len(q) - 1
-	q[0] = q[last]
-	q[last] = turn{}
-	q = q[:last]
-	for i := 0; ; {
-		least, l, r := i, 2*i+1, 2*i+2
-		if l < len(q) && q.less(l, least) {
-			least = l
-		}
-		if r < len(q) && q.less(r, least) {
-			least = r
-		}
-		if least == i {
-			break
-		}
-		q[i], q[least] = q[least], q[i]
-		i = least
-	}
-	*h = q
-	return top
+	return t.seq < o.seq
 }

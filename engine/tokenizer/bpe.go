@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"servelab/internal/minheap"
 )
 
 // bpe is HF's BPE model: a word is cut into characters (each a vocabulary token, else
@@ -209,15 +211,15 @@ func (m *bpe) mergeHeap(ids []int32) []int32 {
 		syms[i] = sym{id, int32(i - 1), int32(i + 1)}
 	}
 	syms[len(syms)-1].next = -1
-	h := mergeHeap(make([]heapEntry, 0, len(ids)))
+	h := minheap.Heap[heapEntry](make([]heapEntry, 0, len(ids)))
 	for i := 0; i+1 < len(ids); i++ {
 		if mg, ok := m.merges[pairKey(ids[i], ids[i+1])]; ok {
 			h = append(h, heapEntry{mg.rank, int32(i), mg.id})
 		}
 	}
-	h.init()
+	h.Init()
 	for len(h) > 0 {
-		top := h.pop()
+		top := h.Pop()
 		cur := &syms[top.pos]
 		if cur.id < 0 || cur.next < 0 {
 			continue
@@ -234,12 +236,12 @@ func (m *bpe) mergeHeap(ids []int32) []int32 {
 		}
 		if cur.prev >= 0 {
 			if mg, ok := m.merges[pairKey(syms[cur.prev].id, cur.id)]; ok {
-				h.push(heapEntry{mg.rank, cur.prev, mg.id})
+				h.Push(heapEntry{mg.rank, cur.prev, mg.id})
 			}
 		}
 		if cur.next >= 0 {
 			if mg, ok := m.merges[pairKey(cur.id, syms[cur.next].id)]; ok {
-				h.push(heapEntry{mg.rank, top.pos, mg.id})
+				h.Push(heapEntry{mg.rank, top.pos, mg.id})
 			}
 		}
 	}
@@ -252,56 +254,9 @@ func (m *bpe) mergeHeap(ids []int32) []int32 {
 
 type heapEntry struct{ rank, pos, id int32 }
 
-type mergeHeap []heapEntry
-
-func (h mergeHeap) less(i, j int) bool {
-	return h[i].rank < h[j].rank || h[i].rank == h[j].rank && h[i].pos < h[j].pos
-}
-
-func (h mergeHeap) init() {
-	for i := len(h)/2 - 1; i >= 0; i-- {
-		h.down(i)
-	}
-}
-
-func (h *mergeHeap) push(e heapEntry) {
-	*h = append(*h, e)
-	a := *h
-	for i := len(a) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !a.less(i, p) {
-			break
-		}
-		a[i], a[p] = a[p], a[i]
-		i = p
-	}
-}
-
-func (h *mergeHeap) pop() heapEntry {
-	a := *h
-	top := a[0]
-	a[0] = a[len(a)-1]
-	*h = a[:len(a)-1]
-	h.down(0)
-	return top
-}
-
-func (h mergeHeap) down(i int) {
-	for {
-		l := 2*i + 1
-		if l >= len(h) {
-			return
-		}
-		m := l
-		if r := l + 1; r < len(h) && h.less(r, l) {
-			m = r
-		}
-		if !h.less(m, i) {
-			return
-		}
-		h[i], h[m] = h[m], h[i]
-		i = m
-	}
+// Less orders candidate merges by rank, then position.
+func (e heapEntry) Less(o heapEntry) bool {
+	return e.rank < o.rank || e.rank == o.rank && e.pos < o.pos
 }
 
 // maxID bounds token ids relative to the number of tokens, so that a malformed file

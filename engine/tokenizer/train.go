@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"unicode"
+
+	"servelab/internal/minheap"
 )
 
 // TrainConfig describes a BPE vocabulary to train.
@@ -164,7 +166,7 @@ type trainer struct {
 	counts []int
 	pairs  map[uint64]int
 	where  map[uint64][]int32
-	heap   pairHeap
+	heap   minheap.Heap[pairCount]
 }
 
 func (tr *trainer) add(s string) int32 {
@@ -206,7 +208,7 @@ func (tr *trainer) setWords(counts map[string]int) {
 	for k, c := range tr.pairs {
 		tr.heap = append(tr.heap, pairCount{c, k})
 	}
-	tr.heap.init()
+	tr.heap.Init()
 }
 
 func (tr *trainer) addWhere(k uint64, w int32) {
@@ -224,11 +226,11 @@ func (tr *trainer) train(target int) bool {
 		if len(tr.heap) == 0 {
 			return false
 		}
-		top := tr.heap.pop()
+		top := tr.heap.Pop()
 		cur := tr.pairs[top.key]
 		if cur != top.count {
 			if cur > 0 {
-				tr.heap.push(pairCount{cur, top.key})
+				tr.heap.Push(pairCount{cur, top.key})
 			}
 			continue
 		}
@@ -249,7 +251,7 @@ func (tr *trainer) train(target int) bool {
 		sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 		for _, k := range keys {
 			if c := tr.pairs[k]; c > 0 {
-				tr.heap.push(pairCount{c, k})
+				tr.heap.Push(pairCount{c, k})
 			}
 		}
 	}
@@ -300,57 +302,9 @@ type pairCount struct {
 	key   uint64
 }
 
-// pairHeap pops the highest count first, then the lowest pair.
-type pairHeap []pairCount
-
-func (h pairHeap) less(i, j int) bool {
-	return h[i].count > h[j].count || h[i].count == h[j].count && h[i].key < h[j].key
-}
-
-func (h pairHeap) init() {
-	for i := len(h)/2 - 1; i >= 0; i-- {
-		h.down(i)
-	}
-}
-
-func (h *pairHeap) push(e pairCount) {
-	*h = append(*h, e)
-	a := *h
-	for i := len(a) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !a.less(i, p) {
-			break
-		}
-		a[i], a[p] = a[p], a[i]
-		i = p
-	}
-}
-
-func (h *pairHeap) pop() pairCount {
-	a := *h
-	top := a[0]
-	a[0] = a[len(a)-1]
-	*h = a[:len(a)-1]
-	h.down(0)
-	return top
-}
-
-func (h pairHeap) down(i int) {
-	for {
-		l := 2*i + 1
-		if l >= len(h) {
-			return
-		}
-		m := l
-		if r := l + 1; r < len(h) && h.less(r, l) {
-			m = r
-		}
-		if !h.less(m, i) {
-			return
-		}
-		h[i], h[m] = h[m], h[i]
-		i = m
-	}
+// Less pops the highest count first, then the lowest pair.
+func (p pairCount) Less(o pairCount) bool {
+	return p.count > o.count || p.count == o.count && p.key < o.key
 }
 
 // q is s as a JSON string, without HTML escaping ("<s>" stays readable).
