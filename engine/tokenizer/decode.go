@@ -182,34 +182,14 @@ func (d decBPESuffix) decodeChain(toks []string) []string {
 }
 
 func parseDecoder(v jval) (decoder, error) {
-	if v.missing() {
-		return nil, nil
-	}
-	o, err := v.object()
-	if err != nil {
-		return nil, err
-	}
-	typ, err := o.typ()
-	if err != nil {
+	o, typ, err := component(v)
+	if err != nil || typ == "" {
 		return nil, err
 	}
 	switch typ {
 	case "Sequence":
-		list, err := o.get("decoders").array()
-		if err != nil {
-			return nil, err
-		}
-		var seq decSequence
-		for _, item := range list {
-			d, err := parseDecoder(item)
-			if err != nil {
-				return nil, err
-			}
-			if d != nil {
-				seq = append(seq, d)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(o, "decoders", parseDecoder)
+		return decSequence(seq), err
 	case "ByteLevel":
 		return decByteLevel{}, nil
 	case "Replace":

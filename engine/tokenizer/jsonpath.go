@@ -189,3 +189,37 @@ func (o jobj) typ() (string, error) {
 	}
 	return v.str()
 }
+
+// component opens a tokenizer.json component (normalizer, pre_tokenizer, post_processor,
+// decoder): an object with a "type". A missing or null component gives typ "".
+func component(v jval) (jobj, string, error) {
+	if v.missing() {
+		return jobj{}, "", nil
+	}
+	o, err := v.object()
+	if err != nil {
+		return jobj{}, "", err
+	}
+	typ, err := o.typ()
+	return o, typ, err
+}
+
+// parseSequence parses the list under key of a "Sequence" component with parse, leaving
+// out missing items.
+func parseSequence[T any](o jobj, key string, parse func(jval) (T, error)) ([]T, error) {
+	list, err := o.get(key).array()
+	if err != nil {
+		return nil, err
+	}
+	var seq []T
+	for _, item := range list {
+		c, err := parse(item)
+		if err != nil {
+			return nil, err
+		}
+		if any(c) != nil {
+			seq = append(seq, c)
+		}
+	}
+	return seq, nil
+}

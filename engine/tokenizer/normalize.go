@@ -85,34 +85,14 @@ func (normStripAccents) normalize(s string) string {
 func isWhiteSpace(r rune) bool { return unicode.Is(unicode.White_Space, r) }
 
 func parseNormalizer(v jval) (normalizer, error) {
-	if v.missing() {
-		return nil, nil
-	}
-	o, err := v.object()
-	if err != nil {
-		return nil, err
-	}
-	typ, err := o.typ()
-	if err != nil {
+	o, typ, err := component(v)
+	if err != nil || typ == "" {
 		return nil, err
 	}
 	switch typ {
 	case "Sequence":
-		list, err := o.get("normalizers").array()
-		if err != nil {
-			return nil, err
-		}
-		var seq normSequence
-		for _, item := range list {
-			n, err := parseNormalizer(item)
-			if err != nil {
-				return nil, err
-			}
-			if n != nil {
-				seq = append(seq, n)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(o, "normalizers", parseNormalizer)
+		return normSequence(seq), err
 	case "Prepend":
 		p, err := o.get("prepend").str()
 		if err != nil {

@@ -51,34 +51,14 @@ func (q postSequence) process(ids []int32) []int32 {
 }
 
 func parsePostProcessor(v jval) (postProcessor, error) {
-	if v.missing() {
-		return nil, nil
-	}
-	o, err := v.object()
-	if err != nil {
-		return nil, err
-	}
-	typ, err := o.typ()
-	if err != nil {
+	o, typ, err := component(v)
+	if err != nil || typ == "" {
 		return nil, err
 	}
 	switch typ {
 	case "Sequence":
-		list, err := o.get("processors").array()
-		if err != nil {
-			return nil, err
-		}
-		var seq postSequence
-		for _, item := range list {
-			p, err := parsePostProcessor(item)
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(o, "processors", parsePostProcessor)
+		return postSequence(seq), err
 	case "ByteLevel":
 		return postNone{}, nil
 	case "TemplateProcessing":

@@ -245,34 +245,14 @@ func (wordsFinder) find(s string, dst [][2]int) [][2]int {
 }
 
 func parsePreTokenizer(v jval) (preTokenizer, error) {
-	if v.missing() {
-		return nil, nil
-	}
-	o, err := v.object()
-	if err != nil {
-		return nil, err
-	}
-	typ, err := o.typ()
-	if err != nil {
+	o, typ, err := component(v)
+	if err != nil || typ == "" {
 		return nil, err
 	}
 	switch typ {
 	case "Sequence":
-		list, err := o.get("pretokenizers").array()
-		if err != nil {
-			return nil, err
-		}
-		var seq preSequence
-		for _, item := range list {
-			p, err := parsePreTokenizer(item)
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(o, "pretokenizers", parsePreTokenizer)
+		return preSequence(seq), err
 	case "ByteLevel":
 		prefix, err := o.boolean("add_prefix_space", true)
 		if err != nil {
