@@ -46,6 +46,26 @@ type Config struct {
 	SLO         metrics.SLO
 	// OnRecord, if set, receives every finished or rejected request's record.
 	OnRecord func(*serving.Record) error
+	// OnSample, if set, receives the cluster's state every SampleInterval simulated
+	// seconds (SampleInterval must then be positive) while requests remain, as of that
+	// instant: every step ending and every request arriving by then has been applied.
+	OnSample       func(Sample) error
+	SampleInterval float64
+}
+
+// Sample is the cluster at one instant of simulated time: gauges summed over instances
+// under vLLM's names, and counters since the start, from which a caller takes rates.
+type Sample struct {
+	Time float64
+	// Running and Waiting are summed vllm:num_requests_running / _waiting.
+	Running, Waiting int
+	// KVCacheUsage is the mean over instances of vllm:kv_cache_usage_perc.
+	KVCacheUsage float64
+	// Completed and OutputTokens count finished requests and their output tokens so far.
+	Completed    int64
+	OutputTokens int64
+	// PrefixCacheQueries and PrefixCacheHits are the instances' cumulative counters.
+	PrefixCacheQueries, PrefixCacheHits int64
 }
 
 // Result is what a run produced.
@@ -75,7 +95,9 @@ type simulation struct {
 	result    Result
 	lastEnd   float64
 	capacity  int
-	err       error
+	// completed and outputTokens feed samples.
+	completed, outputTokens int64
+	err                     error
 	// queueEveryStep sends every step through the event queue, the plain discrete-event
 	// schedule that running ahead must reproduce exactly (tests compare the two).
 	queueEveryStep bool
@@ -98,6 +120,8 @@ func newSimulation(cfg Config) (*simulation, error) {
 		return nil, fmt.Errorf("sim: no router policy")
 	case cfg.Latency == nil:
 		return nil, fmt.Errorf("sim: no latency model")
+	case cfg.OnSample != nil && !(cfg.SampleInterval > 0):
+		return nil, fmt.Errorf("sim: sample interval must be positive, got %v", cfg.SampleInterval)
 	case cfg.KVBlocks <= 0:
 		return nil, fmt.Errorf("sim: KV blocks must be positive, got %d", cfg.KVBlocks)
 	}
@@ -148,17 +172,29 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	nextSample := math.Inf(1)
+	if s.cfg.OnSample != nil {
+		nextSample = s.cfg.SampleInterval
+	}
 	for s.err == nil && (more || len(s.queue) > 0) {
-		horizon := math.Inf(1)
+		arrival := math.Inf(1)
 		if more {
-			horizon = next.Arrival
+			arrival = next.Arrival
 		}
+		// A sample is a horizon like an arrival: no instance runs ahead past it, so the
+		// state it reads is exact.
+		horizon := min(arrival, nextSample)
 		// Step ends at the same time as an arrival go first: the request joins the queues
 		// the finished step left behind.
 		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
 			e := s.queue.pop()
 			s.result.Events++
 			s.advance(e.instance, e.at, horizon)
+			continue
+		}
+		if s.cfg.OnSample != nil && nextSample <= arrival {
+			s.sample(nextSample)
+			nextSample += s.cfg.SampleInterval
 			continue
 		}
 		s.arrive(next)
@@ -285,9 +321,31 @@ func (s *simulation) complete(i int, t float64) {
 	}
 }
 
+// sample reports the cluster's state at t.
+func (s *simulation) sample(t float64) {
+	smp := Sample{Time: t, Completed: s.completed, OutputTokens: s.outputTokens}
+	for i := range s.instances {
+		c := s.instances[i].core
+		v := c.View()
+		smp.Running += v.Running
+		smp.Waiting += v.Waiting
+		smp.KVCacheUsage += v.KVUsage / float64(len(s.instances))
+		st := c.Stats()
+		smp.PrefixCacheQueries += st.PrefixCacheQueries
+		smp.PrefixCacheHits += st.PrefixCacheHits
+	}
+	if err := s.cfg.OnSample(smp); err != nil && s.err == nil {
+		s.err = err
+	}
+}
+
 func (s *simulation) emit(r *serving.Record) {
 	if r.Finish > s.lastEnd {
 		s.lastEnd = r.Finish
+	}
+	if !r.Failed {
+		s.completed++
+		s.outputTokens += int64(r.OutputTokens)
 	}
 	s.collector.Add(r)
 	if s.cfg.OnRecord != nil && s.err == nil {

@@ -224,3 +224,50 @@ func TestBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestSamplesAreExactAndChangeNothing: sampling every 0.5 s leaves the records as they
+// were, and the samples of a run that runs ahead equal those of the plain schedule.
+func TestSamplesAreExactAndChangeNothing(t *testing.T) {
+	rows := randomRows(400, 9)
+	collect := func(queueEveryStep bool) ([]Sample, []serving.Record) {
+		cfg := testConfig(t, 3, "least-request", "vllm:max_num_batched_tokens=512", 150)
+		var samples []Sample
+		cfg.SampleInterval = 0.5
+		cfg.OnSample = func(s Sample) error { samples = append(samples, s); return nil }
+		_, recs := runCollect(t, cfg, rows, queueEveryStep)
+		return samples, recs
+	}
+	fast, fastRecs := collect(false)
+	plain, _ := collect(true)
+	_, unsampled := runCollect(t, testConfig(t, 3, "least-request", "vllm:max_num_batched_tokens=512", 150), rows, false)
+	// Records come out in another order when run-ahead stops at samples; compare by id.
+	byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
+	slices.SortFunc(unsampled, byID)
+	slices.SortFunc(fastRecs, byID)
+	if diff := cmp.Diff(unsampled, fastRecs); diff != "" {
+		t.Errorf("sampling changed the records (-without +with):\n%s", diff)
+	}
+	if diff := cmp.Diff(plain, fast, cmpopts.EquateApprox(1e-12, 0)); diff != "" {
+		t.Errorf("samples differ (-plain +fast):\n%s", diff)
+	}
+	last := fastRecs[0].Finish
+	for _, r := range fastRecs {
+		last = max(last, r.Finish)
+	}
+	if len(fast) == 0 || fast[len(fast)-1].Time > last || last-fast[len(fast)-1].Time > 0.5 {
+		t.Fatalf("%d samples, the last at %v; the run ends at %v", len(fast), fast[len(fast)-1].Time, last)
+	}
+	busy := false
+	for i, s := range fast {
+		if want := 0.5 * float64(i+1); math.Abs(s.Time-want) > 1e-9 {
+			t.Fatalf("sample %d at %v, want %v", i, s.Time, want)
+		}
+		if i > 0 && (s.Completed < fast[i-1].Completed || s.PrefixCacheQueries < fast[i-1].PrefixCacheQueries) {
+			t.Fatalf("counters went back at sample %d", i)
+		}
+		busy = busy || s.Running > 0 && s.KVCacheUsage > 0
+	}
+	if !busy || fast[len(fast)-1].Completed == 0 {
+		t.Error("the samples never saw a running request or a completion")
+	}
+}
