@@ -48,7 +48,8 @@ type Config struct {
 	OnRecord func(*serving.Record) error
 	// OnSample, if set, receives the cluster's state every SampleInterval simulated
 	// seconds (SampleInterval must then be positive) while requests remain, as of that
-	// instant: every step ending and every request arriving by then has been applied.
+	// instant: every step ending and every request arriving by then has been applied; and
+	// a last time when the last request finishes, so the series ends with every request.
 	OnSample       func(Sample) error
 	SampleInterval float64
 }
@@ -201,6 +202,9 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		if next, more, err = s.read(src); err != nil {
 			return Result{}, err
 		}
+	}
+	if s.cfg.OnSample != nil && s.err == nil && s.lastEnd > nextSample-s.cfg.SampleInterval {
+		s.sample(s.lastEnd)
 	}
 	if s.err != nil {
 		return Result{}, s.err

@@ -140,3 +140,32 @@ func (s *skipping) Next() (Row, error) {
 
 // Skipped forwards the wrapped reader's count of skipped rows.
 func (s *skipping) Skipped() int { return skipped(s.r) }
+
+// Window keeps the rows arriving in [start, end) seconds (end 0: no end), shifted so the
+// window starts at time 0.
+func Window(r Reader, start, end float64) Reader { return &windowed{r: r, start: start, end: end} }
+
+type windowed struct {
+	r          Reader
+	start, end float64
+}
+
+func (w *windowed) Next() (Row, error) {
+	for {
+		row, err := w.r.Next()
+		if err != nil {
+			return row, err
+		}
+		if row.Arrival < w.start {
+			continue
+		}
+		if w.end > 0 && row.Arrival >= w.end {
+			return Row{}, io.EOF
+		}
+		row.Arrival -= w.start
+		return row, nil
+	}
+}
+
+// Skipped forwards the wrapped reader's count of skipped rows.
+func (w *windowed) Skipped() int { return skipped(w.r) }

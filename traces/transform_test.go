@@ -58,3 +58,15 @@ func TestSkipStartsTheRestAtZero(t *testing.T) {
 		t.Errorf("skipping past the end left %v", got)
 	}
 }
+
+func TestWindow(t *testing.T) {
+	rows := []Row{{Arrival: 0, InputTokens: 1}, {Arrival: 2, InputTokens: 2}, {Arrival: 5, InputTokens: 3}, {Arrival: 6, InputTokens: 4}}
+	got := readAll(t, Window(&sliceReader{rows: rows}, 2, 6))
+	want := []Row{{Arrival: 0, InputTokens: 2}, {Arrival: 3, InputTokens: 3}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if got := readAll(t, Window(&sliceReader{rows: rows}, 5, 0)); len(got) != 2 {
+		t.Errorf("an open window kept %d rows, want 2", len(got))
+	}
+}

@@ -1,0 +1,623 @@
+package experiments
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"gonum.org/v1/gonum/stat/distuv"
+
+	"servelab/metrics"
+	"servelab/serving"
+	"servelab/sim"
+	"servelab/traces"
+)
+
+// Options control a run.
+type Options struct {
+	// Out is the experiment directory; empty means runs/<name>.
+	Out string
+	// Parallel is how many cells run at once; 0 means GOMAXPROCS.
+	Parallel int
+	// SampleInterval is the simulated seconds between time-series samples; 0 means the
+	// workload's span / 200, at least 0.1 s.
+	SampleInterval float64
+	// OnEvent, if set, receives every event; it is called from the cells' goroutines
+	// concurrently and must not block.
+	OnEvent func(Event)
+}
+
+// Event kinds.
+const (
+	ExperimentStart = "experiment_start"
+	CellStart       = "cell_start"
+	CellSample      = "sample"
+	CellDone        = "cell_done"
+	CellError       = "cell_error"
+	CellSkipped     = "cell_skipped"
+	ExperimentDone  = "experiment_done"
+)
+
+// Event is one step of a run, as the dashboard streams it and events.jsonl records it.
+type Event struct {
+	Experiment string `json:"experiment"`
+	Cell       string `json:"cell,omitempty"`
+	Kind       string `json:"kind"`
+	// Progress is, for cell events, the fraction of the cell's requests finished; for
+	// experiment events, the fraction of cells finished.
+	Progress float64          `json:"progress"`
+	Sample   *Sample          `json:"sample,omitempty"`
+	Summary  *metrics.Summary `json:"summary,omitempty"`
+	Error    string           `json:"error,omitempty"`
+}
+
+// Sample is one point of a cell's time series.
+type Sample struct {
+	// Time is simulated seconds since the start.
+	Time      float64 `json:"t"`
+	Completed int     `json:"completed"`
+	// RequestThroughput and OutputThroughput are over the interval since the last sample.
+	RequestThroughput float64 `json:"request_throughput"`
+	OutputThroughput  float64 `json:"output_throughput"`
+	// Running and Waiting are summed over instances (vLLM's gauges).
+	Running int `json:"num_requests_running"`
+	Waiting int `json:"num_requests_waiting"`
+	// KVCacheUsage is the mean over instances, 0..1.
+	KVCacheUsage float64 `json:"kv_cache_usage_perc"`
+	// PrefixCacheHitRate is over the interval (hits over queried prompt tokens).
+	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
+	// TTFTP50Ms is the median TTFT of the requests finished in the interval.
+	TTFTP50Ms float64 `json:"ttft_p50_ms"`
+}
+
+// Results is results.json: every cell and the policies aggregated over seeds.
+type Results struct {
+	Experiment string         `json:"experiment"`
+	Cells      []CellResult   `json:"cells"`
+	Policies   []PolicyResult `json:"policies"`
+}
+
+// CellResult is one cell's outcome.
+type CellResult struct {
+	Cell
+	Status      string           `json:"status"` // "done" or "error"
+	Error       string           `json:"error,omitempty"`
+	Summary     *metrics.Summary `json:"summary,omitempty"`
+	WallSeconds float64          `json:"wall_s"`
+}
+
+// Stat is a mean over seeds with the half-width of its 95% confidence interval (Student's
+// t; 0 with one seed).
+type Stat struct {
+	Mean float64 `json:"mean"`
+	CI95 float64 `json:"ci95"`
+}
+
+// PolicyResult is one policy combination at one rate scale, over its seeds.
+type PolicyResult struct {
+	Router    string  `json:"router"`
+	Batch     string  `json:"batch"`
+	Evict     string  `json:"evict"`
+	RateScale float64 `json:"rate_scale"`
+	// Seeds counts the cells that finished; FailedCells those that did not.
+	Seeds       int `json:"seeds"`
+	FailedCells int `json:"failed_cells,omitempty"`
+
+	RequestGoodput     Stat `json:"request_goodput"`
+	RequestThroughput  Stat `json:"request_throughput"`
+	OutputThroughput   Stat `json:"output_throughput"`
+	MeanTTFTMs         Stat `json:"mean_ttft_ms"`
+	MedianTTFTMs       Stat `json:"median_ttft_ms"`
+	P99TTFTMs          Stat `json:"p99_ttft_ms"`
+	MedianTPOTMs       Stat `json:"median_tpot_ms"`
+	P99TPOTMs          Stat `json:"p99_tpot_ms"`
+	PrefixCacheHitRate Stat `json:"prefix_cache_hit_rate"`
+	Preemptions        Stat `json:"preemptions"`
+}
+
+// Name is the policy combination as people read it.
+func (p *PolicyResult) Name() string {
+	name := p.Router
+	if p.Batch != "vllm" {
+		name += " / " + p.Batch
+	}
+	return name + " / " + p.Evict
+}
+
+// Run runs every cell of the spec not already finished in the experiment directory.
+func Run(ctx context.Context, spec *Spec, opts Options) (*Results, error) {
+	if opts.Out == "" {
+		opts.Out = filepath.Join("runs", spec.Name)
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = runtime.GOMAXPROCS(0)
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Out, "cells"), 0o755); err != nil {
+		return nil, err
+	}
+	norm, err := spec.Normalized()
+	if err != nil {
+		return nil, err
+	}
+	specPath := filepath.Join(opts.Out, "spec.yaml")
+	if old, err := os.ReadFile(specPath); err == nil && !bytes.Equal(old, norm) {
+		return nil, fmt.Errorf("%s holds another spec's run; give another --out or remove it", opts.Out)
+	}
+	if err := writeFileAtomic(specPath, norm); err != nil {
+		return nil, err
+	}
+	shape, err := spec.scanWorkload()
+	if err != nil {
+		return nil, err
+	}
+	sink, err := newEventSink(filepath.Join(opts.Out, "events.jsonl"), opts.OnEvent)
+	if err != nil {
+		return nil, err
+	}
+	defer sink.close()
+
+	cells := spec.Cells()
+	sink.emit(Event{Experiment: spec.Name, Kind: ExperimentStart})
+	results := make([]CellResult, len(cells))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(opts.Parallel, len(cells)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				results[i] = runCell(ctx, spec, cells[i], opts, shape, sink)
+			}
+		}()
+	}
+dispatch:
+	for i := range cells {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			for k := i; k < len(cells); k++ {
+				results[k] = CellResult{Cell: cells[k], Status: "error", Error: "not run: " + ctx.Err().Error()}
+			}
+			break dispatch
+		}
+	}
+	close(jobs)
+	wg.Wait()
+
+	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results)}
+	if err := writeJSONAtomic(filepath.Join(opts.Out, "results.json"), res); err != nil {
+		return res, err
+	}
+	var failed []string
+	for _, c := range results {
+		if c.Status != "done" {
+			failed = append(failed, c.ID+": "+c.Error)
+		}
+	}
+	done := Event{Experiment: spec.Name, Kind: ExperimentDone, Progress: 1}
+	if len(failed) > 0 {
+		done.Error = fmt.Sprintf("%d of %d cells failed", len(failed), len(cells))
+	}
+	sink.emit(done)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if len(failed) > 0 {
+		return res, fmt.Errorf("%d of %d cells failed:\n  %s", len(failed), len(cells), strings.Join(failed, "\n  "))
+	}
+	return res, nil
+}
+
+// workloadShape is what the runner knows of the workload before running it.
+type workloadShape struct {
+	rows int
+	span float64 // last arrival at rate scale 1
+}
+
+func (s *Spec) scanWorkload() (workloadShape, error) {
+	src, closer, err := s.openWorkload(1)
+	if err != nil {
+		return workloadShape{}, err
+	}
+	defer closer.Close()
+	var w workloadShape
+	for {
+		row, err := src.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return workloadShape{}, err
+		}
+		w.rows++
+		w.span = row.Arrival
+	}
+	if w.rows == 0 {
+		return w, errors.New("workload: no requests")
+	}
+	return w, nil
+}
+
+// openWorkload opens the workload at a rate scale.
+func (s *Spec) openWorkload(rateScale float64) (traces.Reader, io.Closer, error) {
+	w := s.Workload
+	var r traces.Reader
+	closer := io.Closer(nopCloser{})
+	if w.Synthetic != nil {
+		var err error
+		if r, err = traces.NewSynth(*w.Synthetic); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		var err error
+		if r, closer, err = traces.Open(s.TracePath(), traces.Format(w.Format)); err != nil {
+			return nil, nil, err
+		}
+	}
+	if w.Window != nil {
+		r = traces.Window(r, w.Window.StartS, w.Window.EndS)
+	}
+	if w.MaxRequests > 0 {
+		r = traces.Limit(r, w.MaxRequests)
+	}
+	if rateScale != 1 {
+		r = traces.ScaleRate(r, rateScale)
+	}
+	return r, closer, nil
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
+
+func cellDir(out, id string) string { return filepath.Join(out, "cells", id) }
+
+// runCell runs one cell, or reports the result a previous run left.
+func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, sink *eventSink) (res CellResult) {
+	res = CellResult{Cell: cell, Status: "error"}
+	dir := cellDir(opts.Out, cell.ID)
+	if raw, err := os.ReadFile(filepath.Join(dir, "summary.json")); err == nil {
+		var s metrics.Summary
+		if err := json.Unmarshal(raw, &s); err == nil {
+			res.Status, res.Summary = "done", &s
+			if raw, err := os.ReadFile(filepath.Join(dir, "wall.json")); err == nil {
+				json.Unmarshal(raw, &res.WallSeconds)
+			}
+			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSkipped, Progress: 1, Summary: &s})
+			return res
+		}
+	}
+	start := time.Now()
+	sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellStart})
+	defer func() {
+		if p := recover(); p != nil {
+			res.Status, res.Error = "error", fmt.Sprintf("panic: %v\n%s", p, debug.Stack())
+		}
+		res.WallSeconds = time.Since(start).Seconds()
+		if res.Status != "done" {
+			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellError, Error: res.Error})
+		}
+	}()
+	summary, err := simulateCell(ctx, spec, cell, opts, shape, dir, sink)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	res.Status, res.Summary = "done", summary
+	wall, _ := json.Marshal(time.Since(start).Seconds())
+	if err := writeFileAtomic(filepath.Join(dir, "wall.json"), wall); err != nil {
+		res.Status, res.Error = "error", err.Error()
+		return res
+	}
+	// summary.json goes last: its presence marks the cell finished for a resumed run.
+	if err := writeJSONAtomic(filepath.Join(dir, "summary.json"), summary); err != nil {
+		res.Status, res.Error = "error", err.Error()
+		return res
+	}
+	sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellDone, Progress: 1, Summary: summary})
+	return res
+}
+
+func simulateCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, dir string, sink *eventSink) (*metrics.Summary, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cluster := spec.clusterSpec(cell.Router, cell.Batch, cell.Evict, cell.Seed)
+	cfg, err := cluster.Build(spec.SLO.metrics())
+	if err != nil {
+		return nil, err
+	}
+	records, err := newRecordFile(filepath.Join(dir, "records.parquet"))
+	if err != nil {
+		return nil, err
+	}
+	defer records.abort()
+	interval := opts.SampleInterval
+	if interval <= 0 {
+		interval = max(shape.span/cell.RateScale/200, 0.1)
+	}
+	ts := &timeSeries{interval: interval}
+	cfg.SampleInterval = interval
+	cfg.OnRecord = func(r *serving.Record) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ts.record(r)
+		return records.write(r)
+	}
+	cfg.OnSample = func(s sim.Sample) error {
+		smp := ts.sample(s)
+		sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSample,
+			Progress: float64(s.Completed) / float64(shape.rows), Sample: &smp})
+		return ctx.Err()
+	}
+	src, closer, err := spec.openWorkload(cell.RateScale)
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	result, err := sim.Run(cfg, src)
+	if err != nil {
+		return nil, err
+	}
+	if err := records.close(); err != nil {
+		return nil, err
+	}
+	if err := writeJSONAtomic(filepath.Join(dir, "timeseries.json"), ts.samples); err != nil {
+		return nil, err
+	}
+	return &result.Summary, nil
+}
+
+// timeSeries turns the simulator's cumulative samples into per-interval rates.
+type timeSeries struct {
+	interval float64
+	samples  []Sample
+	last     sim.Sample
+	ttfts    []float64 // of requests finished since the last sample
+}
+
+func (ts *timeSeries) record(r *serving.Record) {
+	if !r.Failed {
+		ts.ttfts = append(ts.ttfts, r.TTFT())
+	}
+}
+
+func (ts *timeSeries) sample(s sim.Sample) Sample {
+	dt := s.Time - ts.last.Time
+	out := Sample{
+		Time: s.Time, Completed: int(s.Completed), Running: s.Running, Waiting: s.Waiting,
+		KVCacheUsage:      s.KVCacheUsage,
+		RequestThroughput: float64(s.Completed-ts.last.Completed) / dt,
+		OutputThroughput:  float64(s.OutputTokens-ts.last.OutputTokens) / dt,
+	}
+	if q := s.PrefixCacheQueries - ts.last.PrefixCacheQueries; q > 0 {
+		out.PrefixCacheHitRate = float64(s.PrefixCacheHits-ts.last.PrefixCacheHits) / float64(q)
+	}
+	if len(ts.ttfts) > 0 {
+		slices.Sort(ts.ttfts)
+		out.TTFTP50Ms = 1000 * metrics.Percentile(ts.ttfts, 50)
+		ts.ttfts = ts.ttfts[:0]
+	}
+	ts.last = s
+	ts.samples = append(ts.samples, out)
+	return out
+}
+
+// eventSink appends events to events.jsonl, flushed at least every 100 ms so another
+// process can follow the run, and hands them to the caller's OnEvent.
+type eventSink struct {
+	mu      sync.Mutex
+	file    *os.File
+	buf     *bufio.Writer
+	enc     *json.Encoder
+	onEvent func(Event)
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func newEventSink(path string, onEvent func(Event)) (*eventSink, error) {
+	file, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	buf := bufio.NewWriterSize(file, 64<<10)
+	s := &eventSink{file: file, buf: buf, enc: json.NewEncoder(buf), onEvent: onEvent,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go s.flushLoop()
+	return s, nil
+}
+
+func (s *eventSink) emit(e Event) {
+	s.mu.Lock()
+	s.enc.Encode(e)
+	s.mu.Unlock()
+	if s.onEvent != nil {
+		s.onEvent(e)
+	}
+}
+
+func (s *eventSink) flushLoop() {
+	defer close(s.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.mu.Lock()
+			s.buf.Flush()
+			s.mu.Unlock()
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+func (s *eventSink) close() error {
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.buf.Flush()
+	if cerr := s.file.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// aggregate groups finished cells by policy and rate scale, ranked by goodput (then by
+// p99 TTFT).
+func aggregate(cells []CellResult) []PolicyResult {
+	type key struct {
+		router, batch, evict string
+		rate                 float64
+	}
+	groups := map[key][]*metrics.Summary{}
+	failed := map[key]int{}
+	var order []key
+	for i := range cells {
+		c := &cells[i]
+		k := key{c.Router, c.Batch, c.Evict, c.RateScale}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+			groups[k] = nil
+		}
+		if c.Status == "done" && c.Summary != nil {
+			groups[k] = append(groups[k], c.Summary)
+		} else {
+			failed[k]++
+		}
+	}
+	var out []PolicyResult
+	for _, k := range order {
+		ss := groups[k]
+		stat := func(f func(*metrics.Summary) float64) Stat {
+			xs := make([]float64, len(ss))
+			for i, s := range ss {
+				xs[i] = f(s)
+			}
+			return meanCI(xs)
+		}
+		out = append(out, PolicyResult{
+			Router: k.router, Batch: k.batch, Evict: k.evict, RateScale: k.rate,
+			Seeds: len(ss), FailedCells: failed[k],
+			RequestGoodput:     stat(func(s *metrics.Summary) float64 { return s.RequestGoodput }),
+			RequestThroughput:  stat(func(s *metrics.Summary) float64 { return s.RequestThroughput }),
+			OutputThroughput:   stat(func(s *metrics.Summary) float64 { return s.OutputThroughput }),
+			MeanTTFTMs:         stat(func(s *metrics.Summary) float64 { return s.MeanTTFTMs }),
+			MedianTTFTMs:       stat(func(s *metrics.Summary) float64 { return s.MedianTTFTMs }),
+			P99TTFTMs:          stat(func(s *metrics.Summary) float64 { return s.P99TTFTMs }),
+			MedianTPOTMs:       stat(func(s *metrics.Summary) float64 { return s.MedianTPOTMs }),
+			P99TPOTMs:          stat(func(s *metrics.Summary) float64 { return s.P99TPOTMs }),
+			PrefixCacheHitRate: stat(func(s *metrics.Summary) float64 { return s.PrefixCacheHitRate }),
+			Preemptions:        stat(func(s *metrics.Summary) float64 { return float64(s.Preemptions) }),
+		})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := &out[i], &out[j]
+		if a.RateScale != b.RateScale {
+			return a.RateScale < b.RateScale
+		}
+		if a.RequestGoodput.Mean != b.RequestGoodput.Mean {
+			return a.RequestGoodput.Mean > b.RequestGoodput.Mean
+		}
+		return a.P99TTFTMs.Mean < b.P99TTFTMs.Mean
+	})
+	return out
+}
+
+func writeJSONAtomic(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(data, '\n'))
+}
+
+// writeFileAtomic writes through a temporary file and a rename, so a reader (or a resumed
+// run) never sees half a file.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// ReadResults reads an experiment directory's results.json.
+func ReadResults(dir string) (*Results, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, "results.json"), err)
+	}
+	return &r, nil
+}
+
+// ReadTimeSeries reads a cell's timeseries.json.
+func ReadTimeSeries(dir, cellID string) ([]Sample, error) {
+	path := filepath.Join(cellDir(dir, cellID), "timeseries.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s []Sample
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// meanCI is the mean and the 95% confidence half-width of xs.
+func meanCI(xs []float64) Stat {
+	n := len(xs)
+	if n == 0 {
+		return Stat{}
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	mean := sum / float64(n)
+	if n == 1 {
+		return Stat{Mean: mean}
+	}
+	var ss float64
+	for _, x := range xs {
+		ss += (x - mean) * (x - mean)
+	}
+	sd := math.Sqrt(ss / float64(n-1))
+	return Stat{Mean: mean, CI95: studentT975(n-1) * sd / math.Sqrt(float64(n))}
+}
+
+// studentT975 is the 97.5% quantile of Student's t with dof degrees of freedom.
+func studentT975(dof int) float64 {
+	return distuv.StudentsT{Mu: 0, Sigma: 1, Nu: float64(dof)}.Quantile(0.975)
+}

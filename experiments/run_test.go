@@ -1,0 +1,271 @@
+package experiments
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// smallSpec is two routers x two evictors x two seeds on 300 requests of the shipped Azure
+// slice, at a rate that queues.
+func smallSpec(t *testing.T, extra string) *Spec {
+	t.Helper()
+	s, err := Parse([]byte("name: small\nworkload: {trace: "+trace+", max_requests: 300, rate_scale: 6}\n"+
+		"cluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n"+
+		"policies: {routers: [round-robin, least-request], evict: [lru, lfu]}\nseeds: [1, 2]\n"+
+		"slo: {ttft_ms: 500, tpot_ms: 50}\n"+extra), filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// events collects a run's events.
+type events struct {
+	mu   sync.Mutex
+	list []Event
+}
+
+func (e *events) add(ev Event) {
+	e.mu.Lock()
+	e.list = append(e.list, ev)
+	e.mu.Unlock()
+}
+
+func (e *events) cells(kind string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ids []string
+	for _, ev := range e.list {
+		if ev.Kind == kind {
+			ids = append(ids, ev.Cell)
+		}
+	}
+	return ids
+}
+
+func TestRunWritesEveryCell(t *testing.T) {
+	spec := smallSpec(t, "")
+	out := t.TempDir()
+	var ev events
+	res, err := Run(context.Background(), spec, Options{Out: out, Parallel: 2, OnEvent: ev.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Cells) != 8 || len(res.Policies) != 4 {
+		t.Fatalf("%d cells, %d policies; want 8 and 4", len(res.Cells), len(res.Policies))
+	}
+	for _, p := range res.Policies {
+		if p.Seeds != 2 || p.FailedCells != 0 {
+			t.Errorf("%s: %d seeds, %d failed", p.Name(), p.Seeds, p.FailedCells)
+		}
+		if p.RequestThroughput.Mean <= 0 || p.MeanTTFTMs.Mean <= 0 {
+			t.Errorf("%s: empty aggregates %+v", p.Name(), p)
+		}
+	}
+	for i := 1; i < len(res.Policies); i++ {
+		if a, b := res.Policies[i-1], res.Policies[i]; a.RequestGoodput.Mean < b.RequestGoodput.Mean {
+			t.Errorf("policies not ranked by goodput: %s %v before %s %v", a.Name(), a.RequestGoodput.Mean, b.Name(), b.RequestGoodput.Mean)
+		}
+	}
+	for _, c := range res.Cells {
+		rows, err := ReadRecords(out, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != 300 || c.Summary.Completed+c.Summary.Failed != 300 {
+			t.Errorf("%s: %d records, summary %d+%d, want 300", c.ID, len(rows), c.Summary.Completed, c.Summary.Failed)
+		}
+		samples, err := ReadTimeSeries(out, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(samples) < 50 || samples[len(samples)-1].Completed != c.Summary.Completed {
+			t.Errorf("%s: %d samples, last %+v", c.ID, len(samples), samples[len(samples)-1])
+		}
+	}
+	if got := len(ev.cells(CellSample)); got < 8*50 {
+		t.Errorf("%d sample events for 8 cells", got)
+	}
+	if got := len(ev.cells(CellDone)); got != 8 {
+		t.Errorf("%d cell_done events, want 8", got)
+	}
+	lines, err := os.ReadFile(filepath.Join(out, "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(lines), "\n"); n != len(ev.list) {
+		t.Errorf("events.jsonl has %d lines, OnEvent saw %d", n, len(ev.list))
+	}
+	written, err := ReadResults(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(res, written); diff != "" {
+		t.Errorf("results.json differs from what Run returned (-ran +read):\n%s", diff)
+	}
+}
+
+// The same spec and seeds give byte-identical cell outputs, whatever the parallelism.
+func TestRunIsDeterministic(t *testing.T) {
+	spec := smallSpec(t, "")
+	a, b := t.TempDir(), t.TempDir()
+	if _, err := Run(context.Background(), spec, Options{Out: a, Parallel: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(context.Background(), spec, Options{Out: b, Parallel: 4}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range spec.Cells() {
+		for _, f := range []string{"summary.json", "timeseries.json", "records.parquet"} {
+			x, errA := os.ReadFile(filepath.Join(cellDir(a, c.ID), f))
+			y, errB := os.ReadFile(filepath.Join(cellDir(b, c.ID), f))
+			if errA != nil || errB != nil {
+				t.Fatalf("%v %v", errA, errB)
+			}
+			if string(x) != string(y) {
+				t.Errorf("%s/%s differs between runs", c.ID, f)
+			}
+		}
+	}
+	ra, _ := ReadResults(a)
+	rb, _ := ReadResults(b)
+	if diff := cmp.Diff(ra, rb, cmpopts.IgnoreFields(CellResult{}, "WallSeconds")); diff != "" {
+		t.Errorf("results differ (-a +b):\n%s", diff)
+	}
+}
+
+func TestInterruptedRunResumes(t *testing.T) {
+	spec := smallSpec(t, "")
+	out := t.TempDir()
+	first, err := Run(context.Background(), spec, Options{Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An interrupted run leaves a cell without its summary.json.
+	redo := spec.Cells()[5].ID
+	if err := os.Remove(filepath.Join(cellDir(out, redo), "summary.json")); err != nil {
+		t.Fatal(err)
+	}
+	var ev events
+	again, err := Run(context.Background(), spec, Options{Out: out, OnEvent: ev.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{redo}, ev.cells(CellStart)); diff != "" {
+		t.Errorf("cells run again (-want +got):\n%s", diff)
+	}
+	if n := len(ev.cells(CellSkipped)); n != 7 {
+		t.Errorf("%d cells skipped, want 7", n)
+	}
+	if diff := cmp.Diff(first, again, cmpopts.IgnoreFields(CellResult{}, "WallSeconds")); diff != "" {
+		t.Errorf("the resumed run's results differ (-first +resumed):\n%s", diff)
+	}
+
+	other := smallSpec(t, "")
+	other.Seeds = []uint64{7}
+	if _, err := Run(context.Background(), other, Options{Out: out}); err == nil || !strings.Contains(err.Error(), "another spec") {
+		t.Errorf("running another spec into the same directory: %v", err)
+	}
+}
+
+// A cell that fails is reported in results.json and the error, and the others still run.
+func TestFailedCellIsReported(t *testing.T) {
+	dir := t.TempDir()
+	epp := filepath.Join(dir, "epp.yaml")
+	config, err := os.ReadFile("../examples/router/llm-d-default.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(epp, config, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	abs, err := filepath.Abs("../examples/traces/azure_conv_3000.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse([]byte("name: broken\nworkload: {trace: "+abs+", max_requests: 100}\n"+
+		"policies: {routers: [round-robin, epp.yaml]}\n"), filepath.Join(dir, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The router's config goes missing after the spec was checked.
+	if err := os.Remove(epp); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	var ev events
+	res, err := Run(context.Background(), s, Options{Out: out, OnEvent: ev.add})
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 cells failed") || !strings.Contains(err.Error(), "epp") {
+		t.Fatalf("Run: %v", err)
+	}
+	written, rerr := ReadResults(out)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	for _, r := range []*Results{res, written} {
+		if r.Cells[0].Status != "done" || r.Cells[1].Status != "error" || !strings.Contains(r.Cells[1].Error, "epp.yaml") {
+			t.Errorf("cells: %+v", r.Cells)
+		}
+		if len(r.Policies) != 2 || r.Policies[1].FailedCells != 1 && r.Policies[0].FailedCells != 1 {
+			t.Errorf("policies: %+v", r.Policies)
+		}
+	}
+	if got := ev.cells(CellError); len(got) != 1 || got[0] != s.Cells()[1].ID {
+		t.Errorf("cell_error events for %v", got)
+	}
+}
+
+func TestCancelledRunStopsAndResumes(t *testing.T) {
+	spec := smallSpec(t, "")
+	out := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	var once sync.Once
+	_, err := Run(ctx, spec, Options{Out: out, Parallel: 1, OnEvent: func(e Event) {
+		if e.Kind == CellDone {
+			once.Do(cancel)
+		}
+	}})
+	if err == nil {
+		t.Fatal("a cancelled run reported success")
+	}
+	res, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Cells {
+		if c.Status != "done" {
+			t.Errorf("%s: %s %s", c.ID, c.Status, c.Error)
+		}
+	}
+	var s map[string]any
+	raw, _ := os.ReadFile(filepath.Join(cellDir(out, res.Cells[0].ID), "summary.json"))
+	if err := json.Unmarshal(raw, &s); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestMeanCI(t *testing.T) {
+	tests := []struct {
+		xs   []float64
+		want Stat
+	}{
+		{nil, Stat{}},
+		{[]float64{3}, Stat{Mean: 3}},
+		// t(0.975, 2) = 4.3027; sd = 1; n = 3.
+		{[]float64{1, 2, 3}, Stat{Mean: 2, CI95: 4.302652729911275 / 1.7320508075688772}},
+	}
+	for _, tt := range tests {
+		got := meanCI(tt.xs)
+		if diff := cmp.Diff(tt.want, got, cmpopts.EquateApprox(1e-9, 0)); diff != "" {
+			t.Errorf("meanCI(%v) (-want +got):\n%s", tt.xs, diff)
+		}
+	}
+}

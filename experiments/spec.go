@@ -1,0 +1,450 @@
+// Package experiments runs an experiment spec — a workload, a cluster and a matrix of
+// routing, batching and eviction policies over seeds — in the simulator, cell by cell and in
+// parallel, and writes each cell's summary, per-request records (Parquet) and time series,
+// with results aggregated over seeds. An interrupted run resumes where it stopped.
+package experiments
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"servelab/metrics"
+	"servelab/policies"
+	"servelab/policies/batch"
+	"servelab/policies/evict"
+	"servelab/policies/route"
+	"servelab/sim"
+	"servelab/sim/latency"
+	"servelab/traces"
+)
+
+// Spec is an experiment as its YAML file describes it.
+type Spec struct {
+	Name     string   `json:"name"`
+	Workload Workload `json:"workload"`
+	Cluster  Cluster  `json:"cluster"`
+	Policies Matrix   `json:"policies"`
+	Seeds    []uint64 `json:"seeds,omitempty"`
+	SLO      SLO      `json:"slo,omitempty"`
+	// World is where the cells run: "sim" (the default).
+	World string `json:"world,omitempty"`
+
+	// dir is the spec file's directory, against which a relative trace path resolves.
+	dir string
+}
+
+// Workload is a trace (optionally a time window of it, rate-scaled) or a synthetic one.
+type Workload struct {
+	Trace       string  `json:"trace,omitempty"`
+	Format      string  `json:"format,omitempty"`
+	Window      *Window `json:"window,omitempty"`
+	MaxRequests int     `json:"max_requests,omitempty"`
+	// RateScale multiplies the arrival rate; a list sweeps load, one cell per value.
+	RateScale RateScales          `json:"rate_scale,omitempty"`
+	Synthetic *traces.SynthConfig `json:"synthetic,omitempty"`
+}
+
+// Window keeps the trace's requests arriving in [start_s, end_s), shifted to start at 0.
+type Window struct {
+	StartS float64 `json:"start_s"`
+	EndS   float64 `json:"end_s,omitempty"`
+}
+
+// RateScales is one rate scale or a list of them.
+type RateScales []float64
+
+// UnmarshalJSON accepts a number or a list of numbers.
+func (r *RateScales) UnmarshalJSON(b []byte) error {
+	var one float64
+	if err := json.Unmarshal(b, &one); err == nil {
+		*r = RateScales{one}
+		return nil
+	}
+	var list []float64
+	if err := json.Unmarshal(b, &list); err != nil {
+		return errors.New("want a number or a list of numbers")
+	}
+	*r = list
+	return nil
+}
+
+// Cluster is the simulated cluster every cell runs; the fields mean what sim.ClusterSpec's
+// (and vLLM's flags of the same names) mean. Unset fields take sim.DefaultClusterSpec's.
+type Cluster struct {
+	Instances            int     `json:"instances,omitempty"`
+	Model                string  `json:"model,omitempty"`
+	GPU                  string  `json:"gpu,omitempty"`
+	TP                   int     `json:"tp,omitempty"`
+	Latency              string  `json:"latency,omitempty"`
+	BlockSize            int     `json:"block_size,omitempty"`
+	NumGPUBlocksOverride int     `json:"num_gpu_blocks_override,omitempty"`
+	GPUMemoryUtilization float64 `json:"gpu_memory_utilization,omitempty"`
+	EnablePrefixCaching  *bool   `json:"enable_prefix_caching,omitempty"`
+	MaxModelLen          int     `json:"max_model_len,omitempty"`
+}
+
+// Matrix is the policies crossed: every router with every batch and evict spec.
+type Matrix struct {
+	Routers []string `json:"routers"`
+	Batch   []string `json:"batch,omitempty"`
+	Evict   []string `json:"evict,omitempty"`
+}
+
+// SLO holds goodput targets in milliseconds (vLLM's --goodput).
+type SLO struct {
+	TTFTMs float64 `json:"ttft_ms,omitempty"`
+	TPOTMs float64 `json:"tpot_ms,omitempty"`
+	E2ELMs float64 `json:"e2el_ms,omitempty"`
+}
+
+func (s SLO) metrics() metrics.SLO {
+	return metrics.SLO{TTFTMs: s.TTFTMs, TPOTMs: s.TPOTMs, E2ELMs: s.E2ELMs}
+}
+
+// Load reads and checks a spec file.
+func Load(path string) (*Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, path)
+}
+
+// Parse reads a spec; path names it in errors and anchors a relative trace path. Unknown
+// keys and bad values are errors naming the key, e.g. "cluster.instnces: unknown key".
+func Parse(data []byte, path string) (*Spec, error) {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var raw any
+	if err := json.Unmarshal(js, &raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if raw == nil {
+		return nil, fmt.Errorf("%s: empty spec", path)
+	}
+	if err := checkKeys(raw, reflect.TypeFor[Spec](), ""); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var s Spec
+	dec := json.NewDecoder(bytes.NewReader(js))
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, describeJSONError(err))
+	}
+	s.dir = filepath.Dir(path)
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &s, nil
+}
+
+// checkKeys reports the first key in v that t has no field for, with its path.
+func checkKeys(v any, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			if v == nil {
+				return nil
+			}
+			return fmt.Errorf("%s: want a mapping", orRoot(path))
+		}
+		fields := map[string]reflect.Type{}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if f.IsExported() && name != "-" && name != "" {
+				fields[name] = f.Type
+			}
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("%s: unknown key", join(path, k))
+			}
+			if err := checkKeys(m[k], ft, join(path, k)); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		if list, ok := v.([]any); ok {
+			for i, item := range list {
+				if err := checkKeys(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func orRoot(path string) string {
+	if path == "" {
+		return "the spec"
+	}
+	return path
+}
+
+// describeJSONError names the field of a type mismatch.
+func describeJSONError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return fmt.Errorf("%s: want %s, got %s", te.Field, te.Type, te.Value)
+	}
+	return err
+}
+
+// validate checks values and fills defaults.
+func (s *Spec) validate() error {
+	if s.Name == "" {
+		return errors.New("name: required")
+	}
+	if !validName(s.Name) {
+		return fmt.Errorf("name: %q: use letters, digits, '-', '_' and '.' (it names the output directory)", s.Name)
+	}
+	switch s.World {
+	case "", "sim":
+		s.World = "sim"
+	case "real":
+		return errors.New("world: real: experiments run in the simulator; compare with a real local cluster with 'servelab fidelity'")
+	default:
+		return fmt.Errorf("world: %q: want sim", s.World)
+	}
+	w := &s.Workload
+	switch {
+	case w.Trace == "" && w.Synthetic == nil:
+		return errors.New("workload: give trace or synthetic")
+	case w.Trace != "" && w.Synthetic != nil:
+		return errors.New("workload: give trace or synthetic, not both")
+	case w.MaxRequests < 0:
+		return fmt.Errorf("workload.max_requests: must not be negative, got %d", w.MaxRequests)
+	}
+	if w.Trace != "" {
+		if _, err := os.Stat(s.TracePath()); err != nil {
+			return fmt.Errorf("workload.trace: %w", err)
+		}
+		if w.Format != "" && !slices.Contains(traces.Formats(), traces.Format(w.Format)) {
+			return fmt.Errorf("workload.format: %q: want one of %v", w.Format, traces.Formats())
+		}
+	}
+	if w.Synthetic != nil {
+		if _, err := traces.NewSynth(*w.Synthetic); err != nil {
+			return fmt.Errorf("workload.synthetic: %w", err)
+		}
+	}
+	if win := w.Window; win != nil && (!(win.StartS >= 0) || win.EndS != 0 && !(win.EndS > win.StartS)) {
+		return fmt.Errorf("workload.window: want 0 <= start_s < end_s, got %v..%v", win.StartS, win.EndS)
+	}
+	if len(w.RateScale) == 0 {
+		w.RateScale = RateScales{1}
+	}
+	for i, r := range w.RateScale {
+		if !(r > 0) || math.IsInf(r, 0) {
+			return fmt.Errorf("workload.rate_scale[%d]: must be positive, got %v", i, r)
+		}
+	}
+	if len(s.Seeds) == 0 {
+		s.Seeds = []uint64{0}
+	}
+	if len(s.Policies.Routers) == 0 {
+		return errors.New("policies.routers: give at least one routing policy")
+	}
+	if len(s.Policies.Batch) == 0 {
+		s.Policies.Batch = []string{"vllm"}
+	}
+	if len(s.Policies.Evict) == 0 {
+		s.Policies.Evict = []string{"lru"}
+	}
+	if s.SLO.TTFTMs < 0 || s.SLO.TPOTMs < 0 || s.SLO.E2ELMs < 0 {
+		return errors.New("slo: targets must not be negative")
+	}
+	cluster := s.clusterSpec(s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
+	env := policies.Env{BlockSize: cluster.BlockSize, GPUClass: latency.GPUClass(cluster.GPU)}
+	for i, r := range s.Policies.Routers {
+		if _, err := route.Parse(s.resolve(r), env); err != nil {
+			return fmt.Errorf("policies.routers[%d]: %w", i, err)
+		}
+	}
+	for i, b := range s.Policies.Batch {
+		if _, _, err := batch.Registry.Parse(b, env); err != nil {
+			return fmt.Errorf("policies.batch[%d]: %w", i, err)
+		}
+	}
+	for i, e := range s.Policies.Evict {
+		if _, _, err := evict.Registry.Parse(e, env); err != nil {
+			return fmt.Errorf("policies.evict[%d]: %w", i, err)
+		}
+	}
+	if _, err := cluster.Build(s.SLO.metrics()); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if ids := map[string]bool{}; true {
+		for _, c := range s.Cells() {
+			if ids[c.ID] {
+				return fmt.Errorf("policies: two cells would share the id %q; make the specs differ in their names", c.ID)
+			}
+			ids[c.ID] = true
+		}
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return s != "." && s != ".."
+}
+
+// TracePath is the workload's trace file, resolved against the spec's directory.
+func (s *Spec) TracePath() string { return s.resolve(s.Workload.Trace) }
+
+// resolve makes a relative path (a trace, an EndpointPickerConfig or latency profile
+// file named in the spec) relative to the spec file. Policy specs that are not files are
+// returned unchanged.
+func (s *Spec) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || s.dir == "" {
+		return p
+	}
+	if q := filepath.Join(s.dir, p); fileExists(q) {
+		return q
+	}
+	return p
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// clusterSpec is the simulator's cluster for one cell.
+func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim.ClusterSpec {
+	c := sim.DefaultClusterSpec()
+	k := s.Cluster
+	if k.Instances != 0 {
+		c.Instances = k.Instances
+	}
+	if k.Model != "" {
+		c.Model = s.resolve(k.Model)
+	}
+	if k.GPU != "" {
+		c.GPU = k.GPU
+	}
+	if k.TP != 0 {
+		c.TP = k.TP
+	}
+	if k.Latency != "" {
+		c.Latency = k.Latency
+		for _, prefix := range []string{"profile:", "linear:"} {
+			if file, ok := strings.CutPrefix(k.Latency, prefix); ok {
+				c.Latency = prefix + s.resolve(file)
+			}
+		}
+	}
+	if k.BlockSize != 0 {
+		c.BlockSize = k.BlockSize
+	}
+	c.NumGPUBlocksOverride = k.NumGPUBlocksOverride
+	if k.GPUMemoryUtilization != 0 {
+		c.GPUMemoryUtilization = k.GPUMemoryUtilization
+	}
+	if k.EnablePrefixCaching != nil {
+		c.EnablePrefixCaching = *k.EnablePrefixCaching
+	}
+	c.MaxModelLen = k.MaxModelLen
+	c.Router, c.Batch, c.Evict, c.Seed = s.resolve(router), batchSpec, evictSpec, seed
+	return c
+}
+
+// Cell is one run of the matrix.
+type Cell struct {
+	ID        string  `json:"id"`
+	Router    string  `json:"router"`
+	Batch     string  `json:"batch"`
+	Evict     string  `json:"evict"`
+	Seed      uint64  `json:"seed"`
+	RateScale float64 `json:"rate_scale"`
+}
+
+// Cells lists the matrix in a stable order: rate scale, router, batch, evict, seed.
+func (s *Spec) Cells() []Cell {
+	var cells []Cell
+	for _, rate := range s.Workload.RateScale {
+		for _, r := range s.Policies.Routers {
+			for _, b := range s.Policies.Batch {
+				for _, e := range s.Policies.Evict {
+					for _, seed := range s.Seeds {
+						id := fmt.Sprintf("%s__%s__%s__s%d", idPart(r), idPart(b), idPart(e), seed)
+						if len(s.Workload.RateScale) > 1 {
+							id += "__x" + strconv.FormatFloat(rate, 'g', -1, 64)
+						}
+						cells = append(cells, Cell{ID: id, Router: r, Batch: b, Evict: e, Seed: seed, RateScale: rate})
+					}
+				}
+			}
+		}
+	}
+	return cells
+}
+
+// idPart makes a policy spec directory-safe: "weighted:prefix=3,queue=1" becomes
+// "weighted-prefix=3-queue=1", a file path its base name without extension.
+func idPart(spec string) string {
+	if strings.HasSuffix(spec, ".yaml") || strings.HasSuffix(spec, ".yml") {
+		spec = strings.TrimSuffix(filepath.Base(spec), filepath.Ext(spec))
+	}
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.', r == '=':
+			return r
+		}
+		return '-'
+	}, spec)
+}
+
+// Normalized is the spec as run: defaults filled in, as YAML.
+func (s *Spec) Normalized() ([]byte, error) {
+	c := *s
+	if c.Workload.Trace != "" {
+		// Absolute, so the copy written into the experiment directory still finds it.
+		abs, err := filepath.Abs(s.TracePath())
+		if err != nil {
+			return nil, err
+		}
+		c.Workload.Trace = abs
+	}
+	js, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(js)
+}

@@ -1,0 +1,135 @@
+package experiments
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// trace is the shipped Azure slice, relative to this package's test specs in testdata/.
+const trace = "../../examples/traces/azure_conv_3000.csv"
+
+func TestParseNamesTheBadKey(t *testing.T) {
+	base := "name: t\nworkload: {trace: " + trace + "}\npolicies: {routers: [round-robin]}\n"
+	tests := []struct {
+		name, spec, want string
+	}{
+		{"unknown top-level key", base + "sedes: [1]\n", "sedes: unknown key"},
+		{"unknown nested key", base + "cluster: {instnces: 4}\n", "cluster.instnces: unknown key"},
+		{"unknown key in a synthetic workload", "name: t\nworkload: {synthetic: {requets: 3}}\npolicies: {routers: [round-robin]}\n", "workload.synthetic.requets: unknown key"},
+		{"wrong type", base + "cluster: {instances: four}\n", "cluster.instances: want int"},
+		{"seeds not a list", base + "seeds: one\n", "seeds: want"},
+		{"bad router", "name: t\nworkload: {trace: " + trace + "}\npolicies: {routers: [round-robin, nearest]}\n", "policies.routers[1]"},
+		{"bad evictor", base + "policies: {routers: [round-robin], evict: [lru, mru]}\n", "policies.evict[1]"},
+		{"bad batch", base + "policies: {routers: [round-robin], batch: [vllm:max_num_seqs=-1]}\n", "policies.batch[0]"},
+		{"negative rate scale", "name: t\nworkload: {trace: " + trace + ", rate_scale: [1, -2]}\npolicies: {routers: [round-robin]}\n", "workload.rate_scale[1]"},
+		{"missing trace file", "name: t\nworkload: {trace: nowhere.csv}\npolicies: {routers: [round-robin]}\n", "workload.trace"},
+		{"no workload", "name: t\npolicies: {routers: [round-robin]}\n", "workload: give trace or synthetic"},
+		{"no routers", "name: t\nworkload: {trace: " + trace + "}\n", "policies.routers"},
+		{"no name", "workload: {trace: " + trace + "}\npolicies: {routers: [round-robin]}\n", "name: required"},
+		{"name unfit for a directory", strings.Replace(base, "name: t", "name: a/b", 1), "name:"},
+		{"unknown GPU", base + "cluster: {gpu: tpu-v9}\n", "cluster:"},
+		{"real world", base + "world: real\n", "servelab fidelity"},
+		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
+		{"not YAML", "name: [", "spec.yaml"},
+		{"empty", "", "empty spec"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.spec), filepath.Join("testdata", "spec.yaml"))
+			if err == nil {
+				t.Fatalf("Parse accepted\n%s", tt.spec)
+			}
+			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "spec.yaml") {
+				t.Errorf("error %q does not name %q and the file", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestExamplesParse(t *testing.T) {
+	paths, err := filepath.Glob("examples/*.yaml")
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	for _, p := range paths {
+		s, err := Load(p)
+		if err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		if len(s.Cells()) < 2 {
+			t.Errorf("%s: %d cells", p, len(s.Cells()))
+		}
+	}
+}
+
+func TestCellsCoverTheMatrix(t *testing.T) {
+	s, err := Parse([]byte("name: t\nworkload: {trace: "+trace+", rate_scale: [1, 2.5]}\n"+
+		"policies: {routers: [round-robin, \"weighted:prefix=3,queue=1\"], evict: [lru, lfu]}\nseeds: [1, 2]\n"),
+		filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cells := s.Cells()
+	if len(cells) != 2*2*2*2 {
+		t.Fatalf("%d cells, want 16", len(cells))
+	}
+	want := Cell{ID: "weighted-prefix=3-queue=1__vllm__lfu__s2__x2.5", Router: "weighted:prefix=3,queue=1",
+		Batch: "vllm", Evict: "lfu", Seed: 2, RateScale: 2.5}
+	if diff := cmp.Diff(want, cells[len(cells)-1]); diff != "" {
+		t.Errorf("last cell (-want +got):\n%s", diff)
+	}
+}
+
+func TestNormalizedParsesBackToTheSameSpec(t *testing.T) {
+	s, err := Load("examples/mooncake-load-sweep.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm, err := s.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	again, err := Parse(norm, filepath.Join(dir, "spec.yaml"))
+	if err != nil {
+		t.Fatalf("the normalized spec does not parse from another directory: %v\n%s", err, norm)
+	}
+	if diff := cmp.Diff(s.Cells(), again.Cells()); diff != "" {
+		t.Errorf("cells (-first +again):\n%s", diff)
+	}
+	norm2, _ := again.Normalized()
+	if string(norm) != string(norm2) {
+		t.Errorf("normalizing twice differs:\n%s\n%s", norm, norm2)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, p := range []string{"examples/azure-routers.yaml", "examples/mooncake-load-sweep.yaml"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(string(data))
+	}
+	f.Add("name: s\nworkload: {synthetic: {requests: 20, rate: 5}}\npolicies: {routers: [least-request]}\n")
+	f.Fuzz(func(t *testing.T, spec string) {
+		s, err := Parse([]byte(spec), "examples/fuzz.yaml")
+		if err != nil {
+			if !strings.Contains(err.Error(), "fuzz.yaml") {
+				t.Errorf("error %q does not name the file", err)
+			}
+			return
+		}
+		if len(s.Cells()) == 0 {
+			t.Errorf("an accepted spec has no cells")
+		}
+		if _, err := s.Normalized(); err != nil {
+			t.Errorf("Normalized: %v", err)
+		}
+	})
+}
