@@ -448,3 +448,21 @@ func (s *Spec) Normalized() ([]byte, error) {
 	}
 	return yaml.JSONToYAML(js)
 }
+
+// ReplaceTrace points the workload at another trace file (relative to the working
+// directory), replacing a trace or synthetic workload, and keeps its window, request limit
+// and rate scales: `servelab run --trace` runs a shipped spec on the full trace.
+func (s *Spec) ReplaceTrace(path, format string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return fmt.Errorf("workload.trace: %w", err)
+	}
+	if format != "" && !slices.Contains(traces.Formats(), traces.Format(format)) {
+		return fmt.Errorf("workload.format: %q: want one of %v", format, traces.Formats())
+	}
+	s.Workload.Trace, s.Workload.Format, s.Workload.Synthetic = abs, format, nil
+	return nil
+}

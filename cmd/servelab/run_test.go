@@ -1,0 +1,69 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"servelab/experiments"
+)
+
+func TestRunAnExampleAndResume(t *testing.T) {
+	out := t.TempDir()
+	args := []string{"run", "../../experiments/examples/azure-routers.yaml", "--out", out, "--max-requests", "200"}
+	first, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, first)
+	}
+	res, err := experiments.ReadResults(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Cells) != 18 || len(res.Policies) != 6 {
+		t.Fatalf("%d cells, %d policies", len(res.Cells), len(res.Policies))
+	}
+	for _, p := range res.Policies {
+		if !strings.Contains(first, p.Name()) {
+			t.Errorf("the ranking does not show %s:\n%s", p.Name(), first)
+		}
+	}
+	if !strings.Contains(first, "[18/18]") || !strings.Contains(first, filepath.Join(out, "results.json")) {
+		t.Errorf("no progress or results path:\n%s", first)
+	}
+	again, err := run(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(again, "kept from an earlier run"); n != 18 {
+		t.Errorf("the second run kept %d cells, want 18:\n%s", n, again)
+	}
+}
+
+func TestRunTraceOverride(t *testing.T) {
+	out := t.TempDir()
+	if _, err := run(t, "run", "../../experiments/examples/azure-routers.yaml", "--out", out, "--trace", mooncakeSlice, "--max-requests", "100", "-q"); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := os.ReadFile(filepath.Join(out, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(spec), "mooncake_conv_500.jsonl") || !strings.Contains(string(spec), "max_requests: 100") {
+		t.Errorf("spec.yaml as run:\n%s", spec)
+	}
+	if _, err := run(t, "run", "../../experiments/examples/azure-routers.yaml", "--trace", "nowhere.csv"); err == nil || !strings.Contains(err.Error(), "nowhere.csv") {
+		t.Errorf("a missing trace: %v", err)
+	}
+}
+
+func TestRunRejectsABadSpec(t *testing.T) {
+	spec := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(spec, []byte("name: x\nworkload: {synthetic: {requests: 10, rate: 1, input_mean: 100, output_mean: 10}}\npolicies: {routers: [round-robin], evict: [lru, fifo2]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := run(t, "run", spec)
+	if err == nil || !strings.Contains(err.Error(), "bad.yaml") || !strings.Contains(err.Error(), "policies.evict[1]") {
+		t.Errorf("error %v does not name the file and the key", err)
+	}
+}
