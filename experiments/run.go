@@ -39,6 +39,29 @@ type Options struct {
 	// OnEvent, if set, receives every event; it is called from the cells' goroutines
 	// concurrently and must not block.
 	OnEvent func(Event)
+	// Real runs the cells of a spec whose world is real. The command line supplies one
+	// that starts local engine processes and replays the workload over HTTP; this package
+	// stays free of processes and sockets.
+	Real RealWorld
+}
+
+// RealWorld runs cells on real engines.
+type RealWorld interface {
+	RunCell(ctx context.Context, cell RealCell) (*metrics.Summary, error)
+}
+
+// RealCell is one cell for a RealWorld to run.
+type RealCell struct {
+	Spec *Spec
+	Cell Cell
+	// Workload is the cell's requests: windowed, limited, token- and rate-scaled.
+	Workload traces.Reader
+	// OnRecord takes every request's record and OnSample the cluster's state every
+	// SampleInterval seconds (wall time since the run started; cumulative counters since
+	// then). Both must be called from one goroutine.
+	OnRecord       func(*serving.Record) error
+	OnSample       func(sim.Sample) error
+	SampleInterval float64
 }
 
 // Event kinds.
@@ -145,6 +168,13 @@ func Run(ctx context.Context, spec *Spec, opts Options) (*Results, error) {
 	}
 	if opts.Parallel <= 0 {
 		opts.Parallel = runtime.GOMAXPROCS(0)
+	}
+	if spec.World == "real" {
+		if opts.Real == nil {
+			return nil, errors.New("world: real: this runner has no real world to run in")
+		}
+		// The engines of one cell take the machine's cores.
+		opts.Parallel = 1
 	}
 	if err := os.MkdirAll(filepath.Join(opts.Out, "cells"), 0o755); err != nil {
 		return nil, err
@@ -274,6 +304,9 @@ func (s *Spec) openWorkload(rateScale float64) (traces.Reader, io.Closer, error)
 	if w.MaxRequests > 0 {
 		r = traces.Limit(r, w.MaxRequests)
 	}
+	if w.TokenScale > 0 && w.TokenScale != 1 {
+		r = traces.ScaleTokens(r, w.TokenScale)
+	}
 	if rateScale != 1 {
 		r = traces.ScaleRate(r, rateScale)
 	}
@@ -312,7 +345,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape wor
 			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellError, Error: res.Error})
 		}
 	}()
-	summary, err := simulateCell(ctx, spec, cell, opts, shape, dir, sink)
+	summary, err := runInWorld(ctx, spec, cell, opts, shape, dir, sink)
 	if err != nil {
 		res.Error = err.Error()
 		return res
@@ -332,13 +365,9 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape wor
 	return res
 }
 
-func simulateCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, dir string, sink *eventSink) (*metrics.Summary, error) {
+// runInWorld runs one cell in the spec's world, writing its records and time series.
+func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, dir string, sink *eventSink) (*metrics.Summary, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	cluster := spec.clusterSpec(cell.Router, cell.Batch, cell.Evict, cell.Seed)
-	cfg, err := cluster.Build(spec.SLO.metrics())
-	if err != nil {
 		return nil, err
 	}
 	records, err := newRecordFile(filepath.Join(dir, "records.parquet"))
@@ -351,15 +380,14 @@ func simulateCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shap
 		interval = max(shape.span/cell.RateScale/200, 0.1)
 	}
 	ts := &timeSeries{interval: interval}
-	cfg.SampleInterval = interval
-	cfg.OnRecord = func(r *serving.Record) error {
+	onRecord := func(r *serving.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		ts.record(r)
 		return records.write(r)
 	}
-	cfg.OnSample = func(s sim.Sample) error {
+	onSample := func(s sim.Sample) error {
 		smp := ts.sample(s)
 		sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSample,
 			Progress: float64(s.Completed) / float64(shape.rows), Sample: &smp})
@@ -370,7 +398,13 @@ func simulateCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shap
 		return nil, err
 	}
 	defer closer.Close()
-	result, err := sim.Run(cfg, src)
+	var summary *metrics.Summary
+	if spec.World == "real" {
+		summary, err = opts.Real.RunCell(ctx, RealCell{Spec: spec, Cell: cell, Workload: src,
+			OnRecord: onRecord, OnSample: onSample, SampleInterval: interval})
+	} else {
+		summary, err = simulate(spec, cell, src, interval, onRecord, onSample)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -378,6 +412,21 @@ func simulateCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shap
 		return nil, err
 	}
 	if err := writeJSONAtomic(filepath.Join(dir, "timeseries.json"), ts.samples); err != nil {
+		return nil, err
+	}
+	return summary, nil
+}
+
+func simulate(spec *Spec, cell Cell, src traces.Reader, interval float64,
+	onRecord func(*serving.Record) error, onSample func(sim.Sample) error) (*metrics.Summary, error) {
+	cluster := spec.clusterSpec(cell.Router, cell.Batch, cell.Evict, cell.Seed)
+	cfg, err := cluster.Build(spec.SLO.Metrics())
+	if err != nil {
+		return nil, err
+	}
+	cfg.OnRecord, cfg.OnSample, cfg.SampleInterval = onRecord, onSample, interval
+	result, err := sim.Run(cfg, src)
+	if err != nil {
 		return nil, err
 	}
 	return &result.Summary, nil

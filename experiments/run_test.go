@@ -3,6 +3,8 @@ package experiments
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"servelab/metrics"
+	"servelab/serving"
+	"servelab/sim"
 )
 
 // smallSpec is two routers x two evictors x two seeds on 300 requests of the shipped Azure
@@ -266,6 +272,96 @@ func TestMeanCI(t *testing.T) {
 		got := meanCI(tt.xs)
 		if diff := cmp.Diff(tt.want, got, cmpopts.EquateApprox(1e-9, 0)); diff != "" {
 			t.Errorf("meanCI(%v) (-want +got):\n%s", tt.xs, diff)
+		}
+	}
+}
+
+// fakeWorld serves every request in 10 ms plus 1 ms per output token, one at a time,
+// sampling after each.
+type fakeWorld struct {
+	mu    sync.Mutex
+	cells []RealCell
+}
+
+func (f *fakeWorld) RunCell(ctx context.Context, rc RealCell) (*metrics.Summary, error) {
+	f.mu.Lock()
+	f.cells = append(f.cells, rc)
+	f.mu.Unlock()
+	c := metrics.NewCollector(rc.Spec.SLO.Metrics())
+	var now float64
+	var state sim.Sample
+	for id := uint64(0); ; id++ {
+		row, err := rc.Workload.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		now = max(now, row.Arrival)
+		rec := serving.Record{ID: id, Arrival: row.Arrival, Scheduled: now, FirstToken: now + 0.01,
+			Finish: now + 0.01 + 0.001*float64(row.OutputTokens), PromptTokens: row.InputTokens, OutputTokens: row.OutputTokens}
+		now = rec.Finish
+		c.Add(&rec)
+		if err := rc.OnRecord(&rec); err != nil {
+			return nil, err
+		}
+		state.Time, state.Completed, state.OutputTokens = now, state.Completed+1, state.OutputTokens+int64(row.OutputTokens)
+		if err := rc.OnSample(state); err != nil {
+			return nil, err
+		}
+	}
+	s := c.Summary(now, metrics.EngineCounters{})
+	return &s, nil
+}
+
+func TestRealWorldCellsRunThroughTheRealWorld(t *testing.T) {
+	dir := t.TempDir()
+	model := filepath.Join(dir, "tiny")
+	if err := os.MkdirAll(model, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(model, "config.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs("../examples/traces/azure_conv_3000.csv")
+	spec, err := Parse([]byte("name: real\nworld: real\nworkload: {trace: "+abs+", max_requests: 50, token_scale: 0.5}\n"+
+		"cluster: {instances: 2, model: tiny}\npolicies: {routers: [round-robin, prefix-affinity]}\nseeds: [1, 2]\n"),
+		filepath.Join(dir, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.ModelPath() != model {
+		t.Errorf("model path %q, want %q", spec.ModelPath(), model)
+	}
+	out := filepath.Join(dir, "out")
+	if _, err := Run(context.Background(), spec, Options{Out: out}); err == nil {
+		t.Error("a real-world spec ran without a real world")
+	}
+	world := &fakeWorld{}
+	res, err := Run(context.Background(), spec, Options{Out: out, Parallel: 4, Real: world})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(world.cells) != 4 || len(res.Policies) != 2 {
+		t.Fatalf("the world ran %d cells; %d policies", len(world.cells), len(res.Policies))
+	}
+	for _, c := range res.Cells {
+		rows, err := ReadRecords(out, c.ID)
+		if err != nil || len(rows) != 50 {
+			t.Fatalf("%s: %d records, %v", c.ID, len(rows), err)
+		}
+		samples, err := ReadTimeSeries(out, c.ID)
+		if err != nil || len(samples) != 50 || samples[49].Completed != 50 {
+			t.Fatalf("%s: %d samples, %v", c.ID, len(samples), err)
+		}
+		// Token scale 0.5 halves the output lengths the world saw.
+		full, _ := Parse([]byte("name: full\nworkload: {trace: "+abs+", max_requests: 50}\npolicies: {routers: [round-robin]}\n"), filepath.Join(dir, "spec.yaml"))
+		src, closer, _ := full.openWorkload(1)
+		first, _ := src.Next()
+		closer.Close()
+		if rows[0].OutputTokens != int32(max(1, (first.OutputTokens+1)/2)) && rows[0].OutputTokens != int32(first.OutputTokens/2) {
+			t.Errorf("%s: first request has %d output tokens, the trace %d at token scale 0.5", c.ID, rows[0].OutputTokens, first.OutputTokens)
 		}
 	}
 }

@@ -37,7 +37,9 @@ type Spec struct {
 	Policies Matrix   `json:"policies"`
 	Seeds    []uint64 `json:"seeds,omitempty"`
 	SLO      SLO      `json:"slo,omitempty"`
-	// World is where the cells run: "sim" (the default).
+	// World is where the cells run: "sim" (the default), or "real": a local cluster of
+	// engine processes behind the router, serving cluster.model (a model directory), with
+	// the workload replayed over HTTP, one cell at a time.
 	World string `json:"world,omitempty"`
 
 	// dir is the spec file's directory, against which a relative trace path resolves.
@@ -51,7 +53,10 @@ type Workload struct {
 	Window      *Window `json:"window,omitempty"`
 	MaxRequests int     `json:"max_requests,omitempty"`
 	// RateScale multiplies the arrival rate; a list sweeps load, one cell per value.
-	RateScale RateScales          `json:"rate_scale,omitempty"`
+	RateScale RateScales `json:"rate_scale,omitempty"`
+	// TokenScale multiplies prompt and output lengths: a trace recorded on a large model
+	// replayed on a small one (as the real world's CPU engines serve).
+	TokenScale float64             `json:"token_scale,omitempty"`
 	Synthetic *traces.SynthConfig `json:"synthetic,omitempty"`
 }
 
@@ -108,7 +113,8 @@ type SLO struct {
 	E2ELMs float64 `json:"e2el_ms,omitempty"`
 }
 
-func (s SLO) metrics() metrics.SLO {
+// Metrics is the SLO as goodput counts it.
+func (s SLO) Metrics() metrics.SLO {
 	return metrics.SLO{TTFTMs: s.TTFTMs, TPOTMs: s.TPOTMs, E2ELMs: s.E2ELMs}
 }
 
@@ -233,9 +239,18 @@ func (s *Spec) validate() error {
 	case "", "sim":
 		s.World = "sim"
 	case "real":
-		return errors.New("world: real: experiments run in the simulator; compare with a real local cluster with 'servelab fidelity'")
+		k := s.Cluster
+		for key, set := range map[string]bool{"gpu": k.GPU != "", "tp": k.TP != 0, "latency": k.Latency != "",
+			"gpu_memory_utilization": k.GPUMemoryUtilization != 0} {
+			if set {
+				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", key)
+			}
+		}
+		if !fileExists(filepath.Join(s.resolve(k.Model), "config.json")) {
+			return fmt.Errorf("cluster.model: %q: the real world needs a model directory with config.json (servelab model synth makes one)", k.Model)
+		}
 	default:
-		return fmt.Errorf("world: %q: want sim", s.World)
+		return fmt.Errorf("world: %q: want sim or real", s.World)
 	}
 	w := &s.Workload
 	switch {
@@ -261,6 +276,9 @@ func (s *Spec) validate() error {
 	}
 	if win := w.Window; win != nil && (!(win.StartS >= 0) || win.EndS != 0 && !(win.EndS > win.StartS)) {
 		return fmt.Errorf("workload.window: want 0 <= start_s < end_s, got %v..%v", win.StartS, win.EndS)
+	}
+	if w.TokenScale < 0 || math.IsInf(w.TokenScale, 0) {
+		return fmt.Errorf("workload.token_scale: must be positive, got %v", w.TokenScale)
 	}
 	if len(w.RateScale) == 0 {
 		w.RateScale = RateScales{1}
@@ -302,7 +320,7 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("policies.evict[%d]: %w", i, err)
 		}
 	}
-	if _, err := cluster.Build(s.SLO.metrics()); err != nil {
+	if _, err := cluster.Build(s.SLO.Metrics()); err != nil && s.World == "sim" {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	if ids := map[string]bool{}; true {
@@ -328,6 +346,10 @@ func validName(s string) bool {
 // TracePath is the workload's trace file, resolved against the spec's directory.
 func (s *Spec) TracePath() string { return s.resolve(s.Workload.Trace) }
 
+// ModelPath is cluster.model: a model name, or a file or directory resolved against the
+// spec's directory.
+func (s *Spec) ModelPath() string { return s.resolve(s.Cluster.Model) }
+
 // resolve makes a relative path (a trace, an EndpointPickerConfig or latency profile
 // file named in the spec) relative to the spec file. Policy specs that are not files are
 // returned unchanged.
@@ -335,10 +357,15 @@ func (s *Spec) resolve(p string) string {
 	if p == "" || filepath.IsAbs(p) || s.dir == "" {
 		return p
 	}
-	if q := filepath.Join(s.dir, p); fileExists(q) {
+	if q := filepath.Join(s.dir, p); exists(q) {
 		return q
 	}
 	return p
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func fileExists(p string) bool {
@@ -441,6 +468,13 @@ func (s *Spec) Normalized() ([]byte, error) {
 			return nil, err
 		}
 		c.Workload.Trace = abs
+	}
+	if m := s.ModelPath(); exists(m) {
+		abs, err := filepath.Abs(m)
+		if err != nil {
+			return nil, err
+		}
+		c.Cluster.Model = abs
 	}
 	js, err := json.Marshal(&c)
 	if err != nil {

@@ -32,7 +32,10 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"no name", "workload: {trace: " + trace + "}\npolicies: {routers: [round-robin]}\n", "name: required"},
 		{"name unfit for a directory", strings.Replace(base, "name: t", "name: a/b", 1), "name:"},
 		{"unknown GPU", base + "cluster: {gpu: tpu-v9}\n", "cluster:"},
-		{"real world", base + "world: real\n", "servelab fidelity"},
+		{"real world without a model directory", base + "world: real\n", "cluster.model"},
+		{"real world with a GPU", base + "world: real\ncluster: {gpu: h100}\n", "cluster.gpu"},
+		{"unknown world", base + "world: dream\n", "world:"},
+		{"negative token scale", "name: t\nworkload: {trace: " + trace + ", token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.token_scale"},
 		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
 		{"not YAML", "name: [", "spec.yaml"},
 		{"empty", "", "empty spec"},
@@ -57,6 +60,10 @@ func TestExamplesParse(t *testing.T) {
 	}
 	for _, p := range paths {
 		s, err := Load(p)
+		if err != nil && strings.Contains(err.Error(), "cluster.model") {
+			t.Logf("%s needs its model (make run makes it): %v", p, err)
+			continue
+		}
 		if err != nil {
 			t.Errorf("%v", err)
 			continue

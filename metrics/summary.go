@@ -116,6 +116,15 @@ type EngineCounters struct {
 	PrefixCacheQueries, PrefixCacheHits, Preemptions int64
 }
 
+// Sub is c minus an earlier reading: the counts in between.
+func (c EngineCounters) Sub(earlier EngineCounters) EngineCounters {
+	return EngineCounters{
+		PrefixCacheQueries: c.PrefixCacheQueries - earlier.PrefixCacheQueries,
+		PrefixCacheHits:    c.PrefixCacheHits - earlier.PrefixCacheHits,
+		Preemptions:        c.Preemptions - earlier.Preemptions,
+	}
+}
+
 // Collector accumulates records and inter-token latencies as a run produces them.
 type Collector struct {
 	slo                 SLO

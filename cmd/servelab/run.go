@@ -22,7 +22,7 @@ func newRunCmd() *cobra.Command {
 	var opts experiments.Options
 	var trace, format string
 	var maxRequests int
-	var quiet bool
+	var quiet, verbose bool
 	cmd := &cobra.Command{
 		Use:   "run SPEC",
 		Short: "Run an experiment: every cell of a spec's policy matrix over its seeds, in the simulator",
@@ -31,7 +31,12 @@ matrix of routing, batching and eviction policies over seeds and rate scales. Ce
 parallel; each writes cells/<id>/summary.json, records.parquet and timeseries.json under the
 experiment directory, and results.json ranks the policies by goodput with 95% confidence
 intervals over seeds. Running the same spec into the same directory again resumes: finished
-cells are kept, the rest run.`,
+cells are kept, the rest run.
+
+With 'world: real' each cell runs on a local cluster instead, one cell at a time: the
+spec's cluster.instances engine processes serving cluster.model (a model directory, as
+'servelab model synth' makes) behind the router, as 'servelab up' starts them, with the
+workload replayed over HTTP as 'servelab bench' does; the outputs are the same.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, err := experiments.Load(args[0])
@@ -56,6 +61,7 @@ cells are kept, the rest run.`,
 			fmt.Fprintf(w, "experiment %s: %d cells into %s\n", spec.Name, cells, opts.Out)
 			progress := &runProgress{w: w, total: cells, quiet: quiet}
 			opts.OnEvent = progress.event
+			opts.Real = localWorld{log: cmd.ErrOrStderr(), verbose: verbose}
 			start := time.Now()
 			res, err := experiments.Run(ctx, spec, opts)
 			if res != nil {
@@ -77,6 +83,7 @@ cells are kept, the rest run.`,
 	fl.StringVar(&format, "format", "", "format of --trace: azure, mooncake, burstgpt or native (guessed when empty)")
 	fl.IntVar(&maxRequests, "max-requests", 0, "replay at most this many requests (overrides the spec's max_requests)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "no line per finished cell")
+	fl.BoolVar(&verbose, "verbose", false, "world real: print the engines' output")
 	return cmd
 }
 

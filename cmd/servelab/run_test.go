@@ -67,3 +67,47 @@ func TestRunRejectsABadSpec(t *testing.T) {
 		t.Errorf("error %v does not name the file and the key", err)
 	}
 }
+
+// A real-world experiment runs each cell on a local cluster of engine processes (this test
+// binary, as TestMain lets it be) and writes what a simulated one does.
+func TestRunInTheRealWorld(t *testing.T) {
+	model := synthTiny(t)
+	t.Setenv("SERVELAB_RUN_MAIN", "1")
+	trace, err := filepath.Abs(mooncakeSlice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "real.yaml")
+	if err := os.WriteFile(spec, []byte("name: real\nworld: real\n"+
+		"workload: {trace: "+trace+", max_requests: 20, token_scale: 0.03125, rate_scale: 20}\n"+
+		"cluster: {instances: 2, model: "+model+", max_model_len: 512, num_gpu_blocks_override: 512}\n"+
+		"policies: {routers: [round-robin, prefix-affinity]}\nseeds: [1]\nslo: {ttft_ms: 5000}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	stdout, err := run(t, "run", spec, "--out", out, "--sample-interval", "0.05")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	res, err := experiments.ReadResults(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Cells {
+		if c.Status != "done" || c.Summary.Completed != 20 || c.Summary.Failed != 0 {
+			t.Fatalf("%s: %s %s %+v", c.ID, c.Status, c.Error, c.Summary)
+		}
+		rows, err := experiments.ReadRecords(out, c.ID)
+		if err != nil || len(rows) != 20 {
+			t.Fatalf("%s: %d records, %v", c.ID, len(rows), err)
+		}
+		samples, err := experiments.ReadTimeSeries(out, c.ID)
+		if err != nil || len(samples) < 2 || samples[len(samples)-1].Completed != 20 {
+			t.Fatalf("%s: samples %+v, %v", c.ID, samples, err)
+		}
+	}
+	if hit := res.Policies[0].PrefixCacheHitRate.Mean + res.Policies[1].PrefixCacheHitRate.Mean; hit <= 0 {
+		t.Errorf("no prefix-cache hits on Mooncake's shared prefixes: %+v", res.Policies)
+	}
+}

@@ -62,6 +62,31 @@ type Options struct {
 	OnRecord func(*serving.Record) error
 	// Progress, if set, gets a progress line redrawn with carriage returns.
 	Progress io.Writer
+	// SampleInterval > 0 calls OnSample that often while the run lasts, and once at its
+	// end, from the goroutine that calls OnRecord, with the engines' state read from
+	// MetricsURLs.
+	SampleInterval time.Duration
+	OnSample       func(Sample) error
+}
+
+// Sample is the run and the engines at one instant.
+type Sample struct {
+	// Elapsed is seconds since the run started (the first arrival).
+	Elapsed float64
+	// Completed counts finished requests, failures included; OutputTokens their tokens.
+	Completed, OutputTokens int64
+	Engines                 EngineState
+}
+
+// EngineState is the engines' vLLM gauges and counters, summed over MetricsURLs.
+type EngineState struct {
+	// Running and Waiting are vllm:num_requests_running and _waiting.
+	Running, Waiting int
+	// KVCacheUsage is vllm:kv_cache_usage_perc (0..1), the mean over engines.
+	KVCacheUsage float64
+	// Counters are vllm:prefix_cache_queries, _hits and num_preemptions since the engines
+	// started.
+	Counters metrics.EngineCounters
 }
 
 // Result is a finished run.
@@ -85,6 +110,7 @@ type runner struct {
 	client *http.Client
 	start  time.Time
 	itls   []float64 // every request's inter-token latencies, gathered by collect
+	before metrics.EngineCounters
 }
 
 // Run replays the trace and returns when every request has finished or ctx is done;
@@ -121,6 +147,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	r.before = before.Counters
 
 	outcomes := make(chan outcome, 256)
 	var sendErr error
@@ -141,7 +168,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	// The closing scrape runs even when ctx ended the run early.
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	counters, err := r.counters(sctx, before, res.Records)
+	counters, err := r.counters(sctx, r.before, res.Records)
 	if err != nil {
 		return res, err
 	}
@@ -214,7 +241,42 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 	var err error
 	failed := 0
 	lastDraw := time.Time{}
-	for o := range outcomes {
+	var tick <-chan time.Time
+	if r.opts.SampleInterval > 0 && r.opts.OnSample != nil {
+		t := time.NewTicker(r.opts.SampleInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	var progress Sample
+	sample := func() {
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.opts.SampleInterval+time.Second)
+		defer cancel()
+		st, serr := r.scrape(ctx)
+		if serr != nil {
+			err = serr
+			return
+		}
+		st.Counters = st.Counters.Sub(r.before)
+		progress.Elapsed, progress.Engines = time.Since(r.start).Seconds(), st
+		err = r.opts.OnSample(progress)
+	}
+	for {
+		var o outcome
+		var ok bool
+		select {
+		case o, ok = <-outcomes:
+		case <-tick:
+			sample()
+			continue
+		}
+		if !ok {
+			break
+		}
+		progress.Completed++
+		progress.OutputTokens += int64(o.rec.OutputTokens)
 		res.Records = append(res.Records, o.rec)
 		r.itls = append(r.itls, o.itls...)
 		if o.rec.Failed {
@@ -228,6 +290,9 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 			r.drawProgress(len(res.Records), failed)
 			lastDraw = time.Now()
 		}
+	}
+	if tick != nil {
+		sample()
 	}
 	if r.opts.Progress != nil {
 		r.drawProgress(len(res.Records), failed)
@@ -411,38 +476,42 @@ func (r *runner) firstModel(ctx context.Context) (string, error) {
 	return list.Data[0].ID, nil
 }
 
-// scrape sums the engine counters over MetricsURLs.
-func (r *runner) scrape(ctx context.Context) (metrics.EngineCounters, error) {
-	var c metrics.EngineCounters
+// scrape reads the engines' state from MetricsURLs.
+func (r *runner) scrape(ctx context.Context) (EngineState, error) {
+	var st EngineState
+	c := &st.Counters
 	for _, url := range r.opts.MetricsURLs {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
-			return c, err
+			return st, err
 		}
 		resp, err := r.client.Do(req)
 		if err != nil {
-			return c, fmt.Errorf("bench: reading %s: %w", url, err)
+			return st, fmt.Errorf("bench: reading %s: %w", url, err)
 		}
 		parser := expfmt.NewTextParser(model.UTF8Validation)
 		families, err := parser.TextToMetricFamilies(resp.Body)
 		resp.Body.Close()
 		if err != nil {
-			return c, fmt.Errorf("bench: parsing %s: %w", url, err)
+			return st, fmt.Errorf("bench: parsing %s: %w", url, err)
 		}
-		sum := func(name string) int64 {
+		sum := func(name string) float64 {
 			var total float64
 			if f, ok := families[name]; ok {
 				for _, m := range f.GetMetric() {
-					total += m.GetCounter().GetValue()
+					total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 				}
 			}
-			return int64(total)
+			return total
 		}
-		c.PrefixCacheQueries += sum("vllm:prefix_cache_queries_total")
-		c.PrefixCacheHits += sum("vllm:prefix_cache_hits_total")
-		c.Preemptions += sum("vllm:num_preemptions_total")
+		c.PrefixCacheQueries += int64(sum("vllm:prefix_cache_queries_total"))
+		c.PrefixCacheHits += int64(sum("vllm:prefix_cache_hits_total"))
+		c.Preemptions += int64(sum("vllm:num_preemptions_total"))
+		st.Running += int(sum("vllm:num_requests_running"))
+		st.Waiting += int(sum("vllm:num_requests_waiting"))
+		st.KVCacheUsage += sum("vllm:kv_cache_usage_perc") / float64(len(r.opts.MetricsURLs))
 	}
-	return c, nil
+	return st, nil
 }
 
 // counters are the run's engine counters: the scrape difference, or, without metrics
@@ -462,9 +531,5 @@ func (r *runner) counters(ctx context.Context, before metrics.EngineCounters, re
 	if err != nil {
 		return metrics.EngineCounters{}, err
 	}
-	return metrics.EngineCounters{
-		PrefixCacheQueries: after.PrefixCacheQueries - before.PrefixCacheQueries,
-		PrefixCacheHits:    after.PrefixCacheHits - before.PrefixCacheHits,
-		Preemptions:        after.Preemptions - before.Preemptions,
-	}, nil
+	return after.Counters.Sub(before), nil
 }

@@ -49,6 +49,22 @@ const (
 )
 
 func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/metrics" {
+		// vLLM's gauges and counters: the requests in flight run, and every prompt token
+		// ever received was queried, half of them hits.
+		s.mu.Lock()
+		var prompt int
+		for _, b := range s.bodies {
+			prompt += len(b.Prompt)
+		}
+		s.mu.Unlock()
+		fmt.Fprintf(w, "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"stub-model\"} %d\n", s.inFlight.Load())
+		fmt.Fprintf(w, "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"stub-model\"} 0\n")
+		fmt.Fprintf(w, "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"stub-model\"} %g\n", 0.1*float64(s.inFlight.Load()))
+		fmt.Fprintf(w, "# TYPE vllm:prefix_cache_queries_total counter\nvllm:prefix_cache_queries_total{model_name=\"stub-model\"} %d\n", 1000+prompt)
+		fmt.Fprintf(w, "# TYPE vllm:prefix_cache_hits_total counter\nvllm:prefix_cache_hits_total{model_name=\"stub-model\"} %d\n", 500+prompt/2)
+		return
+	}
 	if r.URL.Path == "/v1/models" {
 		fmt.Fprint(w, `{"object":"list","data":[{"id":"stub-model","object":"model"}]}`)
 		return
@@ -172,6 +188,50 @@ func TestOpenLoopTimings(t *testing.T) {
 				t.Errorf("prompt token %d outside [%d, 1000)", id, FirstTokenID)
 			}
 		}
+	}
+}
+
+// Samples read the engines' gauges while requests run and end with the whole run.
+func TestSamplesFollowTheRun(t *testing.T) {
+	_, url := startStub(t, 20*time.Millisecond, 20*time.Millisecond)
+	var trace []traces.Row
+	for i := range 10 {
+		trace = append(trace, traces.Row{Arrival: 0.02 * float64(i), InputTokens: 40, OutputTokens: 10})
+	}
+	var samples []Sample
+	records := 0
+	res, err := Run(context.Background(), Options{
+		Endpoint: url, Trace: &rows{trace}, VocabSize: 1000, MetricsURLs: []string{url + "/metrics"},
+		SampleInterval: 30 * time.Millisecond,
+		OnRecord:       func(*serving.Record) error { records++; return nil },
+		OnSample: func(s Sample) error {
+			if s.Completed != int64(records) {
+				t.Errorf("a sample counts %d finished requests, OnRecord saw %d", s.Completed, records)
+			}
+			samples = append(samples, s)
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) < 5 {
+		t.Fatalf("%d samples over a run of %.2f s", len(samples), res.Summary.Duration)
+	}
+	last := samples[len(samples)-1]
+	want := EngineState{Counters: metrics.EngineCounters{PrefixCacheQueries: 400, PrefixCacheHits: 200}}
+	if last.Completed != 10 || last.OutputTokens != 100 || !cmp.Equal(want, last.Engines) {
+		t.Errorf("the last sample %+v, want 10 requests, 100 tokens, engines %+v", last, want)
+	}
+	busy := false
+	for i, s := range samples {
+		busy = busy || s.Engines.Running > 0 && s.Engines.KVCacheUsage > 0
+		if i > 0 && s.Elapsed < samples[i-1].Elapsed {
+			t.Errorf("sample %d goes back in time", i)
+		}
+	}
+	if !busy {
+		t.Error("no sample saw a running request")
 	}
 }
 
