@@ -57,7 +57,7 @@ type Workload struct {
 	// TokenScale multiplies prompt and output lengths: a trace recorded on a large model
 	// replayed on a small one (as the real world's CPU engines serve).
 	TokenScale float64             `json:"token_scale,omitempty"`
-	Synthetic *traces.SynthConfig `json:"synthetic,omitempty"`
+	Synthetic  *traces.SynthConfig `json:"synthetic,omitempty"`
 }
 
 // Window keeps the trace's requests arriving in [start_s, end_s), shifted to start at 0.

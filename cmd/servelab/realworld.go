@@ -74,7 +74,7 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	}
 	res, err := bench.Run(ctx, bench.Options{
 		Endpoint: cl.URL, Trace: traces.FitContext(rc.Workload, maxLen), VocabSize: vocab, Seed: rc.Cell.Seed,
-		SLO: rc.Spec.SLO.Metrics(),
+		SLO:         rc.Spec.SLO.Metrics(),
 		MetricsURLs: metricsURLs, OnRecord: rc.OnRecord,
 		SampleInterval: time.Duration(rc.SampleInterval * float64(time.Second)),
 		OnSample: func(s bench.Sample) error {
