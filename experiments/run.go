@@ -252,34 +252,17 @@ dispatch:
 	return res, nil
 }
 
-// workloadShape is what the runner knows of the workload before running it.
-type workloadShape struct {
-	rows int
-	span float64 // last arrival at rate scale 1
-}
-
-func (s *Spec) scanWorkload() (workloadShape, error) {
+func (s *Spec) scanWorkload() (traces.Shape, error) {
 	src, closer, err := s.openWorkload(1)
 	if err != nil {
-		return workloadShape{}, err
+		return traces.Shape{}, err
 	}
 	defer closer.Close()
-	var w workloadShape
-	for {
-		row, err := src.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return workloadShape{}, err
-		}
-		w.rows++
-		w.span = row.Arrival
+	shape, err := traces.ScanShape(src)
+	if err == nil && shape.Rows == 0 {
+		err = errors.New("workload: no requests")
 	}
-	if w.rows == 0 {
-		return w, errors.New("workload: no requests")
-	}
-	return w, nil
+	return shape, err
 }
 
 // openWorkload opens the workload at a rate scale.
@@ -320,7 +303,7 @@ func (nopCloser) Close() error { return nil }
 func cellDir(out, id string) string { return filepath.Join(out, "cells", id) }
 
 // runCell runs one cell, or reports the result a previous run left.
-func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, sink *eventSink) (res CellResult) {
+func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape traces.Shape, sink *eventSink) (res CellResult) {
 	res = CellResult{Cell: cell, Status: "error"}
 	dir := cellDir(opts.Out, cell.ID)
 	if raw, err := os.ReadFile(filepath.Join(dir, "summary.json")); err == nil {
@@ -366,7 +349,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape wor
 }
 
 // runInWorld runs one cell in the spec's world, writing its records and time series.
-func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape workloadShape, dir string, sink *eventSink) (*metrics.Summary, error) {
+func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape traces.Shape, dir string, sink *eventSink) (*metrics.Summary, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -377,7 +360,7 @@ func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape 
 	defer records.abort()
 	interval := opts.SampleInterval
 	if interval <= 0 {
-		interval = max(shape.span/cell.RateScale/200, 0.1)
+		interval = max(shape.Span/cell.RateScale/200, 0.1)
 	}
 	ts := &timeSeries{interval: interval}
 	onRecord := func(r *serving.Record) error {
@@ -390,7 +373,7 @@ func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape 
 	onSample := func(s sim.Sample) error {
 		smp := ts.sample(s)
 		sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSample,
-			Progress: float64(s.Completed) / float64(shape.rows), Sample: &smp})
+			Progress: float64(s.Completed) / float64(shape.Rows), Sample: &smp})
 		return ctx.Err()
 	}
 	src, closer, err := spec.openWorkload(cell.RateScale)

@@ -1,6 +1,7 @@
 package traces
 
 import (
+	"errors"
 	"io"
 	"math"
 )
@@ -169,3 +170,39 @@ func (w *windowed) Next() (Row, error) {
 
 // Skipped forwards the wrapped reader's count of skipped rows.
 func (w *windowed) Skipped() int { return skipped(w.r) }
+
+// Shape is what a caller needs to know of a workload before replaying it.
+type Shape struct {
+	Rows int
+	// Span is the last arrival, in seconds.
+	Span float64
+	// MeanInput is the mean prompt length in tokens.
+	MeanInput float64
+	// HashBlockSize is the tokens per prefix hash id (0: the trace has none).
+	HashBlockSize int
+}
+
+// ScanShape reads r to its end and returns its shape.
+func ScanShape(r Reader) (Shape, error) {
+	var s Shape
+	var input float64
+	for {
+		row, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return Shape{}, err
+		}
+		s.Rows++
+		s.Span = row.Arrival
+		input += float64(row.InputTokens)
+		if row.HashIDs != nil && s.HashBlockSize == 0 {
+			s.HashBlockSize = row.HashBlockSize
+		}
+	}
+	if s.Rows > 0 {
+		s.MeanInput = input / float64(s.Rows)
+	}
+	return s, nil
+}

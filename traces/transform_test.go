@@ -70,3 +70,14 @@ func TestWindow(t *testing.T) {
 		t.Errorf("an open window kept %d rows, want 2", len(got))
 	}
 }
+
+func TestScanShape(t *testing.T) {
+	rows := []Row{{Arrival: 0, InputTokens: 10}, {Arrival: 1.5, InputTokens: 30, HashIDs: []int64{1}, HashBlockSize: 512}}
+	got, err := ScanShape(&sliceReader{rows: rows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Shape{Rows: 2, Span: 1.5, MeanInput: 20, HashBlockSize: 512}, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}

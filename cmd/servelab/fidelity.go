@@ -18,7 +18,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"servelab/engine/model"
 	"servelab/metrics"
 	"servelab/real/bench"
 	"servelab/real/local"
@@ -137,11 +136,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if len(f.routers) == 0 {
 		return nil, errors.New("give at least one --router")
 	}
-	raw, err := os.ReadFile(filepath.Join(c.model, "config.json"))
-	if err != nil {
-		return nil, err
-	}
-	mc, err := model.ParseConfig(raw)
+	maxLen, err := modelContext(c.model, c.maxModelLen)
 	if err != nil {
 		return nil, err
 	}
@@ -182,10 +177,6 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	}
 	if c.numBlocks == 0 {
 		c.numBlocks = prof.NumGPUBlocks
-	}
-	maxLen := mc.MaxPos
-	if c.maxModelLen > 0 {
-		maxLen = min(maxLen, c.maxModelLen)
 	}
 
 	scan, err := f.scanSlice()
@@ -231,7 +222,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return res.Summary, err
 	}
 
-	rep := &fidelityReport{Trace: f.trace, Requests: scan.rows, TokenScale: tokenScale, Engines: c.engines,
+	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, Engines: c.engines,
 		Model: c.model, Profile: profilePath, RateScale: f.rateScale}
 	// The offered load is --load times the capacity the simulator predicts: its throughput
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
@@ -246,11 +237,11 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			if f.load <= 0 {
 				return fmt.Errorf("--load must be positive, got %g", f.load)
 			}
-			traceRate := float64(scan.rows) / math.Max(scan.span, 1e-9)
+			traceRate := float64(scan.Rows) / math.Max(scan.Span, 1e-9)
 			rep.RateScale = f.load * rep.CapacityRPS / traceRate
 		}
 		fmt.Fprintf(log, "%s: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
-			what, scan.rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
+			what, scan.Rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
 		return nil
 	}
 	if err := chooseRate("slice"); err != nil {
@@ -448,50 +439,24 @@ func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice fun
 	return res.Summary, res.Failures, err
 }
 
-// sliceScan is what fidelity needs to know of the trace slice before scaling it.
-type sliceScan struct {
-	rows          int
-	span          float64
-	meanInput     float64
-	hashBlockSize int
-}
-
-func (f *fidelityFlags) scanSlice() (sliceScan, error) {
+func (f *fidelityFlags) scanSlice() (traces.Shape, error) {
 	r, closer, err := traces.Open(f.trace, traces.Format(f.format))
 	if err != nil {
-		return sliceScan{}, err
+		return traces.Shape{}, err
 	}
 	defer closer.Close()
-	r = traces.Limit(r, f.maxRequests)
-	var s sliceScan
-	var input float64
-	for {
-		row, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return sliceScan{}, err
-		}
-		s.rows++
-		s.span = row.Arrival
-		input += float64(row.InputTokens)
-		if row.HashIDs != nil && s.hashBlockSize == 0 {
-			s.hashBlockSize = row.HashBlockSize
-		}
+	s, err := traces.ScanShape(traces.Limit(r, f.maxRequests))
+	if err == nil && s.Rows == 0 {
+		err = fmt.Errorf("%s: no requests", f.trace)
 	}
-	if s.rows == 0 {
-		return sliceScan{}, fmt.Errorf("%s: no requests", f.trace)
-	}
-	s.meanInput = input / float64(s.rows)
-	return s, nil
+	return s, err
 }
 
 // chooseTokenScale makes the mean prompt a quarter of the context, and, for traces with
 // prefix hash ids, makes each hash block a whole number of KV blocks: the simulator shares
 // only KV blocks that lie inside one hash block, and the real prompts share exactly the
 // tokens of equal hash blocks, so the two agree only on whole blocks.
-func (f *fidelityFlags) chooseTokenScale(s sliceScan, maxLen int) (float64, error) {
+func (f *fidelityFlags) chooseTokenScale(s traces.Shape, maxLen int) (float64, error) {
 	if f.tokenScale != "auto" {
 		v, err := strconv.ParseFloat(f.tokenScale, 64)
 		if err != nil || v <= 0 || math.IsInf(v, 0) {
@@ -499,11 +464,11 @@ func (f *fidelityFlags) chooseTokenScale(s sliceScan, maxLen int) (float64, erro
 		}
 		return v, nil
 	}
-	scale := math.Min(1, float64(maxLen)/4/s.meanInput)
-	if s.hashBlockSize > 0 {
+	scale := math.Min(1, float64(maxLen)/4/s.MeanInput)
+	if s.HashBlockSize > 0 {
 		bs := f.cluster.blockSize
-		blocks := math.Max(1, math.Round(float64(s.hashBlockSize)*scale/float64(bs)))
-		scale = blocks * float64(bs) / float64(s.hashBlockSize)
+		blocks := math.Max(1, math.Round(float64(s.HashBlockSize)*scale/float64(bs)))
+		scale = blocks * float64(bs) / float64(s.HashBlockSize)
 	}
 	return scale, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -40,17 +41,9 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if k.EnablePrefixCaching != nil {
 		c.prefixCaching = *k.EnablePrefixCaching
 	}
-	raw, err := os.ReadFile(filepath.Join(c.model, "config.json"))
+	maxLen, err := modelContext(c.model, c.maxModelLen)
 	if err != nil {
 		return nil, err
-	}
-	mc, err := model.ParseConfig(raw)
-	if err != nil {
-		return nil, err
-	}
-	maxLen := mc.MaxPos
-	if c.maxModelLen > 0 {
-		maxLen = min(maxLen, c.maxModelLen)
 	}
 	vocab, err := promptVocab(c.model)
 	if err != nil {
@@ -92,4 +85,21 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		return nil, err
 	}
 	return &res.Summary, nil
+}
+
+// modelContext is the context length engines serving the model directory run with: its
+// max_position_embeddings, or maxModelLen when that is set and shorter.
+func modelContext(dir string, maxModelLen int) (int, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return 0, err
+	}
+	mc, err := model.ParseConfig(raw)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", dir, err)
+	}
+	if maxModelLen > 0 {
+		return min(mc.MaxPos, maxModelLen), nil
+	}
+	return mc.MaxPos, nil
 }
