@@ -22,8 +22,8 @@ import (
 type cellData struct {
 	once    sync.Once
 	samples []experiments.Sample
-	// ttft and tpot are the latencies in ms of the requests that did not fail; tpot leaves
-	// out single-token outputs, which have none (vLLM's benchmark does the same).
+	// ttft and tpot are the latencies in ms of the requests that did not fail, ascending;
+	// tpot leaves out single-token outputs, which have none (vLLM's benchmark does the same).
 	ttft, tpot []float64
 	err        error
 }
@@ -49,6 +49,9 @@ func (e *Experiment) cell(id string) (*cellData, error) {
 			return
 		}
 		c.ttft, c.tpot, c.err = readLatencies(cellPath(e.Dir, id, "records.parquet"))
+		// Sorted here, cell by cell in parallel, so a policy's pooled latencies are a merge.
+		slices.Sort(c.ttft)
+		slices.Sort(c.tpot)
 	})
 	return c, c.err
 }
@@ -198,7 +201,28 @@ func readBools(chunk parquet.ColumnChunk, dst []bool) ([]bool, error) {
 // point is an (x, y) chart point.
 type point [2]float64
 
-// cdfPoints are the empirical CDF of xs (sorted in place) at about 300 quantiles: every
+// mergeSorted merges ascending slices into a new one.
+func mergeSorted(lists [][]float64) []float64 {
+	var out []float64
+	for _, l := range lists {
+		merged := make([]float64, 0, len(out)+len(l))
+		i, j := 0, 0
+		for i < len(out) && j < len(l) {
+			if l[j] < out[i] {
+				merged = append(merged, l[j])
+				j++
+			} else {
+				merged = append(merged, out[i])
+				i++
+			}
+		}
+		merged = append(append(merged, out[i:]...), l[j:]...)
+		out = merged
+	}
+	return out
+}
+
+// cdfPoints are the empirical CDF of xs (sorted in place if they are not) at about 300 quantiles: every
 // 1/256th, and more finely in the top 1% where tail latency lives. Each point is a value
 // and the fraction of xs at or below it, so x and y both increase and the last point is
 // (max, 1).
@@ -207,7 +231,9 @@ func cdfPoints(xs []float64) []point {
 	if n == 0 {
 		return nil
 	}
-	slices.Sort(xs)
+	if !slices.IsSorted(xs) {
+		slices.Sort(xs)
+	}
 	var probs []float64
 	for k := range 257 {
 		probs = append(probs, float64(k)/256)

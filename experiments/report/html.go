@@ -236,14 +236,15 @@ func legendRows(names []string) int {
 func cdfCharts(ls []*line) ([]chart, error) {
 	var ttft, tpot []series
 	for _, l := range ls {
-		var xs, ys []float64
+		var ttfts, tpots [][]float64
 		for _, id := range l.chartCells {
 			c, err := l.exp.cell(id)
 			if err != nil {
 				return nil, err
 			}
-			xs, ys = append(xs, c.ttft...), append(ys, c.tpot...)
+			ttfts, tpots = append(ttfts, c.ttft), append(tpots, c.tpot)
 		}
+		xs, ys := mergeSorted(ttfts), mergeSorted(tpots)
 		if len(xs) > 0 {
 			ttft = append(ttft, series{line: l, points: cdfPoints(xs)})
 		}

@@ -906,3 +906,27 @@ func TestFmtStat(t *testing.T) {
 		}
 	}
 }
+
+func TestMergeSorted(t *testing.T) {
+	tests := []struct {
+		lists [][]float64
+		want  []float64
+	}{
+		{nil, nil},
+		{[][]float64{{1, 3, 5}}, []float64{1, 3, 5}},
+		{[][]float64{{1, 3, 5}, {2, 2, 6}, {}, {0, 7}}, []float64{0, 1, 2, 2, 3, 5, 6, 7}},
+	}
+	for _, tt := range tests {
+		in := make([][]float64, len(tt.lists))
+		for i, l := range tt.lists {
+			in[i] = slices.Clone(l)
+		}
+		got := mergeSorted(in)
+		if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("mergeSorted(%v) (-want +got):\n%s", tt.lists, diff)
+		}
+		if diff := cmp.Diff(tt.lists, in, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("mergeSorted changed its input (-before +after):\n%s", diff)
+		}
+	}
+}
