@@ -1,0 +1,240 @@
+package report
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"servelab/experiments"
+	"servelab/sim"
+)
+
+// rateGroup is an experiment's policies at one rate scale, ranked two ways.
+type rateGroup struct {
+	Rate float64
+	// ByGoodput is results.json's order: goodput, then p99 TTFT.
+	ByGoodput []*experiments.PolicyResult
+	// ByP99TTFT is by p99 TTFT, lowest first; policies with no finished cell go last.
+	ByP99TTFT []*experiments.PolicyResult
+}
+
+func (e *Experiment) rateGroups() []rateGroup {
+	var groups []rateGroup
+	for _, rate := range e.RateScales() {
+		g := rateGroup{Rate: rate}
+		for i := range e.Results.Policies {
+			if p := &e.Results.Policies[i]; p.RateScale == rate {
+				g.ByGoodput = append(g.ByGoodput, p)
+			}
+		}
+		g.ByP99TTFT = slices.Clone(g.ByGoodput)
+		slices.SortStableFunc(g.ByP99TTFT, func(a, b *experiments.PolicyResult) int {
+			if (a.Seeds == 0) != (b.Seeds == 0) {
+				if a.Seeds == 0 {
+					return 1
+				}
+				return -1
+			}
+			switch {
+			case a.P99TTFTMs.Mean < b.P99TTFTMs.Mean:
+				return -1
+			case a.P99TTFTMs.Mean > b.P99TTFTMs.Mean:
+				return 1
+			}
+			return 0
+		})
+		groups = append(groups, g)
+	}
+	return groups
+}
+
+// rankedCaption heads a ranked table: "Ranked by goodput", or in a sweep "Rate ×2: ranked
+// by goodput".
+func rankedCaption(rate float64, sweep bool, by string) string {
+	if sweep {
+		return "Rate " + rateLabel(rate) + ": ranked by " + by
+	}
+	return "Ranked by " + by
+}
+
+// failedCells are the cells that did not finish, in results.json's order.
+func (e *Experiment) failedCells() []experiments.CellResult {
+	var out []experiments.CellResult
+	for _, c := range e.Results.Cells {
+		if c.Status != "done" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// fact is one line of an experiment's description.
+type fact struct{ Label, Value string }
+
+// facts describe what the experiment ran, from its spec.
+func (e *Experiment) facts() []fact {
+	s := &e.Spec
+	w := s.Workload
+	var workload string
+	switch {
+	case w.Synthetic != nil:
+		workload = "synthetic"
+	default:
+		workload = filepath.Base(w.Trace)
+		if w.Format != "" {
+			workload += " (" + w.Format + ")"
+		}
+	}
+	if win := w.Window; win != nil {
+		if win.EndS > 0 {
+			workload += fmt.Sprintf(", arrivals in [%g s, %g s)", win.StartS, win.EndS)
+		} else {
+			workload += fmt.Sprintf(", arrivals from %g s", win.StartS)
+		}
+	}
+	if w.MaxRequests > 0 {
+		workload += fmt.Sprintf(", first %d requests", w.MaxRequests)
+	}
+	rates := make([]string, len(w.RateScale))
+	for i, r := range w.RateScale {
+		rates[i] = rateLabel(r)
+	}
+	workload += ", rate " + strings.Join(rates, ", ")
+
+	def := sim.DefaultClusterSpec()
+	k := s.Cluster
+	cluster := fmt.Sprintf("%d × %s on %s", or(k.Instances, def.Instances), orStr(k.Model, def.Model), orStr(k.GPU, def.GPU))
+	if tp := or(k.TP, def.TP); tp != 1 {
+		cluster += fmt.Sprintf(", TP %d", tp)
+	}
+	if k.Latency != "" {
+		cluster += ", latency " + k.Latency
+	}
+	if k.EnablePrefixCaching != nil && !*k.EnablePrefixCaching {
+		cluster += ", prefix caching off"
+	}
+
+	p := s.Policies
+	policies := "routers " + strings.Join(p.Routers, ", ") + "; batch " + strings.Join(p.Batch, ", ") + "; evict " + strings.Join(p.Evict, ", ")
+
+	seeds := make([]string, len(s.Seeds))
+	for i, seed := range s.Seeds {
+		seeds[i] = strconv.FormatUint(seed, 10)
+	}
+
+	var slo []string
+	for _, t := range []struct {
+		name string
+		ms   float64
+	}{{"TTFT", s.SLO.TTFTMs}, {"TPOT", s.SLO.TPOTMs}, {"E2EL", s.SLO.E2ELMs}} {
+		if t.ms > 0 {
+			slo = append(slo, fmt.Sprintf("%s ≤ %g ms", t.name, t.ms))
+		}
+	}
+	sloText := strings.Join(slo, ", ")
+	if sloText == "" {
+		sloText = "none (goodput counts every finished request)"
+	}
+
+	cells := fmt.Sprintf("%d, all finished", len(e.Results.Cells))
+	if n := len(e.failedCells()); n > 0 {
+		cells = fmt.Sprintf("%d, %d failed", len(e.Results.Cells), n)
+	}
+	return []fact{
+		{"workload", workload},
+		{"cluster", cluster},
+		{"policies", policies},
+		{"seeds", strings.Join(seeds, ", ")},
+		{"SLO", sloText},
+		{"cells", cells},
+	}
+}
+
+func or(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func orStr(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func rateLabel(r float64) string { return "×" + strconv.FormatFloat(r, 'g', -1, 64) }
+
+// decimals is how many decimals show v to about three significant digits.
+func decimals(v float64) int {
+	switch a := math.Abs(v); {
+	case a == 0 || a >= 100:
+		return 0
+	case a >= 10:
+		return 1
+	case a >= 1:
+		return 2
+	}
+	return 3
+}
+
+// fmtStat shows a mean over seeds with its 95% confidence half-width when there are seeds
+// enough to have one; scale multiplies both (100 for percentages).
+func fmtStat(s experiments.Stat, seeds int, scale float64) string {
+	if seeds == 0 {
+		return "–"
+	}
+	mean, ci := s.Mean*scale, s.CI95*scale
+	d := decimals(mean)
+	if seeds < 2 {
+		return strconv.FormatFloat(mean, 'f', d, 64)
+	}
+	return strconv.FormatFloat(mean, 'f', d, 64) + " ± " + strconv.FormatFloat(ci, 'f', d, 64)
+}
+
+// seedsText is a policy's finished seeds, flagging failed cells.
+func seedsText(p *experiments.PolicyResult) string {
+	if p.FailedCells > 0 {
+		return fmt.Sprintf("%d ⚠ %d failed", p.Seeds, p.FailedCells)
+	}
+	return strconv.Itoa(p.Seeds)
+}
+
+// column is one column of the ranked tables.
+type column struct {
+	Head string
+	// Markdown columns also go into the PR summary; the HTML tables have them all.
+	Markdown bool
+	Value    func(p *experiments.PolicyResult) string
+}
+
+func statColumn(head string, md bool, scale float64, f func(p *experiments.PolicyResult) experiments.Stat) column {
+	return column{head, md, func(p *experiments.PolicyResult) string { return fmtStat(f(p), p.Seeds, scale) }}
+}
+
+var columns = []column{
+	statColumn("goodput req/s", true, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.RequestGoodput }),
+	statColumn("p99 TTFT ms", true, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.P99TTFTMs }),
+	statColumn("median TTFT ms", true, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.MedianTTFTMs }),
+	statColumn("mean TTFT ms", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.MeanTTFTMs }),
+	statColumn("median TPOT ms", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.MedianTPOTMs }),
+	statColumn("p99 TPOT ms", true, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.P99TPOTMs }),
+	statColumn("req/s", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.RequestThroughput }),
+	statColumn("output tok/s", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.OutputThroughput }),
+	statColumn("prefix hit %", true, 100, func(p *experiments.PolicyResult) experiments.Stat { return p.PrefixCacheHitRate }),
+	statColumn("preemptions", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.Preemptions }),
+	{"seeds", true, seedsText},
+}
+
+// firstLine is an error's first line, cut to a readable length.
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:200]) + "…"
+	}
+	return s
+}

@@ -1,0 +1,65 @@
+package report
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+
+	"servelab/experiments"
+)
+
+// WriteMarkdown writes a GitHub-flavoured Markdown summary of an experiment for a pull
+// request: what ran, and per rate scale its policies ranked by goodput and by p99 TTFT
+// (means over seeds ± 95% confidence half-widths), with failed cells flagged and listed.
+func WriteMarkdown(w io.Writer, exp *Experiment) error {
+	b := bufio.NewWriter(w)
+	fmt.Fprintf(b, "## Experiment `%s`\n\n", mdCode(exp.Name()))
+	for _, f := range exp.facts() {
+		fmt.Fprintf(b, "- %s: %s\n", f.Label, mdText(f.Value))
+	}
+	groups := exp.rateGroups()
+	for _, g := range groups {
+		fmt.Fprintf(b, "\n### %s\n\n", rankedCaption(g.Rate, len(groups) > 1, "goodput"))
+		writeMarkdownTable(b, g.ByGoodput)
+		fmt.Fprintf(b, "\n### %s\n\n", rankedCaption(g.Rate, len(groups) > 1, "p99 TTFT"))
+		writeMarkdownTable(b, g.ByP99TTFT)
+	}
+	fmt.Fprintf(b, "\nMeans over seeds ± 95%% confidence half-widths (Student's t).\n")
+	if failed := exp.failedCells(); len(failed) > 0 {
+		fmt.Fprintf(b, "\n### ⚠ Failed cells\n\n")
+		for _, c := range failed {
+			fmt.Fprintf(b, "- `%s`: %s\n", mdCode(c.ID), mdText(firstLine(c.Error)))
+		}
+	}
+	return b.Flush()
+}
+
+func writeMarkdownTable(w io.Writer, policies []*experiments.PolicyResult) {
+	head, rule := []string{"#", "policy"}, []string{"---:", "---"}
+	for _, c := range columns {
+		if c.Markdown {
+			head, rule = append(head, c.Head), append(rule, "---:")
+		}
+	}
+	fmt.Fprintf(w, "| %s |\n| %s |\n", strings.Join(head, " | "), strings.Join(rule, " | "))
+	for i, p := range policies {
+		row := []string{fmt.Sprint(i + 1), "`" + mdCode(p.Name()) + "`"}
+		for _, c := range columns {
+			if c.Markdown {
+				row = append(row, mdText(c.Value(p)))
+			}
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+	}
+}
+
+// mdCode makes s safe inside a code span in a table cell.
+func mdCode(s string) string {
+	return strings.NewReplacer("`", "'", "|", `\|`, "\n", " ").Replace(s)
+}
+
+// mdText makes s safe as table-cell or list text.
+func mdText(s string) string {
+	return strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", "*", `\*`).Replace(s)
+}

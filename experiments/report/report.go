@@ -1,0 +1,136 @@
+// Package report turns experiment directories (what experiments.Run writes) into a
+// self-contained HTML report — ranked tables and ECharts charts, the ECharts bundle inlined
+// from internal/echartsjs so the page loads nothing from the network — and a Markdown
+// summary to paste into a pull request.
+package report
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"sigs.k8s.io/yaml"
+
+	"servelab/experiments"
+)
+
+// Experiment is an experiment directory read for a report: its spec and results, and,
+// loaded on first use and kept, its cells' time series and latencies.
+type Experiment struct {
+	// Dir is the experiment directory.
+	Dir string
+	// Spec is spec.yaml: the spec as it ran, defaults filled in.
+	Spec experiments.Spec
+	// Results is results.json.
+	Results experiments.Results
+
+	mu    sync.Mutex
+	cells map[string]*cellData
+}
+
+// Load reads an experiment directory's results.json and spec.yaml. The cells' files are
+// read when a report first needs them.
+func Load(dir string) (*Experiment, error) {
+	resultsPath := filepath.Join(dir, "results.json")
+	if _, err := os.Stat(resultsPath); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: not an experiment directory: no results.json (has the experiment finished?)", dir)
+	}
+	res, err := experiments.ReadResults(dir)
+	if err != nil {
+		return nil, err
+	}
+	specPath := filepath.Join(dir, "spec.yaml")
+	raw, err := os.ReadFile(specPath)
+	if err != nil {
+		return nil, err
+	}
+	// Not experiments.Parse: it checks the trace file still exists, which a report of a
+	// finished run does not need.
+	var spec experiments.Spec
+	if err := yaml.Unmarshal(raw, &spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", specPath, err)
+	}
+	if len(spec.Workload.RateScale) == 0 {
+		spec.Workload.RateScale = experiments.RateScales{1}
+	}
+	if spec.Name == "" {
+		spec.Name = res.Experiment
+	}
+	return &Experiment{Dir: dir, Spec: spec, Results: *res, cells: map[string]*cellData{}}, nil
+}
+
+// Name is the experiment's name.
+func (e *Experiment) Name() string { return e.Spec.Name }
+
+// RateScales are the rate scales the results hold, ascending.
+func (e *Experiment) RateScales() []float64 {
+	var rates []float64
+	for _, p := range e.Results.Policies {
+		if !slices.Contains(rates, p.RateScale) {
+			rates = append(rates, p.RateScale)
+		}
+	}
+	slices.Sort(rates)
+	return rates
+}
+
+// Write reads the experiment directory dir and writes dir/report.html and dir/report.md.
+func Write(dir string) (htmlPath, mdPath string, err error) {
+	exp, err := Load(dir)
+	if err != nil {
+		return "", "", err
+	}
+	return exp.WriteFiles(true)
+}
+
+// WriteFiles writes the report into the experiment directory: report.md, and report.html
+// when withHTML (htmlPath is "" otherwise). Each file appears whole or not at all.
+func (e *Experiment) WriteFiles(withHTML bool) (htmlPath, mdPath string, err error) {
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, e); err != nil {
+		return "", "", err
+	}
+	if withHTML {
+		var page bytes.Buffer
+		if err := WriteHTML(&page, []*Experiment{e}); err != nil {
+			return "", "", err
+		}
+		htmlPath = filepath.Join(e.Dir, "report.html")
+		if err := writeFileAtomic(htmlPath, page.Bytes()); err != nil {
+			return "", "", err
+		}
+	}
+	mdPath = filepath.Join(e.Dir, "report.md")
+	if err := writeFileAtomic(mdPath, md.Bytes()); err != nil {
+		return "", "", err
+	}
+	return htmlPath, mdPath, nil
+}
+
+// writeFileAtomic writes through a temporary file and a rename, so a reader never sees
+// half a report.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
