@@ -16,13 +16,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"servelab/experiments"
+	"servelab/experiments/report"
 )
 
 func newRunCmd() *cobra.Command {
 	var opts experiments.Options
 	var trace, format string
 	var maxRequests int
-	var quiet, verbose bool
+	var quiet, verbose, writeReport bool
 	cmd := &cobra.Command{
 		Use:   "run SPEC",
 		Short: "Run an experiment: every cell of a spec's policy matrix over its seeds, in the simulator",
@@ -68,6 +69,15 @@ workload replayed over HTTP as 'servelab bench' does; the outputs are the same.`
 				fmt.Fprintln(w)
 				printRanking(w, res)
 				fmt.Fprintf(w, "\n%d cells in %.1f s; results: %s\n", cells, time.Since(start).Seconds(), filepath.Join(opts.Out, "results.json"))
+				// A report of an interrupted run would show a part as the whole; the
+				// resumed run writes it.
+				if writeReport && !errors.Is(err, context.Canceled) {
+					htmlPath, mdPath, rerr := report.Write(opts.Out)
+					if rerr != nil {
+						return errors.Join(err, fmt.Errorf("report: %w", rerr))
+					}
+					fmt.Fprintf(w, "report: %s (Markdown: %s)\n", htmlPath, mdPath)
+				}
 			}
 			if errors.Is(err, context.Canceled) {
 				return fmt.Errorf("interrupted; run the same command again to resume the unfinished cells")
@@ -84,6 +94,7 @@ workload replayed over HTTP as 'servelab bench' does; the outputs are the same.`
 	fl.IntVar(&maxRequests, "max-requests", 0, "replay at most this many requests (overrides the spec's max_requests)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "no line per finished cell")
 	fl.BoolVar(&verbose, "verbose", false, "world real: print the engines' output")
+	fl.BoolVar(&writeReport, "report", true, "write report.html and report.md into the experiment directory (servelab report)")
 	return cmd
 }
 

@@ -28,8 +28,14 @@ func TestRunAnExampleAndResume(t *testing.T) {
 			t.Errorf("the ranking does not show %s:\n%s", p.Name(), first)
 		}
 	}
-	if !strings.Contains(first, "[18/18]") || !strings.Contains(first, filepath.Join(out, "results.json")) {
-		t.Errorf("no progress or results path:\n%s", first)
+	if !strings.Contains(first, "[18/18]") || !strings.Contains(first, filepath.Join(out, "results.json")) ||
+		!strings.Contains(first, filepath.Join(out, "report.html")) {
+		t.Errorf("no progress, results or report path:\n%s", first)
+	}
+	for _, f := range []string{"report.html", "report.md"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Error(err)
+		}
 	}
 	again, err := run(t, args...)
 	if err != nil {
