@@ -192,6 +192,9 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
+	if s.connHook != nil {
+		s.connHook(conn)
+	}
 	ws := &wsSink{conn: conn, writeWait: s.opt.WriteWait}
 	var c *client
 	for range 3 { // a hub closed by the janitor just now is replaced on the next try

@@ -56,6 +56,8 @@ type Server struct {
 	upgrader websocket.Upgrader
 	// hubIdle is how long a hub with no client and no run of ours lives on.
 	hubIdle time.Duration
+	// connHook, if set, sees each websocket after the upgrade (tests shrink its buffers).
+	connHook func(*websocket.Conn)
 
 	mu   sync.Mutex
 	hubs map[string]*hub
@@ -352,6 +354,16 @@ func (s *Server) Start(req StartRequest) (*Job, error) {
 	s.jobsWG.Add(1)
 	s.mu.Unlock()
 
+	// The directory exists, with the spec Run will check against, before the caller hears
+	// of the run, so its page and websocket are there at once.
+	if err := writeSpec(dir, norm); err != nil {
+		job.err = err
+		h.fail(err)
+		close(job.done)
+		s.jobsWG.Done()
+		return nil, err
+	}
+
 	// The hub first takes in the directory's earlier events (a resumed run), then the run's
 	// own straight from OnEvent.
 	events := filepath.Join(dir, "events.jsonl")
@@ -394,6 +406,28 @@ func (s *Server) Start(req StartRequest) (*Job, error) {
 		h.startFollowing(t)
 	}()
 	return job, nil
+}
+
+// writeSpec writes spec.yaml into a new experiment directory, atomically.
+func writeSpec(dir string, norm []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".spec.yaml.*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(norm)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, "spec.yaml"))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // Job is the run the dashboard started under id, or nil.

@@ -58,7 +58,7 @@ function makeCharts(container) {
       tooltip: {trigger: 'axis', valueFormatter: v => fmt(v)},
       legend: {type: 'scroll', bottom: 0, textStyle: {fontSize: 10}},
       grid: {left: 56, right: 16, top: 36, bottom: 56},
-      xAxis: {type: 'value', name: 'simulated s', nameLocation: 'middle', nameGap: 22, min: 'dataMin'},
+      xAxis: {type: 'value', name: 'simulated s', nameLocation: 'middle', nameGap: 22, min: 0},
       yAxis: {type: 'value'},
       series: [],
     });
@@ -76,10 +76,19 @@ function point(def, t, v) {
 }
 
 // setSeries draws every chart from a list of {name, points: {chartKey: [[t, v], ...]}}.
+// When the series are the ones already drawn only their data is replaced, which is much
+// cheaper than rebuilding them.
 function setSeries(charts, list) {
+  const names = list.map(s => s.name).join('\n');
   for (const def of CHARTS) {
-    charts[def.key].setOption({
-      series: list.map(s => ({name: s.name, type: 'line', showSymbol: false, connectNulls: false,
+    const chart = charts[def.key];
+    if (chart.__names === names) {
+      chart.setOption({series: list.map(s => ({id: s.name, data: s.points[def.key]}))});
+      continue;
+    }
+    chart.__names = names;
+    chart.setOption({
+      series: list.map(s => ({id: s.name, name: s.name, type: 'line', showSymbol: false, connectNulls: false,
         sampling: 'lttb', lineStyle: {width: 1.5}, data: s.points[def.key]})),
     }, {replaceMerge: ['series']});
   }
@@ -91,7 +100,7 @@ function cellLabel(id, cell) {
   let s = cell.router;
   if (cell.batch && cell.batch !== 'vllm') s += ' / ' + cell.batch;
   s += ' / ' + cell.evict + ' / s' + cell.seed;
-  if (cell.rate_scale && cell.rate_scale !== 1) s += ' ×' + cell.rate_scale;
+  if (id.includes('__x')) s += ' ×' + cell.rate_scale; // the spec sweeps load
   return s;
 }
 
@@ -153,15 +162,26 @@ function livePage() {
     scheduleRender();
   }
 
+  // Redraw at most every 100 ms, and less often when drawing takes long (many points), so
+  // the page stays responsive whatever the run's size.
+  let renderCost = 0;
   function scheduleRender() {
     if (renderTimer) return;
-    const wait = Math.max(0, 100 - (Date.now() - lastRender));
+    const wait = Math.max(0, Math.max(100, 2 * renderCost) - (Date.now() - lastRender));
     renderTimer = setTimeout(render, wait);
   }
 
   function render() {
     renderTimer = null;
     lastRender = Date.now();
+    try { draw(); } finally {
+      renderCost = Date.now() - lastRender;
+      dash.renders = (dash.renders || 0) + 1;
+      dash.renderCost = renderCost;
+    }
+  }
+
+  function draw() {
     $('#run-status').replaceChildren(statusBadge(dash.status));
     $('#run-progress').value = dash.progress;
     $('#run-pct').textContent = Math.round(100 * dash.progress) + '%';
@@ -271,8 +291,9 @@ async function comparePage() {
       body.append(el('tr', {}, el('td', {}, r.id), el('td', {colspan: SUMMARY_COLUMNS.length + 2}, 'no results.json yet')));
       continue;
     }
+    const sweep = new Set(r.results.policies.map(p => p.rate_scale)).size > 1;
     for (const p of r.results.policies) {
-      let name = p.router + (p.batch !== 'vllm' ? ' / ' + p.batch : '') + ' / ' + p.evict + (p.rate_scale !== 1 ? ' ×' + p.rate_scale : '');
+      const name = p.router + (p.batch !== 'vllm' ? ' / ' + p.batch : '') + ' / ' + p.evict + (sweep ? ' ×' + p.rate_scale : '');
       body.append(el('tr', {'data-run': r.id}, el('td', {}, r.id), el('td', {}, name),
         el('td', {}, p.seeds + (p.failed_cells ? ' (' + p.failed_cells + ' failed)' : '')),
         ...SUMMARY_COLUMNS.map(([key, , digits, scale]) => {
