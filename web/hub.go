@@ -1,6 +1,7 @@
 package web
 
 import (
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,15 @@ func (h *hub) fail(err error) {
 	h.mu.Lock()
 	if h.st.status != StatusDone && h.st.status != StatusFailed {
 		h.st.status, h.st.err, h.dirty = StatusFailed, err.Error(), true
+	}
+	h.mu.Unlock()
+}
+
+// markInterrupted marks a followed run whose events stopped without experiment_done.
+func (h *hub) markInterrupted() {
+	h.mu.Lock()
+	if h.st.status == StatusRunning {
+		h.st.status, h.dirty = StatusInterrupted, true
 	}
 	h.mu.Unlock()
 }
@@ -261,6 +271,9 @@ func (h *hub) startFollowing(t *tail) {
 				t.rewind()
 				h.reset()
 				continue
+			}
+			if st, err := os.Stat(t.path); err == nil && time.Since(st.ModTime()) > staleAfter {
+				h.markInterrupted()
 			}
 			select {
 			case <-tick.C:

@@ -599,3 +599,54 @@ func TestCancelARun(t *testing.T) {
 		t.Errorf("after cancel: %+v", info)
 	}
 }
+
+// A followed run whose events stopped shows as interrupted, and as running again if they
+// resume.
+func TestFollowedRunGoesStaleAndResumes(t *testing.T) {
+	d := newTestDash(t, nil)
+	s, _ := experiments.Parse([]byte(specYAML("x", 50, "round-robin", "")), "x.yaml")
+	norm, _ := s.Normalized()
+	cell := s.Cells()[0].ID
+	writeFile(t, filepath.Join(d.runs, "x", "spec.yaml"), string(norm))
+	line := func(e experiments.Event) string {
+		e.Experiment = "x"
+		b, _ := json.Marshal(e)
+		return string(b) + "\n"
+	}
+	smp := sample(1)
+	events := writeFile(t, filepath.Join(d.runs, "x", "events.jsonl"), line(experiments.Event{Kind: experiments.ExperimentStart})+
+		line(experiments.Event{Kind: experiments.CellStart, Cell: cell})+line(experiments.Event{Kind: experiments.CellSample, Cell: cell, Sample: &smp}))
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(events, old, old)
+	conn, _, err := d.dial("x", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	v := &view{}
+	readUntil := func(status string) {
+		t.Helper()
+		for v.status != status {
+			_, msg, err := conn.ReadMessage()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v (at %s)", status, err, v.status)
+			}
+			v.apply(t, msg)
+		}
+	}
+	readUntil(StatusInterrupted)
+	f, err := os.OpenFile(events, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smp = sample(2)
+	f.WriteString(line(experiments.Event{Kind: experiments.CellSample, Cell: cell, Sample: &smp}))
+	readUntil(StatusRunning)
+	f.WriteString(line(experiments.Event{Kind: experiments.CellDone, Cell: cell, Progress: 1}) + line(experiments.Event{Kind: experiments.ExperimentDone, Progress: 1}))
+	f.Close()
+	readUntil(StatusDone)
+	if c := v.cells[cell]; len(c.rows) != 2 || c.status != StatusDone {
+		t.Errorf("cell %+v", c)
+	}
+}

@@ -69,6 +69,9 @@ func (st *runState) add(id string) *cellState {
 
 // apply folds one event into the state; it reports whether anything changed.
 func (st *runState) apply(ev experiments.Event) bool {
+	if st.status == StatusInterrupted {
+		st.status = StatusRunning // its events go on after all
+	}
 	switch ev.Kind {
 	case experiments.ExperimentStart:
 		st.experiment, st.status, st.err = ev.Experiment, StatusRunning, ""

@@ -96,7 +96,7 @@ function setSeries(charts, list) {
 
 // cellLabel is a cell's policies as people read them.
 function cellLabel(id, cell) {
-  if (!cell) return id;
+  if (!cell || !cell.router) return id;
   let s = cell.router;
   if (cell.batch && cell.batch !== 'vllm') s += ' / ' + cell.batch;
   s += ' / ' + cell.evict + ' / s' + cell.seed;
