@@ -18,12 +18,13 @@ import (
 
 func newDashCmd() *cobra.Command {
 	var addr, runs string
+	var specDirs []string
 	var port, parallel int
 	cmd := &cobra.Command{
 		Use:   "dash [--port N] [--addr 127.0.0.1] [--runs DIR]",
 		Short: "Serve the experiment dashboard: runs, a live view of a running experiment, comparisons",
 		Long: `Serve a web dashboard over the experiment directories under --runs: it lists experiments and
-their runs, starts a run from a spec file (under the working directory), streams a running
+their runs, starts a run from a spec file (under the working directory or --spec-dir), streams a running
 experiment live over a websocket (per-cell progress; throughput, queue depth, KV usage,
 prefix-cache hit rate and TTFT over simulated time), and overlays chosen runs' time series and
 summaries. Runs started elsewhere ('servelab run') are followed through their events.jsonl.
@@ -35,7 +36,7 @@ It binds 127.0.0.1 by default and has no authentication: anyone who can reach it
 				return err
 			}
 			defer ln.Close()
-			cfg := web.Config{RunsDir: runs, Parallel: parallel, Logf: func(format string, args ...any) {
+			cfg := web.Config{RunsDir: runs, SpecDirs: specDirs, Parallel: parallel, Logf: func(format string, args ...any) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "servelab dash: "+format+"\n", args...)
 			}}
 			if ip := net.ParseIP(addr); addr == "localhost" || ip != nil && ip.IsLoopback() {
@@ -72,6 +73,7 @@ It binds 127.0.0.1 by default and has no authentication: anyone who can reach it
 	fl.StringVar(&addr, "addr", "127.0.0.1", "address to bind")
 	fl.IntVar(&port, "port", 8090, "port (0 picks a free one)")
 	fl.StringVar(&runs, "runs", "runs", "directory holding the experiment directories")
+	fl.StringSliceVar(&specDirs, "spec-dir", nil, "directory the specs started from the dashboard must lie under (repeatable; default: the working directory)")
 	fl.IntVar(&parallel, "parallel", 0, "cells of a run started from the dashboard to run at once (default: the CPUs)")
 	return cmd
 }
