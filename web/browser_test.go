@@ -54,7 +54,7 @@ return out;`
 func TestBrowser(t *testing.T) {
 	driverPath, browser, err := webdriver.Find()
 	if err != nil {
-		t.Skip("browser test skipped: ", err, " (.ci/run installs Debian's chromium)")
+		t.Skipf("browser test skipped: %v; .ci/run installs them", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

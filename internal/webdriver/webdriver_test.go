@@ -129,7 +129,7 @@ func TestNotAWebDriverServer(t *testing.T) {
 func TestChromium(t *testing.T) {
 	driverPath, browser, err := Find()
 	if err != nil {
-		t.Skip("headless browser test skipped: ", err)
+		t.Skipf("headless browser test skipped: %v", err)
 	}
 	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `<!doctype html><title>wd test</title><body style="background:#08c">
