@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -338,10 +337,4 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
-}
-
-// TempProfile makes a fresh browser profile directory under dir ("" for the system's
-// temporary directory).
-func TempProfile(dir string) (string, error) {
-	return os.MkdirTemp(dir, "chromium-profile-")
 }
