@@ -37,7 +37,7 @@ test: lint
 
 # The packages with goroutines, under the race detector.
 race:
-	$(GO) test -race ./engine/ ./engine/server/ ./engine/cpu/ ./engine/model/ ./real/... ./experiments/...
+	$(GO) test -race ./engine/ ./engine/server/ ./engine/cpu/ ./engine/model/ ./real/... ./experiments/... ./web/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

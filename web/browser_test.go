@@ -1,0 +1,267 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"servelab/experiments"
+	"servelab/internal/webdriver"
+)
+
+// chartStats is what the page's ECharts instances hold: per chart, the series names and
+// their data points.
+type chartStats struct {
+	Ready    bool                      `json:"ready"`
+	Status   string                    `json:"status"`
+	Messages int                       `json:"messages"`
+	Charts   map[string]map[string]int `json:"charts"`
+}
+
+func (c chartStats) points() int {
+	n := 0
+	for _, series := range c.Charts {
+		for _, p := range series {
+			n += p
+		}
+	}
+	return n
+}
+
+// chartStatsJS reads the charts back from ECharts itself (each series' data as the chart
+// holds it), not from the page's own bookkeeping.
+const chartStatsJS = `
+const out = {ready: !!(window.dash && window.dash.ready), status: window.dash ? window.dash.status : '',
+  messages: window.dash ? window.dash.messages : 0, charts: {}};
+for (const div of document.querySelectorAll('[data-chart]')) {
+  const chart = echarts.getInstanceByDom(div);
+  if (!chart) continue;
+  const series = {};
+  for (const s of chart.getModel().getSeries()) series[s.name] = s.getRawData().count();
+  out.charts[div.dataset.chart] = series;
+}
+return out;`
+
+// TestBrowser drives headless Chromium against the dashboard: the live page of a running
+// experiment draws charts from the run's samples and keeps adding points as the run goes on;
+// the compare page overlays two runs.
+func TestBrowser(t *testing.T) {
+	driverPath, browser, err := webdriver.Find()
+	if err != nil {
+		t.Skipf("browser test skipped: %v; .ci/run installs them", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	d := newTestDash(t, nil)
+
+	// Long enough to watch: cells one after another, many samples. Under the race detector
+	// the simulator is several times slower, so fewer cells do.
+	matrix := "policies: {routers: [round-robin, least-request, weighted], evict: [lru, lfu]}\nseeds: [1, 2, 3, 4]\n"
+	if raceEnabled {
+		matrix = "policies: {routers: [round-robin, least-request, weighted]}\nseeds: [1, 2]\n"
+	}
+	live := writeFile(t, filepath.Join(d.specs, "live.yaml"), fmt.Sprintf("name: browser-live\n"+
+		"workload: {trace: %s, rate_scale: 4}\ncluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n%s", azureSlice, matrix))
+	small := writeFile(t, filepath.Join(d.specs, "small.yaml"), specYAML("browser-small", 400, "round-robin, prefix-affinity", ""))
+
+	wd, err := webdriver.Start(ctx, driverPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wd.Close()
+	s, err := wd.NewSession(ctx, webdriver.Options{Binary: browser, Args: webdriver.HeadlessArgs(t.TempDir())})
+	if err != nil {
+		t.Fatalf("%v\nchromedriver log:\n%s", err, wd.Log())
+	}
+	defer s.Quit(ctx)
+	if err := s.SetWindowSize(ctx, 1400, 1300); err != nil {
+		t.Fatal(err)
+	}
+	shots := t.TempDir()
+	screenshot := func(name string) {
+		t.Helper()
+		b, err := s.Screenshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+			t.Fatalf("screenshot is not a PNG: %v", err)
+		}
+		p := filepath.Join(shots, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot: %s", p)
+		if keep := os.Getenv("SERVELAB_SCREENSHOTS"); keep != "" { // e.g. a CI artifact directory
+			os.MkdirAll(keep, 0o755)
+			os.WriteFile(filepath.Join(keep, name), b, 0o644)
+		}
+	}
+	stats := func() chartStats {
+		t.Helper()
+		var st chartStats
+		if err := s.Execute(ctx, chartStatsJS, nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+
+	waitStats := func(what string, cond func(chartStats) bool) chartStats {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			st := stats()
+			if cond(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s: %+v", what, st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// The index page starts the small run, as a person would: the form posts it and the
+	// browser lands on its live page, which shows it to the end.
+	if err := s.Navigate(ctx, d.hs.URL+"/"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Execute(ctx, `const form = document.getElementById('start');
+form.spec.value = arguments[0];
+form.sample_interval.value = '0.5';
+form.requestSubmit();`, []any{small}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var at string
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(at, "/runs/"); time.Sleep(20 * time.Millisecond) {
+		if at, err = s.CurrentURL(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			var msg string
+			s.Execute(ctx, `const m = document.getElementById('start-msg'); return m ? m.textContent : ''`, nil, &msg)
+			t.Fatalf("after submitting the start form the browser is at %s: %s", at, msg)
+		}
+	}
+	if at != d.hs.URL+"/runs/browser-small" || d.srv.Job("browser-small") == nil {
+		t.Fatalf("after starting a run the browser is at %q", at)
+	}
+	smallID := "browser-small"
+	waitStats("the small run's live page to show it done", func(st chartStats) bool {
+		return st.Status == StatusDone && st.points() > 0
+	})
+
+	// The live page of the long run, open before it starts (as another tab would be), so
+	// that the whole run is watched.
+	spec, err := experiments.Load(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm, _ := spec.Normalized()
+	writeFile(t, filepath.Join(d.runs, "browser-live", "spec.yaml"), string(norm))
+	if err := s.Navigate(ctx, d.hs.URL+"/runs/browser-live"); err != nil {
+		t.Fatal(err)
+	}
+	waitStats("the live page's snapshot", func(st chartStats) bool { return st.Ready && st.Status == StatusNew })
+	job := d.srv.Job(d.start(StartRequest{Spec: live}))
+
+	// Its charts fill with the run's samples and keep growing while it runs.
+	first := waitStats("data points on the live page", func(st chartStats) bool { return st.points() > 0 })
+	if len(first.Charts) != len(chartKeys) {
+		t.Errorf("live page has charts %v", first.Charts)
+	}
+	grew, last := 0, first
+	for last.Status == StatusRunning {
+		time.Sleep(100 * time.Millisecond)
+		st := stats()
+		if st.points() > last.points() && st.Messages > last.Messages && st.Status == StatusRunning {
+			grew++
+			if grew == 2 {
+				screenshot("live-running.png")
+			}
+		}
+		last = st
+	}
+	if grew < 3 {
+		t.Errorf("the live page's charts grew %d times while the run went on (from %d to %d points, %d to %d messages)",
+			grew, first.points(), last.points(), first.Messages, last.Messages)
+	}
+	t.Logf("live page: charts grew %d times while the run went on, to %d points from %d messages", grew, last.points(), last.Messages)
+
+	if _, err := job.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.srv.Job(smallID).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// Every sample of every cell ends up on the charts, one series per cell.
+	var total int
+	for _, c := range job.Spec.Cells() {
+		n, err := readTimeSeries(job.Dir, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
+	}
+	final := waitStats(fmt.Sprintf("the live page to show the run done with its %d samples", total), func(st chartStats) bool {
+		return st.Status == StatusDone && sum(st.Charts["throughput"]) == total
+	})
+	for key, series := range final.Charts {
+		if len(series) != len(job.Spec.Cells()) {
+			t.Errorf("chart %s: %d series, want one per cell (%d)", key, len(series), len(job.Spec.Cells()))
+		}
+	}
+	screenshot("live-done.png")
+
+	// The compare page overlays both runs.
+	if err := s.Navigate(ctx, d.hs.URL+"/compare?run=browser-live&run="+smallID); err != nil {
+		t.Fatal(err)
+	}
+	cmp := waitStats("the compare page to load", func(st chartStats) bool { return st.Ready })
+	for key, series := range cmp.Charts {
+		var fromLive, fromSmall int
+		for name, points := range series {
+			if points == 0 && key != "hit" && key != "ttft" {
+				t.Errorf("chart %s: series %s has no points", key, name)
+			}
+			switch {
+			case strings.HasPrefix(name, "browser-live: "):
+				fromLive++
+			case strings.HasPrefix(name, smallID+": "):
+				fromSmall++
+			}
+		}
+		if fromLive != len(job.Spec.Cells()) || fromSmall != 2 {
+			t.Errorf("compare chart %s: %d series of browser-live, %d of %s; want %d and 2", key, fromLive, fromSmall, smallID, len(job.Spec.Cells()))
+		}
+	}
+	var rows int
+	if err := s.Execute(ctx, `return document.querySelectorAll('#summaries tbody tr').length`, nil, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if want := len(job.Spec.Cells())/len(job.Spec.Seeds) + 2; rows != want {
+		t.Errorf("summary table has %d rows, want one per policy of each run (%d)", rows, want)
+	}
+	screenshot("compare.png")
+}
+
+var chartKeys = []string{"throughput", "output", "waiting", "running", "kv", "hit", "ttft"}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func readTimeSeries(dir, cell string) (int, error) {
+	ts, err := experiments.ReadTimeSeries(dir, cell)
+	return len(ts), err
+}

@@ -1,0 +1,365 @@
+// servelab dashboard: the live page's websocket client, the compare page and the run list.
+'use strict';
+
+// The charts of a run's time series: one series per cell, x = simulated seconds.
+const CHARTS = [
+  {key: 'throughput', title: 'Request throughput (req/s)', field: 'request_throughput'},
+  {key: 'output', title: 'Output throughput (tok/s)', field: 'output_throughput'},
+  {key: 'waiting', title: 'Queue depth: waiting requests', field: 'num_requests_waiting'},
+  {key: 'running', title: 'Running requests', field: 'num_requests_running'},
+  {key: 'kv', title: 'KV cache usage (%)', field: 'kv_cache_usage_perc', scale: 100},
+  {key: 'hit', title: 'Prefix-cache hit rate (%)', field: 'prefix_cache_hit_rate', scale: 100},
+  {key: 'ttft', title: 'TTFT p50 (ms)', field: 'ttft_p50_ms', zeroIsGap: true},
+];
+
+// What tests and curious people can inspect: window.dash.
+const dash = window.dash = {charts: {}, messages: 0, snapshots: 0, updates: 0, lastSeq: 0, status: '', ready: false};
+
+const $ = (sel, root) => (root || document).querySelector(sel);
+const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+const enc = encodeURIComponent;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === 'class') e.className = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function statusBadge(status) {
+  return el('span', {class: 'status status-' + status}, status);
+}
+
+function fmt(x, digits) {
+  if (x === null || x === undefined || Number.isNaN(x)) return '';
+  return Number(x).toLocaleString(undefined, {maximumFractionDigits: digits === undefined ? 2 : digits});
+}
+
+async function fetchJSON(url, opts) {
+  const resp = await fetch(url, opts);
+  let body = null;
+  try { body = await resp.json(); } catch (e) { /* not JSON */ }
+  if (!resp.ok) throw new Error((body && body.error) || resp.status + ' ' + resp.statusText);
+  return body;
+}
+
+// makeCharts puts one ECharts instance per chart definition into container.
+function makeCharts(container) {
+  const charts = {};
+  for (const def of CHARTS) {
+    const div = el('div', {class: 'chart', id: 'chart-' + def.key, 'data-chart': def.key});
+    container.append(div);
+    const chart = echarts.init(div);
+    chart.setOption({
+      animation: false,
+      title: {text: def.title, left: 8, top: 4, textStyle: {fontSize: 13, fontWeight: 'normal'}},
+      tooltip: {trigger: 'axis', valueFormatter: v => fmt(v)},
+      legend: {type: 'scroll', bottom: 0, textStyle: {fontSize: 10}},
+      grid: {left: 56, right: 16, top: 36, bottom: 56},
+      xAxis: {type: 'value', name: 'simulated s', nameLocation: 'middle', nameGap: 22, min: 0},
+      yAxis: {type: 'value'},
+      series: [],
+    });
+    charts[def.key] = chart;
+  }
+  window.addEventListener('resize', () => Object.values(charts).forEach(c => c.resize()));
+  dash.charts = charts;
+  return charts;
+}
+
+// point is a sample's [t, value] for a chart.
+function point(def, t, v) {
+  if (v === null || v === undefined || (def.zeroIsGap && v === 0)) return [t, null];
+  return [t, def.scale ? v * def.scale : v];
+}
+
+// setSeries draws every chart from a list of {name, points: {chartKey: [[t, v], ...]}}.
+// When the series are the ones already drawn only their data is replaced, which is much
+// cheaper than rebuilding them.
+function setSeries(charts, list) {
+  const names = list.map(s => s.name).join('\n');
+  for (const def of CHARTS) {
+    const chart = charts[def.key];
+    if (chart.__names === names) {
+      chart.setOption({series: list.map(s => ({id: s.name, data: s.points[def.key]}))});
+      continue;
+    }
+    chart.__names = names;
+    chart.setOption({
+      series: list.map(s => ({id: s.name, name: s.name, type: 'line', showSymbol: false, connectNulls: false,
+        sampling: 'lttb', lineStyle: {width: 1.5}, data: s.points[def.key]})),
+    }, {replaceMerge: ['series']});
+  }
+}
+
+// cellLabel is a cell's policies as people read them.
+function cellLabel(id, cell) {
+  if (!cell || !cell.router) return id;
+  let s = cell.router;
+  if (cell.batch && cell.batch !== 'vllm') s += ' / ' + cell.batch;
+  s += ' / ' + cell.evict + ' / s' + cell.seed;
+  if (id.includes('__x')) s += ' ×' + cell.rate_scale; // the spec sweeps load
+  return s;
+}
+
+// ---- live page -------------------------------------------------------------------------
+
+function livePage() {
+  const runID = document.body.dataset.run;
+  const charts = makeCharts($('#charts'));
+  const cells = new Map(); // id -> {id, cell, status, progress, error, summary, points}
+  let fields = [];
+  let ws = null;
+  let renderTimer = null;
+  let lastRender = 0;
+  let backoff = 500;
+
+  function cellOf(id) {
+    let c = cells.get(id);
+    if (!c) {
+      c = {id, cell: null, status: 'pending', progress: 0, error: '', summary: null, points: {}};
+      for (const def of CHARTS) c.points[def.key] = [];
+      cells.set(id, c);
+    }
+    return c;
+  }
+
+  function apply(m) {
+    if (m.type === 'error') {
+      $('#run-error').textContent = m.error;
+      return;
+    }
+    if (m.type === 'snapshot') {
+      fields = m.fields;
+      cells.clear();
+      dash.snapshots++;
+    } else {
+      dash.updates++;
+      if (m.seq !== dash.lastSeq + 1 && ws) ws.send(JSON.stringify({type: 'resync'})); // a gap: start over
+    }
+    dash.lastSeq = m.seq;
+    dash.messages++;
+    dash.status = m.status;
+    dash.progress = m.progress;
+    dash.error = m.error || '';
+    for (const mc of m.cells) {
+      const c = cellOf(mc.id);
+      if (mc.cell) c.cell = mc.cell;
+      c.status = mc.status;
+      c.progress = mc.progress;
+      c.error = mc.error || '';
+      if (mc.summary) c.summary = mc.summary;
+      // Absolute: keep the first `from` points, then append.
+      for (const def of CHARTS) {
+        const pts = c.points[def.key];
+        pts.length = Math.min(pts.length, mc.from);
+        const fi = fields.indexOf(def.field), ti = fields.indexOf('t');
+        for (const row of mc.samples) pts.push(point(def, row[ti], row[fi]));
+      }
+    }
+    scheduleRender();
+  }
+
+  // Redraw at most every 100 ms, and less often when drawing takes long (many points), so
+  // the page stays responsive whatever the run's size.
+  let renderCost = 0;
+  function scheduleRender() {
+    if (renderTimer) return;
+    const wait = Math.max(0, Math.max(100, 2 * renderCost) - (Date.now() - lastRender));
+    renderTimer = setTimeout(render, wait);
+  }
+
+  function render() {
+    renderTimer = null;
+    lastRender = Date.now();
+    try { draw(); } finally {
+      renderCost = Date.now() - lastRender;
+      dash.renders = (dash.renders || 0) + 1;
+      dash.renderCost = renderCost;
+    }
+  }
+
+  function draw() {
+    $('#run-status').replaceChildren(statusBadge(dash.status));
+    $('#run-progress').value = dash.progress;
+    $('#run-pct').textContent = Math.round(100 * dash.progress) + '%';
+    $('#run-error').textContent = dash.error;
+    const tbody = $('#cells tbody');
+    for (const c of cells.values()) {
+      let tr = $$('tr', tbody).find(r => r.dataset.cell === c.id);
+      if (!tr) {
+        tr = el('tr', {'data-cell': c.id}, el('td', {}, c.id), el('td', {class: 'st'}),
+          el('td', {}, el('progress', {max: 1, value: 0})), el('td'), el('td'), el('td'), el('td'));
+        tbody.append(tr);
+      }
+      const td = tr.children;
+      td[0].textContent = cellLabel(c.id, c.cell);
+      td[0].title = c.id;
+      td[1].replaceChildren(statusBadge(c.status));
+      if (c.error) td[1].append(el('div', {class: 'error small'}, c.error));
+      $('progress', td[2]).value = c.progress;
+      const s = c.summary;
+      td[3].textContent = s ? fmt(s.request_throughput) : '';
+      td[4].textContent = s ? fmt(s.request_goodput) : '';
+      td[5].textContent = s ? fmt(s.p99_ttft_ms, 0) : '';
+      td[6].textContent = s ? fmt(100 * s.prefix_cache_hit_rate, 1) + '%' : '';
+    }
+    setSeries(charts, Array.from(cells.values()).map(c => ({name: cellLabel(c.id, c.cell), points: c.points})));
+    dash.ready = true;
+  }
+
+  function connect() {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    ws = new WebSocket(proto + '//' + location.host + '/api/runs/' + enc(runID) + '/ws');
+    ws.onopen = () => { $('#conn').textContent = 'live'; backoff = 500; };
+    ws.onmessage = ev => apply(JSON.parse(ev.data));
+    ws.onclose = () => {
+      ws = null;
+      $('#conn').textContent = 'disconnected, reconnecting…';
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+  connect();
+
+  const cancel = $('#cancel');
+  if (cancel) cancel.addEventListener('click', async () => {
+    cancel.disabled = true;
+    try { await fetchJSON('/api/runs/' + enc(runID) + '/cancel', {method: 'POST'}); } catch (e) { $('#run-error').textContent = e.message; }
+  });
+}
+
+// ---- compare page ----------------------------------------------------------------------
+
+const SUMMARY_COLUMNS = [
+  ['request_goodput', 'goodput req/s', 2], ['request_throughput', 'req/s', 2], ['output_throughput', 'output tok/s', 0],
+  ['mean_ttft_ms', 'mean TTFT ms', 0], ['p99_ttft_ms', 'p99 TTFT ms', 0], ['median_tpot_ms', 'median TPOT ms', 1],
+  ['p99_tpot_ms', 'p99 TPOT ms', 1], ['prefix_cache_hit_rate', 'hit rate %', 1, 100], ['preemptions', 'preemptions', 1],
+];
+
+async function comparePage() {
+  const picks = $$('.run-cells');
+  if (picks.length === 0) { dash.ready = true; return; }
+  const charts = makeCharts($('#charts'));
+  const runs = []; // {id, cells: [{id, cell, label, points, on}], results}
+  await Promise.all(picks.map(async (fs) => {
+    const id = fs.dataset.run;
+    const run = {id, cells: [], results: null, error: ''};
+    runs.push(run);
+    try {
+      const info = await fetchJSON('/api/runs/' + enc(id));
+      run.results = await fetchJSON('/api/runs/' + enc(id) + '/results').catch(() => null);
+      await Promise.all(info.cell_list.map(async (ci) => {
+        const c = {id: ci.id, cell: ci, label: cellLabel(ci.id, ci), points: {}, on: true};
+        for (const def of CHARTS) c.points[def.key] = [];
+        try {
+          const ts = await fetchJSON('/api/runs/' + enc(id) + '/cells/' + enc(ci.id) + '/timeseries');
+          for (const def of CHARTS) c.points[def.key] = ts.map(s => point(def, s.t, s[def.field]));
+        } catch (e) { c.missing = e.message; }
+        run.cells.push(c);
+      }));
+      run.cells.sort((a, b) => info.cell_list.findIndex(x => x.id === a.id) - info.cell_list.findIndex(x => x.id === b.id));
+    } catch (e) {
+      run.error = e.message;
+    }
+    fs.replaceChildren(el('legend', {}, id));
+    if (run.error) fs.append(el('span', {class: 'error'}, run.error));
+    for (const c of run.cells) {
+      const box = el('input', {type: 'checkbox', 'data-cell': c.id});
+      box.checked = true;
+      box.addEventListener('change', () => { c.on = box.checked; draw(); });
+      fs.append(el('label', {title: c.missing || c.id}, box, ' ' + c.label + (c.missing ? ' (no time series)' : '')));
+    }
+  }));
+  runs.sort((a, b) => picks.findIndex(p => p.dataset.run === a.id) - picks.findIndex(p => p.dataset.run === b.id));
+
+  function draw() {
+    const list = [];
+    for (const r of runs) for (const c of r.cells) if (c.on) list.push({name: r.id + ': ' + c.label, points: c.points});
+    setSeries(charts, list);
+  }
+  draw();
+
+  const table = el('table', {class: 'summary'});
+  table.append(el('thead', {}, el('tr', {}, el('th', {}, 'run'), el('th', {}, 'policy'), el('th', {}, 'seeds'),
+    ...SUMMARY_COLUMNS.map(([, name]) => el('th', {}, name)))));
+  const body = el('tbody');
+  for (const r of runs) {
+    if (!r.results) {
+      body.append(el('tr', {}, el('td', {}, r.id), el('td', {colspan: SUMMARY_COLUMNS.length + 2}, 'no results.json yet')));
+      continue;
+    }
+    const sweep = new Set(r.results.policies.map(p => p.rate_scale)).size > 1;
+    for (const p of r.results.policies) {
+      const name = p.router + (p.batch !== 'vllm' ? ' / ' + p.batch : '') + ' / ' + p.evict + (sweep ? ' ×' + p.rate_scale : '');
+      body.append(el('tr', {'data-run': r.id}, el('td', {}, r.id), el('td', {}, name),
+        el('td', {}, p.seeds + (p.failed_cells ? ' (' + p.failed_cells + ' failed)' : '')),
+        ...SUMMARY_COLUMNS.map(([key, , digits, scale]) => {
+          const st = p[key] || {mean: 0, ci95: 0};
+          const k = scale || 1;
+          return el('td', {class: 'num'}, fmt(st.mean * k, digits) + (st.ci95 ? ' ± ' + fmt(st.ci95 * k, digits) : ''));
+        })));
+    }
+  }
+  table.append(body);
+  $('#summaries').replaceChildren(table);
+  dash.runs = runs.map(r => r.id);
+  dash.ready = true;
+}
+
+// ---- index page ------------------------------------------------------------------------
+
+function indexPage() {
+  const form = $('#start');
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const msg = $('#start-msg');
+    const req = {spec: form.spec.value.trim()};
+    if (form.out.value.trim()) req.out = form.out.value.trim();
+    if (form.sample_interval.value) req.sample_interval = Number(form.sample_interval.value);
+    msg.textContent = 'starting…';
+    msg.className = 'msg';
+    try {
+      const r = await fetchJSON('/api/runs', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify(req)});
+      location.href = r.url;
+    } catch (e) {
+      msg.textContent = e.message;
+      msg.className = 'msg error';
+    }
+  });
+  $('#pick').addEventListener('submit', (ev) => {
+    if ($$('#pick input[name=run]:checked').length === 0) {
+      ev.preventDefault();
+      $('#new-runs').textContent = 'select runs to compare';
+    }
+  });
+  // Keep statuses fresh; offer a reload when new runs appear.
+  setInterval(async () => {
+    let data;
+    try { data = await fetchJSON('/api/runs'); } catch (e) { return; }
+    let unseen = 0;
+    for (const exp of data.experiments) for (const r of exp.runs) {
+      const tr = $$('tr[data-run]').find(t => t.dataset.run === r.id);
+      if (!tr) { unseen++; continue; }
+      $('.st', tr).replaceChildren(statusBadge(r.status));
+      $('progress', tr).value = r.progress;
+      $('.pg', tr).textContent = Math.round(100 * r.progress) + '%';
+      $('.cells', tr).textContent = r.done_cells + '/' + r.cells;
+      $('.failed', tr).textContent = r.failed_cells;
+    }
+    const note = $('#new-runs');
+    note.replaceChildren();
+    if (unseen) note.append(unseen + ' new run' + (unseen > 1 ? 's' : '') + ' — ', el('a', {href: '/'}, 'reload'));
+  }, 2000);
+  dash.ready = true;
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  switch (document.body.dataset.page) {
+    case 'live': livePage(); break;
+    case 'compare': comparePage(); break;
+    case 'index': indexPage(); break;
+  }
+});
