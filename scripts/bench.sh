@@ -57,6 +57,11 @@ for router in least-request weighted; do
     $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router $router --json
 done
 
+# An experiment end to end, report included (issue 5's target: 3 routers x 2 evictors x 3
+# seeds on the Azure conv trace in under 15 s).
+row "Experiment azure-routers: 3 routers x 2 evictors x 3 seeds (18 cells), report included" 3 \
+  bash -c "rm -rf $WORK/exp && $BIN run experiments/examples/azure-routers.yaml --trace $AZURE --out $WORK/exp -q"
+
 # The BLIS workload: 512 +- 256 prompt and output tokens, 1 request/s, 1 instance, roofline,
 # H100, Qwen2.5-7B. servelab draws lengths lognormally with the same mean and standard
 # deviation (sigma 0.472 gives a coefficient of variation of 0.5).
@@ -99,6 +104,11 @@ engine_rate() { # preset case -> median tok/s
 echo "measuring the router's overhead" >&2
 go test -run '^$' -bench 'BenchmarkOverhead$' -count 3 ./real/router/ >"$WORK/router.txt"
 go test -run '^$' -bench 'BenchmarkOverheadAt500RPS' -benchtime 2500x -count 3 ./real/router/ >>"$WORK/router.txt"
+
+# The dashboard: a run with and without the hub and four websocket clients attached (three
+# reading, one stuck); issue 5's targets: at least 5 pushes/s, at most 10% slowdown.
+echo "measuring the dashboard's cost" >&2
+go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"$WORK/dash.txt"
 
 # Fidelity: the simulator calibrated by a profile of the engine against a real local
 # cluster (2 engine processes and the router) on the first 300 requests of each shipped
@@ -159,6 +169,17 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo
   echo '```'
   grep -E '^Benchmark' "$WORK/router.txt"
+  echo '```'
+  echo
+  echo "## The dashboard's cost"
+  echo
+  echo "\`go test -run '^\$' -bench 'BenchmarkDashboard\$' -benchtime 10x -count 3 ./web/\`: the same 12-cell"
+  echo "experiment (the shipped Azure slice) alternately without and with the dashboard attached in-process"
+  echo "(100 ms push cadence, three reading websocket clients on loopback and one that never reads):"
+  echo "pushes/s is what a reading client received per second of run, slowdown_% the extra wall time."
+  echo
+  echo '```'
+  grep -E '^Benchmark' "$WORK/dash.txt"
   echo '```'
   echo
   echo "## Simulator fidelity (predicted vs measured)"
