@@ -50,7 +50,7 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 			}
 			if vocab == 0 && modelDir != "" {
 				var err error
-				if vocab, err = promptVocab(modelDir); err != nil {
+				if _, vocab, err = modelLimits(modelDir, 0); err != nil {
 					return err
 				}
 			}
@@ -163,20 +163,26 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 	return cmd
 }
 
-// promptVocab is how many token ids a prompt may use with the model in dir: the smaller of
-// the model's embedding rows and its tokenizer's vocabulary, which the server checks.
-func promptVocab(dir string) (int, error) {
+// modelLimits reads what prompts for the model in dir must respect: the context engines
+// serve it with (max_position_embeddings, or maxModelLen when set and shorter), and how
+// many token ids a prompt may use (the smaller of the model's embedding rows and its
+// tokenizer's vocabulary, which the server checks).
+func modelLimits(dir string, maxModelLen int) (context, vocab int, err error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	mc, err := model.ParseConfig(raw)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", dir, err)
+		return 0, 0, fmt.Errorf("%s: %w", dir, err)
 	}
 	tok, err := tokenizer.Load(dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return min(mc.Vocab, tok.VocabSize()), nil
+	context = mc.MaxPos
+	if maxModelLen > 0 {
+		context = min(context, maxModelLen)
+	}
+	return context, min(mc.Vocab, tok.VocabSize()), nil
 }

@@ -136,11 +136,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if len(f.routers) == 0 {
 		return nil, errors.New("give at least one --router")
 	}
-	maxLen, err := modelContext(c.model, c.maxModelLen)
-	if err != nil {
-		return nil, err
-	}
-	vocab, err := promptVocab(c.model)
+	maxLen, vocab, err := modelLimits(c.model, c.maxModelLen)
 	if err != nil {
 		return nil, err
 	}

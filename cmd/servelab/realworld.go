@@ -2,13 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
-	"servelab/engine/model"
 	"servelab/experiments"
 	"servelab/metrics"
 	"servelab/real/bench"
@@ -41,11 +37,7 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if k.EnablePrefixCaching != nil {
 		c.prefixCaching = *k.EnablePrefixCaching
 	}
-	maxLen, err := modelContext(c.model, c.maxModelLen)
-	if err != nil {
-		return nil, err
-	}
-	vocab, err := promptVocab(c.model)
+	maxLen, vocab, err := modelLimits(c.model, c.maxModelLen)
 	if err != nil {
 		return nil, err
 	}
@@ -85,21 +77,4 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		return nil, err
 	}
 	return &res.Summary, nil
-}
-
-// modelContext is the context length engines serving the model directory run with: its
-// max_position_embeddings, or maxModelLen when that is set and shorter.
-func modelContext(dir string, maxModelLen int) (int, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
-	if err != nil {
-		return 0, err
-	}
-	mc, err := model.ParseConfig(raw)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", dir, err)
-	}
-	if maxModelLen > 0 {
-		return min(mc.MaxPos, maxModelLen), nil
-	}
-	return mc.MaxPos, nil
 }
