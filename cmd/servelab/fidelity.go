@@ -297,20 +297,22 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, err
 		}
+		// Over all engines' steps together: an engine the router left idle has no steps
+		// and must not pull the ratio down.
+		var measuredSum, modelledSum float64
 		for i := range c.engines {
 			steps, err := readSteps(stepLog(i))
 			if err != nil {
 				return nil, err
 			}
-			var m, p float64
 			for _, s := range steps {
-				m += s.Seconds
-				p += model.StepTime(s.Shape)
+				measuredSum += s.Seconds
+				modelledSum += model.StepTime(s.Shape)
 			}
 			run.Steps += len(steps)
-			if p > 0 {
-				run.StepTimeRatio += m / p / float64(c.engines)
-			}
+		}
+		if modelledSum > 0 {
+			run.StepTimeRatio = measuredSum / modelledSum
 		}
 		rep.Runs = append(rep.Runs, run)
 	}
