@@ -136,8 +136,7 @@ type Server struct {
 	http    *http.Server
 	created int64
 
-	closing  atomic.Bool
-	inflight atomic.Int64 // generation and kv_events handlers running
+	closing atomic.Bool
 	// kvBuffer is the KV event subscription's buffer, in batches.
 	kvBuffer int
 	// maxBody bounds request bodies, in bytes.
@@ -161,10 +160,10 @@ func New(cfg Config) (*Server, error) {
 	cfg.RetryAfter = max(cfg.RetryAfter, time.Second)
 	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: defaultMaxBody}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.track(s.completions))))
-	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.track(s.chatCompletions))))
+	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.completions)))
+	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.chatCompletions)))
 	mux.HandleFunc("/v1/models", s.auth(method(http.MethodGet, s.models)))
-	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.track(s.kvEvents))))
+	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.kvEvents)))
 	mux.HandleFunc("/v1/", s.auth(notFound))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
 	mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
@@ -210,23 +209,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if e := <-engErr; e != nil && err == nil {
 		err = e
 	}
-	// The engine has finished or aborted every request, so the handlers are writing their
-	// last chunks; give them a moment, then cut what is left.
-	deadline := time.Now().Add(drainGrace)
-	for s.inflight.Load() > 0 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
+	if err != nil {
+		// The deadline passed with streams open. The engine has aborted every request, so
+		// their handlers are writing the aborted ends: let each response finish (its
+		// connection then goes idle and is closed), then cut what is left.
+		grace, cancel := context.WithTimeout(context.Background(), drainGrace)
+		defer cancel()
+		if s.http.Shutdown(grace) != nil {
+			s.http.Close()
+		}
 	}
-	s.http.Close()
 	return err
-}
-
-// track counts a handler as in flight, so Shutdown can wait for it.
-func (s *Server) track(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		s.inflight.Add(1)
-		defer s.inflight.Add(-1)
-		h(w, r)
-	}
 }
 
 // apiError is OpenAI's error body.
