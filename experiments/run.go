@@ -21,6 +21,7 @@ import (
 
 	"gonum.org/v1/gonum/stat/distuv"
 
+	"servelab/internal/atomicfile"
 	"servelab/metrics"
 	"servelab/serving"
 	"servelab/sim"
@@ -580,28 +581,7 @@ func writeJSONAtomic(path string, v any) error {
 	return writeFileAtomic(path, append(data, '\n'))
 }
 
-// writeFileAtomic writes through a temporary file and a rename, so a reader (or a resumed
-// run) never sees half a file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
-}
+func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o644) }
 
 // ReadResults reads an experiment directory's results.json.
 func ReadResults(dir string) (*Results, error) {

@@ -25,6 +25,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"servelab/experiments"
+	"servelab/internal/atomicfile"
 )
 
 // Config configures a dashboard.
@@ -415,21 +416,7 @@ func writeSpec(dir string, norm []byte) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".spec.yaml.*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(norm)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, "spec.yaml"))
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return atomicfile.Write(filepath.Join(dir, "spec.yaml"), norm, 0o644)
 }
 
 // Job is the run the dashboard started under id, or nil.

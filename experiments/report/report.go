@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"servelab/experiments"
+	"servelab/internal/atomicfile"
 )
 
 // Experiment is an experiment directory read for a report: its spec and results, and,
@@ -112,25 +113,4 @@ func (e *Experiment) WriteFiles(withHTML bool) (htmlPath, mdPath string, err err
 	return htmlPath, mdPath, nil
 }
 
-// writeFileAtomic writes through a temporary file and a rename, so a reader never sees
-// half a report.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
-}
+func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o644) }
