@@ -26,17 +26,24 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	}
 	need := max(0, m.blocksFor(covered)-len(s.Blocks)-cachedBlocks)
 	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
+	// One lookup per prefix block finds them, and checks that the caller's count came
+	// from CachedPrefixBlocks (a mistake would corrupt reference counts).
 	reclaimed := 0
-	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
-		if b, _ := m.cached.Get(h); m.blocks[b].ref == 0 {
+	m.prefix = m.prefix[:0]
+	for i, h := range s.Req.BlockHashes[:cachedBlocks] {
+		b, ok := m.cached.Get(h)
+		if !ok {
+			panic(fmt.Sprintf("kv: prefix block %d is not cached; cachedBlocks must come from CachedPrefixBlocks", i))
+		}
+		if m.blocks[b].ref == 0 {
 			reclaimed++
 		}
+		m.prefix = append(m.prefix, b)
 	}
 	if need+reclaimed > m.free {
 		return false
 	}
-	for _, h := range s.Req.BlockHashes[:cachedBlocks] {
-		b, _ := m.cached.Get(h)
+	for _, b := range m.prefix {
 		if m.blocks[b].ref == 0 {
 			m.evict.Touch(b)
 			m.free--
@@ -61,19 +68,14 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	return true
 }
 
-// checkPrefix panics unless s may take cachedBlocks blocks from the cache: a mistake of
-// the caller's would otherwise corrupt reference counts.
+// checkPrefix panics unless s may take cached blocks: only a sequence without blocks can,
+// and no more than its prompt's full blocks.
 func (m *Manager) checkPrefix(s *serving.Seq, cachedBlocks int) {
 	if len(s.Blocks) != 0 || s.NumComputed != 0 {
 		panic("kv: prefix blocks offered to a sequence that already has blocks")
 	}
 	if cachedBlocks > len(s.Req.BlockHashes) {
 		panic(fmt.Sprintf("kv: %d prefix blocks offered for a prompt of %d full blocks", cachedBlocks, len(s.Req.BlockHashes)))
-	}
-	for i, h := range s.Req.BlockHashes[:cachedBlocks] {
-		if !m.cached.Has(h) {
-			panic(fmt.Sprintf("kv: prefix block %d is not cached; cachedBlocks must come from CachedPrefixBlocks", i))
-		}
 	}
 }
 

@@ -52,6 +52,8 @@ type Manager struct {
 	free   int
 	// stored collects the hashes one allocation caches, for a single BlockStored event.
 	stored []uint64
+	// prefix holds the cached blocks Allocate is about to take (scratch).
+	prefix []int32
 }
 
 type block struct {
