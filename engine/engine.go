@@ -170,6 +170,7 @@ type Engine struct {
 	subs     []*subscriber
 	newSubs  []*subscriber
 	waiting  int // requests submitted and not yet scheduled for the first time
+	open     int // requests submitted and not yet finished
 	closing  bool
 	wake     chan struct{}
 	stats    Stats
@@ -298,6 +299,7 @@ func (e *Engine) Submit(ctx context.Context, req Request) (*Stream, error) {
 		return nil, ErrQueueFull
 	}
 	e.waiting++
+	e.open++
 	e.incoming = append(e.incoming, r)
 	e.mu.Unlock()
 	e.signal()
@@ -332,7 +334,9 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 wait:
 	for {
 		e.mu.Lock()
-		idle := len(e.incoming) == 0 && e.stats.Running == 0 && e.stats.Waiting == 0 && e.waiting == 0
+		// Counted from Submit to finish: the published stats lag a step behind the loop,
+		// so a request the loop has taken but not yet scheduled would look idle there.
+		idle := e.open == 0
 		e.mu.Unlock()
 		if idle {
 			break

@@ -268,6 +268,9 @@ func (e *Engine) finish(r *request, reason string, stopReason any, now time.Time
 	}
 	r.emitted = len(r.text)
 	delete(e.live, r.seq)
+	e.mu.Lock()
+	e.open--
+	e.mu.Unlock()
 	if r.stopWatch != nil {
 		r.stopWatch()
 	}
