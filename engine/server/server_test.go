@@ -620,8 +620,13 @@ func TestDisconnectAbortsRequest(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if st := f.eng.Stats(); st.FreeBlocks == st.NumBlocks || st.Running != 1 {
-					t.Fatalf("nothing held mid-stream: %+v", st)
+				// Stats are published at the end of a step, after its tokens went out.
+				deadline := time.Now().Add(5 * time.Second)
+				for st := f.eng.Stats(); st.FreeBlocks == st.NumBlocks || st.Running != 1; st = f.eng.Stats() {
+					if time.Now().After(deadline) {
+						t.Fatalf("nothing held mid-stream: %+v", st)
+					}
+					time.Sleep(time.Millisecond)
 				}
 				cancel()
 				resp.Body.Close()
