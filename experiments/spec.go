@@ -130,6 +130,18 @@ func Load(path string) (*Spec, error) {
 // Parse reads a spec; path names it in errors and anchors a relative trace path. Unknown
 // keys and bad values are errors naming the key, e.g. "cluster.instnces: unknown key".
 func Parse(data []byte, path string) (*Spec, error) {
+	s, err := decode(data, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// decode reads a spec's keys and values without checking what they name.
+func decode(data []byte, path string) (*Spec, error) {
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -150,10 +162,43 @@ func Parse(data []byte, path string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", path, describeJSONError(err))
 	}
 	s.dir = filepath.Dir(path)
-	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	return &s, nil
+}
+
+// ReadSpec reads an experiment directory's spec.yaml, the spec as run (Normalized). It is
+// decoded with the same strict keys as Parse but not validated again: a finished run's
+// report or listing needs its cells, not its trace or model files, which may have moved.
+func ReadSpec(dir string) (*Spec, error) {
+	path := filepath.Join(dir, "spec.yaml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := decode(data, path)
+	if err != nil {
+		return nil, err
+	}
+	s.defaults()
+	return s, nil
+}
+
+// defaults fills what a spec may leave out.
+func (s *Spec) defaults() {
+	if s.World == "" {
+		s.World = "sim"
+	}
+	if len(s.Workload.RateScale) == 0 {
+		s.Workload.RateScale = RateScales{1}
+	}
+	if len(s.Seeds) == 0 {
+		s.Seeds = []uint64{0}
+	}
+	if len(s.Policies.Batch) == 0 {
+		s.Policies.Batch = []string{"vllm"}
+	}
+	if len(s.Policies.Evict) == 0 {
+		s.Policies.Evict = []string{"lru"}
+	}
 }
 
 // checkKeys reports the first key in v that t has no field for, with its path.
@@ -235,15 +280,17 @@ func (s *Spec) validate() error {
 	if !validName(s.Name) {
 		return fmt.Errorf("name: %q: use letters, digits, '-', '_' and '.' (it names the output directory)", s.Name)
 	}
+	s.defaults()
 	switch s.World {
-	case "", "sim":
-		s.World = "sim"
+	case "sim":
 	case "real":
 		k := s.Cluster
-		for key, set := range map[string]bool{"gpu": k.GPU != "", "tp": k.TP != 0, "latency": k.Latency != "",
-			"gpu_memory_utilization": k.GPUMemoryUtilization != 0} {
-			if set {
-				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", key)
+		for _, f := range []struct {
+			key string
+			set bool
+		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0}} {
+			if f.set {
+				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", f.key)
 			}
 		}
 		if !fileExists(filepath.Join(s.resolve(k.Model), "config.json")) {
@@ -280,25 +327,13 @@ func (s *Spec) validate() error {
 	if w.TokenScale < 0 || math.IsInf(w.TokenScale, 0) {
 		return fmt.Errorf("workload.token_scale: must be positive, got %v", w.TokenScale)
 	}
-	if len(w.RateScale) == 0 {
-		w.RateScale = RateScales{1}
-	}
 	for i, r := range w.RateScale {
 		if !(r > 0) || math.IsInf(r, 0) {
 			return fmt.Errorf("workload.rate_scale[%d]: must be positive, got %v", i, r)
 		}
 	}
-	if len(s.Seeds) == 0 {
-		s.Seeds = []uint64{0}
-	}
 	if len(s.Policies.Routers) == 0 {
 		return errors.New("policies.routers: give at least one routing policy")
-	}
-	if len(s.Policies.Batch) == 0 {
-		s.Policies.Batch = []string{"vllm"}
-	}
-	if len(s.Policies.Evict) == 0 {
-		s.Policies.Evict = []string{"lru"}
 	}
 	if s.SLO.TTFTMs < 0 || s.SLO.TPOTMs < 0 || s.SLO.E2ELMs < 0 {
 		return errors.New("slo: targets must not be negative")

@@ -140,3 +140,36 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A finished run's spec.yaml still gives its cells when its trace has moved away.
+func TestReadSpecOfAFinishedRun(t *testing.T) {
+	s, err := Load("examples/mooncake-load-sweep.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm, err := s.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := strings.Replace(string(norm), "mooncake_conv_500.jsonl", "moved-away.jsonl", 1)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse([]byte(moved), filepath.Join(dir, "spec.yaml")); err == nil {
+		t.Fatal("Parse accepted a spec whose trace is gone")
+	}
+	got, err := ReadSpec(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(s.Cells(), got.Cells()); diff != "" {
+		t.Errorf("cells (-as run +read back):\n%s", diff)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "spec.yaml"), []byte(moved+"extra: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadSpec(dir); err == nil || !strings.Contains(err.Error(), "extra: unknown key") {
+		t.Errorf("an unknown key: %v", err)
+	}
+}

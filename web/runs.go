@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"servelab/experiments"
 )
 
@@ -150,7 +148,11 @@ func (c *catalog) entry(id string) (*runEntry, error) {
 	}
 	if e == nil || !st.ModTime().Equal(e.specMod) {
 		e = &runEntry{id: id, dir: dir, specMod: st.ModTime()}
-		e.name, e.cells, e.specErr = loadSpecMeta(specPath)
+		if spec, err := experiments.ReadSpec(dir); err != nil {
+			e.specErr = err
+		} else {
+			e.name, e.cells = spec.Name, spec.Cells()
+		}
 		if e.name == "" {
 			e.name = filepath.Base(dir)
 		}
@@ -175,22 +177,6 @@ func (c *catalog) forget(ids []string) {
 			delete(c.runs, id)
 		}
 	}
-}
-
-// loadSpecMeta reads an experiment directory's spec.yaml: its name and cells. A spec that
-// no longer loads (its trace moved) still gives its name.
-func loadSpecMeta(path string) (string, []experiments.Cell, error) {
-	spec, err := experiments.Load(path)
-	if err == nil {
-		return spec.Name, spec.Cells(), nil
-	}
-	var meta struct {
-		Name string `json:"name"`
-	}
-	if raw, rerr := os.ReadFile(path); rerr == nil {
-		yaml.Unmarshal(raw, &meta)
-	}
-	return meta.Name, nil, err
 }
 
 // info describes the run; running says whether this process runs it.

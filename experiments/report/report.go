@@ -14,8 +14,6 @@ import (
 	"slices"
 	"sync"
 
-	"sigs.k8s.io/yaml"
-
 	"servelab/experiments"
 	"servelab/internal/atomicfile"
 )
@@ -45,24 +43,14 @@ func Load(dir string) (*Experiment, error) {
 	if err != nil {
 		return nil, err
 	}
-	specPath := filepath.Join(dir, "spec.yaml")
-	raw, err := os.ReadFile(specPath)
+	spec, err := experiments.ReadSpec(dir)
 	if err != nil {
 		return nil, err
-	}
-	// Not experiments.Parse: it checks the trace file still exists, which a report of a
-	// finished run does not need.
-	var spec experiments.Spec
-	if err := yaml.Unmarshal(raw, &spec); err != nil {
-		return nil, fmt.Errorf("%s: %w", specPath, err)
-	}
-	if len(spec.Workload.RateScale) == 0 {
-		spec.Workload.RateScale = experiments.RateScales{1}
 	}
 	if spec.Name == "" {
 		spec.Name = res.Experiment
 	}
-	return &Experiment{Dir: dir, Spec: spec, Results: *res, cells: map[string]*cellData{}}, nil
+	return &Experiment{Dir: dir, Spec: *spec, Results: *res, cells: map[string]*cellData{}}, nil
 }
 
 // Name is the experiment's name.
@@ -102,15 +90,13 @@ func (e *Experiment) WriteFiles(withHTML bool) (htmlPath, mdPath string, err err
 			return "", "", err
 		}
 		htmlPath = filepath.Join(e.Dir, "report.html")
-		if err := writeFileAtomic(htmlPath, page.Bytes()); err != nil {
+		if err := atomicfile.Write(htmlPath, page.Bytes(), 0o644); err != nil {
 			return "", "", err
 		}
 	}
 	mdPath = filepath.Join(e.Dir, "report.md")
-	if err := writeFileAtomic(mdPath, md.Bytes()); err != nil {
+	if err := atomicfile.Write(mdPath, md.Bytes(), 0o644); err != nil {
 		return "", "", err
 	}
 	return htmlPath, mdPath, nil
 }
-
-func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o644) }
