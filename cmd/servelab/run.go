@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
@@ -122,7 +123,8 @@ func (p *runProgress) event(e experiments.Event) {
 	prefix := fmt.Sprintf("[%*d/%d] %s", len(fmt.Sprint(p.total)), p.finished, p.total, e.Cell)
 	switch {
 	case e.Kind == experiments.CellError:
-		fmt.Fprintf(p.w, "%s: FAILED: %s\n", prefix, firstLine(e.Error))
+		msg, _, _ := strings.Cut(e.Error, "\n")
+		fmt.Fprintf(p.w, "%s: FAILED: %s\n", prefix, msg)
 	case e.Summary != nil:
 		kept := ""
 		if e.Kind == experiments.CellSkipped {
@@ -132,35 +134,15 @@ func (p *runProgress) event(e experiments.Event) {
 	}
 }
 
-func firstLine(s string) string {
-	for i, r := range s {
-		if r == '\n' {
-			return s[:i]
-		}
-	}
-	return s
-}
-
 // printRanking prints results.json's ranking: per rate scale, the policies by goodput.
 func printRanking(w io.Writer, res *experiments.Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "rate\tpolicy\tseeds\tgoodput req/s\tthroughput req/s\tmean TTFT ms\tp99 TTFT ms\tmedian TPOT ms\tprefix hit %\t")
 	for _, p := range res.Policies {
-		seeds := fmt.Sprint(p.Seeds)
-		if p.FailedCells > 0 {
-			seeds += fmt.Sprintf(" (%d failed)", p.FailedCells)
-		}
-		fmt.Fprintf(tw, "x%g\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t\n", p.RateScale, p.Name(), seeds,
-			stat(p.RequestGoodput, 2), stat(p.RequestThroughput, 2), stat(p.MeanTTFTMs, 0),
-			stat(p.P99TTFTMs, 0), stat(p.MedianTPOTMs, 1), 100*p.PrefixCacheHitRate.Mean)
+		stat := func(s experiments.Stat, scale float64) string { return report.FormatStat(s, p.Seeds, scale) }
+		fmt.Fprintf(tw, "x%g\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", p.RateScale, p.Name(), report.SeedsText(&p),
+			stat(p.RequestGoodput, 1), stat(p.RequestThroughput, 1), stat(p.MeanTTFTMs, 1),
+			stat(p.P99TTFTMs, 1), stat(p.MedianTPOTMs, 1), stat(p.PrefixCacheHitRate, 100))
 	}
 	tw.Flush()
-}
-
-// stat formats a mean with its 95% confidence half-width.
-func stat(s experiments.Stat, prec int) string {
-	if s.CI95 == 0 {
-		return fmt.Sprintf("%.*f", prec, s.Mean)
-	}
-	return fmt.Sprintf("%.*f ± %.*f", prec, s.Mean, prec, s.CI95)
 }

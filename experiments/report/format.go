@@ -182,9 +182,9 @@ func decimals(v float64) int {
 	return 3
 }
 
-// fmtStat shows a mean over seeds with its 95% confidence half-width when there are seeds
+// FormatStat shows a mean over seeds with its 95% confidence half-width when there are seeds
 // enough to have one; scale multiplies both (100 for percentages).
-func fmtStat(s experiments.Stat, seeds int, scale float64) string {
+func FormatStat(s experiments.Stat, seeds int, scale float64) string {
 	if seeds == 0 {
 		return "–"
 	}
@@ -196,8 +196,8 @@ func fmtStat(s experiments.Stat, seeds int, scale float64) string {
 	return strconv.FormatFloat(mean, 'f', d, 64) + " ± " + strconv.FormatFloat(ci, 'f', d, 64)
 }
 
-// seedsText is a policy's finished seeds, flagging failed cells.
-func seedsText(p *experiments.PolicyResult) string {
+// SeedsText is a policy's finished seeds, flagging failed cells.
+func SeedsText(p *experiments.PolicyResult) string {
 	if p.FailedCells > 0 {
 		return fmt.Sprintf("%d ⚠ %d failed", p.Seeds, p.FailedCells)
 	}
@@ -213,7 +213,7 @@ type column struct {
 }
 
 func statColumn(head string, md bool, scale float64, f func(p *experiments.PolicyResult) experiments.Stat) column {
-	return column{head, md, func(p *experiments.PolicyResult) string { return fmtStat(f(p), p.Seeds, scale) }}
+	return column{head, md, func(p *experiments.PolicyResult) string { return FormatStat(f(p), p.Seeds, scale) }}
 }
 
 var columns = []column{
@@ -227,7 +227,7 @@ var columns = []column{
 	statColumn("output tok/s", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.OutputThroughput }),
 	statColumn("prefix hit %", true, 100, func(p *experiments.PolicyResult) experiments.Stat { return p.PrefixCacheHitRate }),
 	statColumn("preemptions", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.Preemptions }),
-	{"seeds", true, seedsText},
+	{"seeds", true, SeedsText},
 }
 
 // firstLine is an error's first line, cut to a readable length.

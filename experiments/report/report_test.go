@@ -901,8 +901,8 @@ func TestFmtStat(t *testing.T) {
 		{experiments.Stat{}, 0, 1, "–"},
 	}
 	for _, tt := range tests {
-		if got := fmtStat(tt.s, tt.seeds, tt.scale); got != tt.want {
-			t.Errorf("fmtStat(%+v, %d, %v) = %q, want %q", tt.s, tt.seeds, tt.scale, got, tt.want)
+		if got := FormatStat(tt.s, tt.seeds, tt.scale); got != tt.want {
+			t.Errorf("FormatStat(%+v, %d, %v) = %q, want %q", tt.s, tt.seeds, tt.scale, got, tt.want)
 		}
 	}
 }
