@@ -44,6 +44,9 @@ type Spec struct {
 
 	// dir is the spec file's directory, against which a relative trace path resolves.
 	dir string
+	// clusterKeys are the cluster keys the file sets, so that "instances: 0" is told from
+	// a missing key (which takes the simulator's default).
+	clusterKeys map[string]bool
 }
 
 // Workload is a trace (optionally a time window of it, rate-scaled) or a synthetic one.
@@ -162,6 +165,14 @@ func decode(data []byte, path string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", path, describeJSONError(err))
 	}
 	s.dir = filepath.Dir(path)
+	if m, ok := raw.(map[string]any); ok {
+		if k, ok := m["cluster"].(map[string]any); ok {
+			s.clusterKeys = map[string]bool{}
+			for key := range k {
+				s.clusterKeys[key] = true
+			}
+		}
+	}
 	return &s, nil
 }
 
@@ -299,6 +310,9 @@ func (s *Spec) validate() error {
 	default:
 		return fmt.Errorf("world: %q: want sim or real", s.World)
 	}
+	if err := s.checkCluster(); err != nil {
+		return err
+	}
 	w := &s.Workload
 	switch {
 	case w.Trace == "" && w.Synthetic == nil:
@@ -365,6 +379,32 @@ func (s *Spec) validate() error {
 			}
 			ids[c.ID] = true
 		}
+	}
+	return nil
+}
+
+// checkCluster checks the cluster's numbers; a key set to 0 is an error like any other bad
+// value, not a request for the default (which leaving the key out gives).
+func (s *Spec) checkCluster() error {
+	k := s.Cluster
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"instances", k.Instances}, {"tp", k.TP}, {"block_size", k.BlockSize}} {
+		if f.v < 0 || f.v == 0 && s.clusterKeys[f.key] {
+			return fmt.Errorf("cluster.%s: must be positive, got %d", f.key, f.v)
+		}
+	}
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"num_gpu_blocks_override", k.NumGPUBlocksOverride}, {"max_model_len", k.MaxModelLen}} {
+		if f.v < 0 {
+			return fmt.Errorf("cluster.%s: must not be negative, got %d", f.key, f.v)
+		}
+	}
+	if u := k.GPUMemoryUtilization; u < 0 || u > 1 || math.IsNaN(u) || u == 0 && s.clusterKeys["gpu_memory_utilization"] {
+		return fmt.Errorf("cluster.gpu_memory_utilization: want a fraction in (0, 1], got %v", u)
 	}
 	return nil
 }
@@ -493,9 +533,22 @@ func idPart(spec string) string {
 	}, spec)
 }
 
-// Normalized is the spec as run: defaults filled in, as YAML.
+// Normalized is the spec as run, as YAML: defaults filled in, and the cluster as the
+// simulator resolved it (sim.ClusterSpec.Build's instances, model, GPU, latency model, block
+// size, max_model_len...), so spec.yaml says what ran. The policy specs stay as written:
+// they name the cells.
 func (s *Spec) Normalized() ([]byte, error) {
 	c := *s
+	if s.World == "sim" && len(s.Policies.Routers) > 0 {
+		k, err := s.resolvedCluster()
+		if err != nil {
+			return nil, err
+		}
+		c.Cluster = k
+	} else if c.Cluster.Instances == 0 {
+		// The real world starts this many engines (its other values come from the model).
+		c.Cluster.Instances = sim.DefaultClusterSpec().Instances
+	}
 	if c.Workload.Trace != "" {
 		// Absolute, so the copy written into the experiment directory still finds it.
 		abs, err := filepath.Abs(s.TracePath())
@@ -516,6 +569,35 @@ func (s *Spec) Normalized() ([]byte, error) {
 		return nil, err
 	}
 	return yaml.JSONToYAML(js)
+}
+
+// resolvedCluster is the cluster of the spec's cells as the simulator builds it: the
+// values of sim.ClusterSpec (its defaults where the spec leaves a key out) and the
+// max_model_len Build derives from the latency model. The cells differ only in policies
+// and seeds, which do not change these.
+func (s *Spec) resolvedCluster() (Cluster, error) {
+	cs := s.clusterSpec(s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
+	cfg, err := cs.Build(s.SLO.Metrics())
+	if err != nil {
+		return Cluster{}, fmt.Errorf("cluster: %w", err)
+	}
+	prefixCaching := cfg.PrefixCaching
+	for _, prefix := range []string{"profile:", "linear:"} {
+		if file, ok := strings.CutPrefix(cs.Latency, prefix); ok {
+			// Absolute, as the trace: spec.yaml lies in another directory.
+			abs, err := filepath.Abs(file)
+			if err != nil {
+				return Cluster{}, err
+			}
+			cs.Latency = prefix + abs
+		}
+	}
+	return Cluster{
+		Instances: cfg.Instances, Model: cs.Model, GPU: cs.GPU, TP: cs.TP, Latency: cs.Latency,
+		BlockSize: cfg.BlockSize, NumGPUBlocksOverride: cs.NumGPUBlocksOverride,
+		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
+		MaxModelLen: cfg.MaxModelLen,
+	}, nil
 }
 
 // ReplaceTrace points the workload at another trace file (relative to the working

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"servelab/sim"
 )
 
 // trace is the shipped Azure slice, relative to this package's test specs in testdata/.
@@ -32,6 +34,14 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"no name", "workload: {trace: " + trace + "}\npolicies: {routers: [round-robin]}\n", "name: required"},
 		{"name unfit for a directory", strings.Replace(base, "name: t", "name: a/b", 1), "name:"},
 		{"unknown GPU", base + "cluster: {gpu: tpu-v9}\n", "cluster:"},
+		{"zero instances", base + "cluster: {instances: 0}\n", "cluster.instances: must be positive, got 0"},
+		{"negative instances", base + "cluster: {instances: -2}\n", "cluster.instances: must be positive, got -2"},
+		{"zero tp", base + "cluster: {tp: 0}\n", "cluster.tp: must be positive"},
+		{"zero block size", base + "cluster: {block_size: 0}\n", "cluster.block_size: must be positive"},
+		{"negative block count", base + "cluster: {num_gpu_blocks_override: -1}\n", "cluster.num_gpu_blocks_override: must not be negative"},
+		{"memory fraction over 1", base + "cluster: {gpu_memory_utilization: 1.5}\n", "cluster.gpu_memory_utilization: want a fraction in (0, 1]"},
+		{"zero memory fraction", base + "cluster: {gpu_memory_utilization: 0}\n", "cluster.gpu_memory_utilization: want a fraction in (0, 1]"},
+		{"negative max_model_len", base + "cluster: {max_model_len: -5}\n", "cluster.max_model_len: must not be negative"},
 		{"real world without a model directory", base + "world: real\n", "cluster.model"},
 		{"real world with a GPU", base + "world: real\ncluster: {gpu: h100}\n", "cluster.gpu"},
 		{"unknown world", base + "world: dream\n", "world:"},
@@ -112,6 +122,57 @@ func TestNormalizedParsesBackToTheSameSpec(t *testing.T) {
 	norm2, _ := again.Normalized()
 	if string(norm) != string(norm2) {
 		t.Errorf("normalizing twice differs:\n%s\n%s", norm, norm2)
+	}
+}
+
+// spec.yaml holds the cluster as the simulator resolved it, not "cluster: {}": the values
+// come from sim.ClusterSpec.Build, and parsing them back runs the same cluster.
+func TestNormalizedWritesTheResolvedCluster(t *testing.T) {
+	tests := []struct {
+		name, cluster string
+	}{
+		{"all defaults", ""},
+		{"some set", "cluster: {instances: 3, block_size: 32, max_model_len: 4096}\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Parse([]byte("name: t\nworkload: {trace: "+trace+"}\npolicies: {routers: [round-robin]}\n"+tt.cluster),
+				filepath.Join("testdata", "spec.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			norm, err := s.Normalized()
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := Parse(norm, filepath.Join(t.TempDir(), "spec.yaml"))
+			if err != nil {
+				t.Fatalf("%v\n%s", err, norm)
+			}
+			want := s.clusterSpec("round-robin", "vllm", "lru", 0)
+			cfg, err := want.Build(s.SLO.Metrics())
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := again.Cluster
+			if k.EnablePrefixCaching == nil {
+				t.Fatalf("enable_prefix_caching not written:\n%s", norm)
+			}
+			got := sim.ClusterSpec{Instances: k.Instances, Model: k.Model, GPU: k.GPU, TP: k.TP, Latency: k.Latency,
+				BlockSize: k.BlockSize, GPUMemoryUtilization: k.GPUMemoryUtilization, EnablePrefixCaching: *k.EnablePrefixCaching,
+				MaxModelLen: k.MaxModelLen}
+			resolved := want
+			resolved.Router, resolved.Batch, resolved.Evict, resolved.Seed = "", "", "", 0
+			resolved.MaxModelLen = cfg.MaxModelLen
+			if diff := cmp.Diff(resolved, got); diff != "" {
+				t.Errorf("spec.yaml's cluster (-resolved +written):\n%s\n%s", diff, norm)
+			}
+			// Read back, it runs the same cluster; max_model_len, derived before, is explicit now.
+			want.MaxModelLen = cfg.MaxModelLen
+			if diff := cmp.Diff(want, again.clusterSpec("round-robin", "vllm", "lru", 0)); diff != "" {
+				t.Errorf("the spec read back runs another cluster (-first +again):\n%s", diff)
+			}
+		})
 	}
 }
 
