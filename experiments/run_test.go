@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -363,5 +364,82 @@ func TestRealWorldCellsRunThroughTheRealWorld(t *testing.T) {
 		if rows[0].OutputTokens != int32(max(1, (first.OutputTokens+1)/2)) && rows[0].OutputTokens != int32(first.OutputTokens/2) {
 			t.Errorf("%s: first request has %d output tokens, the trace %d at token scale 0.5", c.ID, rows[0].OutputTokens, first.OutputTokens)
 		}
+	}
+}
+
+// The last sample, taken when the last request finishes, closes a partial interval; its
+// rates are over the full interval it ends (nothing finishes after it), so the series ends
+// on the interval grid without the spike a rate over a few milliseconds gave.
+func TestTimeSeriesLastIntervalIsWhole(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []sim.Sample
+		want []Sample
+	}{
+		{
+			name: "partial last interval",
+			in: []sim.Sample{
+				{Time: 1, Completed: 10, OutputTokens: 100},
+				{Time: 2, Completed: 20, OutputTokens: 200},
+				{Time: 2.05, Completed: 23, OutputTokens: 230},
+			},
+			want: []Sample{
+				{Time: 1, Completed: 10, RequestThroughput: 10, OutputThroughput: 100},
+				{Time: 2, Completed: 20, RequestThroughput: 10, OutputThroughput: 100},
+				{Time: 3, Completed: 23, RequestThroughput: 3, OutputThroughput: 30},
+			},
+		},
+		{
+			name: "run shorter than one interval",
+			in:   []sim.Sample{{Time: 0.25, Completed: 5, OutputTokens: 50}},
+			want: []Sample{{Time: 1, Completed: 5, RequestThroughput: 5, OutputThroughput: 50}},
+		},
+		{
+			name: "late sample (a real-world tick) keeps its own length",
+			in:   []sim.Sample{{Time: 1, Completed: 10}, {Time: 2.5, Completed: 25}},
+			want: []Sample{{Time: 1, Completed: 10, RequestThroughput: 10}, {Time: 2.5, Completed: 25, RequestThroughput: 10}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := &timeSeries{interval: 1}
+			var got []Sample
+			for _, s := range tt.in {
+				got = append(got, ts.sample(s))
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateApprox(0, 1e-9)); diff != "" {
+				t.Errorf("samples (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(got, ts.samples); diff != "" {
+				t.Errorf("timeseries.json differs from the events (-events +file):\n%s", diff)
+			}
+		})
+	}
+}
+
+// A whole run's series lies on the sample interval, its last sample included.
+func TestRunTimeSeriesOnTheInterval(t *testing.T) {
+	spec, err := Parse([]byte("name: grid\nworkload: {trace: "+trace+", max_requests: 200}\n"+
+		"cluster: {instances: 2}\npolicies: {routers: [least-request]}\n"), filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	const interval = 0.7
+	res, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1, SampleInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples, err := ReadTimeSeries(out, res.Cells[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range samples {
+		if k := s.Time / interval; math.Abs(k-math.Round(k)) > 1e-6 || math.Round(k) != float64(i+1) {
+			t.Errorf("sample %d of %d at %v s, want %v", i, len(samples), s.Time, float64(i+1)*interval)
+		}
+	}
+	if last := samples[len(samples)-1]; last.Completed != res.Cells[0].Summary.Completed {
+		t.Errorf("the series ends with %d completed, the summary %d", last.Completed, res.Cells[0].Summary.Completed)
 	}
 }

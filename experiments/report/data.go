@@ -261,14 +261,13 @@ func cdfPoints(xs []float64) []point {
 }
 
 // meanOverSeeds averages one quantity of the seeds' time series index by index: the cells of
-// one rate scale share the sample interval, so sample i is at the same time in every seed.
-// Each seed's last sample, taken at its last finish rather than on the interval, is left
-// out (its rates are over a partial interval) unless it is the seed's only one; near the end,
-// where the seeds have finished at different times, the mean is over the seeds still running.
+// one rate scale share the sample interval, so sample i is at the same time in every seed
+// (the runner ends each series on the interval too). Near the end, where the seeds have
+// finished at different times, the mean is over the seeds still running.
 func meanOverSeeds(runs [][]experiments.Sample, f func(*experiments.Sample) float64) []point {
 	longest := 0
 	for _, r := range runs {
-		longest = max(longest, regular(r))
+		longest = max(longest, len(r))
 	}
 	pts := make([]point, 0, longest)
 	for i := range longest {
@@ -276,7 +275,7 @@ func meanOverSeeds(runs [][]experiments.Sample, f func(*experiments.Sample) floa
 		var t float64
 		n := 0
 		for _, r := range runs {
-			if i < regular(r) {
+			if i < len(r) {
 				if n == 0 {
 					t = r[i].Time
 				}
@@ -287,14 +286,6 @@ func meanOverSeeds(runs [][]experiments.Sample, f func(*experiments.Sample) floa
 		pts = append(pts, point{t, sum / float64(n)})
 	}
 	return pts
-}
-
-// regular is how many of a cell's samples are on the sample interval.
-func regular(samples []experiments.Sample) int {
-	if len(samples) <= 1 {
-		return len(samples)
-	}
-	return len(samples) - 1
 }
 
 // thin averages consecutive points in groups so that at most limit remain.

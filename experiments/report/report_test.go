@@ -835,12 +835,14 @@ func TestMeanOverSeeds(t *testing.T) {
 		want []point
 	}{
 		{"no seeds", nil, []point{}},
-		{"one seed drops its final sample", [][]experiments.Sample{{s(1, 2), s(2, 4), s(2.3, 100)}}, []point{{1, 2}, {2, 4}}},
-		{"a lone final sample stays", [][]experiments.Sample{{s(0.4, 7)}}, []point{{0.4, 7}}},
+		// The runner ends every series on the interval (its last rates over a whole
+		// interval), so every sample is drawn, the last included.
+		{"one seed keeps its last sample", [][]experiments.Sample{{s(1, 2), s(2, 4), s(3, 1)}}, []point{{1, 2}, {2, 4}, {3, 1}}},
+		{"a lone sample", [][]experiments.Sample{{s(1, 7)}}, []point{{1, 7}}},
 		{"seeds align by index", [][]experiments.Sample{
-			{s(1, 2), s(2, 4), s(3, 6), s(3.5, 100)},
-			{s(1, 4), s(2, 8), s(2.2, 100)},
-		}, []point{{1, 3}, {2, 6}, {3, 6}}},
+			{s(1, 2), s(2, 4), s(3, 6), s(4, 1)},
+			{s(1, 4), s(2, 8), s(3, 2)},
+		}, []point{{1, 3}, {2, 6}, {3, 4}, {4, 1}}},
 	}
 	for _, tt := range tests {
 		if diff := cmp.Diff(tt.want, meanOverSeeds(tt.runs, rt)); diff != "" {
