@@ -116,6 +116,10 @@ type Results struct {
 	Experiment string         `json:"experiment"`
 	Cells      []CellResult   `json:"cells"`
 	Policies   []PolicyResult `json:"policies"`
+	// PrefixHashes says whether the workload's requests carry prefix hash ids (Mooncake's
+	// hash_ids). Without them every prompt has blocks of its own and the prefix cache
+	// cannot hit, whatever the policy. Absent in the results of older runs.
+	PrefixHashes *bool `json:"prefix_hashes,omitempty"`
 }
 
 // CellResult is one cell's outcome.
@@ -232,7 +236,8 @@ dispatch:
 	close(jobs)
 	wg.Wait()
 
-	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results)}
+	hashes := shape.HashBlockSize > 0
+	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results), PrefixHashes: &hashes}
 	if err := writeJSONAtomic(filepath.Join(opts.Out, "results.json"), res); err != nil {
 		return res, err
 	}

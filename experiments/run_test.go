@@ -443,3 +443,34 @@ func TestRunTimeSeriesOnTheInterval(t *testing.T) {
 		t.Errorf("the series ends with %d completed, the summary %d", last.Completed, res.Cells[0].Summary.Completed)
 	}
 }
+
+// results.json says whether the workload carries prefix hash ids, so a report can tell "no
+// prefix information" from "no hits".
+func TestResultsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
+	tests := []struct {
+		name, workload string
+		want           bool
+	}{
+		{"Azure: no hash ids", "{trace: " + trace + ", max_requests: 50}", false},
+		{"Mooncake: hash ids", "{trace: ../../examples/traces/mooncake_conv_500.jsonl, max_requests: 50}", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := Parse([]byte("name: p\nworkload: "+tt.workload+"\npolicies: {routers: [round-robin]}\n"), filepath.Join("testdata", "spec.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := t.TempDir()
+			if _, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := ReadResults(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.PrefixHashes == nil || *res.PrefixHashes != tt.want {
+				t.Errorf("prefix_hashes %v, want %v", res.PrefixHashes, tt.want)
+			}
+		})
+	}
+}

@@ -571,6 +571,10 @@ func (s *Spec) Normalized() ([]byte, error) {
 	return yaml.JSONToYAML(js)
 }
 
+// Instances is how many instances the spec's cells run (the simulator's default when the
+// spec leaves cluster.instances out).
+func (s *Spec) Instances() int { return s.clusterSpec("", "", "", 0).Instances }
+
 // resolvedCluster is the cluster of the spec's cells as the simulator builds it: the
 // values of sim.ClusterSpec (its defaults where the spec leaves a key out) and the
 // max_model_len Build derives from the latency model. The cells differ only in policies
