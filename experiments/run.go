@@ -129,6 +129,9 @@ type CellResult struct {
 	Error       string           `json:"error,omitempty"`
 	Summary     *metrics.Summary `json:"summary,omitempty"`
 	WallSeconds float64          `json:"wall_s"`
+	// InstanceRequests counts the requests routed to each instance (index = instance),
+	// failed ones included; requests that reached no instance are not counted.
+	InstanceRequests []int `json:"instance_requests,omitempty"`
 }
 
 // Stat is a mean over seeds with the half-width of its 95% confidence interval (Student's
@@ -158,6 +161,17 @@ type PolicyResult struct {
 	P99TPOTMs          Stat `json:"p99_tpot_ms"`
 	PrefixCacheHitRate Stat `json:"prefix_cache_hit_rate"`
 	Preemptions        Stat `json:"preemptions"`
+	// InstanceShare is each instance's share of the requests (0..1), over seeds; Starved
+	// the instances that got no request at all, in how many seeds. A router that ties and
+	// always breaks the tie the same way shows here.
+	InstanceShare []Stat       `json:"instance_share,omitempty"`
+	Starved       []Starvation `json:"starved_instances,omitempty"`
+}
+
+// Starvation is an instance that got no request in Seeds of a policy's seeds.
+type Starvation struct {
+	Instance int `json:"instance"`
+	Seeds    int `json:"seeds"`
 }
 
 // Name is the policy combination as people read it.
@@ -322,6 +336,13 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 			if raw, err := os.ReadFile(filepath.Join(dir, "wall.json")); err == nil {
 				json.Unmarshal(raw, &res.WallSeconds)
 			}
+			if rows, err := ReadRecords(opts.Out, cell.ID); err == nil {
+				counts := make([]int, spec.Instances())
+				for _, r := range rows {
+					countInstance(counts, int(r.Instance))
+				}
+				res.InstanceRequests = counts
+			}
 			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSkipped, Progress: 1, Summary: &s})
 			return res
 		}
@@ -337,12 +358,13 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellError, Error: res.Error})
 		}
 	}()
-	summary, err := runInWorld(ctx, spec, cell, opts, shape, dir, sink)
+	counts := make([]int, spec.Instances())
+	summary, err := runInWorld(ctx, spec, cell, opts, shape, dir, sink, counts)
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	res.Status, res.Summary = "done", summary
+	res.Status, res.Summary, res.InstanceRequests = "done", summary, counts
 	wall, _ := json.Marshal(time.Since(start).Seconds())
 	if err := writeFileAtomic(filepath.Join(dir, "wall.json"), wall); err != nil {
 		res.Status, res.Error = "error", err.Error()
@@ -358,7 +380,14 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 }
 
 // runInWorld runs one cell in the spec's world, writing its records and time series.
-func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape traces.Shape, dir string, sink *eventSink) (*metrics.Summary, error) {
+// countInstance counts a request routed to instance i; one that reached none (-1) is not.
+func countInstance(counts []int, i int) {
+	if i >= 0 && i < len(counts) {
+		counts[i]++
+	}
+}
+
+func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape traces.Shape, dir string, sink *eventSink, instances []int) (*metrics.Summary, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -377,6 +406,7 @@ func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape 
 			return err
 		}
 		ts.record(r)
+		countInstance(instances, r.Instance)
 		return records.write(r)
 	}
 	onSample := func(s sim.Sample) error {
@@ -537,6 +567,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 		rate                 float64
 	}
 	groups := map[key][]*metrics.Summary{}
+	counts := map[key][][]int{}
 	failed := map[key]int{}
 	var order []key
 	for i := range cells {
@@ -548,6 +579,9 @@ func aggregate(cells []CellResult) []PolicyResult {
 		}
 		if c.Status == "done" && c.Summary != nil {
 			groups[k] = append(groups[k], c.Summary)
+			if c.InstanceRequests != nil {
+				counts[k] = append(counts[k], c.InstanceRequests)
+			}
 		} else {
 			failed[k]++
 		}
@@ -576,6 +610,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 			PrefixCacheHitRate: stat(func(s *metrics.Summary) float64 { return s.PrefixCacheHitRate }),
 			Preemptions:        stat(func(s *metrics.Summary) float64 { return float64(s.Preemptions) }),
 		})
+		out[len(out)-1].InstanceShare, out[len(out)-1].Starved = instanceShares(counts[k])
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := &out[i], &out[j]
@@ -588,6 +623,45 @@ func aggregate(cells []CellResult) []PolicyResult {
 		return a.P99TTFTMs.Mean < b.P99TTFTMs.Mean
 	})
 	return out
+}
+
+// instanceShares is each instance's share of the requests over seeds (the seeds' counts),
+// and the instances that got none.
+func instanceShares(seeds [][]int) ([]Stat, []Starvation) {
+	n := 0
+	for _, c := range seeds {
+		n = max(n, len(c))
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	shares := make([]Stat, n)
+	var starved []Starvation
+	for i := range n {
+		xs := make([]float64, 0, len(seeds))
+		zero := 0
+		for _, c := range seeds {
+			total := 0
+			for _, v := range c {
+				total += v
+			}
+			v := 0
+			if i < len(c) {
+				v = c[i]
+			}
+			if v == 0 {
+				zero++
+			}
+			if total > 0 {
+				xs = append(xs, float64(v)/float64(total))
+			}
+		}
+		shares[i] = meanCI(xs)
+		if zero > 0 {
+			starved = append(starved, Starvation{Instance: i, Seeds: zero})
+		}
+	}
+	return shares, starved
 }
 
 func writeJSONAtomic(path string, v any) error {

@@ -474,3 +474,60 @@ func TestResultsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
 		})
 	}
 }
+
+func TestInstanceShares(t *testing.T) {
+	tests := []struct {
+		name        string
+		seeds       [][]int
+		wantShare   []Stat
+		wantStarved []Starvation
+	}{
+		{"no counts", nil, nil, nil},
+		{"balanced", [][]int{{5, 5}}, []Stat{{Mean: 0.5}, {Mean: 0.5}}, nil},
+		{"one idle in one seed of two", [][]int{{6, 4, 0}, {4, 4, 2}},
+			[]Stat{{Mean: 0.5, CI95: meanCI([]float64{0.6, 0.4}).CI95}, {Mean: 0.4}, {Mean: 0.1, CI95: meanCI([]float64{0, 0.2}).CI95}},
+			[]Starvation{{Instance: 2, Seeds: 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			share, starved := instanceShares(tt.seeds)
+			if diff := cmp.Diff(tt.wantShare, share, cmpopts.EquateApprox(0, 1e-12)); diff != "" {
+				t.Errorf("shares (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantStarved, starved); diff != "" {
+				t.Errorf("starved (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// results.json counts each cell's requests per instance, an instance that got none
+// included, and a resumed run counts the same from the records.
+func TestResultsCountRequestsPerInstance(t *testing.T) {
+	spec, err := Parse([]byte("name: share\nworkload: {trace: "+trace+", max_requests: 2}\n"+
+		"cluster: {instances: 4}\npolicies: {routers: [round-robin]}\n"), filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	first, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, res := range []*Results{first, again} {
+		if diff := cmp.Diff([]int{1, 1, 0, 0}, res.Cells[0].InstanceRequests); diff != "" {
+			t.Errorf("requests per instance (-want +got):\n%s", diff)
+		}
+		p := res.Policies[0]
+		if diff := cmp.Diff([]Stat{{Mean: 0.5}, {Mean: 0.5}, {}, {}}, p.InstanceShare); diff != "" {
+			t.Errorf("shares (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]Starvation{{2, 1}, {3, 1}}, p.Starved); diff != "" {
+			t.Errorf("starved (-want +got):\n%s", diff)
+		}
+	}
+}
