@@ -60,6 +60,14 @@ func rankedCaption(rate float64, sweep bool, by string) string {
 	return "Ranked by " + by
 }
 
+// shareCaption heads a table of requests per instance.
+func shareCaption(rate float64, sweep bool) string {
+	if sweep {
+		return "Rate " + rateLabel(rate) + ": requests per instance"
+	}
+	return "Requests per instance"
+}
+
 // failedCells are the cells that did not finish, in results.json's order.
 func (e *Experiment) failedCells() []experiments.CellResult {
 	var out []experiments.CellResult

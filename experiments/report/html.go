@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -280,7 +281,7 @@ func cdfCharts(ls []*line) ([]chart, error) {
 }
 
 // timeCharts are the time series, each policy's the mean over its seeds.
-func timeCharts(ls []*line) ([]chart, error) {
+func timeCharts(ls []*line, prefixHits bool) ([]chart, error) {
 	metrics := []struct {
 		id, title, unit string
 		value           func(*experiments.Sample) float64
@@ -304,6 +305,9 @@ func timeCharts(ls []*line) ([]chart, error) {
 	}
 	var out []chart
 	for _, m := range metrics {
+		if m.id == "prefix-cache-hit-rate" && !prefixHits {
+			continue // zeros: the notes say why
+		}
 		var ss []series
 		for i, l := range ls {
 			if pts := meanOverSeeds(runs[i], m.value); len(pts) > 0 {
@@ -355,6 +359,7 @@ func loadCharts(ls []*line) ([]chart, error) {
 		{"ttft-p50-vs-load", "Median TTFT vs load", func(p *experiments.PolicyResult) experiments.Stat { return p.MedianTTFTMs }},
 		{"ttft-p99-vs-load", "p99 TTFT vs load", func(p *experiments.PolicyResult) experiments.Stat { return p.P99TTFTMs }},
 	} {
+		logAxis := loadLogAxis(ls, q.stat)
 		var ss []series
 		for i, l := range ls {
 			if len(l.exp.RateScales()) < 2 {
@@ -367,7 +372,7 @@ func loadCharts(ls []*line) ([]chart, error) {
 				}
 				x := float64(slices.Index(rates, p.RateScale))
 				s := q.stat(p)
-				lo := max(s.Mean-s.CI95, 0)
+				lo := bandLow(s, logAxis)
 				mean = append(mean, point{x, s.Mean})
 				lower = append(lower, point{x, lo})
 				width = append(width, point{x, s.Mean + s.CI95 - lo})
@@ -380,10 +385,14 @@ func loadCharts(ls []*line) ([]chart, error) {
 				series{line: l, points: width, stack: stack, band: true},
 				series{line: l, points: mean})
 		}
+		subtitle, yType := "mean over seeds, band: 95% confidence interval", "value"
+		if logAxis {
+			subtitle, yType = "log scale; mean over seeds, band: 95% confidence interval", "log"
+		}
 		c, err := buildChart(q.id, axes{
-			title: q.title, subtitle: "mean over seeds, band: 95% confidence interval",
+			title: q.title, subtitle: subtitle,
 			x:       opts.XAxis{Type: "category", Data: categories, Name: "rate scale (× the trace's arrival rate)", NameLocation: "middle", NameGap: 28},
-			y:       opts.YAxis{Type: "value", Name: "ms"},
+			y:       opts.YAxis{Type: yType, Name: "ms"},
 			tooltip: "item",
 		}, ss)
 		if err != nil {
@@ -394,12 +403,49 @@ func loadCharts(ls []*line) ([]chart, error) {
 	return out, nil
 }
 
+// loadLogAxis says whether the latency-vs-load charts need a log axis: when one policy's
+// latency is ten times another's (one melting down under load), a linear axis flattens
+// every other policy onto zero.
+func loadLogAxis(ls []*line, stat func(*experiments.PolicyResult) experiments.Stat) bool {
+	lo, hi := math.Inf(1), 0.0
+	for _, l := range ls {
+		if len(l.exp.RateScales()) < 2 {
+			continue
+		}
+		for _, p := range l.byRate {
+			if p.Seeds == 0 {
+				continue
+			}
+			v := stat(p).Mean
+			if v <= 0 {
+				return false // a log axis cannot show it
+			}
+			lo, hi = min(lo, v), max(hi, v)
+		}
+	}
+	return hi >= 10*lo
+}
+
+// bandLow is the lower edge of a confidence band: the mean less the half-width, kept above
+// zero (on a log axis, above a tenth of the mean).
+func bandLow(s experiments.Stat, logAxis bool) float64 {
+	lo := s.Mean - s.CI95
+	if logAxis {
+		return max(lo, s.Mean/10)
+	}
+	return max(lo, 0)
+}
+
 // The page's view of the data.
 type (
 	pageView struct {
-		Title       string
+		Title string
+		// Several is set when the page overlays several experiments.
+		Several     bool
 		Experiments []experimentView
 		LoadCharts  []chart
+		LoadNote    string
+		ChartNotes  []string
 		Charts      []chart
 		RateNote    string
 		ECharts     template.JS
@@ -407,10 +453,26 @@ type (
 		ChartsJSON  template.JS
 	}
 	experimentView struct {
-		Label  string
-		Facts  []fact
-		Tables []tableView
-		Failed []failedView
+		Label    string
+		Facts    []fact
+		Verdicts []verdict
+		Warnings []string
+		Notes    []string
+		Tables   []tableView
+		Shares   []shareView
+		Failed   []failedView
+	}
+	shareView struct {
+		Caption string
+		Rate    float64
+		Heads   []string
+		Rows    []shareRowView
+	}
+	shareRowView struct {
+		Policy  string
+		Color   string
+		Cells   []cellView
+		Warning string
 	}
 	failedView struct {
 		ID, Error, Detail string
@@ -426,9 +488,22 @@ type (
 		Policy string
 		Color  string
 		Failed bool
-		Cells  []string
+		Cells  []cellView
+	}
+	// cellView is a table cell "mean ± ci", the half-width allowed to wrap under the mean
+	// so that a wide table fits the page.
+	cellView struct {
+		Mean, CI string
 	}
 )
+
+func splitCell(v string) cellView {
+	mean, ci, ok := strings.Cut(v, " ± ")
+	if !ok {
+		return cellView{Mean: v}
+	}
+	return cellView{Mean: mean, CI: "± " + ci}
+}
 
 // WriteHTML writes a self-contained HTML report of one experiment, or of several overlaid
 // in the same charts (series named "<experiment> · <policy>"): what ran, the policies
@@ -487,15 +562,41 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 				for _, p := range t.ps {
 					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}
 					for _, c := range columns {
-						row.Cells = append(row.Cells, c.Value(p))
+						row.Cells = append(row.Cells, splitCell(c.Value(p)))
 					}
 					tv.Rows = append(tv.Rows, row)
 				}
 				ev.Tables = append(ev.Tables, tv)
 			}
 		}
+		ev.Verdicts, ev.Warnings = e.verdicts(), e.starvedWarnings()
+		for _, n := range []string{e.identicalNote(), e.noPrefixNote()} {
+			if n != "" {
+				ev.Notes = append(ev.Notes, n)
+			}
+		}
+		for _, t := range e.shareTables() {
+			sv := shareView{Caption: shareCaption(t.Rate, len(groups) > 1), Rate: t.Rate, Heads: []string{"policy"}}
+			for i := range t.Instances {
+				sv.Heads = append(sv.Heads, fmt.Sprintf("instance %d %%", i))
+			}
+			sv.Heads = append(sv.Heads, "idle instances")
+			for _, r := range t.Rows {
+				rv := shareRowView{Policy: r.Policy.Name(), Color: colors[e][r.Policy.Name()], Warning: r.Warning}
+				for i := range t.Instances {
+					v := "–"
+					if i < len(r.Shares) {
+						v = r.Shares[i]
+					}
+					rv.Cells = append(rv.Cells, splitCell(v))
+				}
+				sv.Rows = append(sv.Rows, rv)
+			}
+			ev.Shares = append(ev.Shares, sv)
+		}
 		page.Experiments = append(page.Experiments, ev)
 	}
+	page.Several = len(exps) > 1
 	page.Title = "Experiment " + names[0]
 	if len(names) > 1 {
 		page.Title = "Experiments " + strings.Join(names, ", ")
@@ -514,11 +615,28 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 	if page.LoadCharts, err = loadCharts(ls); err != nil {
 		return err
 	}
+	if loadLogAxis(ls, func(p *experiments.PolicyResult) experiments.Stat { return p.P99TTFTMs }) ||
+		loadLogAxis(ls, func(p *experiments.PolicyResult) experiments.Stat { return p.MedianTTFTMs }) {
+		page.LoadNote = "On a log axis: the policies' latencies differ by ten times or more, and on a linear axis all but the slowest would lie flat on zero."
+	}
+	prefixHits := false
+	for i, e := range exps {
+		prefixHits = prefixHits || e.hasPrefixHits()
+		for _, n := range []string{e.identicalNote(), e.noPrefixNote()} {
+			if n == "" {
+				continue
+			}
+			if len(exps) > 1 {
+				n = labels[i] + ": " + n
+			}
+			page.ChartNotes = append(page.ChartNotes, n)
+		}
+	}
 	cdfs, err := cdfCharts(ls)
 	if err != nil {
 		return err
 	}
-	times, err := timeCharts(ls)
+	times, err := timeCharts(ls, prefixHits)
 	if err != nil {
 		return err
 	}
@@ -534,7 +652,7 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 
 var pageTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
 	"inc": func(i int) int { return i + 1 },
-}).Parse(`<!DOCTYPE html>
+}).Parse(`{{define "cell"}}{{.Mean}}{{if .CI}} <span class="ci">{{.CI}}</span>{{end}}{{end}}<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -545,12 +663,19 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; }
 dl.facts dt { color: #666; } dl.facts dd { margin: 0; }
-table.ranked { border-collapse: collapse; margin: 12px 0 20px; font-variant-numeric: tabular-nums; }
-table.ranked caption { text-align: left; font-weight: 600; padding: 4px 0; }
-table.ranked th, table.ranked td { padding: 3px 9px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
-table.ranked th { background: #f6f6f6; }
-table.ranked td.policy, table.ranked th:nth-child(2) { text-align: left; }
+table.ranked, table.shares { border-collapse: collapse; margin: 12px 0 20px; font-variant-numeric: tabular-nums; }
+table.ranked caption, table.shares caption { text-align: left; font-weight: 600; padding: 4px 0; }
+table.ranked th, table.ranked td, table.shares th, table.shares td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }
+table.ranked th, table.shares th { background: #f6f6f6; font-weight: 600; vertical-align: bottom; }
+table.ranked td { white-space: nowrap; }
+table.ranked td .ci, table.shares td .ci { color: #777; font-size: 12px; }
+table.ranked td.policy, table.shares td.policy, table.ranked th:nth-child(2), table.shares th:first-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 10em; }
 table.ranked tr.failed { background: #fff3f0; }
+table.shares tr.starved { background: #fff8e6; }
+table.shares td.idle { text-align: left; }
+@media (max-width: 1600px) { table.ranked td .ci { display: block; } }
+.verdicts { font-size: 15px; padding-left: 20px; } .verdicts li { margin: 4px 0; }
+.warning { color: #8a4b00; background: #fff8e6; padding: 4px 8px; border-radius: 4px; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 .failed-cells li { color: #a33; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)); gap: 16px; }
@@ -561,26 +686,43 @@ table.ranked tr.failed { background: #fff3f0; }
 </head>
 <body>
 <h1>{{.Title}}</h1>
+{{range .Experiments}}<section class="answer" data-experiment="{{.Label}}">
+{{if $.Several}}<h2>{{.Label}}</h2>
+{{end}}<ul class="verdicts">{{range .Verdicts}}<li data-rate="{{.Rate}}">{{.Text}}</li>{{end}}</ul>
+{{range .Warnings}}<p class="warning">⚠ {{.}}</p>
+{{end}}{{range .Notes}}<p class="note">{{.}}</p>
+{{end}}{{if .Failed}}<p class="warning">⚠ {{len .Failed}} failed cells (listed under the tables).</p>
+{{end}}<dl class="facts">{{range .Facts}}<dt>{{.Label}}</dt><dd>{{.Value}}</dd>{{end}}</dl>
+</section>
+{{end}}{{if .LoadCharts}}<h2>Latency vs load</h2>
+{{if .LoadNote}}<p class="note">{{.LoadNote}}</p>
+{{end}}<div class="charts">{{range .LoadCharts}}<div class="chart" id="{{.ID}}" style="height: {{.Height}}px"></div>{{end}}</div>
+{{end}}<h2>Distributions and time series</h2>
+{{if .RateNote}}<p class="note">{{.RateNote}}</p>
+{{end}}{{range .ChartNotes}}<p class="note chart-note">{{.}}</p>
+{{end}}<div class="charts">{{range .Charts}}<div class="chart" id="{{.ID}}" style="height: {{.Height}}px"></div>{{end}}</div>
+<h2>Tables</h2>
 {{range .Experiments}}<section class="experiment" data-experiment="{{.Label}}">
-<h2>{{.Label}}</h2>
-<dl class="facts">{{range .Facts}}<dt>{{.Label}}</dt><dd>{{.Value}}</dd>{{end}}</dl>
-{{range .Tables}}<div class="scroll"><table class="ranked" data-order="{{.Order}}" data-rate="{{.Rate}}">
+{{if $.Several}}<h3>{{.Label}}</h3>
+{{end}}{{range .Tables}}<div class="scroll"><table class="ranked" data-order="{{.Order}}" data-rate="{{.Rate}}">
 <caption>{{.Caption}}</caption>
 <thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>
 <tbody>
-{{range $i, $r := .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td>{{inc $i}}</td><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{.}}</td>{{end}}</tr>
+{{range $i, $r := .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td>{{inc $i}}</td><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}</tr>
+{{end}}</tbody>
+</table></div>
+{{end}}{{range .Shares}}<div class="scroll"><table class="shares" data-rate="{{.Rate}}">
+<caption>{{.Caption}}</caption>
+<thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>
+<tbody>
+{{range .Rows}}<tr{{if .Warning}} class="starved"{{end}}><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}<td class="idle">{{if .Warning}}⚠ {{.Warning}}{{else}}none{{end}}</td></tr>
 {{end}}</tbody>
 </table></div>
 {{end}}<p class="note">Means over seeds ± 95% confidence half-widths (Student's t).</p>
 {{if .Failed}}<h3>⚠ Failed cells</h3>
 <ul class="failed-cells">{{range .Failed}}<li><code>{{.ID}}</code>: {{.Error}}{{if .Detail}}<details><summary>full error</summary><pre>{{.Detail}}</pre></details>{{end}}</li>{{end}}</ul>
 {{end}}</section>
-{{end}}{{if .LoadCharts}}<h2>Latency vs load</h2>
-<div class="charts">{{range .LoadCharts}}<div class="chart" id="{{.ID}}" style="height: {{.Height}}px"></div>{{end}}</div>
-{{end}}<h2>Distributions and time series</h2>
-{{if .RateNote}}<p class="note">{{.RateNote}}</p>
-{{end}}<div class="charts">{{range .Charts}}<div class="chart" id="{{.ID}}" style="height: {{.Height}}px"></div>{{end}}</div>
-<p class="note">Charts by Apache ECharts {{.Version}}, embedded.</p>
+{{end}}<p class="note">Charts by Apache ECharts {{.Version}}, embedded.</p>
 <script>{{.ECharts}}</script>
 <script>
 (function () {

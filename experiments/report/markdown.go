@@ -10,13 +10,28 @@ import (
 )
 
 // WriteMarkdown writes a GitHub-flavoured Markdown summary of an experiment for a pull
-// request: what ran, and per rate scale its policies ranked by goodput and by p99 TTFT
-// (means over seeds ± 95% confidence half-widths), with failed cells flagged and listed.
+// request: what ran, the answer (the winner at each rate scale and by how much, idle
+// instances, identical results), per rate scale its policies ranked by goodput and by p99
+// TTFT (means over seeds ± 95% confidence half-widths) and each instance's share of the
+// requests, with failed cells flagged and listed.
 func WriteMarkdown(w io.Writer, exp *Experiment) error {
 	b := bufio.NewWriter(w)
 	fmt.Fprintf(b, "## Experiment `%s`\n\n", mdCode(exp.Name()))
 	for _, f := range exp.facts() {
 		fmt.Fprintf(b, "- %s: %s\n", f.Label, mdText(f.Value))
+	}
+	// The answer first: who wins and by how much, and what to beware of.
+	fmt.Fprintf(b, "\n### Answer\n\n")
+	for _, v := range exp.verdicts() {
+		fmt.Fprintf(b, "- %s\n", mdText(v.Text))
+	}
+	for _, w := range exp.starvedWarnings() {
+		fmt.Fprintf(b, "- ⚠ %s\n", mdText(w))
+	}
+	for _, n := range []string{exp.identicalNote(), exp.noPrefixNote()} {
+		if n != "" {
+			fmt.Fprintf(b, "- %s\n", mdText(n))
+		}
 	}
 	groups := exp.rateGroups()
 	for _, g := range groups {
@@ -24,6 +39,10 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 		writeMarkdownTable(b, g.ByGoodput)
 		fmt.Fprintf(b, "\n### %s\n\n", rankedCaption(g.Rate, len(groups) > 1, "p99 TTFT"))
 		writeMarkdownTable(b, g.ByP99TTFT)
+	}
+	for _, t := range exp.shareTables() {
+		fmt.Fprintf(b, "\n### %s\n\n", shareCaption(t.Rate, len(groups) > 1))
+		writeMarkdownShares(b, t)
 	}
 	fmt.Fprintf(b, "\nMeans over seeds ± 95%% confidence half-widths (Student's t).\n")
 	if failed := exp.failedCells(); len(failed) > 0 {
@@ -51,6 +70,30 @@ func writeMarkdownTable(w io.Writer, policies []*experiments.PolicyResult) {
 			}
 		}
 		fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+	}
+}
+
+func writeMarkdownShares(w io.Writer, t shareTable) {
+	head, rule := []string{"policy"}, []string{"---"}
+	for i := range t.Instances {
+		head, rule = append(head, fmt.Sprintf("instance %d %%", i)), append(rule, "---:")
+	}
+	head, rule = append(head, "idle instances"), append(rule, "---")
+	fmt.Fprintf(w, "| %s |\n| %s |\n", strings.Join(head, " | "), strings.Join(rule, " | "))
+	for _, r := range t.Rows {
+		row := []string{"`" + mdCode(r.Policy.Name()) + "`"}
+		for i := range t.Instances {
+			v := "–"
+			if i < len(r.Shares) {
+				v = r.Shares[i]
+			}
+			row = append(row, mdText(v))
+		}
+		warn := "none"
+		if r.Warning != "" {
+			warn = "⚠ " + mdText(r.Warning)
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(append(row, warn), " | "))
 	}
 }
 

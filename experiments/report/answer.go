@@ -1,0 +1,264 @@
+package report
+
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"servelab/experiments"
+)
+
+// verdict is the answer at one rate scale: the policy ranked first by goodput and by how
+// much it leads the next, then the one with the lowest p99 TTFT when that is another.
+type verdict struct {
+	Rate float64
+	Text string
+}
+
+// verdicts lead a report: per rate scale, who wins and by how much.
+func (e *Experiment) verdicts() []verdict {
+	groups := e.rateGroups()
+	var out []verdict
+	for _, g := range groups {
+		var parts []string
+		prefix := ""
+		if len(groups) > 1 {
+			prefix = "At " + rateLabel(g.Rate) + ": "
+		}
+		ranked := finished(g.ByGoodput)
+		switch len(ranked) {
+		case 0:
+			out = append(out, verdict{g.Rate, prefix + "no policy finished a cell."})
+			continue
+		case 1:
+			w := ranked[0]
+			out = append(out, verdict{g.Rate, fmt.Sprintf("%s%s is the only policy that finished: goodput %s req/s.",
+				prefix, w.Name(), FormatStat(w.RequestGoodput, w.Seeds, 1))})
+			continue
+		}
+		w, r := ranked[0], ranked[1]
+		text := fmt.Sprintf("%s%s ranks first by goodput, %s req/s", prefix, w.Name(), FormatStat(w.RequestGoodput, w.Seeds, 1))
+		switch {
+		case sameResults(w, r):
+			text += fmt.Sprintf(", identical results to %s", r.Name())
+		case r.RequestGoodput.Mean > 0:
+			text += fmt.Sprintf(", %s above %s (%s)", percentMore(w.RequestGoodput.Mean, r.RequestGoodput.Mean),
+				r.Name(), FormatStat(r.RequestGoodput, r.Seeds, 1))
+		default:
+			text += fmt.Sprintf(" against %s for %s", FormatStat(r.RequestGoodput, r.Seeds, 1), r.Name())
+		}
+		if !sameResults(w, r) {
+			if overlap(w.RequestGoodput, r.RequestGoodput) {
+				text += "; within the 95% confidence intervals, so not a clear win"
+			} else if w.Seeds > 1 && r.Seeds > 1 {
+				text += "; beyond the 95% confidence intervals"
+			}
+		}
+		parts = append(parts, text+".")
+		best := finished(g.ByP99TTFT)[0]
+		if best.Name() != w.Name() && !sameResults(best, w) {
+			parts = append(parts, fmt.Sprintf("Lowest p99 TTFT: %s, %s ms (%s: %s ms).", best.Name(),
+				FormatStat(best.P99TTFTMs, best.Seeds, 1), w.Name(), FormatStat(w.P99TTFTMs, w.Seeds, 1)))
+		} else {
+			parts = append(parts, fmt.Sprintf("It also has the lowest p99 TTFT, %s ms.", FormatStat(w.P99TTFTMs, w.Seeds, 1)))
+		}
+		out = append(out, verdict{g.Rate, strings.Join(parts, " ")})
+	}
+	return out
+}
+
+func finished(ps []*experiments.PolicyResult) []*experiments.PolicyResult {
+	var out []*experiments.PolicyResult
+	for _, p := range ps {
+		if p.Seeds > 0 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// percentMore is how much a exceeds b, as people read it: "12%" or "3.1×".
+func percentMore(a, b float64) string {
+	if a >= 2*b {
+		return strconv.FormatFloat(a/b, 'f', 1, 64) + "×"
+	}
+	d := 100 * (a - b) / b
+	return strconv.FormatFloat(d, 'f', decimals(d), 64) + "%"
+}
+
+// overlap says whether two means' 95% confidence intervals overlap (with one seed there is
+// no interval, and no claim either way).
+func overlap(a, b experiments.Stat) bool {
+	if a.CI95 == 0 && b.CI95 == 0 {
+		return false
+	}
+	return math.Abs(a.Mean-b.Mean) <= a.CI95+b.CI95
+}
+
+// sameResults says whether two policies' results are identical in every metric (lru and
+// lfu on a trace whose prompts share no prefix, for instance).
+func sameResults(a, b *experiments.PolicyResult) bool {
+	if a.Seeds == 0 || b.Seeds == 0 || a.Seeds != b.Seeds || a.RateScale != b.RateScale {
+		return false
+	}
+	x, y := *a, *b
+	x.Router, x.Batch, x.Evict = "", "", ""
+	y.Router, y.Batch, y.Evict = "", "", ""
+	return reflect.DeepEqual(x, y)
+}
+
+// identicalGroups are the sets of policies whose results are identical at every rate
+// scale, in matrix order: their lines in the charts lie on top of each other.
+func (e *Experiment) identicalGroups() [][]string {
+	byName := map[string][]*experiments.PolicyResult{}
+	var names []string
+	for i := range e.Results.Policies {
+		p := &e.Results.Policies[i]
+		if _, ok := byName[p.Name()]; !ok {
+			names = append(names, p.Name())
+		}
+		byName[p.Name()] = append(byName[p.Name()], p)
+	}
+	same := func(a, b string) bool {
+		pa, pb := byName[a], byName[b]
+		if len(pa) != len(pb) {
+			return false
+		}
+		for i := range pa {
+			if !sameResults(pa[i], pb[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	var groups [][]string
+	placed := map[string]bool{}
+	for i, a := range names {
+		if placed[a] {
+			continue
+		}
+		group := []string{a}
+		for _, b := range names[i+1:] {
+			if !placed[b] && same(a, b) {
+				group = append(group, b)
+				placed[b] = true
+			}
+		}
+		if len(group) > 1 {
+			groups = append(groups, group)
+		}
+	}
+	return groups
+}
+
+// identicalNote says which policies gave identical results, or "" when none did.
+func (e *Experiment) identicalNote() string {
+	var parts []string
+	for _, g := range e.identicalGroups() {
+		parts = append(parts, strings.Join(g, " = "))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Identical results: " + strings.Join(parts, "; ") +
+		" (every metric the same at every rate; in the charts their lines lie on top of each other)."
+}
+
+// noPrefixNote says, for a workload whose requests carry no prefix hash ids, that the
+// prefix cache could not hit; "" otherwise. Results of older runs do not record it: there
+// the note is given when no cell had a single hit.
+func (e *Experiment) noPrefixNote() string {
+	if h := e.Results.PrefixHashes; h != nil {
+		if *h {
+			return ""
+		}
+		return "The workload carries no prefix information (no hash ids): every prompt has blocks of its own, so the prefix cache cannot hit under any policy; the hit-rate chart is left out."
+	}
+	any := false
+	for _, c := range e.Results.Cells {
+		if c.Summary != nil {
+			any = true
+			if c.Summary.PrefixCacheHitRate > 0 {
+				return ""
+			}
+		}
+	}
+	if !any {
+		return ""
+	}
+	return "No cell had a prefix-cache hit (the workload probably carries no prefix hash ids); the hit-rate chart is left out."
+}
+
+// hasPrefixHits says whether the hit-rate chart has anything to show.
+func (e *Experiment) hasPrefixHits() bool { return e.noPrefixNote() == "" }
+
+// shareTable is the requests per instance of an experiment's policies at one rate scale.
+type shareTable struct {
+	Rate      float64
+	Instances int
+	Rows      []shareRow
+}
+
+type shareRow struct {
+	Policy *experiments.PolicyResult
+	// Shares are the instances' shares of the requests in percent, "mean ± ci".
+	Shares []string
+	// Warning names the instances that got no request, "" when every one got some.
+	Warning string
+}
+
+// shareTables are the per-instance request shares, per rate scale, policies in goodput
+// order; none for results without the counts (older runs).
+func (e *Experiment) shareTables() []shareTable {
+	var out []shareTable
+	for _, g := range e.rateGroups() {
+		t := shareTable{Rate: g.Rate}
+		for _, p := range g.ByGoodput {
+			if len(p.InstanceShare) == 0 {
+				continue
+			}
+			t.Instances = max(t.Instances, len(p.InstanceShare))
+			row := shareRow{Policy: p}
+			for _, s := range p.InstanceShare {
+				row.Shares = append(row.Shares, FormatStat(s, p.Seeds, 100))
+			}
+			row.Warning = starvedText(p)
+			t.Rows = append(t.Rows, row)
+		}
+		if len(t.Rows) > 0 {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// starvedText names the instances a policy sent no request to.
+func starvedText(p *experiments.PolicyResult) string {
+	var parts []string
+	for _, s := range p.Starved {
+		parts = append(parts, fmt.Sprintf("instance %d got no requests (%d of %d seeds)", s.Instance, s.Seeds, p.Seeds))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// starvedWarnings are the report's warnings about idle instances, one per policy and rate.
+func (e *Experiment) starvedWarnings() []string {
+	var out []string
+	sweep := len(e.RateScales()) > 1
+	for _, t := range e.shareTables() {
+		for _, r := range t.Rows {
+			if r.Warning == "" {
+				continue
+			}
+			w := r.Policy.Name() + ": " + r.Warning
+			if sweep {
+				w = rateLabel(t.Rate) + ", " + w
+			}
+			out = append(out, w)
+		}
+	}
+	return slices.Clip(out)
+}
