@@ -80,13 +80,17 @@ func finished(ps []*experiments.PolicyResult) []*experiments.PolicyResult {
 	return out
 }
 
-// percentMore is how much a exceeds b, as people read it: "12%" or "3.1×".
+// percentMore is how much a exceeds b, as people read it: "12%", "0.7%" or "3.1×".
 func percentMore(a, b float64) string {
 	if a >= 2*b {
 		return strconv.FormatFloat(a/b, 'f', 1, 64) + "×"
 	}
 	d := 100 * (a - b) / b
-	return strconv.FormatFloat(d, 'f', decimals(d), 64) + "%"
+	digits := 0
+	if d < 10 {
+		digits = 1
+	}
+	return strconv.FormatFloat(d, 'f', digits, 64) + "%"
 }
 
 // overlap says whether two means' 95% confidence intervals overlap (with one seed there is
@@ -235,30 +239,66 @@ func (e *Experiment) shareTables() []shareTable {
 	return out
 }
 
-// starvedText names the instances a policy sent no request to.
+// starvedText names the instances a policy sent no request to, grouped by in how many of
+// its seeds: "instances 1, 2 got no requests in 2 of 2 seeds, instances 0, 3 in 1 of 2".
 func starvedText(p *experiments.PolicyResult) string {
-	var parts []string
+	bySeeds := map[int][]string{}
+	var counts []int
 	for _, s := range p.Starved {
-		parts = append(parts, fmt.Sprintf("instance %d got no requests (%d of %d seeds)", s.Instance, s.Seeds, p.Seeds))
+		if _, ok := bySeeds[s.Seeds]; !ok {
+			counts = append(counts, s.Seeds)
+		}
+		bySeeds[s.Seeds] = append(bySeeds[s.Seeds], strconv.Itoa(s.Instance))
 	}
-	return strings.Join(parts, "; ")
+	slices.Sort(counts)
+	slices.Reverse(counts)
+	var parts []string
+	for i, n := range counts {
+		ids := bySeeds[n]
+		noun := "instance "
+		if len(ids) > 1 {
+			noun = "instances "
+		}
+		part := noun + strings.Join(ids, ", ")
+		switch {
+		case i == 0 && p.Seeds == 1:
+			part += " got no requests"
+		case i == 0:
+			part += fmt.Sprintf(" got no requests in %d of %d seeds", n, p.Seeds)
+		default:
+			part += fmt.Sprintf(" in %d of %d", n, p.Seeds)
+		}
+		parts = append(parts, part)
+	}
+	return strings.Join(parts, ", ")
 }
 
-// starvedWarnings are the report's warnings about idle instances, one per policy and rate.
+// starvedWarnings are the report's warnings about idle instances: one per policy, naming
+// the rate scales where the same instances sat idle.
 func (e *Experiment) starvedWarnings() []string {
-	var out []string
-	sweep := len(e.RateScales()) > 1
+	type key struct{ policy, text string }
+	rates := map[key][]string{}
+	var order []key
 	for _, t := range e.shareTables() {
 		for _, r := range t.Rows {
 			if r.Warning == "" {
 				continue
 			}
-			w := r.Policy.Name() + ": " + r.Warning
-			if sweep {
-				w = rateLabel(t.Rate) + ", " + w
+			k := key{r.Policy.Name(), r.Warning}
+			if _, ok := rates[k]; !ok {
+				order = append(order, k)
 			}
-			out = append(out, w)
+			rates[k] = append(rates[k], rateLabel(t.Rate))
 		}
 	}
-	return slices.Clip(out)
+	sweep := len(e.RateScales()) > 1
+	var out []string
+	for _, k := range order {
+		w := k.policy + ": " + k.text
+		if sweep {
+			w = "At " + strings.Join(rates[k], ", ") + ", " + w
+		}
+		out = append(out, w+".")
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"bytes"
 	"encoding/json"
 	"regexp"
 	"strings"
@@ -58,9 +59,11 @@ func TestPercentMore(t *testing.T) {
 		a, b float64
 		want string
 	}{
-		{2.94, 2.85, "3.16%"},
+		{2.94, 2.85, "3.2%"},
+		{0.771, 0.765, "0.8%"},
+		{3, 2, "50%"},
 		{1.52, 0.006, "253.3×"},
-		{1, 1, "0%"},
+		{1, 1, "0.0%"},
 	}
 	for _, tt := range tests {
 		if got := percentMore(tt.a, tt.b); got != tt.want {
@@ -176,5 +179,36 @@ func TestLoadChartsLogAxis(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Idle instances are flagged in the answer and in the per-instance table, HTML and Markdown.
+func TestIdleInstancesAreFlagged(t *testing.T) {
+	skewed := policy("prefix-affinity", "lru", 1, 1, 100)
+	skewed.InstanceShare = []experiments.Stat{{Mean: 0.5, CI95: 0.5}, {}, {}, {Mean: 0.5, CI95: 0.5}}
+	skewed.Starved = []experiments.Starvation{{Instance: 0, Seeds: 1}, {Instance: 1, Seeds: 2}, {Instance: 2, Seeds: 2}, {Instance: 3, Seeds: 1}}
+	even := policy("least-request", "lru", 1, 2, 90)
+	even.InstanceShare = []experiments.Stat{{Mean: 0.25}, {Mean: 0.25}, {Mean: 0.25}, {Mean: 0.25}}
+	e := &Experiment{Spec: experiments.Spec{Name: "x", Workload: experiments.Workload{RateScale: experiments.RateScales{1}}},
+		Results: experiments.Results{Policies: []experiments.PolicyResult{even, skewed}}}
+	want := "prefix-affinity / lru: instances 1, 2 got no requests in 2 of 2 seeds, instances 0, 3 in 1 of 2."
+	if diff := cmp.Diff([]string{want}, e.starvedWarnings()); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+	md := renderMarkdown(t, e)
+	if !strings.Contains(md, "- ⚠ "+want) {
+		t.Errorf("the Markdown's answer does not flag the idle instances:\n%s", md)
+	}
+	if !strings.Contains(md, "| `least-request / lru` | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 | none |") ||
+		!strings.Contains(md, "| `prefix-affinity / lru` | 50.0 ± 50.0 | 0 ± 0 | 0 ± 0 | 50.0 ± 50.0 | ⚠ instances 1, 2 got") {
+		t.Errorf("the Markdown's requests-per-instance table:\n%s", md)
+	}
+	var b bytes.Buffer
+	if err := WriteHTML(&b, []*Experiment{e}); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	if !strings.Contains(page, `<p class="warning">⚠ `+want) || !strings.Contains(page, `<tr class="starved">`) {
+		t.Errorf("the page does not flag the idle instances")
 	}
 }

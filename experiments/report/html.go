@@ -669,7 +669,7 @@ table.ranked th, table.ranked td, table.shares th, table.shares td { padding: 3p
 table.ranked th, table.shares th { background: #f6f6f6; font-weight: 600; vertical-align: bottom; }
 table.ranked td { white-space: nowrap; }
 table.ranked td .ci, table.shares td .ci { color: #777; font-size: 12px; }
-table.ranked td.policy, table.shares td.policy, table.ranked th:nth-child(2), table.shares th:first-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 10em; }
+table.ranked td.policy, table.shares td.policy, table.ranked th:nth-child(2), table.shares th:first-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 14em; }
 table.ranked tr.failed { background: #fff3f0; }
 table.shares tr.starved { background: #fff8e6; }
 table.shares td.idle { text-align: left; }
