@@ -21,6 +21,8 @@ type chartStats struct {
 	Ready    bool                      `json:"ready"`
 	Status   string                    `json:"status"`
 	Messages int                       `json:"messages"`
+	Updates  int                       `json:"updates"`
+	View     string                    `json:"view"`
 	Charts   map[string]map[string]int `json:"charts"`
 }
 
@@ -34,16 +36,20 @@ func (c chartStats) points() int {
 	return n
 }
 
-// chartStatsJS reads the charts back from ECharts itself (each series' data as the chart
-// holds it), not from the page's own bookkeeping.
+// chartStatsJS reads the charts back from ECharts itself (each line's data as the chart
+// holds it, by series id; a policy's band series, ids with '#', left out), not from the
+// page's own bookkeeping.
 const chartStatsJS = `
-const out = {ready: !!(window.dash && window.dash.ready), status: window.dash ? window.dash.status : '',
-  messages: window.dash ? window.dash.messages : 0, charts: {}};
+const d = window.dash || {};
+const out = {ready: !!d.ready, status: d.status || '', messages: d.messages || 0, updates: d.updates || 0,
+  view: d.view || '', charts: {}};
 for (const div of document.querySelectorAll('[data-chart]')) {
   const chart = echarts.getInstanceByDom(div);
   if (!chart) continue;
   const series = {};
-  for (const s of chart.getModel().getSeries()) series[s.name] = s.getRawData().count();
+  for (const s of chart.getModel().getSeries()) {
+    if (!String(s.id).includes('#')) series[s.id] = s.getRawData().count();
+  }
   out.charts[div.dataset.chart] = series;
 }
 return out;`
@@ -112,13 +118,21 @@ func TestBrowser(t *testing.T) {
 		return st
 	}
 
-	waitStats := func(what string, cond func(chartStats) bool) chartStats {
+	// waitStats polls the page until cond holds, for up to two minutes (a loaded machine
+	// runs the simulator and the browser slowly); it fails when the deadline passes or when
+	// stop says the condition can no longer come true.
+	waitStats := func(what string, cond func(chartStats) bool, stop ...func(chartStats) bool) chartStats {
 		t.Helper()
-		deadline := time.Now().Add(time.Minute)
+		deadline := time.Now().Add(2 * time.Minute)
 		for {
 			st := stats()
 			if cond(st) {
 				return st
+			}
+			for _, s := range stop {
+				if s(st) {
+					t.Fatalf("waiting for %s, the page got where it cannot happen any more: %+v", what, st)
+				}
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("timed out waiting for %s: %+v", what, st)
@@ -171,28 +185,27 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	waitStats("the live page's snapshot", func(st chartStats) bool { return st.Ready && st.Status == StatusNew })
 	job := d.srv.Job(d.start(StartRequest{Spec: live}))
 
-	// Its charts fill with the run's samples and keep growing while it runs.
+	// Its charts fill with the run's samples, one line per policy (the mean over its seeds),
+	// and keep growing while it runs: wait for a later update to add points while the run
+	// is still running (conditions with deadlines, not a count of growths in a fixed time,
+	// which a loaded machine made flaky).
+	policies := len(job.Spec.Cells()) / len(job.Spec.Seeds)
 	first := waitStats("data points on the live page", func(st chartStats) bool { return st.points() > 0 })
 	if len(first.Charts) != len(chartKeys) {
 		t.Errorf("live page has charts %v", first.Charts)
 	}
-	grew, last := 0, first
-	for last.Status == StatusRunning {
-		time.Sleep(100 * time.Millisecond)
-		st := stats()
-		if st.points() > last.points() && st.Messages > last.Messages && st.Status == StatusRunning {
-			grew++
-			if grew == 2 {
-				screenshot("live-running.png")
-			}
+	done := func(st chartStats) bool { return st.Status != StatusRunning && st.Status != StatusNew }
+	grown := waitStats("the live page to draw new points while the run goes on", func(st chartStats) bool {
+		return st.Status == StatusRunning && st.Updates > first.Updates && st.points() > first.points()
+	}, done)
+	screenshot("live-running.png")
+	for key, series := range grown.Charts {
+		if grown.View != "policies" || len(series) != policies {
+			t.Errorf("chart %s in view %q: %d lines, want one per policy (%d)", key, grown.View, len(series), policies)
 		}
-		last = st
 	}
-	if grew < 3 {
-		t.Errorf("the live page's charts grew %d times while the run went on (from %d to %d points, %d to %d messages)",
-			grew, first.points(), last.points(), first.Messages, last.Messages)
-	}
-	t.Logf("live page: charts grew %d times while the run went on, to %d points from %d messages", grew, last.points(), last.Messages)
+	t.Logf("live page: %d points from %d messages, then %d points from %d while the run went on",
+		first.points(), first.Messages, grown.points(), grown.Messages)
 
 	if _, err := job.Wait(); err != nil {
 		t.Fatal(err)
@@ -200,24 +213,38 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	if _, err := d.srv.Job(smallID).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	// Every sample of every cell ends up on the charts, one series per cell.
-	var total int
+	// Every sample of every cell ends up on the charts: a policy's line has a point for
+	// each sample of its longest seed; with every seed shown, one line per cell.
+	var total, policyPoints int
+	longest := map[string]int{}
 	for _, c := range job.Spec.Cells() {
 		n, err := readTimeSeries(job.Dir, c.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
 		total += n
+		k := c.Router + "/" + c.Batch + "/" + c.Evict
+		longest[k] = max(longest[k], n)
 	}
-	final := waitStats(fmt.Sprintf("the live page to show the run done with its %d samples", total), func(st chartStats) bool {
-		return st.Status == StatusDone && sum(st.Charts["throughput"]) == total
+	for _, n := range longest {
+		policyPoints += n
+	}
+	waitStats(fmt.Sprintf("the live page to show the run done, its policies' lines with %d points", policyPoints), func(st chartStats) bool {
+		return st.Status == StatusDone && sum(st.Charts["throughput"]) == policyPoints
+	})
+	screenshot("live-done.png")
+	if err := s.Execute(ctx, `document.getElementById('show-seeds').click()`, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	final := waitStats(fmt.Sprintf("every seed's line, with %d samples in all", total), func(st chartStats) bool {
+		return st.View == "seeds" && sum(st.Charts["throughput"]) == total
 	})
 	for key, series := range final.Charts {
 		if len(series) != len(job.Spec.Cells()) {
 			t.Errorf("chart %s: %d series, want one per cell (%d)", key, len(series), len(job.Spec.Cells()))
 		}
 	}
-	screenshot("live-done.png")
+	screenshot("live-seeds.png")
 
 	// The compare page overlays both runs.
 	if err := s.Navigate(ctx, d.hs.URL+"/compare?run=browser-live&run="+smallID); err != nil {

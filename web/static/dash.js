@@ -94,6 +94,89 @@ function setSeries(charts, list) {
   }
 }
 
+// setPolicySeries draws every chart from a list of policies {name, mean: {chartKey: [[t, v], ...]},
+// lo, hi: likewise}: per policy its mean over seeds as a line (id = name) over a band from
+// the lowest to the highest seed (id name + '#band'). The band is a polygon drawn by a custom
+// series: ECharts stacks a band's width on its lower edge only on a category axis, and the
+// x axis here is time. Both carry the policy's name, so its legend entry shows and hides them
+// together.
+function setPolicySeries(charts, list) {
+  const names = 'policies\n' + list.map(s => s.name).join('\n');
+  for (const def of CHARTS) {
+    const chart = charts[def.key];
+    const series = [];
+    list.forEach((s, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      const lo = s.lo[def.key], hi = s.hi[def.key];
+      series.push(
+        {id: s.name + '#band', name: s.name, type: 'custom', data: hi, encode: {x: 0, y: 1}, silent: true, clip: true,
+          z: 1, tooltip: {show: false}, itemStyle: {color},
+          renderItem: (params, api) => {
+            if (params.dataIndex !== 0 || s.seeds < 2) return null;
+            const pts = [];
+            for (const p of hi) if (p[1] !== null) pts.push(api.coord(p));
+            for (let k = lo.length - 1; k >= 0; k--) if (lo[k][1] !== null) pts.push(api.coord(lo[k]));
+            return {type: 'polygon', shape: {points: pts}, style: {fill: color, opacity: 0.18}};
+          }},
+        {id: s.name, name: s.name, type: 'line', data: s.mean[def.key], showSymbol: false, connectNulls: false,
+          sampling: 'lttb', z: 2, lineStyle: {width: 1.5, color}, itemStyle: {color}});
+    });
+    chart.__names = names;
+    // Rebuilt whole: a custom series' polygon closes over its data.
+    chart.setOption({series}, {replaceMerge: ['series']});
+  }
+}
+
+const PALETTE = ['#5470c6', '#91cc75', '#fac858', '#ee6666', '#73c0de', '#3ba272', '#fc8452', '#9a60b4', '#ea7ccc'];
+
+// policyLabel is a cell's policies without its seed: the cells a policy line averages.
+function policyLabel(id, cell) {
+  if (!cell || !cell.router) return id.replace(/__s\d+(__x|$)/, '$1');
+  let s = cell.router;
+  if (cell.batch && cell.batch !== 'vllm') s += ' / ' + cell.batch;
+  s += ' / ' + cell.evict;
+  if (id.includes('__x')) s += ' ×' + cell.rate_scale;
+  return s;
+}
+
+// policyLines averages the cells' points of each policy over its seeds, sample by sample
+// (a rate scale's cells share the sample interval, so sample i is at the same time in every
+// seed; near the end the mean is over the seeds still running), with the lowest and highest
+// seed as the band.
+function policyLines(cells) {
+  const groups = new Map();
+  for (const c of cells) {
+    const name = policyLabel(c.id, c.cell);
+    if (!groups.has(name)) groups.set(name, []);
+    groups.get(name).push(c);
+  }
+  const out = [];
+  for (const [name, members] of groups) {
+    const line = {name, seeds: members.length, mean: {}, lo: {}, hi: {}};
+    for (const def of CHARTS) {
+      const n = Math.max(0, ...members.map(c => c.points[def.key].length));
+      const mean = [], lo = [], hi = [];
+      for (let i = 0; i < n; i++) {
+        let t = null, sum = 0, k = 0, min = Infinity, max = -Infinity;
+        for (const c of members) {
+          const p = c.points[def.key][i];
+          if (!p) continue;
+          if (t === null) t = p[0];
+          if (p[1] === null) continue;
+          sum += p[1]; k++;
+          min = Math.min(min, p[1]); max = Math.max(max, p[1]);
+        }
+        mean.push([t, k ? sum / k : null]);
+        lo.push([t, k ? min : null]);
+        hi.push([t, k ? max : null]);
+      }
+      line.mean[def.key] = mean; line.lo[def.key] = lo; line.hi[def.key] = hi;
+    }
+    out.push(line);
+  }
+  return out;
+}
+
 // cellLabel is a cell's policies as people read them.
 function cellLabel(id, cell) {
   if (!cell || !cell.router) return id;
@@ -206,7 +289,14 @@ function livePage() {
       td[5].textContent = s ? fmt(s.p99_ttft_ms, 0) : '';
       td[6].textContent = s ? fmt(100 * s.prefix_cache_hit_rate, 1) + '%' : '';
     }
-    setSeries(charts, Array.from(cells.values()).map(c => ({name: cellLabel(c.id, c.cell), points: c.points})));
+    // One line per policy, the mean over its seeds in a band; every seed's own line on demand.
+    const seeds = $('#show-seeds');
+    dash.view = seeds && seeds.checked ? 'seeds' : 'policies';
+    if (dash.view === 'seeds') {
+      setSeries(charts, Array.from(cells.values()).map(c => ({name: cellLabel(c.id, c.cell), points: c.points})));
+    } else {
+      setPolicySeries(charts, policyLines(cells.values()));
+    }
     dash.ready = true;
   }
 
@@ -223,6 +313,9 @@ function livePage() {
     };
   }
   connect();
+
+  const seeds = $('#show-seeds');
+  if (seeds) seeds.addEventListener('change', () => scheduleRender());
 
   const cancel = $('#cancel');
   if (cancel) cancel.addEventListener('click', async () => {
