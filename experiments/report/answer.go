@@ -39,18 +39,31 @@ func (e *Experiment) verdicts() []verdict {
 				prefix, w.Name(), FormatStat(w.RequestGoodput, w.Seeds, 1))})
 			continue
 		}
-		w, r := ranked[0], ranked[1]
+		// The winner against the next policy whose results differ; those identical to it
+		// are named, not compared.
+		w := ranked[0]
+		var twins []string
+		var r *experiments.PolicyResult
+		for _, p := range ranked[1:] {
+			if sameResults(w, p) {
+				twins = append(twins, p.Name())
+			} else if r == nil {
+				r = p
+			}
+		}
 		text := fmt.Sprintf("%s%s ranks first by goodput, %s req/s", prefix, w.Name(), FormatStat(w.RequestGoodput, w.Seeds, 1))
+		if len(twins) > 0 {
+			text += " (identical results to " + strings.Join(twins, ", ") + ")"
+		}
 		switch {
-		case sameResults(w, r):
-			text += fmt.Sprintf(", identical results to %s", r.Name())
+		case r == nil:
 		case r.RequestGoodput.Mean > 0:
 			text += fmt.Sprintf(", %s above %s (%s)", percentMore(w.RequestGoodput.Mean, r.RequestGoodput.Mean),
 				r.Name(), FormatStat(r.RequestGoodput, r.Seeds, 1))
 		default:
 			text += fmt.Sprintf(" against %s for %s", FormatStat(r.RequestGoodput, r.Seeds, 1), r.Name())
 		}
-		if !sameResults(w, r) {
+		if r != nil {
 			if overlap(w.RequestGoodput, r.RequestGoodput) {
 				text += "; within the 95% confidence intervals, so not a clear win"
 			} else if w.Seeds > 1 && r.Seeds > 1 {
@@ -80,14 +93,17 @@ func finished(ps []*experiments.PolicyResult) []*experiments.PolicyResult {
 	return out
 }
 
-// percentMore is how much a exceeds b, as people read it: "12%", "0.7%" or "3.1×".
+// percentMore is how much a exceeds b, as people read it: "12%", "3.2%", "0.78%" or "3.1×".
 func percentMore(a, b float64) string {
 	if a >= 2*b {
 		return strconv.FormatFloat(a/b, 'f', 1, 64) + "×"
 	}
 	d := 100 * (a - b) / b
 	digits := 0
-	if d < 10 {
+	switch {
+	case d < 1:
+		digits = 2
+	case d < 10:
 		digits = 1
 	}
 	return strconv.FormatFloat(d, 'f', digits, 64) + "%"

@@ -60,10 +60,10 @@ func TestPercentMore(t *testing.T) {
 		want string
 	}{
 		{2.94, 2.85, "3.2%"},
-		{0.771, 0.765, "0.8%"},
+		{0.771, 0.765, "0.78%"},
 		{3, 2, "50%"},
 		{1.52, 0.006, "253.3×"},
-		{1, 1, "0.0%"},
+		{1, 1, "0.00%"},
 	}
 	for _, tt := range tests {
 		if got := percentMore(tt.a, tt.b); got != tt.want {
@@ -88,7 +88,7 @@ func TestIdenticalResultsAreNamed(t *testing.T) {
 	if n := e.identicalNote(); !strings.Contains(n, "Identical results: rr / lru = rr / lfu") {
 		t.Errorf("note %q", n)
 	}
-	if v := e.verdicts()[0].Text; !strings.Contains(v, "identical results to rr / lfu") {
+	if v := e.verdicts()[0].Text; !strings.Contains(v, "(identical results to rr / lfu), 2.0× above lr / lru") {
 		t.Errorf("verdict %q", v)
 	}
 	// A difference anywhere is no identity.
