@@ -457,7 +457,6 @@ type (
 		Facts    []fact
 		Verdicts []verdict
 		Warnings []string
-		Notes    []string
 		Tables   []tableView
 		Shares   []shareView
 		Failed   []failedView
@@ -569,12 +568,9 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 				ev.Tables = append(ev.Tables, tv)
 			}
 		}
+		// The notes on identical results and missing prefix information go by the charts
+		// they explain (ChartNotes).
 		ev.Verdicts, ev.Warnings = e.verdicts(), e.starvedWarnings()
-		for _, n := range []string{e.identicalNote(), e.noPrefixNote()} {
-			if n != "" {
-				ev.Notes = append(ev.Notes, n)
-			}
-		}
 		for _, t := range e.shareTables() {
 			sv := shareView{Caption: shareCaption(t.Rate, len(groups) > 1), Rate: t.Rate, Heads: []string{"policy"}}
 			for i := range t.Instances {
@@ -690,7 +686,6 @@ table.shares td.idle { text-align: left; }
 {{if $.Several}}<h2>{{.Label}}</h2>
 {{end}}<ul class="verdicts">{{range .Verdicts}}<li data-rate="{{.Rate}}">{{.Text}}</li>{{end}}</ul>
 {{range .Warnings}}<p class="warning">⚠ {{.}}</p>
-{{end}}{{range .Notes}}<p class="note">{{.}}</p>
 {{end}}{{if .Failed}}<p class="warning">⚠ {{len .Failed}} failed cells (listed under the tables).</p>
 {{end}}<dl class="facts">{{range .Facts}}<dt>{{.Label}}</dt><dd>{{.Value}}</dd>{{end}}</dl>
 </section>
