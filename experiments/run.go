@@ -164,8 +164,17 @@ type PolicyResult struct {
 	// InstanceShare is each instance's share of the requests (0..1), over seeds; Starved
 	// the instances that got no request at all, in how many seeds. A router that ties and
 	// always breaks the tie the same way shows here.
-	InstanceShare []Stat       `json:"instance_share,omitempty"`
+	InstanceShare []Share      `json:"instance_share,omitempty"`
 	Starved       []Starvation `json:"starved_instances,omitempty"`
+}
+
+// Share is an instance's share of the requests: the mean over seeds and the lowest and
+// highest seed's (a confidence interval of a share that is 0 in one seed and 1 in the
+// other would run far outside 0..1).
+type Share struct {
+	Mean float64 `json:"mean"`
+	Min  float64 `json:"min"`
+	Max  float64 `json:"max"`
 }
 
 // Starvation is an instance that got no request in Seeds of a policy's seeds.
@@ -627,7 +636,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 
 // instanceShares is each instance's share of the requests over seeds (the seeds' counts),
 // and the instances that got none.
-func instanceShares(seeds [][]int) ([]Stat, []Starvation) {
+func instanceShares(seeds [][]int) ([]Share, []Starvation) {
 	n := 0
 	for _, c := range seeds {
 		n = max(n, len(c))
@@ -635,7 +644,7 @@ func instanceShares(seeds [][]int) ([]Stat, []Starvation) {
 	if n == 0 {
 		return nil, nil
 	}
-	shares := make([]Stat, n)
+	shares := make([]Share, n)
 	var starved []Starvation
 	for i := range n {
 		xs := make([]float64, 0, len(seeds))
@@ -656,7 +665,9 @@ func instanceShares(seeds [][]int) ([]Stat, []Starvation) {
 				xs = append(xs, float64(v)/float64(total))
 			}
 		}
-		shares[i] = meanCI(xs)
+		if len(xs) > 0 {
+			shares[i] = Share{Mean: meanCI(xs).Mean, Min: slices.Min(xs), Max: slices.Max(xs)}
+		}
 		if zero > 0 {
 			starved = append(starved, Starvation{Instance: i, Seeds: zero})
 		}

@@ -479,13 +479,13 @@ func TestInstanceShares(t *testing.T) {
 	tests := []struct {
 		name        string
 		seeds       [][]int
-		wantShare   []Stat
+		wantShare   []Share
 		wantStarved []Starvation
 	}{
 		{"no counts", nil, nil, nil},
-		{"balanced", [][]int{{5, 5}}, []Stat{{Mean: 0.5}, {Mean: 0.5}}, nil},
+		{"balanced", [][]int{{5, 5}}, []Share{{0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}}, nil},
 		{"one idle in one seed of two", [][]int{{6, 4, 0}, {4, 4, 2}},
-			[]Stat{{Mean: 0.5, CI95: meanCI([]float64{0.6, 0.4}).CI95}, {Mean: 0.4}, {Mean: 0.1, CI95: meanCI([]float64{0, 0.2}).CI95}},
+			[]Share{{0.5, 0.4, 0.6}, {0.4, 0.4, 0.4}, {0.1, 0, 0.2}},
 			[]Starvation{{Instance: 2, Seeds: 1}}},
 	}
 	for _, tt := range tests {
@@ -523,7 +523,7 @@ func TestResultsCountRequestsPerInstance(t *testing.T) {
 			t.Errorf("requests per instance (-want +got):\n%s", diff)
 		}
 		p := res.Policies[0]
-		if diff := cmp.Diff([]Stat{{Mean: 0.5}, {Mean: 0.5}, {}, {}}, p.InstanceShare); diff != "" {
+		if diff := cmp.Diff([]Share{{0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}, {}, {}}, p.InstanceShare); diff != "" {
 			t.Errorf("shares (-want +got):\n%s", diff)
 		}
 		if diff := cmp.Diff([]Starvation{{2, 1}, {3, 1}}, p.Starved); diff != "" {

@@ -224,7 +224,8 @@ type shareTable struct {
 
 type shareRow struct {
 	Policy *experiments.PolicyResult
-	// Shares are the instances' shares of the requests in percent, "mean ± ci".
+	// Shares are the instances' shares of the requests in percent: the mean over seeds,
+	// and the lowest and highest seed's where they differ, "50.0 (0–100)".
 	Shares []string
 	// Warning names the instances that got no request, "" when every one got some.
 	Warning string
@@ -243,7 +244,7 @@ func (e *Experiment) shareTables() []shareTable {
 			t.Instances = max(t.Instances, len(p.InstanceShare))
 			row := shareRow{Policy: p}
 			for _, s := range p.InstanceShare {
-				row.Shares = append(row.Shares, FormatStat(s, p.Seeds, 100))
+				row.Shares = append(row.Shares, formatShare(s))
 			}
 			row.Warning = starvedText(p)
 			t.Rows = append(t.Rows, row)
@@ -253,6 +254,15 @@ func (e *Experiment) shareTables() []shareTable {
 		}
 	}
 	return out
+}
+
+// formatShare shows a share in percent: "25.0", or over seeds that differ "50.0 (0–100)".
+func formatShare(s experiments.Share) string {
+	f := func(x float64) string { return strconv.FormatFloat(100*x, 'f', 1, 64) }
+	if s.Min == s.Max {
+		return f(s.Mean)
+	}
+	return f(s.Mean) + " (" + f(s.Min) + "–" + f(s.Max) + ")"
 }
 
 // starvedText names the instances a policy sent no request to, grouped by in how many of

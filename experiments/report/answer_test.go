@@ -185,10 +185,11 @@ func TestLoadChartsLogAxis(t *testing.T) {
 // Idle instances are flagged in the answer and in the per-instance table, HTML and Markdown.
 func TestIdleInstancesAreFlagged(t *testing.T) {
 	skewed := policy("prefix-affinity", "lru", 1, 1, 100)
-	skewed.InstanceShare = []experiments.Stat{{Mean: 0.5, CI95: 0.5}, {}, {}, {Mean: 0.5, CI95: 0.5}}
+	share := func(mean, lo, hi float64) experiments.Share { return experiments.Share{Mean: mean, Min: lo, Max: hi} }
+	skewed.InstanceShare = []experiments.Share{share(0.5, 0, 1), {}, {}, share(0.5, 0, 1)}
 	skewed.Starved = []experiments.Starvation{{Instance: 0, Seeds: 1}, {Instance: 1, Seeds: 2}, {Instance: 2, Seeds: 2}, {Instance: 3, Seeds: 1}}
 	even := policy("least-request", "lru", 1, 2, 90)
-	even.InstanceShare = []experiments.Stat{{Mean: 0.25}, {Mean: 0.25}, {Mean: 0.25}, {Mean: 0.25}}
+	even.InstanceShare = []experiments.Share{share(0.25, 0.25, 0.25), share(0.25, 0.2, 0.3), share(0.25, 0.25, 0.25), share(0.25, 0.25, 0.25)}
 	e := &Experiment{Spec: experiments.Spec{Name: "x", Workload: experiments.Workload{RateScale: experiments.RateScales{1}}},
 		Results: experiments.Results{Policies: []experiments.PolicyResult{even, skewed}}}
 	want := "prefix-affinity / lru: instances 1, 2 got no requests in 2 of 2 seeds, instances 0, 3 in 1 of 2."
@@ -199,8 +200,8 @@ func TestIdleInstancesAreFlagged(t *testing.T) {
 	if !strings.Contains(md, "- ⚠ "+want) {
 		t.Errorf("the Markdown's answer does not flag the idle instances:\n%s", md)
 	}
-	if !strings.Contains(md, "| `least-request / lru` | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 | none |") ||
-		!strings.Contains(md, "| `prefix-affinity / lru` | 50.0 ± 50.0 | 0 ± 0 | 0 ± 0 | 50.0 ± 50.0 | ⚠ instances 1, 2 got") {
+	if !strings.Contains(md, "| `least-request / lru` | 25.0 | 25.0 (20.0–30.0) | 25.0 | 25.0 | none |") ||
+		!strings.Contains(md, "| `prefix-affinity / lru` | 50.0 (0.0–100.0) | 0.0 | 0.0 | 50.0 (0.0–100.0) | ⚠ instances 1, 2 got") {
 		t.Errorf("the Markdown's requests-per-instance table:\n%s", md)
 	}
 	var b bytes.Buffer

@@ -497,11 +497,13 @@ type (
 )
 
 func splitCell(v string) cellView {
-	mean, ci, ok := strings.Cut(v, " ± ")
-	if !ok {
-		return cellView{Mean: v}
+	if mean, ci, ok := strings.Cut(v, " ± "); ok {
+		return cellView{Mean: mean, CI: "± " + ci}
 	}
-	return cellView{Mean: mean, CI: "± " + ci}
+	if mean, rng, ok := strings.Cut(v, " ("); ok { // a share's range over seeds
+		return cellView{Mean: mean, CI: "(" + rng}
+	}
+	return cellView{Mean: v}
 }
 
 // WriteHTML writes a self-contained HTML report of one experiment, or of several overlaid
