@@ -134,7 +134,8 @@ func (p *runProgress) event(e experiments.Event) {
 	}
 }
 
-// printRanking prints results.json's ranking: per rate scale, the policies by goodput.
+// printRanking prints results.json's ranking: per rate scale, the policies by goodput; then
+// the instances a policy sent no request to.
 func printRanking(w io.Writer, res *experiments.Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "rate\tpolicy\tseeds\tgoodput req/s\tthroughput req/s\tmean TTFT ms\tp99 TTFT ms\tmedian TPOT ms\tprefix hit %\t")
@@ -145,4 +146,7 @@ func printRanking(w io.Writer, res *experiments.Results) {
 			stat(p.P99TTFTMs, 1), stat(p.MedianTPOTMs, 1), stat(p.PrefixCacheHitRate, 100))
 	}
 	tw.Flush()
+	for _, warn := range report.IdleInstances(res) {
+		fmt.Fprintf(w, "⚠ %s\n", warn)
+	}
 }

@@ -117,3 +117,24 @@ func TestRunInTheRealWorld(t *testing.T) {
 		t.Errorf("no prefix-cache hits on Mooncake's shared prefixes: %+v", res.Policies)
 	}
 }
+
+// The terminal flags an instance a policy sent no request to, as the report does.
+func TestRunFlagsIdleInstances(t *testing.T) {
+	dir := t.TempDir()
+	trace, err := filepath.Abs("../../examples/traces/azure_conv_3000.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := filepath.Join(dir, "idle.yaml")
+	if err := os.WriteFile(spec, []byte("name: idle\nworkload: {trace: "+trace+", max_requests: 2}\n"+
+		"cluster: {instances: 3}\npolicies: {routers: [round-robin]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "run", spec, "--out", filepath.Join(dir, "out"), "-q", "--report=false")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if want := "⚠ round-robin / lru: instance 2 got no requests.\n"; !strings.Contains(out, want) {
+		t.Errorf("the output does not say %q:\n%s", want, out)
+	}
+}

@@ -328,3 +328,10 @@ func (e *Experiment) starvedWarnings() []string {
 	}
 	return out
 }
+
+// IdleInstances are the warnings about instances a policy sent no request to, as the report
+// gives them, for a terminal: one per policy, with the rate scales where they sat idle.
+func IdleInstances(res *experiments.Results) []string {
+	e := &Experiment{Results: *res}
+	return e.starvedWarnings()
+}
