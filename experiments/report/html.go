@@ -670,7 +670,7 @@ table.ranked td .ci, table.shares td .ci { color: #777; font-size: 12px; }
 table.ranked td.policy, table.shares td.policy, table.ranked th:nth-child(2), table.shares th:first-child { text-align: left; white-space: normal; overflow-wrap: anywhere; min-width: 14em; }
 table.ranked tr.failed { background: #fff3f0; }
 table.shares tr.starved { background: #fff8e6; }
-table.shares td.idle { text-align: left; }
+table.shares td.idle, table.shares th:last-child { text-align: left; }
 @media (max-width: 1600px) { table.ranked td .ci { display: block; } }
 .verdicts { font-size: 15px; padding-left: 20px; } .verdicts li { margin: 4px 0; }
 .warning { color: #8a4b00; background: #fff8e6; padding: 4px 8px; border-radius: 4px; }
@@ -715,7 +715,7 @@ table.shares td.idle { text-align: left; }
 {{range .Rows}}<tr{{if .Warning}} class="starved"{{end}}><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}<td class="idle">{{if .Warning}}⚠ {{.Warning}}{{else}}none{{end}}</td></tr>
 {{end}}</tbody>
 </table></div>
-{{end}}<p class="note">Means over seeds ± 95% confidence half-widths (Student's t).</p>
+{{end}}<p class="note">Means over seeds ± 95% confidence half-widths (Student's t){{if .Shares}}; an instance's share of the requests is the mean over seeds (the lowest–highest seed){{end}}.</p>
 {{if .Failed}}<h3>⚠ Failed cells</h3>
 <ul class="failed-cells">{{range .Failed}}<li><code>{{.ID}}</code>: {{.Error}}{{if .Detail}}<details><summary>full error</summary><pre>{{.Detail}}</pre></details>{{end}}</li>{{end}}</ul>
 {{end}}</section>

@@ -44,7 +44,11 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 		fmt.Fprintf(b, "\n### %s\n\n", shareCaption(t.Rate, len(groups) > 1))
 		writeMarkdownShares(b, t)
 	}
-	fmt.Fprintf(b, "\nMeans over seeds ± 95%% confidence half-widths (Student's t).\n")
+	fmt.Fprintf(b, "\nMeans over seeds ± 95%% confidence half-widths (Student's t)")
+	if len(exp.shareTables()) > 0 {
+		fmt.Fprintf(b, "; an instance's share of the requests is the mean over seeds (the lowest–highest seed)")
+	}
+	fmt.Fprintf(b, ".\n")
 	if failed := exp.failedCells(); len(failed) > 0 {
 		fmt.Fprintf(b, "\n### ⚠ Failed cells\n\n")
 		for _, c := range failed {
