@@ -215,7 +215,7 @@ func Run(ctx context.Context, spec *Spec, opts Options) (*Results, error) {
 		return nil, err
 	}
 	specPath := filepath.Join(opts.Out, "spec.yaml")
-	if old, err := os.ReadFile(specPath); err == nil && !bytes.Equal(old, norm) {
+	if old, err := os.ReadFile(specPath); err == nil && !bytes.Equal(old, norm) && !sameSpec(opts.Out, norm) {
 		return nil, fmt.Errorf("%s holds another spec's run; give another --out or remove it", opts.Out)
 	}
 	if err := writeFileAtomic(specPath, norm); err != nil {
@@ -282,6 +282,17 @@ dispatch:
 		return res, fmt.Errorf("%d of %d cells failed:\n  %s", len(failed), len(cells), strings.Join(failed, "\n  "))
 	}
 	return res, nil
+}
+
+// sameSpec says whether the spec.yaml in dir, written by an older servelab (without the
+// resolved cluster, say), normalizes to norm: the same experiment, which may resume.
+func sameSpec(dir string, norm []byte) bool {
+	old, err := ReadSpec(dir)
+	if err != nil {
+		return false
+	}
+	again, err := old.Normalized()
+	return err == nil && bytes.Equal(again, norm)
 }
 
 func (s *Spec) scanWorkload() (traces.Shape, error) {

@@ -531,3 +531,41 @@ func TestResultsCountRequestsPerInstance(t *testing.T) {
 		}
 	}
 }
+
+// A run begun by an older servelab, whose spec.yaml had "cluster: {}" where the resolved
+// cluster stands now, resumes; another spec's run directory is still refused.
+func TestRunResumesASpecWrittenBefore(t *testing.T) {
+	spec := smallSpec(t, "")
+	out := t.TempDir()
+	norm, err := spec.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before strings.Builder
+	skip := false
+	for _, line := range strings.SplitAfter(string(norm), "\n") {
+		switch {
+		case line == "cluster:\n":
+			before.WriteString("cluster:\n  gpu: a100-80g\n  instances: 2\n  model: llama-3.1-8b\n")
+			skip = true
+		case skip && strings.HasPrefix(line, "  "):
+		default:
+			skip = false
+			before.WriteString(line)
+		}
+	}
+	if before.String() == string(norm) {
+		t.Fatalf("no cluster to unresolve in\n%s", norm)
+	}
+	if err := os.WriteFile(filepath.Join(out, "spec.yaml"), []byte(before.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec.Workload.MaxRequests = 20
+	if _, err := Run(context.Background(), spec, Options{Out: out}); err == nil || !strings.Contains(err.Error(), "another spec") {
+		t.Fatalf("another spec's directory: %v", err)
+	}
+	spec.Workload.MaxRequests = 300
+	if _, err := Run(context.Background(), spec, Options{Out: out, Parallel: 2}); err != nil {
+		t.Fatalf("the same spec as an older servelab wrote it: %v", err)
+	}
+}
