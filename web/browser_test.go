@@ -183,6 +183,13 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitStats("the live page's snapshot", func(st chartStats) bool { return st.Ready && st.Status == StatusNew })
+	var heading string
+	if err := s.Execute(ctx, `return document.querySelector('main h2').textContent`, nil, &heading); err != nil {
+		t.Fatal(err)
+	}
+	if heading != "browser-live" { // the run's id is the experiment's name: said once
+		t.Errorf("the live page's heading is %q", heading)
+	}
 	job := d.srv.Job(d.start(StartRequest{Spec: live}))
 
 	// Its charts fill with the run's samples, one line per policy (the mean over its seeds),
