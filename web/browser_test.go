@@ -257,22 +257,36 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	if err := s.Navigate(ctx, d.hs.URL+"/compare?run=browser-live&run="+smallID); err != nil {
 		t.Fatal(err)
 	}
-	cmp := waitStats("the compare page to load", func(st chartStats) bool { return st.Ready })
-	for key, series := range cmp.Charts {
-		var fromLive, fromSmall int
-		for name, points := range series {
-			if points == 0 && key != "hit" && key != "ttft" {
-				t.Errorf("chart %s: series %s has no points", key, name)
-			}
-			switch {
-			case strings.HasPrefix(name, "browser-live: "):
-				fromLive++
-			case strings.HasPrefix(name, smallID+": "):
-				fromSmall++
+	// One line per run and policy; with every seed shown, one per cell.
+	for _, view := range []struct {
+		name            string
+		fromLive, small int
+	}{{"policies", policies, 2}, {"seeds", len(job.Spec.Cells()), 2}} {
+		if view.name == "seeds" {
+			if err := s.Execute(ctx, `document.getElementById('show-seeds').click()`, nil, nil); err != nil {
+				t.Fatal(err)
 			}
 		}
-		if fromLive != len(job.Spec.Cells()) || fromSmall != 2 {
-			t.Errorf("compare chart %s: %d series of browser-live, %d of %s; want %d and 2", key, fromLive, fromSmall, smallID, len(job.Spec.Cells()))
+		cmp := waitStats("the compare page to draw "+view.name, func(st chartStats) bool { return st.Ready && st.View == view.name })
+		for key, series := range cmp.Charts {
+			var fromLive, fromSmall int
+			for name, points := range series {
+				if points == 0 && key != "hit" && key != "ttft" {
+					t.Errorf("chart %s: series %s has no points", key, name)
+				}
+				switch {
+				case strings.HasPrefix(name, "browser-live: "):
+					fromLive++
+				case strings.HasPrefix(name, smallID+": "):
+					fromSmall++
+				}
+			}
+			if fromLive != view.fromLive || fromSmall != view.small {
+				t.Errorf("compare chart %s, %s: %d series of browser-live, %d of %s; want %d and %d", key, view.name, fromLive, fromSmall, smallID, view.fromLive, view.small)
+			}
+		}
+		if view.name == "policies" {
+			screenshot("compare.png")
 		}
 	}
 	var rows int
@@ -282,7 +296,6 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	if want := len(job.Spec.Cells())/len(job.Spec.Seeds) + 2; rows != want {
 		t.Errorf("summary table has %d rows, want one per policy of each run (%d)", rows, want)
 	}
-	screenshot("compare.png")
 }
 
 var chartKeys = []string{"throughput", "output", "waiting", "running", "kv", "hit", "ttft"}

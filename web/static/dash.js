@@ -368,11 +368,25 @@ async function comparePage() {
   }));
   runs.sort((a, b) => picks.findIndex(p => p.dataset.run === a.id) - picks.findIndex(p => p.dataset.run === b.id));
 
+  // One line per run and policy (the mean over its picked seeds, in a band), or every
+  // picked seed's own line.
   function draw() {
+    const seeds = $('#show-seeds');
+    dash.view = seeds && seeds.checked ? 'seeds' : 'policies';
+    if (dash.view === 'seeds') {
+      const list = [];
+      for (const r of runs) for (const c of r.cells) if (c.on) list.push({name: r.id + ': ' + c.label, points: c.points});
+      setSeries(charts, list);
+      return;
+    }
     const list = [];
-    for (const r of runs) for (const c of r.cells) if (c.on) list.push({name: r.id + ': ' + c.label, points: c.points});
-    setSeries(charts, list);
+    for (const r of runs) {
+      for (const l of policyLines(r.cells.filter(c => c.on))) list.push(Object.assign(l, {name: r.id + ': ' + l.name}));
+    }
+    setPolicySeries(charts, list);
   }
+  const seedsBox = $('#show-seeds');
+  if (seedsBox) seedsBox.addEventListener('change', draw);
   draw();
 
   const table = el('table', {class: 'summary'});
