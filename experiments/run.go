@@ -130,7 +130,8 @@ type CellResult struct {
 	Summary     *metrics.Summary `json:"summary,omitempty"`
 	WallSeconds float64          `json:"wall_s"`
 	// InstanceRequests counts the requests routed to each instance (index = instance),
-	// failed ones included; requests that reached no instance are not counted.
+	// failed ones included; requests that reached no instance are not counted. Absent when
+	// the records do not say (the real world's).
 	InstanceRequests []int `json:"instance_requests,omitempty"`
 }
 
@@ -361,7 +362,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 				for _, r := range rows {
 					countInstance(counts, int(r.Instance))
 				}
-				res.InstanceRequests = counts
+				res.InstanceRequests = knownCounts(counts)
 			}
 			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellSkipped, Progress: 1, Summary: &s})
 			return res
@@ -384,7 +385,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 		res.Error = err.Error()
 		return res
 	}
-	res.Status, res.Summary, res.InstanceRequests = "done", summary, counts
+	res.Status, res.Summary, res.InstanceRequests = "done", summary, knownCounts(counts)
 	wall, _ := json.Marshal(time.Since(start).Seconds())
 	if err := writeFileAtomic(filepath.Join(dir, "wall.json"), wall); err != nil {
 		res.Status, res.Error = "error", err.Error()
@@ -400,6 +401,18 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 }
 
 // runInWorld runs one cell in the spec's world, writing its records and time series.
+// knownCounts is counts, or nil when no request named its instance: the real world's
+// records do not (the router does not say which engine served a request), and a row of
+// zeros would flag every instance idle.
+func knownCounts(counts []int) []int {
+	for _, n := range counts {
+		if n > 0 {
+			return counts
+		}
+	}
+	return nil
+}
+
 // countInstance counts a request routed to instance i; one that reached none (-1) is not.
 func countInstance(counts []int, i int) {
 	if i >= 0 && i < len(counts) {

@@ -300,7 +300,8 @@ func (f *fakeWorld) RunCell(ctx context.Context, rc RealCell) (*metrics.Summary,
 			return nil, err
 		}
 		now = max(now, row.Arrival)
-		rec := serving.Record{ID: id, Arrival: row.Arrival, Scheduled: now, FirstToken: now + 0.01,
+		// Instance -1: as real/bench, which does not learn which engine served a request.
+		rec := serving.Record{ID: id, Instance: -1, Arrival: row.Arrival, Scheduled: now, FirstToken: now + 0.01,
 			Finish: now + 0.01 + 0.001*float64(row.OutputTokens), PromptTokens: row.InputTokens, OutputTokens: row.OutputTokens}
 		now = rec.Finish
 		c.Add(&rec)
@@ -346,6 +347,12 @@ func TestRealWorldCellsRunThroughTheRealWorld(t *testing.T) {
 	}
 	if len(world.cells) != 4 || len(res.Policies) != 2 {
 		t.Fatalf("the world ran %d cells; %d policies", len(world.cells), len(res.Policies))
+	}
+	for _, p := range res.Policies {
+		// Records without instances give no shares, not every instance flagged idle.
+		if p.InstanceShare != nil || p.Starved != nil {
+			t.Errorf("%s: instance shares %v, starved %v from records that name no instance", p.Name(), p.InstanceShare, p.Starved)
+		}
 	}
 	for _, c := range res.Cells {
 		rows, err := ReadRecords(out, c.ID)
