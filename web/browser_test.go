@@ -240,6 +240,14 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 		return st.Status == StatusDone && sum(st.Charts["throughput"]) == policyPoints
 	})
 	screenshot("live-done.png")
+	// lru and lfu on the Azure slice (no shared prefixes) run alike: the page says so.
+	var identical string
+	if err := s.Execute(ctx, `return document.getElementById('identical').textContent`, nil, &identical); err != nil {
+		t.Fatal(err)
+	}
+	if wantSame := !raceEnabled; wantSame != strings.Contains(identical, "round-robin / lru = round-robin / lfu") {
+		t.Errorf("the live page's note on identical lines: %q (the matrix crosses lru with lfu: %v)", identical, wantSame)
+	}
 	if err := s.Execute(ctx, `document.getElementById('show-seeds').click()`, nil, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -127,6 +127,27 @@ function setPolicySeries(charts, list) {
   }
 }
 
+// identicalText names the lines whose points are all the same in every chart (lru and lfu
+// on a trace without shared prefixes, say): drawn on top of each other, they would look
+// like one line. "" when there are none.
+function identicalText(list) {
+  const key = l => JSON.stringify(CHARTS.map(def => l.mean[def.key]));
+  const groups = new Map();
+  for (const l of list) {
+    if (!l.mean[CHARTS[0].key].length) continue;
+    const k = key(l);
+    if (!groups.has(k)) groups.set(k, []);
+    groups.get(k).push(l.name);
+  }
+  const same = Array.from(groups.values()).filter(g => g.length > 1).map(g => g.join(' = '));
+  return same.length ? 'Identical results: ' + same.join('; ') + ' (their lines lie on top of each other).' : '';
+}
+
+function showIdentical(list) {
+  const note = $('#identical');
+  if (note) note.textContent = identicalText(list);
+}
+
 const PALETTE = ['#5470c6', '#91cc75', '#fac858', '#ee6666', '#73c0de', '#3ba272', '#fc8452', '#9a60b4', '#ea7ccc'];
 
 // policyLabel is a cell's policies without its seed: the cells a policy line averages.
@@ -295,7 +316,9 @@ function livePage() {
     if (dash.view === 'seeds') {
       setSeries(charts, Array.from(cells.values()).map(c => ({name: cellLabel(c.id, c.cell), points: c.points})));
     } else {
-      setPolicySeries(charts, policyLines(cells.values()));
+      const lines = policyLines(cells.values());
+      setPolicySeries(charts, lines);
+      showIdentical(lines);
     }
     dash.ready = true;
   }
@@ -384,6 +407,7 @@ async function comparePage() {
       for (const l of policyLines(r.cells.filter(c => c.on))) list.push(Object.assign(l, {name: r.id + ': ' + l.name}));
     }
     setPolicySeries(charts, list);
+    showIdentical(list);
   }
   const seedsBox = $('#show-seeds');
   if (seedsBox) seedsBox.addEventListener('change', draw);
