@@ -555,30 +555,46 @@ func errorKind(ctx context.Context, err error) string {
 }
 
 func (r *runner) firstModel(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.opts.Endpoint+"/v1/models", nil)
-	if err != nil {
-		return "", err
+	m, err := ServedModel(ctx, r.client, r.opts.Endpoint, r.opts.APIKey)
+	return m.ID, err
+}
+
+// Model is what /v1/models says of the first model an endpoint serves.
+type Model struct {
+	ID string `json:"id"`
+	// MaxModelLen is vLLM's max_model_len (servelab's engine and router report it too);
+	// 0 when the server does not say.
+	MaxModelLen int `json:"max_model_len"`
+}
+
+// ServedModel asks endpoint's /v1/models for the first model it serves; client nil uses
+// http.DefaultClient.
+func ServedModel(ctx context.Context, client *http.Client, endpoint, apiKey string) (Model, error) {
+	if client == nil {
+		client = http.DefaultClient
 	}
-	if r.opts.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
-	}
-	resp, err := r.client.Do(req)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/v1/models", nil)
 	if err != nil {
-		return "", fmt.Errorf("bench: asking %s/v1/models for the model name: %w", r.opts.Endpoint, err)
+		return Model{}, err
+	}
+	if apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return Model{}, fmt.Errorf("bench: asking %s/v1/models for the model name: %w", endpoint, err)
 	}
 	defer resp.Body.Close()
 	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
+		Data []Model `json:"data"`
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("bench: %s/v1/models: HTTP %d", r.opts.Endpoint, resp.StatusCode)
+		return Model{}, fmt.Errorf("bench: %s/v1/models: HTTP %d", endpoint, resp.StatusCode)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || len(list.Data) == 0 {
-		return "", fmt.Errorf("bench: %s/v1/models lists no model (%v); give the model name", r.opts.Endpoint, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&list); err != nil || len(list.Data) == 0 {
+		return Model{}, fmt.Errorf("bench: %s/v1/models lists no model (%v); give the model name", endpoint, err)
 	}
-	return list.Data[0].ID, nil
+	return list.Data[0], nil
 }
 
 // dropNonVLLM leaves out the metrics URLs that lack vLLM's prefix-cache counters (a

@@ -422,7 +422,7 @@ func TestRowTooLargeFailsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := res.Failures["row too large"]; f.Count != 2 || !strings.Contains(f.FirstError, "trace row 0") {
+	if f := res.Failures["row too large"]; f.Count != 2 || !strings.Contains(f.FirstError, "must lie in [0, 16777216]") {
 		t.Errorf("failures %+v: want rows 0 and 1 too large", res.Failures)
 	}
 	if res.Summary.Completed != 1 || len(s.bodies) != 1 {
