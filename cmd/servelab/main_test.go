@@ -116,3 +116,42 @@ func TestCompare(t *testing.T) {
 		}
 	}
 }
+
+// sim says why requests failed and exits non-zero unless --allow-failures; its
+// --token-scale auto (bench's and fidelity's code) fits the trace to the context.
+func TestSimExplainsFailures(t *testing.T) {
+	base := []string{"sim", "--trace", azureSlice, "--max-requests", "200", "--max-model-len", "512", "--json"}
+	for _, tc := range []struct {
+		name     string
+		extra    []string
+		wantErr  string
+		inStderr []string
+	}{
+		{"too long for the context", nil, " of 200 requests failed (--allow-failures",
+			[]string{"context exceeds max_model_len, the first: request ", "more than max_model_len 512", "hint: prompts plus outputs exceed the model's context: --token-scale auto"}},
+		{"failures allowed", []string{"--allow-failures"}, "", []string{"context exceeds max_model_len"}},
+		{"token-scale auto", []string{"--token-scale", "auto"}, "", nil},
+		{"bad token scale", []string{"--token-scale", "0"}, "--token-scale: want a positive number or auto", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, err := runSplit(t, append(base, tc.extra...)...)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err = %v, want %q\n%s", err, tc.wantErr, stderr)
+			}
+			for _, want := range tc.inStderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr)
+				}
+			}
+			if tc.inStderr == nil && stderr != "" {
+				t.Errorf("stderr: %s", stderr)
+			}
+			if tc.name == "token-scale auto" {
+				var s metrics.Summary
+				if err := json.Unmarshal([]byte(stdout), &s); err != nil || s.Completed != 200 {
+					t.Errorf("summary %+v (%v), want 200 completed", s, err)
+				}
+			}
+		})
+	}
+}
