@@ -6,6 +6,7 @@ import (
 	"runtime"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"servelab/engine/backend"
 	"servelab/engine/profile"
@@ -48,11 +49,26 @@ linear step-time model to them (non-negative least squares, gonum) and write a p
 			return nil
 		},
 	}
-	f.register(cmd)
+	// The engine's flags that shape a step; the server's (--port, --api-key, ...) have no
+	// meaning here and are left out of profile's flags and help.
+	all := &cobra.Command{}
+	f.register(all)
+	all.Flags().VisitAll(func(fl *pflag.Flag) {
+		if profileFlags[fl.Name] {
+			cmd.Flags().AddFlag(fl)
+		}
+	})
 	cmd.Flags().StringVar(&out, "out", "", "profile file to write (JSON)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
 	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
 	return cmd
+}
+
+// profileFlags are the engine flags measureProfile reads.
+var profileFlags = map[string]bool{
+	"model": true, "block-size": true, "max-model-len": true, "kv-cache-memory-bytes": true,
+	"num-gpu-blocks-override": true, "max-num-seqs": true, "max-num-batched-tokens": true,
+	"batch": true, "threads": true,
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
