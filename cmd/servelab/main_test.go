@@ -84,6 +84,8 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--model", "gpt-5"}, "gpt-5"},
 		{[]string{"sim", "--trace", "no/such/file.csv"}, "no/such/file.csv"},
 		{[]string{"sim", "--trace", azureSlice, "--goodput", "ttft:-3"}, "ttft"},
+		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "NaN"}, "--rate-scale"},
+		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "+Inf"}, "--rate-scale"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

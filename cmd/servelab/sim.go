@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,7 +73,7 @@ func (f *simFlags) openTrace() (traces.Reader, io.Closer, error) {
 	if f.trace == "" {
 		return nil, nil, fmt.Errorf("--trace is required")
 	}
-	if f.rateScale <= 0 {
+	if !(f.rateScale > 0) || math.IsInf(f.rateScale, 0) {
 		return nil, nil, fmt.Errorf("--rate-scale must be positive, got %g", f.rateScale)
 	}
 	r, c, err := traces.Open(f.trace, traces.Format(f.format))

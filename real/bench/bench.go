@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -172,8 +173,8 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 	if opts.Endpoint == "" || opts.Trace == nil {
 		return Result{}, errors.New("bench: an endpoint and a trace are required")
 	}
-	if opts.VocabSize <= FirstTokenID {
-		return Result{}, fmt.Errorf("bench: vocabulary size %d leaves no prompt token ids (want > %d)", opts.VocabSize, FirstTokenID)
+	if opts.VocabSize <= FirstTokenID || opts.VocabSize > math.MaxInt32 {
+		return Result{}, fmt.Errorf("bench: vocabulary size %d: want more than %d (the special ids) and at most %d (token ids are int32)", opts.VocabSize, FirstTokenID, math.MaxInt32)
 	}
 	if opts.Concurrency < 0 {
 		return Result{}, fmt.Errorf("bench: concurrency must not be negative, got %d", opts.Concurrency)

@@ -344,6 +344,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 		{Trace: &rows{}, VocabSize: 10},
 		{Endpoint: "http://127.0.0.1:1", VocabSize: 10},
 		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: FirstTokenID},
+		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: 1 << 40}, // ids would wrap in int32
 		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: 10, Concurrency: -1},
 	} {
 		if _, err := Run(context.Background(), opts); err == nil {
