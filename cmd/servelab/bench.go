@@ -174,7 +174,7 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 			}
 			hitRate := ""
 			if res.PrefixCacheSource == "" {
-				hitRate = "not reported (no --metrics and no cached_tokens in the responses)"
+				hitRate = "not reported (no engine /metrics with vLLM's counters, no cached_tokens in the responses)"
 			}
 			if asJSON {
 				err = writeJSON(cmd.OutOrStdout(), res.Summary)

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -244,5 +247,36 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 		if strings.Contains(stderr, "profiling") {
 			t.Errorf("%v: profiled before rejecting the flags (%s)", tc.args, time.Since(start))
 		}
+	}
+}
+
+// A --metrics URL without vLLM's counters (a router's) is left out with a warning, and a
+// hit rate nobody reported is printed as such rather than as 0.00.
+func TestBenchMetricsAtARouter(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics": // a router's: its own counters only
+			fmt.Fprint(w, "# TYPE router_requests_total counter\nrouter_requests_total 7\n")
+		case "/v1/models":
+			fmt.Fprint(w, `{"object":"list","data":[{"id":"m","object":"model","max_model_len":4096}]}`)
+		case "/v1/completions": // one token, usage without prompt_tokens_details
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: {\"choices\":[{\"text\":\"x\",\"token_ids\":[5]}]}\n\n")
+			fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	stdout, stderr, err := runSplit(t, "bench", "--endpoint", srv.URL, "--trace", azureSlice, "--max-requests", "3",
+		"--rate-scale", "100", "--vocab-size", "100", "--metrics", srv.URL+"/metrics")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if want := srv.URL + "/metrics has no vllm:prefix_cache_queries/hits counters"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
+	}
+	if !regexp.MustCompile(`Prefix cache hit rate \(%\): +not reported`).MatchString(stdout) {
+		t.Errorf("stdout does not say the hit rate was not reported:\n%s", stdout)
 	}
 }
