@@ -605,16 +605,12 @@ func (r *runner) dropNonVLLM(ctx context.Context) error {
 	kept := r.opts.MetricsURLs[:0]
 	for _, u := range r.opts.MetricsURLs {
 		var families map[string]*dto.MetricFamily
-		var err error
-		for attempt := 0; ; attempt++ {
-			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			families, err = r.read(actx, u)
-			cancel()
-			if err == nil || attempt == 2 || ctx.Err() != nil {
-				break
-			}
-			time.Sleep(time.Duration(100<<attempt) * time.Millisecond)
-		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := retry(rctx, func(ctx context.Context) (err error) {
+			families, err = r.read(ctx, u)
+			return err
+		})
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -657,21 +653,31 @@ func (r *runner) read(ctx context.Context, u string) (map[string]*dto.MetricFami
 	return families, nil
 }
 
-// scrapeRetry scrapes until it succeeds or ctx ends, backing off 50 ms, 100 ms, ...
-// between attempts: an engine that drops one scrape under load answers the next.
-func (r *runner) scrapeRetry(ctx context.Context) (EngineState, error) {
+// scrapeRetry scrapes until it succeeds or ctx ends (see retry): an engine that drops
+// one scrape under load answers the next.
+func (r *runner) scrapeRetry(ctx context.Context) (st EngineState, err error) {
+	err = retry(ctx, func(ctx context.Context) (err error) {
+		st, err = r.scrape(ctx)
+		return err
+	})
+	return st, err
+}
+
+// retry calls fn until it succeeds or ctx ends, backing off 50 ms, 100 ms, ... 1 s
+// between calls, and returns fn's last error.
+func retry(ctx context.Context, fn func(context.Context) error) error {
 	backoff := 50 * time.Millisecond
 	for {
-		st, err := r.scrape(ctx)
+		err := fn(ctx)
 		if err == nil || ctx.Err() != nil {
-			return st, err
+			return err
 		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return st, err
+			return err
 		}
 		backoff = min(2*backoff, time.Second)
 	}
