@@ -188,3 +188,15 @@ func TestHelpTexts(t *testing.T) {
 		}
 	}
 }
+
+// compare counts failed requests per router and says why they failed.
+func TestCompareShowsFailures(t *testing.T) {
+	stdout, stderr, err := runSplit(t, "compare", "--trace", azureSlice, "--max-requests", "100", "--router", "round-robin",
+		"--max-model-len", "512")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "failed") || !strings.Contains(stderr, "round-robin: ") || !strings.Contains(stderr, "context exceeds max_model_len") {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	}
+}
