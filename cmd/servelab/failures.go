@@ -72,7 +72,7 @@ func benchHint(kind, first string) string {
 func simHint(kind, _ string) string {
 	switch kind {
 	case "context exceeds max_model_len":
-		return contextHint
+		return "prompts plus outputs exceed max_model_len: --token-scale auto scales the trace's token counts to the context and clips the rest (or give a factor below 1), or raise --max-model-len"
 	case "context exceeds KV cache":
 		return "an instance's KV cache cannot hold the request: --token-scale shrinks the trace's token counts, --num-gpu-blocks-override or --gpu-memory-utilization gives more blocks"
 	}

@@ -130,7 +130,7 @@ func TestSimExplainsFailures(t *testing.T) {
 		inStderr []string
 	}{
 		{"too long for the context", nil, " of 200 requests failed (--allow-failures",
-			[]string{"context exceeds max_model_len, the first: request ", "more than max_model_len 512", "hint: prompts plus outputs exceed the model's context: --token-scale auto"}},
+			[]string{"context exceeds max_model_len, the first: request ", "more than max_model_len 512", "hint: prompts plus outputs exceed max_model_len: --token-scale auto"}},
 		{"failures allowed", []string{"--allow-failures"}, "", []string{"context exceeds max_model_len"}},
 		{"token-scale auto", []string{"--token-scale", "auto"}, "", nil},
 		{"bad token scale", []string{"--token-scale", "0"}, "--token-scale: want a positive number or auto", nil},
