@@ -159,17 +159,19 @@ func TestSimExplainsFailures(t *testing.T) {
 }
 
 // Help texts say what is there: no server flags in profile's, no pointer to a list that
-// is not below, no flag that does not exist.
+// is not below, no flag that does not exist (engine's --step-log names profile
+// --from-steps, which TestProfileFromSteps runs).
 func TestHelpTexts(t *testing.T) {
 	for _, tc := range []struct {
 		cmd           []string
 		want, notWant []string
 	}{
 		{[]string{"profile"}, []string{"--num-gpu-blocks-override", "--max-num-seqs", "--threads", "--quick"},
-			[]string{"--port", "--host", "--api-key", "--served-model-name", "--step-log", "--max-waiting-requests"}},
+			[]string{"--port", "--host", "--api-key", "--served-model-name", "--step-log string", "--max-waiting-requests"}},
 		{[]string{"sim"}, []string{"policies listed above", "--token-scale", "--allow-failures"}, []string{"see below"}},
 		{[]string{"compare"}, []string{"policies listed above"}, []string{"see below"}},
-		{[]string{"engine"}, []string{"--step-log"}, []string{"--from-steps"}},
+		{[]string{"engine"}, []string{"--step-log", "servelab profile --from-steps"}, nil},
+		{[]string{"profile"}, []string{"--from-steps"}, nil},
 		{[]string{"bench"}, []string{"--token-scale", "--allow-failures", "auto"}, nil},
 	} {
 		out, err := run(t, append(tc.cmd, "--help")...)
