@@ -79,6 +79,9 @@ type Result struct {
 	// Events is the step-end events that went through the event queue; the rest of the
 	// steps were run ahead without one.
 	Events int64
+	// Failures counts the requests that could not be served, by reason ("context exceeds
+	// max_model_len", "context exceeds KV cache"), with the first request's message.
+	Failures metrics.Failures
 }
 
 type instance struct {
@@ -135,6 +138,7 @@ func newSimulation(cfg Config) (*simulation, error) {
 		views:     make([]serving.InstanceView, cfg.Instances),
 		collector: metrics.NewCollector(cfg.SLO),
 		capacity:  cfg.KVBlocks * cfg.BlockSize,
+		result:    Result{Failures: metrics.Failures{}},
 	}
 	if cfg.MaxModelLen > 0 {
 		s.capacity = min(s.capacity, cfg.MaxModelLen)
@@ -257,10 +261,20 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 
 func (s *simulation) arrive(req *serving.Request) {
 	if need := req.PromptTokens + req.MaxTokens; need > s.capacity {
+		// As vLLM: a request longer than max_model_len is refused (a 400); one that fits
+		// the context but not an instance's whole KV cache could never be scheduled.
+		kind := "context exceeds KV cache"
+		msg := fmt.Sprintf("request %d needs %d tokens of context (%d prompt + %d output), more than an instance's KV cache holds (%d blocks of %d tokens)",
+			req.ID, need, req.PromptTokens, req.MaxTokens, s.cfg.KVBlocks, s.cfg.BlockSize)
+		if s.cfg.MaxModelLen > 0 && need > s.cfg.MaxModelLen {
+			kind = "context exceeds max_model_len"
+			msg = fmt.Sprintf("request %d needs %d tokens of context (%d prompt + %d output), more than max_model_len %d",
+				req.ID, need, req.PromptTokens, req.MaxTokens, s.cfg.MaxModelLen)
+		}
+		s.result.Failures.Add(kind, msg)
 		s.emit(&serving.Record{
 			ID: req.ID, Instance: -1, Arrival: req.Arrival, PromptTokens: req.PromptTokens,
-			Failed: true,
-			Error:  fmt.Sprintf("request needs %d tokens of context, more than an instance holds (%d)", need, s.capacity),
+			Failed: true, Error: msg,
 		})
 		return
 	}

@@ -196,16 +196,26 @@ func TestRoundRobinSpreadsEvenly(t *testing.T) {
 
 func TestOversizedRequestFails(t *testing.T) {
 	cfg := testConfig(t, 1, "round-robin", "vllm", 10) // 160 tokens of KV
+	cfg.MaxModelLen = 256
 	rows := []traces.Row{
 		{Arrival: 0, InputTokens: 100, OutputTokens: 10},
 		{Arrival: 1, InputTokens: 200, OutputTokens: 10},
+		{Arrival: 2, InputTokens: 300, OutputTokens: 10},
+		{Arrival: 3, InputTokens: 400, OutputTokens: 10},
 	}
 	res, recs := runCollect(t, cfg, rows, false)
-	if res.Summary.Completed != 1 || res.Summary.Failed != 1 {
-		t.Fatalf("completed %d failed %d, want 1 and 1", res.Summary.Completed, res.Summary.Failed)
+	if res.Summary.Completed != 1 || res.Summary.Failed != 3 {
+		t.Fatalf("completed %d failed %d, want 1 and 3", res.Summary.Completed, res.Summary.Failed)
 	}
 	if !recs[1].Failed || recs[1].Error == "" {
 		t.Errorf("oversized request record %+v lacks failure and reason", recs[1])
+	}
+	want := metrics.Failures{
+		"context exceeds KV cache":      {Count: 1, FirstError: "request 1 needs 210 tokens of context (200 prompt + 10 output), more than an instance's KV cache holds (10 blocks of 16 tokens)"},
+		"context exceeds max_model_len": {Count: 2, FirstError: "request 2 needs 310 tokens of context (300 prompt + 10 output), more than max_model_len 256"},
+	}
+	if diff := cmp.Diff(want, res.Failures); diff != "" {
+		t.Errorf("failures (-want +got):\n%s", diff)
 	}
 }
 

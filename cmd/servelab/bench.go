@@ -2,11 +2,12 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,39 +20,66 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	var (
-		f           simFlags // trace, format, rate-scale, max-requests, goodput
-		endpoint    string
-		modelName   string
-		modelDir    string
-		vocab       int
-		concurrency int
-		seed        uint64
-		metricsURLs []string
-		apiKey      string
-		out         string
-		asJSON      bool
-		tokenScale  float64
-		maxLen      int
+		f             simFlags // trace, format, rate-scale, max-requests, goodput
+		endpoint      string
+		modelName     string
+		modelDir      string
+		vocab         int
+		concurrency   int
+		seed          uint64
+		metricsURLs   []string
+		apiKey        string
+		out           string
+		asJSON        bool
+		tokenScale    string
+		maxLen        int
+		blockSize     int
+		allowFailures bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench --endpoint URL --trace FILE [--rate-scale X] [--max-requests N] [--out DIR] [--json]",
+		Use:   "bench --endpoint URL --trace FILE (--model DIR | --vocab-size N) [--token-scale auto|F] [--rate-scale X] [--max-requests N] [--out DIR] [--json]",
 		Short: "Replay a trace against an OpenAI-compatible endpoint and report vLLM benchmark metrics",
 		Long: `Replay a trace against any OpenAI-compatible server (servelab's engine or router, vLLM, llm-d):
 each request is sent at its arrival time (open loop) or with --concurrency requests in flight
 (closed loop), as a streamed /v1/completions call whose prompt is token ids of the trace's input
 length and which generates exactly the trace's output length (min_tokens, ignore_eos). Requests
 with shared Mooncake hash ids share those prompt tokens, reproducing the trace's prefix reuse.
-Records and summary have the same schema as 'servelab sim'; failed requests are counted apart.
-Prompt token ids need the vocabulary size: give --model DIR (its config.json) or --vocab-size.`,
+Records and summary have the same schema as 'servelab sim'.
+Prompt token ids need the vocabulary size: give --model DIR (its config.json) or --vocab-size.
+
+Token counts are scaled to the model's context by default (--token-scale auto, as 'servelab
+fidelity' does): the mean prompt becomes a quarter of the context (never scaled up) and
+requests are clipped to it. The context is --max-model-len, else the --model directory's, else
+the max_model_len the endpoint's /v1/models reports. --token-scale 1 replays the trace as is.
+
+Failed requests are listed by kind with the first error of each and a hint; any failure makes
+the command exit non-zero unless --allow-failures is given. --metrics takes engines' /metrics
+URLs (a router's has no vLLM counters: it is left out with a warning).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			stderr := cmd.ErrOrStderr()
 			if endpoint == "" {
 				return fmt.Errorf("--endpoint is required")
 			}
-			if vocab == 0 && modelDir != "" {
-				var err error
-				if _, vocab, err = modelLimits(modelDir, 0); err != nil {
+			base, note, err := bench.NormalizeURL(endpoint)
+			if err != nil {
+				return fmt.Errorf("--endpoint: %w", err)
+			}
+			if note != "" {
+				fmt.Fprintf(stderr, "servelab bench: --endpoint %s\n", note)
+			}
+			if maxLen < 0 {
+				return fmt.Errorf("--max-model-len must not be negative, got %d", maxLen)
+			}
+			context := maxLen
+			if modelDir != "" {
+				c, v, err := modelLimits(modelDir, maxLen)
+				if err != nil {
 					return err
+				}
+				context = c
+				if vocab == 0 {
+					vocab = v
 				}
 			}
 			if vocab == 0 {
@@ -61,19 +89,38 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 			if err != nil {
 				return err
 			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if tokenScale == "auto" && context == 0 {
+				// The served model's context, as vLLM's /v1/models reports it.
+				client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 30 * time.Second}
+				m, err := bench.ServedModel(ctx, client, base, apiKey)
+				if err != nil {
+					return fmt.Errorf("--token-scale auto needs the model's context: %w (give --max-model-len N or --token-scale 1)", err)
+				}
+				if context = m.MaxModelLen; context == 0 {
+					return fmt.Errorf("--token-scale auto needs the model's context, and %s/v1/models does not report max_model_len: give --max-model-len N, --model DIR or --token-scale 1", base)
+				}
+			}
+			scale, clip, err := f.benchTokenScale(tokenScale, context, blockSize)
+			if err != nil {
+				return err
+			}
+			if tokenScale == "auto" {
+				fmt.Fprintf(stderr, "servelab bench: token scale %.4g (auto: the mean prompt a quarter of the %d-token context), requests clipped to %d tokens\n", scale, context, clip)
+			} else if maxLen > 0 {
+				clip = maxLen
+			}
 			src, closer, err := f.openTrace()
 			if err != nil {
 				return err
 			}
 			defer closer.Close()
-			if tokenScale <= 0 {
-				return fmt.Errorf("--token-scale must be positive, got %g", tokenScale)
+			if scale != 1 {
+				src = traces.ScaleTokens(src, scale)
 			}
-			if tokenScale != 1 {
-				src = traces.ScaleTokens(src, tokenScale)
-			}
-			if maxLen > 0 {
-				src = traces.FitContext(src, maxLen)
+			if clip > 0 {
+				src = traces.FitContext(src, clip)
 			}
 			var records *recordWriter
 			if out != "" {
@@ -82,18 +129,19 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 				}
 			}
 			opts := bench.Options{
-				Endpoint: endpoint, Model: modelName, APIKey: apiKey, Trace: src, Concurrency: concurrency,
+				Endpoint: base, Model: modelName, APIKey: apiKey, Trace: src, Concurrency: concurrency,
 				VocabSize: vocab, Seed: seed, SLO: slo, MetricsURLs: metricsURLs,
 			}
 			if records != nil {
 				opts.OnRecord = records.write
 			}
-			if isTerminal(cmd.ErrOrStderr()) {
-				opts.Progress = cmd.ErrOrStderr()
+			if isTerminal(stderr) {
+				opts.Progress = stderr
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			res, err := bench.Run(ctx, opts)
+			for _, w := range res.Warnings {
+				fmt.Fprintf(stderr, "servelab bench: warning: %s\n", w)
+			}
 			if records != nil {
 				if cerr := records.close(); err == nil {
 					err = cerr
@@ -116,7 +164,7 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 					Goodput     []string `json:"goodput,omitempty"`
 					TokenScale  float64  `json:"token_scale"`
 					MaxModelLen int      `json:"max_model_len,omitempty"`
-				}{endpoint, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput, tokenScale, maxLen}
+				}{base, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput, scale, clip}
 				if err := writeJSONFile(filepath.Join(out, "summary.json"), res.Summary); err != nil {
 					return err
 				}
@@ -124,43 +172,66 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 					return err
 				}
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), res.Summary)
+			hitRate := ""
+			if res.PrefixCacheSource == "" {
+				hitRate = "not reported (no engine /metrics with vLLM's counters, no cached_tokens in the responses)"
 			}
-			printSummary(cmd.OutOrStdout(), endpoint, res.Summary, -1)
-			if len(res.Failures) > 0 {
-				kinds := make([]string, 0, len(res.Failures))
-				for k := range res.Failures {
-					kinds = append(kinds, k)
-				}
-				sort.Strings(kinds)
-				fmt.Fprintln(cmd.OutOrStdout(), "Failed requests by kind:")
-				for _, k := range kinds {
-					fmt.Fprintf(cmd.OutOrStdout(), "  %-30s %d\n", k, res.Failures[k])
-				}
+			if asJSON {
+				err = writeJSON(cmd.OutOrStdout(), res.Summary)
+			} else {
+				printSummary(cmd.OutOrStdout(), base, res.Summary, -1, hitRate)
+			}
+			if err != nil {
+				return err
+			}
+			reportFailures(stderr, res.Failures, len(res.Records), benchHint)
+			if n := res.Failures.Total(); n > 0 && !allowFailures {
+				return fmt.Errorf("%d of %d requests failed (--allow-failures accepts a run with failures)", n, len(res.Records))
 			}
 			return nil
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&endpoint, "endpoint", "", "server base URL, e.g. http://127.0.0.1:8080 (required)")
+	fl.StringVar(&endpoint, "endpoint", "", "server base URL, e.g. http://127.0.0.1:8080 (required; http:// is added when there is no scheme)")
 	fl.StringVar(&f.trace, "trace", "", "trace file to replay (required)")
 	fl.StringVar(&f.format, "format", "", "trace format: "+fmt.Sprint(traces.Formats())+" (guessed when empty)")
 	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
-	fl.Float64Var(&tokenScale, "token-scale", 1, "multiply the trace's token counts (hash blocks scale with them), to replay big-model traffic on a small model")
-	fl.IntVar(&maxLen, "max-model-len", 0, "shorten requests to fit this context (prompt plus output)")
+	fl.StringVar(&tokenScale, "token-scale", "auto", tokenScaleHelp)
+	fl.IntVar(&maxLen, "max-model-len", 0, "the served context: shorten requests to fit it (prompt plus output)")
+	fl.IntVar(&blockSize, "block-size", 16, "the engines' KV block size: --token-scale auto keeps the trace's hash blocks whole blocks of it")
 	fl.IntVar(&concurrency, "concurrency", 0, "closed loop with this many requests in flight (0: open loop at the trace's arrival times)")
 	fl.StringVar(&modelName, "model-name", "", "model name in requests (default: the first of /v1/models)")
-	fl.StringVar(&modelDir, "model", "", "the served model's directory, for its vocabulary size")
+	fl.StringVar(&modelDir, "model", "", "the served model's directory, for its vocabulary size and context")
 	fl.IntVar(&vocab, "vocab-size", 0, "the served model's vocabulary size (instead of --model)")
 	fl.Uint64Var(&seed, "seed", 0, "prompt synthesis seed")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms: ttft:MS,tpot:MS,e2el:MS")
-	fl.StringSliceVar(&metricsURLs, "metrics", nil, "engines' /metrics URLs, read before and after for prefix-cache and preemption counters")
+	fl.StringSliceVar(&metricsURLs, "metrics", nil, "engines' /metrics URLs, read before and after for prefix-cache and preemption counters (not a router's: it has none)")
 	fl.StringVar(&apiKey, "api-key", "", "Bearer token for the endpoint")
 	fl.StringVar(&out, "out", "", "write summary.json, records.jsonl and config.json to this directory")
 	fl.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	fl.BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed")
 	return cmd
+}
+
+// benchTokenScale resolves --token-scale for the flags' trace slice (the rows that will
+// be replayed) and the context; clip is the context requests are fitted to (0: none).
+func (f *simFlags) benchTokenScale(flag string, context, blockSize int) (scale float64, clip int, err error) {
+	if flag != "auto" {
+		scale, err = resolveTokenScale(flag, traces.Shape{}, context, blockSize)
+		return scale, 0, err
+	}
+	src, closer, err := f.openTrace()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer closer.Close()
+	shape, err := traces.ScanShape(src)
+	if err != nil {
+		return 0, 0, err
+	}
+	scale, err = resolveTokenScale(flag, shape, context, blockSize)
+	return scale, context, err
 }
 
 // modelLimits reads what prompts for the model in dir must respect: the context engines

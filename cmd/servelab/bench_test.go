@@ -2,11 +2,18 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"servelab/metrics"
 	"servelab/serving"
@@ -100,5 +107,176 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	// Mooncake's shared prefixes survive token scaling: both worlds see cache hits.
 	if pa := rep.Runs[1]; pa.Predicted.PrefixCacheHitRate <= 0 || pa.Measured.PrefixCacheHitRate <= 0 {
 		t.Errorf("prefix-affinity hit rates: predicted %.3f, measured %.3f", pa.Predicted.PrefixCacheHitRate, pa.Measured.PrefixCacheHitRate)
+	}
+}
+
+// runSplit runs the CLI with stdout and stderr apart.
+func runSplit(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out, errb bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs(args)
+	err = cmd.Execute()
+	return out.String(), errb.String(), err
+}
+
+// readmeBenchArgs is the README's `servelab bench` line with its placeholders filled in
+// and its optional flags left out: what a newcomer types first. Of "(--model DIR |
+// --vocab-size N)" it takes the alternative alt (0 or 1).
+func readmeBenchArgs(t *testing.T, url, trace, model string, vocab, alt int) []string {
+	t.Helper()
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(l, "servelab bench ") {
+			line = strings.TrimSuffix(l, "\\")
+			break
+		}
+	}
+	if line == "" {
+		t.Fatal("the README has no `servelab bench` line")
+	}
+	line = regexp.MustCompile(`\[[^]]*\]`).ReplaceAllString(line, "")
+	line = regexp.MustCompile(`\(([^|)]*)\|([^)]*)\)`).ReplaceAllStringFunc(line, func(g string) string {
+		return strings.Split(strings.Trim(g, "()"), "|")[alt]
+	})
+	args := strings.Fields(line)[1:]
+	for i, a := range args {
+		switch a {
+		case "URL":
+			args[i] = url
+		case "FILE":
+			args[i] = trace
+		case "DIR":
+			args[i] = model
+		case "N":
+			args[i] = strconv.Itoa(vocab)
+		}
+	}
+	return args
+}
+
+// The README's bench line works as written against the tiny model: the token counts are
+// scaled to its 512-token context by default. Replayed as they are (--token-scale 1),
+// the Azure slice's long requests fail: bench says so, with the engine's message and what
+// to pass, and exits non-zero unless --allow-failures.
+func TestREADMEBenchLineOnTheTinyModel(t *testing.T) {
+	dir := synthTiny(t)
+	url := startEngine(t, dir)
+	slice := []string{"--max-requests", "12", "--rate-scale", "50"}
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		wantErr   string
+		wantInErr []string
+	}{
+		{"README line with --model", append(readmeBenchArgs(t, url, azureSlice, dir, 512, 0), slice...), "",
+			[]string{"token scale", "512-token context"}},
+		{"README line with --vocab-size, the context from /v1/models, no scheme",
+			append(readmeBenchArgs(t, strings.TrimPrefix(url, "http://"), azureSlice, dir, 512, 1), slice...), "",
+			[]string{"using http://", "512-token context"}},
+		{"unscaled", append(readmeBenchArgs(t, url, azureSlice, dir, 512, 0), append(slice, "--token-scale", "1")...),
+			" of 12 requests failed (--allow-failures",
+			[]string{"HTTP 400, the first: HTTP 400:", "maximum context length is 512 tokens", "hint: prompts plus outputs exceed the model's context: --token-scale auto"}},
+		{"unscaled, failures allowed", append(readmeBenchArgs(t, url, azureSlice, dir, 512, 0), append(slice, "--token-scale", "1", "--allow-failures")...),
+			"", []string{" of 12 requests failed:", "HTTP 400"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, err := runSplit(t, append(tc.args, "--json")...)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("%v: err = %v, want %q\n%s", tc.args, err, tc.wantErr, stderr)
+			}
+			for _, want := range tc.wantInErr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr)
+				}
+			}
+			var s metrics.Summary
+			if err := json.Unmarshal([]byte(stdout), &s); err != nil {
+				t.Fatalf("stdout is not a summary: %v\n%s", err, stdout)
+			}
+			if tc.wantErr == "" && !strings.Contains(tc.name, "unscaled") && (s.Completed != 12 || s.Failed != 0) {
+				t.Errorf("completed %d, failed %d, want 12 and 0\n%s", s.Completed, s.Failed, stderr)
+			}
+		})
+	}
+}
+
+func TestBenchRejectsBadURLsAndScales(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--endpoint", "ftp://127.0.0.1:1"}, "want http:// or https://"},
+		{[]string{"--endpoint", "http://127.0.0.1:1", "--token-scale", "-2"}, "--token-scale: want a positive number or auto"},
+		{[]string{"--endpoint", "http://127.0.0.1:1", "--token-scale", "x"}, "--token-scale"},
+		// auto asks the (absent) server for its context and says what to pass instead.
+		{[]string{"--endpoint", "http://127.0.0.1:1"}, "give --max-model-len N or --token-scale 1"},
+	} {
+		_, _, err := runSplit(t, append([]string{"bench", "--trace", azureSlice, "--vocab-size", "100"}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// fidelity checks its flags before profiling (minutes) and names the flag, not the
+// simulator's field.
+func TestFidelityChecksFlagsFirst(t *testing.T) {
+	dir := synthTiny(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--engines", "0"}, "--engines must be positive, got 0"},
+		{[]string{"--max-requests", "0"}, "--max-requests must be positive"},
+		{[]string{"--load", "0"}, "--load must be positive"},
+		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
+		{[]string{"--router", "fastest"}, `--router "fastest"`},
+	} {
+		start := time.Now()
+		_, stderr, err := runSplit(t, append([]string{"fidelity", "--trace", mooncakeSlice, "--model", dir}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
+		}
+		if strings.Contains(stderr, "profiling") {
+			t.Errorf("%v: profiled before rejecting the flags (%s)", tc.args, time.Since(start))
+		}
+	}
+}
+
+// A --metrics URL without vLLM's counters (a router's) is left out with a warning, and a
+// hit rate nobody reported is printed as such rather than as 0.00.
+func TestBenchMetricsAtARouter(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics": // a router's: its own counters only
+			fmt.Fprint(w, "# TYPE router_requests_total counter\nrouter_requests_total 7\n")
+		case "/v1/models":
+			fmt.Fprint(w, `{"object":"list","data":[{"id":"m","object":"model","max_model_len":4096}]}`)
+		case "/v1/completions": // one token, usage without prompt_tokens_details
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: {\"choices\":[{\"text\":\"x\",\"token_ids\":[5]}]}\n\n")
+			fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	stdout, stderr, err := runSplit(t, "bench", "--endpoint", srv.URL, "--trace", azureSlice, "--max-requests", "3",
+		"--rate-scale", "100", "--vocab-size", "100", "--metrics", srv.URL+"/metrics")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if want := srv.URL + "/metrics has no vllm:prefix_cache_queries/hits counters"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
+	}
+	if !regexp.MustCompile(`Prefix cache hit rate \(%\): +not reported`).MatchString(stdout) {
+		t.Errorf("stdout does not say the hit rate was not reported:\n%s", stdout)
 	}
 }

@@ -33,6 +33,12 @@ func newCompareCmd() *cobra.Command {
 				rows = append(rows, compareRow{router: r, result: res})
 			}
 			printComparison(cmd.OutOrStdout(), f, rows)
+			for _, r := range rows {
+				if r.result.Failures.Total() > 0 {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: ", r.router)
+					reportFailures(cmd.ErrOrStderr(), r.result.Failures, int(r.result.Requests), simHint)
+				}
+			}
 			return nil
 		},
 	}
@@ -48,14 +54,14 @@ type compareRow struct {
 
 func printComparison(w io.Writer, f simFlags, rows []compareRow) {
 	c := f.cluster
-	fmt.Fprintf(w, "trace %s (rate x%g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
-		f.trace, f.rateScale, c.Instances, c.Model, c.GPU, c.TP, c.Batch, c.Evict, c.Seed)
+	fmt.Fprintf(w, "trace %s (rate x%g, tokens x%.4g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
+		f.trace, f.rateScale, f.scale, c.Instances, c.Model, c.GPU, c.TP, c.Batch, c.Evict, c.Seed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "router\tcompleted\treq/s\tgoodput\tout tok/s\tmean TTFT ms\tp99 TTFT ms\tmean TPOT ms\tp99 TPOT ms\tp99 ITL ms\tmean E2E ms\tprefix hit %\tpreempt\t")
+	fmt.Fprintln(tw, "router\tcompleted\tfailed\treq/s\tgoodput\tout tok/s\tmean TTFT ms\tp99 TTFT ms\tmean TPOT ms\tp99 TPOT ms\tp99 ITL ms\tmean E2E ms\tprefix hit %\tpreempt\t")
 	for _, r := range rows {
 		s := r.result.Summary
-		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f\t%d\t\n",
-			r.router, s.Completed, s.RequestThroughput, s.RequestGoodput, s.OutputThroughput,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f\t%d\t\n",
+			r.router, s.Completed, s.Failed, s.RequestThroughput, s.RequestGoodput, s.OutputThroughput,
 			s.MeanTTFTMs, s.P99TTFTMs, s.MeanTPOTMs, s.P99TPOTMs, s.P99ITLMs, s.MeanE2ELMs,
 			s.PrefixCacheHitRate*100, s.Preemptions)
 	}

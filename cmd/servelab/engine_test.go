@@ -178,7 +178,7 @@ func TestModelConvertLlama2C(t *testing.T) {
 		t.Skip("../shared/fixtures/llama2c-260k is absent")
 	}
 	out := filepath.Join(t.TempDir(), "stories260k")
-	if _, err := run(t, "model", "convert", "--from", "llama2c", fixture, "--out", out); err != nil {
+	if _, err := run(t, "model", "convert", "--from", "llama2c", fixture, "--weights-only", "--out", out); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"config.json", "generation_config.json", "model.safetensors"} {

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"servelab/metrics"
+	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/real/bench"
 	"servelab/real/local"
 	"servelab/sim"
@@ -45,10 +46,10 @@ type fidelityFlags struct {
 
 // fidelityRun is one router's predicted and measured summaries.
 type fidelityRun struct {
-	Router    string          `json:"router"`
-	Predicted metrics.Summary `json:"predicted"`
-	Measured  metrics.Summary `json:"measured"`
-	Failures  map[string]int  `json:"failures,omitempty"`
+	Router    string           `json:"router"`
+	Predicted metrics.Summary  `json:"predicted"`
+	Measured  metrics.Summary  `json:"measured"`
+	Failures  metrics.Failures `json:"failures,omitempty"`
 	// StepTimeRatio is the engines' measured step time over what the simulator's latency
 	// model gives for the same steps: how much of the error is the step-time model's.
 	StepTimeRatio float64 `json:"measured_over_modelled_step_time"`
@@ -116,7 +117,7 @@ simulator predicts it (or by --rate-scale).`,
 	fl.StringVar(&f.trace, "trace", "", "trace file (required)")
 	fl.StringVar(&f.format, "format", "", "trace format (guessed when empty)")
 	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
-	fl.StringVar(&f.tokenScale, "token-scale", "auto", "multiply the trace's token counts (auto: fit the model's context)")
+	fl.StringVar(&f.tokenScale, "token-scale", "auto", tokenScaleHelp)
 	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the simulated capacity (ignored with --rate-scale)")
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
@@ -135,6 +136,29 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	}
 	if len(f.routers) == 0 {
 		return nil, errors.New("give at least one --router")
+	}
+	// Every flag is checked before the minutes of profiling.
+	if c.engines <= 0 {
+		return nil, fmt.Errorf("--engines must be positive, got %d", c.engines)
+	}
+	if f.maxRequests <= 0 {
+		return nil, fmt.Errorf("--max-requests must be positive, got %d", f.maxRequests)
+	}
+	if f.rateScale < 0 {
+		return nil, fmt.Errorf("--rate-scale must be positive (or 0 to choose it by --load), got %g", f.rateScale)
+	}
+	if f.rateScale == 0 && f.load <= 0 {
+		return nil, fmt.Errorf("--load must be positive, got %g", f.load)
+	}
+	if f.tokenScale != "auto" {
+		if _, err := resolveTokenScale(f.tokenScale, traces.Shape{}, 0, 0); err != nil {
+			return nil, err
+		}
+	}
+	for _, router := range f.routers {
+		if _, err := route.Parse(router, policies.Env{Seed: c.router.seed, BlockSize: c.blockSize}); err != nil {
+			return nil, fmt.Errorf("--router %q: %w", router, err)
+		}
 	}
 	maxLen, vocab, err := modelLimits(c.model, c.maxModelLen)
 	if err != nil {
@@ -179,7 +203,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if err != nil {
 		return nil, err
 	}
-	tokenScale, err := f.chooseTokenScale(scan, maxLen)
+	tokenScale, err := resolveTokenScale(f.tokenScale, scan, maxLen, c.blockSize)
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +430,7 @@ func readSteps(path string) ([]latency.Sample, error) {
 }
 
 func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice func(float64) (traces.Reader, io.Closer, error),
-	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer) (metrics.Summary, map[string]int, error) {
+	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer) (metrics.Summary, metrics.Failures, error) {
 	src, closer, err := slice(rateScale)
 	if err != nil {
 		return metrics.Summary{}, nil, err
@@ -448,27 +472,6 @@ func (f *fidelityFlags) scanSlice() (traces.Shape, error) {
 		err = fmt.Errorf("%s: no requests", f.trace)
 	}
 	return s, err
-}
-
-// chooseTokenScale makes the mean prompt a quarter of the context, and, for traces with
-// prefix hash ids, makes each hash block a whole number of KV blocks: the simulator shares
-// only KV blocks that lie inside one hash block, and the real prompts share exactly the
-// tokens of equal hash blocks, so the two agree only on whole blocks.
-func (f *fidelityFlags) chooseTokenScale(s traces.Shape, maxLen int) (float64, error) {
-	if f.tokenScale != "auto" {
-		v, err := strconv.ParseFloat(f.tokenScale, 64)
-		if err != nil || v <= 0 || math.IsInf(v, 0) {
-			return 0, fmt.Errorf("--token-scale: want a positive number or auto, got %q", f.tokenScale)
-		}
-		return v, nil
-	}
-	scale := math.Min(1, float64(maxLen)/4/s.MeanInput)
-	if s.HashBlockSize > 0 {
-		bs := f.cluster.blockSize
-		blocks := math.Max(1, math.Round(float64(s.HashBlockSize)*scale/float64(bs)))
-		scale = blocks * float64(bs) / float64(s.HashBlockSize)
-	}
-	return scale, nil
 }
 
 func dirName(spec string) string {
@@ -529,7 +532,8 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed", p.Completed, m.Completed)
 		fmt.Fprintf(w, "%-28s %11s %11.2f   (%d steps)\n", "Step time / modelled", "", run.StepTimeRatio, run.Steps)
 		if m.Failed > 0 || p.Failed > 0 {
-			fmt.Fprintf(w, "%-28s %11d %11d   %v\n", "Failed", p.Failed, m.Failed, run.Failures)
+			fmt.Fprintf(w, "%-28s %11d %11d\n", "Failed", p.Failed, m.Failed)
+			reportFailures(w, run.Failures, m.Completed+m.Failed, benchHint)
 		}
 	}
 	if len(rep.Runs) > 1 {

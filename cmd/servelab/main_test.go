@@ -84,6 +84,8 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--model", "gpt-5"}, "gpt-5"},
 		{[]string{"sim", "--trace", "no/such/file.csv"}, "no/such/file.csv"},
 		{[]string{"sim", "--trace", azureSlice, "--goodput", "ttft:-3"}, "ttft"},
+		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "NaN"}, "--rate-scale"},
+		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "+Inf"}, "--rate-scale"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -114,5 +116,89 @@ func TestCompare(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("comparison lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// sim says why requests failed and exits non-zero unless --allow-failures; its
+// --token-scale auto (bench's and fidelity's code) fits the trace to the context.
+func TestSimExplainsFailures(t *testing.T) {
+	base := []string{"sim", "--trace", azureSlice, "--max-requests", "200", "--max-model-len", "512", "--json"}
+	for _, tc := range []struct {
+		name     string
+		extra    []string
+		wantErr  string
+		inStderr []string
+	}{
+		{"too long for the context", nil, " of 200 requests failed (--allow-failures",
+			[]string{"context exceeds max_model_len, the first: request ", "more than max_model_len 512", "hint: prompts plus outputs exceed max_model_len: --token-scale auto"}},
+		{"failures allowed", []string{"--allow-failures"}, "", []string{"context exceeds max_model_len"}},
+		{"token-scale auto", []string{"--token-scale", "auto"}, "", nil},
+		{"bad token scale", []string{"--token-scale", "0"}, "--token-scale: want a positive number or auto", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, err := runSplit(t, append(base, tc.extra...)...)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("err = %v, want %q\n%s", err, tc.wantErr, stderr)
+			}
+			for _, want := range tc.inStderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr)
+				}
+			}
+			if tc.inStderr == nil && stderr != "" {
+				t.Errorf("stderr: %s", stderr)
+			}
+			if tc.name == "token-scale auto" {
+				var s metrics.Summary
+				if err := json.Unmarshal([]byte(stdout), &s); err != nil || s.Completed != 200 {
+					t.Errorf("summary %+v (%v), want 200 completed", s, err)
+				}
+			}
+		})
+	}
+}
+
+// Help texts say what is there: no server flags in profile's, no pointer to a list that
+// is not below, no flag that does not exist (engine's --step-log names profile
+// --from-steps, which TestProfileFromSteps runs).
+func TestHelpTexts(t *testing.T) {
+	for _, tc := range []struct {
+		cmd           []string
+		want, notWant []string
+	}{
+		{[]string{"profile"}, []string{"--num-gpu-blocks-override", "--max-num-seqs", "--threads", "--quick"},
+			[]string{"--port", "--host", "--api-key", "--served-model-name", "--step-log string", "--max-waiting-requests"}},
+		{[]string{"sim"}, []string{"policies listed above", "--token-scale", "--allow-failures"}, []string{"see below"}},
+		{[]string{"compare"}, []string{"policies listed above"}, []string{"see below"}},
+		{[]string{"engine"}, []string{"--step-log", "servelab profile --from-steps"}, nil},
+		{[]string{"profile"}, []string{"--from-steps"}, nil},
+		{[]string{"bench"}, []string{"--token-scale", "--allow-failures", "auto"}, nil},
+	} {
+		out, err := run(t, append(tc.cmd, "--help")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v --help lacks %q", tc.cmd, w)
+			}
+		}
+		for _, w := range tc.notWant {
+			if strings.Contains(out, w) {
+				t.Errorf("%v --help mentions %q", tc.cmd, w)
+			}
+		}
+	}
+}
+
+// compare counts failed requests per router and says why they failed.
+func TestCompareShowsFailures(t *testing.T) {
+	stdout, stderr, err := runSplit(t, "compare", "--trace", azureSlice, "--max-requests", "100", "--router", "round-robin",
+		"--max-model-len", "512")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout, "failed") || !strings.Contains(stderr, "round-robin: ") || !strings.Contains(stderr, "context exceeds max_model_len") {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", stdout, stderr)
 	}
 }

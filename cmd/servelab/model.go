@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"servelab/engine/model"
 	"servelab/engine/modelfile"
 	"servelab/engine/tokenizer"
 )
@@ -22,11 +23,18 @@ func newModelCmd() *cobra.Command {
 }
 
 func newModelConvertCmd() *cobra.Command {
-	var from, out string
+	var from, out, tok string
+	var weightsOnly bool
 	cmd := &cobra.Command{
-		Use:   "convert --from llama2c FILE --out DIR",
-		Short: "Convert a llama2.c checkpoint into a Hugging Face Llama directory (q/k rows permuted for rotate-half RoPE)",
-		Args:  cobra.ExactArgs(1),
+		Use:   "convert --from llama2c FILE --tokenizer TOKENIZER.BIN --out DIR",
+		Short: "Convert a llama2.c checkpoint and its tokenizer.bin into a Hugging Face Llama directory the engine serves",
+		Long: `Convert a llama2.c checkpoint (run.c's format) into a Hugging Face Llama directory: the weights
+(q/k rows permuted for rotate-half RoPE) as model.safetensors with config.json, and the
+tokenizer.bin the checkpoint was trained with (llama2.c's tokenizer.bin for the Llama 2
+32000-token vocabulary, or the tokN.bin of a custom vocabulary) as tokenizer.json: a
+SentencePiece-style BPE with byte fallback that encodes as run.c does. --weights-only writes the
+weights alone (for comparing logits; 'servelab engine' needs tokenizer.json).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if from != "llama2c" {
 				return fmt.Errorf("--from %q: only llama2c is supported", from)
@@ -34,15 +42,42 @@ func newModelConvertCmd() *cobra.Command {
 			if out == "" {
 				return fmt.Errorf("--out is required")
 			}
+			if tok == "" && !weightsOnly {
+				return fmt.Errorf("give --tokenizer FILE: the llama2.c tokenizer.bin %s was trained with (tokenizer.bin in llama2.c's repository "+
+					"for the Llama 2 32000-token vocabulary, or the tokN.bin of a custom one); 'servelab engine' cannot serve a directory "+
+					"without tokenizer.json (--weights-only converts the weights alone)", args[0])
+			}
+			if tok != "" {
+				if _, err := modelfile.ReadLlama2CTokenizer(tok); err != nil { // before the minutes of weights
+					return fmt.Errorf("--tokenizer: %w", err)
+				}
+			}
 			if err := modelfile.ConvertLlama2C(args[0], out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (no tokenizer: llama2.c keeps its vocabulary apart)\n", out)
+			if weightsOnly {
+				fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (weights only: give --tokenizer FILE for a directory the engine serves)\n", out)
+				return nil
+			}
+			raw, err := os.ReadFile(filepath.Join(out, "config.json"))
+			if err != nil {
+				return err
+			}
+			mc, err := model.ParseConfig(raw)
+			if err != nil {
+				return err
+			}
+			if err := modelfile.ConvertLlama2CTokenizer(tok, out, mc.Vocab); err != nil {
+				return fmt.Errorf("--tokenizer: %w (the weights are in %s)", err, out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (weights and tokenizer; serve it with: servelab engine --model %s)\n", out, out)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&from, "from", "llama2c", "source format")
 	cmd.Flags().StringVar(&out, "out", "", "output directory")
+	cmd.Flags().StringVar(&tok, "tokenizer", "", "llama2.c tokenizer.bin of the checkpoint's vocabulary (required unless --weights-only)")
+	cmd.Flags().BoolVar(&weightsOnly, "weights-only", false, "convert the weights without a tokenizer")
 	return cmd
 }
 

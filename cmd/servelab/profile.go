@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"servelab/engine/backend"
 	"servelab/engine/profile"
@@ -14,10 +16,11 @@ import (
 
 func newProfileCmd() *cobra.Command {
 	var (
-		f     engineFlags
-		out   string
-		quick bool
-		reps  int
+		f         engineFlags
+		out       string
+		quick     bool
+		reps      int
+		fromSteps []string
 	)
 	cmd := &cobra.Command{
 		Use:   "profile --model DIR --out FILE",
@@ -25,7 +28,12 @@ func newProfileCmd() *cobra.Command {
 		Long: `Time the real engine's forward pass over a grid of step shapes (prefill chunks with and without
 cached context, decode batches over short and long contexts, mixed steps), fit the simulator's
 linear step-time model to them (non-negative least squares, gonum) and write a profile that
-'servelab sim --latency profile:FILE' loads.`,
+'servelab sim --latency profile:FILE' loads.
+
+With --from-steps the model is fitted instead to the steps an engine logged while it served
+real traffic ('servelab engine --step-log FILE'): the step times the engine achieves under its
+actual load, on its actual machine. --model and the KV flags still give the profile's block
+size, KV blocks and context, as the engine that logged the steps ran with them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.model == "" || out == "" {
@@ -36,7 +44,13 @@ linear step-time model to them (non-negative least squares, gonum) and write a p
 			if isTerminal(w) {
 				progress = func(done, total int) { fmt.Fprintf(w, "\rprofiling: %d/%d shapes", done, total) }
 			}
-			prof, err := measureProfile(f, quick, reps, progress)
+			var prof *latency.Profile
+			var err error
+			if len(fromSteps) > 0 {
+				prof, err = profileFromSteps(f, fromSteps)
+			} else {
+				prof, err = measureProfile(f, quick, reps, progress)
+			}
 			if err != nil {
 				return err
 			}
@@ -48,11 +62,27 @@ linear step-time model to them (non-negative least squares, gonum) and write a p
 			return nil
 		},
 	}
-	f.register(cmd)
+	// The engine's flags that shape a step; the server's (--port, --api-key, ...) have no
+	// meaning here and are left out of profile's flags and help.
+	all := &cobra.Command{}
+	f.register(all)
+	all.Flags().VisitAll(func(fl *pflag.Flag) {
+		if profileFlags[fl.Name] {
+			cmd.Flags().AddFlag(fl)
+		}
+	})
 	cmd.Flags().StringVar(&out, "out", "", "profile file to write (JSON)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
 	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
+	cmd.Flags().StringSliceVar(&fromSteps, "from-steps", nil, "fit to these step logs (servelab engine --step-log) instead of measuring")
 	return cmd
+}
+
+// profileFlags are the engine flags measureProfile reads.
+var profileFlags = map[string]bool{
+	"model": true, "block-size": true, "max-model-len": true, "kv-cache-memory-bytes": true,
+	"num-gpu-blocks-override": true, "max-num-seqs": true, "max-num-batched-tokens": true,
+	"batch": true, "threads": true,
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
@@ -91,6 +121,45 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	return &latency.Profile{
 		Model:             f.model,
 		Machine:           fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()),
+		BlockSize:         b.BlockSize,
+		NumGPUBlocks:      b.NumBlocks,
+		MaxModelLen:       b.MaxModelLen,
+		Coefficients:      coef,
+		Samples:           len(samples),
+		R2:                r2,
+		MeanRelativeError: mre,
+	}, nil
+}
+
+// profileFromSteps fits the linear step-time model to the steps in step logs written by
+// 'servelab engine --step-log'; the engine flags give the KV cache the profile records.
+func profileFromSteps(f engineFlags, files []string) (*latency.Profile, error) {
+	var samples []latency.Sample
+	for _, file := range files {
+		s, err := readSteps(file)
+		if err != nil {
+			return nil, err
+		}
+		samples = append(samples, s...)
+	}
+	if len(samples) == 0 {
+		return nil, fmt.Errorf("--from-steps: no steps in %s", strings.Join(files, ", "))
+	}
+	b, err := backend.Load(backend.Options{
+		Dir: f.model, Threads: 1, BlockSize: f.blockSize,
+		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
+	})
+	if err != nil {
+		return nil, err
+	}
+	coef, r2, err := latency.FitLinear(samples)
+	if err != nil {
+		return nil, fmt.Errorf("--from-steps: fitting %d steps: %w", len(samples), err)
+	}
+	_, mre := latency.Evaluate(coef, samples)
+	return &latency.Profile{
+		Model:             f.model,
+		Machine:           "the machine of the step logs " + strings.Join(files, ", ") + " (servelab engine --step-log)",
 		BlockSize:         b.BlockSize,
 		NumGPUBlocks:      b.NumBlocks,
 		MaxModelLen:       b.MaxModelLen,

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,6 +30,10 @@ type simFlags struct {
 	rateScale   float64
 	maxRequests int
 	goodput     []string
+	// tokenScale is --token-scale as given ("1", "0.25", "auto"); scale is what it
+	// resolved to in the last simulate.
+	tokenScale string
+	scale      float64
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -38,9 +43,10 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.format, "format", "", "trace format: azure, mooncake, burstgpt or native (guessed from the file when empty)")
 	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate (arrival times are divided by it)")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
+	fl.StringVar(&f.tokenScale, "token-scale", "1", tokenScaleHelp)
 	fl.IntVar(&f.cluster.Instances, "instances", f.cluster.Instances, "number of engine instances")
-	fl.StringVar(&f.cluster.Batch, "batch", f.cluster.Batch, "batch policy spec (see below)")
-	fl.StringVar(&f.cluster.Evict, "evict", f.cluster.Evict, "eviction policy spec (see below)")
+	fl.StringVar(&f.cluster.Batch, "batch", f.cluster.Batch, "batch policy spec (policies listed above)")
+	fl.StringVar(&f.cluster.Evict, "evict", f.cluster.Evict, "eviction policy spec (policies listed above)")
 	fl.StringVar(&f.cluster.Model, "model", f.cluster.Model, "model: "+strings.Join(latency.ModelNames(), ", ")+", or a Hugging Face config.json")
 	fl.StringVar(&f.cluster.GPU, "gpu", f.cluster.GPU, "GPU: "+strings.Join(latency.GPUNames(), ", "))
 	fl.IntVar(&f.cluster.TP, "tp", f.cluster.TP, "tensor-parallel size of each instance")
@@ -67,7 +73,7 @@ func (f *simFlags) openTrace() (traces.Reader, io.Closer, error) {
 	if f.trace == "" {
 		return nil, nil, fmt.Errorf("--trace is required")
 	}
-	if f.rateScale <= 0 {
+	if !(f.rateScale > 0) || math.IsInf(f.rateScale, 0) {
 		return nil, nil, fmt.Errorf("--rate-scale must be positive, got %g", f.rateScale)
 	}
 	r, c, err := traces.Open(f.trace, traces.Format(f.format))
@@ -94,18 +100,31 @@ func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Reco
 		return sim.Result{}, err
 	}
 	cfg.OnRecord = onRecord
+	// The context --token-scale auto fits is the cluster's max_model_len, as bench's is
+	// the served model's.
+	scale, clip, err := f.benchTokenScale(f.tokenScale, cfg.MaxModelLen, cfg.BlockSize)
+	if err != nil {
+		return sim.Result{}, err
+	}
+	f.scale = scale
 	src, closer, err := f.openTrace()
 	if err != nil {
 		return sim.Result{}, err
 	}
 	defer closer.Close()
+	if scale != 1 {
+		src = traces.ScaleTokens(src, scale)
+	}
+	if clip > 0 {
+		src = traces.FitContext(src, clip)
+	}
 	return sim.Run(cfg, src)
 }
 
 func newSimCmd() *cobra.Command {
 	var f simFlags
 	var out string
-	var asJSON bool
+	var asJSON, allowFailures bool
 	cmd := &cobra.Command{
 		Use:   "sim --trace FILE [flags]",
 		Short: "Simulate a serving cluster on a trace and print vLLM-style benchmark metrics",
@@ -139,14 +158,23 @@ func newSimCmd() *cobra.Command {
 				}
 			}
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), res.Summary)
+				err = writeJSON(cmd.OutOrStdout(), res.Summary)
+			} else {
+				printSummary(cmd.OutOrStdout(), f.cluster.Router, res.Summary, res.Steps, "")
 			}
-			printSummary(cmd.OutOrStdout(), f.cluster.Router, res.Summary, res.Steps)
+			if err != nil {
+				return err
+			}
+			reportFailures(cmd.ErrOrStderr(), res.Failures, int(res.Requests), simHint)
+			if n := res.Failures.Total(); n > 0 && !allowFailures {
+				return fmt.Errorf("%d of %d requests failed (--allow-failures accepts a run with failures)", n, res.Requests)
+			}
 			return nil
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (see below)")
+	cmd.Flags().BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed")
+	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (policies listed above)")
 	cmd.Flags().StringVar(&out, "out", "", "also write summary.json, records.jsonl and config.json to this directory")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	return cmd
@@ -166,8 +194,9 @@ func writeRunDir(dir string, f simFlags, s metrics.Summary) error {
 		RateScale   float64         `json:"rate_scale"`
 		MaxRequests int             `json:"max_requests,omitempty"`
 		Goodput     []string        `json:"goodput,omitempty"`
+		TokenScale  float64         `json:"token_scale"`
 		Cluster     sim.ClusterSpec `json:"cluster"`
-	}{f.trace, f.format, f.rateScale, f.maxRequests, f.goodput, f.cluster}
+	}{f.trace, f.format, f.rateScale, f.maxRequests, f.goodput, f.scale, f.cluster}
 	for name, v := range map[string]any{"summary.json": s, "config.json": config} {
 		file, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
@@ -215,7 +244,8 @@ func (w *recordWriter) close() error {
 
 // printSummary prints a run as vLLM's benchmark does; steps < 0 leaves out the simulated
 // step count.
-func printSummary(w io.Writer, title string, s metrics.Summary, steps int64) {
+// hitRate, when not empty, replaces the prefix-cache hit rate (one nobody measured).
+func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hitRate string) {
 	line := func(name string, v any) { fmt.Fprintf(w, "%-40s %v\n", name+":", v) }
 	num := func(name string, v float64) { fmt.Fprintf(w, "%-40s %.2f\n", name+":", v) }
 	fmt.Fprintf(w, "%s\n", center(" Serving Benchmark Result ("+title+") ", 60, '='))
@@ -244,7 +274,11 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64) {
 		num("P99 "+m.name+" (ms)", m.p99)
 	}
 	fmt.Fprintf(w, "%s\n", center("Engine", 60, '-'))
-	num("Prefix cache hit rate (%)", s.PrefixCacheHitRate*100)
+	if hitRate != "" {
+		line("Prefix cache hit rate (%)", hitRate)
+	} else {
+		num("Prefix cache hit rate (%)", s.PrefixCacheHitRate*100)
+	}
 	line("Preemptions", s.Preemptions)
 	if steps >= 0 {
 		line("Engine steps simulated", steps)

@@ -75,17 +75,22 @@ func newTraceSynthCmd() *cobra.Command {
 				return err
 			}
 			if out == "-" {
-				return copyRows(traces.NewNativeWriter(cmd.OutOrStdout()), gen)
+				_, _, err := copyRows(traces.NewNativeWriter(cmd.OutOrStdout()), gen)
+				return err
 			}
 			f, err := os.Create(out)
 			if err != nil {
 				return err
 			}
-			err = copyRows(traces.NewNativeWriter(f), gen)
+			n, span, err := copyRows(traces.NewNativeWriter(f), gen)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
-			return err
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d requests over %.1f s (%.2f req/s)\n", out, n, span, float64(n)/max(span, 1e-9))
+			return nil
 		},
 	}
 	fl := cmd.Flags()
@@ -136,17 +141,20 @@ func traceLengths(path string, format traces.Format) (in, out []int, err error) 
 	return in, out, nil
 }
 
-func copyRows(w *traces.NativeWriter, r traces.Reader) error {
+// copyRows writes r's rows to w and returns how many and the last arrival time.
+func copyRows(w *traces.NativeWriter, r traces.Reader) (n int, span float64, err error) {
 	for {
 		row, err := r.Next()
 		if errors.Is(err, io.EOF) {
-			return w.Flush()
+			return n, span, w.Flush()
 		}
 		if err != nil {
-			return err
+			return n, span, err
 		}
 		if err := w.Write(row); err != nil {
-			return err
+			return n, span, err
 		}
+		n++
+		span = row.Arrival
 	}
 }

@@ -34,8 +34,13 @@ func TestTraceSynthThenSimulate(t *testing.T) {
 	file := filepath.Join(dir, "synth.jsonl")
 	args := []string{"trace", "synth", "--requests", "300", "--rate", "20", "--input-mean", "400", "--output-mean", "60",
 		"--prefix-groups", "4", "--seed", "9", "--out", file}
-	if _, err := run(t, args...); err != nil {
+	out, err := run(t, args...)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// A newcomer sees what was written.
+	if want := "wrote " + file + ": 300 requests over "; !strings.Contains(out, want) {
+		t.Errorf("synth printed %q, want %q...", out, want)
 	}
 	first, err := os.ReadFile(file)
 	if err != nil {
@@ -51,7 +56,7 @@ func TestTraceSynthThenSimulate(t *testing.T) {
 	if string(first) != string(second) {
 		t.Error("the same flags and seed wrote different traces")
 	}
-	out, err := run(t, "sim", "--trace", file, "--instances", "2", "--router", "prefix-affinity", "--json")
+	out, err = run(t, "sim", "--trace", file, "--instances", "2", "--router", "prefix-affinity", "--json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,13 +16,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -34,6 +37,15 @@ import (
 // FirstTokenID is the lowest prompt token id: ids below it are special tokens (BOS, EOS,
 // padding) in most vocabularies.
 const FirstTokenID = 3
+
+// MaxRowTokens bounds a trace row's prompt and output lengths: 16 Mi tokens, beyond the
+// longest context any served model has. A longer row (a corrupt trace, an overflowing
+// --token-scale) fails as "row too large" instead of allocating its prompt.
+const MaxRowTokens = 1 << 24
+
+// DefaultScrapeGiveUp is how long /metrics may fail without a break before a run with
+// samples fails (Options.ScrapeGiveUp).
+const DefaultScrapeGiveUp = 30 * time.Second
 
 // Options describe a benchmark run.
 type Options struct {
@@ -67,6 +79,11 @@ type Options struct {
 	// MetricsURLs.
 	SampleInterval time.Duration
 	OnSample       func(Sample) error
+	// ScrapeGiveUp is how long reading MetricsURLs may keep failing before the run fails
+	// (0: DefaultScrapeGiveUp). A failed read is retried with backoff while the sampling
+	// interval lasts; a sample whose reads all failed is skipped, so an engine too busy to
+	// answer one scrape in time does not end the run.
+	ScrapeGiveUp time.Duration
 }
 
 // Sample is the run and the engines at one instant.
@@ -94,8 +111,16 @@ type Result struct {
 	Summary metrics.Summary
 	// Records holds every request, by id.
 	Records []serving.Record
-	// Failures counts failed requests by kind ("HTTP 429", "connection refused", ...).
-	Failures map[string]int
+	// Failures counts failed requests by kind ("HTTP 429", "connection refused", ...),
+	// with each kind's first error message.
+	Failures metrics.Failures
+	// PrefixCacheSource says where Summary's prefix-cache hit rate comes from: "metrics"
+	// (the engines' vLLM counters), "responses" (the usage's cached_tokens) or "" when
+	// neither reported it (the rate is then meaningless and should not be shown).
+	PrefixCacheSource string
+	// Warnings are things the caller should tell the user: an endpoint without a scheme,
+	// a metrics URL without vLLM's counters, skipped samples.
+	Warnings []string
 }
 
 // outcome is one request's record and its inter-token latencies.
@@ -103,6 +128,8 @@ type outcome struct {
 	rec  serving.Record
 	itls []float64
 	kind string // failure kind, for Failures
+	// cacheReported is set when the usage carried prompt_tokens_details.
+	cacheReported bool
 }
 
 type runner struct {
@@ -111,22 +138,67 @@ type runner struct {
 	start  time.Time
 	itls   []float64 // every request's inter-token latencies, gathered by collect
 	before metrics.EngineCounters
+	// cacheReported is set when any response carried prompt_tokens_details.
+	cacheReported bool
+	warnings      []string
+	// scrapeFailingSince is when the current run of failed samples began (zero: none).
+	scrapeFailingSince time.Time
+	skipped            int
+}
+
+// NormalizeURL accepts a base URL with or without its scheme: "localhost:8080" becomes
+// "http://localhost:8080" (note says so; it is empty when nothing was added). Only http
+// and https are served.
+func NormalizeURL(raw string) (u, note string, err error) {
+	u = strings.TrimRight(strings.TrimSpace(raw), "/")
+	if !strings.Contains(u, "://") {
+		u, note = "http://"+u, fmt.Sprintf("%q has no scheme; using http://%s", raw, u)
+	}
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "", "", fmt.Errorf("bench: URL %q: %w", raw, err)
+	}
+	if parsed.Scheme != "http" && parsed.Scheme != "https" {
+		return "", "", fmt.Errorf("bench: URL %q: scheme %q, want http:// or https://", raw, parsed.Scheme)
+	}
+	if parsed.Host == "" {
+		return "", "", fmt.Errorf("bench: URL %q has no host", raw)
+	}
+	return u, note, nil
 }
 
 // Run replays the trace and returns when every request has finished or ctx is done;
 // requests cut off by ctx are recorded as failed.
-func Run(ctx context.Context, opts Options) (Result, error) {
+func Run(ctx context.Context, opts Options) (res Result, err error) {
 	if opts.Endpoint == "" || opts.Trace == nil {
 		return Result{}, errors.New("bench: an endpoint and a trace are required")
 	}
-	if opts.VocabSize <= FirstTokenID {
-		return Result{}, fmt.Errorf("bench: vocabulary size %d leaves no prompt token ids (want > %d)", opts.VocabSize, FirstTokenID)
+	if opts.VocabSize <= FirstTokenID || opts.VocabSize > math.MaxInt32 {
+		return Result{}, fmt.Errorf("bench: vocabulary size %d: want more than %d (the special ids) and at most %d (token ids are int32)", opts.VocabSize, FirstTokenID, math.MaxInt32)
 	}
 	if opts.Concurrency < 0 {
 		return Result{}, fmt.Errorf("bench: concurrency must not be negative, got %d", opts.Concurrency)
 	}
-	opts.Endpoint = strings.TrimRight(opts.Endpoint, "/")
 	r := &runner{opts: opts, client: opts.Client}
+	var note string
+	if r.opts.Endpoint, note, err = NormalizeURL(opts.Endpoint); err != nil {
+		return Result{}, err
+	}
+	if note != "" {
+		r.warnings = append(r.warnings, "--endpoint "+note)
+	}
+	r.opts.MetricsURLs = make([]string, len(opts.MetricsURLs))
+	for i, m := range opts.MetricsURLs {
+		if r.opts.MetricsURLs[i], note, err = NormalizeURL(m); err != nil {
+			return Result{}, err
+		}
+		if note != "" {
+			r.warnings = append(r.warnings, "--metrics "+note)
+		}
+	}
+	if r.opts.ScrapeGiveUp <= 0 {
+		r.opts.ScrapeGiveUp = DefaultScrapeGiveUp
+	}
 	if r.client == nil {
 		r.client = &http.Client{Transport: &http.Transport{
 			Proxy:               nil, // loopback benchmarks must not detour through a proxy
@@ -143,7 +215,12 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		}
 		r.opts.Model = name
 	}
-	before, err := r.scrape(ctx)
+	if err := r.dropNonVLLM(ctx); err != nil {
+		return Result{}, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	before, err := r.scrapeRetry(sctx)
+	cancel()
 	if err != nil {
 		return Result{}, err
 	}
@@ -158,17 +235,18 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		wg.Wait()
 		close(outcomes)
 	}()
-	res, err := r.collect(outcomes)
+	res, err = r.collect(outcomes)
 	if err == nil {
 		err = sendErr
 	}
+	defer func() { res.Warnings = r.warnings }()
 	if err != nil {
 		return res, err
 	}
 	// The closing scrape runs even when ctx ended the run early.
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	counters, err := r.counters(sctx, r.before, res.Records)
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	counters, err := r.counters(cctx, r.before, res.Records)
 	if err != nil {
 		return res, err
 	}
@@ -188,6 +266,12 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		c.AddITL(itl)
 	}
 	res.Summary = c.Summary(max(last-first, 0), counters)
+	switch {
+	case len(r.opts.MetricsURLs) > 0:
+		res.PrefixCacheSource = "metrics"
+	case r.cacheReported:
+		res.PrefixCacheSource = "responses"
+	}
 	return res, nil
 }
 
@@ -237,7 +321,7 @@ func (r *runner) send(ctx context.Context, wg *sync.WaitGroup, outcomes chan<- o
 
 // collect gathers outcomes in completion order, feeding OnRecord and the progress line.
 func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
-	res := Result{Failures: map[string]int{}}
+	res := Result{Failures: metrics.Failures{}}
 	var err error
 	failed := 0
 	lastDraw := time.Time{}
@@ -254,11 +338,21 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), r.opts.SampleInterval+time.Second)
 		defer cancel()
-		st, serr := r.scrape(ctx)
+		st, serr := r.scrapeRetry(ctx)
 		if serr != nil {
-			err = serr
+			// A sample the engines were too busy to answer is skipped; failing reads
+			// end the run only when they persist.
+			if r.scrapeFailingSince.IsZero() {
+				r.scrapeFailingSince = time.Now()
+			}
+			if time.Since(r.scrapeFailingSince) >= r.opts.ScrapeGiveUp {
+				err = fmt.Errorf("%w (failing for %s)", serr, time.Since(r.scrapeFailingSince).Round(time.Second))
+			} else {
+				r.skipped++
+			}
 			return
 		}
+		r.scrapeFailingSince = time.Time{}
 		st.Counters = st.Counters.Sub(r.before)
 		progress.Elapsed, progress.Engines = time.Since(r.start).Seconds(), st
 		err = r.opts.OnSample(progress)
@@ -279,8 +373,9 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 		progress.OutputTokens += int64(o.rec.OutputTokens)
 		res.Records = append(res.Records, o.rec)
 		r.itls = append(r.itls, o.itls...)
+		r.cacheReported = r.cacheReported || o.cacheReported
 		if o.rec.Failed {
-			res.Failures[o.kind]++
+			res.Failures.Add(o.kind, o.rec.Error)
 			failed++
 		}
 		if r.opts.OnRecord != nil && err == nil {
@@ -293,6 +388,9 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 	}
 	if tick != nil {
 		sample()
+		if r.skipped > 0 {
+			r.warnings = append(r.warnings, fmt.Sprintf("skipped %d samples whose /metrics reads failed", r.skipped))
+		}
 	}
 	if r.opts.Progress != nil {
 		r.drawProgress(len(res.Records), failed)
@@ -345,6 +443,13 @@ type streamChunk struct {
 
 // do sends one request and reads its stream to the end.
 func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
+	if row.InputTokens < 0 || row.InputTokens > MaxRowTokens || row.OutputTokens < 0 || row.OutputTokens > MaxRowTokens {
+		return outcome{kind: "row too large", rec: serving.Record{
+			ID: id, Instance: -1, Failed: true, Arrival: time.Since(r.start).Seconds(),
+			Error: fmt.Sprintf("trace row %d: input_tokens %d, output_tokens %d: each must lie in [0, %d]",
+				id, row.InputTokens, row.OutputTokens, MaxRowTokens),
+		}}
+	}
 	body := completionRequest{
 		Model: r.opts.Model, Prompt: Prompt(row, id, r.opts.Seed, r.opts.VocabSize),
 		MaxTokens: row.OutputTokens, MinTokens: row.OutputTokens, IgnoreEOS: true, Stream: true,
@@ -414,6 +519,7 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 			o.rec.PromptTokens, o.rec.OutputTokens = u.PromptTokens, u.CompletionTokens
 			if u.PromptTokensDetails != nil {
 				o.rec.CachedTokens = u.PromptTokensDetails.CachedTokens
+				o.cacheReported = true
 			}
 		}
 	}
@@ -450,30 +556,131 @@ func errorKind(ctx context.Context, err error) string {
 }
 
 func (r *runner) firstModel(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.opts.Endpoint+"/v1/models", nil)
-	if err != nil {
-		return "", err
+	m, err := ServedModel(ctx, r.client, r.opts.Endpoint, r.opts.APIKey)
+	return m.ID, err
+}
+
+// Model is what /v1/models says of the first model an endpoint serves.
+type Model struct {
+	ID string `json:"id"`
+	// MaxModelLen is vLLM's max_model_len (servelab's engine and router report it too);
+	// 0 when the server does not say.
+	MaxModelLen int `json:"max_model_len"`
+}
+
+// ServedModel asks endpoint's /v1/models for the first model it serves; client nil uses
+// http.DefaultClient.
+func ServedModel(ctx context.Context, client *http.Client, endpoint, apiKey string) (Model, error) {
+	if client == nil {
+		client = http.DefaultClient
 	}
-	if r.opts.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
-	}
-	resp, err := r.client.Do(req)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"/v1/models", nil)
 	if err != nil {
-		return "", fmt.Errorf("bench: asking %s/v1/models for the model name: %w", r.opts.Endpoint, err)
+		return Model{}, err
+	}
+	if apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return Model{}, fmt.Errorf("bench: asking %s/v1/models for the model name: %w", endpoint, err)
 	}
 	defer resp.Body.Close()
 	var list struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
+		Data []Model `json:"data"`
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("bench: %s/v1/models: HTTP %d", r.opts.Endpoint, resp.StatusCode)
+		return Model{}, fmt.Errorf("bench: %s/v1/models: HTTP %d", endpoint, resp.StatusCode)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || len(list.Data) == 0 {
-		return "", fmt.Errorf("bench: %s/v1/models lists no model (%v); give the model name", r.opts.Endpoint, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&list); err != nil || len(list.Data) == 0 {
+		return Model{}, fmt.Errorf("bench: %s/v1/models lists no model (%v); give the model name", endpoint, err)
 	}
-	return list.Data[0].ID, nil
+	return list.Data[0], nil
+}
+
+// dropNonVLLM leaves out the metrics URLs that lack vLLM's prefix-cache counters (a
+// router's /metrics, a typo's 404), with a warning: their hit rate would read 0.
+func (r *runner) dropNonVLLM(ctx context.Context) error {
+	given := len(r.opts.MetricsURLs)
+	kept := r.opts.MetricsURLs[:0]
+	for _, u := range r.opts.MetricsURLs {
+		var families map[string]*dto.MetricFamily
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := retry(rctx, func(ctx context.Context) (err error) {
+			families, err = r.read(ctx, u)
+			return err
+		})
+		cancel()
+		if err != nil {
+			return err
+		}
+		_, queries := families["vllm:prefix_cache_queries_total"]
+		_, hits := families["vllm:prefix_cache_hits_total"]
+		if !queries || !hits {
+			r.warnings = append(r.warnings, fmt.Sprintf("--metrics %s has no vllm:prefix_cache_queries/hits counters "+
+				"(a router's /metrics?); leaving it out: give the engines' own /metrics URLs", u))
+			continue
+		}
+		kept = append(kept, u)
+	}
+	r.opts.MetricsURLs = kept
+	if given > 0 && len(kept) == 0 {
+		r.warnings = append(r.warnings, "no usable --metrics URL: the prefix-cache hit rate comes from the responses' cached_tokens, if they report it")
+	}
+	return nil
+}
+
+// read fetches and parses one /metrics page.
+func (r *runner) read(ctx context.Context, u string) (map[string]*dto.MetricFamily, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("bench: reading %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return nil, fmt.Errorf("bench: reading %s: HTTP %d: %s", u, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("bench: parsing %s: %w", u, err)
+	}
+	return families, nil
+}
+
+// scrapeRetry scrapes until it succeeds or ctx ends (see retry): an engine that drops
+// one scrape under load answers the next.
+func (r *runner) scrapeRetry(ctx context.Context) (st EngineState, err error) {
+	err = retry(ctx, func(ctx context.Context) (err error) {
+		st, err = r.scrape(ctx)
+		return err
+	})
+	return st, err
+}
+
+// retry calls fn until it succeeds or ctx ends, backing off 50 ms, 100 ms, ... 1 s
+// between calls, and returns fn's last error.
+func retry(ctx context.Context, fn func(context.Context) error) error {
+	backoff := 50 * time.Millisecond
+	for {
+		err := fn(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		backoff = min(2*backoff, time.Second)
+	}
 }
 
 // scrape reads the engines' state from MetricsURLs.
@@ -481,19 +688,9 @@ func (r *runner) scrape(ctx context.Context) (EngineState, error) {
 	var st EngineState
 	c := &st.Counters
 	for _, url := range r.opts.MetricsURLs {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		families, err := r.read(ctx, url)
 		if err != nil {
 			return st, err
-		}
-		resp, err := r.client.Do(req)
-		if err != nil {
-			return st, fmt.Errorf("bench: reading %s: %w", url, err)
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		families, err := parser.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			return st, fmt.Errorf("bench: parsing %s: %w", url, err)
 		}
 		sum := func(name string) float64 {
 			var total float64
@@ -527,7 +724,7 @@ func (r *runner) counters(ctx context.Context, before metrics.EngineCounters, re
 		}
 		return c, nil
 	}
-	after, err := r.scrape(ctx)
+	after, err := r.scrapeRetry(ctx)
 	if err != nil {
 		return metrics.EngineCounters{}, err
 	}

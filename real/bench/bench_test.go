@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -39,6 +40,13 @@ type stub struct {
 	inFlight, maxInFlight  atomic.Int64
 	mu                     sync.Mutex
 	bodies                 []completionRequest
+	// scrapes counts /metrics reads; metricsFault, if set, may answer read n itself
+	// (returning true) to make it fail or hang.
+	scrapes      atomic.Int64
+	metricsFault func(n int64, w http.ResponseWriter, r *http.Request) bool
+	// reject, if set, answers every completion with this status and body.
+	reject     int
+	rejectBody string
 }
 
 const (
@@ -49,7 +57,14 @@ const (
 )
 
 func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/router-metrics" { // a router's /metrics: no vLLM counters
+		fmt.Fprint(w, "# TYPE router_requests_total counter\nrouter_requests_total 3\n")
+		return
+	}
 	if r.URL.Path == "/metrics" {
+		if n := s.scrapes.Add(1); s.metricsFault != nil && s.metricsFault(n, w, r) {
+			return
+		}
 		// vLLM's gauges and counters: the requests in flight run, and every prompt token
 		// ever received was queried, half of them hits.
 		s.mu.Lock()
@@ -93,6 +108,10 @@ func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.bodies = append(s.bodies, req)
 	s.mu.Unlock()
+	if s.reject != 0 {
+		http.Error(w, s.rejectBody, s.reject)
+		return
+	}
 	switch len(req.Prompt) {
 	case lenTooMany:
 		http.Error(w, `{"error":{"message":"too many requests"}}`, http.StatusTooManyRequests)
@@ -274,12 +293,19 @@ func TestFailuresAreRecordedApart(t *testing.T) {
 		t.Fatalf("completed %d, failed %d; records %+v", res.Summary.Completed, res.Summary.Failed, res.Records)
 	}
 	want := map[string]int{"HTTP 429": 1, "HTTP 500": 1, "connection lost": 1}
-	if lost := res.Failures["truncated stream"]; lost > 0 { // the drop may surface as a clean EOF
-		want["truncated stream"], want["connection lost"] = lost, 0
+	if lost := res.Failures["truncated stream"].Count; lost > 0 { // the drop may surface as a clean EOF
+		want["truncated stream"] = lost
 		delete(want, "connection lost")
 	}
-	if diff := cmp.Diff(want, res.Failures); diff != "" {
+	got := map[string]int{}
+	for k, f := range res.Failures {
+		got[k] = f.Count
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("failures (-want +got):\n%s", diff)
+	}
+	if msg := res.Failures["HTTP 429"].FirstError; !strings.Contains(msg, "too many requests") {
+		t.Errorf("the 429's first error %q lacks the server's message", msg)
 	}
 	for _, i := range []int{1, 2, 3} {
 		if r := res.Records[i]; !r.Failed || r.Error == "" {
@@ -308,7 +334,7 @@ func TestCancelStopsTheRun(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Fatal("Run did not return soon after its context ended")
 	}
-	if len(res.Records) != 1 || !res.Records[0].Failed || res.Failures["canceled"] != 1 {
+	if len(res.Records) != 1 || !res.Records[0].Failed || res.Failures["canceled"].Count != 1 {
 		t.Fatalf("records %+v failures %v: want the in-flight request recorded as canceled and the later one not sent", res.Records, res.Failures)
 	}
 }
@@ -318,6 +344,7 @@ func TestRunRejectsBadOptions(t *testing.T) {
 		{Trace: &rows{}, VocabSize: 10},
 		{Endpoint: "http://127.0.0.1:1", VocabSize: 10},
 		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: FirstTokenID},
+		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: 1 << 40}, // ids would wrap in int32
 		{Endpoint: "http://127.0.0.1:1", Trace: &rows{}, VocabSize: 10, Concurrency: -1},
 	} {
 		if _, err := Run(context.Background(), opts); err == nil {
@@ -366,5 +393,141 @@ func TestPromptsShareExactlyTheTracesBlocks(t *testing.T) {
 	other := Prompt(traces.Row{InputTokens: 30}, 5, 7, 5000)
 	if common(plain, other) > 1 {
 		t.Error("requests without hash ids share a prefix")
+	}
+}
+
+// When every request fails, the result says how, with the server's first message.
+func TestEveryRequestFailingIsExplained(t *testing.T) {
+	s, url := startStub(t, time.Millisecond, time.Millisecond)
+	s.reject = http.StatusBadRequest
+	s.rejectBody = `{"error":{"message":"This model's maximum context length is 512 tokens. However, you requested 900 tokens (800 in the prompt, 100 in the completion).","type":"BadRequestError","param":"prompt"}}`
+	trace := []traces.Row{{InputTokens: 800, OutputTokens: 100}, {InputTokens: 850, OutputTokens: 100}, {InputTokens: 20, OutputTokens: 1}}
+	res, err := Run(context.Background(), Options{Endpoint: url, Model: "m", Trace: &rows{trace}, VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Summary.Completed != 0 || res.Summary.Failed != 3 || res.Failures.Total() != 3 {
+		t.Fatalf("summary %+v, failures %v", res.Summary, res.Failures)
+	}
+	f := res.Failures["HTTP 400"]
+	if f.Count != 3 || !strings.Contains(f.FirstError, "maximum context length is 512") {
+		t.Errorf("failures %+v: want 3 x HTTP 400 with the server's message", res.Failures)
+	}
+}
+
+// A row too large to synthesise fails alone, without a request.
+func TestRowTooLargeFailsAlone(t *testing.T) {
+	s, url := startStub(t, time.Millisecond, time.Millisecond)
+	trace := []traces.Row{{InputTokens: MaxRowTokens + 1, OutputTokens: 3}, {InputTokens: 20, OutputTokens: -1}, {InputTokens: 20, OutputTokens: 2}}
+	res, err := Run(context.Background(), Options{Endpoint: url, Model: "m", Trace: &rows{trace}, VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := res.Failures["row too large"]; f.Count != 2 || !strings.Contains(f.FirstError, "must lie in [0, 16777216]") {
+		t.Errorf("failures %+v: want rows 0 and 1 too large", res.Failures)
+	}
+	if res.Summary.Completed != 1 || len(s.bodies) != 1 {
+		t.Errorf("completed %d, %d requests sent; want the one good row alone", res.Summary.Completed, len(s.bodies))
+	}
+}
+
+func TestEndpointWithoutSchemeIsHTTP(t *testing.T) {
+	_, url := startStub(t, time.Millisecond, time.Millisecond)
+	bare := strings.TrimPrefix(url, "http://")
+	res, err := Run(context.Background(), Options{Endpoint: bare, Trace: &rows{[]traces.Row{{InputTokens: 5, OutputTokens: 2}}},
+		VocabSize: 50, MetricsURLs: []string{bare + "/metrics"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Summary.Completed != 1 {
+		t.Fatalf("summary %+v", res.Summary)
+	}
+	if got := strings.Join(res.Warnings, "\n"); !strings.Contains(got, "using http://"+bare) || !strings.Contains(got, "--metrics") {
+		t.Errorf("warnings %q: want a note that http:// was added to both URLs", got)
+	}
+	for _, bad := range []string{"ftp://" + bare, "http://"} {
+		if _, err := Run(context.Background(), Options{Endpoint: bad, Trace: &rows{}, VocabSize: 50}); err == nil {
+			t.Errorf("endpoint %q accepted", bad)
+		}
+	}
+}
+
+// A router's /metrics has no vLLM counters: it is left out with a warning, and the hit
+// rate comes from the responses instead of reading 0.
+func TestMetricsWithoutVLLMCountersAreLeftOut(t *testing.T) {
+	_, url := startStub(t, time.Millisecond, time.Millisecond)
+	res, err := Run(context.Background(), Options{Endpoint: url, Trace: &rows{[]traces.Row{{InputTokens: 40, OutputTokens: 2}}},
+		VocabSize: 50, MetricsURLs: []string{url + "/router-metrics"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.Warnings, "\n"); !strings.Contains(got, "/router-metrics has no vllm:prefix_cache") {
+		t.Errorf("warnings %q: want one naming the URL without vLLM counters", got)
+	}
+	if res.PrefixCacheSource != "responses" || res.Summary.PrefixCacheHitRate != 0.5 {
+		t.Errorf("hit rate %g from %q, want 0.5 from the responses", res.Summary.PrefixCacheHitRate, res.PrefixCacheSource)
+	}
+}
+
+// Reads of /metrics that fail now and then are retried or skipped; reads that keep
+// failing end the run.
+func TestScrapeFailures(t *testing.T) {
+	trace := func() *rows {
+		var r []traces.Row
+		for i := range 8 {
+			r = append(r, traces.Row{Arrival: 0.03 * float64(i), InputTokens: 12, OutputTokens: 6})
+		}
+		return &rows{r}
+	}
+	for _, tc := range []struct {
+		name    string
+		fault   func(n int64, w http.ResponseWriter, r *http.Request) bool
+		giveUp  time.Duration
+		wantErr bool
+	}{
+		{"one read times out", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+			if n != 3 {
+				return false
+			}
+			<-r.Context().Done() // hangs until the client gives up
+			return true
+		}, 0, false},
+		{"one read fails", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+			if n != 3 {
+				return false
+			}
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return true
+		}, 0, false},
+		{"reads keep failing", func(n int64, w http.ResponseWriter, r *http.Request) bool {
+			if n < 3 {
+				return false
+			}
+			http.Error(w, "gone", http.StatusServiceUnavailable)
+			return true
+		}, 100 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, url := startStub(t, 20*time.Millisecond, 20*time.Millisecond)
+			s.metricsFault = tc.fault
+			samples := 0
+			res, err := Run(context.Background(), Options{
+				Endpoint: url, Trace: trace(), VocabSize: 1000, MetricsURLs: []string{url + "/metrics"},
+				SampleInterval: 20 * time.Millisecond, ScrapeGiveUp: tc.giveUp,
+				OnSample: func(Sample) error { samples++; return nil },
+			})
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "HTTP 503") {
+					t.Fatalf("err = %v, want the persistent HTTP 503", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Summary.Completed != 8 || samples < 2 || s.scrapes.Load() < 4 {
+				t.Errorf("completed %d, %d samples, %d scrapes", res.Summary.Completed, samples, s.scrapes.Load())
+			}
+		})
 	}
 }
