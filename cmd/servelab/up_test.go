@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -44,6 +47,13 @@ func (s *syncBuffer) String() string {
 // and a function that stops it (as Ctrl-C does) and returns the command's error.
 func startUp(t *testing.T, args ...string) (url string, stop func() error) {
 	t.Helper()
+	url, _, stop = startUpOut(t, args...)
+	return url, stop
+}
+
+// startUpOut is startUp that also returns the command's output (stdout and stderr).
+func startUpOut(t *testing.T, args ...string) (url string, output *syncBuffer, stop func() error) {
+	t.Helper()
 	t.Setenv("SERVELAB_RUN_MAIN", "1")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := newRootCmd()
@@ -71,16 +81,17 @@ func startUp(t *testing.T, args ...string) (url string, stop func() error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if m := listening.FindStringSubmatch(out.String()); m != nil {
-			return m[1], stop
+			return m[1], out, stop
 		}
 		select {
 		case err := <-errc:
+			errc <- err // for stop
 			t.Fatalf("servelab up exited: %v\n%s", err, out)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	t.Fatalf("servelab up did not print its endpoint; output:\n%s", out)
-	return "", nil
+	return "", nil, nil
 }
 
 func TestUpServesThroughTheRouterAndStops(t *testing.T) {
@@ -119,5 +130,183 @@ func TestUpServesThroughTheRouterAndStops(t *testing.T) {
 	}
 	if _, err := http.Get(url + "/health"); err == nil {
 		t.Fatal("the router still answers after the cluster stopped")
+	}
+}
+
+func TestUpRejectsZeroEnginesBeforeStarting(t *testing.T) {
+	for _, n := range []string{"0", "-2"} {
+		out, err := run(t, "up", "--engines", n, "--model", "somewhere", "--port", "0")
+		if err == nil || !strings.Contains(err.Error(), "--engines") {
+			t.Errorf("--engines %s: error %v, want one naming --engines", n, err)
+		}
+		if strings.Contains(out, "starting") {
+			t.Errorf("--engines %s printed %q before failing", n, out)
+		}
+	}
+}
+
+// outcome is what one replayed request saw.
+type outcome int
+
+const (
+	served        outcome = iota
+	lostUnstarted         // refused, reset or an error status before any response byte: the router could have retried it
+	lostMidStream         // a stream that had started (status 200, tokens out) and was cut: cannot be retried
+)
+
+// replayRequest sends one completion through the router and classifies how it ended.
+func replayRequest(url string, stream bool) (outcome, string) {
+	body := fmt.Sprintf(`{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"ignore_eos":true,"stream":%v}`, stream)
+	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		return lostUnstarted, err.Error()
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return lostUnstarted, fmt.Sprintf("HTTP %d: %s", resp.StatusCode, got)
+	}
+	if stream {
+		if err != nil || !strings.Contains(string(got), "data: [DONE]") {
+			return lostMidStream, fmt.Sprintf("stream cut after %d bytes: %v", len(got), err)
+		}
+		return served, ""
+	}
+	if err != nil || !strings.Contains(string(got), `"completion_tokens":12`) {
+		// A non-streaming answer is written whole at the end: a cut body means the
+		// engine died after answering, which the router cannot retry either.
+		return lostMidStream, fmt.Sprintf("body cut: %v %s", err, got)
+	}
+	return served, ""
+}
+
+// metricSum adds up the samples of metric (every label set) in a Prometheus text page.
+func metricSum(t *testing.T, url, metric string, labels string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	page, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(page), "\n") {
+		name, rest, ok := strings.Cut(line, " ")
+		if !ok || !(name == metric || strings.HasPrefix(name, metric+"{")) || !strings.Contains(name, labels) {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", url, line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool, out fmt.Stringer) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v; output:\n%s", what, timeout, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUpSurvivesAKilledEngine is issue 10 item 5: kill -9 of one engine mid-replay must
+// lose no request that could be retried, and the engine must come back and get traffic.
+func TestUpSurvivesAKilledEngine(t *testing.T) {
+	dir := synthTiny(t)
+	url, out, stop := startUpOut(t, "--engines", "3", "--model", dir, "--router", "round-robin",
+		"--num-gpu-blocks-override", "128", "--threads", "1", "--restart-backoff", "100ms")
+	m := regexp.MustCompile(`engine-1\s+(http://127\.0\.0\.1:\d+)\s+\(pid (\d+)\)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("servelab up does not print engine-1's URL and pid:\n%s", out)
+	}
+	victimURL, victimPID := m[1], m[2]
+	pid, _ := strconv.Atoi(victimPID)
+
+	var mu sync.Mutex
+	counts := map[outcome]int{}
+	var streamed, unstreamed int
+	var firstErr = map[outcome]string{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				stream := (w+i)%2 == 0
+				o, msg := replayRequest(url, stream)
+				mu.Lock()
+				counts[o]++
+				if stream {
+					streamed++
+				} else {
+					unstreamed++
+				}
+				if o != served && firstErr[o] == "" {
+					firstErr[o] = fmt.Sprintf("stream=%v: %s", stream, msg)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	servedSoFar := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return counts[served] >= n }
+	}
+	waitFor(t, "30 requests served before the kill", 60*time.Second, servedSoFar(30), out)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "up says it restarts engine-1", 30*time.Second, func() bool {
+		return regexp.MustCompile(`engine-1 .*signal: killed.*restart(ing)? in .*attempt 1`).MatchString(out.String())
+	}, out)
+	waitFor(t, "engine-1 answers /health again at the same URL", 60*time.Second, func() bool {
+		resp, err := http.Get(victimURL + "/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, out)
+	waitFor(t, "up says engine-1 is back", 30*time.Second, func() bool {
+		return regexp.MustCompile(`engine-1 .*back`).MatchString(out.String())
+	}, out)
+	// The restarted process counts from zero: its own counter shows traffic after the restart.
+	waitFor(t, "the router sends the restarted engine-1 traffic", 60*time.Second, func() bool {
+		return metricSum(t, victimURL, "vllm:request_success_total", "") > 0
+	}, out)
+	mu.Lock()
+	after := counts[served]
+	mu.Unlock()
+	waitFor(t, "more requests served after the restart", 60*time.Second, servedSoFar(after+12), out)
+	close(done)
+	wg.Wait()
+
+	if d := metricSum(t, url, "servelab_router_decisions_total", victimURL); d <= 0 {
+		t.Errorf("router decisions for %s: %v", victimURL, d)
+	}
+	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response (%d streamed, %d not)",
+		counts[served], counts[lostUnstarted], counts[lostMidStream], streamed, unstreamed)
+	if counts[lostUnstarted] != 0 {
+		t.Errorf("%d requests failed before any response byte (the router could have retried them); first: %s",
+			counts[lostUnstarted], firstErr[lostUnstarted])
+	}
+	if counts[lostMidStream] > 6 {
+		t.Errorf("%d responses cut mid-way, but only 6 requests are in flight at once; first: %s",
+			counts[lostMidStream], firstErr[lostMidStream])
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
 	}
 }
