@@ -156,7 +156,7 @@ const (
 
 // replayRequest sends one completion through the router and classifies how it ended.
 func replayRequest(url string, stream bool) (outcome, string) {
-	body := fmt.Sprintf(`{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"ignore_eos":true,"stream":%v}`, stream)
+	body := fmt.Sprintf(`{"prompt":"Once upon a time","max_tokens":32,"temperature":0,"ignore_eos":true,"stream":%v}`, stream)
 	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
 	if err != nil {
 		return lostUnstarted, err.Error()
@@ -172,7 +172,7 @@ func replayRequest(url string, stream bool) (outcome, string) {
 		}
 		return served, ""
 	}
-	if err != nil || !strings.Contains(string(got), `"completion_tokens":12`) {
+	if err != nil || !strings.Contains(string(got), `"completion_tokens":32`) {
 		// A non-streaming answer is written whole at the end: a cut body means the
 		// engine died after answering, which the router cannot retry either.
 		return lostMidStream, fmt.Sprintf("body cut: %v %s", err, got)
@@ -265,6 +265,10 @@ func TestUpSurvivesAKilledEngine(t *testing.T) {
 		return func() bool { mu.Lock(); defer mu.Unlock(); return counts[served] >= n }
 	}
 	waitFor(t, "30 requests served before the kill", 60*time.Second, servedSoFar(30), out)
+	// Kill it while it is working on requests, so that some die with it.
+	waitFor(t, "engine-1 running a request", 60*time.Second, func() bool {
+		return metricSum(t, victimURL, "vllm:num_requests_running", "") > 0
+	}, out)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -296,8 +300,10 @@ func TestUpSurvivesAKilledEngine(t *testing.T) {
 	if d := metricSum(t, url, "servelab_router_decisions_total", victimURL); d <= 0 {
 		t.Errorf("router decisions for %s: %v", victimURL, d)
 	}
-	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response (%d streamed, %d not)",
-		counts[served], counts[lostUnstarted], counts[lostMidStream], streamed, unstreamed)
+	t.Logf("servelab up:\n%s", out)
+	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response (%d streamed, %d not); router retries %v",
+		counts[served], counts[lostUnstarted], counts[lostMidStream], streamed, unstreamed,
+		metricSum(t, url, "servelab_router_retries_total", ""))
 	if counts[lostUnstarted] != 0 {
 		t.Errorf("%d requests failed before any response byte (the router could have retried them); first: %s",
 			counts[lostUnstarted], firstErr[lostUnstarted])
