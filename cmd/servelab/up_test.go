@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,5 +316,46 @@ func TestUpSurvivesAKilledEngine(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
+	}
+}
+
+// TestEnginesDieWithUp: engines, the restarted one included, do not outlive a killed `up`.
+func TestEnginesDieWithUp(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the parent-death signal is Linux's")
+	}
+	dir := synthTiny(t)
+	cmd := exec.Command(os.Args[0], "up", "--engines", "2", "--model", dir, "--port", "0",
+		"--num-gpu-blocks-override", "64", "--threads", "1", "--restart-backoff", "10ms")
+	cmd.Env = append(os.Environ(), "SERVELAB_RUN_MAIN=1")
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidOf := func(re string) int {
+		t.Helper()
+		var m []string
+		waitFor(t, "output matching "+re, 60*time.Second, func() bool {
+			m = regexp.MustCompile(re).FindStringSubmatch(out.String())
+			return m != nil
+		}, out)
+		pid, _ := strconv.Atoi(m[1])
+		return pid
+	}
+	first, second := pidOf(`engine-0 .*\(pid (\d+)\)`), pidOf(`engine-1 .*\(pid (\d+)\)`)
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	restarted := pidOf(`engine-0 is back at .*\(pid (\d+),`)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	for _, pid := range []int{second, restarted} {
+		waitFor(t, fmt.Sprintf("engine pid %d exits after up was killed", pid), 60*time.Second, func() bool {
+			return syscall.Kill(pid, 0) != nil
+		}, out)
 	}
 }
