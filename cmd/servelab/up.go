@@ -150,6 +150,12 @@ is left down and says why; 'up' exits (status 1) only when no engine is left.`,
 			if err != nil {
 				return err
 			}
+			if restart.Backoff <= 0 {
+				return fmt.Errorf("--restart-backoff must be positive, got %v", restart.Backoff)
+			}
+			if restart.MaxRestarts < 0 {
+				return fmt.Errorf("--max-restarts must be 0 (never restart) or more, got %d", restart.MaxRestarts)
+			}
 			opts.RouterAddr = fmt.Sprintf("%s:%d", host, port)
 			if restart.MaxRestarts == 0 {
 				restart.MaxRestarts = -1 // local.RestartPolicy: negative means never

@@ -135,14 +135,23 @@ func TestUpServesThroughTheRouterAndStops(t *testing.T) {
 	}
 }
 
-func TestUpRejectsZeroEnginesBeforeStarting(t *testing.T) {
-	for _, n := range []string{"0", "-2"} {
-		out, err := run(t, "up", "--engines", n, "--model", "somewhere", "--port", "0")
-		if err == nil || !strings.Contains(err.Error(), "--engines") {
-			t.Errorf("--engines %s: error %v, want one naming --engines", n, err)
+func TestUpRejectsBadFlagsBeforeStarting(t *testing.T) {
+	dir := synthTiny(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--engines", "0"}, "--engines must be at least 1, got 0"},
+		{[]string{"--engines", "-2"}, "--engines must be at least 1, got -2"},
+		{[]string{"--restart-backoff", "0s"}, "--restart-backoff must be positive"},
+		{[]string{"--max-restarts", "-1"}, "--max-restarts must be 0 (never restart) or more"},
+	} {
+		out, err := run(t, append([]string{"up", "--model", dir, "--port", "0"}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
 		}
 		if strings.Contains(out, "starting") {
-			t.Errorf("--engines %s printed %q before failing", n, out)
+			t.Errorf("%v printed %q before failing", tc.args, out)
 		}
 	}
 }
