@@ -43,7 +43,8 @@ type Options struct {
 	// `engine` subcommand.
 	Command []string
 	// EngineArgs are appended to Command for every engine (model, policies, limits);
-	// --host 127.0.0.1 --port 0 are added by Start.
+	// --host 127.0.0.1 --port 0 are added by Start (a restart passes the port the engine
+	// had, so its URL, which the router knows it by, stays the same).
 	EngineArgs []string
 	// EngineArgsFor, if set, adds flags for engine i (0-based) after EngineArgs.
 	EngineArgsFor func(i int) []string
