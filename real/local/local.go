@@ -69,8 +69,11 @@ type Options struct {
 }
 
 // RestartPolicy is how engines that exit on their own are restarted. The back-off follows
-// the kubelet's container restart back-off (pkg/kubelet/kuberuntime: 10 s doubling to a 5
-// min cap, reset after 10 min of running), scaled down for a process on one machine.
+// the kubelet's container restart back-off (CrashLoopBackOff; pkg/kubelet/kubelet.go:
+// backOffPeriod 10 s doubling to MaxContainerBackOff 5 min, through client-go's
+// util/flowcontrol Backoff, which forgets a crash count after twice the cap without a
+// failure), scaled down for a process on one machine, plus a bound on a crash loop, which
+// the kubelet does not have.
 type RestartPolicy struct {
 	// Backoff is the wait before the first restart after a crash; it doubles with each
 	// consecutive crash, up to MaxBackoff. Defaults: 1 s and 30 s.
