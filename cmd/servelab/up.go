@@ -91,6 +91,9 @@ func (f *clusterFlags) batchSpec() string {
 }
 
 func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
+	if f.engines <= 0 {
+		return local.Options{}, fmt.Errorf("--engines must be at least 1, got %d", f.engines)
+	}
 	if f.model == "" {
 		return local.Options{}, errors.New("--model is required")
 	}
@@ -120,14 +123,23 @@ func newUpCmd() *cobra.Command {
 	var f clusterFlags
 	var host string
 	var port int
+	var restart local.RestartPolicy
 	cmd := &cobra.Command{
 		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC]",
 		Short: "Run a local serving cluster: N engine processes and the router, on loopback",
 		Long: `Start N 'servelab engine' processes on free loopback ports and the router in front of them,
 wait until every engine answers /health, and print the router's endpoint (an OpenAI-compatible
-API; replay a trace against it with 'servelab bench --endpoint URL'). Ctrl-C stops the router,
-lets engines finish in-flight requests and stops them; engines also stop if this process dies.
-An engine that exits on its own stops the cluster with its error.`,
+API; replay a trace against it with 'servelab bench --endpoint URL'). Ctrl-C or SIGTERM stops
+the router, lets engines finish in-flight requests and stops them; engines also stop if this
+process dies (on Linux).
+
+An engine that exits on its own (a crash, kill -9) does not stop the cluster: the router sends
+new requests, and requests the dead engine had not answered yet, to the others (a stream that had
+started is cut), and 'up' restarts the engine on the same port after --restart-backoff, doubling
+per consecutive crash up to 30s; it counts as back once it answers /health, and its crash count
+starts again after it has stayed up for a minute. Each step is reported on stderr (engine, exit
+status or signal, restart delay, attempt). An engine that crashes --max-restarts times in a row
+is left down and says why; 'up' exits (status 1) only when no engine is left.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var log io.Writer = io.Discard
@@ -138,7 +150,18 @@ An engine that exits on its own stops the cluster with its error.`,
 			if err != nil {
 				return err
 			}
+			if restart.Backoff <= 0 {
+				return fmt.Errorf("--restart-backoff must be positive, got %v", restart.Backoff)
+			}
+			if restart.MaxRestarts < 0 {
+				return fmt.Errorf("--max-restarts must be 0 (never restart) or more, got %d", restart.MaxRestarts)
+			}
 			opts.RouterAddr = fmt.Sprintf("%s:%d", host, port)
+			if restart.MaxRestarts == 0 {
+				restart.MaxRestarts = -1 // local.RestartPolicy: negative means never
+			}
+			opts.Restart = &restart
+			opts.Events = cmd.ErrOrStderr()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
@@ -147,8 +170,9 @@ An engine that exits on its own stops the cluster with its error.`,
 			if err != nil {
 				return err
 			}
+			pids := c.PIDs()
 			for i, ep := range c.Endpoints {
-				fmt.Fprintf(out, "engine-%d  %s\n", i, ep)
+				fmt.Fprintf(out, "engine-%d  %s  (pid %d)\n", i, ep, pids[i])
 			}
 			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
@@ -168,5 +192,7 @@ An engine that exits on its own stops the cluster with its error.`,
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
+	cmd.Flags().DurationVar(&restart.Backoff, "restart-backoff", time.Second, "wait before restarting an engine that exited; doubles per consecutive crash, up to 30s")
+	cmd.Flags().IntVar(&restart.MaxRestarts, "max-restarts", 5, "consecutive restarts of an engine that keeps crashing before it is left down (0: never restart)")
 	return cmd
 }

@@ -7,6 +7,13 @@
 // are started in their own process group (a Ctrl-C in the terminal reaches only the parent,
 // which then stops them in order) and, on Linux, with a parent-death signal, so they do not
 // outlive a parent that is killed.
+//
+// With Options.Restart set the cluster supervises its engines the way a kubelet supervises
+// containers (CrashLoopBackOff): an engine that exits on its own is restarted on the same
+// port, after a back-off that doubles per consecutive crash up to a cap and resets once the
+// engine has stayed healthy for a while; the router skips it meanwhile (its scrapes fail)
+// and takes it back when a scrape answers again. An engine that keeps crashing is given up
+// after a bound, and the cluster ends only when no engine is left.
 package local
 
 import (
@@ -36,7 +43,8 @@ type Options struct {
 	// `engine` subcommand.
 	Command []string
 	// EngineArgs are appended to Command for every engine (model, policies, limits);
-	// --host 127.0.0.1 --port 0 are added by Start.
+	// --host 127.0.0.1 --port 0 are added by Start (a restart passes the port the engine
+	// had, so its URL, which the router knows it by, stays the same).
 	EngineArgs []string
 	// EngineArgsFor, if set, adds flags for engine i (0-based) after EngineArgs.
 	EngineArgsFor func(i int) []string
@@ -49,8 +57,64 @@ type Options struct {
 	RouterAddr string
 	// Log receives the engines' output, each line prefixed with its engine's name.
 	Log io.Writer
-	// StartTimeout bounds the wait for every engine to answer /health; 0 means 2 minutes.
+	// StartTimeout bounds the wait for every engine to answer /health (and, on a restart,
+	// for the restarted engine); 0 means 2 minutes.
 	StartTimeout time.Duration
+	// Restart, if set, restarts engines that exit on their own; nil: the first engine that
+	// exits is reported on Done (what a measurement wants: a crash fails it).
+	Restart *RestartPolicy
+	// Events receives the supervisor's messages (an engine died, restarts in N s, is
+	// back, is given up), one a line; nil discards them.
+	Events io.Writer
+}
+
+// RestartPolicy is how engines that exit on their own are restarted. The back-off follows
+// the kubelet's container restart back-off (CrashLoopBackOff; pkg/kubelet/kubelet.go:
+// backOffPeriod 10 s doubling to MaxContainerBackOff 5 min, through client-go's
+// util/flowcontrol Backoff, which forgets a crash count after twice the cap without a
+// failure), scaled down for a process on one machine, plus a bound on a crash loop, which
+// the kubelet does not have.
+type RestartPolicy struct {
+	// Backoff is the wait before the first restart after a crash; it doubles with each
+	// consecutive crash, up to MaxBackoff. Defaults: 1 s and 30 s.
+	Backoff, MaxBackoff time.Duration
+	// ResetAfter is how long a restarted engine must stay up (healthy) for its crash count
+	// to start again from zero; default 1 minute.
+	ResetAfter time.Duration
+	// MaxRestarts is the most consecutive restarts of one engine, each crashing before
+	// ResetAfter passed (a crash loop: a bad flag, a port taken by another process); the
+	// engine is then left down, and the cluster serves on the others. Default 5 (with the
+	// default back-offs, given up about 31 s after the first crash); negative: never restart.
+	MaxRestarts int
+}
+
+func (p RestartPolicy) withDefaults() RestartPolicy {
+	if p.Backoff <= 0 {
+		p.Backoff = time.Second
+	}
+	if p.MaxBackoff <= 0 {
+		p.MaxBackoff = 30 * time.Second
+	}
+	p.MaxBackoff = max(p.MaxBackoff, p.Backoff)
+	if p.ResetAfter <= 0 {
+		p.ResetAfter = time.Minute
+	}
+	if p.MaxRestarts == 0 {
+		p.MaxRestarts = 5
+	}
+	return p
+}
+
+// backoff is the wait before restart number attempt (1-based).
+func (p RestartPolicy) backoff(attempt int) time.Duration {
+	d := p.Backoff
+	for range attempt - 1 {
+		if d >= p.MaxBackoff/2 {
+			return p.MaxBackoff
+		}
+		d *= 2
+	}
+	return min(d, p.MaxBackoff)
 }
 
 // Cluster is a started local cluster.
@@ -62,18 +126,27 @@ type Cluster struct {
 
 	Router *router.Router
 
-	engines []*engineProc
-	server  *http.Server
-	done    chan error
-	once    sync.Once
-	stopErr error
+	opts   Options
+	logMu  sync.Mutex
+	server *http.Server
+	done   chan error
+	once   sync.Once
+
+	mu       sync.Mutex
+	engines  []*engineProc // the running process of each engine; replaced on a restart
+	stopping bool
+	stopCh   chan struct{} // closed by Stop
+	live     int           // engines not given up
+	stopErr  error
 }
 
 type engineProc struct {
-	name   string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	err    error // set before exited closes
+	name    string
+	cmd     *exec.Cmd
+	started time.Time
+	exited  chan struct{}
+	err     error    // set before exited closes
+	tail    []string // the last lines of its output, set before exited closes
 }
 
 // Start launches the engines, waits until every one answers /health, then starts the
@@ -95,13 +168,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 2 * time.Minute
 	}
-	c := &Cluster{done: make(chan error, 1)}
+	if opts.Events == nil {
+		opts.Events = io.Discard
+	}
+	c := &Cluster{done: make(chan error, 1), stopCh: make(chan struct{}), opts: opts, live: opts.Engines}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 	addrs := make(chan addrOrErr, opts.Engines)
-	var logMu sync.Mutex
 	for i := range opts.Engines {
-		e, err := startEngine(i, opts, &logMu, addrs)
+		e, err := c.startEngine(i, "0", addrs)
 		if err != nil {
 			c.Stop(5 * time.Second)
 			return nil, err
@@ -137,8 +212,158 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	go c.watch()
+	if opts.Restart != nil {
+		p := opts.Restart.withDefaults()
+		for i := range c.engines {
+			go c.supervise(i, p)
+		}
+	} else {
+		go c.watch()
+	}
 	return c, nil
+}
+
+// PIDs are the process ids of the engines running now, in start order (0 for one down).
+func (c *Cluster) PIDs() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pids := make([]int, len(c.engines))
+	for i, e := range c.engines {
+		select {
+		case <-e.exited:
+		default:
+			pids[i] = e.pid()
+		}
+	}
+	return pids
+}
+
+func (c *Cluster) events(format string, args ...any) {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	fmt.Fprintf(c.opts.Events, format+"\n", args...)
+}
+
+// supervise restarts engine i each time it exits on its own, on the port it had, until
+// Stop or until it crashed MaxRestarts times in a row.
+func (c *Cluster) supervise(i int, p RestartPolicy) {
+	url := c.Endpoints[i]
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
+	healthySince := time.Now() // Start saw it healthy
+	crashes := 0
+	for {
+		c.mu.Lock()
+		e := c.engines[i]
+		c.mu.Unlock()
+		select {
+		case <-e.exited:
+		case <-c.stopCh:
+			return
+		}
+		if c.isStopping() {
+			return
+		}
+		if !healthySince.IsZero() && time.Since(healthySince) >= p.ResetAfter {
+			crashes = 0
+		}
+		crashes++
+		what := fmt.Sprintf("%s (pid %d, %s) exited: %v after %v", e.name, e.pid(), url,
+			exitReason(e), time.Since(e.started).Round(time.Millisecond))
+		if p.MaxRestarts < 0 || crashes > p.MaxRestarts {
+			why := "restarts are off"
+			if p.MaxRestarts >= 0 {
+				why = fmt.Sprintf("it crashed %d times in a row without staying up %v", crashes, p.ResetAfter)
+			}
+			if len(e.tail) > 0 {
+				why += "; its last output: " + strings.Join(e.tail, " | ")
+			}
+			c.mu.Lock()
+			c.live--
+			live := c.live
+			c.mu.Unlock()
+			c.events("%s; not restarting it: %s; %d of %d engines left", what, why, live, len(c.engines))
+			if live == 0 {
+				select {
+				case c.done <- fmt.Errorf("local: every engine is down; the last: %w", e.err):
+				default:
+				}
+			}
+			return
+		}
+		wait := p.backoff(crashes)
+		c.events("%s; restarting in %v (attempt %d of %d)", what, wait, crashes, p.MaxRestarts)
+		select {
+		case <-time.After(wait):
+		case <-c.stopCh:
+			return
+		}
+		c.mu.Lock()
+		if c.stopping {
+			c.mu.Unlock()
+			return
+		}
+		ne, err := c.startEngine(i, port, make(chan addrOrErr, 1))
+		if err != nil {
+			ne = &engineProc{name: e.name, cmd: &exec.Cmd{}, started: time.Now(), exited: make(chan struct{}), err: err}
+			close(ne.exited)
+		}
+		c.engines[i] = ne
+		c.mu.Unlock()
+		healthySince = time.Time{}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.StartTimeout)
+		go func() {
+			select {
+			case <-c.stopCh:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err = waitHealthy(ctx, url, ne)
+		cancel()
+		if err != nil {
+			select {
+			case <-ne.exited: // counted as a crash above
+			default:
+				if c.isStopping() {
+					return
+				}
+				c.events("%s: %v; killing it", ne.name, err)
+				ne.signal(os.Kill)
+			}
+			continue
+		}
+		healthySince = time.Now()
+		c.events("%s is back at %s (pid %d, healthy %v after its start, attempt %d)", ne.name, url,
+			ne.pid(), time.Since(ne.started).Round(time.Millisecond), crashes)
+	}
+}
+
+func (c *Cluster) isStopping() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopping
+}
+
+func (e *engineProc) pid() int {
+	if e.cmd.Process == nil {
+		return 0 // it could not be started
+	}
+	return e.cmd.Process.Pid
+}
+
+// signal sends sig to the process, if one was started.
+func (e *engineProc) signal(sig os.Signal) {
+	if e.cmd.Process != nil {
+		e.cmd.Process.Signal(sig)
+	}
+}
+
+// exitReason is how a process ended: "exit status 3", "signal: killed".
+func exitReason(e *engineProc) string {
+	if e.cmd.ProcessState != nil {
+		return e.cmd.ProcessState.String()
+	}
+	return e.err.Error()
 }
 
 type addrOrErr struct {
@@ -148,13 +373,17 @@ type addrOrErr struct {
 
 const listenPrefix = "listening on http://"
 
-func startEngine(i int, opts Options, logMu *sync.Mutex, addrs chan<- addrOrErr) (*engineProc, error) {
+// startEngine starts engine i on port ("0": a free one); the address it announces, or its
+// error if it exits before announcing one, goes to addrs (which must have room for it).
+func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engineProc, error) {
+	opts := &c.opts
+	logMu := &c.logMu
 	name := fmt.Sprintf("engine-%d", i)
 	args := append(append([]string{}, opts.Command[1:]...), opts.EngineArgs...)
 	if opts.EngineArgsFor != nil {
 		args = append(args, opts.EngineArgsFor(i)...)
 	}
-	args = append(args, "--host", "127.0.0.1", "--port", "0")
+	args = append(args, "--host", "127.0.0.1", "--port", port)
 	cmd := exec.Command(opts.Command[0], args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
 	cmd.SysProcAttr = engineSysProcAttr()
@@ -166,26 +395,24 @@ func startEngine(i int, opts Options, logMu *sync.Mutex, addrs chan<- addrOrErr)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("local: starting %s (%s): %w", name, opts.Command[0], err)
 	}
-	e := &engineProc{name: name, cmd: cmd, exited: make(chan struct{})}
+	e := &engineProc{name: name, cmd: cmd, started: time.Now(), exited: make(chan struct{})}
 	go func() {
 		reported := false
-		var last []string // the tail of its output, for the error when it dies early
+		var last []string // the tail of its output, for the error when it dies
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := sc.Text()
 			logMu.Lock()
 			fmt.Fprintf(opts.Log, "[%s] %s\n", name, line)
 			logMu.Unlock()
-			if !reported {
-				if rest, ok := strings.CutPrefix(line, listenPrefix); ok {
-					addrs <- addrOrErr{name: name, addr: strings.TrimSpace(rest)}
-					reported = true
-					continue
-				}
-				last = append(last, line)
-				if len(last) > 5 {
-					last = last[1:]
-				}
+			if rest, ok := strings.CutPrefix(line, listenPrefix); ok && !reported {
+				addrs <- addrOrErr{name: name, addr: strings.TrimSpace(rest)}
+				reported = true
+				continue
+			}
+			last = append(last, line)
+			if len(last) > 5 {
+				last = last[1:]
 			}
 		}
 		io.Copy(io.Discard, out)
@@ -194,6 +421,7 @@ func startEngine(i int, opts Options, logMu *sync.Mutex, addrs chan<- addrOrErr)
 			err = errors.New("exited")
 		}
 		e.err = fmt.Errorf("local: %s %v", name, err)
+		e.tail = last
 		if !reported {
 			if len(last) > 0 {
 				e.err = fmt.Errorf("%w: %s", e.err, strings.Join(last, " | "))
@@ -263,7 +491,8 @@ func (c *Cluster) watch() {
 	c.done <- e.err
 }
 
-// Done delivers an error when an engine exits on its own (a crash), or after Stop.
+// Done delivers an error when an engine exits on its own (a crash), or after Stop. With
+// Options.Restart, only when every engine has been given up.
 func (c *Cluster) Done() <-chan error { return c.done }
 
 // Stop shuts the router down, asks every engine to finish in-flight requests (SIGTERM) and
@@ -278,16 +507,22 @@ func (c *Cluster) Stop(grace time.Duration) error {
 		if c.Router != nil {
 			c.Router.Close()
 		}
-		for _, e := range c.engines {
-			e.cmd.Process.Signal(syscall.SIGTERM)
+		// From here no supervisor starts an engine, so these are the last processes.
+		c.mu.Lock()
+		c.stopping = true
+		close(c.stopCh)
+		engines := append([]*engineProc(nil), c.engines...)
+		c.mu.Unlock()
+		for _, e := range engines {
+			e.signal(syscall.SIGTERM)
 		}
 		deadline := time.After(grace)
-		for _, e := range c.engines {
+		for _, e := range engines {
 			select {
 			case <-e.exited:
 			case <-deadline:
-				for _, k := range c.engines {
-					k.cmd.Process.Kill()
+				for _, k := range engines {
+					k.signal(os.Kill)
 				}
 				<-e.exited
 				if c.stopErr == nil {

@@ -10,11 +10,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"servelab/policies"
 	"servelab/policies/route"
@@ -43,13 +46,17 @@ func fakeEngine(mode string, args []string) {
 		fmt.Println("loading model: no such file")
 		os.Exit(3)
 	}
-	if *host != "127.0.0.1" || *port != 0 {
-		fmt.Printf("want --host 127.0.0.1 --port 0, got %q %d\n", *host, *port)
+	if *host != "127.0.0.1" || *port < 0 {
+		fmt.Printf("want --host 127.0.0.1 --port N, got %q %d\n", *host, *port)
 		os.Exit(2)
+	}
+	if mode == "crash-loop" && *port != 0 { // a restart
+		fmt.Println("loading model: corrupt weights")
+		os.Exit(3)
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
@@ -80,8 +87,15 @@ func fakeEngine(mode string, args []string) {
 
 func startFake(t *testing.T, mode string, engines int, policy route.Policy) (*Cluster, *lockedBuffer, error) {
 	t.Helper()
+	return startFakeRestarting(t, mode, engines, policy, nil, nil)
+}
+
+func startFakeRestarting(t *testing.T, mode string, engines int, policy route.Policy, restart *RestartPolicy, events io.Writer) (*Cluster, *lockedBuffer, error) {
+	t.Helper()
 	log := &lockedBuffer{}
 	c, err := Start(context.Background(), Options{
+		Restart:       restart,
+		Events:        events,
 		Engines:       engines,
 		Command:       []string{os.Args[0]},
 		EngineArgs:    []string{"--name", "fake"},
@@ -234,5 +248,167 @@ func TestStopKillsEnginesThatIgnoreSIGTERM(t *testing.T) {
 	}
 	if err := c.Stop(time.Second); !errors.Is(err, c.stopErr) {
 		t.Fatalf("a second Stop: %v", err)
+	}
+}
+
+func TestRestartBackoffDoublesUpToItsCap(t *testing.T) {
+	p := RestartPolicy{Backoff: time.Second, MaxBackoff: 30 * time.Second}
+	var got []time.Duration
+	for attempt := 1; attempt <= 8; attempt++ {
+		got = append(got, p.backoff(attempt))
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 30, 30, 30}
+	for i := range want {
+		want[i] *= time.Second
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("back-offs (-want +got):\n%s", diff)
+	}
+	d := RestartPolicy{}.withDefaults()
+	if d.Backoff != time.Second || d.MaxBackoff != 30*time.Second || d.ResetAfter != time.Minute || d.MaxRestarts != 5 {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+// waitLog polls buf until it matches re.
+func waitLog(t *testing.T, buf *lockedBuffer, re string) {
+	t.Helper()
+	r := regexp.MustCompile(re)
+	deadline := time.Now().Add(30 * time.Second)
+	for !r.MatchString(buf.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line matching %q within 30 s; events:\n%s", re, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func healthy(url string) bool {
+	resp, err := http.Get(url + "/health")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func TestACrashedEngineIsRestartedOnItsPort(t *testing.T) {
+	events := &lockedBuffer{}
+	c, _, err := startFakeRestarting(t, "crash-after-request", 2, roundRobin(t),
+		&RestartPolicy{Backoff: 20 * time.Millisecond, ResetAfter: time.Hour}, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash := func() {
+		t.Helper()
+		resp, err := http.Post(c.Endpoints[0]+"/v1/completions", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	first := c.PIDs()[0]
+	crash()
+	waitLog(t, events, `engine-0 \(pid \d+, http://127\.0\.0\.1:\d+\) exited: exit status 4 after \S+; restarting in 20ms \(attempt 1 of 5\)`)
+	waitLog(t, events, `engine-0 is back at `+regexp.QuoteMeta(c.Endpoints[0]))
+	if !healthy(c.Endpoints[0]) {
+		t.Fatal("engine-0 is back but its URL does not answer")
+	}
+	if pid := c.PIDs()[0]; pid == first || pid == 0 {
+		t.Fatalf("engine-0 pid %d after the restart, %d before", pid, first)
+	}
+	// A second crash before ResetAfter doubles the wait.
+	crash()
+	waitLog(t, events, `restarting in 40ms \(attempt 2 of 5\)`)
+	waitLog(t, events, `(?s)is back.*is back`)
+	select {
+	case err := <-c.Done():
+		t.Fatalf("Done reported %v though engines restart", err)
+	default:
+	}
+	if strings.Contains(events.String(), "engine-1") {
+		t.Fatalf("engine-1 was never touched, yet:\n%s", events)
+	}
+}
+
+func TestResetAfterStartsTheCrashCountAgain(t *testing.T) {
+	events := &lockedBuffer{}
+	c, _, err := startFakeRestarting(t, "crash-after-request", 1, nil,
+		&RestartPolicy{Backoff: 10 * time.Millisecond, ResetAfter: 50 * time.Millisecond}, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		n := strings.Count(events.String(), "is back")
+		resp, err := http.Post(c.Endpoints[0]+"/v1/completions", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		waitLog(t, events, fmt.Sprintf(`(?s)(is back.*){%d}`, n+1))
+		time.Sleep(60 * time.Millisecond) // stay up past ResetAfter: a real interval, not a wait for an event
+	}
+	if got := strings.Count(events.String(), "(attempt 1 of 5)"); got != 2 {
+		t.Fatalf("%d restarts counted as the first, want 2 (the engine stayed up past ResetAfter in between):\n%s", got, events)
+	}
+}
+
+func TestACrashLoopIsGivenUpAndTheOthersServe(t *testing.T) {
+	events := &lockedBuffer{}
+	c, _, err := startFakeRestarting(t, "crash-loop", 2, roundRobin(t),
+		&RestartPolicy{Backoff: 5 * time.Millisecond, MaxRestarts: 3}, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(c.PIDs()[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, events, `engine-0 .* exited: signal: killed .*restarting in 5ms \(attempt 1 of 3\)`)
+	waitLog(t, events, `engine-0 .* exited: exit status 3 .*restarting in 20ms \(attempt 3 of 3\)`)
+	waitLog(t, events, `engine-0 .* exited: exit status 3 after \S+; not restarting it: it crashed 4 times in a row without staying up 1m0s; its last output: loading model: corrupt weights; 1 of 2 engines left`)
+	select {
+	case err := <-c.Done():
+		t.Fatalf("Done reported %v while engine-1 serves", err)
+	default:
+	}
+	for range 4 {
+		resp, err := http.Post(c.URL+"/v1/completions", "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "fake-1") {
+			t.Fatalf("through the router with engine-0 given up: %d %s", resp.StatusCode, body)
+		}
+	}
+	syscall.Kill(c.PIDs()[1], syscall.SIGKILL)
+	select {
+	case err := <-c.Done():
+		if err == nil || !strings.Contains(err.Error(), "every engine is down") {
+			t.Fatalf("Done: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Done did not report that no engine is left; events:\n%s", events)
+	}
+}
+
+func TestStopDuringABackoffStartsNothing(t *testing.T) {
+	events := &lockedBuffer{}
+	c, _, err := startFakeRestarting(t, "ok", 1, nil, &RestartPolicy{Backoff: time.Hour}, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(c.PIDs()[0], syscall.SIGKILL)
+	waitLog(t, events, `restarting in 1h0m0s`)
+	start := time.Now()
+	if err := c.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("Stop waited for the back-off")
+	}
+	if pids := c.PIDs(); pids[0] != 0 {
+		t.Fatalf("an engine runs after Stop: pid %d", pids[0])
 	}
 }
