@@ -68,9 +68,7 @@ type samplingFields struct {
 	SkipSpecialTokens *bool   `json:"skip_special_tokens"`
 	Priority          int     `json:"priority"`
 	User              *string `json:"user"`
-	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids),
-	// and makes a stream send a chunk for every engine output, also when its tokens do not
-	// yet decode to text: benchmarks time tokens, not characters.
+	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids).
 	ReturnTokenIDs bool `json:"return_token_ids"`
 }
 
@@ -589,31 +587,36 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 	}
 	var last engine.Output
 	for {
-		out, err := stream.Next(ctx)
+		outs, err := stream.Next(ctx)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return // the client went away: Next aborted the request
 		}
-		last = out
-		if out.Text != "" || (j.tokenIDs && len(out.TokenIDs) > 0) {
-			c := textChoice(out.Text)
-			if j.tokenIDs {
-				c.TokenIDs = out.TokenIDs
+		for _, out := range outs {
+			last = out
+			// One chunk per generated token, also when its text is held back (an
+			// incomplete UTF-8 sequence, a possible stop string): clients time tokens by
+			// chunks. vLLM's serving_chat.py and serving_completion.py stream the same way.
+			if len(out.TokenIDs) > 0 || out.Text != "" {
+				c := textChoice(out.Text)
+				if j.tokenIDs {
+					c.TokenIDs = out.TokenIDs
+				}
+				if !send(chunk(c)) {
+					return
+				}
 			}
-			if !send(chunk(c)) {
-				return
-			}
-		}
-		if out.Finished {
-			end := textChoice("")
-			if j.chat {
-				end.Delta.Content = nil
-			}
-			end.FinishReason, end.StopReason = &out.FinishReason, out.StopReason
-			if !send(chunk(end)) {
-				return
+			if out.Finished {
+				end := textChoice("")
+				if j.chat {
+					end.Delta.Content = nil
+				}
+				end.FinishReason, end.StopReason = &out.FinishReason, out.StopReason
+				if !send(chunk(end)) {
+					return
+				}
 			}
 		}
 	}
