@@ -89,7 +89,17 @@ func TestStreamKeepsTokensApart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Read nothing until the request has finished: everything is pending at once.
-	waitEmpty(t, e.Engine)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not finish")
+		}
+	}
 	outs, err := s.Next(ctx)
 	if err != nil {
 		t.Fatal(err)

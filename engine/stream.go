@@ -14,23 +14,37 @@ type Stream struct {
 	eng *Engine
 	req *request
 
-	mu      sync.Mutex
-	pending []Output
+	mu sync.Mutex
+	// pending holds the outputs not yet read, compactly (a reader that stalls, behind a
+	// full socket, lets a whole max_model_len of them queue up); last is the newest output,
+	// whose prompt counts and finish apply to the last entry.
+	pending []pendingOutput
+	last    Output
 	closed  bool // the final output is pending or was read
 	read    bool // the final output was read
 	ready   chan struct{}
 	aborted bool
 }
 
+// pendingOutput is one queued Output: its token (-1 for none), completion count and text.
+type pendingOutput struct {
+	tok, completion int32
+	text            string
+}
+
 func newStream(e *Engine, r *request) *Stream {
 	return &Stream{eng: e, req: r, ready: make(chan struct{}, 1)}
 }
 
-// push queues out and wakes the reader. A request has at most MaxModelLen outputs, so the
-// queue of a reader that never reads is bounded like the text it would accumulate.
+// push queues out, which carries at most one token, and wakes the reader.
 func (s *Stream) push(out Output) {
+	p := pendingOutput{tok: -1, completion: int32(out.CompletionTokens), text: out.Text}
+	if len(out.TokenIDs) > 0 {
+		p.tok = out.TokenIDs[0]
+	}
 	s.mu.Lock()
-	s.pending = append(s.pending, out)
+	s.pending = append(s.pending, p)
+	s.last = out
 	if out.Finished {
 		s.closed = true
 	}
@@ -53,10 +67,23 @@ func (s *Stream) Next(ctx context.Context) ([]Output, error) {
 			return nil, io.EOF
 		}
 		if len(s.pending) > 0 {
-			outs := s.pending
+			pending, last := s.pending, s.last
 			s.pending = nil
-			s.read = outs[len(outs)-1].Finished
+			s.read = last.Finished
 			s.mu.Unlock()
+			outs := make([]Output, len(pending))
+			ids := make([]int32, len(pending))
+			for i, p := range pending {
+				o := &outs[i]
+				o.Text, o.CompletionTokens = p.text, int(p.completion)
+				o.PromptTokens, o.CachedTokens = last.PromptTokens, last.CachedTokens
+				if p.tok >= 0 {
+					ids[i] = p.tok
+					o.TokenIDs = ids[i : i+1 : i+1]
+				}
+			}
+			o := &outs[len(outs)-1]
+			o.Finished, o.FinishReason, o.StopReason = last.Finished, last.FinishReason, last.StopReason
 			return outs, nil
 		}
 		s.mu.Unlock()
