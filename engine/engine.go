@@ -4,7 +4,8 @@
 // samples the next tokens, applies stop conditions and streams text back to callers.
 //
 // Callers (the HTTP server) Submit requests from any goroutine and read their Stream; the
-// engine never blocks on a slow reader, because a stream accumulates output until it is read.
+// engine never blocks on a slow reader, because a stream queues outputs (one per token)
+// until they are read.
 package engine
 
 import (
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -111,7 +113,19 @@ type Request struct {
 	Priority int
 }
 
-// Output is what a stream delivers: the text and tokens generated since the last read.
+// Bounds on a request's stop conditions, which the engine checks after every token: the
+// stop strings are searched in the text each token adds plus the longest string's hold-back,
+// so their cost per token is their count times their length. OpenAI allows 4 stop strings;
+// vLLM sets no bound.
+const (
+	MaxStopStrings  = 64
+	MaxStopBytes    = 1024
+	MaxStopTokenIDs = 1024
+)
+
+// Output is what a stream delivers for one generated token: the token and the text it
+// makes safe to show (possibly empty: an incomplete UTF-8 sequence, or text a stop string
+// may still claim, is held back until a later token or the end releases it).
 type Output struct {
 	Text     string
 	TokenIDs []int32
@@ -243,20 +257,31 @@ func (e *Engine) Stats() Stats {
 	return e.stats
 }
 
-// Validate checks a request against the engine's limits without submitting it.
+// Validate checks a request against the engine's limits without submitting it. Every size
+// a client chooses is compared without arithmetic that could overflow (max_tokens near
+// MaxInt once wrapped the context check around), so whatever passes generates at most
+// MaxModelLen minus the prompt tokens.
 func (e *Engine) Validate(req *Request) error {
 	sp := &req.Sampling
+	n, maxLen := len(req.Prompt), e.cfg.MaxModelLen
 	switch {
-	case len(req.Prompt) == 0:
+	case n == 0:
 		return &InvalidRequestError{"prompt", "the prompt is empty"}
+	case n >= maxLen:
+		return &InvalidRequestError{"prompt", fmt.Sprintf(
+			"This model's maximum context length is %d tokens. However, your request has %d input tokens, which leaves no room for the completion. Please reduce the length of the input.", maxLen, n)}
 	case sp.MaxTokens <= 0:
 		return &InvalidRequestError{"max_tokens", fmt.Sprintf("max_tokens must be at least 1, got %d", sp.MaxTokens)}
-	case sp.MinTokens < 0 || sp.MinTokens > sp.MaxTokens:
-		return &InvalidRequestError{"min_tokens", fmt.Sprintf("min_tokens must be in [0, max_tokens=%d], got %d", sp.MaxTokens, sp.MinTokens)}
-	case len(req.Prompt)+sp.MaxTokens > e.cfg.MaxModelLen:
+	case sp.MaxTokens > maxLen-n: // not n+MaxTokens > maxLen: that sum can wrap around
 		return &InvalidRequestError{"max_tokens", fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the prompt, %d in the completion). Please reduce the length of the prompt or completion.",
-			e.cfg.MaxModelLen, len(req.Prompt)+sp.MaxTokens, len(req.Prompt), sp.MaxTokens)}
+			maxLen, uint64(n)+uint64(sp.MaxTokens), n, sp.MaxTokens)}
+	case sp.MinTokens < 0 || sp.MinTokens > sp.MaxTokens:
+		return &InvalidRequestError{"min_tokens", fmt.Sprintf("min_tokens must be in [0, max_tokens=%d], got %d", sp.MaxTokens, sp.MinTokens)}
+	case len(sp.Stop) > MaxStopStrings:
+		return &InvalidRequestError{"stop", fmt.Sprintf("at most %d stop strings are allowed, got %d", MaxStopStrings, len(sp.Stop))}
+	case len(sp.StopTokenIDs) > MaxStopTokenIDs:
+		return &InvalidRequestError{"stop_token_ids", fmt.Sprintf("at most %d stop token ids are allowed, got %d", MaxStopTokenIDs, len(sp.StopTokenIDs))}
 	}
 	for i, id := range req.Prompt {
 		if id < 0 || e.cfg.VocabSize > 0 && int(id) >= e.cfg.VocabSize {
@@ -264,12 +289,17 @@ func (e *Engine) Validate(req *Request) error {
 		}
 	}
 	for i, s := range sp.Stop {
-		if s == "" {
+		switch {
+		case s == "":
 			return &InvalidRequestError{"stop", fmt.Sprintf("stop[%d] is empty", i)}
+		case len(s) > MaxStopBytes:
+			return &InvalidRequestError{"stop", fmt.Sprintf("stop[%d] is %d bytes long; at most %d are allowed", i, len(s), MaxStopBytes)}
 		}
 	}
 	if err := sp.Params.Validate(); err != nil {
-		return &InvalidRequestError{"sampling", err.Error()}
+		// Its messages open with the parameter's OpenAI name.
+		param, _, _ := strings.Cut(err.Error(), " ")
+		return &InvalidRequestError{param, err.Error()}
 	}
 	return nil
 }

@@ -171,7 +171,8 @@ func (e *Engine) step() bool {
 }
 
 // emit appends a sampled token to r and applies the stop conditions in vLLM's order:
-// EOS, stop token ids, stop strings, then length (which the core applies).
+// EOS, stop token ids, stop strings, then length (max_tokens, which the core applies, and
+// max_model_len).
 func (e *Engine) emit(r *request, tok int32, now time.Time) {
 	r.tokens = append(r.tokens, tok)
 	n := r.seq.NumOutput
@@ -209,6 +210,12 @@ func (e *Engine) emit(r *request, tok int32, now time.Time) {
 	}
 	if r.seq.Status == serving.SeqFinished {
 		return // the core finished it at max_tokens; finish() reports it
+	}
+	if len(r.tokens) >= e.cfg.MaxModelLen {
+		// vLLM's check_stop caps every request at max_model_len. Validate keeps max_tokens
+		// within what the prompt leaves, so this only backs it up.
+		e.finish(r, "length", nil, now)
+		return
 	}
 	e.deliver(r, tok, false)
 }

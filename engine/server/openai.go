@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,34 +46,34 @@ func (s *stopList) UnmarshalJSON(b []byte) error {
 // vLLM's extensions (top_k, min_p, min_tokens, stop_token_ids, ignore_eos,
 // skip_special_tokens, repetition_penalty, priority, return_token_ids).
 type samplingFields struct {
-	Model             string             `json:"model"`
-	MaxTokens         *int               `json:"max_tokens"`
-	Temperature       *float64           `json:"temperature"`
-	TopP              *float64           `json:"top_p"`
-	TopK              *int               `json:"top_k"`
-	MinP              *float64           `json:"min_p"`
-	Seed              *int64             `json:"seed"`
-	Stop              stopList           `json:"stop"`
-	StopTokenIDs      []int32            `json:"stop_token_ids"`
-	IgnoreEOS         bool               `json:"ignore_eos"`
-	MinTokens         int                `json:"min_tokens"`
-	N                 *int               `json:"n"`
-	PresencePenalty   *float64           `json:"presence_penalty"`
-	FrequencyPenalty  *float64           `json:"frequency_penalty"`
-	RepetitionPenalty *float64           `json:"repetition_penalty"`
-	LogitBias         map[string]float64 `json:"logit_bias"`
-	Stream            bool               `json:"stream"`
+	Model             string   `json:"model"`
+	MaxTokens         *int     `json:"max_tokens"`
+	Temperature       *float64 `json:"temperature"`
+	TopP              *float64 `json:"top_p"`
+	TopK              *int     `json:"top_k"`
+	MinP              *float64 `json:"min_p"`
+	Seed              *int64   `json:"seed"`
+	Stop              stopList `json:"stop"`
+	StopTokenIDs      []int32  `json:"stop_token_ids"`
+	IgnoreEOS         bool     `json:"ignore_eos"`
+	MinTokens         int      `json:"min_tokens"`
+	N                 *int     `json:"n"`
+	PresencePenalty   *float64 `json:"presence_penalty"`
+	FrequencyPenalty  *float64 `json:"frequency_penalty"`
+	RepetitionPenalty *float64 `json:"repetition_penalty"`
+	Stream            bool     `json:"stream"`
 	StreamOptions     *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 	SkipSpecialTokens *bool   `json:"skip_special_tokens"`
 	Priority          int     `json:"priority"`
 	User              *string `json:"user"`
-	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids),
-	// and makes a stream send a chunk for every engine output, also when its tokens do not
-	// yet decode to text: benchmarks time tokens, not characters.
+	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids).
 	ReturnTokenIDs bool `json:"return_token_ids"`
 }
+
+// defaultCompletionMaxTokens is max_tokens for a /v1/completions request without one.
+const defaultCompletionMaxTokens = 16
 
 // completionFields are /v1/completions' own fields.
 type completionFields struct {
@@ -92,6 +93,132 @@ type chatFields struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
+}
+
+// Fields the engine does not implement, by endpoint, each with the values that ask for
+// nothing: null (always) and the field's default. Such values are accepted, as vLLM
+// accepts them; any other value is a 400 naming the field rather than being ignored.
+// Fields neither known nor listed here are ignored, as OpenAI-compatible servers do.
+var (
+	unsupportedCommon = []unsupportedField{
+		{"response_format", []string{`{"type":"text"}`}},
+		{"logit_bias", []string{`{}`}},
+		// vLLM's structured output and sampling extensions.
+		{"structured_outputs", nil},
+		{"guided_json", nil},
+		{"guided_regex", nil},
+		{"guided_choice", nil},
+		{"guided_grammar", nil},
+		{"guided_whitespace_pattern", nil},
+		{"guided_decoding_backend", nil},
+		{"use_beam_search", []string{`false`}},
+		{"length_penalty", []string{`1`}},
+		{"include_stop_str_in_output", []string{`false`}},
+		{"prompt_logprobs", nil},
+		{"allowed_token_ids", []string{`[]`}},
+		{"bad_words", []string{`[]`}},
+		{"truncate_prompt_tokens", nil},
+		{"logits_processors", []string{`[]`}},
+		{"cache_salt", nil},
+		{"kv_transfer_params", nil},
+		{"vllm_xargs", nil},
+	}
+	unsupportedCompletion = newUnsupported(unsupportedCommon, []unsupportedField{
+		{"prompt_embeds", nil},
+		{"add_special_tokens", []string{`true`}}, // the prompt is always encoded with them
+	})
+	unsupportedChat = newUnsupported(unsupportedCommon, []unsupportedField{
+		// Tool calling: with no tools, no tool call is made, so parallel_tool_calls (either
+		// value) is honoured.
+		{"tools", []string{`[]`}},
+		{"tool_choice", []string{`"none"`}},
+		{"functions", []string{`[]`}},
+		{"function_call", []string{`"none"`}},
+		{"parallel_tool_calls", []string{`true`, `false`}},
+		{"audio", nil},
+		{"modalities", []string{`["text"]`}},
+		{"prediction", nil},
+		{"web_search_options", nil},
+		{"reasoning_effort", nil},
+		// vLLM's chat extensions.
+		{"echo", []string{`false`}},
+		{"add_generation_prompt", []string{`true`}},
+		{"continue_final_message", []string{`false`}},
+		{"add_special_tokens", []string{`false`}}, // chat templates write their own BOS
+		{"chat_template", nil},
+		{"chat_template_kwargs", []string{`{}`}},
+		{"documents", nil},
+		{"mm_processor_kwargs", nil},
+	})
+)
+
+type unsupportedField struct {
+	name   string
+	accept []string // JSON values besides null
+}
+
+// unsupportedSet decodes just its fields from a body: a struct type built from the table,
+// so a large prompt is scanned but not copied again.
+type unsupportedSet struct {
+	fields []unsupportedField
+	accept [][]any
+	typ    reflect.Type
+}
+
+func newUnsupported(lists ...[]unsupportedField) *unsupportedSet {
+	u := &unsupportedSet{}
+	var sf []reflect.StructField
+	for _, l := range lists {
+		for _, f := range l {
+			var vals []any
+			for _, a := range f.accept {
+				var v any
+				if err := json.Unmarshal([]byte(a), &v); err != nil {
+					panic(fmt.Sprintf("unsupported field %s: bad accepted value %s", f.name, a))
+				}
+				vals = append(vals, v)
+			}
+			u.fields = append(u.fields, f)
+			u.accept = append(u.accept, vals)
+			sf = append(sf, reflect.StructField{
+				Name: fmt.Sprintf("F%d", len(sf)), Type: reflect.TypeFor[json.RawMessage](),
+				Tag: reflect.StructTag(`json:"` + f.name + `"`),
+			})
+		}
+	}
+	u.typ = reflect.StructOf(sf)
+	return u
+}
+
+// check refuses the first listed field whose value asks for something.
+func (u *unsupportedSet) check(body []byte) *apiError {
+	v := reflect.New(u.typ)
+	if err := json.Unmarshal(body, v.Interface()); err != nil {
+		return nil // decodeFields has reported malformed bodies
+	}
+	for i, f := range u.fields {
+		raw := v.Elem().Field(i).Interface().(json.RawMessage)
+		if len(raw) == 0 || string(raw) == "null" {
+			continue
+		}
+		var got any
+		if json.Unmarshal(raw, &got) == nil && slices.ContainsFunc(u.accept[i], func(a any) bool { return reflect.DeepEqual(a, got) }) {
+			continue
+		}
+		accepted := "null"
+		for _, a := range f.accept {
+			accepted += " or " + a
+		}
+		return badRequest(f.name, "%s is not supported by this server, got %s; omit it or send %s", f.name, truncate(raw, 80), accepted)
+	}
+	return nil
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "..."
 }
 
 // readBody reads a request body of at most s.maxBody bytes.
@@ -162,8 +289,6 @@ func (s *Server) samplingParams(f *samplingFields, promptLen int, maxTokens *int
 		return engine.SamplingParams{}, badRequest("frequency_penalty", "frequency_penalty is not supported")
 	case f.RepetitionPenalty != nil && *f.RepetitionPenalty != 1:
 		return engine.SamplingParams{}, badRequest("repetition_penalty", "repetition_penalty is not supported")
-	case len(f.LogitBias) > 0:
-		return engine.SamplingParams{}, badRequest("logit_bias", "logit_bias is not supported")
 	case f.StreamOptions != nil && !f.Stream:
 		return engine.SamplingParams{}, badRequest("stream_options", "stream_options can only be set when stream is true")
 	case f.MinTokens < 0:
@@ -303,6 +428,10 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	if e := unsupportedCompletion.check(body); e != nil {
+		writeError(w, e)
+		return
+	}
 	switch {
 	case c.Logprobs != nil:
 		writeError(w, badRequest("logprobs", "logprobs are not supported"))
@@ -322,7 +451,14 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	sp, e := s.samplingParams(&f, len(prompt), f.MaxTokens)
+	maxTokens := f.MaxTokens
+	if maxTokens == nil {
+		// OpenAI's and vLLM's default for completions (protocol.py's CompletionRequest);
+		// chat defaults to what the context leaves.
+		n := defaultCompletionMaxTokens
+		maxTokens = &n
+	}
+	sp, e := s.samplingParams(&f, len(prompt), maxTokens)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -363,6 +499,10 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if e := s.checkModel(f.Model); e != nil {
+		writeError(w, e)
+		return
+	}
+	if e := unsupportedChat.check(body); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -589,31 +729,36 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 	}
 	var last engine.Output
 	for {
-		out, err := stream.Next(ctx)
+		outs, err := stream.Next(ctx)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return // the client went away: Next aborted the request
 		}
-		last = out
-		if out.Text != "" || (j.tokenIDs && len(out.TokenIDs) > 0) {
-			c := textChoice(out.Text)
-			if j.tokenIDs {
-				c.TokenIDs = out.TokenIDs
+		for _, out := range outs {
+			last = out
+			// One chunk per generated token, also when its text is held back (an
+			// incomplete UTF-8 sequence, a possible stop string): clients time tokens by
+			// chunks. vLLM's serving_chat.py and serving_completion.py stream the same way.
+			if len(out.TokenIDs) > 0 || out.Text != "" {
+				c := textChoice(out.Text)
+				if j.tokenIDs {
+					c.TokenIDs = out.TokenIDs
+				}
+				if !send(chunk(c)) {
+					return
+				}
 			}
-			if !send(chunk(c)) {
-				return
-			}
-		}
-		if out.Finished {
-			end := textChoice("")
-			if j.chat {
-				end.Delta.Content = nil
-			}
-			end.FinishReason, end.StopReason = &out.FinishReason, out.StopReason
-			if !send(chunk(end)) {
-				return
+			if out.Finished {
+				end := textChoice("")
+				if j.chat {
+					end.Delta.Content = nil
+				}
+				end.FinishReason, end.StopReason = &out.FinishReason, out.StopReason
+				if !send(chunk(end)) {
+					return
+				}
 			}
 		}
 	}
@@ -624,4 +769,23 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 	}
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	flusher.Flush()
+}
+
+// card is the served model's object, as /v1/models lists it.
+func (s *Server) card() modelCard {
+	return modelCard{
+		ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "servelab",
+		Root: s.cfg.ModelName, MaxModelLen: s.cfg.MaxModelLen,
+	}
+}
+
+// model is OpenAI's retrieve-model endpoint, GET /v1/models/{model}: the model object, or a
+// 404 for a model this server does not serve. The id may contain slashes, as Hugging Face
+// names do.
+func (s *Server) model(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != s.cfg.ModelName {
+		writeError(w, &apiError{status: http.StatusNotFound, Msg: fmt.Sprintf("The model `%s` does not exist.", id), Type: "NotFoundError", Param: "model"})
+		return
+	}
+	writeJSON(w, s.card())
 }

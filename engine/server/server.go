@@ -11,18 +11,25 @@
 //   - POST /v1/chat/completions: messages (content a string or a list of {"type":"text"}
 //     parts) rendered with Tokenizer.RenderChat and encoded without special tokens (chat
 //     templates write their own BOS); max_completion_tokens (or the older max_tokens).
-//   - GET /v1/models, GET /health (200, or 503 once Shutdown began), GET /metrics (promhttp
+//   - GET /v1/models, GET /v1/models/{id} (the model object; 404 for another id), GET /health (200, or 503 once Shutdown began), GET /metrics (promhttp
 //     over Config.Registry), GET /v1/kv_events (below).
 //
 // Unknown request fields are ignored, as OpenAI-compatible servers do; known fields are
 // decoded strictly and a wrong type is a 400 that names the field. A field the engine cannot
 // honour with a non-default value (logprobs, n > 1, best_of > 1, penalties, logit_bias,
-// suffix) is a 400 too, rather than being silently ignored. max_tokens defaults to what the
-// context leaves (max_model_len minus the prompt), and temperature, top_p and top_k to
-// Config.Defaults (generation_config.json) when the request omits them, as in vLLM.
+// suffix, response_format, tools, tool_choice, functions, vLLM's guided_* and others: the
+// tables in openai.go) is a 400 too, rather than being silently ignored; null or the
+// default value is accepted. Sizes are checked without overflow: max_tokens is at least 1
+// and at most what the prompt leaves of max_model_len, with at most engine.MaxStopStrings
+// stop strings of engine.MaxStopBytes and engine.MaxStopTokenIDs stop token ids.
+// max_tokens defaults to 16 for completions (OpenAI's and vLLM's default) and to what the
+// context leaves for chat, and temperature, top_p and top_k to Config.Defaults
+// (generation_config.json) when the request omits them, as in vLLM.
 //
 // Streaming responses are server-sent events, one "data: {json}\n\n" per chunk, flushed at
-// once, ending with "data: [DONE]\n\n". Text chunks carry no finish_reason; a last chunk
+// once, ending with "data: [DONE]\n\n". Each generated token gets its own text chunk, whose
+// text is empty while it is held back (an incomplete UTF-8 sequence, a possible stop
+// string), as vLLM streams. Text chunks carry no finish_reason; a last chunk
 // with empty text (or an empty delta) carries finish_reason and stop_reason, and with
 // stream_options.include_usage a final chunk with "choices": [] carries the usage. Chat
 // streams open with a chunk whose delta is {"role":"assistant","content":""}. The streamed
@@ -163,6 +170,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.completions)))
 	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.chatCompletions)))
 	mux.HandleFunc("/v1/models", s.auth(method(http.MethodGet, s.models)))
+	mux.HandleFunc("/v1/models/{id...}", s.auth(method(http.MethodGet, s.model)))
 	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.kvEvents)))
 	mux.HandleFunc("/v1/", s.auth(notFound))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
@@ -311,10 +319,7 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, struct {
 		Object string      `json:"object"`
 		Data   []modelCard `json:"data"`
-	}{"list", []modelCard{{
-		ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "servelab",
-		Root: s.cfg.ModelName, MaxModelLen: s.cfg.MaxModelLen,
-	}}})
+	}{"list", []modelCard{s.card()}})
 }
 
 func newID(prefix string) string {

@@ -139,6 +139,16 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 // choices, then [DONE].
 func (f *fixture) streamed(path, body string) result {
 	f.t.Helper()
+	r, _ := f.streamedChunks(path, body)
+	return r
+}
+
+// streamedChunks is streamed that also counts the content chunks: one per generated token
+// (its text possibly empty while held back), as vLLM streams, so their count is the usage's
+// completion_tokens; a completion's echo comes in one more.
+func (f *fixture) streamedChunks(path, body string) (result, int) {
+	f.t.Helper()
+	chunks := 0
 	body = strings.Replace(body, "{", `{"stream":true,"stream_options":{"include_usage":true},`, 1)
 	resp, data := f.post(path, body)
 	if resp.StatusCode != http.StatusOK {
@@ -211,14 +221,21 @@ func (f *fixture) streamed(path, body string) result {
 			if piece != "" {
 				f.t.Errorf("text on the finish chunk: %s", ev)
 			}
-		} else if piece == "" && !(chat && i == 0) {
-			f.t.Errorf("empty text chunk: %s", ev)
+		} else if !(chat && i == 0) {
+			chunks++
 		}
 	}
 	if !finished || !usage {
 		f.t.Errorf("finish chunk %v, usage chunk %v in %q", finished, usage, data)
 	}
-	return out
+	tokens := chunks
+	if strings.Contains(body, `"echo":true`) {
+		tokens--
+	}
+	if tokens != out.Usage.CompletionTokens {
+		f.t.Errorf("%d content chunks for %d completion tokens, want one per token", tokens, out.Usage.CompletionTokens)
+	}
+	return out, chunks
 }
 
 func mustJSON(v any) string {
@@ -272,7 +289,7 @@ func TestCompletions(t *testing.T) {
 			result{Text: text(wowGen), FinishReason: "length", Usage: usageOfCounts(5, 5)}},
 		{"special tokens shown", `{"prompt":"wow!","max_tokens":3,"temperature":0,"ignore_eos":true,"skip_special_tokens":false}`,
 			result{Text: "</s>" + text(wowGen[1:3]), FinishReason: "length", Usage: usageOfCounts(5, 3)}},
-		{"max_tokens defaults to what the context leaves", `{"prompt":"` + long + `","temperature":0}`,
+		{"max_tokens all the context leaves", `{"prompt":"` + long + `","max_tokens":5,"temperature":0}`,
 			result{Text: text(longGen), FinishReason: "length", Usage: usageOfCounts(251, 5)}},
 	}
 	for _, tc := range tests {
