@@ -84,6 +84,7 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--model", "gpt-5"}, "gpt-5"},
 		{[]string{"sim", "--trace", "no/such/file.csv"}, "no/such/file.csv"},
 		{[]string{"sim", "--trace", azureSlice, "--goodput", "ttft:-3"}, "ttft"},
+		{[]string{"sim", "--trace", azureSlice, "--scrape-interval", "-5ms"}, "scrape-interval"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
