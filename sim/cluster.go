@@ -31,6 +31,9 @@ type ClusterSpec struct {
 	EnablePrefixCaching  bool    `json:"enable_prefix_caching"`
 	MaxModelLen          int     `json:"max_model_len,omitempty"`
 	Seed                 uint64  `json:"seed"`
+	// ScrapeInterval is Config.ScrapeInterval in seconds: how stale the router's gauges
+	// are (0: read at every arrival).
+	ScrapeInterval float64 `json:"scrape_interval_s,omitempty"`
 }
 
 // DefaultClusterSpec is one H100 serving Llama-3.1-8B with vLLM's defaults.
@@ -105,11 +108,12 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 			e.Seed = env.Seed + uint64(i) + 1
 			return evict.Registry.Build(evictSpec, e)
 		},
-		KVBlocks:      blocks,
-		BlockSize:     c.BlockSize,
-		PrefixCaching: c.EnablePrefixCaching,
-		MaxModelLen:   maxLen,
-		Latency:       lat,
-		SLO:           slo,
+		KVBlocks:       blocks,
+		BlockSize:      c.BlockSize,
+		PrefixCaching:  c.EnablePrefixCaching,
+		MaxModelLen:    maxLen,
+		Latency:        lat,
+		SLO:            slo,
+		ScrapeInterval: c.ScrapeInterval,
 	}, nil
 }

@@ -52,6 +52,13 @@ type Config struct {
 	// a last time when the last request finishes, so the series ends with every request.
 	OnSample       func(Sample) error
 	SampleInterval float64
+	// ScrapeInterval, if positive, is how often the router reads the instances' gauges
+	// (waiting, running, KV usage), as the real router scrapes /metrics (servelab router
+	// --scrape-interval, GIE's refresh-metrics-interval; both default to 50 ms): a request
+	// is routed on the gauges as of the last multiple of ScrapeInterval at or before its
+	// arrival, so a burst is routed on one reading. Exact prefix caches (InstanceView.Cache)
+	// stay live, as KV events keep the real router's. 0 reads the gauges at every arrival.
+	ScrapeInterval float64
 }
 
 // Sample is the cluster at one instant of simulated time: gauges summed over instances
@@ -94,11 +101,14 @@ type simulation struct {
 	cfg       Config
 	instances []instance
 	views     []serving.InstanceView
-	queue     eventQueue
-	collector *metrics.Collector
-	result    Result
-	lastEnd   float64
-	capacity  int
+	// scraped holds the gauges as of lastScrape when ScrapeInterval is positive.
+	scraped    []serving.InstanceView
+	lastScrape float64
+	queue      eventQueue
+	collector  *metrics.Collector
+	result     Result
+	lastEnd    float64
+	capacity   int
 	// completed and outputTokens feed samples.
 	completed, outputTokens int64
 	err                     error
@@ -128,17 +138,21 @@ func newSimulation(cfg Config) (*simulation, error) {
 		return nil, fmt.Errorf("sim: sample interval must be positive, got %v", cfg.SampleInterval)
 	case cfg.KVBlocks <= 0:
 		return nil, fmt.Errorf("sim: KV blocks must be positive, got %d", cfg.KVBlocks)
+	case cfg.ScrapeInterval < 0 || math.IsNaN(cfg.ScrapeInterval) || math.IsInf(cfg.ScrapeInterval, 0):
+		return nil, fmt.Errorf("sim: scrape interval must be 0 or positive and finite, got %v", cfg.ScrapeInterval)
 	}
 	if cfg.BlockSize <= 0 {
 		cfg.BlockSize = 16
 	}
 	s := &simulation{
-		cfg:       cfg,
-		instances: make([]instance, cfg.Instances),
-		views:     make([]serving.InstanceView, cfg.Instances),
-		collector: metrics.NewCollector(cfg.SLO),
-		capacity:  cfg.KVBlocks * cfg.BlockSize,
-		result:    Result{Failures: metrics.Failures{}},
+		cfg:        cfg,
+		instances:  make([]instance, cfg.Instances),
+		views:      make([]serving.InstanceView, cfg.Instances),
+		scraped:    make([]serving.InstanceView, cfg.Instances),
+		lastScrape: math.Inf(-1),
+		collector:  metrics.NewCollector(cfg.SLO),
+		capacity:   cfg.KVBlocks * cfg.BlockSize,
+		result:     Result{Failures: metrics.Failures{}},
 	}
 	if cfg.MaxModelLen > 0 {
 		s.capacity = min(s.capacity, cfg.MaxModelLen)
@@ -187,8 +201,10 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 			arrival = next.Arrival
 		}
 		// A sample is a horizon like an arrival: no instance runs ahead past it, so the
-		// state it reads is exact.
+		// state it reads is exact. So is the scrape the next arrival is routed on.
 		horizon := min(arrival, nextSample)
+		scrape := s.scrapeBefore(arrival)
+		horizon = min(horizon, scrape)
 		// Step ends at the same time as an arrival go first: the request joins the queues
 		// the finished step left behind.
 		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
@@ -197,9 +213,13 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 			s.advance(e.instance, e.at, horizon)
 			continue
 		}
-		if s.cfg.OnSample != nil && nextSample <= arrival {
+		if s.cfg.OnSample != nil && nextSample <= arrival && nextSample <= scrape {
 			s.sample(nextSample)
 			nextSample += s.cfg.SampleInterval
+			continue
+		}
+		if scrape <= arrival {
+			s.scrape(scrape)
 			continue
 		}
 		s.arrive(next)
@@ -280,6 +300,10 @@ func (s *simulation) arrive(req *serving.Request) {
 	}
 	for i := range s.instances {
 		s.views[i] = s.instances[i].core.View()
+		if s.cfg.ScrapeInterval > 0 {
+			sc := &s.scraped[i]
+			s.views[i].Waiting, s.views[i].Running, s.views[i].KVUsage = sc.Waiting, sc.Running, sc.KVUsage
+		}
 	}
 	target := s.cfg.Router.Route(req, s.views)
 	if target < 0 || target >= len(s.instances) {
@@ -337,6 +361,31 @@ func (s *simulation) complete(i int, t float64) {
 		rec := serving.NewRecord(seq)
 		s.emit(&rec)
 	}
+}
+
+// scrapeBefore returns the time of the scrape an arrival at t is routed on when that
+// scrape has not been taken yet, and +Inf otherwise (or with no scraping, or no arrival).
+func (s *simulation) scrapeBefore(t float64) float64 {
+	d := s.cfg.ScrapeInterval
+	if !(d > 0) || math.IsInf(t, 1) {
+		return math.Inf(1)
+	}
+	at := math.Floor(t/d) * d
+	if at > t { // rounding
+		at -= d
+	}
+	if at <= s.lastScrape {
+		return math.Inf(1)
+	}
+	return at
+}
+
+// scrape reads every instance's gauges at t.
+func (s *simulation) scrape(t float64) {
+	for i := range s.instances {
+		s.scraped[i] = s.instances[i].core.View()
+	}
+	s.lastScrape = t
 }
 
 // sample reports the cluster's state at t.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -137,10 +138,21 @@ func TestOneRequestTiming(t *testing.T) {
 // that queues every step.
 func TestRunningAheadMatchesPlainSchedule(t *testing.T) {
 	rows := randomRows(600, 5)
-	for _, router := range []string{"round-robin", "least-request", "prefix-affinity", "weighted"} {
+	// A scrape interval adds horizons (the scrape each arrival is routed on) that running
+	// ahead must respect too.
+	for _, router := range []string{"round-robin", "least-request", "prefix-affinity", "weighted", "weighted@50ms"} {
 		t.Run(router, func(t *testing.T) {
-			fast, fastRecs := runCollect(t, testConfig(t, 3, router, "vllm:max_num_batched_tokens=512", 150), rows, false)
-			plain, plainRecs := runCollect(t, testConfig(t, 3, router, "vllm:max_num_batched_tokens=512", 150), rows, true)
+			spec, scrape := router, 0.0
+			if s, ok := strings.CutSuffix(router, "@50ms"); ok {
+				spec, scrape = s, 0.05
+			}
+			config := func() Config {
+				cfg := testConfig(t, 3, spec, "vllm:max_num_batched_tokens=512", 150)
+				cfg.ScrapeInterval = scrape
+				return cfg
+			}
+			fast, fastRecs := runCollect(t, config(), rows, false)
+			plain, plainRecs := runCollect(t, config(), rows, true)
 			byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
 			slices.SortFunc(fastRecs, byID)
 			slices.SortFunc(plainRecs, byID)

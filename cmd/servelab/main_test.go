@@ -86,6 +86,7 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--goodput", "ttft:-3"}, "ttft"},
 		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "NaN"}, "--rate-scale"},
 		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "+Inf"}, "--rate-scale"},
+		{[]string{"sim", "--trace", azureSlice, "--scrape-interval", "-5ms"}, "scrape-interval"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

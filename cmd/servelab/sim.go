@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -57,6 +58,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.cluster.EnablePrefixCaching, "enable-prefix-caching", f.cluster.EnablePrefixCaching, "reuse cached KV blocks of shared prefixes")
 	fl.IntVar(&f.cluster.MaxModelLen, "max-model-len", 0, "longest prompt plus output served (0: the model's max_position_embeddings)")
 	fl.Uint64Var(&f.cluster.Seed, "seed", 0, "seed of every policy's random source")
+	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's 50ms); 0 reads them at every arrival")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
 }
 
@@ -88,6 +90,30 @@ func (f *simFlags) openTrace() (traces.Reader, io.Closer, error) {
 	}
 	return r, c, nil
 }
+
+// secondsFlag is a duration flag ("50ms") stored as seconds, the simulator's unit.
+type secondsFlag struct{ p *float64 }
+
+func (s secondsFlag) String() string {
+	if s.p == nil {
+		return "0s"
+	}
+	return time.Duration(*s.p * float64(time.Second)).String()
+}
+
+func (s secondsFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return err
+	}
+	if d < 0 {
+		return fmt.Errorf("must not be negative, got %v", d)
+	}
+	*s.p = d.Seconds()
+	return nil
+}
+
+func (secondsFlag) Type() string { return "duration" }
 
 // simulate runs the flags' trace on cluster.
 func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Record) error) (sim.Result, error) {

@@ -58,8 +58,11 @@ func leastBy[K cmp.Ordered](views []serving.InstanceView, rng *rand.Rand, key fu
 }
 
 // maxScore returns the position of the highest score, choosing uniformly with rng among
-// equal maxima: GIE's max-score-picker, which shuffles the candidates before a stable sort
-// by score, for one endpoint.
+// equal maxima: GIE's max-score-picker (pkg/epp/scheduling/framework/plugins/picker/
+// max_score_picker.go @02308be307b2) shuffles the candidates, then sorts them stably by
+// score and keeps the first, which is a uniform draw among exactly equal totals and never
+// a near-tie. GIE shuffles with a time-seeded source (picker/common.go @21e928369cc3); ours
+// is the policy's seeded one, so runs repeat.
 func maxScore(scores []float64, rng *rand.Rand) int {
 	if len(scores) == 0 {
 		return -1

@@ -29,6 +29,20 @@ var scorerTypes = []string{
 // DefaultLoadAwareThreshold is llm-d's load-aware-scorer default queue threshold.
 const DefaultLoadAwareThreshold = 128
 
+// The scorers below follow GIE's code, which llm-d's EPP runs (kubernetes-sigs/
+// gateway-api-inference-extension, pkg/epp/scheduling/framework/plugins/...):
+//   - prefixcachescorer/plugin.go @a172f54a01a5: matched leading blocks / the prompt's
+//     blocks, with the model name folded into the first block's hash (no extra block);
+//   - scorer/queue.go @02308be307b2: min-max over the candidates' waiting queues, 1.0 for
+//     every candidate when all queues are equal;
+//   - scorer/kvcache_utilization.go @02308be307b2: 1 - KV-cache usage.
+//
+// When every prompt shares its first block and nothing waits (vLLM admits requests straight
+// into its running batch while blocks last), the queue scores tie at 1, equal KV usage ties
+// too, and the endpoints that were already sent a request lead by 3/T (T the prompt's
+// blocks): llm-d keeps sending everything to them and an endpoint that has had nothing gets
+// nothing. servelab keeps that behaviour (TestWeightedSharedFirstBlock).
+
 // scorer is one of llm-d's scorers: a score in [0, 1] per endpoint, higher is better.
 type scorer interface {
 	// score writes each view's score into out, which has one element per view.

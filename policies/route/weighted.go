@@ -31,7 +31,8 @@ type weightedScorer struct {
 
 // Weighted is llm-d's (GIE's) scheduling profile without filters: every scorer gives each
 // endpoint a score in [0, 1] (clamped, as GIE enforces), the endpoint's total is the sum
-// of weight x score, and the picker chooses from the totals. After the pick, scorers that
+// of weight x score, and the picker chooses from the totals (GIE's runScorerPlugins and
+// enforceScoreRange, pkg/epp/scheduling/framework/scheduler_profile.go @0901896a9583). After the pick, scorers that
 // track routing (the prefix-cache-scorer) record the request against the chosen endpoint.
 type Weighted struct {
 	scorers []weightedScorer

@@ -1,11 +1,13 @@
 package route
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"servelab/policies"
 	"servelab/serving"
 )
 
@@ -158,5 +160,53 @@ func TestWeightedDoesNotAllocate(t *testing.T) {
 	k := 0
 	if a := testing.AllocsPerRun(200, func() { p.Route(reqs[k%len(reqs)], views); k++ }); a != 0 {
 		t.Errorf("%v allocations per Route, want 0", a)
+	}
+}
+
+// TestWeightedSharedFirstBlock pins llm-d's behaviour when every prompt shares its first
+// block (the Mooncake traces): once an endpoint has been sent a request, its
+// prefix-cache-scorer score is at least 1/T for every later prompt of T blocks, while the
+// queue-scorer (all waiting queues equal: 1.0 each) and the kv-cache-utilization-scorer
+// (equal usage) tie. The max-score-picker only draws among exact ties, so every request
+// after the first goes to the first endpoint, and the others get nothing, until a waiting
+// queue or a KV-usage gap outweighs 3/T. GIE's code does the same (see scorers.go).
+func TestWeightedSharedFirstBlock(t *testing.T) {
+	firsts := make([]int, 3)
+	for seed := range uint64(60) {
+		p := mustParse(t, "weighted:prefix=3,queue=2,kv=2", policies.Env{Seed: seed, BlockSize: 16})
+		idle := loadViews(0, 0, 0)
+		counts := make([]int, 3)
+		for id := range uint64(300) {
+			n := 2 + int(id%13) // 2..14 blocks, the first one shared by all
+			counts[p.Route(request(prompt(0, id, 1, n)), idle)]++
+		}
+		first := slices.IndexFunc(counts, func(c int) bool { return c > 0 })
+		want := make([]int, 3)
+		want[first] = 300
+		if diff := cmp.Diff(want, counts); diff != "" {
+			t.Fatalf("seed %d: requests per endpoint with tied queues and KV (-want +got):\n%s", seed, diff)
+		}
+		firsts[first]++
+	}
+	// The first request meets three exact ties: the seeded draw spreads it.
+	for i, c := range firsts {
+		if c < 10 {
+			t.Errorf("endpoint %d took the first request under %d of 60 seeds, want about 20 (firsts %v)", i, c, firsts)
+		}
+	}
+
+	// What ends the streak: a waiting request at the holder costs it the queue-scorer's 2,
+	// more than a match of 1 of T blocks earns (3/T < 2 for T > 1.5); a prompt the holder
+	// has entirely (3 x 1) still goes to it.
+	p := mustParse(t, "weighted:prefix=3,queue=2,kv=2", testEnv)
+	idle := loadViews(0, 0, 0)
+	holder := p.Route(request(prompt(0, 1, 1, 4)), idle)
+	queued := loadViews(0, 0, 0)
+	queued[holder].Waiting = 1
+	if got := p.Route(request(prompt(0, 2, 1, 4)), queued); got == holder {
+		t.Errorf("a 1-of-4-block match went to endpoint %d despite its waiting request", got)
+	}
+	if got := p.Route(request(prompt(0, 1, 1, 4)), queued); got != holder {
+		t.Errorf("a fully cached prompt went to endpoint %d, want its holder %d", got, holder)
 	}
 }
