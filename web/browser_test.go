@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"servelab/experiments"
-	"servelab/internal/webdriver"
+	"servelab/internal/webdriver/wdtest"
 )
 
 // chartStats is what the page's ECharts instances hold: per chart, the series names and
@@ -58,10 +58,6 @@ return out;`
 // experiment draws charts from the run's samples and keeps adding points as the run goes on;
 // the compare page overlays two runs.
 func TestBrowser(t *testing.T) {
-	driverPath, browser, err := webdriver.Find()
-	if err != nil {
-		t.Skipf("browser test skipped: %v; .ci/run installs them", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	d := newTestDash(t, nil)
@@ -76,19 +72,7 @@ func TestBrowser(t *testing.T) {
 		"workload: {trace: %s, rate_scale: 4}\ncluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n%s", azureSlice, matrix))
 	small := writeFile(t, filepath.Join(d.specs, "small.yaml"), specYAML("browser-small", 400, "round-robin, prefix-affinity", ""))
 
-	wd, err := webdriver.Start(ctx, driverPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wd.Close()
-	s, err := wd.NewSession(ctx, webdriver.Options{Binary: browser, Args: webdriver.HeadlessArgs(t.TempDir())})
-	if err != nil {
-		t.Fatalf("%v\nchromedriver log:\n%s", err, wd.Log())
-	}
-	defer s.Quit(ctx)
-	if err := s.SetWindowSize(ctx, 1400, 1300); err != nil {
-		t.Fatal(err)
-	}
+	s := wdtest.Session(ctx, t, 1400, 1300)
 	shots := t.TempDir()
 	screenshot := func(name string) {
 		t.Helper()
@@ -153,6 +137,7 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var at string
+	var err error
 	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(at, "/runs/"); time.Sleep(20 * time.Millisecond) {
 		if at, err = s.CurrentURL(ctx); err != nil {
 			t.Fatal(err)

@@ -113,14 +113,20 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	for i, p := range points {
 		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
 	}
+	return fitProfile(f.model, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
+}
+
+// fitProfile fits the linear step-time model to samples measured on machine and records
+// the KV cache of the backend they were measured with.
+func fitProfile(model, machine string, b *backend.Backend, samples []latency.Sample) (*latency.Profile, error) {
 	coef, r2, err := latency.FitLinear(samples)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fitting %d steps: %w", len(samples), err)
 	}
 	_, mre := latency.Evaluate(coef, samples)
 	return &latency.Profile{
-		Model:             f.model,
-		Machine:           fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()),
+		Model:             model,
+		Machine:           machine,
 		BlockSize:         b.BlockSize,
 		NumGPUBlocks:      b.NumBlocks,
 		MaxModelLen:       b.MaxModelLen,
@@ -152,22 +158,11 @@ func profileFromSteps(f engineFlags, files []string) (*latency.Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	coef, r2, err := latency.FitLinear(samples)
+	p, err := fitProfile(f.model, "the machine of the step logs "+strings.Join(files, ", ")+" (servelab engine --step-log)", b, samples)
 	if err != nil {
-		return nil, fmt.Errorf("--from-steps: fitting %d steps: %w", len(samples), err)
+		return nil, fmt.Errorf("--from-steps: %w", err)
 	}
-	_, mre := latency.Evaluate(coef, samples)
-	return &latency.Profile{
-		Model:             f.model,
-		Machine:           "the machine of the step logs " + strings.Join(files, ", ") + " (servelab engine --step-log)",
-		BlockSize:         b.BlockSize,
-		NumGPUBlocks:      b.NumBlocks,
-		MaxModelLen:       b.MaxModelLen,
-		Coefficients:      coef,
-		Samples:           len(samples),
-		R2:                r2,
-		MeanRelativeError: mre,
-	}, nil
+	return p, nil
 }
 
 // isTerminal reports whether w is a terminal, where progress lines belong.

@@ -1,7 +1,6 @@
 package modelfile
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"encoding/binary"
@@ -14,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"servelab/internal/atomicfile"
 )
 
 // Llama2CTokenizer is a llama2.c tokenizer.bin (karpathy/llama2.c's tokenizer.py export,
@@ -242,31 +243,8 @@ func ConvertLlama2CTokenizer(path, dir string, vocab int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "tokenizer.json"), tok); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "tokenizer.json"), tok, 0o644); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, "tokenizer_config.json"), cfg)
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	_, err = w.Write(data)
-	if err == nil {
-		err = w.Flush()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(dir, "tokenizer_config.json"), cfg, 0o644)
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"servelab/experiments"
-	"servelab/internal/webdriver"
+	"servelab/internal/webdriver/wdtest"
 )
 
 // wideExperiment has the long policy names and wide numbers that made the ranked tables
@@ -49,25 +49,9 @@ return out;`
 // TestReportInChromium opens reports in headless Chromium at 1400 x 1000 pixels: no table
 // is wider than the page, and every chart is drawn.
 func TestReportInChromium(t *testing.T) {
-	driverPath, browser, err := webdriver.Find()
-	if err != nil {
-		t.Skipf("browser test skipped: %v; .ci/run installs them", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	wd, err := webdriver.Start(ctx, driverPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wd.Close()
-	s, err := wd.NewSession(ctx, webdriver.Options{Binary: browser, Args: webdriver.HeadlessArgs(t.TempDir())})
-	if err != nil {
-		t.Fatalf("%v\nchromedriver log:\n%s", err, wd.Log())
-	}
-	defer s.Quit(ctx)
-	if err := s.SetWindowSize(ctx, 1400, 1000); err != nil {
-		t.Fatal(err)
-	}
+	s := wdtest.Session(ctx, t, 1400, 1000)
 	dir := t.TempDir()
 	for _, tt := range []struct {
 		name string
