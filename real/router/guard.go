@@ -16,6 +16,11 @@ import (
 func (r *Router) guard(h http.Handler) http.Handler {
 	want := []byte("Bearer " + r.cfg.APIKey)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		// First, so that the body of a request refused below cannot trickle either: net/http
+		// reads what is left of it after the handler.
+		if r.cfg.BodyTimeout > 0 {
+			limitBody(w, req, r.cfg.BodyTimeout)
+		}
 		if r.inflight != nil && req.URL.Path != "/health" && req.URL.Path != "/metrics" {
 			select {
 			case r.inflight <- struct{}{}:
@@ -34,9 +39,6 @@ func (r *Router) guard(h http.Handler) http.Handler {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeError(w, http.StatusUnauthorized, "AuthenticationError", "Unauthorized: a valid API key is required (Authorization: Bearer <key>)")
 			return
-		}
-		if r.cfg.BodyTimeout > 0 {
-			limitBody(w, req, r.cfg.BodyTimeout)
 		}
 		h.ServeHTTP(w, req)
 	})

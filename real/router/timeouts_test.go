@@ -26,46 +26,60 @@ func serveLikeTheCLI(t *testing.T, h http.Handler, idle time.Duration) string {
 }
 
 // TestTricklingBodyIsCutOff sends a body one byte at a time, slower than the body timeout
-// allows: the router answers 408 and closes the connection.
+// allows: the router answers (408, or 401 at once without its key) and closes the
+// connection within the timeout.
 func TestTricklingBodyIsCutOff(t *testing.T) {
 	up := newStub(t, "a")
 	close(up.release)
-	r, _ := startRouter(t, Config{BodyTimeout: 300 * time.Millisecond}, up.URL)
-	url := serveLikeTheCLI(t, r.Handler(), time.Minute)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
+	for _, tc := range []struct {
+		name   string
+		key    string
+		status int
+		typ    string
+	}{
+		{"read by the proxy", "", http.StatusRequestTimeout, "RequestTimeoutError"},
+		{"refused unread", "router-key", http.StatusUnauthorized, "AuthenticationError"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := startRouter(t, Config{BodyTimeout: 300 * time.Millisecond, APIKey: tc.key}, up.URL)
+			url := serveLikeTheCLI(t, r.Handler(), time.Minute)
+			conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if _, err := conn.Write([]byte(" ")); err != nil {
-				return
+			defer conn.Close()
+			fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					if _, err := conn.Write([]byte(" ")); err != nil {
+						return
+					}
+				}
+			}()
+			start := time.Now()
+			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no response to a trickled body after %v: %v", time.Since(start), err)
 			}
-		}
-	}()
-	start := time.Now()
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatalf("no response to a trickled body after %v: %v", time.Since(start), err)
-	}
-	if resp.StatusCode != http.StatusRequestTimeout {
-		t.Errorf("status %d, want 408", resp.StatusCode)
-	}
-	if typ := decodeError(t, resp); typ != "RequestTimeoutError" {
-		t.Errorf("error.type %q", typ)
-	}
-	if _, err := io.ReadAll(conn); err != nil {
-		t.Errorf("the connection was not closed: %v", err)
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if typ := decodeError(t, resp); typ != tc.typ {
+				t.Errorf("error.type %q, want %q", typ, tc.typ)
+			}
+			if _, err := io.ReadAll(br); err != nil {
+				t.Errorf("the connection was not closed after %v: %v", time.Since(start), err)
+			}
+		})
 	}
 }
 
