@@ -30,6 +30,13 @@ type routerFlags struct {
 	model     string
 	kvEvents  bool
 	seed      uint64
+
+	apiKey, engineAPIKey string
+	bodyTimeout          time.Duration
+	idleTimeout          time.Duration
+	maxInFlight          int
+	// logf receives the router's endpoint log lines; nil: stderr.
+	logf func(format string, args ...any)
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
@@ -49,6 +56,8 @@ func (f *routerFlags) config() (router.Config, error) {
 	cfg := router.Config{
 		Endpoints: f.endpoints, Policy: policy, ScrapeInterval: f.scrape,
 		BlockSize: f.blockSize, KVEvents: f.kvEvents,
+		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
+		MaxInFlight: f.maxInFlight, Logf: f.logf,
 	}
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
@@ -73,10 +82,40 @@ same objects 'servelab sim' uses. Views come from each endpoint's /metrics (vLLM
 vLLM and llm-d-inference-sim servers work too) and, with --kv-events, from servelab engines'
 /v1/kv_events for an exact prefix index. Give --model (the engines' model directory) so prompts are
 hashed into the engines' token blocks. Failed endpoints are retried elsewhere and skipped until a
-scrape answers again. Its own metrics: servelab_router_decisions_total{endpoint},
-servelab_router_scoring_seconds, servelab_router_retries_total.`,
+scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
+cause) why its /metrics or KV events are unavailable. Its own metrics:
+servelab_router_decisions_total{endpoint}, servelab_router_scoring_seconds,
+servelab_router_retries_total, servelab_router_shed_total.
+
+Keys: --engine-api-key (or $SERVELAB_ENGINE_API_KEY, kept out of ps) is the engines' --api-key; the
+router presents it on everything it sends them (proxied requests, replacing the client's
+Authorization header; /metrics scrapes; /v1/kv_events). Without it the client's Authorization
+header is forwarded unchanged, as llm-d and the Gateway API Inference Extension do. --api-key (or
+$SERVELAB_ROUTER_API_KEY) makes the router itself want "Authorization: Bearer KEY" on /v1/*, as
+vLLM's --api-key; /health and /metrics stay open.
+
+Slow and many clients: a request's body must arrive within --body-timeout (else 408), idle
+keep-alive connections close after --idle-timeout, and over --max-inflight requests at once are
+refused with 429 and Retry-After (/health and /metrics aside). Responses are not time-limited, so
+streams of any length pass. Errors the router answers itself have OpenAI's JSON shape.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.apiKey == "" {
+				f.apiKey = os.Getenv("SERVELAB_ROUTER_API_KEY")
+			}
+			if f.engineAPIKey == "" {
+				f.engineAPIKey = os.Getenv("SERVELAB_ENGINE_API_KEY")
+			}
+			if f.maxInFlight < 0 {
+				return fmt.Errorf("--max-inflight %d: want 0 (no cap) or more", f.maxInFlight)
+			}
+			if f.bodyTimeout <= 0 || f.idleTimeout <= 0 {
+				return fmt.Errorf("--body-timeout %v, --idle-timeout %v: want durations above 0", f.bodyTimeout, f.idleTimeout)
+			}
+			errw := cmd.ErrOrStderr()
+			f.logf = func(format string, args ...any) {
+				fmt.Fprintf(errw, "servelab router: %s %s\n", time.Now().Format(time.DateTime), fmt.Sprintf(format, args...))
+			}
 			r, err := f.build()
 			if err != nil {
 				return err
@@ -87,7 +126,7 @@ servelab_router_scoring_seconds, servelab_router_retries_total.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "servelab router: %d endpoints, policy %s, listening on http://%s\n", len(f.endpoints), f.spec, ln.Addr())
-			srv := &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			srv := router.NewServer(r.Handler(), f.idleTimeout)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			errc := make(chan error, 1)
@@ -114,5 +153,10 @@ servelab_router_scoring_seconds, servelab_router_retries_total.`,
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of randomised policies")
+	fl.StringVar(&f.engineAPIKey, "engine-api-key", "", "the engines' API key, sent as a Bearer token on every request to them (default $SERVELAB_ENGINE_API_KEY)")
+	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on the router's /v1 endpoints (default $SERVELAB_ROUTER_API_KEY)")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", router.DefaultBodyTimeout, "time a request's body may take to arrive (then 408)")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", router.DefaultIdleTimeout, "idle keep-alive connections close after this")
+	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
 	return cmd
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -16,7 +18,77 @@ func TestRouterOverRealEngines(t *testing.T) {
 	dir := synthTiny(t)
 	a, b := startEngine(t, dir), startEngine(t, dir)
 	f := routerFlags{endpoints: []string{a, b}, spec: "weighted:precise-prefix=10,queue=1,kv=1,prefix=0",
-		scrape: 10 * time.Millisecond, blockSize: 16, model: dir, kvEvents: true}
+		scrape: 10 * time.Millisecond, blockSize: 16, model: dir, kvEvents: true, logf: t.Logf}
+	routeRepeats(t, f, "")
+}
+
+// TestRouterOverKeyedEngines is the test above with engines that want an API key: with
+// --engine-api-key the KV events arrive and precise prefix routing works; without it the
+// router says why, once per endpoint.
+func TestRouterOverKeyedEngines(t *testing.T) {
+	dir := synthTiny(t)
+	a, b := startKeyedEngine(t, dir, "sesame"), startKeyedEngine(t, dir, "sesame")
+	f := routerFlags{endpoints: []string{a, b}, spec: "weighted:precise-prefix=10,queue=1,kv=1,prefix=0",
+		scrape: 10 * time.Millisecond, blockSize: 16, model: dir, kvEvents: true, logf: t.Logf,
+		engineAPIKey: "sesame", apiKey: "router-key"}
+	routeRepeats(t, f, "router-key")
+
+	var mu sync.Mutex
+	var logs []string
+	f.engineAPIKey, f.apiKey = "", ""
+	f.logf = func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs = append(logs, fmt.Sprintf(format, args...))
+	}
+	r, err := f.build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := 0
+		for _, l := range logs {
+			if strings.Contains(l, "KV events unavailable") && strings.Contains(l, "401") && strings.Contains(l, "--engine-api-key") {
+				n++
+			}
+		}
+		all := strings.Join(logs, "\n")
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if n > 2 || time.Now().After(deadline) {
+			t.Fatalf("%d lines on the engines' refused KV events, want one per engine:\n%s", n, all)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func startKeyedEngine(t *testing.T, dir, key string) string {
+	t.Helper()
+	f := engineFlags{model: dir, host: "127.0.0.1", port: 0, blockSize: 16, prefixCaching: true,
+		numBlocksOverride: 256, batchSpec: "vllm", evictSpec: "lru", apiKey: key}
+	r, err := f.start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go r.server.Serve(r.listener)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r.server.Shutdown(ctx)
+	})
+	return "http://" + r.listener.Addr().String()
+}
+
+// routeRepeats sends one long prompt six times through a router built from f (presenting
+// key, if any) and checks that every request landed on one engine, where it is cached.
+func routeRepeats(t *testing.T, f routerFlags, key string) {
+	t.Helper()
+	a, b := f.endpoints[0], f.endpoints[1]
 	r, err := f.build()
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +111,12 @@ func TestRouterOverRealEngines(t *testing.T) {
 	prompt := strings.Repeat("The engine answers one token at a time and keeps its cache. ", 6)
 	body := `{"prompt":"` + prompt + `","max_tokens":2,"temperature":0}`
 	for i := range 6 {
-		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
+		req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

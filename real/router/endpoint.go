@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"servelab/serving"
@@ -19,9 +22,13 @@ import (
 type endpoint struct {
 	index int
 	url   string
+	logf  func(format string, args ...any)
 
 	mu               sync.Mutex
 	up               bool
+	everUp           bool
+	downCause        string // why the endpoint is down, as last logged
+	eventsCause      string // why its KV events are unavailable, as last logged
 	waiting, running int
 	kvUsage          float64
 	// cached is the prefix index fed by KV events; nil until a snapshot arrived.
@@ -34,10 +41,79 @@ func (e *endpoint) healthy() bool {
 	return e.up
 }
 
-func (e *endpoint) markDown() {
+// markDown takes the endpoint out of routing; it logs the transition, or a new cause while
+// down, once.
+func (e *endpoint) markDown(cause string) {
 	e.mu.Lock()
-	e.up = false
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	switch {
+	case e.up:
+		e.logf("endpoint %s is down: %s; routing around it", e.url, cause)
+	case cause != e.downCause && e.everUp:
+		e.logf("endpoint %s is still down: %s", e.url, cause)
+	case cause != e.downCause:
+		e.logf("endpoint %s is not available: %s", e.url, cause)
+	}
+	e.up, e.downCause = false, cause
+}
+
+// markUp puts the endpoint (back) into routing, logging the transition.
+func (e *endpoint) markUp() {
+	if e.up {
+		return
+	}
+	if e.everUp {
+		e.logf("endpoint %s is back up", e.url)
+	} else if e.downCause != "" {
+		e.logf("endpoint %s is up", e.url)
+	}
+	e.up, e.everUp, e.downCause = true, true, ""
+}
+
+// eventsUnavailable logs, once per cause, why the endpoint's KV events cannot be followed.
+func (e *endpoint) eventsUnavailable(cause string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if cause != e.eventsCause {
+		e.logf("endpoint %s: KV events unavailable (%s); its prefix index is empty until they are", e.url, cause)
+		e.eventsCause = cause
+	}
+}
+
+func (e *endpoint) eventsSubscribed() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.eventsCause != "" {
+		e.logf("endpoint %s: KV events subscribed", e.url)
+		e.eventsCause = ""
+	}
+}
+
+// cause is err in a few words that do not change between attempts, for logging once.
+func cause(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timed out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed"
+	}
+	return err.Error()
+}
+
+// statusCause explains an HTTP status from path.
+func statusCause(path string, resp *http.Response) string {
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return fmt.Sprintf("%s: %s: the endpoint wants an API key; give the router its key with --engine-api-key or SERVELAB_ENGINE_API_KEY", path, resp.Status)
+	case http.StatusNotFound:
+		return fmt.Sprintf("%s: %s: the endpoint does not serve it", path, resp.Status)
+	}
+	return fmt.Sprintf("%s: %s", path, resp.Status)
 }
 
 // view is the routing policy's picture of the endpoint.
@@ -114,20 +190,21 @@ func (r *Router) scrapeOnce(ctx context.Context, e *endpoint) error {
 	if err != nil {
 		return err
 	}
+	r.authorize(req, nil)
 	resp, err := r.cfg.Client.Do(req)
 	if err != nil {
-		return err
+		return errors.New("/metrics: " + cause(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s/metrics: %s", e.url, resp.Status)
+		return errors.New(statusCause("/metrics", resp))
 	}
 	var fresh endpoint
 	if err := parseMetrics(resp.Body, func(name string, v float64) { scraped[name](&fresh, v) }); err != nil {
-		return err
+		return fmt.Errorf("/metrics: %w", err)
 	}
 	e.mu.Lock()
-	e.up = true
+	e.markUp()
 	e.waiting, e.running, e.kvUsage = fresh.waiting, fresh.running, fresh.kvUsage
 	e.mu.Unlock()
 	return nil
@@ -137,8 +214,8 @@ func (r *Router) scrapeLoop(ctx context.Context, e *endpoint) {
 	t := time.NewTicker(r.cfg.ScrapeInterval)
 	defer t.Stop()
 	for {
-		if err := r.scrapeOnce(ctx, e); err != nil {
-			e.markDown()
+		if err := r.scrapeOnce(ctx, e); err != nil && ctx.Err() == nil {
+			e.markDown(err.Error())
 		}
 		select {
 		case <-ctx.Done():
@@ -168,14 +245,20 @@ func (r *Router) followEvents(ctx context.Context, e *endpoint) {
 	if err != nil {
 		return
 	}
+	r.authorize(req, nil)
 	resp, err := r.cfg.Client.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			e.eventsUnavailable("/v1/kv_events: " + cause(err))
+		}
 		return
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		e.eventsUnavailable(statusCause("/v1/kv_events", resp))
 		return
 	}
+	e.eventsSubscribed()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	var last uint64

@@ -13,7 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,14 +47,40 @@ type Config struct {
 	// Registry receives the router's metrics; nil makes one. Served at /metrics.
 	Registry *prometheus.Registry
 	Client   *http.Client
+
+	// APIKey, if set, is required as a Bearer token on /v1/* (as vLLM's --api-key);
+	// /health and /metrics stay open.
+	APIKey string
+	// EngineAPIKey, if set, is presented as a Bearer token on everything the router sends
+	// the endpoints: proxied requests (replacing the client's Authorization header),
+	// /metrics scrapes, /v1/models lookups and /v1/kv_events subscriptions. Without it the
+	// client's Authorization header is forwarded unchanged, as llm-d and the Gateway API
+	// Inference Extension do.
+	EngineAPIKey string
+	// BodyTimeout bounds the time to read a request's body, from the start of the handler;
+	// a client that trickles its body is answered 408 and disconnected. 0 means
+	// DefaultBodyTimeout; negative, none. Responses (long SSE streams) are not bounded.
+	BodyTimeout time.Duration
+	// MaxInFlight caps the requests being served at once, /health and /metrics aside; over
+	// it requests are shed with 429 and Retry-After. 0 means no cap.
+	MaxInFlight int
+	// Logf receives endpoint transitions (down, back up) and why an endpoint's metrics or
+	// KV events are unavailable, each once per cause; nil logs to stderr.
+	Logf func(format string, args ...any)
 }
+
+// DefaultBodyTimeout is Config.BodyTimeout's default: generous for a 32 MiB body on a slow
+// link, short enough that a trickling client does not hold a connection for long.
+const DefaultBodyTimeout = 60 * time.Second
 
 // Router proxies OpenAI requests to the endpoint its policy picks.
 type Router struct {
 	cfg       Config
 	endpoints []*endpoint
 	mux       *http.ServeMux
+	handler   http.Handler
 	nextID    atomic.Uint64
+	inflight  chan struct{} // a semaphore of Config.MaxInFlight slots; nil without a cap
 
 	mu    sync.Mutex // serialises the policy, which is not safe for concurrent use
 	views []serving.InstanceView
@@ -59,6 +88,7 @@ type Router struct {
 	decisions *prometheus.CounterVec
 	scoring   prometheus.Histogram
 	retries   prometheus.Counter
+	shed      prometheus.Counter
 
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
@@ -82,13 +112,26 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.MaxInFlight < 0 {
+		return nil, fmt.Errorf("router: MaxInFlight %d: want 0 (no cap) or more", cfg.MaxInFlight)
+	}
+	if cfg.Logf == nil {
+		l := log.New(os.Stderr, "servelab router: ", log.LstdFlags)
+		cfg.Logf = l.Printf
+	}
 	r := &Router{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.MaxInFlight > 0 {
+		r.inflight = make(chan struct{}, cfg.MaxInFlight)
+	}
 	for i, u := range cfg.Endpoints {
 		u = strings.TrimRight(u, "/")
 		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 			return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL", u)
 		}
-		r.endpoints = append(r.endpoints, &endpoint{index: i, url: u})
+		r.endpoints = append(r.endpoints, &endpoint{index: i, url: u, logf: cfg.Logf})
 	}
 	r.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "servelab_router_decisions_total", Help: "Requests routed, by endpoint.",
@@ -111,15 +154,23 @@ func New(cfg Config) (*Router, error) {
 		}
 		return float64(n)
 	})
-	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, healthy)
+	r.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "servelab_router_shed_total", Help: "Requests refused with 429 because MaxInFlight requests were being served.",
+	})
+	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, healthy)
 	for _, e := range r.endpoints {
 		r.decisions.WithLabelValues(e.url)
 	}
 	r.mux.HandleFunc("/v1/completions", r.proxy)
 	r.mux.HandleFunc("/v1/chat/completions", r.proxy)
 	r.mux.HandleFunc("/v1/models", r.models)
+	r.mux.HandleFunc("/v1/models/{id...}", r.model)
 	r.mux.HandleFunc("/health", r.health)
 	r.mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	r.mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		writeError(w, http.StatusNotFound, "NotFoundError", "no such endpoint: "+req.URL.Path)
+	})
+	r.handler = r.guard(r.mux)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stop = cancel
@@ -135,7 +186,7 @@ func New(cfg Config) (*Router, error) {
 }
 
 // Handler is the router's HTTP handler.
-func (r *Router) Handler() http.Handler { return r.mux }
+func (r *Router) Handler() http.Handler { return r.handler }
 
 // Close stops scraping and event subscriptions.
 func (r *Router) Close() {
@@ -171,10 +222,14 @@ func (r *Router) health(w http.ResponseWriter, _ *http.Request) {
 			return
 		}
 	}
-	writeError(w, http.StatusServiceUnavailable, "no healthy endpoint")
+	writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint")
 }
 
+// models answers GET /v1/models from the first healthy endpoint that answers it.
 func (r *Router) models(w http.ResponseWriter, req *http.Request) {
+	if !allow(w, req, http.MethodGet) {
+		return
+	}
 	for _, e := range r.endpoints {
 		if !e.healthy() {
 			continue
@@ -187,14 +242,95 @@ func (r *Router) models(w http.ResponseWriter, req *http.Request) {
 		copyResponse(w, resp)
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, "no healthy endpoint")
+	writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint")
 }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
+// model answers GET /v1/models/{id} with the model card of that id from the healthy
+// endpoints' /v1/models lists (vLLM serves no /v1/models/{id}; OpenAI's API has it).
+func (r *Router) model(w http.ResponseWriter, req *http.Request) {
+	if !allow(w, req, http.MethodGet) {
+		return
+	}
+	id := req.PathValue("id")
+	asked := 0
+	for _, e := range r.endpoints {
+		if !e.healthy() {
+			continue
+		}
+		list, err := r.listModels(req.Context(), e, req.Header)
+		if err != nil {
+			continue
+		}
+		asked++
+		for _, card := range list {
+			var c struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal(card, &c) == nil && c.ID == id {
+				w.Header().Set("Content-Type", "application/json")
+				w.Write(append(card, '\n'))
+				return
+			}
+		}
+	}
+	if asked == 0 {
+		writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint")
+		return
+	}
+	writeErrorParam(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", id), "model")
+}
+
+// listModels reads an endpoint's /v1/models cards.
+func (r *Router) listModels(ctx context.Context, e *endpoint, h http.Header) ([]json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/v1/models", nil)
+	if err != nil {
+		return nil, err
+	}
+	r.authorize(out, h)
+	resp, err := r.cfg.Client.Do(out)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s/v1/models: %s", e.url, resp.Status)
+	}
+	var list struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list); err != nil {
+		return nil, fmt.Errorf("%s/v1/models: %w", e.url, err)
+	}
+	return list.Data, nil
+}
+
+// allow answers 405 unless req uses method.
+func allow(w http.ResponseWriter, req *http.Request, method string) bool {
+	if req.Method == method {
+		return true
+	}
+	w.Header().Set("Allow", method)
+	writeError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", fmt.Sprintf("method %s is not allowed on %s; use %s", req.Method, req.URL.Path, method))
+	return false
+}
+
+// writeError answers with OpenAI's error body, {"error": {"message", "type", "param",
+// "code"}}, with vLLM's type names and the HTTP status as code, as servelab's engine does.
+func writeError(w http.ResponseWriter, status int, typ, msg string) {
+	writeErrorParam(w, status, typ, msg, "")
+}
+
+func writeErrorParam(w http.ResponseWriter, status int, typ, msg, param string) {
+	var p any
+	if param != "" {
+		p = param
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"message": msg, "type": http.StatusText(status), "param": nil, "code": status,
+		"message": msg, "type": typ, "param": p, "code": status,
 	}})
 }
 
@@ -277,13 +413,25 @@ func (r *Router) pick(req *serving.Request, exclude map[*endpoint]bool) *endpoin
 }
 
 func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
-	if req.Method != http.MethodPost {
-		writeError(w, http.StatusMethodNotAllowed, "use POST")
+	if !allow(w, req, http.MethodPost) {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, 32<<20))
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxBody))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
+		var tooLarge *http.MaxBytesError
+		var ne net.Error
+		switch {
+		case errors.As(err, &tooLarge):
+			writeError(w, http.StatusRequestEntityTooLarge, "RequestTooLargeError", fmt.Sprintf("the request body is over %d bytes", tooLarge.Limit))
+		case errors.As(err, &ne) && ne.Timeout():
+			writeError(w, http.StatusRequestTimeout, "RequestTimeoutError", fmt.Sprintf("the request body did not arrive within %v", r.cfg.BodyTimeout))
+		default:
+			writeError(w, http.StatusBadRequest, "BadRequestError", "reading the body: "+err.Error())
+		}
+		return
+	}
+	if !json.Valid(body) {
+		writeError(w, http.StatusBadRequest, "BadRequestError", "the request body is not valid JSON")
 		return
 	}
 	rr := r.routingRequest(req.URL.Path, body)
@@ -291,7 +439,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 	for {
 		e := r.pick(rr, tried)
 		if e == nil {
-			writeError(w, http.StatusServiceUnavailable, "no healthy endpoint left to try")
+			writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
 			return
 		}
 		if len(tried) > 0 {
@@ -303,13 +451,13 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 			if req.Context().Err() != nil {
 				return // the client went away
 			}
-			e.markDown()
+			e.markDown("proxying: " + cause(err))
 			continue
 		}
 		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable {
 			// The endpoint failed before answering anything; another may succeed.
 			resp.Body.Close()
-			e.markDown()
+			e.markDown("proxying: " + resp.Status)
 			continue
 		}
 		r.decisions.WithLabelValues(e.url).Inc()
@@ -319,17 +467,32 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
+// maxBody is the largest request body accepted, as servelab's engine.
+const maxBody = 32 << 20
+
 func (r *Router) forward(ctx context.Context, e *endpoint, in *http.Request, body []byte) (*http.Response, error) {
 	out, err := http.NewRequestWithContext(ctx, in.Method, e.url+in.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	for _, h := range []string{"Content-Type", "Authorization", "Accept"} {
+	for _, h := range []string{"Content-Type", "Accept"} {
 		if v := in.Header.Get(h); v != "" {
 			out.Header.Set(h, v)
 		}
 	}
+	r.authorize(out, in.Header)
 	return r.cfg.Client.Do(out)
+}
+
+// authorize sets out's Authorization: the engine key if the router has one, else the
+// client's header (from, nil for the router's own requests) unchanged.
+func (r *Router) authorize(out *http.Request, from http.Header) {
+	switch {
+	case r.cfg.EngineAPIKey != "":
+		out.Header.Set("Authorization", "Bearer "+r.cfg.EngineAPIKey)
+	case from.Get("Authorization") != "":
+		out.Header.Set("Authorization", from.Get("Authorization"))
+	}
 }
 
 // copyResponse passes the response through, flushing every read so SSE streams are not

@@ -28,6 +28,13 @@ type stub struct {
 	waiting, running int
 	hits             int
 	release          chan struct{}
+	// key, if set, is wanted as a Bearer token on /v1/* (as the engine's --api-key).
+	key string
+	// sick makes /metrics answer 500.
+	sick bool
+	// auths are the Authorization headers seen on /v1/*, events the /v1/kv_events requests.
+	auths  []string
+	events int
 }
 
 func newStub(t testing.TB, name string) *stub {
@@ -37,8 +44,16 @@ func newStub(t testing.TB, name string) *stub {
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if s.sick {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintf(w, "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} %d\n", s.waiting)
 		fmt.Fprintf(w, "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} %d\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25\n", s.running)
+	})
+	mux.HandleFunc("/v1/models", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"object":"list","data":[{"id":"m","object":"model","owned_by":"stub","max_model_len":512}]}`)
 	})
 	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
@@ -54,7 +69,28 @@ func newStub(t testing.TB, name string) *stub {
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
 	})
-	s.Server = httptest.NewServer(mux)
+	mux.HandleFunc("/v1/kv_events", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.events++
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"seq\":1,\"events\":[{\"type\":\"AllBlocksCleared\"},{\"type\":\"BlockStored\",\"block_hashes\":[7]}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/") {
+			s.mu.Lock()
+			key, auth := s.key, r.Header.Get("Authorization")
+			s.auths = append(s.auths, auth)
+			s.mu.Unlock()
+			if key != "" && auth != "Bearer "+key {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	}))
 	t.Cleanup(s.Close)
 	return s
 }
@@ -66,7 +102,7 @@ func newRouter(t testing.TB, spec string, scrape time.Duration, urls ...string) 
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := New(Config{Endpoints: urls, Policy: p, ScrapeInterval: scrape, Registry: reg})
+	r, err := New(Config{Endpoints: urls, Policy: p, ScrapeInterval: scrape, Registry: reg, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,9 +112,15 @@ func newRouter(t testing.TB, spec string, scrape time.Duration, urls ...string) 
 	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(r.Handler())
+	return r, serve(t, r.Handler()), reg
+}
+
+// serve serves h on loopback for the test's life.
+func serve(t testing.TB, h http.Handler) string {
+	t.Helper()
+	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
-	return r, ts.URL, reg
+	return ts.URL
 }
 
 func TestStreamingPassesThroughUnbuffered(t *testing.T) {
