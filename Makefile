@@ -30,7 +30,7 @@ run: build
 	@echo "reports:   runs/azure-routers/report.html, runs/mooncake-load-sweep/report.html (and report.md beside them)"
 	@echo "dashboard: $(BIN) dash --runs runs, then open http://127.0.0.1:8090"
 	@echo "real engines: $(BIN) run experiments/examples/real-tiny.yaml, or serve with $(BIN) up --engines 2 --model bin/models/tiny --router prefix-affinity --port 8080"
-	@echo "and replay a trace: $(BIN) bench --endpoint http://127.0.0.1:8080 --model bin/models/tiny --trace examples/traces/mooncake_conv_500.jsonl --token-scale 0.03125 --max-model-len 512 --rate-scale 4"
+	@echo "and replay a trace: $(BIN) bench --endpoint http://127.0.0.1:8080 --model bin/models/tiny --trace examples/traces/mooncake_conv_500.jsonl --rate-scale 4   (token counts scaled to the model's context: --token-scale auto)"
 
 test: lint
 	$(GO) test ./...
