@@ -229,6 +229,8 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		spec.Model, spec.Latency = filepath.Join(c.model, "config.json"), "profile:"+profilePath
 		spec.BlockSize, spec.NumGPUBlocksOverride = c.blockSize, c.numBlocks
 		spec.EnablePrefixCaching, spec.MaxModelLen, spec.Seed = c.prefixCaching, maxLen, f.cluster.router.seed
+		// The router routes on gauges as of its last scrape; so does the simulator.
+		spec.ScrapeInterval = c.router.scrape.Seconds()
 		cfg, err := spec.Build(slo)
 		if err != nil {
 			return metrics.Summary{}, err

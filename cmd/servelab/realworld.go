@@ -9,6 +9,7 @@ import (
 	"servelab/metrics"
 	"servelab/real/bench"
 	"servelab/real/local"
+	"servelab/real/router"
 	"servelab/sim"
 	"servelab/traces"
 )
@@ -26,7 +27,7 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		engines: k.Instances, model: rc.Spec.ModelPath(), batch: rc.Cell.Batch, evict: rc.Cell.Evict,
 		blockSize: k.BlockSize, numBlocks: k.NumGPUBlocksOverride, maxModelLen: k.MaxModelLen,
 		prefixCaching: true, verbose: w.verbose,
-		router: routerFlags{spec: rc.Cell.Router, scrape: 50 * time.Millisecond, kvEvents: true, seed: rc.Cell.Seed},
+		router: routerFlags{spec: rc.Cell.Router, scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
 	}
 	if c.engines == 0 {
 		c.engines = sim.DefaultClusterSpec().Instances

@@ -148,7 +148,7 @@ streams of any length pass. Errors the router answers itself have OpenAI's JSON 
 	fl.StringVar(&f.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8080, "port to listen on (0 picks a free one)")
-	fl.DurationVar(&f.scrape, "scrape-interval", 50*time.Millisecond, "how often each endpoint's /metrics is read")
+	fl.DurationVar(&f.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often each endpoint's /metrics is read")
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")

@@ -16,6 +16,7 @@ import (
 	"servelab/engine/backend"
 	"servelab/policies"
 	"servelab/real/local"
+	"servelab/real/router"
 )
 
 // clusterFlags describe a local cluster: the engines' flags (vLLM's names) and the router's.
@@ -48,7 +49,7 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the model's)")
 	fl.IntVar(&f.threads, "threads", 0, "CPU threads per engine (default: the machine's CPUs divided among the engines)")
 	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
-	fl.DurationVar(&f.router.scrape, "scrape-interval", 50*time.Millisecond, "how often the router reads each engine's /metrics")
+	fl.DurationVar(&f.router.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often the router reads each engine's /metrics")
 	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
 	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised policies (and, in fidelity, of the prompts)")
 	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")

@@ -95,13 +95,18 @@ type Router struct {
 	closed atomic.Bool
 }
 
+// DefaultScrapeInterval is how often the router reads each endpoint's /metrics unless told
+// otherwise: llm-d's and GIE's DefaultRefreshMetricsInterval. The simulator of a fidelity
+// run routes on gauges this stale too (sim.Config.ScrapeInterval).
+const DefaultScrapeInterval = 50 * time.Millisecond
+
 // New builds a router and starts scraping its endpoints.
 func New(cfg Config) (*Router, error) {
 	if len(cfg.Endpoints) == 0 || cfg.Policy == nil {
 		return nil, errors.New("router: endpoints and a policy are required")
 	}
 	if cfg.ScrapeInterval <= 0 {
-		cfg.ScrapeInterval = 50 * time.Millisecond
+		cfg.ScrapeInterval = DefaultScrapeInterval
 	}
 	if cfg.BlockSize <= 0 {
 		cfg.BlockSize = 16
