@@ -473,7 +473,7 @@ func (c *Cluster) startRouter(ctx context.Context, opts Options) error {
 	}
 	c.Router = r
 	c.URL = "http://" + ln.Addr().String()
-	c.server = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	c.server = router.NewServer(r.Handler(), 0)
 	go c.server.Serve(ln)
 	return r.WaitReady(ctx)
 }
