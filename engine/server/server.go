@@ -67,6 +67,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -76,6 +77,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -105,6 +107,14 @@ type Tokenizer interface {
 // vocabSizer is the optional Tokenizer method that bounds token ids.
 type vocabSizer interface{ VocabSize() int }
 
+// PrefixEncoder is the optional Tokenizer method the server encodes prompts with when
+// the tokenizer has it (tokenizer.Tokenizer does): Encode that stops once the text is
+// known to encode to more than maxTokens ids (truncated) and when ctx ends. Without it,
+// prompts are encoded whole with Encode.
+type PrefixEncoder interface {
+	EncodePrefix(ctx context.Context, text string, addSpecial bool, maxTokens int) (ids []int32, truncated bool, err error)
+}
+
 // GenerationDefaults come from generation_config.json and apply when a request omits a
 // parameter, as in vLLM.
 type GenerationDefaults struct {
@@ -127,7 +137,28 @@ type Config struct {
 	Defaults GenerationDefaults
 	// RetryAfter is advertised with 429s, rounded up to whole seconds, at least one.
 	RetryAfter time.Duration
+
+	// BodyTimeout bounds reading a request's body (default DefaultBodyTimeout); a client
+	// that sends it slower gets a 408 and its connection closed. Unlike http.Server's
+	// ReadTimeout it ends once the body is read, so a long streamed response is not cut.
+	BodyTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long (default DefaultIdleTimeout).
+	IdleTimeout time.Duration
+	// MaxInFlight caps the /v1/ requests being handled at once, streams included (default
+	// DefaultMaxInFlight; negative: no cap); requests over it get a 503 in OpenAI's error
+	// shape with Retry-After. /health and /metrics are not counted.
+	MaxInFlight int
+	// MaxTokenizing caps the prompts being tokenized at once (default GOMAXPROCS); the
+	// others wait for a slot, or until their client goes away.
+	MaxTokenizing int
 }
+
+// Defaults of Config's limits.
+const (
+	DefaultBodyTimeout = 30 * time.Second
+	DefaultIdleTimeout = 120 * time.Second
+	DefaultMaxInFlight = 4096
+)
 
 // Server serves one engine.
 type Server struct {
@@ -141,6 +172,9 @@ type Server struct {
 	kvBuffer int
 	// maxBody bounds request bodies, in bytes.
 	maxBody int64
+	// inFlight holds a slot per /v1/ request being handled; tokenizing one per prompt
+	// being tokenized.
+	inFlight, tokenizing chan struct{}
 }
 
 // defaultMaxBody bounds request bodies.
@@ -158,19 +192,110 @@ func New(cfg Config) (*Server, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.RetryAfter = max(cfg.RetryAfter, time.Second)
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxTokenizing <= 0 {
+		cfg.MaxTokenizing = runtime.GOMAXPROCS(0)
+	}
 	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: defaultMaxBody}
+	if cfg.MaxInFlight > 0 {
+		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
+	}
+	s.tokenizing = make(chan struct{}, cfg.MaxTokenizing)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.completions)))
-	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.chatCompletions)))
-	mux.HandleFunc("/v1/models", s.auth(method(http.MethodGet, s.models)))
-	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.kvEvents)))
-	mux.HandleFunc("/v1/", s.auth(notFound))
+	mux.HandleFunc("/v1/completions", s.limit(s.auth(method(http.MethodPost, s.completions))))
+	mux.HandleFunc("/v1/chat/completions", s.limit(s.auth(method(http.MethodPost, s.chatCompletions))))
+	mux.HandleFunc("/v1/models", s.limit(s.auth(method(http.MethodGet, s.models))))
+	mux.HandleFunc("/v1/kv_events", s.limit(s.auth(method(http.MethodGet, s.kvEvents))))
+	mux.HandleFunc("/v1/", s.limit(s.auth(notFound)))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
 	mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", notFound)
 	s.handler = mux
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// No ReadTimeout or WriteTimeout: both would cut long streams (ReadTimeout cancels
+	// the request's context once it passes, even with the body long read); the body's
+	// read deadline is set per request instead (readBody).
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.IdleTimeout}
 	return s, nil
+}
+
+// limit sheds requests over MaxInFlight with a 503.
+func (s *Server) limit(h http.HandlerFunc) http.HandlerFunc {
+	if s.inFlight == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case s.inFlight <- struct{}{}:
+			defer func() { <-s.inFlight }()
+			h(w, r)
+		default:
+			w.Header().Set("Retry-After", s.retryAfter())
+			writeError(w, &apiError{status: http.StatusServiceUnavailable, Type: "ServiceUnavailableError",
+				Msg: fmt.Sprintf("the server is handling its maximum of %d requests (--max-in-flight); retry later", s.cfg.MaxInFlight)})
+		}
+	}
+}
+
+// encodePrompt encodes a prompt (param names it in errors) with at most MaxTokenizing
+// prompts being encoded at once, stopping once it is longer than the context (a 400 like
+// checkPromptLen's) or when the client goes away.
+func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecial bool) ([]int32, *apiError) {
+	select {
+	case s.tokenizing <- struct{}{}:
+		defer func() { <-s.tokenizing }()
+	case <-ctx.Done():
+		return nil, clientGone(ctx)
+	}
+	if ctx.Err() != nil { // both were ready and select took the slot
+		return nil, clientGone(ctx)
+	}
+	pe, ok := s.cfg.Tokenizer.(PrefixEncoder)
+	if !ok {
+		return s.cfg.Tokenizer.Encode(text, addSpecial), nil
+	}
+	ids, truncated, err := pe.EncodePrefix(ctx, text, addSpecial, s.cfg.MaxModelLen)
+	if err != nil {
+		return nil, clientGone(ctx)
+	}
+	if truncated {
+		return nil, badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+	}
+	return ids, nil
+}
+
+// readBodyTimed reads the body with a read deadline of BodyTimeout, lifted once it is
+// read: a deadline left on the connection would cancel a stream's context when it passed
+// (net/http's background read of a finished body fails with it).
+func (s *Server) readBodyTimed(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	rc := http.NewResponseController(w)
+	timed := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil
+	// Sized from Content-Length up to 1 MiB: a client announcing 32 MiB and sending
+	// nothing gets no 32 MiB buffer.
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), 1<<20)+bytes.MinRead))
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		// The rest of the body is not wanted: close the connection after the answer
+		// rather than wait for it.
+		w.Header().Set("Connection", "close")
+		return nil, err
+	}
+	if timed {
+		rc.SetReadDeadline(time.Time{})
+	}
+	return buf.Bytes(), nil
+}
+
+// clientGone is the error of a request whose client left (nobody reads it; nginx's 499).
+func clientGone(ctx context.Context) *apiError {
+	return &apiError{status: 499, Msg: fmt.Sprintf("the client went away: %v", context.Cause(ctx)), Type: "ClientClosedRequest"}
 }
 
 // Handler is the server's HTTP handler, for callers that run their own http.Server.
