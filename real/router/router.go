@@ -37,8 +37,12 @@ type Config struct {
 	BlockSize int
 	// Encode, if set, turns prompt text into the engines' token ids, so prompt hashes
 	// equal the engines' block hashes. Without it prompts are hashed by bytes (4 per
-	// token), which serves prefix-affinity routing but cannot match KV events.
-	Encode func(text string) []int32
+	// token), which serves prefix-affinity routing but cannot match KV events. It is
+	// called with the request's context, and need only return the ids an engine could
+	// accept (a prompt over the engines' context is refused by them anyway): the router
+	// wires it to tokenizer.EncodePrefix with the model's max_position_embeddings, so a
+	// huge prompt costs no more than the longest valid one.
+	Encode func(ctx context.Context, text string) []int32
 	// KVEvents subscribes to each endpoint's /v1/kv_events for an exact prefix index.
 	KVEvents bool
 	// Registry receives the router's metrics; nil makes one. Served at /metrics.
@@ -199,7 +203,7 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 }
 
 // routingRequest builds the policy's view of a request body: prompt length and block hashes.
-func (r *Router) routingRequest(path string, body []byte) *serving.Request {
+func (r *Router) routingRequest(ctx context.Context, path string, body []byte) *serving.Request {
 	var parsed struct {
 		Prompt   json.RawMessage `json:"prompt"`
 		Messages []struct {
@@ -234,7 +238,7 @@ func (r *Router) routingRequest(path string, body []byte) *serving.Request {
 	switch {
 	case ids != nil:
 	case r.cfg.Encode != nil:
-		ids = r.cfg.Encode(text.String())
+		ids = r.cfg.Encode(ctx, text.String())
 	default:
 		// Bytes stand in for tokens, about four per token.
 		s := text.String()
@@ -286,7 +290,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
 		return
 	}
-	rr := r.routingRequest(req.URL.Path, body)
+	rr := r.routingRequest(req.Context(), req.URL.Path, body)
 	tried := map[*endpoint]bool{}
 	for {
 		e := r.pick(rr, tried)
