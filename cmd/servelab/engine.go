@@ -52,6 +52,7 @@ type engineFlags struct {
 	bodyTimeout         time.Duration
 	idleTimeout         time.Duration
 	maxInFlight         int
+	maxBodyBytes        int64
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
@@ -63,6 +64,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on /v1 endpoints (/health and /metrics stay open without it, as in vLLM)")
 	fl.DurationVar(&f.bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "time a client has to send a request's body (408 and the connection closed after it); streamed responses are not limited")
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive connections idle this long")
+	fl.Int64Var(&f.maxBodyBytes, "max-body-bytes", 0, "largest request body, 413 over it (default: what a prompt filling the context can need, fully JSON-escaped, plus 1 MiB; at most 32 MiB)")
 	fl.IntVar(&f.maxInFlight, "max-in-flight", server.DefaultMaxInFlight, "most /v1 requests handled at once, streams included; more get a 503 with Retry-After (-1: no cap). Prompts longer than the context are refused after max-model-len+1 tokens, at most GOMAXPROCS tokenized at once")
 	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 0, "most sequences per step (default: the batch policy's, 256)")
 	fl.IntVar(&f.maxNumBatchedTokens, "max-num-batched-tokens", 0, "token budget per step (default: the batch policy's, 2048)")
@@ -123,6 +125,8 @@ func (f *engineFlags) start() (*running, error) {
 	switch {
 	case f.bodyTimeout < 0:
 		return nil, fmt.Errorf("--body-timeout %v: want a positive duration", f.bodyTimeout)
+	case f.maxBodyBytes < 0:
+		return nil, fmt.Errorf("--max-body-bytes %d: want a positive size", f.maxBodyBytes)
 	case f.idleTimeout < 0:
 		return nil, fmt.Errorf("--idle-timeout %v: want a positive duration", f.idleTimeout)
 	}
@@ -178,7 +182,7 @@ func (f *engineFlags) start() (*running, error) {
 	srv, err := server.New(server.Config{
 		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
 		APIKey: f.apiKey, Registry: reg, BodyTimeout: f.bodyTimeout, IdleTimeout: f.idleTimeout,
-		MaxInFlight: f.maxInFlight, Defaults: server.GenerationDefaults{
+		MaxInFlight: f.maxInFlight, MaxBodyBytes: f.maxBodyBytes, Defaults: server.GenerationDefaults{
 			Temperature: b.Generation.Temperature, TopP: b.Generation.TopP, TopK: b.Generation.TopK,
 		},
 	})

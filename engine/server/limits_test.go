@@ -265,3 +265,83 @@ func TestMaxInFlightSheds(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// bytesTokenizer is prefixTokenizer with a BytesPerToken bound: one byte a token.
+type bytesTokenizer struct{ prefixTokenizer }
+
+func (*bytesTokenizer) BytesPerToken() int { return 1 }
+
+// TestBodySizedFromContext: with a tokenizer that bounds the bytes of a token, the body
+// limit is what the longest prompt that fits needs, fully escaped, plus 1 MiB: such a
+// prompt is read (and answered on its merits); a body beyond it is refused unread.
+func TestBodySizedFromContext(t *testing.T) {
+	tok := &bytesTokenizer{}
+	f := start(t, options{server: func(c *Config) { c.Tokenizer = tok }})
+	want := int64(1<<20 + 6*(testMaxModelLen+1))
+	if f.srv.maxBody != want {
+		t.Fatalf("body limit %d, want %d", f.srv.maxBody, want)
+	}
+	escaped := strings.Repeat(`\u0061`, testMaxModelLen-2) // the longest prompt that fits, every byte escaped
+	resp, data := f.post("/v1/completions", `{"prompt": "`+escaped+`", "max_tokens": 1}`)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a fitting prompt, escaped: status %d: %.300s", resp.StatusCode, data)
+	}
+	resp, data = f.post("/v1/completions", `{"prompt": "`+strings.Repeat("x", int(want))+`"}`)
+	typ, _, msg := errorBody(t, data)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || typ != "RequestTooLargeError" || !strings.Contains(msg, "--max-body-bytes") {
+		t.Errorf("over the limit: status %d: %s", resp.StatusCode, data)
+	}
+	if n := tok.encoded.Load(); n > testMaxModelLen {
+		t.Errorf("encoded %d bytes", n)
+	}
+	srv, err := New(Config{Engine: f.eng, Tokenizer: byteTokenizer{}, ModelName: "fake"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.maxBody != DefaultMaxBodyBytes {
+		t.Errorf("without BytesPerToken: body limit %d, want %d", srv.maxBody, DefaultMaxBodyBytes)
+	}
+}
+
+// TestLargeBodiesGated: requests with bodies over 1 MiB are read, decoded and encoded at
+// most MaxTokenizing at a time; one that waits longer than BodyTimeout for its turn gets
+// a 503 with Retry-After, while small requests are served meanwhile.
+func TestLargeBodiesGated(t *testing.T) {
+	tok := &prefixTokenizer{gate: make(chan struct{}), entered: make(chan struct{}, 4)}
+	f := start(t, options{server: func(c *Config) {
+		c.Tokenizer = tok
+		c.MaxTokenizing = 1
+		c.BodyTimeout = 300 * time.Millisecond
+	}})
+	big := `{"prompt": "` + strings.Repeat("x", 2<<20) + `"}`
+	first := make(chan int, 1)
+	go func() {
+		resp, _ := f.post("/v1/completions", big)
+		first <- resp.StatusCode
+	}()
+	<-tok.entered // the first large request is being encoded
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/completions", strings.NewReader(big))
+	resp, err := f.client.Do(req)
+	if err != nil {
+		close(tok.gate)
+		t.Fatalf("a second large request, while the first is encoded: %v", err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	typ, _, _ := errorBody(t, data)
+	if resp.StatusCode != http.StatusServiceUnavailable || typ != "ServiceUnavailableError" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a second large request: status %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), data)
+	}
+	if resp, data = f.post("/v1/completions", `{"prompt": [104, 105], "max_tokens": 1}`); resp.StatusCode != http.StatusOK {
+		t.Errorf("a small request meanwhile: status %d: %s", resp.StatusCode, data)
+	}
+	close(tok.gate)
+	if code := <-first; code != http.StatusBadRequest {
+		t.Errorf("the first large request: status %d, want 400 (longer than the context)", code)
+	}
+	if n := f.srv.largeActive.Load(); n != 0 {
+		t.Errorf("%d large-body slots still held", n)
+	}
+}

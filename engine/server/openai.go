@@ -100,12 +100,16 @@ type chatFields struct {
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
 	body, err := s.readBodyTimed(w, r)
 	if err != nil {
+		if errors.Is(err, errLargeBusy) {
+			w.Header().Set("Retry-After", s.retryAfter())
+			return nil, &apiError{status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("%v; retry later", err), Type: "ServiceUnavailableError"}
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, &apiError{status: http.StatusRequestTimeout, Msg: fmt.Sprintf("the request body was not received within %v", s.cfg.BodyTimeout), Type: "RequestTimeoutError"}
 		}
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, &apiError{status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("the request body exceeds %d bytes", s.maxBody), Type: "RequestTooLargeError"}
+			return nil, &apiError{status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("the request body exceeds %d bytes (--max-body-bytes; by default sized from the %d-token context)", s.maxBody, s.cfg.MaxModelLen), Type: "RequestTooLargeError"}
 		}
 		return nil, badRequest("", "reading the request body: %v", err)
 	}

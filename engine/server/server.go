@@ -75,9 +75,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -148,8 +150,17 @@ type Config struct {
 	// DefaultMaxInFlight; negative: no cap); requests over it get a 503 in OpenAI's error
 	// shape with Retry-After. /health and /metrics are not counted.
 	MaxInFlight int
+	// MaxBodyBytes bounds request bodies (413 over it). 0 sizes it from the context:
+	// 1 MiB for the other fields plus (MaxModelLen+1) tokens of the longest text one token
+	// stands for, 6 JSON bytes a text byte (\u00XX), when the Tokenizer has a
+	// BytesPerToken() int method (tokenizer.Tokenizer does; a longer body cannot hold a
+	// prompt that fits the context); at most DefaultMaxBodyBytes, which is the bound
+	// without it.
+	MaxBodyBytes int64
 	// MaxTokenizing caps the prompts being tokenized at once (default GOMAXPROCS); the
-	// others wait for a slot, or until their client goes away.
+	// others wait for a slot, or until their client goes away. As many requests with
+	// bodies over 1 MiB are read, decoded and encoded at once; one that waits BodyTimeout
+	// for its turn gets a 503.
 	MaxTokenizing int
 }
 
@@ -173,12 +184,30 @@ type Server struct {
 	// maxBody bounds request bodies, in bytes.
 	maxBody int64
 	// inFlight holds a slot per /v1/ request being handled; tokenizing one per prompt
-	// being tokenized.
-	inFlight, tokenizing chan struct{}
+	// being tokenized; large one per request with a large body until its prompt is
+	// encoded (largeActive of them).
+	inFlight, tokenizing, large chan struct{}
+	largeActive                 atomic.Int64
+	freeing                     atomic.Bool
+	lastFree                    time.Time // guarded by freeing
 }
 
-// defaultMaxBody bounds request bodies.
-const defaultMaxBody = 32 << 20
+// DefaultMaxBodyBytes is the largest request body accepted (vLLM has no bound).
+const DefaultMaxBodyBytes = 32 << 20
+
+// bytesPerTokener is the optional Tokenizer method that sizes MaxBodyBytes.
+type bytesPerTokener interface{ BytesPerToken() int }
+
+// maxBodyBytes is MaxBodyBytes with 0 resolved (see Config).
+func (cfg *Config) maxBodyBytes() int64 {
+	if cfg.MaxBodyBytes > 0 {
+		return cfg.MaxBodyBytes
+	}
+	if b, ok := cfg.Tokenizer.(bytesPerTokener); ok && b.BytesPerToken() > 0 {
+		return min(DefaultMaxBodyBytes, 1<<20+6*int64(b.BytesPerToken())*int64(cfg.MaxModelLen+1))
+	}
+	return DefaultMaxBodyBytes
+}
 
 // New builds a server.
 func New(cfg Config) (*Server, error) {
@@ -204,11 +233,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTokenizing <= 0 {
 		cfg.MaxTokenizing = runtime.GOMAXPROCS(0)
 	}
-	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: defaultMaxBody}
+	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
 	if cfg.MaxInFlight > 0 {
 		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
 	s.tokenizing = make(chan struct{}, cfg.MaxTokenizing)
+	s.large = make(chan struct{}, cfg.MaxTokenizing)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/completions", s.limit(s.auth(method(http.MethodPost, s.completions))))
 	mux.HandleFunc("/v1/chat/completions", s.limit(s.auth(method(http.MethodPost, s.chatCompletions))))
@@ -226,22 +256,93 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// limit sheds requests over MaxInFlight with a 503.
+// limit sheds requests over MaxInFlight with a 503, and gives each request the state
+// that releases its large-body slot when it ends.
 func (s *Server) limit(h http.HandlerFunc) http.HandlerFunc {
-	if s.inFlight == nil {
-		return h
-	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case s.inFlight <- struct{}{}:
-			defer func() { <-s.inFlight }()
-			h(w, r)
-		default:
-			w.Header().Set("Retry-After", s.retryAfter())
-			writeError(w, &apiError{status: http.StatusServiceUnavailable, Type: "ServiceUnavailableError",
-				Msg: fmt.Sprintf("the server is handling its maximum of %d requests (--max-in-flight); retry later", s.cfg.MaxInFlight)})
+		if s.inFlight != nil {
+			select {
+			case s.inFlight <- struct{}{}:
+				defer func() { <-s.inFlight }()
+			default:
+				w.Header().Set("Retry-After", s.retryAfter())
+				writeError(w, &apiError{status: http.StatusServiceUnavailable, Type: "ServiceUnavailableError",
+					Msg: fmt.Sprintf("the server is handling its maximum of %d requests (--max-in-flight); retry later", s.cfg.MaxInFlight)})
+				return
+			}
+		}
+		st := &requestState{}
+		defer st.done()
+		h(w, r.WithContext(context.WithValue(r.Context(), requestStateKey{}, st)))
+	}
+}
+
+// largeBody is the body size from which reading, decoding and encoding a request takes
+// one of the MaxTokenizing large-body slots: a few huge prompts at once cannot take
+// memory in proportion to their number.
+const largeBody = 1 << 20
+
+type requestStateKey struct{}
+
+// requestState is what a request holds until it has encoded its prompt.
+type requestState struct{ release func() }
+
+func (st *requestState) done() {
+	if st != nil && st.release != nil {
+		st.release()
+		st.release = nil
+	}
+}
+
+func stateOf(ctx context.Context) *requestState {
+	st, _ := ctx.Value(requestStateKey{}).(*requestState)
+	return st
+}
+
+// errLargeBusy: every large-body slot stayed taken for BodyTimeout.
+var errLargeBusy = errors.New("too many large requests are being read")
+
+// acquireLarge takes a large-body slot for r, waiting at most BodyTimeout; the slot is
+// released once the request's prompt is encoded or the request ends.
+func (s *Server) acquireLarge(r *http.Request) error {
+	st := stateOf(r.Context())
+	if st == nil || st.release != nil {
+		return nil
+	}
+	t := time.NewTimer(s.cfg.BodyTimeout)
+	defer t.Stop()
+	select {
+	case s.large <- struct{}{}:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	case <-t.C:
+		return errLargeBusy
+	}
+	s.largeActive.Add(1)
+	st.release = func() {
+		<-s.large
+		if s.largeActive.Add(-1) == 0 {
+			s.returnMemory()
 		}
 	}
+	return nil
+}
+
+// returnMemory hands the heap that huge bodies left behind back to the OS once none is
+// in flight (at most once a second); the runtime's background scavenger alone takes
+// minutes to shrink RSS after hundreds of MB of request bodies.
+func (s *Server) returnMemory() {
+	if !s.freeing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.freeing.Store(false)
+		if time.Since(s.lastFree) < time.Second {
+			time.Sleep(time.Second - time.Since(s.lastFree))
+		}
+		debug.FreeOSMemory()
+		s.lastFree = time.Now()
+	}()
 }
 
 // encodePrompt encodes a prompt (param names it in errors) with at most MaxTokenizing
@@ -257,6 +358,7 @@ func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecia
 	if ctx.Err() != nil { // both were ready and select took the slot
 		return nil, clientGone(ctx)
 	}
+	defer stateOf(ctx).done() // the body is decoded: its large-body slot goes
 	pe, ok := s.cfg.Tokenizer.(PrefixEncoder)
 	if !ok {
 		return s.cfg.Tokenizer.Encode(text, addSpecial), nil
@@ -275,17 +377,35 @@ func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecia
 // read: a deadline left on the connection would cancel a stream's context when it passed
 // (net/http's background read of a finished body fails with it).
 func (s *Server) readBodyTimed(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	rc := http.NewResponseController(w)
-	timed := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil
-	// Sized from Content-Length up to 1 MiB: a client announcing 32 MiB and sending
-	// nothing gets no 32 MiB buffer.
-	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), 1<<20)+bytes.MinRead))
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, s.maxBody))
-	if err != nil {
+	if r.ContentLength > s.maxBody { // refused unread
+		w.Header().Set("Connection", "close")
+		return nil, &http.MaxBytesError{Limit: s.maxBody}
+	}
+	fail := func(err error) ([]byte, error) {
 		// The rest of the body is not wanted: close the connection after the answer
 		// rather than wait for it.
 		w.Header().Set("Connection", "close")
 		return nil, err
+	}
+	if r.ContentLength > largeBody {
+		if err := s.acquireLarge(r); err != nil {
+			return fail(err)
+		}
+	}
+	rc := http.NewResponseController(w)
+	timed := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil
+	// Sized from Content-Length up to 1 MiB: a client announcing 32 MiB and sending
+	// nothing gets no 32 MiB buffer.
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), largeBody)+bytes.MinRead))
+	body := http.MaxBytesReader(w, r.Body, s.maxBody)
+	_, err := buf.ReadFrom(io.LimitReader(body, largeBody+1))
+	if err == nil && buf.Len() > largeBody { // a large body without Content-Length
+		if err = s.acquireLarge(r); err == nil {
+			_, err = buf.ReadFrom(body)
+		}
+	}
+	if err != nil {
+		return fail(err)
 	}
 	if timed {
 		rc.SetReadDeadline(time.Time{})
