@@ -394,9 +394,9 @@ func (s *Server) readBodyTimed(w http.ResponseWriter, r *http.Request) ([]byte, 
 	}
 	rc := http.NewResponseController(w)
 	timed := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil
-	// Sized from Content-Length up to 1 MiB: a client announcing 32 MiB and sending
-	// nothing gets no 32 MiB buffer.
-	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), largeBody)+bytes.MinRead))
+	// Sized from Content-Length, past 1 MiB only with a large-body slot held: clients
+	// announcing 32 MiB and sending nothing get at most MaxTokenizing such buffers.
+	buf := bytes.NewBuffer(make([]byte, 0, max(r.ContentLength, 0)+bytes.MinRead))
 	body := http.MaxBytesReader(w, r.Body, s.maxBody)
 	_, err := buf.ReadFrom(io.LimitReader(body, largeBody+1))
 	if err == nil && buf.Len() > largeBody { // a large body without Content-Length
