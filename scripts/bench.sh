@@ -123,6 +123,37 @@ for trace in "$AZURE" "$SHARED/traces/mooncake_conversation.jsonl"; do
   echo >>"$WORK/fidelity.txt"
 done
 
+# Hostile clients against a real engine process (issue 10), tiny model: a 30 MB prompt
+# alone and 16 at once while normal requests are timed, then 20 clients trickling their
+# bodies a byte every 5 s. Once with the defaults (the body limit sized from the context)
+# and once with --max-body-bytes 33554432 (the former limit), which sends the prompts
+# through JSON decoding and the bounded tokenizer.
+echo "measuring huge prompts and slow bodies" >&2
+$BIN model synth --preset tiny --out "$WORK/tiny" >/dev/null
+go build -o "$WORK/hostile" ./scripts/hostile
+hostile() { # label trickle-clients engine-flags...
+  local label=$1 trickle=$2; shift 2
+  $BIN engine --model "$WORK/tiny" --port 0 "$@" >"$WORK/engine.log" 2>&1 &
+  local pid=$! url=""
+  for _ in $(seq 100); do
+    url=$(grep -o 'http://[0-9.:]*' "$WORK/engine.log" || true)
+    [ -n "$url" ] && break
+    sleep 0.1
+  done
+  echo "### $label" >>"$WORK/hostile.md"
+  echo >>"$WORK/hostile.md"
+  echo "\`servelab engine --model tiny $*\`; load average $(cut -d' ' -f1-3 /proc/loadavg) before." >>"$WORK/hostile.md"
+  echo >>"$WORK/hostile.md"
+  "$WORK/hostile" -url "$url" -pid "$pid" -model tiny -trickle "$trickle" >>"$WORK/hostile.md"
+  echo >>"$WORK/hostile.md"
+  echo "engine CPU time: $(ps -o time= -p "$pid")" >>"$WORK/hostile.md"
+  echo >>"$WORK/hostile.md"
+  kill "$pid"; wait "$pid" || true
+}
+: >"$WORK/hostile.md"
+hostile "Defaults" 20
+hostile "Body limit raised to 32 MiB" 0 --max-body-bytes 33554432
+
 echo "running go test benchmarks (count $REPS)" >&2
 go test -run '^$' -bench . -benchmem -benchtime "${BENCHTIME:-300ms}" -count "$REPS" \
   ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... ./internal/... >"$WORK/bench.txt"
@@ -194,6 +225,12 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo '```'
   echo
   if [ -f docs/fidelity-notes.md ]; then cat docs/fidelity-notes.md; echo; fi
+  echo "## Huge prompts and slow bodies (real engine)"
+  echo
+  echo "\`go run ./scripts/hostile -url URL -pid PID\` against a \`servelab engine\` process on the tiny model"
+  echo "(\`servelab model synth --preset tiny\`, max model len 512); RSS from /proc/PID/status, sampled every 5 ms."
+  echo
+  cat "$WORK/hostile.md"
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
   echo '```'

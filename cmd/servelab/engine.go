@@ -49,6 +49,10 @@ type engineFlags struct {
 	seed                uint64
 	maxWaiting          int
 	stepLog             string
+	bodyTimeout         time.Duration
+	idleTimeout         time.Duration
+	maxInFlight         int
+	maxBodyBytes        int64
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
@@ -57,7 +61,11 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.servedName, "served-model-name", "", "model name in the API (default: the directory's base name)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8000, "port to listen on (0 picks a free one)")
-	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on /v1 endpoints")
+	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on /v1 endpoints (/health and /metrics stay open without it, as in vLLM)")
+	fl.DurationVar(&f.bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "time a client has to send a request's body (408 and the connection closed after it); streamed responses are not limited")
+	fl.DurationVar(&f.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close keep-alive connections idle this long")
+	fl.Int64Var(&f.maxBodyBytes, "max-body-bytes", 0, "largest request body, 413 over it (default: what a prompt filling the context can need, fully JSON-escaped, plus 1 MiB; at most 32 MiB)")
+	fl.IntVar(&f.maxInFlight, "max-inflight", server.DefaultMaxInFlight, "most /v1 requests handled at once, streams included; more get a 503 with Retry-After (-1: no cap). Prompts longer than the context are refused after max-model-len+1 tokens, at most GOMAXPROCS tokenized at once")
 	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 0, "most sequences per step (default: the batch policy's, 256)")
 	fl.IntVar(&f.maxNumBatchedTokens, "max-num-batched-tokens", 0, "token budget per step (default: the batch policy's, 2048)")
 	fl.IntVar(&f.blockSize, "block-size", 16, "tokens per KV cache block")
@@ -114,6 +122,14 @@ func (f *engineFlags) start() (*running, error) {
 	if f.model == "" {
 		return nil, errors.New("--model is required")
 	}
+	switch {
+	case f.bodyTimeout < 0:
+		return nil, fmt.Errorf("--body-timeout %v: want a positive duration", f.bodyTimeout)
+	case f.maxBodyBytes < 0:
+		return nil, fmt.Errorf("--max-body-bytes %d: want a positive size", f.maxBodyBytes)
+	case f.idleTimeout < 0:
+		return nil, fmt.Errorf("--idle-timeout %v: want a positive duration", f.idleTimeout)
+	}
 	bp, err := f.batchPolicy()
 	if err != nil {
 		return nil, err
@@ -165,7 +181,8 @@ func (f *engineFlags) start() (*running, error) {
 	}
 	srv, err := server.New(server.Config{
 		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
-		APIKey: f.apiKey, Registry: reg, Defaults: server.GenerationDefaults{
+		APIKey: f.apiKey, Registry: reg, BodyTimeout: f.bodyTimeout, IdleTimeout: f.idleTimeout,
+		MaxInFlight: f.maxInFlight, MaxBodyBytes: f.maxBodyBytes, Defaults: server.GenerationDefaults{
 			Temperature: b.Generation.Temperature, TopP: b.Generation.TopP, TopK: b.Generation.TopK,
 		},
 	})

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"servelab/engine/model"
 	"servelab/engine/tokenizer"
 	"servelab/policies"
 	"servelab/policies/route"
@@ -47,6 +49,27 @@ func (f *routerFlags) build() (*router.Router, error) {
 	return router.New(cfg)
 }
 
+// promptTokenLimit is the longest prompt an engine serving dir can accept: its
+// config.json's max_position_embeddings (servelab engine refuses a longer
+// --max-model-len), else tokenizer_config.json's model_max_length when it is a real
+// length, else 1 Mi tokens.
+func promptTokenLimit(dir string, tok *tokenizer.Tokenizer) (int, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	switch {
+	case err == nil:
+		c, err := model.ParseConfig(data)
+		if err != nil {
+			return 0, err
+		}
+		return c.MaxPos, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, err
+	case tok.ModelMaxLength() > 0 && tok.ModelMaxLength() <= 1<<24:
+		return int(tok.ModelMaxLength()), nil
+	}
+	return 1 << 20, nil
+}
+
 // config is the router's configuration without endpoints when f.endpoints is empty.
 func (f *routerFlags) config() (router.Config, error) {
 	policy, err := route.Parse(f.spec, policies.Env{Seed: f.seed, BlockSize: f.blockSize})
@@ -64,9 +87,17 @@ func (f *routerFlags) config() (router.Config, error) {
 		if err != nil {
 			return router.Config{}, err
 		}
+		limit, err := promptTokenLimit(f.model, tok)
+		if err != nil {
+			return router.Config{}, err
+		}
 		// Completions prompts are encoded as the engine encodes them, so the router's block
-		// hashes equal the engine's and KV events can be matched.
-		cfg.Encode = func(s string) []int32 { return tok.Encode(s, true) }
+		// hashes equal the engine's and KV events can be matched; no further than an
+		// engine could accept, and not after the client left.
+		cfg.Encode = func(ctx context.Context, s string) []int32 {
+			ids, _, _ := tok.EncodePrefix(ctx, s, true, limit)
+			return ids
+		}
 	}
 	return cfg, nil
 }

@@ -131,7 +131,11 @@ func (b *Backend) NewDecoder(skipSpecial bool) engine.TextDecoder {
 // ServerTokenizer adapts the tokenizer to what the HTTP server needs.
 func (b *Backend) ServerTokenizer() server.Tokenizer { return serverTokenizer{b.Tokenizer} }
 
+// serverTokenizer has the tokenizer's EncodePrefix, so the server encodes prompts bounded
+// by the context and the request's lifetime.
 type serverTokenizer struct{ *tokenizer.Tokenizer }
+
+var _ server.PrefixEncoder = serverTokenizer{}
 
 func (t serverTokenizer) RenderChat(msgs []server.Message, addGenerationPrompt bool) (string, error) {
 	conv := make([]tokenizer.Message, len(msgs))

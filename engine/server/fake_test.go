@@ -208,7 +208,7 @@ func (d *byteDecoder) Flush() string {
 
 // fixture is a real engine with the fake model behind a Server listening on 127.0.0.1.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	url    string
 	eng    *engine.Engine
 	exec   *fakeExecutor
@@ -223,7 +223,7 @@ type options struct {
 
 const testMaxModelLen = 256
 
-func start(t *testing.T, opts options) *fixture {
+func start(t testing.TB, opts options) *fixture {
 	t.Helper()
 	bp, _, err := batch.Registry.Parse("vllm:max_num_seqs=4,max_num_batched_tokens=64", policies.Env{})
 	if err != nil {
@@ -279,7 +279,7 @@ func start(t *testing.T, opts options) *fixture {
 }
 
 // waitIdle waits until the engine runs nothing and the block manager is back to empty.
-func waitIdle(t *testing.T, eng *engine.Engine) {
+func waitIdle(t testing.TB, eng *engine.Engine) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -345,7 +345,7 @@ func (f *fixture) openStream(ctx context.Context, path, body string) *http.Respo
 }
 
 // sseEvents splits an SSE body into its data payloads; done reports a final [DONE].
-func sseEvents(t *testing.T, body []byte) (events []string, done bool) {
+func sseEvents(t testing.TB, body []byte) (events []string, done bool) {
 	t.Helper()
 	if len(body) > 0 && !strings.HasSuffix(string(body), "\n\n") {
 		t.Errorf("SSE body does not end with a blank line: %q", body)

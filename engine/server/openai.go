@@ -1,12 +1,14 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -221,13 +223,20 @@ func truncate(b []byte, n int) string {
 	return string(b[:n]) + "..."
 }
 
-// readBody reads a request body of at most s.maxBody bytes.
+// readBody reads a request body of at most s.maxBody bytes within BodyTimeout.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	body, err := s.readBodyTimed(w, r)
 	if err != nil {
+		if errors.Is(err, errLargeBusy) {
+			w.Header().Set("Retry-After", s.retryAfter())
+			return nil, &apiError{status: http.StatusServiceUnavailable, Msg: fmt.Sprintf("%v; retry later", err), Type: "ServiceUnavailableError"}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, &apiError{status: http.StatusRequestTimeout, Msg: fmt.Sprintf("the request body was not received within %v", s.cfg.BodyTimeout), Type: "RequestTimeoutError"}
+		}
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, &apiError{status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("the request body exceeds %d bytes", s.maxBody), Type: "RequestTooLargeError"}
+			return nil, &apiError{status: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("the request body exceeds %d bytes (--max-body-bytes; by default sized from the %d-token context)", s.maxBody, s.cfg.MaxModelLen), Type: "RequestTooLargeError"}
 		}
 		return nil, badRequest("", "reading the request body: %v", err)
 	}
@@ -353,7 +362,7 @@ func (s *Server) checkPromptLen(param string, n int) *apiError {
 
 // parsePrompt reads a completion prompt: a string, a list of token ids, or a list holding
 // one of those. text is the prompt's text when it was given as a string.
-func (s *Server) parsePrompt(raw json.RawMessage) (ids []int32, text string, isText bool, e *apiError) {
+func (s *Server) parsePrompt(ctx context.Context, raw json.RawMessage) (ids []int32, text string, isText bool, e *apiError) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, "", false, badRequest("prompt", "prompt is required")
 	}
@@ -362,7 +371,8 @@ func (s *Server) parsePrompt(raw json.RawMessage) (ids []int32, text string, isT
 		if one == "" {
 			return nil, "", false, badRequest("prompt", "the prompt is empty")
 		}
-		return s.cfg.Tokenizer.Encode(one, true), one, true, nil
+		ids, e := s.encodePrompt(ctx, "prompt", one, true)
+		return ids, one, true, e
 	}
 	var tokens []int32
 	if json.Unmarshal(raw, &tokens) == nil {
@@ -375,7 +385,7 @@ func (s *Server) parsePrompt(raw json.RawMessage) (ids []int32, text string, isT
 			return nil, "", false, badRequest("prompt", "the prompt is empty")
 		case 1:
 			b, _ := json.Marshal(texts[0])
-			return s.parsePrompt(b)
+			return s.parsePrompt(ctx, b)
 		}
 		return nil, "", false, badRequest("prompt", "batched prompts are not supported: send one prompt per request")
 	}
@@ -443,7 +453,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("suffix", "suffix is not supported"))
 		return
 	}
-	prompt, text, isText, e := s.parsePrompt(c.Prompt)
+	prompt, text, isText, e := s.parsePrompt(r.Context(), c.Prompt)
 	if e == nil {
 		e = s.checkPromptLen("prompt", len(prompt))
 	}
@@ -536,7 +546,11 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Chat templates write their own BOS.
-	prompt := s.cfg.Tokenizer.Encode(text, false)
+	prompt, e := s.encodePrompt(r.Context(), "messages", text, false)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
 	if len(prompt) == 0 {
 		writeError(w, badRequest("messages", "the rendered conversation is empty"))
 		return

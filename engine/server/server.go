@@ -74,6 +74,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -81,8 +82,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -112,6 +116,14 @@ type Tokenizer interface {
 // vocabSizer is the optional Tokenizer method that bounds token ids.
 type vocabSizer interface{ VocabSize() int }
 
+// PrefixEncoder is the optional Tokenizer method the server encodes prompts with when
+// the tokenizer has it (tokenizer.Tokenizer does): Encode that stops once the text is
+// known to encode to more than maxTokens ids (truncated) and when ctx ends. Without it,
+// prompts are encoded whole with Encode.
+type PrefixEncoder interface {
+	EncodePrefix(ctx context.Context, text string, addSpecial bool, maxTokens int) (ids []int32, truncated bool, err error)
+}
+
 // GenerationDefaults come from generation_config.json and apply when a request omits a
 // parameter, as in vLLM.
 type GenerationDefaults struct {
@@ -134,7 +146,37 @@ type Config struct {
 	Defaults GenerationDefaults
 	// RetryAfter is advertised with 429s, rounded up to whole seconds, at least one.
 	RetryAfter time.Duration
+
+	// BodyTimeout bounds reading a request's body (default DefaultBodyTimeout); a client
+	// that sends it slower gets a 408 and its connection closed. Unlike http.Server's
+	// ReadTimeout it ends once the body is read, so a long streamed response is not cut.
+	BodyTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long (default DefaultIdleTimeout).
+	IdleTimeout time.Duration
+	// MaxInFlight caps the /v1/ requests being handled at once, streams included (default
+	// DefaultMaxInFlight; negative: no cap); requests over it get a 503 in OpenAI's error
+	// shape with Retry-After. /health and /metrics are not counted.
+	MaxInFlight int
+	// MaxBodyBytes bounds request bodies (413 over it). 0 sizes it from the context:
+	// 1 MiB for the other fields plus (MaxModelLen+1) tokens of the longest text one token
+	// stands for, 6 JSON bytes a text byte (\u00XX), when the Tokenizer has a
+	// BytesPerToken() int method (tokenizer.Tokenizer does; a longer body cannot hold a
+	// prompt that fits the context); at most DefaultMaxBodyBytes, which is the bound
+	// without it.
+	MaxBodyBytes int64
+	// MaxTokenizing caps the prompts being tokenized at once (default GOMAXPROCS); the
+	// others wait for a slot, or until their client goes away. As many requests with
+	// bodies over 1 MiB are read, decoded and encoded at once; one that waits BodyTimeout
+	// for its turn gets a 503.
+	MaxTokenizing int
 }
+
+// Defaults of Config's limits.
+const (
+	DefaultBodyTimeout = 30 * time.Second
+	DefaultIdleTimeout = 120 * time.Second
+	DefaultMaxInFlight = 4096
+)
 
 // Server serves one engine.
 type Server struct {
@@ -148,10 +190,31 @@ type Server struct {
 	kvBuffer int
 	// maxBody bounds request bodies, in bytes.
 	maxBody int64
+	// inFlight holds a slot per /v1/ request being handled; tokenizing one per prompt
+	// being tokenized; large one per request with a large body until its prompt is
+	// encoded (largeActive of them).
+	inFlight, tokenizing, large chan struct{}
+	largeActive                 atomic.Int64
+	freeing                     atomic.Bool
+	lastFree                    time.Time // guarded by freeing
 }
 
-// defaultMaxBody bounds request bodies.
-const defaultMaxBody = 32 << 20
+// DefaultMaxBodyBytes is the largest request body accepted (vLLM has no bound).
+const DefaultMaxBodyBytes = 32 << 20
+
+// bytesPerTokener is the optional Tokenizer method that sizes MaxBodyBytes.
+type bytesPerTokener interface{ BytesPerToken() int }
+
+// maxBodyBytes is MaxBodyBytes with 0 resolved (see Config).
+func (cfg *Config) maxBodyBytes() int64 {
+	if cfg.MaxBodyBytes > 0 {
+		return cfg.MaxBodyBytes
+	}
+	if b, ok := cfg.Tokenizer.(bytesPerTokener); ok && b.BytesPerToken() > 0 {
+		return min(DefaultMaxBodyBytes, 1<<20+6*int64(b.BytesPerToken())*int64(cfg.MaxModelLen+1))
+	}
+	return DefaultMaxBodyBytes
+}
 
 // New builds a server.
 func New(cfg Config) (*Server, error) {
@@ -165,20 +228,202 @@ func New(cfg Config) (*Server, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.RetryAfter = max(cfg.RetryAfter, time.Second)
-	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: defaultMaxBody}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxTokenizing <= 0 {
+		cfg.MaxTokenizing = runtime.GOMAXPROCS(0)
+	}
+	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
+	if cfg.MaxInFlight > 0 {
+		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
+	}
+	s.tokenizing = make(chan struct{}, cfg.MaxTokenizing)
+	s.large = make(chan struct{}, cfg.MaxTokenizing)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/completions", s.auth(method(http.MethodPost, s.completions)))
-	mux.HandleFunc("/v1/chat/completions", s.auth(method(http.MethodPost, s.chatCompletions)))
-	mux.HandleFunc("/v1/models", s.auth(method(http.MethodGet, s.models)))
-	mux.HandleFunc("/v1/models/{id...}", s.auth(method(http.MethodGet, s.model)))
-	mux.HandleFunc("/v1/kv_events", s.auth(method(http.MethodGet, s.kvEvents)))
-	mux.HandleFunc("/v1/", s.auth(notFound))
+	mux.HandleFunc("/v1/completions", s.limit(s.auth(method(http.MethodPost, s.completions))))
+	mux.HandleFunc("/v1/chat/completions", s.limit(s.auth(method(http.MethodPost, s.chatCompletions))))
+	mux.HandleFunc("/v1/models", s.limit(s.auth(method(http.MethodGet, s.models))))
+	mux.HandleFunc("/v1/models/{id...}", s.limit(s.auth(method(http.MethodGet, s.model))))
+	mux.HandleFunc("/v1/kv_events", s.limit(s.auth(method(http.MethodGet, s.kvEvents))))
+	mux.HandleFunc("/v1/", s.limit(s.auth(notFound)))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
 	mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", notFound)
 	s.handler = mux
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// No ReadTimeout or WriteTimeout: both would cut long streams (ReadTimeout cancels
+	// the request's context once it passes, even with the body long read); the body's
+	// read deadline is set per request instead (readBody).
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: cfg.IdleTimeout}
 	return s, nil
+}
+
+// limit sheds requests over MaxInFlight with a 503, and gives each request the state
+// that releases its large-body slot when it ends.
+func (s *Server) limit(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.inFlight != nil {
+			select {
+			case s.inFlight <- struct{}{}:
+				defer func() { <-s.inFlight }()
+			default:
+				w.Header().Set("Retry-After", s.retryAfter())
+				writeError(w, &apiError{status: http.StatusServiceUnavailable, Type: "ServiceUnavailableError",
+					Msg: fmt.Sprintf("the server is handling its maximum of %d requests (--max-inflight); retry later", s.cfg.MaxInFlight)})
+				return
+			}
+		}
+		st := &requestState{}
+		defer st.done()
+		h(w, r.WithContext(context.WithValue(r.Context(), requestStateKey{}, st)))
+	}
+}
+
+// largeBody is the body size from which reading, decoding and encoding a request takes
+// one of the MaxTokenizing large-body slots: a few huge prompts at once cannot take
+// memory in proportion to their number.
+const largeBody = 1 << 20
+
+type requestStateKey struct{}
+
+// requestState is what a request holds until it has encoded its prompt.
+type requestState struct{ release func() }
+
+func (st *requestState) done() {
+	if st != nil && st.release != nil {
+		st.release()
+		st.release = nil
+	}
+}
+
+func stateOf(ctx context.Context) *requestState {
+	st, _ := ctx.Value(requestStateKey{}).(*requestState)
+	return st
+}
+
+// errLargeBusy: every large-body slot stayed taken for BodyTimeout.
+var errLargeBusy = errors.New("too many large requests are being read")
+
+// acquireLarge takes a large-body slot for r, waiting at most BodyTimeout; the slot is
+// released once the request's prompt is encoded or the request ends.
+func (s *Server) acquireLarge(r *http.Request) error {
+	st := stateOf(r.Context())
+	if st == nil || st.release != nil {
+		return nil
+	}
+	t := time.NewTimer(s.cfg.BodyTimeout)
+	defer t.Stop()
+	select {
+	case s.large <- struct{}{}:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	case <-t.C:
+		return errLargeBusy
+	}
+	s.largeActive.Add(1)
+	st.release = func() {
+		<-s.large
+		if s.largeActive.Add(-1) == 0 {
+			s.returnMemory()
+		}
+	}
+	return nil
+}
+
+// returnMemory hands the heap that huge bodies left behind back to the OS once none is
+// in flight (at most once a second); the runtime's background scavenger alone takes
+// minutes to shrink RSS after hundreds of MB of request bodies.
+func (s *Server) returnMemory() {
+	if !s.freeing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.freeing.Store(false)
+		if time.Since(s.lastFree) < time.Second {
+			time.Sleep(time.Second - time.Since(s.lastFree))
+		}
+		debug.FreeOSMemory()
+		s.lastFree = time.Now()
+	}()
+}
+
+// encodePrompt encodes a prompt (param names it in errors) with at most MaxTokenizing
+// prompts being encoded at once, stopping once it is longer than the context (a 400 like
+// checkPromptLen's) or when the client goes away.
+func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecial bool) ([]int32, *apiError) {
+	select {
+	case s.tokenizing <- struct{}{}:
+		defer func() { <-s.tokenizing }()
+	case <-ctx.Done():
+		return nil, clientGone(ctx)
+	}
+	if ctx.Err() != nil { // both were ready and select took the slot
+		return nil, clientGone(ctx)
+	}
+	defer stateOf(ctx).done() // the body is decoded: its large-body slot goes
+	pe, ok := s.cfg.Tokenizer.(PrefixEncoder)
+	if !ok {
+		return s.cfg.Tokenizer.Encode(text, addSpecial), nil
+	}
+	ids, truncated, err := pe.EncodePrefix(ctx, text, addSpecial, s.cfg.MaxModelLen)
+	if err != nil {
+		return nil, clientGone(ctx)
+	}
+	if truncated {
+		return nil, badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+	}
+	return ids, nil
+}
+
+// readBodyTimed reads the body with a read deadline of BodyTimeout, lifted once it is
+// read: a deadline left on the connection would cancel a stream's context when it passed
+// (net/http's background read of a finished body fails with it).
+func (s *Server) readBodyTimed(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	if r.ContentLength > s.maxBody { // refused unread
+		w.Header().Set("Connection", "close")
+		return nil, &http.MaxBytesError{Limit: s.maxBody}
+	}
+	fail := func(err error) ([]byte, error) {
+		// The rest of the body is not wanted: close the connection after the answer
+		// rather than wait for it.
+		w.Header().Set("Connection", "close")
+		return nil, err
+	}
+	if r.ContentLength > largeBody {
+		if err := s.acquireLarge(r); err != nil {
+			return fail(err)
+		}
+	}
+	rc := http.NewResponseController(w)
+	timed := rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) == nil
+	// Sized from Content-Length, past 1 MiB only with a large-body slot held: clients
+	// announcing 32 MiB and sending nothing get at most MaxTokenizing such buffers.
+	buf := bytes.NewBuffer(make([]byte, 0, max(r.ContentLength, 0)+bytes.MinRead))
+	body := http.MaxBytesReader(w, r.Body, s.maxBody)
+	_, err := buf.ReadFrom(io.LimitReader(body, largeBody+1))
+	if err == nil && buf.Len() > largeBody { // a large body without Content-Length
+		if err = s.acquireLarge(r); err == nil {
+			_, err = buf.ReadFrom(body)
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if timed {
+		rc.SetReadDeadline(time.Time{})
+	}
+	return buf.Bytes(), nil
+}
+
+// clientGone is the error of a request whose client left (nobody reads it; nginx's 499).
+func clientGone(ctx context.Context) *apiError {
+	return &apiError{status: 499, Msg: fmt.Sprintf("the client went away: %v", context.Cause(ctx)), Type: "ClientClosedRequest"}
 }
 
 // Handler is the server's HTTP handler, for callers that run their own http.Server.

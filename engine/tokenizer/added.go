@@ -50,8 +50,19 @@ type segment struct {
 
 // split cuts s at the added tokens it contains, appending to dst.
 func (m *addedMatcher) split(dst []segment, s string, first bool) []segment {
+	m.each(s, first, func(seg segment) bool {
+		dst = append(dst, seg)
+		return true
+	})
+	return dst
+}
+
+// each calls yield with the segments of s in order, cut at the added tokens it
+// contains, until yield returns false; it reports whether it reached the end. It holds
+// no list of the segments, so scanning a huge text takes no memory.
+func (m *addedMatcher) each(s string, first bool, yield func(segment) bool) bool {
 	if m == nil || len(m.byFirst) == 0 {
-		return append(dst, segment{s, -1, first})
+		return yield(segment{s, -1, first})
 	}
 	start := 0 // end of the previous match
 	for i := 0; i < len(s); {
@@ -79,16 +90,18 @@ func (m *addedMatcher) split(dst []segment, s string, first bool) []segment {
 		if tok.rstrip {
 			mEnd = len(s) - len(strings.TrimLeftFunc(s[mEnd:], unicode.IsSpace))
 		}
-		if mStart > start {
-			dst = append(dst, segment{s[start:mStart], -1, first && start == 0})
+		if mStart > start && !yield(segment{s[start:mStart], -1, first && start == 0}) {
+			return false
 		}
-		dst = append(dst, segment{s[mStart:mEnd], tok.id, first && mStart == 0})
+		if !yield(segment{s[mStart:mEnd], tok.id, first && mStart == 0}) {
+			return false
+		}
 		start, i = mEnd, mEnd
 	}
 	if start < len(s) {
-		dst = append(dst, segment{s[start:], -1, first && start == 0})
+		return yield(segment{s[start:], -1, first && start == 0})
 	}
-	return dst
+	return true
 }
 
 func isWordChar(r rune) bool { return r == '_' || unicode.IsLetter(r) || unicode.IsNumber(r) }

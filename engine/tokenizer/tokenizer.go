@@ -66,6 +66,7 @@ type Tokenizer struct {
 	maxLength    int64
 
 	byteFallbackDecoder bool
+	bytesPerToken       int // see BytesPerToken
 }
 
 // Load reads dir/tokenizer.json and, if present, dir/tokenizer_config.json (either may
@@ -133,6 +134,7 @@ func Parse(tokenizerJSON, tokenizerConfigJSON []byte) (*Tokenizer, error) {
 		return nil, err
 	}
 	t.buildTables(added)
+	t.bytesPerToken = t.computeBytesPerToken(added)
 	if err := t.parseConfig(jval{file: "tokenizer_config.json", raw: tokenizerConfigJSON}); err != nil {
 		return nil, err
 	}

@@ -40,8 +40,12 @@ type Config struct {
 	BlockSize int
 	// Encode, if set, turns prompt text into the engines' token ids, so prompt hashes
 	// equal the engines' block hashes. Without it prompts are hashed by bytes (4 per
-	// token), which serves prefix-affinity routing but cannot match KV events.
-	Encode func(text string) []int32
+	// token), which serves prefix-affinity routing but cannot match KV events. It is
+	// called with the request's context, and need only return the ids an engine could
+	// accept (a prompt over the engines' context is refused by them anyway): the router
+	// wires it to tokenizer.EncodePrefix with the model's max_position_embeddings, so a
+	// huge prompt costs no more than the longest valid one.
+	Encode func(ctx context.Context, text string) []int32
 	// KVEvents subscribes to each endpoint's /v1/kv_events for an exact prefix index.
 	KVEvents bool
 	// Registry receives the router's metrics; nil makes one. Served at /metrics.
@@ -340,7 +344,7 @@ func writeErrorParam(w http.ResponseWriter, status int, typ, msg, param string) 
 }
 
 // routingRequest builds the policy's view of a request body: prompt length and block hashes.
-func (r *Router) routingRequest(path string, body []byte) *serving.Request {
+func (r *Router) routingRequest(ctx context.Context, path string, body []byte) *serving.Request {
 	var parsed struct {
 		Prompt   json.RawMessage `json:"prompt"`
 		Messages []struct {
@@ -375,7 +379,7 @@ func (r *Router) routingRequest(path string, body []byte) *serving.Request {
 	switch {
 	case ids != nil:
 	case r.cfg.Encode != nil:
-		ids = r.cfg.Encode(text.String())
+		ids = r.cfg.Encode(ctx, text.String())
 	default:
 		// Bytes stand in for tokens, about four per token.
 		s := text.String()
@@ -439,7 +443,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "BadRequestError", "the request body is not valid JSON")
 		return
 	}
-	rr := r.routingRequest(req.URL.Path, body)
+	rr := r.routingRequest(req.Context(), req.URL.Path, body)
 	tried := map[*endpoint]bool{}
 	for {
 		e := r.pick(rr, tried)

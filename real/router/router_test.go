@@ -210,7 +210,7 @@ func TestSamePolicyObjectsAsTheSimulator(t *testing.T) {
 			r.endpoints = append(r.endpoints, &endpoint{index: i, url: fmt.Sprint("http://e", i), up: true, waiting: i, running: 2 * (2 - i), kvUsage: 0.1 * float64(i)})
 		}
 		for n := range 50 {
-			req := r.routingRequest("/v1/completions", []byte(fmt.Sprintf(`{"prompt":"shared system prompt %d, then question %d"}`, n%4, n)))
+			req := r.routingRequest(context.Background(), "/v1/completions", []byte(fmt.Sprintf(`{"prompt":"shared system prompt %d, then question %d"}`, n%4, n)))
 			views := make([]serving.InstanceView, len(r.endpoints))
 			for i, e := range r.endpoints {
 				views[i] = e.view()
