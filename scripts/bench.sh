@@ -231,6 +231,7 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo "(\`servelab model synth --preset tiny\`, max model len 512); RSS from /proc/PID/status, sampled every 5 ms."
   echo
   cat "$WORK/hostile.md"
+  if [ -f docs/hostile-notes.md ]; then cat docs/hostile-notes.md; echo; fi
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
   echo '```'
