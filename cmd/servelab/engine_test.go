@@ -30,8 +30,14 @@ func synthTiny(t *testing.T) string {
 // block is free) when the test ends.
 func startEngine(t *testing.T, dir string) string {
 	t.Helper()
+	return startKeyedEngine(t, dir, "")
+}
+
+// startKeyedEngine is startEngine with --api-key key ("" for none).
+func startKeyedEngine(t *testing.T, dir, key string) string {
+	t.Helper()
 	f := engineFlags{model: dir, host: "127.0.0.1", port: 0, blockSize: 16, prefixCaching: true,
-		numBlocksOverride: 256, batchSpec: "vllm", evictSpec: "lru"}
+		numBlocksOverride: 256, batchSpec: "vllm", evictSpec: "lru", apiKey: key}
 	r, err := f.start()
 	if err != nil {
 		t.Fatal(err)

@@ -67,23 +67,6 @@ func TestRouterOverKeyedEngines(t *testing.T) {
 	}
 }
 
-func startKeyedEngine(t *testing.T, dir, key string) string {
-	t.Helper()
-	f := engineFlags{model: dir, host: "127.0.0.1", port: 0, blockSize: 16, prefixCaching: true,
-		numBlocksOverride: 256, batchSpec: "vllm", evictSpec: "lru", apiKey: key}
-	r, err := f.start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go r.server.Serve(r.listener)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		r.server.Shutdown(ctx)
-	})
-	return "http://" + r.listener.Addr().String()
-}
-
 // routeRepeats sends one long prompt six times through a router built from f (presenting
 // key, if any) and checks that every request landed on one engine, where it is cached.
 func routeRepeats(t *testing.T, f routerFlags, key string) {
