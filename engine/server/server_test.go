@@ -503,14 +503,7 @@ func TestErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f.t = t
 			resp, body := f.do(tc.method, tc.path, tc.body)
-			var e struct {
-				Error *struct {
-					Message string `json:"message"`
-					Type    string `json:"type"`
-					Param   any    `json:"param"`
-					Code    int    `json:"code"`
-				} `json:"error"`
-			}
+			var e wireError
 			if err := json.Unmarshal(body, &e); err != nil || e.Error == nil {
 				t.Fatalf("status %d, body %s: %v", resp.StatusCode, body, err)
 			}
