@@ -87,6 +87,10 @@ type Event struct {
 	Sample   *Sample          `json:"sample,omitempty"`
 	Summary  *metrics.Summary `json:"summary,omitempty"`
 	Error    string           `json:"error,omitempty"`
+	// PrefixHashes is, on experiment_start, whether the workload's requests carry prefix
+	// hash ids (results.json's prefix_hashes, known before the first cell runs), so a live
+	// view can tell "no prefix information" from "no hits". Absent from older runs' events.
+	PrefixHashes *bool `json:"prefix_hashes,omitempty"`
 }
 
 // Sample is one point of a cell's time series.
@@ -232,8 +236,11 @@ func Run(ctx context.Context, spec *Spec, opts Options) (*Results, error) {
 	}
 	defer sink.close()
 
+	// Whether the requests carry prefix hash ids: said on experiment_start and in
+	// results.json, one answer for both.
+	hashes := shape.HashBlockSize > 0
 	cells := spec.Cells()
-	sink.emit(Event{Experiment: spec.Name, Kind: ExperimentStart})
+	sink.emit(Event{Experiment: spec.Name, Kind: ExperimentStart, PrefixHashes: &hashes})
 	results := make([]CellResult, len(cells))
 	jobs := make(chan int)
 	var wg sync.WaitGroup
@@ -260,7 +267,6 @@ dispatch:
 	close(jobs)
 	wg.Wait()
 
-	hashes := shape.HashBlockSize > 0
 	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results), PrefixHashes: &hashes}
 	if err := writeJSONAtomic(filepath.Join(opts.Out, "results.json"), res); err != nil {
 		return res, err

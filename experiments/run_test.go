@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -451,9 +452,9 @@ func TestRunTimeSeriesOnTheInterval(t *testing.T) {
 	}
 }
 
-// results.json says whether the workload carries prefix hash ids, so a report can tell "no
-// prefix information" from "no hits".
-func TestResultsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
+// results.json and experiment_start say whether the workload carries prefix hash ids, so a
+// report and the dashboard can tell "no prefix information" from "no hits".
+func TestRunsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
 	tests := []struct {
 		name, workload string
 		want           bool
@@ -468,7 +469,13 @@ func TestResultsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := t.TempDir()
-			if _, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1}); err != nil {
+			var start []*bool // experiment_start's prefix_hashes, as OnEvent heard it
+			onEvent := func(ev Event) {
+				if ev.Kind == ExperimentStart {
+					start = append(start, ev.PrefixHashes)
+				}
+			}
+			if _, err := Run(context.Background(), spec, Options{Out: out, Parallel: 1, OnEvent: onEvent}); err != nil {
 				t.Fatal(err)
 			}
 			res, err := ReadResults(out)
@@ -477,6 +484,18 @@ func TestResultsSayWhetherTheWorkloadHasPrefixes(t *testing.T) {
 			}
 			if res.PrefixHashes == nil || *res.PrefixHashes != tt.want {
 				t.Errorf("prefix_hashes %v, want %v", res.PrefixHashes, tt.want)
+			}
+			// The live view learns it before any cell runs: experiment_start says it, in
+			// events.jsonl too.
+			if len(start) != 1 || start[0] == nil || *start[0] != tt.want {
+				t.Errorf("experiment_start events' prefix_hashes %v, want one saying %v", start, tt.want)
+			}
+			events, err := os.ReadFile(filepath.Join(out, "events.jsonl"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := fmt.Sprintf(`"kind":"experiment_start","progress":0,"prefix_hashes":%v}`, tt.want); !strings.Contains(string(events), want) {
+				t.Errorf("events.jsonl has no %s:\n%.300s", want, events)
 			}
 		})
 	}
