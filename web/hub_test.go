@@ -23,6 +23,8 @@ type view struct {
 	progress  float64
 	cells     map[string]*viewCell
 	order     []string
+	// prefixHashes is the last message's prefix_hashes (nil: absent).
+	prefixHashes *bool
 }
 
 type viewCell struct {
@@ -39,6 +41,7 @@ func (v *view) apply(t testing.TB, data []byte) {
 		Status   string  `json:"status"`
 		Progress float64 `json:"progress"`
 		Error    string  `json:"error"`
+		Prefix   *bool   `json:"prefix_hashes"`
 		Cells    []struct {
 			ID      string           `json:"id"`
 			Status  string           `json:"status"`
@@ -65,7 +68,7 @@ func (v *view) apply(t testing.TB, data []byte) {
 	default:
 		t.Fatalf("message type %q: %s", m.Type, data)
 	}
-	v.seq, v.status, v.progress = m.Seq, m.Status, m.Progress
+	v.seq, v.status, v.progress, v.prefixHashes = m.Seq, m.Status, m.Progress, m.Prefix
 	for _, mc := range m.Cells {
 		c := v.cells[mc.ID]
 		if c == nil {

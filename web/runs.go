@@ -33,6 +33,9 @@ type RunInfo struct {
 	InProcess bool `json:"in_process,omitempty"`
 	// Error is why the run failed to start, or why its spec does not load.
 	Error string `json:"error,omitempty"`
+	// PrefixHashes is whether the workload carries prefix hash ids, as the run's
+	// experiment_start event said; absent when none did.
+	PrefixHashes *bool `json:"prefix_hashes,omitempty"`
 }
 
 // CellInfo is one cell of a run with its status.
@@ -187,7 +190,8 @@ func (c *catalog) info(id string, running bool, jobErr error) (RunInfo, []CellIn
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	info := RunInfo{ID: id, Experiment: e.name, Dir: e.dir, Status: e.st.status, InProcess: running}
+	info := RunInfo{ID: id, Experiment: e.name, Dir: e.dir, Status: e.st.status, InProcess: running,
+		PrefixHashes: e.st.prefixHashes}
 	if e.specErr != nil {
 		info.Error = "spec.yaml: " + e.specErr.Error()
 	}
@@ -220,7 +224,7 @@ func (c *catalog) info(id string, running bool, jobErr error) (RunInfo, []CellIn
 	case info.Status == StatusNew:
 		// No events (a directory written by an older servelab): results.json decides.
 		if res, err := experiments.ReadResults(e.dir); err == nil {
-			info.Status = StatusDone
+			info.Status, info.PrefixHashes = StatusDone, res.PrefixHashes
 			if len(cells) == 0 {
 				info.Cells = len(res.Cells)
 			}

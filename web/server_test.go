@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/gorilla/websocket"
 
 	"servelab/experiments"
@@ -503,6 +504,79 @@ func TestFollowsARunOfAnotherProcess(t *testing.T) {
 		t.Errorf("%d updates while the run went on", v.updates)
 	}
 	checkAgainstFiles(t, v, out, spec.Cells())
+}
+
+// The live and compare pages learn from the run whether its trace carries prefix hash ids
+// (the experiment_start event, or results.json), to show a note instead of a hit-rate chart
+// of zeros; a run of an older servelab, which does not say, gets the chart.
+func TestRunsSayWhetherTheTraceHasPrefixes(t *testing.T) {
+	mooncake, err := filepath.Abs("../examples/traces/mooncake_conv_500.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, trace string
+		want        bool
+	}{
+		{"azure", azureSlice, false},
+		{"mooncake", mooncake, true},
+	}
+	d := newTestDash(t, nil)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := writeFile(t, filepath.Join(d.specs, tt.name+".yaml"), fmt.Sprintf("name: %s\n"+
+				"workload: {trace: %s, max_requests: 60}\ncluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n"+
+				"policies: {routers: [round-robin]}\n", tt.name, tt.trace))
+			id := d.start(StartRequest{Spec: spec, SampleInterval: 0.5})
+			conn, _, err := d.dial(id, d.hs.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			v := watch(t, conn)
+			if v.prefixHashes == nil || *v.prefixHashes != tt.want {
+				t.Errorf("websocket: prefix_hashes %s, want %v", boolOrNil(v.prefixHashes), tt.want)
+			}
+			if _, err := d.srv.Job(id).Wait(); err != nil {
+				t.Fatal(err)
+			}
+			var info RunInfo
+			if code := d.getJSON("/api/runs/"+id, &info); code != 200 || info.PrefixHashes == nil || *info.PrefixHashes != tt.want {
+				t.Errorf("GET /api/runs/%s: %d, prefix_hashes %s, want %v", id, code, boolOrNil(info.PrefixHashes), tt.want)
+			}
+		})
+	}
+
+	// An older servelab's runs: events without prefix_hashes say nothing; results.json alone
+	// (no events) says what it records.
+	old := filepath.Join(d.runs, "old")
+	writeFile(t, filepath.Join(old, "spec.yaml"), "name: old\n")
+	writeFile(t, filepath.Join(old, "events.jsonl"), `{"experiment":"old","kind":"experiment_start","progress":0}`+"\n"+
+		`{"experiment":"old","kind":"experiment_done","progress":1}`+"\n")
+	older := filepath.Join(d.runs, "older")
+	writeFile(t, filepath.Join(older, "spec.yaml"), "name: older\n")
+	writeFile(t, filepath.Join(older, "results.json"), `{"experiment":"older","cells":[],"policies":[],"prefix_hashes":false}`)
+	for id, want := range map[string]*bool{"old": nil, "older": new(bool)} {
+		var info RunInfo
+		if code := d.getJSON("/api/runs/"+id, &info); code != 200 || !cmp.Equal(info.PrefixHashes, want) {
+			t.Errorf("GET /api/runs/%s: %d, prefix_hashes %s, want %s", id, code, boolOrNil(info.PrefixHashes), boolOrNil(want))
+		}
+	}
+	conn, _, err := d.dial("old", d.hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if v := watch(t, conn); v.prefixHashes != nil {
+		t.Errorf("websocket of a run whose events do not say: prefix_hashes %s", boolOrNil(v.prefixHashes))
+	}
+}
+
+func boolOrNil(b *bool) string {
+	if b == nil {
+		return "absent"
+	}
+	return fmt.Sprint(*b)
 }
 
 // smallBuffers makes a websocket's socket buffers a few KB, so that a client that does not

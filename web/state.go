@@ -30,6 +30,9 @@ type runState struct {
 	err        string
 	cells      []*cellState
 	byID       map[string]*cellState
+	// prefixHashes is whether the workload carries prefix hash ids, as experiment_start
+	// said; nil when no event said (not started, or an older servelab's run).
+	prefixHashes *bool
 	// maxSamples bounds each cell's series; 0 keeps none (status only).
 	maxSamples int
 }
@@ -75,6 +78,7 @@ func (st *runState) apply(ev experiments.Event) bool {
 	switch ev.Kind {
 	case experiments.ExperimentStart:
 		st.experiment, st.status, st.err = ev.Experiment, StatusRunning, ""
+		st.prefixHashes = ev.PrefixHashes
 		return true
 	case experiments.ExperimentDone:
 		st.status, st.err = StatusDone, ev.Error
@@ -175,6 +179,10 @@ type message struct {
 	Progress   float64   `json:"progress"`
 	Fields     []string  `json:"fields,omitempty"`
 	Cells      []cellMsg `json:"cells"`
+	// PrefixHashes is whether the workload carries prefix hash ids; absent when not known.
+	// Without them the prefix cache cannot hit, and the page says so instead of drawing a
+	// hit-rate chart of zeros.
+	PrefixHashes *bool `json:"prefix_hashes,omitempty"`
 }
 
 type cellMsg struct {
@@ -265,7 +273,7 @@ func (st *runState) update(run string, seq uint64) *message {
 
 func (st *runState) header(kind, run string, seq uint64) *message {
 	return &message{Type: kind, Seq: seq, Run: run, Experiment: st.experiment, Status: st.status,
-		Error: st.err, Progress: st.progress(), Cells: []cellMsg{}}
+		Error: st.err, Progress: st.progress(), Cells: []cellMsg{}, PrefixHashes: st.prefixHashes}
 }
 
 // msg is the cell with its samples from index from on, copied (the state goes on changing
