@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"servelab/experiments"
+	"servelab/internal/webdriver"
 	"servelab/internal/webdriver/wdtest"
 )
 
@@ -70,7 +71,15 @@ func TestBrowser(t *testing.T) {
 	}
 	live := writeFile(t, filepath.Join(d.specs, "live.yaml"), fmt.Sprintf("name: browser-live\n"+
 		"workload: {trace: %s, rate_scale: 4}\ncluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n%s", azureSlice, matrix))
-	small := writeFile(t, filepath.Join(d.specs, "small.yaml"), specYAML("browser-small", 400, "round-robin, prefix-affinity", ""))
+	// The small run replays Mooncake, whose requests carry prefix hash ids: its live page
+	// draws the hit-rate chart; the Azure run's says there is none to draw.
+	mooncake, err := filepath.Abs("../examples/traces/mooncake_conv_500.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := writeFile(t, filepath.Join(d.specs, "small.yaml"), fmt.Sprintf("name: browser-small\n"+
+		"workload: {trace: %s, max_requests: 400}\ncluster: {instances: 2, model: llama-3.1-8b, gpu: a100-80g}\n"+
+		"policies: {routers: [round-robin, prefix-affinity]}\n", mooncake))
 
 	s := wdtest.Session(ctx, t, 1400, 1300)
 	shots := t.TempDir()
@@ -137,7 +146,6 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var at string
-	var err error
 	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(at, "/runs/"); time.Sleep(20 * time.Millisecond) {
 		if at, err = s.CurrentURL(ctx); err != nil {
 			t.Fatal(err)
@@ -155,6 +163,9 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	waitStats("the small run's live page to show it done", func(st chartStats) bool {
 		return st.Status == StatusDone && st.points() > 0
 	})
+	if pv := prefixView(ctx, t, s); !pv.Chart || pv.Note != "" {
+		t.Errorf("the live page of a Mooncake run (prefix hash ids): hit-rate chart shown %v, note %q; want the chart", pv.Chart, pv.Note)
+	}
 
 	// The live page of the long run, open before it starts (as another tab would be), so
 	// that the whole run is watched.
@@ -225,6 +236,17 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 		return st.Status == StatusDone && sum(st.Charts["throughput"]) == policyPoints
 	})
 	screenshot("live-done.png")
+	// The Azure slice carries no prefix hash ids: a note instead of a hit-rate chart of zeros.
+	if pv := prefixView(ctx, t, s); pv.Chart || !strings.Contains(pv.Note, "no prefix information (hash ids)") {
+		t.Errorf("the live page of an Azure run (no prefix hash ids): hit-rate chart shown %v, note %q; want the note", pv.Chart, pv.Note)
+	}
+	if err := s.Execute(ctx, `const n = document.getElementById('no-prefix'); if (n) n.scrollIntoView()`, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	screenshot("live-no-prefix.png")
+	if err := s.Execute(ctx, `window.scrollTo(0, 0)`, nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	// lru and lfu on the Azure slice (no shared prefixes) run alike: the page says so.
 	var identical string
 	if err := s.Execute(ctx, `return document.getElementById('identical').textContent`, nil, &identical); err != nil {
@@ -282,6 +304,10 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 			screenshot("compare.png")
 		}
 	}
+	// One of the two runs has prefix hash ids: the chart stays, and a line names the other.
+	if pv := prefixView(ctx, t, s); !pv.Chart || pv.Note != "" || !strings.Contains(pv.Runs, "trace of browser-live:") {
+		t.Errorf("the compare page of a Mooncake and an Azure run: hit-rate chart shown %v, note %q, line %q; want the chart and a line naming browser-live", pv.Chart, pv.Note, pv.Runs)
+	}
 	var rows int
 	if err := s.Execute(ctx, `return document.querySelectorAll('#summaries tbody tr').length`, nil, &rows); err != nil {
 		t.Fatal(err)
@@ -289,6 +315,37 @@ form.requestSubmit();`, []any{small}, nil); err != nil {
 	if want := len(job.Spec.Cells())/len(job.Spec.Seeds) + 2; rows != want {
 		t.Errorf("summary table has %d rows, want one per policy of each run (%d)", rows, want)
 	}
+
+	// The Azure run alone: no run has prefix hash ids, so the note stands in the chart's place.
+	if err := s.Navigate(ctx, d.hs.URL+"/compare?run=browser-live"); err != nil {
+		t.Fatal(err)
+	}
+	waitStats("the compare page of the Azure run", func(st chartStats) bool { return st.Ready })
+	if pv := prefixView(ctx, t, s); pv.Chart || !strings.Contains(pv.Note, "no prefix information (hash ids)") || pv.Runs != "" {
+		t.Errorf("the compare page of an Azure run: hit-rate chart shown %v, note %q, line %q; want the note alone", pv.Chart, pv.Note, pv.Runs)
+	}
+}
+
+// prefixShown is what a page shows for the prefix-cache hit rate: whether its chart is
+// displayed, the note shown in its place ("" when none is) and the compare page's line
+// naming the runs without prefix hash ids.
+type prefixShown struct {
+	Chart bool   `json:"chart"`
+	Note  string `json:"note"`
+	Runs  string `json:"runs"`
+}
+
+func prefixView(ctx context.Context, t *testing.T, s *webdriver.Session) prefixShown {
+	t.Helper()
+	var pv prefixShown
+	err := s.Execute(ctx, `const shown = e => !!e && e.offsetHeight > 0;
+const note = document.getElementById('no-prefix'), runs = document.getElementById('prefix-runs');
+return {chart: shown(document.getElementById('chart-hit')), note: shown(note) ? note.textContent : '',
+  runs: runs ? runs.textContent : ''};`, nil, &pv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pv
 }
 
 var chartKeys = []string{"throughput", "output", "waiting", "running", "kv", "hit", "ttft"}

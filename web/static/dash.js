@@ -8,7 +8,7 @@ const CHARTS = [
   {key: 'waiting', title: 'Queue depth: waiting requests', field: 'num_requests_waiting'},
   {key: 'running', title: 'Running requests', field: 'num_requests_running'},
   {key: 'kv', title: 'KV cache usage (%)', field: 'kv_cache_usage_perc', scale: 100},
-  {key: 'hit', title: 'Prefix-cache hit rate (%)', field: 'prefix_cache_hit_rate', scale: 100},
+  {key: 'hit', title: 'Prefix-cache hit rate (%)', field: 'prefix_cache_hit_rate', scale: 100, needsPrefixes: true},
   {key: 'ttft', title: 'TTFT p50 (ms)', field: 'ttft_p50_ms', zeroIsGap: true},
 ];
 
@@ -63,6 +63,11 @@ function makeCharts(container) {
       series: [],
     });
     charts[def.key] = chart;
+    // In its place when the workload carries no prefix hash ids (see showPrefixNote).
+    if (def.needsPrefixes) {
+      container.append(el('div', {class: 'chart chart-note', id: 'no-prefix', hidden: ''},
+        el('div', {class: 'chart-title'}, def.title), el('p', {class: 'msg'})));
+    }
   }
   window.addEventListener('resize', () => Object.values(charts).forEach(c => c.resize()));
   dash.charts = charts;
@@ -146,6 +151,28 @@ function identicalText(list) {
 function showIdentical(list) {
   const note = $('#identical');
   if (note) note.textContent = identicalText(list);
+}
+
+// NO_PREFIX_TEXT is what the page shows instead of a hit-rate chart of zeros.
+const NO_PREFIX_TEXT = 'This trace carries no prefix information (hash ids), so there is no prefix-cache hit rate ' +
+  'to show: every prompt has blocks of its own, and the prefix cache cannot hit under any policy.';
+
+// showPrefixNote puts a note in place of the charts that need prefix hash ids (the hit
+// rate) when text is not empty, and the charts back when it is.
+function showPrefixNote(charts, text) {
+  const note = $('#no-prefix');
+  if (!note) return;
+  for (const def of CHARTS) {
+    if (!def.needsPrefixes) continue;
+    const div = $('#chart-' + def.key);
+    const hide = !!text;
+    if (div.hidden !== hide) {
+      div.hidden = hide;
+      if (!hide) charts[def.key].resize();
+    }
+  }
+  note.hidden = !text;
+  $('p', note).textContent = text;
 }
 
 const PALETTE = ['#5470c6', '#91cc75', '#fac858', '#ee6666', '#73c0de', '#3ba272', '#fc8452', '#9a60b4', '#ea7ccc'];
@@ -248,6 +275,8 @@ function livePage() {
     dash.status = m.status;
     dash.progress = m.progress;
     dash.error = m.error || '';
+    // Whether the workload carries prefix hash ids; undefined when the run has not said.
+    dash.prefixHashes = m.prefix_hashes;
     for (const mc of m.cells) {
       const c = cellOf(mc.id);
       if (mc.cell) c.cell = mc.cell;
@@ -308,8 +337,9 @@ function livePage() {
       td[3].textContent = s ? fmt(s.request_throughput) : '';
       td[4].textContent = s ? fmt(s.request_goodput) : '';
       td[5].textContent = s ? fmt(s.p99_ttft_ms, 0) : '';
-      td[6].textContent = s ? fmt(100 * s.prefix_cache_hit_rate, 1) + '%' : '';
+      td[6].textContent = s ? (dash.prefixHashes === false ? 'n/a' : fmt(100 * s.prefix_cache_hit_rate, 1) + '%') : '';
     }
+    showPrefixNote(charts, dash.prefixHashes === false ? NO_PREFIX_TEXT : '');
     // One line per policy, the mean over its seeds in a band; every seed's own line on demand.
     const seeds = $('#show-seeds');
     dash.view = seeds && seeds.checked ? 'seeds' : 'policies';
@@ -367,6 +397,8 @@ async function comparePage() {
     try {
       const info = await fetchJSON('/api/runs/' + enc(id));
       run.results = await fetchJSON('/api/runs/' + enc(id) + '/results').catch(() => null);
+      // From its events, or from results.json; undefined when neither says (older runs).
+      run.prefixHashes = info.prefix_hashes !== undefined ? info.prefix_hashes : (run.results || {}).prefix_hashes;
       await Promise.all(info.cell_list.map(async (ci) => {
         const c = {id: ci.id, cell: ci, label: cellLabel(ci.id, ci), points: {}, on: true};
         for (const def of CHARTS) c.points[def.key] = [];
@@ -390,6 +422,17 @@ async function comparePage() {
     }
   }));
   runs.sort((a, b) => picks.findIndex(p => p.dataset.run === a.id) - picks.findIndex(p => p.dataset.run === b.id));
+
+  // No hit-rate chart when no run's workload carries prefix hash ids; when some do not, a
+  // line names them (their hit rates are 0 by construction).
+  const without = runs.filter(r => r.prefixHashes === false).map(r => r.id);
+  const allWithout = without.length > 0 && without.length === runs.length;
+  showPrefixNote(charts, allWithout ? NO_PREFIX_TEXT.replace('This trace carries', runs.length > 1 ? 'These runs\' traces carry' : 'This trace carries') : '');
+  const prefixLine = $('#prefix-runs');
+  if (prefixLine) {
+    prefixLine.textContent = without.length && !allWithout ? 'No prefix information (hash ids) in the trace of ' +
+      without.join(', ') + ': its prefix-cache hit rate is 0 under any policy.' : '';
+  }
 
   // One line per run and policy (the mean over its picked seeds, in a band), or every
   // picked seed's own line.
@@ -428,6 +471,7 @@ async function comparePage() {
       body.append(el('tr', {'data-run': r.id}, el('td', {}, r.id), el('td', {}, name),
         el('td', {}, p.seeds + (p.failed_cells ? ' (' + p.failed_cells + ' failed)' : '')),
         ...SUMMARY_COLUMNS.map(([key, , digits, scale]) => {
+          if (key === 'prefix_cache_hit_rate' && r.prefixHashes === false) return el('td', {class: 'num'}, 'n/a');
           const st = p[key] || {mean: 0, ci95: 0};
           const k = scale || 1;
           return el('td', {class: 'num'}, fmt(st.mean * k, digits) + (st.ci95 ? ' ± ' + fmt(st.ci95 * k, digits) : ''));
