@@ -430,8 +430,10 @@ async function comparePage() {
   showPrefixNote(charts, allWithout ? NO_PREFIX_TEXT.replace('This trace carries', runs.length > 1 ? 'These runs\' traces carry' : 'This trace carries') : '');
   const prefixLine = $('#prefix-runs');
   if (prefixLine) {
-    prefixLine.textContent = without.length && !allWithout ? 'No prefix information (hash ids) in the trace of ' +
-      without.join(', ') + ': its prefix-cache hit rate is 0 under any policy.' : '';
+    const one = without.length === 1;
+    prefixLine.textContent = without.length && !allWithout ? 'No prefix information (hash ids) in the trace' +
+      (one ? '' : 's') + ' of ' + without.join(', ') + ': ' + (one ? 'its' : 'their') +
+      ' prefix-cache hit rate is 0 under any policy.' : '';
   }
 
   // One line per run and policy (the mean over its picked seeds, in a band), or every
