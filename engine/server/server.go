@@ -376,9 +376,24 @@ func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecia
 		return nil, clientGone(ctx)
 	}
 	if truncated {
-		return nil, badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+		return nil, s.overContext(param)
 	}
 	return ids, nil
+}
+
+// overContext is the 400 for a prompt known to encode to more than MaxModelLen tokens.
+func (s *Server) overContext(param string) *apiError {
+	return badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+}
+
+// maxPromptText is the most bytes of text a prompt that fits the context can have, from
+// the tokenizer's BytesPerToken (a text of n bytes encodes to at least n/BytesPerToken
+// ids); 0 when the tokenizer gives no such bound.
+func (s *Server) maxPromptText() int64 {
+	if b, ok := s.cfg.Tokenizer.(bytesPerTokener); ok && b.BytesPerToken() > 0 {
+		return int64(b.BytesPerToken()) * int64(s.cfg.MaxModelLen)
+	}
+	return 0
 }
 
 // readBodyTimed reads the body with a read deadline of BodyTimeout, lifted once it is
