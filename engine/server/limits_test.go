@@ -428,3 +428,35 @@ func TestDecodeErrorOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestHeapReturnedWhileLargeBodiesInFlight: the heap huge bodies leave behind is handed
+// back to the OS once freeEvery bytes of them were released, also while another large
+// body is still in flight (a GC sized from a large live heap would let it pile up).
+func TestHeapReturnedWhileLargeBodiesInFlight(t *testing.T) {
+	f := start(t, options{server: func(c *Config) { c.freeEvery = 1 << 20; c.MaxTokenizing = 2 }})
+	slow := rawRequest(t, f.url, 2<<20) // holds a large-body slot while it sends nothing more
+	if _, err := slow.Write([]byte(`{"prompt": "`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the slow body to hold a large-body slot", func() bool { return f.srv.largeActive.Load() == 1 })
+	big := `{"prompt": "` + strings.Repeat("x", 2<<20) + `"}`
+	for range 2 {
+		if resp, data := f.post("/v1/completions", big); resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("a large body: status %d: %.200s", resp.StatusCode, data)
+		}
+	}
+	waitFor(t, "the heap to be handed back", func() bool { return f.srv.frees.Load() > 0 })
+	if n := f.srv.largeActive.Load(); n != 1 {
+		t.Errorf("%d large bodies in flight, want the slow one", n)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
