@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -343,5 +344,119 @@ func TestLargeBodiesGated(t *testing.T) {
 	}
 	if n := f.srv.largeActive.Load(); n != 0 {
 		t.Errorf("%d large-body slots still held", n)
+	}
+}
+
+// TestHugePromptRefusedUndecoded: with the body limit raised past what the context needs,
+// a 30 MB prompt, plain or as a list of one, is refused with the usual 400 without being
+// copied, decoded or encoded. The server's allocations are bounded by the body it must
+// read (one buffer of Content-Length) plus 4 MiB for everything else (headers, the small
+// fields, the answer; the client writes in 4 KiB chunks): decoding the body into fields,
+// then the prompt into a string, used to allocate three times the body.
+func TestHugePromptRefusedUndecoded(t *testing.T) {
+	tok := &bytesTokenizer{}
+	f := start(t, options{server: func(c *Config) { c.Tokenizer = tok; c.MaxBodyBytes = DefaultMaxBodyBytes }})
+	huge := strings.Repeat("hello world ", 30<<20/12)
+	for _, tc := range []struct{ name, body string }{
+		{"string", `{"prompt": "` + huge + `", "max_tokens": 1}`},
+		{"list of one", `{"max_tokens": 1, "prompt": [ "` + huge + `" ] }`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok.encoded.Store(0)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			resp, data := f.post("/v1/completions", tc.body)
+			runtime.ReadMemStats(&after)
+			typ, param, msg := errorBody(t, data)
+			if resp.StatusCode != http.StatusBadRequest || typ != "BadRequestError" || param != "prompt" ||
+				!strings.Contains(msg, fmt.Sprintf("maximum context length is %d tokens. However, your request has more than %d input tokens", testMaxModelLen, testMaxModelLen)) {
+				t.Errorf("status %d, %s %v %q", resp.StatusCode, typ, param, msg)
+			}
+			if alloc, limit := after.TotalAlloc-before.TotalAlloc, uint64(len(tc.body)+4<<20); alloc > limit {
+				t.Errorf("allocated %d MB to refuse a %d MB body, want at most %d MB", alloc>>20, len(tc.body)>>20, limit>>20)
+			}
+			if n := tok.encoded.Load(); n != 0 {
+				t.Errorf("encoded %d bytes of a prompt its length alone refuses", n)
+			}
+		})
+	}
+}
+
+// TestStringSpan: the JSON string a prompt is, or holds as its only element.
+func TestStringSpan(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		isOK bool
+	}{
+		{`"abc"`, 5, true},
+		{`""`, 2, true},
+		{`["abc"]`, 5, true},
+		{"[ \n\"a\\\"b\"\t]", 6, true},
+		{`["a\\"]`, 5, true},
+		{`["a\\\"b"]`, 8, true},
+		{`["a","b"]`, 0, false},
+		{`["a\\","b"]`, 0, false},
+		{`["a", 1]`, 0, false},
+		{`[1]`, 0, false},
+		{`[]`, 0, false},
+		{`[[1, 2]]`, 0, false},
+		{`12`, 0, false},
+		{`null`, 0, false},
+	} {
+		if n, ok := stringSpan([]byte(tc.in)); n != tc.n || ok != tc.isOK {
+			t.Errorf("stringSpan(%s) = %d, %v, want %d, %v", tc.in, n, ok, tc.n, tc.isOK)
+		}
+	}
+}
+
+// TestDecodeErrorOrder: a body is decoded once, but its errors are reported as decoding
+// the shared sampling fields and then the endpoint's own did: the sampling field's first,
+// wherever it stands in the body.
+func TestDecodeErrorOrder(t *testing.T) {
+	f := start(t, options{})
+	for _, tc := range []struct{ path, body, param string }{
+		{"/v1/completions", `{"echo": "x", "max_tokens": "y", "prompt": "hi"}`, "max_tokens"},
+		{"/v1/completions", `{"best_of": "x", "stop": 3, "prompt": "hi"}`, "stop"},
+		{"/v1/completions", `{"echo": "x", "prompt": "hi"}`, "echo"},
+		{"/v1/chat/completions", `{"messages": 3, "temperature": "hot"}`, "temperature"},
+		{"/v1/chat/completions", `{"messages": [{"role": 1}]}`, "messages.role"},
+	} {
+		resp, data := f.post(tc.path, tc.body)
+		if _, param, _ := errorBody(t, data); resp.StatusCode != http.StatusBadRequest || param != tc.param {
+			t.Errorf("%s %s: status %d, param %v, want 400 naming %s: %s", tc.path, tc.body, resp.StatusCode, param, tc.param, data)
+		}
+	}
+}
+
+// TestHeapReturnedWhileLargeBodiesInFlight: the heap huge bodies leave behind is handed
+// back to the OS once freeEvery bytes of them were released, also while another large
+// body is still in flight (a GC sized from a large live heap would let it pile up).
+func TestHeapReturnedWhileLargeBodiesInFlight(t *testing.T) {
+	f := start(t, options{server: func(c *Config) { c.freeEvery = 1 << 20; c.MaxTokenizing = 2 }})
+	slow := rawRequest(t, f.url, 2<<20) // holds a large-body slot while it sends nothing more
+	if _, err := slow.Write([]byte(`{"prompt": "`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the slow body to hold a large-body slot", func() bool { return f.srv.largeActive.Load() == 1 })
+	big := `{"prompt": "` + strings.Repeat("x", 2<<20) + `"}`
+	for range 2 {
+		if resp, data := f.post("/v1/completions", big); resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("a large body: status %d: %.200s", resp.StatusCode, data)
+		}
+	}
+	waitFor(t, "the heap to be handed back", func() bool { return f.srv.frees.Load() > 0 })
+	if n := f.srv.largeActive.Load(); n != 1 {
+		t.Errorf("%d large bodies in flight, want the slow one", n)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,11 +80,11 @@ const defaultCompletionMaxTokens = 16
 
 // completionFields are /v1/completions' own fields.
 type completionFields struct {
-	Prompt   json.RawMessage `json:"prompt"`
-	Echo     bool            `json:"echo"`
-	Logprobs *int            `json:"logprobs"`
-	BestOf   *int            `json:"best_of"`
-	Suffix   *string         `json:"suffix"`
+	Prompt   promptField `json:"prompt"`
+	Echo     bool        `json:"echo"`
+	Logprobs *int        `json:"logprobs"`
+	BestOf   *int        `json:"best_of"`
+	Suffix   *string     `json:"suffix"`
 }
 
 // chatFields are /v1/chat/completions' own fields.
@@ -125,11 +126,11 @@ var (
 		{"kv_transfer_params", nil},
 		{"vllm_xargs", nil},
 	}
-	unsupportedCompletion = newUnsupported(unsupportedCommon, []unsupportedField{
+	completionDecoder = newRequestDecoder([]reflect.Type{reflect.TypeFor[samplingFields](), reflect.TypeFor[completionFields]()}, unsupportedCommon, []unsupportedField{
 		{"prompt_embeds", nil},
 		{"add_special_tokens", []string{`true`}}, // the prompt is always encoded with them
 	})
-	unsupportedChat = newUnsupported(unsupportedCommon, []unsupportedField{
+	chatDecoder = newRequestDecoder([]reflect.Type{reflect.TypeFor[samplingFields](), reflect.TypeFor[chatFields]()}, unsupportedCommon, []unsupportedField{
 		// Tool calling: with no tools, no tool call is made, so parallel_tool_calls (either
 		// value) is honoured.
 		{"tools", []string{`[]`}},
@@ -159,17 +160,40 @@ type unsupportedField struct {
 	accept []string // JSON values besides null
 }
 
-// unsupportedSet decodes just its fields from a body: a struct type built from the table,
-// so a large prompt is scanned but not copied again.
-type unsupportedSet struct {
-	fields []unsupportedField
-	accept [][]any
+// requestDecoder decodes a request body in one pass into an endpoint's field structs
+// and its unsupported fields (json.Unmarshal scans the whole body each time, and a body may
+// be as large as --max-body-bytes). Its struct type holds their fields side by side:
+// reflect.StructOf cannot embed unexported types, so the fields are copied flat.
+type requestDecoder struct {
 	typ    reflect.Type
+	parts  []reflect.Type // the field structs, in order; their fields come first in typ
+	fields []unsupportedField
+	accept [][]any // fields[i]'s accepted values, decoded
 }
 
-func newUnsupported(lists ...[]unsupportedField) *unsupportedSet {
-	u := &unsupportedSet{}
+func newRequestDecoder(parts []reflect.Type, lists ...[]unsupportedField) *requestDecoder {
+	d := &requestDecoder{parts: parts}
 	var sf []reflect.StructField
+	names := map[string]bool{}
+	add := func(f reflect.StructField) {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" {
+			name = f.Name
+		}
+		// encoding/json ignores both fields of a duplicated name: a table mistake.
+		if names[strings.ToLower(name)] {
+			panic("request decoder: field " + name + " twice")
+		}
+		names[strings.ToLower(name)] = true
+		f.Name = fmt.Sprintf("F%d", len(sf))
+		f.Index, f.Offset = nil, 0
+		sf = append(sf, f)
+	}
+	for _, p := range parts {
+		for i := range p.NumField() {
+			add(p.Field(i))
+		}
+	}
 	for _, l := range lists {
 		for _, f := range l {
 			var vals []any
@@ -180,31 +204,64 @@ func newUnsupported(lists ...[]unsupportedField) *unsupportedSet {
 				}
 				vals = append(vals, v)
 			}
-			u.fields = append(u.fields, f)
-			u.accept = append(u.accept, vals)
-			sf = append(sf, reflect.StructField{
-				Name: fmt.Sprintf("F%d", len(sf)), Type: reflect.TypeFor[json.RawMessage](),
-				Tag: reflect.StructTag(`json:"` + f.name + `"`),
-			})
+			d.fields = append(d.fields, f)
+			d.accept = append(d.accept, vals)
+			add(reflect.StructField{Type: reflect.TypeFor[json.RawMessage](), Tag: reflect.StructTag(`json:"` + f.name + `"`)})
 		}
 	}
-	u.typ = reflect.StructOf(sf)
-	return u
+	d.typ = reflect.StructOf(sf)
+	return d
 }
 
-// check refuses the first listed field whose value asks for something.
-func (u *unsupportedSet) check(body []byte) *apiError {
-	v := reflect.New(u.typ)
-	if err := json.Unmarshal(body, v.Interface()); err != nil {
-		return nil // decodeFields has reported malformed bodies
+// decode decodes body into dsts (pointers to the structs of parts, in order; what they
+// hold already is kept for fields the body omits) and returns the unsupported fields'
+// raw values, for check. Errors are decodeFields' on each dst in turn.
+func (d *requestDecoder) decode(body []byte, dsts ...any) ([]json.RawMessage, *apiError) {
+	v := reflect.New(d.typ).Elem()
+	n := 0
+	for i, dst := range dsts {
+		if t := reflect.TypeOf(dst); i >= len(d.parts) || t.Elem() != d.parts[i] {
+			panic(fmt.Sprintf("request decoder: argument %d is a %v", i, t))
+		}
+		dv := reflect.ValueOf(dst).Elem()
+		for i := range dv.NumField() {
+			v.Field(n).Set(dv.Field(i))
+			n++
+		}
 	}
-	for i, f := range u.fields {
-		raw := v.Elem().Field(i).Interface().(json.RawMessage)
+	if err := json.Unmarshal(body, v.Addr().Interface()); err != nil {
+		// Which error is reported: the first struct's first, as decoding each in turn does.
+		for _, dst := range dsts {
+			if e := decodeFields(body, dst); e != nil {
+				return nil, e
+			}
+		}
+		return nil, badRequest("", "malformed JSON: %v", err)
+	}
+	n = 0
+	for _, dst := range dsts {
+		dv := reflect.ValueOf(dst).Elem()
+		for i := range dv.NumField() {
+			dv.Field(i).Set(v.Field(n))
+			n++
+		}
+	}
+	raws := make([]json.RawMessage, len(d.fields))
+	for i := range raws {
+		raws[i] = v.Field(n + i).Interface().(json.RawMessage)
+	}
+	return raws, nil
+}
+
+// check refuses the first listed field whose value (raws, from decode) asks for something.
+func (d *requestDecoder) check(raws []json.RawMessage) *apiError {
+	for i, f := range d.fields {
+		raw := raws[i]
 		if len(raw) == 0 || string(raw) == "null" {
 			continue
 		}
 		var got any
-		if json.Unmarshal(raw, &got) == nil && slices.ContainsFunc(u.accept[i], func(a any) bool { return reflect.DeepEqual(a, got) }) {
+		if json.Unmarshal(raw, &got) == nil && slices.ContainsFunc(d.accept[i], func(a any) bool { return reflect.DeepEqual(a, got) }) {
 			continue
 		}
 		accepted := "null"
@@ -214,6 +271,60 @@ func (u *unsupportedSet) check(body []byte) *apiError {
 		return badRequest(f.name, "%s is not supported by this server, got %s; omit it or send %s", f.name, truncate(raw, 80), accepted)
 	}
 	return nil
+}
+
+// promptField is a completion's prompt, raw. A prompt given as a JSON string (or a list
+// of one) whose text is known from its length alone to exceed maxText bytes is not kept,
+// only marked over: a JSON string of n bytes between its quotes decodes to at least n/6
+// bytes of text (\u00XX is the longest form of a byte; invalid UTF-8 only grows, into
+// U+FFFD), so a 30 MB prompt to a small context is refused without being copied or decoded.
+type promptField struct {
+	raw     json.RawMessage
+	maxText int64 // 0: no bound
+	over    bool
+}
+
+func (p *promptField) UnmarshalJSON(data []byte) error {
+	if n, ok := stringSpan(data); ok && p.maxText > 0 && int64(n-2) > 6*p.maxText {
+		p.raw, p.over = nil, true
+		return nil
+	}
+	p.raw, p.over = append(p.raw[:0], data...), false
+	return nil
+}
+
+// stringSpan is the length, quotes included, of the JSON string that the valid JSON value
+// data is or holds as a list of exactly one element.
+func stringSpan(data []byte) (int, bool) {
+	if len(data) >= 2 && data[0] == '"' {
+		return len(data), true
+	}
+	if len(data) < 4 || data[0] != '[' || data[len(data)-1] != ']' {
+		return 0, false
+	}
+	in := bytes.TrimSpace(data[1 : len(data)-1])
+	if len(in) < 2 || in[0] != '"' {
+		return 0, false
+	}
+	// The string ends at the first unescaped quote after its opening one.
+	for i := 1; ; {
+		j := bytes.IndexByte(in[i:], '"')
+		if j < 0 {
+			return 0, false
+		}
+		i += j
+		k := i
+		for k > 0 && in[k-1] == '\\' {
+			k--
+		}
+		if (i-k)%2 == 0 {
+			if i != len(in)-1 {
+				return 0, false // more follows: another element
+			}
+			return len(in), true
+		}
+		i++
+	}
 }
 
 func truncate(b []byte, n int) string {
@@ -426,11 +537,9 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	}
 	var f samplingFields
 	var c completionFields
-	if e := decodeFields(body, &f); e != nil {
-		writeError(w, e)
-		return
-	}
-	if e := decodeFields(body, &c); e != nil {
+	c.Prompt.maxText = s.maxPromptText()
+	unsupported, e := completionDecoder.decode(body, &f, &c)
+	if e != nil {
 		writeError(w, e)
 		return
 	}
@@ -438,7 +547,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if e := unsupportedCompletion.check(body); e != nil {
+	if e := completionDecoder.check(unsupported); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -453,7 +562,14 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("suffix", "suffix is not supported"))
 		return
 	}
-	prompt, text, isText, e := s.parsePrompt(r.Context(), c.Prompt)
+	var prompt []int32
+	var text string
+	var isText bool
+	if c.Prompt.over {
+		e = s.overContext("prompt")
+	} else {
+		prompt, text, isText, e = s.parsePrompt(r.Context(), c.Prompt.raw)
+	}
 	if e == nil {
 		e = s.checkPromptLen("prompt", len(prompt))
 	}
@@ -500,11 +616,8 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 	var f samplingFields
 	var c chatFields
-	if e := decodeFields(body, &f); e != nil {
-		writeError(w, e)
-		return
-	}
-	if e := decodeFields(body, &c); e != nil {
+	unsupported, e := chatDecoder.decode(body, &f, &c)
+	if e != nil {
 		writeError(w, e)
 		return
 	}
@@ -512,7 +625,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if e := unsupportedChat.check(body); e != nil {
+	if e := chatDecoder.check(unsupported); e != nil {
 		writeError(w, e)
 		return
 	}

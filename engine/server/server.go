@@ -169,7 +169,17 @@ type Config struct {
 	// bodies over 1 MiB are read, decoded and encoded at once; one that waits BodyTimeout
 	// for its turn gets a 503.
 	MaxTokenizing int
+
+	// freeEvery: the heap is handed back to the OS once large bodies of this many bytes
+	// were released, even while others are in flight (default defaultFreeEvery).
+	freeEvery int64
 }
+
+// defaultFreeEvery is Config.freeEvery's default: two 32 MiB bodies. A forced GC costs
+// milliseconds, reading 64 MiB of body far more, while without it the garbage of huge
+// bodies grows until the next GC, whose goal is twice the live heap: with a model's
+// weights and KV cache live, gigabytes.
+const defaultFreeEvery = 64 << 20
 
 // Defaults of Config's limits.
 const (
@@ -195,8 +205,13 @@ type Server struct {
 	// encoded (largeActive of them).
 	inFlight, tokenizing, large chan struct{}
 	largeActive                 atomic.Int64
-	freeing                     atomic.Bool
-	lastFree                    time.Time // guarded by freeing
+	// largeReleased counts the bytes of large bodies released since the heap was last
+	// handed back; frees counts the hand-backs (for tests); freeWanted asks freeLoop
+	// (running while freeing) for one more, freeNow for it without waiting.
+	largeReleased, frees atomic.Int64
+	freeing, freeWanted  atomic.Bool
+	freeNow              chan struct{}
+	lastFree             time.Time // guarded by freeing
 }
 
 // DefaultMaxBodyBytes is the largest request body accepted (vLLM has no bound).
@@ -240,12 +255,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxTokenizing <= 0 {
 		cfg.MaxTokenizing = runtime.GOMAXPROCS(0)
 	}
+	if cfg.freeEvery <= 0 {
+		cfg.freeEvery = defaultFreeEvery
+	}
 	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
 	if cfg.MaxInFlight > 0 {
 		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
 	s.tokenizing = make(chan struct{}, cfg.MaxTokenizing)
 	s.large = make(chan struct{}, cfg.MaxTokenizing)
+	s.freeNow = make(chan struct{}, 1)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/completions", s.limit(s.auth(method(http.MethodPost, s.completions))))
 	mux.HandleFunc("/v1/chat/completions", s.limit(s.auth(method(http.MethodPost, s.chatCompletions))))
@@ -292,8 +311,12 @@ const largeBody = 1 << 20
 
 type requestStateKey struct{}
 
-// requestState is what a request holds until it has encoded its prompt.
-type requestState struct{ release func() }
+// requestState is what a request holds until it has encoded its prompt, and the size of
+// the buffer its body was read into.
+type requestState struct {
+	release func()
+	size    int64
+}
 
 func (st *requestState) done() {
 	if st != nil && st.release != nil {
@@ -329,28 +352,55 @@ func (s *Server) acquireLarge(r *http.Request) error {
 	s.largeActive.Add(1)
 	st.release = func() {
 		<-s.large
-		if s.largeActive.Add(-1) == 0 {
-			s.returnMemory()
+		released := s.largeReleased.Add(st.size)
+		if s.largeActive.Add(-1) == 0 || released >= s.cfg.freeEvery {
+			s.returnMemory(released >= s.cfg.freeEvery)
 		}
 	}
 	return nil
 }
 
-// returnMemory hands the heap that huge bodies left behind back to the OS once none is
-// in flight (at most once a second); the runtime's background scavenger alone takes
-// minutes to shrink RSS after hundreds of MB of request bodies.
-func (s *Server) returnMemory() {
-	if !s.freeing.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer s.freeing.Store(false)
-		if time.Since(s.lastFree) < time.Second {
-			time.Sleep(time.Second - time.Since(s.lastFree))
+// returnMemory hands the heap that huge bodies left behind back to the OS: once none is
+// in flight (at most once a second), and at once (now) when freeEvery bytes of them were
+// released; the runtime's background scavenger alone takes minutes to shrink RSS after
+// hundreds of MB of request bodies, and its GC may not run for gigabytes.
+func (s *Server) returnMemory(now bool) {
+	s.freeWanted.Store(true)
+	if now {
+		select {
+		case s.freeNow <- struct{}{}:
+		default:
 		}
+	}
+	if s.freeing.CompareAndSwap(false, true) {
+		go s.freeLoop()
+	}
+}
+
+// freeLoop hands the heap back while that is wanted; one runs at a time (freeing).
+func (s *Server) freeLoop() {
+	for {
+		if !s.freeWanted.Swap(false) {
+			s.freeing.Store(false)
+			// Wanted after the Swap by a caller that saw freeing still set: go on.
+			if !s.freeWanted.Load() || !s.freeing.CompareAndSwap(false, true) {
+				return
+			}
+			continue
+		}
+		if wait := time.Second - time.Since(s.lastFree); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-s.freeNow:
+			}
+			t.Stop()
+		}
+		s.largeReleased.Store(0)
 		debug.FreeOSMemory()
 		s.lastFree = time.Now()
-	}()
+		s.frees.Add(1)
+	}
 }
 
 // encodePrompt encodes a prompt (param names it in errors) with at most MaxTokenizing
@@ -376,9 +426,24 @@ func (s *Server) encodePrompt(ctx context.Context, param, text string, addSpecia
 		return nil, clientGone(ctx)
 	}
 	if truncated {
-		return nil, badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+		return nil, s.overContext(param)
 	}
 	return ids, nil
+}
+
+// overContext is the 400 for a prompt known to encode to more than MaxModelLen tokens.
+func (s *Server) overContext(param string) *apiError {
+	return badRequest(param, "This model's maximum context length is %d tokens. However, your request has more than %d input tokens. Please reduce the length of the input.", s.cfg.MaxModelLen, s.cfg.MaxModelLen)
+}
+
+// maxPromptText is the most bytes of text a prompt that fits the context can have, from
+// the tokenizer's BytesPerToken (a text of n bytes encodes to at least n/BytesPerToken
+// ids); 0 when the tokenizer gives no such bound.
+func (s *Server) maxPromptText() int64 {
+	if b, ok := s.cfg.Tokenizer.(bytesPerTokener); ok && b.BytesPerToken() > 0 {
+		return int64(b.BytesPerToken()) * int64(s.cfg.MaxModelLen)
+	}
+	return 0
 }
 
 // readBodyTimed reads the body with a read deadline of BodyTimeout, lifted once it is
@@ -405,6 +470,9 @@ func (s *Server) readBodyTimed(w http.ResponseWriter, r *http.Request) ([]byte, 
 	// Sized from Content-Length, past 1 MiB only with a large-body slot held: clients
 	// announcing 32 MiB and sending nothing get at most MaxTokenizing such buffers.
 	buf := bytes.NewBuffer(make([]byte, 0, max(r.ContentLength, 0)+bytes.MinRead))
+	if st := stateOf(r.Context()); st != nil {
+		defer func() { st.size = int64(buf.Cap()) }()
+	}
 	body := http.MaxBytesReader(w, r.Body, s.maxBody)
 	_, err := buf.ReadFrom(io.LimitReader(body, largeBody+1))
 	if err == nil && buf.Len() > largeBody { // a large body without Content-Length
