@@ -49,20 +49,27 @@ func (r *Registry[T]) Register(e Entry[T]) {
 
 // Build makes the policy a spec names.
 func (r *Registry[T]) Build(spec Spec, env Env) (T, error) {
+	pol, _, err := r.Resolve(spec, env)
+	return pol, err
+}
+
+// Resolve builds the policy a spec names and returns, besides, its resolved spec: every
+// parameter it read, defaults included (Params.Resolved).
+func (r *Registry[T]) Resolve(spec Spec, env Env) (T, Spec, error) {
 	var zero T
 	e, ok := r.entries[spec.Name]
 	if !ok {
-		return zero, fmt.Errorf("unknown %s policy %q (known: %s)", r.kind, spec.Name, strings.Join(r.Names(), ", "))
+		return zero, Spec{}, fmt.Errorf("unknown %s policy %q (known: %s)", r.kind, spec.Name, strings.Join(r.Names(), ", "))
 	}
 	p := NewParams(spec)
 	pol, err := e.New(p, env)
 	if err != nil {
-		return zero, err
+		return zero, Spec{}, err
 	}
 	if err := p.Err(); err != nil {
-		return zero, err
+		return zero, Spec{}, err
 	}
-	return pol, nil
+	return pol, p.Resolved(), nil
 }
 
 // Parse parses a compact spec and builds it.

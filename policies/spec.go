@@ -104,13 +104,30 @@ type Params struct {
 	policy string
 	values map[string]string
 	used   map[string]bool
-	err    error
+	// resolved holds every parameter a getter read, at the value the policy got: the
+	// spec's own or the default, written as ParseSpec reads it back.
+	resolved map[string]string
+	err      error
 }
 
 // NewParams wraps a spec's parameters for the policy named in it.
 func NewParams(spec Spec) *Params {
-	return &Params{policy: spec.Name, values: spec.Params, used: map[string]bool{}}
+	return &Params{policy: spec.Name, values: spec.Params, used: map[string]bool{}, resolved: map[string]string{}}
 }
+
+// Resolved returns the spec the policy was actually built with: its name and every
+// parameter a getter read, at the value it returned, defaults included. Building the
+// resolved spec again gives the same policy whatever the Env, so it is what an engine
+// reports and what a simulator of that engine must run.
+func (p *Params) Resolved() Spec {
+	s := Spec{Name: p.policy}
+	if len(p.resolved) > 0 {
+		s.Params = maps.Clone(p.resolved)
+	}
+	return s
+}
+
+func (p *Params) resolve(key, value string) { p.resolved[key] = value }
 
 func (p *Params) lookup(key string) (string, bool) {
 	p.used[key] = true
@@ -126,43 +143,43 @@ func (p *Params) fail(key, value, want string) {
 
 // Float returns a float parameter.
 func (p *Params) Float(key string, def float64) float64 {
-	v, ok := p.lookup(key)
-	if !ok {
-		return def
+	f := def
+	if v, ok := p.lookup(key); ok {
+		var err error
+		if f, err = strconv.ParseFloat(v, 64); err != nil {
+			p.fail(key, v, "a number")
+			f = def
+		}
 	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil {
-		p.fail(key, v, "a number")
-		return def
-	}
+	p.resolve(key, strconv.FormatFloat(f, 'g', -1, 64))
 	return f
 }
 
 // Int returns an integer parameter.
 func (p *Params) Int(key string, def int) int {
-	v, ok := p.lookup(key)
-	if !ok {
-		return def
+	i := def
+	if v, ok := p.lookup(key); ok {
+		var err error
+		if i, err = strconv.Atoi(v); err != nil {
+			p.fail(key, v, "an integer")
+			i = def
+		}
 	}
-	i, err := strconv.Atoi(v)
-	if err != nil {
-		p.fail(key, v, "an integer")
-		return def
-	}
+	p.resolve(key, strconv.Itoa(i))
 	return i
 }
 
 // Bool returns a boolean parameter.
 func (p *Params) Bool(key string, def bool) bool {
-	v, ok := p.lookup(key)
-	if !ok {
-		return def
+	b := def
+	if v, ok := p.lookup(key); ok {
+		var err error
+		if b, err = strconv.ParseBool(v); err != nil {
+			p.fail(key, v, "a boolean")
+			b = def
+		}
 	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		p.fail(key, v, "a boolean")
-		return def
-	}
+	p.resolve(key, strconv.FormatBool(b))
 	return b
 }
 
@@ -170,8 +187,9 @@ func (p *Params) Bool(key string, def bool) bool {
 func (p *Params) String(key, def string) string {
 	v, ok := p.lookup(key)
 	if !ok {
-		return def
+		v = def
 	}
+	p.resolve(key, v)
 	return v
 }
 

@@ -108,3 +108,42 @@ func FuzzParseSpec(f *testing.F) {
 		}
 	})
 }
+
+func TestParamsResolvedListsEveryParameterRead(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec string
+		want Spec
+	}{
+		{"defaults only", "p", Spec{Name: "p", Params: map[string]string{"f": "0.5", "i": "7", "b": "true", "s": "x"}}},
+		{"given values, canonical form", "p:f=1e1,i=+3,b=1,s=y", Spec{Name: "p", Params: map[string]string{"f": "10", "i": "3", "b": "true", "s": "y"}}},
+		{"mixed", "p:i=9", Spec{Name: "p", Params: map[string]string{"f": "0.5", "i": "9", "b": "true", "s": "x"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec, err := ParseSpec(tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := NewParams(spec)
+			p.Float("f", 0.5)
+			p.Int("i", 7)
+			p.Bool("b", true)
+			p.String("s", "x")
+			if err := p.Err(); err != nil {
+				t.Fatal(err)
+			}
+			got := p.Resolved()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Resolved() (-want +got):\n%s", diff)
+			}
+			// The resolved spec reads back as itself.
+			again, err := ParseSpec(got.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(got, again); diff != "" {
+				t.Errorf("Resolved().String() does not round-trip (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -55,6 +55,11 @@ type Policy interface {
 	// Limits returns the limits the policy was configured with; the engine enforces
 	// them on its queues.
 	Limits() Limits
+	// Spec returns the policy's resolved spec: its name and every parameter at the value
+	// it runs with, defaults included (what Registry.Resolve returns for it). Building
+	// it again, under any Env, gives a policy that plans the same steps; an engine
+	// reports it so a simulator of that engine runs exactly this policy.
+	Spec() policies.Spec
 }
 
 // Registry holds every batch policy by name.

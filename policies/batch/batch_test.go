@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -259,5 +260,62 @@ func TestBadParams(t *testing.T) {
 		if !strings.Contains(err.Error(), "\"") {
 			t.Errorf("Parse(%q) error %q does not name the offending part", spec, err)
 		}
+	}
+}
+
+// TestSpecIsResolved: every batch policy reports its spec with every documented parameter
+// at the value it runs with, and building that spec again under any GPU class gives the
+// same limits: the resolved spec, not the Env, decides the schedule.
+func TestSpecIsResolved(t *testing.T) {
+	envs := []policies.Env{{}, {GPUClass: "h100"}, {BlockSize: 32, Seed: 5}}
+	for _, e := range Registry.Entries() {
+		for _, text := range []string{e.Name, e.Name + ":max_num_seqs=7,chunked_prefill=false"} {
+			for _, env := range envs {
+				t.Run(text+"/"+env.GPUClass, func(t *testing.T) {
+					spec, err := policies.ParseSpec(text)
+					if err != nil {
+						t.Fatal(err)
+					}
+					pol, resolved, err := Registry.Resolve(spec, env)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if diff := cmp.Diff(resolved, pol.Spec()); diff != "" {
+						t.Errorf("Spec() differs from the parameters read (-read +Spec):\n%s", diff)
+					}
+					var names []string
+					for _, p := range e.Params {
+						names = append(names, p.Name)
+					}
+					got := slices.Sorted(maps.Keys(pol.Spec().Params))
+					slices.Sort(names)
+					if diff := cmp.Diff(names, got); diff != "" {
+						t.Errorf("Spec() parameters (-documented +reported):\n%s", diff)
+					}
+					for _, other := range envs {
+						again, err := Registry.Build(pol.Spec(), other)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if diff := cmp.Diff(pol.Limits(), again.Limits()); diff != "" {
+							t.Errorf("rebuilt under %+v: limits (-first +rebuilt):\n%s", other, diff)
+						}
+						if diff := cmp.Diff(pol.Spec(), again.Spec()); diff != "" {
+							t.Errorf("rebuilt under %+v: spec (-first +rebuilt):\n%s", other, diff)
+						}
+					}
+				})
+			}
+		}
+	}
+	// The bug of issue 11: the same spec text means different limits on different GPU
+	// classes, which the resolved specs show.
+	h100, _, _ := Registry.Resolve(policies.Spec{Name: "vllm"}, policies.Env{GPUClass: "h100"})
+	cpu, _, _ := Registry.Resolve(policies.Spec{Name: "vllm"}, policies.Env{})
+	if h100.Spec().String() == cpu.Spec().String() {
+		t.Errorf("vllm resolves to %s both with and without an h100 GPU class", cpu.Spec())
+	}
+	if want := "vllm:chunked_prefill=true,long_prefill_token_threshold=0,max_num_batched_tokens=2048,max_num_seqs=256"; cpu.Spec().String() != want {
+		t.Errorf("vllm without a GPU class resolves to %s, want %s", cpu.Spec(), want)
 	}
 }

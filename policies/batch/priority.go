@@ -46,7 +46,7 @@ func init() {
 			"the preemption victim is the running sequence with the largest (priority, arrival)",
 		Params: limitParams,
 		New: func(p *policies.Params, env policies.Env) (Policy, error) {
-			return &continuous{limits: readLimits(p, env), nextWaiting: mostUrgent, victim: leastUrgent}, nil
+			return newContinuous(p, env, continuous{nextWaiting: mostUrgent, victim: leastUrgent}), nil
 		},
 	})
 }

@@ -43,6 +43,7 @@ func readLimits(p *policies.Params, env policies.Env) Limits {
 // sequence is admitted next, which running sequence is preempted, and when admission is
 // allowed, so each is this loop with different hooks.
 type continuous struct {
+	spec   policies.Spec
 	limits Limits
 	// nextWaiting picks the index of the waiting sequence to admit next.
 	nextWaiting func(waiting []*serving.Seq) int
@@ -53,6 +54,15 @@ type continuous struct {
 }
 
 func (c *continuous) Limits() Limits { return c.limits }
+
+func (c *continuous) Spec() policies.Spec { return c.spec }
+
+// newContinuous reads the limits and records the resolved spec; the hooks are the caller's.
+func newContinuous(p *policies.Params, env policies.Env, c continuous) *continuous {
+	c.limits = readLimits(p, env)
+	c.spec = p.Resolved()
+	return &c
+}
 
 // chunk is how many tokens a sequence may compute this step under the budget.
 func (c *continuous) chunk(remaining, budget int) int {
@@ -140,7 +150,7 @@ func init() {
 			"then waiting ones FCFS; out of blocks, preempt the newest running sequence by recompute",
 		Params: limitParams,
 		New: func(p *policies.Params, env policies.Env) (Policy, error) {
-			return &continuous{limits: readLimits(p, env), nextWaiting: fcfs, victim: newest}, nil
+			return newContinuous(p, env, continuous{nextWaiting: fcfs, victim: newest}), nil
 		},
 	})
 	Registry.Register(policies.Entry[Policy]{
@@ -149,7 +159,7 @@ func init() {
 			"finished entirely; otherwise as vllm",
 		Params: limitParams,
 		New: func(p *policies.Params, env policies.Env) (Policy, error) {
-			return &continuous{limits: readLimits(p, env), nextWaiting: fcfs, victim: newest, admitOnlyWhenIdle: true}, nil
+			return newContinuous(p, env, continuous{nextWaiting: fcfs, victim: newest, admitOnlyWhenIdle: true}), nil
 		},
 	})
 }

@@ -23,6 +23,10 @@ type Policy interface {
 	Pop() (block int32, ok bool)
 	// Len is the number of free blocks.
 	Len() int
+	// Spec returns the policy's resolved spec: its name and every parameter at the value
+	// it runs with, defaults included (what Registry.Resolve returns for it), so an engine
+	// can report exactly the policy a simulator of it must run.
+	Spec() policies.Spec
 }
 
 // Registry holds every eviction policy by name.

@@ -284,3 +284,29 @@ func TestConformance(t *testing.T) {
 		})
 	}
 }
+
+// TestSpecIsResolved: every eviction policy reports the spec Registry.Resolve gives for it,
+// and that spec builds the same policy again.
+func TestSpecIsResolved(t *testing.T) {
+	for _, e := range Registry.Entries() {
+		t.Run(e.Name, func(t *testing.T) {
+			pol, resolved, err := Registry.Resolve(policies.Spec{Name: e.Name}, policies.Env{GPUClass: "h100", BlockSize: 16})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(resolved, pol.Spec()); diff != "" {
+				t.Errorf("Spec() differs from the parameters read (-read +Spec):\n%s", diff)
+			}
+			if len(resolved.Params) != len(e.Params) {
+				t.Errorf("resolved %s lists %d parameters, %d documented", resolved, len(resolved.Params), len(e.Params))
+			}
+			again, err := Registry.Build(pol.Spec(), policies.Env{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(pol.Spec(), again.Spec()); diff != "" {
+				t.Errorf("rebuilt spec (-first +rebuilt):\n%s", diff)
+			}
+		})
+	}
+}

@@ -57,6 +57,9 @@ func (p *FIFO) Pop() (int32, bool) {
 // Len is the number of free blocks.
 func (p *FIFO) Len() int { return p.uncached.n + p.cached.len() }
 
+// Spec is the policy's resolved spec; it has no parameters.
+func (p *FIFO) Spec() policies.Spec { return policies.Spec{Name: "fifo"} }
+
 func init() {
 	Registry.Register(policies.Entry[Policy]{
 		Name: "fifo",

@@ -84,6 +84,9 @@ func (p *LFU) Pop() (int32, bool) {
 // Len is the number of free blocks.
 func (p *LFU) Len() int { return p.q.n + p.many.len() }
 
+// Spec is the policy's resolved spec; it has no parameters.
+func (p *LFU) Spec() policies.Spec { return policies.Spec{Name: "lfu"} }
+
 func init() {
 	Registry.Register(policies.Entry[Policy]{
 		Name: "lfu",

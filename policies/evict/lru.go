@@ -29,6 +29,9 @@ func (p *LRU) Pop() (int32, bool) { return p.q.popFront(0) }
 // Len is the number of free blocks.
 func (p *LRU) Len() int { return p.q.n }
 
+// Spec is the policy's resolved spec; it has no parameters.
+func (p *LRU) Spec() policies.Spec { return policies.Spec{Name: "lru"} }
+
 func init() {
 	Registry.Register(policies.Entry[Policy]{
 		Name: "lru",
