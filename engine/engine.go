@@ -20,6 +20,7 @@ import (
 	"servelab/engine/core"
 	"servelab/engine/kv"
 	"servelab/engine/sampling"
+	"servelab/policies"
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/serving"
@@ -218,6 +219,14 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWaiting <= 0 {
 		cfg.MaxWaiting = 4 * cfg.Batch.Limits().MaxNumSeqs
 	}
+	if cfg.Evict == nil {
+		// Built here rather than by the block manager, so Resolved can report it.
+		ev, err := evict.Registry.Build(policies.Spec{Name: "lru"}, policies.Env{BlockSize: cfg.BlockSize})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Evict = ev
+	}
 	e := &Engine{
 		cfg:   cfg,
 		start: time.Now(),
@@ -249,6 +258,20 @@ func New(cfg Config) (*Engine, error) {
 
 // Config returns the engine's configuration.
 func (e *Engine) Config() Config { return e.cfg }
+
+// Resolved returns the engine's fully resolved scheduling configuration: its policies'
+// resolved specs (every parameter, defaults included) and its KV cache and context, as
+// it runs them. A simulator built from it schedules as this engine does.
+func (e *Engine) Resolved() serving.EngineConfig {
+	return serving.EngineConfig{
+		Batch:               e.cfg.Batch.Spec().String(),
+		Evict:               e.cfg.Evict.Spec().String(),
+		BlockSize:           e.cfg.BlockSize,
+		NumGPUBlocks:        e.cfg.NumBlocks,
+		MaxModelLen:         e.cfg.MaxModelLen,
+		EnablePrefixCaching: e.cfg.EnablePrefixCaching,
+	}
+}
 
 // Stats returns the latest snapshot, taken after each step.
 func (e *Engine) Stats() Stats {

@@ -95,19 +95,38 @@ func (m *Metrics) bind(e *Engine) {
 		counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.", func(s Stats) float64 { return float64(s.PrefixCacheQueries) })
 		counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", func(s Stats) float64 { return float64(s.PrefixCacheHits) })
 		counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", func(s Stats) float64 { return float64(s.Preemptions) })
-		cfg := e.cfg
-		info := prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "vllm:cache_config_info", Help: "Information of the LLMEngine CacheConfig",
-			ConstLabels: prometheus.Labels{
-				"block_size":            strconv.Itoa(cfg.BlockSize),
-				"num_gpu_blocks":        strconv.Itoa(cfg.NumBlocks),
-				"enable_prefix_caching": strconv.FormatBool(cfg.EnablePrefixCaching),
-				"engine":                "0",
-			},
+		// vLLM's CacheConfig.metrics_info (vllm/config/cache.py) writes each field with
+		// Python's str(), so booleans read "True"/"False" there and here.
+		rc := e.Resolved()
+		info := func(name, help string, labels prometheus.Labels) {
+			labels["engine"] = "0"
+			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels})
+			g.Set(1)
+			m.reg.MustRegister(g)
+		}
+		info("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", prometheus.Labels{
+			"block_size":            strconv.Itoa(rc.BlockSize),
+			"num_gpu_blocks":        strconv.Itoa(rc.NumGPUBlocks),
+			"enable_prefix_caching": pythonBool(rc.EnablePrefixCaching),
 		})
-		info.Set(1)
-		m.reg.MustRegister(info)
+		// The rest of the resolved configuration (GET /server_info has it as JSON).
+		info("servelab:engine_config_info", "The engine's resolved scheduling configuration: batch and evict policy specs with every parameter, KV cache and context", prometheus.Labels{
+			"batch":                 rc.Batch,
+			"evict":                 rc.Evict,
+			"block_size":            strconv.Itoa(rc.BlockSize),
+			"num_gpu_blocks":        strconv.Itoa(rc.NumGPUBlocks),
+			"max_model_len":         strconv.Itoa(rc.MaxModelLen),
+			"enable_prefix_caching": pythonBool(rc.EnablePrefixCaching),
+		})
 	})
+}
+
+// pythonBool writes b as Python's str(bool) does.
+func pythonBool(b bool) string {
+	if b {
+		return "True"
+	}
+	return "False"
 }
 
 // observeFinished records a finished request's latencies and counts.

@@ -96,6 +96,7 @@ import (
 
 	"servelab/engine"
 	"servelab/engine/kv"
+	"servelab/serving"
 )
 
 // Message is one chat turn.
@@ -273,6 +274,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("/v1/kv_events", s.limit(s.auth(method(http.MethodGet, s.kvEvents))))
 	mux.HandleFunc("/v1/", s.limit(s.auth(notFound)))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
+	mux.HandleFunc("/server_info", method(http.MethodGet, s.serverInfo))
 	mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", notFound)
 	s.handler = mux
@@ -616,6 +618,51 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// serverInfo is GET /server_info, after vLLM's endpoint of that name
+// (vllm/entrypoints/openai/api_server.py, a development endpoint there): the engine's
+// configuration as JSON. "servelab_config" is the resolved configuration a simulator of
+// this engine is built from (serving.EngineConfig); "vllm_config" has the same values under
+// vLLM's config sections and field names. Only config_format=json is served (vLLM's
+// default is text). Like /metrics it needs no API key.
+func (s *Server) serverInfo(w http.ResponseWriter, r *http.Request) {
+	if f := r.URL.Query().Get("config_format"); f != "" && f != "json" {
+		writeError(w, &apiError{status: http.StatusBadRequest, Type: "BadRequestError", Param: "config_format",
+			Msg: fmt.Sprintf("config_format %q is not served; use json", f)})
+		return
+	}
+	rc := s.cfg.Engine.Resolved()
+	l := s.cfg.Engine.Config().Batch.Limits()
+	type (
+		modelConfig struct {
+			MaxModelLen int `json:"max_model_len"`
+		}
+		cacheConfig struct {
+			BlockSize           int  `json:"block_size"`
+			NumGPUBlocks        int  `json:"num_gpu_blocks"`
+			EnablePrefixCaching bool `json:"enable_prefix_caching"`
+		}
+		schedulerConfig struct {
+			MaxNumBatchedTokens       int  `json:"max_num_batched_tokens"`
+			MaxNumSeqs                int  `json:"max_num_seqs"`
+			LongPrefillTokenThreshold int  `json:"long_prefill_token_threshold"`
+			EnableChunkedPrefill      bool `json:"enable_chunked_prefill"`
+		}
+		vllmConfig struct {
+			Model     modelConfig     `json:"model_config"`
+			Cache     cacheConfig     `json:"cache_config"`
+			Scheduler schedulerConfig `json:"scheduler_config"`
+		}
+	)
+	writeJSON(w, struct {
+		Servelab serving.EngineConfig `json:"servelab_config"`
+		VLLM     vllmConfig           `json:"vllm_config"`
+	}{rc, vllmConfig{
+		Model:     modelConfig{rc.MaxModelLen},
+		Cache:     cacheConfig{rc.BlockSize, rc.NumGPUBlocks, rc.EnablePrefixCaching},
+		Scheduler: schedulerConfig{l.MaxNumBatchedTokens, l.MaxNumSeqs, l.LongPrefillTokenThreshold, l.ChunkedPrefill},
+	}})
 }
 
 type modelCard struct {

@@ -1038,3 +1038,47 @@ func TestReturnTokenIDs(t *testing.T) {
 		t.Errorf("token_ids without return_token_ids: %s", plain)
 	}
 }
+
+// TestServerInfo: GET /server_info reports the engine's resolved configuration, every
+// batch parameter included even where the spec left it to its default, and /metrics
+// carries the same values in vllm:cache_config_info and servelab:engine_config_info.
+func TestServerInfo(t *testing.T) {
+	// Like /metrics, /server_info needs no API key.
+	f := start(t, options{server: func(c *Config) { c.APIKey = "key" }})
+	resp, body := f.do("GET", "/server_info", "")
+	if resp.StatusCode != 200 {
+		t.Fatalf("/server_info %d %s", resp.StatusCode, body)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	batchSpec := "vllm:chunked_prefill=true,long_prefill_token_threshold=0,max_num_batched_tokens=64,max_num_seqs=4"
+	want := map[string]any{
+		"servelab_config": map[string]any{
+			"batch": batchSpec, "evict": "lru", "block_size": 4.0, "num_gpu_blocks": 128.0,
+			"max_model_len": float64(testMaxModelLen), "enable_prefix_caching": true,
+		},
+		"vllm_config": map[string]any{
+			"model_config": map[string]any{"max_model_len": float64(testMaxModelLen)},
+			"cache_config": map[string]any{"block_size": 4.0, "num_gpu_blocks": 128.0, "enable_prefix_caching": true},
+			"scheduler_config": map[string]any{"max_num_batched_tokens": 64.0, "max_num_seqs": 4.0,
+				"long_prefill_token_threshold": 0.0, "enable_chunked_prefill": true},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("/server_info (-want +got):\n%s", diff)
+	}
+	if resp, body := f.do("GET", "/server_info?config_format=text", ""); resp.StatusCode != 400 || !strings.Contains(string(body), "config_format") {
+		t.Errorf("config_format=text: %d %s, want a 400 naming config_format", resp.StatusCode, body)
+	}
+	_, body = f.do("GET", "/metrics", "")
+	for _, line := range []string{
+		`vllm:cache_config_info{block_size="4",enable_prefix_caching="True",engine="0",num_gpu_blocks="128"} 1`,
+		`servelab:engine_config_info{batch="` + batchSpec + `",block_size="4",enable_prefix_caching="True",engine="0",evict="lru",max_model_len="256",num_gpu_blocks="128"} 1`,
+	} {
+		if !strings.Contains(string(body), line) {
+			t.Errorf("/metrics lacks %s", line)
+		}
+	}
+}
