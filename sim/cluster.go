@@ -8,6 +8,7 @@ import (
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/policies/route"
+	"servelab/serving"
 	"servelab/sim/latency"
 )
 
@@ -34,6 +35,47 @@ type ClusterSpec struct {
 	// ScrapeInterval is Config.ScrapeInterval in seconds: how stale the router's gauges
 	// are (0: read at every arrival).
 	ScrapeInterval float64 `json:"scrape_interval_s,omitempty"`
+	// Engine, when set, is a real engine's resolved configuration (what it reports on GET
+	// /server_info and a profile records) and every instance runs exactly it: its batch
+	// and evict specs, block size, KV blocks, max model len and prefix caching. Batch,
+	// Evict, BlockSize, NumGPUBlocksOverride, MaxModelLen and EnablePrefixCaching must then
+	// be left zero (UseEngine does that), and no default, of the GPU class or otherwise,
+	// fills in anything.
+	Engine *serving.EngineConfig `json:"engine,omitempty"`
+}
+
+// UseEngine makes every instance run the engine configuration ec, clearing the fields it
+// replaces.
+func (c *ClusterSpec) UseEngine(ec serving.EngineConfig) {
+	c.Engine = &ec
+	c.Batch, c.Evict, c.BlockSize, c.NumGPUBlocksOverride, c.MaxModelLen, c.EnablePrefixCaching = "", "", 0, 0, 0, false
+}
+
+// withEngine returns the spec with Engine's values in the fields it replaces, after
+// checking that none of them was set besides.
+func (c ClusterSpec) withEngine() (ClusterSpec, error) {
+	ec := c.Engine
+	if ec == nil {
+		return c, nil
+	}
+	if err := ec.Validate(); err != nil {
+		return c, fmt.Errorf("engine: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"batch", c.Batch != ""}, {"evict", c.Evict != ""}, {"block_size", c.BlockSize != 0},
+		{"num_gpu_blocks_override", c.NumGPUBlocksOverride != 0}, {"max_model_len", c.MaxModelLen != 0},
+		{"enable_prefix_caching", c.EnablePrefixCaching},
+	} {
+		if f.set {
+			return c, fmt.Errorf("%s: set, but the engine configuration (\"engine\") decides it; leave it out", f.name)
+		}
+	}
+	c.Batch, c.Evict, c.BlockSize, c.NumGPUBlocksOverride = ec.Batch, ec.Evict, ec.BlockSize, ec.NumGPUBlocks
+	c.MaxModelLen, c.EnablePrefixCaching = ec.MaxModelLen, ec.EnablePrefixCaching
+	return c, nil
 }
 
 // DefaultClusterSpec is one H100 serving Llama-3.1-8B with vLLM's defaults.
@@ -55,6 +97,10 @@ func DefaultClusterSpec() ClusterSpec {
 
 // Build resolves the spec into a simulator configuration.
 func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
+	c, err := c.withEngine()
+	if err != nil {
+		return Config{}, err
+	}
 	if c.Instances <= 0 {
 		return Config{}, fmt.Errorf("instances: must be positive, got %d", c.Instances)
 	}
@@ -75,11 +121,22 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		return Config{}, fmt.Errorf("evict: %w", err)
 	}
 	// Build once up front so a bad spec fails before the run starts.
-	if _, err := batch.Registry.Build(batchSpec, env); err != nil {
+	bp, err := batch.Registry.Build(batchSpec, env)
+	if err != nil {
 		return Config{}, fmt.Errorf("batch: %w", err)
 	}
-	if _, err := evict.Registry.Build(evictSpec, env); err != nil {
+	ep, err := evict.Registry.Build(evictSpec, env)
+	if err != nil {
 		return Config{}, fmt.Errorf("evict: %w", err)
+	}
+	if c.Engine != nil {
+		// The engine's specs are resolved: they must build to themselves, whatever the GPU.
+		if got := bp.Spec().String(); got != c.Engine.Batch {
+			return Config{}, fmt.Errorf("engine: batch %q is not a resolved spec (it builds %q)", c.Engine.Batch, got)
+		}
+		if got := ep.Spec().String(); got != c.Engine.Evict {
+			return Config{}, fmt.Errorf("engine: evict %q is not a resolved spec (it builds %q)", c.Engine.Evict, got)
+		}
 	}
 	lat, err := latency.Parse(c.Latency, c.GPU, c.Model, c.TP)
 	if err != nil {
@@ -115,5 +172,30 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		Latency:        lat,
 		SLO:            slo,
 		ScrapeInterval: c.ScrapeInterval,
+	}, nil
+}
+
+// Resolved returns the resolved configuration instance i runs, in the form a real engine
+// reports it (engine.Engine.Resolved): what to compare between the two worlds.
+func (c Config) Resolved(i int) (serving.EngineConfig, error) {
+	bp, err := c.NewBatch(i)
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	evictSpec := "lru" // the block manager's policy when NewEvict is nil
+	if c.NewEvict != nil {
+		ep, err := c.NewEvict(i)
+		if err != nil {
+			return serving.EngineConfig{}, err
+		}
+		evictSpec = ep.Spec().String()
+	}
+	return serving.EngineConfig{
+		Batch:               bp.Spec().String(),
+		Evict:               evictSpec,
+		BlockSize:           c.BlockSize,
+		NumGPUBlocks:        c.KVBlocks,
+		MaxModelLen:         c.MaxModelLen,
+		EnablePrefixCaching: c.PrefixCaching,
 	}, nil
 }

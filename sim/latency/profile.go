@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"strings"
+
+	"servelab/serving"
 )
 
 // Profile is the file that `servelab profile` writes after timing the real engine's steps
@@ -28,6 +30,11 @@ type Profile struct {
 	NumGPUBlocks int `json:"num_gpu_blocks"`
 	// MaxModelLen is the engine's context limit in tokens; 0 when not recorded.
 	MaxModelLen int `json:"max_model_len,omitempty"`
+	// Engine is the profiled engine's resolved configuration, as it reports it (GET
+	// /server_info): its policies with every parameter, KV cache and context. A simulator
+	// built from the profile (--latency profile:FILE, servelab fidelity) runs exactly it
+	// rather than its own defaults. Absent in profiles written before it was recorded.
+	Engine *serving.EngineConfig `json:"engine,omitempty"`
 	// Coefficients is the fitted step-time model; see LinearCoefficients.
 	Coefficients LinearCoefficients `json:"coefficients"`
 	// Samples is the number of measured steps the coefficients were fitted to.
@@ -81,6 +88,20 @@ func (p *Profile) Validate() error {
 	}
 	if !(p.MeanRelativeError >= 0) || math.IsInf(p.MeanRelativeError, 0) {
 		return fmt.Errorf("field \"mean_relative_error\": %v is not a non-negative number", p.MeanRelativeError)
+	}
+	if e := p.Engine; e != nil {
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("field \"engine\": %w", err)
+		}
+		// The top-level copies predate "engine"; they must say the same.
+		for _, f := range []struct {
+			name          string
+			top, recorded int
+		}{{"block_size", p.BlockSize, e.BlockSize}, {"num_gpu_blocks", p.NumGPUBlocks, e.NumGPUBlocks}, {"max_model_len", p.MaxModelLen, e.MaxModelLen}} {
+			if f.top != 0 && f.top != f.recorded {
+				return fmt.Errorf("field %q: %d, but the engine's resolved configuration (\"engine\") has %d", f.name, f.top, f.recorded)
+			}
+		}
 	}
 	if err := p.Coefficients.Validate(); err != nil {
 		return fmt.Errorf("field \"coefficients\": %w", err)

@@ -15,6 +15,8 @@ import (
 func TestProfileRoundTrip(t *testing.T) {
 	p := &Profile{Model: "meta-llama/Llama-3.1-8B-Instruct", Machine: "1x NVIDIA H100 80GB HBM3", TensorParallelSize: 1,
 		BlockSize: 16, NumGPUBlocks: 27000, MaxModelLen: 131072,
+		Engine: &serving.EngineConfig{Batch: "vllm:chunked_prefill=true,long_prefill_token_threshold=0,max_num_batched_tokens=8192,max_num_seqs=1024",
+			Evict: "lru", BlockSize: 16, NumGPUBlocks: 27000, MaxModelLen: 131072, EnablePrefixCaching: true},
 		Coefficients: LinearCoefficients{Intercept: 1.2e-3, PrefillToken: 4.1e-6, PrefillSeq: 2e-4, DecodeSeq: 2.7e-5, ContextToken: 1.1e-8, PrefillAttention: 3e-12},
 		Samples:      1234, R2: 0.987, MeanRelativeError: 0.031}
 	file := filepath.Join(t.TempDir(), "profile.json")
@@ -99,6 +101,9 @@ func TestBadProfilesNameFileAndField(t *testing.T) {
 		{`{"coefficients": {"intercept_s": 0.001}} {}`, ":1:42: data after"},
 		{"{\n  \"coefficients\": {\n    \"intercept_s\": 0.001,\n  }\n}", ":4:3:"},
 		{``, "empty"},
+		{`{"coefficients": {"intercept_s": 0.001}, "engine": {"evict": "lru", "block_size": 16, "num_gpu_blocks": 8, "max_model_len": 64}}`, `field "engine": field "batch"`},
+		{`{"block_size": 32, "coefficients": {"intercept_s": 0.001}, "engine": {"batch": "vllm", "evict": "lru", "block_size": 16, "num_gpu_blocks": 8, "max_model_len": 64}}`, `field "block_size": 32, but`},
+		{`{"coefficients": {"intercept_s": 0.001}, "engine": {"batch": "vllm", "evict": "lru", "block_size": 16, "num_gpu_blocks": 8, "max_model_len": 64, "gpu": "h100"}}`, `"gpu"`},
 		{`{"coefficients": {"intercept_s": 0.0`, "unexpected end"},
 	} {
 		file := filepath.Join(dir, "p.json")
