@@ -100,6 +100,25 @@ func (f *engineFlags) batchPolicy() (batch.Policy, error) {
 	return batch.Registry.Build(spec, policies.Env{BlockSize: f.blockSize})
 }
 
+// resolved is the configuration an engine started from these flags over backend b runs,
+// as the engine reports it (engine.Engine.Resolved, GET /server_info): what a profile
+// records and a simulator of the engine is built from.
+func (f *engineFlags) resolved(b *backend.Backend) (serving.EngineConfig, error) {
+	bp, err := f.batchPolicy()
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	ev, _, err := evict.Registry.Parse(f.evictSpec, policies.Env{BlockSize: f.blockSize})
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	return serving.EngineConfig{
+		Batch: bp.Spec().String(), Evict: ev.Spec().String(),
+		BlockSize: b.BlockSize, NumGPUBlocks: b.NumBlocks, MaxModelLen: b.MaxModelLen,
+		EnablePrefixCaching: f.prefixCaching,
+	}, nil
+}
+
 // running is a started engine and its HTTP server.
 type running struct {
 	backend  *backend.Backend

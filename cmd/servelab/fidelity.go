@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/cobra"
 
 	"servelab/metrics"
@@ -22,6 +24,7 @@ import (
 	"servelab/policies/route"
 	"servelab/real/bench"
 	"servelab/real/local"
+	"servelab/serving"
 	"servelab/sim"
 	"servelab/sim/latency"
 	"servelab/traces"
@@ -198,6 +201,13 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if c.numBlocks == 0 {
 		c.numBlocks = prof.NumGPUBlocks
 	}
+	// The simulator runs the engine's resolved configuration as the profile recorded it,
+	// never the simulator's defaults (whose GPU class would pick other batch limits); each
+	// started engine is checked against it (checkEngines).
+	if prof.Engine == nil {
+		return nil, fmt.Errorf("%s does not record the engine's resolved configuration (\"engine\"); profile again with this servelab", profilePath)
+	}
+	engineCfg := *prof.Engine
 
 	scan, err := f.scanSlice()
 	if err != nil {
@@ -224,14 +234,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
 	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
-		spec := sim.DefaultClusterSpec()
-		spec.Instances, spec.Router, spec.Batch, spec.Evict = c.engines, router, c.batchSpec(), c.evict
-		spec.Model, spec.Latency = filepath.Join(c.model, "config.json"), "profile:"+profilePath
-		spec.BlockSize, spec.NumGPUBlocksOverride = c.blockSize, c.numBlocks
-		spec.EnablePrefixCaching, spec.MaxModelLen, spec.Seed = c.prefixCaching, maxLen, f.cluster.router.seed
-		// The router routes on gauges as of its last scrape; so does the simulator.
-		spec.ScrapeInterval = c.router.scrape.Seconds()
-		cfg, err := spec.Build(slo)
+		cfg, err := fidelitySimSpec(c, router, profilePath, engineCfg).Build(slo)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
@@ -275,7 +278,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	// model suggests, so the steps the final model is fitted to have the batch sizes of the
 	// compared runs.
 	for round := 1; f.calibrate && round <= 2; round++ {
-		calibrated, err := f.calibrateProfile(ctx, prof, sliceFrom, rep, vocab, slo, out, log)
+		calibrated, err := f.calibrateProfile(ctx, prof, engineCfg, sliceFrom, rep, vocab, slo, out, log)
 		if err != nil {
 			return nil, err
 		}
@@ -309,6 +312,10 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
 		cl, err := local.Start(ctx, opts)
 		if err != nil {
+			return nil, err
+		}
+		if err := checkEngines(ctx, cl.Endpoints, engineCfg); err != nil {
+			cl.Stop(15 * time.Second)
 			return nil, err
 		}
 		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, dir, log)
@@ -349,7 +356,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 // router) with every engine logging its steps, and refits the profile's coefficients to
 // those steps: the step times the engines achieve sharing this machine with each other,
 // the router and the load generator, which a profile of one engine alone overestimates.
-func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Profile,
+func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Profile, engineCfg serving.EngineConfig,
 	sliceFrom func(int, float64) (traces.Reader, io.Closer, error), rep *fidelityReport,
 	vocab int, slo metrics.SLO, out string, log io.Writer) (*latency.Profile, error) {
 	c := f.cluster
@@ -367,6 +374,10 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	fmt.Fprintf(log, "calibrating: replaying requests %d-%d with step logs ...\n", f.maxRequests, 2*f.maxRequests-1)
 	cl, err := local.Start(ctx, opts)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkEngines(ctx, cl.Endpoints, engineCfg); err != nil {
+		cl.Stop(15 * time.Second)
 		return nil, err
 	}
 	sum, _, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
@@ -409,6 +420,67 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	fmt.Fprintf(log, "calibration: %d steps, R² %.3f; the engines' steps took %.2fx what the profile predicts\n",
 		len(samples), r2, rep.ProfileStepsRatio)
 	return &cal, nil
+}
+
+// fidelitySimSpec is the simulated cluster fidelity compares with c's real one: the
+// profile's step times, and every instance running engineCfg, the engines' resolved
+// configuration, rather than any default of the simulator.
+func fidelitySimSpec(c *clusterFlags, router, profilePath string, engineCfg serving.EngineConfig) sim.ClusterSpec {
+	spec := sim.DefaultClusterSpec()
+	spec.Instances, spec.Router = c.engines, router
+	spec.Model, spec.Latency = filepath.Join(c.model, "config.json"), "profile:"+profilePath
+	spec.UseEngine(engineCfg)
+	spec.Seed = c.router.seed
+	// The router routes on gauges as of its last scrape; so does the simulator.
+	spec.ScrapeInterval = c.router.scrape.Seconds()
+	return spec
+}
+
+// checkEngines asks every engine for its resolved configuration (GET /server_info) and
+// refuses a run in which one differs from want, the configuration the simulator runs.
+func checkEngines(ctx context.Context, endpoints []string, want serving.EngineConfig) error {
+	for i, ep := range endpoints {
+		got, err := fetchEngineConfig(ctx, ep)
+		if err != nil {
+			return fmt.Errorf("engine %d: %w", i, err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			return fmt.Errorf("engine %d (%s) does not run the configuration the simulator runs (-simulated +engine):\n%s", i, ep, diff)
+		}
+	}
+	return nil
+}
+
+// fetchEngineConfig reads an engine's resolved configuration from its GET /server_info.
+func fetchEngineConfig(ctx context.Context, endpoint string) (serving.EngineConfig, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	url := strings.TrimSuffix(endpoint, "/") + "/server_info"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return serving.EngineConfig{}, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	var info struct {
+		Config *serving.EngineConfig `json:"servelab_config"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&info); err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if info.Config == nil {
+		return serving.EngineConfig{}, fmt.Errorf("GET %s: no \"servelab_config\"", url)
+	}
+	if err := info.Config.Validate(); err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("GET %s: servelab_config: %w", url, err)
+	}
+	return *info.Config, nil
 }
 
 // readSteps reads a step log written by `servelab engine --step-log`.

@@ -83,6 +83,8 @@ var profileFlags = map[string]bool{
 	"model": true, "block-size": true, "max-model-len": true, "kv-cache-memory-bytes": true,
 	"num-gpu-blocks-override": true, "max-num-seqs": true, "max-num-batched-tokens": true,
 	"batch": true, "threads": true,
+	// Recorded in the profile's engine configuration, which a simulation of it runs.
+	"evict": true, "enable-prefix-caching": true,
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
@@ -113,19 +115,24 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	for i, p := range points {
 		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
 	}
-	return fitProfile(f.model, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
+	return fitProfile(f, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
 }
 
 // fitProfile fits the linear step-time model to samples measured on machine and records
-// the KV cache of the backend they were measured with.
-func fitProfile(model, machine string, b *backend.Backend, samples []latency.Sample) (*latency.Profile, error) {
+// the resolved configuration of the engine the flags start over backend b.
+func fitProfile(f engineFlags, machine string, b *backend.Backend, samples []latency.Sample) (*latency.Profile, error) {
+	ec, err := f.resolved(b)
+	if err != nil {
+		return nil, err
+	}
 	coef, r2, err := latency.FitLinear(samples)
 	if err != nil {
 		return nil, fmt.Errorf("fitting %d steps: %w", len(samples), err)
 	}
 	_, mre := latency.Evaluate(coef, samples)
 	return &latency.Profile{
-		Model:             model,
+		Model:             f.model,
+		Engine:            &ec,
 		Machine:           machine,
 		BlockSize:         b.BlockSize,
 		NumGPUBlocks:      b.NumBlocks,
@@ -158,7 +165,7 @@ func profileFromSteps(f engineFlags, files []string) (*latency.Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := fitProfile(f.model, "the machine of the step logs "+strings.Join(files, ", ")+" (servelab engine --step-log)", b, samples)
+	p, err := fitProfile(f, "the machine of the step logs "+strings.Join(files, ", ")+" (servelab engine --step-log)", b, samples)
 	if err != nil {
 		return nil, fmt.Errorf("--from-steps: %w", err)
 	}

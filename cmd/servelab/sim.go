@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"servelab/metrics"
 	"servelab/policies/batch"
@@ -60,6 +61,38 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Uint64Var(&f.cluster.Seed, "seed", 0, "seed of every policy's random source")
 	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's 50ms); 0 reads them at every arrival")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
+}
+
+// profileEngineFlags are sim's flags that the engine configuration a profile records
+// decides.
+var profileEngineFlags = []string{"batch", "evict", "block-size", "num-gpu-blocks-override", "max-model-len", "enable-prefix-caching"}
+
+// useProfileEngine makes a simulation with --latency profile:FILE run the profiled
+// engine's resolved configuration (its batch and evict specs with every parameter, KV
+// blocks, block size, context, prefix caching) instead of the simulator's defaults, whose
+// GPU class picks other batch limits. Setting one of those flags besides is an error:
+// --latency linear:FILE takes the profile's step times without its configuration.
+func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
+	file, ok := strings.CutPrefix(f.cluster.Latency, "profile:")
+	if !ok {
+		return nil
+	}
+	p, err := latency.LoadProfile(file)
+	if err != nil {
+		return err
+	}
+	if p.Engine == nil {
+		fmt.Fprintf(warn, "warning: %s does not record the engine's resolved configuration; batch limits, KV cache and context come from flags and defaults (profile again to record it)\n", file)
+		return nil
+	}
+	for _, name := range profileEngineFlags {
+		if fl.Changed(name) {
+			return fmt.Errorf("--%s: --latency profile:%s runs the profiled engine's configuration (batch %s, evict %s, %d KV blocks of %d, max model len %d, prefix caching %t); to simulate other settings with its step times use --latency linear:%s",
+				name, file, p.Engine.Batch, p.Engine.Evict, p.Engine.NumGPUBlocks, p.Engine.BlockSize, p.Engine.MaxModelLen, p.Engine.EnablePrefixCaching, file)
+		}
+	}
+	f.cluster.UseEngine(*p.Engine)
+	return nil
 }
 
 // policyHelp lists every policy with its parameters, for the commands' long help.
@@ -168,6 +201,9 @@ func newSimCmd() *cobra.Command {
 			var onRecord func(*serving.Record) error
 			if records != nil {
 				onRecord = records.write
+			}
+			if err := f.useProfileEngine(cmd.Flags(), cmd.ErrOrStderr()); err != nil {
+				return err
 			}
 			res, err := f.simulate(f.cluster, onRecord)
 			if records != nil {
