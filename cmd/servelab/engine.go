@@ -235,7 +235,10 @@ func newEngineCmd() *cobra.Command {
 		Long: `Serve a Hugging Face model directory (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM;
 F32/F16/BF16 safetensors) on the CPU. The scheduler, KV block manager and batch/evict policies are
 the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
-/health, /metrics (vLLM metric names) and /v1/kv_events (KV cache events for routers).`,
+/health, /metrics (vLLM metric names), /v1/kv_events (KV cache events for routers) and
+/server_info (the resolved configuration as JSON: batch and evict policy specs with every
+parameter, block size, KV blocks, max model len, prefix caching; what a simulator of this
+engine runs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := f.start()

@@ -52,7 +52,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cluster.Model, "model", f.cluster.Model, "model: "+strings.Join(latency.ModelNames(), ", ")+", or a Hugging Face config.json")
 	fl.StringVar(&f.cluster.GPU, "gpu", f.cluster.GPU, "GPU: "+strings.Join(latency.GPUNames(), ", "))
 	fl.IntVar(&f.cluster.TP, "tp", f.cluster.TP, "tensor-parallel size of each instance")
-	fl.StringVar(&f.cluster.Latency, "latency", f.cluster.Latency, "step-time model: roofline[:mfu=,bandwidth_efficiency=,overhead_ms=,...], profile:FILE (a profile of the real engine) or linear:FILE (a profile or bare coefficients)")
+	fl.StringVar(&f.cluster.Latency, "latency", f.cluster.Latency, "step-time model: roofline[:mfu=,bandwidth_efficiency=,overhead_ms=,...], profile:FILE (a profile of the real engine, whose recorded configuration then decides batch, evict, KV cache and context) or linear:FILE (a profile's step times alone, or bare coefficients)")
 	fl.IntVar(&f.cluster.BlockSize, "block-size", f.cluster.BlockSize, "KV block size in tokens")
 	fl.IntVar(&f.cluster.NumGPUBlocksOverride, "num-gpu-blocks-override", 0, "KV blocks per instance, overriding the latency model's memory budget")
 	fl.Float64Var(&f.cluster.GPUMemoryUtilization, "gpu-memory-utilization", f.cluster.GPUMemoryUtilization, "fraction of GPU memory for weights, activations and KV cache")
