@@ -22,6 +22,9 @@ func newCompareCmd() *cobra.Command {
 			if len(routers) < 1 {
 				return fmt.Errorf("give at least one --router")
 			}
+			if err := f.useProfileEngine(cmd.Flags(), cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 			rows := make([]compareRow, 0, len(routers))
 			for _, r := range routers {
 				cluster := f.cluster
@@ -54,8 +57,12 @@ type compareRow struct {
 
 func printComparison(w io.Writer, f simFlags, rows []compareRow) {
 	c := f.cluster
+	batch, evict := c.Batch, c.Evict
+	if c.Engine != nil {
+		batch, evict = c.Engine.Batch, c.Engine.Evict
+	}
 	fmt.Fprintf(w, "trace %s (rate x%g, tokens x%.4g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
-		f.trace, f.rateScale, f.scale, c.Instances, c.Model, c.GPU, c.TP, c.Batch, c.Evict, c.Seed)
+		f.trace, f.rateScale, f.scale, c.Instances, c.Model, c.GPU, c.TP, batch, evict, c.Seed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "router\tcompleted\tfailed\treq/s\tgoodput\tout tok/s\tmean TTFT ms\tp99 TTFT ms\tmean TPOT ms\tp99 TPOT ms\tp99 ITL ms\tmean E2E ms\tprefix hit %\tpreempt\t")
 	for _, r := range rows {

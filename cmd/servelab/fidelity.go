@@ -208,12 +208,14 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return nil, fmt.Errorf("%s does not record the engine's resolved configuration (\"engine\"); profile again with this servelab", profilePath)
 	}
 	engineCfg := *prof.Engine
+	// The engines' context, which the KV cache may hold below the model's.
+	maxLen = engineCfg.MaxModelLen
 
 	scan, err := f.scanSlice()
 	if err != nil {
 		return nil, err
 	}
-	tokenScale, err := resolveTokenScale(f.tokenScale, scan, maxLen, c.blockSize)
+	tokenScale, err := resolveTokenScale(f.tokenScale, scan, maxLen, engineCfg.BlockSize)
 	if err != nil {
 		return nil, err
 	}
