@@ -248,6 +248,8 @@ engine runs).`,
 			b := r.backend
 			fmt.Fprintf(cmd.OutOrStdout(), "servelab engine: model %s (%s, %d layers, dim %d), %d KV blocks of %d tokens, max model len %d, %d threads\n",
 				r.name, b.Model.Config.Arch, b.Model.Config.Layers, b.Model.Config.Dim, b.NumBlocks, b.BlockSize, b.MaxModelLen, b.Pool.Threads())
+			rc := r.engine.Resolved()
+			fmt.Fprintf(cmd.OutOrStdout(), "batch %s, evict %s, prefix caching %t (GET /server_info)\n", rc.Batch, rc.Evict, rc.EnablePrefixCaching)
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

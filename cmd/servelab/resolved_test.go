@@ -184,3 +184,28 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// TestSimWarnsWhenLinearRunsOtherLimits: --latency linear:FILE takes a profile's step times
+// alone; when the simulator's defaults then run other batch limits than the profiled
+// engine, it says so.
+func TestSimWarnsWhenLinearRunsOtherLimits(t *testing.T) {
+	dir := synthTiny(t)
+	prof := filepath.Join(t.TempDir(), "profile.json")
+	if out, err := run(t, "profile", "--model", dir, "--from-steps", writeStepLog(t), "--out", prof, "--num-gpu-blocks-override", "300"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		gpu  string
+		warn bool
+	}{{"h100", true}, {"a100", false}} {
+		var sf simFlags
+		cmd := parseFlags(t, sf.register, []string{"--latency", "linear:" + prof, "--gpu", tc.gpu})
+		var warn strings.Builder
+		if err := sf.useProfileEngine(cmd.Flags(), &warn); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(warn.String(), "max_num_batched_tokens=8192"); got != tc.warn {
+			t.Errorf("--gpu %s: warned %t, want %t: %q", tc.gpu, got, tc.warn, warn.String())
+		}
+	}
+}

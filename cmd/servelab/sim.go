@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"servelab/metrics"
+	"servelab/policies"
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/policies/route"
@@ -73,6 +74,10 @@ var profileEngineFlags = []string{"batch", "evict", "block-size", "num-gpu-block
 // GPU class picks other batch limits. Setting one of those flags besides is an error:
 // --latency linear:FILE takes the profile's step times without its configuration.
 func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
+	if file, ok := strings.CutPrefix(f.cluster.Latency, "linear:"); ok {
+		f.warnLinearDiffers(file, warn)
+		return nil
+	}
 	file, ok := strings.CutPrefix(f.cluster.Latency, "profile:")
 	if !ok {
 		return nil
@@ -93,6 +98,28 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 	}
 	f.cluster.UseEngine(*p.Engine)
 	return nil
+}
+
+// warnLinearDiffers warns when --latency linear:FILE takes a profile's step times for a
+// batch policy other than the one the profiled engine ran: a what-if, or the simulator's
+// defaults (--gpu h100) standing in for the engine's limits by mistake.
+func (f *simFlags) warnLinearDiffers(file string, warn io.Writer) {
+	p, err := latency.LoadProfile(file)
+	if err != nil || p.Engine == nil {
+		return // bare coefficients, or an error Build reports
+	}
+	spec, err := policies.ParseSpec(f.cluster.Batch)
+	if err != nil {
+		return
+	}
+	bp, err := batch.Registry.Build(spec, policies.Env{BlockSize: f.cluster.BlockSize, GPUClass: latency.GPUClass(f.cluster.GPU)})
+	if err != nil {
+		return
+	}
+	if got := bp.Spec().String(); got != p.Engine.Batch {
+		fmt.Fprintf(warn, "warning: the simulation runs batch %s (--batch, --gpu %s), the profiled engine ran %s; --latency profile:%s runs the engine's\n",
+			got, f.cluster.GPU, p.Engine.Batch, file)
+	}
 }
 
 // policyHelp lists every policy with its parameters, for the commands' long help.
