@@ -93,7 +93,12 @@ The slice is the trace's first --max-requests rows. Their token counts are scale
 --token-scale (auto: to fit the model's context; for traces with prefix hash ids, so each hash
 block covers whole KV blocks, keeping the trace's block sharing) and clipped to the context. The
 arrival rate is scaled so the offered load is --load times the cluster's capacity as the
-simulator predicts it (or by --rate-scale).`,
+simulator predicts it (or by --rate-scale).
+
+The simulator runs the engines' resolved configuration as the profile records it (batch and
+evict policy specs with every parameter, block size, KV blocks, max model len, prefix caching),
+never the simulator's defaults; every engine started is asked for its own (GET /server_info)
+and the run stops if one differs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -28,7 +28,10 @@ func newProfileCmd() *cobra.Command {
 		Long: `Time the real engine's forward pass over a grid of step shapes (prefill chunks with and without
 cached context, decode batches over short and long contexts, mixed steps), fit the simulator's
 linear step-time model to them (non-negative least squares, gonum) and write a profile that
-'servelab sim --latency profile:FILE' loads.
+'servelab sim --latency profile:FILE' loads. The profile records the resolved configuration of
+an engine started with the same flags (what its GET /server_info reports: batch and evict
+specs with every parameter, block size, KV blocks, max model len, prefix caching), which a
+simulation of it then runs.
 
 With --from-steps the model is fitted instead to the steps an engine logged while it served
 real traffic ('servelab engine --step-log FILE'): the step times the engine achieves under its
