@@ -193,7 +193,8 @@ func (p *Params) String(key, def string) string {
 	return v
 }
 
-// Has reports whether the spec set key.
+// Has reports whether the spec set key. It records nothing in Resolved: a parameter only
+// Has asks about must also be read through a getter to appear there.
 func (p *Params) Has(key string) bool {
 	p.used[key] = true
 	_, ok := p.values[key]
