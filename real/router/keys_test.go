@@ -150,7 +150,9 @@ func TestUnavailableKVEventsLoggedOnce(t *testing.T) {
 func TestRouterKey(t *testing.T) {
 	up := newStub(t, "a")
 	close(up.release)
-	_, url := startRouter(t, Config{APIKey: "router-secret"}, up.URL)
+	r, url := startRouter(t, Config{APIKey: "router-secret"}, up.URL)
+	// Until its first scrape the router has no healthy endpoint and answers 503.
+	eventually(t, "the endpoint", r.endpoints[0].healthy)
 	for _, tc := range []struct {
 		method, path, auth string
 		status             int
