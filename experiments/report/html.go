@@ -178,7 +178,7 @@ func buildChart(id string, a axes, ss []series) (chart, error) {
 		charts.WithXAxisOpts(a.x),
 		charts.WithYAxisOpts(a.y),
 		charts.WithAnimation(false),
-		charts.WithGridOpts(opts.Grid{Left: "64", Right: "32", Top: "64", Bottom: strconv.Itoa(48 + legendRowHeight*rows)}),
+		charts.WithGridOpts(opts.Grid{Left: "24", Right: "32", ContainLabel: opts.Bool(true), Top: "64", Bottom: strconv.Itoa(48 + legendRowHeight*rows)}),
 	}
 	if a.zoom {
 		global = append(global, charts.WithDataZoomOpts(opts.DataZoom{Type: "inside", XAxisIndex: 0}))
