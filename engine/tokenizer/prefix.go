@@ -27,7 +27,8 @@ func (t *Tokenizer) EncodePrefix(ctx context.Context, text string, addSpecial bo
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
 	}
-	maxTokens = max(maxTokens, 0)
+	// No context is near 2^31 tokens; the clamp keeps maxTokens+1 and the byte bound from overflowing.
+	maxTokens = min(max(maxTokens, 0), math.MaxInt32)
 	var before, after []int32 // what the post-processor puts around the sequence
 	if addSpecial && t.post != nil {
 		var ok bool
@@ -53,6 +54,28 @@ func (t *Tokenizer) EncodePrefix(ctx context.Context, text string, addSpecial bo
 	}
 	ids = make([]int32, 0, min(len(text)/3+4, maxTokens+1)+specials)
 	ids = append(ids, before...)
+	full := func() bool { return len(ids) > maxTokens }
+	ids, err = t.encodeText(ctx, text, ids, maxTokens)
+	if err != nil {
+		return nil, false, err
+	}
+	if !full() {
+		ids = append(ids, after...)
+	}
+	if full() {
+		return ids[:maxTokens+1], true, nil
+	}
+	return ids, false, nil
+}
+
+// testWordHook, when set by a test, sees every word the encoder hands the model.
+var testWordHook func(word string)
+
+// encodeText appends the ids of text (valid UTF-8) to ids through the pipeline (added
+// tokens, normalizer, pre-tokenizer, model) without the post-processor, stopping once ids
+// holds more than maxTokens or when ctx ends (checked between segments and every 256
+// words). Encode and EncodePrefix both walk the text here.
+func (t *Tokenizer) encodeText(ctx context.Context, text string, ids []int32, maxTokens int) (_ []int32, err error) {
 	full := func() bool { return len(ids) > maxTokens }
 	words := 0
 	var subs []segment
@@ -100,20 +123,8 @@ func (t *Tokenizer) EncodePrefix(ctx context.Context, text string, addSpecial bo
 		}
 		return true
 	})
-	if err != nil {
-		return nil, false, err
-	}
-	if !full() {
-		ids = append(ids, after...)
-	}
-	if full() {
-		return ids[:maxTokens+1], true, nil
-	}
-	return ids, false, nil
+	return ids, err
 }
-
-// testWordHook, when set by a test, sees every word EncodePrefix hands the model.
-var testWordHook func(word string)
 
 // specialAround returns the ids the post-processor puts before and after a sequence,
 // and false when it does something else to it.

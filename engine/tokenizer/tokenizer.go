@@ -31,9 +31,11 @@ package tokenizer
 
 import (
 	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -348,35 +350,8 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) []int32 {
 	if !utf8.ValidString(text) {
 		text = strings.ToValidUTF8(text, "\uFFFD")
 	}
-	ids := make([]int32, 0, len(text)/3+4)
-	var segs, subs []segment
-	var pieces []piece
-	segs = t.rawAdded.split(segs, text, true)
-	for _, seg := range segs {
-		if seg.tok >= 0 {
-			ids = append(ids, seg.tok)
-			continue
-		}
-		s := seg.text
-		if t.normalizer != nil {
-			s = t.normalizer.normalize(s)
-		}
-		subs = t.normAdded.split(subs[:0], s, seg.first)
-		for _, sub := range subs {
-			if sub.tok >= 0 {
-				ids = append(ids, sub.tok)
-				continue
-			}
-			if t.pre == nil {
-				ids = t.model.tokenize(sub.text, ids)
-				continue
-			}
-			pieces = t.pre.split(pieces[:0], piece{sub.text, sub.first})
-			for _, p := range pieces {
-				ids = t.model.tokenize(p.s, ids)
-			}
-		}
-	}
+	// Without a budget or a deadline the walk cannot stop early.
+	ids, _ := t.encodeText(context.Background(), text, make([]int32, 0, len(text)/3+4), math.MaxInt)
 	if addSpecial && t.post != nil {
 		ids = t.post.process(ids)
 	}
