@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -165,4 +166,20 @@ func ExampleTokenizer_EncodePrefix() {
 	_, truncated, _ := tok.EncodePrefix(context.Background(), strings.Repeat("hello world ", 1<<20), true, 2048)
 	fmt.Println(truncated)
 	// Output: true
+}
+
+// TestEncodePrefixHugeBudget: a budget past any context (math.MaxInt) is no budget, not an
+// overflow in maxTokens+1 or the byte bound.
+func TestEncodePrefixHugeBudget(t *testing.T) {
+	for _, kind := range []string{"byte-level", "sentencepiece"} {
+		tok := trained(t, kind)
+		text := "a budget past any context is no budget at all"
+		ids, truncated, err := tok.EncodePrefix(context.Background(), text, true, math.MaxInt)
+		if err != nil || truncated {
+			t.Fatalf("%s: truncated %v, err %v", kind, truncated, err)
+		}
+		if d := cmp.Diff(tok.Encode(text, true), ids); d != "" {
+			t.Errorf("%s: EncodePrefix != Encode (-want +got):\n%s", kind, d)
+		}
+	}
 }
