@@ -26,14 +26,18 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	c := clusterFlags{
 		engines: k.Instances, model: rc.Spec.ModelPath(), batch: rc.Cell.Batch, evict: rc.Cell.Evict,
 		blockSize: k.BlockSize, numBlocks: k.NumGPUBlocksOverride, maxModelLen: k.MaxModelLen,
-		prefixCaching: true, verbose: w.verbose,
-		router: routerFlags{spec: rc.Cell.Router, scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
+		verbose: w.verbose,
+		router:  routerFlags{spec: rc.Cell.Router, scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
 	}
+	// What the spec leaves out, the engines take from the simulator's defaults, as the
+	// simulator's cells do: one default for both worlds.
+	def := sim.DefaultClusterSpec()
+	c.prefixCaching = def.EnablePrefixCaching
 	if c.engines == 0 {
-		c.engines = sim.DefaultClusterSpec().Instances
+		c.engines = def.Instances
 	}
 	if c.blockSize == 0 {
-		c.blockSize = 16
+		c.blockSize = def.BlockSize
 	}
 	if k.EnablePrefixCaching != nil {
 		c.prefixCaching = *k.EnablePrefixCaching
