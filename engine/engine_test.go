@@ -358,6 +358,16 @@ func TestOnStepSeesEveryStep(t *testing.T) {
 		}
 	})
 	run(t, te.Engine, greedy(strings.Repeat("abcdefgh", 9), 5)) // 72 prompt tokens
+	// The loop calls OnStep after it has delivered the step's tokens, so the last call
+	// can come just after Wait returns.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(shapes)
+		mu.Unlock()
+		if n >= 7 {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	prefill, decode := 0, 0
