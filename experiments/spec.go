@@ -24,6 +24,7 @@ import (
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/policies/route"
+	"servelab/serving"
 	"servelab/sim"
 	"servelab/sim/latency"
 	"servelab/traces"
@@ -47,6 +48,10 @@ type Spec struct {
 	// clusterKeys are the cluster keys the file sets, so that "instances: 0" is told from
 	// a missing key (which takes the simulator's default).
 	clusterKeys map[string]bool
+	// engine is the profiled engine's resolved configuration when cluster.latency is
+	// profile:FILE and the profile records it: every cell runs it, except for the policies
+	// the cell varies (see clusterSpec).
+	engine *serving.EngineConfig
 }
 
 // Workload is a trace (optionally a time window of it, rate-scaled) or a synthetic one.
@@ -206,10 +211,54 @@ func (s *Spec) defaults() {
 	}
 	if len(s.Policies.Batch) == 0 {
 		s.Policies.Batch = []string{"vllm"}
+		if s.engine != nil {
+			s.Policies.Batch = []string{s.engine.Batch}
+		}
 	}
 	if len(s.Policies.Evict) == 0 {
 		s.Policies.Evict = []string{"lru"}
+		if s.engine != nil {
+			s.Policies.Evict = []string{s.engine.Evict}
+		}
 	}
+}
+
+// loadProfiledEngine reads the engine configuration a cluster.latency of profile:FILE
+// records. The cells then run that engine's KV cache, context and prefix caching, and
+// build their policies as that engine builds its own (with no GPU class: the CPU engine
+// resolves its batch defaults so, cmd/servelab/engine.go), never the simulator's H100
+// defaults; a cluster key that would override one of them is refused, as `servelab sim
+// --latency profile:FILE` refuses the matching flags.
+func (s *Spec) loadProfiledEngine() error {
+	k := s.Cluster
+	file, ok := strings.CutPrefix(k.Latency, "profile:")
+	if !ok || s.World != "" && s.World != "sim" {
+		return nil
+	}
+	p, err := latency.LoadProfile(s.resolve(file))
+	if err != nil {
+		return fmt.Errorf("cluster.latency: %w", err)
+	}
+	if p.Engine == nil {
+		return nil // an old profile: its step times, with the spec's settings (Build's defaults)
+	}
+	for _, f := range []struct {
+		key string
+		set bool
+	}{
+		{"gpu", k.GPU != ""}, {"block_size", s.clusterKeys["block_size"]},
+		{"num_gpu_blocks_override", s.clusterKeys["num_gpu_blocks_override"]},
+		{"max_model_len", s.clusterKeys["max_model_len"]},
+		{"enable_prefix_caching", k.EnablePrefixCaching != nil},
+		{"gpu_memory_utilization", s.clusterKeys["gpu_memory_utilization"]},
+	} {
+		if f.set {
+			return fmt.Errorf("cluster.%s: latency profile:%s runs the profiled engine's configuration (%d KV blocks of %d tokens, max model len %d, prefix caching %t); leave it out, or use linear:%s for its step times with other settings",
+				f.key, file, p.Engine.NumGPUBlocks, p.Engine.BlockSize, p.Engine.MaxModelLen, p.Engine.EnablePrefixCaching, file)
+		}
+	}
+	s.engine = p.Engine
+	return nil
 }
 
 // checkKeys reports the first key in v that t has no field for, with its path.
@@ -290,6 +339,9 @@ func (s *Spec) validate() error {
 	}
 	if !validName(s.Name) {
 		return fmt.Errorf("name: %q: use letters, digits, '-', '_' and '.' (it names the output directory)", s.Name)
+	}
+	if err := s.loadProfiledEngine(); err != nil {
+		return err
 	}
 	s.defaults()
 	switch s.World {
@@ -483,6 +535,11 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 		c.EnablePrefixCaching = *k.EnablePrefixCaching
 	}
 	c.MaxModelLen = k.MaxModelLen
+	if e := s.engine; e != nil {
+		c.GPU = ""
+		c.BlockSize, c.NumGPUBlocksOverride, c.MaxModelLen = e.BlockSize, e.NumGPUBlocks, e.MaxModelLen
+		c.EnablePrefixCaching = e.EnablePrefixCaching
+	}
 	c.Router, c.Batch, c.Evict, c.Seed = s.resolve(router), batchSpec, evictSpec, seed
 	return c
 }

@@ -8,7 +8,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"servelab/policies"
+	"servelab/policies/batch"
+	"servelab/serving"
 	"servelab/sim"
+	"servelab/sim/latency"
 )
 
 // trace is the shipped Azure slice, relative to this package's test specs in testdata/.
@@ -232,5 +236,60 @@ func TestReadSpecOfAFinishedRun(t *testing.T) {
 	}
 	if _, err := ReadSpec(dir); err == nil || !strings.Contains(err.Error(), "extra: unknown key") {
 		t.Errorf("an unknown key: %v", err)
+	}
+}
+
+// TestProfiledEngineDecidesTheCells: with cluster.latency profile:FILE, every cell runs the
+// profiled engine's KV cache, context and prefix caching, and builds its batch policy as
+// the engine does; a cell running the engine's own policy resolves to exactly the
+// engine's configuration (the simulator's H100 defaults gave 8,192 tokens per step where
+// the CPU engine runs 2,048).
+func TestProfiledEngineDecidesTheCells(t *testing.T) {
+	dir := t.TempDir()
+	// The batch policy as the CPU engine resolves it (cmd/servelab/engine.go's Env).
+	bp, _, err := batch.Registry.Parse("vllm", policies.Env{BlockSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := serving.EngineConfig{Batch: bp.Spec().String(), Evict: "lru", BlockSize: 16, NumGPUBlocks: 96, MaxModelLen: 512, EnablePrefixCaching: true}
+	if !strings.Contains(engine.Batch, "max_num_batched_tokens=2048") {
+		t.Fatalf("the CPU engine's vllm policy resolves to %s; this test expects the non-H100 limits", engine.Batch)
+	}
+	traceFile, err := filepath.Abs(filepath.Join("testdata", trace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof := &latency.Profile{Model: "tiny", BlockSize: 16, NumGPUBlocks: 96, MaxModelLen: 512, Engine: &engine,
+		Coefficients: latency.LinearCoefficients{Intercept: 1e-4, DecodeSeq: 1e-5, PrefillToken: 1e-6}, Samples: 10}
+	if err := prof.Write(filepath.Join(dir, "profile.json")); err != nil {
+		t.Fatal(err)
+	}
+	base := "name: t\nworkload: {trace: " + traceFile + "}\npolicies: {routers: [round-robin]}\n"
+	s, err := Parse([]byte(base+"cluster: {latency: profile:profile.json, instances: 2}\n"), filepath.Join(dir, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{engine.Batch}, s.Policies.Batch); diff != "" {
+		t.Errorf("default batch policies (-engine's +spec's):\n%s", diff)
+	}
+	for _, b := range []string{engine.Batch, "vllm"} {
+		cfg, err := s.clusterSpec("round-robin", b, "lru", 0).Build(s.SLO.Metrics())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := cfg.Resolved(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(engine, got); diff != "" {
+			t.Errorf("batch %q: the cell's instance runs (-engine +cell):\n%s", b, diff)
+		}
+	}
+	for _, key := range []string{"block_size: 32", "num_gpu_blocks_override: 10", "max_model_len: 256", "enable_prefix_caching: false", "gpu: h100", "gpu_memory_utilization: 0.5"} {
+		spec := base + "cluster: {latency: profile:profile.json, " + key + "}\n"
+		_, err := Parse([]byte(spec), filepath.Join(dir, "spec.yaml"))
+		if field := strings.SplitN(key, ":", 2)[0]; err == nil || !strings.Contains(err.Error(), "cluster."+field) {
+			t.Errorf("%s with a profile that records the engine: err %v, want one naming cluster.%s", key, err, field)
+		}
 	}
 }
