@@ -242,17 +242,19 @@ func (s *Spec) loadProfiledEngine() error {
 	if p.Engine == nil {
 		return nil // an old profile: its step times, with the spec's settings (Build's defaults)
 	}
+	// A key that says what the engine runs is fine (spec.yaml, the spec as run, says it).
+	e := p.Engine
 	for _, f := range []struct {
-		key string
-		set bool
+		key      string
+		override bool
 	}{
-		{"gpu", k.GPU != ""}, {"block_size", s.clusterKeys["block_size"]},
-		{"num_gpu_blocks_override", s.clusterKeys["num_gpu_blocks_override"]},
-		{"max_model_len", s.clusterKeys["max_model_len"]},
-		{"enable_prefix_caching", k.EnablePrefixCaching != nil},
+		{"gpu", k.GPU != ""}, {"block_size", s.clusterKeys["block_size"] && k.BlockSize != e.BlockSize},
+		{"num_gpu_blocks_override", s.clusterKeys["num_gpu_blocks_override"] && k.NumGPUBlocksOverride != e.NumGPUBlocks},
+		{"max_model_len", s.clusterKeys["max_model_len"] && k.MaxModelLen != e.MaxModelLen},
+		{"enable_prefix_caching", k.EnablePrefixCaching != nil && *k.EnablePrefixCaching != e.EnablePrefixCaching},
 		{"gpu_memory_utilization", s.clusterKeys["gpu_memory_utilization"]},
 	} {
-		if f.set {
+		if f.override {
 			return fmt.Errorf("cluster.%s: latency profile:%s runs the profiled engine's configuration (%d KV blocks of %d tokens, max model len %d, prefix caching %t); leave it out, or use linear:%s for its step times with other settings",
 				f.key, file, p.Engine.NumGPUBlocks, p.Engine.BlockSize, p.Engine.MaxModelLen, p.Engine.EnablePrefixCaching, file)
 		}
@@ -538,7 +540,7 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 	if e := s.engine; e != nil {
 		c.GPU = ""
 		c.BlockSize, c.NumGPUBlocksOverride, c.MaxModelLen = e.BlockSize, e.NumGPUBlocks, e.MaxModelLen
-		c.EnablePrefixCaching = e.EnablePrefixCaching
+		c.EnablePrefixCaching, c.GPUMemoryUtilization = e.EnablePrefixCaching, 0
 	}
 	c.Router, c.Batch, c.Evict, c.Seed = s.resolve(router), batchSpec, evictSpec, seed
 	return c

@@ -285,6 +285,18 @@ func TestProfiledEngineDecidesTheCells(t *testing.T) {
 			t.Errorf("batch %q: the cell's instance runs (-engine +cell):\n%s", b, diff)
 		}
 	}
+	// spec.yaml, the spec as run, parses again to the same cells.
+	norm, err := s.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse(norm, filepath.Join(t.TempDir(), "spec.yaml"))
+	if err != nil {
+		t.Fatalf("spec.yaml of a profiled run does not parse again: %v\n%s", err, norm)
+	}
+	if diff := cmp.Diff(s.clusterSpec("round-robin", "vllm", "lru", 0), again.clusterSpec("round-robin", "vllm", "lru", 0)); diff != "" {
+		t.Errorf("cluster from spec.yaml (-spec +spec.yaml):\n%s", diff)
+	}
 	for _, key := range []string{"block_size: 32", "num_gpu_blocks_override: 10", "max_model_len: 256", "enable_prefix_caching: false", "gpu: h100", "gpu_memory_utilization: 0.5"} {
 		spec := base + "cluster: {latency: profile:profile.json, " + key + "}\n"
 		_, err := Parse([]byte(spec), filepath.Join(dir, "spec.yaml"))
