@@ -208,7 +208,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	profilePath := f.profile
 	if profilePath == "" {
 		fmt.Fprintf(log, "profiling %s with %d threads (one engine's share) ...\n", c.model, c.threadsPerEngine())
-		unpin, err := f.cpu.pinProfile(c)
+		unpin, err := f.cpu.profiling(c)
 		if err != nil {
 			return nil, err
 		}

@@ -141,9 +141,9 @@ type cpuFlags struct {
 	sleep   func(context.Context, time.Duration) error // nil: sleepCtx
 	allowed []int                                      // the CPUs this process may use
 	check   *idleCheck                                 // the check before the run now measured
-	// The 1-minute load and the time when our previous run ended: the load it leaves
-	// decays as e^(-t/60).
-	lastLoad float64
+	// Our processes' share of the 1-minute load average when the last of them (a run,
+	// the profile) ended, and when that was: it decays as e^(-t/60).
+	oursLoad float64
 	lastEnd  time.Time
 }
 
@@ -180,8 +180,9 @@ type runCPU struct {
 	OtherCPUSeconds    float64 `json:"other_processes_cpu_seconds"`
 	// OthersBefore is how many CPUs other processes used just before the run (the check).
 	OthersBefore float64 `json:"other_processes_cpus_before"`
-	// The 1-minute load average before (and how much of it our previous run explains),
-	// the most sampled during (once a second) and after the run.
+	// The 1-minute load average before (and how much of it our previous runs and the
+	// profile explain; see addOurs), the most sampled during (once a second) and after
+	// the run.
 	LoadBefore         float64  `json:"load1_before"`
 	LoadBeforeFromOurs float64  `json:"load1_before_from_our_previous_run"`
 	LoadMax            float64  `json:"load1_max"`
@@ -225,17 +226,23 @@ func (f *cpuFlags) setup(c *clusterFlags) (*cpuSetup, error) {
 	return s, nil
 }
 
-// pinProfile pins this process to one engine's CPUs while the profile is measured; the
-// returned function undoes it.
-func (f *cpuFlags) pinProfile(c *clusterFlags) (func(), error) {
-	if c.cpus == nil {
-		return func() {}, nil
+// profiling pins this process to one engine's CPUs while the profile is measured, and
+// counts the profile's load as ours; the returned function ends both.
+func (f *cpuFlags) profiling(c *clusterFlags) (func(), error) {
+	start := time.Now()
+	cpu0, _ := local.SelfCPUTime()
+	restore := func() error { return nil }
+	if c.cpus != nil {
+		var err error
+		if restore, err = local.PinProcess(c.cpus.Engines[0]); err != nil {
+			return nil, err
+		}
 	}
-	restore, err := local.PinProcess(c.cpus.Engines[0])
-	if err != nil {
-		return nil, err
-	}
-	return func() { restore() }, nil
+	return func() {
+		restore()
+		cpu, _ := local.SelfCPUTime()
+		f.addOurs(start, time.Now(), (cpu - cpu0).Seconds())
+	}, nil
 }
 
 // waitIdle is the busy check before a measured run: it refuses to measure on CPUs other
@@ -265,12 +272,29 @@ func (f *cpuFlags) waitIdle(ctx context.Context, s *cpuSetup, log io.Writer) err
 	return nil
 }
 
-// fromOurs is how much of the 1-minute load now our previous run explains.
+// fromOurs is how much of the 1-minute load at now our previous runs (and the profile)
+// explain.
 func (f *cpuFlags) fromOurs(now time.Time) float64 {
 	if f.lastEnd.IsZero() {
 		return 0
 	}
-	return f.lastLoad * math.Exp(-now.Sub(f.lastEnd).Seconds()/60)
+	return f.oursLoad * math.Exp(-now.Sub(f.lastEnd).Seconds()/60)
+}
+
+// addOurs folds a stretch from start to end in which our processes used cpu CPU-seconds
+// into our share of the load average. The kernel's 1-minute load is an exponentially
+// damped average of the runnable tasks with a 60 s time constant, sampled every 5 s; ours
+// ran cpu/wall tasks on average (at least: tasks waiting for a CPU count too), so over the
+// stretch our share moves towards that as 1-e^(-wall/60). A run of a few seconds adds
+// little, whatever the load average says then: the rest is other processes'.
+func (f *cpuFlags) addOurs(start, end time.Time, cpu float64) {
+	wall := end.Sub(start).Seconds()
+	if wall <= 0 {
+		return
+	}
+	decay := math.Exp(-wall / 60)
+	f.oursLoad = f.fromOurs(start)*decay + cpu/wall*(1-decay)
+	f.lastEnd = end
 }
 
 func (f *cpuFlags) oursNote(load float64) string {
@@ -278,7 +302,7 @@ func (f *cpuFlags) oursNote(load float64) string {
 	if ours <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", of which our previous run explains %.2f", math.Min(ours, load))
+	return fmt.Sprintf(", of which our earlier runs explain %.2f", math.Min(ours, load))
 }
 
 // cpuWatch measures one run.
@@ -355,7 +379,7 @@ func (w *cpuWatch) finish() (*runCPU, error) {
 		u.OthersBefore = w.f.check.Others
 	}
 	judgeRun(u, w.s, w.f.check)
-	w.f.lastLoad, w.f.lastEnd = end.Load, end.At
+	w.f.addOurs(w.start.At, end.At, u.HostBusyCPUSeconds-u.OtherCPUSeconds)
 	return u, nil
 }
 

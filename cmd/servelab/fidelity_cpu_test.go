@@ -99,11 +99,11 @@ func TestBusyMachineIsRefusedOrFlagged(t *testing.T) {
 	for _, allow := range []bool{false, true} {
 		read, _ := script(t, busy)
 		f := &cpuFlags{allowBusy: allow, busyWait: time.Second, read: read, sleep: noSleep,
-			lastLoad: 2, lastEnd: time.Now().Add(-30 * time.Second)}
+			oursLoad: 2, lastEnd: time.Now().Add(-30 * time.Second)}
 		var log strings.Builder
 		err := f.waitIdle(context.Background(), setup, &log)
 		if !allow {
-			for _, want := range []string{"machine is busy", "1.50 of the 2 CPUs", "1-minute load 2.50, of which our previous run explains 1.2", "--allow-busy"} {
+			for _, want := range []string{"machine is busy", "1.50 of the 2 CPUs", "1-minute load 2.50, of which our earlier runs explain 1.2", "--allow-busy"} {
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("err %v, want it to say %q", err, want)
 				}
@@ -257,5 +257,35 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 	}
 	if strings.Contains(stdout, "Ranking") {
 		t.Errorf("one run ranked:\n%s", stdout)
+	}
+}
+
+// Our share of the 1-minute load average follows the kernel's damping: a run moves it
+// towards its CPUs in use as 1-e^(-wall/60), and it decays as e^(-t/60) after.
+func TestOursShareOfTheLoadAverage(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	e := math.Exp(-1)
+	for _, tc := range []struct {
+		name string
+		runs [][3]float64 // start s, end s, CPU-s
+		now  float64
+		want float64
+	}{
+		{"nothing of ours yet", nil, 0, 0},
+		{"2 CPUs for a minute, just after", [][3]float64{{0, 60, 120}}, 60, 2 * (1 - e)},
+		{"and a minute later", [][3]float64{{0, 60, 120}}, 120, 2 * (1 - e) * e},
+		{"a 3 s run adds little", [][3]float64{{0, 3, 6}}, 3, 2 * (1 - math.Exp(-0.05))},
+		{"two runs a minute apart", [][3]float64{{0, 60, 60}, {120, 180, 60}}, 180, (1-e)*e*e + (1 - e)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var f cpuFlags
+			for _, r := range tc.runs {
+				f.addOurs(at(r[0]), at(r[1]), r[2])
+			}
+			if got := f.fromOurs(at(tc.now)); math.Abs(got-tc.want) > 1e-9 {
+				t.Errorf("ours %.4f, want %.4f", got, tc.want)
+			}
+		})
 	}
 }
