@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -140,6 +141,7 @@ type cpuFlags struct {
 	read    hostReader                                 // nil: procHost
 	sleep   func(context.Context, time.Duration) error // nil: sleepCtx
 	allowed []int                                      // the CPUs this process may use
+	noProc  error                                      // why there is no CPU accounting (not Linux)
 	check   *idleCheck                                 // the check before the run now measured
 	// Our processes' share of the 1-minute load average when the last of them (a run,
 	// the profile) ended, and when that was: it decays as e^(-t/60).
@@ -209,7 +211,10 @@ func (f *cpuFlags) setup(c *clusterFlags) (*cpuSetup, error) {
 	}
 	allowed, err := local.AllowedCPUs()
 	if err != nil {
-		return nil, fmt.Errorf("%w: fidelity measures CPU time through /proc", err)
+		// Not Linux, and not pinned (resolveCPUs would have failed): measure without.
+		f.noProc = err
+		return &cpuSetup{CPUs: runtime.NumCPU(), ThreadsPerEngine: c.threadsPerEngine(),
+			Note: "no CPU accounting or busy check: " + err.Error()}, nil
 	}
 	f.allowed = allowed
 	s := &cpuSetup{CPUs: len(allowed), Pinned: c.cpus != nil, Plan: c.cpus, ThreadsPerEngine: c.threadsPerEngine()}
@@ -248,6 +253,9 @@ func (f *cpuFlags) profiling(c *clusterFlags) (func(), error) {
 // waitIdle is the busy check before a measured run: it refuses to measure on CPUs other
 // processes keep busy, unless --allow-busy.
 func (f *cpuFlags) waitIdle(ctx context.Context, s *cpuSetup, log io.Writer) error {
+	if f.noProc != nil {
+		return nil
+	}
 	sleep := f.sleep
 	if sleep == nil {
 		sleep = sleepCtx
@@ -318,8 +326,12 @@ type cpuWatch struct {
 	maxLoad float64
 }
 
-// watch starts measuring a run on cl; finish ends it.
+// watch starts measuring a run on cl; finish ends it. Without /proc there is nothing to
+// measure: nil.
 func (f *cpuFlags) watch(s *cpuSetup, cl *local.Cluster) (*cpuWatch, error) {
+	if f.noProc != nil {
+		return nil, nil
+	}
 	w := &cpuWatch{f: f, s: s, cl: cl, stop: make(chan struct{})}
 	var err error
 	if w.engines, err = cl.CPUTimes(); err != nil {
@@ -353,6 +365,9 @@ func (f *cpuFlags) watch(s *cpuSetup, cl *local.Cluster) (*cpuWatch, error) {
 // finish ends the measurement (before the cluster stops) and judges whether the run was
 // contended.
 func (w *cpuWatch) finish() (*runCPU, error) {
+	if w == nil {
+		return nil, nil
+	}
 	close(w.stop)
 	w.wg.Wait()
 	engines, err := w.cl.CPUTimes()
