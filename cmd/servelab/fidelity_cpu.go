@@ -18,18 +18,20 @@ import (
 
 // fidelityCPUHelp is the part of fidelity's --help on CPUs.
 const fidelityCPUHelp = `
-CPUs. The engines are pinned to their own CPUs (--pin-cpus, on by default; see the flag): on
-2 CPUs, 2 engines get one each and the router and load generator (this process) share them; 1
+CPUs. The engines are pinned to their own CPUs (--pin-cpus, on by default; see the flag): on 2
+CPUs, 2 engines get one each and the router and load generator (this process) share them; 1
 engine gets one CPU and this process the other. The profile is measured on one engine's CPUs.
-Before each measured run (the calibration runs too) fidelity samples for 1 s the CPU time other
-processes use on this process's CPUs (/proc/stat less ours) and waits up to --busy-wait for it to
-fall to what the run leaves free plus 0.25 CPU; if it does not, it stops, or with --allow-busy
-measures anyway and marks the run contended. (The 1-minute load average is reported but does not
-decide: it still carries our previous run for minutes, decaying as e^(-t/60).) Each run reports
-its wall time, each engine's CPU time and this process's (router and load generator), the
-other processes' CPU time and the 1-minute load before, at most during and after the run; a run
-in which other processes used more than that allowance, or whose CPU times add up to more than
-CPUs x wall, is marked contended.
+Pinning keeps our processes off each other's CPUs, not other processes off ours (that takes a
+cpuset or isolcpus), hence the check: before each measured run (the calibration runs too)
+fidelity samples for 1 s the CPU time other processes use on this process's CPUs (/proc/stat
+less ours) and waits up to --busy-wait for it to fall to what the run leaves free plus 0.25 CPU;
+if it does not, it stops, or with --allow-busy measures anyway and marks the run contended. (The
+1-minute load average is reported, with the part our own earlier runs and profile explain, but
+does not decide: it lags by about a minute, decaying as e^(-t/60).) Each run reports its wall
+time, each engine's CPU time and this process's (router and load generator), the other
+processes' CPU time and the 1-minute load before, at most during and after the run; a run in
+which other processes used more than that allowance, or whose CPU times add up to more than CPUs
+x wall, is marked contended.
 
 One engine. With --engines 1 every router sends every request to the one engine, so there is
 nothing to rank: fidelity runs once (the first --router; giving several is an error) and
