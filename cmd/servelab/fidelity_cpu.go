@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -28,10 +29,11 @@ less ours) and waits up to --busy-wait for it to fall to what the run leaves fre
 if it does not, it stops, or with --allow-busy measures anyway and marks the run contended. (The
 1-minute load average is reported, with the part our own earlier runs and profile explain, but
 does not decide: it lags by about a minute, decaying as e^(-t/60).) Each run reports its wall
-time, each engine's CPU time and this process's (router and load generator), the other
-processes' CPU time and the 1-minute load before, at most during and after the run; a run in
-which other processes used more than that allowance, or whose CPU times add up to more than CPUs
-x wall, is marked contended.
+time, each engine's CPU time and this process's (router and load generator) with the time each
+waited runnable for a CPU (run_delay in /proc/PID/task/*/schedstat), the other processes' CPU
+time and the 1-minute load before, at most during and after the run; a run in which other
+processes used more than that allowance, or whose CPU times add up to more than CPUs x wall, is
+marked contended.
 
 One engine. With --engines 1 every router sends every request to the one engine, so there is
 nothing to rank: fidelity runs once (the first --router; giving several is an error) and
@@ -178,6 +180,10 @@ type runCPU struct {
 	EngineCPUSeconds []float64 `json:"engine_cpu_seconds"`
 	// SelfCPUSeconds is this process's: the router and the load generator.
 	SelfCPUSeconds float64 `json:"router_and_load_generator_cpu_seconds"`
+	// The time the engines' threads, and this process's, waited runnable for a CPU (the
+	// kernel's run_delay): what contention took from them, ours or others'.
+	EngineWaitSeconds []float64 `json:"engine_cpu_wait_seconds"`
+	SelfWaitSeconds   float64   `json:"router_and_load_generator_cpu_wait_seconds"`
 	// HostBusyCPUSeconds is every process's on this process's CPUs; OtherCPUSeconds, the
 	// part that is not ours.
 	HostBusyCPUSeconds float64 `json:"host_busy_cpu_seconds"`
@@ -322,6 +328,8 @@ type cpuWatch struct {
 	cl      *local.Cluster
 	start   hostSample
 	engines []time.Duration
+	waits   []time.Duration
+	self    time.Duration // this process's wait
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -337,6 +345,12 @@ func (f *cpuFlags) watch(s *cpuSetup, cl *local.Cluster) (*cpuWatch, error) {
 	w := &cpuWatch{f: f, s: s, cl: cl, stop: make(chan struct{})}
 	var err error
 	if w.engines, err = cl.CPUTimes(); err != nil {
+		return nil, err
+	}
+	if w.waits, err = cl.CPUWaits(); err != nil {
+		return nil, err
+	}
+	if w.self, err = local.ProcessCPUWait(os.Getpid()); err != nil {
 		return nil, err
 	}
 	if w.start, err = f.reader()(); err != nil {
@@ -376,6 +390,14 @@ func (w *cpuWatch) finish() (*runCPU, error) {
 	if err != nil {
 		return nil, err
 	}
+	waits, err := w.cl.CPUWaits()
+	if err != nil {
+		return nil, err
+	}
+	self, err := local.ProcessCPUWait(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	end, err := w.f.reader()()
 	if err != nil {
 		return nil, err
@@ -388,9 +410,11 @@ func (w *cpuWatch) finish() (*runCPU, error) {
 		LoadBeforeFromOurs: math.Min(w.start.Load, w.f.fromOurs(w.start.At)),
 		LoadMax:            math.Max(w.maxLoad, end.Load),
 		LoadAfter:          end.Load,
+		SelfWaitSeconds:    (self - w.self).Seconds(),
 	}
 	for i := range engines {
 		u.EngineCPUSeconds = append(u.EngineCPUSeconds, (engines[i] - w.engines[i]).Seconds())
+		u.EngineWaitSeconds = append(u.EngineWaitSeconds, (waits[i] - w.waits[i]).Seconds())
 	}
 	if w.f.check != nil {
 		u.OthersBefore = w.f.check.Others
@@ -451,13 +475,21 @@ func printRunCPU(w io.Writer, u *runCPU, s *cpuSetup) {
 	var parts []string
 	for i, e := range u.EngineCPUSeconds {
 		p := fmt.Sprintf("engine-%d %.2f", i, e)
+		var notes []string
 		if s != nil && s.Plan != nil && i < len(s.Plan.Engines) && u.WallSeconds > 0 {
 			cpus := s.Plan.Engines[i]
-			p += fmt.Sprintf(" (%.0f%% of CPU %s)", 100*e/(u.WallSeconds*float64(len(cpus))), local.FormatCPUList(cpus))
+			notes = append(notes, fmt.Sprintf("%.0f%% of CPU %s", 100*e/(u.WallSeconds*float64(len(cpus))), local.FormatCPUList(cpus)))
+		}
+		if i < len(u.EngineWaitSeconds) {
+			notes = append(notes, fmt.Sprintf("waited %.2f", u.EngineWaitSeconds[i]))
+		}
+		if len(notes) > 0 {
+			p += " (" + strings.Join(notes, ", ") + ")"
 		}
 		parts = append(parts, p)
 	}
-	parts = append(parts, fmt.Sprintf("router+load generator %.2f", u.SelfCPUSeconds), fmt.Sprintf("others %.2f", u.OtherCPUSeconds))
+	parts = append(parts, fmt.Sprintf("router+load generator %.2f (waited %.2f)", u.SelfCPUSeconds, u.SelfWaitSeconds),
+		fmt.Sprintf("others %.2f", u.OtherCPUSeconds))
 	busy := ""
 	if s != nil && u.WallSeconds > 0 {
 		busy = fmt.Sprintf(", CPUs %.0f%% busy", 100*u.HostBusyCPUSeconds/(u.WallSeconds*float64(s.CPUs)))

@@ -240,6 +240,7 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 			t.Fatalf("run %d: no CPU accounting", i)
 		}
 		if u.WallSeconds <= 0 || len(u.EngineCPUSeconds) != 1 || u.EngineCPUSeconds[0] <= 0 || u.SelfCPUSeconds <= 0 ||
+			len(u.EngineWaitSeconds) != 1 || u.EngineWaitSeconds[0] < 0 || u.SelfWaitSeconds < 0 ||
 			u.HostBusyCPUSeconds <= 0 || u.LoadMax < u.LoadBefore {
 			t.Errorf("run %d: CPU accounting %+v", i, u)
 		}
@@ -247,8 +248,9 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 		if max := u.WallSeconds*float64(len(s.Plan.Engines[0])) + 0.02; u.EngineCPUSeconds[0] > max {
 			t.Errorf("run %d: the engine used %.2f CPU-s in %.2f s on %d CPUs", i, u.EngineCPUSeconds[0], u.WallSeconds, len(s.Plan.Engines[0]))
 		}
-		t.Logf("run %d: wall %.2f s, engine %.2f CPU-s, router+load generator %.2f, others %.2f, load %.2f/%.2f/%.2f, contended %v %q",
-			i, u.WallSeconds, u.EngineCPUSeconds[0], u.SelfCPUSeconds, u.OtherCPUSeconds, u.LoadBefore, u.LoadMax, u.LoadAfter, u.Contended, u.Why)
+		t.Logf("run %d: wall %.2f s, engine %.2f CPU-s (waited %.2f), router+load generator %.2f (waited %.2f), others %.2f, load %.2f/%.2f/%.2f, contended %v %q",
+			i, u.WallSeconds, u.EngineCPUSeconds[0], u.EngineWaitSeconds[0], u.SelfCPUSeconds, u.SelfWaitSeconds, u.OtherCPUSeconds,
+			u.LoadBefore, u.LoadMax, u.LoadAfter, u.Contended, u.Why)
 	}
 	for _, want := range []string{"CPUs: ", "engine-0: CPU ", "router+load generator", "wall "} {
 		if !strings.Contains(stdout, want) {

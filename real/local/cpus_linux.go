@@ -149,6 +149,34 @@ func ProcessCPUTime(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * clockTick, nil
 }
 
+// ProcessCPUWait is how long the threads of process pid have waited, runnable, for a CPU so
+// far (the kernel's run_delay, /proc/PID/task/*/schedstat; nanoseconds): the time CPU
+// contention took from it. Threads that have exited are not counted.
+func ProcessCPUWait(pid int) (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var wait time.Duration
+	for _, e := range entries {
+		b, err := os.ReadFile(dir + "/" + e.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			return 0, fmt.Errorf("%s/%s/schedstat: %q", dir, e.Name(), b)
+		}
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s/schedstat: run_delay %q: %w", dir, e.Name(), f[1], err)
+		}
+		wait += time.Duration(ns)
+	}
+	return wait, nil
+}
+
 // SelfCPUTime is the user+system CPU time this process has used so far, all its threads
 // together (getrusage RUSAGE_SELF; microseconds).
 func SelfCPUTime() (time.Duration, error) {

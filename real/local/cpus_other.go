@@ -22,6 +22,9 @@ func PinProcess([]int) (func() error, error) { return nil, errNoAffinity }
 // ProcessCPUTime needs Linux.
 func ProcessCPUTime(int) (time.Duration, error) { return 0, errNoAffinity }
 
+// ProcessCPUWait needs Linux.
+func ProcessCPUWait(int) (time.Duration, error) { return 0, errNoAffinity }
+
 // SelfCPUTime needs Linux.
 func SelfCPUTime() (time.Duration, error) { return 0, errNoAffinity }
 

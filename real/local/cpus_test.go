@@ -152,6 +152,10 @@ func TestEnginesAndRouterRunOnTheirPlannedCPUs(t *testing.T) {
 	if len(times) != 2 {
 		t.Fatalf("CPU times %v, want one per engine", times)
 	}
+	waits, err := c.CPUWaits()
+	if err != nil || len(waits) != 2 || waits[0] < 0 || waits[1] < 0 {
+		t.Errorf("CPU waits %v, %v", waits, err)
+	}
 	if err := c.Stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -214,10 +218,57 @@ func TestProcessCPUTimeCountsWork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	if host-host0 < 40*time.Millisecond {
 		t.Errorf("the host's CPUs were busy %v while this process used 50 ms", host-host0)
 	}
 	if l, err := LoadAverage(); err != nil || l < 0 {
 		t.Errorf("load average %v, %v", l, err)
+	}
+}
+
+// Two threads spinning on one CPU each wait for the other: ProcessCPUWait sees it.
+func TestProcessCPUWaitSeesContention(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("/proc is Linux's")
+	}
+	allowed, err := AllowedCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore, err := PinProcess(allowed[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restore()
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // two threads, on the one CPU
+	wait0, err := ProcessCPUWait(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		done := make(chan float64, 2)
+		for range 2 {
+			go func() {
+				x := 1.0
+				for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+					x = x*1.0000001 + 1e-9
+				}
+				done <- x
+			}()
+		}
+		<-done
+		<-done
+		wait, err := ProcessCPUWait(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wait-wait0 >= 20*time.Millisecond {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("two threads spun on one CPU for 30 s and waited %v for it", wait-wait0)
+		}
 	}
 }

@@ -285,6 +285,25 @@ func (c *Cluster) CPUTimes() ([]time.Duration, error) {
 	return times, nil
 }
 
+// CPUWaits are how long the threads of the engines' current processes have waited,
+// runnable, for a CPU since they started (ProcessCPUWait), in start order; 0 for one that
+// has exited.
+func (c *Cluster) CPUWaits() ([]time.Duration, error) {
+	pids := c.PIDs()
+	waits := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		w, err := ProcessCPUWait(pid)
+		if err != nil && c.PIDs()[i] != 0 {
+			return nil, fmt.Errorf("local: engine-%d: %w", i, err)
+		}
+		waits[i] = w
+	}
+	return waits, nil
+}
+
 // PIDs are the process ids of the engines running now, in start order (0 for one down).
 func (c *Cluster) PIDs() []int {
 	c.mu.Lock()
