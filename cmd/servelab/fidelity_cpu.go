@@ -30,10 +30,10 @@ if it does not, it stops, or with --allow-busy measures anyway and marks the run
 1-minute load average is reported, with the part our own earlier runs and profile explain, but
 does not decide: it lags by about a minute, decaying as e^(-t/60).) Each run reports its wall
 time, each engine's CPU time and this process's (router and load generator) with the time each
-waited runnable for a CPU (run_delay in /proc/PID/task/*/schedstat), the other processes' CPU
-time and the 1-minute load before, at most during and after the run; a run in which other
-processes used more than that allowance, or whose CPU times add up to more than CPUs x wall, is
-marked contended.
+waited runnable for a CPU (run_delay in /proc/PID/task/*/schedstat, summed over threads), the
+other processes' CPU time and the 1-minute load before, at most during and after the run; a run
+in which other processes used more than that allowance, or whose CPU times add up to more than
+CPUs x wall, is marked contended.
 
 One engine. With --engines 1 every router sends every request to the one engine, so there is
 nothing to rank: fidelity runs once (the first --router; giving several is an error) and
@@ -181,7 +181,8 @@ type runCPU struct {
 	// SelfCPUSeconds is this process's: the router and the load generator.
 	SelfCPUSeconds float64 `json:"router_and_load_generator_cpu_seconds"`
 	// The time the engines' threads, and this process's, waited runnable for a CPU (the
-	// kernel's run_delay): what contention took from them, ours or others'.
+	// kernel's run_delay), summed over threads (so it can exceed the wall time): what
+	// contention took from them, ours or others'.
 	EngineWaitSeconds []float64 `json:"engine_cpu_wait_seconds"`
 	SelfWaitSeconds   float64   `json:"router_and_load_generator_cpu_wait_seconds"`
 	// HostBusyCPUSeconds is every process's on this process's CPUs; OtherCPUSeconds, the
