@@ -79,7 +79,8 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	dir := synthTiny(t)
 	out := filepath.Join(t.TempDir(), "fid")
 	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "40", "--engines", "2", "--model", dir,
-		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out)
+		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out,
+		"--allow-busy", "--busy-wait", "0") // a loaded CI machine marks the runs contended
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}

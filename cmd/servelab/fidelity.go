@@ -45,6 +45,8 @@ type fidelityFlags struct {
 	goodput     []string
 	out         string
 	asJSON      bool
+	cpu         cpuFlags // fidelity_cpu.go
+	routersSet  bool     // --router was given
 }
 
 // fidelityRun is one router's predicted and measured summaries.
@@ -57,6 +59,7 @@ type fidelityRun struct {
 	// model gives for the same steps: how much of the error is the step-time model's.
 	StepTimeRatio float64 `json:"measured_over_modelled_step_time"`
 	Steps         int     `json:"engine_steps"`
+	CPU           *runCPU `json:"cpu,omitempty"`
 }
 
 // fidelityReport is what `servelab fidelity --json` prints and --out writes.
@@ -76,6 +79,8 @@ type fidelityReport struct {
 	CalibrationR2     float64       `json:"calibration_r2,omitempty"`
 	ProfileStepsRatio float64       `json:"measured_over_profiled_step_time,omitempty"`
 	Runs              []fidelityRun `json:"runs"`
+	CPUs              *cpuSetup     `json:"cpu_setup,omitempty"`
+	CalibrationCPU    []*runCPU     `json:"calibration_cpu,omitempty"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -98,11 +103,13 @@ simulator predicts it (or by --rate-scale).
 The simulator runs the engines' resolved configuration as the profile records it (batch and
 evict policy specs with every parameter, block size, KV blocks, max model len, prefix caching),
 never the simulator's defaults; every engine started is asked for its own (GET /server_info)
-and the run stops if one differs.`,
+and the run stops if one differs.
+` + fidelityCPUHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			f.routersSet = cmd.Flags().Changed("router")
 			rep, err := f.run(ctx, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -120,6 +127,7 @@ and the run stops if one differs.`,
 		},
 	}
 	f.cluster.register(cmd)
+	f.cpu.register(cmd, &f.cluster)
 	fl := cmd.Flags()
 	fl.StringArrayVar(&f.routers, "router", []string{"round-robin", "prefix-affinity"}, "routing policy spec; repeat to compare routers")
 	fl.StringVar(&f.trace, "trace", "", "trace file (required)")
@@ -149,6 +157,16 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if c.engines <= 0 {
 		return nil, fmt.Errorf("--engines must be positive, got %d", c.engines)
 	}
+	routers, err := oneEngineRouters(c.engines, f.routers, f.routersSet)
+	if err != nil {
+		return nil, err
+	}
+	f.routers = routers
+	cpus, err := f.cpu.setup(c)
+	if err != nil {
+		return nil, err
+	}
+	printCPUSetup(log, cpus)
 	if f.maxRequests <= 0 {
 		return nil, fmt.Errorf("--max-requests must be positive, got %d", f.maxRequests)
 	}
@@ -190,7 +208,12 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	profilePath := f.profile
 	if profilePath == "" {
 		fmt.Fprintf(log, "profiling %s with %d threads (one engine's share) ...\n", c.model, c.threadsPerEngine())
+		unpin, err := f.cpu.profiling(c)
+		if err != nil {
+			return nil, err
+		}
 		prof, err := measureProfile(c.engineFlags(), f.quick, 3, func(int, int) {})
+		unpin()
 		if err != nil {
 			return nil, err
 		}
@@ -255,7 +278,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	}
 
 	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, Engines: c.engines,
-		Model: c.model, Profile: profilePath, RateScale: f.rateScale}
+		Model: c.model, Profile: profilePath, RateScale: f.rateScale, CPUs: cpus}
 	// The offered load is --load times the capacity the simulator predicts: its throughput
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
 	// model knows what the engines achieve on this machine.
@@ -317,6 +340,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		}
 		stepLog := func(i int) string { return filepath.Join(dir, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
 		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
+		if err := f.cpu.waitIdle(ctx, cpus, log); err != nil {
+			return nil, err
+		}
 		cl, err := local.Start(ctx, opts)
 		if err != nil {
 			return nil, err
@@ -325,14 +351,15 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			cl.Stop(15 * time.Second)
 			return nil, err
 		}
-		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, dir, log)
+		var usage *runCPU
+		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, dir, log, cpus, &usage)
 		if serr := cl.Stop(15 * time.Second); err == nil {
 			err = serr
 		}
 		if err != nil {
 			return nil, fmt.Errorf("replaying against %s: %w", router, err)
 		}
-		run := fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures}
+		run := fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures, CPU: usage}
 		model, err := latency.LoadLinear(profilePath)
 		if err != nil {
 			return nil, err
@@ -379,6 +406,9 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	stepLog := func(i int) string { return filepath.Join(logs, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
 	opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
 	fmt.Fprintf(log, "calibrating: replaying requests %d-%d with step logs ...\n", f.maxRequests, 2*f.maxRequests-1)
+	if err := f.cpu.waitIdle(ctx, rep.CPUs, log); err != nil {
+		return nil, err
+	}
 	cl, err := local.Start(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -387,8 +417,10 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 		cl.Stop(15 * time.Second)
 		return nil, err
 	}
+	var usage *runCPU
 	sum, _, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
-		rep.RateScale, vocab, slo, filepath.Join(logs, "run"), log)
+		rep.RateScale, vocab, slo, filepath.Join(logs, "run"), log, rep.CPUs, &usage)
+	rep.CalibrationCPU = append(rep.CalibrationCPU, usage)
 	if serr := cl.Stop(15 * time.Second); err == nil {
 		err = serr
 	}
@@ -511,7 +543,7 @@ func readSteps(path string) ([]latency.Sample, error) {
 }
 
 func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice func(float64) (traces.Reader, io.Closer, error),
-	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer) (metrics.Summary, metrics.Failures, error) {
+	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer, cpus *cpuSetup, usage **runCPU) (metrics.Summary, metrics.Failures, error) {
 	src, closer, err := slice(rateScale)
 	if err != nil {
 		return metrics.Summary{}, nil, err
@@ -529,10 +561,17 @@ func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice fun
 	if isTerminal(log) {
 		progress = log
 	}
+	watch, err := f.cpu.watch(cpus, cl)
+	if err != nil {
+		return metrics.Summary{}, nil, err
+	}
 	res, err := bench.Run(ctx, bench.Options{
 		Endpoint: cl.URL, Trace: src, VocabSize: vocab, Seed: f.cluster.router.seed, SLO: slo,
 		MetricsURLs: metricsURLs, OnRecord: records.write, Progress: progress,
 	})
+	if u, werr := watch.finish(); err == nil {
+		*usage, err = u, werr
+	}
 	if cerr := records.close(); err == nil {
 		err = cerr
 	}
@@ -584,6 +623,7 @@ func writeJSONFile(path string, v any) error {
 func printFidelity(w io.Writer, rep *fidelityReport) {
 	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g, rate scale %.4g, %d engines of %s\n",
 		rep.Trace, rep.Requests, rep.TokenScale, rep.RateScale, rep.Engines, rep.Model)
+	printCPUSetup(w, rep.CPUs)
 	for _, run := range rep.Runs {
 		p, m := run.Predicted, run.Measured
 		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 62, '='))
@@ -612,6 +652,7 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
 		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed", p.Completed, m.Completed)
 		fmt.Fprintf(w, "%-28s %11s %11.2f   (%d steps)\n", "Step time / modelled", "", run.StepTimeRatio, run.Steps)
+		printRunCPU(w, run.CPU, rep.CPUs)
 		if m.Failed > 0 || p.Failed > 0 {
 			fmt.Fprintf(w, "%-28s %11d %11d\n", "Failed", p.Failed, m.Failed)
 			reportFailures(w, run.Failures, m.Completed+m.Failed, benchHint)

@@ -34,6 +34,8 @@ type clusterFlags struct {
 	prefixCaching       bool
 	router              routerFlags
 	verbose             bool
+	pinCPUs             bool           // --pin-cpus
+	cpus                *local.CPUPlan // what --pin-cpus resolved to (resolveCPUs); nil: unpinned
 }
 
 func (f *clusterFlags) register(cmd *cobra.Command) {
@@ -47,7 +49,7 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 0, "most sequences per engine step (default: the batch policy's)")
 	fl.IntVar(&f.maxNumBatchedTokens, "max-num-batched-tokens", 0, "token budget per engine step (default: the batch policy's)")
 	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the model's)")
-	fl.IntVar(&f.threads, "threads", 0, "CPU threads per engine (default: the machine's CPUs divided among the engines)")
+	fl.IntVar(&f.threads, "threads", 0, "CPU threads per engine (default: the machine's CPUs divided among the engines; with --pin-cpus, each engine's CPUs)")
 	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	fl.DurationVar(&f.router.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often the router reads each engine's /metrics")
 	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
@@ -55,10 +57,14 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")
 }
 
-// threadsPerEngine divides the machine among the engines, so they do not fight over cores.
+// threadsPerEngine divides the machine among the engines, so they do not fight over cores:
+// pinned, an engine's CPUs.
 func (f *clusterFlags) threadsPerEngine() int {
 	if f.threads > 0 {
 		return f.threads
+	}
+	if f.cpus != nil {
+		return len(f.cpus.Engines[0])
 	}
 	return max(1, runtime.NumCPU()/max(f.engines, 1))
 }
@@ -117,7 +123,7 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 	if err != nil {
 		return local.Options{}, fmt.Errorf("--router: %w", err)
 	}
-	return local.Options{Engines: f.engines, EngineArgs: args, Router: cfg, Log: log}, nil
+	return local.Options{Engines: f.engines, EngineArgs: args, Router: cfg, Log: log, CPUs: f.cpus}, nil
 }
 
 func newUpCmd() *cobra.Command {
@@ -140,12 +146,20 @@ started is cut), and 'up' restarts the engine on the same port after --restart-b
 per consecutive crash up to 30s; it counts as back once it answers /health, and its crash count
 starts again after it has stayed up for a minute. Each step is reported on stderr (engine, exit
 status or signal, restart delay, attempt). An engine that crashes --max-restarts times in a row
-is left down and says why; 'up' exits (status 1) only when no engine is left.`,
+is left down and says why; 'up' exits (status 1) only when no engine is left.
+
+--pin-cpus gives each engine its own CPUs (see the flag). It is off by default: a serving cluster
+shares the machine with whatever else runs there (a second 'up', a benchmark, the dashboard), and
+fixed pins of two such processes would land on the same CPUs, where the kernel's scheduler would
+have spread them; 'servelab fidelity', a measurement, pins by default.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var log io.Writer = io.Discard
 			if f.verbose {
 				log = cmd.ErrOrStderr()
+			}
+			if err := f.resolveCPUs(); err != nil {
+				return err
 			}
 			opts, err := f.options(log)
 			if err != nil {
@@ -167,6 +181,9 @@ is left down and says why; 'up' exits (status 1) only when no engine is left.`,
 			defer stop()
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "starting %d engines (%d threads each) serving %s ...\n", f.engines, f.threadsPerEngine(), f.model)
+			if f.cpus != nil {
+				fmt.Fprintf(out, "CPUs: %s\n", f.cpus)
+			}
 			c, err := local.Start(ctx, opts)
 			if err != nil {
 				return err
@@ -194,6 +211,7 @@ is left down and says why; 'up' exits (status 1) only when no engine is left.`,
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
 	cmd.Flags().DurationVar(&restart.Backoff, "restart-backoff", time.Second, "wait before restarting an engine that exited; doubles per consecutive crash, up to 30s")
+	f.registerPinCPUs(cmd, false)
 	cmd.Flags().IntVar(&restart.MaxRestarts, "max-restarts", 5, "consecutive restarts of an engine that keeps crashing before it is left down (0: never restart)")
 	return cmd
 }

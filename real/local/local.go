@@ -8,6 +8,10 @@
 // which then stops them in order) and, on Linux, with a parent-death signal, so they do not
 // outlive a parent that is killed.
 //
+// With Options.CPUs set (see PlanCPUs) each engine runs on its own CPUs from its first
+// instruction, all its threads, with GOMAXPROCS to match, and this process (the router) on
+// the CPUs the engines leave, so a measurement's engines do not fight over cores.
+//
 // With Options.Restart set the cluster supervises its engines the way a kubelet supervises
 // containers (CrashLoopBackOff): an engine that exits on its own is restarted on the same
 // port, after a back-off that doubles per consecutive crash up to a cap and resets once the
@@ -66,6 +70,10 @@ type Options struct {
 	// Events receives the supervisor's messages (an engine died, restarts in N s, is
 	// back, is given up), one a line; nil discards them.
 	Events io.Writer
+	// CPUs, if set, pins engine i to CPUs.Engines[i] from its first instruction (a restart
+	// too), with GOMAXPROCS set to as many, and this process, which runs the router, to
+	// CPUs.Router from Start until Stop (Linux; see PlanCPUs).
+	CPUs *CPUPlan
 }
 
 // RestartPolicy is how engines that exit on their own are restarted. The back-off follows
@@ -138,6 +146,7 @@ type Cluster struct {
 	stopCh   chan struct{} // closed by Stop
 	live     int           // engines not given up
 	stopErr  error
+	unpin    func() error // restores this process's affinity; nil when not pinned
 }
 
 type engineProc struct {
@@ -170,6 +179,16 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.Events == nil {
 		opts.Events = io.Discard
+	}
+	if p := opts.CPUs; p != nil {
+		if len(p.Engines) != opts.Engines {
+			return nil, fmt.Errorf("local: the CPU plan has CPUs for %d engines, not %d", len(p.Engines), opts.Engines)
+		}
+		for i, cpus := range p.Engines {
+			if len(cpus) == 0 {
+				return nil, fmt.Errorf("local: the CPU plan gives engine-%d no CPUs", i)
+			}
+		}
 	}
 	c := &Cluster{done: make(chan error, 1), stopCh: make(chan struct{}), opts: opts, live: opts.Engines}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
@@ -206,6 +225,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if opts.CPUs != nil && len(opts.CPUs.Router) > 0 {
+		unpin, err := PinProcess(opts.CPUs.Router)
+		if err != nil {
+			c.Stop(5 * time.Second)
+			return nil, err
+		}
+		c.unpin = unpin
+	}
 	if opts.Router.Policy != nil {
 		if err := c.startRouter(ctx, opts); err != nil {
 			c.Stop(5 * time.Second)
@@ -221,6 +248,60 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		go c.watch()
 	}
 	return c, nil
+}
+
+// CPUTimes are the user+system CPU times the engines' current processes have used since
+// they started, in start order: read from /proc while one runs, from its rusage once it
+// has exited. After a restart, the restarted process's.
+func (c *Cluster) CPUTimes() ([]time.Duration, error) {
+	c.mu.Lock()
+	engines := append([]*engineProc(nil), c.engines...)
+	c.mu.Unlock()
+	times := make([]time.Duration, len(engines))
+	for i, e := range engines {
+		select {
+		case <-e.exited:
+			if ps := e.cmd.ProcessState; ps != nil {
+				times[i] = ps.UserTime() + ps.SystemTime()
+			}
+			continue
+		default:
+		}
+		t, err := ProcessCPUTime(e.pid())
+		if err != nil {
+			select {
+			case <-e.exited: // it exited between the two checks
+				if ps := e.cmd.ProcessState; ps != nil {
+					t, err = ps.UserTime()+ps.SystemTime(), nil
+				}
+			default:
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("local: %s: %w", e.name, err)
+		}
+		times[i] = t
+	}
+	return times, nil
+}
+
+// CPUWaits are how long the threads of the engines' current processes have waited,
+// runnable, for a CPU since they started (ProcessCPUWait), in start order; 0 for one that
+// has exited.
+func (c *Cluster) CPUWaits() ([]time.Duration, error) {
+	pids := c.PIDs()
+	waits := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		w, err := ProcessCPUWait(pid)
+		if err != nil && c.PIDs()[i] != 0 {
+			return nil, fmt.Errorf("local: engine-%d: %w", i, err)
+		}
+		waits[i] = w
+	}
+	return waits, nil
 }
 
 // PIDs are the process ids of the engines running now, in start order (0 for one down).
@@ -386,13 +467,23 @@ func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engi
 	args = append(args, "--host", "127.0.0.1", "--port", port)
 	cmd := exec.Command(opts.Command[0], args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
+	var cpus []int
+	if opts.CPUs != nil {
+		cpus = opts.CPUs.Engines[i]
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", len(cpus)))
+	}
 	cmd.SysProcAttr = engineSysProcAttr()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
 	cmd.Stderr = cmd.Stdout // one stream, so lines keep their order
-	if err := cmd.Start(); err != nil {
+	if cpus != nil {
+		err = startPinned(cmd, cpus)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("local: starting %s (%s): %w", name, opts.Command[0], err)
 	}
 	e := &engineProc{name: name, cmd: cmd, started: time.Now(), exited: make(chan struct{})}
@@ -528,6 +619,11 @@ func (c *Cluster) Stop(grace time.Duration) error {
 				if c.stopErr == nil {
 					c.stopErr = fmt.Errorf("local: %s did not stop within %v; killed", e.name, grace)
 				}
+			}
+		}
+		if c.unpin != nil {
+			if err := c.unpin(); err != nil && c.stopErr == nil {
+				c.stopErr = fmt.Errorf("local: restoring this process's CPU affinity: %w", err)
 			}
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,6 +75,7 @@ func fakeEngine(mode string, args []string) {
 		}
 	})
 	fmt.Println("servelab engine: fake")
+	fmt.Printf("gomaxprocs %d\n", runtime.GOMAXPROCS(0))
 	fmt.Printf("%s%s\n", listenPrefix, ln.Addr())
 	go http.Serve(ln, mux)
 	for {
