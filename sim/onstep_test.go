@@ -81,4 +81,3 @@ func TestOnStepErrorStopsTheRun(t *testing.T) {
 		t.Fatalf("err = %v after %d calls, want %v after 1", err, calls, errStop)
 	}
 }
-
