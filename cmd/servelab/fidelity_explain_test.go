@@ -20,7 +20,7 @@ import (
 type constModel float64
 
 func (m constModel) StepTime(serving.StepShape) float64 { return float64(m) }
-func (m constModel) Name() string                      { return "const" }
+func (m constModel) Name() string                       { return "const" }
 
 func step(k, prefillTok, prefillSeqs, decode, kv int) explainStep {
 	return explainStep{Step: k, Shape: serving.StepShape{PrefillTokens: prefillTok, PrefillSeqs: prefillSeqs, DecodeSeqs: decode}, KVBlocksUsed: kv}
