@@ -5,7 +5,6 @@ import (
 	"io"
 	"math"
 	"reflect"
-	"strings"
 
 	"servelab/metrics"
 )
@@ -257,35 +256,28 @@ func printRankings(w io.Writer, rep *fidelityReport) {
 	if repeats < 2 {
 		fmt.Fprintf(w, "With one repeat there is no noise estimate: every nonzero gap counts as decided.\n")
 	}
+	if rep.Engines == 1 {
+		fmt.Fprintf(w, "With one engine every router sends every request to it: any gap is run-to-run noise.\n")
+	}
 	width := len("A vs B")
 	for _, r := range rs {
 		width = max(width, len(r.A)+len(r.B)+4)
 	}
 	fmt.Fprintf(w, "%-*s  %-9s %10s %10s %8s  %s\n", width, "A vs B", "metric", "predicted", "measured", "noise", "verdict")
-	decided, agree := 0, 0
 	counts := map[string]int{}
 	for _, r := range rs {
 		fmt.Fprintf(w, "%-*s  %-9s %+9.1f%% %+9.1f%% %7.1f%%  %s\n", width, r.A+" vs "+r.B, r.Metric,
 			100*r.PredictedGap, 100*r.MeasuredGap, 100*r.Noise, r.Verdict)
 		counts[r.Verdict]++
-		if r.Decided {
-			decided++
-			if r.Verdict == verdictAgrees {
-				agree++
-			}
-		}
 	}
-	var notes []string
-	for _, v := range []string{verdictUnconfirmed, verdictDisagrees, verdictMissed} {
-		if counts[v] > 0 {
-			notes = append(notes, fmt.Sprintf("%d %s", counts[v], strings.ToLower(v)))
-		}
+	decided := counts[verdictAgrees] + counts[verdictUnconfirmed] + counts[verdictDisagrees]
+	fmt.Fprintf(w, "Decided: %d of %d rankings: %d agree, %d unconfirmed (measured within noise), %d disagree.\n",
+		decided, len(rs), counts[verdictAgrees], counts[verdictUnconfirmed], counts[verdictDisagrees])
+	fmt.Fprintf(w, "Within noise: %d", len(rs)-decided)
+	if n := counts[verdictMissed]; n > 0 {
+		fmt.Fprintf(w, ", of which the measurement separates %d beyond noise (missed)", n)
 	}
-	line := fmt.Sprintf("Decided: %d of %d rankings, %d agree", decided, len(rs), agree)
-	if len(notes) > 0 {
-		line += " (" + strings.Join(notes, ", ") + ")"
-	}
-	fmt.Fprintf(w, "%s; %d within noise.\n", line, counts[verdictWithinNoise]+counts[verdictMissed])
+	fmt.Fprintln(w, ".")
 }
 
 // fidelityJob is one repeat of one router.

@@ -114,7 +114,7 @@ func TestRepeatsSummarizeAndRank(t *testing.T) {
 	rep.Rankings = rs
 	var out strings.Builder
 	printRankings(&out, rep)
-	for _, want := range []string{"a vs b  mean TTFT", "over 2 repeats", "Decided: 3 of 3 rankings, 3 agree; 0 within noise."} {
+	for _, want := range []string{"a vs b  mean TTFT", "over 2 repeats", "Decided: 3 of 3 rankings: 3 agree, 0 unconfirmed (measured within noise), 0 disagree.", "Within noise: 0."} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("rankings lack %q:\n%s", want, out.String())
 		}
