@@ -267,6 +267,7 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 	}{
 		{[]string{"--engines", "0"}, "--engines must be positive, got 0"},
 		{[]string{"--max-requests", "0"}, "--max-requests must be positive"},
+		{[]string{"--repeats", "0"}, "--repeats must be positive, got 0"},
 		{[]string{"--load", "0"}, "--load must be positive"},
 		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
 		{[]string{"--router", "fastest"}, `--router "fastest"`},
