@@ -702,7 +702,7 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 	if len(rep.Runs) > 1 {
 		fmt.Fprintf(w, "\nRanking by mean TTFT  predicted: %s   measured: %s   %s\n",
 			strings.Join(rankByTTFT(rep.Runs, true), " < "), strings.Join(rankByTTFT(rep.Runs, false), " < "),
-			map[bool]string{true: "(same)", false: "(DIFFERENT)"}[sameRanking(rep.Runs)])
+			map[bool]string{true: "(same)", false: "(different; below: which pairs are decided)"}[sameRanking(rep.Runs)])
 	}
 	printRankings(w, rep)
 }
