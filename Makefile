@@ -6,6 +6,8 @@ SHARED   ?= ../shared
 # and Mooncake's, from ../shared when it has them, else their first rows shipped in the repo.
 TRACE    ?= $(if $(wildcard $(SHARED)/traces/azure_llm_2023_conv.csv),$(SHARED)/traces/azure_llm_2023_conv.csv,examples/traces/azure_conv_3000.csv)
 MOONCAKE ?= $(if $(wildcard $(SHARED)/traces/mooncake_conversation.jsonl),$(SHARED)/traces/mooncake_conversation.jsonl,examples/traces/mooncake_conv_500.jsonl)
+# make run's fidelity tables replay the first rows of the traces shipped in the repo.
+FIDELITY_TRACES := examples/traces/mooncake_conv_500.jsonl examples/traces/azure_conv_3000.csv
 
 .PHONY: all build run test race lint bench clean
 
@@ -22,10 +24,14 @@ run: build
 	@echo "== Prefix-affinity vs llm-d's weighted scorers as Mooncake's load grows (experiments/examples/mooncake-load-sweep.yaml)"
 	$(BIN) run experiments/examples/mooncake-load-sweep.yaml --trace $(MOONCAKE) --quiet
 	@echo
-	@echo "== The real path: predicted (the simulator, calibrated on the engines' own steps) vs measured (2 engine processes behind the router) on Mooncake"
+	@echo "== The real path: predicted (the simulator, calibrated on the engines' own steps, on the measured send times) vs measured,"
+	@echo "   each world twice: round-robin, least-request and prefix-affinity behind 2 engine processes, and 1 engine alone"
+	@echo "   (where every router sends everything to it), on both shipped traces"
 	$(BIN) model synth --preset tiny --out bin/models/tiny
-	$(BIN) fidelity --trace examples/traces/mooncake_conv_500.jsonl --max-requests 200 --engines 2 --model bin/models/tiny \
-		--router round-robin --router prefix-affinity
+	for trace in $(FIDELITY_TRACES); do \
+		$(BIN) fidelity --trace $$trace --max-requests 200 --engines 2 --model bin/models/tiny && echo && \
+		$(BIN) fidelity --trace $$trace --max-requests 200 --engines 1 --model bin/models/tiny --router round-robin && echo || exit 1; \
+	done
 	@echo
 	@echo "reports:   runs/azure-routers/report.html, runs/mooncake-load-sweep/report.html (and report.md beside them)"
 	@echo "dashboard: $(BIN) dash --runs runs, then open http://127.0.0.1:8090"

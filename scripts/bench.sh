@@ -111,14 +111,20 @@ echo "measuring the dashboard's cost" >&2
 go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"$WORK/dash.txt"
 
 # Fidelity: the simulator calibrated by a profile of the engine against a real local
-# cluster (2 engine processes and the router) on the first 300 requests of each shipped
-# trace, 15M-parameter Llama shape (random weights), load 0.7 of the simulated capacity.
+# cluster on the first 300 requests of each shipped trace, 15M-parameter Llama shape (random
+# weights), load 0.7 of the simulated capacity, each world twice: four routers behind 2
+# engine processes, and 1 engine alone (one router: every router sends everything to it).
 echo "measuring sim-vs-real fidelity" >&2
 $BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
 : >"$WORK/fidelity.txt"
 for trace in "$AZURE" "$SHARED/traces/mooncake_conversation.jsonl"; do
   [ -f "$trace" ] || trace=examples/traces/mooncake_conv_500.jsonl
-  $BIN fidelity --trace "$trace" --engines 2 --model "$WORK/m15" --router round-robin --router prefix-affinity \
+  /usr/bin/time -f "(%e s wall, %U s user, %S s sys)" -a -o "$WORK/fidelity.txt" \
+    $BIN fidelity --trace "$trace" --engines 2 --model "$WORK/m15" --router round-robin --router least-request \
+    --router prefix-affinity --router weighted --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
+  echo >>"$WORK/fidelity.txt"
+  /usr/bin/time -f "(%e s wall, %U s user, %S s sys)" -a -o "$WORK/fidelity.txt" \
+    $BIN fidelity --trace "$trace" --engines 1 --model "$WORK/m15" --router round-robin \
     --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
   echo >>"$WORK/fidelity.txt"
 done
@@ -215,10 +221,13 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo
   echo "## Simulator fidelity (predicted vs measured)"
   echo
-  echo "\`servelab fidelity --trace T --engines 2 --model M15 --router round-robin --router prefix-affinity"
-  echo "--max-requests 300\`: the engine profiled here (one engine's thread share), the simulator run with that"
-  echo "profile, and a real local cluster on the same slice (tokens scaled to the model's 256-token context,"
-  echo "arrivals scaled to 70% of the simulated capacity). Error = (predicted - measured) / measured."
+  echo "\`servelab fidelity --trace T --engines 2 --model M15 --router round-robin --router least-request"
+  echo "--router prefix-affinity --router weighted --max-requests 300\`, then \`--engines 1 --router round-robin\`:"
+  echo "the engine profiled here (one engine's thread share), the simulator run with that profile on the"
+  echo "send times the load generator measured, and a real local cluster on the same slice (tokens scaled to"
+  echo "the model's 256-token context, arrivals scaled to 70% of the simulated capacity), each world twice."
+  echo "Error = (predicted - measured) / measured; a ranking is decided where the predicted gap exceeds the"
+  echo "run-to-run spread."
   echo
   echo '```'
   cat "$WORK/fidelity.txt"

@@ -59,6 +59,23 @@ type Config struct {
 	// arrival, so a burst is routed on one reading. Exact prefix caches (InstanceView.Cache)
 	// stay live, as KV events keep the real router's. 0 reads the gauges at every arrival.
 	ScrapeInterval float64
+	// OnStep, if set, receives every step an instance completes, as it completes. An
+	// instance's steps come in order; steps of different instances interleave in no
+	// particular order (the simulator runs an instance ahead until the next arrival). It
+	// is an observer: what it returns other than an error changes nothing.
+	OnStep func(StepInfo) error
+}
+
+// StepInfo is one completed simulated step, in the terms a real engine's step log uses.
+type StepInfo struct {
+	Instance int
+	// Start and End are when the step began and ended, in simulated seconds.
+	Start, End float64
+	Shape      serving.StepShape
+	// Running and Waiting (vllm:num_requests_running and _waiting) and KVBlocksUsed (the
+	// blocks requests reference: kv_cache_usage_perc times the blocks) are the instance's
+	// state after the step.
+	Running, Waiting, KVBlocksUsed int
 }
 
 // Sample is the cluster at one instant of simulated time: gauges summed over instances
@@ -95,6 +112,8 @@ type instance struct {
 	core *core.Instance
 	busy bool
 	step *serving.Step
+	// start is when step began (for Config.OnStep).
+	start float64
 }
 
 type simulation struct {
@@ -341,6 +360,7 @@ func (s *simulation) advance(i int, t, horizon float64) {
 func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 	in := &s.instances[i]
 	in.step = in.core.Plan(t)
+	in.start = t
 	in.busy = !in.step.Empty()
 	if !in.busy {
 		return 0, false
@@ -351,6 +371,13 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 func (s *simulation) complete(i int, t float64) {
 	in := &s.instances[i]
 	finished := in.core.Complete(in.step, t)
+	if s.cfg.OnStep != nil && s.err == nil {
+		kv := in.core.KV()
+		s.err = s.cfg.OnStep(StepInfo{
+			Instance: i, Start: in.start, End: t, Shape: in.step.Shape,
+			Running: in.core.NumRunning(), Waiting: in.core.NumWaiting(), KVBlocksUsed: kv.NumBlocks() - kv.NumFree(),
+		})
+	}
 	for k := range in.step.Seqs {
 		sc := &in.step.Seqs[k]
 		if sc.Emitted && sc.Seq.NumOutput >= 2 {

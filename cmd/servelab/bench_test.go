@@ -78,13 +78,16 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	t.Setenv("SERVELAB_RUN_MAIN", "1")
 	dir := synthTiny(t)
 	out := filepath.Join(t.TempDir(), "fid")
-	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "40", "--engines", "2", "--model", dir,
+	explain := filepath.Join(t.TempDir(), "explain")
+	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "24", "--engines", "2", "--model", dir,
 		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out,
+		"--repeats", "2", "--explain", explain,
 		"--allow-busy", "--busy-wait", "0") // a loaded CI machine marks the runs contended
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
-	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity =="} {
+	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity ==",
+		"Mean of 2 repeats", "Sent late by", "Schedules of repeat 1", "step time real/modelled", "round-robin vs prefix-affinity  mean TTFT", "Decided: "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
@@ -97,13 +100,42 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Runs) != 2 || rep.Requests != 40 || rep.RateScale <= 0 || rep.TokenScale <= 0 || rep.TokenScale > 1 {
+	if len(rep.Runs) != 2 || rep.Requests != 24 || rep.RateScale <= 0 || rep.TokenScale <= 0 || rep.TokenScale > 1 {
 		t.Fatalf("report %+v", rep)
 	}
 	for _, r := range rep.Runs {
-		if r.Measured.Completed != 40 || r.Predicted.Completed != 40 || r.Measured.MeanTTFTMs <= 0 {
+		if r.Measured.Completed != 24 || r.Predicted.Completed != 24 || r.Measured.MeanTTFTMs <= 0 {
 			t.Errorf("%s: predicted %d / measured %d completed (failures %v)", r.Router, r.Predicted.Completed, r.Measured.Completed, r.Failures)
 		}
+	}
+	// Each router ran twice in each world, seeds 0 and 1, the simulator on each run's
+	// measured arrivals; --explain compared every engine's steps.
+	for _, r := range rep.Runs {
+		if len(r.Repeats) != 2 {
+			t.Fatalf("%s: %d repeats, want 2", r.Router, len(r.Repeats))
+		}
+		for k, x := range r.Repeats {
+			if x.Seed != uint64(k) || x.Predicted.Completed != 24 || x.Scheduled.Completed != 24 || x.Measured.Completed != 24 {
+				t.Errorf("%s repeat %d: seed %d, completed %d predicted, %d on scheduled arrivals, %d measured",
+					r.Router, k, x.Seed, x.Predicted.Completed, x.Scheduled.Completed, x.Measured.Completed)
+			}
+			if x.Explain == nil || len(x.Explain.Divergences) != 2 || x.Explain.Ratios.Steps == 0 {
+				t.Fatalf("%s repeat %d: explain %+v", r.Router, k, x.Explain)
+			}
+			for i, d := range x.Explain.Divergences {
+				for _, name := range []string{fmt.Sprintf("real-engine-%d.jsonl", i), fmt.Sprintf("sim-instance-%d.jsonl", i)} {
+					if _, err := os.Stat(filepath.Join(x.Explain.Dir, name)); err != nil {
+						t.Error(err)
+					}
+				}
+				if d.RealSteps == 0 && d.SimSteps == 0 && r.Router == "round-robin" {
+					t.Errorf("%s repeat %d: engine %d ran no steps", r.Router, k, i)
+				}
+			}
+		}
+	}
+	if len(rep.Rankings) != 3 {
+		t.Errorf("%d rankings, want 3 (one pair by mean TTFT, TPOT and E2E latency)", len(rep.Rankings))
 	}
 	// Mooncake's shared prefixes survive token scaling: both worlds see cache hits.
 	if pa := rep.Runs[1]; pa.Predicted.PrefixCacheHitRate <= 0 || pa.Measured.PrefixCacheHitRate <= 0 {
@@ -236,6 +268,7 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 	}{
 		{[]string{"--engines", "0"}, "--engines must be positive, got 0"},
 		{[]string{"--max-requests", "0"}, "--max-requests must be positive"},
+		{[]string{"--repeats", "0"}, "--repeats must be positive, got 0"},
 		{[]string{"--load", "0"}, "--load must be positive"},
 		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
 		{[]string{"--router", "fastest"}, `--router "fastest"`},

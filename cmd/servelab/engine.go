@@ -78,7 +78,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.threads, "threads", 0, "CPU threads for the kernels (default GOMAXPROCS)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
 	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
-	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time to this JSON-lines file (input for 'servelab profile --from-steps')")
+	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps')")
 }
 
 // batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.
@@ -198,6 +198,11 @@ func (f *engineFlags) start() (*running, error) {
 	if err != nil {
 		return nil, err
 	}
+	if steps != nil {
+		steps.mu.Lock()
+		steps.stats = eng.Stats
+		steps.mu.Unlock()
+	}
 	srv, err := server.New(server.Config{
 		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
 		APIKey: f.apiKey, Registry: reg, BodyTimeout: f.bodyTimeout, IdleTimeout: f.idleTimeout,
@@ -275,14 +280,18 @@ engine runs).`,
 	return cmd
 }
 
-// stepLog writes engine steps as latency.Sample JSON lines. The engine loop calls observe;
-// the file is written through a buffer and flushed at close.
+// stepLog writes engine steps as stepLogRecord JSON lines (latency.Sample and the
+// engine's state after the step). The engine loop calls observe; the file is written
+// through a buffer and flushed at close.
 type stepLog struct {
 	mu   sync.Mutex
 	file *os.File
 	buf  *bufio.Writer
 	enc  *json.Encoder
 	err  error
+	// stats reads the engine's state, published before observe is called; nil leaves
+	// the state out.
+	stats func() engine.Stats
 }
 
 func newStepLog(path string) (*stepLog, error) {
@@ -298,9 +307,15 @@ func newStepLog(path string) (*stepLog, error) {
 func (l *stepLog) observe(shape serving.StepShape, seconds float64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err == nil {
-		l.err = l.enc.Encode(latency.Sample{Shape: shape, Seconds: seconds})
+	if l.err != nil {
+		return
 	}
+	rec := stepLogRecord{Sample: latency.Sample{Shape: shape, Seconds: seconds}, EndUnixNs: time.Now().UnixNano()}
+	if l.stats != nil {
+		st := l.stats()
+		rec.Running, rec.Waiting, rec.KVBlocksUsed = st.Running, st.Waiting, st.NumBlocks-st.FreeBlocks
+	}
+	l.err = l.enc.Encode(rec)
 }
 
 func (l *stepLog) close() error {

@@ -47,19 +47,25 @@ type fidelityFlags struct {
 	asJSON      bool
 	cpu         cpuFlags // fidelity_cpu.go
 	routersSet  bool     // --router was given
+	repeats     int
+	explain     string
 }
 
-// fidelityRun is one router's predicted and measured summaries.
+// fidelityRun is one router's predicted and measured summaries: the means over its
+// repeats (fidelityRun.summarize), and each repeat's.
 type fidelityRun struct {
-	Router    string           `json:"router"`
+	Router string `json:"router"`
+	// Predicted is the simulator on the measured arrivals, Scheduled on the scheduled ones
+	// (fidelityRepeat).
 	Predicted metrics.Summary  `json:"predicted"`
+	Scheduled metrics.Summary  `json:"predicted_scheduled"`
 	Measured  metrics.Summary  `json:"measured"`
 	Failures  metrics.Failures `json:"failures,omitempty"`
 	// StepTimeRatio is the engines' measured step time over what the simulator's latency
 	// model gives for the same steps: how much of the error is the step-time model's.
-	StepTimeRatio float64 `json:"measured_over_modelled_step_time"`
-	Steps         int     `json:"engine_steps"`
-	CPU           *runCPU `json:"cpu,omitempty"`
+	StepTimeRatio float64          `json:"measured_over_modelled_step_time"`
+	Steps         int              `json:"engine_steps"`
+	Repeats       []fidelityRepeat `json:"repeats"`
 }
 
 // fidelityReport is what `servelab fidelity --json` prints and --out writes.
@@ -81,6 +87,8 @@ type fidelityReport struct {
 	Runs              []fidelityRun `json:"runs"`
 	CPUs              *cpuSetup     `json:"cpu_setup,omitempty"`
 	CalibrationCPU    []*runCPU     `json:"calibration_cpu,omitempty"`
+	// Rankings compares every pair of routers, decided or within noise.
+	Rankings []pairRanking `json:"rankings,omitempty"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -92,7 +100,27 @@ func newFidelityCmd() *cobra.Command {
 calibrated by that profile and a real local cluster (N engine processes behind the router, as
 'servelab up' starts them) on the same trace slice, replayed by 'servelab bench', and print
 predicted vs measured TTFT, TPOT, ITL and E2E latency (p50, p90, p99), throughput and prefix-cache
-hit rate with relative errors, and whether both worlds rank the routers the same by mean TTFT.
+hit rate with relative errors, and whether both worlds rank the routers the same.
+
+The prediction compared is the simulator's on the measured arrivals: the load generator records
+when it actually sent each request, and the simulator replays the slice (same token counts and
+prefix hash ids) at those send times, so a late send is not counted as the simulator's error. The
+prediction on the trace's scheduled arrivals, what 'servelab sim' predicts, is in the JSON
+(predicted_scheduled) and its mean TTFT is printed beside the send lag.
+
+Each router runs --repeats times in each world, repeat k with seed --seed+k (the router's and the
+policies' draws, the prompts' token contents) and the simulator on repeat k's measured arrivals.
+The table gives each metric's mean over repeats and its spread, (max - min) / mean. Every pair of
+routers is ranked by mean TTFT, TPOT and E2E latency: a ranking is decided only where the
+predicted gap exceeds the noise (the largest spread of the pair's values in either world), and
+then agrees only where the measured gap also exceeds it, in the same order. (On the scheduled
+arrivals a round-robin simulation has no spread: nothing in it draws from the seed.)
+
+--explain DIR writes both worlds' steps per engine in one format (real-engine-I.jsonl and
+sim-instance-I.jsonl: start time since the run's start, seconds, the model's seconds, shape,
+running, waiting and KV blocks in use after the step) and prints, for repeat 1, the first step
+at which each engine's batch differs between the worlds and the p10/p50/p90 of the real steps'
+time over the latency model's time for the same shape.
 
 The slice is the trace's first --max-requests rows. Their token counts are scaled by
 --token-scale (auto: to fit the model's context; for traces with prefix hash ids, so each hash
@@ -129,7 +157,7 @@ and the run stops if one differs.
 	f.cluster.register(cmd)
 	f.cpu.register(cmd, &f.cluster)
 	fl := cmd.Flags()
-	fl.StringArrayVar(&f.routers, "router", []string{"round-robin", "prefix-affinity"}, "routing policy spec; repeat to compare routers")
+	fl.StringArrayVar(&f.routers, "router", []string{"round-robin", "least-request", "prefix-affinity"}, "routing policy spec; repeat to compare routers")
 	fl.StringVar(&f.trace, "trace", "", "trace file (required)")
 	fl.StringVar(&f.format, "format", "", "trace format (guessed when empty)")
 	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
@@ -142,6 +170,8 @@ and the run stops if one differs.
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringVar(&f.out, "out", "", "write fidelity.json, the profile and each run's records to this directory")
 	fl.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
+	fl.IntVar(&f.repeats, "repeats", 2, "run each router this many times in each world (seeds --seed, --seed+1, ...) to measure the run-to-run spread")
+	fl.StringVar(&f.explain, "explain", "", "write both worlds' step logs to this directory and print where their schedules first diverge")
 	return cmd
 }
 
@@ -169,6 +199,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	printCPUSetup(log, cpus)
 	if f.maxRequests <= 0 {
 		return nil, fmt.Errorf("--max-requests must be positive, got %d", f.maxRequests)
+	}
+	if f.repeats <= 0 {
+		return nil, fmt.Errorf("--repeats must be positive, got %d", f.repeats)
 	}
 	if f.rateScale < 0 {
 		return nil, fmt.Errorf("--rate-scale must be positive (or 0 to choose it by --load), got %g", f.rateScale)
@@ -263,18 +296,28 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
-	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
-		cfg, err := fidelitySimSpec(c, router, profilePath, engineCfg).Build(slo)
+	// simulateOn runs the simulator with the router and seed on src; onStep may be nil.
+	simulateOn := func(router string, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+		spec := fidelitySimSpec(c, router, profilePath, engineCfg)
+		spec.Seed = seed
+		cfg, err := spec.Build(slo)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
+		cfg.OnStep = onStep
+		res, err := sim.Run(cfg, src)
+		return res.Summary, err
+	}
+	simulateSeed := func(router string, seed uint64, rateScale float64) (metrics.Summary, error) {
 		src, closer, err := slice(rateScale)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
 		defer closer.Close()
-		res, err := sim.Run(cfg, src)
-		return res.Summary, err
+		return simulateOn(router, seed, src, nil)
+	}
+	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
+		return simulateSeed(router, c.router.seed, rateScale)
 	}
 
 	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, Engines: c.engines,
@@ -322,19 +365,21 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		}
 	}
 
-	for _, router := range f.routers {
-		predicted, err := simulate(router, rep.RateScale)
+	// Each router's repeats in turn; repeat k runs both worlds with seed --seed+k.
+	for _, job := range fidelityJobs(f.routers, f.repeats) {
+		router, seed := job.router, c.router.seed+uint64(job.repeat)
+		scheduled, err := simulateSeed(router, seed, rep.RateScale)
 		if err != nil {
 			return nil, fmt.Errorf("simulating %s: %w", router, err)
 		}
-		fmt.Fprintf(log, "%s: starting %d engines ...\n", router, c.engines)
+		fmt.Fprintf(log, "%s, repeat %d of %d: starting %d engines ...\n", router, job.repeat+1, f.repeats, c.engines)
 		rf := *c
-		rf.router.spec = router
+		rf.router.spec, rf.router.seed = router, seed
 		opts, err := rf.options(io.Discard)
 		if err != nil {
 			return nil, err
 		}
-		dir := filepath.Join(out, "runs", dirName(router))
+		dir := filepath.Join(out, "runs", dirName(router), fmt.Sprintf("repeat-%d", job.repeat+1))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
@@ -351,15 +396,14 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			cl.Stop(15 * time.Second)
 			return nil, err
 		}
-		var usage *runCPU
-		measured, failures, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, slo, dir, log, cpus, &usage)
+		res, usage, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, seed, slo, dir, log, cpus)
 		if serr := cl.Stop(15 * time.Second); err == nil {
 			err = serr
 		}
 		if err != nil {
 			return nil, fmt.Errorf("replaying against %s: %w", router, err)
 		}
-		run := fidelityRun{Router: router, Predicted: predicted, Measured: measured, Failures: failures, CPU: usage}
+		run := fidelityRepeat{Seed: seed, Scheduled: scheduled, Measured: res.Summary, Failures: res.Failures, CPU: usage}
 		model, err := latency.LoadLinear(profilePath)
 		if err != nil {
 			return nil, err
@@ -381,8 +425,12 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if modelledSum > 0 {
 			run.StepTimeRatio = measuredSum / modelledSum
 		}
-		rep.Runs = append(rep.Runs, run)
+		if err := f.predictMeasured(&run, router, res, slice, rep.RateScale, simulateOn, model, stepLog, job.repeat); err != nil {
+			return nil, fmt.Errorf("%s: %w", router, err)
+		}
+		rep.addRepeat(router, run)
 	}
+	rep.Rankings = rankings(rep.Runs)
 	return rep, nil
 }
 
@@ -417,9 +465,8 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 		cl.Stop(15 * time.Second)
 		return nil, err
 	}
-	var usage *runCPU
-	sum, _, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
-		rep.RateScale, vocab, slo, filepath.Join(logs, "run"), log, rep.CPUs, &usage)
+	res, usage, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
+		rep.RateScale, vocab, c.router.seed, slo, filepath.Join(logs, "run"), log, rep.CPUs)
 	rep.CalibrationCPU = append(rep.CalibrationCPU, usage)
 	if serr := cl.Stop(15 * time.Second); err == nil {
 		err = serr
@@ -427,7 +474,7 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	if err != nil {
 		return nil, fmt.Errorf("calibration run: %w", err)
 	}
-	if sum.Completed == 0 {
+	if res.Summary.Completed == 0 {
 		return nil, fmt.Errorf("calibration: the trace has no requests after the first %d; use --calibrate=false", f.maxRequests)
 	}
 	var samples []latency.Sample
@@ -542,16 +589,18 @@ func readSteps(path string) ([]latency.Sample, error) {
 	}
 }
 
+// replay runs the load generator on the slice against cl with prompts from seed, writing
+// its records and summary to dir.
 func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice func(float64) (traces.Reader, io.Closer, error),
-	rateScale float64, vocab int, slo metrics.SLO, dir string, log io.Writer, cpus *cpuSetup, usage **runCPU) (metrics.Summary, metrics.Failures, error) {
+	rateScale float64, vocab int, seed uint64, slo metrics.SLO, dir string, log io.Writer, cpus *cpuSetup) (bench.Result, *runCPU, error) {
 	src, closer, err := slice(rateScale)
 	if err != nil {
-		return metrics.Summary{}, nil, err
+		return bench.Result{}, nil, err
 	}
 	defer closer.Close()
 	records, err := newRecordWriter(dir)
 	if err != nil {
-		return metrics.Summary{}, nil, err
+		return bench.Result{}, nil, err
 	}
 	metricsURLs := make([]string, len(cl.Endpoints))
 	for i, ep := range cl.Endpoints {
@@ -563,14 +612,15 @@ func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice fun
 	}
 	watch, err := f.cpu.watch(cpus, cl)
 	if err != nil {
-		return metrics.Summary{}, nil, err
+		return bench.Result{}, nil, err
 	}
 	res, err := bench.Run(ctx, bench.Options{
-		Endpoint: cl.URL, Trace: src, VocabSize: vocab, Seed: f.cluster.router.seed, SLO: slo,
+		Endpoint: cl.URL, Trace: src, VocabSize: vocab, Seed: seed, SLO: slo,
 		MetricsURLs: metricsURLs, OnRecord: records.write, Progress: progress,
 	})
-	if u, werr := watch.finish(); err == nil {
-		*usage, err = u, werr
+	usage, werr := watch.finish()
+	if err == nil {
+		err = werr
 	}
 	if cerr := records.close(); err == nil {
 		err = cerr
@@ -578,7 +628,7 @@ func (f *fidelityFlags) replay(ctx context.Context, cl *local.Cluster, slice fun
 	if err == nil {
 		err = writeJSONFile(filepath.Join(dir, "summary.json"), res.Summary)
 	}
-	return res.Summary, res.Failures, err
+	return res, usage, err
 }
 
 func (f *fidelityFlags) scanSlice() (traces.Shape, error) {
@@ -619,50 +669,86 @@ func writeJSONFile(path string, v any) error {
 	return err
 }
 
-// printFidelity prints each router's predicted vs measured metrics and the ranking check.
+// printFidelity prints each router's predicted vs measured metrics and the rankings.
 func printFidelity(w io.Writer, rep *fidelityReport) {
 	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g, rate scale %.4g, %d engines of %s\n",
 		rep.Trace, rep.Requests, rep.TokenScale, rep.RateScale, rep.Engines, rep.Model)
 	printCPUSetup(w, rep.CPUs)
-	for _, run := range rep.Runs {
+	if len(rep.Runs) > 0 {
+		fmt.Fprintf(w, "Predicted: the simulator on the measured send times. Mean of %d repeats; spread = (max - min) / mean.\n",
+			len(rep.Runs[0].Repeats))
+	}
+	for i := range rep.Runs {
+		run := &rep.Runs[i]
 		p, m := run.Predicted, run.Measured
-		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 62, '='))
-		fmt.Fprintf(w, "%-28s %11s %11s %9s\n", "metric", "predicted", "measured", "error")
-		row := func(name string, pv, mv float64) {
-			fmt.Fprintf(w, "%-28s %11.2f %11.2f %9s\n", name, pv, mv, relError(pv, mv))
+		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 76, '='))
+		fmt.Fprintf(w, "%-28s %10s %7s %10s %7s %9s\n", "metric", "predicted", "spread", "measured", "spread", "error")
+		pct := func(v float64) string {
+			if len(run.Repeats) < 2 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f%%", 100*v)
+		}
+		row := func(name string, get func(*metrics.Summary) float64) {
+			pv, mv := get(&p), get(&m)
+			fmt.Fprintf(w, "%-28s %10.2f %7s %10.2f %7s %9s\n", name, pv, pct(spread(worldValues(run, true, get))),
+				mv, pct(spread(worldValues(run, false, get))), relError(pv, mv))
 		}
 		for _, m3 := range []struct {
-			name              string
-			pm, p50, p90, p99 float64
-			mm, m50, m90, m99 float64
+			name                string
+			mean, p50, p90, p99 func(*metrics.Summary) float64
 		}{
-			{"TTFT", p.MeanTTFTMs, p.MedianTTFTMs, p.P90TTFTMs, p.P99TTFTMs, m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs},
-			{"TPOT", p.MeanTPOTMs, p.MedianTPOTMs, p.P90TPOTMs, p.P99TPOTMs, m.MeanTPOTMs, m.MedianTPOTMs, m.P90TPOTMs, m.P99TPOTMs},
-			{"ITL", p.MeanITLMs, p.MedianITLMs, p.P90ITLMs, p.P99ITLMs, m.MeanITLMs, m.MedianITLMs, m.P90ITLMs, m.P99ITLMs},
-			{"E2EL", p.MeanE2ELMs, p.MedianE2ELMs, p.P90E2ELMs, p.P99E2ELMs, m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs},
+			{"TTFT", func(s *metrics.Summary) float64 { return s.MeanTTFTMs }, func(s *metrics.Summary) float64 { return s.MedianTTFTMs },
+				func(s *metrics.Summary) float64 { return s.P90TTFTMs }, func(s *metrics.Summary) float64 { return s.P99TTFTMs }},
+			{"TPOT", func(s *metrics.Summary) float64 { return s.MeanTPOTMs }, func(s *metrics.Summary) float64 { return s.MedianTPOTMs },
+				func(s *metrics.Summary) float64 { return s.P90TPOTMs }, func(s *metrics.Summary) float64 { return s.P99TPOTMs }},
+			{"ITL", func(s *metrics.Summary) float64 { return s.MeanITLMs }, func(s *metrics.Summary) float64 { return s.MedianITLMs },
+				func(s *metrics.Summary) float64 { return s.P90ITLMs }, func(s *metrics.Summary) float64 { return s.P99ITLMs }},
+			{"E2EL", func(s *metrics.Summary) float64 { return s.MeanE2ELMs }, func(s *metrics.Summary) float64 { return s.MedianE2ELMs },
+				func(s *metrics.Summary) float64 { return s.P90E2ELMs }, func(s *metrics.Summary) float64 { return s.P99E2ELMs }},
 		} {
-			row("Mean "+m3.name+" (ms)", m3.pm, m3.mm)
-			row("P50 "+m3.name+" (ms)", m3.p50, m3.m50)
-			row("P90 "+m3.name+" (ms)", m3.p90, m3.m90)
-			row("P99 "+m3.name+" (ms)", m3.p99, m3.m99)
+			row("Mean "+m3.name+" (ms)", m3.mean)
+			row("P50 "+m3.name+" (ms)", m3.p50)
+			row("P90 "+m3.name+" (ms)", m3.p90)
+			row("P99 "+m3.name+" (ms)", m3.p99)
 		}
-		row("Request throughput (req/s)", p.RequestThroughput, m.RequestThroughput)
-		row("Output throughput (tok/s)", p.OutputThroughput, m.OutputThroughput)
-		fmt.Fprintf(w, "%-28s %11.2f %11.2f %9s\n", "Prefix cache hit rate (%)", 100*p.PrefixCacheHitRate, 100*m.PrefixCacheHitRate,
+		row("Request throughput (req/s)", func(s *metrics.Summary) float64 { return s.RequestThroughput })
+		row("Output throughput (tok/s)", func(s *metrics.Summary) float64 { return s.OutputThroughput })
+		fmt.Fprintf(w, "%-28s %10.2f %7s %10.2f %7s %9s\n", "Prefix cache hit rate (%)", 100*p.PrefixCacheHitRate, "", 100*m.PrefixCacheHitRate, "",
 			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
-		fmt.Fprintf(w, "%-28s %11d %11d\n", "Completed", p.Completed, m.Completed)
-		fmt.Fprintf(w, "%-28s %11s %11.2f   (%d steps)\n", "Step time / modelled", "", run.StepTimeRatio, run.Steps)
-		printRunCPU(w, run.CPU, rep.CPUs)
+		fmt.Fprintf(w, "%-28s %10d %7s %10d\n", "Completed (fewest)", p.Completed, "", m.Completed)
+		fmt.Fprintf(w, "%-28s %10s %7s %10.2f   (%d steps)\n", "Step time / modelled", "", "", run.StepTimeRatio, run.Steps)
+		var lag50, lag99 float64
+		for _, r := range run.Repeats {
+			lag50, lag99 = max(lag50, r.SendLag.MedianMs), max(lag99, r.SendLag.P99Ms)
+		}
+		fmt.Fprintf(w, "Sent late by p50 %.1f ms, p99 %.1f ms (worst repeat); on the scheduled arrivals the simulator\n", lag50, lag99)
+		fmt.Fprintf(w, "predicts mean TTFT %.2f ms (spread %s), %s against the measured.\n", run.Scheduled.MeanTTFTMs,
+			pct(spread(scheduledValues(run, func(s *metrics.Summary) float64 { return s.MeanTTFTMs }))), relError(run.Scheduled.MeanTTFTMs, m.MeanTTFTMs))
+		for k, r := range run.Repeats {
+			if len(run.Repeats) > 1 {
+				fmt.Fprintf(w, "Repeat %d: ", k+1)
+			}
+			printRunCPU(w, r.CPU, rep.CPUs)
+		}
 		if m.Failed > 0 || p.Failed > 0 {
-			fmt.Fprintf(w, "%-28s %11d %11d\n", "Failed", p.Failed, m.Failed)
-			reportFailures(w, run.Failures, m.Completed+m.Failed, benchHint)
+			fmt.Fprintf(w, "%-28s %10d %7s %10d   (most in a repeat)\n", "Failed", p.Failed, "", m.Failed)
+			total := 0
+			for _, r := range run.Repeats {
+				total += r.Measured.Completed + r.Measured.Failed
+			}
+			reportFailures(w, run.Failures, total, benchHint)
+		}
+		if len(run.Repeats) > 0 && run.Repeats[0].Explain != nil {
+			printExplain(w, run.Repeats[0].Explain)
 		}
 	}
 	if len(rep.Runs) > 1 {
 		fmt.Fprintf(w, "\nRanking by mean TTFT  predicted: %s   measured: %s   %s\n",
 			strings.Join(rankByTTFT(rep.Runs, true), " < "), strings.Join(rankByTTFT(rep.Runs, false), " < "),
-			map[bool]string{true: "(same)", false: "(DIFFERENT)"}[sameRanking(rep.Runs)])
+			map[bool]string{true: "(same)", false: "(different; below: which pairs are decided)"}[sameRanking(rep.Runs)])
 	}
+	printRankings(w, rep)
 }
 
 func relError(predicted, measured float64) string {

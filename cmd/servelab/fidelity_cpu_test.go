@@ -209,7 +209,7 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "fid")
 	// --allow-busy: the test must pass on a loaded machine; such runs are marked, not refused.
 	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "20", "--engines", "1", "--model", dir,
-		"--quick", "--allow-busy", "--busy-wait", "0", "--out", out)
+		"--quick", "--allow-busy", "--busy-wait", "0", "--repeats", "1", "--out", out)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
@@ -235,7 +235,10 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 	if len(rep.CalibrationCPU) != 2 {
 		t.Errorf("%d calibration runs measured, want 2", len(rep.CalibrationCPU))
 	}
-	for i, u := range append([]*runCPU{rep.Runs[0].CPU}, rep.CalibrationCPU...) {
+	if len(rep.Runs[0].Repeats) != 1 {
+		t.Fatalf("%d repeats, want 1", len(rep.Runs[0].Repeats))
+	}
+	for i, u := range append([]*runCPU{rep.Runs[0].Repeats[0].CPU}, rep.CalibrationCPU...) {
 		if u == nil {
 			t.Fatalf("run %d: no CPU accounting", i)
 		}

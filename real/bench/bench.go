@@ -109,6 +109,9 @@ type EngineState struct {
 // Result is a finished run.
 type Result struct {
 	Summary metrics.Summary
+	// Start is when the run started: the records' times (Arrival is when a request was
+	// sent) are seconds since it.
+	Start time.Time
 	// Records holds every request, by id.
 	Records []serving.Record
 	// Failures counts failed requests by kind ("HTTP 429", "connection refused", ...),
@@ -236,6 +239,7 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 		close(outcomes)
 	}()
 	res, err = r.collect(outcomes)
+	res.Start = r.start
 	if err == nil {
 		err = sendErr
 	}

@@ -40,6 +40,7 @@ type stub struct {
 	inFlight, maxInFlight  atomic.Int64
 	mu                     sync.Mutex
 	bodies                 []completionRequest
+	received               []time.Time // when each of bodies arrived
 	// scrapes counts /metrics reads; metricsFault, if set, may answer read n itself
 	// (returning true) to make it fail or hang.
 	scrapes      atomic.Int64
@@ -107,6 +108,7 @@ func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.bodies = append(s.bodies, req)
+	s.received = append(s.received, time.Now())
 	s.mu.Unlock()
 	if s.reject != 0 {
 		http.Error(w, s.rejectBody, s.reject)
@@ -163,12 +165,16 @@ func TestOpenLoopTimings(t *testing.T) {
 		{Arrival: 0.2, InputTokens: 30, OutputTokens: 1},
 	}
 	var streamed []uint64
+	before := time.Now()
 	res, err := Run(context.Background(), Options{
 		Endpoint: url, Trace: &rows{trace}, VocabSize: 1000, Seed: 1, SLO: metrics.SLO{TTFTMs: 1000},
 		OnRecord: func(r *serving.Record) error { streamed = append(streamed, r.ID); return nil },
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.Start.Before(before) || res.Start.After(time.Now()) {
+		t.Errorf("run started at %v, not during Run (from %v)", res.Start, before)
 	}
 	if len(res.Records) != 3 || len(streamed) != 3 || res.Summary.Completed != 3 || res.Summary.Failed != 0 {
 		t.Fatalf("records %+v, summary %+v", res.Records, res.Summary)
@@ -197,6 +203,19 @@ func TestOpenLoopTimings(t *testing.T) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A record's arrival is when its request was sent: after Start by that much, just
+	// before the server received it (the prompt lengths tell the requests apart).
+	for i, b := range s.bodies {
+		for _, r := range res.Records {
+			if r.PromptTokens != len(b.Prompt) {
+				continue
+			}
+			sent := res.Start.Add(time.Duration(r.Arrival * float64(time.Second)))
+			if lag := s.received[i].Sub(sent); lag < -time.Millisecond || lag > 50*time.Millisecond {
+				t.Errorf("request %d: sent at %v (start + %.4f s), received %v later", r.ID, sent, r.Arrival, lag)
+			}
+		}
+	}
 	for _, b := range s.bodies {
 		if b.Model != "stub-model" || !b.Stream || !b.StreamOptions.IncludeUsage || !b.IgnoreEOS || b.MinTokens != b.MaxTokens ||
 			!b.ReturnTokenIDs || b.Temperature != 0 {
