@@ -27,10 +27,14 @@ func TestUpAndBenchOnAShippedTrace(t *testing.T) {
 	url, _ := startUp(t, "--engines", "2", "--model", dir, "--router", "prefix-affinity",
 		"--num-gpu-blocks-override", "512", "--threads", "1")
 	out := filepath.Join(t.TempDir(), "bench")
-	stdout, err := run(t, "bench", "--endpoint", url, "--trace", mooncakeSlice, "--max-requests", "30", "--rate-scale", "20",
+	stdout, stderr, err := runSplit(t, "bench", "--endpoint", url, "--trace", mooncakeSlice, "--max-requests", "30", "--rate-scale", "20",
 		"--token-scale", "0.03125", "--max-model-len", "512", "--model", dir, "--out", out, "--json")
 	if err != nil {
-		t.Fatalf("%v\n%s", err, stdout)
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	// What scaling did to the slice is on stderr, and in config.json.
+	if want := "of 30 requests clipped to the 512-token context"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
 	}
 	var s metrics.Summary
 	if err := json.Unmarshal([]byte(stdout), &s); err != nil {
@@ -237,6 +241,7 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 		{[]string{"--max-requests", "0"}, "--max-requests must be positive"},
 		{[]string{"--load", "0"}, "--load must be positive"},
 		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
+		{[]string{"--output-token-scale", "0"}, "--output-token-scale: want a positive number or auto"},
 		{[]string{"--router", "fastest"}, `--router "fastest"`},
 	} {
 		start := time.Now()

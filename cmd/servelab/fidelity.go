@@ -37,6 +37,7 @@ type fidelityFlags struct {
 	format      string
 	maxRequests int
 	tokenScale  string
+	outputScale string
 	load        float64
 	rateScale   float64
 	profile     string
@@ -76,6 +77,11 @@ type fidelityReport struct {
 	CalibrationR2     float64       `json:"calibration_r2,omitempty"`
 	ProfileStepsRatio float64       `json:"measured_over_profiled_step_time,omitempty"`
 	Runs              []fidelityRun `json:"runs"`
+
+	// OutputTokenScale scales the outputs apart from the prompts (TokenScale); Shape counts
+	// the rows clipped to the context and the outputs raised to 2 tokens.
+	OutputTokenScale float64    `json:"output_token_scale"`
+	Shape            sliceShape `json:"slice_shape"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -89,9 +95,11 @@ calibrated by that profile and a real local cluster (N engine processes behind t
 predicted vs measured TTFT, TPOT, ITL and E2E latency (p50, p90, p99), throughput and prefix-cache
 hit rate with relative errors, and whether both worlds rank the routers the same by mean TTFT.
 
-The slice is the trace's first --max-requests rows. Their token counts are scaled by
+The slice is the trace's first --max-requests rows. Their prompt lengths are scaled by
 --token-scale (auto: to fit the model's context; for traces with prefix hash ids, so each hash
-block covers whole KV blocks, keeping the trace's block sharing) and clipped to the context. The
+block covers whole KV blocks, keeping the trace's block sharing), their output lengths apart by
+--output-token-scale (auto: kept unless they would crowd the context), and requests are
+clipped to the context; the report counts the clipped ones. The
 arrival rate is scaled so the offered load is --load times the cluster's capacity as the
 simulator predicts it (or by --rate-scale).
 
@@ -126,6 +134,7 @@ and the run stops if one differs.`,
 	fl.StringVar(&f.format, "format", "", "trace format (guessed when empty)")
 	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
 	fl.StringVar(&f.tokenScale, "token-scale", "auto", tokenScaleHelp)
+	fl.StringVar(&f.outputScale, "output-token-scale", "auto", outputTokenScaleHelp)
 	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the simulated capacity (ignored with --rate-scale)")
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
@@ -162,6 +171,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if _, err := resolveTokenScale(f.tokenScale, traces.Shape{}, 0, 0); err != nil {
 			return nil, err
 		}
+	}
+	if _, err := resolveOutputTokenScale(f.outputScale, traces.Shape{}, 1, 0); err != nil {
+		return nil, err
 	}
 	for _, router := range f.routers {
 		if _, err := route.Parse(router, policies.Env{Seed: c.router.seed, BlockSize: c.blockSize}); err != nil {
@@ -220,10 +232,11 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if err != nil {
 		return nil, err
 	}
-	tokenScale, err := resolveTokenScale(f.tokenScale, scan, maxLen, engineCfg.BlockSize)
+	scales, shape, err := f.sliceScales(scan, maxLen, engineCfg.BlockSize)
 	if err != nil {
 		return nil, err
 	}
+	tokenScale := scales.Input
 	sliceFrom := func(skip int, rateScale float64) (traces.Reader, io.Closer, error) {
 		r, closer, err := traces.Open(f.trace, traces.Format(f.format))
 		if err != nil {
@@ -232,11 +245,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if skip > 0 {
 			r = traces.Skip(r, skip)
 		}
-		r = traces.Limit(r, f.maxRequests)
-		if tokenScale != 1 {
-			r = traces.ScaleTokens(r, tokenScale)
-		}
-		r = traces.FitContext(r, maxLen)
+		r, _ = scales.apply(traces.Limit(r, f.maxRequests))
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
@@ -254,7 +263,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return res.Summary, err
 	}
 
-	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, Engines: c.engines,
+	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, OutputTokenScale: scales.Output, Shape: shape, Engines: c.engines,
 		Model: c.model, Profile: profilePath, RateScale: f.rateScale}
 	// The offered load is --load times the capacity the simulator predicts: its throughput
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
@@ -272,8 +281,8 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			traceRate := float64(scan.Rows) / math.Max(scan.Span, 1e-9)
 			rep.RateScale = f.load * rep.CapacityRPS / traceRate
 		}
-		fmt.Fprintf(log, "%s: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
-			what, scan.Rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
+		fmt.Fprintf(log, "%s: %d requests, token scale %.4g/%.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
+			what, scan.Rows, tokenScale, scales.Output, rep.RateScale, rep.CapacityRPS, f.load)
 		return nil
 	}
 	if err := chooseRate("slice"); err != nil {
@@ -582,8 +591,9 @@ func writeJSONFile(path string, v any) error {
 
 // printFidelity prints each router's predicted vs measured metrics and the ranking check.
 func printFidelity(w io.Writer, rep *fidelityReport) {
-	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g, rate scale %.4g, %d engines of %s\n",
-		rep.Trace, rep.Requests, rep.TokenScale, rep.RateScale, rep.Engines, rep.Model)
+	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g (prompts) / %.4g (outputs), rate scale %.4g, %d engines of %s\n",
+		rep.Trace, rep.Requests, rep.TokenScale, rep.OutputTokenScale, rep.RateScale, rep.Engines, rep.Model)
+	fmt.Fprintf(w, "Slice: %s\n", rep.Shape)
 	for _, run := range rep.Runs {
 		p, m := run.Predicted, run.Measured
 		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 62, '='))
