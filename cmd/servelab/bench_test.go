@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"servelab/metrics"
 	"servelab/serving"
+	"servelab/traces"
 )
 
 // TestUpAndBenchOnAShippedTrace replays the shipped Mooncake slice (scaled to the tiny
@@ -83,11 +85,13 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	dir := synthTiny(t)
 	out := filepath.Join(t.TempDir(), "fid")
 	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "40", "--engines", "2", "--model", dir,
-		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out)
+		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out,
+		"--capacity-burst", "500ms", "--capacity-repeats", "3")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
-	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity =="} {
+	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity ==",
+		"Slice: ", "requests clipped to the 512-token context", "Capacity: ", "req/s measured"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
@@ -102,6 +106,25 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	}
 	if len(rep.Runs) != 2 || rep.Requests != 40 || rep.RateScale <= 0 || rep.TokenScale <= 0 || rep.TokenScale > 1 {
 		t.Fatalf("report %+v", rep)
+	}
+	// The offered load is --load (0.7) of the real cluster's measured capacity.
+	if rep.Capacity == nil || len(rep.Capacity.Bursts) != 3 || rep.Capacity.RPS <= 0 {
+		t.Fatalf("measured capacity %+v", rep.Capacity)
+	}
+	src, closer, err := traces.Open(mooncakeSlice, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	shape, err := traces.ScanShape(traces.Limit(src, 40))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := rateScaleFor(0.7, rep.Capacity.RPS, shape); math.Abs(rep.RateScale-want) > 1e-9*want {
+		t.Errorf("rate scale %.6g, want %.6g: 0.7 of the measured %.2f req/s", rep.RateScale, want, rep.Capacity.RPS)
+	}
+	if rep.Shape.Rows != 40 || rep.OutputTokenScale <= 0 || rep.OutputTokenScale > 1 {
+		t.Errorf("slice shape %+v, output token scale %g", rep.Shape, rep.OutputTokenScale)
 	}
 	for _, r := range rep.Runs {
 		if r.Measured.Completed != 40 || r.Predicted.Completed != 40 || r.Measured.MeanTTFTMs <= 0 {
@@ -242,6 +265,8 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 		{[]string{"--load", "0"}, "--load must be positive"},
 		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
 		{[]string{"--output-token-scale", "0"}, "--output-token-scale: want a positive number or auto"},
+		{[]string{"--capacity-burst", "-1s"}, "--capacity-burst must not be negative"},
+		{[]string{"--capacity-repeats", "0"}, "--capacity-repeats must be positive"},
 		{[]string{"--router", "fastest"}, `--router "fastest"`},
 	} {
 		start := time.Now()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -46,6 +45,11 @@ type fidelityFlags struct {
 	goodput     []string
 	out         string
 	asJSON      bool
+
+	// capacityBurst and capacityRepeats measure the real cluster's capacity
+	// (fidelity_load.go).
+	capacityBurst   time.Duration
+	capacityRepeats int
 }
 
 // fidelityRun is one router's predicted and measured summaries.
@@ -82,6 +86,10 @@ type fidelityReport struct {
 	// the rows clipped to the context and the outputs raised to 2 tokens.
 	OutputTokenScale float64    `json:"output_token_scale"`
 	Shape            sliceShape `json:"slice_shape"`
+	// Capacity is the real cluster's, measured; --load is a fraction of it. OfferedRPS is
+	// the rate the compared runs send at.
+	Capacity   *measuredCapacity `json:"measured_capacity,omitempty"`
+	OfferedRPS float64           `json:"offered_rps"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -100,8 +108,9 @@ The slice is the trace's first --max-requests rows. Their prompt lengths are sca
 block covers whole KV blocks, keeping the trace's block sharing), their output lengths apart by
 --output-token-scale (auto: kept unless they would crowd the context), and requests are
 clipped to the context; the report counts the clipped ones. The
-arrival rate is scaled so the offered load is --load times the cluster's capacity as the
-simulator predicts it (or by --rate-scale).
+arrival rate is scaled so the offered load is --load times the real cluster's capacity, measured
+first on the slice's own requests (--capacity-repeats closed-loop bursts of --capacity-burst,
+their median; the simulator's capacity is printed beside it), or by --rate-scale.
 
 The simulator runs the engines' resolved configuration as the profile records it (batch and
 evict policy specs with every parameter, block size, KV blocks, max model len, prefix caching),
@@ -135,7 +144,9 @@ and the run stops if one differs.`,
 	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
 	fl.StringVar(&f.tokenScale, "token-scale", "auto", tokenScaleHelp)
 	fl.StringVar(&f.outputScale, "output-token-scale", "auto", outputTokenScaleHelp)
-	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the simulated capacity (ignored with --rate-scale)")
+	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the real cluster's measured capacity (ignored with --rate-scale)")
+	fl.DurationVar(&f.capacityBurst, "capacity-burst", 2*time.Second, "measure the real cluster's capacity with closed-loop bursts of the slice's requests this long (0: take the simulator's)")
+	fl.IntVar(&f.capacityRepeats, "capacity-repeats", 5, "capacity bursts; their median is the capacity")
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
 	fl.BoolVar(&f.quick, "quick", false, "profile a small grid of step shapes")
@@ -166,6 +177,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	}
 	if f.rateScale == 0 && f.load <= 0 {
 		return nil, fmt.Errorf("--load must be positive, got %g", f.load)
+	}
+	if f.capacityBurst < 0 || f.capacityBurst > 0 && f.capacityRepeats <= 0 {
+		return nil, fmt.Errorf("--capacity-burst must not be negative (got %s) and --capacity-repeats must be positive (got %d)", f.capacityBurst, f.capacityRepeats)
 	}
 	if f.tokenScale != "auto" {
 		if _, err := resolveTokenScale(f.tokenScale, traces.Shape{}, 0, 0); err != nil {
@@ -278,12 +292,19 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			if f.load <= 0 {
 				return fmt.Errorf("--load must be positive, got %g", f.load)
 			}
-			traceRate := float64(scan.Rows) / math.Max(scan.Span, 1e-9)
-			rep.RateScale = f.load * rep.CapacityRPS / traceRate
+			rep.RateScale = rateScaleFor(f.load, rep.offeredCapacity(), scan)
 		}
-		fmt.Fprintf(log, "%s: %d requests, token scale %.4g/%.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
-			what, scan.Rows, tokenScale, scales.Output, rep.RateScale, rep.CapacityRPS, f.load)
+		rep.OfferedRPS = offeredRPS(rep.RateScale, scan)
+		fmt.Fprintf(log, "%s: %d requests, token scale %.4g/%.4g, rate scale %.4g (load %.2f; capacity %s, %.1f req/s simulated)\n",
+			what, scan.Rows, tokenScale, scales.Output, rep.RateScale, f.load, measuredRPS(rep.Capacity), rep.CapacityRPS)
 		return nil
+	}
+	// --load is a fraction of the real cluster's capacity, measured before anything else
+	// runs on it.
+	if f.rateScale <= 0 && f.capacityBurst > 0 {
+		if rep.Capacity, err = f.measureCapacity(ctx, engineCfg, slice, vocab, log); err != nil {
+			return nil, err
+		}
 	}
 	if err := chooseRate("slice"); err != nil {
 		return nil, err
@@ -594,6 +615,8 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g (prompts) / %.4g (outputs), rate scale %.4g, %d engines of %s\n",
 		rep.Trace, rep.Requests, rep.TokenScale, rep.OutputTokenScale, rep.RateScale, rep.Engines, rep.Model)
 	fmt.Fprintf(w, "Slice: %s\n", rep.Shape)
+	fmt.Fprintf(w, "Capacity: %s, %.1f req/s simulated; load offered %.2f req/s\n",
+		measuredRPS(rep.Capacity), rep.CapacityRPS, rep.OfferedRPS)
 	for _, run := range rep.Runs {
 		p, m := run.Predicted, run.Measured
 		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 62, '='))
