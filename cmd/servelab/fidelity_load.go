@@ -200,11 +200,12 @@ func (b *burstRows) Next() (traces.Row, error) {
 }
 
 // capacityPerEngine is how many requests per engine a capacity burst keeps in flight:
-// enough that the tiny model's engines run at their peak rate on this repo's slices
-// (measured with two engines on the Mooncake slice: 8 in flight completed 46 req/s,
-// 32 64 req/s, 128 57 req/s), few enough that a request's life stays well under a
-// two-second burst.
-const capacityPerEngine = 16
+// enough that the engines run at their peak rate, few enough that a request's life stays
+// well under a two-second burst, whose saturated part then spans several lives. Measured
+// with two tiny-model engines on this repo's slices (fresh clusters, load average 8-13 on
+// 2 cores): Azure conversation 59-65 req/s with 16 in flight, 58-61 with 32, 42-63 with
+// 64; Mooncake 29-39 with 16, 28-38 with 32, 27-47 with 64 (sending for 4 s).
+const capacityPerEngine = 8
 
 // measureCapacity starts the cluster of the first router, checks it runs engineCfg, and
 // measures its capacity on the compared slice's requests (scaled and clipped as the
@@ -253,7 +254,7 @@ func (f *fidelityFlags) measureCapacity(ctx context.Context, engineCfg serving.E
 		err = serr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("measuring the cluster's capacity: %w", err)
+		return nil, fmt.Errorf("measuring the cluster's capacity (--capacity-burst 0 takes the simulator's instead): %w", err)
 	}
 	fmt.Fprintf(log, "capacity: %.1f req/s measured (median of %s req/s, spread %.0f%%, %d requests in %.1fs)\n",
 		m.RPS, formatRates(m.Bursts), 100*m.Spread(), m.Requests, m.Seconds)
