@@ -112,7 +112,7 @@ go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"
 
 # Fidelity: the simulator calibrated by a profile of the engine against a real local
 # cluster (2 engine processes and the router) on the first 300 requests of each shipped
-# trace, 15M-parameter Llama shape (random weights), load 0.7 of the simulated capacity.
+# trace, 15M-parameter Llama shape (random weights), load 0.7 of the real cluster's measured capacity.
 echo "measuring sim-vs-real fidelity" >&2
 $BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
 : >"$WORK/fidelity.txt"
@@ -218,7 +218,7 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo "\`servelab fidelity --trace T --engines 2 --model M15 --router round-robin --router prefix-affinity"
   echo "--max-requests 300\`: the engine profiled here (one engine's thread share), the simulator run with that"
   echo "profile, and a real local cluster on the same slice (tokens scaled to the model's 256-token context,"
-  echo "arrivals scaled to 70% of the simulated capacity). Error = (predicted - measured) / measured."
+  echo "prompt and output lengths scaled apart, arrivals scaled to 70% of the real cluster's measured capacity). Error = (predicted - measured) / measured."
   echo
   echo '```'
   cat "$WORK/fidelity.txt"
