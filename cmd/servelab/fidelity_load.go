@@ -49,7 +49,7 @@ func (f *fidelityFlags) sliceScales(scan traces.Shape, maxLen, blockSize int) (t
 // The real cluster's capacity. fidelity chose its offered load from the simulator's
 // capacity, so a "load 0.7" run overloaded the real engines whenever the simulator was
 // optimistic (15.6 req/s measured against 30.5 offered), and two runs picked rate scales
-// 14% apart. It now measures the capacity of the real cluster on the slice's own requests
+// of 70 and 84. It now measures the capacity of the real cluster on the slice's own requests
 // and offers --load times that.
 
 // capacityProbe says how the capacity is measured: closed loop bursts of the slice's
@@ -69,7 +69,7 @@ type measuredCapacity struct {
 	Seconds     float64   `json:"seconds"`
 }
 
-// Spread is the bursts' range over their median: how far apart two measurements may land.
+// Spread is the bursts' range (highest minus lowest) over their median.
 func (m measuredCapacity) Spread() float64 {
 	if len(m.Bursts) == 0 || m.RPS == 0 {
 		return 0
