@@ -112,8 +112,8 @@ go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"
 
 # Fidelity: the simulator calibrated by a profile of the engine against a real local
 # cluster on the first 300 requests of each shipped trace, 15M-parameter Llama shape (random
-# weights), load 0.7 of the simulated capacity, each world twice: four routers behind 2
-# engine processes, and 1 engine alone (one router: every router sends everything to it).
+# weights), load 0.7 of the real cluster's measured capacity, each world twice: four routers
+# behind 2 engine processes, and 1 engine alone (one router: every router sends everything to it).
 echo "measuring sim-vs-real fidelity" >&2
 $BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
 : >"$WORK/fidelity.txt"
@@ -225,9 +225,9 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo "--router prefix-affinity --router weighted --max-requests 300\`, then \`--engines 1 --router round-robin\`:"
   echo "the engine profiled here (one engine's thread share), the simulator run with that profile on the"
   echo "send times the load generator measured, and a real local cluster on the same slice (tokens scaled to"
-  echo "the model's 256-token context, arrivals scaled to 70% of the simulated capacity), each world twice."
-  echo "Error = (predicted - measured) / measured; a ranking is decided where the predicted gap exceeds the"
-  echo "run-to-run spread."
+  echo "the model's 256-token context, prompt and output lengths scaled apart, arrivals scaled to 70% of the"
+  echo "real cluster's measured capacity), each world twice. Error = (predicted - measured) / measured; a"
+  echo "ranking is decided where the predicted gap exceeds the run-to-run spread."
   echo
   echo '```'
   cat "$WORK/fidelity.txt"

@@ -32,12 +32,13 @@ func newBenchCmd() *cobra.Command {
 		out           string
 		asJSON        bool
 		tokenScale    string
+		outputScale   string
 		maxLen        int
 		blockSize     int
 		allowFailures bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench --endpoint URL --trace FILE (--model DIR | --vocab-size N) [--token-scale auto|F] [--rate-scale X] [--max-requests N] [--out DIR] [--json]",
+		Use:   "bench --endpoint URL --trace FILE (--model DIR | --vocab-size N) [--token-scale auto|F] [--output-token-scale auto|F] [--rate-scale X] [--max-requests N] [--out DIR] [--json]",
 		Short: "Replay a trace against an OpenAI-compatible endpoint and report vLLM benchmark metrics",
 		Long: `Replay a trace against any OpenAI-compatible server (servelab's engine or router, vLLM, llm-d):
 each request is sent at its arrival time (open loop) or with --concurrency requests in flight
@@ -49,8 +50,11 @@ Prompt token ids need the vocabulary size: give --model DIR (its config.json) or
 
 Token counts are scaled to the model's context by default (--token-scale auto, as 'servelab
 fidelity' does): the mean prompt becomes a quarter of the context (never scaled up) and
-requests are clipped to it. The context is --max-model-len, else the --model directory's, else
-the max_model_len the endpoint's /v1/models reports. --token-scale 1 replays the trace as is.
+requests are clipped to it. Outputs are scaled apart (--output-token-scale auto): they keep
+their lengths unless their mean would crowd the context, and keep at least 2 tokens. The
+clipped requests are counted on stderr. The context is --max-model-len, else the --model
+directory's, else the max_model_len the endpoint's /v1/models reports. --token-scale 1
+--output-token-scale 1 replays the trace as is.
 
 Failed requests are listed by kind with the first error of each and a hint; any failure makes
 the command exit non-zero unless --allow-failures is given. --metrics takes engines' /metrics
@@ -102,26 +106,22 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 					return fmt.Errorf("--token-scale auto needs the model's context, and %s/v1/models does not report max_model_len: give --max-model-len N, --model DIR or --token-scale 1", base)
 				}
 			}
-			scale, clip, err := f.benchTokenScale(tokenScale, context, blockSize)
+			scales, err := f.benchTokenScale(tokenScale, outputScale, context, blockSize)
 			if err != nil {
 				return err
 			}
 			if tokenScale == "auto" {
-				fmt.Fprintf(stderr, "servelab bench: token scale %.4g (auto: the mean prompt a quarter of the %d-token context), requests clipped to %d tokens\n", scale, context, clip)
+				fmt.Fprintf(stderr, "servelab bench: token scale %.4g (auto: the mean prompt a quarter of the %d-token context), output token scale %.4g, requests clipped to %d tokens\n",
+					scales.Input, context, scales.Output, scales.Clip)
 			} else if maxLen > 0 {
-				clip = maxLen
+				scales.Clip = maxLen
 			}
 			src, closer, err := f.openTrace()
 			if err != nil {
 				return err
 			}
 			defer closer.Close()
-			if scale != 1 {
-				src = traces.ScaleTokens(src, scale)
-			}
-			if clip > 0 {
-				src = traces.FitContext(src, clip)
-			}
+			src, shaped := scales.apply(src)
 			var records *recordWriter
 			if out != "" {
 				if records, err = newRecordWriter(out); err != nil {
@@ -150,21 +150,27 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 			if err != nil {
 				return err
 			}
+			if scales != (tokenScales{Input: 1, Output: 1}) {
+				fmt.Fprintf(stderr, "servelab bench: %s\n", shaped())
+			}
 			if out != "" {
 				config := struct {
-					Endpoint    string   `json:"endpoint"`
-					Model       string   `json:"model,omitempty"`
-					Trace       string   `json:"trace"`
-					Format      string   `json:"format,omitempty"`
-					RateScale   float64  `json:"rate_scale"`
-					MaxRequests int      `json:"max_requests,omitempty"`
-					Concurrency int      `json:"concurrency,omitempty"`
-					VocabSize   int      `json:"vocab_size"`
-					Seed        uint64   `json:"seed"`
-					Goodput     []string `json:"goodput,omitempty"`
-					TokenScale  float64  `json:"token_scale"`
-					MaxModelLen int      `json:"max_model_len,omitempty"`
-				}{base, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput, scale, clip}
+					Endpoint    string     `json:"endpoint"`
+					Model       string     `json:"model,omitempty"`
+					Trace       string     `json:"trace"`
+					Format      string     `json:"format,omitempty"`
+					RateScale   float64    `json:"rate_scale"`
+					MaxRequests int        `json:"max_requests,omitempty"`
+					Concurrency int        `json:"concurrency,omitempty"`
+					VocabSize   int        `json:"vocab_size"`
+					Seed        uint64     `json:"seed"`
+					Goodput     []string   `json:"goodput,omitempty"`
+					TokenScale  float64    `json:"token_scale"`
+					OutputScale float64    `json:"output_token_scale"`
+					MaxModelLen int        `json:"max_model_len,omitempty"`
+					Shape       sliceShape `json:"slice_shape"`
+				}{base, modelName, f.trace, f.format, f.rateScale, f.maxRequests, concurrency, vocab, seed, f.goodput,
+					scales.Input, scales.Output, scales.Clip, shaped()}
 				if err := writeJSONFile(filepath.Join(out, "summary.json"), res.Summary); err != nil {
 					return err
 				}
@@ -198,6 +204,7 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
 	fl.StringVar(&tokenScale, "token-scale", "auto", tokenScaleHelp)
+	fl.StringVar(&outputScale, "output-token-scale", "auto", outputTokenScaleHelp)
 	fl.IntVar(&maxLen, "max-model-len", 0, "the served context: shorten requests to fit it (prompt plus output)")
 	fl.IntVar(&blockSize, "block-size", 16, "the engines' KV block size: --token-scale auto keeps the trace's hash blocks whole blocks of it")
 	fl.IntVar(&concurrency, "concurrency", 0, "closed loop with this many requests in flight (0: open loop at the trace's arrival times)")
@@ -214,24 +221,33 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 	return cmd
 }
 
-// benchTokenScale resolves --token-scale for the flags' trace slice (the rows that will
-// be replayed) and the context; clip is the context requests are fitted to (0: none).
-func (f *simFlags) benchTokenScale(flag string, context, blockSize int) (scale float64, clip int, err error) {
-	if flag != "auto" {
-		scale, err = resolveTokenScale(flag, traces.Shape{}, context, blockSize)
-		return scale, 0, err
+// benchTokenScale resolves --token-scale (prompts) and --output-token-scale for the
+// flags' trace slice (the rows that will be replayed) and the context; the clip is the
+// context requests are fitted to (0: none), set when the prompts' scale is auto.
+func (f *simFlags) benchTokenScale(inFlag, outFlag string, context, blockSize int) (tokenScales, error) {
+	var shape traces.Shape
+	if inFlag == "auto" || outFlag == "auto" {
+		src, closer, err := f.openTrace()
+		if err != nil {
+			return tokenScales{}, err
+		}
+		defer closer.Close()
+		if shape, err = traces.ScanShape(src); err != nil {
+			return tokenScales{}, err
+		}
 	}
-	src, closer, err := f.openTrace()
-	if err != nil {
-		return 0, 0, err
+	var ts tokenScales
+	var err error
+	if ts.Input, err = resolveTokenScale(inFlag, shape, context, blockSize); err != nil {
+		return tokenScales{}, err
 	}
-	defer closer.Close()
-	shape, err := traces.ScanShape(src)
-	if err != nil {
-		return 0, 0, err
+	if ts.Output, err = resolveOutputTokenScale(outFlag, shape, ts.Input, context); err != nil {
+		return tokenScales{}, err
 	}
-	scale, err = resolveTokenScale(flag, shape, context, blockSize)
-	return scale, context, err
+	if inFlag == "auto" {
+		ts.Clip = context
+	}
+	return ts, nil
 }
 
 // modelLimits reads what prompts for the model in dir must respect: the context engines

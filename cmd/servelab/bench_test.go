@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"servelab/metrics"
 	"servelab/serving"
+	"servelab/traces"
 )
 
 // TestUpAndBenchOnAShippedTrace replays the shipped Mooncake slice (scaled to the tiny
@@ -27,10 +29,14 @@ func TestUpAndBenchOnAShippedTrace(t *testing.T) {
 	url, _ := startUp(t, "--engines", "2", "--model", dir, "--router", "prefix-affinity",
 		"--num-gpu-blocks-override", "512", "--threads", "1")
 	out := filepath.Join(t.TempDir(), "bench")
-	stdout, err := run(t, "bench", "--endpoint", url, "--trace", mooncakeSlice, "--max-requests", "30", "--rate-scale", "20",
+	stdout, stderr, err := runSplit(t, "bench", "--endpoint", url, "--trace", mooncakeSlice, "--max-requests", "30", "--rate-scale", "20",
 		"--token-scale", "0.03125", "--max-model-len", "512", "--model", dir, "--out", out, "--json")
 	if err != nil {
-		t.Fatalf("%v\n%s", err, stdout)
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	// What scaling did to the slice is on stderr, and in config.json.
+	if want := "of 30 requests clipped to the 512-token context"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
 	}
 	var s metrics.Summary
 	if err := json.Unmarshal([]byte(stdout), &s); err != nil {
@@ -81,13 +87,14 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	explain := filepath.Join(t.TempDir(), "explain")
 	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "24", "--engines", "2", "--model", dir,
 		"--router", "round-robin", "--router", "prefix-affinity", "--quick", "--threads", "1", "--out", out,
-		"--repeats", "2", "--explain", explain,
+		"--repeats", "2", "--explain", explain, "--capacity-burst", "500ms", "--capacity-repeats", "3",
 		"--allow-busy", "--busy-wait", "0") // a loaded CI machine marks the runs contended
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
 	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity ==",
-		"Mean of 2 repeats", "Sent late by", "Schedules of repeat 1", "step time real/modelled", "round-robin vs prefix-affinity  mean TTFT", "Decided: "} {
+		"Mean of 2 repeats", "Sent late by", "Schedules of repeat 1", "step time real/modelled", "round-robin vs prefix-affinity  mean TTFT", "Decided: ",
+		"Slice: ", "requests clipped to the 512-token context", "Capacity: ", "req/s measured"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
@@ -102,6 +109,25 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	}
 	if len(rep.Runs) != 2 || rep.Requests != 24 || rep.RateScale <= 0 || rep.TokenScale <= 0 || rep.TokenScale > 1 {
 		t.Fatalf("report %+v", rep)
+	}
+	// The offered load is --load (0.7) of the real cluster's measured capacity.
+	if rep.Capacity == nil || len(rep.Capacity.Bursts) != 3 || rep.Capacity.RPS <= 0 {
+		t.Fatalf("measured capacity %+v", rep.Capacity)
+	}
+	src, closer, err := traces.Open(mooncakeSlice, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	shape, err := traces.ScanShape(traces.Limit(src, 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := rateScaleFor(0.7, rep.Capacity.RPS, shape); math.Abs(rep.RateScale-want) > 1e-9*want {
+		t.Errorf("rate scale %.6g, want %.6g: 0.7 of the measured %.2f req/s", rep.RateScale, want, rep.Capacity.RPS)
+	}
+	if rep.Shape.Rows != 24 || rep.OutputTokenScale <= 0 || rep.OutputTokenScale > 1 {
+		t.Errorf("slice shape %+v, output token scale %g", rep.Shape, rep.OutputTokenScale)
 	}
 	for _, r := range rep.Runs {
 		if r.Measured.Completed != 24 || r.Predicted.Completed != 24 || r.Measured.MeanTTFTMs <= 0 {
@@ -271,6 +297,9 @@ func TestFidelityChecksFlagsFirst(t *testing.T) {
 		{[]string{"--repeats", "0"}, "--repeats must be positive, got 0"},
 		{[]string{"--load", "0"}, "--load must be positive"},
 		{[]string{"--token-scale", "x"}, "--token-scale: want a positive number or auto"},
+		{[]string{"--output-token-scale", "0"}, "--output-token-scale: want a positive number or auto"},
+		{[]string{"--capacity-burst", "-1s"}, "--capacity-burst must not be negative"},
+		{[]string{"--capacity-repeats", "0"}, "--capacity-repeats must be positive"},
 		{[]string{"--router", "fastest"}, `--router "fastest"`},
 	} {
 		start := time.Now()

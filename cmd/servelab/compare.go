@@ -61,8 +61,8 @@ func printComparison(w io.Writer, f simFlags, rows []compareRow) {
 	if c.Engine != nil {
 		batch, evict = c.Engine.Batch, c.Engine.Evict
 	}
-	fmt.Fprintf(w, "trace %s (rate x%g, tokens x%.4g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
-		f.trace, f.rateScale, f.scale, c.Instances, c.Model, c.GPU, c.TP, batch, evict, c.Seed)
+	fmt.Fprintf(w, "trace %s (rate x%g, prompt tokens x%.4g, output tokens x%.4g): %d x %s on %s (tp %d), batch %s, evict %s, seed %d\n\n",
+		f.trace, f.rateScale, f.scales.Input, f.scales.Output, c.Instances, c.Model, c.GPU, c.TP, batch, evict, c.Seed)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "router\tcompleted\tfailed\treq/s\tgoodput\tout tok/s\tmean TTFT ms\tp99 TTFT ms\tmean TPOT ms\tp99 TPOT ms\tp99 ITL ms\tmean E2E ms\tprefix hit %\tpreempt\t")
 	for _, r := range rows {

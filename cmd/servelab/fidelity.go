@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -37,6 +36,7 @@ type fidelityFlags struct {
 	format      string
 	maxRequests int
 	tokenScale  string
+	outputScale string
 	load        float64
 	rateScale   float64
 	profile     string
@@ -49,6 +49,11 @@ type fidelityFlags struct {
 	routersSet  bool     // --router was given
 	repeats     int
 	explain     string
+
+	// capacityBurst and capacityRepeats measure the real cluster's capacity
+	// (fidelity_load.go).
+	capacityBurst   time.Duration
+	capacityRepeats int
 }
 
 // fidelityRun is one router's predicted and measured summaries: the means over its
@@ -89,6 +94,15 @@ type fidelityReport struct {
 	CalibrationCPU    []*runCPU     `json:"calibration_cpu,omitempty"`
 	// Rankings compares every pair of routers, decided or within noise.
 	Rankings []pairRanking `json:"rankings,omitempty"`
+
+	// OutputTokenScale scales the outputs apart from the prompts (TokenScale); Shape counts
+	// the rows clipped to the context and the outputs raised to 2 tokens.
+	OutputTokenScale float64    `json:"output_token_scale"`
+	Shape            sliceShape `json:"slice_shape"`
+	// Capacity is the real cluster's, measured; --load is a fraction of it. OfferedRPS is
+	// the rate the compared runs send at.
+	Capacity   *measuredCapacity `json:"measured_capacity,omitempty"`
+	OfferedRPS float64           `json:"offered_rps"`
 }
 
 func newFidelityCmd() *cobra.Command {
@@ -122,11 +136,14 @@ running, waiting and KV blocks in use after the step) and prints, for repeat 1, 
 at which each engine's batch differs between the worlds and the p10/p50/p90 of the real steps'
 time over the latency model's time for the same shape.
 
-The slice is the trace's first --max-requests rows. Their token counts are scaled by
+The slice is the trace's first --max-requests rows. Their prompt lengths are scaled by
 --token-scale (auto: to fit the model's context; for traces with prefix hash ids, so each hash
-block covers whole KV blocks, keeping the trace's block sharing) and clipped to the context. The
-arrival rate is scaled so the offered load is --load times the cluster's capacity as the
-simulator predicts it (or by --rate-scale).
+block covers whole KV blocks, keeping the trace's block sharing), their output lengths apart by
+--output-token-scale (auto: kept unless they would crowd the context), and requests are
+clipped to the context; the report counts the clipped ones. The
+arrival rate is scaled so the offered load is --load times the real cluster's capacity, measured
+first on the slice's own requests (--capacity-repeats closed-loop bursts of --capacity-burst,
+their median; the simulator's capacity is printed beside it), or by --rate-scale.
 
 The simulator runs the engines' resolved configuration as the profile records it (batch and
 evict policy specs with every parameter, block size, KV blocks, max model len, prefix caching),
@@ -162,7 +179,10 @@ and the run stops if one differs.
 	fl.StringVar(&f.format, "format", "", "trace format (guessed when empty)")
 	fl.IntVar(&f.maxRequests, "max-requests", 300, "replay the trace's first N requests")
 	fl.StringVar(&f.tokenScale, "token-scale", "auto", tokenScaleHelp)
-	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the simulated capacity (ignored with --rate-scale)")
+	fl.StringVar(&f.outputScale, "output-token-scale", "auto", outputTokenScaleHelp)
+	fl.Float64Var(&f.load, "load", 0.7, "offered load as a fraction of the real cluster's measured capacity (ignored with --rate-scale)")
+	fl.DurationVar(&f.capacityBurst, "capacity-burst", 2*time.Second, "measure the real cluster's capacity with closed-loop bursts of the slice's requests this long (0: take the simulator's)")
+	fl.IntVar(&f.capacityRepeats, "capacity-repeats", 5, "capacity bursts; their median is the capacity")
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
 	fl.BoolVar(&f.quick, "quick", false, "profile a small grid of step shapes")
@@ -209,10 +229,16 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if f.rateScale == 0 && f.load <= 0 {
 		return nil, fmt.Errorf("--load must be positive, got %g", f.load)
 	}
+	if f.capacityBurst < 0 || f.capacityBurst > 0 && f.capacityRepeats <= 0 {
+		return nil, fmt.Errorf("--capacity-burst must not be negative (got %s) and --capacity-repeats must be positive (got %d)", f.capacityBurst, f.capacityRepeats)
+	}
 	if f.tokenScale != "auto" {
 		if _, err := resolveTokenScale(f.tokenScale, traces.Shape{}, 0, 0); err != nil {
 			return nil, err
 		}
+	}
+	if _, err := resolveOutputTokenScale(f.outputScale, traces.Shape{}, 1, 0); err != nil {
+		return nil, err
 	}
 	for _, router := range f.routers {
 		if _, err := route.Parse(router, policies.Env{Seed: c.router.seed, BlockSize: c.blockSize}); err != nil {
@@ -276,10 +302,11 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if err != nil {
 		return nil, err
 	}
-	tokenScale, err := resolveTokenScale(f.tokenScale, scan, maxLen, engineCfg.BlockSize)
+	scales, shape, err := f.sliceScales(scan, maxLen, engineCfg.BlockSize)
 	if err != nil {
 		return nil, err
 	}
+	tokenScale := scales.Input
 	sliceFrom := func(skip int, rateScale float64) (traces.Reader, io.Closer, error) {
 		r, closer, err := traces.Open(f.trace, traces.Format(f.format))
 		if err != nil {
@@ -288,11 +315,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if skip > 0 {
 			r = traces.Skip(r, skip)
 		}
-		r = traces.Limit(r, f.maxRequests)
-		if tokenScale != 1 {
-			r = traces.ScaleTokens(r, tokenScale)
-		}
-		r = traces.FitContext(r, maxLen)
+		r, _ = scales.apply(traces.Limit(r, f.maxRequests))
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
@@ -320,7 +343,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return simulateSeed(router, c.router.seed, rateScale)
 	}
 
-	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, Engines: c.engines,
+	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, OutputTokenScale: scales.Output, Shape: shape, Engines: c.engines,
 		Model: c.model, Profile: profilePath, RateScale: f.rateScale, CPUs: cpus}
 	// The offered load is --load times the capacity the simulator predicts: its throughput
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
@@ -335,12 +358,22 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			if f.load <= 0 {
 				return fmt.Errorf("--load must be positive, got %g", f.load)
 			}
-			traceRate := float64(scan.Rows) / math.Max(scan.Span, 1e-9)
-			rep.RateScale = f.load * rep.CapacityRPS / traceRate
+			rep.RateScale = rateScaleFor(f.load, rep.offeredCapacity(), scan)
 		}
-		fmt.Fprintf(log, "%s: %d requests, token scale %.4g, rate scale %.4g (simulated capacity %.1f req/s, load %.2f)\n",
-			what, scan.Rows, tokenScale, rep.RateScale, rep.CapacityRPS, f.load)
+		rep.OfferedRPS = offeredRPS(rep.RateScale, scan)
+		fmt.Fprintf(log, "%s: %d requests, token scale %.4g/%.4g, rate scale %.4g (load %.2f; capacity %s, %.1f req/s simulated)\n",
+			what, scan.Rows, tokenScale, scales.Output, rep.RateScale, f.load, measuredRPS(rep.Capacity), rep.CapacityRPS)
 		return nil
+	}
+	// --load is a fraction of the real cluster's capacity, measured before anything else
+	// runs on it.
+	if f.rateScale <= 0 && f.capacityBurst > 0 {
+		if err := f.cpu.waitIdle(ctx, cpus, log); err != nil {
+			return nil, err
+		}
+		if rep.Capacity, err = f.measureCapacity(ctx, engineCfg, slice, vocab, log); err != nil {
+			return nil, err
+		}
 	}
 	if err := chooseRate("slice"); err != nil {
 		return nil, err
@@ -671,8 +704,11 @@ func writeJSONFile(path string, v any) error {
 
 // printFidelity prints each router's predicted vs measured metrics and the rankings.
 func printFidelity(w io.Writer, rep *fidelityReport) {
-	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g, rate scale %.4g, %d engines of %s\n",
-		rep.Trace, rep.Requests, rep.TokenScale, rep.RateScale, rep.Engines, rep.Model)
+	fmt.Fprintf(w, "Fidelity: %s, first %d requests, token scale %.4g (prompts) / %.4g (outputs), rate scale %.4g, %d engines of %s\n",
+		rep.Trace, rep.Requests, rep.TokenScale, rep.OutputTokenScale, rep.RateScale, rep.Engines, rep.Model)
+	fmt.Fprintf(w, "Slice: %s\n", rep.Shape)
+	fmt.Fprintf(w, "Capacity: %s, %.1f req/s simulated; load offered %.2f req/s\n",
+		measuredRPS(rep.Capacity), rep.CapacityRPS, rep.OfferedRPS)
 	printCPUSetup(w, rep.CPUs)
 	if len(rep.Runs) > 0 {
 		fmt.Fprintf(w, "Predicted: the simulator on the measured send times. Mean of %d repeats; spread = (max - min) / mean.\n",

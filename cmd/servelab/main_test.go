@@ -133,8 +133,9 @@ func TestSimExplainsFailures(t *testing.T) {
 		{"too long for the context", nil, " of 200 requests failed (--allow-failures",
 			[]string{"context exceeds max_model_len, the first: request ", "more than max_model_len 512", "hint: prompts plus outputs exceed max_model_len: --token-scale auto"}},
 		{"failures allowed", []string{"--allow-failures"}, "", []string{"context exceeds max_model_len"}},
-		{"token-scale auto", []string{"--token-scale", "auto"}, "", nil},
+		{"token-scale auto", []string{"--token-scale", "auto"}, "", []string{"servelab sim: token scale 0.1417, output token scale 0.5441: 10 of 200 requests clipped to the 512-token context (10 prompts, 0 outputs), 0 outputs raised to 2 tokens"}},
 		{"bad token scale", []string{"--token-scale", "0"}, "--token-scale: want a positive number or auto", nil},
+		{"bad output token scale", []string{"--output-token-scale", "x"}, "--output-token-scale: want a positive number or auto", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stdout, stderr, err := runSplit(t, append(base, tc.extra...)...)

@@ -33,10 +33,12 @@ type simFlags struct {
 	rateScale   float64
 	maxRequests int
 	goodput     []string
-	// tokenScale is --token-scale as given ("1", "0.25", "auto"); scale is what it
-	// resolved to in the last simulate.
-	tokenScale string
-	scale      float64
+	// tokenScale and outputScale are --token-scale and --output-token-scale as given
+	// ("1", "0.25", "auto"); scales are what they resolved to in the last simulate, and
+	// shaped what scaling did to its rows.
+	tokenScale, outputScale string
+	scales                  tokenScales
+	shaped                  sliceShape
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -47,6 +49,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Float64Var(&f.rateScale, "rate-scale", 1, "multiply the trace's arrival rate (arrival times are divided by it)")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, "replay at most this many requests (0: all)")
 	fl.StringVar(&f.tokenScale, "token-scale", "1", tokenScaleHelp)
+	fl.StringVar(&f.outputScale, "output-token-scale", "auto", outputTokenScaleHelp)
 	fl.IntVar(&f.cluster.Instances, "instances", f.cluster.Instances, "number of engine instances")
 	fl.StringVar(&f.cluster.Batch, "batch", f.cluster.Batch, "batch policy spec (policies listed above)")
 	fl.StringVar(&f.cluster.Evict, "evict", f.cluster.Evict, "eviction policy spec (policies listed above)")
@@ -188,23 +191,20 @@ func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Reco
 	cfg.OnRecord = onRecord
 	// The context --token-scale auto fits is the cluster's max_model_len, as bench's is
 	// the served model's.
-	scale, clip, err := f.benchTokenScale(f.tokenScale, cfg.MaxModelLen, cfg.BlockSize)
+	scales, err := f.benchTokenScale(f.tokenScale, f.outputScale, cfg.MaxModelLen, cfg.BlockSize)
 	if err != nil {
 		return sim.Result{}, err
 	}
-	f.scale = scale
+	f.scales = scales
 	src, closer, err := f.openTrace()
 	if err != nil {
 		return sim.Result{}, err
 	}
 	defer closer.Close()
-	if scale != 1 {
-		src = traces.ScaleTokens(src, scale)
-	}
-	if clip > 0 {
-		src = traces.FitContext(src, clip)
-	}
-	return sim.Run(cfg, src)
+	src, shaped := scales.apply(src)
+	res, err := sim.Run(cfg, src)
+	f.shaped = shaped()
+	return res, err
 }
 
 func newSimCmd() *cobra.Command {
@@ -240,6 +240,9 @@ func newSimCmd() *cobra.Command {
 			}
 			if err != nil {
 				return err
+			}
+			if f.scales != (tokenScales{Input: 1, Output: 1}) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "servelab sim: token scale %.4g, output token scale %.4g: %s\n", f.scales.Input, f.scales.Output, f.shaped)
 			}
 			if out != "" {
 				if err := writeRunDir(out, f, res.Summary); err != nil {
@@ -284,8 +287,10 @@ func writeRunDir(dir string, f simFlags, s metrics.Summary) error {
 		MaxRequests int             `json:"max_requests,omitempty"`
 		Goodput     []string        `json:"goodput,omitempty"`
 		TokenScale  float64         `json:"token_scale"`
+		OutputScale float64         `json:"output_token_scale"`
+		Shape       sliceShape      `json:"slice_shape"`
 		Cluster     sim.ClusterSpec `json:"cluster"`
-	}{f.trace, f.format, f.rateScale, f.maxRequests, f.goodput, f.scale, f.cluster}
+	}{f.trace, f.format, f.rateScale, f.maxRequests, f.goodput, f.scales.Input, f.scales.Output, f.shaped, f.cluster}
 	for name, v := range map[string]any{"summary.json": s, "config.json": config} {
 		file, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
