@@ -49,7 +49,7 @@ func legacyFreshViews(t *testing.T) []byte {
 		spec.GPU = tc.gpu
 		spec.Router = tc.router
 		spec.Seed = 7
-		spec.ScrapeInterval = 0
+		spec.ScrapeInterval, spec.KVEventDelay = 0, 0
 		cfg, err := spec.Build(metrics.SLO{TTFTMs: 500, TPOTMs: 50})
 		if err != nil {
 			t.Fatalf("%s: %v", tc.router, err)
