@@ -66,7 +66,8 @@ type Config struct {
 	// later (serving.DefaultKVEventDelay is what servelab router takes on loopback). 0
 	// routes on each instance's live cache, visible from the moment a block is scheduled.
 	// The router-local index of prefix-affinity and prefix-cache-scorer is the router's own
-	// and never lags.
+	// and never lags; for a router that reads no cache (route.ReadsCaches) the index is
+	// not kept, and costs nothing.
 	KVEventDelay float64
 }
 
@@ -187,7 +188,7 @@ func newSimulation(cfg Config) (*simulation, error) {
 			EnablePrefixCaching: cfg.PrefixCaching,
 			Evict:               e,
 		}
-		if cfg.KVEventDelay > 0 && cfg.PrefixCaching {
+		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && route.ReadsCaches(cfg.Router) {
 			s.instances[i].kv = newKVIndex(cfg.KVBlocks)
 			kc.Events = s.instances[i].kv.collect
 		}

@@ -163,3 +163,22 @@ func TestDefaultClusterSpecRoutesLikeTheRealRouter(t *testing.T) {
 		t.Errorf("Build: scrape %v, KV-event delay %v; want the spec's %v and %v", cfg.ScrapeInterval, cfg.KVEventDelay, spec.ScrapeInterval, spec.KVEventDelay)
 	}
 }
+
+// TestKVEventIndexOnlyForCacheReaders: the index is kept only for a router that reads the
+// caches; any other routes the same with or without it, and pays nothing for it.
+func TestKVEventIndexOnlyForCacheReaders(t *testing.T) {
+	for router, want := range map[string]bool{
+		"round-robin": false, "prefix-affinity": false, "weighted": false,
+		"weighted:precise-prefix=1": true,
+	} {
+		cfg := testConfig(t, 2, router, "vllm", 64)
+		cfg.KVEventDelay = 0.002
+		s, err := newSimulation(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.instances[0].kv != nil; got != want {
+			t.Errorf("%s: KV-event index kept %v, want %v", router, got, want)
+		}
+	}
+}
