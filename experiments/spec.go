@@ -105,6 +105,12 @@ type Cluster struct {
 	GPUMemoryUtilization float64 `json:"gpu_memory_utilization,omitempty"`
 	EnablePrefixCaching  *bool   `json:"enable_prefix_caching,omitempty"`
 	MaxModelLen          int     `json:"max_model_len,omitempty"`
+	// ScrapeInterval and KVEventDelay (seconds) are how stale the simulated router's gauges
+	// and prefix caches are; 0 routes on exact instantaneous views. In the real world
+	// scrape_interval_s is the router's --scrape-interval, and the KV-event delay is what
+	// the transport takes.
+	ScrapeInterval *float64 `json:"scrape_interval_s,omitempty"`
+	KVEventDelay   *float64 `json:"kv_event_delay_s,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -353,10 +359,14 @@ func (s *Spec) validate() error {
 		for _, f := range []struct {
 			key string
 			set bool
-		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0}} {
+		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0},
+			{"kv_event_delay_s", k.KVEventDelay != nil}} {
 			if f.set {
 				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", f.key)
 			}
+		}
+		if k.ScrapeInterval != nil && !(*k.ScrapeInterval > 0) {
+			return fmt.Errorf("cluster.scrape_interval_s: the real router scrapes at a positive interval, got %v", *k.ScrapeInterval)
 		}
 		if !fileExists(filepath.Join(s.resolve(k.Model), "config.json")) {
 			return fmt.Errorf("cluster.model: %q: the real world needs a model directory with config.json (servelab model synth makes one)", k.Model)
@@ -542,6 +552,12 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 		c.BlockSize, c.NumGPUBlocksOverride, c.MaxModelLen = e.BlockSize, e.NumGPUBlocks, e.MaxModelLen
 		c.EnablePrefixCaching, c.GPUMemoryUtilization = e.EnablePrefixCaching, 0
 	}
+	if k.ScrapeInterval != nil {
+		c.ScrapeInterval = *k.ScrapeInterval
+	}
+	if k.KVEventDelay != nil {
+		c.KVEventDelay = *k.KVEventDelay
+	}
 	c.Router, c.Batch, c.Evict, c.Seed = s.resolve(router), batchSpec, evictSpec, seed
 	return c
 }
@@ -659,7 +675,7 @@ func (s *Spec) resolvedCluster() (Cluster, error) {
 		Instances: cfg.Instances, Model: cs.Model, GPU: cs.GPU, TP: cs.TP, Latency: cs.Latency,
 		BlockSize: cfg.BlockSize, NumGPUBlocksOverride: cs.NumGPUBlocksOverride,
 		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
-		MaxModelLen: cfg.MaxModelLen,
+		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
 	}, nil
 }
 

@@ -48,6 +48,9 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"negative max_model_len", base + "cluster: {max_model_len: -5}\n", "cluster.max_model_len: must not be negative"},
 		{"real world without a model directory", base + "world: real\n", "cluster.model"},
 		{"real world with a GPU", base + "world: real\ncluster: {gpu: h100}\n", "cluster.gpu"},
+		{"negative scrape interval", base + "cluster: {scrape_interval_s: -0.05}\n", "scrape_interval_s: must be 0 or a positive number of seconds"},
+		{"negative KV-event delay", base + "cluster: {kv_event_delay_s: -1}\n", "kv_event_delay_s: must be 0 or a positive number of seconds"},
+		{"real world with a KV-event delay", base + "world: real\ncluster: {kv_event_delay_s: 0.002}\n", "cluster.kv_event_delay_s"},
 		{"unknown world", base + "world: dream\n", "world:"},
 		{"negative token scale", "name: t\nworkload: {trace: " + trace + ", token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.token_scale"},
 		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
@@ -137,6 +140,8 @@ func TestNormalizedWritesTheResolvedCluster(t *testing.T) {
 	}{
 		{"all defaults", ""},
 		{"some set", "cluster: {instances: 3, block_size: 32, max_model_len: 4096}\n"},
+		{"exact views", "cluster: {scrape_interval_s: 0, kv_event_delay_s: 0}\n"},
+		{"stale views", "cluster: {scrape_interval_s: 0.2, kv_event_delay_s: 0.01}\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,6 +170,10 @@ func TestNormalizedWritesTheResolvedCluster(t *testing.T) {
 			got := sim.ClusterSpec{Instances: k.Instances, Model: k.Model, GPU: k.GPU, TP: k.TP, Latency: k.Latency,
 				BlockSize: k.BlockSize, GPUMemoryUtilization: k.GPUMemoryUtilization, EnablePrefixCaching: *k.EnablePrefixCaching,
 				MaxModelLen: k.MaxModelLen}
+			if k.ScrapeInterval == nil || k.KVEventDelay == nil {
+				t.Fatalf("scrape_interval_s or kv_event_delay_s not written:\n%s", norm)
+			}
+			got.ScrapeInterval, got.KVEventDelay = *k.ScrapeInterval, *k.KVEventDelay
 			resolved := want
 			resolved.Router, resolved.Batch, resolved.Evict, resolved.Seed = "", "", "", 0
 			resolved.MaxModelLen = cfg.MaxModelLen

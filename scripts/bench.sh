@@ -3,7 +3,8 @@
 # docs/BENCHMARKS.md with the machine, the commands and medians.
 #
 # Optional peer: set BLIS_BIN to a built BLIS binary and BLIS_DIR to its checkout
-# (github.com/inference-sim/inference-sim) to run it side by side on the same workload;
+# (github.com/inference-sim/inference-sim; BLIS_REV names its commit when BLIS_DIR is a
+# source snapshot rather than a git checkout) to run it side by side on the same workload;
 # BLIS_FULL=1 adds its 100,000-request run (about 7 minutes here). LLAMA2C_DIR, a
 # github.com/karpathy/llama2.c checkout, adds run.c beside the real engine.
 set -euo pipefail
@@ -21,30 +22,44 @@ if [ ! -x /usr/bin/time ]; then
   (apt-get update -qq && apt-get install -y -qq time) >/dev/null
 fi
 
-# measure CMD...: runs the command REPS times; prints "median_wall_s max_rss_mb".
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# measure CMD...: runs the command REPS times; prints "median_wall_s max_rss_mb
+# median_cpu_s" (CPU: user plus system time of the command and its children; on a busy
+# machine it moves less than wall time).
 measure() {
   local reps=$1; shift
-  local walls=() rss=0
+  local walls=() cpus=() rss=0
   for _ in $(seq "$reps"); do
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >"$WORK/stdout"
-    read -r wall kb <"$WORK/time"
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >"$WORK/stdout"
+    read -r wall kb user sys <"$WORK/time"
     walls+=("$wall")
+    cpus+=("$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')")
     [ "$kb" -gt "$rss" ] && rss=$kb
   done
-  local median
-  median=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
-  echo "$median $((rss / 1024))"
+  echo "$(printf '%s\n' "${walls[@]}" | median) $((rss / 1024)) $(printf '%s\n' "${cpus[@]}" | median)"
 }
 
-row() { # name command reps
+# row NAME REPS CMD...: measures CMD and adds it to the end-to-end table; the figures are
+# also kept in $WORK/rows (name, wall, CPU) for the ratios below.
+row() {
   local name=$1 reps=$2; shift 2
-  read -r wall rss < <(measure "$reps" "$@")
+  read -r wall rss cpu < <(measure "$reps" "$@")
   local shown=${*}
-  echo "| $name | \`${shown//$WORK/\$WORK}\` | $reps | $wall | $rss |" >>"$WORK/e2e.md"
-  echo "$name: median ${wall}s, peak ${rss} MB" >&2
+  echo "| $name | \`${shown//$WORK/\$WORK}\` | $reps | $wall | $cpu | $rss |" >>"$WORK/e2e.md"
+  printf '%s\t%s\t%s\n' "$name" "$wall" "$cpu" >>"$WORK/rows"
+  echo "$name: median ${wall}s wall, ${cpu}s CPU, peak ${rss} MB" >&2
+}
+
+# ratio A B: B's median wall and CPU time over A's, from $WORK/rows.
+ratio() {
+  awk -F'\t' -v a="$1" -v b="$2" '$1 == a {aw = $2; ac = $3} $1 == b {bw = $2; bc = $3}
+    END {if (aw > 0 && ac > 0 && bw != "") printf "| %s | %s | %.0fx | %.0fx |\n", b, a, bw / aw, bc / ac}' "$WORK/rows"
 }
 
 : >"$WORK/e2e.md"
+: >"$WORK/rows"
+: >"$WORK/ratio.md"
 AZURE=$SHARED/traces/azure_llm_2023_conv.csv
 [ -f "$AZURE" ] || AZURE=examples/traces/azure_conv_3000.csv
 
@@ -65,15 +80,33 @@ row "Experiment azure-routers: 3 routers x 2 evictors x 3 seeds (18 cells), repo
 # The BLIS workload: 512 +- 256 prompt and output tokens, 1 request/s, 1 instance, roofline,
 # H100, Qwen2.5-7B. servelab draws lengths lognormally with the same mean and standard
 # deviation (sigma 0.472 gives a coefficient of variation of 0.5).
+# servelab runs it with its defaults (the router's gauges scraped every 50 ms, prefix caches
+# seen through KV events 2 ms late: sim --help), with exact views (both 0s), and behind
+# llm-d's precise prefix-cache scorer, the one router that reads the KV-event index, so the
+# index is kept and read at every arrival (round-robin reads no cache and keeps none).
+precise=weighted:precise-prefix=3,prefix=0,queue=2,kv=2
 for n in 10000 100000; do
   $BIN trace synth --requests $n --rate 1 --input-mean 512 --output-mean 512 --input-sigma 0.472 --output-sigma 0.472 --seed 42 --out "$WORK/blis_$n.jsonl"
   row "$n requests ~512/512, 1 x H100, Qwen2.5-7B (servelab)" 3 \
     $BIN sim --trace "$WORK/blis_$n.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --json
 done
+row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (servelab, exact views)" 3 \
+  $BIN sim --trace "$WORK/blis_10000.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --scrape-interval 0s --kv-event-delay 0s --json
+row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (servelab, precise prefix-cache scorer)" 3 \
+  $BIN sim --trace "$WORK/blis_10000.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --router $precise --json
+row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (servelab, precise prefix-cache scorer, exact views)" 3 \
+  $BIN sim --trace "$WORK/blis_10000.jsonl" --instances 1 --gpu h100 --model qwen2.5-7b --router $precise --scrape-interval 0s --kv-event-delay 0s --json
 if [ -n "${BLIS_BIN:-}" ]; then
-  blis="BLIS $(git -C "$BLIS_DIR" rev-parse --short HEAD)"
+  # BLIS_REV names a checkout that is not a git repository (a source snapshot).
+  if [ -e "$BLIS_DIR/.git" ]; then BLIS_REV=$(git -C "$BLIS_DIR" rev-parse --short HEAD); fi
+  blis="BLIS ${BLIS_REV:-of unknown commit}"
   row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, defaults)" 1 bash scripts/blis.sh 10000
   row "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, --cache-signal-delay 0)" 1 bash scripts/blis.sh 10000 --cache-signal-delay 0
+  for s in "" ", exact views" ", precise prefix-cache scorer" ", precise prefix-cache scorer, exact views"; do
+    ratio "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (servelab$s)" "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, defaults)" >>"$WORK/ratio.md"
+  done
+  ratio "10000 requests ~512/512, 1 x H100, Qwen2.5-7B (servelab, exact views)" \
+    "10000 requests ~512/512, 1 x H100, Qwen2.5-7B ($blis, --cache-signal-delay 0)" >>"$WORK/ratio.md"
   if [ -n "${BLIS_FULL:-}" ]; then
     row "100000 requests ~512/512, 1 x H100, Qwen2.5-7B (BLIS)" 1 bash scripts/blis.sh 100000
   fi
@@ -180,12 +213,21 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo
   echo "## End to end"
   echo
-  echo "Wall time is the median of the repetitions; peak RSS the largest seen (GNU time)."
+  echo "Wall and CPU time (user plus system) are medians of the repetitions; peak RSS the largest"
+  echo "seen (GNU time). Load average when this was written: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "| run | command | reps | wall s (median) | peak RSS MB |"
-  echo "| --- | --- | ---: | ---: | ---: |"
+  echo "| run | command | reps | wall s (median) | CPU s (median) | peak RSS MB |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: |"
   cat "$WORK/e2e.md"
   echo
+  if [ -s "$WORK/ratio.md" ]; then
+    echo "BLIS's time over servelab's on BLIS's 10,000-request workload (rows above):"
+    echo
+    echo "| BLIS | servelab | wall | CPU |"
+    echo "| --- | --- | ---: | ---: |"
+    cat "$WORK/ratio.md"
+    echo
+  fi
   if [ -f docs/benchmarks-notes.md ]; then cat docs/benchmarks-notes.md; echo; fi
   echo "## The real engine (CPU, fp32) against llama2.c run.c"
   echo

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"io"
 	"os"
 	"testing"
 
@@ -35,5 +36,73 @@ func BenchmarkAzureConv(b *testing.B) {
 		}
 		b.ReportMetric(float64(res.Steps), "steps")
 		b.ReportMetric(float64(res.Events), "events")
+	}
+}
+
+// blisRows is BLIS's default workload as scripts/bench.sh gives it to servelab: n requests
+// of about 512 prompt and 512 output tokens (lognormal with BLIS's mean and standard
+// deviation, 256) at 1 request/s, seed 42; with prefix groups, prompts share a 512-token
+// prefix with their group.
+func blisRows(b *testing.B, n int, rate float64, groups int) []traces.Row {
+	b.Helper()
+	cfg := traces.SynthConfig{Requests: n, Rate: rate, InputMean: 512, OutputMean: 512,
+		InputSigma: 0.472, OutputSigma: 0.472, BlockSize: 16, Seed: 42}
+	if groups > 0 {
+		cfg.PrefixGroups, cfg.PrefixTokens = groups, 512
+	}
+	syn, err := traces.NewSynth(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rows []traces.Row
+	for {
+		row, err := syn.Next()
+		if err == io.EOF {
+			return rows
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		rows = append(rows, row)
+	}
+}
+
+// BenchmarkBLISWorkload replays BLIS's 10,000-request default workload (one H100 serving
+// Qwen2.5-7B, roofline) with the router's views exact ("fresh": scrape 0, KV-event delay
+// 0) and as stale as the real router's (DefaultClusterSpec's 50 ms and 2 ms), and the same
+// requests with shared prefixes at 8 request/s on 8 instances behind the precise
+// prefix-cache scorer, where the KV-event index is read at every arrival.
+func BenchmarkBLISWorkload(b *testing.B) {
+	for _, w := range []struct {
+		name      string
+		instances int
+		router    string
+		rate      float64
+		groups    int
+	}{
+		{"1xH100-round-robin", 1, "round-robin", 1, 0},
+		{"8xH100-precise-prefix", 8, "weighted:precise-prefix=3,prefix=0,queue=2,kv=2", 8, 64},
+	} {
+		rows := blisRows(b, 10000, w.rate, w.groups)
+		for _, views := range []string{"fresh", "stale"} {
+			b.Run(w.name+"/"+views, func(b *testing.B) {
+				spec := DefaultClusterSpec()
+				spec.Instances, spec.Router, spec.Model = w.instances, w.router, "qwen2.5-7b"
+				if views == "fresh" {
+					spec.ScrapeInterval, spec.KVEventDelay = 0, 0
+				}
+				for range b.N {
+					cfg, err := spec.Build(metrics.SLO{})
+					if err != nil {
+						b.Fatal(err)
+					}
+					res, err := Run(cfg, &sliceReader{rows: rows})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.ReportMetric(float64(res.Steps), "steps")
+				}
+			})
+		}
 	}
 }

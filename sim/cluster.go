@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math"
 
 	"servelab/metrics"
 	"servelab/policies"
@@ -33,8 +34,14 @@ type ClusterSpec struct {
 	MaxModelLen          int     `json:"max_model_len,omitempty"`
 	Seed                 uint64  `json:"seed"`
 	// ScrapeInterval is Config.ScrapeInterval in seconds: how stale the router's gauges
-	// are (0: read at every arrival).
-	ScrapeInterval float64 `json:"scrape_interval_s,omitempty"`
+	// are (0: read at every arrival). DefaultClusterSpec's is the real router's,
+	// serving.DefaultScrapeInterval (50 ms).
+	ScrapeInterval float64 `json:"scrape_interval_s"`
+	// KVEventDelay is Config.KVEventDelay in seconds: how long after the end of the step
+	// that cached (or evicted) a block the router's prefix index learns of it (0: the
+	// router reads every instance's live cache). DefaultClusterSpec's is the real
+	// router's as measured, serving.DefaultKVEventDelay.
+	KVEventDelay float64 `json:"kv_event_delay_s"`
 	// Engine, when set, is a real engine's resolved configuration (what it reports on GET
 	// /server_info and a profile records) and every instance runs exactly it: its batch
 	// and evict specs, block size, KV blocks, max model len and prefix caching. Batch,
@@ -78,7 +85,9 @@ func (c ClusterSpec) withEngine() (ClusterSpec, error) {
 	return c, nil
 }
 
-// DefaultClusterSpec is one H100 serving Llama-3.1-8B with vLLM's defaults.
+// DefaultClusterSpec is one H100 serving Llama-3.1-8B with vLLM's defaults, behind a
+// router that sees the instances as the real router does: gauges scraped every 50 ms and
+// prefix caches through KV events (serving.DefaultScrapeInterval, DefaultKVEventDelay).
 func DefaultClusterSpec() ClusterSpec {
 	return ClusterSpec{
 		Instances:            1,
@@ -92,6 +101,8 @@ func DefaultClusterSpec() ClusterSpec {
 		BlockSize:            16,
 		GPUMemoryUtilization: 0.9,
 		EnablePrefixCaching:  true,
+		ScrapeInterval:       serving.DefaultScrapeInterval.Seconds(),
+		KVEventDelay:         serving.DefaultKVEventDelay.Seconds(),
 	}
 }
 
@@ -106,6 +117,14 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	}
 	if c.BlockSize <= 0 {
 		return Config{}, fmt.Errorf("block_size: must be positive, got %d", c.BlockSize)
+	}
+	for _, f := range []struct {
+		key string
+		v   float64
+	}{{"scrape_interval_s", c.ScrapeInterval}, {"kv_event_delay_s", c.KVEventDelay}} {
+		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			return Config{}, fmt.Errorf("%s: must be 0 or a positive number of seconds, got %v", f.key, f.v)
+		}
 	}
 	env := policies.Env{Seed: c.Seed, BlockSize: c.BlockSize, GPUClass: latency.GPUClass(c.GPU)}
 	router, err := route.Parse(c.Router, env)
@@ -172,6 +191,7 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		Latency:        lat,
 		SLO:            slo,
 		ScrapeInterval: c.ScrapeInterval,
+		KVEventDelay:   c.KVEventDelay,
 	}, nil
 }
 

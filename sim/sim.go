@@ -57,8 +57,18 @@ type Config struct {
 	// --scrape-interval, GIE's refresh-metrics-interval; both default to 50 ms): a request
 	// is routed on the gauges as of the last multiple of ScrapeInterval at or before its
 	// arrival, so a burst is routed on one reading. Exact prefix caches (InstanceView.Cache)
-	// stay live, as KV events keep the real router's. 0 reads the gauges at every arrival.
+	// stay live unless KVEventDelay is positive. 0 reads the gauges at every arrival.
 	ScrapeInterval float64
+	// KVEventDelay, if positive, makes the router's view of each instance's prefix cache
+	// (InstanceView.Cache, which llm-d's precise-prefix-cache-scorer reads) an index built
+	// from the instance's KV events, as the real router's is: an instance publishes the
+	// events of a step when the step ends, and the router applies them KVEventDelay seconds
+	// later (serving.DefaultKVEventDelay is what servelab router takes on loopback). 0
+	// routes on each instance's live cache, visible from the moment a block is scheduled.
+	// The router-local index of prefix-affinity and prefix-cache-scorer is the router's own
+	// and never lags; for a router that reads no cache (route.ReadsCaches) the index is
+	// not kept, and costs nothing.
+	KVEventDelay float64
 	// OnStep, if set, receives every step an instance completes, as it completes. An
 	// instance's steps come in order; steps of different instances interleave in no
 	// particular order (the simulator runs an instance ahead until the next arrival). It
@@ -114,6 +124,8 @@ type instance struct {
 	step *serving.Step
 	// start is when step began (for Config.OnStep).
 	start float64
+	// kv is the router's prefix index of the instance when KVEventDelay is positive.
+	kv *kvIndex
 }
 
 type simulation struct {
@@ -159,6 +171,8 @@ func newSimulation(cfg Config) (*simulation, error) {
 		return nil, fmt.Errorf("sim: KV blocks must be positive, got %d", cfg.KVBlocks)
 	case cfg.ScrapeInterval < 0 || math.IsNaN(cfg.ScrapeInterval) || math.IsInf(cfg.ScrapeInterval, 0):
 		return nil, fmt.Errorf("sim: scrape interval must be 0 or positive and finite, got %v", cfg.ScrapeInterval)
+	case cfg.KVEventDelay < 0 || math.IsNaN(cfg.KVEventDelay) || math.IsInf(cfg.KVEventDelay, 0):
+		return nil, fmt.Errorf("sim: KV-event delay must be 0 or positive and finite, got %v", cfg.KVEventDelay)
 	}
 	if cfg.BlockSize <= 0 {
 		cfg.BlockSize = 16
@@ -187,16 +201,17 @@ func newSimulation(cfg Config) (*simulation, error) {
 				return nil, err
 			}
 		}
-		c, err := core.New(core.Config{
-			Index: i,
-			Batch: b,
-			KV: kv.Config{
-				NumBlocks:           cfg.KVBlocks,
-				BlockSize:           cfg.BlockSize,
-				EnablePrefixCaching: cfg.PrefixCaching,
-				Evict:               e,
-			},
-		})
+		kc := kv.Config{
+			NumBlocks:           cfg.KVBlocks,
+			BlockSize:           cfg.BlockSize,
+			EnablePrefixCaching: cfg.PrefixCaching,
+			Evict:               e,
+		}
+		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && route.ReadsCaches(cfg.Router) {
+			s.instances[i].kv = newKVIndex(cfg.KVBlocks)
+			kc.Events = s.instances[i].kv.collect
+		}
+		c, err := core.New(core.Config{Index: i, Batch: b, KV: kc})
 		if err != nil {
 			return nil, err
 		}
@@ -323,6 +338,10 @@ func (s *simulation) arrive(req *serving.Request) {
 			sc := &s.scraped[i]
 			s.views[i].Waiting, s.views[i].Running, s.views[i].KVUsage = sc.Waiting, sc.Running, sc.KVUsage
 		}
+		if x := s.instances[i].kv; x != nil {
+			x.catchUp(req.Arrival)
+			s.views[i].Cache = x
+		}
 	}
 	target := s.cfg.Router.Route(req, s.views)
 	if target < 0 || target >= len(s.instances) {
@@ -363,6 +382,9 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 	in.start = t
 	in.busy = !in.step.Empty()
 	if !in.busy {
+		if in.kv != nil {
+			in.kv.publish(t, s.cfg.KVEventDelay) // as the engine flushes when it goes idle
+		}
 		return 0, false
 	}
 	return t + s.cfg.Latency.StepTime(in.step.Shape), true
@@ -377,6 +399,9 @@ func (s *simulation) complete(i int, t float64) {
 			Instance: i, Start: in.start, End: t, Shape: in.step.Shape,
 			Running: in.core.NumRunning(), Waiting: in.core.NumWaiting(), KVBlocksUsed: kv.NumBlocks() - kv.NumFree(),
 		})
+	}
+	if in.kv != nil {
+		in.kv.publish(t, s.cfg.KVEventDelay)
 	}
 	for k := range in.step.Seqs {
 		sc := &in.step.Seqs[k]

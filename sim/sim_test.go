@@ -139,16 +139,22 @@ func TestOneRequestTiming(t *testing.T) {
 func TestRunningAheadMatchesPlainSchedule(t *testing.T) {
 	rows := randomRows(600, 5)
 	// A scrape interval adds horizons (the scrape each arrival is routed on) that running
-	// ahead must respect too.
-	for _, router := range []string{"round-robin", "least-request", "prefix-affinity", "weighted", "weighted@50ms"} {
+	// ahead must respect too; KV events published at step ends must reach the router's
+	// index in the same order and at the same times.
+	const precise = "weighted:precise-prefix=3,prefix=0,queue=2,kv=2"
+	for _, router := range []string{"round-robin", "least-request", "prefix-affinity", "weighted", "weighted@50ms",
+		precise, precise + "@50ms+kv20ms"} {
 		t.Run(router, func(t *testing.T) {
-			spec, scrape := router, 0.0
+			spec, scrape, kvDelay := router, 0.0, 0.0
 			if s, ok := strings.CutSuffix(router, "@50ms"); ok {
 				spec, scrape = s, 0.05
 			}
+			if s, ok := strings.CutSuffix(router, "@50ms+kv20ms"); ok {
+				spec, scrape, kvDelay = s, 0.05, 0.02
+			}
 			config := func() Config {
 				cfg := testConfig(t, 3, spec, "vllm:max_num_batched_tokens=512", 150)
-				cfg.ScrapeInterval = scrape
+				cfg.ScrapeInterval, cfg.KVEventDelay = scrape, kvDelay
 				return cfg
 			}
 			fast, fastRecs := runCollect(t, config(), rows, false)

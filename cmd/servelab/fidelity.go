@@ -430,6 +430,10 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return nil, err
 		}
 		res, usage, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, seed, slo, dir, log, cpus)
+		if lag, n, lerr := kvEventLag(ctx, cl.URL); lerr == nil && n > 0 {
+			fmt.Fprintf(log, "%s: the router's KV events arrived %.2f ms after their step on average (%d batches); the simulator assumed %.2f ms\n",
+				router, lag*1e3, n, fidelitySimSpec(c, router, profilePath, engineCfg).KVEventDelay*1e3)
+		}
 		if serr := cl.Stop(15 * time.Second); err == nil {
 			err = serr
 		}

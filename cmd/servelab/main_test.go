@@ -87,6 +87,7 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "NaN"}, "--rate-scale"},
 		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "+Inf"}, "--rate-scale"},
 		{[]string{"sim", "--trace", azureSlice, "--scrape-interval", "-5ms"}, "scrape-interval"},
+		{[]string{"sim", "--trace", azureSlice, "--kv-event-delay", "-1ms"}, "kv-event-delay"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

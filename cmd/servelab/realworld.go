@@ -42,6 +42,9 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if k.EnablePrefixCaching != nil {
 		c.prefixCaching = *k.EnablePrefixCaching
 	}
+	if k.ScrapeInterval != nil {
+		c.router.scrape = time.Duration(*k.ScrapeInterval * float64(time.Second))
+	}
 	maxLen, vocab, err := modelLimits(c.model, c.maxModelLen)
 	if err != nil {
 		return nil, err

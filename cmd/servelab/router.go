@@ -116,7 +116,10 @@ hashed into the engines' token blocks. Failed endpoints are retried elsewhere an
 scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
 cause) why its /metrics or KV events are unavailable. Its own metrics:
 servelab_router_decisions_total{endpoint}, servelab_router_scoring_seconds,
-servelab_router_retries_total, servelab_router_shed_total.
+servelab_router_retries_total, servelab_router_shed_total, and
+servelab_router_kv_event_lag_seconds: how long after an engine published a KV-event batch (at the
+end of the step that produced it) the batch was in the prefix index, the delay 'servelab sim
+--kv-event-delay' models.
 
 Keys: --engine-api-key (or $SERVELAB_ENGINE_API_KEY, kept out of ps) is the engines' --api-key; the
 router presents it on everything it sends them (proxied requests, replacing the client's

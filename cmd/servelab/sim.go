@@ -63,7 +63,8 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.cluster.EnablePrefixCaching, "enable-prefix-caching", f.cluster.EnablePrefixCaching, "reuse cached KV blocks of shared prefixes")
 	fl.IntVar(&f.cluster.MaxModelLen, "max-model-len", 0, "longest prompt plus output served (0: the model's max_position_embeddings)")
 	fl.Uint64Var(&f.cluster.Seed, "seed", 0, "seed of every policy's random source")
-	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's 50ms); 0 reads them at every arrival")
+	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's); 0 reads them at every arrival")
+	fl.Var(secondsFlag{&f.cluster.KVEventDelay}, "kv-event-delay", "route on prefix caches as the router's KV-event index sees them: a step's cached and evicted blocks reach it this long after the step ends (servelab router's, measured on loopback); 0 reads each instance's live cache. Only the precise prefix-cache scorer reads it")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
 }
 

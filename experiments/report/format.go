@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"servelab/experiments"
 	"servelab/sim"
@@ -124,6 +125,9 @@ func (e *Experiment) facts() []fact {
 	if k.EnablePrefixCaching != nil && !*k.EnablePrefixCaching {
 		cluster += ", prefix caching off"
 	}
+	if views := routerViews(k, def); views != "" && s.World != "real" {
+		cluster += ", " + views
+	}
 
 	p := s.Policies
 	policies := "routers " + strings.Join(p.Routers, ", ") + "; batch " + strings.Join(p.Batch, ", ") + "; evict " + strings.Join(p.Evict, ", ")
@@ -159,6 +163,26 @@ func (e *Experiment) facts() []fact {
 		{"SLO", sloText},
 		{"cells", cells},
 	}
+}
+
+// routerViews says how stale the simulated router's views were, for a spec that says
+// (spec.yaml has said since the simulator modelled it); "" for one that does not.
+func routerViews(k experiments.Cluster, def sim.ClusterSpec) string {
+	if k.ScrapeInterval == nil && k.KVEventDelay == nil {
+		return ""
+	}
+	scrape, delay := def.ScrapeInterval, def.KVEventDelay
+	if k.ScrapeInterval != nil {
+		scrape = *k.ScrapeInterval
+	}
+	if k.KVEventDelay != nil {
+		delay = *k.KVEventDelay
+	}
+	if scrape == 0 && delay == 0 {
+		return "router on exact views"
+	}
+	d := func(s float64) string { return time.Duration(math.Round(s * 1e9)).String() }
+	return fmt.Sprintf("router on gauges scraped every %s and KV events %s late", d(scrape), d(delay))
 }
 
 func or(v, def int) int {

@@ -18,3 +18,22 @@ type Policy interface {
 
 // Registry holds every routing policy by name.
 var Registry = policies.NewRegistry[Policy]("route")
+
+// ReadsCaches reports whether p may read InstanceView.Cache, the instances' exact prefix
+// caches (the real router keeps them from KV events): of this package's policies only
+// weighted with llm-d's precise-prefix-cache-scorer does. A policy of another type is
+// assumed to. The simulator keeps a KV-event index for the router only when it does.
+func ReadsCaches(p Policy) bool {
+	switch p := p.(type) {
+	case *RoundRobin, *Random, *LeastRequest, *LeastKV, *PowerOfTwo, *PrefixAffinity:
+		return false
+	case *Weighted:
+		for _, s := range p.scorers {
+			if _, ok := s.scorer.(precisePrefixCacheScorer); ok {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}

@@ -268,7 +268,8 @@ func (r *Router) followEvents(ctx context.Context, e *endpoint) {
 			continue
 		}
 		var batch struct {
-			Seq    uint64 `json:"seq"`
+			Seq    uint64  `json:"seq"`
+			TS     float64 `json:"ts"`
 			Events []struct {
 				Type        string   `json:"type"`
 				BlockHashes []uint64 `json:"block_hashes"`
@@ -297,5 +298,10 @@ func (r *Router) followEvents(ctx context.Context, e *endpoint) {
 			}
 		}
 		e.mu.Unlock()
+		if batch.Seq > 1 && batch.TS > 0 {
+			// The first batch is the subscription's snapshot; the others are published
+			// when the step that produced them ends.
+			r.kvEventLag.Observe(time.Since(time.Unix(0, int64(batch.TS*1e9))).Seconds())
+		}
 	}
 }

@@ -93,6 +93,9 @@ type Router struct {
 	scoring   prometheus.Histogram
 	retries   prometheus.Counter
 	shed      prometheus.Counter
+	// kvEventLag is how long after an engine published a KV-event batch (its "ts", at the
+	// end of the step that produced it) the batch was in the endpoint's prefix index.
+	kvEventLag prometheus.Histogram
 
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
@@ -100,9 +103,9 @@ type Router struct {
 }
 
 // DefaultScrapeInterval is how often the router reads each endpoint's /metrics unless told
-// otherwise: llm-d's and GIE's DefaultRefreshMetricsInterval. The simulator of a fidelity
-// run routes on gauges this stale too (sim.Config.ScrapeInterval).
-const DefaultScrapeInterval = 50 * time.Millisecond
+// otherwise: llm-d's and GIE's DefaultRefreshMetricsInterval, serving's one default, which
+// the simulator's router takes too (sim.ClusterSpec.ScrapeInterval).
+const DefaultScrapeInterval = serving.DefaultScrapeInterval
 
 // New builds a router and starts scraping its endpoints.
 func New(cfg Config) (*Router, error) {
@@ -166,7 +169,12 @@ func New(cfg Config) (*Router, error) {
 	r.shed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "servelab_router_shed_total", Help: "Requests refused with 429 because MaxInFlight requests were being served.",
 	})
-	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, healthy)
+	r.kvEventLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "servelab_router_kv_event_lag_seconds",
+		Help:    "Time from an engine publishing a KV-event batch (the end of the step that produced it, its ts) to the batch being in the router's prefix index; across hosts it includes their clock offset.",
+		Buckets: prometheus.ExponentialBuckets(1e-5, 2, 16),
+	})
+	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
 	for _, e := range r.endpoints {
 		r.decisions.WithLabelValues(e.url)
 	}
