@@ -29,7 +29,10 @@ func newProfileCmd() *cobra.Command {
 		Long: `Time the real engine's forward pass over a grid of step shapes (prefill chunks with and without
 cached context, decode batches over short and long contexts, mixed steps), fit the simulator's
 linear step-time model to them (non-negative least squares, gonum) and write a profile that
-'servelab sim --latency profile:FILE' loads. The profile records the resolved configuration of
+'servelab sim --latency profile:FILE' loads. The fit reproduces the steps' total time exactly
+and each class of step's (prefill-only, decode-only, mixed; short and long context per
+sequence, split at the class's median) as closely as the linear form allows; the table it
+prints, and the profile's "fit", give each class's measured and predicted time. The profile records the resolved configuration of
 an engine started with the same flags (what its GET /server_info reports: batch and evict
 specs with every parameter, block size, KV blocks, max model len, prefix caching), which a
 simulation of it then runs.

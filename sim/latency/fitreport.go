@@ -14,16 +14,9 @@ import (
 	"servelab/serving"
 )
 
-// Step classes: what a step computes. A step that computes prefill chunks and decode
-// tokens together (chunked prefill) is mixed.
-const (
-	ClassPrefill = "prefill"
-	ClassDecode  = "decode"
-	ClassMixed   = "mixed"
-)
-
-// stepKinds are the step classes in report order.
-var stepKinds = [...]string{ClassPrefill, ClassDecode, ClassMixed}
+// stepKinds are the batch classes of steps, in report order: what a step computes. A step
+// that computes prefill chunks and decode tokens together (chunked prefill) is mixed.
+var stepKinds = [...]string{"prefill", "decode", "mixed"}
 
 // stepKind returns the class of a step's batch: 0 prefill-only, 1 decode-only, 2 mixed;
 // -1 for an empty step.
@@ -54,7 +47,7 @@ func meanContext(s serving.StepShape) float64 {
 type StepClass struct {
 	// Class is "prefill", "decode" or "mixed", then "/short" or "/long" context.
 	Class string `json:"class"`
-	// MaxContext and MinContext bound the class's context per sequence (KV tokens read per
+	// MinContext and MaxContext bound the class's context per sequence (KV tokens read per
 	// sequence, ContextTokens / sequences): short-context steps have at most the median of
 	// their batch class, long-context ones more.
 	MinContext float64 `json:"min_context"`
@@ -81,7 +74,7 @@ func relativeError(predicted, measured float64) float64 {
 }
 
 // FitReport says how well step-time coefficients reproduce measured steps: in total, per
-// step, and per class of step. Fit reports what Evaluate and Classes compute.
+// step, and per class of step. Fit computes it.
 type FitReport struct {
 	// Steps counts the measured steps.
 	Steps int `json:"steps"`

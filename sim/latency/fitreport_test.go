@@ -1,6 +1,7 @@
 package latency
 
 import (
+	"compress/gzip"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -112,6 +113,44 @@ func TestFitReproducesTotals(t *testing.T) {
 			checkFitTargets(t, r)
 		})
 	}
+}
+
+// TestFitReproducesRealSteps fits the steps two tiny-model engines logged while serving a
+// trace slice on two shared cores (servelab fidelity's calibration; see testdata/README.md).
+func TestFitReproducesRealSteps(t *testing.T) {
+	files, err := filepath.Glob("testdata/steps-tiny-*.jsonl.gz")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no step logs in testdata: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			samples := loadGzipSamples(t, file)
+			got, _, err := FitLinear(samples)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkFitTargets(t, Fit(got, samples))
+		})
+	}
+}
+
+// loadGzipSamples reads a gzip-compressed step log.
+func loadGzipSamples(t *testing.T, file string) []Sample {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples, err := ReadSamples(z, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return samples
 }
 
 func TestClasses(t *testing.T) {
