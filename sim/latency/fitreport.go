@@ -93,7 +93,7 @@ type FitReport struct {
 }
 
 // RelativeError is the predicted total time over the measured, minus 1.
-func (r *FitReport) RelativeError() float64 {
+func (r FitReport) RelativeError() float64 {
 	return relativeError(r.PredictedSeconds, r.MeasuredSeconds)
 }
 
@@ -209,7 +209,7 @@ func (r *FitReport) Validate() error {
 }
 
 // String formats the report for a log: totals, R², then each class's steps and error.
-func (r *FitReport) String() string {
+func (r FitReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d steps, R² %.3f, total %.3f s measured, %.3f s predicted (%+.1f%%)",
 		r.Steps, r.R2, r.MeasuredSeconds, r.PredictedSeconds, 100*r.RelativeError())
