@@ -38,9 +38,10 @@ type Sample struct {
 // first pass's prediction (at least the class's shortest step). It is not relative to the
 // step's own measured duration, as this fit once was: that weighs the steps measured fast
 // (those nothing interrupted) most, so the fit follows the typical step rather than the
-// mean and under-predicts the total (by 12-32% on the tiny model's steps under load, more
-// on a busier machine). A weight that depends on the step's shape only keeps the least-
-// squares estimate of the mean step time unbiased.
+// mean and under-predicts the total (by 5-15% on the tiny model's steps logged on an idle
+// 2-core machine, 32-56% on a busy one) and decode steps most (20-35% idle). A weight that
+// depends on the step's shape only keeps the least-squares estimate of the mean step time
+// unbiased.
 //
 // The second term is each class's relative error in total, so that every class counts,
 // whatever its number of steps and their duration: thousands of 0.1 ms decode steps and a
