@@ -82,8 +82,12 @@ type Config struct {
 	// Metrics, if set, receives the engine's observations.
 	Metrics *Metrics
 	// OnStep, if set, is called from the engine loop after every step with its shape and
-	// wall time (planning, forward pass, sampling, stop conditions and streaming): the
-	// measured counterpart of the simulator's step-time model. It must be quick.
+	// wall time: the measured counterpart of the simulator's step-time model, whose steps
+	// follow each other without a gap. The time is the loop's whole iteration, from the end
+	// of the previous step (or from waking up idle) to the end of this one: admitting new
+	// requests (prompt block hashing), aborts, planning, the forward pass, sampling, stop
+	// conditions, detokenisation and streaming, and the previous OnStep call, so
+	// back-to-back steps' times add up to the time the engine was busy. It must be quick.
 	OnStep func(shape serving.StepShape, seconds float64)
 }
 
@@ -198,6 +202,9 @@ type Engine struct {
 	events   []kv.Event
 	eventSeq uint64
 	nextID   uint64
+	// busySince is when the loop's current stretch of work began: when it woke from idle,
+	// or when the previous step ended. Zero while idle.
+	busySince time.Time
 }
 
 // New builds an engine and starts its loop.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -378,5 +379,54 @@ func TestOnStepSeesEveryStep(t *testing.T) {
 	if prefill != 72 || decode != 4 || len(shapes) != 7 || !(total > 0) {
 		t.Errorf("%d steps, %d prefill tokens, %d decodes, %.6f s; want 7 steps (3 prefill chunks, 4 decodes), 72, 4, > 0",
 			len(shapes), prefill, decode, total)
+	}
+}
+
+// TestOnStepTimesCoverTheLoop checks that the step times OnStep reports cover everything
+// the loop does while busy, not only the forward pass: the simulator runs steps back to
+// back, so the times of consecutive steps must add up to the wall time between them. The
+// observer takes a millisecond per call, which the loop spends between steps.
+func TestOnStepTimesCoverTheLoop(t *testing.T) {
+	const observerCost = time.Millisecond
+	var mu sync.Mutex
+	var seconds []float64
+	var calledAt []time.Time
+	te := newTestEngine(t, func(c *Config) {
+		c.OnStep = func(_ serving.StepShape, s float64) {
+			now := time.Now()
+			mu.Lock()
+			seconds, calledAt = append(seconds, s), append(calledAt, now)
+			mu.Unlock()
+			for time.Since(now) < observerCost {
+			}
+		}
+	})
+	te.fake.delay = 200 * time.Microsecond
+	// One request keeps the engine busy for all its steps: 72 prompt tokens in 3 chunks
+	// of 32, then decodes; it never waits for anything.
+	run(t, te.Engine, greedy(strings.Repeat("abcdefgh", 9), 20))
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(seconds)
+		mu.Unlock()
+		if n >= 22 {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seconds) != 22 {
+		t.Fatalf("%d steps, want 22 (3 prefill chunks, 19 decodes)", len(seconds))
+	}
+	// Steps 1.. began when the previous one ended; OnStep is called just after each ends.
+	var logged float64
+	for _, s := range seconds[1:] {
+		logged += s
+	}
+	wall := calledAt[len(calledAt)-1].Sub(calledAt[0]).Seconds()
+	// Only being descheduled between a step's end and its OnStep call separates the two.
+	if math.Abs(logged-wall) > 0.1*wall {
+		t.Errorf("steps 1-21 logged %.2f ms, but %.2f ms passed between the ends of steps 0 and 21: the logged times leave out the loop's work between steps",
+			1e3*logged, 1e3*wall)
 	}
 }

@@ -36,6 +36,9 @@ type request struct {
 func (e *Engine) loop() {
 	defer close(e.done)
 	for {
+		if e.busySince.IsZero() {
+			e.busySince = time.Now()
+		}
 		e.mu.Lock()
 		incoming, aborts, newSubs := e.incoming, e.aborts, e.newSubs
 		e.incoming, e.aborts, e.newSubs = nil, nil, nil
@@ -66,6 +69,7 @@ func (e *Engine) loop() {
 		if e.inst.Idle() {
 			e.flushEvents()
 			e.publishStats()
+			e.busySince = time.Time{}
 			<-e.wake
 			continue
 		}
@@ -75,6 +79,7 @@ func (e *Engine) loop() {
 			// is a request larger than the cache): wait for a change.
 			e.flushEvents()
 			e.publishStats()
+			e.busySince = time.Time{}
 			<-e.wake
 		}
 	}
@@ -105,7 +110,6 @@ func (e *Engine) admit(r *request) {
 
 // step plans, executes and completes one engine step; false when nothing was scheduled.
 func (e *Engine) step() bool {
-	began := time.Now()
 	step := e.inst.Plan(e.now())
 	shape := step.Shape
 	if step.Empty() {
@@ -164,9 +168,13 @@ func (e *Engine) step() bool {
 	}
 	e.flushEvents()
 	e.publishStats()
+	// The step ends here and the next one's time begins: OnStep and whatever the loop does
+	// before planning it count in the next step, as the simulator runs steps back to back.
+	end := time.Now()
 	if e.cfg.OnStep != nil {
-		e.cfg.OnStep(shape, time.Since(began).Seconds())
+		e.cfg.OnStep(shape, end.Sub(e.busySince).Seconds())
 	}
+	e.busySince = end
 	return true
 }
 

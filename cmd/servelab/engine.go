@@ -78,7 +78,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.threads, "threads", 0, "CPU threads for the kernels (default GOMAXPROCS)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
 	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
-	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps')")
+	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps'); a step's time is the loop's whole iteration since the previous step ended (admission, scheduling, forward pass, sampling, detokenisation, streaming), so back-to-back steps add up to the busy time")
 }
 
 // batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.

@@ -533,15 +533,16 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 		profiled += old.StepTime(s.Shape)
 	}
 	cal := *prof
-	cal.Coefficients, cal.R2, cal.Samples = coef, r2, len(samples)
-	_, cal.MeanRelativeError = latency.Evaluate(coef, samples)
+	fit := latency.Fit(coef, samples)
+	cal.Coefficients, cal.R2, cal.Samples, cal.Fit = coef, r2, len(samples), &fit
+	cal.MeanRelativeError = fit.MeanRelativeError
 	cal.Machine = prof.Machine + ", calibrated on the engines' own steps under load"
 	rep.CalibrationSteps, rep.CalibrationR2 = len(samples), r2
 	if profiled > 0 {
 		rep.ProfileStepsRatio = measured / profiled
 	}
-	fmt.Fprintf(log, "calibration: %d steps, R² %.3f; the engines' steps took %.2fx what the profile predicts\n",
-		len(samples), r2, rep.ProfileStepsRatio)
+	fmt.Fprintf(log, "calibration: the engines' steps took %.2fx what the profile predicts; refitted: %s\n",
+		rep.ProfileStepsRatio, fit.String())
 	return &cal, nil
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strings"
@@ -28,7 +29,10 @@ func newProfileCmd() *cobra.Command {
 		Long: `Time the real engine's forward pass over a grid of step shapes (prefill chunks with and without
 cached context, decode batches over short and long contexts, mixed steps), fit the simulator's
 linear step-time model to them (non-negative least squares, gonum) and write a profile that
-'servelab sim --latency profile:FILE' loads. The profile records the resolved configuration of
+'servelab sim --latency profile:FILE' loads. The fit reproduces the steps' total time exactly
+and each class of step's (prefill-only, decode-only, mixed; short and long context per
+sequence, split at the class's median) as closely as the linear form allows; the table it
+prints, and the profile's "fit", give each class's measured and predicted time. The profile records the resolved configuration of
 an engine started with the same flags (what its GET /server_info reports: batch and evict
 specs with every parameter, block size, KV blocks, max model len, prefix caching), which a
 simulation of it then runs.
@@ -62,6 +66,7 @@ size, KV blocks and context, as the engine that logged the steps ran with them.`
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d shapes, R² %.4f, mean relative error %.1f%%\n", out, prof.Samples, r2, 100*mre)
+			printFit(cmd.OutOrStdout(), prof.Fit)
 			return nil
 		},
 	}
@@ -132,7 +137,7 @@ func fitProfile(f engineFlags, machine string, b *backend.Backend, samples []lat
 	if err != nil {
 		return nil, fmt.Errorf("fitting %d steps: %w", len(samples), err)
 	}
-	_, mre := latency.Evaluate(coef, samples)
+	fit := latency.Fit(coef, samples)
 	return &latency.Profile{
 		Model:             f.model,
 		Engine:            &ec,
@@ -143,8 +148,23 @@ func fitProfile(f engineFlags, machine string, b *backend.Backend, samples []lat
 		Coefficients:      coef,
 		Samples:           len(samples),
 		R2:                r2,
-		MeanRelativeError: mre,
+		MeanRelativeError: fit.MeanRelativeError,
+		Fit:               &fit,
 	}, nil
+}
+
+// printFit writes how well a profile's coefficients reproduce the steps they were fitted
+// to: the total, and each class of step (batch and context per sequence).
+func printFit(w io.Writer, fit *latency.FitReport) {
+	if fit == nil {
+		return
+	}
+	fmt.Fprintf(w, "%-14s %6s %13s %11s %12s %8s\n", "steps", "count", "context/seq", "measured s", "predicted s", "error")
+	for _, c := range fit.Classes {
+		fmt.Fprintf(w, "%-14s %6d %6.0f-%-6.0f %11.4f %12.4f %+7.1f%%\n", c.Class, c.Steps, c.MinContext, c.MaxContext,
+			c.MeasuredSeconds, c.PredictedSeconds, 100*c.RelativeError())
+	}
+	fmt.Fprintf(w, "%-14s %6d %13s %11.4f %12.4f %+7.1f%%\n", "all", fit.Steps, "", fit.MeasuredSeconds, fit.PredictedSeconds, 100*fit.RelativeError())
 }
 
 // profileFromSteps fits the linear step-time model to the steps in step logs written by

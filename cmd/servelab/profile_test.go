@@ -49,6 +49,16 @@ func TestProfileFromSteps(t *testing.T) {
 	if prof.Samples != 200 || prof.NumGPUBlocks != 300 || prof.BlockSize != 16 || prof.R2 < 0.999 {
 		t.Errorf("profile %+v", prof)
 	}
+	// The profile records and the command prints the fit per class of step.
+	if fit := prof.Fit; fit == nil || fit.Steps != 200 || math.Abs(fit.RelativeError()) > 1e-6 || len(fit.Classes) < 4 {
+		t.Errorf("fit report %+v", fit)
+	} else {
+		for _, c := range append(fit.Classes, latency.StepClass{Class: "all"}) {
+			if !strings.Contains(stdout, "\n"+c.Class+" ") {
+				t.Errorf("output does not show class %s:\n%s", c.Class, stdout)
+			}
+		}
+	}
 	got := prof.Coefficients
 	for _, c := range []struct {
 		name      string

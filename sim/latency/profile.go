@@ -44,6 +44,10 @@ type Profile struct {
 	// MeanRelativeError is the mean of |predicted - measured| / measured over the steps;
 	// 0 when not recorded.
 	MeanRelativeError float64 `json:"mean_relative_error,omitempty"`
+	// Fit says how well the coefficients reproduce the steps they were fitted to: in
+	// total and per class of step (prefill, decode, mixed; short and long context).
+	// Absent in profiles written before it was recorded.
+	Fit *FitReport `json:"fit,omitempty"`
 }
 
 // LoadProfile reads a profile file. Errors name the file and the offending field.
@@ -105,6 +109,11 @@ func (p *Profile) Validate() error {
 	}
 	if err := p.Coefficients.Validate(); err != nil {
 		return fmt.Errorf("field \"coefficients\": %w", err)
+	}
+	if p.Fit != nil {
+		if err := p.Fit.Validate(); err != nil {
+			return fmt.Errorf("field \"fit\": %w", err)
+		}
 	}
 	return nil
 }

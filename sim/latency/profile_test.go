@@ -18,7 +18,13 @@ func TestProfileRoundTrip(t *testing.T) {
 		Engine: &serving.EngineConfig{Batch: "vllm:chunked_prefill=true,long_prefill_token_threshold=0,max_num_batched_tokens=8192,max_num_seqs=1024",
 			Evict: "lru", BlockSize: 16, NumGPUBlocks: 27000, MaxModelLen: 131072, EnablePrefixCaching: true},
 		Coefficients: LinearCoefficients{Intercept: 1.2e-3, PrefillToken: 4.1e-6, PrefillSeq: 2e-4, DecodeSeq: 2.7e-5, ContextToken: 1.1e-8, PrefillAttention: 3e-12},
-		Samples:      1234, R2: 0.987, MeanRelativeError: 0.031}
+		Samples:      1234, R2: 0.987, MeanRelativeError: 0.031,
+		Fit: &FitReport{Steps: 1234, R2: 0.987, MeanRelativeError: 0.031, MeasuredSeconds: 12.5, PredictedSeconds: 12.5,
+			Classes: []StepClass{
+				{Class: "decode/short", MinContext: 20, MaxContext: 300, Steps: 600, MeasuredSeconds: 4, PredictedSeconds: 4.1},
+				{Class: "decode/long", MinContext: 301, MaxContext: 4000, Steps: 600, MeasuredSeconds: 6, PredictedSeconds: 5.8},
+				{Class: "mixed/short", MinContext: 100, MaxContext: 100, Steps: 34, MeasuredSeconds: 2.5, PredictedSeconds: 2.6},
+			}}}
 	file := filepath.Join(t.TempDir(), "profile.json")
 	if err := p.Write(file); err != nil {
 		t.Fatal(err)
@@ -98,6 +104,9 @@ func TestBadProfilesNameFileAndField(t *testing.T) {
 		{`{"coefficients": {"intercept_s": 0.001}, "r2": 1.5}`, `"r2"`},
 		{`{"coefficients": {"intercept_s": 0.001}, "samples": -3}`, `"samples"`},
 		{`{"coefficients": {"intercept_s": 0.001}, "mean_relative_error": -0.1}`, `"mean_relative_error"`},
+		{`{"coefficients": {"intercept_s": 0.001}, "fit": {"steps": -1}}`, `field "fit": field "steps"`},
+		{`{"coefficients": {"intercept_s": 0.001}, "fit": {"steps": 1, "classes": [{"class": "decode/short", "steps": 2}]}}`, `field "fit": field "classes"`},
+		{`{"coefficients": {"intercept_s": 0.001}, "fit": {"r2_adjusted": 1}}`, `"r2_adjusted"`},
 		{`{"coefficients": {"intercept_s": 0.001}} {}`, ":1:42: data after"},
 		{"{\n  \"coefficients\": {\n    \"intercept_s\": 0.001,\n  }\n}", ":4:3:"},
 		{``, "empty"},
@@ -129,6 +138,7 @@ func FuzzParseProfile(f *testing.F) {
 		f.Add(raw)
 	}
 	f.Add([]byte(`{"block_size":16,"num_gpu_blocks":10,"coefficients":{"intercept_s":1e-3,"per_decode_seq_s":1e-5},"r2":-2}`))
+	f.Add([]byte(`{"coefficients":{"intercept_s":1e-3},"fit":{"steps":5,"r2":0.5,"mean_relative_error":0.1,"measured_s":1,"predicted_s":1,"classes":[{"class":"mixed/long","min_context":3,"max_context":9,"steps":5,"measured_s":1,"predicted_s":1}]}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		p, err := ParseProfile(raw, "fuzz.json")
 		if err != nil {
