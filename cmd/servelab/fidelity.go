@@ -119,7 +119,8 @@ func newFidelityCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fidelity --trace FILE --engines N --model DIR --router SPEC [--router SPEC ...]",
 		Short: "Check the simulator against the real engines: predicted vs measured on the same trace slice",
-		Long: `Profile the engine on this machine (or reuse --profile), then for each router run the simulator
+		Long: `Profile the engine on this machine (or reuse --profile), then for each router (and each --batch
+and --evict policy: see "One engine" below) run the simulator
 calibrated by that profile and a real local cluster (N engine processes behind the router, as
 'servelab up' starts them) on the same trace slice, replayed by 'servelab bench', and print
 predicted vs measured TTFT, TPOT, ITL and E2E latency (p50, p90, p99), throughput and prefix-cache
