@@ -30,11 +30,12 @@ run: build
 	@echo
 	@echo "== The real path: predicted (the simulator, calibrated on the engines' own steps, on the measured send times) vs measured,"
 	@echo "   each world twice: round-robin, least-request and prefix-affinity behind 2 engine processes, and 1 engine alone"
-	@echo "   (where every router sends everything to it), on both shipped traces"
+	@echo "   (where there is nothing to route) under the vllm, static and vllm:max_num_batched_tokens=256 batch policies, on both shipped traces"
 	$(BIN) model synth --preset tiny --out bin/models/tiny
 	for trace in $(FIDELITY_TRACES); do \
 		$(BIN) fidelity $(FIDELITY_FLAGS) --trace $$trace --max-requests 200 --engines 2 --model bin/models/tiny && echo && \
-		$(BIN) fidelity $(FIDELITY_FLAGS) --trace $$trace --max-requests 200 --engines 1 --model bin/models/tiny --router round-robin && echo || exit 1; \
+		$(BIN) fidelity $(FIDELITY_FLAGS) --trace $$trace --max-requests 200 --engines 1 --model bin/models/tiny --router round-robin \
+			--batch vllm --batch static --batch vllm:max_num_batched_tokens=256 && echo || exit 1; \
 	done
 	@echo
 	@echo "reports:   runs/azure-routers/report.html, runs/mooncake-load-sweep/report.html (and report.md beside them)"

@@ -146,7 +146,7 @@ go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"
 # Fidelity: the simulator calibrated by a profile of the engine against a real local
 # cluster on the first 300 requests of each shipped trace, 15M-parameter Llama shape (random
 # weights), load 0.7 of the real cluster's measured capacity, each world twice: four routers
-# behind 2 engine processes, and 1 engine alone (one router: every router sends everything to it).
+# behind 2 engine processes, and 1 engine alone (nothing to route) under three batch policies.
 echo "measuring sim-vs-real fidelity" >&2
 $BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
 : >"$WORK/fidelity.txt"
@@ -158,6 +158,7 @@ for trace in "$AZURE" "$SHARED/traces/mooncake_conversation.jsonl"; do
   echo >>"$WORK/fidelity.txt"
   /usr/bin/time -f "(%e s wall, %U s user, %S s sys)" -a -o "$WORK/fidelity.txt" \
     $BIN fidelity --trace "$trace" --engines 1 --model "$WORK/m15" --router round-robin \
+    --batch vllm --batch static --batch vllm:max_num_batched_tokens=256 \
     --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
   echo >>"$WORK/fidelity.txt"
 done
@@ -264,7 +265,8 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo "## Simulator fidelity (predicted vs measured)"
   echo
   echo "\`servelab fidelity --trace T --engines 2 --model M15 --router round-robin --router least-request"
-  echo "--router prefix-affinity --router weighted --max-requests 300\`, then \`--engines 1 --router round-robin\`:"
+  echo "--router prefix-affinity --router weighted --max-requests 300\`, then \`--engines 1 --router round-robin"
+  echo "--batch vllm --batch static --batch vllm:max_num_batched_tokens=256\` (one engine compares batch policies):"
   echo "the engine profiled here (one engine's thread share), the simulator run with that profile on the"
   echo "send times the load generator measured, and a real local cluster on the same slice (tokens scaled to"
   echo "the model's 256-token context, prompt and output lengths scaled apart, arrivals scaled to 70% of the"

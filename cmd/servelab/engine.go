@@ -100,15 +100,26 @@ func (f *engineFlags) batchPolicy() (batch.Policy, error) {
 	return batch.Registry.Build(spec, policies.Env{BlockSize: f.blockSize})
 }
 
+// policies builds the batch and evict policies an engine started from these flags runs:
+// start uses it, and so does everything that must predict what such an engine reports
+// (resolved, fidelity's per-run configuration, fidelityEngineConfig).
+func (f *engineFlags) policies() (batch.Policy, evict.Policy, error) {
+	bp, err := f.batchPolicy()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--batch %q: %w", f.batchSpec, err)
+	}
+	ev, _, err := evict.Registry.Parse(f.evictSpec, policies.Env{BlockSize: f.blockSize})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--evict %q: %w", f.evictSpec, err)
+	}
+	return bp, ev, nil
+}
+
 // resolved is the configuration an engine started from these flags over backend b runs,
 // as the engine reports it (engine.Engine.Resolved, GET /server_info): what a profile
 // records and a simulator of the engine is built from.
 func (f *engineFlags) resolved(b *backend.Backend) (serving.EngineConfig, error) {
-	bp, err := f.batchPolicy()
-	if err != nil {
-		return serving.EngineConfig{}, err
-	}
-	ev, _, err := evict.Registry.Parse(f.evictSpec, policies.Env{BlockSize: f.blockSize})
+	bp, ev, err := f.policies()
 	if err != nil {
 		return serving.EngineConfig{}, err
 	}
@@ -149,11 +160,7 @@ func (f *engineFlags) start() (*running, error) {
 	case f.idleTimeout < 0:
 		return nil, fmt.Errorf("--idle-timeout %v: want a positive duration", f.idleTimeout)
 	}
-	bp, err := f.batchPolicy()
-	if err != nil {
-		return nil, err
-	}
-	ev, _, err := evict.Registry.Parse(f.evictSpec, policies.Env{BlockSize: f.blockSize})
+	bp, ev, err := f.policies()
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/cobra"
 
 	"servelab/metrics"
@@ -50,6 +49,9 @@ type fidelityFlags struct {
 	repeats     int
 	explain     string
 
+	// policies are the repeatable --batch and --evict (fidelity_policies.go).
+	policies fidelityPolicies
+
 	// capacityBurst and capacityRepeats measure the real cluster's capacity
 	// (fidelity_load.go).
 	capacityBurst   time.Duration
@@ -60,6 +62,13 @@ type fidelityFlags struct {
 // repeats (fidelityRun.summarize), and each repeat's.
 type fidelityRun struct {
 	Router string `json:"router"`
+	Batch  string `json:"batch"`
+	Evict  string `json:"evict"`
+	// Label names the run in the table and rankings: what varies between the compared runs.
+	Label string `json:"label"`
+	// Engine is the resolved configuration every engine of the run reported (GET
+	// /server_info) and the simulator ran.
+	Engine serving.EngineConfig `json:"engine"`
 	// Predicted is the simulator on the measured arrivals, Scheduled on the scheduled ones
 	// (fidelityRepeat).
 	Predicted metrics.Summary  `json:"predicted"`
@@ -110,7 +119,8 @@ func newFidelityCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fidelity --trace FILE --engines N --model DIR --router SPEC [--router SPEC ...]",
 		Short: "Check the simulator against the real engines: predicted vs measured on the same trace slice",
-		Long: `Profile the engine on this machine (or reuse --profile), then for each router run the simulator
+		Long: `Profile the engine on this machine (or reuse --profile), then for each router (and each --batch
+and --evict policy: see "One engine" below) run the simulator
 calibrated by that profile and a real local cluster (N engine processes behind the router, as
 'servelab up' starts them) on the same trace slice, replayed by 'servelab bench', and print
 predicted vs measured TTFT, TPOT, ITL and E2E latency (p50, p90, p99), throughput and prefix-cache
@@ -172,6 +182,7 @@ and the run stops if one differs.
 		},
 	}
 	f.cluster.register(cmd)
+	f.policies.register(cmd)
 	f.cpu.register(cmd, &f.cluster)
 	fl := cmd.Flags()
 	fl.StringArrayVar(&f.routers, "router", []string{"round-robin", "least-request", "prefix-affinity"}, "routing policy spec; repeat to compare routers")
@@ -212,6 +223,12 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return nil, err
 	}
 	f.routers = routers
+	configs, err := f.policies.compared(c, routers)
+	if err != nil {
+		return nil, err
+	}
+	// The first configuration is the one profiled, calibrated on and measured for capacity.
+	c.batch, c.evict = configs[0].Batch, configs[0].Evict
 	cpus, err := f.cpu.setup(c)
 	if err != nil {
 		return nil, err
@@ -294,7 +311,12 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	if prof.Engine == nil {
 		return nil, fmt.Errorf("%s does not record the engine's resolved configuration (\"engine\"); profile again with this servelab", profilePath)
 	}
-	engineCfg := *prof.Engine
+	// Each compared configuration runs the profiled engine with its own batch and evict
+	// policies, resolved as an engine started with them resolves them.
+	if err := resolveCompared(c, *prof.Engine, configs); err != nil {
+		return nil, err
+	}
+	engineCfg := configs[0].Engine
 	// The engines' context, which the KV cache may hold below the model's.
 	maxLen = engineCfg.MaxModelLen
 
@@ -319,28 +341,28 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
-	// simulateOn runs the simulator with the router and seed on src; onStep may be nil.
-	simulateOn := func(router string, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
-		spec := fidelitySimSpec(c, router, profilePath, engineCfg)
+	// simulateOn runs the simulator of cfg with seed on src; onStep may be nil.
+	simulateOn := func(cfg *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+		spec := fidelitySimSpec(c, cfg.Router, profilePath, cfg.Engine)
 		spec.Seed = seed
-		cfg, err := spec.Build(slo)
+		sc, err := spec.Build(slo)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
-		cfg.OnStep = onStep
-		res, err := sim.Run(cfg, src)
+		sc.OnStep = onStep
+		res, err := sim.Run(sc, src)
 		return res.Summary, err
 	}
-	simulateSeed := func(router string, seed uint64, rateScale float64) (metrics.Summary, error) {
+	simulateSeed := func(cfg *fidelityConfig, seed uint64, rateScale float64) (metrics.Summary, error) {
 		src, closer, err := slice(rateScale)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
 		defer closer.Close()
-		return simulateOn(router, seed, src, nil)
+		return simulateOn(cfg, seed, src, nil)
 	}
-	simulate := func(router string, rateScale float64) (metrics.Summary, error) {
-		return simulateSeed(router, c.router.seed, rateScale)
+	simulate := func(cfg *fidelityConfig, rateScale float64) (metrics.Summary, error) {
+		return simulateSeed(cfg, c.router.seed, rateScale)
 	}
 
 	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, OutputTokenScale: scales.Output, Shape: shape, Engines: c.engines,
@@ -349,7 +371,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
 	// model knows what the engines achieve on this machine.
 	chooseRate := func(what string) error {
-		burst, err := simulate(f.routers[0], 1e9)
+		burst, err := simulate(&configs[0], 1e9)
 		if err != nil {
 			return err
 		}
@@ -398,16 +420,17 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		}
 	}
 
-	// Each router's repeats in turn; repeat k runs both worlds with seed --seed+k.
-	for _, job := range fidelityJobs(f.routers, f.repeats) {
-		router, seed := job.router, c.router.seed+uint64(job.repeat)
-		scheduled, err := simulateSeed(router, seed, rep.RateScale)
+	// Each configuration's repeats in turn; repeat k runs both worlds with seed --seed+k.
+	for _, job := range fidelityJobs(configs, f.repeats) {
+		cfg, seed := &configs[job.config], c.router.seed+uint64(job.repeat)
+		router := cfg.Label
+		scheduled, err := simulateSeed(cfg, seed, rep.RateScale)
 		if err != nil {
 			return nil, fmt.Errorf("simulating %s: %w", router, err)
 		}
 		fmt.Fprintf(log, "%s, repeat %d of %d: starting %d engines ...\n", router, job.repeat+1, f.repeats, c.engines)
-		rf := *c
-		rf.router.spec, rf.router.seed = router, seed
+		rf := cfg.withPolicies(*c)
+		rf.router.seed = seed
 		opts, err := rf.options(io.Discard)
 		if err != nil {
 			return nil, err
@@ -425,14 +448,15 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, err
 		}
-		if err := checkEngines(ctx, cl.Endpoints, engineCfg); err != nil {
+		reported, err := checkRunEngines(ctx, cl.Endpoints, cfg.Engine)
+		if err != nil {
 			cl.Stop(15 * time.Second)
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", router, err)
 		}
 		res, usage, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, seed, slo, dir, log, cpus)
 		if lag, n, lerr := kvEventLag(ctx, cl.URL); lerr == nil && n > 0 {
 			fmt.Fprintf(log, "%s: the router's KV events arrived %.2f ms after their step on average (%d batches); the simulator assumed %.2f ms\n",
-				router, lag*1e3, n, fidelitySimSpec(c, router, profilePath, engineCfg).KVEventDelay*1e3)
+				router, lag*1e3, n, fidelitySimSpec(c, cfg.Router, profilePath, cfg.Engine).KVEventDelay*1e3)
 		}
 		if serr := cl.Stop(15 * time.Second); err == nil {
 			err = serr
@@ -440,7 +464,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, fmt.Errorf("replaying against %s: %w", router, err)
 		}
-		run := fidelityRepeat{Seed: seed, Scheduled: scheduled, Measured: res.Summary, Failures: res.Failures, CPU: usage}
+		run := fidelityRepeat{Seed: seed, Scheduled: scheduled, Measured: res.Summary, Failures: res.Failures, CPU: usage, ServerInfo: reported}
 		model, err := latency.LoadLinear(profilePath)
 		if err != nil {
 			return nil, err
@@ -462,10 +486,10 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if modelledSum > 0 {
 			run.StepTimeRatio = measuredSum / modelledSum
 		}
-		if err := f.predictMeasured(&run, router, res, slice, rep.RateScale, simulateOn, model, stepLog, job.repeat); err != nil {
+		if err := f.predictMeasured(&run, cfg, res, slice, rep.RateScale, simulateOn, model, stepLog, job.repeat); err != nil {
 			return nil, fmt.Errorf("%s: %w", router, err)
 		}
-		rep.addRepeat(router, run)
+		rep.addRepeat(cfg, run)
 	}
 	rep.Rankings = rankings(rep.Runs)
 	return rep, nil
@@ -563,16 +587,8 @@ func fidelitySimSpec(c *clusterFlags, router, profilePath string, engineCfg serv
 // checkEngines asks every engine for its resolved configuration (GET /server_info) and
 // refuses a run in which one differs from want, the configuration the simulator runs.
 func checkEngines(ctx context.Context, endpoints []string, want serving.EngineConfig) error {
-	for i, ep := range endpoints {
-		got, err := fetchEngineConfig(ctx, ep)
-		if err != nil {
-			return fmt.Errorf("engine %d: %w", i, err)
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			return fmt.Errorf("engine %d (%s) does not run the configuration the simulator runs (-simulated +engine):\n%s", i, ep, diff)
-		}
-	}
-	return nil
+	_, err := checkRunEngines(ctx, endpoints, want)
+	return err
 }
 
 // fetchEngineConfig reads an engine's resolved configuration from its GET /server_info.
@@ -722,7 +738,8 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 	for i := range rep.Runs {
 		run := &rep.Runs[i]
 		p, m := run.Predicted, run.Measured
-		fmt.Fprintf(w, "\n%s\n", center(" "+run.Router+" ", 76, '='))
+		fmt.Fprintf(w, "\n%s\n", center(" "+run.Label+" ", 76, '='))
+		fmt.Fprintf(w, "Router %s; engines run batch %s, evict %s (GET /server_info)\n", run.Router, run.Engine.Batch, run.Engine.Evict)
 		fmt.Fprintf(w, "%-28s %10s %7s %10s %7s %9s\n", "metric", "predicted", "spread", "measured", "spread", "error")
 		pct := func(v float64) string {
 			if len(run.Repeats) < 2 {
@@ -817,7 +834,7 @@ func rankByTTFT(runs []fidelityRun, predicted bool) []string {
 	}
 	names := make([]string, len(idx))
 	for i, k := range idx {
-		names[i] = runs[k].Router
+		names[i] = runs[k].Label
 	}
 	return names
 }

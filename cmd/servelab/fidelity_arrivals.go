@@ -91,12 +91,12 @@ func (r *rowsReader) Next() (traces.Row, error) {
 	return r.rows[r.next-1], nil
 }
 
-// predictMeasured runs the simulator with the repeat's router and seed on the slice at the
+// predictMeasured runs the simulator of cfg with the repeat's seed on the slice at the
 // arrivals the load generator measured in res, setting run.Predicted and run.SendLag; with
 // --explain it also compares the simulator's steps with the engines' step logs.
-func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, router string, res bench.Result,
+func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig, res bench.Result,
 	slice func(float64) (traces.Reader, io.Closer, error), rateScale float64,
-	simulateOn func(string, uint64, traces.Reader, func(sim.StepInfo) error) (metrics.Summary, error),
+	simulateOn func(*fidelityConfig, uint64, traces.Reader, func(sim.StepInfo) error) (metrics.Summary, error),
 	model latency.Model, stepLog func(int) string, repeat int) error {
 	src, closer, err := slice(rateScale)
 	if err != nil {
@@ -114,7 +114,7 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, router string, res 
 		steps = newSimSteps(f.cluster.engines, model)
 		onStep = steps.observe
 	}
-	if run.Predicted, err = simulateOn(router, run.Seed, arrivals, onStep); err != nil {
+	if run.Predicted, err = simulateOn(cfg, run.Seed, arrivals, onStep); err != nil {
 		return fmt.Errorf("simulating the measured arrivals: %w", err)
 	}
 	if f.explain == "" {
@@ -128,6 +128,6 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, router string, res 
 		}
 		real[i] = realSteps(log, res.Start.UnixNano(), model)
 	}
-	run.Explain, err = explainRepeat(filepath.Join(f.explain, dirName(router), fmt.Sprintf("repeat-%d", repeat+1)), real, steps.steps)
+	run.Explain, err = explainRepeat(filepath.Join(f.explain, dirName(cfg.Label), fmt.Sprintf("repeat-%d", repeat+1)), real, steps.steps)
 	return err
 }

@@ -95,7 +95,8 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 	var gotSeed uint64
 	var fed []traces.Row
 	var simulated []float64
-	simulateOn := func(router string, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+	simulateOn := func(fc *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+		router := fc.Router
 		gotRouter, gotSeed = router, seed
 		fed = readAll(t, src)
 		spec := sim.DefaultClusterSpec()
@@ -111,7 +112,7 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 	f := &fidelityFlags{}
 	f.cluster.engines = 2
 	run := fidelityRepeat{Seed: 7}
-	if err := f.predictMeasured(&run, "least-request", res, slice, 1, simulateOn, nil, nil, 0); err != nil {
+	if err := f.predictMeasured(&run, &fidelityConfig{Router: "least-request", Label: "least-request"}, res, slice, 1, simulateOn, nil, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if gotRouter != "least-request" || gotSeed != 7 {

@@ -35,10 +35,20 @@ other processes' CPU time and the 1-minute load before, at most during and after
 in which other processes used more than that allowance, or whose CPU times add up to more than
 CPUs x wall, is marked contended.
 
-One engine. With --engines 1 every router sends every request to the one engine, so there is
-nothing to rank: fidelity runs once (the first --router; giving several is an error) and
-compares the simulator with the engine for the engine's --batch and --evict policies; run it
-once per policy to compare policies.`
+One engine. With --engines 1 every router sends every request to the one engine, so routers
+cannot differ (the first --router runs; giving several is an error): fidelity compares the
+engine's batch policies instead, as it compares routers with more engines. Each --batch (and
+--evict; both repeatable, with any --engines) is one compared configuration, the product of
+them all (routers x batch x evict), each run --repeats times in both worlds, with the same
+spreads and decided/within-noise rankings. Without --batch, --engines 1 compares the
+engine's default vllm with the policies --batch names below.
+Each configuration's engines are started with its --batch/--evict (and --max-num-seqs,
+--max-num-batched-tokens), its simulator runs the profiled engine's configuration with those
+policies resolved as such an engine resolves them, and each engine's GET /server_info must
+match it. The profile, the calibration (the step-time model is fitted on the first
+configuration's steps: a step's time depends on its shape, which the model takes, not on the
+policy that chose it) and the capacity that sets the load are the first configuration's, so
+every policy is offered the same load.`
 
 // idleSlack is how many CPUs' worth of other processes a measurement tolerates beyond the
 // CPUs it leaves free: an idle machine's daemons use a few hundredths.
@@ -461,7 +471,7 @@ func oneEngineRouters(engines int, routers []string, changed bool) ([]string, er
 		return routers, nil
 	}
 	if changed {
-		return nil, fmt.Errorf("--engines 1 with %d routers (%s): every router sends every request to the one engine, so they cannot differ; give one --router (fidelity then checks the engine's --batch and --evict policies; run it once per policy to compare them)",
+		return nil, fmt.Errorf("--engines 1 with %d routers (%s): every router sends every request to the one engine, so they cannot differ; give one --router, and compare batch or evict policies instead (repeat --batch, --evict)",
 			len(routers), strings.Join(routers, ", "))
 	}
 	return routers[:1], nil

@@ -209,7 +209,7 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "fid")
 	// --allow-busy: the test must pass on a loaded machine; such runs are marked, not refused.
 	stdout, err := run(t, "fidelity", "--trace", mooncakeSlice, "--max-requests", "20", "--engines", "1", "--model", dir,
-		"--quick", "--allow-busy", "--busy-wait", "0", "--repeats", "1", "--out", out)
+		"--quick", "--allow-busy", "--busy-wait", "0", "--repeats", "1", "--batch", "vllm", "--out", out)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}

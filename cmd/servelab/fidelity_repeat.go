@@ -7,6 +7,7 @@ import (
 	"reflect"
 
 	"servelab/metrics"
+	"servelab/serving"
 )
 
 // fidelityRepeat is one repeat of a router's comparison: one run of the real cluster and
@@ -32,13 +33,16 @@ type fidelityRepeat struct {
 	Explain *explainReport `json:"explain,omitempty"`
 	// CPU is the repeat's wall and CPU time per process and the host's load (fidelity_cpu.go).
 	CPU *runCPU `json:"cpu,omitempty"`
+	// ServerInfo is each engine's resolved configuration as it reported it (GET
+	// /server_info) before the repeat; the run stops unless each equals the run's Engine.
+	ServerInfo []serving.EngineConfig `json:"server_info,omitempty"`
 }
 
-// addRepeat appends a repeat to the report's run of router, starting one when the last
-// run is another router's.
-func (rep *fidelityReport) addRepeat(router string, r fidelityRepeat) {
-	if n := len(rep.Runs); n == 0 || rep.Runs[n-1].Router != router {
-		rep.Runs = append(rep.Runs, fidelityRun{Router: router})
+// addRepeat appends a repeat to the report's run of cfg, starting one when the last run
+// is another configuration's.
+func (rep *fidelityReport) addRepeat(cfg *fidelityConfig, r fidelityRepeat) {
+	if n := len(rep.Runs); n == 0 || rep.Runs[n-1].Label != cfg.Label {
+		rep.Runs = append(rep.Runs, fidelityRun{Router: cfg.Router, Batch: cfg.Batch, Evict: cfg.Evict, Label: cfg.Label, Engine: cfg.Engine})
 	}
 	run := &rep.Runs[len(rep.Runs)-1]
 	run.Repeats = append(run.Repeats, r)
@@ -235,7 +239,7 @@ func rankings(runs []fidelityRun) []pairRanking {
 			for _, m := range rankedMetrics {
 				r := rankPair(worldValues(a, true, m.get), worldValues(b, true, m.get),
 					worldValues(a, false, m.get), worldValues(b, false, m.get))
-				r.A, r.B, r.Metric = a.Router, b.Router, m.name
+				r.A, r.B, r.Metric = a.Label, b.Label, m.name
 				out = append(out, r)
 			}
 		}
@@ -258,9 +262,6 @@ func printRankings(w io.Writer, rep *fidelityReport) {
 	if repeats < 2 {
 		fmt.Fprintf(w, "With one repeat there is no noise estimate: every nonzero gap counts as decided.\n")
 	}
-	if rep.Engines == 1 {
-		fmt.Fprintf(w, "With one engine every router sends every request to it: any gap is run-to-run noise.\n")
-	}
 	width := len("A vs B")
 	for _, r := range rs {
 		width = max(width, len(r.A)+len(r.B)+4)
@@ -282,18 +283,18 @@ func printRankings(w io.Writer, rep *fidelityReport) {
 	fmt.Fprintln(w, ".")
 }
 
-// fidelityJob is one repeat of one router.
+// fidelityJob is one repeat of one compared configuration (an index into them).
 type fidelityJob struct {
-	router string
+	config int
 	repeat int
 }
 
-// fidelityJobs lists each router's repeats in turn, in the order the routers were given.
-func fidelityJobs(routers []string, repeats int) []fidelityJob {
+// fidelityJobs lists each configuration's repeats in turn, in the order given.
+func fidelityJobs(configs []fidelityConfig, repeats int) []fidelityJob {
 	var jobs []fidelityJob
-	for _, r := range routers {
+	for i := range configs {
 		for k := range repeats {
-			jobs = append(jobs, fidelityJob{r, k})
+			jobs = append(jobs, fidelityJob{i, k})
 		}
 	}
 	return jobs

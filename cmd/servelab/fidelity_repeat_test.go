@@ -82,12 +82,12 @@ func TestRepeatsSummarizeAndRank(t *testing.T) {
 	sum := func(ttft float64, completed, failed int) metrics.Summary {
 		return metrics.Summary{MeanTTFTMs: ttft, MeanTPOTMs: ttft / 10, MeanE2ELMs: 2 * ttft, Completed: completed, Failed: failed, TotalOutputTokens: int64(completed)}
 	}
-	rep.addRepeat("a", fidelityRepeat{Seed: 1, Predicted: sum(100, 10, 0), Measured: sum(200, 10, 0), StepTimeRatio: 1,
+	rep.addRepeat(&fidelityConfig{Router: "a", Label: "a"}, fidelityRepeat{Seed: 1, Predicted: sum(100, 10, 0), Measured: sum(200, 10, 0), StepTimeRatio: 1,
 		Failures: metrics.Failures{"HTTP 500": {Count: 1, FirstError: "boom"}}, Steps: 5})
-	rep.addRepeat("a", fidelityRepeat{Seed: 2, Predicted: sum(110, 10, 0), Measured: sum(220, 9, 1), StepTimeRatio: 2,
+	rep.addRepeat(&fidelityConfig{Router: "a", Label: "a"}, fidelityRepeat{Seed: 2, Predicted: sum(110, 10, 0), Measured: sum(220, 9, 1), StepTimeRatio: 2,
 		Failures: metrics.Failures{"HTTP 500": {Count: 2, FirstError: "bang"}}, Steps: 7})
-	rep.addRepeat("b", fidelityRepeat{Seed: 1, Predicted: sum(300, 10, 0), Measured: sum(400, 10, 0)})
-	rep.addRepeat("b", fidelityRepeat{Seed: 2, Predicted: sum(300, 10, 0), Measured: sum(404, 10, 0)})
+	rep.addRepeat(&fidelityConfig{Router: "b", Label: "b"}, fidelityRepeat{Seed: 1, Predicted: sum(300, 10, 0), Measured: sum(400, 10, 0)})
+	rep.addRepeat(&fidelityConfig{Router: "b", Label: "b"}, fidelityRepeat{Seed: 2, Predicted: sum(300, 10, 0), Measured: sum(404, 10, 0)})
 	if len(rep.Runs) != 2 || len(rep.Runs[0].Repeats) != 2 || len(rep.Runs[1].Repeats) != 2 {
 		t.Fatalf("runs %+v", rep.Runs)
 	}
