@@ -9,7 +9,7 @@ import (
 )
 
 // pinCPUsHelp is --pin-cpus' help, for up and fidelity.
-const pinCPUsHelp = `pin each engine to its own CPUs (sched_setaffinity, Linux) with --threads and GOMAXPROCS to match,
+const pinCPUsHelp = `pin each engine to its own CPUs (sched_setaffinity, Linux) with --threads to match and GOMAXPROCS one more (for its HTTP side),
 and this process (router, load generator) to the CPUs left: with more CPUs than engines one CPU goes to
 the router and the rest are split evenly among the engines (leftovers to the router); with as many CPUs as
 engines (2 engines on 2 CPUs) each engine gets one and the router shares them; with fewer CPUs than

@@ -401,12 +401,13 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return nil, err
 	}
 
-	// Calibration runs twice: the first at the load the engine-alone profile suggests
-	// (usually too high: the engines share the machine), the second at the load its fitted
-	// model suggests, so the steps the final model is fitted to have the batch sizes of the
-	// compared runs.
-	for round := 1; f.calibrate && round <= 2; round++ {
-		calibrated, err := f.calibrateProfile(ctx, prof, engineCfg, sliceFrom, rep, vocab, slo, out, log)
+	// Calibration replays the slice after the compared one once per compared configuration
+	// (at most three), at the compared runs' rate, and fits one model to all their steps:
+	// each configuration's batches (a router that sends everything to one engine makes
+	// batches of tens of sequences, round-robin of a few), so no compared run's steps lie
+	// outside what the model was fitted to.
+	if f.calibrate {
+		calibrated, err := f.calibrateProfile(ctx, prof, calibrationConfigs(configs), sliceFrom, rep, vocab, slo, out, log)
 		if err != nil {
 			return nil, err
 		}
@@ -415,7 +416,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return nil, err
 		}
 		rep.Profile, rep.Calibrated = profilePath, true
-		if err := chooseRate(fmt.Sprintf("calibration round %d", round)); err != nil {
+		if err := chooseRate("calibrated"); err != nil {
 			return nil, err
 		}
 	}
@@ -495,56 +496,59 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	return rep, nil
 }
 
-// calibrateProfile replays the slice after the compared one on a real cluster (the first
-// router) with every engine logging its steps, and refits the profile's coefficients to
-// those steps: the step times the engines achieve sharing this machine with each other,
-// the router and the load generator, which a profile of one engine alone overestimates.
-func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Profile, engineCfg serving.EngineConfig,
+// calibrateProfile replays the slice after the compared one on a real cluster per
+// configuration in configs, with every engine logging its steps, and refits the profile's
+// coefficients to all those steps together: the step times the engines achieve sharing
+// this machine with each other, the router and the load generator, which a profile of one
+// engine alone overestimates, over the batch shapes every configuration makes.
+func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Profile, configs []fidelityConfig,
 	sliceFrom func(int, float64) (traces.Reader, io.Closer, error), rep *fidelityReport,
 	vocab int, slo metrics.SLO, out string, log io.Writer) (*latency.Profile, error) {
-	c := f.cluster
-	c.router.spec = f.routers[0]
-	opts, err := c.options(io.Discard)
-	if err != nil {
-		return nil, err
-	}
-	logs := filepath.Join(out, "calibration")
-	if err := os.MkdirAll(logs, 0o755); err != nil {
-		return nil, err
-	}
-	stepLog := func(i int) string { return filepath.Join(logs, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
-	opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
-	fmt.Fprintf(log, "calibrating: replaying requests %d-%d with step logs ...\n", f.maxRequests, 2*f.maxRequests-1)
-	if err := f.cpu.waitIdle(ctx, rep.CPUs, log); err != nil {
-		return nil, err
-	}
-	cl, err := local.Start(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkEngines(ctx, cl.Endpoints, engineCfg); err != nil {
-		cl.Stop(15 * time.Second)
-		return nil, err
-	}
-	res, usage, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
-		rep.RateScale, vocab, c.router.seed, slo, filepath.Join(logs, "run"), log, rep.CPUs)
-	rep.CalibrationCPU = append(rep.CalibrationCPU, usage)
-	if serr := cl.Stop(15 * time.Second); err == nil {
-		err = serr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("calibration run: %w", err)
-	}
-	if res.Summary.Completed == 0 {
-		return nil, fmt.Errorf("calibration: the trace has no requests after the first %d; use --calibrate=false", f.maxRequests)
-	}
 	var samples []latency.Sample
-	for i := range c.engines {
-		s, err := readSteps(stepLog(i))
+	for k := range configs {
+		cfg := &configs[k]
+		c := cfg.withPolicies(f.cluster)
+		opts, err := c.options(io.Discard)
 		if err != nil {
 			return nil, err
 		}
-		samples = append(samples, s...)
+		logs := filepath.Join(out, "calibration", dirName(cfg.Label))
+		if err := os.MkdirAll(logs, 0o755); err != nil {
+			return nil, err
+		}
+		stepLog := func(i int) string { return filepath.Join(logs, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
+		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
+		fmt.Fprintf(log, "calibrating on %s: replaying requests %d-%d with step logs ...\n", cfg.Label, f.maxRequests, 2*f.maxRequests-1)
+		if err := f.cpu.waitIdle(ctx, rep.CPUs, log); err != nil {
+			return nil, err
+		}
+		cl, err := local.Start(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkEngines(ctx, cl.Endpoints, cfg.Engine); err != nil {
+			cl.Stop(15 * time.Second)
+			return nil, err
+		}
+		res, usage, err := f.replay(ctx, cl, func(rs float64) (traces.Reader, io.Closer, error) { return sliceFrom(f.maxRequests, rs) },
+			rep.RateScale, vocab, c.router.seed, slo, filepath.Join(logs, "run"), log, rep.CPUs)
+		rep.CalibrationCPU = append(rep.CalibrationCPU, usage)
+		if serr := cl.Stop(15 * time.Second); err == nil {
+			err = serr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("calibration run on %s: %w", cfg.Label, err)
+		}
+		if res.Summary.Completed == 0 {
+			return nil, fmt.Errorf("calibration: the trace has no requests after the first %d; use --calibrate=false", f.maxRequests)
+		}
+		for i := range c.engines {
+			s, err := readSteps(stepLog(i))
+			if err != nil {
+				return nil, err
+			}
+			samples = append(samples, s...)
+		}
 	}
 	coef, r2, err := latency.FitLinear(samples)
 	if err != nil {
@@ -568,6 +572,20 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	fmt.Fprintf(log, "calibration: the engines' steps took %.2fx what the profile predicts; refitted: %s\n",
 		rep.ProfileStepsRatio, fit.String())
 	return &cal, nil
+}
+
+// maxCalibrationConfigs bounds the calibration runs; the configurations compared first
+// and last (round-robin and prefix-affinity by default: the smallest and the largest
+// batches) and one between cover the range of batch shapes.
+const maxCalibrationConfigs = 3
+
+// calibrationConfigs are the compared configurations fidelity calibrates on: all of them,
+// or the first, the middle and the last when there are more than maxCalibrationConfigs.
+func calibrationConfigs(configs []fidelityConfig) []fidelityConfig {
+	if len(configs) <= maxCalibrationConfigs {
+		return configs
+	}
+	return []fidelityConfig{configs[0], configs[len(configs)/2], configs[len(configs)-1]}
 }
 
 // fidelitySimSpec is the simulated cluster fidelity compares with c's real one: the

@@ -229,3 +229,35 @@ func TestFidelityOneEngineComparesBatchPolicies(t *testing.T) {
 		}
 	}
 }
+
+// TestCalibrationConfigs: fidelity calibrates on every compared configuration up to
+// three, else on the first, the middle and the last, so the model is fitted to the batch
+// shapes of both ends of the comparison.
+func TestCalibrationConfigs(t *testing.T) {
+	labels := func(cs []fidelityConfig) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Label)
+		}
+		return out
+	}
+	configs := func(names ...string) []fidelityConfig {
+		var out []fidelityConfig
+		for _, n := range names {
+			out = append(out, fidelityConfig{Router: n, Label: n})
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		in, want []string
+	}{
+		{[]string{"round-robin"}, []string{"round-robin"}},
+		{[]string{"round-robin", "least-request", "prefix-affinity"}, []string{"round-robin", "least-request", "prefix-affinity"}},
+		{[]string{"round-robin", "least-request", "prefix-affinity", "weighted"}, []string{"round-robin", "prefix-affinity", "weighted"}},
+		{[]string{"a", "b", "c", "d", "e"}, []string{"a", "c", "e"}},
+	} {
+		if diff := cmp.Diff(tt.want, labels(calibrationConfigs(configs(tt.in...)))); diff != "" {
+			t.Errorf("calibrationConfigs(%v) (-want +got):\n%s", tt.in, diff)
+		}
+	}
+}

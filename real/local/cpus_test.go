@@ -139,8 +139,8 @@ func TestEnginesAndRouterRunOnTheirPlannedCPUs(t *testing.T) {
 			t.Errorf("engine-%d (pid %d): Cpus_allowed_list by thread %v, want %s on every thread", i, pid, got, want)
 		}
 	}
-	if got := strings.Count(log.String(), "] gomaxprocs 1\n"); got != 2 {
-		t.Errorf("%d engines run with GOMAXPROCS 1, want 2; log:\n%s", got, log)
+	if got := strings.Count(log.String(), "] gomaxprocs 2\n"); got != 2 {
+		t.Errorf("%d engines run with GOMAXPROCS 2 (their one CPU's kernel thread and one for HTTP), want 2; log:\n%s", got, log)
 	}
 	if got := cpusAllowed(t, "self"); !allThreads(got, FormatCPUList(plan.Router)) {
 		t.Errorf("this process (the router) by thread %v, want %s on every thread", got, FormatCPUList(plan.Router))
