@@ -197,7 +197,7 @@ and the run stops if one differs.
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply the trace's arrival rate by this instead of choosing it by --load")
 	fl.StringVar(&f.profile, "profile", "", "reuse this engine profile (servelab profile) instead of measuring one")
 	fl.BoolVar(&f.quick, "quick", false, "profile a small grid of step shapes")
-	fl.BoolVar(&f.calibrate, "calibrate", true, "fit the step-time model to the engines' own steps, logged while the cluster replays the next --max-requests rows, before predicting")
+	fl.BoolVar(&f.calibrate, "calibrate", true, "fit the step-time model to the engines' own steps, logged while a cluster of each compared configuration (up to three) replays the next --max-requests rows, before predicting")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringVar(&f.out, "out", "", "write fidelity.json, the profile and each run's records to this directory")
 	fl.BoolVar(&f.asJSON, "json", false, "print the report as JSON")

@@ -45,10 +45,11 @@ engine's default vllm with the policies --batch names below.
 Each configuration's engines are started with its --batch/--evict (and --max-num-seqs,
 --max-num-batched-tokens), its simulator runs the profiled engine's configuration with those
 policies resolved as such an engine resolves them, and each engine's GET /server_info must
-match it. The profile, the calibration (the step-time model is fitted on the first
-configuration's steps: a step's time depends on its shape, which the model takes, not on the
-policy that chose it) and the capacity that sets the load are the first configuration's, so
-every policy is offered the same load.`
+match it. The profile and the capacity that sets the load are the first configuration's, so
+every policy is offered the same load; the calibration replays the next slice under each
+configuration (up to three) and fits one model to all their steps (a step's time depends on
+its shape, which the model takes, not on the policy that chose it, but each policy makes
+other shapes).`
 
 // idleSlack is how many CPUs' worth of other processes a measurement tolerates beyond the
 // CPUs it leaves free: an idle machine's daemons use a few hundredths.
