@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -60,15 +61,7 @@ func measuredArrivals(src traces.Reader, records []serving.Record) (traces.Reade
 	if len(sent) > 0 {
 		return nil, sendLag{}, fmt.Errorf("measured arrivals: %d records for requests beyond the slice's %d rows", len(sent), len(rows))
 	}
-	slices.SortStableFunc(rows, func(a, b traces.Row) int {
-		switch {
-		case a.Arrival < b.Arrival:
-			return -1
-		case a.Arrival > b.Arrival:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(rows, func(a, b traces.Row) int { return cmp.Compare(a.Arrival, b.Arrival) })
 	slices.Sort(lags)
 	var lag sendLag
 	if len(lags) > 0 {

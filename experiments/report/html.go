@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -119,15 +120,7 @@ func lines(exps []*Experiment, labels []string) []*line {
 		}
 		for _, k := range order {
 			l := byKey[k]
-			slices.SortStableFunc(l.byRate, func(a, b *experiments.PolicyResult) int {
-				switch {
-				case a.RateScale < b.RateScale:
-					return -1
-				case a.RateScale > b.RateScale:
-					return 1
-				}
-				return 0
-			})
+			slices.SortStableFunc(l.byRate, func(a, b *experiments.PolicyResult) int { return cmp.Compare(a.RateScale, b.RateScale) })
 			out = append(out, l)
 		}
 	}
