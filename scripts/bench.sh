@@ -148,18 +148,27 @@ go test -run '^$' -bench 'BenchmarkDashboard$' -benchtime 10x -count 3 ./web/ >"
 # weights), load 0.7 of the real cluster's measured capacity, each world twice: four routers
 # behind 2 engine processes, and 1 engine alone (nothing to route) under three batch policies.
 echo "measuring sim-vs-real fidelity" >&2
+# fidelity refuses a machine other processes keep busy (a benchmark must not be contended):
+# say why, instead of ending the script with a missing table.
+fidelity_failed() {
+  echo "make bench: servelab fidelity failed; its last words:" >&2
+  tail -5 "$WORK/fidelity.err" >&2
+  exit 1
+}
 $BIN model synth --preset 15m --out "$WORK/m15" >/dev/null
 : >"$WORK/fidelity.txt"
 for trace in "$AZURE" "$SHARED/traces/mooncake_conversation.jsonl"; do
   [ -f "$trace" ] || trace=examples/traces/mooncake_conv_500.jsonl
   /usr/bin/time -f "(%e s wall, %U s user, %S s sys)" -a -o "$WORK/fidelity.txt" \
     $BIN fidelity --trace "$trace" --engines 2 --model "$WORK/m15" --router round-robin --router least-request \
-    --router prefix-affinity --router weighted --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
+    --router prefix-affinity --router weighted --max-requests 300 >>"$WORK/fidelity.txt" 2>"$WORK/fidelity.err" ||
+    fidelity_failed
   echo >>"$WORK/fidelity.txt"
   /usr/bin/time -f "(%e s wall, %U s user, %S s sys)" -a -o "$WORK/fidelity.txt" \
     $BIN fidelity --trace "$trace" --engines 1 --model "$WORK/m15" --router round-robin \
     --batch vllm --batch static --batch vllm:max_num_batched_tokens=256 \
-    --max-requests 300 >>"$WORK/fidelity.txt" 2>/dev/null
+    --max-requests 300 >>"$WORK/fidelity.txt" 2>"$WORK/fidelity.err" ||
+    fidelity_failed
   echo >>"$WORK/fidelity.txt"
 done
 
