@@ -126,6 +126,9 @@ type instance struct {
 	start float64
 	// kv is the router's prefix index of the instance when KVEventDelay is positive.
 	kv *kvIndex
+	// gauges are what the instance's /metrics would say: its state as of the end of its
+	// last step, or of going idle (kept when ScrapeInterval is positive; see publish).
+	gauges serving.InstanceView
 }
 
 type simulation struct {
@@ -385,6 +388,7 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 		if in.kv != nil {
 			in.kv.publish(t, s.cfg.KVEventDelay) // as the engine flushes when it goes idle
 		}
+		s.publish(in)
 		return 0, false
 	}
 	return t + s.cfg.Latency.StepTime(in.step.Shape), true
@@ -403,6 +407,7 @@ func (s *simulation) complete(i int, t float64) {
 	if in.kv != nil {
 		in.kv.publish(t, s.cfg.KVEventDelay)
 	}
+	s.publish(in)
 	for k := range in.step.Seqs {
 		sc := &in.step.Seqs[k]
 		if sc.Emitted && sc.Seq.NumOutput >= 2 {
@@ -432,10 +437,21 @@ func (s *simulation) scrapeBefore(t float64) float64 {
 	return at
 }
 
-// scrape reads every instance's gauges at t.
+// publish takes the instance's gauges as the real engine does: after each step and when
+// it goes idle (engine.publishStats, which /metrics serves; vLLM's scheduler stats are
+// likewise per step). A request that arrives meanwhile is in no gauge until the step after
+// it ends. Only a scraping router reads them; with ScrapeInterval 0 the router reads each
+// instance live, as before.
+func (s *simulation) publish(in *instance) {
+	if s.cfg.ScrapeInterval > 0 {
+		in.gauges = in.core.View()
+	}
+}
+
+// scrape reads every instance's gauges, as last published, at t.
 func (s *simulation) scrape(t float64) {
 	for i := range s.instances {
-		s.scraped[i] = s.instances[i].core.View()
+		s.scraped[i] = s.instances[i].gauges
 	}
 	s.lastScrape = t
 }

@@ -182,3 +182,29 @@ func TestKVEventIndexOnlyForCacheReaders(t *testing.T) {
 		}
 	}
 }
+
+// TestScrapedGaugesAreAsOfTheLastStep: a real engine publishes its gauges after each step
+// (and on going idle), so a scrape during an instance's first step still reads it idle,
+// however long the step; the simulator's scrapes read the same. Request 0 (64 tokens) runs
+// on one instance from 0.001; request 1 (1,000 tokens), routed on the scrape at 0.02, goes
+// to the other, whose prefill runs from 0.021 to 0.131 s. Request 2, routed on the scrape
+// at 0.06, still reads that instance idle and goes there (live gauges showed request 1's 63
+// blocks against request 0's 5 and sent it to request 0's instance).
+func TestScrapedGaugesAreAsOfTheLastStep(t *testing.T) {
+	cfg := testConfig(t, 2, "weighted:kv=1,queue=0,prefix=0", "vllm", 4096)
+	cfg.Latency = affineModel{perStep: 0.01, perToken: 1e-4}
+	cfg.ScrapeInterval = 0.02
+	rows := []traces.Row{
+		{Arrival: 0.001, InputTokens: 64, OutputTokens: 500},
+		{Arrival: 0.021, InputTokens: 1000, OutputTokens: 200},
+		{Arrival: 0.065, InputTokens: 64, OutputTokens: 10},
+	}
+	_, recs := runCollect(t, cfg, rows, false)
+	got := make([]int, len(rows))
+	for _, r := range recs {
+		got[r.ID] = r.Instance
+	}
+	if got[1] == got[0] || got[2] != got[1] {
+		t.Errorf("requests went to instances %v; want request 1 apart from request 0, and request 2 beside request 1 (whose instance's gauges are as of before its first step)", got)
+	}
+}
