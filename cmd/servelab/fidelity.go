@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -642,24 +641,7 @@ func fetchEngineConfig(ctx context.Context, endpoint string) (serving.EngineConf
 }
 
 // readSteps reads a step log written by `servelab engine --step-log`.
-func readSteps(path string) ([]latency.Sample, error) {
-	file, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer file.Close()
-	var samples []latency.Sample
-	dec := json.NewDecoder(bufio.NewReader(file))
-	for line := 1; ; line++ {
-		var s latency.Sample
-		if err := dec.Decode(&s); errors.Is(err, io.EOF) {
-			return samples, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("%s: step %d: %w", path, line, err)
-		}
-		samples = append(samples, s)
-	}
-}
+func readSteps(path string) ([]latency.Sample, error) { return latency.LoadSamples(path) }
 
 // replay runs the load generator on the slice against cl with prompts from seed, writing
 // its records and summary to dir.

@@ -220,11 +220,12 @@ func (r FitReport) String() string {
 }
 
 // ReadSamples reads a step log ('servelab engine --step-log': one Sample per line);
-// source names it in errors, with the line.
+// source names it in errors, with the line. The engine's lines also carry fields the fit
+// does not use (end_unix_ns, running, waiting, kv_blocks_used, for fidelity --explain); they
+// are skipped.
 func ReadSamples(r io.Reader, source string) ([]Sample, error) {
 	var samples []Sample
 	dec := json.NewDecoder(bufio.NewReader(r))
-	dec.DisallowUnknownFields()
 	for line := 1; ; line++ {
 		var s Sample
 		if err := dec.Decode(&s); errors.Is(err, io.EOF) {

@@ -216,7 +216,9 @@ func TestFitReportValidate(t *testing.T) {
 
 func TestReadSamples(t *testing.T) {
 	good := `{"shape":{"prefill_tokens":0,"prefill_seqs":0,"decode_seqs":1,"context_tokens":50,"decode_context_tokens":50,"prefill_attention":0},"seconds":0.0001}` + "\n"
-	got, err := ReadSamples(strings.NewReader(good+good), "log")
+	// As the engine writes it today: the fields for fidelity --explain are skipped.
+	engine := `{"shape":{"prefill_tokens":0,"prefill_seqs":0,"decode_seqs":1,"context_tokens":50,"decode_context_tokens":50,"prefill_attention":0},"seconds":0.0001,"end_unix_ns":1796398646484804628,"running":1,"waiting":0,"kv_blocks_used":4}` + "\n"
+	got, err := ReadSamples(strings.NewReader(good+engine), "log")
 	if err != nil || len(got) != 2 || got[1].Shape.DecodeSeqs != 1 {
 		t.Fatalf("%v, %v", got, err)
 	}
