@@ -46,3 +46,11 @@ type PrefixCache interface {
 
 // Load is waiting plus running requests, the quantity least-request routing minimises.
 func (v *InstanceView) Load() int { return v.Waiting + v.Running }
+
+// ServedEndpointHeader names, on a routed response, the endpoint (host:port) that served
+// it. The Gateway API Inference Extension calls the endpoint that served a request
+// x-gateway-destination-endpoint-served (pkg/lwepp/metadata/consts.go, where the data
+// plane reports it back to the endpoint picker); servelab's router, gateway and picker in
+// one, returns it to the client, so a load generator can attribute each request to an
+// instance as the simulator's records do.
+const ServedEndpointHeader = "x-gateway-destination-endpoint-served"

@@ -94,7 +94,7 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 	}
 	for _, want := range []string{"P50 TTFT (ms)", "P99 TPOT (ms)", "Prefix cache hit rate", "Ranking by mean TTFT", "== round-robin ==", "== prefix-affinity ==",
 		"Mean of 2 repeats", "Sent late by", "Schedules of repeat 1", "step time real/modelled", "round-robin vs prefix-affinity  mean TTFT", "Decided: ",
-		"Slice: ", "requests clipped to the 512-token context", "Capacity: ", "req/s measured"} {
+		"Slice: ", "requests clipped to the 512-token context", "Capacity: ", "req/s measured", "Requests per engine"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -340,15 +341,15 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return traces.ScaleRate(r, rateScale), closer, nil
 	}
 	slice := func(rateScale float64) (traces.Reader, io.Closer, error) { return sliceFrom(0, rateScale) }
-	// simulateOn runs the simulator of cfg with seed on src; onStep may be nil.
-	simulateOn := func(cfg *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+	// simulateOn runs the simulator of cfg with seed on src; onStep and onRecord may be nil.
+	simulateOn := func(cfg *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error, onRecord func(*serving.Record) error) (metrics.Summary, error) {
 		spec := fidelitySimSpec(c, cfg.Router, profilePath, cfg.Engine)
 		spec.Seed = seed
 		sc, err := spec.Build(slo)
 		if err != nil {
 			return metrics.Summary{}, err
 		}
-		sc.OnStep = onStep
+		sc.OnStep, sc.OnRecord = onStep, onRecord
 		res, err := sim.Run(sc, src)
 		return res.Summary, err
 	}
@@ -358,7 +359,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return metrics.Summary{}, err
 		}
 		defer closer.Close()
-		return simulateOn(cfg, seed, src, nil)
+		return simulateOn(cfg, seed, src, nil, nil)
 	}
 	simulate := func(cfg *fidelityConfig, rateScale float64) (metrics.Summary, error) {
 		return simulateSeed(cfg, c.router.seed, rateScale)
@@ -776,6 +777,9 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
 		fmt.Fprintf(w, "%-28s %10d %7s %10d\n", "Completed (fewest)", p.Completed, "", m.Completed)
 		fmt.Fprintf(w, "%-28s %10s %7s %10.2f   (%d steps)\n", "Step time / modelled", "", "", run.StepTimeRatio, run.Steps)
+		if p, m := requestsPerEngine(run.Repeats); len(p) > 1 && m != nil {
+			fmt.Fprintf(w, "%-28s %10s %7s %10s   (all repeats)\n", "Requests per engine", joinInts(p), "", joinInts(m))
+		}
 		var lag50, lag99 float64
 		for _, r := range run.Repeats {
 			lag50, lag99 = max(lag50, r.SendLag.MedianMs), max(lag99, r.SendLag.P99Ms)
@@ -841,4 +845,34 @@ func rankByTTFT(runs []fidelityRun, predicted bool) []string {
 
 func sameRanking(runs []fidelityRun) bool {
 	return strings.Join(rankByTTFT(runs, true), "\x00") == strings.Join(rankByTTFT(runs, false), "\x00")
+}
+
+// requestsPerEngine sums each world's requests per engine over the repeats; measured is nil
+// when the router did not say which engine served each request.
+func requestsPerEngine(repeats []fidelityRepeat) (predicted, measured []int) {
+	for _, r := range repeats {
+		if r.MeasuredPerEngine == nil {
+			return nil, nil
+		}
+		predicted, measured = addInts(predicted, r.PredictedPerEngine), addInts(measured, r.MeasuredPerEngine)
+	}
+	return predicted, measured
+}
+
+func addInts(sum, v []int) []int {
+	if sum == nil {
+		sum = make([]int, len(v))
+	}
+	for i := range min(len(sum), len(v)) {
+		sum[i] += v[i]
+	}
+	return sum
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, "/")
 }

@@ -89,7 +89,7 @@ func (r *rowsReader) Next() (traces.Row, error) {
 // --explain it also compares the simulator's steps with the engines' step logs.
 func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig, res bench.Result,
 	slice func(float64) (traces.Reader, io.Closer, error), rateScale float64,
-	simulateOn func(*fidelityConfig, uint64, traces.Reader, func(sim.StepInfo) error) (metrics.Summary, error),
+	simulateOn func(*fidelityConfig, uint64, traces.Reader, func(sim.StepInfo) error, func(*serving.Record) error) (metrics.Summary, error),
 	model latency.Model, stepLog func(int) string, repeat int) error {
 	src, closer, err := slice(rateScale)
 	if err != nil {
@@ -107,9 +107,19 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 		steps = newSimSteps(f.cluster.engines, model)
 		onStep = steps.observe
 	}
-	if run.Predicted, err = simulateOn(cfg, run.Seed, arrivals, onStep); err != nil {
+	// Which engine each request went to, in both worlds: the routers' decisions, which
+	// the latency percentiles only show through their effects.
+	run.PredictedPerEngine = make([]int, f.cluster.engines)
+	countPredicted := func(r *serving.Record) error {
+		if r.Instance >= 0 && r.Instance < len(run.PredictedPerEngine) {
+			run.PredictedPerEngine[r.Instance]++
+		}
+		return nil
+	}
+	if run.Predicted, err = simulateOn(cfg, run.Seed, arrivals, onStep, countPredicted); err != nil {
 		return fmt.Errorf("simulating the measured arrivals: %w", err)
 	}
+	run.MeasuredPerEngine = perEngine(res.Records, f.cluster.engines)
 	if f.explain == "" {
 		return nil
 	}
@@ -123,4 +133,20 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 	}
 	run.Explain, err = explainRepeat(filepath.Join(f.explain, dirName(cfg.Label), fmt.Sprintf("repeat-%d", repeat+1)), real, steps.steps)
 	return err
+}
+
+// perEngine counts the records each of n engines served; nil when no record names its
+// engine (a router that does not return serving.ServedEndpointHeader).
+func perEngine(records []serving.Record, n int) []int {
+	counts, named := make([]int, n), false
+	for _, r := range records {
+		if r.Instance >= 0 && r.Instance < n {
+			counts[r.Instance]++
+			named = true
+		}
+	}
+	if !named {
+		return nil
+	}
+	return counts
 }

@@ -95,7 +95,7 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 	var gotSeed uint64
 	var fed []traces.Row
 	var simulated []float64
-	simulateOn := func(fc *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error) (metrics.Summary, error) {
+	simulateOn := func(fc *fidelityConfig, seed uint64, src traces.Reader, onStep func(sim.StepInfo) error, onRecord func(*serving.Record) error) (metrics.Summary, error) {
 		router := fc.Router
 		gotRouter, gotSeed = router, seed
 		fed = readAll(t, src)
@@ -105,7 +105,10 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 		if err != nil {
 			return metrics.Summary{}, err
 		}
-		cfg.OnRecord = func(r *serving.Record) error { simulated = append(simulated, r.Arrival); return nil }
+		cfg.OnRecord = func(r *serving.Record) error {
+			simulated = append(simulated, r.Arrival)
+			return onRecord(r)
+		}
 		out, err := sim.Run(cfg, &rowsReader{rows: fed})
 		return out.Summary, err
 	}
@@ -114,6 +117,9 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 	run := fidelityRepeat{Seed: 7}
 	if err := f.predictMeasured(&run, &fidelityConfig{Router: "least-request", Label: "least-request"}, res, slice, 1, simulateOn, nil, nil, 0); err != nil {
 		t.Fatal(err)
+	}
+	if n := run.PredictedPerEngine[0] + run.PredictedPerEngine[1]; n != len(fed) {
+		t.Errorf("the simulated requests per engine %v add up to %d, want %d", run.PredictedPerEngine, n, len(fed))
 	}
 	if gotRouter != "least-request" || gotSeed != 7 {
 		t.Errorf("simulated %q with seed %d, want least-request with the repeat's seed 7", gotRouter, gotSeed)
@@ -134,6 +140,26 @@ func TestPredictMeasuredFeedsTheSimulator(t *testing.T) {
 	for _, a := range simulated {
 		if a != 0.002 && a != 0.003 && a != 0.15 && a != 0.201 {
 			t.Errorf("a simulated request arrived at %v, not a measured send time", a)
+		}
+	}
+}
+
+func TestPerEngine(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		instances []int
+		want      []int
+	}{
+		{"named", []int{0, 1, 1, 0, 1}, []int{2, 3}},
+		{"unnamed (a router without the header)", []int{-1, -1}, nil},
+		{"an unknown engine is left out", []int{0, 5, -1}, []int{1, 0}},
+	} {
+		var recs []serving.Record
+		for _, i := range tc.instances {
+			recs = append(recs, serving.Record{Instance: i})
+		}
+		if diff := cmp.Diff(tc.want, perEngine(recs, 2)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
 		}
 	}
 }

@@ -33,6 +33,10 @@ type fidelityRepeat struct {
 	Explain *explainReport `json:"explain,omitempty"`
 	// CPU is the repeat's wall and CPU time per process and the host's load (fidelity_cpu.go).
 	CPU *runCPU `json:"cpu,omitempty"`
+	// PredictedPerEngine and MeasuredPerEngine count the requests each engine served in
+	// each world (measured: from the router's serving.ServedEndpointHeader).
+	PredictedPerEngine []int `json:"predicted_requests_per_engine,omitempty"`
+	MeasuredPerEngine  []int `json:"measured_requests_per_engine,omitempty"`
 	// ServerInfo is each engine's resolved configuration as it reported it (GET
 	// /server_info) before the repeat; the run stops unless each equals the run's Engine.
 	ServerInfo []serving.EngineConfig `json:"server_info,omitempty"`

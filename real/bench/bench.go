@@ -147,6 +147,9 @@ type runner struct {
 	// scrapeFailingSince is when the current run of failed samples began (zero: none).
 	scrapeFailingSince time.Time
 	skipped            int
+	// instances maps an engine's host:port (from MetricsURLs, in order) to its index, for
+	// the records' Instance.
+	instances map[string]int
 }
 
 // NormalizeURL accepts a base URL with or without its scheme: "localhost:8080" becomes
@@ -197,6 +200,12 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 		}
 		if note != "" {
 			r.warnings = append(r.warnings, "--metrics "+note)
+		}
+		if u, err := url.Parse(r.opts.MetricsURLs[i]); err == nil && u.Host != "" {
+			if r.instances == nil {
+				r.instances = map[string]int{}
+			}
+			r.instances[u.Host] = i
 		}
 	}
 	if r.opts.ScrapeGiveUp <= 0 {
@@ -484,6 +493,12 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 		return fail(errorKind(ctx, err), err)
 	}
 	defer resp.Body.Close()
+	// A router that says which engine served the request (serving.ServedEndpointHeader, as
+	// servelab router does) lets the record name it, as the simulator's do; the engines
+	// are numbered as MetricsURLs lists them.
+	if i, ok := r.instances[resp.Header.Get(serving.ServedEndpointHeader)]; ok {
+		o.rec.Instance = i
+	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fail(fmt.Sprintf("HTTP %d", resp.StatusCode), fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(msg)))

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -546,6 +547,75 @@ func TestScrapeFailures(t *testing.T) {
 			}
 			if res.Summary.Completed != 8 || samples < 2 || s.scrapes.Load() < 4 {
 				t.Errorf("completed %d, %d samples, %d scrapes", res.Summary.Completed, samples, s.scrapes.Load())
+			}
+		})
+	}
+}
+
+// TestRecordsNameTheServingEngine: behind a router that names the engine that served each
+// request (serving.ServedEndpointHeader, as servelab router does), each record's Instance
+// is that engine's position in MetricsURLs, as the simulator's records number instances;
+// without the header it stays -1.
+func TestRecordsNameTheServingEngine(t *testing.T) {
+	_, e0 := startStub(t, time.Millisecond, time.Millisecond)
+	_, e1 := startStub(t, time.Millisecond, time.Millisecond)
+	engines := []string{e0, e1}
+	var mu sync.Mutex
+	servedBy := map[int]int{} // prompt length -> engine
+	var n atomic.Int64
+	router := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req completionRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Error(err)
+		}
+		k := int(n.Add(1)) % 2
+		mu.Lock()
+		servedBy[len(req.Prompt)] = k
+		mu.Unlock()
+		resp, err := http.Post(engines[k]+r.URL.Path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set(serving.ServedEndpointHeader, strings.TrimPrefix(engines[k], "http://"))
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(router.Close)
+	var trace []traces.Row
+	for i := range 6 {
+		trace = append(trace, traces.Row{Arrival: float64(i) * 0.001, InputTokens: 20 + i, OutputTokens: 3})
+	}
+	for _, tc := range []struct {
+		name     string
+		endpoint string
+		named    bool
+	}{{"behind the router", router.URL, true}, {"straight to an engine", e0, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var recs []serving.Record
+			_, err := Run(context.Background(), Options{
+				Endpoint: tc.endpoint, Model: "m", Trace: &rows{append([]traces.Row(nil), trace...)}, VocabSize: 50,
+				MetricsURLs: []string{e0 + "/metrics", e1 + "/metrics"},
+				OnRecord:    func(r *serving.Record) error { recs = append(recs, *r); return nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) != len(trace) {
+				t.Fatalf("%d records", len(recs))
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range recs {
+				want := -1
+				if tc.named {
+					want = servedBy[r.PromptTokens]
+				}
+				if r.Instance != want {
+					t.Errorf("request %d (%d prompt tokens): instance %d, want %d", r.ID, r.PromptTokens, r.Instance, want)
+				}
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 type endpoint struct {
 	index int
 	url   string
+	host  string // url's host:port, for serving.ServedEndpointHeader
 	logf  func(format string, args ...any)
 
 	mu               sync.Mutex

@@ -16,6 +16,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -143,7 +144,11 @@ func New(cfg Config) (*Router, error) {
 		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 			return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL", u)
 		}
-		r.endpoints = append(r.endpoints, &endpoint{index: i, url: u, logf: cfg.Logf})
+		parsed, err := url.Parse(u)
+		if err != nil || parsed.Host == "" {
+			return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL with a host", u)
+		}
+		r.endpoints = append(r.endpoints, &endpoint{index: i, url: u, host: parsed.Host, logf: cfg.Logf})
 	}
 	r.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "servelab_router_decisions_total", Help: "Requests routed, by endpoint.",
@@ -478,6 +483,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 			continue
 		}
 		r.decisions.WithLabelValues(e.url).Inc()
+		w.Header().Set(serving.ServedEndpointHeader, e.host)
 		copyResponse(w, resp)
 		resp.Body.Close()
 		return

@@ -244,3 +244,36 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestResponseNamesTheServedEndpoint: every routed response names the engine that served
+// it (GIE's x-gateway-destination-endpoint-served, as host:port), the one the body came
+// from, including after a failover.
+func TestResponseNamesTheServedEndpoint(t *testing.T) {
+	a, b, dead := newStub(t, "a"), newStub(t, "b"), newStub(t, "dead")
+	close(a.release)
+	close(b.release)
+	_, url, _ := newRouter(t, "round-robin", time.Hour, dead.URL, a.URL, b.URL)
+	dead.Close()
+	hosts := map[string]string{"a": strings.TrimPrefix(a.URL, "http://"), "b": strings.TrimPrefix(b.URL, "http://")}
+	seen := map[string]bool{}
+	for range 6 {
+		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","stream":true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served := resp.Header.Get(serving.ServedEndpointHeader)
+		for name, host := range hosts {
+			if strings.Contains(string(body), `"from":"`+name+`"`) {
+				seen[name] = true
+				if served != host {
+					t.Errorf("body from %s (%s), header %s %q", name, host, serving.ServedEndpointHeader, served)
+				}
+			}
+		}
+	}
+	if !seen["a"] || !seen["b"] {
+		t.Errorf("round-robin over the live endpoints served %v", seen)
+	}
+}
