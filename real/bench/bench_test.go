@@ -192,11 +192,12 @@ func TestOpenLoopTimings(t *testing.T) {
 		if ttft := r.TTFT(); ttft < 0.03 || ttft > 0.09 {
 			t.Errorf("request %d: TTFT %.3f s, the stub waits 0.03 s", i, ttft)
 		}
-		if tpot, ok := r.TPOT(); ok && (tpot < 0.01 || tpot > 0.04) {
+		// Loosely below too: a first token read late makes the next intervals read shorter.
+		if tpot, ok := r.TPOT(); ok && (tpot < 0.009 || tpot > 0.04) {
 			t.Errorf("request %d: TPOT %.3f s, the stub streams every 0.01 s", i, tpot)
 		}
 	}
-	if got := res.Summary.MedianITLMs; got < 10 || got > 40 {
+	if got := res.Summary.MedianITLMs; got < 9 || got > 40 {
 		t.Errorf("median ITL %.1f ms, want about 10", got)
 	}
 	if res.Summary.PrefixCacheHitRate < 0.45 || res.Summary.PrefixCacheHitRate > 0.55 {
