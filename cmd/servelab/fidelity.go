@@ -778,7 +778,7 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 		fmt.Fprintf(w, "%-28s %10d %7s %10d\n", "Completed (fewest)", p.Completed, "", m.Completed)
 		fmt.Fprintf(w, "%-28s %10s %7s %10.2f   (%d steps)\n", "Step time / modelled", "", "", run.StepTimeRatio, run.Steps)
 		if p, m := requestsPerEngine(run.Repeats); len(p) > 1 && m != nil {
-			fmt.Fprintf(w, "%-28s %10s %7s %10s   (all repeats)\n", "Requests per engine", joinInts(p), "", joinInts(m))
+			fmt.Fprintf(w, "%-28s %10s %7s %10s   (all repeats; %s)\n", "Requests per engine", joinInts(p), "", joinInts(m), sameEngineNote(run.Repeats))
 		}
 		var lag50, lag99 float64
 		for _, r := range run.Repeats {
@@ -875,4 +875,21 @@ func joinInts(v []int) string {
 		s[i] = strconv.Itoa(x)
 	}
 	return strings.Join(s, "/")
+}
+
+// sameEngineNote says for what share of requests both worlds chose the same engine, the
+// mean over the repeats that could tell.
+func sameEngineNote(repeats []fidelityRepeat) string {
+	var sum float64
+	n := 0
+	for _, r := range repeats {
+		if r.SameEngine >= 0 {
+			sum += r.SameEngine
+			n++
+		}
+	}
+	if n == 0 {
+		return "which request went where is unknown"
+	}
+	return fmt.Sprintf("%.0f%% of requests on the same engine in both worlds", 100*sum/float64(n))
 }

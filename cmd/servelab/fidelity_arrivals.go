@@ -30,16 +30,21 @@ type sendLag struct {
 // bench numbers requests in trace order from 0. Token counts, prefix hash ids and the rest
 // of each row are the slice's own. The rows come out in order of their send times: a
 // request's goroutine may record its send a moment after the next one's, and a
-// traces.Reader's arrivals never decrease.
-func measuredArrivals(src traces.Reader, records []serving.Record) (traces.Reader, sendLag, error) {
+// traces.Reader's arrivals never decrease. order[k] is the record ID (trace row) of the
+// k-th row out, which the simulator numbers k.
+func measuredArrivals(src traces.Reader, records []serving.Record) (_ traces.Reader, _ sendLag, order []uint64, _ error) {
 	sent := make(map[uint64]float64, len(records))
 	for _, r := range records {
 		if _, dup := sent[r.ID]; dup {
-			return nil, sendLag{}, fmt.Errorf("measured arrivals: two records of request %d", r.ID)
+			return nil, sendLag{}, nil, fmt.Errorf("measured arrivals: two records of request %d", r.ID)
 		}
 		sent[r.ID] = r.Arrival
 	}
-	var rows []traces.Row
+	type sentRow struct {
+		row traces.Row
+		id  uint64
+	}
+	var rows []sentRow
 	var lags []float64
 	for id := uint64(0); ; id++ {
 		row, err := src.Next()
@@ -47,27 +52,32 @@ func measuredArrivals(src traces.Reader, records []serving.Record) (traces.Reade
 			break
 		}
 		if err != nil {
-			return nil, sendLag{}, err
+			return nil, sendLag{}, nil, err
 		}
 		at, ok := sent[id]
 		if !ok {
-			return nil, sendLag{}, fmt.Errorf("measured arrivals: request %d (trace line %d) has no record: it was never sent", id, row.Line)
+			return nil, sendLag{}, nil, fmt.Errorf("measured arrivals: request %d (trace line %d) has no record: it was never sent", id, row.Line)
 		}
 		delete(sent, id)
 		lags = append(lags, 1000*(at-row.Arrival))
 		row.Arrival = at
-		rows = append(rows, row)
+		rows = append(rows, sentRow{row, id})
 	}
 	if len(sent) > 0 {
-		return nil, sendLag{}, fmt.Errorf("measured arrivals: %d records for requests beyond the slice's %d rows", len(sent), len(rows))
+		return nil, sendLag{}, nil, fmt.Errorf("measured arrivals: %d records for requests beyond the slice's %d rows", len(sent), len(rows))
 	}
-	slices.SortStableFunc(rows, func(a, b traces.Row) int { return cmp.Compare(a.Arrival, b.Arrival) })
+	slices.SortStableFunc(rows, func(a, b sentRow) int { return cmp.Compare(a.row.Arrival, b.row.Arrival) })
+	out := make([]traces.Row, len(rows))
+	order = make([]uint64, len(rows))
+	for k, r := range rows {
+		out[k], order[k] = r.row, r.id
+	}
 	slices.Sort(lags)
 	var lag sendLag
 	if len(lags) > 0 {
 		lag = sendLag{MedianMs: metrics.Percentile(lags, 50), P99Ms: metrics.Percentile(lags, 99), MaxMs: lags[len(lags)-1]}
 	}
-	return &rowsReader{rows: rows}, lag, nil
+	return &rowsReader{rows: out}, lag, order, nil
 }
 
 // rowsReader replays rows held in memory.
@@ -96,7 +106,7 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 		return err
 	}
 	defer closer.Close()
-	arrivals, lag, err := measuredArrivals(src, res.Records)
+	arrivals, lag, order, err := measuredArrivals(src, res.Records)
 	if err != nil {
 		return err
 	}
@@ -110,9 +120,13 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 	// Which engine each request went to, in both worlds: the routers' decisions, which
 	// the latency percentiles only show through their effects.
 	run.PredictedPerEngine = make([]int, f.cluster.engines)
+	simulatedOn := make(map[uint64]int, len(order)) // record ID (trace row) -> instance
 	countPredicted := func(r *serving.Record) error {
 		if r.Instance >= 0 && r.Instance < len(run.PredictedPerEngine) {
 			run.PredictedPerEngine[r.Instance]++
+		}
+		if r.ID < uint64(len(order)) {
+			simulatedOn[order[r.ID]] = r.Instance
 		}
 		return nil
 	}
@@ -120,6 +134,7 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 		return fmt.Errorf("simulating the measured arrivals: %w", err)
 	}
 	run.MeasuredPerEngine = perEngine(res.Records, f.cluster.engines)
+	run.SameEngine = sameEngine(res.Records, simulatedOn)
 	if f.explain == "" {
 		return nil
 	}
@@ -149,4 +164,25 @@ func perEngine(records []serving.Record, n int) []int {
 		return nil
 	}
 	return counts
+}
+
+// sameEngine is the fraction of requests the simulator sent to the engine that served
+// them in reality, over the requests both worlds placed (the measured engine comes from the
+// router's serving.ServedEndpointHeader); -1 when none can be compared.
+func sameEngine(measured []serving.Record, simulatedOn map[uint64]int) float64 {
+	same, both := 0, 0
+	for _, r := range measured {
+		sim, ok := simulatedOn[r.ID]
+		if r.Instance < 0 || !ok || sim < 0 {
+			continue
+		}
+		both++
+		if sim == r.Instance {
+			same++
+		}
+	}
+	if both == 0 {
+		return -1
+	}
+	return float64(same) / float64(both)
 }

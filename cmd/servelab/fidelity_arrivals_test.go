@@ -51,7 +51,7 @@ func TestMeasuredArrivalsReplaySendTimes(t *testing.T) {
 		{ID: 3, Arrival: 0.25, Failed: true, Instance: -1},
 		{ID: 1, Arrival: 0.0004},
 	}
-	r, lag, err := measuredArrivals(&rowsReader{rows: rows}, records)
+	r, lag, order, err := measuredArrivals(&rowsReader{rows: rows}, records)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +59,10 @@ func TestMeasuredArrivalsReplaySendTimes(t *testing.T) {
 	want := []traces.Row{at(1, 0.0004), at(0, 0.0009), at(2, 0.1012), at(3, 0.25)}
 	if diff := cmp.Diff(want, readAll(t, r)); diff != "" {
 		t.Errorf("rows (-want +got):\n%s", diff)
+	}
+	// The simulator numbers the rows as they come out; order maps them back.
+	if diff := cmp.Diff([]uint64{1, 0, 2, 3}, order); diff != "" {
+		t.Errorf("order (-want +got):\n%s", diff)
 	}
 	// Lags 0.9, 0.4, 1.2 and 50 ms.
 	if lag.MaxMs < 49.999 || lag.MaxMs > 50.001 || lag.MedianMs < 1.049 || lag.MedianMs > 1.051 {
@@ -76,7 +80,7 @@ func TestMeasuredArrivalsRefuseRecordsThatDoNotMatch(t *testing.T) {
 		{"duplicate", []serving.Record{{ID: 0}, {ID: 1}, {ID: 1}, {ID: 2}, {ID: 3}}, "two records of request 1"},
 		{"beyond", []serving.Record{{ID: 0}, {ID: 1}, {ID: 2}, {ID: 3}, {ID: 4}}, "1 records for requests beyond the slice's 4 rows"},
 	} {
-		_, _, err := measuredArrivals(&rowsReader{rows: sliceRows()}, tc.records)
+		_, _, _, err := measuredArrivals(&rowsReader{rows: sliceRows()}, tc.records)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}
@@ -160,6 +164,24 @@ func TestPerEngine(t *testing.T) {
 		}
 		if diff := cmp.Diff(tc.want, perEngine(recs, 2)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func TestSameEngine(t *testing.T) {
+	measured := []serving.Record{{ID: 0, Instance: 1}, {ID: 1, Instance: 0}, {ID: 2, Instance: 1}, {ID: 3, Instance: -1}, {ID: 4, Instance: 0}}
+	for _, tc := range []struct {
+		name      string
+		simulated map[uint64]int
+		want      float64
+	}{
+		{"all alike", map[uint64]int{0: 1, 1: 0, 2: 1, 3: 0, 4: 0}, 1},
+		{"half", map[uint64]int{0: 1, 1: 1, 2: 0, 4: 0}, 0.5},
+		{"a request the simulator refused is left out", map[uint64]int{0: 1, 1: -1}, 1},
+		{"nothing to compare", map[uint64]int{3: 0}, -1},
+	} {
+		if got := sameEngine(measured, tc.simulated); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

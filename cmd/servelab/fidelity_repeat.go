@@ -37,6 +37,9 @@ type fidelityRepeat struct {
 	// each world (measured: from the router's serving.ServedEndpointHeader).
 	PredictedPerEngine []int `json:"predicted_requests_per_engine,omitempty"`
 	MeasuredPerEngine  []int `json:"measured_requests_per_engine,omitempty"`
+	// SameEngine is the fraction of requests routed to the same engine in both worlds; -1
+	// when the router did not say.
+	SameEngine float64 `json:"same_engine_fraction"`
 	// ServerInfo is each engine's resolved configuration as it reported it (GET
 	// /server_info) before the repeat; the run stops unless each equals the run's Engine.
 	ServerInfo []serving.EngineConfig `json:"server_info,omitempty"`
