@@ -99,14 +99,7 @@ func TestFidelityPrintsPredictedAgainstMeasured(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}
 	}
-	raw, err := os.ReadFile(filepath.Join(out, "fidelity.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep fidelityReport
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readFidelityReport(t, out)
 	if len(rep.Runs) != 2 || rep.Requests != 24 || rep.RateScale <= 0 || rep.TokenScale <= 0 || rep.TokenScale > 1 {
 		t.Fatalf("report %+v", rep)
 	}
@@ -342,4 +335,18 @@ func TestBenchMetricsAtARouter(t *testing.T) {
 	if !regexp.MustCompile(`Prefix cache hit rate \(%\): +not reported`).MatchString(stdout) {
 		t.Errorf("stdout does not say the hit rate was not reported:\n%s", stdout)
 	}
+}
+
+// readFidelityReport reads the fidelity.json that `fidelity --out DIR` wrote.
+func readFidelityReport(t *testing.T, dir string) fidelityReport {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "fidelity.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep fidelityReport
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -213,14 +211,7 @@ func TestFidelityOneEngineReportsCPU(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
-	raw, err := os.ReadFile(filepath.Join(out, "fidelity.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep fidelityReport
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readFidelityReport(t, out)
 	if len(rep.Runs) != 1 || rep.Runs[0].Router != "round-robin" {
 		t.Fatalf("%d runs %+v, want one (round-robin): one engine has nothing to route", len(rep.Runs), rep.Runs)
 	}

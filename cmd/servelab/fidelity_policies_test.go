@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -189,14 +187,7 @@ func TestFidelityOneEngineComparesBatchPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
-	raw, err := os.ReadFile(filepath.Join(out, "fidelity.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep fidelityReport
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readFidelityReport(t, out)
 	if len(rep.Runs) != 2 {
 		t.Fatalf("%d runs, want one per batch policy", len(rep.Runs))
 	}
