@@ -447,10 +447,24 @@ func (s *Spec) validate() error {
 	return nil
 }
 
+// maxViewDelay bounds scrape_interval_s and kv_event_delay_s: an hour, far beyond any
+// router's (llm-d's scrape is 50 ms).
+const maxViewDelay = 3600
+
 // checkCluster checks the cluster's numbers; a key set to 0 is an error like any other bad
 // value, not a request for the default (which leaving the key out gives).
 func (s *Spec) checkCluster() error {
 	k := s.Cluster
+	// The router's views: seconds, bounded so the real world's time.Duration cannot
+	// overflow and a NaN never reaches spec.yaml (JSON has no NaN).
+	for _, f := range []struct {
+		key string
+		v   *float64
+	}{{"scrape_interval_s", k.ScrapeInterval}, {"kv_event_delay_s", k.KVEventDelay}} {
+		if f.v != nil && !(*f.v >= 0 && *f.v <= maxViewDelay) {
+			return fmt.Errorf("cluster.%s: must be 0 or a positive number of seconds, at most %g, got %v", f.key, float64(maxViewDelay), *f.v)
+		}
+	}
 	for _, f := range []struct {
 		key string
 		v   int

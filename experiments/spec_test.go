@@ -46,6 +46,7 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"memory fraction over 1", base + "cluster: {gpu_memory_utilization: 1.5}\n", "cluster.gpu_memory_utilization: want a fraction in (0, 1]"},
 		{"zero memory fraction", base + "cluster: {gpu_memory_utilization: 0}\n", "cluster.gpu_memory_utilization: want a fraction in (0, 1]"},
 		{"negative max_model_len", base + "cluster: {max_model_len: -5}\n", "cluster.max_model_len: must not be negative"},
+		{"scrape interval past an hour", base + "cluster: {scrape_interval_s: 1e308}\n", "cluster.scrape_interval_s"},
 		{"real world without a model directory", base + "world: real\n", "cluster.model"},
 		{"real world with a GPU", base + "world: real\ncluster: {gpu: h100}\n", "cluster.gpu"},
 		{"negative scrape interval", base + "cluster: {scrape_interval_s: -0.05}\n", "scrape_interval_s: must be 0 or a positive number of seconds"},
