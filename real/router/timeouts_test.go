@@ -2,12 +2,14 @@ package router
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,7 +78,10 @@ func TestTricklingBodyIsCutOff(t *testing.T) {
 			if typ := decodeError(t, resp); typ != tc.typ {
 				t.Errorf("error.type %q, want %q", typ, tc.typ)
 			}
-			if _, err := io.ReadAll(br); err != nil {
+			// A close with trickled bytes still unread reaches this side as a reset rather
+			// than EOF, depending on timing; both mean the router closed the connection.
+			// Only the read deadline passing means it did not.
+			if _, err := io.ReadAll(br); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("the connection was not closed after %v: %v", time.Since(start), err)
 			}
 		})
