@@ -13,7 +13,7 @@ FIDELITY_TRACES := examples/traces/mooncake_conv_500.jsonl examples/traces/azure
 # (make bench refuses such a machine instead).
 FIDELITY_FLAGS ?= --allow-busy --busy-wait 20s
 
-.PHONY: all build run test race lint bench clean
+.PHONY: all build run test race lint bench clean generate tools
 
 all: build
 
@@ -57,6 +57,19 @@ lint:
 
 bench: build
 	bash scripts/bench.sh
+
+# The API's deepcopy functions and CRD YAML, generated from api/ by controller-gen (pinned in
+# hack/tools, built once into ~/.cache/servelab); api/v1alpha1's tests fail when the committed
+# files differ from what this writes.
+CONTROLLER_GEN_ARGS := object paths=./api/... crd:crdVersions=v1 output:crd:dir=config/crd/bases
+generate:
+	$$(hack/tools/build.sh) $(CONTROLLER_GEN_ARGS)
+
+# The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
+# and controller-gen, built from Go modules into ~/.cache/servelab when absent.
+tools:
+	hack/k8s/build.sh
+	hack/tools/build.sh
 
 clean:
 	rm -rf bin
