@@ -245,7 +245,9 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 	ex.picked = true
 	if !headersOnly {
 		// GIE's OpenAI parser (pkg/epp/framework/plugins/requesthandling/parsers/openai)
-		// unmarshals the body into a JSON object and answers 400 when it cannot.
+		// unmarshals the body into a JSON object and answers 400 when it cannot. (GIE's
+		// director also refuses a body without "model", for its model rewrites; the router,
+		// as its proxy, leaves the body's fields to the engine.)
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal(ex.body, &obj); err != nil {
 			return immediate(http.StatusBadRequest, "BadRequestError", "the request body is not a JSON object: "+err.Error())
