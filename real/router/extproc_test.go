@@ -332,6 +332,27 @@ func TestExtProcReadsTheWholeBody(t *testing.T) {
 	}
 }
 
+// TestExtProcBodyEndedByTrailers: a streamed body that ends with trailers rather than
+// end_of_stream is routed when the trailers come, and goes back without end_of_stream.
+func TestExtProcBodyEndedByTrailers(t *testing.T) {
+	up := newStub(t, "a")
+	r := epRouter(t, Config{}, "round-robin", true, up.URL)
+	g := openStream(t, extProcClient(t, r, ExtProcConfig{}))
+	g.send(requestHeaders("/v1/completions", false, nil), requestBody(`{"prompt":`, false), requestBody(`"x"}`, false),
+		&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: &extprocv3.HttpTrailers{}}})
+	resp := g.recv()
+	if dest := destination(t, resp, resp.GetRequestHeaders().GetResponse()); dest != host(up) {
+		t.Errorf("destination %q", dest)
+	}
+	b := g.recv().GetRequestBody().GetResponse().GetBodyMutation().GetStreamedResponse()
+	if string(b.GetBody()) != `{"prompt":"x"}` || b.GetEndOfStream() {
+		t.Errorf("body sent back %q, end_of_stream %v", b.GetBody(), b.GetEndOfStream())
+	}
+	if g.recv().GetRequestTrailers() == nil {
+		t.Error("the trailers are not answered")
+	}
+}
+
 // TestExtProcSharesThePolicyWithTheProxy: the gateway's requests and the proxy's are
 // routed by one policy object: round-robin alternates across both front doors.
 func TestExtProcSharesThePolicyWithTheProxy(t *testing.T) {
@@ -540,6 +561,15 @@ func TestExtProcInFlight(t *testing.T) {
 	if code, _ := immediateStatus(t, shed); code != 429 {
 		t.Errorf("over the cap: status %d, want 429", code)
 	}
+	// The proxy's requests count against the same cap.
+	resp, err := http.Post(serve(t, r.Handler())+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("the proxy over the gateway's request: status %d, want 429", resp.StatusCode)
+	}
 
 	// The response: headers (naming the endpoint that served it), chunks sent back as they
 	// come, and the count closed at the last.
@@ -619,6 +649,38 @@ func TestExtProcHealth(t *testing.T) {
 		resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: tc.service})
 		if status.Code(err) != tc.code || resp.GetStatus() != tc.want {
 			t.Errorf("%s: %v, %v; want %v, %v", tc.service, resp.GetStatus(), err, tc.want, tc.code)
+		}
+	}
+}
+
+// TestStreamedBodyChunks: bodies go back in chunks of at most GIE's 62000 bytes, with
+// end_of_stream on the last only.
+func TestStreamedBodyChunks(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		eos  bool
+		want []int
+	}{
+		{0, true, []int{0}},
+		{5, true, []int{5}},
+		{bodyByteLimit, true, []int{bodyByteLimit}},
+		{2*bodyByteLimit + 6000, true, []int{bodyByteLimit, bodyByteLimit, 6000}},
+		{bodyByteLimit + 1, false, []int{bodyByteLimit, 1}},
+	} {
+		body := []byte(strings.Repeat("x", tc.n))
+		var got []int
+		var back []byte
+		resps := streamedBody(body, tc.eos, false)
+		for i, r := range resps {
+			sr := r.GetRequestBody().GetResponse().GetBodyMutation().GetStreamedResponse()
+			got = append(got, len(sr.GetBody()))
+			back = append(back, sr.GetBody()...)
+			if want := tc.eos && i == len(resps)-1; sr.GetEndOfStream() != want {
+				t.Errorf("%d bytes: chunk %d end_of_stream %v, want %v", tc.n, i, sr.GetEndOfStream(), want)
+			}
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" || len(back) != tc.n {
+			t.Errorf("%d bytes: chunk sizes (-want +got):\n%s", tc.n, diff)
 		}
 	}
 }
