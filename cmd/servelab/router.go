@@ -37,6 +37,10 @@ type routerFlags struct {
 	bodyTimeout          time.Duration
 	idleTimeout          time.Duration
 	maxInFlight          int
+	// extProcPort serves the Gateway API Inference Extension's endpoint-picker protocol
+	// (ext_proc over gRPC) there; -1: not at all.
+	extProcPort      int
+	extProcFallbacks int
 	// logf receives the router's endpoint log lines; nil: stderr.
 	logf func(format string, args ...any)
 }
@@ -105,7 +109,7 @@ func (f *routerFlags) config() (router.Config, error) {
 func newRouterCmd() *cobra.Command {
 	var f routerFlags
 	cmd := &cobra.Command{
-		Use:   "router --endpoints URL,URL,... --router SPEC [--port N]",
+		Use:   "router --endpoints URL,URL,... --router SPEC [--port N] [--ext-proc-port N]",
 		Short: "Route OpenAI requests across engines with the simulator's routing policies",
 		Long: `An OpenAI-compatible proxy (completions and chat, streaming passed through unbuffered) that
 picks an endpoint per request with a routing policy spec or llm-d EndpointPickerConfig file, the
@@ -131,7 +135,18 @@ vLLM's --api-key; /health and /metrics stay open.
 Slow and many clients: a request's body must arrive within --body-timeout (else 408), idle
 keep-alive connections close after --idle-timeout, and over --max-inflight requests at once are
 refused with 429 and Retry-After (/health and /metrics aside). Responses are not time-limited, so
-streams of any length pass. Errors the router answers itself have OpenAI's JSON shape.`,
+streams of any length pass. Errors the router answers itself have OpenAI's JSON shape.
+
+Behind a gateway: --ext-proc-port N also serves the Gateway API Inference Extension's endpoint-picker
+protocol (Envoy ext_proc over gRPC, on --host) with the same policy, views and --max-inflight. The
+gateway sends each request's headers and body (request_body_mode FULL_DUPLEX_STREAMED, as GIE
+configures, or BUFFERED); the router answers with the picked endpoint (ip:port, then
+--ext-proc-fallbacks more to retry in order, comma-separated) in the x-gateway-destination-endpoint
+header and in dynamic metadata envoy.lb/x-gateway-destination-endpoint, and honours a subset hint
+(envoy.lb.subset_hint/x-gateway-destination-endpoint-subset). Refusals are immediate responses: 400
+for a body that is not a JSON object, 429 over --max-inflight, 503 when no endpoint (of the subset)
+is healthy. A request counts in flight from the pick until the response's end or the stream's. The
+gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.ExternalProcessor.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.apiKey == "" {
@@ -142,6 +157,9 @@ streams of any length pass. Errors the router answers itself have OpenAI's JSON 
 			}
 			if f.maxInFlight < 0 {
 				return fmt.Errorf("--max-inflight %d: want 0 (no cap) or more", f.maxInFlight)
+			}
+			if f.extProcPort < -1 || f.extProcPort > 65535 {
+				return fmt.Errorf("--ext-proc-port %d: want a port, 0 for a free one, or -1 for none", f.extProcPort)
 			}
 			if f.bodyTimeout <= 0 || f.idleTimeout <= 0 {
 				return fmt.Errorf("--body-timeout %v, --idle-timeout %v: want durations above 0", f.bodyTimeout, f.idleTimeout)
@@ -163,7 +181,20 @@ streams of any length pass. Errors the router answers itself have OpenAI's JSON 
 			srv := router.NewServer(r.Handler(), f.idleTimeout)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			errc := make(chan error, 1)
+			errc := make(chan error, 2)
+			if f.extProcPort >= 0 {
+				gs, err := r.NewExtProcServer(router.ExtProcConfig{Fallbacks: f.extProcFallbacks})
+				if err != nil {
+					return err
+				}
+				gln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.extProcPort)))
+				if err != nil {
+					return fmt.Errorf("--ext-proc-port: %w", err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "servelab router: endpoint picker (ext_proc, gRPC) listening on %s\n", gln.Addr())
+				go func() { errc <- gs.Serve(gln) }()
+				defer stopGRPC(gs, 10*time.Second)
+			}
 			go func() { errc <- srv.Serve(ln) }()
 			select {
 			case err := <-errc:
@@ -191,6 +222,22 @@ streams of any length pass. Errors the router answers itself have OpenAI's JSON 
 	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on the router's /v1 endpoints (default $SERVELAB_ROUTER_API_KEY)")
 	fl.DurationVar(&f.bodyTimeout, "body-timeout", router.DefaultBodyTimeout, "time a request's body may take to arrive (then 408)")
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", router.DefaultIdleTimeout, "idle keep-alive connections close after this")
+	fl.IntVar(&f.extProcPort, "ext-proc-port", -1, "also serve GIE's endpoint-picker protocol (Envoy ext_proc, gRPC) on this port (0 picks a free one; -1: off)")
+	fl.IntVar(&f.extProcFallbacks, "ext-proc-fallbacks", 0, "endpoints to name after the picked one in x-gateway-destination-endpoint, for the gateway to retry")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
 	return cmd
+}
+
+// stopGRPC lets a gRPC server's streams finish for up to d, then cuts them.
+func stopGRPC(s interface {
+	GracefulStop()
+	Stop()
+}, d time.Duration) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		s.Stop()
+	}
 }
