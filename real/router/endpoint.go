@@ -24,6 +24,9 @@ type endpoint struct {
 	url   string
 	host  string // url's host:port, for serving.ServedEndpointHeader
 	logf  func(format string, args ...any)
+	// stop ends the endpoint's scrape and KV-event loops; loops counts them.
+	stop  context.CancelFunc
+	loops sync.WaitGroup
 
 	mu               sync.Mutex
 	up               bool
