@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"servelab/policies/route"
+	"servelab/serving"
 )
 
 // The endpoint set may change while the router runs (SetEndpoints, which Kubernetes
@@ -150,4 +151,16 @@ func (r *Router) SetEndpoints(urls []string) error {
 		r.cfg.Logf("endpoint %s added", e.url)
 	}
 	return nil
+}
+
+// Views returns the routing policy's current view of each healthy endpoint (what pick
+// gives it, from the endpoint's /metrics and KV events), by URL.
+func (r *Router) Views() map[string]serving.InstanceView {
+	out := map[string]serving.InstanceView{}
+	for _, e := range r.snapshot() {
+		if e.healthy() {
+			out[e.url] = e.view()
+		}
+	}
+	return out
 }
