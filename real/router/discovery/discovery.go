@@ -302,3 +302,6 @@ func (w *Watcher) Current() []string {
 	defer w.mu.Unlock()
 	return append([]string(nil), w.last...)
 }
+
+// Namespace is the namespace whose pods are followed.
+func (w *Watcher) Namespace() string { return w.cfg.Namespace }
