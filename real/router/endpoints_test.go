@@ -160,7 +160,7 @@ func TestSetEndpoints(t *testing.T) {
 			t.Errorf("step %d: servelab_router_decisions_total endpoints (-want +got):\n%s", n, diff)
 		}
 	}
-	if got := logs.matching(a.URL, "removed"); len(got) != 2 {
+	if got := logs.matching("endpoint " + a.URL + " removed"); len(got) != 2 {
 		t.Errorf("log lines of a's removals: %q", got)
 	}
 }
