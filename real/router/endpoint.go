@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"servelab/serving"
 )
 
@@ -27,6 +29,9 @@ type endpoint struct {
 	// stop ends the endpoint's scrape and KV-event loops; loops counts them.
 	stop  context.CancelFunc
 	loops sync.WaitGroup
+	// decisions is its servelab_router_decisions_total series: a request that was in flight
+	// when the endpoint was removed counts on it without bringing the series back.
+	decisions prometheus.Counter
 
 	mu               sync.Mutex
 	up               bool

@@ -113,11 +113,14 @@ func (r *Router) SetEndpoints(urls []string) error {
 			removed = append(removed, e)
 		}
 	}
-	// Forget the removed endpoints' indexes before any is reused below.
-	if rm, ok := r.cfg.Policy.(route.InstanceRemover); ok {
-		for _, e := range removed {
+	// Forget the removed endpoints' indexes before any is reused below, and their decision
+	// series before an endpoint of the same URL may make it anew.
+	rm, _ := r.cfg.Policy.(route.InstanceRemover)
+	for _, e := range removed {
+		if rm != nil {
 			rm.RemoveInstance(e.index)
 		}
+		r.decisions.DeleteLabelValues(e.url)
 	}
 	free := 0
 	for _, u := range order {
@@ -136,7 +139,7 @@ func (r *Router) SetEndpoints(urls []string) error {
 	slices.SortFunc(next, func(a, b *endpoint) int { return a.index - b.index })
 	r.endpoints = next
 	for _, e := range added {
-		r.decisions.WithLabelValues(e.url)
+		e.decisions = r.decisions.WithLabelValues(e.url)
 		r.startLoops(e)
 	}
 	r.mu.Unlock()
@@ -144,7 +147,6 @@ func (r *Router) SetEndpoints(urls []string) error {
 	for _, e := range removed {
 		e.stop()
 		e.loops.Wait()
-		r.decisions.DeleteLabelValues(e.url)
 		r.cfg.Logf("endpoint %s removed; requests already sent to it finish there", e.url)
 	}
 	for _, e := range added {

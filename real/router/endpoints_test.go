@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -407,5 +408,55 @@ func TestSetEndpointsBadURL(t *testing.T) {
 		if diff := cmp.Diff([]string{a.URL}, r.Endpoints()); diff != "" {
 			t.Errorf("after %q the set changed (-want +got):\n%s", bad, diff)
 		}
+	}
+}
+
+// TestRemovedEndpointLeavesNoSeries: a request picked for an endpoint that is removed
+// before the engine answers still completes, and counting it does not bring the removed
+// endpoint's servelab_router_decisions_total series back.
+func TestRemovedEndpointLeavesNoSeries(t *testing.T) {
+	arrived, gate := make(chan struct{}), make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/v1/completions" {
+			fmt.Fprint(w, "vllm:num_requests_waiting 0\n") // /metrics; 404 elsewhere is fine
+			return
+		}
+		close(arrived)
+		<-gate
+		fmt.Fprint(w, `{"from":"slow"}`)
+	}))
+	defer slow.Close()
+	b := newStub(t, "b")
+	close(b.release)
+	r, url, _, _ := newDynamicRouter(t, "round-robin")
+	if err := r.SetEndpoints([]string{slow.URL}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "slow healthy", func() bool { return gauge(t, r.cfg.Registry, "servelab_router_healthy_endpoints") == 1 })
+	type result struct {
+		code int
+		body string
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x"}`))
+		if err != nil {
+			done <- result{body: err.Error()}
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(body)}
+	}()
+	<-arrived
+	if err := r.SetEndpoints([]string{b.URL}); err != nil {
+		t.Fatal(err)
+	}
+	close(gate)
+	if res := <-done; res.code != http.StatusOK || !strings.Contains(res.body, "slow") {
+		t.Fatalf("the request in flight on the removed endpoint: %d %q", res.code, res.body)
+	}
+	if diff := cmp.Diff([]string{b.URL}, decisionLabels(t, r.cfg.Registry)); diff != "" {
+		t.Errorf("servelab_router_decisions_total endpoints (-want +got):\n%s", diff)
 	}
 }

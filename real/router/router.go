@@ -181,7 +181,7 @@ func New(cfg Config) (*Router, error) {
 	})
 	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
 	for _, e := range r.endpoints {
-		r.decisions.WithLabelValues(e.url)
+		e.decisions = r.decisions.WithLabelValues(e.url)
 	}
 	r.mux.HandleFunc("/v1/completions", r.proxy)
 	r.mux.HandleFunc("/v1/chat/completions", r.proxy)
@@ -479,7 +479,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 			e.markDown("proxying: " + resp.Status)
 			continue
 		}
-		r.decisions.WithLabelValues(e.url).Inc()
+		e.decisions.Inc()
 		w.Header().Set(serving.ServedEndpointHeader, e.host)
 		copyResponse(w, resp)
 		resp.Body.Close()
