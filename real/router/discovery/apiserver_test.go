@@ -65,7 +65,7 @@ func (e *engine) setWaiting(n int) {
 	e.waiting = n
 }
 
-// cluster is an API server with a namespace for engine pods.
+// cluster is a namespace for engine pods on an API server.
 type cluster struct {
 	t      *testing.T
 	config *rest.Config
@@ -73,14 +73,13 @@ type cluster struct {
 	ns     string
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T, env *k8stest.Env, ns string) *cluster {
 	t.Helper()
-	env := k8stest.Start(t)
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, config: env.Config, cs: cs, ns: "engines"}
+	c := &cluster{t: t, config: env.Config, cs: cs, ns: ns}
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: c.ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -193,12 +192,20 @@ func served(t *testing.T, url string, engines ...*engine) string {
 
 func url(e *engine) string { return fmt.Sprintf("http://127.0.0.1:%d", e.port) }
 
-// TestRouterFollowsPods runs the router over pods on a real API server: it routes to the
+// TestOnAPIServer runs the discovery tests on one API server (starting one takes seconds),
+// each in a namespace of its own.
+func TestOnAPIServer(t *testing.T) {
+	env := k8stest.Start(t)
+	t.Run("RouterFollowsPods", func(t *testing.T) { testRouterFollowsPods(t, env) })
+	t.Run("StartNeedsRBAC", func(t *testing.T) { testStartNeedsRBAC(t, env) })
+}
+
+// testRouterFollowsPods runs the router over pods on a real API server: it routes to the
 // ready pods its selector picks, with the same policy over the views it scrapes, drops a
 // pod that becomes unready, terminates, is deleted or stops matching, and picks up new
 // ones.
-func TestRouterFollowsPods(t *testing.T) {
-	c := newCluster(t)
+func testRouterFollowsPods(t *testing.T, env *k8stest.Env) {
+	c := newCluster(t, env, "follow")
 	a, b, d := newEngine(t, "a"), newEngine(t, "b"), newEngine(t, "d")
 	other := newEngine(t, "other")
 	engineLabels := map[string]string{"app": "engine", "pool": "p1"}
@@ -332,11 +339,11 @@ func testutilGauge(t *testing.T, reg *prometheus.Registry, name string) float64 
 	return 0
 }
 
-// TestStartNeedsRBAC: as a service account without access to pods, Start fails naming
+// testStartNeedsRBAC: as a service account without access to pods, Start fails naming
 // the permission; with a Role granting get, list and watch on pods (the README's), it
 // works.
-func TestStartNeedsRBAC(t *testing.T) {
-	c := newCluster(t)
+func testStartNeedsRBAC(t *testing.T, env *k8stest.Env) {
+	c := newCluster(t, env, "rbac")
 	as := rest.CopyConfig(c.config)
 	as.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + c.ns + ":router"}
 	cs, err := kubernetes.NewForConfig(as)
