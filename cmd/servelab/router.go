@@ -43,6 +43,8 @@ type routerFlags struct {
 	extProcFallbacks int
 	// logf receives the router's endpoint log lines; nil: stderr.
 	logf func(format string, args ...any)
+	// disc discovers the endpoints from Kubernetes instead (router_discovery.go).
+	disc discoveryFlags
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
@@ -109,7 +111,7 @@ func (f *routerFlags) config() (router.Config, error) {
 func newRouterCmd() *cobra.Command {
 	var f routerFlags
 	cmd := &cobra.Command{
-		Use:   "router --endpoints URL,URL,... --router SPEC [--port N] [--ext-proc-port N]",
+		Use:   "router (--endpoints URL,URL,... | --endpoint-selector SELECTOR --endpoint-target-ports PORTS) --router SPEC [--port N] [--ext-proc-port N]",
 		Short: "Route OpenAI requests across engines with the simulator's routing policies",
 		Long: `An OpenAI-compatible proxy (completions and chat, streaming passed through unbuffered) that
 picks an endpoint per request with a routing policy spec or llm-d EndpointPickerConfig file, the
@@ -131,6 +133,14 @@ Authorization header; /metrics scrapes; /v1/kv_events). Without it the client's 
 header is forwarded unchanged, as llm-d and the Gateway API Inference Extension do. --api-key (or
 $SERVELAB_ROUTER_API_KEY) makes the router itself want "Authorization: Bearer KEY" on /v1/*, as
 vLLM's --api-key; /health and /metrics stay open.
+
+Kubernetes: instead of --endpoints, --endpoint-selector (a label selector of the engine pods),
+--endpoint-target-ports and --pool-namespace (GIE's endpoint picker's standalone-mode flags) make
+the router watch the pods and route to the ready ones (Ready condition true, not terminating, with
+an IP), at podIP:port, adding and removing endpoints as pods come and go; requests already sent to
+a removed pod finish there. The kubeconfig is found as kubectl finds it (--kubeconfig,
+$KUBECONFIG, ~/.kube/config, else the pod's service account), and the router needs get, list and
+watch on pods in the namespace.
 
 Slow and many clients: a request's body must arrive within --body-timeout (else 408), idle
 keep-alive connections close after --idle-timeout, and over --max-inflight requests at once are
@@ -164,6 +174,9 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 			if f.bodyTimeout <= 0 || f.idleTimeout <= 0 {
 				return fmt.Errorf("--body-timeout %v, --idle-timeout %v: want durations above 0", f.bodyTimeout, f.idleTimeout)
 			}
+			if err := f.disc.check(f.endpoints); err != nil {
+				return err
+			}
 			errw := cmd.ErrOrStderr()
 			f.logf = func(format string, args ...any) {
 				fmt.Fprintf(errw, "servelab router: %s %s\n", time.Now().Format(time.DateTime), fmt.Sprintf(format, args...))
@@ -173,11 +186,18 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 				return err
 			}
 			defer r.Close()
+			w, err := f.disc.start(cmd.Context(), r, f.logf)
+			if err != nil {
+				return err
+			}
+			if w != nil {
+				defer w.Stop()
+			}
 			ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "servelab router: %d endpoints, policy %s, listening on http://%s\n", len(f.endpoints), f.spec, ln.Addr())
+			fmt.Fprintf(cmd.OutOrStdout(), "servelab router: %s, policy %s, listening on http://%s\n", f.disc.describe(w, f.endpoints), f.spec, ln.Addr())
 			srv := router.NewServer(r.Handler(), f.idleTimeout)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -225,6 +245,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.IntVar(&f.extProcPort, "ext-proc-port", -1, "also serve GIE's endpoint-picker protocol (Envoy ext_proc, gRPC) on this port (0 picks a free one; -1: off)")
 	fl.IntVar(&f.extProcFallbacks, "ext-proc-fallbacks", 0, "endpoints to name after the picked one in x-gateway-destination-endpoint, for the gateway to retry")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
+	f.disc.addFlags(fl)
 	return cmd
 }
 

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"servelab/serving"
 )
 
@@ -24,6 +26,12 @@ type endpoint struct {
 	url   string
 	host  string // url's host:port, for serving.ServedEndpointHeader
 	logf  func(format string, args ...any)
+	// stop ends the endpoint's scrape and KV-event loops; loops counts them.
+	stop  context.CancelFunc
+	loops sync.WaitGroup
+	// decisions is its servelab_router_decisions_total series: a request that was in flight
+	// when the endpoint was removed counts on it without bringing the series back.
+	decisions prometheus.Counter
 
 	mu               sync.Mutex
 	up               bool

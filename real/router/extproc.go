@@ -333,7 +333,7 @@ func (ex *exchange) outsideSubset() map[*endpoint]bool {
 			hosts[strings.Trim(s, "[]")] = true
 		}
 	}
-	for _, e := range ex.r.endpoints {
+	for _, e := range ex.r.snapshot() {
 		hp := hostPort(e)
 		h, _, _ := net.SplitHostPort(hp)
 		if !hostPorts[hp] && !hosts[h] {
@@ -520,7 +520,7 @@ func (h *epHealth) status(service string) (healthpb.HealthCheckResponse_ServingS
 	case "", "liveness":
 		return healthpb.HealthCheckResponse_SERVING, true
 	case "readiness", extprocv3.ExternalProcessor_ServiceDesc.ServiceName:
-		for _, e := range h.r.endpoints {
+		for _, e := range h.r.snapshot() {
 			if e.healthy() {
 				return healthpb.HealthCheckResponse_SERVING, true
 			}

@@ -16,7 +16,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -32,7 +31,9 @@ import (
 
 // Config assembles a router.
 type Config struct {
-	// Endpoints are the engines' base URLs (http://host:port).
+	// Endpoints are the engines' base URLs (http://host:port). It may be empty when the
+	// endpoints are given later, and changed while the router runs, with SetEndpoints
+	// (Kubernetes discovery does).
 	Endpoints []string
 	Policy    route.Policy
 	// ScrapeInterval is how often /metrics is read; 0 means 50 ms.
@@ -80,7 +81,9 @@ const DefaultBodyTimeout = 60 * time.Second
 
 // Router proxies OpenAI requests to the endpoint its policy picks.
 type Router struct {
-	cfg       Config
+	cfg Config
+	// endpoints is the endpoint set, guarded by mu; SetEndpoints replaces the slice and never
+	// modifies one in place, so a slice read under mu (snapshot) stays valid after.
 	endpoints []*endpoint
 	mux       *http.ServeMux
 	handler   http.Handler
@@ -98,9 +101,10 @@ type Router struct {
 	// end of the step that produced it) the batch was in the endpoint's prefix index.
 	kvEventLag prometheus.Histogram
 
+	ctx    context.Context // the endpoints' loops run until it ends (Close)
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
-	closed atomic.Bool
+	closed atomic.Bool // set under mu, so no endpoint loop starts after Close
 }
 
 // DefaultScrapeInterval is how often the router reads each endpoint's /metrics unless told
@@ -110,8 +114,8 @@ const DefaultScrapeInterval = serving.DefaultScrapeInterval
 
 // New builds a router and starts scraping its endpoints.
 func New(cfg Config) (*Router, error) {
-	if len(cfg.Endpoints) == 0 || cfg.Policy == nil {
-		return nil, errors.New("router: endpoints and a policy are required")
+	if cfg.Policy == nil {
+		return nil, errors.New("router: a policy is required")
 	}
 	if cfg.ScrapeInterval <= 0 {
 		cfg.ScrapeInterval = DefaultScrapeInterval
@@ -140,15 +144,11 @@ func New(cfg Config) (*Router, error) {
 		r.inflight = make(chan struct{}, cfg.MaxInFlight)
 	}
 	for i, u := range cfg.Endpoints {
-		u = strings.TrimRight(u, "/")
-		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-			return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL", u)
+		e, err := r.newEndpoint(i, u)
+		if err != nil {
+			return nil, err
 		}
-		parsed, err := url.Parse(u)
-		if err != nil || parsed.Host == "" {
-			return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL with a host", u)
-		}
-		r.endpoints = append(r.endpoints, &endpoint{index: i, url: u, host: parsed.Host, logf: cfg.Logf})
+		r.endpoints = append(r.endpoints, e)
 	}
 	r.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "servelab_router_decisions_total", Help: "Requests routed, by endpoint.",
@@ -164,7 +164,7 @@ func New(cfg Config) (*Router, error) {
 		Name: "servelab_router_healthy_endpoints", Help: "Endpoints currently answering.",
 	}, func() float64 {
 		n := 0
-		for _, e := range r.endpoints {
+		for _, e := range r.snapshot() {
 			if e.healthy() {
 				n++
 			}
@@ -181,7 +181,7 @@ func New(cfg Config) (*Router, error) {
 	})
 	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
 	for _, e := range r.endpoints {
-		r.decisions.WithLabelValues(e.url)
+		e.decisions = r.decisions.WithLabelValues(e.url)
 	}
 	r.mux.HandleFunc("/v1/completions", r.proxy)
 	r.mux.HandleFunc("/v1/chat/completions", r.proxy)
@@ -194,15 +194,9 @@ func New(cfg Config) (*Router, error) {
 	})
 	r.handler = r.guard(r.mux)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	r.stop = cancel
+	r.ctx, r.stop = context.WithCancel(context.Background())
 	for _, e := range r.endpoints {
-		r.wg.Add(1)
-		go func() { defer r.wg.Done(); r.scrapeLoop(ctx, e) }()
-		if cfg.KVEvents {
-			r.wg.Add(1)
-			go func() { defer r.wg.Done(); r.eventLoop(ctx, e) }()
-		}
+		r.startLoops(e)
 	}
 	return r, nil
 }
@@ -212,7 +206,10 @@ func (r *Router) Handler() http.Handler { return r.handler }
 
 // Close stops scraping and event subscriptions.
 func (r *Router) Close() {
-	if r.closed.Swap(true) {
+	r.mu.Lock()
+	was := r.closed.Swap(true)
+	r.mu.Unlock()
+	if was {
 		return
 	}
 	r.stop()
@@ -223,7 +220,7 @@ func (r *Router) Close() {
 func (r *Router) WaitReady(ctx context.Context) error {
 	for {
 		ready := true
-		for _, e := range r.endpoints {
+		for _, e := range r.snapshot() {
 			ready = ready && e.healthy()
 		}
 		if ready {
@@ -238,7 +235,7 @@ func (r *Router) WaitReady(ctx context.Context) error {
 }
 
 func (r *Router) health(w http.ResponseWriter, _ *http.Request) {
-	for _, e := range r.endpoints {
+	for _, e := range r.snapshot() {
 		if e.healthy() {
 			w.WriteHeader(http.StatusOK)
 			return
@@ -252,7 +249,7 @@ func (r *Router) models(w http.ResponseWriter, req *http.Request) {
 	if !allow(w, req, http.MethodGet) {
 		return
 	}
-	for _, e := range r.endpoints {
+	for _, e := range r.snapshot() {
 		if !e.healthy() {
 			continue
 		}
@@ -275,7 +272,7 @@ func (r *Router) model(w http.ResponseWriter, req *http.Request) {
 	}
 	id := req.PathValue("id")
 	asked := 0
-	for _, e := range r.endpoints {
+	for _, e := range r.snapshot() {
 		if !e.healthy() {
 			continue
 		}
@@ -482,7 +479,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 			e.markDown("proxying: " + resp.Status)
 			continue
 		}
-		r.decisions.WithLabelValues(e.url).Inc()
+		e.decisions.Inc()
 		w.Header().Set(serving.ServedEndpointHeader, e.host)
 		copyResponse(w, resp)
 		resp.Body.Close()
