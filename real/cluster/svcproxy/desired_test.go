@@ -54,6 +54,25 @@ func slice(svcName, name string, family discoveryv1.AddressType, ports map[strin
 	return s
 }
 
+// pod is a pod of app "web" whose container port "web" is port.
+func pod(name, ip string, ready bool, port int32, mut func(*corev1.Pod)) *corev1.Pod {
+	status := corev1.ConditionFalse
+	if ready {
+		status = corev1.ConditionTrue
+	}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "engine",
+			Ports: []corev1.ContainerPort{{Name: "web", ContainerPort: port, Protocol: corev1.ProtocolTCP}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: status}}},
+	}
+	if mut != nil {
+		mut(p)
+	}
+	return p
+}
+
 // TestDesired checks which listeners and endpoints a Service gets, without an API server.
 func TestDesired(t *testing.T) {
 	cidr := []netip.Prefix{netip.MustParsePrefix("127.1.0.0/16")}
@@ -62,6 +81,7 @@ func TestDesired(t *testing.T) {
 		name   string
 		svc    *corev1.Service
 		slices []*discoveryv1.EndpointSlice
+		pods   []*corev1.Pod // non-nil: endpoints FromPods
 		want   map[portKey]wanted
 	}{
 		{
@@ -107,6 +127,44 @@ func TestDesired(t *testing.T) {
 			want: map[portKey]wanted{key("127.1.0.12:8080"): {name: "http"}},
 		},
 		{
+			name: "from pods: named targetPort resolved per pod by container port name; not ready, deleting, finished, IP-less and portless pods skipped",
+			svc:  svc("web", "127.1.0.10", func(s *corev1.Service) { s.Spec.Selector = map[string]string{"app": "web"} }),
+			pods: []*corev1.Pod{
+				pod("a", "127.0.0.2", true, 8001, nil),
+				pod("b", "127.0.0.3", true, 8002, nil),
+				pod("notready", "127.0.0.4", false, 8001, nil),
+				pod("deleting", "127.0.0.5", true, 8001, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{} }),
+				pod("done", "127.0.0.6", true, 8001, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
+				pod("noip", "", true, 8001, nil),
+				pod("noport", "127.0.0.7", true, 8001, func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].Name = "other" }),
+				pod("udpport", "127.0.0.8", true, 8001, func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].Protocol = corev1.ProtocolUDP }),
+				pod("sidecar", "127.0.0.9", true, 8009, func(p *corev1.Pod) {
+					p.Spec.InitContainers = p.Spec.Containers
+					p.Spec.InitContainers[0].RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
+					p.Spec.Containers = nil
+				}),
+				pod("elsewhere", "127.0.0.10", true, 8001, func(p *corev1.Pod) { p.Labels["app"] = "other" }),
+			},
+			want: map[portKey]wanted{key("127.1.0.10:8080"): {name: "http",
+				endpoints: []string{"127.0.0.2:8001", "127.0.0.3:8002", "127.0.0.9:8009"}}},
+		},
+		{
+			name: "from pods: publishNotReadyAddresses and a numeric targetPort",
+			svc: svc("web", "127.1.0.10", func(s *corev1.Service) {
+				s.Spec.Selector = map[string]string{"app": "web"}
+				s.Spec.PublishNotReadyAddresses = true
+				s.Spec.Ports[0].TargetPort = intstr.FromInt32(7000)
+			}),
+			pods: []*corev1.Pod{pod("notready", "127.0.0.4", false, 8001, nil)},
+			want: map[portKey]wanted{key("127.1.0.10:8080"): {name: "http", endpoints: []string{"127.0.0.4:7000"}}},
+		},
+		{
+			name: "from pods: a Service without a selector has no endpoints",
+			svc:  svc("web", "127.1.0.10", nil),
+			pods: []*corev1.Pod{pod("a", "127.0.0.2", true, 8001, nil)},
+			want: map[portKey]wanted{key("127.1.0.10:8080"): {name: "http"}},
+		},
+		{
 			name: "headless",
 			svc:  svc("h", corev1.ClusterIPNone, nil),
 		},
@@ -135,6 +193,15 @@ func TestDesired(t *testing.T) {
 				}
 			}
 			p := &proxier{cidrs: cidr, services: corelisters.NewServiceLister(svcs), slices: discoverylisters.NewEndpointSliceLister(sls)}
+			if tt.pods != nil {
+				pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+				for _, p := range tt.pods {
+					if err := pods.Add(p); err != nil {
+						t.Fatal(err)
+					}
+				}
+				p.slices, p.pods = nil, corelisters.NewPodLister(pods)
+			}
 			got, err := p.desired(tt.svc)
 			if err != nil {
 				t.Fatal(err)

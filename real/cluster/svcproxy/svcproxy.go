@@ -92,7 +92,27 @@ type Options struct {
 	// ResyncPeriod is the informers' resync period (default 0: none; the watch is
 	// level-triggered through the queue anyway).
 	ResyncPeriod time.Duration
+	// Endpoints is where a Service's endpoints come from: FromEndpointSlices (the
+	// default, as kube-proxy) or FromPods (what servelab's local cluster needs: its pods'
+	// loopback IPs cannot be written into EndpointSlices).
+	Endpoints EndpointSource
 }
+
+// EndpointSource says where the proxy reads a Service's endpoints.
+type EndpointSource string
+
+const (
+	// FromEndpointSlices reads the EndpointSlices the control plane's EndpointSlice
+	// controller writes, as kube-proxy does.
+	FromEndpointSlices EndpointSource = "EndpointSlices"
+	// FromPods computes the endpoints from the Pods the Service's selector matches, the
+	// way the EndpointSlice controller would (k8s.io/endpointslice utils.go FindPort and
+	// util/controller_utils.go ShouldPodBeInEndpoints). The API server refuses loopback
+	// addresses in EndpointSlices and Endpoints (pkg/apis/core/validation
+	// ValidateEndpointIP) but takes them as pod IPs, so on a cluster whose pods have
+	// 127.0.0.x addresses no slice can ever list them and this is the only source.
+	FromPods EndpointSource = "Pods"
+)
 
 // The labels kube-proxy filters on (k8s.io/api/core/v1 and discovery/v1 well-known labels).
 const (
@@ -109,6 +129,13 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 	if err != nil {
 		return err
 	}
+	switch opts.Endpoints {
+	case "":
+		opts.Endpoints = FromEndpointSlices
+	case FromEndpointSlices, FromPods:
+	default:
+		return fmt.Errorf("svcproxy: Options.Endpoints %q: want %q or %q", opts.Endpoints, FromEndpointSlices, FromPods)
+	}
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = 2 * time.Second
 	}
@@ -124,7 +151,9 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 			o.LabelSelector = "!" + labelServiceProxyName + ",!" + labelHeadless
 		}))
 	svcInformer := factory.Core().V1().Services()
-	sliceInformer := factory.Discovery().V1().EndpointSlices()
+	// Pods carry none of the Services' labels: their own factory, without the filter.
+	podFactory := informers.NewSharedInformerFactoryWithOptions(cs, opts.ResyncPeriod,
+		informers.WithNamespace(opts.Namespace))
 
 	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -135,7 +164,6 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 		logf:        logf,
 		dialTimeout: opts.DialTimeout,
 		services:    svcInformer.Lister(),
-		slices:      sliceInformer.Lister(),
 		ports:       map[string]map[portKey]*portProxy{},
 		conns:       map[net.Conn]struct{}{},
 	}
@@ -146,18 +174,6 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 			queue.Add(key)
 		}
 	}
-	enqueueSlice := func(obj any) {
-		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = d.Obj
-		}
-		s, ok := obj.(*discoveryv1.EndpointSlice)
-		if !ok {
-			return
-		}
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			queue.Add(s.Namespace + "/" + name)
-		}
-	}
 	if _, err := svcInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueueSvc,
 		UpdateFunc: func(_, obj any) { enqueueSvc(obj) },
@@ -165,29 +181,71 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 	}); err != nil {
 		return fmt.Errorf("svcproxy: watching Services: %w", err)
 	}
-	if _, err := sliceInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueueSlice,
-		UpdateFunc: func(old, obj any) { enqueueSlice(old); enqueueSlice(obj) },
-		DeleteFunc: enqueueSlice,
-	}); err != nil {
-		return fmt.Errorf("svcproxy: watching EndpointSlices: %w", err)
+	switch opts.Endpoints {
+	case FromEndpointSlices:
+		inf := factory.Discovery().V1().EndpointSlices()
+		p.slices = inf.Lister()
+		enqueueSlice := func(obj any) {
+			if s, ok := unwrap(obj).(*discoveryv1.EndpointSlice); ok {
+				if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+					queue.Add(s.Namespace + "/" + name)
+				}
+			}
+		}
+		if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    enqueueSlice,
+			UpdateFunc: func(old, obj any) { enqueueSlice(old); enqueueSlice(obj) },
+			DeleteFunc: enqueueSlice,
+		}); err != nil {
+			return fmt.Errorf("svcproxy: watching EndpointSlices: %w", err)
+		}
+	case FromPods:
+		inf := podFactory.Core().V1().Pods()
+		p.pods = inf.Lister()
+		// A pod change concerns the Services whose selector matches its labels.
+		enqueuePod := func(obj any) {
+			pod, ok := unwrap(obj).(*corev1.Pod)
+			if !ok {
+				return
+			}
+			svcs, err := p.services.Services(pod.Namespace).List(labels.Everything())
+			if err != nil {
+				return
+			}
+			for _, svc := range svcs {
+				if len(svc.Spec.Selector) > 0 && labels.SelectorFromValidatedSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
+					queue.Add(svc.Namespace + "/" + svc.Name)
+				}
+			}
+		}
+		if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    enqueuePod,
+			UpdateFunc: func(old, obj any) { enqueuePod(old); enqueuePod(obj) },
+			DeleteFunc: enqueuePod,
+		}); err != nil {
+			return fmt.Errorf("svcproxy: watching Pods: %w", err)
+		}
 	}
 
 	defer func() {
 		queue.ShutDown()
 		factory.Shutdown()
+		podFactory.Shutdown()
 		p.closeAll()
 	}()
 	factory.Start(ctx.Done())
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			if ctx.Err() != nil {
-				return ctx.Err()
+	podFactory.Start(ctx.Done())
+	for _, f := range []informers.SharedInformerFactory{factory, podFactory} {
+		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("svcproxy: the %v cache did not sync", typ)
 			}
-			return fmt.Errorf("svcproxy: the %v cache did not sync", typ)
 		}
 	}
-	logf("svcproxy: serving cluster IPs in %s", opts.ServiceCIDR)
+	logf("svcproxy: serving cluster IPs in %s, endpoints from %s", opts.ServiceCIDR, opts.Endpoints)
 
 	// One worker: a sync only reads two caches and opens or closes a few listeners;
 	// one worker also keeps a Service's listeners from being changed by two at once.
@@ -201,6 +259,14 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) error {
 	queue.ShutDown()
 	<-done
 	return nil
+}
+
+// unwrap returns the object of a deletion whose final state the informer missed.
+func unwrap(obj any) any {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return obj
 }
 
 func parseCIDRs(s string) ([]netip.Prefix, error) {
@@ -229,7 +295,8 @@ type proxier struct {
 	logf        func(string, ...any)
 	dialTimeout time.Duration
 	services    corelisters.ServiceLister
-	slices      discoverylisters.EndpointSliceLister
+	slices      discoverylisters.EndpointSliceLister // with FromEndpointSlices
+	pods        corelisters.PodLister                // with FromPods
 
 	// ports is touched only by the single worker (and by closeAll after it stopped).
 	ports map[string]map[portKey]*portProxy // by Service key namespace/name
@@ -313,8 +380,17 @@ func (p *proxier) desired(svc *corev1.Service) (map[portKey]wanted, error) {
 	if len(addrs) == 0 {
 		return nil, nil
 	}
-	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name})
-	eps, err := p.slices.EndpointSlices(svc.Namespace).List(sel)
+	var eps []*discoveryv1.EndpointSlice
+	var pods []*corev1.Pod
+	var err error
+	switch {
+	case p.slices != nil:
+		sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name})
+		eps, err = p.slices.EndpointSlices(svc.Namespace).List(sel)
+	case p.pods != nil && len(svc.Spec.Selector) > 0:
+		// Without a selector the Service's endpoints are managed by hand, in slices.
+		pods, err = p.pods.Pods(svc.Namespace).List(labels.SelectorFromValidatedSet(svc.Spec.Selector))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -324,10 +400,13 @@ func (p *proxier) desired(svc *corev1.Service) (map[portKey]wanted, error) {
 			continue
 		}
 		for _, ip := range addrs {
-			want[portKey{netip.AddrPortFrom(ip, uint16(sp.Port))}] = wanted{
-				name:      sp.Name,
-				endpoints: readyEndpoints(eps, sp.Name, ip.Is4()),
+			w := wanted{name: sp.Name}
+			if p.slices != nil {
+				w.endpoints = sliceEndpoints(eps, sp.Name, ip.Is4())
+			} else {
+				w.endpoints = podEndpoints(pods, svc, sp, ip.Is4())
 			}
+			want[portKey{netip.AddrPortFrom(ip, uint16(sp.Port))}] = w
 		}
 	}
 	return want, nil
@@ -340,55 +419,6 @@ func (p *proxier) inCIDR(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// readyEndpoints returns, sorted and without duplicates, host:port of the ready
-// endpoints of the given family in slices, with the port of the slice port named
-// portName.
-func readyEndpoints(eps []*discoveryv1.EndpointSlice, portName string, ipv4 bool) []string {
-	family := discoveryv1.AddressTypeIPv6
-	if ipv4 {
-		family = discoveryv1.AddressTypeIPv4
-	}
-	var out []string
-	for _, s := range eps {
-		if s.AddressType != family {
-			continue
-		}
-		port := int32(-1)
-		for _, sp := range s.Ports {
-			name := ""
-			if sp.Name != nil {
-				name = *sp.Name
-			}
-			if name != portName || sp.Port == nil {
-				continue
-			}
-			if sp.Protocol != nil && *sp.Protocol != corev1.ProtocolTCP {
-				continue
-			}
-			port = *sp.Port
-			break
-		}
-		if port < 0 {
-			continue
-		}
-		for _, ep := range s.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			if len(ep.Addresses) == 0 {
-				continue
-			}
-			ip, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil {
-				continue
-			}
-			out = append(out, netip.AddrPortFrom(ip, uint16(port)).String())
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }
 
 // setPorts opens, updates and closes Service key's listeners to match want (nil: none).
