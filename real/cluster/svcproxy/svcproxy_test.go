@@ -160,6 +160,10 @@ func refusedPort(t *testing.T, ip string) netip.AddrPort {
 
 var client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
 
+// streamClient's requests last as long as the test needs: Client.Timeout would cut a
+// stream's body too.
+var streamClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 func get(url string) (string, error) {
 	resp, err := client.Get(url)
 	if err != nil {
@@ -212,6 +216,17 @@ func proxyGoroutines() []string {
 		}
 	}
 	return out
+}
+
+// handlers counts the proxy's goroutines handling a connection.
+func handlers() int {
+	n := 0
+	for _, g := range proxyGoroutines() {
+		if strings.Contains(g, "svcproxy.(*portProxy).handle(") {
+			n++
+		}
+	}
+	return n
 }
 
 func openFDs(t *testing.T) int {
@@ -516,7 +531,7 @@ func testFromSlices(t *testing.T, cs kubernetes.Interface) {
 			t.Fatal(err)
 		}
 		url := "http://" + netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 8000).String()
-		waitFor(t, "the proxy to serve default/many", func() error {
+		waitFor(t, "the proxy to serve slices/many", func() error {
 			if l.count("slices/many", "endpoints", a.addr.String(), b.addr.String()) == 0 {
 				return errors.New("no log line with both endpoints yet")
 			}
@@ -531,7 +546,7 @@ func testFromSlices(t *testing.T, cs kubernetes.Interface) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				resp, err := client.Get(url + "/sse")
+				resp, err := streamClient.Get(url + "/sse")
 				if err != nil {
 					t.Error(err)
 					return
@@ -546,31 +561,56 @@ func testFromSlices(t *testing.T, cs kubernetes.Interface) {
 				}{r, resp.Body}
 			}()
 		}
-		// Short requests next to them.
-		const requests = 200
-		counts := map[string]int{}
-		var mu sync.Mutex
-		for range requests {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				body, err := get(url + "/")
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				counts[body]++
-				mu.Unlock()
-			}()
-		}
 		wg.Wait()
 		close(bodies)
 		if t.Failed() {
 			return
 		}
-		if diff := cmp.Diff(map[string]int{"a": requests / 2, "b": requests / 2}, counts); diff != "" {
-			t.Errorf("requests per backend (-want +got):\n%s", diff)
+		// Rounds of short requests next to them, now that the streams have taken their
+		// turns (so that the requests' own turns split evenly). Each round's connections
+		// end, both ways, leaving the streams' and no more open files than the round before.
+		const requests = 200
+		fdsAfter := make([]int, 0, 2)
+		for round := range 2 {
+			counts := map[string]int{}
+			var mu sync.Mutex
+			for range requests {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					body, err := get(url + "/")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					counts[body]++
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+			if diff := cmp.Diff(map[string]int{"a": requests / 2, "b": requests / 2}, counts); diff != "" {
+				t.Errorf("round %d: requests per backend (-want +got):\n%s", round, diff)
+			}
+			waitFor(t, "the finished connections' goroutines to exit", func() error {
+				if n := handlers(); n != streams {
+					return fmt.Errorf("%d connections handled, want the %d streams", n, streams)
+				}
+				return nil
+			})
+			var fds int
+			waitFor(t, "the finished connections' files to close", func() error {
+				runtime.GC() // splice pipes: see the check after Run returns
+				fds = openFDs(t)
+				if round > 0 && fds > fdsAfter[0] {
+					return fmt.Errorf("%d open files after round %d, %d after round 0", fds, round, fdsAfter[0])
+				}
+				return nil
+			})
+			fdsAfter = append(fdsAfter, fds)
 		}
 
 		stop()
@@ -595,6 +635,9 @@ func testFromSlices(t *testing.T, cs kubernetes.Interface) {
 			t.Errorf("%d goroutines left after Run returned:\n%s", len(g), strings.Join(g, "\n\n"))
 		}
 		waitFor(t, "the open files to go back to before Run", func() error {
+			// io.Copy between TCP connections splices through pipes that Go keeps in a
+			// sync.Pool and closes when the garbage collector drops them.
+			runtime.GC()
 			if n := openFDs(t); n > fdsBefore {
 				return fmt.Errorf("%d open files, %d before Run", n, fdsBefore)
 			}
