@@ -2,25 +2,39 @@
 // where there is no kube-proxy: a userspace service proxy, as kube-proxy's old userspace
 // mode was (k8s.io/kubernetes pkg/proxy/userspace, removed in 1.26). For every Service
 // with a cluster IP inside Options.ServiceCIDR it listens on clusterIP:port for each TCP
-// port and forwards each accepted connection to a ready endpoint from the Service's
-// EndpointSlices, round-robin.
+// port and forwards each accepted connection to one of the Service's ready endpoints,
+// round-robin.
 //
 // # How `servelab cluster up` uses it
 //
 // Start kube-apiserver with --service-cluster-ip-range=127.1.0.0/16: it then allocates
 // cluster IPs such as 127.1.68.203, and on Linux all of 127.0.0.0/8 routes to lo, so a
 // process on the machine can listen on them without any interface setup. The node
-// process (the one that runs virtual-kubelet and the pods) calls
+// process (the one that runs virtual-kubelet and the pods) runs, in its own goroutine
+// until it stops,
 //
-//	svcproxy.Run(ctx, clientset, svcproxy.Options{ServiceCIDR: "127.1.0.0/16", Logf: logf})
+//	svcproxy.Run(ctx, clientset, svcproxy.Options{
+//		ServiceCIDR: "127.1.0.0/16", // the same range as the API server's
+//		Endpoints:   svcproxy.FromPods,
+//		Logf:        logf,
+//	})
 //
-// with the same CIDR, in its own goroutine, until it stops. kube-controller-manager's
-// EndpointSlice controller writes the slices from the pods' IPs (127.0.0.2, .3, ... as the
-// node reports them) and readiness; the proxy only reads them. A pod that calls
-// http://my-svc.my-ns:port needs DNS, which this cluster does not have: clients use the
-// cluster IP (kubectl get svc) or the pods' environment variables (MY_SVC_SERVICE_HOST),
-// which the kubelet side sets. Binding ports below 1024 needs root or
-// net.ipv4.ip_unprivileged_port_start; servelab's own Services use higher ports.
+// FromPods, because the pods' IPs are loopback addresses (127.0.0.2, .3, ...) and the API
+// server refuses loopback addresses in EndpointSlices and Endpoints ("may not be in the
+// loopback range", k8s.io/kubernetes pkg/apis/core/validation ValidateEndpointIP), while
+// it takes them as pod IPs: kube-controller-manager's EndpointSlice controller can never
+// write these pods' slices, so the proxy computes the endpoints from the Pods the way that
+// controller would. Since those controllers' writes can only fail there, run
+// kube-controller-manager with
+// --controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller.
+//
+// A pod that calls http://my-svc.my-ns:port needs DNS, which this cluster does not have:
+// clients use the cluster IP (kubectl get svc) or the MY_SVC_SERVICE_HOST/_PORT
+// environment variables a kubelet sets (the node's provider has to set them too). The
+// default/kubernetes Service gets a listener with no endpoints (it has no selector): pods
+// reach the API server through the kubeconfig the node gives them. Binding ports below
+// 1024 needs root or net.ipv4.ip_unprivileged_port_start; servelab's own Services use
+// higher ports.
 //
 // # Semantics, after kube-proxy
 //
@@ -28,14 +42,20 @@
 //     (kube-proxy serves the cluster IP of all three); node ports and load balancers are
 //     not. Headless Services (clusterIP None), ExternalName Services, cluster IPs outside
 //     ServiceCIDR, and Services labelled service.kubernetes.io/service-proxy-name (meant
-//     for another proxy) are skipped. Only TCP ports are proxied; UDP and SCTP are logged
-//     and skipped.
-//   - Endpoints come from the EndpointSlices labelled kubernetes.io/service-name=<name>
-//     in the Service's namespace, of the Service's IP family. An endpoint is used when
+//     for another proxy) are skipped. Only TCP ports are proxied; UDP and SCTP ports are
+//     skipped.
+//   - FromEndpointSlices (the default, what a real cluster's addresses allow): endpoints
+//     come from the EndpointSlices labelled kubernetes.io/service-name=<name> in the
+//     Service's namespace, of the Service's IP family. An endpoint is used when
 //     conditions.ready is true or unset (kube-proxy pkg/proxy/endpointslicecache.go reads
 //     a nil ready as ready). Its port is the slice port whose name is the Service port's
 //     name: the EndpointSlice controller has already resolved a named targetPort into
 //     each pod's container port number, so a targetPort given by name works, per pod.
+//   - FromPods: the endpoints are the Pods matched by the Service's selector (none
+//     without one) that are not finished or being deleted, have an IP of the family and
+//     are Ready (or the Service sets publishNotReadyAddresses); a targetPort name is
+//     looked up in each pod's container ports (and sidecars'), with the Service port's
+//     protocol, as k8s.io/endpointslice's FindPort does.
 //   - Each connection goes to the next endpoint in turn; when dialing it fails, the next
 //     one is tried, each endpoint once; when none is left (or there is none) the client's
 //     connection is closed at once, as kube-proxy's REJECT rule makes it fail fast.
@@ -47,7 +67,8 @@
 //     Service (as conntrack entries do under kube-proxy), so a rolling update does not cut
 //     requests in flight; only new connections see the change. When Run returns, every
 //     listener and every connection it made is closed and its goroutines have exited.
-//   - sessionAffinity: ClientIP is not implemented (round-robin regardless); it is logged.
+//   - sessionAffinity: ClientIP is not implemented: connections are spread round-robin
+//     regardless.
 package svcproxy
 
 import (
