@@ -32,7 +32,6 @@ const serviceCIDR = "127.1.0.0/16"
 
 // logs collects the proxy's log lines so that tests can wait for a change to be applied.
 type logs struct {
-	t     *testing.T
 	mu    sync.Mutex
 	lines []string
 }
@@ -327,7 +326,7 @@ func testFromSlices(t *testing.T, cs kubernetes.Interface) {
 	}
 
 	fdsBefore := openFDs(t)
-	l := &logs{t: t}
+	l := &logs{}
 	runCtx, stop := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	go func() {
@@ -700,7 +699,7 @@ func testFromPods(t *testing.T, cs kubernetes.Interface) {
 	}
 	url := "http://" + netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 8080).String()
 
-	l := &logs{t: t}
+	l := &logs{}
 	runCtx, stop := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	go func() {
