@@ -32,6 +32,9 @@ type Env struct {
 type Options struct {
 	// ExtraCRDs are further CRD YAML files or directories to install (e.g. GIE's).
 	ExtraCRDs []string
+	// ServiceCIDR, when set, is kube-apiserver's --service-cluster-ip-range (envtest's
+	// default is 10.0.0.0/24); 127.1.0.0/16 gives ClusterIPs that route to lo.
+	ServiceCIDR string
 }
 
 // Start starts etcd and kube-apiserver on loopback, installs config/crd/bases (and
@@ -59,6 +62,9 @@ func Start(t testing.TB, opts ...Options) *Env {
 		// A loaded 2-core machine starts the pair in ~5 s; leave room.
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
+	}
+	if o.ServiceCIDR != "" {
+		env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", o.ServiceCIDR)
 	}
 	cfg, err := env.Start()
 	if err != nil {
