@@ -620,6 +620,7 @@ func TestInferencePool(t *testing.T) {
 	if pool.GetResourceVersion() != rv {
 		t.Errorf("a second reconcile changed the InferencePool (resourceVersion %s -> %s)", rv, pool.GetResourceVersion())
 	}
+	t.Run("the generated ClusterRole suffices", func(t *testing.T) { testRBACSuffices(t, env) })
 }
 
 // waitFor polls cond until it holds or the deadline passes.
