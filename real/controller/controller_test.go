@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/yaml"
 
 	"servelab/api/v1alpha1"
 	"servelab/internal/k8stest"
@@ -541,6 +543,30 @@ func TestReconcile(t *testing.T) {
 		reconcileOnce(t, r, "pd")
 		if r.haveInferencePoolForTest() {
 			t.Error("no InferencePool CRD is installed, yet the reconciler found one")
+		}
+	})
+
+	t.Run("config/samples", func(t *testing.T) {
+		r, _ := newReconciler(env)
+		files, err := filepath.Glob(filepath.Join(k8stest.RepoRoot(t), "config", "samples", "*.yaml"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no samples: %v", err)
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var svc v1alpha1.LLMService
+			if err := yaml.UnmarshalStrict(data, &svc); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			svc.Name = "sample-" + svc.Name
+			create(t, env, &svc)
+			reconcileOnce(t, r, svc.Name)
+			if c := condition(getService(t, env, svc.Name), v1alpha1.ConditionPolicyApplied); c.Status != metav1.ConditionTrue {
+				t.Errorf("%s: PolicyApplied %+v", f, c)
+			}
 		}
 	})
 
