@@ -106,7 +106,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 	}); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("llmservice").
 		WithOptions(opts).
 		// Status writes (the controller's own) change no generation: no reconcile for them.
@@ -116,8 +116,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.servicesOfConfigMap)).
-		Complete(r)
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.servicesOfConfigMap))
+	// InferencePools are watched when GIE is installed at start (one installed later is
+	// still created, and re-applied on the LLMService's next reconcile).
+	have, err := r.haveInferencePool()
+	if err != nil {
+		return err
+	}
+	if have {
+		pool := &unstructured.Unstructured{}
+		pool.SetGroupVersionKind(InferencePoolGVK)
+		b = b.Owns(pool)
+	}
+	return b.Complete(r)
 }
 
 // servicesOfConfigMap maps a ConfigMap to the LLMServices that own it or read their
