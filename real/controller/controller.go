@@ -232,16 +232,23 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	}
 	sa, role, rb := routerRBAC(svc)
 	objs := []runtime.Object{sa, role, rb}
+	// What svc no longer has goes after the rest is applied: the router Deployment stops
+	// mounting its ConfigMap before the ConfigMap is deleted.
+	type staleObj struct {
+		obj  client.Object
+		name string
+	}
+	var stale []staleObj
 	if pol.epc != "" {
 		objs = append(objs, eppConfigMap(svc, pol.epc))
-	} else if err := r.deleteOwned(ctx, svc, &corev1.ConfigMap{}, eppName(svc.Name)); err != nil {
-		return 0, err
+	} else {
+		stale = append(stale, staleObj{&corev1.ConfigMap{}, eppName(svc.Name)})
 	}
 	objs = append(objs, engineService(svc), engineDeployment(svc, engineName(svc.Name), ComponentEngine, svc.Spec.WorkloadSpec, model))
 	if p := svc.Spec.Prefill; p != nil {
 		objs = append(objs, engineDeployment(svc, prefillName(svc.Name), ComponentPrefill, *p, model))
-	} else if err := r.deleteOwned(ctx, svc, &appsv1.Deployment{}, prefillName(svc.Name)); err != nil {
-		return 0, err
+	} else {
+		stale = append(stale, staleObj{&appsv1.Deployment{}, prefillName(svc.Name)})
 	}
 
 	var change routerChange
@@ -265,6 +272,11 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	}
 	for _, o := range objs {
 		if err := r.apply(ctx, o); err != nil {
+			return 0, err
+		}
+	}
+	for _, o := range stale {
+		if err := r.deleteOwned(ctx, svc, o.obj, o.name); err != nil {
 			return 0, err
 		}
 	}
