@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -88,6 +89,20 @@ func testManager(t *testing.T, env *k8stest.Env) {
 			return false, nil
 		}
 		return err == nil && *d.Spec.Replicas == 2, err
+	})
+	// Level-triggered: a hand edit of an owned object is undone.
+	d := get(t, env, "good-engine", &appsv1.Deployment{})
+	want := d.Spec.Template.Spec.Containers[0].Args
+	d.Spec.Template.Spec.Containers[0].Args = append([]string{}, want[:len(want)-1]...)
+	if err := env.Client.Update(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "good-engine's args restored", timeout, func() (bool, error) {
+		var d appsv1.Deployment
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "good-engine"}, &d); err != nil {
+			return false, err
+		}
+		return slices.Equal(d.Spec.Template.Spec.Containers[0].Args, want), nil
 	})
 	setReady(t, env, "good-engine", 2)
 	setReady(t, env, "good-router", 2)
