@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
@@ -100,7 +101,7 @@ func parseArgs(newFS func() *pflag.FlagSet, fallback func() *pflag.FlagSet, args
 		newFS = fallback
 	}
 	fs := newFS()
-	fs.SetOutput(discard{})
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return nil, &policyError{ReasonInvalidArgs, fmt.Sprintf("%s: %v", field, err)}
 	}
@@ -109,10 +110,6 @@ func parseArgs(newFS func() *pflag.FlagSet, fallback func() *pflag.FlagSet, args
 	}
 	return fs, nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // checkEnginePool builds the batch and evict policies an engine of this pool would run, as
 // 'servelab engine' builds them from --batch, --evict and its limit flags.
