@@ -16,6 +16,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,12 +186,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	switch changed {
-	case routerCreated:
+	switch {
+	case changed.created:
 		r.event(&svc, corev1.EventTypeNormal, EventDeployed, "Deploy", fmt.Sprintf("deployed %d engines and %d routers, routing policy %s, batch %s, evict %s",
 			*replicas(svc.Spec.Replicas), *replicas(svc.Spec.Router.Replicas), pol.label, svc.Spec.Batch, svc.Spec.Evict))
-	case routerPolicyChanged:
-		r.event(&svc, corev1.EventTypeNormal, EventPolicyChanged, "RollRouter", fmt.Sprintf("routing policy %s (was %s): rolling the router", pol.label, before.Policy))
+	case len(changed.policies) > 0:
+		r.event(&svc, corev1.EventTypeNormal, EventPolicyChanged, "Roll", strings.Join(changed.policies, "; "))
 	}
 	apimeta.SetStatusCondition(&status.Conditions, metav1.Condition{
 		Type: v1alpha1.ConditionPolicyApplied, Status: metav1.ConditionTrue, Reason: ReasonApplied,
@@ -216,19 +217,29 @@ func (r *Reconciler) event(svc *v1alpha1.LLMService, typ, reason, action, note s
 	}
 }
 
-type routerChange int
+// changes says what an apply changed, for events.
+type changes struct {
+	// created: the router was not there before (a first deployment).
+	created bool
+	// policies: "routing policy X (was Y): rolling the router", "batch ..."
+	policies []string
+}
 
-const (
-	routerUnchanged routerChange = iota
-	routerCreated
-	routerPolicyChanged
-)
+// argValue is the value of --name=VALUE in args ("" if absent).
+func argValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
 
 // applyAll server-side applies every object svc owns and deletes those it no longer has.
-func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol resolvedPolicy) (routerChange, error) {
+func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol resolvedPolicy) (changes, error) {
 	model, err := parseModelURI(svc.Spec.Model.URI)
 	if err != nil { // resolvePolicy checked it
-		return 0, err
+		return changes{}, err
 	}
 	sa, role, rb := routerRBAC(svc)
 	objs := []runtime.Object{sa, role, rb}
@@ -251,36 +262,55 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 		stale = append(stale, staleObj{&appsv1.Deployment{}, prefillName(svc.Name)})
 	}
 
-	var change routerChange
-	var cur appsv1.Deployment
-	switch err := r.Client.Get(ctx, types.NamespacedName{Namespace: svc.Namespace, Name: routerName(svc.Name)}, &cur); {
-	case apierrors.IsNotFound(err):
-		change = routerCreated
-	case err != nil:
-		return 0, err
-	case cur.Spec.Template.Annotations[AnnotationRouterConfigHash] != pol.hash:
-		change = routerPolicyChanged
+	var ch changes
+	curRouter, err := r.deployment(ctx, svc.Namespace, routerName(svc.Name))
+	if err != nil {
+		return changes{}, err
+	}
+	switch {
+	case curRouter == nil:
+		ch.created = true
+	case curRouter.Spec.Template.Annotations[AnnotationRouterConfigHash] != pol.hash:
+		was := argValue(curRouter.Spec.Template.Spec.Containers[0].Args, "router")
+		if strings.HasPrefix(was, eppMountDir) {
+			was = "EndpointPickerConfig"
+		}
+		if was == pol.label {
+			ch.policies = append(ch.policies, fmt.Sprintf("routing policy %s changed: rolling the router", pol.label))
+		} else {
+			ch.policies = append(ch.policies, fmt.Sprintf("routing policy %s (was %s): rolling the router", pol.label, was))
+		}
+	}
+	if curEngine, err := r.deployment(ctx, svc.Namespace, engineName(svc.Name)); err != nil {
+		return changes{}, err
+	} else if curEngine != nil {
+		args := curEngine.Spec.Template.Spec.Containers[0].Args
+		for _, p := range []struct{ flag, now string }{{"batch", svc.Spec.Batch}, {"evict", svc.Spec.Evict}} {
+			if was := argValue(args, p.flag); was != p.now {
+				ch.policies = append(ch.policies, fmt.Sprintf("%s %s (was %s): rolling the engines", p.flag, p.now, was))
+			}
+		}
 	}
 	objs = append(objs, routerDeployment(svc, pol, model), routerService(svc))
 
 	have, err := r.haveInferencePool()
 	if err != nil {
-		return 0, err
+		return changes{}, err
 	}
 	if have {
 		objs = append(objs, inferencePool(svc))
 	}
 	for _, o := range objs {
 		if err := r.apply(ctx, o); err != nil {
-			return 0, err
+			return changes{}, err
 		}
 	}
 	for _, o := range stale {
 		if err := r.deleteOwned(ctx, svc, o.obj, o.name); err != nil {
-			return 0, err
+			return changes{}, err
 		}
 	}
-	return change, nil
+	return ch, nil
 }
 
 // apply server-side applies obj, whole, as the controller's field manager.

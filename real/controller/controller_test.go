@@ -340,9 +340,39 @@ func TestReconcile(t *testing.T) {
 		if got.Status.Policy != "weighted:prefix=3,queue=2,kv=2" {
 			t.Errorf("status.policy %q", got.Status.Policy)
 		}
-		if ev := drain(rec); len(ev) != 1 || !strings.HasPrefix(ev[0], "Normal PolicyChanged") {
-			t.Errorf("events %q, want one Normal PolicyChanged", ev)
+		if ev := drain(rec); len(ev) != 1 || ev[0] != "Normal PolicyChanged routing policy weighted:prefix=3,queue=2,kv=2 (was least-request): rolling the router" {
+			t.Errorf("events %q, want one Normal PolicyChanged naming both routing policies", ev)
 		}
+	})
+
+	t.Run("a batch change rolls the engines only", func(t *testing.T) {
+		r, rec := newReconciler(env)
+		before := owned(t, env, "basic")
+		svc := getService(t, env, "basic")
+		svc.Spec.Batch = "static"
+		if err := env.Client.Update(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
+		reconcileOnce(t, r, "basic")
+		after := owned(t, env, "basic")
+		for k := range before {
+			if changed := before[k] != after[k]; changed != (k == "Deployment/basic-engine") {
+				t.Errorf("%s changed: %t", k, changed)
+			}
+		}
+		if a := get(t, env, "basic-engine", &appsv1.Deployment{}).Spec.Template.Spec.Containers[0].Args; !contains(a, "--batch=static") {
+			t.Errorf("engine args %q, want --batch=static", a)
+		}
+		if ev := drain(rec); len(ev) != 1 || ev[0] != "Normal PolicyChanged batch static (was vllm): rolling the engines" {
+			t.Errorf("events %q, want one Normal PolicyChanged naming the batch policies", ev)
+		}
+		svc = getService(t, env, "basic")
+		svc.Spec.Batch = "vllm"
+		if err := env.Client.Update(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
+		reconcileOnce(t, r, "basic")
+		drain(rec)
 	})
 
 	t.Run("an invalid policy keeps what runs", func(t *testing.T) {
