@@ -208,6 +208,9 @@ func TestReconcile(t *testing.T) {
 		if c.Image != "servelab:latest" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef.FieldPath != "status.podIP" {
 			t.Errorf("engine container: image %q, env %+v; want servelab:latest and POD_IP from status.podIP", c.Image, c.Env)
 		}
+		if sc := c.SecurityContext; sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 {
+			t.Errorf("engine securityContext %+v, want no privilege escalation and capabilities dropped", sc)
+		}
 		if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/health" {
 			t.Errorf("engine readiness probe %+v, want GET /health", p)
 		}

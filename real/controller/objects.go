@@ -162,6 +162,18 @@ func podIPEnv() corev1.EnvVar {
 	return corev1.EnvVar{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}
 }
 
+// securityContext is what both containers need: no privilege escalation, no
+// capabilities, the runtime's default seccomp profile (Pod Security's restricted profile
+// asks for these; the image runs as a non-root user).
+func securityContext() *corev1.SecurityContext {
+	no := false
+	return &corev1.SecurityContext{
+		AllowPrivilegeEscalation: &no,
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
 func image(t v1alpha1.EngineTemplate) string {
 	if t.Image == "" {
 		return "servelab:latest"
@@ -191,6 +203,7 @@ func engineDeployment(svc *v1alpha1.LLMService, name, component string, pool v1a
 		Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: EnginePort, Protocol: corev1.ProtocolTCP}},
 		Resources:       pool.Template.Resources,
 		VolumeMounts:    []corev1.VolumeMount{model.mount},
+		SecurityContext: securityContext(),
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
 			PeriodSeconds: 2, FailureThreshold: 3,
@@ -293,8 +306,9 @@ func routerDeployment(svc *v1alpha1.LLMService, pol resolvedPolicy, model modelM
 			{Name: "http", ContainerPort: RouterPort, Protocol: corev1.ProtocolTCP},
 			{Name: "grpc-ext-proc", ContainerPort: ExtProcPort, Protocol: corev1.ProtocolTCP},
 		},
-		Resources:    tmpl.Resources,
-		VolumeMounts: mounts,
+		Resources:       tmpl.Resources,
+		VolumeMounts:    mounts,
+		SecurityContext: securityContext(),
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
 			PeriodSeconds: 2, FailureThreshold: 2,
