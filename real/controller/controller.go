@@ -15,6 +15,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -183,6 +184,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 
 	changed, err := r.applyAll(ctx, &svc, pol)
+	var notOwned *notOwnedError
+	if errors.As(err, &notOwned) {
+		// Nothing of ours watches the other object: look again in a minute.
+		msg := notOwned.Error()
+		prev := apimeta.FindStatusCondition(before.Conditions, v1alpha1.ConditionPolicyApplied)
+		if prev == nil || prev.Message != msg {
+			r.event(&svc, corev1.EventTypeWarning, ReasonResourceExists, "Deploy", msg)
+		}
+		apimeta.SetStatusCondition(&status.Conditions, metav1.Condition{
+			Type: v1alpha1.ConditionPolicyApplied, Status: metav1.ConditionFalse,
+			Reason: ReasonResourceExists, Message: msg, ObservedGeneration: svc.Generation,
+		})
+		if err := r.observe(ctx, &svc, status); err != nil {
+			return reconcile.Result{}, err
+		}
+		return reconcile.Result{RequeueAfter: time.Minute}, r.writeStatus(ctx, &svc, before, status)
+	}
 	if err != nil {
 		return reconcile.Result{}, err
 	}
@@ -300,9 +318,19 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	if have {
 		objs = append(objs, inferencePool(svc))
 	}
-	for _, o := range objs {
-		if err := r.apply(ctx, o); err != nil {
+	// Take nothing over: every name must be free or svc's before anything is applied.
+	us := make([]*unstructured.Unstructured, len(objs))
+	for i, o := range objs {
+		if us[i], err = toApply(o); err != nil {
 			return changes{}, err
+		}
+		if err := r.checkOwner(ctx, svc, us[i]); err != nil {
+			return changes{}, err
+		}
+	}
+	for _, u := range us {
+		if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
+			return changes{}, fmt.Errorf("applying %s %s: %w", u.GetKind(), u.GetName(), err)
 		}
 	}
 	for _, o := range stale {
@@ -313,22 +341,47 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	return ch, nil
 }
 
-// apply server-side applies obj, whole, as the controller's field manager.
-func (r *Reconciler) apply(ctx context.Context, obj runtime.Object) error {
-	var u *unstructured.Unstructured
-	if uo, ok := obj.(*unstructured.Unstructured); ok {
-		u = uo
-	} else {
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-		if err != nil {
-			return err
-		}
-		delete(m, "status")
-		prune(m)
-		u = &unstructured.Unstructured{Object: m}
+// toApply is obj as the controller server-side applies it, whole, as its field manager.
+func toApply(obj runtime.Object) (*unstructured.Unstructured, error) {
+	if u, ok := obj.(*unstructured.Unstructured); ok {
+		return u, nil
 	}
-	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldManager), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying %s %s: %w", u.GetKind(), u.GetName(), err)
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, err
+	}
+	delete(m, "status")
+	prune(m)
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// notOwnedError: an object the controller would create exists and belongs to something else.
+type notOwnedError struct{ kind, name string }
+
+func (e *notOwnedError) Error() string {
+	return fmt.Sprintf("%s %s exists and is not controlled by this LLMService; delete or rename it, or rename the LLMService", e.kind, e.name)
+}
+
+// checkOwner refuses to take over an object of the same name that svc does not control
+// (a forced apply would).
+func (r *Reconciler) checkOwner(ctx context.Context, svc *v1alpha1.LLMService, u *unstructured.Unstructured) error {
+	gvk := u.GroupVersionKind()
+	var cur client.Object
+	if o, err := r.Client.Scheme().New(gvk); err == nil {
+		cur = o.(client.Object)
+	} else {
+		uc := &unstructured.Unstructured{}
+		uc.SetGroupVersionKind(gvk)
+		cur = uc
+	}
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.GetNamespace(), Name: u.GetName()}, cur)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return err
+	case !metav1.IsControlledBy(cur, svc):
+		return &notOwnedError{gvk.Kind, u.GetName()}
 	}
 	return nil
 }

@@ -579,6 +579,44 @@ func TestReconcile(t *testing.T) {
 		}
 	})
 
+	t.Run("takes over nothing", func(t *testing.T) {
+		r, rec := newReconciler(env)
+		// Someone else's Service where the controller would put the router's.
+		theirs := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "taken-router", Namespace: ns},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
+		}
+		if err := env.Client.Create(ctx, theirs); err != nil {
+			t.Fatal(err)
+		}
+		create(t, env, newService("taken", nil))
+		res, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "taken"}})
+		if err != nil || res.RequeueAfter != time.Minute {
+			t.Errorf("reconcile: %+v, %v; want a look again in a minute and no error", res, err)
+		}
+		c := condition(getService(t, env, "taken"), v1alpha1.ConditionPolicyApplied)
+		if c.Status != metav1.ConditionFalse || c.Reason != ReasonResourceExists || !strings.Contains(c.Message, "Service taken-router") {
+			t.Errorf("PolicyApplied %+v, want False, %s naming Service taken-router", c, ReasonResourceExists)
+		}
+		if o := owned(t, env, "taken"); len(o) != 0 {
+			t.Errorf("applied %v though a name was taken", keys(o))
+		}
+		if got := get(t, env, "taken-router", &corev1.Service{}); len(got.OwnerReferences) != 0 || got.ResourceVersion != theirs.ResourceVersion {
+			t.Errorf("their Service was changed: %+v", got.ObjectMeta)
+		}
+		if ev := drain(rec); len(ev) != 1 || !strings.HasPrefix(ev[0], "Warning "+ReasonResourceExists) {
+			t.Errorf("events %q", ev)
+		}
+		// Once theirs is gone, the service deploys.
+		if err := env.Client.Delete(ctx, theirs); err != nil {
+			t.Fatal(err)
+		}
+		reconcileOnce(t, r, "taken")
+		if c := condition(getService(t, env, "taken"), v1alpha1.ConditionPolicyApplied); c.Status != metav1.ConditionTrue {
+			t.Errorf("after the Service went: PolicyApplied %+v", c)
+		}
+	})
+
 	t.Run("config/samples", func(t *testing.T) {
 		r, _ := newReconciler(env)
 		files, err := filepath.Glob(filepath.Join(k8stest.RepoRoot(t), "config", "samples", "*.yaml"))

@@ -34,6 +34,9 @@ const (
 	// does not exist; ReasonConfigMapKeyNotFound: it has no such key.
 	ReasonConfigMapNotFound    = "ConfigMapNotFound"
 	ReasonConfigMapKeyNotFound = "ConfigMapKeyNotFound"
+	// ReasonResourceExists: an object the controller would create (NAME-engine, ...)
+	// exists and belongs to something else; nothing is taken over.
+	ReasonResourceExists = "ResourceExists"
 	// ReasonApplied: PolicyApplied is True.
 	ReasonApplied = "Applied"
 )
