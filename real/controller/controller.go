@@ -169,37 +169,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if perr != nil {
 		// Keep what runs; say why. A fixed spec (or a ConfigMap that appears) triggers the
 		// next reconcile, so there is nothing to retry.
-		prev := apimeta.FindStatusCondition(before.Conditions, v1alpha1.ConditionPolicyApplied)
-		if prev == nil || prev.Status != metav1.ConditionFalse || prev.Message != perr.msg {
-			r.event(&svc, corev1.EventTypeWarning, perr.reason, "Validate", perr.msg)
-		}
-		apimeta.SetStatusCondition(&status.Conditions, metav1.Condition{
-			Type: v1alpha1.ConditionPolicyApplied, Status: metav1.ConditionFalse,
-			Reason: perr.reason, Message: perr.msg, ObservedGeneration: svc.Generation,
-		})
-		if err := r.observe(ctx, &svc, status); err != nil {
-			return reconcile.Result{}, err
-		}
-		return reconcile.Result{}, r.writeStatus(ctx, &svc, before, status)
+		return reconcile.Result{}, r.notApplied(ctx, &svc, before, status, perr.reason, "Validate", perr.msg)
 	}
 
 	changed, err := r.applyAll(ctx, &svc, pol)
 	var notOwned *notOwnedError
 	if errors.As(err, &notOwned) {
 		// Nothing of ours watches the other object: look again in a minute.
-		msg := notOwned.Error()
-		prev := apimeta.FindStatusCondition(before.Conditions, v1alpha1.ConditionPolicyApplied)
-		if prev == nil || prev.Message != msg {
-			r.event(&svc, corev1.EventTypeWarning, ReasonResourceExists, "Deploy", msg)
-		}
-		apimeta.SetStatusCondition(&status.Conditions, metav1.Condition{
-			Type: v1alpha1.ConditionPolicyApplied, Status: metav1.ConditionFalse,
-			Reason: ReasonResourceExists, Message: msg, ObservedGeneration: svc.Generation,
-		})
-		if err := r.observe(ctx, &svc, status); err != nil {
-			return reconcile.Result{}, err
-		}
-		return reconcile.Result{RequeueAfter: time.Minute}, r.writeStatus(ctx, &svc, before, status)
+		return reconcile.Result{RequeueAfter: time.Minute}, r.notApplied(ctx, &svc, before, status, ReasonResourceExists, "Deploy", notOwned.Error())
 	}
 	if err != nil {
 		return reconcile.Result{}, err
@@ -227,6 +204,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, err
 	}
 	return reconcile.Result{}, r.writeStatus(ctx, &svc, before, status)
+}
+
+// notApplied records why svc's spec is not deployed (PolicyApplied False, a Warning event
+// when the reason is news) and writes the status, the rest of it observed as it is.
+func (r *Reconciler) notApplied(ctx context.Context, svc *v1alpha1.LLMService, before, status *v1alpha1.LLMServiceStatus, reason, action, msg string) error {
+	prev := apimeta.FindStatusCondition(before.Conditions, v1alpha1.ConditionPolicyApplied)
+	if prev == nil || prev.Status != metav1.ConditionFalse || prev.Message != msg {
+		r.event(svc, corev1.EventTypeWarning, reason, action, msg)
+	}
+	apimeta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: v1alpha1.ConditionPolicyApplied, Status: metav1.ConditionFalse,
+		Reason: reason, Message: msg, ObservedGeneration: svc.Generation,
+	})
+	if err := r.observe(ctx, svc, status); err != nil {
+		return err
+	}
+	return r.writeStatus(ctx, svc, before, status)
 }
 
 func (r *Reconciler) event(svc *v1alpha1.LLMService, typ, reason, action, note string) {
