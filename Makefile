@@ -60,10 +60,13 @@ bench: build
 
 # The API's deepcopy functions and CRD YAML, generated from api/ by controller-gen (pinned in
 # hack/tools, built once into ~/.cache/servelab); api/v1alpha1's tests fail when the committed
-# files differ from what this writes.
+# files differ from what this writes. The controller's ClusterRole (config/rbac/role.yaml) comes
+# from the +kubebuilder:rbac markers in real/controller, checked by its tests the same way.
 CONTROLLER_GEN_ARGS := object paths=./api/... crd:crdVersions=v1 output:crd:dir=config/crd/bases
+CONTROLLER_GEN_RBAC_ARGS := rbac:roleName=servelab-controller paths=./real/controller/... output:rbac:dir=config/rbac
 generate:
 	$$(hack/tools/build.sh) $(CONTROLLER_GEN_ARGS)
+	$$(hack/tools/build.sh) $(CONTROLLER_GEN_RBAC_ARGS)
 
 # The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
 # and controller-gen, built from Go modules into ~/.cache/servelab when absent.

@@ -73,6 +73,31 @@ func TestAPIServerAppliesTheSchema(t *testing.T) {
 	}
 }
 
+// TestAPIServerRefusesNamesTheControllerCannotUse: the controller names a Service
+// NAME-router, and a Service's name is a DNS label (a letter first, at most 63 characters).
+func TestAPIServerRefusesNamesTheControllerCannotUse(t *testing.T) {
+	env := k8stest.Start(t)
+	minimal := map[string]any{"model": map[string]any{"name": "tiny", "uri": "file:///models/tiny"}}
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("a", 56), true},
+		{strings.Repeat("a", 57), false},
+		{"9lives", false},
+		{"a.b", false},
+		{"tiny-2", true},
+	} {
+		err := create(t, env, tc.name, minimal)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("name %q refused: %v", tc.name, err)
+		case !tc.ok && (err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "metadata.name must be a DNS label")):
+			t.Errorf("name %q: got %v, want an Invalid error explaining the name", tc.name, err)
+		}
+	}
+}
+
 func keyOf(name string) types.NamespacedName {
 	return types.NamespacedName{Namespace: "default", Name: name}
 }

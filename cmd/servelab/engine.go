@@ -83,21 +83,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 
 // batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.
 func (f *engineFlags) batchPolicy() (batch.Policy, error) {
-	spec, err := policies.ParseSpec(f.batchSpec)
-	if err != nil {
-		return nil, err
-	}
-	set := func(key string, v int) {
-		if v > 0 {
-			if spec.Params == nil {
-				spec.Params = map[string]string{}
-			}
-			spec.Params[key] = strconv.Itoa(v)
-		}
-	}
-	set("max_num_seqs", f.maxNumSeqs)
-	set("max_num_batched_tokens", f.maxNumBatchedTokens)
-	return batch.Registry.Build(spec, policies.Env{BlockSize: f.blockSize})
+	return batch.ParseEngineSpec(f.batchSpec, f.maxNumSeqs, f.maxNumBatchedTokens, policies.Env{BlockSize: f.blockSize})
 }
 
 // policies builds the batch and evict policies an engine started from these flags runs:

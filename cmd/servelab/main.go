@@ -52,5 +52,6 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd())
+	root.AddCommand(newControllerCmd())
 	return root
 }

@@ -4,6 +4,8 @@
 package batch
 
 import (
+	"strconv"
+
 	"servelab/policies"
 	"servelab/serving"
 )
@@ -64,3 +66,26 @@ type Policy interface {
 
 // Registry holds every batch policy by name.
 var Registry = policies.NewRegistry[Policy]("batch")
+
+// ParseEngineSpec builds the batch policy 'servelab engine --batch SPEC' runs: the spec with
+// vLLM's limit flags (--max-num-seqs, --max-num-batched-tokens) folded into its parameters
+// when above 0, over the other parameters of the same name. The engine and the Kubernetes
+// controller (which checks an LLMService's spec.batch and engine args before deploying
+// them) both build it here, so they accept and refuse the same specs.
+func ParseEngineSpec(text string, maxNumSeqs, maxNumBatchedTokens int, env policies.Env) (Policy, error) {
+	spec, err := policies.ParseSpec(text)
+	if err != nil {
+		return nil, err
+	}
+	set := func(key string, v int) {
+		if v > 0 {
+			if spec.Params == nil {
+				spec.Params = map[string]string{}
+			}
+			spec.Params[key] = strconv.Itoa(v)
+		}
+	}
+	set("max_num_seqs", maxNumSeqs)
+	set("max_num_batched_tokens", maxNumBatchedTokens)
+	return Registry.Build(spec, env)
+}
