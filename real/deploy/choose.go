@@ -22,6 +22,9 @@ import (
 // --pick best follows: results.json's order.
 const RankingMetric = "request goodput (requests per second meeting the SLO), ties broken by the lower p99 TTFT, means over seeds"
 
+// ranking is RankingMetric in a line of output.
+const ranking = "request goodput (then lower p99 TTFT), as 'servelab report' ranks"
+
 // ChooseOptions say which of an experiment's policies to deploy: Best, or the one whose
 // label (as the report shows it, e.g. "least-request / lru") is Policy.
 type ChooseOptions struct {
@@ -105,12 +108,16 @@ func chooseBest(exp *report.Experiment, rates []float64, rate float64) (*Choice,
 	w := ranked[0]
 	c := &Choice{Experiment: exp, Result: w, Label: w.Name()}
 	c.Why = fmt.Sprintf("ranked 1st of %d by %s%s: goodput %s req/s, p99 TTFT %s ms over %s",
-		len(ranked), RankingMetric, atRate(rates, rate), report.FormatStat(w.RequestGoodput, w.Seeds, 1),
+		len(ranked), ranking, atRate(rates, rate), report.FormatStat(w.RequestGoodput, w.Seeds, 1),
 		report.FormatStat(w.P99TTFTMs, w.Seeds, 1), seedsText(w.Seeds))
 	if len(ranked) > 1 {
 		r := ranked[1]
-		if d := math.Abs(w.RequestGoodput.Mean - r.RequestGoodput.Mean); (w.RequestGoodput.CI95 > 0 || r.RequestGoodput.CI95 > 0) &&
-			d <= w.RequestGoodput.CI95+r.RequestGoodput.CI95 {
+		d := math.Abs(w.RequestGoodput.Mean - r.RequestGoodput.Mean)
+		switch {
+		case d == 0:
+			c.Warnings = append(c.Warnings, fmt.Sprintf("tied on goodput with the runner-up %s; the lower p99 TTFT decided (%s against %s ms)",
+				r.Name(), report.FormatStat(w.P99TTFTMs, w.Seeds, 1), report.FormatStat(r.P99TTFTMs, r.Seeds, 1)))
+		case (w.RequestGoodput.CI95 > 0 || r.RequestGoodput.CI95 > 0) && d <= w.RequestGoodput.CI95+r.RequestGoodput.CI95:
 			c.Warnings = append(c.Warnings, fmt.Sprintf("the runner-up %s (goodput %s req/s) is within the 95%% confidence intervals: not a clear win",
 				r.Name(), report.FormatStat(r.RequestGoodput, r.Seeds, 1)))
 		}
@@ -160,7 +167,7 @@ func choosePolicy(exp *report.Experiment, rates []float64, o ChooseOptions) (*Ch
 		}
 	}
 	c := &Choice{Experiment: exp, Result: p, Label: p.Name()}
-	c.Why = fmt.Sprintf("ranked %s of %d by %s%s: goodput %s req/s, p99 TTFT %s ms over %s", ordinal(rank), n, RankingMetric,
+	c.Why = fmt.Sprintf("ranked %s of %d by %s%s: goodput %s req/s, p99 TTFT %s ms over %s", ordinal(rank), n, ranking,
 		atRate(rates, p.RateScale), report.FormatStat(p.RequestGoodput, p.Seeds, 1), report.FormatStat(p.P99TTFTMs, p.Seeds, 1), seedsText(p.Seeds))
 	c.Warnings = failedWarning(p)
 	return c, nil

@@ -101,7 +101,7 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 	return svc, nil
 }
 
-// defaultBlockSize is 'servelab engine' and 'servelab router''s --block-size default.
+// defaultBlockSize is the --block-size default of 'servelab engine' and 'servelab router'.
 const defaultBlockSize = 16
 
 // engineArgs are the engine flags a real-world experiment's cluster set: its engines ran
