@@ -21,7 +21,7 @@ const (
 	DryRunServer = "server"
 )
 
-// Options are 'servelab deploy''s flags.
+// Options are the flags of 'servelab deploy'.
 type Options struct {
 	// From is the experiment directory.
 	From   string
