@@ -21,8 +21,9 @@ func newDeployCmd() *cobra.Command {
 		Long: `Read an experiment directory ('servelab run' writes runs/NAME), choose a policy and write
 the LLMService (servelab.io/v1alpha1) that runs it:
 
-  --pick best       the policy 'servelab report' ranks first: by ` + deploy.RankingMetric + `
-                    (give --rate-scale when the spec sweeps rate_scale)
+  --pick best       the policy 'servelab report' ranks first: by request goodput (requests
+                    per second meeting the SLO), ties broken by the lower p99 TTFT, means
+                    over seeds; give --rate-scale when the spec sweeps rate_scale
   --policy LABEL    a policy as the report labels it, e.g. "least-request / lru"
 
 The service runs its router policy as spec.router.policy (a servelab spec) or, when the

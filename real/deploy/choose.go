@@ -18,11 +18,9 @@ import (
 	"servelab/experiments/report"
 )
 
-// RankingMetric says how 'servelab report' ranks an experiment's policies, which
-// --pick best follows: results.json's order.
-const RankingMetric = "request goodput (requests per second meeting the SLO), ties broken by the lower p99 TTFT, means over seeds"
-
-// ranking is RankingMetric in a line of output.
+// ranking says how 'servelab report' ranks an experiment's policies, which --pick best
+// follows: results.json's order, by request goodput (requests per second meeting the SLO),
+// ties broken by the lower p99 TTFT, means over seeds.
 const ranking = "request goodput (then lower p99 TTFT), as 'servelab report' ranks"
 
 // ChooseOptions say which of an experiment's policies to deploy: Best, or the one whose
