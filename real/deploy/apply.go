@@ -325,38 +325,56 @@ func Wait(ctx context.Context, c client.Client, key client.ObjectKey, generation
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
 	start := time.Now()
+	deadline := start.Add(o.Timeout)
 	last := ""
-	tick := time.NewTicker(o.Interval)
-	defer tick.Stop()
-	for {
-		var svc v1alpha1.LLMService
-		if err := c.Get(ctx, key, &svc); err != nil {
-			if ctx.Err() != nil {
-				return nil, timeoutError(key, o.Timeout, last)
-			}
-			return nil, fmt.Errorf("reading LLMService %s: %w", key, err)
-		}
-		line, ready, err := progress(&svc, generation)
+	report := func(line string) {
 		if line != last {
 			fmt.Fprintf(o.Progress, "[%5.1fs] %s\n", time.Since(start).Seconds(), line)
 			last = line
 		}
-		if err != nil {
-			return &svc, err
+	}
+	for {
+		// Each read has its own deadline, not the wait's: a read cut short by the wait's
+		// end (or the client's rate limiter refusing to wait past it) is not an error of
+		// the service's. A failed read is reported and retried until the wait ends.
+		var svc v1alpha1.LLMService
+		rctx, cancel := context.WithTimeout(ctx, readTimeout)
+		err := c.Get(rctx, key, &svc)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("LLMService %s was deleted while waiting for it", key)
+		case err != nil:
+			report("reading the service: " + err.Error())
+		default:
+			line, ready, err := progress(&svc, generation)
+			report(line)
+			if err != nil {
+				return &svc, err
+			}
+			if ready {
+				return &svc, nil
+			}
 		}
-		if ready {
-			return &svc, nil
+		wait := min(o.Interval, time.Until(deadline))
+		if wait <= 0 {
+			return nil, timeoutError(key, o.Timeout, last)
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			return &svc, timeoutError(key, o.Timeout, last)
-		case <-tick.C:
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
 		}
 	}
 }
+
+// readTimeout bounds one read of the service while waiting.
+const readTimeout = 30 * time.Second
 
 func timeoutError(key client.ObjectKey, timeout time.Duration, last string) error {
 	if last == "" {

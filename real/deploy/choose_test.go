@@ -319,3 +319,43 @@ func TestDNSLabel(t *testing.T) {
 func reportExperiment(name, world string, k experiments.Cluster) *report.Experiment {
 	return &report.Experiment{Spec: experiments.Spec{Name: name, World: world, Cluster: k}}
 }
+
+// The experiment's router as the service's: a spec stays a spec, a YAML file holding a
+// servelab spec becomes its compact form, an EndpointPickerConfig file is inlined.
+func TestRouterPolicy(t *testing.T) {
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "weighted.yaml")
+	os.WriteFile(spec, []byte("name: weighted\nparams: {queue: 1, prefix: 3}\n"), 0o644)
+	epcFile, err := filepath.Abs(repoFile("examples/router/llm-d-default.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	epc, err := os.ReadFile(epcFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		router string
+		want   v1alpha1.RouterSpec
+	}{
+		{"prefix-affinity", v1alpha1.RouterSpec{Policy: "prefix-affinity"}},
+		{" weighted:prefix=3,queue=2 ", v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=2"}},
+		{spec, v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=1"}},
+		{"weighted.yaml", v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=1"}},
+		{epcFile, v1alpha1.RouterSpec{EndpointPickerConfig: string(epc)}},
+	} {
+		var got v1alpha1.RouterSpec
+		if err := routerPolicy(&got, tc.router, []string{t.TempDir(), dir}); err != nil {
+			t.Fatalf("%s: %v", tc.router, err)
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tc.router, diff)
+		}
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("nme: weighted\n"), 0o644)
+	var r v1alpha1.RouterSpec
+	if err := routerPolicy(&r, bad, nil); err == nil || !strings.Contains(err.Error(), bad+": policy spec") {
+		t.Errorf("bad spec file: %v", err)
+	}
+}
