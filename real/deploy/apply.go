@@ -303,18 +303,21 @@ type WaitOptions struct {
 	Progress io.Writer
 }
 
-// ErrInvalidPolicy is wrapped by Wait's error when the controller refused the service's
-// policy (condition PolicyApplied False, reason InvalidPolicy): waiting cannot help.
-var ErrInvalidPolicy = errors.New("invalid policy")
+// ErrRefused is wrapped by Wait's error when the controller refused the service's spec:
+// PolicyApplied is False with one of RefusedReasons. Waiting cannot help; a new spec can.
+var ErrRefused = errors.New("the controller refused the spec")
 
-// ReasonInvalidPolicy is PolicyApplied's reason for a policy spec the controller refused.
-const ReasonInvalidPolicy = "InvalidPolicy"
+// RefusedReasons are PolicyApplied's reasons for a spec the controller will not deploy
+// until it changes (real/controller's): a policy spec or EndpointPickerConfig that does not
+// build, template args that are not the engine's or router's flags, a model URI that cannot
+// be mounted. Others (a ConfigMap not there yet, a name taken) may resolve while waiting.
+var RefusedReasons = []string{"InvalidPolicy", "InvalidArgs", "InvalidModel"}
 
 // Wait polls the LLMService until the controller reports it Ready for the given
 // generation (or later), printing a progress line whenever the status changes: engines
 // ready of desired, router pods ready, and PolicyApplied's reason while it is not True. It
-// fails at once when PolicyApplied is False with reason InvalidPolicy, and after the
-// timeout with the last status.
+// fails at once when PolicyApplied is False with one of RefusedReasons (InvalidPolicy...),
+// and after the timeout with the last status.
 func Wait(ctx context.Context, c client.Client, key client.ObjectKey, generation int64, o WaitOptions) (*v1alpha1.LLMService, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Minute
@@ -385,7 +388,7 @@ func timeoutError(key client.ObjectKey, timeout time.Duration, last string) erro
 }
 
 // progress describes the service's status, says whether it is Ready for the generation,
-// and returns an error when it never will be (InvalidPolicy).
+// and returns an error when it never will be (RefusedReasons).
 func progress(svc *v1alpha1.LLMService, generation int64) (string, bool, error) {
 	st := &svc.Status
 	if st.ObservedGeneration < generation {
@@ -424,8 +427,8 @@ func progress(svc *v1alpha1.LLMService, generation int64) (string, bool, error) 
 		parts = append(parts, "Ready="+string(r.Status)+" "+r.Reason)
 	}
 	line := strings.Join(parts, ", ")
-	if pa != nil && pa.Status == metav1.ConditionFalse && pa.Reason == ReasonInvalidPolicy {
-		return line, false, fmt.Errorf("%w: the controller refused the policy of LLMService %s/%s: %s", ErrInvalidPolicy, svc.Namespace, svc.Name, pa.Message)
+	if pa != nil && pa.Status == metav1.ConditionFalse && slices.Contains(RefusedReasons, pa.Reason) {
+		return line, false, fmt.Errorf("LLMService %s/%s: %w (PolicyApplied=False, reason %s): %s", svc.Namespace, svc.Name, ErrRefused, pa.Reason, pa.Message)
 	}
 	return line, r != nil && r.Status == metav1.ConditionTrue, nil
 }

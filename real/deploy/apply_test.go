@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -242,7 +243,7 @@ func TestOnAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("the wait fails fast on InvalidPolicy", func(t *testing.T) {
+	t.Run("the wait fails fast when the controller refuses the spec", func(t *testing.T) {
 		log := newLines()
 		o := opts("round-robin / lru")
 		o.Wait, o.Timeout, o.Out, o.Log = true, 10*time.Minute, &bytes.Buffer{}, log
@@ -252,12 +253,12 @@ func TestOnAPIServer(t *testing.T) {
 		setStatus(t, env.Client, key, func(s *v1alpha1.LLMService) {
 			s.Status.ObservedGeneration = 3
 			s.Status.Conditions = []metav1.Condition{
-				condition(v1alpha1.ConditionPolicyApplied, metav1.ConditionFalse, ReasonInvalidPolicy, "spec.router.policy: round-robin takes no parameters", 3),
-				condition(v1alpha1.ConditionReady, metav1.ConditionFalse, ReasonInvalidPolicy, "", 3)}
+				condition(v1alpha1.ConditionPolicyApplied, metav1.ConditionFalse, "InvalidPolicy", "spec.router.policy: round-robin takes no parameters", 3),
+				condition(v1alpha1.ConditionReady, metav1.ConditionFalse, "PolicyNotApplied", "", 3)}
 		})
 		select {
 		case err := <-errc:
-			if !errors.Is(err, ErrInvalidPolicy) || !strings.Contains(err.Error(), "chat: spec.router.policy: round-robin takes no parameters") {
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "team-a/chat: the controller refused the spec (PolicyApplied=False, reason InvalidPolicy): spec.router.policy: round-robin takes no parameters") {
 				t.Fatalf("error %v", err)
 			}
 		case <-time.After(time.Minute):
@@ -324,5 +325,43 @@ func TestNoCluster(t *testing.T) {
 		if svc.Name != "deploy-test-1" || svc.Namespace != "" || svc.Spec.Source == nil || strings.Contains(out.String(), "status") {
 			t.Errorf("printed:\n%s", out.String())
 		}
+	}
+}
+
+// What the wait makes of a status: the progress line, Ready, and the reasons that end it.
+func TestProgress(t *testing.T) {
+	svc := func(gen int64, conds ...metav1.Condition) *v1alpha1.LLMService {
+		s := &v1alpha1.LLMService{}
+		s.Name, s.Namespace = "chat", "ml"
+		s.Spec.Replicas = ptr.To[int32](2)
+		s.Status = v1alpha1.LLMServiceStatus{ObservedGeneration: gen, ReadyReplicas: 1, Conditions: conds}
+		return s
+	}
+	pa := func(status metav1.ConditionStatus, reason string, gen int64) metav1.Condition {
+		return condition(v1alpha1.ConditionPolicyApplied, status, reason, "because", gen)
+	}
+	ready := condition(v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready", "", 2)
+	for _, tc := range []struct {
+		name    string
+		svc     *v1alpha1.LLMService
+		line    string
+		ready   bool
+		refused bool
+	}{
+		{"not observed yet", svc(1, ready), "waiting for the controller to observe generation 2 (status is of 1)", false, false},
+		{"ready", svc(2, pa(metav1.ConditionTrue, "Applied", 2), ready), "engines 1/2 ready, router 0/1 ready, policy applied", true, false},
+		{"a stale Ready condition", svc(2, condition(v1alpha1.ConditionReady, metav1.ConditionTrue, "Ready", "", 1)), "engines 1/2 ready, router 0/1 ready, policy not yet applied", false, false},
+		{"InvalidPolicy", svc(2, pa(metav1.ConditionFalse, "InvalidPolicy", 2)), "engines 1/2 ready, router 0/1 ready, PolicyApplied=False InvalidPolicy: because", false, true},
+		{"InvalidArgs", svc(2, pa(metav1.ConditionFalse, "InvalidArgs", 2)), "engines 1/2 ready, router 0/1 ready, PolicyApplied=False InvalidArgs: because", false, true},
+		{"InvalidModel", svc(2, pa(metav1.ConditionFalse, "InvalidModel", 2)), "engines 1/2 ready, router 0/1 ready, PolicyApplied=False InvalidModel: because", false, true},
+		{"a ConfigMap not there yet", svc(2, pa(metav1.ConditionFalse, "ConfigMapNotFound", 2)), "engines 1/2 ready, router 0/1 ready, PolicyApplied=False ConfigMapNotFound: because", false, false},
+		{"a refusal of the old generation", svc(2, pa(metav1.ConditionFalse, "InvalidPolicy", 1)), "engines 1/2 ready, router 0/1 ready, policy not yet applied", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			line, ready, err := progress(tc.svc, 2)
+			if line != tc.line || ready != tc.ready || errors.Is(err, ErrRefused) != tc.refused {
+				t.Errorf("got %q, ready %v, error %v", line, ready, err)
+			}
+		})
 	}
 }

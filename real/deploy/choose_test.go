@@ -267,6 +267,7 @@ func TestServiceErrors(t *testing.T) {
 		{"relative file", "round-robin / lru", ServiceOptions{ModelURI: "file://models/m"}, `want file:///PATH`},
 		{"bad claim", "round-robin / lru", ServiceOptions{ModelURI: "pvc://Big_Claim/m"}, `want file:///PATH`},
 		{"bad name", "round-robin / lru", ServiceOptions{ModelURI: "file:///m", Name: "Chat_1"}, `--name "Chat_1"`},
+		{"long name", "round-robin / lru", ServiceOptions{ModelURI: "file:///m", Name: strings.Repeat("a", 57)}, "at most 56 characters"},
 		{"negative replicas", "round-robin / lru", ServiceOptions{ModelURI: "file:///m", Replicas: ptr.To[int32](-1)}, "--replicas: must not be negative"},
 		{"policy file not found", "router/llm-d.yaml / lru", ServiceOptions{ModelURI: "file:///m", Dir: t.TempDir()}, `router "router/llm-d.yaml": the experiment's policy file is not in`},
 	} {
@@ -308,7 +309,7 @@ func TestServiceOfARealWorldExperiment(t *testing.T) {
 func TestDNSLabel(t *testing.T) {
 	for in, want := range map[string]string{
 		"azure-routers": "azure-routers", "Real_Tiny.v2": "real-tiny-v2", "8x-load": "llm-8x-load",
-		strings.Repeat("a", 70): strings.Repeat("a", 63), "--": "llm",
+		strings.Repeat("a", 70): strings.Repeat("a", 56), "--": "llm",
 	} {
 		if got := dnsLabel(in); got != want {
 			t.Errorf("dnsLabel(%q) = %q, want %q", in, got, want)

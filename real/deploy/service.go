@@ -56,6 +56,9 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 	if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
 		return nil, fmt.Errorf("--name %q: %s", name, strings.Join(errs, "; "))
 	}
+	if len(name) > MaxNameLength {
+		return nil, fmt.Errorf("--name %q: at most %d characters: the controller names its objects NAME-engine, NAME-router, ...", name, MaxNameLength)
+	}
 	if o.Namespace != "" {
 		if errs := validation.IsDNS1123Label(o.Namespace); len(errs) > 0 {
 			return nil, fmt.Errorf("--namespace %q: %s", o.Namespace, strings.Join(errs, "; "))
@@ -216,8 +219,12 @@ func routerPolicy(r *v1alpha1.RouterSpec, router string, dirs []string) error {
 	return nil
 }
 
+// MaxNameLength is the longest LLMService name the API takes: Services are named
+// NAME-engine, NAME-router, ..., DNS labels of at most 63 characters.
+const MaxNameLength = 56
+
 // dnsLabel makes an experiment's name a DNS-1035 label: lower case, letters, digits and
-// '-', starting with a letter, at most 63 characters.
+// '-', starting with a letter, at most MaxNameLength characters.
 func dnsLabel(s string) string {
 	var b strings.Builder
 	for _, r := range strings.ToLower(s) {
@@ -238,8 +245,8 @@ func dnsLabel(s string) string {
 	case out[0] < 'a' || out[0] > 'z':
 		out = "llm-" + out
 	}
-	if len(out) > validation.DNS1035LabelMaxLength {
-		out = strings.TrimRight(out[:validation.DNS1035LabelMaxLength], "-")
+	if len(out) > MaxNameLength {
+		out = strings.TrimRight(out[:MaxNameLength], "-")
 	}
 	return out
 }
