@@ -37,7 +37,8 @@ Without -o yaml or --dry-run it server-side applies the service (field manager s
 taking ownership of the fields it sets), showing first what changes on an existing one, then
 waits for the controller's Ready condition, printing progress (engines and router ready, and
 PolicyApplied's reason while it is not True; it stops at once when the controller refuses the
-policy, reason InvalidPolicy) up to --timeout, and prints the service's URL.
+spec: reason InvalidPolicy, InvalidArgs or InvalidModel) up to --timeout, and prints the
+service's URL.
 
   -o yaml                 print the LLMService and apply nothing (no cluster needed)
   --dry-run=client        the same
