@@ -246,6 +246,9 @@ func flatten(spec *v1alpha1.LLMServiceSpec) map[string]any {
 
 func show(v any) string {
 	if s, ok := v.(string); ok {
+		if n := strings.Count(strings.TrimRight(s, "\n"), "\n") + 1; n > 1 {
+			return fmt.Sprintf("(%d lines)", n)
+		}
 		return strconv.Quote(s)
 	}
 	js, _ := json.Marshal(v)
@@ -282,12 +285,12 @@ func lineDiff(a, b string) []string {
 		switch {
 		case i < n && j < m && x[i] == y[j]:
 			i, j = i+1, j+1
-		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
-			out = append(out, "+ "+y[j])
-			j++
-		default:
+		case i < n && (j == m || lcs[i+1][j] >= lcs[i][j+1]):
 			out = append(out, "- "+x[i])
 			i++
+		default:
+			out = append(out, "+ "+y[j])
+			j++
 		}
 	}
 	return out

@@ -152,7 +152,7 @@ func TestOnAPIServer(t *testing.T) {
 		for _, want := range []string{
 			"llmservice.servelab.io/chat in namespace team-a (context team): 4 spec changes",
 			"  ~ spec.evict: \"lru\" → \"lfu\"",
-			"  + spec.router.endpointPickerConfig: \"# llm-d's default",
+			"  + spec.router.endpointPickerConfig: (24 lines)",
 			"  - spec.router.policy: \"least-request\"",
 			"  ~ spec.source.policy: \"least-request / lru\" → \"router/llm-d.yaml / lfu\"",
 			"dry run: nothing applied",
@@ -363,5 +363,25 @@ func TestProgress(t *testing.T) {
 				t.Errorf("got %q, ready %v, error %v", line, ready, err)
 			}
 		})
+	}
+}
+
+// A changed multi-line value (an EndpointPickerConfig) shows its changed lines.
+func TestDiffSpecs(t *testing.T) {
+	a := v1alpha1.LLMServiceSpec{Router: v1alpha1.RouterSpec{EndpointPickerConfig: "kind: EndpointPickerConfig\nweight: 2\nname: x\n"},
+		WorkloadSpec: v1alpha1.WorkloadSpec{Replicas: ptr.To[int32](2), Template: v1alpha1.EngineTemplate{Args: []string{"--block-size=32"}}}}
+	b := v1alpha1.LLMServiceSpec{WorkloadSpec: v1alpha1.WorkloadSpec{Replicas: ptr.To[int32](3)}, Router: v1alpha1.RouterSpec{EndpointPickerConfig: "kind: EndpointPickerConfig\nweight: 3\nname: x\n"}}
+	want := []string{
+		"~ spec.replicas: 2 → 3",
+		"~ spec.router.endpointPickerConfig:",
+		"    - weight: 2",
+		"    + weight: 3",
+		`- spec.template.args[0]: "--block-size=32"`,
+	}
+	if diff := cmp.Diff(want, DiffSpecs(&a, &b)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if got := DiffSpecs(&a, &a); len(got) != 0 {
+		t.Errorf("a spec against itself: %q", got)
 	}
 }
