@@ -14,7 +14,7 @@ import (
 
 	"servelab/api/v1alpha1"
 	"servelab/experiments"
-	"servelab/experiments/report"
+	"servelab/metrics"
 )
 
 // repoFile is a file of the repository, from this package's directory.
@@ -280,22 +280,52 @@ func TestServiceErrors(t *testing.T) {
 	}
 }
 
-// A real-world experiment's engines ran with its KV-cache settings: the deployed ones
-// get them as flags, and the model directory it served is the default model.
+// fakeWorld stands in for the engines of a real-world experiment: prefix-affinity has the
+// higher goodput.
+type fakeWorld struct{}
+
+func (fakeWorld) RunCell(_ context.Context, rc experiments.RealCell) (*metrics.Summary, error) {
+	s := &metrics.Summary{Completed: 10, RequestGoodput: 1, P99TTFTMs: 100}
+	if rc.Cell.Router == "prefix-affinity" {
+		s.RequestGoodput = 2
+	}
+	return s, nil
+}
+
+// A real-world experiment's engines ran with its KV-cache settings: the deployed ones get
+// them as flags, and the model directory it served is the
+// default model, named by its directory.
 func TestServiceOfARealWorldExperiment(t *testing.T) {
-	k := experiments.Cluster{Instances: 2, Model: "/models/tiny", BlockSize: 32, NumGPUBlocksOverride: 1024, MaxModelLen: 512,
-		EnablePrefixCaching: ptr.To(false)}
-	c := &Choice{Label: "prefix-affinity / lru", Result: &experiments.PolicyResult{Router: "prefix-affinity", Batch: "vllm", Evict: "lru"}}
-	c.Experiment = reportExperiment("real-tiny", "real", k)
+	root := t.TempDir()
+	model := filepath.Join(root, "models", "tiny")
+	if err := os.MkdirAll(model, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(model, "config.json"), []byte("{}"), 0o644)
+	trace, _ := filepath.Abs(repoFile("examples/traces/mooncake_conv_500.jsonl"))
+	spec, err := experiments.Parse([]byte("name: real-tiny\nworld: real\nworkload: {trace: "+trace+", max_requests: 5}\n"+
+		"cluster: {instances: 2, model: models/tiny, block_size: 32, num_gpu_blocks_override: 1024, max_model_len: 512, enable_prefix_caching: false}\n"+
+		"policies: {routers: [round-robin, prefix-affinity]}\n"), filepath.Join(root, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(root, "runs", "real-tiny")
+	if _, err := experiments.Run(context.Background(), spec, experiments.Options{Out: out, Real: fakeWorld{}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Choose(out, ChooseOptions{Best: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc, err := Service(c, ServiceOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := v1alpha1.LLMServiceSpec{
-		Model: v1alpha1.ModelSpec{Name: "tiny", URI: "file:///models/tiny"},
+		Model: v1alpha1.ModelSpec{Name: "tiny", URI: "file://" + model},
 		WorkloadSpec: v1alpha1.WorkloadSpec{Replicas: ptr.To[int32](2), Template: v1alpha1.EngineTemplate{
 			Args: []string{"--block-size=32", "--num-gpu-blocks-override=1024", "--max-model-len=512", "--enable-prefix-caching=false"}}},
-		Router: v1alpha1.RouterSpec{Policy: "prefix-affinity", Template: &v1alpha1.EngineTemplate{Args: []string{"--block-size=32"}}},
+		Router: v1alpha1.RouterSpec{Policy: "prefix-affinity"},
 		Batch:  "vllm", Evict: "lru", Source: &v1alpha1.PolicySource{Experiment: "real-tiny", Policy: "prefix-affinity / lru"},
 	}
 	if diff := cmp.Diff(want, svc.Spec); diff != "" {
@@ -314,49 +344,5 @@ func TestDNSLabel(t *testing.T) {
 		if got := dnsLabel(in); got != want {
 			t.Errorf("dnsLabel(%q) = %q, want %q", in, got, want)
 		}
-	}
-}
-
-func reportExperiment(name, world string, k experiments.Cluster) *report.Experiment {
-	return &report.Experiment{Spec: experiments.Spec{Name: name, World: world, Cluster: k}}
-}
-
-// The experiment's router as the service's: a spec stays a spec, a YAML file holding a
-// servelab spec becomes its compact form, an EndpointPickerConfig file is inlined.
-func TestRouterPolicy(t *testing.T) {
-	dir := t.TempDir()
-	spec := filepath.Join(dir, "weighted.yaml")
-	os.WriteFile(spec, []byte("name: weighted\nparams: {queue: 1, prefix: 3}\n"), 0o644)
-	epcFile, err := filepath.Abs(repoFile("examples/router/llm-d-default.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	epc, err := os.ReadFile(epcFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		router string
-		want   v1alpha1.RouterSpec
-	}{
-		{"prefix-affinity", v1alpha1.RouterSpec{Policy: "prefix-affinity"}},
-		{" weighted:prefix=3,queue=2 ", v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=2"}},
-		{spec, v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=1"}},
-		{"weighted.yaml", v1alpha1.RouterSpec{Policy: "weighted:prefix=3,queue=1"}},
-		{epcFile, v1alpha1.RouterSpec{EndpointPickerConfig: string(epc)}},
-	} {
-		var got v1alpha1.RouterSpec
-		if err := routerPolicy(&got, tc.router, []string{t.TempDir(), dir}); err != nil {
-			t.Fatalf("%s: %v", tc.router, err)
-		}
-		if diff := cmp.Diff(tc.want, got); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", tc.router, diff)
-		}
-	}
-	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("nme: weighted\n"), 0o644)
-	var r v1alpha1.RouterSpec
-	if err := routerPolicy(&r, bad, nil); err == nil || !strings.Contains(err.Error(), bad+": policy spec") {
-		t.Errorf("bad spec file: %v", err)
 	}
 }

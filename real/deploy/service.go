@@ -96,11 +96,9 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 		svc.Spec.Router.ScrapeInterval = &metav1.Duration{Duration: time.Duration(*s * float64(time.Second))}
 	}
 	svc.Spec.Template.Image = o.Image
+	// The controller gives the router the engines' --block-size (it hashes prompts in their
+	// blocks).
 	svc.Spec.Template.Args = engineArgs(spec.World, spec.Cluster)
-	if bs := spec.Cluster.BlockSize; spec.World == "real" && bs != 0 && bs != defaultBlockSize {
-		// The router hashes prompts in the engines' blocks.
-		svc.Spec.Router.Template = &v1alpha1.EngineTemplate{Image: o.Image, Args: []string{"--block-size=" + strconv.Itoa(bs)}}
-	}
 	return svc, nil
 }
 
