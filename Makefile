@@ -13,7 +13,7 @@ FIDELITY_TRACES := examples/traces/mooncake_conv_500.jsonl examples/traces/azure
 # (make bench refuses such a machine instead).
 FIDELITY_FLAGS ?= --allow-busy --busy-wait 20s
 
-.PHONY: all build run test race lint bench clean generate tools
+.PHONY: all build run test race lint bench clean generate tools image
 
 all: build
 
@@ -67,6 +67,14 @@ CONTROLLER_GEN_RBAC_ARGS := rbac:roleName=servelab-controller paths=./real/contr
 generate:
 	$$(hack/tools/build.sh) $(CONTROLLER_GEN_ARGS)
 	$$(hack/tools/build.sh) $(CONTROLLER_GEN_RBAC_ARGS)
+
+# servelab's container image without Docker: the static binary in one layer, user 65532,
+# ENTRYPOINT ["servelab"], as an OCI archive (docker load / podman load / kind load
+# image-archive / ctr images import). With Docker: docker build -t $(IMAGE) . (Dockerfile).
+IMAGE ?= servelab:latest
+image:
+	CGO_ENABLED=0 GOOS=linux $(GO) build -ldflags "-s -w" -o bin/image/servelab ./cmd/servelab
+	$(GO) run ./hack/image --binary bin/image/servelab --out bin/servelab-image.tar --tag $(IMAGE)
 
 # The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
 # and controller-gen, built from Go modules into ~/.cache/servelab when absent.

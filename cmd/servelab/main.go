@@ -51,7 +51,7 @@ func newRootCmd() *cobra.Command {
 			stopProfile()
 		}
 	}
-	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd())
-	root.AddCommand(newControllerCmd())
+	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd(),
+		newControllerCmd(), newDeployCmd())
 	return root
 }
