@@ -153,13 +153,15 @@ type runner struct {
 }
 
 // NormalizeURL accepts a base URL with or without its scheme: "localhost:8080" becomes
-// "http://localhost:8080" (note says so; it is empty when nothing was added). Only http
-// and https are served.
+// "http://localhost:8080" (note says so; it is empty when nothing was added). A trailing
+// /v1, as OpenAI clients' base_url and an LLMService's status.url carry it, is dropped,
+// since requests go to /v1/completions under the base. Only http and https are served.
 func NormalizeURL(raw string) (u, note string, err error) {
 	u = strings.TrimRight(strings.TrimSpace(raw), "/")
 	if !strings.Contains(u, "://") {
 		u, note = "http://"+u, fmt.Sprintf("%q has no scheme; using http://%s", raw, u)
 	}
+	u = strings.TrimSuffix(u, "/v1")
 	parsed, err := url.Parse(u)
 	if err != nil {
 		return "", "", fmt.Errorf("bench: URL %q: %w", raw, err)

@@ -621,3 +621,30 @@ func TestRecordsNameTheServingEngine(t *testing.T) {
 		})
 	}
 }
+
+func TestNormalizeURL(t *testing.T) {
+	for _, tc := range []struct {
+		raw, want string
+		note      bool
+		err       string
+	}{
+		{raw: "http://127.0.0.1:8080", want: "http://127.0.0.1:8080"},
+		{raw: " http://127.0.0.1:8080/ ", want: "http://127.0.0.1:8080"},
+		{raw: "localhost:8080", want: "http://localhost:8080", note: true},
+		{raw: "http://winner-router.default.svc.cluster.local:8080/v1", want: "http://winner-router.default.svc.cluster.local:8080"},
+		{raw: "http://127.1.0.7:8080/v1/", want: "http://127.1.0.7:8080"},
+		{raw: "https://gw.example/openai/v1", want: "https://gw.example/openai"},
+		{raw: "ftp://x", err: "scheme"},
+	} {
+		got, note, err := NormalizeURL(tc.raw)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("NormalizeURL(%q) error %v, want one saying %q", tc.raw, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want || (note != "") != tc.note {
+			t.Errorf("NormalizeURL(%q) = %q, note %q, %v; want %q (note: %v)", tc.raw, got, note, err, tc.want, tc.note)
+		}
+	}
+}

@@ -68,6 +68,10 @@ const modelMountDir = "/mnt/models"
 func engineName(svc string) string  { return svc + "-engine" }
 func prefillName(svc string) string { return svc + "-prefill" }
 func routerName(svc string) string  { return svc + "-router" }
+
+// RouterServiceName is the name of the Service in front of an LLMService's router (port
+// RouterPort; status.url names it).
+func RouterServiceName(svc string) string { return routerName(svc) }
 func eppName(svc string) string     { return svc + "-epp" }
 
 // InferencePoolGVK is GIE's InferencePool, created when its CRD is installed.

@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"servelab/api/v1alpha1"
+	"servelab/real/controller"
 )
 
 // Dry-run modes, as kubectl names them.
@@ -169,7 +173,26 @@ func Run(ctx context.Context, o Options) error {
 		return nil
 	}
 	fmt.Fprintf(o.Out, "%s\n", done.Status.URL)
+	if u := localURL(ctx, c, svc); u != "" {
+		fmt.Fprintf(o.Log, "from this machine (servelab cluster up: no cluster DNS, services on loopback): %s\n", u)
+	}
 	return nil
+}
+
+// localURL is the router Service's cluster-IP URL when that IP is a loopback address, as
+// on 'servelab cluster up', where the cluster's DNS names do not resolve but its service
+// proxy listens on each cluster IP; "" elsewhere.
+func localURL(ctx context.Context, c client.Client, svc *v1alpha1.LLMService) string {
+	var s corev1.Service
+	key := client.ObjectKey{Namespace: svc.Namespace, Name: controller.RouterServiceName(svc.Name)}
+	if err := c.Get(ctx, key, &s); err != nil {
+		return ""
+	}
+	ip := net.ParseIP(s.Spec.ClusterIP)
+	if ip == nil || !ip.IsLoopback() {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(ip.String(), strconv.Itoa(controller.RouterPort)) + "/v1"
 }
 
 // stripServerFields leaves what a person would apply: no status, no managed fields, no
