@@ -1,0 +1,486 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// helperEnv makes the test binary play a pod's servelab process (see helperMain).
+const helperEnv = "SERVELAB_CLUSTER_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		os.Exit(helperMain(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// helperMain is the process the provider tests' pods run:
+//
+//	serve ADDR         print "serving ADDR", answer /healthz (200 until /sick is hit) and
+//	                   /env (the environment), exit 0 on SIGTERM
+//	exit CODE          print "exiting CODE" and exit with CODE
+//	stubborn           ignore SIGTERM, sleep (the node must SIGKILL it)
+func helperMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Println("no command")
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		ln, err := net.Listen("tcp", args[1])
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		fmt.Println("serving", ln.Addr())
+		var mu sync.Mutex
+		sick := false
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			defer mu.Unlock()
+			if sick {
+				http.Error(w, "sick", http.StatusServiceUnavailable)
+			}
+		})
+		mux.HandleFunc("/sick", func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			sick = true
+			mu.Unlock()
+		})
+		mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, strings.Join(os.Environ(), "\n"))
+		})
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		go http.Serve(ln, mux)
+		<-sig
+		fmt.Println("terminating")
+		return 0
+	case "exit":
+		code, _ := strconv.Atoi(args[1])
+		fmt.Println("exiting", code)
+		return code
+	case "stubborn":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("ignoring SIGTERM")
+		time.Sleep(time.Hour)
+		return 0
+	}
+	fmt.Println("unknown command", args[0])
+	return 2
+}
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []string // "TYPE REASON message"
+}
+
+func (e *eventLog) Event(_ runtime.Object, typ, reason, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, typ+" "+reason+" "+msg)
+}
+func (e *eventLog) Eventf(o runtime.Object, typ, reason, format string, args ...any) {
+	e.Event(o, typ, reason, fmt.Sprintf(format, args...))
+}
+func (e *eventLog) AnnotatedEventf(o runtime.Object, _ map[string]string, typ, reason, format string, args ...any) {
+	e.Eventf(o, typ, reason, format, args...)
+}
+func (e *eventLog) find(sub string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.events {
+		if strings.Contains(ev, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// testProvider is a provider whose pods run this test binary, with the latest status
+// it reported per pod.
+type testProvider struct {
+	*provider
+	events *eventLog
+	mu     sync.Mutex
+	last   map[string]*corev1.Pod
+}
+
+func newTestProvider(t *testing.T) *testProvider {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &eventLog{}
+	p, err := newProvider(providerConfig{
+		servelabBin: exe,
+		podsDir:     t.TempDir(),
+		hostIP:      "127.0.0.1",
+		recorder:    ev,
+		baseEnv:     []string{helperEnv + "=1"},
+		backoff:     50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := &testProvider{provider: p, events: ev, last: map[string]*corev1.Pod{}}
+	p.NotifyPods(context.Background(), func(pod *corev1.Pod) {
+		tp.mu.Lock()
+		tp.last[podKey(pod.Namespace, pod.Name)] = pod
+		tp.mu.Unlock()
+	})
+	t.Cleanup(p.shutdown)
+	return tp
+}
+
+// waitFor polls the pod's last reported status until cond holds.
+func (tp *testProvider) waitFor(t *testing.T, name, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		tp.mu.Lock()
+		pod := tp.last[podKey("default", name)]
+		tp.mu.Unlock()
+		if pod != nil && cond(pod) {
+			return pod
+		}
+		if time.Now().After(deadline) {
+			var st any
+			if pod != nil {
+				st = pod.Status
+			}
+			t.Fatalf("pod %s: %s: not within 30 s; last status %+v; events %v", name, what, st, tp.events.events)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ready(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func testPod(name string, policy corev1.RestartPolicy, containers ...corev1.Container) *corev1.Pod {
+	grace := int64(2)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), Labels: map[string]string{"app": "t"}},
+		Spec:       corev1.PodSpec{NodeName: NodeName, RestartPolicy: policy, Containers: containers, TerminationGracePeriodSeconds: &grace},
+		Status: corev1.PodStatus{
+			QOSClass:   corev1.PodQOSBestEffort,
+			Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}},
+		},
+	}
+}
+
+func serveContainer() corev1.Container {
+	return corev1.Container{
+		Name:  "engine",
+		Image: "ghcr.io/example/servelab:dev",
+		Args:  []string{"serve", "$(POD_IP):8000"},
+		Env: []corev1.EnvVar{
+			{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "URL", Value: "http://$(POD_IP):8000/$(POD_NAME)/$(UNDEFINED)"},
+		},
+		Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
+			PeriodSeconds: 1,
+		},
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// Two pods get their own loopback addresses, bind their port there, pass their
+// readiness probes, see the downward API in their environment; deleting one stops its
+// process and frees its address for the next pod.
+func TestProviderRunsPodsOnTheirOwnLoopbackAddresses(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	a, b := testPod("a", corev1.RestartPolicyAlways, serveContainer()), testPod("b", corev1.RestartPolicyAlways, serveContainer())
+	for _, p := range []*corev1.Pod{a, b} {
+		if err := tp.CreatePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ra := tp.waitFor(t, "a", "Ready", ready)
+	rb := tp.waitFor(t, "b", "Ready", ready)
+	if diff := cmp.Diff([]string{"127.0.0.2", "127.0.0.3"}, []string{ra.Status.PodIP, rb.Status.PodIP}); diff != "" {
+		t.Fatalf("pod IPs (-want +got):\n%s", diff)
+	}
+	if ra.Status.Phase != corev1.PodRunning || ra.Status.QOSClass != corev1.PodQOSBestEffort {
+		t.Errorf("pod a: phase %s, qosClass %q; want Running, BestEffort kept", ra.Status.Phase, ra.Status.QOSClass)
+	}
+	var types []corev1.PodConditionType
+	for _, c := range ra.Status.Conditions {
+		types = append(types, c.Type)
+	}
+	if diff := cmp.Diff([]corev1.PodConditionType{corev1.PodScheduled, corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady}, types); diff != "" {
+		t.Errorf("conditions (-want +got):\n%s", diff)
+	}
+	env := get(t, "http://127.0.0.3:8000/env")
+	for _, want := range []string{"POD_IP=127.0.0.3", "POD_NAME=b", "URL=http://127.0.0.3:8000/b/$(UNDEFINED)", "HOSTNAME=b"} {
+		if !strings.Contains("\n"+env+"\n", "\n"+want+"\n") {
+			t.Errorf("pod b's environment lacks %q:\n%s", want, env)
+		}
+	}
+
+	pid := ra.Status.ContainerStatuses[0].ContainerID
+	if err := tp.DeletePod(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	done := tp.waitFor(t, "a", "terminated", func(p *corev1.Pod) bool {
+		s := p.Status.ContainerStatuses[0].State.Terminated
+		return s != nil
+	})
+	if got := done.Status.ContainerStatuses[0].State.Terminated; got.ExitCode != 0 || done.Status.Phase != corev1.PodSucceeded {
+		t.Errorf("deleted pod: exit %d, phase %s; want 0 (SIGTERM handled), Succeeded", got.ExitCode, done.Status.Phase)
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(pid, "servelab://"))
+	if Alive(n) {
+		t.Errorf("pod a's process %d still alive after delete", n)
+	}
+	waitGone(t, tp, "a")
+	c := testPod("c", corev1.RestartPolicyAlways, serveContainer())
+	if err := tp.CreatePod(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if rc := tp.waitFor(t, "c", "Ready", ready); rc.Status.PodIP != "127.0.0.2" {
+		t.Errorf("pod c got %s; want a's freed 127.0.0.2", rc.Status.PodIP)
+	}
+}
+
+func waitGone(t *testing.T, tp *testProvider, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for tp.lookup("default", name) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s still known to the provider", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A pod whose image is not servelab's, or whose command is not the servelab binary, does
+// not run: its status and an event say why (Failed under restartPolicy Never, Pending
+// otherwise, as virtual-kubelet treats a provider's refusal).
+func TestProviderRefusesOtherImages(t *testing.T) {
+	tests := []struct {
+		name, image string
+		command     []string
+		policy      corev1.RestartPolicy
+		phase       corev1.PodPhase
+		reason      string
+	}{
+		{"nginx", "nginx:1.27", nil, corev1.RestartPolicyAlways, corev1.PodPending, ReasonUnsupportedImage},
+		{"vllm", "vllm/vllm-openai:latest", nil, corev1.RestartPolicyNever, corev1.PodFailed, ReasonUnsupportedImage},
+		{"shell", "servelab:dev", []string{"/bin/sh", "-c", "servelab engine"}, corev1.RestartPolicyNever, corev1.PodFailed, ReasonUnsupportedCommand},
+	}
+	tp := newTestProvider(t)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := testPod(tc.name, tc.policy, corev1.Container{Name: "c", Image: tc.image, Command: tc.command})
+			if err := tp.CreatePod(context.Background(), pod); err != nil {
+				t.Fatal(err)
+			}
+			got := tp.waitFor(t, tc.name, "refused", func(p *corev1.Pod) bool { return p.Status.Reason != "" })
+			if got.Status.Phase != tc.phase || got.Status.Reason != tc.reason || !strings.Contains(got.Status.Message, "not containers") && tc.reason == ReasonUnsupportedImage {
+				t.Errorf("status phase %s reason %s message %q; want %s %s", got.Status.Phase, got.Status.Reason, got.Status.Message, tc.phase, tc.reason)
+			}
+			if w := got.Status.ContainerStatuses[0].State.Waiting; w == nil || w.Reason != tc.reason {
+				t.Errorf("container state %+v; want waiting with reason %s", got.Status.ContainerStatuses[0].State, tc.reason)
+			}
+			if !tp.events.find("Warning Failed container \"c\"") {
+				t.Errorf("no Warning Failed event naming the container: %v", tp.events.events)
+			}
+		})
+	}
+	if isServelabImage("servelab-extras:1") || !isServelabImage("localhost:5000/servelab@sha256:abcd") || !isServelabImage("servelab") {
+		t.Error("isServelabImage misjudges an image reference")
+	}
+}
+
+// A container that exits is restarted under restartPolicy Always with the back-off
+// showing as CrashLoopBackOff; its previous run's logs stay readable. A pod under Never
+// ends Failed with the exit code.
+func TestProviderRestartsPerRestartPolicy(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	crash := corev1.Container{Name: "crash", Image: "servelab", Command: []string{"servelab"}, Args: []string{"exit", "3"}}
+	if err := tp.CreatePod(ctx, testPod("always", corev1.RestartPolicyAlways, crash)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.CreatePod(ctx, testPod("never", corev1.RestartPolicyNever, crash)); err != nil {
+		t.Fatal(err)
+	}
+	got := tp.waitFor(t, "always", "restarted twice", func(p *corev1.Pod) bool { return p.Status.ContainerStatuses[0].RestartCount >= 2 })
+	if last := got.Status.ContainerStatuses[0].LastTerminationState.Terminated; last == nil || last.ExitCode != 3 || last.Reason != "Error" {
+		t.Errorf("lastState %+v; want terminated with exit code 3, reason Error", got.Status.ContainerStatuses[0].LastTerminationState)
+	}
+	if got.Status.Phase != corev1.PodRunning {
+		t.Errorf("crash-looping pod phase %s; want Running (as the kubelet reports it)", got.Status.Phase)
+	}
+	if !tp.events.find("Warning BackOff Back-off restarting failed container crash") {
+		t.Errorf("no BackOff event: %v", tp.events.events)
+	}
+	rc, err := tp.GetContainerLogs(ctx, "default", "always", "crash", api.ContainerLogOpts{Previous: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(b) != "exiting 3\n" {
+		t.Errorf("previous logs %q; want %q", b, "exiting 3\n")
+	}
+	never := tp.waitFor(t, "never", "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	if s := never.Status.ContainerStatuses[0]; s.RestartCount != 0 || s.State.Terminated == nil || s.State.Terminated.ExitCode != 3 {
+		t.Errorf("never-restart pod's container %+v; want terminated with 3, no restart", s)
+	}
+}
+
+// A failing liveness probe (checked once the startup probe passed) kills the process and
+// the container restarts; a process that
+// ignores SIGTERM is SIGKILLed after the grace period when its pod is deleted.
+func TestProviderLivenessAndGrace(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	live := serveContainer()
+	// Liveness waits for the startup probe, as the kubelet's does: without it, a
+	// threshold of 1 would kill the process before it listens.
+	live.StartupProbe = &corev1.Probe{
+		ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8000)}},
+		PeriodSeconds:    1,
+		FailureThreshold: 30,
+	}
+	live.LivenessProbe = &corev1.Probe{
+		ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8000)}},
+		PeriodSeconds:    1,
+		FailureThreshold: 1,
+	}
+	if err := tp.CreatePod(ctx, testPod("live", corev1.RestartPolicyAlways, live)); err != nil {
+		t.Fatal(err)
+	}
+	p := tp.waitFor(t, "live", "Ready", ready)
+	get(t, "http://"+p.Status.PodIP+":8000/sick")
+	tp.waitFor(t, "live", "restarted after liveness failure", func(p *corev1.Pod) bool {
+		return p.Status.ContainerStatuses[0].RestartCount == 1 && ready(p)
+	})
+	if !tp.events.find("Container engine failed liveness probe, will be restarted") {
+		t.Errorf("no Killing event for the liveness failure: %v", tp.events.events)
+	}
+
+	stub := testPod("stubborn", corev1.RestartPolicyAlways, corev1.Container{Name: "s", Image: "servelab", Args: []string{"stubborn"}})
+	one := int64(1)
+	stub.Spec.TerminationGracePeriodSeconds = &one
+	if err := tp.CreatePod(ctx, stub); err != nil {
+		t.Fatal(err)
+	}
+	sp := tp.waitFor(t, "stubborn", "Running", func(p *corev1.Pod) bool { return ready(p) })
+	t0 := time.Now()
+	if err := tp.DeletePod(ctx, stub); err != nil {
+		t.Fatal(err)
+	}
+	end := tp.waitFor(t, "stubborn", "killed", func(p *corev1.Pod) bool { return p.Status.ContainerStatuses[0].State.Terminated != nil })
+	if code := end.Status.ContainerStatuses[0].State.Terminated.ExitCode; code != 128+int32(syscall.SIGKILL) {
+		t.Errorf("exit code %d; want %d (SIGKILL after the grace period)", code, 128+int(syscall.SIGKILL))
+	}
+	if el := time.Since(t0); el < time.Second {
+		t.Errorf("killed after %v; want the 1 s grace period first", el)
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(sp.Status.ContainerStatuses[0].ContainerID, "servelab://"))
+	if Alive(n) {
+		t.Errorf("process %d alive after SIGKILL", n)
+	}
+}
+
+func TestExpand(t *testing.T) {
+	vars := map[string]string{"A": "1", "POD_IP": "127.0.0.2", "EMPTY": ""}
+	lookup := func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+	tests := []struct{ in, want string }{
+		{"plain", "plain"},
+		{"$(A)", "1"},
+		{"--host=$(POD_IP):$(A)", "--host=127.0.0.2:1"},
+		{"$(MISSING)", "$(MISSING)"},
+		{"$$(A)", "$(A)"},
+		{"$$$(A)", "$1"},
+		{"$(EMPTY)x", "x"},
+		{"$A", "$A"},
+		{"$", "$"},
+		{"a$", "a$"},
+		{"$(A", "$(A"},
+		{"$()", "$()"},
+	}
+	for _, tc := range tests {
+		if got := expand(tc.in, lookup); got != tc.want {
+			t.Errorf("expand(%q) = %q; want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestSeekTail(t *testing.T) {
+	tests := []struct {
+		content string
+		n       int
+		want    string
+	}{
+		{"a\nb\nc\n", 2, "b\nc\n"},
+		{"a\nb\nc", 2, "b\nc"},
+		{"a\nb\nc\n", 5, "a\nb\nc\n"},
+		{"a\nb\nc\n", 1, "c\n"},
+		{"", 3, ""},
+	}
+	for _, tc := range tests {
+		path := t.TempDir() + "/log"
+		if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := seekTail(f, tc.n); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if string(b) != tc.want {
+			t.Errorf("tail %d of %q = %q; want %q", tc.n, tc.content, b, tc.want)
+		}
+	}
+}
