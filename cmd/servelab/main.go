@@ -51,6 +51,6 @@ func newRootCmd() *cobra.Command {
 			stopProfile()
 		}
 	}
-	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd())
+	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd(), newClusterCmd())
 	return root
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
@@ -191,6 +192,20 @@ func (p *provider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 	go func() {
 		<-pr.done
 		pr.update()
+		// As the kubelet's status manager: once every process is gone, remove the pod
+		// from the apiserver at once (grace 0, this pod's UID only), rather than when
+		// its grace period ends; its controller replaces it sooner.
+		if p.cfg.client != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			zero := int64(0)
+			err := p.cfg.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+				GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID},
+			})
+			cancel()
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				pr.event(corev1.EventTypeWarning, "FailedDelete", "removing the stopped pod from the apiserver: %v", err)
+			}
+		}
 		p.mu.Lock()
 		if p.pods[podKey(pod.Namespace, pod.Name)] == pr {
 			delete(p.pods, podKey(pod.Namespace, pod.Name))
