@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -13,10 +15,12 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"servelab/internal/kubebin"
 	"servelab/real/cluster"
@@ -63,6 +67,14 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
+	// The model comes in through a hostPath volume mounted elsewhere, a ConfigMap through
+	// a configMap volume: the node gives a process its volumes as host directories and
+	// rewrites the paths in its arguments.
+	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "engine-config"}, Data: map[string]string{"note": "hello"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	labels := map[string]string{"app": "engine"}
 	replicas := int32(2)
 	dep := &appsv1.Deployment{
@@ -75,15 +87,21 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{
 					Name:  "engine",
 					Image: "ghcr.io/servelab/servelab:test",
-					Args: []string{"engine", "--model", model, "--host", "$(POD_IP)", "--port", "8000",
+					Args: []string{"engine", "--model", "/models/tiny", "--host", "$(POD_IP)", "--port", "8000",
 						"--num-gpu-blocks-override", "64", "--threads", "1"},
-					Env:   []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
-					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
+					VolumeMounts: []corev1.VolumeMount{{Name: "model", MountPath: "/models/tiny"}, {Name: "cfg", MountPath: "/etc/servelab"}},
+					Env:          []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
+					Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
 					ReadinessProbe: &corev1.Probe{
 						ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
 						PeriodSeconds: 1,
 					},
-				}}},
+				}},
+					Volumes: []corev1.Volume{
+						{Name: "model", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: model}}},
+						{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "engine-config"}}}},
+					},
+				},
 			},
 		},
 	}
@@ -94,7 +112,7 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 	t.Logf("2 pods Ready %.1f s after up began", time.Since(t0).Seconds())
 	ips := map[string]bool{}
 	ipRE := regexp.MustCompile(`^127\.0\.0\.(\d+)$`)
-	for _, p := range pods {
+	for i, p := range pods {
 		if m := ipRE.FindStringSubmatch(p.Status.PodIP); m == nil || m[1] == "1" {
 			t.Errorf("pod %s has IP %q; want its own 127.0.0.x (x > 1)", p.Name, p.Status.PodIP)
 		}
@@ -115,7 +133,42 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 		if want := "listening on http://" + p.Status.PodIP + ":8000"; !strings.Contains(string(logs), want) {
 			t.Errorf("logs of %s lack %q:\n%s", p.Name, want, logs)
 		}
-		everyPid = append(everyPid, podPid(t, p))
+		pid := podPid(t, p)
+		everyPid = append(everyPid, pid)
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if !strings.Contains(string(cmdline), "\x00--model\x00"+model+"\x00") {
+			t.Errorf("pod %s's process runs %q; want --model rewritten from /models/tiny to the hostPath %s", p.Name, cmdline, model)
+		}
+		note, err := os.ReadFile(filepath.Join(dir, "pods", "default_"+p.Name+"_"+string(p.UID), "volumes", "cfg", "note"))
+		if string(note) != "hello" {
+			t.Errorf("pod %s's configMap volume: note = %q, %v; want hello", p.Name, note, err)
+		}
+		// The pod reaches the apiserver as its service account, through the kubeconfig
+		// the node gives it in KUBECONFIG.
+		if i == 0 {
+			environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			var kc string
+			for _, kv := range strings.Split(string(environ), "\x00") {
+				if v, ok := strings.CutPrefix(kv, "KUBECONFIG="); ok {
+					kc = v
+				}
+			}
+			cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+			if err != nil {
+				t.Fatalf("pod %s's KUBECONFIG %q: %v", p.Name, kc, err)
+			}
+			podCS, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			who, err := podCS.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatalf("pod %s as its service account: %v", p.Name, err)
+			}
+			if got := who.Status.UserInfo.Username; got != "system:serviceaccount:default:default" {
+				t.Errorf("pod %s reaches the apiserver as %q; want its service account", p.Name, got)
+			}
+		}
 	}
 	if len(ips) != 2 {
 		t.Errorf("pods share an IP: %v", ips)

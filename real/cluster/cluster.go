@@ -243,7 +243,7 @@ func Up(ctx context.Context, o Options) (State, error) {
 	}
 	logf("node %s Ready", NodeName)
 	if err := waitServiceAccount(ctx, cs); err != nil {
-		return st, componentError(dir, kubebin.ControllerManager, fmt.Errorf("no default service account: %w", err))
+		return st, componentError(dir, kubebin.ControllerManager, fmt.Errorf("no default service account and kube-root-ca.crt: %w", err))
 	}
 	started = true
 	return st, nil
@@ -414,9 +414,15 @@ func waitNodeReady(ctx context.Context, cs kubernetes.Interface) error {
 	}
 }
 
+// waitServiceAccount waits for what the controller-manager gives every namespace and
+// every pod's service-account volume needs: the default service account and the
+// kube-root-ca.crt ConfigMap.
 func waitServiceAccount(ctx context.Context, cs kubernetes.Interface) error {
 	for {
 		_, err := cs.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
+		if err == nil {
+			_, err = cs.CoreV1().ConfigMaps(metav1.NamespaceDefault).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		}
 		if err == nil {
 			return nil
 		}

@@ -65,6 +65,7 @@ func RunNode(ctx context.Context, dir string) error {
 		client:      cs,
 		baseEnv:     containerBaseEnv(os.Environ()),
 		nodeAlloc:   nodeSpec.Status.Allocatable,
+		apiServer:   st.Server,
 	})
 	if err != nil {
 		return err

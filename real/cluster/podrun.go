@@ -35,6 +35,7 @@ type podRun struct {
 	failMessage string
 	started     metav1.Time
 	conds       map[corev1.PodConditionType]corev1.PodCondition
+	volDirs     map[string]string // volume name -> host directory
 }
 
 // ctr is one container of a pod. Its fields are guarded by the pod's mu.
@@ -59,6 +60,9 @@ func (pr *podRun) unsupported() (reason, msg string) {
 		if _, err := pr.p.argv(&c, nil); err != nil {
 			return ReasonUnsupportedCommand, err.Error()
 		}
+	}
+	if msg := unsupportedVolume(pr.pod); msg != "" {
+		return ReasonUnsupportedVolume, msg
 	}
 	return "", ""
 }
@@ -91,6 +95,24 @@ func (pr *podRun) event(typ, reason, format string, args ...any) {
 // until the pod stops.
 func (pr *podRun) run() {
 	defer close(pr.done)
+	for {
+		dirs, err := pr.prepareVolumes(pr.ctx)
+		if err == nil {
+			pr.mu.Lock()
+			pr.volDirs = dirs
+			pr.mu.Unlock()
+			break
+		}
+		if pr.ctx.Err() != nil {
+			return
+		}
+		pr.event(corev1.EventTypeWarning, reasonFailedMount, "MountVolume failed: %v", err)
+		select {
+		case <-pr.ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
 	for _, c := range pr.inits {
 		for {
 			code, ok := pr.runOnce(c, true)
@@ -217,12 +239,29 @@ func (pr *podRun) runOnce(c *ctr, isInit bool) (code int, ok bool) {
 	if err != nil {
 		return fail(reasonConfigError, err)
 	}
+	pr.mu.Lock()
+	ms := mountsOf(&c.spec, pr.volDirs)
+	pr.mu.Unlock()
+	for i := 1; i < len(argv); i++ {
+		argv[i] = rewritePaths(argv[i], ms)
+	}
 	procEnv := append([]string{}, pr.p.cfg.baseEnv...)
 	procEnv = append(procEnv, "HOSTNAME="+pod.Name)
+	hasKubeconfig := false
 	for _, e := range env {
-		procEnv = append(procEnv, e.name+"="+e.value)
+		procEnv = append(procEnv, e.name+"="+rewritePaths(e.value, ms))
+		hasKubeconfig = hasKubeconfig || e.name == "KUBECONFIG"
 	}
-	workDir := c.spec.WorkingDir
+	for _, m := range ms {
+		if m.mountPath == saMountPath && !hasKubeconfig && pr.p.cfg.apiServer != "" {
+			kc, err := pr.writePodKubeconfig(m.hostPath)
+			if err != nil {
+				return fail(reasonRunError, err)
+			}
+			procEnv = append(procEnv, "KUBECONFIG="+kc)
+		}
+	}
+	workDir := rewritePaths(c.spec.WorkingDir, ms)
 	if workDir == "" {
 		workDir = pr.dir
 	}

@@ -32,9 +32,12 @@ const (
 	ReasonUnsupportedImage = "UnsupportedImage"
 	// ReasonUnsupportedCommand: a container's command is not the servelab binary.
 	ReasonUnsupportedCommand = "UnsupportedCommand"
-	reasonConfigError        = "CreateContainerConfigError" // the kubelet's
-	reasonRunError           = "RunContainerError"          // the kubelet's
-	reasonCrashLoop          = "CrashLoopBackOff"           // the kubelet's
+	// ReasonUnsupportedVolume: a volume of a kind a process cannot be given (a PVC, ...).
+	ReasonUnsupportedVolume = "UnsupportedVolume"
+	reasonFailedMount       = "FailedMount"                // the kubelet's event
+	reasonConfigError       = "CreateContainerConfigError" // the kubelet's
+	reasonRunError          = "RunContainerError"          // the kubelet's
+	reasonCrashLoop         = "CrashLoopBackOff"           // the kubelet's
 )
 
 // restartBackoff is the kubelet's crash-loop back-off: 10 s doubling to 5 min, reset
@@ -54,6 +57,7 @@ type providerConfig struct {
 	baseEnv     []string
 	nodeAlloc   corev1.ResourceList
 	backoff     time.Duration // first crash-loop back-off (backoffInitial when 0)
+	apiServer   string        // the apiserver's URL, for pods' kubeconfigs
 }
 
 // provider is virtual-kubelet's PodLifecycleHandler (and PodNotifier) for this node: it
