@@ -412,6 +412,22 @@ func TestProviderLivenessAndGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	sp := tp.waitFor(t, "stubborn", "Running", func(p *corev1.Pod) bool { return ready(p) })
+	// Delete only once the process ignores SIGTERM (it says so in its log).
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		rc, err := tp.GetContainerLogs(ctx, "default", "stubborn", "s", api.ContainerLogOpts{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if strings.Contains(string(b), "ignoring SIGTERM") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stubborn process did not start; log %q", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	t0 := time.Now()
 	if err := tp.DeletePod(ctx, stub); err != nil {
 		t.Fatal(err)
