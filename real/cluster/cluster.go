@@ -257,37 +257,34 @@ func Down(dir string, grace time.Duration) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	pids := Processes(abs)
+	seen := map[int]bool{}
+	note := func(pids []int) []int {
+		for _, p := range pids {
+			seen[p] = true
+		}
+		return pids
+	}
+	note(Processes(abs))
 	// The node first, so its pods get their termination grace period while the
 	// apiserver still answers its status updates; then everything else.
-	if pid, err := readPid(pidPath(abs, "node")); err == nil && contains(pids, pid) {
+	if pid, err := readPid(pidPath(abs, "node")); err == nil && seen[pid] {
 		terminate([]int{pid}, grace)
 	}
-	pids = Processes(abs)
-	left := terminate(pids, grace)
+	left := terminate(note(Processes(abs)), grace)
 	for _, name := range Components {
 		os.Remove(pidPath(abs, name))
 	}
 	if len(left) > 0 {
-		return len(pids), fmt.Errorf("processes %v survived SIGKILL", left)
+		return len(seen), fmt.Errorf("processes %v survived SIGKILL", left)
 	}
-	if again := Processes(abs); len(again) > 0 {
+	if again := note(Processes(abs)); len(again) > 0 {
 		// Started by a pod while we were stopping: one more round.
 		terminate(again, 0)
 		if still := Processes(abs); len(still) > 0 {
-			return len(pids), fmt.Errorf("processes %v still running", still)
+			return len(seen), fmt.Errorf("processes %v still running", still)
 		}
 	}
-	return len(pids), nil
-}
-
-func contains(xs []int, x int) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
+	return len(seen), nil
 }
 
 // Client returns a clientset for the cluster in dir, from its kubeconfig.
