@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -500,3 +501,96 @@ func TestSeekTail(t *testing.T) {
 		}
 	}
 }
+
+func TestRewritePaths(t *testing.T) {
+	c := &corev1.Container{VolumeMounts: []corev1.VolumeMount{
+		{Name: "cfg", MountPath: "/etc/servelab"},
+		{Name: "cfg-sub", MountPath: "/etc/servelab/epp"},
+		{Name: "model", MountPath: "/models/tiny/"},
+		{Name: "same", MountPath: "/data"},
+		{Name: "sub", MountPath: "/sub", SubPath: "a/b"},
+		{Name: "missing", MountPath: "/nowhere"},
+	}}
+	dirs := map[string]string{"cfg": "/node/pods/p/volumes/cfg", "cfg-sub": "/node/pods/p/volumes/epp", "model": "/host/tiny", "same": "/data", "sub": "/node/sub"}
+	ms := mountsOf(c, dirs)
+	tests := []struct{ in, want string }{
+		{"/etc/servelab/config.yaml", "/node/pods/p/volumes/cfg/config.yaml"},
+		{"--config=/etc/servelab/config.yaml", "--config=/node/pods/p/volumes/cfg/config.yaml"},
+		{"/etc/servelab/epp/epp.yaml", "/node/pods/p/volumes/epp/epp.yaml"}, // the longer mountPath wins
+		{"/etc/servelab", "/node/pods/p/volumes/cfg"},
+		{"/etc/servelabx/a", "/etc/servelabx/a"}, // not under the mount
+		{"/models/tiny", "/host/tiny"},
+		{"/data/x", "/data/x"},
+		{"/sub/f", "/node/sub/a/b/f"},
+		{"/nowhere/f", "/nowhere/f"},
+		{"engine", "engine"},
+		{"a=b=/etc/servelab/x", "a=b=/etc/servelab/x"}, // only what follows the first '='
+	}
+	for _, tc := range tests {
+		if got := rewritePaths(tc.in, ms); got != tc.want {
+			t.Errorf("rewritePaths(%q) = %q; want %q", tc.in, got, tc.want)
+		}
+	}
+	pvc := &corev1.Pod{Spec: corev1.PodSpec{Volumes: []corev1.Volume{{Name: "weights", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "w"}}}}}}
+	if msg := unsupportedVolume(pvc); !strings.Contains(msg, `volume "weights"`) {
+		t.Errorf("a PVC volume: %q; want it refused, naming the volume", msg)
+	}
+}
+
+// The environment is resolved in order, each value expanded against what came before,
+// with the downward API's fields and resources.
+func TestResolveEnv(t *testing.T) {
+	pod := testPod("p", corev1.RestartPolicyAlways)
+	pod.Annotations = map[string]string{"servelab.io/policy": "prefix-affinity"}
+	pod.Spec.ServiceAccountName = "engine"
+	c := &corev1.Container{
+		Name: "engine",
+		Resources: corev1.ResourceRequirements{
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resourceMustParse("1Gi")},
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resourceMustParse("500m")},
+		},
+		Env: []corev1.EnvVar{
+			{Name: "URL", Value: "http://$(POD_IP):8000"}, // POD_IP comes later: stays as written
+			{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+			{Name: "URL2", Value: "http://$(POD_IP):8000"},
+			{Name: "NS", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+			{Name: "APP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['app']"}}},
+			{Name: "POLICY", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['servelab.io/policy']"}}},
+			{Name: "SA", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.serviceAccountName"}}},
+			{Name: "NODE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+			{Name: "HOST_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+			{Name: "MEM_MI", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resourceMustParse("1Mi")}}},
+			{Name: "CPU_LIMIT", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}},
+			{Name: "CPU_REQ_M", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "requests.cpu", Divisor: resourceMustParse("1m")}}},
+			{Name: "POD_IP", Value: "overridden $(POD_IP)"},
+		},
+	}
+	got, err := resolveEnv(context.Background(), nil, pod, c, podFacts{podIP: "127.0.0.7", hostIP: "127.0.0.1",
+		nodeAlloc: corev1.ResourceList{corev1.ResourceCPU: resourceMustParse("16")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []envVar{
+		{"URL", "http://$(POD_IP):8000"},
+		{"POD_IP", "overridden 127.0.0.7"},
+		{"URL2", "http://127.0.0.7:8000"},
+		{"NS", "default"},
+		{"APP", "t"},
+		{"POLICY", "prefix-affinity"},
+		{"SA", "engine"},
+		{"NODE", NodeName},
+		{"HOST_IP", "127.0.0.1"},
+		{"MEM_MI", "1024"},
+		{"CPU_LIMIT", "16"}, // no limit: the node's allocatable, as the kubelet
+		{"CPU_REQ_M", "500"},
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(envVar{})); diff != "" {
+		t.Errorf("env (-want +got):\n%s", diff)
+	}
+	bad := &corev1.Container{Env: []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.phase"}}}}}
+	if _, err := resolveEnv(context.Background(), nil, pod, bad, podFacts{}); err == nil || !strings.Contains(err.Error(), "env X") {
+		t.Errorf("an unsupported fieldRef: %v; want an error naming the variable", err)
+	}
+}
+
+func resourceMustParse(s string) resource.Quantity { return resource.MustParse(s) }

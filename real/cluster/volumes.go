@@ -40,7 +40,9 @@ func unsupportedVolume(pod *corev1.Pod) string {
 
 // prepareVolumes writes every volume of the pod and returns each one's host directory.
 func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error) {
-	pod := pr.pod
+	pr.mu.Lock()
+	pod := pr.pod.DeepCopy() // UpdatePod may change labels and annotations meanwhile
+	pr.mu.Unlock()
 	dirs := map[string]string{}
 	for _, v := range pod.Spec.Volumes {
 		s := v.VolumeSource
@@ -60,7 +62,7 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 		case s.Secret != nil:
 			err = pr.writeSecret(ctx, dir, s.Secret.SecretName, s.Secret.Items, s.Secret.Optional)
 		case s.DownwardAPI != nil:
-			err = pr.writeDownward(ctx, dir, s.DownwardAPI.Items)
+			err = pr.writeDownward(ctx, pod, dir, s.DownwardAPI.Items)
 		case s.Projected != nil:
 			for _, src := range s.Projected.Sources {
 				switch {
@@ -69,7 +71,7 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 				case src.Secret != nil:
 					err = pr.writeSecret(ctx, dir, src.Secret.Name, src.Secret.Items, src.Secret.Optional)
 				case src.DownwardAPI != nil:
-					err = pr.writeDownward(ctx, dir, src.DownwardAPI.Items)
+					err = pr.writeDownward(ctx, pod, dir, src.DownwardAPI.Items)
 				case src.ServiceAccountToken != nil:
 					err = pr.writeToken(ctx, filepath.Join(dir, src.ServiceAccountToken.Path), src.ServiceAccountToken)
 				}
@@ -154,7 +156,7 @@ func (pr *podRun) writeSecret(ctx context.Context, dir, name string, items []cor
 	return writeItems(dir, sec.Data, items, opt)
 }
 
-func (pr *podRun) writeDownward(ctx context.Context, dir string, items []corev1.DownwardAPIVolumeFile) error {
+func (pr *podRun) writeDownward(ctx context.Context, pod *corev1.Pod, dir string, items []corev1.DownwardAPIVolumeFile) error {
 	for _, it := range items {
 		var src corev1.EnvVarSource
 		switch {
@@ -167,13 +169,13 @@ func (pr *podRun) writeDownward(ctx context.Context, dir string, items []corev1.
 		}
 		c := corev1.Container{}
 		if it.ResourceFieldRef != nil {
-			for _, x := range pr.pod.Spec.Containers {
+			for _, x := range pod.Spec.Containers {
 				if x.Name == it.ResourceFieldRef.ContainerName {
 					c = x
 				}
 			}
 		}
-		v, err := valueFrom(ctx, pr.p.cfg.client, pr.pod, &c, &src, podFacts{podIP: pr.ip, hostIP: pr.p.cfg.hostIP, nodeAlloc: pr.p.cfg.nodeAlloc})
+		v, err := valueFrom(ctx, pr.p.cfg.client, pod, &c, &src, podFacts{podIP: pr.ip, hostIP: pr.p.cfg.hostIP, nodeAlloc: pr.p.cfg.nodeAlloc})
 		if err != nil {
 			return fmt.Errorf("%s: %w", it.Path, err)
 		}
