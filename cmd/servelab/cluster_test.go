@@ -80,6 +80,18 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	labels := map[string]string{"app": "engine"}
+	// A Service before the pods: they get its service-link variables, and its cluster IP
+	// is a loopback address (a proxy on this machine can listen there).
+	svc, err := cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "engine"},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "http", Port: 8000, TargetPort: intstr.FromString("http")}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(svc.Spec.ClusterIP, "127.1.") {
+		t.Errorf("Service cluster IP %s; want one in %s", svc.Spec.ClusterIP, cluster.ServiceCIDR)
+	}
 	replicas := int32(2)
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "engine", Namespace: "default"},
@@ -151,6 +163,11 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 		// the node gives it in KUBECONFIG.
 		if i == 0 {
 			environ, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			for _, want := range []string{"ENGINE_SERVICE_HOST=" + svc.Spec.ClusterIP, "ENGINE_SERVICE_PORT=8000", "ENGINE_SERVICE_PORT_HTTP=8000"} {
+				if !strings.Contains("\x00"+string(environ)+"\x00", "\x00"+want+"\x00") {
+					t.Errorf("pod %s's environment lacks %s", p.Name, want)
+				}
+			}
 			var kc string
 			for _, kv := range strings.Split(string(environ), "\x00") {
 				if v, ok := strings.CutPrefix(kv, "KUBECONFIG="); ok {

@@ -41,6 +41,11 @@ const ContextName = "servelab"
 // Components are the processes `up` starts, in order; the node is last.
 var Components = []string{kubebin.Etcd, kubebin.APIServer, kubebin.ControllerManager, kubebin.Scheduler, "node"}
 
+// ServiceCIDR is the cluster's --service-cluster-ip-range: loopback addresses (all of
+// 127.0.0.0/8 routes to lo on Linux), so a userspace service proxy on this machine can
+// listen on every Service's cluster IP without touching the network configuration.
+const ServiceCIDR = "127.1.0.0/16"
+
 // ErrRunning is returned by Up when the directory already holds a running cluster.
 var ErrRunning = errors.New("cluster already running")
 
@@ -199,7 +204,7 @@ func Up(ctx context.Context, o Options) (State, error) {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+pki(saPub),
 		"--service-account-signing-key-file="+pki(saKey),
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range="+ServiceCIDR,
 		"--authorization-mode=Node,RBAC",
 		"--kubelet-client-certificate="+pki(kubeletClientCert), "--kubelet-client-key="+pki(kubeletClientKey),
 		"--kubelet-certificate-authority="+pki(caCert),
@@ -220,7 +225,11 @@ func Up(ctx context.Context, o Options) (State, error) {
 		"--root-ca-file="+pki(caCert),
 		"--cluster-signing-cert-file="+pki(caCert), "--cluster-signing-key-file="+pki(caKey),
 		"--use-service-account-credentials=false",
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range="+ServiceCIDR,
+		// The apiserver refuses loopback addresses in Endpoints and EndpointSlices
+		// (ValidateEndpointIP) while it takes them as pod IPs, so these controllers could
+		// only fail for this node's pods: clients find pods by their Pod objects.
+		"--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
 	); err != nil {
 		return st, err
 	}
@@ -265,12 +274,38 @@ func Down(dir string, grace time.Duration) (int, error) {
 		return pids
 	}
 	note(Processes(abs))
-	// The node first, so its pods get their termination grace period while the
-	// apiserver still answers its status updates; then everything else.
-	if pid, err := readPid(pidPath(abs, "node")); err == nil && seen[pid] {
-		terminate([]int{pid}, grace)
+	pidOf := func(name string) int {
+		if pid, err := readPid(pidPath(abs, name)); err == nil && seen[pid] {
+			return pid
+		}
+		return 0
 	}
-	left := terminate(note(Processes(abs)), grace)
+	apiserver, etcd := pidOf(kubebin.APIServer), pidOf(kubebin.Etcd)
+	// In stages, each from SIGTERM to its end: the node first, so its pods get their
+	// termination grace period while the apiserver still takes their final status; then
+	// the controllers and whatever else carries the marker; then the apiserver while
+	// etcd still answers it (the other way round, each waits on the other and the
+	// apiserver takes its full grace period); then etcd; then anything started since.
+	var left []int
+	stage := func(pids ...int) {
+		var live []int
+		for _, p := range pids {
+			if p > 0 {
+				live = append(live, p)
+			}
+		}
+		left = append(left, terminate(live, grace)...)
+	}
+	stage(pidOf("node"))
+	var rest []int
+	for _, p := range note(Processes(abs)) {
+		if p != apiserver && p != etcd {
+			rest = append(rest, p)
+		}
+	}
+	stage(rest...)
+	stage(apiserver)
+	stage(etcd)
 	for _, name := range Components {
 		os.Remove(pidPath(abs, name))
 	}
@@ -278,7 +313,6 @@ func Down(dir string, grace time.Duration) (int, error) {
 		return len(seen), fmt.Errorf("processes %v survived SIGKILL", left)
 	}
 	if again := note(Processes(abs)); len(again) > 0 {
-		// Started by a pod while we were stopping: one more round.
 		terminate(again, 0)
 		if still := Processes(abs); len(still) > 0 {
 			return len(seen), fmt.Errorf("processes %v still running", still)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"regexp"
 	"sort"
 	"strconv"
@@ -85,6 +86,17 @@ func resolveEnv(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod, c
 			return out[i].value, true
 		}
 		return "", false
+	}
+	// The Services of the pod's namespace, as the kubelet's service links (below
+	// everything else: env and envFrom override them, and values can refer to them).
+	if pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks {
+		svcs, err := serviceEnv(ctx, cs, pod.Namespace)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range svcs {
+			set(e.name, e.value)
+		}
 	}
 	for i, src := range c.EnvFrom {
 		optional := func(p *bool) bool { return p != nil && *p }
@@ -253,4 +265,56 @@ func resourceField(c *corev1.Container, ref *corev1.ResourceFieldSelector, alloc
 	v := math.Ceil(q.AsApproximateFloat64() / div.AsApproximateFloat64())
 	s := strconv.FormatInt(int64(v), 10)
 	return &s, nil
+}
+
+// serviceEnv is the kubelet's service-link environment for the Services of a namespace
+// that have a cluster IP (k8s.io/kubernetes pkg/kubelet/envvars FromServices): for a
+// Service my-svc, MY_SVC_SERVICE_HOST and MY_SVC_SERVICE_PORT (the first port),
+// MY_SVC_SERVICE_PORT_<NAME> per named port, and the Docker-link variables MY_SVC_PORT,
+// MY_SVC_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]. The default/kubernetes Service is left
+// out: it has no endpoints here (pods reach the apiserver through their KUBECONFIG), and
+// KUBERNETES_SERVICE_HOST would make client-go believe it runs in a container.
+func serviceEnv(ctx context.Context, cs kubernetes.Interface, namespace string) ([]envVar, error) {
+	if cs == nil {
+		return nil, nil
+	}
+	list, err := cs.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("service links: %w", err)
+	}
+	svcs := list.Items
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Name < svcs[j].Name })
+	var out []envVar
+	for _, svc := range svcs {
+		ip := svc.Spec.ClusterIP
+		if ip == "" || ip == corev1.ClusterIPNone || len(svc.Spec.Ports) == 0 || (svc.Namespace == metav1.NamespaceDefault && svc.Name == "kubernetes") {
+			continue
+		}
+		name := strings.ToUpper(strings.ReplaceAll(svc.Name, "-", "_"))
+		add := func(k, v string) { out = append(out, envVar{k, v}) }
+		add(name+"_SERVICE_HOST", ip)
+		add(name+"_SERVICE_PORT", strconv.Itoa(int(svc.Spec.Ports[0].Port)))
+		for _, p := range svc.Spec.Ports {
+			if p.Name != "" {
+				add(name+"_SERVICE_PORT_"+strings.ToUpper(strings.ReplaceAll(p.Name, "-", "_")), strconv.Itoa(int(p.Port)))
+			}
+		}
+		for i, p := range svc.Spec.Ports {
+			proto := strings.ToLower(string(p.Protocol))
+			if proto == "" {
+				proto = "tcp"
+			}
+			port := strconv.Itoa(int(p.Port))
+			url := proto + "://" + net.JoinHostPort(ip, port)
+			if i == 0 {
+				add(name+"_PORT", url)
+			}
+			prefix := name + "_PORT_" + port + "_" + strings.ToUpper(proto)
+			add(prefix, url)
+			add(prefix+"_PROTO", proto)
+			add(prefix+"_PORT", port)
+			add(prefix+"_ADDR", ip)
+		}
+	}
+	return out, nil
 }

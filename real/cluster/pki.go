@@ -40,9 +40,10 @@ const (
 // certValidity is how long the certificates last: a local cluster is torn down long before.
 const certValidity = 365 * 24 * time.Hour
 
-// serviceIP is the first address of --service-cluster-ip-range, the `kubernetes` Service's
-// ClusterIP, which the apiserver's serving certificate names as kubeadm's does.
-var serviceIP = net.IPv4(10, 96, 0, 1)
+// serviceIP is the first address of --service-cluster-ip-range (ServiceCIDR), the
+// `kubernetes` Service's ClusterIP, which the apiserver's serving certificate names as
+// kubeadm's does.
+var serviceIP = net.IPv4(127, 1, 0, 1)
 
 type keyPair struct {
 	cert *x509.Certificate

@@ -370,8 +370,9 @@ func newIPPool() *ipPool { return &ipPool{used: map[uint32]bool{}} }
 func (p *ipPool) get() (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	// 127.0.0.2 .. 127.255.255.254, skipping each /24's .0 and .255.
-	for n := uint32(2); n < 1<<24-1; n++ {
+	// 127.0.0.2 .. 127.0.255.254, skipping each /24's .0 and .255 (127.1.0.0/16 is the
+	// Services' range).
+	for n := uint32(2); n < 1<<16-1; n++ {
 		if b := n & 0xff; b == 0 || b == 0xff {
 			continue
 		}
