@@ -594,3 +594,32 @@ func TestResolveEnv(t *testing.T) {
 }
 
 func resourceMustParse(s string) resource.Quantity { return resource.MustParse(s) }
+
+// Init containers run to completion, in order, before the containers start; a failing one
+// under restartPolicy Never fails the pod.
+func TestProviderInitContainers(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	ok := testPod("init-ok", corev1.RestartPolicyAlways, serveContainer())
+	ok.Spec.InitContainers = []corev1.Container{
+		{Name: "first", Image: "servelab", Args: []string{"exit", "0"}},
+		{Name: "second", Image: "servelab", Args: []string{"exit", "0"}},
+	}
+	bad := testPod("init-bad", corev1.RestartPolicyNever, serveContainer())
+	bad.Spec.InitContainers = []corev1.Container{{Name: "fails", Image: "servelab", Args: []string{"exit", "7"}}}
+	for _, p := range []*corev1.Pod{ok, bad} {
+		if err := tp.CreatePod(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := tp.waitFor(t, "init-ok", "Ready", ready)
+	for _, s := range got.Status.InitContainerStatuses {
+		if s.State.Terminated == nil || s.State.Terminated.ExitCode != 0 || s.State.Terminated.Reason != "Completed" {
+			t.Errorf("init container %s: %+v; want terminated, Completed", s.Name, s.State)
+		}
+	}
+	failed := tp.waitFor(t, "init-bad", "Failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	if w := failed.Status.ContainerStatuses[0].State.Waiting; w == nil || failed.Status.Reason != "InitContainerFailed" {
+		t.Errorf("pod with a failed init container: reason %q, container %+v; want InitContainerFailed and the container never started", failed.Status.Reason, failed.Status.ContainerStatuses[0].State)
+	}
+}
