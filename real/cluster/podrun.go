@@ -44,6 +44,7 @@ type ctr struct {
 	state     corev1.ContainerState
 	lastState corev1.ContainerState
 	restarts  int32
+	crashes   int  // consecutive short runs: the back-off doubles with each
 	ready     bool // the readiness probe's verdict (true without a probe)
 	startedOK bool // the startup probe succeeded (true without one)
 	pid       int
@@ -124,7 +125,7 @@ func (pr *podRun) run() {
 			}
 			if pr.pod.Spec.RestartPolicy == corev1.RestartPolicyNever {
 				pr.mu.Lock()
-				pr.failReason, pr.failMessage = "InitContainerFailed", fmt.Sprintf("init container %q exited with code %d", c.spec.Name, code)
+				pr.failReason, pr.failMessage = reasonInitFailed, fmt.Sprintf("init container %q exited with code %d", c.spec.Name, code)
 				pr.mu.Unlock()
 				pr.update()
 				<-pr.ctx.Done()
@@ -174,29 +175,28 @@ func (pr *podRun) supervise(c *ctr) {
 }
 
 // backoff waits the crash-loop back-off before the next restart of c (the container in
-// state Waiting CrashLoopBackOff meanwhile). It returns false when the pod stops.
+// state Waiting CrashLoopBackOff meanwhile): the kubelet's 10 s, doubling with each
+// consecutive crash up to 5 min, starting over after a run of 10 min. It returns false
+// when the pod stops.
 func (pr *podRun) backoff(c *ctr) bool {
 	pr.mu.Lock()
 	d := backoffInitial
 	if pr.p.cfg.backoff > 0 {
 		d = pr.p.cfg.backoff
 	}
+	// A run of backoffReset or more ends the crash loop: the delay starts over.
 	if t := c.lastState.Terminated; t != nil && t.FinishedAt.Sub(t.StartedAt.Time) >= backoffReset {
-		d = 0
-	} else {
-		for i := int32(0); i < c.restarts && d < backoffMax; i++ { // doubling per restart
-			d *= 2
-		}
-		d = min(d, backoffMax)
+		c.crashes = 0
 	}
-	if d > 0 {
-		c.state = waiting(reasonCrashLoop, fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", d, c.spec.Name, pr.pod.Name, pr.pod.Namespace, pr.pod.UID))
+	for i := 0; i < c.crashes && d < backoffMax; i++ {
+		d *= 2
 	}
+	d = min(d, backoffMax)
+	c.crashes++
+	c.state = waiting(reasonCrashLoop, fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", d, c.spec.Name, pr.pod.Name, pr.pod.Namespace, pr.pod.UID))
 	pr.mu.Unlock()
-	if d > 0 {
-		pr.update()
-		pr.event(corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s", c.spec.Name, pr.pod.Name)
-	}
+	pr.update()
+	pr.event(corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s", c.spec.Name, pr.pod.Name)
 	select {
 	case <-pr.ctx.Done():
 		return false
@@ -479,7 +479,9 @@ func (pr *podRun) statusLocked() corev1.PodStatus {
 		}
 	}
 	conds := []corev1.PodCondition{
-		pr.cond(corev1.PodReadyToStartContainers, pr.failReason == "", pr.failReason, pr.failMessage),
+		// The pod's "sandbox" (its address and directory) is ready unless the pod was
+		// refused outright.
+		pr.cond(corev1.PodReadyToStartContainers, pr.failReason == "" || pr.failReason == reasonInitFailed, pr.failReason, pr.failMessage),
 		pr.cond(corev1.PodInitialized, pr.initialized, "ContainersNotInitialized", "containers with incomplete status: init containers"),
 		pr.cond(corev1.ContainersReady, allReady, "ContainersNotReady", notReady),
 		pr.cond(corev1.PodReady, allReady, "ContainersNotReady", notReady),

@@ -38,6 +38,7 @@ const (
 	reasonConfigError       = "CreateContainerConfigError" // the kubelet's
 	reasonRunError          = "RunContainerError"          // the kubelet's
 	reasonCrashLoop         = "CrashLoopBackOff"           // the kubelet's
+	reasonInitFailed        = "InitContainerFailed"
 )
 
 // restartBackoff is the kubelet's crash-loop back-off: 10 s doubling to 5 min, reset
