@@ -48,6 +48,8 @@ type ctr struct {
 	ready     bool // the readiness probe's verdict (true without a probe)
 	startedOK bool // the startup probe succeeded (true without one)
 	pid       int
+	env       []string // the current process's environment and directory (exec probes run with them)
+	workDir   string
 	exited    chan struct{} // closed when the current process exits
 	killedBy  string        // why the node killed the current process ("" if it did not)
 }
@@ -278,6 +280,7 @@ func (pr *podRun) runOnce(c *ctr, isInit bool) (code int, ok bool) {
 	pr.mu.Lock()
 	c.state = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}}
 	c.pid = cmd.Process.Pid
+	c.env, c.workDir = procEnv, workDir
 	c.exited = exited
 	c.killedBy = ""
 	c.ready = c.spec.ReadinessProbe == nil
@@ -424,7 +427,7 @@ func (pr *podRun) statusLocked() corev1.PodStatus {
 	st.ContainerStatuses = statuses(pr.ctrs)
 
 	allReady := len(pr.ctrs) > 0
-	var running, waitingFirst, succeeded, failed int
+	var running, restarting, waitingFirst, failed int
 	for i, c := range pr.ctrs {
 		if !st.ContainerStatuses[i].Ready {
 			allReady = false
@@ -433,16 +436,22 @@ func (pr *podRun) statusLocked() corev1.PodStatus {
 		case c.state.Running != nil:
 			running++
 		case c.state.Terminated != nil:
-			if c.state.Terminated.ExitCode == 0 {
-				succeeded++
-			} else {
+			if c.state.Terminated.ExitCode != 0 {
 				failed++
 			}
 		case c.lastState.Terminated != nil:
-			running++ // restarting: the kubelet counts it as running
+			restarting++ // the kubelet counts it as running
+			if c.lastState.Terminated.ExitCode != 0 {
+				failed++
+			}
 		default:
 			waitingFirst++
 		}
+	}
+	if pr.stopping && running == 0 {
+		// Deleted, and no process left: the pod has ended (a container in back-off will
+		// not be restarted).
+		restarting, waitingFirst = 0, 0
 	}
 	policy := pr.pod.Spec.RestartPolicy
 	switch {
@@ -456,7 +465,7 @@ func (pr *podRun) statusLocked() corev1.PodStatus {
 		st.Phase = corev1.PodPending
 	case waitingFirst > 0:
 		st.Phase = corev1.PodPending
-	case running > 0:
+	case running > 0 || restarting > 0:
 		st.Phase = corev1.PodRunning
 	case pr.stopping || policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && failed == 0):
 		// Every container has terminated for good.

@@ -215,8 +215,15 @@ func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeou
 		if err != nil {
 			return fmt.Errorf("exec probe: %w", err)
 		}
+		pr.mu.Lock()
+		env, dir := c.env, c.workDir
+		ms := mountsOf(&c.spec, pr.volDirs)
+		pr.mu.Unlock()
+		for i := 1; i < len(argv); i++ {
+			argv[i] = rewritePaths(argv[i], ms)
+		}
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.Env = pr.p.cfg.baseEnv
+		cmd.Env, cmd.Dir = env, dir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}

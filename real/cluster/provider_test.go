@@ -623,3 +623,36 @@ func TestProviderInitContainers(t *testing.T) {
 		t.Errorf("pod with a failed init container: reason %q, container %+v; want InitContainerFailed and the container never started", failed.Status.Reason, failed.Status.ContainerStatuses[0].State)
 	}
 }
+
+// An exec probe runs the servelab binary with the probe's arguments: exit 0 is ready, a
+// failure keeps the pod unready with an Unhealthy event.
+func TestProviderExecProbe(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	probe := func(code string) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"servelab", "exit", code}}}, PeriodSeconds: 1}
+	}
+	good, bad := serveContainer(), serveContainer()
+	good.ReadinessProbe, bad.ReadinessProbe = probe("0"), probe("1")
+	if err := tp.CreatePod(ctx, testPod("exec-good", corev1.RestartPolicyAlways, good)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.CreatePod(ctx, testPod("exec-bad", corev1.RestartPolicyAlways, bad)); err != nil {
+		t.Fatal(err)
+	}
+	tp.waitFor(t, "exec-good", "Ready", ready)
+	for deadline := time.Now().Add(30 * time.Second); !tp.events.find("Readiness probe failed: exit status 1: exiting 1"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no Unhealthy event for the failing exec probe: %v", tp.events.events)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p := tp.snapshotOf("exec-bad"); ready(p) {
+		t.Error("pod with a failing exec readiness probe is Ready")
+	}
+}
+
+func (tp *testProvider) snapshotOf(name string) *corev1.Pod {
+	p, _ := tp.GetPod(context.Background(), "default", name)
+	return p
+}
