@@ -292,6 +292,16 @@ func (pr *podRun) runOnce(c *ctr, isInit bool) (code int, ok bool) {
 	probeCtx, stopProbes := context.WithCancel(pr.ctx)
 	if !isInit {
 		go pr.probe(probeCtx, c, exited)
+		if lc := c.spec.Lifecycle; lc != nil && lc.PostStart != nil {
+			// The postStart hook runs beside the process; when it fails the kubelet
+			// kills the container.
+			go func() {
+				if err := pr.handle(probeCtx, c, lifecycleHandler(lc.PostStart)); err != nil && probeCtx.Err() == nil {
+					pr.event(corev1.EventTypeWarning, "FailedPostStartHook", "PostStartHook failed: %v", err)
+					pr.killContainer(c, fmt.Sprintf("FailedPostStartHook: container %s", c.spec.Name))
+				}
+			}()
+		}
 	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
@@ -300,10 +310,29 @@ func (pr *podRun) runOnce(c *ctr, isInit bool) (code int, ok bool) {
 	case werr = <-waitErr:
 	case <-pr.ctx.Done():
 		pr.mu.Lock()
-		grace := pr.grace
+		deadline := time.Now().Add(pr.grace)
 		pr.mu.Unlock()
 		pr.event(corev1.EventTypeNormal, "Killing", "Stopping container %s", c.spec.Name)
-		werr = killGroup(cmd.Process.Pid, grace, waitErr)
+		exitedEarly := false
+		if lc := c.spec.Lifecycle; lc != nil && lc.PreStop != nil {
+			// The preStop hook runs first, within the grace period, as the kubelet's.
+			hookCtx, cancel := context.WithDeadline(context.Background(), deadline)
+			hookErr := make(chan error, 1)
+			go func() { hookErr <- pr.handle(hookCtx, c, lifecycleHandler(lc.PreStop)) }()
+			select {
+			case werr = <-waitErr:
+				exitedEarly = true
+			case err := <-hookErr:
+				if err != nil {
+					pr.event(corev1.EventTypeWarning, "FailedPreStopHook", "PreStopHook failed: %v", err)
+				}
+			}
+			cancel()
+		}
+		if !exitedEarly {
+			// What the hook left of the grace period, and at least 2 s, as the kubelet.
+			werr = killGroup(cmd.Process.Pid, max(time.Until(deadline), 2*time.Second), waitErr)
+		}
 	}
 	stopProbes()
 	close(exited)

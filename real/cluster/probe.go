@@ -155,9 +155,33 @@ func killGroupWait(pid int, grace time.Duration, exited <-chan struct{}) {
 func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if p.GRPC != nil {
+		return fmt.Errorf("grpc probes are not supported on node %s; use httpGet or tcpSocket", NodeName)
+	}
+	return pr.handle(ctx, c, handler{exec: p.Exec, httpGet: p.HTTPGet, tcp: p.TCPSocket})
+}
+
+// handler is what a probe or a lifecycle hook does.
+type handler struct {
+	exec    *corev1.ExecAction
+	httpGet *corev1.HTTPGetAction
+	tcp     *corev1.TCPSocketAction
+	sleep   *corev1.SleepAction
+}
+
+// handle runs a probe's or hook's action against c until ctx ends: nil when it succeeds.
+func (pr *podRun) handle(ctx context.Context, c *ctr, h handler) error {
+	p := h
 	switch {
-	case p.HTTPGet != nil:
-		g := p.HTTPGet
+	case h.sleep != nil:
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(h.sleep.Seconds) * time.Second):
+			return nil
+		}
+	case p.httpGet != nil:
+		g := p.httpGet
 		host := g.Host
 		if host == "" {
 			host = pr.ip
@@ -170,11 +194,11 @@ func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeou
 		if g.Scheme == corev1.URISchemeHTTPS {
 			scheme = "https"
 		}
-		p := g.Path
-		if !strings.HasPrefix(p, "/") {
-			p = "/" + p
+		path := g.Path
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
 		}
-		url := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port)) + p
+		url := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(port)) + path
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
@@ -194,12 +218,12 @@ func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeou
 			return fmt.Errorf("HTTP probe failed with statuscode: %d", resp.StatusCode)
 		}
 		return nil
-	case p.TCPSocket != nil:
-		host := p.TCPSocket.Host
+	case p.tcp != nil:
+		host := p.tcp.Host
 		if host == "" {
 			host = pr.ip
 		}
-		port, err := resolvePort(p.TCPSocket.Port, &c.spec)
+		port, err := resolvePort(p.tcp.Port, &c.spec)
 		if err != nil {
 			return err
 		}
@@ -209,11 +233,11 @@ func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeou
 			return err
 		}
 		return conn.Close()
-	case p.Exec != nil:
-		probeCtr := corev1.Container{Name: c.spec.Name, Command: p.Exec.Command}
+	case p.exec != nil:
+		probeCtr := corev1.Container{Name: c.spec.Name, Command: p.exec.Command}
 		argv, err := pr.p.argv(&probeCtr, nil)
 		if err != nil {
-			return fmt.Errorf("exec probe: %w", err)
+			return fmt.Errorf("exec: %w", err)
 		}
 		pr.mu.Lock()
 		env, dir := c.env, c.workDir
@@ -228,10 +252,8 @@ func (pr *podRun) probeOnce(ctx context.Context, c *ctr, p *corev1.Probe, timeou
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}
 		return nil
-	case p.GRPC != nil:
-		return fmt.Errorf("grpc probes are not supported on node %s; use httpGet or tcpSocket", NodeName)
 	}
-	return fmt.Errorf("probe has no handler")
+	return fmt.Errorf("no action (exec, httpGet, tcpSocket or sleep) given")
 }
 
 // resolvePort is a probe's port: a number, or the name of one of the container's ports.
@@ -248,4 +270,9 @@ func resolvePort(p intstr.IntOrString, c *corev1.Container) (int, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("container %q has no port named %q", c.Name, p.StrVal)
+}
+
+// lifecycleHandler turns a hook into a handler.
+func lifecycleHandler(h *corev1.LifecycleHandler) handler {
+	return handler{exec: h.Exec, httpGet: h.HTTPGet, tcp: h.TCPSocket, sleep: h.Sleep}
 }

@@ -656,3 +656,42 @@ func (tp *testProvider) snapshotOf(name string) *corev1.Pod {
 	p, _ := tp.GetPod(context.Background(), "default", name)
 	return p
 }
+
+// A preStop hook runs before SIGTERM, the process serving meanwhile (the controller's
+// routers sleep so proxies stop sending first); a failing postStart hook kills the
+// container, which restarts.
+func TestProviderLifecycleHooks(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	c := serveContainer()
+	c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 1}}}
+	pod := testPod("prestop", corev1.RestartPolicyAlways, c)
+	if err := tp.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	p := tp.waitFor(t, "prestop", "Ready", ready)
+	t0 := time.Now()
+	if err := tp.DeletePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	if body := get(t, "http://"+p.Status.PodIP+":8000/env"); !strings.Contains(body, "POD_NAME=prestop") {
+		t.Errorf("during preStop the process does not serve: %q", body)
+	}
+	end := tp.waitFor(t, "prestop", "terminated", func(p *corev1.Pod) bool { return p.Status.ContainerStatuses[0].State.Terminated != nil })
+	if el := time.Since(t0); el < time.Second {
+		t.Errorf("terminated %v after delete; want the 1 s preStop sleep first", el)
+	}
+	if code := end.Status.ContainerStatuses[0].State.Terminated.ExitCode; code != 0 {
+		t.Errorf("exit code %d; want 0 (SIGTERM after the hook, handled)", code)
+	}
+
+	bad := serveContainer()
+	bad.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"servelab", "exit", "2"}}}}
+	if err := tp.CreatePod(ctx, testPod("poststart", corev1.RestartPolicyAlways, bad)); err != nil {
+		t.Fatal(err)
+	}
+	tp.waitFor(t, "poststart", "restarted", func(p *corev1.Pod) bool { return p.Status.ContainerStatuses[0].RestartCount >= 1 })
+	if !tp.events.find("Warning FailedPostStartHook PostStartHook failed: exit status 2: exiting 2") {
+		t.Errorf("no FailedPostStartHook event: %v", tp.events.events)
+	}
+}
