@@ -695,3 +695,38 @@ func TestProviderLifecycleHooks(t *testing.T) {
 		t.Errorf("no FailedPostStartHook event: %v", tp.events.events)
 	}
 }
+
+func TestCheckHostPath(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/f"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	typ := func(v corev1.HostPathType) *corev1.HostPathType { return &v }
+	tests := []struct {
+		path    string
+		typ     *corev1.HostPathType
+		wantErr bool
+	}{
+		{dir, typ(corev1.HostPathDirectory), false},
+		{file, typ(corev1.HostPathDirectory), true},
+		{dir + "/missing", typ(corev1.HostPathDirectory), true},
+		{file, typ(corev1.HostPathFile), false},
+		{dir, typ(corev1.HostPathFile), true},
+		{dir + "/new/dir", typ(corev1.HostPathDirectoryOrCreate), false},
+		{dir + "/new/file", typ(corev1.HostPathFileOrCreate), false},
+		{dir + "/anything", nil, false},
+	}
+	for _, tc := range tests {
+		err := checkHostPath(&corev1.HostPathVolumeSource{Path: tc.path, Type: tc.typ})
+		if (err != nil) != tc.wantErr {
+			t.Errorf("checkHostPath(%s, %v) = %v; want error %t", tc.path, tc.typ, err, tc.wantErr)
+		}
+	}
+	if fi, err := os.Stat(dir + "/new/dir"); err != nil || !fi.IsDir() {
+		t.Errorf("DirectoryOrCreate did not create the directory: %v", err)
+	}
+	if fi, err := os.Stat(dir + "/new/file"); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("FileOrCreate did not create the file: %v", err)
+	}
+}

@@ -47,6 +47,9 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 	for _, v := range pod.Spec.Volumes {
 		s := v.VolumeSource
 		if s.HostPath != nil {
+			if err := checkHostPath(s.HostPath); err != nil {
+				return nil, fmt.Errorf("volume %q: %w", v.Name, err)
+			}
 			dirs[v.Name] = s.HostPath.Path
 			continue
 		}
@@ -303,4 +306,40 @@ func (pr *podRun) writePodKubeconfig(saDir string) (string, error) {
 	cfg.CurrentContext = "default"
 	path := filepath.Join(pr.dir, "kubeconfig")
 	return path, clientcmd.WriteToFile(*cfg, path)
+}
+
+// checkHostPath applies a hostPath volume's type as the kubelet does: Directory and File
+// must exist as such, DirectoryOrCreate and FileOrCreate are created when absent.
+func checkHostPath(h *corev1.HostPathVolumeSource) error {
+	typ := corev1.HostPathUnset
+	if h.Type != nil {
+		typ = *h.Type
+	}
+	fi, err := os.Stat(h.Path)
+	switch typ {
+	case corev1.HostPathDirectoryOrCreate:
+		if os.IsNotExist(err) {
+			return os.MkdirAll(h.Path, 0o755)
+		}
+	case corev1.HostPathFileOrCreate:
+		if os.IsNotExist(err) {
+			if err := os.MkdirAll(filepath.Dir(h.Path), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(h.Path, os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}
+	case corev1.HostPathDirectory:
+		if err != nil || !fi.IsDir() {
+			return fmt.Errorf("hostPath type check failed: %s is not a directory", h.Path)
+		}
+	case corev1.HostPathFile:
+		if err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("hostPath type check failed: %s is not a file", h.Path)
+		}
+	}
+	return nil
 }
