@@ -70,17 +70,20 @@ type Options struct {
 }
 
 // Paths under the cluster's directory.
-func kubeconfigPath(dir string) string    { return filepath.Join(dir, "kubeconfig") }
-func statePath(dir string) string         { return filepath.Join(dir, "cluster.json") }
-func pkiDir(dir string) string            { return filepath.Join(dir, "pki") }
-func logPath(dir, name string) string     { return filepath.Join(dir, "logs", name+".log") }
-func pidPath(dir, name string) string     { return filepath.Join(dir, "run", name+".pid") }
-func podsDir(dir string) string           { return filepath.Join(dir, "pods") }
-func etcdDataDir(dir string) string       { return filepath.Join(dir, "etcd") }
-func pkiFile(dir, name string) string     { return filepath.Join(pkiDir(dir), name) }
-func KubeconfigPath(dir string) string    { return kubeconfigPath(dir) }
-func LogPath(dir, name string) string     { return logPath(dir, name) }
-func ReadState(dir string) (State, error) { return readState(dir) }
+func kubeconfigPath(dir string) string { return filepath.Join(dir, "kubeconfig") }
+func statePath(dir string) string      { return filepath.Join(dir, "cluster.json") }
+func pkiDir(dir string) string         { return filepath.Join(dir, "pki") }
+func logPath(dir, name string) string  { return filepath.Join(dir, "logs", name+".log") }
+func pidPath(dir, name string) string  { return filepath.Join(dir, "run", name+".pid") }
+func podsDir(dir string) string        { return filepath.Join(dir, "pods") }
+func etcdDataDir(dir string) string    { return filepath.Join(dir, "etcd") }
+func pkiFile(dir, name string) string  { return filepath.Join(pkiDir(dir), name) }
+
+// KubeconfigPath is the admin kubeconfig `up` writes in dir (context ContextName).
+func KubeconfigPath(dir string) string { return kubeconfigPath(dir) }
+
+// LogPath is the log of a component (one of Components) of the cluster in dir.
+func LogPath(dir, name string) string { return logPath(dir, name) }
 
 func readState(dir string) (State, error) {
 	var s State
@@ -92,15 +95,6 @@ func readState(dir string) (State, error) {
 		return s, fmt.Errorf("%s: %w", statePath(dir), err)
 	}
 	return s, nil
-}
-
-// Running returns the pids of the cluster's live processes in dir (see Processes).
-func Running(dir string) ([]int, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil, err
-	}
-	return Processes(abs), nil
 }
 
 // Up starts the cluster in o.Dir and returns once the apiserver is ready, the node is

@@ -108,6 +108,12 @@ func (e *eventLog) Eventf(o runtime.Object, typ, reason, format string, args ...
 func (e *eventLog) AnnotatedEventf(o runtime.Object, _ map[string]string, typ, reason, format string, args ...any) {
 	e.Eventf(o, typ, reason, format, args...)
 }
+func (e *eventLog) String() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return strings.Join(e.events, "\n")
+}
+
 func (e *eventLog) find(sub string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -172,7 +178,7 @@ func (tp *testProvider) waitFor(t *testing.T, name, what string, cond func(*core
 			if pod != nil {
 				st = pod.Status
 			}
-			t.Fatalf("pod %s: %s: not within 30 s; last status %+v; events %v", name, what, st, tp.events.events)
+			t.Fatalf("pod %s: %s: not within 30 s; last status %+v; events %v", name, what, st, tp.events)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -328,7 +334,7 @@ func TestProviderRefusesOtherImages(t *testing.T) {
 				t.Errorf("container state %+v; want waiting with reason %s", got.Status.ContainerStatuses[0].State, tc.reason)
 			}
 			if !tp.events.find("Warning Failed container \"c\"") {
-				t.Errorf("no Warning Failed event naming the container: %v", tp.events.events)
+				t.Errorf("no Warning Failed event naming the container: %v", tp.events)
 			}
 		})
 	}
@@ -358,7 +364,7 @@ func TestProviderRestartsPerRestartPolicy(t *testing.T) {
 		t.Errorf("crash-looping pod phase %s; want Running (as the kubelet reports it)", got.Status.Phase)
 	}
 	if !tp.events.find("Warning BackOff Back-off restarting failed container crash") {
-		t.Errorf("no BackOff event: %v", tp.events.events)
+		t.Errorf("no BackOff event: %v", tp.events)
 	}
 	rc, err := tp.GetContainerLogs(ctx, "default", "always", "crash", api.ContainerLogOpts{Previous: true})
 	if err != nil {
@@ -403,7 +409,7 @@ func TestProviderLivenessAndGrace(t *testing.T) {
 		return p.Status.ContainerStatuses[0].RestartCount == 1 && ready(p)
 	})
 	if !tp.events.find("Container engine failed liveness probe, will be restarted") {
-		t.Errorf("no Killing event for the liveness failure: %v", tp.events.events)
+		t.Errorf("no Killing event for the liveness failure: %v", tp.events)
 	}
 
 	stub := testPod("stubborn", corev1.RestartPolicyAlways, corev1.Container{Name: "s", Image: "servelab", Args: []string{"stubborn"}})
@@ -630,7 +636,8 @@ func TestProviderExecProbe(t *testing.T) {
 	tp := newTestProvider(t)
 	ctx := context.Background()
 	probe := func(code string) *corev1.Probe {
-		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"servelab", "exit", code}}}, PeriodSeconds: 1}
+		// A generous timeout: the probe starts this test binary, slow under -race.
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"servelab", "exit", code}}}, PeriodSeconds: 1, TimeoutSeconds: 20}
 	}
 	good, bad := serveContainer(), serveContainer()
 	good.ReadinessProbe, bad.ReadinessProbe = probe("0"), probe("1")
@@ -643,7 +650,7 @@ func TestProviderExecProbe(t *testing.T) {
 	tp.waitFor(t, "exec-good", "Ready", ready)
 	for deadline := time.Now().Add(30 * time.Second); !tp.events.find("Readiness probe failed: exit status 1: exiting 1"); {
 		if time.Now().After(deadline) {
-			t.Fatalf("no Unhealthy event for the failing exec probe: %v", tp.events.events)
+			t.Fatalf("no Unhealthy event for the failing exec probe: %v", tp.events)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -692,7 +699,7 @@ func TestProviderLifecycleHooks(t *testing.T) {
 	}
 	tp.waitFor(t, "poststart", "restarted", func(p *corev1.Pod) bool { return p.Status.ContainerStatuses[0].RestartCount >= 1 })
 	if !tp.events.find("Warning FailedPostStartHook PostStartHook failed: exit status 2: exiting 2") {
-		t.Errorf("no FailedPostStartHook event: %v", tp.events.events)
+		t.Errorf("no FailedPostStartHook event: %v", tp.events)
 	}
 }
 

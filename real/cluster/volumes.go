@@ -44,6 +44,7 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 	pod := pr.pod.DeepCopy() // UpdatePod may change labels and annotations meanwhile
 	pr.mu.Unlock()
 	dirs := map[string]string{}
+	var refreshers []func() // started once every volume is in place
 	for _, v := range pod.Spec.Volumes {
 		s := v.VolumeSource
 		if s.HostPath != nil {
@@ -76,7 +77,9 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 				case src.DownwardAPI != nil:
 					err = pr.writeDownward(ctx, pod, dir, src.DownwardAPI.Items)
 				case src.ServiceAccountToken != nil:
-					err = pr.writeToken(ctx, filepath.Join(dir, src.ServiceAccountToken.Path), src.ServiceAccountToken)
+					var refresh func()
+					refresh, err = pr.writeToken(ctx, filepath.Join(dir, src.ServiceAccountToken.Path), src.ServiceAccountToken)
+					refreshers = append(refreshers, refresh)
 				}
 				if err != nil {
 					break
@@ -86,6 +89,9 @@ func (pr *podRun) prepareVolumes(ctx context.Context) (map[string]string, error)
 		if err != nil {
 			return nil, fmt.Errorf("volume %q: %w", v.Name, err)
 		}
+	}
+	for _, r := range refreshers {
+		go r()
 	}
 	return dirs, nil
 }
@@ -192,11 +198,11 @@ func (pr *podRun) writeDownward(ctx context.Context, pod *corev1.Pod, dir string
 }
 
 // writeToken writes a service-account token bound to the pod (the TokenRequest API, as
-// the kubelet's projected token) and keeps it fresh: a new one at 80% of its lifetime
-// while the pod runs.
-func (pr *podRun) writeToken(ctx context.Context, path string, src *corev1.ServiceAccountTokenProjection) error {
+// the kubelet's projected token) and returns what keeps it fresh while the pod runs: a
+// new one at 80% of its lifetime.
+func (pr *podRun) writeToken(ctx context.Context, path string, src *corev1.ServiceAccountTokenProjection) (func(), error) {
 	if pr.p.cfg.client == nil {
-		return fmt.Errorf("serviceAccountToken: no apiserver")
+		return nil, fmt.Errorf("serviceAccountToken: no apiserver")
 	}
 	exp := int64(3600)
 	if src.ExpirationSeconds != nil {
@@ -229,9 +235,9 @@ func (pr *podRun) writeToken(ctx context.Context, path string, src *corev1.Servi
 	}
 	next, err := fetch(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	go func() {
+	return func() {
 		for {
 			select {
 			case <-pr.ctx.Done():
@@ -245,8 +251,7 @@ func (pr *podRun) writeToken(ctx context.Context, path string, src *corev1.Servi
 			}
 			next = d
 		}
-	}()
-	return nil
+	}, nil
 }
 
 // mount is one volumeMount of a container: where the container sees it and where it is.
