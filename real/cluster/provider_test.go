@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -735,5 +736,73 @@ func TestCheckHostPath(t *testing.T) {
 	}
 	if fi, err := os.Stat(dir + "/new/file"); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("FileOrCreate did not create the file: %v", err)
+	}
+}
+
+// `kubectl port-forward` reaches the pod's port; `kubectl logs -f` streams the output
+// until the process exits; tailLines and limitBytes cut it.
+func TestProviderPortForwardAndFollowLogs(t *testing.T) {
+	tp := newTestProvider(t)
+	ctx := context.Background()
+	pod := testPod("pf", corev1.RestartPolicyAlways, serveContainer())
+	if err := tp.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	tp.waitFor(t, "pf", "Ready", ready)
+
+	client, server := net.Pipe()
+	errc := make(chan error, 1)
+	go func() { errc <- tp.PortForward(ctx, "default", "pf", 8000, server) }()
+	fmt.Fprint(client, "GET /env HTTP/1.0\r\nHost: pf\r\n\r\n")
+	resp, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(resp), "HTTP/1.0 200") || !strings.Contains(string(resp), "POD_NAME=pf") {
+		t.Errorf("through port-forward: %q", resp)
+	}
+	client.Close()
+	if err := <-errc; err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("PortForward: %v", err)
+	}
+
+	for _, tc := range []struct {
+		opts api.ContainerLogOpts
+		want string
+	}{
+		{api.ContainerLogOpts{Tail: 1}, "serving 127.0.0.2:8000\n"},
+		{api.ContainerLogOpts{LimitBytes: 7}, "serving"},
+	} {
+		rc, err := tp.GetContainerLogs(ctx, "default", "pf", "engine", tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(b) != tc.want {
+			t.Errorf("logs %+v = %q; want %q", tc.opts, b, tc.want)
+		}
+	}
+
+	logs, err := tp.GetContainerLogs(ctx, "default", "pf", "engine", api.ContainerLogOpts{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	followed := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(logs) // ends only when the process has exited
+		followed <- string(b)
+	}()
+	if err := tp.DeletePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-followed:
+		if want := "serving 127.0.0.2:8000\nterminating\n"; got != want {
+			t.Errorf("followed logs %q; want %q", got, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("following the logs did not end when the process exited")
 	}
 }
