@@ -104,10 +104,13 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 					Name:  "engine",
 					Image: "ghcr.io/servelab/servelab:test",
 					Args: []string{"engine", "--model", "/models/tiny", "--host", "$(POD_IP)", "--port", "8000",
-						"--num-gpu-blocks-override", "64", "--threads", "1"},
+						"--served-model-name", "$(POD_NAME)", "--num-gpu-blocks-override", "64", "--threads", "1"},
 					VolumeMounts: []corev1.VolumeMount{{Name: "model", MountPath: "/models/tiny"}, {Name: "cfg", MountPath: "/etc/servelab"}},
-					Env:          []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
-					Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
+					Env: []corev1.EnvVar{
+						{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+						{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					},
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
 					ReadinessProbe: &corev1.Probe{
 						ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
 						PeriodSeconds: 1,
@@ -139,7 +142,7 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"tiny"`) {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"id":"`+p.Name+`"`) {
 			t.Errorf("pod %s /v1/models: %s %s", p.Name, resp.Status, body)
 		}
 		logs, err := cs.CoreV1().Pods("default").GetLogs(p.Name, &corev1.PodLogOptions{Container: "engine"}).DoRaw(ctx)
@@ -193,6 +196,26 @@ func TestClusterUpRunsPodsAsProcesses(t *testing.T) {
 	}
 	if len(ips) != 2 {
 		t.Errorf("pods share an IP: %v", ips)
+	}
+	// The Service answers on its cluster IP from this machine (the node's service proxy),
+	// spreading connections over both pods (each serves the model under its pod's name).
+	served := map[string]bool{}
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}} // the proxy balances connections
+	for deadline := time.Now().Add(30 * time.Second); len(served) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("Service %s:8000 reached pods %v within 30 s; want both", svc.Spec.ClusterIP, served)
+		}
+		resp, err := fresh.Get("http://" + svc.Spec.ClusterIP + ":8000/v1/models")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, p := range pods {
+				if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"id":"`+p.Name+`"`) {
+					served[p.Name] = true
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	everyPid = append(everyPid, cluster.Processes(dir)...)
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
@@ -28,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"servelab/internal/kubebin"
+	"servelab/real/cluster/svcproxy"
 )
 
 // MaxPods is the node's pods capacity, the kubelet's default.
@@ -120,17 +122,32 @@ func RunNode(ctx context.Context, dir string) error {
 		return nil
 	}
 	go nc.Run(ctx) //nolint:errcheck
+	// Services: no kube-proxy here; the userspace proxy listens on each cluster IP
+	// (ServiceCIDR is on loopback) and forwards to the ready pods, found from the Pods
+	// since their loopback addresses cannot be written into EndpointSlices.
+	proxyErr := make(chan error, 1)
+	go func() {
+		proxyErr <- svcproxy.Run(ctx, cs, svcproxy.Options{
+			ServiceCIDR: ServiceCIDR,
+			Endpoints:   svcproxy.FromPods,
+			Logf:        func(format string, args ...any) { vklog.G(ctx).Infof(format, args...) },
+		})
+	}()
 	select {
 	case <-ctx.Done():
 	case <-pc.Done():
 		err = fmt.Errorf("pod controller: %w", pc.Err())
 	case <-nc.Done():
 		err = fmt.Errorf("node controller: %w", nc.Err())
+	case perr := <-proxyErr:
+		err = fmt.Errorf("service proxy: %w", perr)
+		proxyErr <- nil
 	}
 	// Stop the pods while the apiserver may still take their final status.
 	prov.shutdown()
 	cancel()
 	<-pc.Done()
+	<-proxyErr
 	return err
 }
 
