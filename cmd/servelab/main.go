@@ -52,6 +52,6 @@ func newRootCmd() *cobra.Command {
 		}
 	}
 	root.AddCommand(newSimCmd(), newCompareCmd(), newTraceCmd(), newEngineCmd(), newModelCmd(), newProfileCmd(), newRouterCmd(), newUpCmd(), newFidelityCmd(), newBenchCmd(), newRunCmd(), newReportCmd(), newDashCmd(),
-		newControllerCmd(), newDeployCmd())
+		newClusterCmd(), newControllerCmd(), newDeployCmd())
 	return root
 }
