@@ -85,7 +85,7 @@ func newClusterUpCmd() *cobra.Command {
 				return err
 			}
 			kc := cluster.KubeconfigPath(abs)
-			fmt.Fprintf(out, "\ncluster up in %.1f s: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and node %s (pods run as servelab processes, not containers)\n", time.Since(t0).Seconds(), cluster.NodeName)
+			fmt.Fprintf(out, "\ncluster up in %.1f s: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, node %s (pods run as servelab processes, not containers) and servelab's LLMService controller (CRD installed)\n", time.Since(t0).Seconds(), cluster.NodeName)
 			fmt.Fprintf(out, "  apiserver   %s\n  kubeconfig  %s (context %s)\n  logs        %s\n\n", st.Server, kc, cluster.ContextName, filepath.Dir(cluster.LogPath(abs, "node")))
 			fmt.Fprintf(out, "use it:\n  export KUBECONFIG=%s\n", kc)
 			if _, err := exec.LookPath("kubectl"); err == nil {

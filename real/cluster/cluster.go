@@ -38,8 +38,9 @@ const NodeName = "servelab"
 // ContextName is the kubeconfig context (and cluster and user) that `up` writes.
 const ContextName = "servelab"
 
-// Components are the processes `up` starts, in order; the node is last.
-var Components = []string{kubebin.Etcd, kubebin.APIServer, kubebin.ControllerManager, kubebin.Scheduler, "node"}
+// Components are the processes `up` starts, in order: the control plane, the node, and
+// servelab's LLMService controller (its CRDs installed first).
+var Components = []string{kubebin.Etcd, kubebin.APIServer, kubebin.ControllerManager, kubebin.Scheduler, "node", ControllerComponent}
 
 // ServiceCIDR is the cluster's --service-cluster-ip-range: loopback addresses (all of
 // 127.0.0.0/8 routes to lo on Linux), so a userspace service proxy on this machine can
@@ -247,6 +248,14 @@ func Up(ctx context.Context, o Options) (State, error) {
 	logf("node %s Ready", NodeName)
 	if err := waitServiceAccount(ctx, cs); err != nil {
 		return st, componentError(dir, kubebin.ControllerManager, fmt.Errorf("no default service account and kube-root-ca.crt: %w", err))
+	}
+	crds, err := installCRDs(ctx, dir)
+	if err != nil {
+		return st, err
+	}
+	logf("installed %s; starting servelab's LLMService controller", strings.Join(crds, ", "))
+	if err := start(ControllerComponent, o.ServelabBin, controllerArgs(dir)...); err != nil {
+		return st, err
 	}
 	started = true
 	return st, nil
