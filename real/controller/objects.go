@@ -72,7 +72,7 @@ func routerName(svc string) string  { return svc + "-router" }
 // RouterServiceName is the name of the Service in front of an LLMService's router (port
 // RouterPort; status.url names it).
 func RouterServiceName(svc string) string { return routerName(svc) }
-func eppName(svc string) string     { return svc + "-epp" }
+func eppName(svc string) string           { return svc + "-epp" }
 
 // InferencePoolGVK is GIE's InferencePool, created when its CRD is installed.
 var InferencePoolGVK = schema.GroupVersionKind{Group: "inference.networking.k8s.io", Version: "v1", Kind: "InferencePool"}
