@@ -59,6 +59,10 @@ type State struct {
 	KubeletPort int    `json:"kubelet_port"` // the node's kubelet API (logs, port-forward)
 	ServelabBin string `json:"servelab_bin"` // what a pod's servelab container runs
 	BinDir      string `json:"bin_dir"`
+	// PodNet is the third byte of the pods' addresses, 127.0.PodNet.2 and up: the lowest
+	// that no other cluster running on this machine uses, so two clusters' pods do not
+	// meet on the same address and port.
+	PodNet int `json:"pod_net"`
 }
 
 // Options configure Up.
@@ -148,6 +152,7 @@ func Up(ctx context.Context, o Options) (State, error) {
 		ServelabBin: o.ServelabBin,
 		BinDir:      o.BinDir,
 	}
+	st.PodNet = freePodNet(dir)
 	etcdPeerPort, kcmPort, schedPort := ports[2], ports[4], ports[5]
 	if err := writeKubeconfig(dir, st.Server); err != nil {
 		return State{}, err
@@ -352,6 +357,21 @@ func writeKubeconfig(dir, server string) error {
 	cfg.Contexts[ContextName] = &clientcmdapi.Context{Cluster: ContextName, AuthInfo: ContextName, Namespace: "default"}
 	cfg.CurrentContext = ContextName
 	return clientcmd.WriteToFile(*cfg, kubeconfigPath(dir))
+}
+
+// freePodNet is the lowest pod network (see State.PodNet) no other running cluster uses.
+func freePodNet(dir string) int {
+	used := map[int]bool{}
+	for _, other := range otherClusters(dir) {
+		if st, err := readState(other); err == nil {
+			used[st.PodNet] = true
+		}
+	}
+	n := 0
+	for used[n] && n < 254 {
+		n++
+	}
+	return n
 }
 
 // freePorts returns n distinct free TCP ports on 127.0.0.1 (free when asked: a component

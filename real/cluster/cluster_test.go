@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -93,5 +95,34 @@ func TestPKI(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(filepath.Join(dir, caCert)); string(after) != string(before) {
 		t.Error("writePKI replaced an existing CA")
+	}
+}
+
+// A new cluster's pods get a network no other running cluster's pods use.
+func TestFreePodNetAvoidsRunningClusters(t *testing.T) {
+	taken := []int{0, 1}
+	for _, n := range taken {
+		dir := t.TempDir()
+		if err := os.WriteFile(statePath(dir), []byte(`{"pod_net": `+strconv.Itoa(n)+`}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// A process of that cluster, as its marker shows.
+		cmd := exec.Command("sleep", "60")
+		cmd.Env = withMarker(os.Environ(), dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := freePodNet(t.TempDir())
+		if got != 0 && got != 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("freePodNet = %d with clusters on 0 and 1 running", got)
+		}
+		time.Sleep(20 * time.Millisecond) // until the sleeps have exec'd (their environ readable)
 	}
 }

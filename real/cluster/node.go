@@ -68,6 +68,7 @@ func RunNode(ctx context.Context, dir string) error {
 		baseEnv:     containerBaseEnv(os.Environ()),
 		nodeAlloc:   nodeSpec.Status.Allocatable,
 		apiServer:   st.Server,
+		podNet:      byte(st.PodNet),
 	})
 	if err != nil {
 		return err

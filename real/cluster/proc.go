@@ -87,6 +87,33 @@ func Processes(dir string) []int {
 	return pids
 }
 
+// otherClusters returns the directories of the clusters, other than dir, that have live
+// processes on this machine (those this user can see).
+func otherClusters(dir string) []string {
+	prefix := []byte(MarkerEnv + "=")
+	seen := map[string]bool{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if d, ok := bytes.CutPrefix(kv, prefix); ok && string(d) != dir {
+				seen[string(d)] = true
+			}
+		}
+	}
+	var out []string
+	for d := range seen {
+		out = append(out, d)
+	}
+	return out
+}
+
 // Alive reports whether pid is a live process (not a zombie).
 func Alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

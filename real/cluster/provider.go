@@ -59,6 +59,7 @@ type providerConfig struct {
 	nodeAlloc   corev1.ResourceList
 	backoff     time.Duration // first crash-loop back-off (backoffInitial when 0)
 	apiServer   string        // the apiserver's URL, for pods' kubeconfigs
+	podNet      byte          // pod addresses start at 127.0.podNet.2 (0 for a cluster)
 }
 
 // provider is virtual-kubelet's PodLifecycleHandler (and PodNotifier) for this node: it
@@ -78,7 +79,7 @@ func newProvider(cfg providerConfig) (*provider, error) {
 	if err := os.MkdirAll(cfg.podsDir, 0o755); err != nil {
 		return nil, err
 	}
-	return &provider{cfg: cfg, ips: newIPPool(), pods: map[string]*podRun{}}, nil
+	return &provider{cfg: cfg, ips: newIPPool(cfg.podNet), pods: map[string]*podRun{}}, nil
 }
 
 func podKey(namespace, name string) string { return namespace + "/" + name }
@@ -362,18 +363,23 @@ func (p *provider) argv(c *corev1.Container, env []envVar) ([]string, error) {
 // ipPool hands out pod addresses 127.0.0.2, 127.0.0.3, ... (all of 127.0.0.0/8 routes to
 // lo on Linux), the lowest free one first, so freed addresses are reused.
 type ipPool struct {
-	mu   sync.Mutex
-	used map[uint32]bool
+	mu    sync.Mutex
+	first uint32 // the lowest address, as the last three bytes
+	used  map[uint32]bool
 }
 
-func newIPPool() *ipPool { return &ipPool{used: map[uint32]bool{}} }
+// newIPPool starts at 127.0.net.2 (the provider's tests use their own net, so that their
+// pods' ports do not meet a cluster's started by tests running beside them).
+func newIPPool(net byte) *ipPool {
+	return &ipPool{first: uint32(net)<<8 | 2, used: map[uint32]bool{}}
+}
 
 func (p *ipPool) get() (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	// 127.0.0.2 .. 127.0.255.254, skipping each /24's .0 and .255 (127.1.0.0/16 is the
+	// Up to 127.0.255.254, skipping each /24's .0 and .255 (127.1.0.0/16 is the
 	// Services' range).
-	for n := uint32(2); n < 1<<16-1; n++ {
+	for n := p.first; n < 1<<16-1; n++ {
 		if b := n & 0xff; b == 0 || b == 0xff {
 			continue
 		}

@@ -26,6 +26,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
+// testNet is the third byte of the test pods' addresses (127.0.77.2, ...): apart from
+// the 127.0.0.x of a cluster that cmd/servelab's tests may run at the same time.
+const testNet = 77
+
 // helperEnv makes the test binary play a pod's servelab process (see helperMain).
 const helperEnv = "SERVELAB_CLUSTER_TEST_HELPER"
 
@@ -149,6 +153,7 @@ func newTestProvider(t *testing.T) *testProvider {
 		recorder:    ev,
 		baseEnv:     []string{helperEnv + "=1"},
 		backoff:     50 * time.Millisecond,
+		podNet:      testNet,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +254,7 @@ func TestProviderRunsPodsOnTheirOwnLoopbackAddresses(t *testing.T) {
 	}
 	ra := tp.waitFor(t, "a", "Ready", ready)
 	rb := tp.waitFor(t, "b", "Ready", ready)
-	if diff := cmp.Diff([]string{"127.0.0.2", "127.0.0.3"}, []string{ra.Status.PodIP, rb.Status.PodIP}); diff != "" {
+	if diff := cmp.Diff([]string{"127.0.77.2", "127.0.77.3"}, []string{ra.Status.PodIP, rb.Status.PodIP}); diff != "" {
 		t.Fatalf("pod IPs (-want +got):\n%s", diff)
 	}
 	if ra.Status.Phase != corev1.PodRunning || ra.Status.QOSClass != corev1.PodQOSBestEffort {
@@ -262,8 +267,8 @@ func TestProviderRunsPodsOnTheirOwnLoopbackAddresses(t *testing.T) {
 	if diff := cmp.Diff([]corev1.PodConditionType{corev1.PodScheduled, corev1.PodReadyToStartContainers, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady}, types); diff != "" {
 		t.Errorf("conditions (-want +got):\n%s", diff)
 	}
-	env := get(t, "http://127.0.0.3:8000/env")
-	for _, want := range []string{"POD_IP=127.0.0.3", "POD_NAME=b", "URL=http://127.0.0.3:8000/b/$(UNDEFINED)", "HOSTNAME=b"} {
+	env := get(t, "http://127.0.77.3:8000/env")
+	for _, want := range []string{"POD_IP=127.0.77.3", "POD_NAME=b", "URL=http://127.0.77.3:8000/b/$(UNDEFINED)", "HOSTNAME=b"} {
 		if !strings.Contains("\n"+env+"\n", "\n"+want+"\n") {
 			t.Errorf("pod b's environment lacks %q:\n%s", want, env)
 		}
@@ -289,8 +294,8 @@ func TestProviderRunsPodsOnTheirOwnLoopbackAddresses(t *testing.T) {
 	if err := tp.CreatePod(ctx, c); err != nil {
 		t.Fatal(err)
 	}
-	if rc := tp.waitFor(t, "c", "Ready", ready); rc.Status.PodIP != "127.0.0.2" {
-		t.Errorf("pod c got %s; want a's freed 127.0.0.2", rc.Status.PodIP)
+	if rc := tp.waitFor(t, "c", "Ready", ready); rc.Status.PodIP != "127.0.77.2" {
+		t.Errorf("pod c got %s; want a's freed 127.0.77.2", rc.Status.PodIP)
 	}
 }
 
@@ -770,7 +775,7 @@ func TestProviderPortForwardAndFollowLogs(t *testing.T) {
 		opts api.ContainerLogOpts
 		want string
 	}{
-		{api.ContainerLogOpts{Tail: 1}, "serving 127.0.0.2:8000\n"},
+		{api.ContainerLogOpts{Tail: 1}, "serving 127.0.77.2:8000\n"},
 		{api.ContainerLogOpts{LimitBytes: 7}, "serving"},
 	} {
 		rc, err := tp.GetContainerLogs(ctx, "default", "pf", "engine", tc.opts)
@@ -799,10 +804,30 @@ func TestProviderPortForwardAndFollowLogs(t *testing.T) {
 	}
 	select {
 	case got := <-followed:
-		if want := "serving 127.0.0.2:8000\nterminating\n"; got != want {
+		if want := "serving 127.0.77.2:8000\nterminating\n"; got != want {
 			t.Errorf("followed logs %q; want %q", got, want)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("following the logs did not end when the process exited")
+	}
+}
+
+func TestIPPool(t *testing.T) {
+	p := newIPPool(0)
+	var got []string
+	for range 254 {
+		ip, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ip)
+	}
+	// .2 to .254 of 127.0.0.0/24, then the next /24 from .1 (no .0, no .255).
+	if got[0] != "127.0.0.2" || got[252] != "127.0.0.254" || got[253] != "127.0.1.1" {
+		t.Errorf("addresses %s ... %s, %s; want 127.0.0.2 ... 127.0.0.254, 127.0.1.1", got[0], got[252], got[253])
+	}
+	p.put("127.0.0.9")
+	if ip, _ := p.get(); ip != "127.0.0.9" {
+		t.Errorf("after freeing 127.0.0.9 got %s; want it reused", ip)
 	}
 }
