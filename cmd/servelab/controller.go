@@ -11,6 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -74,8 +75,13 @@ metrics) are on --metrics-bind-address /metrics; /healthz and /readyz on
 					o.LeaderElectionNamespace = string(data)
 				} else if o.Namespace != "" {
 					o.LeaderElectionNamespace = o.Namespace
+				} else if ns, err := kubeconfigNamespace(kubeCtx); err == nil {
+					// A process with a kubeconfig rather than a service-account mount (a
+					// pod of servelab cluster up's node, or a laptop): the context's
+					// namespace, as kubectl takes it.
+					o.LeaderElectionNamespace = ns
 				} else {
-					return fmt.Errorf("--leader-elect outside a cluster needs --leader-election-namespace (or --namespace)")
+					return fmt.Errorf("--leader-elect outside a cluster needs --leader-election-namespace (or --namespace): %w", err)
 				}
 			}
 			o.Flags = controller.FlagSets{
@@ -112,4 +118,16 @@ metrics) are on --metrics-bind-address /metrics; /healthz and /readyz on
 	fl.BoolVarP(&verbose, "verbose", "v", false, "debug logs")
 	fl.BoolVar(&jsonLogs, "log-json", false, "JSON logs")
 	return cmd
+}
+
+// kubeconfigNamespace is the namespace of the kubeconfig context the controller uses
+// (--kubeconfig, else $KUBECONFIG and ~/.kube/config; --context, else the current one), or
+// "default" when the context names none, as kubectl does.
+func kubeconfigNamespace(kubeCtx string) (string, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if f := flag.CommandLine.Lookup(config.KubeconfigFlagName); f != nil {
+		rules.ExplicitPath = f.Value.String()
+	}
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeCtx}).Namespace()
+	return ns, err
 }
