@@ -17,7 +17,7 @@ import (
 )
 
 // synthTiny writes the tiny preset once per test.
-func synthTiny(t *testing.T) string {
+func synthTiny(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tiny")
 	if _, err := run(t, "model", "synth", "--preset", "tiny", "--out", dir); err != nil {

@@ -150,7 +150,23 @@ func TestDeployWinnerOnLocalCluster(t *testing.T) {
 // checkDeployed: the LLMService named winner reports the routing policy and source label.
 func checkDeployed(t *testing.T, policy, label string) {
 	t.Helper()
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	c := llmClient(t, "")
+	var svc v1alpha1.LLMService
+	if err := c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: "winner"}, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Status.Policy != policy || svc.Status.Source == nil || svc.Status.Source.Policy != label {
+		t.Errorf("status policy %q, source %+v; want %q from %q", svc.Status.Policy, svc.Status.Source, policy, label)
+	}
+}
+
+// llmClient is a client of the cluster a kubeconfig names ("": as kubectl finds it), with
+// the LLMService's types.
+func llmClient(t testing.TB, kubeconfig string) client.Client {
+	t.Helper()
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,13 +181,7 @@ func checkDeployed(t *testing.T, policy, label string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var svc v1alpha1.LLMService
-	if err := c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: "winner"}, &svc); err != nil {
-		t.Fatal(err)
-	}
-	if svc.Status.Policy != policy || svc.Status.Source == nil || svc.Status.Source.Policy != label {
-		t.Errorf("status policy %q, source %+v; want %q from %q", svc.Status.Policy, svc.Status.Source, policy, label)
-	}
+	return c
 }
 
 // waitRouted waits until the router behind base has routed at least n requests (its

@@ -14,7 +14,7 @@ import (
 const azureSlice = "../../examples/traces/azure_conv_3000.csv"
 const mooncakeSlice = "../../examples/traces/mooncake_conv_500.jsonl"
 
-func run(t *testing.T, args ...string) (string, error) {
+func run(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	cmd := newRootCmd()
 	var out bytes.Buffer
