@@ -2,7 +2,6 @@ package v1alpha1_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -25,37 +24,10 @@ const crdFile = "config/crd/bases/servelab.io_llmservices.yaml"
 // pinned controller-gen (built into the cache by hack/tools/build.sh when absent) and fails
 // when the committed files differ: run 'make generate' after changing the types.
 func TestGeneratedFilesAreCurrent(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds controller-gen when it is not cached")
-	}
-	root := k8stest.RepoRoot(t)
-	out, err := exec.Command("bash", filepath.Join(root, "hack", "tools", "build.sh")).Output()
-	if err != nil {
-		t.Fatalf("hack/tools/build.sh: %v", err)
-	}
-	gen := strings.TrimSpace(string(out))
-	dir := t.TempDir()
-	cmd := exec.Command(gen, "object", "crd:crdVersions=v1", "paths=./api/...", "output:dir="+dir)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("controller-gen: %v\n%s", err, out)
-	}
-	for committed, generated := range map[string]string{
+	k8stest.CheckGenerated(t, []string{"object", "crd:crdVersions=v1", "paths=./api/..."}, map[string]string{
 		crdFile:                                 "servelab.io_llmservices.yaml",
 		"api/v1alpha1/zz_generated.deepcopy.go": "zz_generated.deepcopy.go",
-	} {
-		want, err := os.ReadFile(filepath.Join(dir, generated))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(filepath.Join(root, committed))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(string(want), string(got)); diff != "" {
-			t.Errorf("%s is not what the types generate; run 'make generate' (-generated +committed):\n%s", committed, diff)
-		}
-	}
+	})
 }
 
 // TestPolicyNamePatternsListTheRegistries: the CRD refuses unknown policy names with a

@@ -9,7 +9,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -398,16 +397,10 @@ func freePorts(n int) ([]int, error) {
 // adminTLS is the admin identity's TLS config, for probing /readyz before a clientset is
 // useful.
 func adminTLS(dir string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(pkiFile(dir, adminCert), pkiFile(dir, adminKey))
+	cert, pool, err := loadIdentity(dir, adminCert, adminKey)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := os.ReadFile(pkiFile(dir, caCert))
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -252,17 +251,9 @@ func memTotal() (int64, error) {
 func kubeletServer(dir string, st State, p *provider, pods interface {
 	List(labels.Selector) ([]*corev1.Pod, error)
 }) (*http.Server, error) {
-	cert, err := tls.LoadX509KeyPair(pkiFile(dir, nodeServingCert), pkiFile(dir, nodeServingKey))
+	cert, pool, err := loadIdentity(dir, nodeServingCert, nodeServingKey)
 	if err != nil {
 		return nil, err
-	}
-	ca, err := os.ReadFile(pkiFile(dir, caCert))
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, errors.New(pkiFile(dir, caCert) + ": no certificate")
 	}
 	mux := http.NewServeMux()
 	api.AttachPodRoutes(api.PodHandlerConfig{

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -199,4 +200,22 @@ func readPEM(path string) ([]byte, error) {
 		return nil, errors.New(path + ": not a PEM file")
 	}
 	return b, nil
+}
+
+// loadIdentity reads a certificate and key of the cluster in dir and the cluster's CA as
+// a pool (to verify the other side with).
+func loadIdentity(dir, certName, keyName string) (tls.Certificate, *x509.CertPool, error) {
+	cert, err := tls.LoadX509KeyPair(pkiFile(dir, certName), pkiFile(dir, keyName))
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	ca, err := os.ReadFile(pkiFile(dir, caCert))
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return tls.Certificate{}, nil, errors.New(pkiFile(dir, caCert) + ": no certificate")
+	}
+	return cert, pool, nil
 }

@@ -3,9 +3,7 @@ package controller
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -30,31 +28,8 @@ const roleFile = "config/rbac/role.yaml"
 // +kubebuilder:rbac markers with the pinned controller-gen and fails when the committed
 // config/rbac/role.yaml differs: run 'make generate' after changing the markers.
 func TestGeneratedRBACIsCurrent(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds controller-gen when it is not cached")
-	}
-	root := k8stest.RepoRoot(t)
-	out, err := exec.Command("bash", filepath.Join(root, "hack", "tools", "build.sh")).Output()
-	if err != nil {
-		t.Fatalf("hack/tools/build.sh: %v", err)
-	}
-	dir := t.TempDir()
-	cmd := exec.Command(strings.TrimSpace(string(out)), "rbac:roleName=servelab-controller", "paths=./real/controller/...", "output:rbac:dir="+dir)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("controller-gen: %v\n%s", err, out)
-	}
-	want, err := os.ReadFile(filepath.Join(dir, "role.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(filepath.Join(root, roleFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("%s is not what the markers generate; run 'make generate' (-generated +committed):\n%s", roleFile, diff)
-	}
+	k8stest.CheckGenerated(t, []string{"rbac:roleName=servelab-controller", "paths=./real/controller/..."},
+		map[string]string{roleFile: "role.yaml"})
 }
 
 // testRBACSuffices runs the controller as a user holding only the generated ClusterRole
