@@ -54,3 +54,12 @@ func (v *InstanceView) Load() int { return v.Waiting + v.Running }
 // one, returns it to the client, so a load generator can attribute each request to an
 // instance as the simulator's records do.
 const ServedEndpointHeader = "x-gateway-destination-endpoint-served"
+
+// RoutedAtHeader carries, on a routed response, when the router decided where the request
+// goes (Unix time in nanoseconds, decimal). Requests a client sends within a millisecond of
+// each other can reach the router's decision in another order than they were sent; a load
+// generator on the router's clock (the same machine) reads the order in which the router
+// actually saw them from it, which is what a replay in the simulator must reproduce for a
+// policy with state (round-robin's turn, a prefix index) to decide alike. No Gateway API
+// Inference Extension name exists for it.
+const RoutedAtHeader = "x-servelab-routed-at"

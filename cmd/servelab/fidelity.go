@@ -130,7 +130,11 @@ The prediction compared is the simulator's on the measured arrivals: the load ge
 when it actually sent each request, and the simulator replays the slice (same token counts and
 prefix hash ids) at those send times, so a late send is not counted as the simulator's error. The
 prediction on the trace's scheduled arrivals, what 'servelab sim' predicts, is in the JSON
-(predicted_scheduled) and its mean TTFT is printed beside the send lag.
+(predicted_scheduled) and its mean TTFT is printed beside the send lag. Requests sent within a
+millisecond of each other can reach the router's policy in another order than they were sent;
+the router says on each response when it decided (x-servelab-routed-at), and the simulator
+replays the requests in that order (at the measured send times, in ascending order), so that a
+policy with state (round-robin's turn, a prefix index) sees them as the real one did.
 
 Each router runs --repeats times in each world, repeat k with seed --seed+k (the router's and the
 policies' draws, the prompts' token contents) and the simulator on repeat k's measured arrivals.
@@ -781,8 +785,14 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 			fmt.Fprintf(w, "%-28s %10s %7s %10s   (all repeats; %s)\n", "Requests per engine", joinInts(p), "", joinInts(m), sameEngineNote(run.Repeats))
 		}
 		var lag50, lag99 float64
+		reordered, routerOrder := 0, len(run.Repeats) > 0
 		for _, r := range run.Repeats {
 			lag50, lag99 = max(lag50, r.SendLag.MedianMs), max(lag99, r.SendLag.P99Ms)
+			reordered = max(reordered, r.SendLag.Reordered)
+			routerOrder = routerOrder && r.SendLag.RouterOrder
+		}
+		if routerOrder {
+			fmt.Fprintf(w, "Replayed in the order the router decided: %d of %d requests reached it out of send order (most in a repeat).\n", reordered, m.Completed+m.Failed)
 		}
 		fmt.Fprintf(w, "Sent late by p50 %.1f ms, p99 %.1f ms (worst repeat); on the scheduled arrivals the simulator\n", lag50, lag99)
 		fmt.Fprintf(w, "predicts mean TTFT %.2f ms (spread %s), %s against the measured.\n", run.Scheduled.MeanTTFTMs,

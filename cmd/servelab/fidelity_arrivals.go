@@ -22,6 +22,11 @@ type sendLag struct {
 	MedianMs float64 `json:"p50_ms"`
 	P99Ms    float64 `json:"p99_ms"`
 	MaxMs    float64 `json:"max_ms"`
+	// RouterOrder says the replay takes the order in which the router's policy saw the
+	// requests (bench.Result.Routed); Reordered counts the positions where that order
+	// differs from the send order.
+	RouterOrder bool `json:"router_order"`
+	Reordered   int  `json:"reordered"`
 }
 
 // measuredArrivals reads the trace slice src to its end and returns its rows with each
@@ -32,7 +37,14 @@ type sendLag struct {
 // request's goroutine may record its send a moment after the next one's, and a
 // traces.Reader's arrivals never decrease. order[k] is the record ID (trace row) of the
 // k-th row out, which the simulator numbers k.
-func measuredArrivals(src traces.Reader, records []serving.Record) (_ traces.Reader, _ sendLag, order []uint64, _ error) {
+//
+// When routed (bench.Result.Routed) says for every request when the router decided where
+// it went, the rows come out in that order instead: requests sent within a millisecond of
+// each other can reach the router's policy in another order, and a policy with state
+// (round-robin's turn, a prefix index) then decides otherwise. The k-th row in the router's
+// order takes the k-th earliest send time, so arrival times stay the measured send times
+// (the base of the measured TTFT) and only their order follows the router.
+func measuredArrivals(src traces.Reader, records []serving.Record, routed map[uint64]float64) (_ traces.Reader, _ sendLag, order []uint64, _ error) {
 	sent := make(map[uint64]float64, len(records))
 	for _, r := range records {
 		if _, dup := sent[r.ID]; dup {
@@ -67,15 +79,37 @@ func measuredArrivals(src traces.Reader, records []serving.Record) (_ traces.Rea
 		return nil, sendLag{}, nil, fmt.Errorf("measured arrivals: %d records for requests beyond the slice's %d rows", len(sent), len(rows))
 	}
 	slices.SortStableFunc(rows, func(a, b sentRow) int { return cmp.Compare(a.row.Arrival, b.row.Arrival) })
+	var lag sendLag
+	if len(routed) == len(rows) && len(rows) > 0 {
+		sendOrder := make([]uint64, len(rows))
+		sendTimes := make([]float64, len(rows))
+		for k, r := range rows {
+			sendOrder[k], sendTimes[k] = r.id, r.row.Arrival
+		}
+		all := true
+		for _, r := range rows {
+			_, ok := routed[r.id]
+			all = all && ok
+		}
+		if all {
+			slices.SortStableFunc(rows, func(a, b sentRow) int { return cmp.Compare(routed[a.id], routed[b.id]) })
+			lag.RouterOrder = true
+			for k := range rows {
+				rows[k].row.Arrival = sendTimes[k]
+				if rows[k].id != sendOrder[k] {
+					lag.Reordered++
+				}
+			}
+		}
+	}
 	out := make([]traces.Row, len(rows))
 	order = make([]uint64, len(rows))
 	for k, r := range rows {
 		out[k], order[k] = r.row, r.id
 	}
 	slices.Sort(lags)
-	var lag sendLag
 	if len(lags) > 0 {
-		lag = sendLag{MedianMs: metrics.Percentile(lags, 50), P99Ms: metrics.Percentile(lags, 99), MaxMs: lags[len(lags)-1]}
+		lag.MedianMs, lag.P99Ms, lag.MaxMs = metrics.Percentile(lags, 50), metrics.Percentile(lags, 99), lags[len(lags)-1]
 	}
 	return &rowsReader{rows: out}, lag, order, nil
 }
@@ -106,7 +140,7 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 		return err
 	}
 	defer closer.Close()
-	arrivals, lag, order, err := measuredArrivals(src, res.Records)
+	arrivals, lag, order, err := measuredArrivals(src, res.Records, res.Routed)
 	if err != nil {
 		return err
 	}

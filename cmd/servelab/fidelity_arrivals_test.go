@@ -51,7 +51,7 @@ func TestMeasuredArrivalsReplaySendTimes(t *testing.T) {
 		{ID: 3, Arrival: 0.25, Failed: true, Instance: -1},
 		{ID: 1, Arrival: 0.0004},
 	}
-	r, lag, order, err := measuredArrivals(&rowsReader{rows: rows}, records)
+	r, lag, order, err := measuredArrivals(&rowsReader{rows: rows}, records, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,6 +70,43 @@ func TestMeasuredArrivalsReplaySendTimes(t *testing.T) {
 	}
 }
 
+// With the router's decision times for every request, the rows come out in the order the
+// router's policy saw them, each taking the next earliest send time; without them for
+// every request, in send order.
+func TestMeasuredArrivalsFollowTheRoutersOrder(t *testing.T) {
+	rows := sliceRows()
+	records := []serving.Record{
+		{ID: 0, Arrival: 0.0004}, {ID: 1, Arrival: 0.0009}, {ID: 2, Arrival: 0.1012}, {ID: 3, Arrival: 0.2001},
+	}
+	// Request 1, sent after request 0, reached the router's policy first.
+	routed := map[uint64]float64{0: 0.0015, 1: 0.0011, 2: 0.1020, 3: 0.2008}
+	r, lag, order, err := measuredArrivals(&rowsReader{rows: rows}, records, routed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(i int, arrival float64) traces.Row { row := rows[i]; row.Arrival = arrival; return row }
+	want := []traces.Row{at(1, 0.0004), at(0, 0.0009), at(2, 0.1012), at(3, 0.2001)}
+	if diff := cmp.Diff(want, readAll(t, r)); diff != "" {
+		t.Errorf("rows (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]uint64{1, 0, 2, 3}, order); diff != "" {
+		t.Errorf("order (-want +got):\n%s", diff)
+	}
+	if !lag.RouterOrder || lag.Reordered != 2 {
+		t.Errorf("router order %v, %d reordered; want true, 2", lag.RouterOrder, lag.Reordered)
+	}
+
+	delete(routed, 3) // one response without the header: send order
+	r, lag, order, err = measuredArrivals(&rowsReader{rows: rows}, records, routed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]uint64{0, 1, 2, 3}, order); diff != "" || lag.RouterOrder {
+		t.Errorf("without every decision time: order %v (router order %v), want send order", order, lag.RouterOrder)
+	}
+	_ = readAll(t, r)
+}
+
 func TestMeasuredArrivalsRefuseRecordsThatDoNotMatch(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -80,7 +117,7 @@ func TestMeasuredArrivalsRefuseRecordsThatDoNotMatch(t *testing.T) {
 		{"duplicate", []serving.Record{{ID: 0}, {ID: 1}, {ID: 1}, {ID: 2}, {ID: 3}}, "two records of request 1"},
 		{"beyond", []serving.Record{{ID: 0}, {ID: 1}, {ID: 2}, {ID: 3}, {ID: 4}}, "1 records for requests beyond the slice's 4 rows"},
 	} {
-		_, _, _, err := measuredArrivals(&rowsReader{rows: sliceRows()}, tc.records)
+		_, _, _, err := measuredArrivals(&rowsReader{rows: sliceRows()}, tc.records, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}

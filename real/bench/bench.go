@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,6 +125,10 @@ type Result struct {
 	// Warnings are things the caller should tell the user: an endpoint without a scheme,
 	// a metrics URL without vLLM's counters, skipped samples.
 	Warnings []string
+	// Routed holds, by request id, when a servelab router decided where the request went
+	// (serving.RoutedAtHeader), in seconds since Start; nil when no response said (no router,
+	// or another one). Its order is the order the router's policy saw the requests in.
+	Routed map[uint64]float64
 }
 
 // outcome is one request's record and its inter-token latencies.
@@ -133,6 +138,10 @@ type outcome struct {
 	kind string // failure kind, for Failures
 	// cacheReported is set when the usage carried prompt_tokens_details.
 	cacheReported bool
+	// routed is when the router decided where the request went, in seconds since the
+	// run's start (serving.RoutedAtHeader); ok when the response said.
+	routed   float64
+	routedOK bool
 }
 
 type runner struct {
@@ -387,6 +396,12 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 		progress.Completed++
 		progress.OutputTokens += int64(o.rec.OutputTokens)
 		res.Records = append(res.Records, o.rec)
+		if o.routedOK {
+			if res.Routed == nil {
+				res.Routed = map[uint64]float64{}
+			}
+			res.Routed[o.rec.ID] = o.routed
+		}
 		r.itls = append(r.itls, o.itls...)
 		r.cacheReported = r.cacheReported || o.cacheReported
 		if o.rec.Failed {
@@ -500,6 +515,9 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	// are numbered as MetricsURLs lists them.
 	if i, ok := r.instances[resp.Header.Get(serving.ServedEndpointHeader)]; ok {
 		o.rec.Instance = i
+	}
+	if ns, err := strconv.ParseInt(resp.Header.Get(serving.RoutedAtHeader), 10, 64); err == nil {
+		o.routed, o.routedOK = time.Unix(0, ns).Sub(r.start).Seconds(), true
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -646,5 +648,62 @@ func TestNormalizeURL(t *testing.T) {
 		if err != nil || got != tc.want || (note != "") != tc.note {
 			t.Errorf("NormalizeURL(%q) = %q, note %q, %v; want %q (note: %v)", tc.raw, got, note, err, tc.want, tc.note)
 		}
+	}
+}
+
+// TestResultHoldsWhenTheRouterRouted: a router's routed-at header becomes Result.Routed, in
+// seconds since Start; without it Routed stays nil.
+func TestResultHoldsWhenTheRouterRouted(t *testing.T) {
+	_, engine := startStub(t, time.Millisecond, time.Millisecond)
+	var routedAt sync.Map // prompt length -> unix nanos the stub router stamped
+	router := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req completionRequest
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Error(err)
+		}
+		now := time.Now().UnixNano()
+		routedAt.Store(len(req.Prompt), now)
+		resp, err := http.Post(engine+r.URL.Path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set(serving.RoutedAtHeader, strconv.FormatInt(now, 10))
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(router.Close)
+	trace := func() *rows {
+		var r []traces.Row
+		for i := range 5 {
+			r = append(r, traces.Row{Arrival: float64(i) * 0.002, InputTokens: 20 + i, OutputTokens: 3})
+		}
+		return &rows{r}
+	}
+	res, err := Run(context.Background(), Options{Endpoint: router.URL, Model: "m", Trace: trace(), VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Routed) != 5 {
+		t.Fatalf("Routed holds %d requests, want 5: %v", len(res.Routed), res.Routed)
+	}
+	for _, rec := range res.Records {
+		v, ok := routedAt.Load(rec.PromptTokens)
+		if !ok {
+			t.Fatalf("request %d (%d prompt tokens) never reached the router", rec.ID, rec.PromptTokens)
+		}
+		want := time.Unix(0, v.(int64)).Sub(res.Start).Seconds()
+		if got := res.Routed[rec.ID]; math.Abs(got-want) > 1e-9 || got < rec.Arrival {
+			t.Errorf("request %d: routed at %g s, want %g (sent at %g)", rec.ID, got, want, rec.Arrival)
+		}
+	}
+	direct, err := Run(context.Background(), Options{Endpoint: engine, Model: "m", Trace: trace(), VocabSize: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if direct.Routed != nil {
+		t.Errorf("straight to an engine: Routed %v, want nil", direct.Routed)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -408,6 +409,14 @@ func (r *Router) routingRequest(ctx context.Context, path string, body []byte) *
 
 // pick routes req among healthy endpoints not in exclude.
 func (r *Router) pick(req *serving.Request, exclude map[*endpoint]bool) *endpoint {
+	e, _ := r.pickAt(req, exclude)
+	return e
+}
+
+// pickAt is pick, also returning when the policy ran (read under the lock that orders the
+// decisions, so the times order them as the policy saw them; zero when no endpoint was a
+// candidate).
+func (r *Router) pickAt(req *serving.Request, exclude map[*endpoint]bool) (*endpoint, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.views = r.views[:0]
@@ -420,7 +429,7 @@ func (r *Router) pick(req *serving.Request, exclude map[*endpoint]bool) *endpoin
 		cands = append(cands, e)
 	}
 	if len(cands) == 0 {
-		return nil
+		return nil, time.Time{}
 	}
 	start := time.Now()
 	i := r.cfg.Policy.Route(req, r.views)
@@ -428,7 +437,7 @@ func (r *Router) pick(req *serving.Request, exclude map[*endpoint]bool) *endpoin
 	if i < 0 || i >= len(cands) {
 		i = 0
 	}
-	return cands[i]
+	return cands[i], start
 }
 
 func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
@@ -455,8 +464,12 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 	}
 	rr := r.routingRequest(req.Context(), req.URL.Path, body)
 	tried := map[*endpoint]bool{}
+	var routedAt time.Time // the first decision's: the order requests reached the policy in
 	for {
-		e := r.pick(rr, tried)
+		e, at := r.pickAt(rr, tried)
+		if routedAt.IsZero() {
+			routedAt = at
+		}
 		if e == nil {
 			writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
 			return
@@ -481,6 +494,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		}
 		e.decisions.Inc()
 		w.Header().Set(serving.ServedEndpointHeader, e.host)
+		w.Header().Set(serving.RoutedAtHeader, strconv.FormatInt(routedAt.UnixNano(), 10))
 		copyResponse(w, resp)
 		resp.Body.Close()
 		return

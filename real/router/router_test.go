@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -275,5 +276,34 @@ func TestResponseNamesTheServedEndpoint(t *testing.T) {
 	}
 	if !seen["a"] || !seen["b"] {
 		t.Errorf("round-robin over the live endpoints served %v", seen)
+	}
+}
+
+// TestResponseSaysWhenItWasRouted: the routed-at header is the decision's time, between the
+// request's send and its answer, increasing over sequential requests, and the first
+// decision's when a failed endpoint made the router try another.
+func TestResponseSaysWhenItWasRouted(t *testing.T) {
+	a, dead := newStub(t, "a"), newStub(t, "dead")
+	close(a.release)
+	_, url, _ := newRouter(t, "round-robin", time.Hour, dead.URL, a.URL)
+	dead.Close()
+	var last int64
+	for range 4 {
+		before := time.Now().UnixNano()
+		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","stream":true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		after := time.Now().UnixNano()
+		at, err := strconv.ParseInt(resp.Header.Get(serving.RoutedAtHeader), 10, 64)
+		if err != nil {
+			t.Fatalf("%s %q: %v", serving.RoutedAtHeader, resp.Header.Get(serving.RoutedAtHeader), err)
+		}
+		if at < before || at > after || at <= last {
+			t.Errorf("routed at %d: want within [%d, %d] and after the previous request's %d", at, before, after, last)
+		}
+		last = at
 	}
 }
