@@ -1,6 +1,9 @@
 package evict
 
 import (
+	"math"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -251,6 +254,195 @@ func TestS3FIFOParams(t *testing.T) {
 		_, err := Registry.Build(policies.Spec{Name: "s3fifo", Params: tc.params}, policies.Env{})
 		if (err == nil) != tc.ok {
 			t.Errorf("%v: err = %v, want ok %v", tc.params, err, tc.ok)
+		}
+	}
+}
+
+// s3Model is S3-FIFO written plainly over slices, for TestS3FIFOMatchesModel.
+type s3Model struct {
+	uncached, small, main []int32
+	freq                  map[int32]int
+	inUse                 map[int32]bool
+	lastHits              map[int32]uint32
+	hash                  map[int32]uint64
+	ghost                 []uint64 // every hash evicted from small, oldest first; 0 once hit
+	ghostCap              int
+	ratio                 float64
+	threshold             int
+}
+
+func newS3Model(n int, ratio float64, threshold int) *s3Model {
+	m := &s3Model{freq: map[int32]int{}, inUse: map[int32]bool{}, lastHits: map[int32]uint32{}, hash: map[int32]uint64{},
+		ratio: ratio, threshold: threshold, ghostCap: n - int(math.Ceil(ratio*float64(n)))}
+	for b := range int32(n) {
+		m.uncached = append(m.uncached, b)
+	}
+	return m
+}
+
+func without(q []int32, b int32) ([]int32, bool) {
+	if i := slices.Index(q, b); i >= 0 {
+		return slices.Delete(q, i, i+1), true
+	}
+	return q, false
+}
+
+func (m *s3Model) inGhost(h uint64) bool {
+	return h != 0 && slices.Contains(m.ghost[max(0, len(m.ghost)-m.ghostCap):], h)
+}
+
+func (m *s3Model) free(b int32, info BlockInfo) {
+	queued := slices.Contains(m.small, b) || slices.Contains(m.main, b)
+	if queued && info.Cached && info.Hash == m.hash[b] {
+		m.inUse[b] = false
+		m.freq[b] = min(3, m.freq[b]+int(info.Hits-m.lastHits[b]))
+		m.lastHits[b] = info.Hits
+		return
+	}
+	m.small, _ = without(m.small, b)
+	m.main, _ = without(m.main, b)
+	m.inUse[b] = false
+	if !info.Cached {
+		m.uncached = append(m.uncached, b)
+		return
+	}
+	m.freq[b], m.lastHits[b], m.hash[b] = min(3, int(info.Hits)), info.Hits, info.Hash
+	if m.inGhost(info.Hash) {
+		for i, h := range m.ghost {
+			if h == info.Hash {
+				m.ghost[i] = 0
+			}
+		}
+		m.main = append(m.main, b)
+		return
+	}
+	m.small = append(m.small, b)
+}
+
+func (m *s3Model) touch(b int32) {
+	var ok bool
+	if m.uncached, ok = without(m.uncached, b); !ok {
+		m.inUse[b] = true
+	}
+}
+
+func (m *s3Model) countFree(q []int32) int {
+	n := 0
+	for _, b := range q {
+		if !m.inUse[b] {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *s3Model) pop() (int32, bool) {
+	if len(m.uncached) > 0 {
+		b := m.uncached[0]
+		m.uncached = m.uncached[1:]
+		return b, true
+	}
+	freeS, freeM := m.countFree(m.small), m.countFree(m.main)
+	if freeS+freeM == 0 {
+		return 0, false
+	}
+	if freeS > 0 && (len(m.small) >= int(math.Ceil(m.ratio*float64(len(m.small)+len(m.main)))) || freeM == 0) {
+		for m.countFree(m.small) > 0 {
+			b := m.small[0]
+			m.small = m.small[1:]
+			if m.inUse[b] || m.freq[b] >= m.threshold {
+				m.freq[b] = 0
+				m.main = append(m.main, b)
+				continue
+			}
+			if m.hash[b] != 0 {
+				m.ghost = append(m.ghost, m.hash[b])
+			}
+			return b, true
+		}
+	}
+	for {
+		b := m.main[0]
+		m.main = m.main[1:]
+		if m.inUse[b] || m.freq[b] > 0 {
+			if !m.inUse[b] {
+				m.freq[b]--
+			}
+			m.main = append(m.main, b)
+			continue
+		}
+		return b, true
+	}
+}
+
+// TestS3FIFOMatchesModel checks every eviction decision of s3fifo against s3Model under
+// random frees (with hashes that come back, so the ghost admits some), hits and pops.
+func TestS3FIFOMatchesModel(t *testing.T) {
+	for _, params := range []map[string]string{nil, {"small_ratio": "0.3", "move_to_main_threshold": "1"}} {
+		for seed := range uint64(4) {
+			const n = 40
+			p, err := Registry.Build(policies.Spec{Name: "s3fifo", Params: params}, policies.Env{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := p.(*S3FIFO)
+			m := newS3Model(n, s.smallRatio, int(s.threshold))
+			p.Reset(n)
+			held := map[int32]bool{}
+			content := map[int32]uint64{} // the hash a block holds until it is popped
+			hits := map[int32]uint32{}
+			rng := rand.New(rand.NewPCG(seed, 9))
+			for i := range 8000 {
+				switch rng.IntN(5) {
+				case 0, 1:
+					got, ok := p.Pop()
+					want, wantOK := m.pop()
+					if got != want || ok != wantOK {
+						t.Fatalf("%v seed %d op %d: Pop = %d, %v; model says %d, %v", params, seed, i, got, ok, want, wantOK)
+					}
+					if ok {
+						held[got] = true
+						delete(content, got)
+						hits[got] = 0
+					}
+				case 2, 3:
+					b := int32(rng.IntN(n))
+					if !held[b] {
+						continue
+					}
+					delete(held, b)
+					info := BlockInfo{Cached: rng.IntN(5) > 0}
+					if info.Cached {
+						h, ok := content[b]
+						if !ok || rng.IntN(8) == 0 {
+							if nh := 1 + uint64(rng.IntN(60)); nh != h {
+								h, hits[b] = nh, 0
+							}
+						}
+						hits[b] += uint32(rng.IntN(2))
+						content[b], info.Hash, info.Hits = h, h, hits[b]
+					} else {
+						delete(content, b)
+						hits[b] = 0
+					}
+					p.Free(b, info)
+					m.free(b, info)
+				default:
+					b := int32(rng.IntN(n))
+					if held[b] {
+						continue
+					}
+					if _, ok := content[b]; ok {
+						hits[b]++
+					}
+					p.Touch(b)
+					m.touch(b)
+					held[b] = true
+				}
+				if got, want := p.Len(), len(m.uncached)+m.countFree(m.small)+m.countFree(m.main); got != want {
+					t.Fatalf("%v seed %d op %d: Len = %d, model %d", params, seed, i, got, want)
+				}
+			}
 		}
 	}
 }
