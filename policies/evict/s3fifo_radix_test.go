@@ -446,3 +446,132 @@ func TestS3FIFOMatchesModel(t *testing.T) {
 		}
 	}
 }
+
+// radixModel is radix-lru written as scans: a free cached block is a leaf when no
+// registered block names it (at its current generation) as parent.
+type radixModel struct {
+	uncached   []int32
+	free       map[int32]bool // free cached blocks
+	registered map[int32]bool
+	parent     map[int32]int32
+	parentGen  map[int32]int
+	gen        map[int32]int
+	access     map[int32]int
+	clock      int
+}
+
+func newRadixModel(n int) *radixModel {
+	m := &radixModel{free: map[int32]bool{}, registered: map[int32]bool{}, parent: map[int32]int32{},
+		parentGen: map[int32]int{}, gen: map[int32]int{}, access: map[int32]int{}}
+	for b := range int32(n) {
+		m.uncached = append(m.uncached, b)
+	}
+	return m
+}
+
+func (m *radixModel) drop(b int32) {
+	m.gen[b]++
+	delete(m.registered, b)
+	delete(m.parent, b)
+}
+
+func (m *radixModel) freeBlock(b int32, info BlockInfo) {
+	m.clock++
+	m.access[b] = m.clock
+	if !info.Cached {
+		m.drop(b)
+		m.uncached = append(m.uncached, b)
+		return
+	}
+	if !m.registered[b] {
+		m.registered[b] = true
+		if info.HasParent && info.Parent != b {
+			m.parent[b], m.parentGen[b] = info.Parent, m.gen[info.Parent]
+		}
+	}
+	m.free[b] = true
+}
+
+func (m *radixModel) touch(b int32) {
+	m.uncached, _ = without(m.uncached, b)
+	delete(m.free, b)
+}
+
+func (m *radixModel) leaf(b int32) bool {
+	for c := range m.registered {
+		if p, ok := m.parent[c]; ok && p == b && m.parentGen[c] == m.gen[b] {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *radixModel) pop() (int32, bool) {
+	if len(m.uncached) > 0 {
+		b := m.uncached[0]
+		m.uncached = m.uncached[1:]
+		return b, true
+	}
+	best, bestLeaf := none, false
+	for b := range m.free {
+		l := m.leaf(b)
+		if best == none || (l && !bestLeaf) || (l == bestLeaf && m.access[b] < m.access[best]) {
+			best, bestLeaf = b, l
+		}
+	}
+	if best == none {
+		return 0, false
+	}
+	delete(m.free, best)
+	m.drop(best)
+	return best, true
+}
+
+// TestRadixLRUMatchesModel checks every eviction decision of radix-lru against
+// radixModel under random frees (with parents, some of them stale), hits and pops.
+func TestRadixLRUMatchesModel(t *testing.T) {
+	for seed := range uint64(4) {
+		const n = 32
+		p := build(t, "radix-lru")
+		m := newRadixModel(n)
+		p.Reset(n)
+		held := map[int32]bool{}
+		rng := rand.New(rand.NewPCG(seed, 5))
+		for i := range 8000 {
+			switch rng.IntN(5) {
+			case 0, 1:
+				got, ok := p.Pop()
+				want, wantOK := m.pop()
+				if got != want || ok != wantOK {
+					t.Fatalf("seed %d op %d: Pop = %d, %v; model says %d, %v", seed, i, got, ok, want, wantOK)
+				}
+				if ok {
+					held[got] = true
+				}
+			case 2, 3:
+				b := int32(rng.IntN(n))
+				if !held[b] {
+					continue
+				}
+				delete(held, b)
+				info := BlockInfo{Cached: rng.IntN(5) > 0}
+				if info.Cached && rng.IntN(4) > 0 {
+					info.Parent, info.HasParent = int32(rng.IntN(n)), true
+				}
+				p.Free(b, info)
+				m.freeBlock(b, info)
+			default:
+				b := int32(rng.IntN(n))
+				if held[b] {
+					continue
+				}
+				p.Touch(b)
+				m.touch(b)
+				held[b] = true
+			}
+			if got, want := p.Len(), len(m.uncached)+len(m.free); got != want {
+				t.Fatalf("seed %d op %d: Len = %d, model %d", seed, i, got, want)
+			}
+		}
+	}
+}
