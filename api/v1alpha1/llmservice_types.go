@@ -69,7 +69,7 @@ type LLMServiceSpec struct {
 	// +optional
 	// +kubebuilder:default=lru
 	// +kubebuilder:validation:MaxLength=1024
-	// +kubebuilder:validation:Pattern=`^(fifo|lfu|lru)(:[^\s]*)?$`
+	// +kubebuilder:validation:Pattern=`^(fifo|lfu|lru|radix-lru|s3fifo)(:[^\s]*)?$`
 	Evict string `json:"evict,omitempty"`
 
 	// Source records which experiment and which of its policies this service deploys

@@ -93,7 +93,13 @@ func (m *Manager) Free(s *serving.Seq) {
 			panic(fmt.Sprintf("kv: block %d freed more often than referenced", b))
 		}
 		m.free++
-		m.evict.Free(b, evict.BlockInfo{Cached: blk.hash != noHash, Hits: blk.hits, Filled: blk.filled})
+		info := evict.BlockInfo{Cached: blk.hash != noHash, Hits: blk.hits, Filled: blk.filled, Hash: blk.hash}
+		// Prompt blocks are cached in prefix order, so a cached block's predecessor in
+		// the table holds the prefix its chained hash extends (radix-lru's parent).
+		if info.Cached && i > 0 {
+			info.Parent, info.HasParent = s.Blocks[i-1], true
+		}
+		m.evict.Free(b, info)
 	}
 	s.Blocks = s.Blocks[:0]
 }

@@ -7,9 +7,16 @@ import (
 
 const benchBlocks = 1 << 14
 
-// benchInfo is a plausible mix of frees: a quarter uncached, hit counts mostly small.
+// benchInfo is a plausible mix of frees: a quarter uncached, hit counts mostly small,
+// distinct hashes (S3-FIFO's ghost sees them), and three in four cached blocks extending
+// the block freed just before (radix-lru's tree).
 func benchInfo(i int) BlockInfo {
-	return BlockInfo{Cached: i%4 != 0, Hits: uint32(i % 7 * (i % 3)), Filled: uint64(i)}
+	info := BlockInfo{Cached: i%4 != 0, Hits: uint32(i % 7 * (i % 3)), Filled: uint64(i)}
+	if info.Cached {
+		info.Hash = uint64(i) + 1
+		info.Parent, info.HasParent = int32((i*7919+1)%benchBlocks), i%4 != 1
+	}
+	return info
 }
 
 // allocated returns a policy with every block taken, and the blocks in a shuffled order.

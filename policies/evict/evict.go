@@ -8,7 +8,11 @@ import "servelab/policies"
 // references it; a free block may still hold a cached prefix that a later request can hit.
 // The block manager calls Free when a block's reference count drops to zero, Touch when a
 // free block is hit in the cache (it leaves the free set), and Pop to take the block an
-// allocation reuses (evicting its cached content, if any).
+// allocation reuses (evicting its cached content, if any). A block's cached content is
+// dropped only when Pop hands it out (or when the manager resets its prefix cache, which
+// pops every block and frees it again uncached), so a policy may keep per-block state for
+// a cached block across Touch and Free until Pop returns it. Hits on a block that is
+// already referenced are not reported; they show in BlockInfo.Hits at its next Free.
 //
 // Blocks are identified by their index in [0, numBlocks); implementations keep per-block
 // state in slices of that size, so every operation is O(1) or O(log n) without allocation.
@@ -41,4 +45,13 @@ type BlockInfo struct {
 	Hits uint32
 	// Filled orders blocks by when they were filled (a counter, not a time).
 	Filled uint64
+	// Hash is the block's chained prefix hash when Cached; 0 when unknown. S3-FIFO's
+	// ghost queue remembers the hashes it evicted by it.
+	Hash uint64
+	// Parent is the block that held the prompt block before this one when the sequence
+	// freeing it ran (this block's chained hash extends Parent's), valid when HasParent;
+	// HasParent is false for a prompt's first block and for uncached blocks. radix-lru
+	// evicts a block only once no cached block names it as parent.
+	Parent    int32
+	HasParent bool
 }

@@ -197,8 +197,8 @@ func TestUnknownParameterIsAnError(t *testing.T) {
 }
 
 func TestDoubleFreePanics(t *testing.T) {
-	for _, name := range []string{"lru", "fifo", "lfu"} {
-		for _, info := range []BlockInfo{{}, {Cached: true, Hits: 2}, {Cached: true, Hits: 500}} {
+	for _, name := range Registry.Names() {
+		for _, info := range []BlockInfo{{}, {Cached: true, Hits: 2}, {Cached: true, Hits: 500}, {Cached: true, Hash: 7, Parent: 1, HasParent: true}} {
 			t.Run(fmt.Sprintf("%s/%+v", name, info), func(t *testing.T) {
 				p := build(t, name)
 				p.Reset(2)
