@@ -166,6 +166,11 @@ type PolicyResult struct {
 	P99TPOTMs          Stat `json:"p99_tpot_ms"`
 	PrefixCacheHitRate Stat `json:"prefix_cache_hit_rate"`
 	Preemptions        Stat `json:"preemptions"`
+	// GPUHours, CostUSD and GoodputPerDollar are the cells' metrics.Cost, where every cell
+	// reports one (a simulated cluster on GPUs the price table knows).
+	GPUHours         *Stat `json:"gpu_hours,omitempty"`
+	CostUSD          *Stat `json:"cost_usd,omitempty"`
+	GoodputPerDollar *Stat `json:"goodput_per_dollar,omitempty"`
 	// InstanceShare is each instance's share of the requests (0..1), over seeds; Starved
 	// the instances that got no request at all, in how many seeds. A router that ties and
 	// always breaks the tie the same way shows here.
@@ -650,6 +655,16 @@ func aggregate(cells []CellResult) []PolicyResult {
 			Preemptions:        stat(func(s *metrics.Summary) float64 { return float64(s.Preemptions) }),
 		})
 		out[len(out)-1].InstanceShare, out[len(out)-1].Starved = instanceShares(counts[k])
+		if costed := len(ss) > 0 && !slices.ContainsFunc(ss, func(s *metrics.Summary) bool { return s.Cost == nil }); costed {
+			p := &out[len(out)-1]
+			costStat := func(f func(*metrics.Cost) float64) *Stat {
+				st := stat(func(s *metrics.Summary) float64 { return f(s.Cost) })
+				return &st
+			}
+			p.GPUHours = costStat(func(c *metrics.Cost) float64 { return c.GPUHours })
+			p.CostUSD = costStat(func(c *metrics.Cost) float64 { return c.USD })
+			p.GoodputPerDollar = costStat(func(c *metrics.Cost) float64 { return c.GoodputPerDollar })
+		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := &out[i], &out[j]

@@ -595,3 +595,36 @@ func TestRunResumesASpecWrittenBefore(t *testing.T) {
 		t.Fatalf("the same spec as an older servelab wrote it: %v", err)
 	}
 }
+
+// results.json aggregates the cells' cost: a mean of each cell's GPU-hours, dollars and
+// goodput per dollar, the dollars at the spec's prices.
+func TestResultsAggregateCost(t *testing.T) {
+	spec, err := Parse([]byte("name: cost\nworkload: {trace: "+trace+", max_requests: 100, rate_scale: 6}\n"+
+		"cluster: {pools: [{name: big, role: both, instances: 1, gpu: a100-80g}, {name: small, role: both, instances: 2, gpu: l4}], gpu_price_per_hour: {l4: 0.5}}\n"+
+		"policies: {routers: [least-request]}\nseeds: [1, 2]\nslo: {ttft_ms: 500}\n"), filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), spec, Options{Out: t.TempDir(), Parallel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hours, usd, perDollar []float64
+	for _, c := range res.Cells {
+		if c.Summary == nil || c.Summary.Cost == nil {
+			t.Fatalf("cell %s reports no cost", c.ID)
+		}
+		k := c.Summary.Cost
+		if want := 3 * c.Summary.Duration / 3600; math.Abs(k.GPUHours-want) > 1e-12 {
+			t.Errorf("cell %s: %v GPU-hours, want 3 GPUs x %v s = %v", c.ID, k.GPUHours, c.Summary.Duration, want)
+		}
+		hours, usd, perDollar = append(hours, k.GPUHours), append(usd, k.USD), append(perDollar, k.GoodputPerDollar)
+	}
+	p := res.Policies[0]
+	if p.GPUHours == nil || p.CostUSD == nil || p.GoodputPerDollar == nil {
+		t.Fatalf("policy without cost: %+v", p)
+	}
+	if diff := cmp.Diff([]Stat{meanCI(hours), meanCI(usd), meanCI(perDollar)}, []Stat{*p.GPUHours, *p.CostUSD, *p.GoodputPerDollar}); diff != "" {
+		t.Errorf("aggregated cost (-cells +policy):\n%s", diff)
+	}
+}

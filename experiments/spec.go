@@ -111,6 +111,13 @@ type Cluster struct {
 	// the transport takes.
 	ScrapeInterval *float64 `json:"scrape_interval_s,omitempty"`
 	KVEventDelay   *float64 `json:"kv_event_delay_s,omitempty"`
+	// Pools, when set, replace instances, gpu and tp: the cluster as a list of pools, each
+	// with a name, a role (both; prefill and decode are refused until disaggregation
+	// exists), instances, a GPU and a tp (sim.PoolSpec).
+	Pools []sim.PoolSpec `json:"pools,omitempty"`
+	// GPUPricePerHour overrides the default US dollars per GPU-hour by GPU name, for the
+	// cost and goodput per dollar the results report.
+	GPUPricePerHour map[string]float64 `json:"gpu_price_per_hour,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -360,7 +367,7 @@ func (s *Spec) validate() error {
 			key string
 			set bool
 		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0},
-			{"kv_event_delay_s", k.KVEventDelay != nil}} {
+			{"kv_event_delay_s", k.KVEventDelay != nil}, {"pools", len(k.Pools) > 0}, {"gpu_price_per_hour", len(k.GPUPricePerHour) > 0}} {
 			if f.set {
 				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", f.key)
 			}
@@ -484,6 +491,13 @@ func (s *Spec) checkCluster() error {
 	if u := k.GPUMemoryUtilization; u < 0 || u > 1 || math.IsNaN(u) || u == 0 && s.clusterKeys["gpu_memory_utilization"] {
 		return fmt.Errorf("cluster.gpu_memory_utilization: want a fraction in (0, 1], got %v", u)
 	}
+	if len(k.Pools) > 0 {
+		for _, key := range []string{"instances", "gpu", "tp"} {
+			if s.clusterKeys[key] {
+				return fmt.Errorf("cluster.%s: set together with cluster.pools; a cluster of pools gives each pool's instances, gpu and tp", key)
+			}
+		}
+	}
 	return nil
 }
 
@@ -533,6 +547,10 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 	if k.Instances != 0 {
 		c.Instances = k.Instances
 	}
+	if len(k.Pools) > 0 {
+		c.UsePools(k.Pools)
+	}
+	c.GPUPricePerHour = k.GPUPricePerHour
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -662,7 +680,14 @@ func (s *Spec) Normalized() ([]byte, error) {
 
 // Instances is how many instances the spec's cells run (the simulator's default when the
 // spec leaves cluster.instances out).
-func (s *Spec) Instances() int { return s.clusterSpec("", "", "", 0).Instances }
+func (s *Spec) Instances() int {
+	c := s.clusterSpec("", "", "", 0)
+	n := c.Instances
+	for _, p := range c.Pools {
+		n += p.Instances
+	}
+	return n
+}
 
 // resolvedCluster is the cluster of the spec's cells as the simulator builds it: the
 // values of sim.ClusterSpec (its defaults where the spec leaves a key out) and the
@@ -685,12 +710,18 @@ func (s *Spec) resolvedCluster() (Cluster, error) {
 			cs.Latency = prefix + abs
 		}
 	}
-	return Cluster{
+	k := Cluster{
 		Instances: cfg.Instances, Model: cs.Model, GPU: cs.GPU, TP: cs.TP, Latency: cs.Latency,
 		BlockSize: cfg.BlockSize, NumGPUBlocksOverride: cs.NumGPUBlocksOverride,
 		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
-	}, nil
+		GPUPricePerHour: cs.GPUPricePerHour,
+	}
+	if len(cs.Pools) > 0 {
+		// Each pool as it runs (role and tp filled in); instances, gpu and tp are theirs.
+		k.Instances, k.Pools = 0, cs.ResolvedPools()
+	}
+	return k, nil
 }
 
 // ReplaceTrace points the workload at another trace file (relative to the working

@@ -55,6 +55,17 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"unknown world", base + "world: dream\n", "world:"},
 		{"negative token scale", "name: t\nworkload: {trace: " + trace + ", token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.token_scale"},
 		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
+		{"pools with instances", base + "cluster: {instances: 2, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.instances: set together with cluster.pools"},
+		{"pools with a gpu", base + "cluster: {gpu: h100, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.gpu: set together with cluster.pools"},
+		{"pool on an unknown GPU", base + "cluster: {pools: [{name: a, role: both, instances: 1, gpu: tpu-v9}]}\n", `cluster: pools[0].gpu: unknown GPU "tpu-v9"`},
+		{"negative pool instances", base + "cluster: {pools: [{name: a, instances: -1, gpu: l4}]}\n", "cluster: pools[0].instances: must be positive"},
+		{"duplicate pool names", base + "cluster: {pools: [{name: a, instances: 1, gpu: l4}, {name: a, instances: 1, gpu: h100}]}\n", `cluster: pools[1].name: pool "a" appears twice`},
+		{"prefill pool before disaggregation", base + "cluster: {pools: [{name: p, role: prefill, instances: 1, gpu: a100-80g}, {name: d, role: decode, instances: 2, gpu: l4}]}\n",
+			"cluster: pools[0].role: \"prefill\": prefill/decode disaggregation is not built yet"},
+		{"unknown key in a pool", base + "cluster: {pools: [{name: a, instnces: 1, gpu: l4}]}\n", "instnces: unknown key"},
+		{"negative GPU price", base + "cluster: {gpu_price_per_hour: {a100-80g: -3.2}}\n", "cluster: gpu_price_per_hour.a100-80g: must be 0 or a positive number"},
+		{"price of an unknown GPU", base + "cluster: {gpu_price_per_hour: {b300: 9}}\n", `cluster: gpu_price_per_hour: unknown GPU "b300"`},
+		{"real world with pools", base + "world: real\ncluster: {pools: [{name: a, instances: 1, gpu: l4}]}\n", "cluster.pools"},
 		{"not YAML", "name: [", "spec.yaml"},
 		{"empty", "", "empty spec"},
 	}
@@ -107,6 +118,38 @@ func TestCellsCoverTheMatrix(t *testing.T) {
 		Batch: "vllm", Evict: "lfu", Seed: 2, RateScale: 2.5}
 	if diff := cmp.Diff(want, cells[len(cells)-1]); diff != "" {
 		t.Errorf("last cell (-want +got):\n%s", diff)
+	}
+}
+
+// A spec of pools and prices normalizes to its pools as they run, and parses back to the
+// same cluster.
+func TestNormalizedKeepsPoolsAndPrices(t *testing.T) {
+	spec := "name: t\nworkload: {trace: " + trace + "}\npolicies: {routers: [round-robin]}\n" +
+		"cluster: {pools: [{name: big, instances: 2, gpu: a100-80g, tp: 2}, {name: small, role: both, instances: 3, gpu: l4}], gpu_price_per_hour: {l4: 0.5}}\n"
+	s, err := Parse([]byte(spec), filepath.Join("testdata", "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Instances(); got != 5 {
+		t.Errorf("Instances() = %d, want the pools' 5", got)
+	}
+	norm, err := s.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse(norm, filepath.Join(t.TempDir(), "spec.yaml"))
+	if err != nil {
+		t.Fatalf("the normalized spec does not parse: %v\n%s", err, norm)
+	}
+	want := []sim.PoolSpec{{Name: "big", Role: "both", Instances: 2, GPU: "a100-80g", TP: 2}, {Name: "small", Role: "both", Instances: 3, GPU: "l4", TP: 1}}
+	if diff := cmp.Diff(want, again.Cluster.Pools); diff != "" {
+		t.Errorf("normalized pools (-want +got):\n%s\n%s", diff, norm)
+	}
+	if diff := cmp.Diff(map[string]float64{"l4": 0.5}, again.Cluster.GPUPricePerHour); diff != "" {
+		t.Errorf("normalized prices (-want +got):\n%s", diff)
+	}
+	if again.Cluster.Instances != 0 || again.Cluster.GPU != "" || again.Cluster.TP != 0 {
+		t.Errorf("normalized cluster has instances %d, gpu %q, tp %d besides its pools", again.Cluster.Instances, again.Cluster.GPU, again.Cluster.TP)
 	}
 }
 

@@ -109,6 +109,21 @@ type Summary struct {
 	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
 	// Preemptions is the engines' total of vllm:num_preemptions.
 	Preemptions int64 `json:"preemptions"`
+	// Cost is what the run's GPUs cost, where a simulated cluster knows their prices; a
+	// measured run leaves it out.
+	Cost *Cost `json:"cost,omitempty"`
+}
+
+// Cost is what a run's GPUs cost over its duration.
+type Cost struct {
+	// GPUHours is instances x GPUs per instance (tensor-parallel size) x duration, summed
+	// over the cluster's pools.
+	GPUHours float64 `json:"gpu_hours"`
+	// USD is GPUHours priced at each pool's GPU price per hour, in US dollars.
+	USD float64 `json:"cost_usd"`
+	// GoodputPerDollar is the requests that met the SLO (all completed ones when there is
+	// none, as request_goodput counts them) per dollar; 0 when the run cost nothing.
+	GoodputPerDollar float64 `json:"goodput_per_dollar"`
 }
 
 // EngineCounters are the engine-side counters a summary reports.
@@ -156,6 +171,9 @@ func (c *Collector) Add(r *serving.Record) {
 		c.good++
 	}
 }
+
+// Good is the number of requests that met the SLO so far.
+func (c *Collector) Good() int { return c.good }
 
 // AddITL takes one inter-token latency in seconds. ITLs are kept in a histogram (see
 // histogram for its precision): a long run has hundreds of millions of them.

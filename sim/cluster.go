@@ -3,6 +3,8 @@ package sim
 import (
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 
 	"servelab/metrics"
 	"servelab/policies"
@@ -49,6 +51,161 @@ type ClusterSpec struct {
 	// be left zero (UseEngine does that), and no default, of the GPU class or otherwise,
 	// fills in anything.
 	Engine *serving.EngineConfig `json:"engine,omitempty"`
+	// Pools, when set, is the cluster as a list of pools, each with its own instances, GPU
+	// and tensor-parallel size; Instances, GPU and TP must then be left zero (UsePools does
+	// that). Unset: one pool of Instances instances on GPU with TP.
+	Pools []PoolSpec `json:"pools,omitempty"`
+	// GPUPricePerHour overrides data/gpus.yaml's default US dollars per GPU-hour, by GPU
+	// name, for the cost the summary reports.
+	GPUPricePerHour map[string]float64 `json:"gpu_price_per_hour,omitempty"`
+}
+
+// Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
+// of prefill/decode disaggregation (llm-d's prefill and decode pods), which the simulator
+// does not build yet.
+const (
+	RoleBoth    = "both"
+	RolePrefill = "prefill"
+	RoleDecode  = "decode"
+)
+
+// PoolSpec is one pool of a cluster: Instances engines of one role, each on TP GPUs.
+type PoolSpec struct {
+	Name string `json:"name"`
+	// Role is RoleBoth (the default when empty), RolePrefill or RoleDecode.
+	Role      string `json:"role,omitempty"`
+	Instances int    `json:"instances"`
+	GPU       string `json:"gpu"`
+	// TP is the tensor-parallel size of each instance (0: 1).
+	TP int `json:"tp,omitempty"`
+}
+
+// UsePools makes the cluster the given pools, clearing the one-pool fields they replace.
+func (c *ClusterSpec) UsePools(pools []PoolSpec) {
+	c.Pools = pools
+	c.Instances, c.GPU, c.TP = 0, "", 0
+}
+
+// ParsePool parses the CLI's NAME:ROLE:INSTANCES:GPU[:TP] (--pool big:both:4:a100-80g:2).
+func ParsePool(s string) (PoolSpec, error) {
+	f := strings.Split(s, ":")
+	if len(f) != 4 && len(f) != 5 {
+		return PoolSpec{}, fmt.Errorf("pool %q: want NAME:ROLE:INSTANCES:GPU[:TP]", s)
+	}
+	p := PoolSpec{Name: f[0], Role: f[1], GPU: f[3], TP: 1}
+	var err error
+	if p.Instances, err = strconv.Atoi(f[2]); err != nil {
+		return PoolSpec{}, fmt.Errorf("pool %q: instances %q is not an integer", s, f[2])
+	}
+	if len(f) == 5 {
+		if p.TP, err = strconv.Atoi(f[4]); err != nil {
+			return PoolSpec{}, fmt.Errorf("pool %q: tp %q is not an integer", s, f[4])
+		}
+	}
+	return p, nil
+}
+
+// ResolvedPools is Pools with their defaults filled in (role both, tp 1), or nil when the
+// spec is the one-pool form or its pools are bad (Build says why).
+func (c ClusterSpec) ResolvedPools() []PoolSpec {
+	if len(c.Pools) == 0 {
+		return nil
+	}
+	pools, err := c.pools()
+	if err != nil {
+		return nil
+	}
+	out := make([]PoolSpec, len(pools))
+	for i, p := range pools {
+		out[i] = p.PoolSpec
+	}
+	return out
+}
+
+// resolvedPool is a pool with its defaults filled in and its key in error messages.
+type resolvedPool struct {
+	PoolSpec
+	key string
+	// gpus is the GPUs an instance takes, and price what one costs an hour; gpus is 0
+	// for a GPU the table does not know (no cost is reported for it).
+	gpus  int
+	price float64
+}
+
+// pools checks the cluster's pools (or its one pool) and prices them.
+func (c ClusterSpec) pools() ([]resolvedPool, error) {
+	for name, v := range c.GPUPricePerHour {
+		if _, err := latency.LookupGPU(name); err != nil {
+			return nil, fmt.Errorf("gpu_price_per_hour: %w", err)
+		}
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("gpu_price_per_hour.%s: must be 0 or a positive number of US dollars, got %v", name, v)
+		}
+	}
+	var out []resolvedPool
+	if len(c.Pools) == 0 {
+		if c.Instances <= 0 {
+			return nil, fmt.Errorf("instances: must be positive, got %d", c.Instances)
+		}
+		out = []resolvedPool{{PoolSpec: PoolSpec{Role: RoleBoth, Instances: c.Instances, GPU: c.GPU, TP: c.TP}}}
+	} else {
+		for _, f := range []struct {
+			key string
+			set bool
+		}{{"instances", c.Instances != 0}, {"gpu", c.GPU != ""}, {"tp", c.TP != 0}} {
+			if f.set {
+				return nil, fmt.Errorf("%s: set together with pools; a cluster of pools gives each pool's instances, gpu and tp, leave %s out", f.key, f.key)
+			}
+		}
+		seen := map[string]bool{}
+		for i, p := range c.Pools {
+			key := fmt.Sprintf("pools[%d]", i)
+			switch {
+			case p.Name == "":
+				return nil, fmt.Errorf("%s.name: must be set", key)
+			case strings.ContainsAny(p.Name, ": \t"):
+				return nil, fmt.Errorf("%s.name: %q must not contain ':' or spaces", key, p.Name)
+			case seen[p.Name]:
+				return nil, fmt.Errorf("%s.name: pool %q appears twice", key, p.Name)
+			case p.Instances <= 0:
+				return nil, fmt.Errorf("%s.instances: must be positive, got %d", key, p.Instances)
+			case p.TP < 0:
+				return nil, fmt.Errorf("%s.tp: must be positive, got %d", key, p.TP)
+			}
+			seen[p.Name] = true
+			if p.Role == "" {
+				p.Role = RoleBoth
+			}
+			if p.TP == 0 {
+				p.TP = 1
+			}
+			switch p.Role {
+			case RoleBoth:
+			case RolePrefill, RoleDecode:
+				return nil, fmt.Errorf("%s.role: %q: prefill/decode disaggregation is not built yet; every pool's role must be %q for now", key, p.Role, RoleBoth)
+			default:
+				return nil, fmt.Errorf("%s.role: unknown role %q (want %s, %s or %s)", key, p.Role, RoleBoth, RolePrefill, RoleDecode)
+			}
+			if _, err := latency.LookupGPU(p.GPU); err != nil {
+				return nil, fmt.Errorf("%s.gpu: %w", key, err)
+			}
+			out = append(out, resolvedPool{PoolSpec: p, key: key + "."})
+		}
+	}
+	for i := range out {
+		p := &out[i]
+		g, err := latency.LookupGPU(p.GPU)
+		if err != nil {
+			// Only the one-pool form gets here, with a GPU that no step-time model needed:
+			// a profiled engine's, "" for the CPU engine. It costs nothing known.
+			continue
+		}
+		p.gpus, p.price = p.TP, g.PricePerHour
+		if v, ok := c.GPUPricePerHour[g.Name]; ok {
+			p.price = v
+		}
+	}
+	return out, nil
 }
 
 // UseEngine makes every instance run the engine configuration ec, clearing the fields it
@@ -112,8 +269,9 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	if c.Instances <= 0 {
-		return Config{}, fmt.Errorf("instances: must be positive, got %d", c.Instances)
+	pools, err := c.pools()
+	if err != nil {
+		return Config{}, err
 	}
 	if c.BlockSize <= 0 {
 		return Config{}, fmt.Errorf("block_size: must be positive, got %d", c.BlockSize)
@@ -126,7 +284,7 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 			return Config{}, fmt.Errorf("%s: must be 0 or a positive number of seconds, got %v", f.key, f.v)
 		}
 	}
-	env := policies.Env{Seed: c.Seed, BlockSize: c.BlockSize, GPUClass: latency.GPUClass(c.GPU)}
+	env := policies.Env{Seed: c.Seed, BlockSize: c.BlockSize, GPUClass: latency.GPUClass(pools[0].GPU)}
 	router, err := route.Parse(c.Router, env)
 	if err != nil {
 		return Config{}, fmt.Errorf("router: %w", err)
@@ -157,42 +315,65 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 			return Config{}, fmt.Errorf("engine: evict %q is not a resolved spec (it builds %q)", c.Engine.Evict, got)
 		}
 	}
-	lat, err := latency.Parse(c.Latency, c.GPU, c.Model, c.TP)
-	if err != nil {
-		return Config{}, fmt.Errorf("latency: %w", err)
-	}
-	blocks := c.NumGPUBlocksOverride
-	if blocks <= 0 {
-		if blocks, err = latency.KVCacheBlocks(lat, c.BlockSize, c.GPUMemoryUtilization); err != nil {
-			return Config{}, err
+	if len(pools) > 1 && !strings.HasPrefix(c.Latency, "roofline") {
+		for _, p := range pools[1:] {
+			if !strings.EqualFold(p.GPU, pools[0].GPU) || p.TP != pools[0].TP {
+				return Config{}, fmt.Errorf("latency: %q is one engine's step times; pools on different GPUs or tp (%s %s tp %d, %s %s tp %d) need the roofline model",
+					c.Latency, pools[0].Name, pools[0].GPU, pools[0].TP, p.Name, p.GPU, p.TP)
+			}
 		}
 	}
-	maxLen := c.MaxModelLen
-	if maxLen <= 0 {
-		maxLen = latency.MaxModelLen(lat)
-	}
-	return Config{
-		Instances: c.Instances,
-		Router:    router,
-		NewBatch: func(i int) (batch.Policy, error) {
-			e := env
-			e.Seed = env.Seed + uint64(i) + 1
-			return batch.Registry.Build(batchSpec, e)
-		},
-		NewEvict: func(i int) (evict.Policy, error) {
-			e := env
-			e.Seed = env.Seed + uint64(i) + 1
-			return evict.Registry.Build(evictSpec, e)
-		},
-		KVBlocks:       blocks,
+	cfg := Config{
+		Router:         router,
 		BlockSize:      c.BlockSize,
 		PrefixCaching:  c.EnablePrefixCaching,
-		MaxModelLen:    maxLen,
-		Latency:        lat,
 		SLO:            slo,
 		ScrapeInterval: c.ScrapeInterval,
 		KVEventDelay:   c.KVEventDelay,
-	}, nil
+	}
+	// classes is each instance's GPU class, which batch and evict defaults depend on.
+	var classes []string
+	for _, p := range pools {
+		lat, err := latency.Parse(c.Latency, p.GPU, c.Model, p.TP)
+		if err != nil {
+			return Config{}, fmt.Errorf("%slatency: %w", p.key, err)
+		}
+		blocks := c.NumGPUBlocksOverride
+		if blocks <= 0 {
+			if blocks, err = latency.KVCacheBlocks(lat, c.BlockSize, c.GPUMemoryUtilization); err != nil {
+				if p.key != "" {
+					err = fmt.Errorf("%s: %w", strings.TrimSuffix(p.key, "."), err)
+				}
+				return Config{}, err
+			}
+		}
+		maxLen := c.MaxModelLen
+		if maxLen <= 0 {
+			maxLen = latency.MaxModelLen(lat)
+		}
+		if cfg.MaxModelLen == 0 || maxLen < cfg.MaxModelLen {
+			cfg.MaxModelLen = maxLen
+		}
+		if cfg.Latency == nil {
+			cfg.Latency, cfg.KVBlocks = lat, blocks
+		}
+		cfg.Instances += p.Instances
+		cfg.Pools = append(cfg.Pools, Pool{Name: p.Name, Instances: p.Instances, Latency: lat, KVBlocks: blocks, GPUs: p.gpus, PricePerGPUHour: p.price})
+		for range p.Instances {
+			classes = append(classes, latency.GPUClass(p.GPU))
+		}
+	}
+	envOf := func(i int) policies.Env {
+		e := env
+		e.Seed = env.Seed + uint64(i) + 1
+		if i >= 0 && i < len(classes) {
+			e.GPUClass = classes[i]
+		}
+		return e
+	}
+	cfg.NewBatch = func(i int) (batch.Policy, error) { return batch.Registry.Build(batchSpec, envOf(i)) }
+	cfg.NewEvict = func(i int) (evict.Policy, error) { return evict.Registry.Build(evictSpec, envOf(i)) }
+	return cfg, nil
 }
 
 // Resolved returns the resolved configuration instance i runs, in the form a real engine
@@ -214,8 +395,19 @@ func (c Config) Resolved(i int) (serving.EngineConfig, error) {
 		Batch:               bp.Spec().String(),
 		Evict:               evictSpec,
 		BlockSize:           c.BlockSize,
-		NumGPUBlocks:        c.KVBlocks,
+		NumGPUBlocks:        c.blocksOf(i),
 		MaxModelLen:         c.MaxModelLen,
 		EnablePrefixCaching: c.PrefixCaching,
 	}, nil
+}
+
+// blocksOf is instance i's KV blocks: its pool's.
+func (c Config) blocksOf(i int) int {
+	for _, p := range c.Pools {
+		if i < p.Instances {
+			return p.KVBlocks
+		}
+		i -= p.Instances
+	}
+	return c.KVBlocks
 }

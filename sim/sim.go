@@ -69,11 +69,28 @@ type Config struct {
 	// and never lags; for a router that reads no cache (route.ReadsCaches) the index is
 	// not kept, and costs nothing.
 	KVEventDelay float64
+	// Pools, if set, split the Instances into pools, numbered in order (pool 0's instances
+	// first): each instance steps with its pool's latency model and has its pool's KV
+	// blocks, and the run's summary reports the pools' cost. Their instances must add up to
+	// Instances. Empty: every instance has Latency and KVBlocks, and no cost is reported.
+	Pools []Pool
 	// OnStep, if set, receives every step an instance completes, as it completes. An
 	// instance's steps come in order; steps of different instances interleave in no
 	// particular order (the simulator runs an instance ahead until the next arrival). It
 	// is an observer: what it returns other than an error changes nothing.
 	OnStep func(StepInfo) error
+}
+
+// Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
+type Pool struct {
+	Name      string
+	Instances int
+	Latency   latency.Model
+	KVBlocks  int
+	// GPUs is the accelerators one instance takes (its tensor-parallel size; 0: none
+	// that cost anything known), and PricePerGPUHour what one costs an hour, in US dollars.
+	GPUs            int
+	PricePerGPUHour float64
 }
 
 // StepInfo is one completed simulated step, in the terms a real engine's step log uses.
@@ -129,6 +146,9 @@ type instance struct {
 	// gauges are what the instance's /metrics would say: its state as of the end of its
 	// last step, or of going idle (kept when ScrapeInterval is positive; see publish).
 	gauges serving.InstanceView
+	// lat and blocks are the instance's pool's latency model and KV blocks.
+	lat    latency.Model
+	blocks int
 }
 
 type simulation struct {
@@ -143,6 +163,9 @@ type simulation struct {
 	result     Result
 	lastEnd    float64
 	capacity   int
+	// minBlocks is the smallest instance's KV blocks; mixedBlocks says the pools differ.
+	minBlocks   int
+	mixedBlocks bool
 	// completed and outputTokens feed samples.
 	completed, outputTokens int64
 	err                     error
@@ -166,11 +189,11 @@ func newSimulation(cfg Config) (*simulation, error) {
 		return nil, fmt.Errorf("sim: instances must be positive, got %d", cfg.Instances)
 	case cfg.Router == nil:
 		return nil, fmt.Errorf("sim: no router policy")
-	case cfg.Latency == nil:
+	case len(cfg.Pools) == 0 && cfg.Latency == nil:
 		return nil, fmt.Errorf("sim: no latency model")
 	case cfg.OnSample != nil && !(cfg.SampleInterval > 0):
 		return nil, fmt.Errorf("sim: sample interval must be positive, got %v", cfg.SampleInterval)
-	case cfg.KVBlocks <= 0:
+	case len(cfg.Pools) == 0 && cfg.KVBlocks <= 0:
 		return nil, fmt.Errorf("sim: KV blocks must be positive, got %d", cfg.KVBlocks)
 	case cfg.ScrapeInterval < 0 || math.IsNaN(cfg.ScrapeInterval) || math.IsInf(cfg.ScrapeInterval, 0):
 		return nil, fmt.Errorf("sim: scrape interval must be 0 or positive and finite, got %v", cfg.ScrapeInterval)
@@ -180,6 +203,27 @@ func newSimulation(cfg Config) (*simulation, error) {
 	if cfg.BlockSize <= 0 {
 		cfg.BlockSize = 16
 	}
+	pools := cfg.Pools
+	if len(pools) == 0 {
+		pools = []Pool{{Instances: cfg.Instances, Latency: cfg.Latency, KVBlocks: cfg.KVBlocks}}
+	}
+	total := 0
+	for _, p := range pools {
+		switch {
+		case p.Instances <= 0:
+			return nil, fmt.Errorf("sim: pool %q: instances must be positive, got %d", p.Name, p.Instances)
+		case p.Latency == nil:
+			return nil, fmt.Errorf("sim: pool %q: no latency model", p.Name)
+		case p.KVBlocks <= 0:
+			return nil, fmt.Errorf("sim: pool %q: KV blocks must be positive, got %d", p.Name, p.KVBlocks)
+		case p.GPUs < 0 || p.PricePerGPUHour < 0 || math.IsNaN(p.PricePerGPUHour) || math.IsInf(p.PricePerGPUHour, 0):
+			return nil, fmt.Errorf("sim: pool %q: GPUs and price must be 0 or positive and finite, got %d and %v", p.Name, p.GPUs, p.PricePerGPUHour)
+		}
+		total += p.Instances
+	}
+	if total != cfg.Instances {
+		return nil, fmt.Errorf("sim: the pools have %d instances, the cluster %d", total, cfg.Instances)
+	}
 	s := &simulation{
 		cfg:        cfg,
 		instances:  make([]instance, cfg.Instances),
@@ -187,8 +231,22 @@ func newSimulation(cfg Config) (*simulation, error) {
 		scraped:    make([]serving.InstanceView, cfg.Instances),
 		lastScrape: math.Inf(-1),
 		collector:  metrics.NewCollector(cfg.SLO),
-		capacity:   cfg.KVBlocks * cfg.BlockSize,
+		capacity:   math.MaxInt,
 		result:     Result{Failures: metrics.Failures{}},
+	}
+	// A request must fit the smallest instance's KV cache: the router may send it to any.
+	for i, p := 0, 0; i < len(s.instances); p++ {
+		for range pools[p].Instances {
+			s.instances[i].lat, s.instances[i].blocks = pools[p].Latency, pools[p].KVBlocks
+			i++
+		}
+		s.capacity = min(s.capacity, pools[p].KVBlocks*cfg.BlockSize)
+		if p > 0 && pools[p].KVBlocks != s.minBlocks {
+			s.mixedBlocks = true
+		}
+		if p == 0 || pools[p].KVBlocks < s.minBlocks {
+			s.minBlocks = pools[p].KVBlocks
+		}
 	}
 	if cfg.MaxModelLen > 0 {
 		s.capacity = min(s.capacity, cfg.MaxModelLen)
@@ -205,13 +263,13 @@ func newSimulation(cfg Config) (*simulation, error) {
 			}
 		}
 		kc := kv.Config{
-			NumBlocks:           cfg.KVBlocks,
+			NumBlocks:           s.instances[i].blocks,
 			BlockSize:           cfg.BlockSize,
 			EnablePrefixCaching: cfg.PrefixCaching,
 			Evict:               e,
 		}
 		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && route.ReadsCaches(cfg.Router) {
-			s.instances[i].kv = newKVIndex(cfg.KVBlocks)
+			s.instances[i].kv = newKVIndex(s.instances[i].blocks)
 			kc.Events = s.instances[i].kv.collect
 		}
 		c, err := core.New(core.Config{Index: i, Batch: b, KV: kc})
@@ -285,7 +343,28 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		s.result.Steps += st.Steps
 	}
 	s.result.Summary = s.collector.Summary(s.lastEnd, eng)
+	s.result.Summary.Cost = s.cost()
 	return s.result, nil
+}
+
+// cost prices the pools' GPUs over the run's duration; nil when no pool has GPUs.
+func (s *simulation) cost() *metrics.Cost {
+	var c *metrics.Cost
+	for _, p := range s.cfg.Pools {
+		if p.GPUs == 0 {
+			continue
+		}
+		if c == nil {
+			c = &metrics.Cost{}
+		}
+		h := float64(p.Instances*p.GPUs) * s.lastEnd / 3600
+		c.GPUHours += h
+		c.USD += h * p.PricePerGPUHour
+	}
+	if c != nil && c.USD > 0 {
+		c.GoodputPerDollar = float64(s.collector.Good()) / c.USD
+	}
+	return c
 }
 
 // read returns the next trace row as a request.
@@ -321,8 +400,13 @@ func (s *simulation) arrive(req *serving.Request) {
 		// As vLLM: a request longer than max_model_len is refused (a 400); one that fits
 		// the context but not an instance's whole KV cache could never be scheduled.
 		kind := "context exceeds KV cache"
-		msg := fmt.Sprintf("request %d needs %d tokens of context (%d prompt + %d output), more than an instance's KV cache holds (%d blocks of %d tokens)",
-			req.ID, need, req.PromptTokens, req.MaxTokens, s.cfg.KVBlocks, s.cfg.BlockSize)
+		which := "an instance's"
+		if s.mixedBlocks {
+			// The router may send it to any instance, the smallest included.
+			which = "the smallest instance's"
+		}
+		msg := fmt.Sprintf("request %d needs %d tokens of context (%d prompt + %d output), more than %s KV cache holds (%d blocks of %d tokens)",
+			req.ID, need, req.PromptTokens, req.MaxTokens, which, s.minBlocks, s.cfg.BlockSize)
 		if s.cfg.MaxModelLen > 0 && need > s.cfg.MaxModelLen {
 			kind = "context exceeds max_model_len"
 			msg = fmt.Sprintf("request %d needs %d tokens of context (%d prompt + %d output), more than max_model_len %d",
@@ -391,7 +475,7 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 		s.publish(in)
 		return 0, false
 	}
-	return t + s.cfg.Latency.StepTime(in.step.Shape), true
+	return t + in.lat.StepTime(in.step.Shape), true
 }
 
 func (s *simulation) complete(i int, t float64) {

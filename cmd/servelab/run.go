@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -138,12 +139,22 @@ func (p *runProgress) event(e experiments.Event) {
 // the instances a policy sent no request to.
 func printRanking(w io.Writer, res *experiments.Results) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "rate\tpolicy\tseeds\tgoodput req/s\tthroughput req/s\tmean TTFT ms\tp99 TTFT ms\tmedian TPOT ms\tprefix hit %\t")
+	// The cost columns show where the cells report a cost (a simulated cluster of GPUs).
+	costed := len(res.Policies) > 0 && !slices.ContainsFunc(res.Policies, func(p experiments.PolicyResult) bool { return p.CostUSD == nil })
+	head := "rate\tpolicy\tseeds\tgoodput req/s\tthroughput req/s\tmean TTFT ms\tp99 TTFT ms\tmedian TPOT ms\tprefix hit %\t"
+	if costed {
+		head += "cost $\tgoodput/$\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, p := range res.Policies {
 		stat := func(s experiments.Stat, scale float64) string { return report.FormatStat(s, p.Seeds, scale) }
-		fmt.Fprintf(tw, "x%g\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", p.RateScale, p.Name(), report.SeedsText(&p),
+		fmt.Fprintf(tw, "x%g\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t", p.RateScale, p.Name(), report.SeedsText(&p),
 			stat(p.RequestGoodput, 1), stat(p.RequestThroughput, 1), stat(p.MeanTTFTMs, 1),
 			stat(p.P99TTFTMs, 1), stat(p.MedianTPOTMs, 1), stat(p.PrefixCacheHitRate, 100))
+		if costed {
+			fmt.Fprintf(tw, "%s\t%s\t", stat(*p.CostUSD, 1), stat(*p.GoodputPerDollar, 1))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	for _, warn := range report.IdleInstances(res) {

@@ -28,6 +28,9 @@ func TestRunAnExampleAndResume(t *testing.T) {
 			t.Errorf("the ranking does not show %s:\n%s", p.Name(), first)
 		}
 	}
+	if !strings.Contains(first, "cost $") || !strings.Contains(first, "goodput/$") {
+		t.Errorf("the ranking shows no cost:\n%s", first)
+	}
 	if !strings.Contains(first, "[18/18]") || !strings.Contains(first, filepath.Join(out, "results.json")) ||
 		!strings.Contains(first, filepath.Join(out, "report.html")) {
 		t.Errorf("no progress, results or report path:\n%s", first)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +40,9 @@ type simFlags struct {
 	tokenScale, outputScale string
 	scales                  tokenScales
 	shaped                  sliceShape
+	// pools and prices are --pool and --gpu-price as given.
+	pools  []string
+	prices []string
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -66,18 +70,70 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's); 0 reads them at every arrival")
 	fl.Var(secondsFlag{&f.cluster.KVEventDelay}, "kv-event-delay", "route on prefix caches as the router's KV-event index sees them: a step's cached and evicted blocks reach it this long after the step ends (servelab router's, measured on loopback); 0 reads each instance's live cache. Only the precise prefix-cache scorer reads it")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
+	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both; prefill and decode are refused until disaggregation exists")
+	fl.StringSliceVar(&f.prices, "gpu-price", nil, "US dollars per GPU-hour for the cost report, GPU=USD (repeat or comma-separate), overriding the defaults (typical on-demand cloud prices, not facts): "+gpuPriceDefaults())
+}
+
+// gpuPriceDefaults lists the default GPU prices for --help.
+func gpuPriceDefaults() string {
+	var b strings.Builder
+	for i, name := range latency.GPUNames() {
+		g, _ := latency.LookupGPU(name)
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s=%g", name, g.PricePerHour)
+	}
+	return b.String()
+}
+
+// applyCluster turns --pool and --gpu-price into the cluster spec: a --pool with
+// --instances, --gpu or --tp besides is an error.
+func (f *simFlags) applyCluster(fl *pflag.FlagSet) error {
+	for _, kv := range f.prices {
+		name, v, ok := strings.Cut(kv, "=")
+		usd, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if !ok || err != nil {
+			return fmt.Errorf("--gpu-price %q: want GPU=USD, e.g. a100-80g=1.3", kv)
+		}
+		if f.cluster.GPUPricePerHour == nil {
+			f.cluster.GPUPricePerHour = map[string]float64{}
+		}
+		f.cluster.GPUPricePerHour[strings.ToLower(strings.TrimSpace(name))] = usd
+	}
+	if len(f.pools) == 0 {
+		return nil
+	}
+	for _, name := range []string{"instances", "gpu", "tp"} {
+		if fl.Changed(name) {
+			return fmt.Errorf("--%s: given with --pool; each pool gives its instances, GPU and tp", name)
+		}
+	}
+	var pools []sim.PoolSpec
+	for _, s := range f.pools {
+		p, err := sim.ParsePool(s)
+		if err != nil {
+			return fmt.Errorf("--pool: %w", err)
+		}
+		pools = append(pools, p)
+	}
+	f.cluster.UsePools(pools)
+	return nil
 }
 
 // profileEngineFlags are sim's flags that the engine configuration a profile records
 // decides.
 var profileEngineFlags = []string{"batch", "evict", "block-size", "num-gpu-blocks-override", "max-model-len", "enable-prefix-caching"}
 
-// useProfileEngine makes a simulation with --latency profile:FILE run the profiled
+// useProfileEngine applies --pool and --gpu-price (applyCluster), then makes a simulation with --latency profile:FILE run the profiled
 // engine's resolved configuration (its batch and evict specs with every parameter, KV
 // blocks, block size, context, prefix caching) instead of the simulator's defaults, whose
 // GPU class picks other batch limits. Setting one of those flags besides is an error:
 // --latency linear:FILE takes the profile's step times without its configuration.
 func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
+	if err := f.applyCluster(fl); err != nil {
+		return err
+	}
 	if file, ok := strings.CutPrefix(f.cluster.Latency, "linear:"); ok {
 		f.warnLinearDiffers(file, warn)
 		return nil
@@ -377,6 +433,12 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hit
 	line("Preemptions", s.Preemptions)
 	if steps >= 0 {
 		line("Engine steps simulated", steps)
+	}
+	if c := s.Cost; c != nil {
+		fmt.Fprintf(w, "%s\n", center("Cost", 60, '-'))
+		fmt.Fprintf(w, "%-40s %.4f\n", "GPU-hours:", c.GPUHours)
+		fmt.Fprintf(w, "%-40s %.4f\n", "Cost (USD):", c.USD)
+		num("Goodput per dollar (req/USD)", c.GoodputPerDollar)
 	}
 	fmt.Fprintf(w, "%s\n", strings.Repeat("=", 60))
 }

@@ -26,6 +26,8 @@ func wideExperiment() *Experiment {
 				*s = big
 			}
 			p.PrefixCacheHitRate = experiments.Stat{Mean: 0.294, CI95: 0.0146}
+			// A day of 64 H100s: cost and goodput per dollar columns at their widest.
+			p.CostUSD, p.GoodputPerDollar = &experiments.Stat{Mean: 4608.12, CI95: 123.45}, &experiments.Stat{Mean: 1234.56, CI95: 98.7}
 			ps = append(ps, p)
 			cells = append(cells, experiments.CellResult{Cell: experiments.Cell{Router: p.Router, Batch: p.Batch, Evict: p.Evict, RateScale: rate}, Status: "error", Error: "not run"})
 		}

@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"path/filepath"
 	"slices"
@@ -118,6 +119,27 @@ func (e *Experiment) facts() []fact {
 	cluster := fmt.Sprintf("%d × %s on %s", or(k.Instances, def.Instances), orStr(k.Model, def.Model), orStr(k.GPU, def.GPU))
 	if tp := or(k.TP, def.TP); tp != 1 {
 		cluster += fmt.Sprintf(", TP %d", tp)
+	}
+	if len(k.Pools) > 0 {
+		var pools []string
+		for _, p := range k.Pools {
+			pool := fmt.Sprintf("%s: %d × %s", p.Name, p.Instances, p.GPU)
+			if p.TP > 1 {
+				pool += fmt.Sprintf(" TP %d", p.TP)
+			}
+			if p.Role != "" && p.Role != sim.RoleBoth {
+				pool += " (" + p.Role + ")"
+			}
+			pools = append(pools, pool)
+		}
+		cluster = orStr(k.Model, def.Model) + " in pools " + strings.Join(pools, ", ")
+	}
+	if len(k.GPUPricePerHour) > 0 {
+		var prices []string
+		for _, name := range slices.Sorted(maps.Keys(k.GPUPricePerHour)) {
+			prices = append(prices, fmt.Sprintf("%s $%g", name, k.GPUPricePerHour[name]))
+		}
+		cluster += ", GPU-hour prices " + strings.Join(prices, ", ")
 	}
 	if k.Latency != "" {
 		cluster += ", latency " + k.Latency
@@ -242,10 +264,31 @@ type column struct {
 	// Markdown columns also go into the PR summary; the HTML tables have them all.
 	Markdown bool
 	Value    func(p *experiments.PolicyResult) string
+	// cost marks the columns of metrics.Cost, left out where no policy has one.
+	cost bool
 }
 
 func statColumn(head string, md bool, scale float64, f func(p *experiments.PolicyResult) experiments.Stat) column {
-	return column{head, md, func(p *experiments.PolicyResult) string { return FormatStat(f(p), p.Seeds, scale) }}
+	return column{Head: head, Markdown: md, Value: func(p *experiments.PolicyResult) string { return FormatStat(f(p), p.Seeds, scale) }}
+}
+
+// tableColumns is columns less the cost ones when no policy reports a cost (a real run,
+// a cluster of GPUs without a price).
+func tableColumns(policies []*experiments.PolicyResult) []column {
+	if slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.CostUSD != nil }) {
+		return columns
+	}
+	return slices.DeleteFunc(slices.Clone(columns), func(c column) bool { return c.cost })
+}
+
+// costColumn is a column of the cost a policy's cells report, "–" where they report none.
+func costColumn(head string, md bool, f func(p *experiments.PolicyResult) *experiments.Stat) column {
+	return column{Head: head, Markdown: md, cost: true, Value: func(p *experiments.PolicyResult) string {
+		if s := f(p); s != nil {
+			return FormatStat(*s, p.Seeds, 1)
+		}
+		return "–"
+	}}
 }
 
 var columns = []column{
@@ -259,7 +302,9 @@ var columns = []column{
 	statColumn("output tok/s", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.OutputThroughput }),
 	statColumn("prefix hit %", true, 100, func(p *experiments.PolicyResult) experiments.Stat { return p.PrefixCacheHitRate }),
 	statColumn("preemptions", false, 1, func(p *experiments.PolicyResult) experiments.Stat { return p.Preemptions }),
-	{"seeds", true, SeedsText},
+	costColumn("goodput/$", true, func(p *experiments.PolicyResult) *experiments.Stat { return p.GoodputPerDollar }),
+	costColumn("cost $", true, func(p *experiments.PolicyResult) *experiments.Stat { return p.CostUSD }),
+	{Head: "seeds", Markdown: true, Value: SeedsText},
 }
 
 // firstLine is an error's first line, cut to a readable length.

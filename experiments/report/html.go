@@ -542,16 +542,17 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 			}
 			ev.Failed = append(ev.Failed, f)
 		}
-		heads := []string{"#", "policy"}
-		for _, c := range columns {
-			heads = append(heads, c.Head)
-		}
 		groups := e.rateGroups()
 		for _, g := range groups {
 			for _, t := range []struct {
 				order, caption string
 				ps             []*experiments.PolicyResult
 			}{{"goodput", "goodput", g.ByGoodput}, {"p99-ttft", "p99 TTFT", g.ByP99TTFT}} {
+				columns := tableColumns(t.ps)
+				heads := []string{"#", "policy"}
+				for _, c := range columns {
+					heads = append(heads, c.Head)
+				}
 				tv := tableView{Caption: rankedCaption(g.Rate, len(groups) > 1, t.caption), Order: t.order, Rate: g.Rate, Heads: heads}
 				for _, p := range t.ps {
 					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}

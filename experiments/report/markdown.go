@@ -60,6 +60,7 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 
 func writeMarkdownTable(w io.Writer, policies []*experiments.PolicyResult) {
 	head, rule := []string{"#", "policy"}, []string{"---:", "---"}
+	columns := tableColumns(policies)
 	for _, c := range columns {
 		if c.Markdown {
 			head, rule = append(head, c.Head), append(rule, "---:")

@@ -27,6 +27,9 @@ type GPU struct {
 	// InterconnectGBps is the per-direction GPU-to-GPU bandwidth that tensor-parallel
 	// all-reduces use, GB/s.
 	InterconnectGBps float64 `json:"interconnect_gbps"`
+	// PricePerHour is the default US dollars per GPU-hour that cost reports charge: a
+	// default to override, not a fact (data/gpus.yaml says where the figures come from).
+	PricePerHour float64 `json:"price_per_hour"`
 }
 
 // MemoryBytes is the device memory that vLLM's gpu_memory_utilization applies to.
@@ -48,8 +51,8 @@ func (g GPU) validate() error {
 			return fmt.Errorf("GPU %q: field %q must be positive, got %v", g.Name, f.name, f.value)
 		}
 	}
-	if g.MemoryMiB < 0 || g.InterconnectGBps < 0 {
-		return fmt.Errorf("GPU %q: fields \"memory_mib\" and \"interconnect_gbps\" must not be negative", g.Name)
+	if g.MemoryMiB < 0 || g.InterconnectGBps < 0 || g.PricePerHour < 0 {
+		return fmt.Errorf("GPU %q: fields \"memory_mib\", \"interconnect_gbps\" and \"price_per_hour\" must not be negative", g.Name)
 	}
 	return nil
 }
