@@ -1,6 +1,7 @@
 package evict
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -326,6 +327,8 @@ func (m *s3Model) touch(b int32) {
 	}
 }
 
+func (m *s3Model) size() int { return len(m.uncached) + m.countFree(m.small) + m.countFree(m.main) }
+
 func (m *s3Model) countFree(q []int32) int {
 	n := 0
 	for _, b := range q {
@@ -388,29 +391,11 @@ func TestS3FIFOMatchesModel(t *testing.T) {
 			s := p.(*S3FIFO)
 			m := newS3Model(n, s.smallRatio, int(s.threshold))
 			p.Reset(n)
-			held := map[int32]bool{}
 			content := map[int32]uint64{} // the hash a block holds until it is popped
 			hits := map[int32]uint32{}
 			rng := rand.New(rand.NewPCG(seed, 9))
-			for i := range 8000 {
-				switch rng.IntN(5) {
-				case 0, 1:
-					got, ok := p.Pop()
-					want, wantOK := m.pop()
-					if got != want || ok != wantOK {
-						t.Fatalf("%v seed %d op %d: Pop = %d, %v; model says %d, %v", params, seed, i, got, ok, want, wantOK)
-					}
-					if ok {
-						held[got] = true
-						delete(content, got)
-						hits[got] = 0
-					}
-				case 2, 3:
-					b := int32(rng.IntN(n))
-					if !held[b] {
-						continue
-					}
-					delete(held, b)
+			checkAgainstModel(t, fmt.Sprintf("%v seed %d", params, seed), p, m, n, 8000, rng, modelHooks{
+				freeInfo: func(b int32) BlockInfo {
 					info := BlockInfo{Cached: rng.IntN(5) > 0}
 					if info.Cached {
 						h, ok := content[b]
@@ -425,24 +410,15 @@ func TestS3FIFOMatchesModel(t *testing.T) {
 						delete(content, b)
 						hits[b] = 0
 					}
-					p.Free(b, info)
-					m.free(b, info)
-				default:
-					b := int32(rng.IntN(n))
-					if held[b] {
-						continue
-					}
+					return info
+				},
+				popped: func(b int32) { delete(content, b); hits[b] = 0 },
+				touched: func(b int32) {
 					if _, ok := content[b]; ok {
 						hits[b]++
 					}
-					p.Touch(b)
-					m.touch(b)
-					held[b] = true
-				}
-				if got, want := p.Len(), len(m.uncached)+m.countFree(m.small)+m.countFree(m.main); got != want {
-					t.Fatalf("%v seed %d op %d: Len = %d, model %d", params, seed, i, got, want)
-				}
-			}
+				},
+			})
 		}
 	}
 }
@@ -527,6 +503,12 @@ func (m *radixModel) pop() (int32, bool) {
 	return best, true
 }
 
+// radixRef is radixModel as a referenceModel (its free map takes the method's name).
+type radixRef struct{ *radixModel }
+
+func (r radixRef) free(b int32, info BlockInfo) { r.freeBlock(b, info) }
+func (r radixRef) size() int                    { return len(r.uncached) + len(r.radixModel.free) }
+
 // TestRadixLRUMatchesModel checks every eviction decision of radix-lru against
 // radixModel under random frees (with parents, some of them stale), hits and pops.
 func TestRadixLRUMatchesModel(t *testing.T) {
@@ -535,43 +517,15 @@ func TestRadixLRUMatchesModel(t *testing.T) {
 		p := build(t, "radix-lru")
 		m := newRadixModel(n)
 		p.Reset(n)
-		held := map[int32]bool{}
 		rng := rand.New(rand.NewPCG(seed, 5))
-		for i := range 8000 {
-			switch rng.IntN(5) {
-			case 0, 1:
-				got, ok := p.Pop()
-				want, wantOK := m.pop()
-				if got != want || ok != wantOK {
-					t.Fatalf("seed %d op %d: Pop = %d, %v; model says %d, %v", seed, i, got, ok, want, wantOK)
-				}
-				if ok {
-					held[got] = true
-				}
-			case 2, 3:
-				b := int32(rng.IntN(n))
-				if !held[b] {
-					continue
-				}
-				delete(held, b)
+		checkAgainstModel(t, fmt.Sprintf("seed %d", seed), p, radixRef{m}, n, 8000, rng, modelHooks{
+			freeInfo: func(int32) BlockInfo {
 				info := BlockInfo{Cached: rng.IntN(5) > 0}
 				if info.Cached && rng.IntN(4) > 0 {
 					info.Parent, info.HasParent = int32(rng.IntN(n)), true
 				}
-				p.Free(b, info)
-				m.freeBlock(b, info)
-			default:
-				b := int32(rng.IntN(n))
-				if held[b] {
-					continue
-				}
-				p.Touch(b)
-				m.touch(b)
-				held[b] = true
-			}
-			if got, want := p.Len(), len(m.uncached)+len(m.free); got != want {
-				t.Fatalf("seed %d op %d: Len = %d, model %d", seed, i, got, want)
-			}
-		}
+				return info
+			},
+		})
 	}
 }
