@@ -135,3 +135,24 @@ func TestParseKVTier(t *testing.T) {
 		}
 	}
 }
+
+// TestKVIndexKeepsMedium: the router's event-fed index remembers which tier holds a hash,
+// following it from GPU to CPU and back, for the precise scorer's tier weights.
+func TestKVIndexKeepsMedium(t *testing.T) {
+	x := newKVIndex(4)
+	for _, ev := range []kv.Event{
+		{Kind: kv.BlockStored, Hashes: []uint64{1, 2, 3}, Medium: kv.MediumGPU},
+		{Kind: kv.BlockRemoved, Hashes: []uint64{2}, Medium: kv.MediumGPU},
+		{Kind: kv.BlockStored, Hashes: []uint64{2}, Medium: kv.MediumCPU},
+		{Kind: kv.BlockRemoved, Hashes: []uint64{3}, Medium: kv.MediumGPU},
+		{Kind: kv.BlockStored, Hashes: []uint64{3}, Medium: kv.MediumDisk},
+	} {
+		x.collect(ev)
+	}
+	x.publish(0, 0)
+	x.catchUp(0)
+	w := map[string]float64{kv.MediumGPU: 1, kv.MediumCPU: 10, kv.MediumDisk: 100}
+	if got := x.CachedPrefixWeight([]uint64{1, 2, 3, 4}, func(m string) float64 { return w[m] }); got != 111 {
+		t.Errorf("weight %v, want 111 (GPU + CPU + DISK)", got)
+	}
+}

@@ -171,3 +171,28 @@ func (m *Manager) resetTiers() {
 		}
 	}
 }
+
+// CachedPrefixWeight implements serving.TieredPrefixCache: CachedPrefixBlocks's blocks,
+// each weighted by its tier's medium (the accelerator's is MediumGPU when there are tiers,
+// else "").
+func (m *Manager) CachedPrefixWeight(hashes []uint64, weight func(medium string) float64) float64 {
+	if !m.caching {
+		return 0
+	}
+	w, gpu := 0.0, weight(m.gpuMedium)
+	for _, h := range hashes {
+		if m.cached.Has(h) {
+			w += gpu
+			continue
+		}
+		lvl := -1
+		if len(m.tiers) > 0 {
+			lvl = m.tierOf(h)
+		}
+		if lvl < 0 {
+			break
+		}
+		w += weight(m.tiers[lvl].medium)
+	}
+	return w
+}

@@ -35,13 +35,15 @@ func TestTierOffloadAndHit(t *testing.T) {
 		name     string
 		tiers    []TierConfig
 		wantHits []int
+		// wantWeight is A's prefix weighted GPU 1, CPU 10, DISK 100 before it is loaded.
+		wantWeight float64
 		// wantEvents are the events from B's admission on.
 		wantEvents []Event
 	}{
 		{
 			name:     "cpu",
 			tiers:    []TierConfig{{Medium: MediumCPU, Blocks: 4}},
-			wantHits: []int{0, 2},
+			wantHits: []int{0, 2}, wantWeight: 20,
 			wantEvents: []Event{
 				// B evicts A's blocks, LRU order (A was freed tail first): a1, then a0.
 				ev(BlockRemoved, MediumGPU, a1), ev(BlockStored, MediumCPU, a1),
@@ -57,7 +59,7 @@ func TestTierOffloadAndHit(t *testing.T) {
 		{
 			name:     "cpu of one block, then disk",
 			tiers:    []TierConfig{{Medium: MediumCPU, Blocks: 1}, {Medium: MediumDisk, Blocks: 4}},
-			wantHits: []int{0, 1, 1},
+			wantHits: []int{0, 1, 1}, wantWeight: 110,
 			wantEvents: []Event{
 				ev(BlockRemoved, MediumGPU, a1), ev(BlockStored, MediumCPU, a1),
 				// The full CPU tier's LRU sends a1 down to disk to take a0.
@@ -84,6 +86,10 @@ func TestTierOffloadAndHit(t *testing.T) {
 			m.Free(b)
 			if got := cachedFor(m, again); got != 2 {
 				t.Fatalf("A's prefix after eviction: %d blocks found, want 2 (on lower tiers)", got)
+			}
+			w := map[string]float64{MediumGPU: 1, MediumCPU: 10, MediumDisk: 100}
+			if got := m.CachedPrefixWeight(again.Req.BlockHashes, func(m string) float64 { return w[m] }); got != tc.wantWeight {
+				t.Errorf("A's prefix weighs %v by tier, want %v", got, tc.wantWeight)
 			}
 			mustAdmit(t, m, again)
 			if diff := cmp.Diff(tc.wantHits, m.LastPrefixHits()); diff != "" {
