@@ -63,6 +63,7 @@ type Manager struct {
 	// tiers are the tiers below the accelerator, top down; gpuMedium is MediumGPU when
 	// there are any (the medium of the accelerator's events), else empty.
 	tiers     []*tier
+	lower     *blockmap.Map
 	gpuMedium string
 	gpuHits   int64
 	lastHits  []int
@@ -123,10 +124,17 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(tiers) > 127 {
-		return nil, fmt.Errorf("kv: %d tiers is too many", len(tiers))
+	if len(tiers) > maxTiers {
+		return nil, fmt.Errorf("kv: %d tiers is too many (at most %d)", len(tiers), maxTiers)
 	}
 	m.tiers = tiers
+	if len(tiers) > 0 {
+		n := 0
+		for _, t := range tiers {
+			n += len(t.hashes)
+		}
+		m.lower = blockmap.New(n)
+	}
 	m.lastHits = make([]int, 1+len(tiers))
 	if len(tiers) > 0 {
 		m.gpuMedium = MediumGPU

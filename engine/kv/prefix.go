@@ -136,10 +136,11 @@ func (m *Manager) CachedHashes() []uint64 {
 		out = append(out, h)
 		return true
 	})
-	for _, t := range m.tiers {
-		for h := range t.where {
+	if m.lower != nil {
+		m.lower.Range(func(h uint64, _ int32) bool {
 			out = append(out, h)
-		}
+			return true
+		})
 	}
 	slices.Sort(out)
 	return out

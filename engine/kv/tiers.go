@@ -43,16 +43,23 @@ type TierStats struct {
 
 // tier is a lower tier: slots holding hashes, occupied slots ordered by the tier's own
 // eviction policy (every occupied slot is "free" to it: nothing references a lower tier's
-// block), empty slots kept apart so a tier never evicts while it has room.
+// block), empty slots kept apart so a tier never evicts while it has room. The manager's
+// lower map finds a hash's tier and slot.
 type tier struct {
 	medium string
 	evict  evict.Policy
 	hashes []uint64
-	where  map[uint64]int32
 	empty  []int32
 	fills  uint64
 	stats  TierStats
 }
+
+// A lower tier's entry in the manager's lower map packs slot<<tierBits | tier index.
+const (
+	tierBits      = 3
+	maxTiers      = 1<<tierBits - 1
+	maxTierBlocks = 1<<(31-tierBits) - 1
+)
 
 func newTiers(cfgs []TierConfig, blockSize int) ([]*tier, error) {
 	var out []*tier
@@ -65,8 +72,8 @@ func newTiers(cfgs []TierConfig, blockSize int) ([]*tier, error) {
 			return nil, fmt.Errorf("kv: tier %d: medium %q appears twice", i, c.Medium)
 		}
 		seen[c.Medium] = true
-		if c.Blocks <= 0 || c.Blocks > 1<<31-1 {
-			return nil, fmt.Errorf("kv: tier %d (%s): blocks must be in [1, 2^31), got %d", i, c.Medium, c.Blocks)
+		if c.Blocks <= 0 || c.Blocks > maxTierBlocks {
+			return nil, fmt.Errorf("kv: tier %d (%s): blocks must be in [1, %d], got %d", i, c.Medium, maxTierBlocks, c.Blocks)
 		}
 		p := c.Evict
 		if p == nil {
@@ -82,7 +89,7 @@ func newTiers(cfgs []TierConfig, blockSize int) ([]*tier, error) {
 			p.Pop()
 		}
 		t := &tier{medium: c.Medium, evict: p, hashes: make([]uint64, c.Blocks),
-			where: make(map[uint64]int32), empty: make([]int32, c.Blocks),
+			empty: make([]int32, c.Blocks),
 			stats: TierStats{Medium: c.Medium, Blocks: c.Blocks}}
 		for s := range t.empty {
 			t.empty[s] = int32(c.Blocks - 1 - s) // slot 0 is taken first
@@ -112,12 +119,11 @@ func (m *Manager) LastPrefixHits() []int { return m.lastHits }
 
 // tierOf returns the index into m.tiers holding h, or -1.
 func (m *Manager) tierOf(h uint64) int {
-	for i, t := range m.tiers {
-		if _, ok := t.where[h]; ok {
-			return i
-		}
+	v, ok := m.lower.Get(h)
+	if !ok {
+		return -1
 	}
-	return -1
+	return int(v & maxTiers)
 }
 
 // offload stores h, which just left the tier above, into tier level; the block the tier
@@ -133,14 +139,14 @@ func (m *Manager) offload(level int, h uint64) {
 			panic("kv: a full tier's eviction policy has no block")
 		}
 		old := t.hashes[slot]
-		delete(t.where, old)
+		m.lower.Delete(old)
 		m.emitOn(t.medium, BlockRemoved, old)
 		if level+1 < len(m.tiers) {
 			m.offload(level+1, old)
 		}
 	}
 	t.hashes[slot] = h
-	t.where[h] = slot
+	m.lower.Put(h, slot<<tierBits|int32(level))
 	t.fills++
 	t.stats.Offloaded++
 	t.evict.Free(slot, evict.BlockInfo{Cached: true, Filled: t.fills, Hash: h})
@@ -151,9 +157,10 @@ func (m *Manager) offload(level int, h uint64) {
 // there: a hash lives on one tier at a time.
 func (m *Manager) take(level int, h uint64) {
 	t := m.tiers[level]
-	slot := t.where[h]
+	v, _ := m.lower.Get(h)
+	slot := v >> tierBits
 	t.evict.Touch(slot)
-	delete(t.where, h)
+	m.lower.Delete(h)
 	t.hashes[slot] = noHash
 	t.empty = append(t.empty, slot)
 	m.emitOn(t.medium, BlockRemoved, h)
@@ -166,7 +173,7 @@ func (m *Manager) resetTiers() {
 				t.evict.Touch(int32(slot))
 				t.hashes[slot] = noHash
 				t.empty = append(t.empty, int32(slot))
-				delete(t.where, h)
+				m.lower.Delete(h)
 			}
 		}
 	}

@@ -260,16 +260,24 @@ func checkTiers(t *testing.T, m *Manager, sets map[string]map[uint64]bool) {
 	if diff := cmp.Diff(sets[MediumGPU], gpu); diff != "" {
 		t.Fatalf("GPU hashes vs its events (-events +blocks):\n%s", diff)
 	}
-	for _, tr := range m.tiers {
+	indexed := make([]int, len(m.tiers))
+	m.lower.Range(func(h uint64, v int32) bool {
+		indexed[v&maxTiers]++
+		if got := m.tiers[v&maxTiers].hashes[v>>tierBits]; got != h {
+			t.Fatalf("index: %x on tier %d slot %d, which holds %x", h, v&maxTiers, v>>tierBits, got)
+		}
+		return true
+	})
+	for lvl, tr := range m.tiers {
 		occupied := map[uint64]bool{}
 		for _, h := range tr.hashes {
 			if h != noHash {
 				occupied[h] = true
 			}
 		}
-		if len(occupied)+len(tr.empty) != len(tr.hashes) || len(occupied) != len(tr.where) || tr.evict.Len() != len(occupied) {
+		if len(occupied)+len(tr.empty) != len(tr.hashes) || len(occupied) != indexed[lvl] || tr.evict.Len() != len(occupied) {
 			t.Fatalf("%s: %d occupied + %d empty slots of %d; %d indexed; policy holds %d",
-				tr.medium, len(occupied), len(tr.empty), len(tr.hashes), len(tr.where), tr.evict.Len())
+				tr.medium, len(occupied), len(tr.empty), len(tr.hashes), indexed[lvl], tr.evict.Len())
 		}
 		if diff := cmp.Diff(sets[tr.medium], occupied); diff != "" {
 			t.Fatalf("%s hashes vs its events (-events +slots):\n%s", tr.medium, diff)
