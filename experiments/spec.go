@@ -118,6 +118,9 @@ type Cluster struct {
 	// GPUPricePerHour overrides the default US dollars per GPU-hour by GPU name, for the
 	// cost and goodput per dollar the results report.
 	GPUPricePerHour map[string]float64 `json:"gpu_price_per_hour,omitempty"`
+	// KVTiers are each instance's KV-cache tiers below the GPU, top down: medium (cpu or
+	// disk), blocks, evict and a link preset (sim.KVTierSpec).
+	KVTiers []sim.KVTierSpec `json:"kv_tiers,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -551,6 +554,7 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 		c.UsePools(k.Pools)
 	}
 	c.GPUPricePerHour = k.GPUPricePerHour
+	c.KVTiers = k.KVTiers
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -715,7 +719,7 @@ func (s *Spec) resolvedCluster() (Cluster, error) {
 		BlockSize: cfg.BlockSize, NumGPUBlocksOverride: cs.NumGPUBlocksOverride,
 		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
-		GPUPricePerHour: cs.GPUPricePerHour,
+		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
 	}
 	if len(cs.Pools) > 0 {
 		// Each pool as it runs (role and tp filled in); instances, gpu and tp are theirs.

@@ -358,3 +358,32 @@ func TestProfiledEngineDecidesTheCells(t *testing.T) {
 		}
 	}
 }
+
+// TestKVTiersInSpec: cluster.kv_tiers reaches the simulator, and a bad tier is an error
+// naming its key.
+func TestKVTiersInSpec(t *testing.T) {
+	dir := t.TempDir()
+	trace := filepath.Join(dir, "t.jsonl")
+	if err := os.WriteFile(trace, []byte(`{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := "name: t\nworkload: {trace: t.jsonl}\npolicies: {routers: [round-robin]}\n"
+	s, err := Parse([]byte(base+"cluster: {num_gpu_blocks_override: 100, kv_tiers: [{medium: cpu, blocks: 1000, evict: fifo}]}\n"), filepath.Join(dir, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := s.clusterSpec("round-robin", "vllm", "lru", 0).Build(s.SLO.Metrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.KVTiers) != 1 || cfg.KVTiers[0].Medium != "CPU" || cfg.KVTiers[0].Blocks != 1000 {
+		t.Errorf("tiers %+v, want one CPU tier of 1000 blocks", cfg.KVTiers)
+	}
+	bad, err := Parse([]byte(base+"cluster: {num_gpu_blocks_override: 100, kv_tiers: [{medium: tape, blocks: 1}]}\n"), filepath.Join(dir, "spec.yaml"))
+	if err == nil {
+		_, err = bad.Normalized()
+	}
+	if err == nil || !strings.Contains(err.Error(), `kv_tiers[0].medium: unknown medium "tape"`) {
+		t.Errorf("error %v, want one naming kv_tiers[0].medium", err)
+	}
+}

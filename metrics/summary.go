@@ -109,9 +109,27 @@ type Summary struct {
 	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
 	// Preemptions is the engines' total of vllm:num_preemptions.
 	Preemptions int64 `json:"preemptions"`
+	// KVTiers, for a simulated cluster with KV-cache tiers below the accelerator, is each
+	// tier's part in the prefix cache, the accelerator's ("GPU") first.
+	KVTiers []KVTierSummary `json:"kv_tiers,omitempty"`
 	// Cost is what the run's GPUs cost, where a simulated cluster knows their prices; a
 	// measured run leaves it out.
 	Cost *Cost `json:"cost,omitempty"`
+}
+
+// KVTierSummary is one KV-cache tier's counters over a run, summed over instances.
+type KVTierSummary struct {
+	// Medium is the tier's name in KV events (vLLM's medium): GPU, CPU or DISK.
+	Medium string `json:"medium"`
+	// PrefixCacheHitRate is the prompt tokens found on this tier over all prompt tokens
+	// looked up (prefix_cache_queries); the tiers' rates add up to prefix_cache_hit_rate.
+	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
+	// HitBlocks is the prompt blocks found on the tier.
+	HitBlocks int64 `json:"hit_blocks"`
+	// OffloadedBlocks is the blocks stored into the tier from the one above (0 for the
+	// GPU), LoadedBlocks those loaded back from it to the GPU.
+	OffloadedBlocks int64 `json:"offloaded_blocks"`
+	LoadedBlocks    int64 `json:"loaded_blocks"`
 }
 
 // Cost is what a run's GPUs cost over its duration.

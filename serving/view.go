@@ -44,6 +44,15 @@ type PrefixCache interface {
 	CachedPrefixBlocks(hashes []uint64) int
 }
 
+// TieredPrefixCache is a PrefixCache that knows which tier holds each cached block, named
+// by its KV-event medium ("GPU", "CPU", "DISK"; "" for a cache without tiers).
+type TieredPrefixCache interface {
+	PrefixCache
+	// CachedPrefixWeight returns the leading cached blocks of hashes (those
+	// CachedPrefixBlocks counts), each weighted by weight of the medium holding it.
+	CachedPrefixWeight(hashes []uint64, weight func(medium string) float64) float64
+}
+
 // Load is waiting plus running requests, the quantity least-request routing minimises.
 func (v *InstanceView) Load() int { return v.Waiting + v.Running }
 

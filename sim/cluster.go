@@ -58,6 +58,9 @@ type ClusterSpec struct {
 	// GPUPricePerHour overrides data/gpus.yaml's default US dollars per GPU-hour, by GPU
 	// name, for the cost the summary reports.
 	GPUPricePerHour map[string]float64 `json:"gpu_price_per_hour,omitempty"`
+	// KVTiers, when set, are every instance's KV-cache tiers below the GPU, top down
+	// (cpu, then disk): Config.KVTiers. Unset: evicted blocks are dropped.
+	KVTiers []KVTierSpec `json:"kv_tiers,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
@@ -373,6 +376,12 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	}
 	cfg.NewBatch = func(i int) (batch.Policy, error) { return batch.Registry.Build(batchSpec, envOf(i)) }
 	cfg.NewEvict = func(i int) (evict.Policy, error) { return evict.Registry.Build(evictSpec, envOf(i)) }
+	if cfg.KVTiers, err = buildKVTiers(c.KVTiers, envOf); err != nil {
+		return Config{}, err
+	}
+	if len(cfg.KVTiers) > 0 && !c.EnablePrefixCaching {
+		return Config{}, fmt.Errorf("kv_tiers: set without enable_prefix_caching; tiers hold cached prefix blocks")
+	}
 	return cfg, nil
 }
 

@@ -71,8 +71,9 @@ func (x *kvIndex) catchUp(t float64) {
 		for _, ev := range b.events {
 			switch ev.Kind {
 			case kv.BlockStored:
+				m := mediumCode(ev.Medium)
 				for _, h := range ev.Hashes {
-					x.known.PutIfAbsent(h, 0)
+					x.known.PutIfAbsent(h, m)
 				}
 			case kv.BlockRemoved:
 				for _, h := range ev.Hashes {
@@ -95,4 +96,29 @@ func (x *kvIndex) CachedPrefixBlocks(hashes []uint64) int {
 		}
 	}
 	return len(hashes)
+}
+
+// The index keeps each hash's medium as its value: the router weighs hits by tier.
+var mediums = []string{"", kv.MediumGPU, kv.MediumCPU, kv.MediumDisk}
+
+func mediumCode(m string) int32 {
+	for i, n := range mediums {
+		if n == m {
+			return int32(i)
+		}
+	}
+	return 0
+}
+
+// CachedPrefixWeight answers from the router's index (serving.TieredPrefixCache).
+func (x *kvIndex) CachedPrefixWeight(hashes []uint64, weight func(medium string) float64) float64 {
+	w := 0.0
+	for _, h := range hashes {
+		m, ok := x.known.Get(h)
+		if !ok {
+			break
+		}
+		w += weight(mediums[m])
+	}
+	return w
 }

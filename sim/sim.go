@@ -79,6 +79,11 @@ type Config struct {
 	// particular order (the simulator runs an instance ahead until the next arrival). It
 	// is an observer: what it returns other than an error changes nothing.
 	OnStep func(StepInfo) error
+	// KVTiers, if set, are every instance's KV-cache tiers below the accelerator, top
+	// down: evicted blocks offload to them, and a prefix found on one is loaded back at
+	// its bandwidth and latency (see loadTime). The latency models must know the KV bytes
+	// per token (the roofline does). Empty: blocks evicted from the GPU are dropped.
+	KVTiers []KVTier
 }
 
 // Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
@@ -149,6 +154,10 @@ type instance struct {
 	// lat and blocks are the instance's pool's latency model and KV blocks.
 	lat    latency.Model
 	blocks int
+	// blockBytes is one KV block's bytes on one GPU, and loaded the blocks loaded from
+	// each lower tier so far, when there are tiers.
+	blockBytes float64
+	loaded     []int64
 }
 
 type simulation struct {
@@ -268,6 +277,26 @@ func newSimulation(cfg Config) (*simulation, error) {
 			EnablePrefixCaching: cfg.PrefixCaching,
 			Evict:               e,
 		}
+		if len(cfg.KVTiers) > 0 {
+			kb, ok := s.instances[i].lat.(kvBytesPerToken)
+			if !ok {
+				return nil, fmt.Errorf("sim: KV tiers need the KV bytes per token to price loads, which latency model %s does not know (use the roofline model)", s.instances[i].lat.Name())
+			}
+			s.instances[i].blockBytes = kb.KVBytesPerToken() * float64(cfg.BlockSize)
+			s.instances[i].loaded = make([]int64, len(cfg.KVTiers))
+			for _, t := range cfg.KVTiers {
+				if !(t.BandwidthBytesPerS > 0) || math.IsInf(t.BandwidthBytesPerS, 0) || t.LatencyS < 0 || math.IsNaN(t.LatencyS) || math.IsInf(t.LatencyS, 0) {
+					return nil, fmt.Errorf("sim: KV tier %s: bandwidth must be positive and latency 0 or positive, got %v B/s and %v s", t.Medium, t.BandwidthBytesPerS, t.LatencyS)
+				}
+				tc := kv.TierConfig{Medium: t.Medium, Blocks: t.Blocks}
+				if t.NewEvict != nil {
+					if tc.Evict, err = t.NewEvict(i); err != nil {
+						return nil, err
+					}
+				}
+				kc.Tiers = append(kc.Tiers, tc)
+			}
+		}
 		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && route.ReadsCaches(cfg.Router) {
 			s.instances[i].kv = newKVIndex(s.instances[i].blocks)
 			kc.Events = s.instances[i].kv.collect
@@ -343,6 +372,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		s.result.Steps += st.Steps
 	}
 	s.result.Summary = s.collector.Summary(s.lastEnd, eng)
+	s.result.Summary.KVTiers = s.tierSummary(eng.PrefixCacheQueries)
 	s.result.Summary.Cost = s.cost()
 	return s.result, nil
 }
@@ -475,7 +505,11 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 		s.publish(in)
 		return 0, false
 	}
-	return t + in.lat.StepTime(in.step.Shape), true
+	end = t + in.lat.StepTime(in.step.Shape)
+	if in.loaded != nil {
+		end += s.loadTime(in)
+	}
+	return end, true
 }
 
 func (s *simulation) complete(i int, t float64) {

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,8 @@ type simFlags struct {
 	// pools and prices are --pool and --gpu-price as given.
 	pools  []string
 	prices []string
+	// kvTiers is --kv-tier as given.
+	kvTiers []string
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -71,6 +74,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Var(secondsFlag{&f.cluster.KVEventDelay}, "kv-event-delay", "route on prefix caches as the router's KV-event index sees them: a step's cached and evicted blocks reach it this long after the step ends (servelab router's, measured on loopback); 0 reads each instance's live cache. Only the precise prefix-cache scorer reads it")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both; prefill and decode are refused until disaggregation exists")
+	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below the GPU, MEDIUM:BLOCKS[:EVICT[:PRESET]] per instance, top down (repeat: --kv-tier cpu:100000 --kv-tier disk:1000000:s3fifo): evicted blocks offload to it and prefix hits on it load back at the preset's bandwidth and latency. MEDIUM is cpu or disk; EVICT any policy above (lru); PRESET "+kvTierPresetHelp())
 	fl.StringSliceVar(&f.prices, "gpu-price", nil, "US dollars per GPU-hour for the cost report, GPU=USD (repeat or comma-separate), overriding the defaults (typical on-demand cloud prices, not facts): "+gpuPriceDefaults())
 }
 
@@ -87,9 +91,34 @@ func gpuPriceDefaults() string {
 	return b.String()
 }
 
-// applyCluster turns --pool and --gpu-price into the cluster spec: a --pool with
-// --instances, --gpu or --tp besides is an error.
+// kvTierPresetHelp lists the KV-tier link presets for --help.
+func kvTierPresetHelp() string {
+	names := make([]string, 0, len(sim.KVTierPresets))
+	for n := range sim.KVTierPresets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	for i, n := range names {
+		p := sim.KVTierPresets[n]
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s = %g GB/s, %g us (defaults, not measurements: %s)", n, p.BandwidthGBps, p.LatencyUs, p.Description)
+	}
+	return b.String() + "; cpu defaults to pcie-gen5, disk to nvme"
+}
+
+// applyCluster turns --pool, --kv-tier and --gpu-price into the cluster spec: a --pool
+// with --instances, --gpu or --tp besides is an error.
 func (f *simFlags) applyCluster(fl *pflag.FlagSet) error {
+	for _, s := range f.kvTiers {
+		t, err := sim.ParseKVTier(s)
+		if err != nil {
+			return fmt.Errorf("--kv-tier: %w", err)
+		}
+		f.cluster.KVTiers = append(f.cluster.KVTiers, t)
+	}
 	for _, kv := range f.prices {
 		name, v, ok := strings.Cut(kv, "=")
 		usd, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
@@ -429,6 +458,13 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hit
 		line("Prefix cache hit rate (%)", hitRate)
 	} else {
 		num("Prefix cache hit rate (%)", s.PrefixCacheHitRate*100)
+	}
+	for _, t := range s.KVTiers {
+		num("  hit rate on "+t.Medium+" (%)", t.PrefixCacheHitRate*100)
+		if t.Medium != "GPU" {
+			line("  blocks offloaded to "+t.Medium, t.OffloadedBlocks)
+			line("  blocks loaded from "+t.Medium, t.LoadedBlocks)
+		}
 	}
 	line("Preemptions", s.Preemptions)
 	if steps >= 0 {

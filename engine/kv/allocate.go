@@ -28,39 +28,79 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
 	// One lookup per prefix block finds them, and checks that the caller's count came
 	// from CachedPrefixBlocks (a mistake would corrupt reference counts).
-	reclaimed := 0
+	reclaimed, loads := 0, 0
 	m.prefix = m.prefix[:0]
+	m.loads = m.loads[:0]
 	for i, h := range s.Req.BlockHashes[:cachedBlocks] {
 		b, ok := m.cached.Get(h)
 		if !ok {
-			panic(fmt.Sprintf("kv: prefix block %d is not cached; cachedBlocks must come from CachedPrefixBlocks", i))
+			// A block on a lower tier is loaded back into a fresh accelerator block.
+			lvl := -1
+			if len(m.tiers) > 0 {
+				lvl = m.tierOf(h)
+			}
+			if lvl < 0 {
+				panic(fmt.Sprintf("kv: prefix block %d is not cached; cachedBlocks must come from CachedPrefixBlocks", i))
+			}
+			loads++
+			m.prefix = append(m.prefix, none)
+			m.loads = append(m.loads, int8(lvl))
+			continue
 		}
 		if m.blocks[b].ref == 0 {
 			reclaimed++
 		}
 		m.prefix = append(m.prefix, b)
+		m.loads = append(m.loads, -1)
 	}
-	if need+reclaimed > m.free {
+	if need+loads+reclaimed > m.free {
 		return false
 	}
-	for _, b := range m.prefix {
+	if cachedBlocks > 0 {
+		clear(m.lastHits)
+	}
+	// Blocks hit on the accelerator are taken first, so the evictions that make room
+	// for loaded blocks cannot take them; loaded hashes leave their tier before those
+	// evictions offload other blocks into it.
+	for i, b := range m.prefix {
+		if b == none {
+			lvl := int(m.loads[i])
+			m.take(lvl, s.Req.BlockHashes[i])
+			m.lastHits[1+lvl]++
+			m.tiers[lvl].stats.HitBlocks++
+			m.tiers[lvl].stats.Loaded++
+			continue
+		}
 		if m.blocks[b].ref == 0 {
 			m.evict.Touch(b)
 			m.free--
 		}
 		m.blocks[b].ref++
 		m.blocks[b].hits++
+		m.lastHits[0]++
+		m.gpuHits++
+	}
+	m.stored = m.stored[:0]
+	for i, b := range m.prefix {
+		if b == none {
+			b = m.popFree()
+			h := s.Req.BlockHashes[i]
+			blk := &m.blocks[b]
+			blk.hash = h
+			m.fills++
+			blk.filled = m.fills
+			m.cached.Put(h, b)
+			if m.events != nil {
+				m.stored = append(m.stored, h)
+			}
+		}
 		s.Blocks = append(s.Blocks, b)
 	}
+	if len(m.stored) > 0 {
+		m.emit(BlockStored, append([]uint64(nil), m.stored...)...)
+	}
 	for range need {
-		b, ok := m.evict.Pop()
-		if !ok {
-			panic("kv: the eviction policy has no block though the free count says it should")
-		}
-		m.uncache(b)
-		m.blocks[b].ref = 1
-		m.free--
-		s.Blocks = append(s.Blocks, b)
+		s.Blocks = append(s.Blocks, m.popFree())
 	}
 	if m.caching {
 		m.cacheFullBlocks(s, covered)
@@ -102,4 +142,17 @@ func (m *Manager) Free(s *serving.Seq) {
 		m.evict.Free(b, info)
 	}
 	s.Blocks = s.Blocks[:0]
+}
+
+// popFree takes the block the eviction policy gives up, drops (or offloads) its cached
+// content and references it once.
+func (m *Manager) popFree() int32 {
+	b, ok := m.evict.Pop()
+	if !ok {
+		panic("kv: the eviction policy has no block though the free count says it should")
+	}
+	m.uncache(b)
+	m.blocks[b].ref = 1
+	m.free--
+	return b
 }

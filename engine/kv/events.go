@@ -32,8 +32,19 @@ type Event struct {
 	// Hashes are the block hashes concerned, a BlockStored's in prefix order; nil for
 	// AllBlocksCleared. The receiver may keep the slice.
 	Hashes []uint64
+	// Medium is the tier the hashes entered or left, vLLM's BlockStored/BlockRemoved
+	// medium: MediumGPU, MediumCPU or MediumDisk. It is empty (vLLM's None) when the
+	// manager has no tiers below the accelerator, so events are as they were before tiers.
+	Medium string `json:",omitempty"`
 }
 
 func (m *Manager) emit(kind EventKind, hashes ...uint64) {
-	m.events(Event{Kind: kind, Hashes: hashes})
+	m.events(Event{Kind: kind, Hashes: hashes, Medium: m.gpuMedium})
+}
+
+// emitOn reports hashes entering or leaving a lower tier.
+func (m *Manager) emitOn(medium string, kind EventKind, hashes ...uint64) {
+	if m.events != nil {
+		m.events(Event{Kind: kind, Hashes: hashes, Medium: medium})
+	}
 }

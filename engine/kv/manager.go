@@ -30,6 +30,11 @@ type Config struct {
 	// Events, if set, receives a KV event whenever hashes enter or leave the prefix cache,
 	// as vLLM publishes them for KV-aware routers.
 	Events func(Event)
+	// Tiers, if set, are the KV cache's tiers below the accelerator, top down (CPU memory,
+	// then disk): a cached block evicted from the accelerator is offloaded to the first
+	// instead of dropped, and from each to the next when it evicts; a prefix found on a
+	// lower tier is a hit that loads the blocks back (the caller charges the time).
+	Tiers []TierConfig
 }
 
 // Manager owns the blocks of one engine instance. It is not safe for concurrent use: an
@@ -54,6 +59,16 @@ type Manager struct {
 	stored []uint64
 	// prefix holds the cached blocks Allocate is about to take (scratch).
 	prefix []int32
+
+	// tiers are the tiers below the accelerator, top down; gpuMedium is MediumGPU when
+	// there are any (the medium of the accelerator's events), else empty.
+	tiers     []*tier
+	lower     *blockmap.Map
+	gpuMedium string
+	gpuHits   int64
+	lastHits  []int
+	// loads holds, per prefix block Allocate takes, the tier it comes from (scratch).
+	loads []int8
 }
 
 type block struct {
@@ -105,6 +120,25 @@ func New(cfg Config) (*Manager, error) {
 		m.blocks[i].samePrev, m.blocks[i].sameNext = none, none
 	}
 	m.evict.Reset(cfg.NumBlocks)
+	tiers, err := newTiers(cfg.Tiers, cfg.BlockSize)
+	if err != nil {
+		return nil, err
+	}
+	if len(tiers) > maxTiers {
+		return nil, fmt.Errorf("kv: %d tiers is too many (at most %d)", len(tiers), maxTiers)
+	}
+	m.tiers = tiers
+	if len(tiers) > 0 {
+		n := 0
+		for _, t := range tiers {
+			n += len(t.hashes)
+		}
+		m.lower = blockmap.New(n)
+	}
+	m.lastHits = make([]int, 1+len(tiers))
+	if len(tiers) > 0 {
+		m.gpuMedium = MediumGPU
+	}
 	return m, nil
 }
 

@@ -9,13 +9,14 @@ import (
 )
 
 // CachedPrefixBlocks returns how many leading blocks of hashes are in the prefix cache,
-// referenced or free; 0 when prefix caching is off. It implements serving.PrefixCache.
+// referenced or free, on the accelerator or on a tier below it (from which Allocate loads
+// them back); 0 when prefix caching is off. It implements serving.PrefixCache.
 func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
 	if !m.caching {
 		return 0
 	}
 	for i, h := range hashes {
-		if !m.cached.Has(h) {
+		if !m.cached.Has(h) && (len(m.tiers) == 0 || m.tierOf(h) < 0) {
 			return i
 		}
 	}
@@ -50,6 +51,14 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 			m.blocks[head].sameNext = b
 			continue
 		}
+		if len(m.tiers) > 0 {
+			// Recomputed content that a lower tier also holds (its lookup stopped at an
+			// earlier block) moves up: a hash lives on one tier at a time. Its removal is
+			// reported before the accelerator's store, so replayed events stay exact.
+			if lvl := m.tierOf(h); lvl >= 0 {
+				m.take(lvl, h)
+			}
+		}
 		if m.events != nil {
 			m.stored = append(m.stored, h)
 		}
@@ -81,6 +90,9 @@ func (m *Manager) uncache(b int32) {
 		if m.events != nil {
 			m.emit(BlockRemoved, h)
 		}
+		if len(m.tiers) > 0 {
+			m.offload(0, h)
+		}
 	}
 	blk.hash, blk.hits = noHash, 0
 	blk.samePrev, blk.sameNext = none, none
@@ -109,13 +121,14 @@ func (m *Manager) ResetPrefixCache() bool {
 		m.evict.Free(b, evict.BlockInfo{})
 	}
 	m.cached = blockmap.New(len(m.blocks))
+	m.resetTiers()
 	if m.events != nil {
 		m.emit(AllBlocksCleared)
 	}
 	return true
 }
 
-// CachedHashes lists the hashes in the prefix cache, sorted, for a subscriber to KV
+// CachedHashes lists the hashes in the prefix cache, on every tier, sorted, for a subscriber to KV
 // events that needs a snapshot to start from.
 func (m *Manager) CachedHashes() []uint64 {
 	out := make([]uint64, 0, m.cached.Len())
@@ -123,6 +136,12 @@ func (m *Manager) CachedHashes() []uint64 {
 		out = append(out, h)
 		return true
 	})
+	if m.lower != nil {
+		m.lower.Range(func(h uint64, _ int32) bool {
+			out = append(out, h)
+			return true
+		})
+	}
 	slices.Sort(out)
 	return out
 }

@@ -1,6 +1,8 @@
 package route
 
 import (
+	"strings"
+
 	"servelab/serving"
 )
 
@@ -152,16 +154,35 @@ func (activeRequestScorer) picked(*serving.Request, *serving.InstanceView) {}
 // LongestPrefixScorer), then min-max normalised over the endpoints with at least one hit
 // (llm-d's indexedScoresToNormalizedScoredPods): (c - min) / (max - min), 1 for all of them
 // when their counts are equal, and 0 for endpoints with no hit or no cache view.
+//
+// Where a cache knows its tiers (serving.TieredPrefixCache), each block counts by the
+// weight of the medium holding it, as LongestPrefixScorer weighs by its BackendConfigs:
+// llm-d-kv-cache's defaults (pkg/kvcache/backend.go) are gpu 1.0 and cpu 0.8, and a medium
+// it does not list (disk) weighs 1.0 (getMaxWeight's default). Without tiers every block
+// weighs 1 and the count is CachedPrefixBlocks's.
 type precisePrefixCacheScorer struct{}
 
+// mediumWeight is llm-d-kv-cache's default weight of a block on medium (vLLM's medium
+// names, which llm-d lowercases).
+func mediumWeight(medium string) float64 {
+	if strings.EqualFold(medium, "cpu") {
+		return 0.8
+	}
+	return 1
+}
+
 func (precisePrefixCacheScorer) score(req *serving.Request, views []serving.InstanceView, out []float64) {
-	lo, hi := 0, 0
+	lo, hi := 0.0, 0.0
 	for i := range views {
-		c := 0
+		c := 0.0
 		if views[i].Cache != nil && len(req.BlockHashes) > 0 {
-			c = views[i].Cache.CachedPrefixBlocks(req.BlockHashes)
+			if tc, ok := views[i].Cache.(serving.TieredPrefixCache); ok {
+				c = tc.CachedPrefixWeight(req.BlockHashes, mediumWeight)
+			} else {
+				c = float64(views[i].Cache.CachedPrefixBlocks(req.BlockHashes))
+			}
 		}
-		out[i] = float64(c)
+		out[i] = c
 		if c > 0 {
 			if hi == 0 {
 				lo, hi = c, c
@@ -170,13 +191,13 @@ func (precisePrefixCacheScorer) score(req *serving.Request, views []serving.Inst
 		}
 	}
 	for i := range views {
-		switch c := int(out[i]); {
+		switch c := out[i]; {
 		case c == 0:
 			out[i] = 0
 		case hi == lo:
 			out[i] = 1
 		default:
-			out[i] = float64(c-lo) / float64(hi-lo)
+			out[i] = (c - lo) / (hi - lo)
 		}
 	}
 }
