@@ -98,7 +98,7 @@ func TestPoolFlagErrorsNameTheProblem(t *testing.T) {
 		{[]string{"--pool", "a:both:2:tpu"}, `pools[0].gpu: unknown GPU "tpu"`},
 		{[]string{"--pool", "a:both:-1:l4"}, "pools[0].instances: must be positive"},
 		{[]string{"--pool", "a:both:1:l4", "--pool", "a:both:1:h100"}, `pools[1].name: pool "a" appears twice`},
-		{[]string{"--pool", "p:prefill:1:a100-80g", "--pool", "d:decode:2:l4"}, "pools[0].role: \"prefill\": prefill/decode disaggregation is not built yet"},
+		{[]string{"--pool", "p:prefill:1:a100-80g"}, "pools: every pool has role prefill"},
 		{[]string{"--gpu-price", "l4"}, "--gpu-price \"l4\": want GPU=USD"},
 		{[]string{"--gpu-price", "l4=-1"}, "gpu_price_per_hour.l4: must be 0 or a positive number"},
 		{[]string{"--gpu-price", "b300=9"}, `gpu_price_per_hour: unknown GPU "b300"`},
