@@ -125,3 +125,33 @@ func TestCompareShowsPoolsAndCost(t *testing.T) {
 		}
 	}
 }
+
+// A prefill pool makes the run disaggregated; --non-cached-tokens and --kv-link reach it.
+func TestSimDisaggregatedPools(t *testing.T) {
+	summary := func(extra ...string) metrics.Summary {
+		t.Helper()
+		out, err := run(t, append([]string{"sim", "--trace", azureSlice, "--max-requests", "100", "--json", "--router", "least-request",
+			"--pool", "p:prefill:1:a100-80g", "--pool", "d:decode:2:l4"}, extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s metrics.Summary
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	def := summary()
+	if d := def.Disaggregation; d == nil || d.Requests == 0 || d.Link != "rdma" {
+		t.Fatalf("default run: disaggregation %+v, want some requests over rdma", d)
+	}
+	tcp := summary("--kv-link", "tcp")
+	if !(tcp.Disaggregation.MeanKVTransfer > def.Disaggregation.MeanKVTransfer) {
+		t.Errorf("mean KV transfer over tcp %v s, not above rdma's %v s", tcp.Disaggregation.MeanKVTransfer, def.Disaggregation.MeanKVTransfer)
+	}
+	// No azure prompt is this long: nothing is disaggregated.
+	none := summary("--non-cached-tokens", "1000000", "--prefill-router", "round-robin")
+	if none.Disaggregation.Requests != 0 {
+		t.Errorf("with a threshold above every prompt %d requests disaggregated, want 0", none.Disaggregation.Requests)
+	}
+}
