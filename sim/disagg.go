@@ -25,9 +25,12 @@ import (
 //     then frees them (vLLM frees them once the decode side has read them).
 //   - On arrival the decode instance queues the request with the whole prompt computed but
 //     its last token, as vLLM's scheduler does for a request whose remote KV has landed
-//     (it recomputes the last prompt token to have logits to sample from). Its blocks are
-//     allocated when the batch policy admits it, so with no free blocks it waits as any
-//     arrival does. Its first step emits the first token the client sees; it then decodes.
+//     (vllm/v1/core/sched/scheduler.py, _update_waiting_for_remote_kv: computed tokens are
+//     the received blocks' tokens, less one when they cover the whole prompt, so the last
+//     prompt token is recomputed for logits to sample from). Its blocks are allocated when
+//     the batch policy admits it, so with no free blocks it waits as any arrival does (vLLM
+//     allocates them before pulling; here the decode side takes them on landing). Its first
+//     step emits the first token the client sees; it then decodes.
 //
 // TTFT is therefore arrival -> prefill (queueing and compute) -> transfer -> the decode
 // instance's first step: the first token the client receives comes from the decode
