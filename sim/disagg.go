@@ -111,6 +111,9 @@ type pdState struct {
 	inflight        map[*serving.Request]*pdReq // by both halves' requests
 	count           int64
 	transferSeconds float64
+	// cross holds the times of the queued events that may put a request on another
+	// instance: prefill instances' step ends and transfer landings.
+	cross timeHeap
 }
 
 func (s *simulation) initDisagg(roles []string) error {
@@ -130,6 +133,7 @@ func (s *simulation) initDisagg(roles []string) error {
 	p.handler = route.PDProfileHandler{Decode: s.cfg.Router, Prefill: d.PrefillRouter, Decider: d.Decider, BlockSize: s.cfg.BlockSize}
 	for i, r := range roles {
 		if r == RolePrefill {
+			s.instances[i].prefill = true
 			p.prefillIdx = append(p.prefillIdx, i)
 		} else {
 			p.decodeIdx = append(p.decodeIdx, i)
@@ -141,10 +145,68 @@ func (s *simulation) initDisagg(roles []string) error {
 	p.dviews = make([]serving.InstanceView, len(p.decodeIdx))
 	p.pviews = make([]serving.InstanceView, len(p.prefillIdx))
 	s.pd = p
-	// Every event goes through the queue: a prefill step's end sends KV to another
-	// instance, which must not have run ahead past the transfer's landing.
-	s.queueEveryStep = true
 	return nil
+}
+
+// push queues e, noting it in pd.cross when it may put a request on another instance.
+// Prefill instances' steps all go through the queue (advance), and decode instances run
+// ahead only up to the earliest such event, so a transfer never lands on an instance
+// that has run past it.
+func (s *simulation) push(e stepEnd) {
+	s.queue.push(e)
+	if s.pd != nil && s.crossEvent(e) {
+		s.pd.cross.push(e.at)
+	}
+}
+
+func (s *simulation) crossEvent(e stepEnd) bool {
+	return e.xfer != nil || s.instances[e.instance].prefill
+}
+
+// timeHeap is a min-heap of times.
+type timeHeap []float64
+
+func (h *timeHeap) push(t float64) {
+	*h = append(*h, t)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if q[p] <= q[i] {
+			break
+		}
+		q[p], q[i] = q[i], q[p]
+		i = p
+	}
+}
+
+func (h *timeHeap) pop() {
+	q := *h
+	n := len(q) - 1
+	q[0] = q[n]
+	q = q[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && q[l] < q[m] {
+			m = l
+		}
+		if r := l + 1; r < n && q[r] < q[m] {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+}
+
+// peek is the earliest time, +Inf when there is none.
+func (h timeHeap) peek() float64 {
+	if len(h) == 0 {
+		return math.Inf(1)
+	}
+	return h[0]
 }
 
 // routePD routes req through the pd-profile-handler; it reports the instance that gets
@@ -194,7 +256,7 @@ func (s *simulation) sendKV(x *pdReq, seq *serving.Seq, t float64) {
 	x.holder = h
 	blocks := (x.half.PromptTokens + bs - 1) / bs
 	x.transfer = s.pd.cfg.Link.Time(float64(blocks*bs) * s.pd.cfg.KVBytesPerToken)
-	s.queue.push(stepEnd{at: t + x.transfer, instance: x.decode, xfer: x})
+	s.push(stepEnd{at: t + x.transfer, instance: x.decode, xfer: x})
 }
 
 // land completes a transfer at t: the prefill instance frees the blocks it held and the
@@ -216,7 +278,7 @@ func (s *simulation) land(x *pdReq, t float64) {
 func (s *simulation) wake(i int, t float64) {
 	if in := &s.instances[i]; !in.busy {
 		if end, ok := s.plan(i, t); ok {
-			s.queue.push(stepEnd{at: end, instance: i})
+			s.push(stepEnd{at: end, instance: i})
 		}
 	}
 }

@@ -155,6 +155,9 @@ type instance struct {
 	// lat and blocks are the instance's pool's latency model and KV blocks.
 	lat    latency.Model
 	blocks int
+	// prefill marks an instance of a prefill pool: its step ends start KV transfers to
+	// other instances, so they all go through the event queue (disagg.go).
+	prefill bool
 }
 
 type simulation struct {
@@ -330,9 +333,17 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		// the finished step left behind.
 		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
 			e := s.queue.pop()
-			if e.xfer != nil {
-				s.land(e.xfer, e.at)
-				continue
+			if s.pd != nil {
+				if s.crossEvent(e) {
+					s.pd.cross.pop()
+				}
+				if e.xfer != nil {
+					s.land(e.xfer, e.at)
+					continue
+				}
+				// No instance runs ahead past a pending prefill step end or transfer,
+				// which may put a request on it.
+				horizon = min(horizon, s.pd.cross.peek())
 			}
 			s.result.Events++
 			s.advance(e.instance, e.at, horizon)
@@ -488,7 +499,7 @@ func (s *simulation) arrive(req *serving.Request) {
 	in.core.Add(req)
 	if !in.busy {
 		if end, ok := s.plan(target, req.Arrival); ok {
-			s.queue.push(stepEnd{at: end, instance: target})
+			s.push(stepEnd{at: end, instance: target})
 		}
 	}
 }
@@ -502,8 +513,8 @@ func (s *simulation) advance(i int, t, horizon float64) {
 		if !ok {
 			return
 		}
-		if end > horizon || s.queueEveryStep {
-			s.queue.push(stepEnd{at: end, instance: i})
+		if end > horizon || s.queueEveryStep || s.instances[i].prefill {
+			s.push(stepEnd{at: end, instance: i})
 			return
 		}
 		t = end
