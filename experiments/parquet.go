@@ -28,6 +28,11 @@ type RecordRow struct {
 	TTFTMs float64 `parquet:"ttft_ms"`
 	TPOTMs float64 `parquet:"tpot_ms"`
 	E2ELMs float64 `parquet:"e2el_ms"`
+	// PrefillInstance is the instance that ran a disaggregated request's prefill (-1: the
+	// request was not disaggregated), and KVTransferS how long its KV took to the decode
+	// instance (serving.Record's prefill_instance and kv_transfer_s).
+	PrefillInstance int32   `parquet:"prefill_instance"`
+	KVTransferS     float64 `parquet:"kv_transfer_s"`
 }
 
 func rowOf(r *serving.Record) RecordRow {
@@ -36,6 +41,10 @@ func rowOf(r *serving.Record) RecordRow {
 		FirstToken: r.FirstToken, Finish: r.Finish, PromptTokens: int32(r.PromptTokens),
 		CachedTokens: int32(r.CachedTokens), OutputTokens: int32(r.OutputTokens),
 		Preemptions: int32(r.Preemptions), Failed: r.Failed, Error: r.Error,
+		PrefillInstance: -1, KVTransferS: r.KVTransfer,
+	}
+	if r.PrefillInstance != nil {
+		row.PrefillInstance = int32(*r.PrefillInstance)
 	}
 	if !r.Failed {
 		row.TTFTMs, row.E2ELMs = 1000*r.TTFT(), 1000*r.E2E()

@@ -134,7 +134,8 @@ type CellResult struct {
 	Summary     *metrics.Summary `json:"summary,omitempty"`
 	WallSeconds float64          `json:"wall_s"`
 	// InstanceRequests counts the requests routed to each instance (index = instance),
-	// failed ones included; requests that reached no instance are not counted. Absent when
+	// failed ones included; requests that reached no instance are not counted, and a
+	// disaggregated request counts on its prefill and its decode instance. Absent when
 	// the records do not say (the real world's).
 	InstanceRequests []int `json:"instance_requests,omitempty"`
 }
@@ -372,6 +373,9 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 				counts := make([]int, spec.Instances())
 				for _, r := range rows {
 					countInstance(counts, int(r.Instance))
+					if r.KVTransferS > 0 { // older files have no prefill_instance column
+						countInstance(counts, int(r.PrefillInstance))
+					}
 				}
 				res.InstanceRequests = knownCounts(counts)
 			}
@@ -451,6 +455,10 @@ func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape 
 		}
 		ts.record(r)
 		countInstance(instances, r.Instance)
+		if r.PrefillInstance != nil {
+			// A disaggregated request reached its prefill instance too.
+			countInstance(instances, *r.PrefillInstance)
+		}
 		return records.write(r)
 	}
 	onSample := func(s sim.Sample) error {

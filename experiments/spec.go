@@ -112,9 +112,16 @@ type Cluster struct {
 	ScrapeInterval *float64 `json:"scrape_interval_s,omitempty"`
 	KVEventDelay   *float64 `json:"kv_event_delay_s,omitempty"`
 	// Pools, when set, replace instances, gpu and tp: the cluster as a list of pools, each
-	// with a name, a role (both; prefill and decode are refused until disaggregation
-	// exists), instances, a GPU and a tp (sim.PoolSpec).
+	// with a name, a role (both, prefill or decode: a prefill pool makes the cluster
+	// disaggregated), instances, a GPU and a tp (sim.PoolSpec).
 	Pools []sim.PoolSpec `json:"pools,omitempty"`
+	// PrefillRouter, NonCachedTokens and KVLink configure disaggregation as
+	// sim.ClusterSpec's fields of the same names: the prefill pool's router (empty: the
+	// cell's router), llm-d's nonCachedTokens threshold (unset: 16) and the KV link preset
+	// (nvlink, rdma or tcp; empty: rdma).
+	PrefillRouter   string `json:"prefill_router,omitempty"`
+	NonCachedTokens *int   `json:"non_cached_tokens,omitempty"`
+	KVLink          string `json:"kv_link,omitempty"`
 	// GPUPricePerHour overrides the default US dollars per GPU-hour by GPU name, for the
 	// cost and goodput per dollar the results report.
 	GPUPricePerHour map[string]float64 `json:"gpu_price_per_hour,omitempty"`
@@ -370,7 +377,8 @@ func (s *Spec) validate() error {
 			key string
 			set bool
 		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0},
-			{"kv_event_delay_s", k.KVEventDelay != nil}, {"pools", len(k.Pools) > 0}, {"gpu_price_per_hour", len(k.GPUPricePerHour) > 0}} {
+			{"kv_event_delay_s", k.KVEventDelay != nil}, {"pools", len(k.Pools) > 0}, {"gpu_price_per_hour", len(k.GPUPricePerHour) > 0},
+			{"prefill_router", k.PrefillRouter != ""}, {"non_cached_tokens", k.NonCachedTokens != nil}, {"kv_link", k.KVLink != ""}} {
 			if f.set {
 				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", f.key)
 			}
@@ -555,6 +563,7 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 	}
 	c.GPUPricePerHour = k.GPUPricePerHour
 	c.KVTiers = k.KVTiers
+	c.PrefillRouter, c.NonCachedTokens, c.KVLink = k.PrefillRouter, k.NonCachedTokens, k.KVLink
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -720,6 +729,7 @@ func (s *Spec) resolvedCluster() (Cluster, error) {
 		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
 		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
+		PrefillRouter: cs.PrefillRouter, NonCachedTokens: cs.NonCachedTokens, KVLink: cs.KVLink,
 	}
 	if len(cs.Pools) > 0 {
 		// Each pool as it runs (role and tp filled in); instances, gpu and tp are theirs.

@@ -115,6 +115,18 @@ type Summary struct {
 	// Cost is what the run's GPUs cost, where a simulated cluster knows their prices; a
 	// measured run leaves it out.
 	Cost *Cost `json:"cost,omitempty"`
+	// Disaggregation is set for a simulated prefill/decode-disaggregated cluster.
+	Disaggregation *Disaggregation `json:"disaggregation,omitempty"`
+}
+
+// Disaggregation summarises prefill/decode disaggregation over a run.
+type Disaggregation struct {
+	// Requests is how many requests the pd decider sent to a prefill instance.
+	Requests int64 `json:"disaggregated_requests"`
+	// MeanKVTransfer is the mean time their prompts' KV took over the link, in seconds.
+	MeanKVTransfer float64 `json:"mean_kv_transfer_s"`
+	// Link names the link preset.
+	Link string `json:"kv_link"`
 }
 
 // KVTierSummary is one KV-cache tier's counters over a run, summed over instances.

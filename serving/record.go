@@ -21,6 +21,12 @@ type Record struct {
 	// Failed is set for a request that did not complete (the real path only).
 	Failed bool   `json:"failed,omitempty"`
 	Error  string `json:"error,omitempty"`
+
+	// PrefillInstance is set for a disaggregated request: the instance that ran its
+	// prefill (Instance is the decode instance). KVTransfer is how long its prompt's KV
+	// took to reach the decode instance, in seconds.
+	PrefillInstance *int    `json:"prefill_instance,omitempty"`
+	KVTransfer      float64 `json:"kv_transfer_s,omitempty"`
 }
 
 // TTFT is the time to first token in seconds.

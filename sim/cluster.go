@@ -61,11 +61,21 @@ type ClusterSpec struct {
 	// KVTiers, when set, are every instance's KV-cache tiers below the GPU, top down
 	// (cpu, then disk): Config.KVTiers. Unset: evicted blocks are dropped.
 	KVTiers []KVTierSpec `json:"kv_tiers,omitempty"`
+	// PrefillRouter, NonCachedTokens and KVLink configure prefill/decode disaggregation,
+	// on when a pool has role prefill (see disagg.go): Router is then the decode profile's
+	// router and PrefillRouter the prefill profile's (empty: the same spec as Router, its
+	// own object); NonCachedTokens is llm-d's prefix-based-pd-decider threshold (unset:
+	// route.DefaultNonCachedTokens, 16; 0 disaggregates every request); KVLink is a link
+	// preset, nvlink, rdma or tcp (empty: rdma).
+	PrefillRouter   string `json:"prefill_router,omitempty"`
+	NonCachedTokens *int   `json:"non_cached_tokens,omitempty"`
+	KVLink          string `json:"kv_link,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
-// of prefill/decode disaggregation (llm-d's prefill and decode pods), which the simulator
-// does not build yet.
+// of prefill/decode disaggregation (llm-d's prefill and decode pods). A decode pool also
+// serves whole requests the pd decider keeps off the prefill pool, as llm-d's decode pods
+// do; so does a both pool in a disaggregated cluster.
 const (
 	RoleBoth    = "both"
 	RolePrefill = "prefill"
@@ -183,9 +193,7 @@ func (c ClusterSpec) pools() ([]resolvedPool, error) {
 				p.TP = 1
 			}
 			switch p.Role {
-			case RoleBoth:
-			case RolePrefill, RoleDecode:
-				return nil, fmt.Errorf("%s.role: %q: prefill/decode disaggregation is not built yet; every pool's role must be %q for now", key, p.Role, RoleBoth)
+			case RoleBoth, RolePrefill, RoleDecode:
 			default:
 				return nil, fmt.Errorf("%s.role: unknown role %q (want %s, %s or %s)", key, p.Role, RoleBoth, RolePrefill, RoleDecode)
 			}
@@ -193,6 +201,17 @@ func (c ClusterSpec) pools() ([]resolvedPool, error) {
 				return nil, fmt.Errorf("%s.gpu: %w", key, err)
 			}
 			out = append(out, resolvedPool{PoolSpec: p, key: key + "."})
+		}
+		var prefill, decode bool
+		for _, p := range out {
+			prefill = prefill || p.Role == RolePrefill
+			decode = decode || p.Role == RoleDecode
+		}
+		switch {
+		case prefill && len(out) == countRole(out, RolePrefill):
+			return nil, fmt.Errorf("pools: every pool has role prefill; disaggregation needs a decode pool to decode")
+		case decode && !prefill:
+			return nil, fmt.Errorf("pools: a pool has role decode but none has role prefill; give the prefill pool, or make the decode pool's role both")
 		}
 	}
 	for i := range out {
@@ -209,6 +228,16 @@ func (c ClusterSpec) pools() ([]resolvedPool, error) {
 		}
 	}
 	return out, nil
+}
+
+func countRole(pools []resolvedPool, role string) int {
+	n := 0
+	for _, p := range pools {
+		if p.Role == role {
+			n++
+		}
+	}
+	return n
 }
 
 // UseEngine makes every instance run the engine configuration ec, clearing the fields it
@@ -361,9 +390,23 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 			cfg.Latency, cfg.KVBlocks = lat, blocks
 		}
 		cfg.Instances += p.Instances
-		cfg.Pools = append(cfg.Pools, Pool{Name: p.Name, Instances: p.Instances, Latency: lat, KVBlocks: blocks, GPUs: p.gpus, PricePerGPUHour: p.price})
+		cfg.Pools = append(cfg.Pools, Pool{Name: p.Name, Instances: p.Instances, Latency: lat, KVBlocks: blocks, GPUs: p.gpus, PricePerGPUHour: p.price, Role: p.Role})
 		for range p.Instances {
 			classes = append(classes, latency.GPUClass(p.GPU))
+		}
+	}
+	if countRole(pools, RolePrefill) > 0 {
+		if cfg.Disagg, err = c.disagg(env, pools, cfg.Pools); err != nil {
+			return Config{}, err
+		}
+	} else {
+		for _, f := range []struct {
+			key string
+			set bool
+		}{{"prefill_router", c.PrefillRouter != ""}, {"non_cached_tokens", c.NonCachedTokens != nil}, {"kv_link", c.KVLink != ""}} {
+			if f.set {
+				return Config{}, fmt.Errorf("%s: set, but no pool has role prefill; it configures prefill/decode disaggregation", f.key)
+			}
 		}
 	}
 	envOf := func(i int) policies.Env {
@@ -419,4 +462,46 @@ func (c Config) blocksOf(i int) int {
 		i -= p.Instances
 	}
 	return c.KVBlocks
+}
+
+// disagg builds the disaggregation configuration of a cluster with a prefill pool.
+func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool) (*Disagg, error) {
+	d := &Disagg{Decider: route.PrefixBasedPDDecider{NonCachedTokens: route.DefaultNonCachedTokens}}
+	spec, key := c.PrefillRouter, "prefill_router"
+	if spec == "" {
+		spec, key = c.Router, "router"
+	}
+	for _, p := range pools {
+		if p.Role == RolePrefill {
+			env.GPUClass = latency.GPUClass(p.GPU)
+			break
+		}
+	}
+	var err error
+	if d.PrefillRouter, err = route.Parse(spec, env); err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if c.NonCachedTokens != nil {
+		d.Decider.NonCachedTokens = *c.NonCachedTokens
+	}
+	if err := d.Decider.Validate(); err != nil {
+		return nil, fmt.Errorf("non_cached_tokens: %w", err)
+	}
+	link := c.KVLink
+	if link == "" {
+		link = DefaultLink
+	}
+	if d.Link, err = LookupLink(link); err != nil {
+		return nil, fmt.Errorf("kv_link: %w", err)
+	}
+	// The KV a token takes on one GPU: the larger of the pools' shards, since each
+	// tensor-parallel rank sends (or receives) its own shard over its own link.
+	for i, p := range built {
+		b, ok := p.Latency.(interface{ KVBytesPerToken() float64 })
+		if !ok {
+			return nil, fmt.Errorf("%slatency: %s does not know the KV bytes per token that disaggregation transfers; use the roofline model", pools[i].key, p.Latency.Name())
+		}
+		d.KVBytesPerToken = max(d.KVBytesPerToken, b.KVBytesPerToken())
+	}
+	return d, nil
 }

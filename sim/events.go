@@ -7,6 +7,8 @@ import "container/heap"
 type stepEnd struct {
 	at       float64
 	instance int
+	// xfer, when set, makes the event a KV transfer landing on instance (disagg.go).
+	xfer *pdReq
 }
 
 // eventQueue orders step ends by time, then by instance index, so ties resolve the same
@@ -18,7 +20,14 @@ func (q eventQueue) Less(i, j int) bool {
 	if q[i].at != q[j].at {
 		return q[i].at < q[j].at
 	}
-	return q[i].instance < q[j].instance
+	if q[i].instance != q[j].instance {
+		return q[i].instance < q[j].instance
+	}
+	// A step end goes before a transfer landing at the same time; transfers by request.
+	if (q[i].xfer == nil) != (q[j].xfer == nil) {
+		return q[i].xfer == nil
+	}
+	return q[i].xfer != nil && q[i].xfer.req.ID < q[j].xfer.req.ID
 }
 func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
 func (q *eventQueue) Push(x any)   { *q = append(*q, x.(stepEnd)) }

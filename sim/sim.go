@@ -84,6 +84,10 @@ type Config struct {
 	// its bandwidth and latency (see loadTime). The latency models must know the KV bytes
 	// per token (the roofline does). Empty: blocks evicted from the GPU are dropped.
 	KVTiers []KVTier
+	// Disagg, if set, runs prefill/decode disaggregation (see disagg.go): the pools of
+	// role RolePrefill run prefills for the others, and Router is the decode profile's
+	// router. It needs Pools with at least one prefill and one other pool.
+	Disagg *Disagg
 }
 
 // Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
@@ -96,6 +100,8 @@ type Pool struct {
 	// that cost anything known), and PricePerGPUHour what one costs an hour, in US dollars.
 	GPUs            int
 	PricePerGPUHour float64
+	// Role is RoleBoth (or empty), RolePrefill or RoleDecode; prefill pools need Disagg.
+	Role string
 }
 
 // StepInfo is one completed simulated step, in the terms a real engine's step log uses.
@@ -158,6 +164,9 @@ type instance struct {
 	// each lower tier so far, when there are tiers.
 	blockBytes float64
 	loaded     []int64
+	// prefill marks an instance of a prefill pool: its step ends start KV transfers to
+	// other instances, so they all go through the event queue (disagg.go).
+	prefill bool
 }
 
 type simulation struct {
@@ -178,6 +187,8 @@ type simulation struct {
 	// completed and outputTokens feed samples.
 	completed, outputTokens int64
 	err                     error
+	// pd is the disaggregation state when Config.Disagg is set.
+	pd *pdState
 	// queueEveryStep sends every step through the event queue, the plain discrete-event
 	// schedule that running ahead must reproduce exactly (tests compare the two).
 	queueEveryStep bool
@@ -228,6 +239,15 @@ func newSimulation(cfg Config) (*simulation, error) {
 		case p.GPUs < 0 || p.PricePerGPUHour < 0 || math.IsNaN(p.PricePerGPUHour) || math.IsInf(p.PricePerGPUHour, 0):
 			return nil, fmt.Errorf("sim: pool %q: GPUs and price must be 0 or positive and finite, got %d and %v", p.Name, p.GPUs, p.PricePerGPUHour)
 		}
+		switch p.Role {
+		case "", RoleBoth, RoleDecode:
+		case RolePrefill:
+			if cfg.Disagg == nil {
+				return nil, fmt.Errorf("sim: pool %q: role prefill needs Config.Disagg", p.Name)
+			}
+		default:
+			return nil, fmt.Errorf("sim: pool %q: unknown role %q", p.Name, p.Role)
+		}
 		total += p.Instances
 	}
 	if total != cfg.Instances {
@@ -244,8 +264,10 @@ func newSimulation(cfg Config) (*simulation, error) {
 		result:     Result{Failures: metrics.Failures{}},
 	}
 	// A request must fit the smallest instance's KV cache: the router may send it to any.
+	roles := make([]string, 0, cfg.Instances)
 	for i, p := 0, 0; i < len(s.instances); p++ {
 		for range pools[p].Instances {
+			roles = append(roles, pools[p].Role)
 			s.instances[i].lat, s.instances[i].blocks = pools[p].Latency, pools[p].KVBlocks
 			i++
 		}
@@ -297,7 +319,9 @@ func newSimulation(cfg Config) (*simulation, error) {
 				kc.Tiers = append(kc.Tiers, tc)
 			}
 		}
-		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && route.ReadsCaches(cfg.Router) {
+		// The pd decider reads the decode instance's cache too, as llm-d's reads the
+		// prefix scorer's state.
+		if cfg.KVEventDelay > 0 && cfg.PrefixCaching && (route.ReadsCaches(cfg.Router) || cfg.Disagg != nil) {
 			s.instances[i].kv = newKVIndex(s.instances[i].blocks)
 			kc.Events = s.instances[i].kv.collect
 		}
@@ -306,6 +330,11 @@ func newSimulation(cfg Config) (*simulation, error) {
 			return nil, err
 		}
 		s.instances[i].core = c
+	}
+	if cfg.Disagg != nil {
+		if err := s.initDisagg(roles); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -333,6 +362,18 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		// the finished step left behind.
 		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
 			e := s.queue.pop()
+			if s.pd != nil {
+				if s.crossEvent(e) {
+					s.pd.cross.pop()
+				}
+				if e.xfer != nil {
+					s.land(e.xfer, e.at)
+					continue
+				}
+				// No instance runs ahead past a pending prefill step end or transfer,
+				// which may put a request on it.
+				horizon = min(horizon, s.pd.cross.peek())
+			}
 			s.result.Events++
 			s.advance(e.instance, e.at, horizon)
 			continue
@@ -363,6 +404,9 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 			return Result{}, fmt.Errorf("sim: instance %d stopped with %d waiting and %d running requests that cannot be scheduled", i, in.NumWaiting(), in.NumRunning())
 		}
 	}
+	if s.pd != nil && len(s.pd.inflight) > 0 {
+		return Result{}, fmt.Errorf("sim: %d disaggregated requests never finished", len(s.pd.inflight))
+	}
 	var eng metrics.EngineCounters
 	for i := range s.instances {
 		st := s.instances[i].core.Stats()
@@ -374,6 +418,13 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 	s.result.Summary = s.collector.Summary(s.lastEnd, eng)
 	s.result.Summary.KVTiers = s.tierSummary(eng.PrefixCacheQueries)
 	s.result.Summary.Cost = s.cost()
+	if s.pd != nil {
+		d := &metrics.Disaggregation{Requests: s.pd.count, Link: s.pd.cfg.Link.Name}
+		if d.Requests > 0 {
+			d.MeanKVTransfer = s.pd.transferSeconds / float64(d.Requests)
+		}
+		s.result.Summary.Disaggregation = d
+	}
 	return s.result, nil
 }
 
@@ -460,7 +511,16 @@ func (s *simulation) arrive(req *serving.Request) {
 			s.views[i].Cache = x
 		}
 	}
-	target := s.cfg.Router.Route(req, s.views)
+	var target int
+	if s.pd != nil {
+		var err error
+		if target, req, err = s.routePD(req); err != nil {
+			s.fail(err)
+			return
+		}
+	} else {
+		target = s.cfg.Router.Route(req, s.views)
+	}
 	if target < 0 || target >= len(s.instances) {
 		s.err = fmt.Errorf("sim: router returned instance %d of %d", target, len(s.instances))
 		return
@@ -469,7 +529,7 @@ func (s *simulation) arrive(req *serving.Request) {
 	in.core.Add(req)
 	if !in.busy {
 		if end, ok := s.plan(target, req.Arrival); ok {
-			s.queue.push(stepEnd{at: end, instance: target})
+			s.push(stepEnd{at: end, instance: target})
 		}
 	}
 }
@@ -483,8 +543,8 @@ func (s *simulation) advance(i int, t, horizon float64) {
 		if !ok {
 			return
 		}
-		if end > horizon || s.queueEveryStep {
-			s.queue.push(stepEnd{at: end, instance: i})
+		if end > horizon || s.queueEveryStep || s.instances[i].prefill {
+			s.push(stepEnd{at: end, instance: i})
 			return
 		}
 		t = end
@@ -533,7 +593,17 @@ func (s *simulation) complete(i int, t float64) {
 		}
 	}
 	for _, seq := range finished {
+		var x *pdReq
+		if s.pd != nil {
+			if x = s.pd.inflight[seq.Req]; x != nil && seq.Req == x.half {
+				s.sendKV(x, seq, t)
+				continue
+			}
+		}
 		rec := serving.NewRecord(seq)
+		if x != nil {
+			s.decodeRecord(x, &rec)
+		}
 		s.emit(&rec)
 	}
 }

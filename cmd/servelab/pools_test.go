@@ -98,7 +98,7 @@ func TestPoolFlagErrorsNameTheProblem(t *testing.T) {
 		{[]string{"--pool", "a:both:2:tpu"}, `pools[0].gpu: unknown GPU "tpu"`},
 		{[]string{"--pool", "a:both:-1:l4"}, "pools[0].instances: must be positive"},
 		{[]string{"--pool", "a:both:1:l4", "--pool", "a:both:1:h100"}, `pools[1].name: pool "a" appears twice`},
-		{[]string{"--pool", "p:prefill:1:a100-80g", "--pool", "d:decode:2:l4"}, "pools[0].role: \"prefill\": prefill/decode disaggregation is not built yet"},
+		{[]string{"--pool", "p:prefill:1:a100-80g"}, "pools: every pool has role prefill"},
 		{[]string{"--gpu-price", "l4"}, "--gpu-price \"l4\": want GPU=USD"},
 		{[]string{"--gpu-price", "l4=-1"}, "gpu_price_per_hour.l4: must be 0 or a positive number"},
 		{[]string{"--gpu-price", "b300=9"}, `gpu_price_per_hour: unknown GPU "b300"`},
@@ -123,5 +123,35 @@ func TestCompareShowsPoolsAndCost(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("comparison lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// A prefill pool makes the run disaggregated; --non-cached-tokens and --kv-link reach it.
+func TestSimDisaggregatedPools(t *testing.T) {
+	summary := func(extra ...string) metrics.Summary {
+		t.Helper()
+		out, err := run(t, append([]string{"sim", "--trace", azureSlice, "--max-requests", "100", "--json", "--router", "least-request",
+			"--pool", "p:prefill:1:a100-80g", "--pool", "d:decode:2:l4"}, extra...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s metrics.Summary
+		if err := json.Unmarshal([]byte(out), &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	def := summary()
+	if d := def.Disaggregation; d == nil || d.Requests == 0 || d.Link != "rdma" {
+		t.Fatalf("default run: disaggregation %+v, want some requests over rdma", d)
+	}
+	tcp := summary("--kv-link", "tcp")
+	if !(tcp.Disaggregation.MeanKVTransfer > def.Disaggregation.MeanKVTransfer) {
+		t.Errorf("mean KV transfer over tcp %v s, not above rdma's %v s", tcp.Disaggregation.MeanKVTransfer, def.Disaggregation.MeanKVTransfer)
+	}
+	// No azure prompt is this long: nothing is disaggregated.
+	none := summary("--non-cached-tokens", "1000000", "--prefill-router", "round-robin")
+	if none.Disaggregation.Requests != 0 {
+		t.Errorf("with a threshold above every prompt %d requests disaggregated, want 0", none.Disaggregation.Requests)
 	}
 }

@@ -46,6 +46,8 @@ type simFlags struct {
 	prices []string
 	// kvTiers is --kv-tier as given.
 	kvTiers []string
+	// nonCachedTokens is --non-cached-tokens, applied only when given.
+	nonCachedTokens int
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -73,8 +75,11 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Var(secondsFlag{&f.cluster.ScrapeInterval}, "scrape-interval", "route on the instances' gauges as of the router's last read, this often (servelab router's and llm-d's); 0 reads them at every arrival")
 	fl.Var(secondsFlag{&f.cluster.KVEventDelay}, "kv-event-delay", "route on prefix caches as the router's KV-event index sees them: a step's cached and evicted blocks reach it this long after the step ends (servelab router's, measured on loopback); 0 reads each instance's live cache. Only the precise prefix-cache scorer reads it")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
-	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both; prefill and decode are refused until disaggregation exists")
 	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below the GPU, MEDIUM:BLOCKS[:EVICT[:PRESET]] per instance, top down (repeat: --kv-tier cpu:100000 --kv-tier disk:1000000:s3fifo): evicted blocks offload to it and prefix hits on it load back at the preset's bandwidth and latency. MEDIUM is cpu or disk; EVICT any policy above (lru); PRESET "+kvTierPresetHelp())
+	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both, prefill or decode; a prefill pool makes the cluster prefill/decode-disaggregated (llm-d's pd-profile-handler: --router picks the decode instance, --prefill-router the prefill one)")
+	fl.StringVar(&f.cluster.PrefillRouter, "prefill-router", "", "with a prefill pool: routing policy spec of the prefill pool (llm-d's prefill profile); empty: the same spec as --router")
+	fl.IntVar(&f.nonCachedTokens, "non-cached-tokens", 16, "with a prefill pool: llm-d's prefix-based-pd-decider threshold: disaggregate a request only when at least this many prompt tokens are uncached on its decode instance (0: every request)")
+	fl.StringVar(&f.cluster.KVLink, "kv-link", "", "with a prefill pool: the link prompt KV crosses from prefill to decode: nvlink (450 GB/s, 2 us), rdma (50 GB/s, 5 us) or tcp (10 GB/s, 50 us); nominal defaults, empty: rdma")
 	fl.StringSliceVar(&f.prices, "gpu-price", nil, "US dollars per GPU-hour for the cost report, GPU=USD (repeat or comma-separate), overriding the defaults (typical on-demand cloud prices, not facts): "+gpuPriceDefaults())
 }
 
@@ -129,6 +134,10 @@ func (f *simFlags) applyCluster(fl *pflag.FlagSet) error {
 			f.cluster.GPUPricePerHour = map[string]float64{}
 		}
 		f.cluster.GPUPricePerHour[strings.ToLower(strings.TrimSpace(name))] = usd
+	}
+	if fl.Changed("non-cached-tokens") {
+		n := f.nonCachedTokens
+		f.cluster.NonCachedTokens = &n
 	}
 	if len(f.pools) == 0 {
 		return nil
@@ -475,6 +484,11 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hit
 		fmt.Fprintf(w, "%-40s %.4f\n", "GPU-hours:", c.GPUHours)
 		fmt.Fprintf(w, "%-40s %.4f\n", "Cost (USD):", c.USD)
 		num("Goodput per dollar (req/USD)", c.GoodputPerDollar)
+	}
+	if d := s.Disaggregation; d != nil {
+		fmt.Fprintf(w, "%s\n", center("Prefill/decode disaggregation", 60, '-'))
+		line("Disaggregated requests", int(d.Requests))
+		num("Mean KV transfer (ms, "+d.Link+")", d.MeanKVTransfer*1000)
 	}
 	fmt.Fprintf(w, "%s\n", strings.Repeat("=", 60))
 }
