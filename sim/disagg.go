@@ -239,7 +239,8 @@ func (s *simulation) routePD(req *serving.Request) (int, *serving.Request, error
 
 // sendKV starts the transfer of a finished prefill half's prompt KV at t: the prefill
 // instance keeps the blocks (re-referenced by a holder sequence, since the engine core
-// freed the finished sequence's) until the transfer lands.
+// freed the finished sequence's; kv.Manager.Retain, so holding them is not a prefix hit and
+// not a block hit an LFU evictor would count) until the transfer lands.
 func (s *simulation) sendKV(x *pdReq, seq *serving.Seq, t float64) {
 	x.pre, x.sent = seq, t
 	kvm := s.instances[x.prefill].core.KV()
@@ -249,7 +250,7 @@ func (s *simulation) sendKV(x *pdReq, seq *serving.Seq, t float64) {
 	if kvm.PrefixCachingEnabled() {
 		cached = kvm.CachedPrefixBlocks(x.half.BlockHashes)
 	}
-	if !kvm.Allocate(h, max(0, x.half.PromptTokens-cached*bs), cached) {
+	if !kvm.Retain(h, max(0, x.half.PromptTokens-cached*bs), cached) {
 		s.fail(fmt.Errorf("sim: instance %d cannot hold request %d's KV blocks for the transfer", x.prefill, x.req.ID))
 		return
 	}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"encoding/json"
+	"math"
 	"slices"
 	"testing"
 
@@ -229,5 +230,30 @@ func TestDisaggRunAheadMatchesEventQueue(t *testing.T) {
 				t.Errorf("running ahead queued %d step events, every step %d: nothing ran ahead", gotRes.Events, wantRes.Events)
 			}
 		})
+	}
+}
+
+// The prefill instance holding a request's prompt KV for its transfer is not a prefix hit:
+// with KV tiers, the tiers' hit rates add up to the total (the GPU's came out above 100%
+// when holding counted as hits).
+func TestDisaggHoldingIsNotAHit(t *testing.T) {
+	spec := disaggSpec()
+	spec.KVTiers = []KVTierSpec{{Medium: "cpu", Blocks: 4000}}
+	spec.NumGPUBlocksOverride = 600
+	cfg, err := spec.Build(metrics.SLO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, s := runPD(t, cfg, randomRows(300, 3))
+	checkNoLeak(t, s)
+	sum := 0.0
+	for _, tier := range res.Summary.KVTiers {
+		if tier.PrefixCacheHitRate < 0 || tier.PrefixCacheHitRate > 1 {
+			t.Errorf("tier %s hit rate %g, outside [0, 1]", tier.Medium, tier.PrefixCacheHitRate)
+		}
+		sum += tier.PrefixCacheHitRate
+	}
+	if total := res.Summary.PrefixCacheHitRate; total <= 0 || math.Abs(sum-total) > 1e-9 {
+		t.Errorf("the tiers' hit rates add up to %g, the total is %g", sum, total)
 	}
 }

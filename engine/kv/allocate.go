@@ -13,6 +13,18 @@ import (
 // instead; the caller then counts their tokens as computed. It returns false, changing
 // nothing, when the free blocks do not suffice.
 func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) bool {
+	return m.allocate(s, numNewTokens, cachedBlocks, true)
+}
+
+// Retain is Allocate for a sequence that only holds blocks another one just computed (the
+// simulator's prefill instance keeping a request's prompt KV until its transfer lands): the
+// blocks it takes from the cache are not prefix-cache hits, so the per-tier hit counters
+// and LastPrefixHits are left as they are.
+func (m *Manager) Retain(s *serving.Seq, numNewTokens int, cachedBlocks int) bool {
+	return m.allocate(s, numNewTokens, cachedBlocks, false)
+}
+
+func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, countHits bool) bool {
 	covered := s.NumComputed + numNewTokens
 	if cachedBlocks == 0 && covered <= len(s.Blocks)*m.blockSize &&
 		(!m.caching || s.NumComputed >= len(s.Req.BlockHashes)*m.blockSize) {
@@ -56,7 +68,7 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 	if need+loads+reclaimed > m.free {
 		return false
 	}
-	if cachedBlocks > 0 {
+	if cachedBlocks > 0 && countHits {
 		clear(m.lastHits)
 	}
 	// Blocks hit on the accelerator are taken first, so the evictions that make room
@@ -66,9 +78,11 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 		if b == none {
 			lvl := int(m.loads[i])
 			m.take(lvl, s.Req.BlockHashes[i])
-			m.lastHits[1+lvl]++
-			m.tiers[lvl].stats.HitBlocks++
 			m.tiers[lvl].stats.Loaded++
+			if countHits {
+				m.lastHits[1+lvl]++
+				m.tiers[lvl].stats.HitBlocks++
+			}
 			continue
 		}
 		if m.blocks[b].ref == 0 {
@@ -76,9 +90,11 @@ func (m *Manager) Allocate(s *serving.Seq, numNewTokens int, cachedBlocks int) b
 			m.free--
 		}
 		m.blocks[b].ref++
-		m.blocks[b].hits++
-		m.lastHits[0]++
-		m.gpuHits++
+		if countHits {
+			m.blocks[b].hits++
+			m.lastHits[0]++
+			m.gpuHits++
+		}
 	}
 	m.stored = m.stored[:0]
 	for i, b := range m.prefix {
