@@ -1,6 +1,10 @@
 package model
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+)
 
 // KVCache is the paged key/value storage of every layer. Block b holds positions
 // [b*BlockSize, (b+1)*BlockSize) of whichever sequence's block table names it; within a
@@ -40,4 +44,51 @@ func (c *KVCache) BlockSize() int { return c.blockSize }
 // layer's key or value storage.
 func (c *KVCache) slot(blocks []int32, p int) int {
 	return (int(blocks[p/c.blockSize])*c.blockSize + p%c.blockSize) * c.kvDim
+}
+
+// BlockBytes is the size of one block's contents as ReadBlock writes them: every layer's
+// keys then values for the block's positions, float32 little-endian.
+func (c *KVCache) BlockBytes() int { return 2 * c.layers * c.blockSize * c.kvDim * 4 }
+
+// ReadBlock copies block b's keys and values, every layer, into dst (BlockBytes long):
+// what leaves the cache when a block is offloaded to a lower tier or sent to another
+// engine.
+func (c *KVCache) ReadBlock(b int32, dst []byte) {
+	c.checkBlock(b, len(dst))
+	n := c.blockSize * c.kvDim
+	off := int(b) * n
+	o := 0
+	for l := 0; l < c.layers; l++ {
+		for _, src := range [2][]float32{c.k[l][off : off+n], c.v[l][off : off+n]} {
+			for _, f := range src {
+				binary.LittleEndian.PutUint32(dst[o:], math.Float32bits(f))
+				o += 4
+			}
+		}
+	}
+}
+
+// WriteBlock fills block b from src, as ReadBlock wrote it.
+func (c *KVCache) WriteBlock(b int32, src []byte) {
+	c.checkBlock(b, len(src))
+	n := c.blockSize * c.kvDim
+	off := int(b) * n
+	o := 0
+	for l := 0; l < c.layers; l++ {
+		for _, dst := range [2][]float32{c.k[l][off : off+n], c.v[l][off : off+n]} {
+			for i := range dst {
+				dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[o:]))
+				o += 4
+			}
+		}
+	}
+}
+
+func (c *KVCache) checkBlock(b int32, size int) {
+	if b < 0 || int(b) >= c.numBlocks {
+		panic(fmt.Sprintf("model: KV block %d out of range [0, %d)", b, c.numBlocks))
+	}
+	if size != c.BlockBytes() {
+		panic(fmt.Sprintf("model: KV block buffer of %d bytes, want %d", size, c.BlockBytes()))
+	}
 }
