@@ -117,8 +117,44 @@ func (x *extProc) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	// The stream ends when the data plane is done with the request or gives it up (a client
 	// that went away): either way the request is no longer in flight.
 	defer ex.done()
+	// The request phase, from the stream's start until the pick, is bounded by the router's
+	// body timeout, as its HTTP path bounds reading a body: a data plane (or a client behind
+	// it) that opens a stream and trickles or sends nothing would otherwise hold the stream
+	// and its place in flight for ever. The response phase is not bounded (SSE streams).
+	var requestPhase <-chan time.Time
+	if d := x.r.cfg.BodyTimeout; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		requestPhase = t.C
+	}
+	msgs := make(chan recvResult)
+	go func() {
+		for {
+			req, err := srv.Recv()
+			select {
+			case msgs <- recvResult{req, err}:
+			case <-ex.ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for {
-		req, err := srv.Recv()
+		var req *extprocv3.ProcessingRequest
+		var err error
+		select {
+		case m := <-msgs:
+			req, err = m.req, m.err
+		case <-ex.ctx.Done():
+			return nil // the data plane gave the request up
+		case <-requestPhase:
+			if !ex.picked {
+				return status.Errorf(codes.DeadlineExceeded, "ext_proc: the request's headers and body did not arrive within the router's body timeout (%s, --body-timeout)", x.r.cfg.BodyTimeout)
+			}
+			continue
+		}
 		if err == io.EOF || status.Code(err) == codes.Canceled {
 			return nil
 		}
@@ -138,6 +174,12 @@ func (x *extProc) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 		}
 	}
+}
+
+// recvResult is one Recv's outcome, handed from the receiving goroutine.
+type recvResult struct {
+	req *extprocv3.ProcessingRequest
+	err error
 }
 
 // done takes the request out of flight, once.

@@ -684,3 +684,42 @@ func TestStreamedBodyChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestExtProcRequestPhaseTimeout: a stream whose request does not arrive within the
+// router's body timeout is ended with DeadlineExceeded (the HTTP path's 408), while a
+// routed request's response may take longer.
+func TestExtProcRequestPhaseTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	a := newStub(t, "a")
+	r := epRouter(t, Config{BodyTimeout: timeout}, "round-robin", true, a.URL)
+	conn := extProcClient(t, r, ExtProcConfig{})
+	for _, tc := range []struct {
+		name string
+		sent []*extprocv3.ProcessingRequest
+	}{
+		{"nothing sent", nil},
+		{"headers, then a body that stops", []*extprocv3.ProcessingRequest{requestHeaders("/v1/completions", false, nil), requestBody(`{"prompt":"x",`, false)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := openStream(t, conn)
+			start := time.Now()
+			g.send(tc.sent...)
+			_, err := g.s.Recv()
+			// The router's error, not the test stream's own 30 s deadline.
+			if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "--body-timeout") {
+				t.Fatalf("stalled stream: Recv = %v, want DeadlineExceeded", err)
+			}
+			if el := time.Since(start); el < timeout {
+				t.Errorf("cut off after %s, before the body timeout %s", el, timeout)
+			}
+		})
+	}
+	t.Run("response phase unbounded", func(t *testing.T) {
+		g, _ := routed(t, conn, `{"prompt":"x"}`, nil)
+		time.Sleep(2 * timeout) // past the request phase's deadline, waiting for the upstream
+		g.send(responseHeaders(false, nil))
+		if g.recv().GetResponseHeaders() == nil {
+			t.Fatal("the response's headers were not answered after the body timeout passed")
+		}
+	})
+}
