@@ -46,6 +46,7 @@ func TestEPPConfigPD(t *testing.T) {
 		{name: "llm-d pd-epp-config.yaml", file: "testdata/llm-d-pd.yaml", want: shipped},
 		{name: "llm-d sim-pd-epp-config.yaml", file: "testdata/llm-d-sim-pd.yaml", want: shipped},
 		{name: "llm-d pd-profile-handler form", file: "testdata/llm-d-pd-profile-handler.yaml", want: shipped},
+		{name: "servelab's example", file: "../../examples/router/llm-d-pd.yaml", want: shipped},
 		{name: "named profiles, decider and by-label filters", text: head + `plugins:
 - {type: queue-scorer}
 - {type: kv-cache-utilization-scorer, name: kv}
