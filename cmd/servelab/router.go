@@ -145,8 +145,10 @@ fails (connection, --prefill-timeout, 5xx) is retried once on another prefill en
 decode endpoint runs the request alone; a decode 503 with x-servelab-retry: kv-pull reruns the whole
 flow once. Metrics: llm_d_inference_scheduler_disagg_decision_total{model_name,decision_type}
 (and llm-d's deprecated llm_d_inference_scheduler_pd_decision_total), servelab_router_prefill_legs_total{outcome},
-servelab_router_pd_fallbacks_total, servelab_router_kv_pull_retries_total. Without a P/D config,
-prefill-only endpoints get no requests.
+servelab_router_pd_fallbacks_total, servelab_router_kv_pull_retries_total. Behind a gateway
+(--ext-proc-port) the destination is the decode endpoint and the prefill endpoint goes in the
+x-prefiller-host-port request header, for llm-d's routing sidecar to run the legs. Without a P/D
+config, prefill-only endpoints get no requests.
 
 Keys: --engine-api-key (or $SERVELAB_ENGINE_API_KEY, kept out of ps) is the engines' --api-key; the
 router presents it on everything it sends them (proxied requests, replacing the client's

@@ -173,17 +173,29 @@ func (r *Router) pickPrefill(req *serving.Request, exclude map[*endpoint]bool) *
 	return pc[j]
 }
 
+// countPDDecision counts a P/D decision on llm-d's counters, by the body's model.
+func (r *Router) countPDDecision(body []byte, disaggregated bool) {
+	var m struct {
+		Model string `json:"model"`
+	}
+	model := "unknown" // llm-d's label for a request without a model
+	if json.Unmarshal(body, &m) == nil && m.Model != "" && len(m.Model) <= 256 {
+		model = m.Model
+	}
+	decision := decisionDecodeOnly
+	if disaggregated {
+		decision = decisionPrefillDecode
+	}
+	r.pdm.disaggDecisions.WithLabelValues(model, decision).Inc()
+	r.pdm.pdDecisions.WithLabelValues(model, decision).Inc()
+}
+
 // servePD serves a request with the P/D handler and, when it disaggregates, the two legs.
 func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, rr *serving.Request) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		writeError(w, http.StatusBadRequest, "BadRequestError", "the request body is not a JSON object")
 		return
-	}
-	model := "unknown" // llm-d's label for a request without a model
-	var m string
-	if json.Unmarshal(fields["model"], &m) == nil && m != "" && len(m) <= 256 {
-		model = m
 	}
 	id := r.idPrefix + "-" + strconv.FormatUint(rr.ID, 10)
 	ctx := req.Context()
@@ -202,12 +214,7 @@ func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, 
 		if attempt > 0 {
 			r.retries.Inc()
 		}
-		decision := decisionDecodeOnly
-		if p != nil {
-			decision = decisionPrefillDecode
-		}
-		r.pdm.disaggDecisions.WithLabelValues(model, decision).Inc()
-		r.pdm.pdDecisions.WithLabelValues(model, decision).Inc()
+		r.countPDDecision(body, p != nil)
 
 		dbody := body
 		var kv json.RawMessage

@@ -494,3 +494,31 @@ func TestEndpointRoles(t *testing.T) {
 		t.Errorf("one URL with two roles: error %v", err)
 	}
 }
+
+// TestExtProcPD: behind a gateway, a P/D policy's destination is the decode endpoint and
+// a disaggregated request names its prefill endpoint in x-prefiller-host-port, as llm-d's
+// EPP tells its routing sidecar; a short prompt gets no prefill endpoint.
+func TestExtProcPD(t *testing.T) {
+	p, d := newPDEngine(t, "p"), newPDEngine(t, "d")
+	r := epRouter(t, Config{}, llmdPDConfig, true, "prefill="+p.URL, "decode="+d.URL)
+	conn := extProcClient(t, r, ExtProcConfig{})
+	for _, tc := range []struct {
+		name, body, wantPrefill string
+	}{
+		{"long prompt", `{"model":"m","prompt":"` + longPrompt + `"}`, strings.TrimPrefix(p.URL, "http://")},
+		{"short prompt", `{"model":"m","prompt":"hi"}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := openStream(t, conn)
+			g.send(requestHeaders("/v1/completions", false, nil), requestBody(tc.body, true))
+			resp := g.recv()
+			common := resp.GetRequestHeaders().GetResponse()
+			if dest := destination(t, resp, common); dest != strings.TrimPrefix(d.URL, "http://") {
+				t.Errorf("destination %s, want the decode endpoint %s", dest, d.URL)
+			}
+			if got := setHeaders(t, common.GetHeaderMutation())[PrefillEndpointHeader]; got != tc.wantPrefill {
+				t.Errorf("%s %q, want %q", PrefillEndpointHeader, got, tc.wantPrefill)
+			}
+		})
+	}
+}
