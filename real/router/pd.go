@@ -89,7 +89,7 @@ func newPDMetrics(reg *prometheus.Registry) pdMetrics {
 		}, []string{"model_name", "decision_type"}),
 		prefillLegs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "servelab_router_prefill_legs_total",
-			Help: "Prefill legs of disaggregated requests sent, by outcome: ok (kv_transfer_params came back), failed (connection error, timeout, 5xx or no kv_transfer_params: retried elsewhere or fallen back), rejected (4xx, returned to the client).",
+			Help: "Prefill legs of disaggregated requests sent, by outcome: ok (kv_transfer_params came back), no_kv (answered without them: the prompt's one token ended the request, so no blocks are held; the decode endpoint runs it alone), failed (connection error, timeout, 5xx, a bad answer: retried elsewhere or fallen back), rejected (4xx, returned to the client).",
 		}, []string{"outcome"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "servelab_router_pd_fallbacks_total",
@@ -101,7 +101,7 @@ func newPDMetrics(reg *prometheus.Registry) pdMetrics {
 		}),
 	}
 	reg.MustRegister(m.disaggDecisions, m.pdDecisions, m.prefillLegs, m.fallbacks, m.kvPullRetries)
-	for _, o := range []string{"ok", "failed", "rejected"} {
+	for _, o := range []string{"ok", "no_kv", "failed", "rejected"} {
 		m.prefillLegs.WithLabelValues(o)
 	}
 	return m
@@ -229,7 +229,7 @@ func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, 
 				rejected.writeTo(w)
 				return
 			case prefilled == nil:
-				r.pdm.fallbacks.Inc()
+				// The decode endpoint runs the request alone.
 			default:
 				if dbody, _ = withFields(fields, map[string]any{"kv_transfer_params": kv}); dbody == nil {
 					writeError(w, http.StatusInternalServerError, "InternalServerError", "could not encode the decode leg's body")
@@ -297,9 +297,9 @@ func (b *bufferedResponse) writeTo(w http.ResponseWriter) {
 
 // prefill runs the prefill leg on p and, if it fails, once more on another prefill
 // endpoint. It returns the endpoint that prefilled and the kv_transfer_params it
-// answered; or a 4xx response for the client (rejected); or neither, when every leg
-// failed and the decode endpoint should run the request alone. Failed endpoints join
-// tried.
+// answered; or a 4xx response for the client (rejected); or neither, when the decode
+// endpoint should run the request alone: every leg failed (a fallback), or the prefill
+// answered without kv_transfer_params. Failed endpoints join tried.
 func (r *Router) prefill(ctx context.Context, in *http.Request, fields map[string]json.RawMessage, rr *serving.Request,
 	p *endpoint, tried map[*endpoint]bool, id string) (*endpoint, json.RawMessage, *bufferedResponse) {
 	set := map[string]any{
@@ -324,6 +324,13 @@ func (r *Router) prefill(ctx context.Context, in *http.Request, fields map[strin
 		switch {
 		case ctx.Err() != nil:
 			return nil, nil, nil
+		case why == errNoKV:
+			// vLLM holds a prefill's blocks only when max_tokens ended it; a request that
+			// stopped at its first token (EOS, a stop string) holds none and another prefill
+			// endpoint would do the same: the decode endpoint runs it alone, as llm-d's
+			// sidecar sends the decode without kv_transfer_params.
+			r.pdm.prefillLegs.WithLabelValues("no_kv").Inc()
+			return nil, nil, nil
 		case rejected != nil:
 			r.pdm.prefillLegs.WithLabelValues("rejected").Inc()
 			return nil, nil, rejected
@@ -335,8 +342,12 @@ func (r *Router) prefill(ctx context.Context, in *http.Request, fields map[strin
 		r.cfg.Logf("request %s: prefill leg on %s failed: %s", id, p.url, why)
 		p = r.pickPrefill(rr, tried)
 	}
+	r.pdm.fallbacks.Inc()
 	return nil, nil, nil
 }
+
+// errNoKV is prefillLeg's reason for a 200 answer without kv_transfer_params.
+const errNoKV = "the response carries no kv_transfer_params"
 
 // maxPrefillResponse bounds a prefill leg's response: one generated token and the
 // kv_transfer_params (block ids of the longest prompt) fit many times over.
@@ -378,11 +389,14 @@ func (r *Router) prefillLeg(ctx context.Context, in *http.Request, p *endpoint, 
 	if err := json.Unmarshal(data, &out); err != nil {
 		return nil, nil, "the response is not JSON: " + err.Error()
 	}
+	if len(out.KV) == 0 || bytes.Equal(out.KV, []byte("null")) {
+		return nil, nil, errNoKV
+	}
 	var kv struct {
 		DoRemotePrefill bool `json:"do_remote_prefill"`
 	}
-	if len(out.KV) == 0 || json.Unmarshal(out.KV, &kv) != nil || !kv.DoRemotePrefill {
-		return nil, nil, "the response carries no kv_transfer_params with do_remote_prefill (is the endpoint a prefill engine?)"
+	if json.Unmarshal(out.KV, &kv) != nil || !kv.DoRemotePrefill {
+		return nil, nil, "its kv_transfer_params are not an object with do_remote_prefill true: " + string(out.KV[:min(len(out.KV), 200)])
 	}
 	return out.KV, nil, ""
 }

@@ -45,6 +45,9 @@ type pdEngine struct {
 	// closes their connection without an answer.
 	prefillStatus int
 	dropPrefill   bool
+	// stopAtFirst answers prefill requests as vLLM does when the one token ended the
+	// request (EOS): no kv_transfer_params, nothing held.
+	stopAtFirst bool
 	// kvPullFailures is how many decode requests with kv_transfer_params are answered
 	// 503 with x-servelab-retry: kv-pull before one is served.
 	kvPullFailures int
@@ -108,7 +111,7 @@ func newPDEngine(t *testing.T, name string) *pdEngine {
 		e.seen = append(e.seen, seenRequest{Body: body, ID: r.Header.Get(RequestIDHeader)})
 		kv, _ := body["kv_transfer_params"].(map[string]any)
 		prefill := kv != nil && kv["do_remote_decode"] == true
-		status, drop := e.prefillStatus, e.dropPrefill
+		status, drop, stop := e.prefillStatus, e.dropPrefill, e.stopAtFirst
 		failPull := !prefill && kv != nil && e.kvPullFailures > 0
 		if failPull {
 			e.kvPullFailures--
@@ -123,6 +126,9 @@ func newPDEngine(t *testing.T, name string) *pdEngine {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(status)
 			fmt.Fprintf(w, `{"error":{"message":"prefill refused by %s","type":"X","param":null,"code":%d}}`, e.name, status)
+		case prefill && stop:
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"id":"p","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":"stop"}],"kv_transfer_params":null}`)
 		case prefill:
 			w.Header().Set("Content-Type", "application/json")
 			json.NewEncoder(w).Encode(map[string]any{
@@ -389,6 +395,8 @@ func TestPDFailures(t *testing.T) {
 			200, counts{1, 1, 1, 1}, "p2", map[string]float64{"failed": 1, "ok": 1, "fallbacks": 0}},
 		{"both prefill endpoints fail: decode alone", func(p1, p2, d *pdEngine) { p1.prefillStatus = 502; p2.dropPrefill = true },
 			200, counts{1, 1, 1, 0}, "", map[string]float64{"failed": 2, "ok": 0, "fallbacks": 1}},
+		{"prefill stopped at its first token: decode alone, no retry", func(p1, p2, d *pdEngine) { p1.stopAtFirst = true },
+			200, counts{1, 0, 1, 0}, "", map[string]float64{"no_kv": 1, "failed": 0, "ok": 0, "fallbacks": 0}},
 		{"prefill 400 goes back to the client", func(p1, p2, d *pdEngine) { p1.prefillStatus = 400 },
 			400, counts{1, 0, 0, 0}, "", map[string]float64{"rejected": 1, "ok": 0, "fallbacks": 0}},
 		{"kv-pull 503 reruns the flow on the other prefill endpoint", func(p1, p2, d *pdEngine) { d.kvPullFailures = 1 },
