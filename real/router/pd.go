@@ -239,16 +239,19 @@ func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, 
 		}
 		triedD[d] = true
 		resp, err := r.send(ctx, d, req, dbody, id)
-		if err != nil {
-			if ctx.Err() != nil {
+		if err != nil || resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable {
+			if err == nil {
+				resp.Body.Close()
+				d.markDown("proxying: " + resp.Status)
+			} else if ctx.Err() != nil {
 				return
+			} else {
+				d.markDown("proxying: " + cause(err))
 			}
-			d.markDown("proxying: " + cause(err))
-			continue
-		}
-		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusServiceUnavailable {
-			resp.Body.Close()
-			d.markDown("proxying: " + resp.Status)
+			// Another decode endpoint; the prefill endpoint did its part and may serve the
+			// rerun (the blocks it holds for this leg are freed at its
+			// --kv-transfer-timeout, as nobody pulls them).
+			delete(triedP, prefilled)
 			continue
 		}
 		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(RetryHeader) == RetryKVPull && prefilled != nil && !kvRetried {

@@ -45,6 +45,8 @@ type pdEngine struct {
 	// closes their connection without an answer.
 	prefillStatus int
 	dropPrefill   bool
+	// dropDecode closes the connection of every other request without an answer.
+	dropDecode bool
 	// stopAtFirst answers prefill requests as vLLM does when the one token ended the
 	// request (EOS): no kv_transfer_params, nothing held.
 	stopAtFirst bool
@@ -111,7 +113,7 @@ func newPDEngine(t *testing.T, name string) *pdEngine {
 		e.seen = append(e.seen, seenRequest{Body: body, ID: r.Header.Get(RequestIDHeader)})
 		kv, _ := body["kv_transfer_params"].(map[string]any)
 		prefill := kv != nil && kv["do_remote_decode"] == true
-		status, drop, stop := e.prefillStatus, e.dropPrefill, e.stopAtFirst
+		status, drop, stop, dropDecode := e.prefillStatus, e.dropPrefill, e.stopAtFirst, e.dropDecode
 		failPull := !prefill && kv != nil && e.kvPullFailures > 0
 		if failPull {
 			e.kvPullFailures--
@@ -119,7 +121,7 @@ func newPDEngine(t *testing.T, name string) *pdEngine {
 		e.mu.Unlock()
 		w.Header().Set("X-Engine", e.name)
 		switch {
-		case prefill && drop:
+		case (prefill && drop) || (!prefill && dropDecode):
 			conn, _, _ := w.(http.Hijacker).Hijack()
 			conn.Close()
 		case prefill && status != 0:
@@ -528,5 +530,24 @@ func TestExtProcPD(t *testing.T) {
 				t.Errorf("%s %q, want %q", PrefillEndpointHeader, got, tc.wantPrefill)
 			}
 		})
+	}
+}
+
+// TestPDDecodeFailure: a decode endpoint that fails reruns the flow on another decode
+// endpoint; the prefill endpoint, which did its part, serves the rerun.
+func TestPDDecodeFailure(t *testing.T) {
+	p, d1, d2 := newPDEngine(t, "p"), newPDEngine(t, "d1"), newPDEngine(t, "d2")
+	d1.dropDecode = true
+	d2.waiting = 5 // the queue scorer prefers d1 first
+	_, base, _ := newPDRouter(t, false, "prefill="+p.URL, "decode="+d1.URL, "decode="+d2.URL)
+	resp, got := post(t, base, "/v1/completions", `{"model":"m","prompt":"`+longPrompt+`","max_tokens":5}`)
+	if resp.StatusCode != http.StatusOK || decodeJSON(t, got)["from"] != "d2" {
+		t.Fatalf("status %d: %s; want d2's answer", resp.StatusCode, got)
+	}
+	pre, _ := p.requests()
+	_, dec1 := d1.requests()
+	_, dec2 := d2.requests()
+	if len(pre) != 2 || len(dec1) != 1 || len(dec2) != 1 {
+		t.Errorf("%d prefill legs, %d requests to d1, %d to d2; want 2, 1, 1", len(pre), len(dec1), len(dec2))
 	}
 }
