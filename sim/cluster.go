@@ -321,6 +321,12 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("router: %w", err)
 	}
+	// A P/D EndpointPickerConfig (llm-d's pd-profile-handler) routes with its decode profile
+	// and, with a prefill pool, disaggregates with its prefill profile and decider.
+	pd, _ := router.(*route.PDProfileHandler)
+	if pd != nil {
+		router = pd.Decode
+	}
 	batchSpec, err := policies.ParseSpec(c.Batch)
 	if err != nil {
 		return Config{}, fmt.Errorf("batch: %w", err)
@@ -396,7 +402,7 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		}
 	}
 	if countRole(pools, RolePrefill) > 0 {
-		if cfg.Disagg, err = c.disagg(env, pools, cfg.Pools); err != nil {
+		if cfg.Disagg, err = c.disagg(env, pools, cfg.Pools, pd); err != nil {
 			return Config{}, err
 		}
 	} else {
@@ -464,8 +470,9 @@ func (c Config) blocksOf(i int) int {
 	return c.KVBlocks
 }
 
-// disagg builds the disaggregation configuration of a cluster with a prefill pool.
-func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool) (*Disagg, error) {
+// disagg builds the disaggregation configuration of a cluster with a prefill pool; pd,
+// when the router is a P/D EndpointPickerConfig, gives the prefill profile and decider.
+func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool, pd *route.PDProfileHandler) (*Disagg, error) {
 	d := &Disagg{Decider: route.PrefixBasedPDDecider{NonCachedTokens: route.DefaultNonCachedTokens}}
 	spec, key := c.PrefillRouter, "prefill_router"
 	if spec == "" {
@@ -478,8 +485,20 @@ func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool
 		}
 	}
 	var err error
-	if d.PrefillRouter, err = route.Parse(spec, env); err != nil {
-		return nil, fmt.Errorf("%s: %w", key, err)
+	switch {
+	case pd != nil && c.PrefillRouter != "":
+		return nil, fmt.Errorf("prefill_router: set with router %s, a P/D EndpointPickerConfig whose prefill profile picks the prefill instance", c.Router)
+	case pd != nil && c.NonCachedTokens != nil:
+		return nil, fmt.Errorf("non_cached_tokens: set with router %s, a P/D EndpointPickerConfig whose decider has its own threshold", c.Router)
+	case pd != nil:
+		d.PrefillRouter, d.Decider = pd.Prefill, pd.Decider
+	default:
+		if d.PrefillRouter, err = route.Parse(spec, env); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		if prd, ok := d.PrefillRouter.(*route.PDProfileHandler); ok {
+			d.PrefillRouter = prd.Prefill
+		}
 	}
 	if c.NonCachedTokens != nil {
 		d.Decider.NonCachedTokens = *c.NonCachedTokens

@@ -32,7 +32,7 @@ func (f *clusterFlags) resolveCPUs() error {
 	if err != nil {
 		return fmt.Errorf("--pin-cpus: %w; pass --pin-cpus=false to run the engines unpinned", err)
 	}
-	plan, err := local.PlanCPUs(allowed, f.engines)
+	plan, err := local.PlanCPUs(allowed, f.total())
 	if err != nil {
 		return fmt.Errorf("--pin-cpus: %w; pass --pin-cpus=false to run them unpinned, sharing the CPUs", err)
 	}

@@ -41,6 +41,8 @@ type routerFlags struct {
 	// (ext_proc over gRPC) there; -1: not at all.
 	extProcPort      int
 	extProcFallbacks int
+	// prefillTimeout bounds a disaggregated request's prefill leg.
+	prefillTimeout time.Duration
 	// logf receives the router's endpoint log lines; nil: stderr.
 	logf func(format string, args ...any)
 	// disc discovers the endpoints from Kubernetes instead (router_discovery.go).
@@ -86,7 +88,7 @@ func (f *routerFlags) config() (router.Config, error) {
 		Endpoints: f.endpoints, Policy: policy, ScrapeInterval: f.scrape,
 		BlockSize: f.blockSize, KVEvents: f.kvEvents,
 		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
-		MaxInFlight: f.maxInFlight, Logf: f.logf,
+		MaxInFlight: f.maxInFlight, Logf: f.logf, PrefillTimeout: f.prefillTimeout,
 	}
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
@@ -126,6 +128,27 @@ servelab_router_retries_total, servelab_router_shed_total, and
 servelab_router_kv_event_lag_seconds: how long after an engine published a KV-event batch (at the
 end of the step that produced it) the batch was in the prefix index, the delay 'servelab sim
 --kv-event-delay' models.
+
+Prefill/decode disaggregation: give --router an llm-d P/D EndpointPickerConfig (a pd-profile-handler
+or disagg-profile-handler, a prefix-based-pd-decider, and decode and prefill scheduling profiles
+with decode-filter and prefill-filter; llm-d's deploy/config/pd-epp-config.yaml loads as written)
+and endpoints with roles: --endpoints prefill=URL,decode=URL,... (ROLE is prefill, decode, both or
+prefill-decode, the values of llm-d's pod label llm-d.ai/role, which discovery reads; an endpoint
+without a role is decode-only, as llm-d's filters treat an unlabelled pod). The router picks the
+decode endpoint with the decode profile, asks the decider (disaggregate when at least
+nonCachedTokens of the prompt are not cached on it), picks a prefill endpoint with the prefill
+profile, and runs the two legs of vLLM's NixlConnector flow as llm-d's routing sidecar does: the
+request with max_tokens 1, stream false and kv_transfer_params.do_remote_decode to the prefill
+endpoint, then the client's request plus the kv_transfer_params it answered to the decode endpoint,
+whose response (streamed or not) passes through; both legs carry x-request-id. A prefill leg that
+fails (connection, --prefill-timeout, 5xx) is retried once on another prefill endpoint, then the
+decode endpoint runs the request alone; a decode 503 with x-servelab-retry: kv-pull reruns the whole
+flow once. Metrics: llm_d_inference_scheduler_disagg_decision_total{model_name,decision_type}
+(and llm-d's deprecated llm_d_inference_scheduler_pd_decision_total), servelab_router_prefill_legs_total{outcome},
+servelab_router_pd_fallbacks_total, servelab_router_kv_pull_retries_total. Behind a gateway
+(--ext-proc-port) the destination is the decode endpoint and the prefill endpoint goes in the
+x-prefiller-host-port request header, for llm-d's routing sidecar to run the legs. Without a P/D
+config, prefill-only endpoints get no requests.
 
 Keys: --engine-api-key (or $SERVELAB_ENGINE_API_KEY, kept out of ps) is the engines' --api-key; the
 router presents it on everything it sends them (proxied requests, replacing the client's
@@ -170,6 +193,9 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 			}
 			if f.extProcPort < -1 || f.extProcPort > 65535 {
 				return fmt.Errorf("--ext-proc-port %d: want a port, 0 for a free one, or -1 for none", f.extProcPort)
+			}
+			if f.prefillTimeout <= 0 {
+				return fmt.Errorf("--prefill-timeout %v: want a duration above 0", f.prefillTimeout)
 			}
 			if f.bodyTimeout <= 0 || f.idleTimeout <= 0 {
 				return fmt.Errorf("--body-timeout %v, --idle-timeout %v: want durations above 0", f.bodyTimeout, f.idleTimeout)
@@ -229,7 +255,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.endpoints, "endpoints", nil, "engine base URLs, comma separated")
+	fl.StringSliceVar(&f.endpoints, "endpoints", nil, "engine base URLs, comma separated; ROLE=URL gives an endpoint llm-d's role (prefill, decode, both, prefill-decode) for a P/D --router config")
 	fl.StringVar(&f.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8080, "port to listen on (0 picks a free one)")
@@ -244,6 +270,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.idleTimeout, "idle-timeout", router.DefaultIdleTimeout, "idle keep-alive connections close after this")
 	fl.IntVar(&f.extProcPort, "ext-proc-port", -1, "also serve GIE's endpoint-picker protocol (Envoy ext_proc, gRPC) on this port (0 picks a free one; -1: off)")
 	fl.IntVar(&f.extProcFallbacks, "ext-proc-fallbacks", 0, "endpoints to name after the picked one in x-gateway-destination-endpoint, for the gateway to retry")
+	fl.DurationVar(&f.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with a P/D --router config: time a prefill leg may take (then it is retried elsewhere or the decode endpoint runs the request alone)")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
 	f.disc.addFlags(fl)
 	return cmd

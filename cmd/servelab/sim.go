@@ -76,7 +76,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.Var(secondsFlag{&f.cluster.KVEventDelay}, "kv-event-delay", "route on prefix caches as the router's KV-event index sees them: a step's cached and evicted blocks reach it this long after the step ends (servelab router's, measured on loopback); 0 reads each instance's live cache. Only the precise prefix-cache scorer reads it")
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below the GPU, MEDIUM:BLOCKS[:EVICT[:PRESET]] per instance, top down (repeat: --kv-tier cpu:100000 --kv-tier disk:1000000:s3fifo): evicted blocks offload to it and prefix hits on it load back at the preset's bandwidth and latency. MEDIUM is cpu or disk; EVICT any policy above (lru); PRESET "+kvTierPresetHelp())
-	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both, prefill or decode; a prefill pool makes the cluster prefill/decode-disaggregated (llm-d's pd-profile-handler: --router picks the decode instance, --prefill-router the prefill one)")
+	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both, prefill or decode; a prefill pool makes the cluster prefill/decode-disaggregated (llm-d's pd-profile-handler: --router picks the decode instance, --prefill-router the prefill one, or --router names a P/D EndpointPickerConfig with both profiles)")
 	fl.StringVar(&f.cluster.PrefillRouter, "prefill-router", "", "with a prefill pool: routing policy spec of the prefill pool (llm-d's prefill profile); empty: the same spec as --router")
 	fl.IntVar(&f.nonCachedTokens, "non-cached-tokens", 16, "with a prefill pool: llm-d's prefix-based-pd-decider threshold: disaggregate a request only when at least this many prompt tokens are uncached on its decode instance (0: every request)")
 	fl.StringVar(&f.cluster.KVLink, "kv-link", "", "with a prefill pool: the link prompt KV crosses from prefill to decode: nvlink (450 GB/s, 2 us), rdma (50 GB/s, 5 us) or tcp (10 GB/s, 50 us); nominal defaults, empty: rdma")
@@ -361,7 +361,7 @@ func newSimCmd() *cobra.Command {
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed")
-	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (policies listed above)")
+	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (policies listed above); with a prefill pool, an llm-d P/D EndpointPickerConfig (pd-profile-handler with decode and prefill profiles) replaces --prefill-router and --non-cached-tokens, the same file 'servelab router' takes")
 	cmd.Flags().StringVar(&out, "out", "", "also write summary.json, records.jsonl and config.json to this directory")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	return cmd

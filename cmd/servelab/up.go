@@ -15,13 +15,17 @@ import (
 
 	"servelab/engine/backend"
 	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/real/local"
 	"servelab/real/router"
 )
 
 // clusterFlags describe a local cluster: the engines' flags (vLLM's names) and the router's.
 type clusterFlags struct {
-	engines             int
+	engines int
+	// prefillEngines is up's --prefill-engines: that many more engines run with --role
+	// prefill, and the --engines ones with --role decode.
+	prefillEngines      int
 	model               string
 	batch               string
 	evict               string
@@ -66,7 +70,27 @@ func (f *clusterFlags) threadsPerEngine() int {
 	if f.cpus != nil {
 		return len(f.cpus.Engines[0])
 	}
-	return max(1, runtime.NumCPU()/max(f.engines, 1))
+	return max(1, runtime.NumCPU()/max(f.total(), 1))
+}
+
+// total is the number of engine processes: --engines, plus --prefill-engines.
+func (f *clusterFlags) total() int { return f.engines + max(f.prefillEngines, 0) }
+
+// roles are the engines' llm-d roles: none without --prefill-engines, else the prefill
+// engines first, then the decode engines.
+func (f *clusterFlags) roles() []string {
+	if f.prefillEngines <= 0 {
+		return nil
+	}
+	roles := make([]string, 0, f.total())
+	for i := range f.total() {
+		if i < f.prefillEngines {
+			roles = append(roles, route.RolePrefill)
+		} else {
+			roles = append(roles, route.RoleDecode)
+		}
+	}
+	return roles
 }
 
 // engineFlags are the flags each engine of the cluster runs with.
@@ -104,6 +128,9 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 	if f.model == "" {
 		return local.Options{}, errors.New("--model is required")
 	}
+	if f.prefillEngines < 0 {
+		return local.Options{}, fmt.Errorf("--prefill-engines must be 0 or more, got %d", f.prefillEngines)
+	}
 	args := []string{"--model", f.model, "--batch", f.batch, "--evict", f.evict,
 		"--block-size", strconv.Itoa(f.blockSize), "--threads", strconv.Itoa(f.threadsPerEngine()),
 		"--enable-prefix-caching=" + strconv.FormatBool(f.prefixCaching)}
@@ -123,7 +150,16 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 	if err != nil {
 		return local.Options{}, fmt.Errorf("--router: %w", err)
 	}
-	return local.Options{Engines: f.engines, EngineArgs: args, Router: cfg, Log: log, CPUs: f.cpus}, nil
+	opts := local.Options{Engines: f.total(), EngineArgs: args, Router: cfg, Log: log, CPUs: f.cpus}
+	if roles := f.roles(); roles != nil {
+		if _, ok := cfg.Policy.(*route.PDProfileHandler); !ok {
+			return local.Options{}, fmt.Errorf("--prefill-engines %d: --router %s is not a P/D EndpointPickerConfig (a pd-profile-handler with decode and prefill profiles, e.g. examples/router/llm-d-pd.yaml), so nothing would send the prefill engines work",
+				f.prefillEngines, rf.spec)
+		}
+		opts.Roles = roles
+		opts.EngineArgsFor = func(i int) []string { return []string{"--role", roles[i]} }
+	}
+	return opts, nil
 }
 
 func newUpCmd() *cobra.Command {
@@ -132,7 +168,7 @@ func newUpCmd() *cobra.Command {
 	var port int
 	var restart local.RestartPolicy
 	cmd := &cobra.Command{
-		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC]",
+		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC] [--prefill-engines P]",
 		Short: "Run a local serving cluster: N engine processes and the router, on loopback",
 		Long: `Start N 'servelab engine' processes on free loopback ports and the router in front of them,
 wait until every engine answers /health, and print the router's endpoint (an OpenAI-compatible
@@ -151,7 +187,13 @@ is left down and says why; 'up' exits (status 1) only when no engine is left.
 --pin-cpus gives each engine its own CPUs (see the flag). It is off by default: a serving cluster
 shares the machine with whatever else runs there (a second 'up', a benchmark, the dashboard), and
 fixed pins of two such processes would land on the same CPUs, where the kernel's scheduler would
-have spread them; 'servelab fidelity', a measurement, pins by default.`,
+have spread them; 'servelab fidelity', a measurement, pins by default.
+
+Prefill/decode disaggregation: --prefill-engines P starts P more engines with --role prefill and
+the --engines ones with --role decode, and the router in P/D mode; --router must then be an llm-d
+P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
+  servelab up --model DIR --prefill-engines 1 --engines 2 --router examples/router/llm-d-pd.yaml
+(see 'servelab router --help' for the flow).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var log io.Writer = io.Discard
@@ -180,7 +222,11 @@ have spread them; 'servelab fidelity', a measurement, pins by default.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "starting %d engines (%d threads each) serving %s ...\n", f.engines, f.threadsPerEngine(), f.model)
+			if f.prefillEngines > 0 {
+				fmt.Fprintf(out, "starting %d prefill and %d decode engines (%d threads each) serving %s ...\n", f.prefillEngines, f.engines, f.threadsPerEngine(), f.model)
+			} else {
+				fmt.Fprintf(out, "starting %d engines (%d threads each) serving %s ...\n", f.engines, f.threadsPerEngine(), f.model)
+			}
 			if f.cpus != nil {
 				fmt.Fprintf(out, "CPUs: %s\n", f.cpus)
 			}
@@ -189,8 +235,13 @@ have spread them; 'servelab fidelity', a measurement, pins by default.`,
 				return err
 			}
 			pids := c.PIDs()
+			roles := f.roles()
 			for i, ep := range c.Endpoints {
-				fmt.Fprintf(out, "engine-%d  %s  (pid %d)\n", i, ep, pids[i])
+				role := ""
+				if i < len(roles) {
+					role = "  " + roles[i]
+				}
+				fmt.Fprintf(out, "engine-%d  %s%s  (pid %d)\n", i, ep, role, pids[i])
 			}
 			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
@@ -208,6 +259,8 @@ have spread them; 'servelab fidelity', a measurement, pins by default.`,
 	}
 	f.register(cmd)
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
+	cmd.Flags().IntVar(&f.prefillEngines, "prefill-engines", 0, "start this many more engines with --role prefill (the --engines ones get --role decode) and route prefill/decode-disaggregated; needs a P/D --router config")
+	cmd.Flags().DurationVar(&f.router.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with --prefill-engines: time a prefill leg may take")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
 	cmd.Flags().DurationVar(&restart.Backoff, "restart-backoff", time.Second, "wait before restarting an engine that exited; doubles per consecutive crash, up to 30s")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,10 +54,37 @@ type eppProfilePlugin struct {
 
 // eppInstance is a plugin built from the plugins section.
 type eppInstance struct {
-	typ    string
-	scorer scorer // set for scorers
-	picker bool
+	typ     string
+	scorer  scorer // set for scorers
+	picker  bool
+	filter  *RoleFilter           // set for role filters
+	decider *PrefixBasedPDDecider // set for P/D deciders
+	handler *pdHandlerParams      // set for P/D profile handlers
 }
+
+// pdHandlerParams is a pd-profile-handler's (or disagg-profile-handler's) resolved
+// parameters; field is its plugins[i], deciderField the parameter naming its decider.
+type pdHandlerParams struct {
+	typ, field                    string
+	decodeProfile, prefillProfile string
+	decider, deciderField         string
+}
+
+// P/D plugin types of llm-d besides pd.go's: disagg-profile-handler is llm-d's current
+// name for the pd-profile-handler (pkg/epp/framework/plugins/scheduling/profilehandler/
+// disagg/disagg_profile_handler.go), always-disagg-pd-decider its decider that
+// disaggregates every request, and the header handlers are the EPP plugins that hand the
+// prefill endpoint to llm-d's routing sidecar, whose two legs this router runs itself.
+const (
+	DisaggProfileHandlerType  = "disagg-profile-handler"
+	AlwaysDisaggPDDeciderType = "always-disagg-pd-decider"
+	PrefillHeaderHandlerType  = "prefill-header-handler"
+	DisaggHeadersHandlerType  = "disagg-headers-handler"
+)
+
+// LLMDAPIVersion is the apiVersion llm-d's own configurations carry since it moved the
+// configuration's group to llm-d.ai; the fields are GIE's.
+const LLMDAPIVersion = "llm-d.ai/v1alpha1"
 
 // LoadEndpointPickerConfig builds the weighted policy an llm-d / GIE EndpointPickerConfig
 // describes: its plugins (scorers, a picker, a single-profile-handler) and exactly one
@@ -80,8 +108,8 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
 		return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
 	}
-	if cfg.APIVersion != EPPAPIVersion {
-		return nil, fmt.Errorf("EndpointPickerConfig: apiVersion: got %q, want %q", cfg.APIVersion, EPPAPIVersion)
+	if cfg.APIVersion != EPPAPIVersion && cfg.APIVersion != LLMDAPIVersion {
+		return nil, fmt.Errorf("EndpointPickerConfig: apiVersion: got %q, want %q or %q", cfg.APIVersion, EPPAPIVersion, LLMDAPIVersion)
 	}
 	if cfg.Kind != EPPKind {
 		return nil, fmt.Errorf("EndpointPickerConfig: kind: got %q, want %q", cfg.Kind, EPPKind)
@@ -109,6 +137,29 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 		names = append(names, name)
 	}
 
+	var handler *pdHandlerParams
+	for _, name := range names {
+		if h := built[name].handler; h != nil {
+			if handler != nil {
+				return nil, fmt.Errorf("EndpointPickerConfig: %s.type: a second profile handler; a configuration has one", h.field)
+			}
+			handler = h
+		}
+	}
+	if handler != nil {
+		pd, err := buildPD(cfg, built, handler, env)
+		if err != nil {
+			return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
+		}
+		return pd, nil
+	}
+
+	for i, name := range names {
+		if b := built[name]; b.filter != nil || b.decider != nil {
+			return nil, fmt.Errorf("EndpointPickerConfig: plugins[%d].type: %s is a P/D plugin; it needs a %s (or %s) with decode and prefill profiles",
+				i, b.typ, PDProfileHandlerType, DisaggProfileHandlerType)
+		}
+	}
 	var profile eppProfile
 	switch len(cfg.SchedulingProfiles) {
 	case 0:
@@ -120,32 +171,42 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 	case 1:
 		profile = cfg.SchedulingProfiles[0]
 	default:
-		return nil, fmt.Errorf("EndpointPickerConfig: schedulingProfiles: %d profiles given; only a single profile is supported (no prefill/decode split)",
-			len(cfg.SchedulingProfiles))
+		return nil, fmt.Errorf("EndpointPickerConfig: schedulingProfiles: %d profiles given; several profiles need a %s (or %s) plugin, which runs a decode and a prefill profile",
+			len(cfg.SchedulingProfiles), PDProfileHandlerType, DisaggProfileHandlerType)
 	}
+	w, _, err := buildProfile(profile, "schedulingProfiles[0]", built, false, env)
+	if err != nil {
+		return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
+	}
+	return w, nil
+}
 
+// buildProfile builds one scheduling profile: its scorers' weighted policy and, where
+// filters are allowed (a P/D configuration), its role filter. field names it in errors.
+func buildProfile(profile eppProfile, field string, built map[string]*eppInstance, filters bool, env policies.Env) (*Weighted, *RoleFilter, error) {
 	var scorers []weightedScorer
+	var filter *RoleFilter
 	picker := ""
 	seen := map[string]bool{}
 	for j, ref := range profile.Plugins {
-		field := fmt.Sprintf("schedulingProfiles[0].plugins[%d]", j)
+		field := fmt.Sprintf("%s.plugins[%d]", field, j)
 		b, ok := built[ref.PluginRef]
 		switch {
 		case ref.PluginRef == "":
-			return nil, fmt.Errorf("EndpointPickerConfig: %s.pluginRef: missing", field)
+			return nil, nil, fmt.Errorf("%s.pluginRef: missing", field)
 		case !ok:
-			return nil, fmt.Errorf("EndpointPickerConfig: %s.pluginRef: no plugin named %q", field, ref.PluginRef)
+			return nil, nil, fmt.Errorf("%s.pluginRef: no plugin named %q", field, ref.PluginRef)
 		case seen[ref.PluginRef]:
-			return nil, fmt.Errorf("EndpointPickerConfig: %s.pluginRef: %q referenced twice", field, ref.PluginRef)
+			return nil, nil, fmt.Errorf("%s.pluginRef: %q referenced twice", field, ref.PluginRef)
 		}
 		seen[ref.PluginRef] = true
 		if b.scorer == nil && ref.Weight != nil {
-			return nil, fmt.Errorf("EndpointPickerConfig: %s.weight: %q is a %s, not a scorer; only scorers take a weight", field, ref.PluginRef, b.typ)
+			return nil, nil, fmt.Errorf("%s.weight: %q is a %s, not a scorer; only scorers take a weight", field, ref.PluginRef, b.typ)
 		}
 		switch {
 		case b.picker:
 			if picker != "" {
-				return nil, fmt.Errorf("EndpointPickerConfig: %s.pluginRef: a second picker %q; a profile has one picker", field, ref.PluginRef)
+				return nil, nil, fmt.Errorf("%s.pluginRef: a second picker %q; a profile has one picker", field, ref.PluginRef)
 			}
 			picker = b.typ
 		case b.scorer != nil:
@@ -154,19 +215,72 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 				weight = *ref.Weight
 			}
 			if !(weight >= 0) || math.IsInf(weight, 0) {
-				return nil, fmt.Errorf("EndpointPickerConfig: %s.weight: %v is not a non-negative finite number", field, weight)
+				return nil, nil, fmt.Errorf("%s.weight: %v is not a non-negative finite number", field, weight)
 			}
 			if weight > 0 {
 				scorers = append(scorers, weightedScorer{typ: b.typ, name: ref.PluginRef, scorer: b.scorer, weight: weight})
 			}
+		case b.filter != nil && filters:
+			if filter != nil {
+				return nil, nil, fmt.Errorf("%s.pluginRef: a second role filter %q; a profile here has at most one", field, ref.PluginRef)
+			}
+			filter = b.filter
+		case b.filter != nil:
+			return nil, nil, fmt.Errorf("%s.pluginRef: %q is a %s; role filters need a %s with prefill and decode profiles", field, ref.PluginRef, b.typ, PDProfileHandlerType)
 		default:
-			return nil, fmt.Errorf("EndpointPickerConfig: %s.pluginRef: %q is a %s, which does not belong in a scheduling profile", field, ref.PluginRef, b.typ)
+			return nil, nil, fmt.Errorf("%s.pluginRef: %q is a %s, which does not belong in a scheduling profile", field, ref.PluginRef, b.typ)
 		}
 	}
 	if picker == "" {
 		picker = MaxScorePickerType
 	}
-	return newWeighted(scorers, picker, env), nil
+	return newWeighted(scorers, picker, env), filter, nil
+}
+
+// buildPD builds a P/D configuration: the handler's decode and prefill profiles, each its
+// own scorers and role filter, and its decider, as llm-d's pd-profile-handler runs them.
+// Every profile must be one of the two.
+func buildPD(cfg eppConfig, built map[string]*eppInstance, h *pdHandlerParams, env policies.Env) (*PDProfileHandler, error) {
+	idx := map[string]int{}
+	for i, p := range cfg.SchedulingProfiles {
+		field := fmt.Sprintf("schedulingProfiles[%d].name", i)
+		switch {
+		case p.Name == "":
+			return nil, fmt.Errorf("%s: missing", field)
+		case p.Name != h.decodeProfile && p.Name != h.prefillProfile:
+			return nil, fmt.Errorf("%s: %q is neither the decode profile %q nor the prefill profile %q of %s", field, p.Name, h.decodeProfile, h.prefillProfile, h.typ)
+		}
+		if _, dup := idx[p.Name]; dup {
+			return nil, fmt.Errorf("%s: profile %q given twice", field, p.Name)
+		}
+		idx[p.Name] = i
+	}
+	out := &PDProfileHandler{BlockSize: env.BlockSize}
+	for _, side := range []struct {
+		name, what string
+		policy     *Policy
+		filter     **RoleFilter
+	}{{h.decodeProfile, "decode", &out.Decode, &out.DecodeFilter}, {h.prefillProfile, "prefill", &out.Prefill, &out.PrefillFilter}} {
+		i, ok := idx[side.name]
+		if !ok {
+			return nil, fmt.Errorf("schedulingProfiles: no profile named %q, the %s's %s profile", side.name, h.typ, side.what)
+		}
+		field := fmt.Sprintf("schedulingProfiles[%d]", i)
+		w, f, err := buildProfile(cfg.SchedulingProfiles[i], field, built, true, env)
+		if err != nil {
+			return nil, err
+		}
+		*side.policy, *side.filter = w, f
+	}
+	d, ok := built[h.decider]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%s.%s: no plugin named %q", h.field+".parameters", h.deciderField, h.decider)
+	case d.decider == nil:
+		return nil, fmt.Errorf("%s.%s: %q is a %s, not a P/D decider (%s, %s)", h.field+".parameters", h.deciderField, h.decider, d.typ, PrefixBasedPDDeciderType, AlwaysDisaggPDDeciderType)
+	}
+	out.Decider = *d.decider
+	return out, nil
 }
 
 // buildEPPPlugin builds one entry of the plugins section; field names it in errors.
@@ -231,8 +345,48 @@ func buildEPPPlugin(pl eppPlugin, field string, env policies.Env) (*eppInstance,
 			return nil, fmt.Errorf("%s.maxNumOfEndpoints: %d; a route picks exactly 1 endpoint", params, *p.MaxNumOfEndpoints)
 		}
 		inst.picker = true
-	case SingleProfileHandlerType:
+	case SingleProfileHandlerType, PrefillHeaderHandlerType, DisaggHeadersHandlerType:
 		return inst, noParams(pl, params)
+	case PDProfileHandlerType, DisaggProfileHandlerType:
+		h, err := pdHandlerFromEPP(pl, field)
+		if err != nil {
+			return nil, err
+		}
+		inst.handler = h
+	case PrefixBasedPDDeciderType:
+		var p struct {
+			NonCachedTokens *int `json:"nonCachedTokens"`
+		}
+		if err := decodeParams(pl.Parameters, &p, params); err != nil {
+			return nil, err
+		}
+		// llm-d's factory default, 0, disables disaggregation (prefix_based_pd_decider.go:
+		// "A value of 0 disables disaggregation"), where servelab's decider reads 0 as
+		// "every request"; a file must say which it means.
+		switch {
+		case p.NonCachedTokens == nil:
+			return nil, fmt.Errorf("%s.nonCachedTokens: missing; llm-d's default 0 disables disaggregation: give a threshold (llm-d's guides use %d), or use %s to disaggregate every request",
+				params, DefaultNonCachedTokens, AlwaysDisaggPDDeciderType)
+		case *p.NonCachedTokens <= 0:
+			return nil, fmt.Errorf("%s.nonCachedTokens: %d; 0 disables disaggregation in llm-d and negative values are invalid: give a positive threshold, or use %s to disaggregate every request",
+				params, *p.NonCachedTokens, AlwaysDisaggPDDeciderType)
+		}
+		inst.decider = &PrefixBasedPDDecider{NonCachedTokens: *p.NonCachedTokens}
+	case AlwaysDisaggPDDeciderType:
+		inst.decider = &PrefixBasedPDDecider{NonCachedTokens: 0} // 0: every request
+		return inst, noParams(pl, params)
+	case PrefillFilterType:
+		inst.filter = PrefillRoleFilter()
+		return inst, noParams(pl, params)
+	case DecodeFilterType:
+		inst.filter = DecodeRoleFilter()
+		return inst, noParams(pl, params)
+	case ByLabelFilterType:
+		f, err := roleFilterFromEPP(pl, params)
+		if err != nil {
+			return nil, err
+		}
+		inst.filter = f
 	case "":
 		return nil, fmt.Errorf("%s.type: missing", field)
 	default:
@@ -244,7 +398,128 @@ func buildEPPPlugin(pl eppPlugin, field string, env policies.Env) (*eppInstance,
 func eppTypes() []string {
 	t := append([]string{}, scorerTypes...)
 	t = append(t, pickerTypes...)
-	return append(t, SingleProfileHandlerType)
+	return append(t, SingleProfileHandlerType, PDProfileHandlerType, DisaggProfileHandlerType, PrefixBasedPDDeciderType,
+		AlwaysDisaggPDDeciderType, PrefillFilterType, DecodeFilterType, ByLabelFilterType, PrefillHeaderHandlerType, DisaggHeadersHandlerType)
+}
+
+// pdHandlerFromEPP reads a pd-profile-handler's parameters (llm-d's
+// pdProfileHandlerParameters: decodeProfile, prefillProfile, deciderPluginName, and
+// prefixPluginType, prefixPluginName and primaryPort, which only concern llm-d's own
+// plumbing) or a disagg-profile-handler's (profiles and deciders, or the same flat names,
+// not both). Profile names default to decode and prefill; pd-profile-handler's decider to
+// prefix-based-pd-decider, as in llm-d. Encode stages are not supported.
+func pdHandlerFromEPP(pl eppPlugin, field string) (*pdHandlerParams, error) {
+	params := field + ".parameters"
+	h := &pdHandlerParams{typ: pl.Type, field: field, decodeProfile: "decode", prefillProfile: "prefill"}
+	type flat struct {
+		DecodeProfile            string `json:"decodeProfile"`
+		PrefillProfile           string `json:"prefillProfile"`
+		DeciderPluginName        string `json:"deciderPluginName"`
+		PrefixPluginType         string `json:"prefixPluginType"`
+		PrefixPluginName         string `json:"prefixPluginName"`
+		PrimaryPort              int    `json:"primaryPort"`
+		EncodeProfile            string `json:"encodeProfile"`
+		PrefillDeciderPluginName string `json:"prefillDeciderPluginName"`
+		EncodeDeciderPluginName  string `json:"encodeDeciderPluginName"`
+	}
+	var p struct {
+		flat
+		Profiles *struct {
+			Decode  string `json:"decode"`
+			Prefill string `json:"prefill"`
+			Encode  string `json:"encode"`
+		} `json:"profiles"`
+		Deciders *struct {
+			Prefill string `json:"prefill"`
+			Encode  string `json:"encode"`
+		} `json:"deciders"`
+	}
+	if err := decodeParams(pl.Parameters, &p, params); err != nil {
+		return nil, err
+	}
+	if pl.Type == PDProfileHandlerType {
+		// pd-profile-handler has only the flat names of its own.
+		switch {
+		case p.Profiles != nil:
+			return nil, fmt.Errorf("%s.profiles: a %s parameter; %s names its profiles decodeProfile and prefillProfile", params, DisaggProfileHandlerType, pl.Type)
+		case p.Deciders != nil:
+			return nil, fmt.Errorf("%s.deciders: a %s parameter; %s names its decider deciderPluginName", params, DisaggProfileHandlerType, pl.Type)
+		case p.EncodeProfile != "" || p.PrefillDeciderPluginName != "" || p.EncodeDeciderPluginName != "":
+			return nil, fmt.Errorf("%s: encodeProfile, prefillDeciderPluginName and encodeDeciderPluginName are %s parameters", params, DisaggProfileHandlerType)
+		}
+		if p.PrimaryPort != 0 && (p.PrimaryPort < 1 || p.PrimaryPort > 65535) {
+			return nil, fmt.Errorf("%s.primaryPort: %d is not a port", params, p.PrimaryPort)
+		}
+		h.decider, h.deciderField = PrefixBasedPDDeciderType, "deciderPluginName"
+	} else {
+		switch {
+		case p.PrefixPluginType != "" || p.PrefixPluginName != "" || p.PrimaryPort != 0:
+			return nil, fmt.Errorf("%s: prefixPluginType, prefixPluginName and primaryPort are %s parameters", params, PDProfileHandlerType)
+		case (p.Profiles != nil || p.Deciders != nil) && p.flat != flat{}:
+			return nil, fmt.Errorf("%s: the flat parameters (decodeProfile, prefillProfile, deciderPluginName, ...) and the nested ones (profiles, deciders) are mixed; use one form, as llm-d requires", params)
+		case p.Profiles != nil && p.Profiles.Encode != "" || p.Deciders != nil && p.Deciders.Encode != "" || p.EncodeProfile != "" || p.EncodeDeciderPluginName != "":
+			return nil, fmt.Errorf("%s: an encode stage is configured; servelab disaggregates prefill and decode only", params)
+		}
+		h.deciderField = "deciders.prefill"
+		if p.Deciders != nil {
+			h.decider = p.Deciders.Prefill
+		}
+		if p.PrefillDeciderPluginName != "" {
+			h.decider, h.deciderField = p.PrefillDeciderPluginName, "prefillDeciderPluginName"
+		}
+		if p.DeciderPluginName != "" && h.decider == "" {
+			h.decider, h.deciderField = p.DeciderPluginName, "deciderPluginName"
+		}
+		if h.decider == "" {
+			// llm-d then never disaggregates; a P/D router without a decider is a mistake here.
+			return nil, fmt.Errorf("%s.deciders.prefill: missing; name the P/D decider plugin (e.g. %s)", params, PrefixBasedPDDeciderType)
+		}
+		if p.Profiles != nil {
+			p.DecodeProfile, p.PrefillProfile = p.Profiles.Decode, p.Profiles.Prefill
+		}
+	}
+	if p.DecodeProfile != "" {
+		h.decodeProfile = p.DecodeProfile
+	}
+	if p.PrefillProfile != "" {
+		h.prefillProfile = p.PrefillProfile
+	}
+	if p.DeciderPluginName != "" && pl.Type == PDProfileHandlerType {
+		h.decider = p.DeciderPluginName
+	}
+	if h.decodeProfile == h.prefillProfile {
+		return nil, fmt.Errorf("%s: the decode and prefill profiles are both %q", params, h.decodeProfile)
+	}
+	return h, nil
+}
+
+// roleFilterFromEPP reads llm-d's by-label filter, which servelab supports on the role
+// label alone.
+func roleFilterFromEPP(pl eppPlugin, params string) (*RoleFilter, error) {
+	var p struct {
+		Label         string   `json:"label"`
+		ValidValues   []string `json:"validValues"`
+		AllowsNoLabel bool     `json:"allowsNoLabel"`
+	}
+	if err := decodeParams(pl.Parameters, &p, params); err != nil {
+		return nil, err
+	}
+	if p.Label != RoleLabel {
+		return nil, fmt.Errorf("%s.label: %q; servelab's endpoints carry only the role label %q", params, p.Label, RoleLabel)
+	}
+	if len(p.ValidValues) == 0 && !p.AllowsNoLabel {
+		return nil, fmt.Errorf("%s.validValues: empty and allowsNoLabel false, so no endpoint would pass", params)
+	}
+	for i, v := range p.ValidValues {
+		if !slices.Contains(Roles, v) {
+			return nil, fmt.Errorf("%s.validValues[%d]: %q is not a role (%s)", params, i, v, strings.Join(Roles, ", "))
+		}
+	}
+	name := pl.Name
+	if name == "" {
+		name = pl.Type
+	}
+	return &RoleFilter{Name: name, Values: p.ValidValues, AllowsNoLabel: p.AllowsNoLabel}, nil
 }
 
 // decodeParams reads a plugin's parameters strictly: unknown keys are errors.

@@ -66,6 +66,11 @@ type PDProfileHandler struct {
 	Decider         PrefixBasedPDDecider
 	// BlockSize is the engines' KV block size, which turns cached blocks into tokens.
 	BlockSize int
+	// DecodeFilter and PrefillFilter are the profiles' role filters (llm-d's decode-filter,
+	// prefill-filter or a by-label filter on llm-d.ai/role); nil passes every endpoint. Pick
+	// takes views already filtered: a real router filters its endpoints by their roles, the
+	// simulator splits instances by their pools' roles.
+	DecodeFilter, PrefillFilter *RoleFilter
 }
 
 // Pick returns the position in decodeViews of the decode endpoint and, when the decider
@@ -80,4 +85,83 @@ func (h *PDProfileHandler) Pick(req *serving.Request, decodeViews, prefillViews 
 		return decode, -1
 	}
 	return decode, h.Prefill.Route(req, prefillViews)
+}
+
+// llm-d's endpoint roles: the pod label llm-d.ai/role and the values its role filters
+// accept (llm-d-inference-scheduler pkg/epp/framework/plugins/scheduling/filter/bylabel/
+// roles.go). RoleBoth is the deprecated spelling of RolePrefillDecode; both are accepted.
+const (
+	RoleLabel         = "llm-d.ai/role"
+	RolePrefill       = "prefill"
+	RoleDecode        = "decode"
+	RolePrefillDecode = "prefill-decode"
+	RoleBoth          = "both"
+)
+
+// Roles are the role values an endpoint may carry (besides none).
+var Roles = []string{RolePrefill, RoleDecode, RoleBoth, RolePrefillDecode}
+
+// Filter plugin types of llm-d that select endpoints by role.
+const (
+	PrefillFilterType = "prefill-filter"
+	DecodeFilterType  = "decode-filter"
+	ByLabelFilterType = "by-label"
+)
+
+// RoleFilter is llm-d's by-label filter on llm-d.ai/role: an endpoint passes when its role
+// is one of Values, or when it has no role and AllowsNoLabel is set.
+type RoleFilter struct {
+	Name          string
+	Values        []string
+	AllowsNoLabel bool
+}
+
+// DecodeRoleFilter is llm-d's decode-filter: decode, prefill-decode and both endpoints,
+// and endpoints without a role.
+func DecodeRoleFilter() *RoleFilter {
+	return &RoleFilter{Name: DecodeFilterType, Values: []string{RoleDecode, RolePrefillDecode, RoleBoth}, AllowsNoLabel: true}
+}
+
+// PrefillRoleFilter is llm-d's prefill-filter: prefill, prefill-decode and both endpoints;
+// an endpoint without a role is never a prefill endpoint.
+func PrefillRoleFilter() *RoleFilter {
+	return &RoleFilter{Name: PrefillFilterType, Values: []string{RolePrefill, RolePrefillDecode, RoleBoth}}
+}
+
+// Allows reports whether an endpoint of role passes ("" is an endpoint without the
+// label). A nil filter passes every endpoint, as a profile without filters does.
+func (f *RoleFilter) Allows(role string) bool {
+	if f == nil {
+		return true
+	}
+	if role == "" {
+		return f.AllowsNoLabel
+	}
+	for _, v := range f.Values {
+		if v == role {
+			return true
+		}
+	}
+	return false
+}
+
+// Route implements Policy with the decode profile alone (over views the caller already
+// filtered), so a P/D configuration still routes where only one endpoint is chosen: a
+// cluster without prefill endpoints, an ext_proc pick.
+func (h *PDProfileHandler) Route(req *serving.Request, views []serving.InstanceView) int {
+	return h.Decode.Route(req, views)
+}
+
+// RemoveInstance implements InstanceRemover for both profiles.
+func (h *PDProfileHandler) RemoveInstance(instance int) {
+	for _, p := range []Policy{h.Decode, h.Prefill} {
+		if rm, ok := p.(InstanceRemover); ok {
+			rm.RemoveInstance(instance)
+		}
+	}
+}
+
+// String describes the handler: its profiles and decider.
+func (h *PDProfileHandler) String() string {
+	return fmt.Sprintf("%s[decode %v; prefill %v; %s nonCachedTokens=%d]", PDProfileHandlerType, h.Decode, h.Prefill, PrefixBasedPDDeciderType, h.Decider.NonCachedTokens)
 }

@@ -34,6 +34,8 @@ func ReadsCaches(p Policy) bool {
 			}
 		}
 		return false
+	case *PDProfileHandler:
+		return true // its prefix-based decider reads the decode endpoint's cache
 	}
 	return true
 }

@@ -55,6 +55,10 @@ type Options struct {
 	EngineArgsFor func(i int) []string
 	// Env is added to each engine's environment.
 	Env []string
+	// Roles, if set, is engine i's llm-d role (prefill, decode, both; "" none), which the
+	// router's endpoint for it carries (ROLE=URL, router.ParseEndpoint) so a P/D policy
+	// tells prefill from decode engines. The engines' own --role is EngineArgsFor's.
+	Roles []string
 	// Router configures the router; its Endpoints are filled in by Start. A nil Policy
 	// starts no router (URL is then empty).
 	Router router.Config
@@ -557,6 +561,14 @@ func waitHealthy(ctx context.Context, url string, e *engineProc) error {
 func (c *Cluster) startRouter(ctx context.Context, opts Options) error {
 	cfg := opts.Router
 	cfg.Endpoints = c.Endpoints
+	if len(opts.Roles) > 0 {
+		cfg.Endpoints = make([]string, len(c.Endpoints))
+		for i, u := range c.Endpoints {
+			if cfg.Endpoints[i] = u; i < len(opts.Roles) && opts.Roles[i] != "" {
+				cfg.Endpoints[i] = opts.Roles[i] + "=" + u
+			}
+		}
+	}
 	r, err := router.New(cfg)
 	if err != nil {
 		return err

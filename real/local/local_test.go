@@ -414,3 +414,38 @@ func TestStopDuringABackoffStartsNothing(t *testing.T) {
 		t.Fatalf("an engine runs after Stop: pid %d", pids[0])
 	}
 }
+
+// TestRolesReachTheRouter: Options.Roles give the router's endpoints their llm-d roles,
+// so a policy without P/D keeps requests off the prefill engine.
+func TestRolesReachTheRouter(t *testing.T) {
+	c, err := Start(context.Background(), Options{
+		Engines:       3,
+		Roles:         []string{"prefill", "decode", "decode"},
+		Command:       []string{os.Args[0]},
+		EngineArgs:    []string{"--name", "fake"},
+		EngineArgsFor: func(i int) []string { return []string{"--index", fmt.Sprint(i)} },
+		Env:           []string{"FAKE_ENGINE=ok"},
+		Router:        router.Config{Policy: roundRobin(t), ScrapeInterval: 10 * time.Millisecond},
+		Log:           io.Discard,
+		StartTimeout:  20 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(5 * time.Second) })
+	want := []string{"prefill=" + c.Endpoints[0], "decode=" + c.Endpoints[1], "decode=" + c.Endpoints[2]}
+	if diff := cmp.Diff(want, c.Router.Endpoints()); diff != "" {
+		t.Errorf("router endpoints (-want +got):\n%s", diff)
+	}
+	for range 4 {
+		resp, err := http.Post(c.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"hi","max_tokens":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || strings.Contains(string(body), "fake-0") {
+			t.Fatalf("through the router: %d %s; the prefill engine must not serve a request alone", resp.StatusCode, body)
+		}
+	}
+}

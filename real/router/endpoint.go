@@ -24,6 +24,7 @@ import (
 type endpoint struct {
 	index int
 	url   string
+	role  string // llm-d's role (route.RolePrefill, ...); "" for none
 	host  string // url's host:port, for serving.ServedEndpointHeader
 	logf  func(format string, args ...any)
 	// stop ends the endpoint's scrape and KV-event loops; loops counts them.

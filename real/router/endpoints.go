@@ -26,8 +26,36 @@ import (
 //   - the endpoint's loops: its /metrics scrape and /v1/kv_events subscription run under a
 //     context of their own, cancelled on removal; SetEndpoints returns once they ended.
 
-// newEndpoint checks u and makes the endpoint at index i, its loops not started.
-func (r *Router) newEndpoint(i int, u string) (*endpoint, error) {
+// ParseEndpoint splits an endpoint as Config.Endpoints and SetEndpoints take it: a base
+// URL, or ROLE=URL with ROLE an llm-d role (the pod label llm-d.ai/role's values: prefill,
+// decode, both, prefill-decode). An endpoint without a role is what llm-d calls
+// unlabelled: its decode-filter passes it, its prefill-filter does not.
+func ParseEndpoint(s string) (role, u string, err error) {
+	s = strings.TrimSpace(s)
+	if r, rest, ok := strings.Cut(s, "="); ok && !strings.Contains(r, "/") {
+		if !slices.Contains(route.Roles, r) {
+			return "", "", fmt.Errorf("router: endpoint %q: role %q is not one of %s", s, r, strings.Join(route.Roles, ", "))
+		}
+		role, s = r, rest
+	}
+	return role, s, nil
+}
+
+// endpointKey is the endpoint's identity in the set: its role and URL.
+func endpointKey(role, u string) string {
+	if role == "" {
+		return u
+	}
+	return role + "=" + u
+}
+
+// newEndpoint checks spec (ParseEndpoint) and makes the endpoint at index i, its loops not
+// started.
+func (r *Router) newEndpoint(i int, spec string) (*endpoint, error) {
+	role, u, err := ParseEndpoint(spec)
+	if err != nil {
+		return nil, err
+	}
 	u = strings.TrimRight(u, "/")
 	if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 		return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL", u)
@@ -36,7 +64,7 @@ func (r *Router) newEndpoint(i int, u string) (*endpoint, error) {
 	if err != nil || parsed.Host == "" {
 		return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL with a host", u)
 	}
-	return &endpoint{index: i, url: u, host: parsed.Host, logf: r.cfg.Logf}, nil
+	return &endpoint{index: i, url: u, role: role, host: parsed.Host, logf: r.cfg.Logf}, nil
 }
 
 // startLoops starts the endpoint's scrape loop and, with Config.KVEvents, its KV-event
@@ -62,12 +90,13 @@ func (r *Router) snapshot() []*endpoint {
 	return r.endpoints
 }
 
-// Endpoints returns the URLs of the router's endpoints, in index order.
+// Endpoints returns the router's endpoints as SetEndpoints takes them (URL, or ROLE=URL),
+// in index order.
 func (r *Router) Endpoints() []string {
 	eps := r.snapshot()
 	out := make([]string, len(eps))
 	for i, e := range eps {
-		out[i] = e.url
+		out[i] = endpointKey(e.role, e.url)
 	}
 	return out
 }
@@ -75,24 +104,30 @@ func (r *Router) Endpoints() []string {
 // errClosed is SetEndpoints' answer after Close.
 var errClosed = errors.New("router: closed")
 
-// SetEndpoints makes urls (engines' base URLs, as Config.Endpoints) the router's endpoint
-// set: endpoints not yet in it are added, get the lowest free indexes in the order given,
-// and start being scraped (and followed for KV events); endpoints not in urls are removed:
+// SetEndpoints makes urls (engines' base URLs, or ROLE=URL, as Config.Endpoints) the
+// router's endpoint set (an endpoint whose role changes is removed and added anew):
+// endpoints not yet in it are added, get the lowest free indexes in the order given, and start being scraped (and followed for KV events); endpoints not in urls are removed:
 // the policy forgets their state, they are routed no more requests, and their loops stop
 // before SetEndpoints returns, while requests already sent to them finish. Endpoints in
 // both keep their index, views and prefix index. A bad URL changes nothing. It is safe to
 // call concurrently with routing and with itself.
 func (r *Router) SetEndpoints(urls []string) error {
 	want := make(map[string]bool, len(urls))
+	roleOf := make(map[string]string, len(urls))
 	var order []string
 	for _, u := range urls {
 		e, err := r.newEndpoint(0, u)
 		if err != nil {
 			return err
 		}
-		if !want[e.url] {
-			want[e.url] = true
-			order = append(order, e.url)
+		if role, seen := roleOf[e.url]; seen && role != e.role {
+			return fmt.Errorf("router: endpoint %s given with two roles, %q and %q", e.url, role, e.role)
+		}
+		roleOf[e.url] = e.role
+		k := endpointKey(e.role, e.url)
+		if !want[k] {
+			want[k] = true
+			order = append(order, k)
 		}
 	}
 
@@ -105,9 +140,9 @@ func (r *Router) SetEndpoints(urls []string) error {
 	have := make(map[string]bool, len(r.endpoints))
 	used := make(map[int]bool, len(r.endpoints))
 	for _, e := range r.endpoints {
-		if want[e.url] {
+		if k := endpointKey(e.role, e.url); want[k] {
 			next = append(next, e)
-			have[e.url] = true
+			have[k] = true
 			used[e.index] = true
 		} else {
 			removed = append(removed, e)

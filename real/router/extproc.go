@@ -309,7 +309,21 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 	}
 	rr := ex.r.routingRequest(ex.ctx, ex.path, ex.body)
 	exclude := ex.outsideSubset()
-	for range 1 + ex.cfg.Fallbacks {
+	// With a P/D policy the destination is the decode endpoint and, when the decider
+	// disaggregates, the prefill endpoint goes in llm-d's x-prefiller-host-port header for
+	// the routing sidecar in front of the decode engine, as llm-d's EPP hands it
+	// (disagg_profile_handler.go PreRequest); the sidecar runs the two legs.
+	var prefill *endpoint
+	if ex.r.pd != nil {
+		d, p, _ := ex.r.pickPD(rr, exclude, nil)
+		if d != nil {
+			ex.destination = append(ex.destination, d)
+			exclude[d] = true
+			prefill = p
+			ex.r.countPDDecision(ex.body, p != nil)
+		}
+	}
+	for len(ex.destination) < 1+ex.cfg.Fallbacks {
 		e := ex.r.pick(rr, exclude)
 		if e == nil {
 			break
@@ -333,6 +347,9 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 	}
 	dest := strings.Join(names, ",")
 	set := []*corev3.HeaderValueOption{setHeader(DestinationEndpointKey, dest)}
+	if prefill != nil {
+		set = append(set, setHeader(PrefillEndpointHeader, hostPort(prefill)))
+	}
 	if ex.r.cfg.EngineAPIKey != "" {
 		// As the proxy: the engines' key replaces the client's Authorization header.
 		set = append(set, setHeader("authorization", "Bearer "+ex.r.cfg.EngineAPIKey))

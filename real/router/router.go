@@ -71,6 +71,11 @@ type Config struct {
 	// MaxInFlight caps the requests being served at once, /health and /metrics aside; over
 	// it requests are shed with 429 and Retry-After. 0 means no cap.
 	MaxInFlight int
+	// PrefillTimeout bounds a prefill leg of a disaggregated request (a P/D policy: its
+	// prefill profile's endpoint runs the prompt with max_tokens 1), from sending it to
+	// reading its whole response; a leg over it counts as failed. 0 means
+	// DefaultPrefillTimeout.
+	PrefillTimeout time.Duration
 	// Logf receives endpoint transitions (down, back up) and why an endpoint's metrics or
 	// KV events are unavailable, each once per cause; nil logs to stderr.
 	Logf func(format string, args ...any)
@@ -93,6 +98,13 @@ type Router struct {
 
 	mu    sync.Mutex // serialises the policy, which is not safe for concurrent use
 	views []serving.InstanceView
+	// pd is the policy when it is llm-d's P/D profile handler (a P/D EndpointPickerConfig):
+	// requests run its decode profile, decider and prefill profile, and the two legs.
+	pd     *route.PDProfileHandler
+	pviews []serving.InstanceView
+	pdm    pdMetrics
+	// idPrefix makes the x-request-id the router sends on P/D legs unique across routers.
+	idPrefix string
 
 	decisions *prometheus.CounterVec
 	scoring   prometheus.Histogram
@@ -140,7 +152,11 @@ func New(cfg Config) (*Router, error) {
 		l := log.New(os.Stderr, "servelab router: ", log.LstdFlags)
 		cfg.Logf = l.Printf
 	}
-	r := &Router{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.PrefillTimeout <= 0 {
+		cfg.PrefillTimeout = DefaultPrefillTimeout
+	}
+	r := &Router{cfg: cfg, mux: http.NewServeMux(), idPrefix: newIDPrefix()}
+	r.pd, _ = cfg.Policy.(*route.PDProfileHandler)
 	if cfg.MaxInFlight > 0 {
 		r.inflight = make(chan struct{}, cfg.MaxInFlight)
 	}
@@ -181,6 +197,7 @@ func New(cfg Config) (*Router, error) {
 		Buckets: prometheus.ExponentialBuckets(1e-5, 2, 16),
 	})
 	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
+	r.pdm = newPDMetrics(cfg.Registry)
 	for _, e := range r.endpoints {
 		e.decisions = r.decisions.WithLabelValues(e.url)
 	}
@@ -421,8 +438,12 @@ func (r *Router) pickAt(req *serving.Request, exclude map[*endpoint]bool) (*endp
 	defer r.mu.Unlock()
 	r.views = r.views[:0]
 	var cands []*endpoint
+	filter := route.DecodeRoleFilter() // a prefill endpoint does not serve a request alone
+	if r.pd != nil {
+		filter = r.pd.DecodeFilter
+	}
 	for _, e := range r.endpoints {
-		if exclude[e] || !e.healthy() {
+		if exclude[e] || !e.healthy() || !filter.Allows(e.role) {
 			continue
 		}
 		r.views = append(r.views, e.view())
@@ -463,6 +484,10 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	rr := r.routingRequest(req.Context(), req.URL.Path, body)
+	if r.pd != nil {
+		r.servePD(w, req, body, rr)
+		return
+	}
 	tried := map[*endpoint]bool{}
 	var routedAt time.Time // the first decision's: the order requests reached the policy in
 	for {

@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"servelab/policies/route"
 )
 
 // ActivePortsAnnotation on a pod names which of the target ports it serves (comma
@@ -31,7 +33,9 @@ import (
 // meaning (pkg/epp/util/pod/pod.go).
 const ActivePortsAnnotation = "inference.networking.k8s.io/active-ports"
 
-// Target receives the endpoint set; *router.Router is one.
+// Target receives the endpoint set; *router.Router is one. An endpoint of a pod with
+// llm-d's role label (route.RoleLabel, llm-d.ai/role) is ROLE=URL, as router.ParseEndpoint
+// reads it.
 type Target interface {
 	SetEndpoints(urls []string) error
 }
@@ -116,10 +120,21 @@ func Ready(pod *corev1.Pod) bool {
 }
 
 // Endpoints are the pod's endpoint URLs: one per target port it serves (all of them, or
-// those ActivePortsAnnotation names), in TargetPorts order; none unless Ready.
+// those ActivePortsAnnotation names), in TargetPorts order; none unless Ready. A pod
+// labelled with an llm-d role (llm-d.ai/role: prefill, decode, both or prefill-decode)
+// gives ROLE=URL, as llm-d's role filters read the label; a pod whose role is none of
+// those (an encode pod) gives none.
 func Endpoints(pod *corev1.Pod, scheme string, targetPorts []int) []string {
 	if !Ready(pod) {
 		return nil
+	}
+	role, labelled := pod.Labels[route.RoleLabel]
+	if labelled && !slices.Contains(route.Roles, role) {
+		return nil
+	}
+	prefix := ""
+	if labelled {
+		prefix = role + "="
 	}
 	if scheme == "" {
 		scheme = "http"
@@ -130,7 +145,7 @@ func Endpoints(pod *corev1.Pod, scheme string, targetPorts []int) []string {
 		if annotated && !portListed(active, p) {
 			continue
 		}
-		out = append(out, scheme+"://"+net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(p)))
+		out = append(out, prefix+scheme+"://"+net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(p)))
 	}
 	return out
 }
@@ -292,6 +307,8 @@ func describe(p *corev1.Pod, eps []string) string {
 		return "not routed to: no pod IP yet"
 	case !Ready(p):
 		return "not routed to: not ready"
+	case p.Labels[route.RoleLabel] != "" && !slices.Contains(route.Roles, p.Labels[route.RoleLabel]):
+		return fmt.Sprintf("not routed to: its %s %q is none of %s", route.RoleLabel, p.Labels[route.RoleLabel], strings.Join(route.Roles, ", "))
 	}
 	return fmt.Sprintf("not routed to: none of its %s ports %q is a target port", ActivePortsAnnotation, p.Annotations[ActivePortsAnnotation])
 }

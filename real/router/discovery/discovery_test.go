@@ -43,6 +43,13 @@ func TestEndpoints(t *testing.T) {
 		{"no IP yet", pod(func(p *corev1.Pod) { p.Status.PodIP = "" }), "", []int{8000}, nil},
 		{"active ports", pod(func(p *corev1.Pod) { p.Annotations = map[string]string{ActivePortsAnnotation: "8001, 9000"} }),
 			"", []int{8000, 8001, 8002}, []string{"http://10.0.0.7:8001"}},
+		{"prefill role", pod(func(p *corev1.Pod) { p.Labels = map[string]string{"llm-d.ai/role": "prefill"} }), "", []int{8000, 8001},
+			[]string{"prefill=http://10.0.0.7:8000", "prefill=http://10.0.0.7:8001"}},
+		{"decode role", pod(func(p *corev1.Pod) { p.Labels = map[string]string{"llm-d.ai/role": "decode", "app": "x"} }), "", []int{8000},
+			[]string{"decode=http://10.0.0.7:8000"}},
+		{"prefill-decode role", pod(func(p *corev1.Pod) { p.Labels = map[string]string{"llm-d.ai/role": "prefill-decode"} }), "", []int{8000},
+			[]string{"prefill-decode=http://10.0.0.7:8000"}},
+		{"encode role is not routed to", pod(func(p *corev1.Pod) { p.Labels = map[string]string{"llm-d.ai/role": "encode"} }), "", []int{8000}, nil},
 		{"no active port is a target", pod(func(p *corev1.Pod) { p.Annotations = map[string]string{ActivePortsAnnotation: "9000"} }),
 			"", []int{8000}, nil},
 	}
