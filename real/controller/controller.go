@@ -42,6 +42,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"servelab/api/v1alpha1"
+	"servelab/policies/route"
 )
 
 // The RBAC the controller needs; controller-gen writes config/rbac/role.yaml from these
@@ -267,9 +268,15 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	} else {
 		stale = append(stale, staleObj{&corev1.ConfigMap{}, eppName(svc.Name)})
 	}
-	objs = append(objs, engineService(svc), engineDeployment(svc, engineName(svc.Name), ComponentEngine, svc.Spec.WorkloadSpec, model))
+	// With a prefill pool the engines take llm-d's roles; without one they keep none (a
+	// decode-filter passes an engine without the label, as llm-d's does).
+	decodeRole := ""
+	if pol.disaggregated {
+		decodeRole = route.RoleDecode
+	}
+	objs = append(objs, engineService(svc), engineDeployment(svc, engineName(svc.Name), ComponentEngine, decodeRole, svc.Spec.WorkloadSpec, model))
 	if p := svc.Spec.Prefill; p != nil {
-		objs = append(objs, engineDeployment(svc, prefillName(svc.Name), ComponentPrefill, *p, model))
+		objs = append(objs, engineDeployment(svc, prefillName(svc.Name), ComponentPrefill, route.RolePrefill, *p, model))
 	} else {
 		stale = append(stale, staleObj{&appsv1.Deployment{}, prefillName(svc.Name)})
 	}

@@ -26,6 +26,7 @@ import (
 
 	"servelab/api/v1alpha1"
 	"servelab/internal/k8stest"
+	"servelab/policies/route"
 )
 
 const ns = "default"
@@ -411,6 +412,9 @@ func TestReconcile(t *testing.T) {
 				s.Spec.Router.Policy = ""
 				s.Spec.Router.EndpointPickerConfig = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: no-such-scorer\n"
 			}, ReasonInvalidPolicy, "spec.router.endpointPickerConfig"},
+			{"prefill pool without a P/D policy", func(s *v1alpha1.LLMService) {
+				s.Spec.Prefill = &v1alpha1.WorkloadSpec{}
+			}, ReasonInvalidPolicy, "spec.prefill needs a prefill/decode EndpointPickerConfig"},
 			{"unknown engine flag", func(s *v1alpha1.LLMService) { s.Spec.Template.Args = []string{"--max-num-seq=8"} }, ReasonInvalidArgs, "spec.template.args"},
 			{"unknown router flag", func(s *v1alpha1.LLMService) {
 				s.Spec.Router.Template = &v1alpha1.EngineTemplate{Args: []string{"--no-such-flag"}}
@@ -532,10 +536,16 @@ func TestReconcile(t *testing.T) {
 
 	t.Run("prefill pool and pvc model", func(t *testing.T) {
 		r, _ := newReconciler(env)
+		pdConfig, err := os.ReadFile("../../examples/router/llm-d-pd.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
 		one := int32(1)
 		create(t, env, newService("pd", func(s *v1alpha1.LLMService) {
 			s.Spec.Model.URI = "pvc://models/llama/8b"
 			s.Spec.Prefill = &v1alpha1.WorkloadSpec{Replicas: &one, Template: v1alpha1.EngineTemplate{Args: []string{"--max-num-batched-tokens=4096"}}}
+			s.Spec.Router.Policy = ""
+			s.Spec.Router.EndpointPickerConfig = string(pdConfig)
 		}))
 		reconcileOnce(t, r, "pd")
 		p := get(t, env, "pd-prefill", &appsv1.Deployment{})
@@ -545,6 +555,24 @@ func TestReconcile(t *testing.T) {
 		c := p.Spec.Template.Spec.Containers[0]
 		if !contains(c.Args, "--model=/mnt/models") || !contains(c.Args, "--max-num-batched-tokens=4096") {
 			t.Errorf("prefill args %q", c.Args)
+		}
+		// The pools' llm-d roles, which the engines run with and the router's discovery reads,
+		// and a router selector over both pools.
+		e := get(t, env, "pd-engine", &appsv1.Deployment{})
+		for _, d := range []struct {
+			dep  *appsv1.Deployment
+			role string
+		}{{p, route.RolePrefill}, {e, route.RoleDecode}} {
+			if got := d.dep.Spec.Template.Labels[route.RoleLabel]; got != d.role {
+				t.Errorf("%s: label %s=%q, want %q", d.dep.Name, route.RoleLabel, got, d.role)
+			}
+			if args := d.dep.Spec.Template.Spec.Containers[0].Args; !contains(args, "--role="+d.role) {
+				t.Errorf("%s: args %q, want --role=%s", d.dep.Name, args, d.role)
+			}
+		}
+		rd := get(t, env, "pd-router", &appsv1.Deployment{})
+		if args := rd.Spec.Template.Spec.Containers[0].Args; !contains(args, "--endpoint-selector=app.kubernetes.io/component in (engine,prefill),servelab.io/llmservice=pd") {
+			t.Errorf("router args %q: want a selector over both pools", args)
 		}
 		vol := p.Spec.Template.Spec.Volumes[0]
 		if vol.PersistentVolumeClaim == nil || vol.PersistentVolumeClaim.ClaimName != "models" || c.VolumeMounts[0].SubPath != "llama/8b" {
@@ -561,6 +589,9 @@ func TestReconcile(t *testing.T) {
 		reconcileOnce(t, r, "pd")
 		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "pd-prefill"}, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
 			t.Errorf("prefill Deployment after removing spec.prefill: %v, want NotFound", err)
+		}
+		if e := get(t, env, "pd-engine", &appsv1.Deployment{}); e.Spec.Template.Labels[route.RoleLabel] != "" || contains(e.Spec.Template.Spec.Containers[0].Args, "--role=decode") {
+			t.Errorf("engines after removing spec.prefill: labels %v args %q, want no role", e.Spec.Template.Labels, e.Spec.Template.Spec.Containers[0].Args)
 		}
 	})
 

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"servelab/api/v1alpha1"
+	"servelab/policies/route"
 )
 
 // Ports of the pods the controller runs.
@@ -95,6 +96,15 @@ func objectLabels(svc, component string) map[string]string {
 // --endpoint-selector and the InferencePool's spec.selector take it.
 func EngineSelector(svc string) string {
 	return LabelComponent + "=" + ComponentEngine + "," + LabelService + "=" + svc
+}
+
+// routerSelector is the router's --endpoint-selector: the decode engines, and with
+// disaggregation the prefill engines too (their llm-d.ai/role labels tell them apart).
+func routerSelector(svc string, disaggregated bool) string {
+	if !disaggregated {
+		return EngineSelector(svc)
+	}
+	return LabelComponent + " in (" + ComponentEngine + "," + ComponentPrefill + ")," + LabelService + "=" + svc
 }
 
 // modelMount says how the engines and the router see spec.model.uri: the directory they
@@ -187,7 +197,9 @@ func image(t v1alpha1.EngineTemplate) string {
 
 // engineDeployment is one pool of engines running 'servelab engine' with the spec's model,
 // policies and flags.
-func engineDeployment(svc *v1alpha1.LLMService, name, component string, pool v1alpha1.WorkloadSpec, model modelMount) *appsv1.Deployment {
+// role, when set, is the engines' llm-d role: their --role and their llm-d.ai/role label,
+// which the router's discovery reads.
+func engineDeployment(svc *v1alpha1.LLMService, name, component, role string, pool v1alpha1.WorkloadSpec, model modelMount) *appsv1.Deployment {
 	args := []string{
 		"engine",
 		"--model=" + model.dir,
@@ -196,6 +208,9 @@ func engineDeployment(svc *v1alpha1.LLMService, name, component string, pool v1a
 		"--port=" + strconv.Itoa(EnginePort),
 		"--batch=" + svc.Spec.Batch,
 		"--evict=" + svc.Spec.Evict,
+	}
+	if role != "" {
+		args = append(args, "--role="+role)
 	}
 	args = append(args, pool.Template.Args...)
 	c := corev1.Container{
@@ -214,6 +229,9 @@ func engineDeployment(svc *v1alpha1.LLMService, name, component string, pool v1a
 		},
 	}
 	labels := objectLabels(svc.Name, component)
+	if role != "" {
+		labels[route.RoleLabel] = role
+	}
 	// An engine drains its in-flight requests for up to 10 s on SIGTERM (servelab engine).
 	grace := int64(30)
 	return &appsv1.Deployment{
@@ -284,7 +302,7 @@ func routerDeployment(svc *v1alpha1.LLMService, pol resolvedPolicy, model modelM
 		"--model=" + model.dir,
 		"--scrape-interval=" + scrape,
 		"--pool-namespace=" + svc.Namespace,
-		"--endpoint-selector=" + EngineSelector(svc.Name),
+		"--endpoint-selector=" + routerSelector(svc.Name, pol.disaggregated),
 		"--endpoint-target-ports=" + strconv.Itoa(EnginePort),
 		"--ext-proc-port=" + strconv.Itoa(ExtProcPort),
 	}

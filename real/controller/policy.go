@@ -62,6 +62,9 @@ type resolvedPolicy struct {
 	// blockSize is the engines' --block-size when their args set it, else 0 (the default
 	// of both commands); the router hashes prompts into blocks of this size.
 	blockSize int
+	// disaggregated: spec.prefill is set, so the engines run with roles (--role and llm-d's
+	// role label) and the router's policy is a P/D EndpointPickerConfig.
+	disaggregated bool
 }
 
 // FlagSets give the flag sets of 'servelab engine' and 'servelab router', to check an
@@ -169,13 +172,15 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 	}
 
 	rt := svc.Spec.Router
-	out := resolvedPolicy{blockSize: blockSize}
+	out := resolvedPolicy{blockSize: blockSize, disaggregated: svc.Spec.Prefill != nil}
+	var loaded route.Policy
 	switch {
 	case rt.EndpointPickerConfig != "":
-		if _, err := route.LoadEndpointPickerConfig([]byte(rt.EndpointPickerConfig), env); err != nil {
+		pol, err := route.LoadEndpointPickerConfig([]byte(rt.EndpointPickerConfig), env)
+		if err != nil {
 			return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.router.endpointPickerConfig: %v", err)}
 		}
-		out.epc = rt.EndpointPickerConfig
+		out.epc, loaded = rt.EndpointPickerConfig, pol
 	case rt.EndpointPickerConfigRef != nil:
 		ref := rt.EndpointPickerConfigRef
 		field := fmt.Sprintf("spec.router.endpointPickerConfigRef (ConfigMap %s, key %s)", ref.Name, ref.Key)
@@ -191,10 +196,11 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 		if !ok {
 			return resolvedPolicy{}, &policyError{ReasonConfigMapKeyNotFound, fmt.Sprintf("%s: ConfigMap %s/%s has no key %q", field, svc.Namespace, ref.Name, ref.Key)}
 		}
-		if _, err := route.LoadEndpointPickerConfig([]byte(doc), env); err != nil {
+		pol, err := route.LoadEndpointPickerConfig([]byte(doc), env)
+		if err != nil {
 			return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, fmt.Sprintf("%s: %v", field, err)}
 		}
-		out.epc = doc
+		out.epc, loaded = doc, pol
 	default:
 		spec := rt.Policy
 		if spec == "" {
@@ -209,6 +215,11 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 			return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.router.policy %q: %v", spec, err)}
 		}
 		out.routerArg, out.label = spec, spec
+	}
+	if _, pd := loaded.(*route.PDProfileHandler); out.disaggregated && !pd {
+		// The router sends prompts to prefill engines only under a P/D policy: without one the
+		// prefill pool would idle while the decode engines prefill everything.
+		return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, "spec.prefill needs a prefill/decode EndpointPickerConfig in spec.router (llm-d's pd-profile-handler or disagg-profile-handler with prefill and decode profiles): without one the router never sends a prompt to the prefill pool"}
 	}
 	if out.epc != "" {
 		out.routerArg, out.label = eppMountDir+"/"+eppKey, "EndpointPickerConfig"
