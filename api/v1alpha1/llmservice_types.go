@@ -114,7 +114,7 @@ type WorkloadSpec struct {
 
 // EngineTemplate is the container a pool's engines (or the router) run in.
 //
-// +kubebuilder:validation:XValidation:rule="!has(self.args) || self.args.all(a, !a.matches('^--(model|served-model-name|host|port|batch|evict|endpoints|router)(=|$)'))",message="args may not set --model, --served-model-name, --host, --port, --batch, --evict, --endpoints or --router: the controller sets them from spec.model, spec.batch, spec.evict and spec.router"
+// +kubebuilder:validation:XValidation:rule="!has(self.args) || self.args.all(a, !a.matches('^--(model|served-model-name|host|port|batch|evict|endpoints|router|role)(=|$)'))",message="args may not set --model, --served-model-name, --host, --port, --batch, --evict, --endpoints, --router or --role: the controller sets them from spec.model, spec.batch, spec.evict, spec.router and spec.prefill"
 type EngineTemplate struct {
 	// Image holds the servelab binary as its entrypoint (see the repository's Dockerfile).
 	// +optional

@@ -59,6 +59,7 @@ func TestAPIServerAppliesTheSchema(t *testing.T) {
 		{"two routing policies", with(minimal, "router", map[string]any{"policy": "least-request", "endpointPickerConfig": "kind: EndpointPickerConfig"}), "at most one of policy"},
 		{"args set the model", with(minimal, "template", map[string]any{"args": []any{"--max-num-seqs=8", "--model=/elsewhere"}}), "args may not set --model"},
 		{"prefill args set the port", with(minimal, "prefill", map[string]any{"template": map[string]any{"args": []any{"--port", "9"}}}), "args may not set"},
+		{"prefill args set the role", with(minimal, "prefill", map[string]any{"template": map[string]any{"args": []any{"--role=decode"}}}), "or --role"},
 		{"bad scrape interval", with(minimal, "router", map[string]any{"scrapeInterval": "often"}), "spec.router.scrapeInterval"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
