@@ -127,8 +127,10 @@ func (m *Manager) tierOf(h uint64) int {
 }
 
 // offload stores h, which just left the tier above, into tier level; the block the tier
-// evicts to make room goes one tier further down, or is dropped from the last.
-func (m *Manager) offload(level int, h uint64) {
+// evicts to make room goes one tier further down, or is dropped from the last. from is
+// where h's contents are: the accelerator block for level 0, else the slot of tier
+// level-1.
+func (m *Manager) offload(level int, h uint64, from int32) {
 	t := m.tiers[level]
 	var slot int32
 	if n := len(t.empty); n > 0 {
@@ -142,7 +144,14 @@ func (m *Manager) offload(level int, h uint64) {
 		m.lower.Delete(old)
 		m.emitOn(t.medium, BlockRemoved, old)
 		if level+1 < len(m.tiers) {
-			m.offload(level+1, old)
+			m.offload(level+1, old, slot)
+		}
+	}
+	if m.mover != nil {
+		if level == 0 {
+			m.mover.Offload(from, slot)
+		} else {
+			m.mover.Demote(level-1, from, slot)
 		}
 	}
 	t.hashes[slot] = h
@@ -154,8 +163,8 @@ func (m *Manager) offload(level int, h uint64) {
 }
 
 // take removes h from tier level, as it is loaded back to the accelerator or recomputed
-// there: a hash lives on one tier at a time.
-func (m *Manager) take(level int, h uint64) {
+// there: a hash lives on one tier at a time. It returns the slot h occupied.
+func (m *Manager) take(level int, h uint64) int32 {
 	t := m.tiers[level]
 	v, _ := m.lower.Get(h)
 	slot := v >> tierBits
@@ -164,6 +173,7 @@ func (m *Manager) take(level int, h uint64) {
 	t.hashes[slot] = noHash
 	t.empty = append(t.empty, slot)
 	m.emitOn(t.medium, BlockRemoved, h)
+	return slot
 }
 
 func (m *Manager) resetTiers() {
