@@ -5,8 +5,8 @@ import (
 	"flag"
 	"maps"
 	"math/rand/v2"
-	"slices"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
