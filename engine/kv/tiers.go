@@ -2,6 +2,7 @@ package kv
 
 import (
 	"fmt"
+	"slices"
 
 	"servelab/policies"
 	"servelab/policies/evict"
@@ -212,4 +213,32 @@ func (m *Manager) CachedPrefixWeight(hashes []uint64, weight func(medium string)
 		w += weight(m.tiers[lvl].medium)
 	}
 	return w
+}
+
+// SnapshotEvents are the events a new KV-event subscriber starts from: AllBlocksCleared,
+// then one BlockStored per tier that holds hashes, the accelerator's first, each naming
+// its tier's medium (none without tiers, as every event then), hashes sorted. Replayed,
+// they give CachedHashes, tier by tier.
+func (m *Manager) SnapshotEvents() []Event {
+	out := []Event{{Kind: AllBlocksCleared}}
+	gpu := make([]uint64, 0, m.cached.Len())
+	m.cached.Range(func(h uint64, _ int32) bool {
+		gpu = append(gpu, h)
+		return true
+	})
+	slices.Sort(gpu)
+	out = append(out, Event{Kind: BlockStored, Hashes: gpu, Medium: m.gpuMedium})
+	for _, t := range m.tiers {
+		var hs []uint64
+		for _, h := range t.hashes {
+			if h != noHash {
+				hs = append(hs, h)
+			}
+		}
+		if len(hs) > 0 {
+			slices.Sort(hs)
+			out = append(out, Event{Kind: BlockStored, Hashes: hs, Medium: t.medium})
+		}
+	}
+	return out
 }
