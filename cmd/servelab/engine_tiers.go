@@ -154,7 +154,11 @@ func (f *tierFlags) build(cache *model.KVCache, blockSize int, prefixCaching boo
 		case kv.MediumCPU:
 			s, err := kvoffload.NewHostStore(r.Blocks, bb)
 			if err != nil {
-				return fail(err)
+				flag := fmt.Sprintf("--kv-tier cpu:%d", r.Blocks)
+				if f.offloadingSize != 0 {
+					flag = fmt.Sprintf("--kv-offloading-size %v", f.offloadingSize)
+				}
+				return fail(fmt.Errorf("%s: %w", flag, err))
 			}
 			stores = append(stores, s)
 		case kv.MediumDisk:

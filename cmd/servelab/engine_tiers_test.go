@@ -43,6 +43,8 @@ func TestEngineTierFlagErrors(t *testing.T) {
 		{"lmcache", []string{"--kv-offloading-size", "1", "--kv-offloading-backend", "lmcache"}, `--kv-offloading-backend "lmcache": only native`},
 		{"negative size", []string{"--kv-offloading-size", "-1"}, "want a positive number of GiB"},
 		{"tiny size", []string{"--kv-offloading-size", "1e-9"}, "less than one KV block"},
+		{"size beyond memory", []string{"--kv-offloading-size", "1000000"}, "--kv-offloading-size 1e+06: host tier: "},
+		{"cpu tier beyond memory", []string{"--kv-tier", "cpu:1000000000"}, "--kv-tier cpu:1000000000: host tier: 1000000000 blocks need"},
 		{"size and cpu tier", []string{"--kv-offloading-size", "1", "--kv-tier", "cpu:8"}, "--kv-offloading-size already makes the cpu tier"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

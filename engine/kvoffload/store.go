@@ -52,7 +52,8 @@ func NewBuffer(blockBytes int) []byte {
 }
 
 // HostStore is the CPU tier: block contents in process memory, one aligned buffer per
-// slot, allocated as the slot is first written.
+// slot, allocated as the slot is first written (NewHostStore refuses a size beyond the
+// memory available when it starts).
 type HostStore struct {
 	blockBytes int
 	slots      [][]byte
@@ -62,6 +63,10 @@ type HostStore struct {
 func NewHostStore(slots, blockBytes int) (*HostStore, error) {
 	if slots <= 0 || blockBytes <= 0 {
 		return nil, fmt.Errorf("kvoffload: host store of %d slots of %d bytes: want positive sizes", slots, blockBytes)
+	}
+	size := uint64(slots) * uint64(slotBytes(blockBytes))
+	if avail, ok := availableMemory(); ok && size > avail {
+		return nil, fmt.Errorf("host tier: %d blocks need %s, the machine has %s of memory available", slots, gib(size), gib(avail))
 	}
 	return &HostStore{blockBytes: blockBytes, slots: make([][]byte, slots)}, nil
 }

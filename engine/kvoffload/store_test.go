@@ -173,3 +173,10 @@ func TestDiskStoreErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestHostStoreTooLarge(t *testing.T) {
+	_, err := NewHostStore(1<<30, 1<<20)
+	if err == nil || !strings.Contains(err.Error(), "host tier: 1073741824 blocks need 1048576.00 GiB, the machine has") {
+		t.Fatalf("err = %v", err)
+	}
+}
