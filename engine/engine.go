@@ -74,6 +74,10 @@ type Config struct {
 	Batch               batch.Policy
 	// Evict orders free blocks for reuse; nil means LRU.
 	Evict evict.Policy
+	// KVTiers and KVMover are the KV cache's tiers below the accelerator's blocks and the
+	// mover of their contents (see tiers.go).
+	KVTiers []kv.TierConfig
+	KVMover kv.Mover
 	// MaxWaiting bounds the waiting queue; a request beyond it gets ErrQueueFull. 0 means
 	// 4 x the batch policy's max_num_seqs.
 	MaxWaiting int
@@ -175,6 +179,9 @@ type Stats struct {
 	// FreeBlocks and NumBlocks describe the block manager; FreeBlocks == NumBlocks when no
 	// request holds a block.
 	FreeBlocks, NumBlocks int
+	// KVTiers are the block manager's per-tier counters, the accelerator's first; nil
+	// without tiers below it.
+	KVTiers []kv.TierStats
 }
 
 // Engine is one serving instance.
@@ -226,6 +233,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxWaiting <= 0 {
 		cfg.MaxWaiting = 4 * cfg.Batch.Limits().MaxNumSeqs
 	}
+	if err := cfg.checkTiers(); err != nil {
+		return nil, err
+	}
 	if cfg.Evict == nil {
 		// Built here rather than by the block manager, so Resolved can report it.
 		ev, err := evict.Registry.Build(policies.Spec{Name: "lru"}, policies.Env{BlockSize: cfg.BlockSize})
@@ -248,6 +258,8 @@ func New(cfg Config) (*Engine, error) {
 			EnablePrefixCaching: cfg.EnablePrefixCaching,
 			Evict:               cfg.Evict,
 			Events:              func(ev kv.Event) { e.events = append(e.events, ev) },
+			Tiers:               cfg.KVTiers,
+			Mover:               cfg.KVMover,
 		},
 		Batch: cfg.Batch,
 	})
@@ -432,6 +444,7 @@ func (e *Engine) publishStats() {
 		Steps:              st.Steps,
 		FreeBlocks:         m.NumFree(),
 		NumBlocks:          m.NumBlocks(),
+		KVTiers:            tierStats(m),
 	}
 	e.mu.Unlock()
 }

@@ -26,7 +26,8 @@ type subscriber struct {
 }
 
 // SubscribeKVEvents returns a channel of event batches. The first batch is a snapshot:
-// AllBlocksCleared followed by one BlockStored of every cached hash. cancel stops the
+// AllBlocksCleared followed by one BlockStored of every cached hash (with KV tiers, one per
+// tier, each naming its medium). cancel stops the
 // subscription; the channel is closed when it ends, including when the engine shuts down.
 func (e *Engine) SubscribeKVEvents(buffer int) (events <-chan KVEventBatch, cancel func()) {
 	sub := &subscriber{ch: make(chan KVEventBatch, max(buffer, 1))}
@@ -53,7 +54,7 @@ func (e *Engine) addSubscribers(subs []*subscriber) {
 	if len(subs) == 0 {
 		return
 	}
-	snapshot := []kv.Event{{Kind: kv.AllBlocksCleared}, {Kind: kv.BlockStored, Hashes: e.inst.KV().CachedHashes()}}
+	snapshot := e.inst.KV().SnapshotEvents()
 	for _, s := range subs {
 		e.send(s, snapshot)
 	}

@@ -18,6 +18,7 @@ type Metrics struct {
 	promptTokensHist, generationTokensHist, iterationTokens prometheus.Observer
 	promptTokens, generationTokens                          prometheus.Counter
 	success                                                 *prometheus.CounterVec
+	kvLoad                                                  *prometheus.HistogramVec // tiers.go
 
 	reg  prometheus.Registerer
 	once sync.Once
@@ -95,6 +96,7 @@ func (m *Metrics) bind(e *Engine) {
 		counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.", func(s Stats) float64 { return float64(s.PrefixCacheQueries) })
 		counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", func(s Stats) float64 { return float64(s.PrefixCacheHits) })
 		counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", func(s Stats) float64 { return float64(s.Preemptions) })
+		m.bindTiers(e)
 		// vLLM's CacheConfig.metrics_info (vllm/config/cache.py) writes each field with
 		// Python's str(), so booleans read "True"/"False" there and here.
 		rc := e.Resolved()

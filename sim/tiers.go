@@ -197,3 +197,10 @@ func (s *simulation) tierSummary(queries int64) []metrics.KVTierSummary {
 	}
 	return out
 }
+
+// ResolveKVTiers checks and resolves kv_tiers entries as the simulator does (mediums,
+// capacities, evictors, presets): the real engine's --kv-tier goes through it too, so the
+// two worlds accept the same tiers.
+func ResolveKVTiers(specs []KVTierSpec, env func(instance int) policies.Env) ([]KVTier, error) {
+	return buildKVTiers(specs, env)
+}

@@ -53,6 +53,7 @@ type engineFlags struct {
 	idleTimeout         time.Duration
 	maxInFlight         int
 	maxBodyBytes        int64
+	tiers               tierFlags // engine_tiers.go
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
@@ -78,6 +79,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.threads, "threads", 0, "CPU threads for the kernels (default GOMAXPROCS)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
 	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
+	f.tiers.register(fl)
 	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps'); a step's time is the loop's whole iteration since the previous step ended (admission, scheduling, forward pass, sampling, detokenisation, streaming), so back-to-back steps add up to the busy time")
 }
 
@@ -123,15 +125,21 @@ type running struct {
 	server   *server.Server
 	listener net.Listener
 	name     string
-	stepLog  *stepLog // nil without --step-log
+	stepLog  *stepLog     // nil without --step-log
+	tiers    *engineTiers // nil without KV tiers
 }
 
-// close releases what the engine holds besides its server: the step log.
+// close releases what the engine holds besides its server: the step log and the KV
+// tiers' stores.
 func (r *running) close() error {
+	err := r.tiers.close()
 	if r.stepLog == nil {
-		return nil
+		return err
 	}
-	return r.stepLog.close()
+	if serr := r.stepLog.close(); serr != nil {
+		return serr
+	}
+	return err
 }
 
 func (f *engineFlags) start() (*running, error) {
@@ -171,6 +179,11 @@ func (f *engineFlags) start() (*running, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := engine.NewMetrics(reg, name, b.MaxModelLen)
+	tiers, err := f.tiers.build(b.Cache, b.BlockSize, f.prefixCaching, metrics)
+	if err != nil {
+		return nil, err
+	}
 	eng, err := engine.New(engine.Config{
 		ModelName:           name,
 		Executor:            b.NewExecutor(),
@@ -185,10 +198,13 @@ func (f *engineFlags) start() (*running, error) {
 		Evict:               ev,
 		MaxWaiting:          f.maxWaiting,
 		Seed:                f.seed,
-		Metrics:             engine.NewMetrics(reg, name, b.MaxModelLen),
+		Metrics:             metrics,
 		OnStep:              onStep,
+		KVTiers:             tiers.kvTiers(),
+		KVMover:             tiers.kvMover(),
 	})
 	if err != nil {
+		tiers.close()
 		return nil, err
 	}
 	if steps != nil {
@@ -210,7 +226,7 @@ func (f *engineFlags) start() (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps}, nil
+	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers}, nil
 }
 
 func baseName(dir string) string {
@@ -248,6 +264,9 @@ engine runs).`,
 				r.name, b.Model.Config.Arch, b.Model.Config.Layers, b.Model.Config.Dim, b.NumBlocks, b.BlockSize, b.MaxModelLen, b.Pool.Threads())
 			rc := r.engine.Resolved()
 			fmt.Fprintf(cmd.OutOrStdout(), "batch %s, evict %s, prefix caching %t (GET /server_info)\n", rc.Batch, rc.Evict, rc.EnablePrefixCaching)
+			if d := r.tiers.describe(b.Cache.BlockBytes()); d != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), d)
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

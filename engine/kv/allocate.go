@@ -77,7 +77,10 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 	for i, b := range m.prefix {
 		if b == none {
 			lvl := int(m.loads[i])
-			m.take(lvl, s.Req.BlockHashes[i])
+			slot := m.take(lvl, s.Req.BlockHashes[i])
+			if m.mover != nil {
+				m.mover.Fetch(lvl, slot, i)
+			}
 			m.tiers[lvl].stats.Loaded++
 			if countHits {
 				m.lastHits[1+lvl]++
@@ -100,6 +103,9 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 	for i, b := range m.prefix {
 		if b == none {
 			b = m.popFree()
+			if m.mover != nil {
+				m.mover.Load(int(m.loads[i]), i, b)
+			}
 			h := s.Req.BlockHashes[i]
 			blk := &m.blocks[b]
 			blk.hash = h

@@ -35,6 +35,10 @@ type Config struct {
 	// instead of dropped, and from each to the next when it evicts; a prefix found on a
 	// lower tier is a hit that loads the blocks back (the caller charges the time).
 	Tiers []TierConfig
+	// Mover, if set, copies blocks' contents between the accelerator and the tiers as
+	// their hashes move (the real engine's offloading); nil moves hashes only (the
+	// simulator, which charges the time instead).
+	Mover Mover
 }
 
 // Manager owns the blocks of one engine instance. It is not safe for concurrent use: an
@@ -63,6 +67,7 @@ type Manager struct {
 	// tiers are the tiers below the accelerator, top down; gpuMedium is MediumGPU when
 	// there are any (the medium of the accelerator's events), else empty.
 	tiers     []*tier
+	mover     Mover
 	lower     *blockmap.Map
 	gpuMedium string
 	gpuHits   int64
@@ -128,6 +133,9 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("kv: %d tiers is too many (at most %d)", len(tiers), maxTiers)
 	}
 	m.tiers = tiers
+	if len(tiers) > 0 {
+		m.mover = cfg.Mover
+	}
 	if len(tiers) > 0 {
 		n := 0
 		for _, t := range tiers {

@@ -91,7 +91,7 @@ func (m *Manager) uncache(b int32) {
 			m.emit(BlockRemoved, h)
 		}
 		if len(m.tiers) > 0 {
-			m.offload(0, h)
+			m.offload(0, h, b)
 		}
 	}
 	blk.hash, blk.hits = noHash, 0

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"fmt"
+	"slices"
 
 	"servelab/policies"
 	"servelab/policies/evict"
@@ -127,8 +128,10 @@ func (m *Manager) tierOf(h uint64) int {
 }
 
 // offload stores h, which just left the tier above, into tier level; the block the tier
-// evicts to make room goes one tier further down, or is dropped from the last.
-func (m *Manager) offload(level int, h uint64) {
+// evicts to make room goes one tier further down, or is dropped from the last. from is
+// where h's contents are: the accelerator block for level 0, else the slot of tier
+// level-1.
+func (m *Manager) offload(level int, h uint64, from int32) {
 	t := m.tiers[level]
 	var slot int32
 	if n := len(t.empty); n > 0 {
@@ -142,7 +145,14 @@ func (m *Manager) offload(level int, h uint64) {
 		m.lower.Delete(old)
 		m.emitOn(t.medium, BlockRemoved, old)
 		if level+1 < len(m.tiers) {
-			m.offload(level+1, old)
+			m.offload(level+1, old, slot)
+		}
+	}
+	if m.mover != nil {
+		if level == 0 {
+			m.mover.Offload(from, slot)
+		} else {
+			m.mover.Demote(level-1, from, slot)
 		}
 	}
 	t.hashes[slot] = h
@@ -154,8 +164,8 @@ func (m *Manager) offload(level int, h uint64) {
 }
 
 // take removes h from tier level, as it is loaded back to the accelerator or recomputed
-// there: a hash lives on one tier at a time.
-func (m *Manager) take(level int, h uint64) {
+// there: a hash lives on one tier at a time. It returns the slot h occupied.
+func (m *Manager) take(level int, h uint64) int32 {
 	t := m.tiers[level]
 	v, _ := m.lower.Get(h)
 	slot := v >> tierBits
@@ -164,6 +174,7 @@ func (m *Manager) take(level int, h uint64) {
 	t.hashes[slot] = noHash
 	t.empty = append(t.empty, slot)
 	m.emitOn(t.medium, BlockRemoved, h)
+	return slot
 }
 
 func (m *Manager) resetTiers() {
@@ -202,4 +213,32 @@ func (m *Manager) CachedPrefixWeight(hashes []uint64, weight func(medium string)
 		w += weight(m.tiers[lvl].medium)
 	}
 	return w
+}
+
+// SnapshotEvents are the events a new KV-event subscriber starts from: AllBlocksCleared,
+// then one BlockStored per tier that holds hashes, the accelerator's first, each naming
+// its tier's medium (none without tiers, as every event then), hashes sorted. Replayed,
+// they give CachedHashes, tier by tier.
+func (m *Manager) SnapshotEvents() []Event {
+	out := []Event{{Kind: AllBlocksCleared}}
+	gpu := make([]uint64, 0, m.cached.Len())
+	m.cached.Range(func(h uint64, _ int32) bool {
+		gpu = append(gpu, h)
+		return true
+	})
+	slices.Sort(gpu)
+	out = append(out, Event{Kind: BlockStored, Hashes: gpu, Medium: m.gpuMedium})
+	for _, t := range m.tiers {
+		var hs []uint64
+		for _, h := range t.hashes {
+			if h != noHash {
+				hs = append(hs, h)
+			}
+		}
+		if len(hs) > 0 {
+			slices.Sort(hs)
+			out = append(out, Event{Kind: BlockStored, Hashes: hs, Medium: t.medium})
+		}
+	}
+	return out
 }

@@ -291,6 +291,15 @@ func checkTiers(t *testing.T, m *Manager, sets map[string]map[uint64]bool) {
 			}
 		}
 	}
+	snap := map[string]map[uint64]bool{MediumGPU: {}, MediumCPU: {}, MediumDisk: {}}
+	for _, e := range m.SnapshotEvents()[1:] {
+		for _, h := range e.Hashes {
+			snap[e.Medium][h] = true
+		}
+	}
+	if diff := cmp.Diff(sets, snap); diff != "" {
+		t.Fatalf("snapshot vs the events (-events +snapshot):\n%s", diff)
+	}
 	if len(sets[MediumCPU])+len(sets[MediumDisk])+len(gpu) != len(m.CachedHashes()) {
 		t.Fatalf("CachedHashes has %d, tiers hold %d", len(m.CachedHashes()), len(sets[MediumCPU])+len(sets[MediumDisk])+len(gpu))
 	}

@@ -69,8 +69,12 @@
 // cached hash. block_hashes (always present on BlockStored and BlockRemoved, possibly
 // empty) are servelab's chained block hashes (serving.TokenBlockHashes), unsigned 64-bit
 // integers written as JSON numbers (exact in Go; a JavaScript reader needs a big-integer
-// parser). When the engine drops the subscription (the reader fell behind) or shuts down,
-// the response ends; a client reconnects and starts again from a fresh snapshot.
+// parser). With KV tiers below the engine's blocks (--kv-tier), BlockStored and BlockRemoved
+// carry vLLM's "medium" ("GPU", "CPU" or "DISK": where the hashes entered or left; a hash
+// offloaded from the GPU is removed there and stored on the CPU), and the snapshot has one
+// BlockStored per tier; without tiers there is no medium (vLLM's None). When the engine
+// drops the subscription (the reader fell behind) or shuts down, the response ends; a
+// client reconnects and starts again from a fresh snapshot.
 package server
 
 import (
@@ -693,6 +697,8 @@ type kvEvent struct {
 	Type string
 	// BlockHashes is nil for AllBlocksCleared and non-nil otherwise.
 	BlockHashes []uint64
+	// Medium is the tier, with KV tiers (kv.Event.Medium).
+	Medium string
 }
 
 type kvBatch struct {
@@ -704,7 +710,7 @@ type kvBatch struct {
 func encodeKVBatch(b engine.KVEventBatch) kvBatch {
 	out := kvBatch{Seq: b.Seq, TS: float64(b.Time.UnixNano()) / 1e9, Events: make([]kvEvent, len(b.Events))}
 	for i, e := range b.Events {
-		out.Events[i].Type = e.Kind.String()
+		out.Events[i].Type, out.Events[i].Medium = e.Kind.String(), e.Medium
 		if e.Kind != kv.AllBlocksCleared {
 			// Present even when empty, so readers need not tell a missing list from none.
 			out.Events[i].BlockHashes = e.Hashes
@@ -726,7 +732,8 @@ func (e kvEvent) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		Type        string   `json:"type"`
 		BlockHashes []uint64 `json:"block_hashes"`
-	}{e.Type, e.BlockHashes})
+		Medium      string   `json:"medium,omitempty"`
+	}{e.Type, e.BlockHashes, e.Medium})
 }
 
 func (s *Server) kvEvents(w http.ResponseWriter, r *http.Request) {
