@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // KVCache is the paged key/value storage of every layer. Block b holds positions
@@ -60,6 +61,10 @@ func (c *KVCache) ReadBlock(b int32, dst []byte) {
 	o := 0
 	for l := 0; l < c.layers; l++ {
 		for _, src := range [2][]float32{c.k[l][off : off+n], c.v[l][off : off+n]} {
+			if littleEndian {
+				o += copy(dst[o:], floatBytes(src))
+				continue
+			}
 			for _, f := range src {
 				binary.LittleEndian.PutUint32(dst[o:], math.Float32bits(f))
 				o += 4
@@ -76,12 +81,25 @@ func (c *KVCache) WriteBlock(b int32, src []byte) {
 	o := 0
 	for l := 0; l < c.layers; l++ {
 		for _, dst := range [2][]float32{c.k[l][off : off+n], c.v[l][off : off+n]} {
+			if littleEndian {
+				o += copy(floatBytes(dst), src[o:])
+				continue
+			}
 			for i := range dst {
 				dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[o:]))
 				o += 4
 			}
 		}
 	}
+}
+
+// littleEndian: the machine stores float32 as the block format does, so a block moves as a
+// plain memory copy (a tier load is a copy, not a float-by-float decode).
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// floatBytes is f's memory as bytes.
+func floatBytes(f []float32) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), len(f)*4)
 }
 
 func (c *KVCache) checkBlock(b int32, size int) {
