@@ -171,6 +171,9 @@ type Config struct {
 	// for its turn gets a 503.
 	MaxTokenizing int
 
+	// KVTransfer configures prefill/decode disaggregation (kvtransfer.go).
+	KVTransfer KVTransferConfig
+
 	// freeEvery: the heap is handed back to the OS once large bodies of this many bytes
 	// were released, even while others are in flight (default defaultFreeEvery).
 	freeEvery int64
@@ -259,6 +262,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.freeEvery <= 0 {
 		cfg.freeEvery = defaultFreeEvery
 	}
+	if err := cfg.KVTransfer.resolve(); err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
 	if cfg.MaxInFlight > 0 {
 		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
@@ -272,6 +278,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("/v1/models", s.limit(s.auth(method(http.MethodGet, s.models))))
 	mux.HandleFunc("/v1/models/{id...}", s.limit(s.auth(method(http.MethodGet, s.model))))
 	mux.HandleFunc("/v1/kv_events", s.limit(s.auth(method(http.MethodGet, s.kvEvents))))
+	mux.HandleFunc("/v1/kv_transfer/pull", s.limit(s.auth(method(http.MethodPost, s.kvPull))))
 	mux.HandleFunc("/v1/", s.limit(s.auth(notFound)))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
 	mux.HandleFunc("/server_info", method(http.MethodGet, s.serverInfo))
@@ -573,9 +580,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	}{e})
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+func writeJSON(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
+	return json.NewEncoder(w).Encode(v)
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
@@ -787,6 +794,8 @@ func (s *Server) submitError(w http.ResponseWriter, err error, chatMaxTokens str
 		writeError(w, &apiError{status: http.StatusTooManyRequests, Msg: "too many requests are waiting; retry later", Type: "RateLimitError"})
 	case errors.Is(err, engine.ErrShuttingDown):
 		writeError(w, unavailable())
+	case errors.Is(err, engine.ErrKVTransferUnsupported):
+		writeError(w, &apiError{status: http.StatusNotImplemented, Msg: err.Error(), Type: "NotImplementedError", Param: "kv_transfer_params"})
 	default:
 		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: err.Error(), Type: "InternalServerError"})
 	}
