@@ -177,10 +177,11 @@ func (e *Engine) finishPD(r *request, reason string) *HeldKV {
 		id = r.ID + "-" + strconv.Itoa(i)
 	}
 	hd.id = id
+	// Set before anyone can see hd (its callback waits for the lock).
+	hd.timer = time.AfterFunc(e.cfg.KVTransferTimeout, func() { e.dropHold(hd) })
 	e.pd.holds[id] = hd
 	e.pd.heldBlocks += len(hd.blocks)
 	e.mu.Unlock()
-	hd.timer = time.AfterFunc(e.cfg.KVTransferTimeout, func() { e.dropHold(hd) })
 	return &HeldKV{RequestID: id, Blocks: slices.Clone(hd.blocks)}
 }
 

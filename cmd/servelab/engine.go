@@ -286,7 +286,14 @@ the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE strea
 /health, /metrics (vLLM metric names), /v1/kv_events (KV cache events for routers) and
 /server_info (the resolved configuration as JSON: batch and evict policy specs with every
 parameter, block size, KV blocks, max model len, prefix caching; what a simulator of this
-engine runs).`,
+engine runs).
+
+Prefill/decode disaggregation (--role, vLLM's kv_transfer_params): a prefill engine answers a
+request carrying {"do_remote_decode": true} with kv_transfer_params naming the prompt's KV blocks,
+which it holds until a decode engine pulls them (POST /v1/kv_transfer/pull) or
+--kv-transfer-timeout passes; a decode engine given those params pulls the blocks, computes the
+prompt's last token and continues, or answers 503 with x-servelab-retry: kv-pull when the pull
+fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := f.start()

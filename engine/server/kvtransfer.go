@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"servelab/engine"
 )
 
@@ -67,6 +69,30 @@ type KVTransferConfig struct {
 	// midway deterministically. 0 disables it.
 	PauseAfterBlocks int
 	OnPause          func(requestID string, sent, total int)
+}
+
+// kvMetrics are a decode engine's pull measurements.
+type kvMetrics struct {
+	pullSeconds  prometheus.Histogram
+	pulledBlocks prometheus.Counter
+	failed       prometheus.Counter
+}
+
+func newKVMetrics(reg prometheus.Registerer, model string) *kvMetrics {
+	labels := prometheus.Labels{"model_name": model}
+	m := &kvMetrics{
+		pullSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "servelab:kv_transfer_pull_seconds",
+			Help:    "Time a decode engine took to pull one request's KV blocks from its prefill engine and write them into its cache.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 20), ConstLabels: labels}),
+		pulledBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: "servelab:kv_transfer_pulled_blocks_total",
+			Help: "KV blocks pulled from prefill engines.", ConstLabels: labels}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "servelab:kv_transfer_pull_failures_total",
+			Help: "KV pulls that failed (the request was answered 503 with x-servelab-retry: kv-pull).", ConstLabels: labels}),
+	}
+	for _, c := range []prometheus.Collector{m.pullSeconds, m.pulledBlocks, m.failed} {
+		reg.Register(c) // a registry shared by several servers keeps the first
+	}
+	return m
 }
 
 // DefaultKVPullTimeout bounds a decode engine's pull of a request's KV blocks.
@@ -359,8 +385,18 @@ func (s *Server) fetcher(p *kvParams) func(context.Context, int, func(int, []byt
 		BlockIDs  []int32 `json:"remote_block_ids"`
 	}{p.engineID, p.requestID, p.blockIDs})
 	n := len(p.blockIDs)
-	return func(ctx context.Context, blockBytes int, put func(int, []byte) error) error {
-		ctx, cancel := context.WithTimeout(ctx, c.PullTimeout)
+	return func(parent context.Context, blockBytes int, put func(int, []byte) error) (err error) {
+		start := time.Now()
+		defer func() {
+			switch {
+			case err == nil:
+				s.kvm.pullSeconds.Observe(time.Since(start).Seconds())
+				s.kvm.pulledBlocks.Add(float64(n))
+			case parent.Err() == nil: // not an abort
+				s.kvm.failed.Inc()
+			}
+		}()
+		ctx, cancel := context.WithTimeout(parent, c.PullTimeout)
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 		if err != nil {

@@ -13,6 +13,9 @@
 //     templates write their own BOS); max_completion_tokens (or the older max_tokens).
 //   - GET /v1/models, GET /v1/models/{id} (the model object; 404 for another id), GET /health (200, or 503 once Shutdown began), GET /metrics (promhttp
 //     over Config.Registry), GET /v1/kv_events (below).
+//   - POST /v1/kv_transfer/pull: a decode engine reads the KV blocks a finished
+//     do_remote_decode request holds (prefill/decode disaggregation with vLLM's
+//     kv_transfer_params; kvtransfer.go describes the protocol).
 //
 // Unknown request fields are ignored, as OpenAI-compatible servers do; known fields are
 // decoded strictly and a wrong type is a 400 that names the field. A field the engine cannot
@@ -53,7 +56,8 @@
 //	405 MethodNotAllowed         a wrong method (with an Allow header)
 //	413 RequestTooLargeError     a body over 32 MiB
 //	429 RateLimitError           the engine's waiting queue is full; Retry-After in seconds
-//	503 ServiceUnavailableError  the server or engine is shutting down
+//	503 ServiceUnavailableError  the server or engine is shutting down; or a decode request's
+//	                             KV pull failed (header x-servelab-retry: kv-pull)
 //
 // # KV events
 //
@@ -216,6 +220,7 @@ type Server struct {
 	freeing, freeWanted  atomic.Bool
 	freeNow              chan struct{}
 	lastFree             time.Time // guarded by freeing
+	kvm                  *kvMetrics
 }
 
 // DefaultMaxBodyBytes is the largest request body accepted (vLLM has no bound).
@@ -265,7 +270,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.KVTransfer.resolve(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
+	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes(), kvm: newKVMetrics(cfg.Registry, cfg.ModelName)}
 	if cfg.MaxInFlight > 0 {
 		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
