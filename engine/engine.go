@@ -191,8 +191,8 @@ type Stats struct {
 	// FreeBlocks and NumBlocks describe the block manager; FreeBlocks == NumBlocks when no
 	// request holds a block.
 	FreeBlocks, NumBlocks int
-	// KVHeldBlocks is the blocks held for decode engines to pull (servelab:kv_transfer_held_blocks);
-	// they are counted as used in FreeBlocks too.
+	// KVHeldBlocks is the blocks held for decode engines to pull (servelab:kv_transfer_held_blocks),
+	// as of the call rather than the last step; they are counted as used in FreeBlocks too.
 	KVHeldBlocks int
 }
 
@@ -310,7 +310,9 @@ func (e *Engine) Resolved() serving.EngineConfig {
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.stats
+	st := e.stats
+	st.KVHeldBlocks = e.pd.heldBlocks // current: a hold is visible with the answer naming it
+	return st
 }
 
 // Validate checks a request against the engine's limits without submitting it. Every size
@@ -461,7 +463,6 @@ func (e *Engine) publishStats() {
 		Steps:              st.Steps,
 		FreeBlocks:         m.NumFree(),
 		NumBlocks:          m.NumBlocks(),
-		KVHeldBlocks:       e.pd.heldBlocks,
 	}
 	e.mu.Unlock()
 }
