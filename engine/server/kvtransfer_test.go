@@ -164,6 +164,56 @@ func TestKVTransferRoundTrip(t *testing.T) {
 	})
 }
 
+// TestKVTransferBothRole: a both engine serves both legs, pulling from itself.
+func TestKVTransferBothRole(t *testing.T) {
+	b := startPD(t, "", options{})
+	prompt := "the quick brown fox jumps over the lazy dog"
+	params := prefill(t, b, prompt)
+	resp, data := b.post("/v1/completions", fmt.Sprintf(`{"prompt":%q,"max_tokens":12,"temperature":0,"kv_transfer_params":%s}`, prompt, params))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("decode: %d %s", resp.StatusCode, data)
+	}
+	if got, want := completionText(t, data, false), text(greedy(append([]int32{bosID}, ids(prompt)...), 12, false)); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	waitFor(t, "the hold freed", func() bool { return heldBlocks(b.eng) == 0 })
+}
+
+// TestKVTransferWaitsForBlocks: a remote prefill arriving while the decode engine's blocks
+// are taken waits for them, then pulls and generates as usual.
+func TestKVTransferWaitsForBlocks(t *testing.T) {
+	p := startPD(t, "prefill", options{})
+	d := startPD(t, "decode", options{engine: func(c *engine.Config) { c.NumBlocks = 70 }})
+	prompt := "the quick brown fox jumps over the lazy dog" // 11 full blocks
+	params := prefill(t, p, prompt)
+	d.exec.setDelay(5 * time.Millisecond)
+	long := strings.Repeat("a long prompt that fills the cache ", 6)[:199] // 200 tokens with BOS
+	done := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(d.url+"/v1/completions", "application/json",
+			strings.NewReader(fmt.Sprintf(`{"prompt":%q,"max_tokens":40,"ignore_eos":true}`, long)))
+		if err != nil {
+			done <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	waitFor(t, "the long request to hold its blocks", func() bool { st := d.eng.Stats(); return st.NumBlocks-st.FreeBlocks > 59 })
+	resp, data := d.post("/v1/completions", fmt.Sprintf(`{"prompt":%q,"max_tokens":12,"temperature":0,"kv_transfer_params":%s}`, prompt, params))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("decode: %d %s", resp.StatusCode, data)
+	}
+	if got, want := completionText(t, data, false), text(greedy(append([]int32{bosID}, ids(prompt)...), 12, false)); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("the long request: %d", code)
+	}
+	d.exec.setDelay(0)
+}
+
 // completionText reads a completion's text, whole or streamed.
 func completionText(t *testing.T, data []byte, stream bool) string {
 	t.Helper()
