@@ -93,6 +93,9 @@ type Config struct {
 	// conditions, detokenisation and streaming, and the previous OnStep call, so
 	// back-to-back steps' times add up to the time the engine was busy. It must be quick.
 	OnStep func(shape serving.StepShape, seconds float64)
+	// KVTransferTimeout frees the prompt blocks a do_remote_decode request holds for a pull
+	// when none claimed them within it (see pd.go); 0 means DefaultKVTransferTimeout.
+	KVTransferTimeout time.Duration
 }
 
 // SamplingParams are a request's generation parameters, after vLLM's SamplingParams.
@@ -120,6 +123,13 @@ type Request struct {
 	Sampling SamplingParams
 	// Priority orders requests for the priority batch policy: lower runs first.
 	Priority int
+	// RemoteDecode holds the prompt's full KV blocks for a decode engine to pull when the
+	// request finishes at its length (vLLM's do_remote_decode); the last Output's KVHeld
+	// names them.
+	RemoteDecode bool
+	// RemotePrefill, if set, fetches the prompt's KV from the engine that prefilled it
+	// before the request is scheduled (vLLM's do_remote_prefill).
+	RemotePrefill *RemotePrefill
 }
 
 // Bounds on a request's stop conditions, which the engine checks after every token: the
@@ -148,6 +158,12 @@ type Output struct {
 	PromptTokens     int
 	CachedTokens     int
 	CompletionTokens int
+	// KVHeld, on the last output of a do_remote_decode request, names the blocks held for
+	// a pull.
+	KVHeld *HeldKV
+	// Err, on the last output (FinishReason "error"), says why the engine could not serve
+	// the request: a *KVTransferError.
+	Err error
 }
 
 // Errors Submit returns; the server maps them to HTTP statuses.
@@ -182,6 +198,9 @@ type Stats struct {
 	// KVTiers are the block manager's per-tier counters, the accelerator's first; nil
 	// without tiers below it.
 	KVTiers []kv.TierStats
+	// KVHeldBlocks is the blocks held for decode engines to pull (servelab:kv_transfer_held_blocks),
+	// as of the call rather than the last step; they are counted as used in FreeBlocks too.
+	KVHeldBlocks int
 }
 
 // Engine is one serving instance.
@@ -200,6 +219,8 @@ type Engine struct {
 	closing  bool
 	wake     chan struct{}
 	stats    Stats
+	pd       pdState
+	kvio     KVBlockIO // the executor's, if it has it
 	done     chan struct{}
 	stopLoop bool
 
@@ -230,6 +251,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("engine: max model length %d exceeds the KV cache (%d blocks of %d tokens = %d); lower --max-model-len or give the cache more memory",
 			cfg.MaxModelLen, cfg.NumBlocks, cfg.BlockSize, cfg.NumBlocks*cfg.BlockSize)
 	}
+	if cfg.KVTransferTimeout <= 0 {
+		cfg.KVTransferTimeout = DefaultKVTransferTimeout
+	}
 	if cfg.MaxWaiting <= 0 {
 		cfg.MaxWaiting = 4 * cfg.Batch.Limits().MaxNumSeqs
 	}
@@ -250,7 +274,9 @@ func New(cfg Config) (*Engine, error) {
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		live:  map[*serving.Seq]*request{},
+		pd:    pdState{holds: map[string]*hold{}},
 	}
+	e.kvio, _ = cfg.Executor.(KVBlockIO)
 	inst, err := core.New(core.Config{
 		KV: kv.Config{
 			NumBlocks:           cfg.NumBlocks,
@@ -296,7 +322,9 @@ func (e *Engine) Resolved() serving.EngineConfig {
 func (e *Engine) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.stats
+	st := e.stats
+	st.KVHeldBlocks = e.pd.heldBlocks // current: a hold is visible with the answer naming it
+	return st
 }
 
 // Validate checks a request against the engine's limits without submitting it. Every size
@@ -337,6 +365,9 @@ func (e *Engine) Validate(req *Request) error {
 		case len(s) > MaxStopBytes:
 			return &InvalidRequestError{"stop", fmt.Sprintf("stop[%d] is %d bytes long; at most %d are allowed", i, len(s), MaxStopBytes)}
 		}
+	}
+	if err := e.validatePD(req); err != nil {
+		return err
 	}
 	if err := sp.Params.Validate(); err != nil {
 		// Its messages open with the parameter's OpenAI name.

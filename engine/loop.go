@@ -31,6 +31,7 @@ type request struct {
 	done      bool
 	// abortRequested is set under Engine.mu by abort.
 	abortRequested bool
+	pd             pdRequest
 }
 
 func (e *Engine) loop() {
@@ -58,9 +59,11 @@ func (e *Engine) loop() {
 		for _, r := range aborts {
 			e.finishAborted(r)
 		}
+		e.pdDrain()
 		e.addSubscribers(newSubs)
 		if stop {
 			e.abortAll()
+			e.pdShutdown()
 			e.flushEvents()
 			e.closeSubscribers()
 			e.publishStats()
@@ -99,12 +102,18 @@ func (e *Engine) admit(r *request) {
 	if e.cfg.EnablePrefixCaching {
 		sreq.BlockHashes = serving.TokenBlockHashes(r.Prompt, e.cfg.BlockSize)
 	}
-	r.seq = e.inst.Add(sreq)
 	r.sampler = sampling.New(r.Sampling.Params, e.cfg.Seed^e.nextID*0x9e3779b97f4a7c15)
 	r.decoder = e.cfg.NewDecoder(r.Sampling.SkipSpecialTokens)
 	for _, s := range r.Sampling.Stop {
 		r.holdBack = max(r.holdBack, len(s)-1)
 	}
+	if r.RemotePrefill != nil {
+		// Queued for the scheduler once its KV has landed (pd.go).
+		r.pd.sreq = sreq
+		e.pd.pending = append(e.pd.pending, r)
+		return
+	}
+	r.seq = e.inst.Add(sreq)
 	e.live[r.seq] = r
 }
 
@@ -138,6 +147,13 @@ func (e *Engine) step() bool {
 		})
 	}
 	logits := e.cfg.Executor.Execute(e.inputs)
+	for i, in := range e.inputs {
+		// A do_remote_decode request's prompt is computed: hold its blocks before the
+		// core frees them at its end.
+		if r := e.live[step.Seqs[i].Seq]; r.RemoteDecode && r.pd.holder == nil && in.Logits && r.seq.NumOutput == 0 {
+			e.holdPrompt(r)
+		}
+	}
 	now := time.Now()
 	row := 0
 	sampled := make([]int32, len(step.Seqs))
@@ -281,6 +297,7 @@ func (e *Engine) finish(r *request, reason string, stopReason any, now time.Time
 	if last >= 0 && reason != "abort" {
 		out.TokenIDs = []int32{last}
 	}
+	out.KVHeld = e.finishPD(r, reason)
 	r.emitted = len(r.text)
 	delete(e.live, r.seq)
 	e.mu.Lock()
@@ -296,6 +313,10 @@ func (e *Engine) finish(r *request, reason string, stopReason any, now time.Time
 }
 
 func (e *Engine) finishAborted(r *request) {
+	if r.seq == nil && r.RemotePrefill != nil {
+		e.abortRemote(r)
+		return
+	}
 	if r.seq == nil || r.done {
 		return
 	}

@@ -84,6 +84,7 @@ func (s *Stream) Next(ctx context.Context) ([]Output, error) {
 			}
 			o := &outs[len(outs)-1]
 			o.Finished, o.FinishReason, o.StopReason = last.Finished, last.FinishReason, last.StopReason
+			o.KVHeld, o.Err = last.KVHeld, last.Err
 			return outs, nil
 		}
 		s.mu.Unlock()
@@ -128,6 +129,7 @@ func (s *Stream) Wait(ctx context.Context) (Output, error) {
 			all.TokenIDs = append(all.TokenIDs, out.TokenIDs...)
 			all.PromptTokens, all.CachedTokens, all.CompletionTokens = out.PromptTokens, out.CachedTokens, out.CompletionTokens
 			all.Finished, all.FinishReason, all.StopReason = out.Finished, out.FinishReason, out.StopReason
+			all.KVHeld, all.Err = out.KVHeld, out.Err
 		}
 	}
 }

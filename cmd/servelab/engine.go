@@ -54,6 +54,14 @@ type engineFlags struct {
 	maxInFlight         int
 	maxBodyBytes        int64
 	tiers               tierFlags // engine_tiers.go
+	// Prefill/decode disaggregation.
+	role              string
+	kvTransferTimeout time.Duration
+	kvPullTimeout     time.Duration
+	kvTransferHost    string
+	kvAllowHosts      []string
+	kvTestPause       int
+	kvOnPause         func(requestID string, sent, total int) // tests: called instead of printing
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
@@ -80,6 +88,13 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for requests that bring none")
 	fl.IntVar(&f.maxWaiting, "max-waiting-requests", 0, "bound of the waiting queue before 429s (default 4 x max-num-seqs)")
 	f.tiers.register(fl)
+	fl.StringVar(&f.role, "role", "both", "prefill/decode disaggregation role (vLLM's kv_role): prefill serves requests with kv_transfer_params.do_remote_decode and holds their prompt KV for a decode engine to pull (POST /v1/kv_transfer/pull); decode serves requests with do_remote_prefill, pulling that KV first; both serves either. Every role serves plain requests")
+	fl.DurationVar(&f.kvTransferTimeout, "kv-transfer-timeout", engine.DefaultKVTransferTimeout, "free a prefill's held KV blocks if no decode engine pulled them within this (vLLM's VLLM_NIXL_ABORT_REQUEST_TIMEOUT)")
+	fl.DurationVar(&f.kvPullTimeout, "kv-pull-timeout", server.DefaultKVPullTimeout, "longest a decode engine's pull of one request's KV blocks may take before it answers 503 (x-servelab-retry: kv-pull)")
+	fl.StringVar(&f.kvTransferHost, "kv-transfer-host", "", "host a prefill engine advertises as remote_host for the pull (default: --host, or 127.0.0.1 when that is a wildcard)")
+	fl.StringSliceVar(&f.kvAllowHosts, "kv-transfer-allow-host", nil, "remote_host values a decode request may name besides loopback addresses (repeatable); others get a 400")
+	fl.IntVar(&f.kvTestPause, "kv-transfer-test-pause-after", 0, "test hook: a pull sends this many blocks, prints a line to stderr and stalls until its client goes away")
+	fl.MarkHidden("kv-transfer-test-pause-after")
 	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps'); a step's time is the loop's whole iteration since the previous step ended (admission, scheduling, forward pass, sampling, detokenisation, streaming), so back-to-back steps add up to the busy time")
 }
 
@@ -202,6 +217,7 @@ func (f *engineFlags) start() (*running, error) {
 		OnStep:              onStep,
 		KVTiers:             tiers.kvTiers(),
 		KVMover:             tiers.kvMover(),
+		KVTransferTimeout:   f.kvTransferTimeout,
 	})
 	if err != nil {
 		tiers.close()
@@ -212,21 +228,55 @@ func (f *engineFlags) start() (*running, error) {
 		steps.stats = eng.Stats
 		steps.mu.Unlock()
 	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
+	if err != nil {
+		return nil, err
+	}
+	kvt, err := f.kvTransfer(ln.Addr())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	srv, err := server.New(server.Config{
 		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
 		APIKey: f.apiKey, Registry: reg, BodyTimeout: f.bodyTimeout, IdleTimeout: f.idleTimeout,
 		MaxInFlight: f.maxInFlight, MaxBodyBytes: f.maxBodyBytes, Defaults: server.GenerationDefaults{
 			Temperature: b.Generation.Temperature, TopP: b.Generation.TopP, TopK: b.Generation.TopK,
 		},
+		KVTransfer: kvt,
 	})
 	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.port)))
-	if err != nil {
+		ln.Close()
 		return nil, err
 	}
 	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers}, nil
+}
+
+// kvTransfer is the server's disaggregation configuration, advertising addr.
+func (f *engineFlags) kvTransfer(addr net.Addr) (server.KVTransferConfig, error) {
+	switch f.role {
+	case "", "both", "prefill", "decode":
+	default:
+		return server.KVTransferConfig{}, fmt.Errorf("--role %q: want prefill, decode or both", f.role)
+	}
+	host, port := f.kvTransferHost, 0
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		port = ta.Port
+		if host == "" {
+			host = f.host
+			if ta.IP.IsUnspecified() {
+				host = "127.0.0.1"
+			}
+		}
+	}
+	c := server.KVTransferConfig{Role: f.role, Host: host, Port: port, AllowHosts: f.kvAllowHosts,
+		PullTimeout: f.kvPullTimeout, PauseAfterBlocks: f.kvTestPause}
+	if c.OnPause = f.kvOnPause; f.kvTestPause > 0 && c.OnPause == nil {
+		c.OnPause = func(id string, sent, total int) {
+			fmt.Fprintf(os.Stderr, "kv-transfer test hook: pull of %s paused after %d of %d blocks\n", id, sent, total)
+		}
+	}
+	return c, nil
 }
 
 func baseName(dir string) string {
@@ -252,7 +302,14 @@ the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE strea
 /health, /metrics (vLLM metric names), /v1/kv_events (KV cache events for routers) and
 /server_info (the resolved configuration as JSON: batch and evict policy specs with every
 parameter, block size, KV blocks, max model len, prefix caching; what a simulator of this
-engine runs).`,
+engine runs).
+
+Prefill/decode disaggregation (--role, vLLM's kv_transfer_params): a prefill engine answers a
+request carrying {"do_remote_decode": true} with kv_transfer_params naming the prompt's KV blocks,
+which it holds until a decode engine pulls them (POST /v1/kv_transfer/pull) or
+--kv-transfer-timeout passes; a decode engine given those params pulls the blocks, computes the
+prompt's last token and continues, or answers 503 with x-servelab-retry: kv-pull when the pull
+fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := f.start()
@@ -266,6 +323,9 @@ engine runs).`,
 			fmt.Fprintf(cmd.OutOrStdout(), "batch %s, evict %s, prefix caching %t (GET /server_info)\n", rc.Batch, rc.Evict, rc.EnablePrefixCaching)
 			if d := r.tiers.describe(b.Cache.BlockBytes()); d != "" {
 				fmt.Fprintln(cmd.OutOrStdout(), d)
+			}
+			if f.role != "" && f.role != "both" {
+				fmt.Fprintf(cmd.OutOrStdout(), "role %s (prefill/decode disaggregation; KV pulled over POST /v1/kv_transfer/pull)\n", f.role)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

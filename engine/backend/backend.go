@@ -107,11 +107,12 @@ func (b *Backend) EOS() []int32 {
 // NewExecutor returns an executor running the model over the backend's KV cache. Only
 // one executor may run at a time per backend.
 func (b *Backend) NewExecutor() engine.Executor {
-	return &executor{runner: b.Model.NewRunner(b.Cache)}
+	return &executor{runner: b.Model.NewRunner(b.Cache), cache: b.Cache}
 }
 
 type executor struct {
 	runner *model.Runner
+	cache  *model.KVCache // for engine.KVBlockIO (kvio.go)
 	inputs []model.SeqInput
 }
 

@@ -73,6 +73,8 @@ type samplingFields struct {
 	User              *string `json:"user"`
 	// ReturnTokenIDs adds the generated token ids to each choice (vLLM's return_token_ids).
 	ReturnTokenIDs bool `json:"return_token_ids"`
+	// KVTransferParams is vLLM's kv_transfer_params, read by applyKVTransfer (kvtransfer.go).
+	KVTransferParams json.RawMessage `json:"kv_transfer_params"`
 }
 
 // defaultCompletionMaxTokens is max_tokens for a /v1/completions request without one.
@@ -123,7 +125,6 @@ var (
 		{"truncate_prompt_tokens", nil},
 		{"logits_processors", []string{`[]`}},
 		{"cache_salt", nil},
-		{"kv_transfer_params", nil},
 		{"vllm_xargs", nil},
 	}
 	completionDecoder = newRequestDecoder([]reflect.Type{reflect.TypeFor[samplingFields](), reflect.TypeFor[completionFields]()}, unsupportedCommon, []unsupportedField{
@@ -595,6 +596,10 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
 		tokenIDs:     f.ReturnTokenIDs,
 	}
+	if e := s.applyKVTransfer(f.KVTransferParams, f.Stream, &j.req); e != nil {
+		writeError(w, e)
+		return
+	}
 	if c.Echo {
 		if isText {
 			j.echo = text
@@ -681,12 +686,17 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	s.generate(w, r, &job{
+	j := &job{
 		req:    engine.Request{ID: newID("chatcmpl-"), Prompt: prompt, Sampling: sp, Priority: f.Priority},
 		object: "chat.completion", chat: true, stream: f.Stream, maxParam: maxParam,
 		includeUsage: f.StreamOptions != nil && f.StreamOptions.IncludeUsage,
 		tokenIDs:     f.ReturnTokenIDs,
-	})
+	}
+	if e := s.applyKVTransfer(f.KVTransferParams, f.Stream, &j.req); e != nil {
+		writeError(w, e)
+		return
+	}
+	s.generate(w, r, j)
 }
 
 // messageText reads a message's content: null, a string, or a list of text parts.
@@ -761,6 +771,8 @@ type response struct {
 	Model   string   `json:"model"`
 	Choices []choice `json:"choices"`
 	Usage   *usage   `json:"usage,omitempty"`
+	// KVTransferParams is set on a do_remote_decode request's response (kvtransfer.go).
+	KVTransferParams *kvTransferOut `json:"kv_transfer_params,omitempty"`
 }
 
 // job is one generation request on its way to the engine.
@@ -791,7 +803,18 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 	if !j.stream {
 		out, err := stream.Wait(ctx)
 		if err != nil {
-			return // the client went away; the engine aborted the request
+			// The client went away; the engine aborted the request, unless it had finished
+			// already and holds its KV for a pull nobody will make.
+			if j.req.RemoteDecode {
+				if out, _ := stream.Wait(context.Background()); out.KVHeld != nil {
+					s.cfg.Engine.ReleaseKV(out.KVHeld.RequestID)
+				}
+			}
+			return
+		}
+		if out.Err != nil {
+			kvPullFailed(w, out.Err)
+			return
 		}
 		c := choice{FinishReason: &out.FinishReason, StopReason: out.StopReason}
 		if j.tokenIDs {
@@ -803,8 +826,35 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 			text := j.echo + out.Text
 			c.Text = &text
 		}
-		writeJSON(w, response{ID: j.req.ID, Object: j.object, Created: created, Model: s.cfg.ModelName, Choices: []choice{c}, Usage: usageOf(out)})
+		resp := response{ID: j.req.ID, Object: j.object, Created: created, Model: s.cfg.ModelName, Choices: []choice{c}, Usage: usageOf(out),
+			KVTransferParams: s.kvOut(r, out.KVHeld)}
+		if out.KVHeld != nil && ctx.Err() != nil {
+			// The client left before its answer: nobody will pull the KV.
+			s.cfg.Engine.ReleaseKV(out.KVHeld.RequestID)
+			return
+		}
+		err = writeJSON(w, resp)
+		if out.KVHeld != nil {
+			if err == nil {
+				err = http.NewResponseController(w).Flush()
+			}
+			if err != nil {
+				// Nobody learns where the KV is: free it now rather than at the timeout.
+				s.cfg.Engine.ReleaseKV(out.KVHeld.RequestID)
+			}
+		}
 		return
+	}
+	var first []engine.Output
+	if j.req.RemotePrefill != nil {
+		// The status waits for the KV pull: a failed one is a 503 the router retries.
+		if first, err = stream.Next(ctx); err != nil {
+			return
+		}
+		if last := first[len(first)-1]; last.Err != nil {
+			kvPullFailed(w, last.Err)
+			return
+		}
 	}
 
 	flusher, ok := w.(http.Flusher)
@@ -856,7 +906,12 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, j *job) {
 	}
 	var last engine.Output
 	for {
-		outs, err := stream.Next(ctx)
+		outs, err := first, error(nil)
+		if first != nil {
+			first = nil
+		} else {
+			outs, err = stream.Next(ctx)
+		}
 		if err == io.EOF {
 			break
 		}

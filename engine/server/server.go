@@ -13,6 +13,9 @@
 //     templates write their own BOS); max_completion_tokens (or the older max_tokens).
 //   - GET /v1/models, GET /v1/models/{id} (the model object; 404 for another id), GET /health (200, or 503 once Shutdown began), GET /metrics (promhttp
 //     over Config.Registry), GET /v1/kv_events (below).
+//   - POST /v1/kv_transfer/pull: a decode engine reads the KV blocks a finished
+//     do_remote_decode request holds (prefill/decode disaggregation with vLLM's
+//     kv_transfer_params; kvtransfer.go describes the protocol).
 //
 // Unknown request fields are ignored, as OpenAI-compatible servers do; known fields are
 // decoded strictly and a wrong type is a 400 that names the field. A field the engine cannot
@@ -53,7 +56,8 @@
 //	405 MethodNotAllowed         a wrong method (with an Allow header)
 //	413 RequestTooLargeError     a body over 32 MiB
 //	429 RateLimitError           the engine's waiting queue is full; Retry-After in seconds
-//	503 ServiceUnavailableError  the server or engine is shutting down
+//	503 ServiceUnavailableError  the server or engine is shutting down; or a decode request's
+//	                             KV pull failed (header x-servelab-retry: kv-pull)
 //
 // # KV events
 //
@@ -175,6 +179,9 @@ type Config struct {
 	// for its turn gets a 503.
 	MaxTokenizing int
 
+	// KVTransfer configures prefill/decode disaggregation (kvtransfer.go).
+	KVTransfer KVTransferConfig
+
 	// freeEvery: the heap is handed back to the OS once large bodies of this many bytes
 	// were released, even while others are in flight (default defaultFreeEvery).
 	freeEvery int64
@@ -217,6 +224,7 @@ type Server struct {
 	freeing, freeWanted  atomic.Bool
 	freeNow              chan struct{}
 	lastFree             time.Time // guarded by freeing
+	kvm                  *kvMetrics
 }
 
 // DefaultMaxBodyBytes is the largest request body accepted (vLLM has no bound).
@@ -263,7 +271,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.freeEvery <= 0 {
 		cfg.freeEvery = defaultFreeEvery
 	}
-	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes()}
+	if err := cfg.KVTransfer.resolve(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, created: time.Now().Unix(), kvBuffer: 1024, maxBody: cfg.maxBodyBytes(), kvm: newKVMetrics(cfg.Registry, cfg.ModelName)}
 	if cfg.MaxInFlight > 0 {
 		s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	}
@@ -276,6 +287,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("/v1/models", s.limit(s.auth(method(http.MethodGet, s.models))))
 	mux.HandleFunc("/v1/models/{id...}", s.limit(s.auth(method(http.MethodGet, s.model))))
 	mux.HandleFunc("/v1/kv_events", s.limit(s.auth(method(http.MethodGet, s.kvEvents))))
+	mux.HandleFunc("/v1/kv_transfer/pull", s.limit(s.auth(method(http.MethodPost, s.kvPull))))
 	mux.HandleFunc("/v1/", s.limit(s.auth(notFound)))
 	mux.HandleFunc("/health", method(http.MethodGet, s.health))
 	mux.HandleFunc("/server_info", method(http.MethodGet, s.serverInfo))
@@ -577,9 +589,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	}{e})
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+func writeJSON(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
+	return json.NewEncoder(w).Encode(v)
 }
 
 func notFound(w http.ResponseWriter, r *http.Request) {
@@ -794,6 +806,8 @@ func (s *Server) submitError(w http.ResponseWriter, err error, chatMaxTokens str
 		writeError(w, &apiError{status: http.StatusTooManyRequests, Msg: "too many requests are waiting; retry later", Type: "RateLimitError"})
 	case errors.Is(err, engine.ErrShuttingDown):
 		writeError(w, unavailable())
+	case errors.Is(err, engine.ErrKVTransferUnsupported):
+		writeError(w, &apiError{status: http.StatusNotImplemented, Msg: err.Error(), Type: "NotImplementedError", Param: "kv_transfer_params"})
 	default:
 		writeError(w, &apiError{status: http.StatusInternalServerError, Msg: err.Error(), Type: "InternalServerError"})
 	}
