@@ -107,3 +107,36 @@ func TestClustersRunEachCluster(t *testing.T) {
 		t.Errorf("normalizing the normalized spec changes it (-once +twice):\n%s", diff)
 	}
 }
+
+// output_token_scale scales the outputs apart from the prompts, which token_scale then
+// scales alone.
+func TestOutputTokenScale(t *testing.T) {
+	totals := func(scales string) (in, out int64) {
+		t.Helper()
+		spec := "name: t\nworkload: {trace: ../../examples/traces/mooncake_conv_500.jsonl, max_requests: 30" + scales + "}\n" +
+			"cluster: {instances: 2, gpu: h100}\npolicies: {routers: [least-request]}\n"
+		s, err := Parse([]byte(spec), filepath.Join("testdata", "spec.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Run(context.Background(), s, Options{Out: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := res.Cells[0].Summary
+		return sum.TotalInputTokens, sum.TotalOutputTokens
+	}
+	in1, out1 := totals("")
+	in2, out2 := totals(", token_scale: 0.25")
+	in3, out3 := totals(", token_scale: 0.25, output_token_scale: 1")
+	in4, out4 := totals(", output_token_scale: 0.5")
+	if out3 != out1 || in3 != in2 {
+		t.Errorf("token_scale 0.25, output_token_scale 1: %d prompt and %d output tokens, want token_scale 0.25's prompts (%d) and the trace's outputs (%d)", in3, out3, in2, out1)
+	}
+	if in4 != in1 || !(out4 < out1*6/10 && out4 > out1*4/10) {
+		t.Errorf("output_token_scale 0.5: %d prompt and %d output tokens, want the trace's prompts (%d) and about half its outputs (%d)", in4, out4, in1, out1)
+	}
+	if !(out2 < out1*3/10) {
+		t.Errorf("token_scale 0.25 alone: %d output tokens, want about a quarter of %d", out2, out1)
+	}
+}

@@ -366,8 +366,16 @@ func (s *Spec) openWorkload(rateScale float64) (traces.Reader, io.Closer, error)
 	if w.MaxRequests > 0 {
 		r = traces.Limit(r, w.MaxRequests)
 	}
-	if w.TokenScale > 0 && w.TokenScale != 1 {
-		r = traces.ScaleTokens(r, w.TokenScale)
+	input := w.TokenScale
+	if input == 0 {
+		input = 1
+	}
+	output := input
+	if w.OutputTokenScale > 0 {
+		output = w.OutputTokenScale
+	}
+	if input != 1 || output != 1 {
+		r = traces.ScaleLengths(r, input, output)
 	}
 	if rateScale != 1 {
 		r = traces.ScaleRate(r, rateScale)

@@ -73,8 +73,13 @@ type Workload struct {
 	RateScale RateScales `json:"rate_scale,omitempty"`
 	// TokenScale multiplies prompt and output lengths: a trace recorded on a large model
 	// replayed on a small one (as the real world's CPU engines serve).
-	TokenScale float64             `json:"token_scale,omitempty"`
-	Synthetic  *traces.SynthConfig `json:"synthetic,omitempty"`
+	TokenScale float64 `json:"token_scale,omitempty"`
+	// OutputTokenScale, when set, multiplies output lengths apart from the prompts, and
+	// token_scale then scales the prompts alone (as sim's --token-scale and
+	// --output-token-scale): prompts shrunk to fit a small KV cache, outputs kept as
+	// recorded (1).
+	OutputTokenScale float64             `json:"output_token_scale,omitempty"`
+	Synthetic        *traces.SynthConfig `json:"synthetic,omitempty"`
 }
 
 // Window keeps the trace's requests arriving in [start_s, end_s), shifted to start at 0.
@@ -460,6 +465,9 @@ func (s *Spec) validate() error {
 	}
 	if w.TokenScale < 0 || math.IsInf(w.TokenScale, 0) {
 		return fmt.Errorf("workload.token_scale: must be positive, got %v", w.TokenScale)
+	}
+	if w.OutputTokenScale < 0 || math.IsInf(w.OutputTokenScale, 0) {
+		return fmt.Errorf("workload.output_token_scale: must be positive, got %v", w.OutputTokenScale)
 	}
 	for i, r := range w.RateScale {
 		if !(r > 0) || math.IsInf(r, 0) {

@@ -54,6 +54,7 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"real world with a KV-event delay", base + "world: real\ncluster: {kv_event_delay_s: 0.002}\n", "cluster.kv_event_delay_s"},
 		{"unknown world", base + "world: dream\n", "world:"},
 		{"negative token scale", "name: t\nworkload: {trace: " + trace + ", token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.token_scale"},
+		{"negative output token scale", "name: t\nworkload: {trace: " + trace + ", output_token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.output_token_scale: must be positive"},
 		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
 		{"pools with instances", base + "cluster: {instances: 2, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.instances: set together with cluster.pools"},
 		{"pools with a gpu", base + "cluster: {gpu: h100, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.gpu: set together with cluster.pools"},

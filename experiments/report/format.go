@@ -108,6 +108,12 @@ func (e *Experiment) facts() []fact {
 	if w.MaxRequests > 0 {
 		workload += fmt.Sprintf(", first %d requests", w.MaxRequests)
 	}
+	switch {
+	case w.OutputTokenScale > 0:
+		workload += fmt.Sprintf(", prompts ×%g, outputs ×%g", or1(w.TokenScale), w.OutputTokenScale)
+	case w.TokenScale > 0 && w.TokenScale != 1:
+		workload += fmt.Sprintf(", tokens ×%g", w.TokenScale)
+	}
 	rates := make([]string, len(w.RateScale))
 	for i, r := range w.RateScale {
 		rates[i] = rateLabel(r)
@@ -241,6 +247,14 @@ func routerViews(k experiments.Cluster, def sim.ClusterSpec) string {
 func or(v, def int) int {
 	if v == 0 {
 		return def
+	}
+	return v
+}
+
+// or1 is a scale factor a spec may leave out (0): 1.
+func or1(v float64) float64 {
+	if v == 0 {
+		return 1
 	}
 	return v
 }
