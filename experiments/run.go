@@ -147,8 +147,11 @@ type Stat struct {
 	CI95 float64 `json:"ci95"`
 }
 
-// PolicyResult is one policy combination at one rate scale, over its seeds.
+// PolicyResult is one policy combination at one rate scale (on one of the spec's
+// clusters, when it has several), over its seeds.
 type PolicyResult struct {
+	// Cluster names the entry of the spec's clusters; empty for a spec of one cluster.
+	Cluster   string  `json:"cluster,omitempty"`
 	Router    string  `json:"router"`
 	Batch     string  `json:"batch"`
 	Evict     string  `json:"evict"`
@@ -172,11 +175,27 @@ type PolicyResult struct {
 	GPUHours         *Stat `json:"gpu_hours,omitempty"`
 	CostUSD          *Stat `json:"cost_usd,omitempty"`
 	GoodputPerDollar *Stat `json:"goodput_per_dollar,omitempty"`
+	// KVTiers is each KV-cache tier's share of the prefix-cache hits, the accelerator's
+	// (GPU) first, where the cells have tiers below it (summary.json's kv_tiers): the
+	// tiers' rates add up to prefix_cache_hit_rate.
+	KVTiers []TierResult `json:"kv_tiers,omitempty"`
+	// DisaggregatedShare is the fraction of the finished and failed requests that the pd
+	// decider sent to a prefill instance, and MeanKVTransferMs the mean time their
+	// prompts' KV took over the link, where the cluster is disaggregated.
+	DisaggregatedShare *Stat `json:"disaggregated_share,omitempty"`
+	MeanKVTransferMs   *Stat `json:"mean_kv_transfer_ms,omitempty"`
 	// InstanceShare is each instance's share of the requests (0..1), over seeds; Starved
 	// the instances that got no request at all, in how many seeds. A router that ties and
 	// always breaks the tie the same way shows here.
 	InstanceShare []Share      `json:"instance_share,omitempty"`
 	Starved       []Starvation `json:"starved_instances,omitempty"`
+}
+
+// TierResult is one KV-cache tier's prefix-cache hit rate (prompt tokens found on the tier
+// over prompt tokens looked up) over seeds.
+type TierResult struct {
+	Medium             string `json:"medium"`
+	PrefixCacheHitRate Stat   `json:"prefix_cache_hit_rate"`
 }
 
 // Share is an instance's share of the requests: the mean over seeds and the lowest and
@@ -194,9 +213,13 @@ type Starvation struct {
 	Seeds    int `json:"seeds"`
 }
 
-// Name is the policy combination as people read it.
+// Name is the policy combination as people read it, after its cluster's name when the
+// spec has several.
 func (p *PolicyResult) Name() string {
 	name := p.Router
+	if p.Cluster != "" {
+		name = p.Cluster + " · " + name
+	}
 	if p.Batch != "vllm" {
 		name += " / " + p.Batch
 	}
@@ -343,8 +366,16 @@ func (s *Spec) openWorkload(rateScale float64) (traces.Reader, io.Closer, error)
 	if w.MaxRequests > 0 {
 		r = traces.Limit(r, w.MaxRequests)
 	}
-	if w.TokenScale > 0 && w.TokenScale != 1 {
-		r = traces.ScaleTokens(r, w.TokenScale)
+	input := w.TokenScale
+	if input == 0 {
+		input = 1
+	}
+	output := input
+	if w.OutputTokenScale > 0 {
+		output = w.OutputTokenScale
+	}
+	if input != 1 || output != 1 {
+		r = traces.ScaleLengths(r, input, output)
 	}
 	if rateScale != 1 {
 		r = traces.ScaleRate(r, rateScale)
@@ -370,7 +401,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 				json.Unmarshal(raw, &res.WallSeconds)
 			}
 			if rows, err := ReadRecords(opts.Out, cell.ID); err == nil {
-				counts := make([]int, spec.Instances())
+				counts := make([]int, spec.ClusterInstances(cell.Cluster))
 				for _, r := range rows {
 					countInstance(counts, int(r.Instance))
 					if r.KVTransferS > 0 { // older files have no prefill_instance column
@@ -394,7 +425,7 @@ func runCell(ctx context.Context, spec *Spec, cell Cell, opts Options, shape tra
 			sink.emit(Event{Experiment: spec.Name, Cell: cell.ID, Kind: CellError, Error: res.Error})
 		}
 	}()
-	counts := make([]int, spec.Instances())
+	counts := make([]int, spec.ClusterInstances(cell.Cluster))
 	summary, err := runInWorld(ctx, spec, cell, opts, shape, dir, sink, counts)
 	if err != nil {
 		res.Error = err.Error()
@@ -493,7 +524,7 @@ func runInWorld(ctx context.Context, spec *Spec, cell Cell, opts Options, shape 
 
 func simulate(spec *Spec, cell Cell, src traces.Reader, interval float64,
 	onRecord func(*serving.Record) error, onSample func(sim.Sample) error) (*metrics.Summary, error) {
-	cluster := spec.clusterSpec(cell.Router, cell.Batch, cell.Evict, cell.Seed)
+	cluster := spec.clusterSpec(cell.Cluster, cell.Router, cell.Batch, cell.Evict, cell.Seed)
 	cfg, err := cluster.Build(spec.SLO.Metrics())
 	if err != nil {
 		return nil, err
@@ -615,8 +646,8 @@ func (s *eventSink) close() error {
 // p99 TTFT).
 func aggregate(cells []CellResult) []PolicyResult {
 	type key struct {
-		router, batch, evict string
-		rate                 float64
+		cluster, router, batch, evict string
+		rate                          float64
 	}
 	groups := map[key][]*metrics.Summary{}
 	counts := map[key][][]int{}
@@ -624,7 +655,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 	var order []key
 	for i := range cells {
 		c := &cells[i]
-		k := key{c.Router, c.Batch, c.Evict, c.RateScale}
+		k := key{c.Cluster, c.Router, c.Batch, c.Evict, c.RateScale}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 			groups[k] = nil
@@ -649,7 +680,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 			return meanCI(xs)
 		}
 		out = append(out, PolicyResult{
-			Router: k.router, Batch: k.batch, Evict: k.evict, RateScale: k.rate,
+			Cluster: k.cluster, Router: k.router, Batch: k.batch, Evict: k.evict, RateScale: k.rate,
 			Seeds: len(ss), FailedCells: failed[k],
 			RequestGoodput:     stat(func(s *metrics.Summary) float64 { return s.RequestGoodput }),
 			RequestThroughput:  stat(func(s *metrics.Summary) float64 { return s.RequestThroughput }),
@@ -673,6 +704,18 @@ func aggregate(cells []CellResult) []PolicyResult {
 			p.CostUSD = costStat(func(c *metrics.Cost) float64 { return c.USD })
 			p.GoodputPerDollar = costStat(func(c *metrics.Cost) float64 { return c.GoodputPerDollar })
 		}
+		p := &out[len(out)-1]
+		p.KVTiers = tierResults(ss, stat)
+		if len(ss) > 0 && !slices.ContainsFunc(ss, func(s *metrics.Summary) bool { return s.Disaggregation == nil }) {
+			share := stat(func(s *metrics.Summary) float64 {
+				if n := s.Completed + s.Failed; n > 0 {
+					return float64(s.Disaggregation.Requests) / float64(n)
+				}
+				return 0
+			})
+			transfer := stat(func(s *metrics.Summary) float64 { return 1000 * s.Disaggregation.MeanKVTransfer })
+			p.DisaggregatedShare, p.MeanKVTransferMs = &share, &transfer
+		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := &out[i], &out[j]
@@ -684,6 +727,31 @@ func aggregate(cells []CellResult) []PolicyResult {
 		}
 		return a.P99TTFTMs.Mean < b.P99TTFTMs.Mean
 	})
+	return out
+}
+
+// tierResults is each KV-cache tier's hit rate over the seeds' summaries, in the order the
+// first seed lists them (a seed without a tier counts 0 for it); nil when no seed has tiers.
+func tierResults(ss []*metrics.Summary, stat func(func(*metrics.Summary) float64) Stat) []TierResult {
+	var out []TierResult
+	for _, s := range ss {
+		for _, t := range s.KVTiers {
+			if !slices.ContainsFunc(out, func(r TierResult) bool { return r.Medium == t.Medium }) {
+				out = append(out, TierResult{Medium: t.Medium})
+			}
+		}
+	}
+	for i := range out {
+		medium := out[i].Medium
+		out[i].PrefixCacheHitRate = stat(func(s *metrics.Summary) float64 {
+			for _, t := range s.KVTiers {
+				if t.Medium == medium {
+					return t.PrefixCacheHitRate
+				}
+			}
+			return 0
+		})
+	}
 	return out
 }
 

@@ -34,10 +34,16 @@ import (
 type Spec struct {
 	Name     string   `json:"name"`
 	Workload Workload `json:"workload"`
-	Cluster  Cluster  `json:"cluster"`
-	Policies Matrix   `json:"policies"`
-	Seeds    []uint64 `json:"seeds,omitempty"`
-	SLO      SLO      `json:"slo,omitempty"`
+	Cluster  Cluster  `json:"cluster,omitzero"`
+	// Clusters, given in place of cluster, are several clusters the matrix runs on, each
+	// named: every policy combination and seed runs on each, so one experiment (and one
+	// report) compares hardware as well as policies: a disaggregated cluster against the
+	// same GPUs without disaggregation and against a homogeneous one of equal cost
+	// (examples/pd-reference.yaml).
+	Clusters []Cluster `json:"clusters,omitempty"`
+	Policies Matrix    `json:"policies"`
+	Seeds    []uint64  `json:"seeds,omitempty"`
+	SLO      SLO       `json:"slo,omitempty"`
 	// World is where the cells run: "sim" (the default), or "real": a local cluster of
 	// engine processes behind the router, serving cluster.model (a model directory), with
 	// the workload replayed over HTTP, one cell at a time.
@@ -46,8 +52,11 @@ type Spec struct {
 	// dir is the spec file's directory, against which a relative trace path resolves.
 	dir string
 	// clusterKeys are the cluster keys the file sets, so that "instances: 0" is told from
-	// a missing key (which takes the simulator's default).
-	clusterKeys map[string]bool
+	// a missing key (which takes the simulator's default): cluster's, or one map per entry
+	// of clusters.
+	clusterKeys []map[string]bool
+	// clusterSet says the file has a cluster key (told from clusters alone).
+	clusterSet bool
 	// engine is the profiled engine's resolved configuration when cluster.latency is
 	// profile:FILE and the profile records it: every cell runs it, except for the policies
 	// the cell varies (see clusterSpec).
@@ -64,8 +73,13 @@ type Workload struct {
 	RateScale RateScales `json:"rate_scale,omitempty"`
 	// TokenScale multiplies prompt and output lengths: a trace recorded on a large model
 	// replayed on a small one (as the real world's CPU engines serve).
-	TokenScale float64             `json:"token_scale,omitempty"`
-	Synthetic  *traces.SynthConfig `json:"synthetic,omitempty"`
+	TokenScale float64 `json:"token_scale,omitempty"`
+	// OutputTokenScale, when set, multiplies output lengths apart from the prompts, and
+	// token_scale then scales the prompts alone (as sim's --token-scale and
+	// --output-token-scale): prompts shrunk to fit a small KV cache, outputs kept as
+	// recorded (1).
+	OutputTokenScale float64             `json:"output_token_scale,omitempty"`
+	Synthetic        *traces.SynthConfig `json:"synthetic,omitempty"`
 }
 
 // Window keeps the trace's requests arriving in [start_s, end_s), shifted to start at 0.
@@ -95,6 +109,9 @@ func (r *RateScales) UnmarshalJSON(b []byte) error {
 // Cluster is the simulated cluster every cell runs; the fields mean what sim.ClusterSpec's
 // (and vLLM's flags of the same names) mean. Unset fields take sim.DefaultClusterSpec's.
 type Cluster struct {
+	// Name names an entry of clusters (required there, and unique; it leads the cells'
+	// ids); a lone cluster has none.
+	Name                 string  `json:"name,omitempty"`
 	Instances            int     `json:"instances,omitempty"`
 	Model                string  `json:"model,omitempty"`
 	GPU                  string  `json:"gpu,omitempty"`
@@ -193,13 +210,24 @@ func decode(data []byte, path string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", path, describeJSONError(err))
 	}
 	s.dir = filepath.Dir(path)
-	if m, ok := raw.(map[string]any); ok {
-		if k, ok := m["cluster"].(map[string]any); ok {
-			s.clusterKeys = map[string]bool{}
+	keys := func(v any) map[string]bool {
+		set := map[string]bool{}
+		if k, ok := v.(map[string]any); ok {
 			for key := range k {
-				s.clusterKeys[key] = true
+				set[key] = true
 			}
 		}
+		return set
+	}
+	if m, ok := raw.(map[string]any); ok {
+		if list, ok := m["clusters"].([]any); ok {
+			for _, k := range list {
+				s.clusterKeys = append(s.clusterKeys, keys(k))
+			}
+		} else {
+			s.clusterKeys = []map[string]bool{keys(m["cluster"])}
+		}
+		_, s.clusterSet = m["cluster"]
 	}
 	return &s, nil
 }
@@ -253,9 +281,18 @@ func (s *Spec) defaults() {
 // defaults; a cluster key that would override one of them is refused, as `servelab sim
 // --latency profile:FILE` refuses the matching flags.
 func (s *Spec) loadProfiledEngine() error {
+	if s.World != "" && s.World != "sim" {
+		return nil
+	}
+	for i, k := range s.Clusters {
+		if file, ok := strings.CutPrefix(k.Latency, "profile:"); ok {
+			return fmt.Errorf("clusters[%d].latency: profile:%s runs one profiled engine's configuration; give it as cluster (one cluster), or use linear:%s for its step times here",
+				i, file, file)
+		}
+	}
 	k := s.Cluster
 	file, ok := strings.CutPrefix(k.Latency, "profile:")
-	if !ok || s.World != "" && s.World != "sim" {
+	if !ok {
 		return nil
 	}
 	p, err := latency.LoadProfile(s.resolve(file))
@@ -271,11 +308,11 @@ func (s *Spec) loadProfiledEngine() error {
 		key      string
 		override bool
 	}{
-		{"gpu", k.GPU != ""}, {"block_size", s.clusterKeys["block_size"] && k.BlockSize != e.BlockSize},
-		{"num_gpu_blocks_override", s.clusterKeys["num_gpu_blocks_override"] && k.NumGPUBlocksOverride != e.NumGPUBlocks},
-		{"max_model_len", s.clusterKeys["max_model_len"] && k.MaxModelLen != e.MaxModelLen},
+		{"gpu", k.GPU != ""}, {"block_size", s.hasKey(0, "block_size") && k.BlockSize != e.BlockSize},
+		{"num_gpu_blocks_override", s.hasKey(0, "num_gpu_blocks_override") && k.NumGPUBlocksOverride != e.NumGPUBlocks},
+		{"max_model_len", s.hasKey(0, "max_model_len") && k.MaxModelLen != e.MaxModelLen},
 		{"enable_prefix_caching", k.EnablePrefixCaching != nil && *k.EnablePrefixCaching != e.EnablePrefixCaching},
-		{"gpu_memory_utilization", s.clusterKeys["gpu_memory_utilization"]},
+		{"gpu_memory_utilization", s.hasKey(0, "gpu_memory_utilization")},
 	} {
 		if f.override {
 			return fmt.Errorf("cluster.%s: latency profile:%s runs the profiled engine's configuration (%d KV blocks of %d tokens, max model len %d, prefix caching %t); leave it out, or use linear:%s for its step times with other settings",
@@ -369,6 +406,12 @@ func (s *Spec) validate() error {
 		return err
 	}
 	s.defaults()
+	switch {
+	case len(s.Clusters) > 0 && s.clusterSet:
+		return errors.New("cluster: give cluster or clusters, not both")
+	case len(s.Clusters) > 0 && s.World == "real":
+		return errors.New("clusters: the real world runs one local cluster; give it as cluster")
+	}
 	switch s.World {
 	case "sim":
 	case "real":
@@ -392,7 +435,7 @@ func (s *Spec) validate() error {
 	default:
 		return fmt.Errorf("world: %q: want sim or real", s.World)
 	}
-	if err := s.checkCluster(); err != nil {
+	if err := s.checkClusters(); err != nil {
 		return err
 	}
 	w := &s.Workload
@@ -423,6 +466,9 @@ func (s *Spec) validate() error {
 	if w.TokenScale < 0 || math.IsInf(w.TokenScale, 0) {
 		return fmt.Errorf("workload.token_scale: must be positive, got %v", w.TokenScale)
 	}
+	if w.OutputTokenScale < 0 || math.IsInf(w.OutputTokenScale, 0) {
+		return fmt.Errorf("workload.output_token_scale: must be positive, got %v", w.OutputTokenScale)
+	}
 	for i, r := range w.RateScale {
 		if !(r > 0) || math.IsInf(r, 0) {
 			return fmt.Errorf("workload.rate_scale[%d]: must be positive, got %v", i, r)
@@ -434,25 +480,27 @@ func (s *Spec) validate() error {
 	if s.SLO.TTFTMs < 0 || s.SLO.TPOTMs < 0 || s.SLO.E2ELMs < 0 {
 		return errors.New("slo: targets must not be negative")
 	}
-	cluster := s.clusterSpec(s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
-	env := policies.Env{BlockSize: cluster.BlockSize, GPUClass: latency.GPUClass(cluster.GPU)}
-	for i, r := range s.Policies.Routers {
-		if _, err := route.Parse(s.resolve(r), env); err != nil {
-			return fmt.Errorf("policies.routers[%d]: %w", i, err)
+	for i, k := range s.clusters() {
+		cluster := s.clusterSpec(k.Name, s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
+		env := policies.Env{BlockSize: cluster.BlockSize, GPUClass: latency.GPUClass(cluster.GPU)}
+		for i, r := range s.Policies.Routers {
+			if _, err := route.Parse(s.resolve(r), env); err != nil {
+				return fmt.Errorf("policies.routers[%d]: %w", i, err)
+			}
 		}
-	}
-	for i, b := range s.Policies.Batch {
-		if _, _, err := batch.Registry.Parse(b, env); err != nil {
-			return fmt.Errorf("policies.batch[%d]: %w", i, err)
+		for i, b := range s.Policies.Batch {
+			if _, _, err := batch.Registry.Parse(b, env); err != nil {
+				return fmt.Errorf("policies.batch[%d]: %w", i, err)
+			}
 		}
-	}
-	for i, e := range s.Policies.Evict {
-		if _, _, err := evict.Registry.Parse(e, env); err != nil {
-			return fmt.Errorf("policies.evict[%d]: %w", i, err)
+		for i, e := range s.Policies.Evict {
+			if _, _, err := evict.Registry.Parse(e, env); err != nil {
+				return fmt.Errorf("policies.evict[%d]: %w", i, err)
+			}
 		}
-	}
-	if _, err := cluster.Build(s.SLO.Metrics()); err != nil && s.World == "sim" {
-		return fmt.Errorf("cluster: %w", err)
+		if _, err := cluster.Build(s.SLO.Metrics()); err != nil && s.World == "sim" {
+			return fmt.Errorf("%s: %w", s.clusterPath(i), err)
+		}
 	}
 	if ids := map[string]bool{}; true {
 		for _, c := range s.Cells() {
@@ -469,10 +517,69 @@ func (s *Spec) validate() error {
 // router's (llm-d's scrape is 50 ms).
 const maxViewDelay = 3600
 
-// checkCluster checks the cluster's numbers; a key set to 0 is an error like any other bad
-// value, not a request for the default (which leaving the key out gives).
-func (s *Spec) checkCluster() error {
-	k := s.Cluster
+// clusters are the clusters the cells run on: clusters' entries, or cluster alone.
+func (s *Spec) clusters() []Cluster {
+	if len(s.Clusters) > 0 {
+		return s.Clusters
+	}
+	return []Cluster{s.Cluster}
+}
+
+// clusterPath names the i-th of clusters() in errors: "cluster" or "clusters[i]".
+func (s *Spec) clusterPath(i int) string {
+	if len(s.Clusters) > 0 {
+		return fmt.Sprintf("clusters[%d]", i)
+	}
+	return "cluster"
+}
+
+// hasKey says whether the file sets key in the i-th of clusters().
+func (s *Spec) hasKey(i int, key string) bool {
+	return i < len(s.clusterKeys) && s.clusterKeys[i][key]
+}
+
+// cluster is the cluster named name (clusters' entry; "" is cluster).
+func (s *Spec) cluster(name string) Cluster {
+	for _, k := range s.Clusters {
+		if k.Name == name {
+			return k
+		}
+	}
+	return s.Cluster
+}
+
+// checkClusters checks cluster, or each of clusters and that their names are usable and
+// distinct.
+func (s *Spec) checkClusters() error {
+	if len(s.Clusters) == 0 {
+		if s.Cluster.Name != "" {
+			return errors.New("cluster.name: only the entries of clusters are named; a lone cluster is not")
+		}
+		return s.checkCluster(0)
+	}
+	seen := map[string]int{}
+	for i, k := range s.Clusters {
+		switch j, dup := seen[k.Name]; {
+		case k.Name == "":
+			return fmt.Errorf("clusters[%d].name: required (it names the cluster's cells and rows)", i)
+		case !validName(k.Name) || strings.Contains(k.Name, "__"):
+			return fmt.Errorf("clusters[%d].name: %q: use letters, digits, '-', '_' and '.', and no \"__\" (it leads the cells' directory names)", i, k.Name)
+		case dup:
+			return fmt.Errorf("clusters[%d].name: %q is clusters[%d]'s name too", i, k.Name, j)
+		}
+		seen[k.Name] = i
+		if err := s.checkCluster(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkCluster checks the i-th of clusters()' numbers; a key set to 0 is an error like
+// any other bad value, not a request for the default (which leaving the key out gives).
+func (s *Spec) checkCluster(i int) error {
+	k := s.clusters()[i]
+	path := s.clusterPath(i)
 	// The router's views: seconds, bounded so the real world's time.Duration cannot
 	// overflow and a NaN never reaches spec.yaml (JSON has no NaN).
 	for _, f := range []struct {
@@ -480,15 +587,15 @@ func (s *Spec) checkCluster() error {
 		v   *float64
 	}{{"scrape_interval_s", k.ScrapeInterval}, {"kv_event_delay_s", k.KVEventDelay}} {
 		if f.v != nil && !(*f.v >= 0 && *f.v <= maxViewDelay) {
-			return fmt.Errorf("cluster.%s: must be 0 or a positive number of seconds, at most %g, got %v", f.key, float64(maxViewDelay), *f.v)
+			return fmt.Errorf("%s.%s: must be 0 or a positive number of seconds, at most %g, got %v", path, f.key, float64(maxViewDelay), *f.v)
 		}
 	}
 	for _, f := range []struct {
 		key string
 		v   int
 	}{{"instances", k.Instances}, {"tp", k.TP}, {"block_size", k.BlockSize}} {
-		if f.v < 0 || f.v == 0 && s.clusterKeys[f.key] {
-			return fmt.Errorf("cluster.%s: must be positive, got %d", f.key, f.v)
+		if f.v < 0 || f.v == 0 && s.hasKey(i, f.key) {
+			return fmt.Errorf("%s.%s: must be positive, got %d", path, f.key, f.v)
 		}
 	}
 	for _, f := range []struct {
@@ -496,16 +603,16 @@ func (s *Spec) checkCluster() error {
 		v   int
 	}{{"num_gpu_blocks_override", k.NumGPUBlocksOverride}, {"max_model_len", k.MaxModelLen}} {
 		if f.v < 0 {
-			return fmt.Errorf("cluster.%s: must not be negative, got %d", f.key, f.v)
+			return fmt.Errorf("%s.%s: must not be negative, got %d", path, f.key, f.v)
 		}
 	}
-	if u := k.GPUMemoryUtilization; u < 0 || u > 1 || math.IsNaN(u) || u == 0 && s.clusterKeys["gpu_memory_utilization"] {
-		return fmt.Errorf("cluster.gpu_memory_utilization: want a fraction in (0, 1], got %v", u)
+	if u := k.GPUMemoryUtilization; u < 0 || u > 1 || math.IsNaN(u) || u == 0 && s.hasKey(i, "gpu_memory_utilization") {
+		return fmt.Errorf("%s.gpu_memory_utilization: want a fraction in (0, 1], got %v", path, u)
 	}
 	if len(k.Pools) > 0 {
 		for _, key := range []string{"instances", "gpu", "tp"} {
-			if s.clusterKeys[key] {
-				return fmt.Errorf("cluster.%s: set together with cluster.pools; a cluster of pools gives each pool's instances, gpu and tp", key)
+			if s.hasKey(i, key) {
+				return fmt.Errorf("%s.%s: set together with %s.pools; a cluster of pools gives each pool's instances, gpu and tp", path, key, path)
 			}
 		}
 	}
@@ -551,10 +658,11 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-// clusterSpec is the simulator's cluster for one cell.
-func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim.ClusterSpec {
+// clusterSpec is the simulator's cluster for one cell, on the cluster named cluster ("":
+// the spec's lone cluster).
+func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed uint64) sim.ClusterSpec {
 	c := sim.DefaultClusterSpec()
-	k := s.Cluster
+	k := s.cluster(cluster)
 	if k.Instances != 0 {
 		c.Instances = k.Instances
 	}
@@ -609,7 +717,10 @@ func (s *Spec) clusterSpec(router, batchSpec, evictSpec string, seed uint64) sim
 
 // Cell is one run of the matrix.
 type Cell struct {
-	ID        string  `json:"id"`
+	ID string `json:"id"`
+	// Cluster names the entry of the spec's clusters the cell runs on; empty for a spec
+	// of one cluster.
+	Cluster   string  `json:"cluster,omitempty"`
 	Router    string  `json:"router"`
 	Batch     string  `json:"batch"`
 	Evict     string  `json:"evict"`
@@ -617,19 +728,25 @@ type Cell struct {
 	RateScale float64 `json:"rate_scale"`
 }
 
-// Cells lists the matrix in a stable order: rate scale, router, batch, evict, seed.
+// Cells lists the matrix in a stable order: rate scale, cluster, router, batch, evict,
+// seed. With clusters, a cell's id starts with its cluster's name.
 func (s *Spec) Cells() []Cell {
 	var cells []Cell
 	for _, rate := range s.Workload.RateScale {
-		for _, r := range s.Policies.Routers {
-			for _, b := range s.Policies.Batch {
-				for _, e := range s.Policies.Evict {
-					for _, seed := range s.Seeds {
-						id := fmt.Sprintf("%s__%s__%s__s%d", idPart(r), idPart(b), idPart(e), seed)
-						if len(s.Workload.RateScale) > 1 {
-							id += "__x" + strconv.FormatFloat(rate, 'g', -1, 64)
+		for _, k := range s.clusters() {
+			for _, r := range s.Policies.Routers {
+				for _, b := range s.Policies.Batch {
+					for _, e := range s.Policies.Evict {
+						for _, seed := range s.Seeds {
+							id := fmt.Sprintf("%s__%s__%s__s%d", idPart(r), idPart(b), idPart(e), seed)
+							if k.Name != "" {
+								id = k.Name + "__" + id
+							}
+							if len(s.Workload.RateScale) > 1 {
+								id += "__x" + strconv.FormatFloat(rate, 'g', -1, 64)
+							}
+							cells = append(cells, Cell{ID: id, Cluster: k.Name, Router: r, Batch: b, Evict: e, Seed: seed, RateScale: rate})
 						}
-						cells = append(cells, Cell{ID: id, Router: r, Batch: b, Evict: e, Seed: seed, RateScale: rate})
 					}
 				}
 			}
@@ -660,11 +777,19 @@ func idPart(spec string) string {
 func (s *Spec) Normalized() ([]byte, error) {
 	c := *s
 	if s.World == "sim" && len(s.Policies.Routers) > 0 {
-		k, err := s.resolvedCluster()
-		if err != nil {
-			return nil, err
+		var resolved []Cluster
+		for _, k := range s.clusters() {
+			r, err := s.resolvedCluster(k.Name)
+			if err != nil {
+				return nil, err
+			}
+			resolved = append(resolved, r)
 		}
-		c.Cluster = k
+		if len(s.Clusters) > 0 {
+			c.Clusters = resolved
+		} else {
+			c.Cluster = resolved[0]
+		}
 	} else if c.Cluster.Instances == 0 {
 		// The real world starts this many engines (its other values come from the model).
 		c.Cluster.Instances = sim.DefaultClusterSpec().Instances
@@ -692,9 +817,19 @@ func (s *Spec) Normalized() ([]byte, error) {
 }
 
 // Instances is how many instances the spec's cells run (the simulator's default when the
-// spec leaves cluster.instances out).
+// spec leaves cluster.instances out); with clusters, the most of any.
 func (s *Spec) Instances() int {
-	c := s.clusterSpec("", "", "", 0)
+	n := 0
+	for _, k := range s.clusters() {
+		n = max(n, s.ClusterInstances(k.Name))
+	}
+	return n
+}
+
+// ClusterInstances is how many instances the cluster named cluster runs ("": the spec's
+// lone cluster).
+func (s *Spec) ClusterInstances(cluster string) int {
+	c := s.clusterSpec(cluster, "", "", "", 0)
 	n := c.Instances
 	for _, p := range c.Pools {
 		n += p.Instances
@@ -702,12 +837,12 @@ func (s *Spec) Instances() int {
 	return n
 }
 
-// resolvedCluster is the cluster of the spec's cells as the simulator builds it: the
-// values of sim.ClusterSpec (its defaults where the spec leaves a key out) and the
-// max_model_len Build derives from the latency model. The cells differ only in policies
+// resolvedCluster is the cluster named name as the simulator builds it: the values of
+// sim.ClusterSpec (its defaults where the spec leaves a key out) and the max_model_len
+// Build derives from the latency model. The cells on one cluster differ only in policies
 // and seeds, which do not change these.
-func (s *Spec) resolvedCluster() (Cluster, error) {
-	cs := s.clusterSpec(s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
+func (s *Spec) resolvedCluster(name string) (Cluster, error) {
+	cs := s.clusterSpec(name, s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
 	cfg, err := cs.Build(s.SLO.Metrics())
 	if err != nil {
 		return Cluster{}, fmt.Errorf("cluster: %w", err)
@@ -724,7 +859,7 @@ func (s *Spec) resolvedCluster() (Cluster, error) {
 		}
 	}
 	k := Cluster{
-		Instances: cfg.Instances, Model: cs.Model, GPU: cs.GPU, TP: cs.TP, Latency: cs.Latency,
+		Name: name, Instances: cfg.Instances, Model: cs.Model, GPU: cs.GPU, TP: cs.TP, Latency: cs.Latency,
 		BlockSize: cfg.BlockSize, NumGPUBlocksOverride: cs.NumGPUBlocksOverride,
 		GPUMemoryUtilization: cs.GPUMemoryUtilization, EnablePrefixCaching: &prefixCaching,
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,

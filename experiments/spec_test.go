@@ -54,6 +54,7 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"real world with a KV-event delay", base + "world: real\ncluster: {kv_event_delay_s: 0.002}\n", "cluster.kv_event_delay_s"},
 		{"unknown world", base + "world: dream\n", "world:"},
 		{"negative token scale", "name: t\nworkload: {trace: " + trace + ", token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.token_scale"},
+		{"negative output token scale", "name: t\nworkload: {trace: " + trace + ", output_token_scale: -1}\npolicies: {routers: [round-robin]}\n", "workload.output_token_scale: must be positive"},
 		{"bad window", "name: t\nworkload: {trace: " + trace + ", window: {start_s: 5, end_s: 2}}\npolicies: {routers: [round-robin]}\n", "workload.window"},
 		{"pools with instances", base + "cluster: {instances: 2, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.instances: set together with cluster.pools"},
 		{"pools with a gpu", base + "cluster: {gpu: h100, pools: [{name: a, role: both, instances: 1, gpu: l4}]}\n", "cluster.gpu: set together with cluster.pools"},
@@ -68,6 +69,18 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"negative GPU price", base + "cluster: {gpu_price_per_hour: {a100-80g: -3.2}}\n", "cluster: gpu_price_per_hour.a100-80g: must be 0 or a positive number"},
 		{"price of an unknown GPU", base + "cluster: {gpu_price_per_hour: {b300: 9}}\n", `cluster: gpu_price_per_hour: unknown GPU "b300"`},
 		{"real world with pools", base + "world: real\ncluster: {pools: [{name: a, instances: 1, gpu: l4}]}\n", "cluster.pools"},
+		{"cluster and clusters", base + "cluster: {instances: 2}\nclusters: [{name: a}]\n", "cluster: give cluster or clusters, not both"},
+		{"unnamed entry of clusters", base + "clusters: [{name: a}, {instances: 2}]\n", "clusters[1].name: required"},
+		{"duplicate cluster names", base + "clusters: [{name: a}, {name: a, gpu: l4}]\n", `clusters[1].name: "a" is clusters[0]'s name too`},
+		{"cluster name unfit for a directory", base + "clusters: [{name: a/b}]\n", `clusters[0].name: "a/b"`},
+		{"cluster name with the cell id separator", base + "clusters: [{name: a__b}]\n", `clusters[0].name: "a__b"`},
+		{"named lone cluster", base + "cluster: {name: a}\n", "cluster.name: only the entries of clusters are named"},
+		{"zero instances in an entry of clusters", base + "clusters: [{name: a}, {name: b, instances: 0}]\n", "clusters[1].instances: must be positive, got 0"},
+		{"pools with a gpu in an entry of clusters", base + "clusters: [{name: a, gpu: h100, pools: [{name: p, instances: 1, gpu: l4}]}]\n", "clusters[0].gpu: set together with clusters[0].pools"},
+		{"unknown GPU in an entry of clusters", base + "clusters: [{name: a}, {name: b, gpu: tpu-v9}]\n", "clusters[1]:"},
+		{"unknown key in an entry of clusters", base + "clusters: [{name: a, instnces: 2}]\n", "clusters[0].instnces: unknown key"},
+		{"a profile in an entry of clusters", base + "clusters: [{name: a, latency: profile:p.json}]\n", "clusters[0].latency: profile:p.json runs one profiled engine"},
+		{"real world with clusters", base + "world: real\nclusters: [{name: a}]\n", "clusters: the real world runs one local cluster"},
 		{"not YAML", "name: [", "spec.yaml"},
 		{"empty", "", "empty spec"},
 	}
@@ -204,7 +217,7 @@ func TestNormalizedWritesTheResolvedCluster(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v\n%s", err, norm)
 			}
-			want := s.clusterSpec("round-robin", "vllm", "lru", 0)
+			want := s.clusterSpec("", "round-robin", "vllm", "lru", 0)
 			cfg, err := want.Build(s.SLO.Metrics())
 			if err != nil {
 				t.Fatal(err)
@@ -228,7 +241,7 @@ func TestNormalizedWritesTheResolvedCluster(t *testing.T) {
 			}
 			// Read back, it runs the same cluster; max_model_len, derived before, is explicit now.
 			want.MaxModelLen = cfg.MaxModelLen
-			if diff := cmp.Diff(want, again.clusterSpec("round-robin", "vllm", "lru", 0)); diff != "" {
+			if diff := cmp.Diff(want, again.clusterSpec("", "round-robin", "vllm", "lru", 0)); diff != "" {
 				t.Errorf("the spec read back runs another cluster (-first +again):\n%s", diff)
 			}
 		})
@@ -328,7 +341,7 @@ func TestProfiledEngineDecidesTheCells(t *testing.T) {
 		t.Errorf("default batch policies (-engine's +spec's):\n%s", diff)
 	}
 	for _, b := range []string{engine.Batch, "vllm"} {
-		cfg, err := s.clusterSpec("round-robin", b, "lru", 0).Build(s.SLO.Metrics())
+		cfg, err := s.clusterSpec("", "round-robin", b, "lru", 0).Build(s.SLO.Metrics())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -349,7 +362,7 @@ func TestProfiledEngineDecidesTheCells(t *testing.T) {
 	if err != nil {
 		t.Fatalf("spec.yaml of a profiled run does not parse again: %v\n%s", err, norm)
 	}
-	if diff := cmp.Diff(s.clusterSpec("round-robin", "vllm", "lru", 0), again.clusterSpec("round-robin", "vllm", "lru", 0)); diff != "" {
+	if diff := cmp.Diff(s.clusterSpec("", "round-robin", "vllm", "lru", 0), again.clusterSpec("", "round-robin", "vllm", "lru", 0)); diff != "" {
 		t.Errorf("cluster from spec.yaml (-spec +spec.yaml):\n%s", diff)
 	}
 	for _, key := range []string{"block_size: 32", "num_gpu_blocks_override: 10", "max_model_len: 256", "enable_prefix_caching: false", "gpu: h100", "gpu_memory_utilization: 0.5"} {
@@ -374,7 +387,7 @@ func TestKVTiersInSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := s.clusterSpec("round-robin", "vllm", "lru", 0).Build(s.SLO.Metrics())
+	cfg, err := s.clusterSpec("", "round-robin", "vllm", "lru", 0).Build(s.SLO.Metrics())
 	if err != nil {
 		t.Fatal(err)
 	}

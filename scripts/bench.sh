@@ -71,6 +71,11 @@ for router in least-request weighted; do
   row "1,000,000 synthetic requests, 64 x H100, Llama-3.1-8B, $router" 1 \
     $BIN sim --trace "$WORK/synth_1m.jsonl" --instances 64 --gpu h100 --model llama-3.1-8b --router $router --json
 done
+# The same workload disaggregated (issue 13's target: under 90 s): 16 prefill + 48 decode
+# instances, llm-d's pd-profile-handler with least-request in both profiles and the
+# prefix-based decider reading the decode instances' KV-event index, prompt KV over RDMA.
+row "1,000,000 synthetic requests, 16 prefill + 48 decode x H100, Llama-3.1-8B, least-request (disaggregated)" 1 \
+  $BIN sim --trace "$WORK/synth_1m.jsonl" --pool prefill:prefill:16:h100 --pool decode:decode:48:h100 --model llama-3.1-8b --router least-request --json
 
 # An experiment end to end, report included (issue 5's target: 3 routers x 2 evictors x 3
 # seeds on the Azure conv trace in under 15 s).

@@ -106,3 +106,54 @@ func BenchmarkBLISWorkload(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDisagg is `make bench`'s 1,000,000-request, 64-instance workload (1024 prompt
+// and 256 output tokens on average, `servelab trace synth`'s defaults otherwise, 64 prefix groups, 1000 requests/s on 64 H100s), cut to
+// 20,000 requests on 16 instances at a quarter of the rate, with and without
+// disaggregation: 4 prefill + 12 decode instances (llm-d's pd-profile-handler,
+// least-request in both profiles, the prefix-based decider reading the decode instances'
+// KV-event index), against one pool of 16. scripts/bench.sh runs the whole workload
+// disaggregated (16 prefill + 48 decode) end to end.
+func BenchmarkDisagg(b *testing.B) {
+	cfg := traces.SynthConfig{Requests: 20000, Rate: 250, InputMean: 1024, OutputMean: 256,
+		InputSigma: 0.6, OutputSigma: 0.6, Arrival: "poisson", PrefixGroups: 64, BlockSize: 16, Seed: 1}
+	syn, err := traces.NewSynth(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rows []traces.Row
+	for {
+		row, err := syn.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		rows = append(rows, row)
+	}
+	for _, w := range []struct {
+		name  string
+		pools []PoolSpec
+	}{
+		{"4P+12D", []PoolSpec{{Name: "prefill", Role: RolePrefill, Instances: 4, GPU: "h100"}, {Name: "decode", Role: RoleDecode, Instances: 12, GPU: "h100"}}},
+		{"16-both", []PoolSpec{{Name: "all", Role: RoleBoth, Instances: 16, GPU: "h100"}}},
+	} {
+		b.Run(w.name, func(b *testing.B) {
+			spec := DefaultClusterSpec()
+			spec.UsePools(w.pools)
+			spec.Router = "least-request"
+			for range b.N {
+				cfg, err := spec.Build(metrics.SLO{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				res, err := Run(cfg, &sliceReader{rows: rows})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(res.Steps), "steps")
+			}
+		})
+	}
+}

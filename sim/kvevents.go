@@ -35,6 +35,9 @@ type kvIndex struct {
 	head      int
 	// known is the router's index: the hashes it has been told are cached.
 	known *blockmap.Map
+	// spare is an applied batch's slice, emptied, for the next step's events: a step's
+	// events would otherwise grow a new slice from nothing.
+	spare []kv.Event
 }
 
 type kvBatch struct {
@@ -44,7 +47,12 @@ type kvBatch struct {
 
 func newKVIndex(blocks int) *kvIndex { return &kvIndex{known: blockmap.New(blocks)} }
 
-func (x *kvIndex) collect(ev kv.Event) { x.pending = append(x.pending, ev) }
+func (x *kvIndex) collect(ev kv.Event) {
+	if x.pending == nil {
+		x.pending, x.spare = x.spare, nil
+	}
+	x.pending = append(x.pending, ev)
+}
 
 // publish sends the events collected so far at t, when the step that produced them
 // ended, to be applied delay later. Batches due by t are applied first: no request is
@@ -82,6 +90,10 @@ func (x *kvIndex) catchUp(t float64) {
 			case kv.AllBlocksCleared:
 				x.known = blockmap.New(x.known.Len())
 			}
+		}
+		if cap(b.events) > cap(x.spare) {
+			clear(b.events) // drop the hash slices it points to
+			x.spare = b.events[:0]
 		}
 		*b = kvBatch{}
 		x.head++

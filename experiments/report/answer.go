@@ -78,9 +78,39 @@ func (e *Experiment) verdicts() []verdict {
 		} else {
 			parts = append(parts, fmt.Sprintf("It also has the lowest p99 TTFT, %s ms.", FormatStat(w.P99TTFTMs, w.Seeds, 1)))
 		}
+		if cheap := mostPerDollar(ranked); cheap != nil && w.GoodputPerDollar != nil {
+			if cheap.Name() != w.Name() && !sameResults(cheap, w) {
+				parts = append(parts, fmt.Sprintf("Most goodput per dollar: %s, %s requests/$ (%s: %s).", cheap.Name(),
+					FormatStat(*cheap.GoodputPerDollar, cheap.Seeds, 1), w.Name(), FormatStat(*w.GoodputPerDollar, w.Seeds, 1)))
+			} else {
+				parts = append(parts, fmt.Sprintf("It also has the most goodput per dollar, %s requests/$.", FormatStat(*w.GoodputPerDollar, w.Seeds, 1)))
+			}
+		}
 		out = append(out, verdict{g.Rate, strings.Join(parts, " ")})
 	}
 	return out
+}
+
+// mostPerDollar is the policy with the most goodput per dollar, or nil when none reports
+// a cost or all report the same (one cluster, where it adds nothing to goodput's ranking).
+func mostPerDollar(ps []*experiments.PolicyResult) *experiments.PolicyResult {
+	var best *experiments.PolicyResult
+	distinct := false
+	for _, p := range ps {
+		if p.GoodputPerDollar == nil || p.CostUSD == nil {
+			continue
+		}
+		if best != nil && p.CostUSD.Mean != best.CostUSD.Mean {
+			distinct = true
+		}
+		if best == nil || p.GoodputPerDollar.Mean > best.GoodputPerDollar.Mean {
+			best = p
+		}
+	}
+	if !distinct {
+		return nil
+	}
+	return best
 }
 
 func finished(ps []*experiments.PolicyResult) []*experiments.PolicyResult {
@@ -125,8 +155,8 @@ func sameResults(a, b *experiments.PolicyResult) bool {
 		return false
 	}
 	x, y := *a, *b
-	x.Router, x.Batch, x.Evict = "", "", ""
-	y.Router, y.Batch, y.Evict = "", "", ""
+	x.Cluster, x.Router, x.Batch, x.Evict = "", "", "", ""
+	y.Cluster, y.Router, y.Batch, y.Evict = "", "", "", ""
 	return reflect.DeepEqual(x, y)
 }
 

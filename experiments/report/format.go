@@ -108,14 +108,64 @@ func (e *Experiment) facts() []fact {
 	if w.MaxRequests > 0 {
 		workload += fmt.Sprintf(", first %d requests", w.MaxRequests)
 	}
+	switch {
+	case w.OutputTokenScale > 0:
+		workload += fmt.Sprintf(", prompts ×%g, outputs ×%g", or1(w.TokenScale), w.OutputTokenScale)
+	case w.TokenScale > 0 && w.TokenScale != 1:
+		workload += fmt.Sprintf(", tokens ×%g", w.TokenScale)
+	}
 	rates := make([]string, len(w.RateScale))
 	for i, r := range w.RateScale {
 		rates[i] = rateLabel(r)
 	}
 	workload += ", rate " + strings.Join(rates, ", ")
 
+	var clusters []fact
+	for _, k := range s.Clusters {
+		clusters = append(clusters, fact{"cluster " + k.Name, clusterText(k, s.World)})
+	}
+	if len(clusters) == 0 {
+		clusters = []fact{{"cluster", clusterText(s.Cluster, s.World)}}
+	}
+
+	p := s.Policies
+	policies := "routers " + strings.Join(p.Routers, ", ") + "; batch " + strings.Join(p.Batch, ", ") + "; evict " + strings.Join(p.Evict, ", ")
+
+	seeds := make([]string, len(s.Seeds))
+	for i, seed := range s.Seeds {
+		seeds[i] = strconv.FormatUint(seed, 10)
+	}
+
+	var slo []string
+	for _, t := range []struct {
+		name string
+		ms   float64
+	}{{"TTFT", s.SLO.TTFTMs}, {"TPOT", s.SLO.TPOTMs}, {"E2EL", s.SLO.E2ELMs}} {
+		if t.ms > 0 {
+			slo = append(slo, fmt.Sprintf("%s ≤ %g ms", t.name, t.ms))
+		}
+	}
+	sloText := strings.Join(slo, ", ")
+	if sloText == "" {
+		sloText = "none (goodput counts every finished request)"
+	}
+
+	cells := fmt.Sprintf("%d, all finished", len(e.Results.Cells))
+	if n := len(e.failedCells()); n > 0 {
+		cells = fmt.Sprintf("%d, %d failed", len(e.Results.Cells), n)
+	}
+	facts := append([]fact{{"workload", workload}}, clusters...)
+	return append(facts, []fact{
+		{"policies", policies},
+		{"seeds", strings.Join(seeds, ", ")},
+		{"SLO", sloText},
+		{"cells", cells},
+	}...)
+}
+
+// clusterText describes a cluster of the spec as spec.yaml gives it (in the world named).
+func clusterText(k experiments.Cluster, world string) string {
 	def := sim.DefaultClusterSpec()
-	k := s.Cluster
 	cluster := fmt.Sprintf("%d × %s on %s", or(k.Instances, def.Instances), orStr(k.Model, def.Model), orStr(k.GPU, def.GPU))
 	if tp := or(k.TP, def.TP); tp != 1 {
 		cluster += fmt.Sprintf(", TP %d", tp)
@@ -147,44 +197,31 @@ func (e *Experiment) facts() []fact {
 	if k.EnablePrefixCaching != nil && !*k.EnablePrefixCaching {
 		cluster += ", prefix caching off"
 	}
-	if views := routerViews(k, def); views != "" && s.World != "real" {
+	if views := routerViews(k, def); views != "" && world != "real" {
 		cluster += ", " + views
 	}
 
-	p := s.Policies
-	policies := "routers " + strings.Join(p.Routers, ", ") + "; batch " + strings.Join(p.Batch, ", ") + "; evict " + strings.Join(p.Evict, ", ")
-
-	seeds := make([]string, len(s.Seeds))
-	for i, seed := range s.Seeds {
-		seeds[i] = strconv.FormatUint(seed, 10)
-	}
-
-	var slo []string
-	for _, t := range []struct {
-		name string
-		ms   float64
-	}{{"TTFT", s.SLO.TTFTMs}, {"TPOT", s.SLO.TPOTMs}, {"E2EL", s.SLO.E2ELMs}} {
-		if t.ms > 0 {
-			slo = append(slo, fmt.Sprintf("%s ≤ %g ms", t.name, t.ms))
+	if k.PrefillRouter != "" || k.KVLink != "" || k.NonCachedTokens != nil {
+		var pd []string
+		if k.PrefillRouter != "" {
+			pd = append(pd, "prefill router "+k.PrefillRouter)
 		}
+		if k.NonCachedTokens != nil {
+			pd = append(pd, fmt.Sprintf("non_cached_tokens %d", *k.NonCachedTokens))
+		}
+		if k.KVLink != "" {
+			pd = append(pd, "KV over "+k.KVLink)
+		}
+		cluster += ", " + strings.Join(pd, ", ")
 	}
-	sloText := strings.Join(slo, ", ")
-	if sloText == "" {
-		sloText = "none (goodput counts every finished request)"
+	for _, t := range k.KVTiers {
+		tier := fmt.Sprintf(", %s tier of %d blocks", t.Medium, t.Blocks)
+		if t.Evict != "" {
+			tier += " (" + t.Evict + ")"
+		}
+		cluster += tier
 	}
-
-	cells := fmt.Sprintf("%d, all finished", len(e.Results.Cells))
-	if n := len(e.failedCells()); n > 0 {
-		cells = fmt.Sprintf("%d, %d failed", len(e.Results.Cells), n)
-	}
-	return []fact{
-		{"workload", workload},
-		{"cluster", cluster},
-		{"policies", policies},
-		{"seeds", strings.Join(seeds, ", ")},
-		{"SLO", sloText},
-		{"cells", cells},
-	}
+	return cluster
 }
 
 // routerViews says how stale the simulated router's views were, for a spec that says
@@ -210,6 +247,14 @@ func routerViews(k experiments.Cluster, def sim.ClusterSpec) string {
 func or(v, def int) int {
 	if v == 0 {
 		return def
+	}
+	return v
+}
+
+// or1 is a scale factor a spec may leave out (0): 1.
+func or1(v float64) float64 {
+	if v == 0 {
+		return 1
 	}
 	return v
 }
@@ -273,12 +318,54 @@ func statColumn(head string, md bool, scale float64, f func(p *experiments.Polic
 }
 
 // tableColumns is columns less the cost ones when no policy reports a cost (a real run,
-// a cluster of GPUs without a price).
+// a cluster of GPUs without a price), with each KV-cache tier's hit rate after the prefix
+// hit rate where a policy's cluster has tiers below the GPU, and the share of requests
+// disaggregated and their KV transfer where one is disaggregated.
 func tableColumns(policies []*experiments.PolicyResult) []column {
-	if slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.CostUSD != nil }) {
-		return columns
+	out := slices.Clone(columns)
+	if !slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.CostUSD != nil }) {
+		out = slices.DeleteFunc(out, func(c column) bool { return c.cost })
 	}
-	return slices.DeleteFunc(slices.Clone(columns), func(c column) bool { return c.cost })
+	var extra []column
+	var media []string
+	for _, p := range policies {
+		for _, t := range p.KVTiers {
+			if !slices.Contains(media, t.Medium) {
+				media = append(media, t.Medium)
+			}
+		}
+	}
+	for _, m := range media {
+		extra = append(extra, column{Head: m + " hit %", Markdown: true, Value: func(p *experiments.PolicyResult) string {
+			for _, t := range p.KVTiers {
+				if t.Medium == m {
+					return FormatStat(t.PrefixCacheHitRate, p.Seeds, 100)
+				}
+			}
+			if m == "GPU" && len(p.KVTiers) == 0 {
+				// No tier below the accelerator: every hit is the GPU's.
+				return FormatStat(p.PrefixCacheHitRate, p.Seeds, 100)
+			}
+			return "–"
+		}})
+	}
+	if slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.DisaggregatedShare != nil }) {
+		optional := func(head string, md bool, scale float64, f func(p *experiments.PolicyResult) *experiments.Stat) column {
+			return column{Head: head, Markdown: md, Value: func(p *experiments.PolicyResult) string {
+				if s := f(p); s != nil {
+					return FormatStat(*s, p.Seeds, scale)
+				}
+				return "–"
+			}}
+		}
+		extra = append(extra,
+			optional("disaggregated %", true, 100, func(p *experiments.PolicyResult) *experiments.Stat { return p.DisaggregatedShare }),
+			optional("KV transfer ms", false, 1, func(p *experiments.PolicyResult) *experiments.Stat { return p.MeanKVTransferMs }))
+	}
+	if i := slices.IndexFunc(out, func(c column) bool { return c.Head == "prefix hit %" }); i >= 0 {
+		out = slices.Insert(out, i+1, extra...)
+	}
+	return out
 }
 
 // costColumn is a column of the cost a policy's cells report, "–" where they report none.

@@ -79,10 +79,10 @@ func experimentLabels(exps []*Experiment) []string {
 }
 
 // policyKey is a policy combination, without its rate.
-type policyKey struct{ router, batch, evict string }
+type policyKey struct{ cluster, router, batch, evict string }
 
 func (k policyKey) name() string {
-	p := experiments.PolicyResult{Router: k.router, Batch: k.batch, Evict: k.evict}
+	p := experiments.PolicyResult{Cluster: k.cluster, Router: k.router, Batch: k.batch, Evict: k.evict}
 	return p.Name()
 }
 
@@ -95,7 +95,7 @@ func lines(exps []*Experiment, labels []string) []*line {
 		byKey := map[policyKey]*line{}
 		var order []policyKey
 		for _, c := range e.Results.Cells {
-			k := policyKey{c.Router, c.Batch, c.Evict}
+			k := policyKey{c.Cluster, c.Router, c.Batch, c.Evict}
 			if _, ok := byKey[k]; !ok {
 				l := &line{exp: e, name: k.name(), dash: dashes[i%len(dashes)]}
 				if _, ok := colors[l.name]; !ok {
@@ -114,7 +114,7 @@ func lines(exps []*Experiment, labels []string) []*line {
 		}
 		for j := range e.Results.Policies {
 			p := &e.Results.Policies[j]
-			if l := byKey[policyKey{p.Router, p.Batch, p.Evict}]; l != nil {
+			if l := byKey[policyKey{p.Cluster, p.Router, p.Batch, p.Evict}]; l != nil {
 				l.byRate = append(l.byRate, p)
 			}
 		}

@@ -181,6 +181,7 @@ const PALETTE = ['#5470c6', '#91cc75', '#fac858', '#ee6666', '#73c0de', '#3ba272
 function policyLabel(id, cell) {
   if (!cell || !cell.router) return id.replace(/__s\d+(__x|$)/, '$1');
   let s = cell.router;
+  if (cell.cluster) s = cell.cluster + ' · ' + s; // a spec of several clusters, as the report's PolicyResult.Name
   if (cell.batch && cell.batch !== 'vllm') s += ' / ' + cell.batch;
   s += ' / ' + cell.evict;
   if (id.includes('__x')) s += ' ×' + cell.rate_scale;

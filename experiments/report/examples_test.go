@@ -1,0 +1,80 @@
+package report
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"servelab/experiments"
+)
+
+// Every shipped simulator example runs, cut to its first requests and one seed but with
+// its whole matrix of clusters, rates and policies, and reports: a spec or report change
+// that breaks one fails here rather than in `make run` or a reader's hands. The shipped
+// reports (examples/reports/) come from the full runs their specs' comments give.
+func TestSimExamplesRunAndReport(t *testing.T) {
+	paths, err := filepath.Glob("../examples/*.yaml")
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	// What each example's report must show beyond the ranked tables every report has.
+	wantColumns := map[string][]string{
+		"pd-reference.yaml": {"disaggregated %", "goodput/$", "cost $", "p99 TPOT ms", "median TTFT ms"},
+		"kv-tiers.yaml":     {"GPU hit %", "CPU hit %", "DISK hit %", "median TTFT ms"},
+		"pd-disagg.yaml":    {"disaggregated %"},
+	}
+	ran := 0
+	for _, p := range paths {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			s, err := experiments.Load(p)
+			if err != nil {
+				if strings.Contains(err.Error(), "cluster.model") {
+					t.Skipf("needs its model (make run makes it): %v", err)
+				}
+				t.Fatal(err)
+			}
+			if s.World != "sim" {
+				t.Skipf("world %s", s.World)
+			}
+			ran++
+			if s.Workload.MaxRequests == 0 || s.Workload.MaxRequests > 60 {
+				s.Workload.MaxRequests = 60
+			}
+			s.Seeds = s.Seeds[:1]
+			out := t.TempDir()
+			res, err := experiments.Run(context.Background(), s, experiments.Options{Out: out})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Cells) != len(s.Cells()) {
+				t.Errorf("%d cells ran, want the matrix's %d", len(res.Cells), len(s.Cells()))
+			}
+			e, err := Load(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			md := renderMarkdown(t, e)
+			for _, pr := range res.Policies {
+				if !strings.Contains(md, "`"+mdCode(pr.Name())+"`") {
+					t.Errorf("the report has no row for %s", pr.Name())
+				}
+			}
+			for _, c := range s.Clusters {
+				if !slices.ContainsFunc(res.Policies, func(pr experiments.PolicyResult) bool { return pr.Cluster == c.Name }) {
+					t.Errorf("cluster %s has no results", c.Name)
+				}
+			}
+			for _, col := range wantColumns[filepath.Base(p)] {
+				if !strings.Contains(md, "| "+col+" |") {
+					t.Errorf("the report has no %q column", col)
+				}
+			}
+			renderHTML(t, e)
+		})
+	}
+	if ran < 4 {
+		t.Errorf("%d simulator examples ran, want at least 4", ran)
+	}
+}
