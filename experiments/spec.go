@@ -538,6 +538,10 @@ func (s *Spec) hasKey(i int, key string) bool {
 	return i < len(s.clusterKeys) && s.clusterKeys[i][key]
 }
 
+// ClusterNamed is the cluster a cell named by PolicyResult.Cluster ran on: the entry of
+// clusters of that name, or cluster for "" (a spec of one cluster).
+func (s *Spec) ClusterNamed(name string) Cluster { return s.cluster(name) }
+
 // cluster is the cluster named name (clusters' entry; "" is cluster).
 func (s *Spec) cluster(name string) Cluster {
 	for _, k := range s.Clusters {

@@ -346,3 +346,82 @@ func TestDNSLabel(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceOfAClusterInClusters: in an experiment comparing clusters, the deployed
+// service takes the chosen cell's cluster: its instance count, and for a disaggregated one
+// a prefill pool, which needs a P/D EndpointPickerConfig as the router.
+func TestServiceOfAClusterInClusters(t *testing.T) {
+	specDir := t.TempDir()
+	pd, err := os.ReadFile(repoFile("examples/router/llm-d-pd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(specDir, "pd.yaml"), pd, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	trace, err := filepath.Abs(repoFile("examples/traces/azure_conv_3000.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := experiments.Parse([]byte("name: clusters\nworkload: {trace: "+trace+", max_requests: 60, rate_scale: 4}\n"+
+		"clusters:\n"+
+		"  - {name: colo, instances: 3, model: llama-3.1-8b, gpu: a100-80g}\n"+
+		"  - name: split\n    model: llama-3.1-8b\n    pools: [{name: p, role: prefill, instances: 1, gpu: a100-80g}, {name: d, role: decode, instances: 2, gpu: l4}]\n"+
+		"policies: {routers: [least-request, pd.yaml]}\nslo: {ttft_ms: 1000, tpot_ms: 100}\n"), filepath.Join(specDir, "spec.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "runs", "clusters")
+	if _, err := experiments.Run(context.Background(), spec, experiments.Options{Out: out, Parallel: 2}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := experiments.ReadResults(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{} // cluster/router -> label
+	for _, p := range res.Policies {
+		labels[p.Cluster+"/"+p.Router] = p.Name()
+	}
+	opts := ServiceOptions{ModelURI: "pvc://models/llama/8b", Dir: specDir}
+	for _, tc := range []struct {
+		key              string
+		replicas, prefil int32 // prefill 0: no spec.prefill
+		err              string
+	}{
+		{"colo/least-request", 3, 0, ""},
+		{"colo/pd.yaml", 3, 0, ""},
+		{"split/pd.yaml", 2, 1, ""},
+		{"split/least-request", 0, 0, "ran disaggregated"},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			label, ok := labels[tc.key]
+			if !ok {
+				t.Fatalf("no cell %s among %v", tc.key, labels)
+			}
+			c, err := Choose(out, ChooseOptions{Policy: label})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := Service(c, opts)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Service = %v, want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := *svc.Spec.Replicas; got != tc.replicas {
+				t.Errorf("replicas %d, want %d", got, tc.replicas)
+			}
+			switch {
+			case tc.prefil == 0 && svc.Spec.Prefill != nil:
+				t.Errorf("spec.prefill %+v, want none", svc.Spec.Prefill)
+			case tc.prefil > 0 && (svc.Spec.Prefill == nil || *svc.Spec.Prefill.Replicas != tc.prefil):
+				t.Errorf("spec.prefill %+v, want %d replicas", svc.Spec.Prefill, tc.prefil)
+			}
+		})
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"servelab/api/v1alpha1"
 	"servelab/experiments"
 	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/sim"
 )
 
@@ -64,11 +65,20 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 			return nil, fmt.Errorf("--namespace %q: %s", o.Namespace, strings.Join(errs, "; "))
 		}
 	}
-	model, err := modelSpec(spec.World, spec.Cluster.Model, o)
+	// The cluster the chosen cell ran on (an experiment may compare several).
+	k := spec.ClusterNamed(p.Cluster)
+	model, err := modelSpec(spec.World, k.Model, o)
 	if err != nil {
 		return nil, err
 	}
-	replicas := int32(spec.Cluster.Instances)
+	replicas, prefill := int32(k.Instances), int32(0)
+	for _, pool := range k.Pools {
+		if pool.Role == sim.RolePrefill {
+			prefill += int32(pool.Instances)
+		} else {
+			replicas += int32(pool.Instances)
+		}
+	}
 	if replicas == 0 {
 		replicas = int32(sim.DefaultClusterSpec().Instances)
 	}
@@ -92,14 +102,38 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 	if err := routerPolicy(&svc.Spec.Router, p.Router, []string{c.Experiment.Dir, o.Dir}); err != nil {
 		return nil, err
 	}
-	if s := spec.Cluster.ScrapeInterval; s != nil && *s > 0 {
+	if prefill > 0 {
+		// A disaggregated cell: its prefill pool becomes spec.prefill, which the controller
+		// runs only under a P/D EndpointPickerConfig (the router runs both legs).
+		if !isPDConfig(svc.Spec.Router.EndpointPickerConfig) {
+			return nil, fmt.Errorf("%s ran disaggregated (%d prefill instances) with router %q and prefill_router %q: a deployed router runs prefill/decode only from a P/D EndpointPickerConfig (llm-d's pd-profile-handler, e.g. examples/router/llm-d-pd.yaml); give the experiment's router as such a file",
+				c.Label, prefill, p.Router, k.PrefillRouter)
+		}
+		svc.Spec.Prefill = &v1alpha1.WorkloadSpec{Replicas: &prefill}
+		svc.Spec.Prefill.Template.Image = o.Image
+		svc.Spec.Prefill.Template.Args = engineArgs(spec.World, k)
+	}
+	if s := k.ScrapeInterval; s != nil && *s > 0 {
 		svc.Spec.Router.ScrapeInterval = &metav1.Duration{Duration: time.Duration(*s * float64(time.Second))}
 	}
 	svc.Spec.Template.Image = o.Image
 	// The controller gives the router the engines' --block-size (it hashes prompts in their
 	// blocks).
-	svc.Spec.Template.Args = engineArgs(spec.World, spec.Cluster)
+	svc.Spec.Template.Args = engineArgs(spec.World, k)
 	return svc, nil
+}
+
+// isPDConfig says whether doc is an EndpointPickerConfig with prefill and decode profiles.
+func isPDConfig(doc string) bool {
+	if doc == "" {
+		return false
+	}
+	pol, err := route.LoadEndpointPickerConfig([]byte(doc), policies.Env{BlockSize: defaultBlockSize})
+	if err != nil {
+		return false
+	}
+	_, pd := pol.(*route.PDProfileHandler)
+	return pd
 }
 
 // defaultBlockSize is the --block-size default of 'servelab engine' and 'servelab router'.
