@@ -232,6 +232,12 @@ go test -run '^$' -bench 'BenchmarkReconcile50$' -benchtime 3x ./real/controller
 go test -run '^$' -bench BenchmarkReconcile50OnLocalCluster -benchtime 1x ./cmd/servelab/ >>"$WORK/k8s-bench.txt"
 go test -run '^$' -bench BenchmarkForward -benchtime 2s -count 3 ./real/cluster/svcproxy/ >>"$WORK/k8s-bench.txt"
 
+# Issue 13's real-path figures: the KV pull of prefill/decode disaggregation and the engine's
+# CPU and disk KV tiers against recomputing (each script builds the 110m preset itself).
+echo "measuring the P/D KV transfer and the KV tiers" >&2
+REPS=$REPS scripts/pd-transfer >"$WORK/pd-transfer.txt"
+REPS=$REPS scripts/kv-tiers >"$WORK/kv-tiers.md"
+
 echo "running go test benchmarks (count $REPS)" >&2
 go test -run '^$' -bench . -benchmem -benchtime "${BENCHTIME:-300ms}" -count "$REPS" \
   ./engine/... ./policies/... ./sim/... ./traces/... ./metrics/... ./internal/... >"$WORK/bench.txt"
@@ -341,6 +347,20 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo '```'
   grep -E '^Benchmark' "$WORK/k8s-bench.txt"
   echo '```'
+  echo
+  echo "## Prefill/decode disaggregation, real path (KV pulled over loopback)"
+  echo
+  echo "\`scripts/pd-transfer\`: a prefill engine and a decode engine (\`servelab engine --role prefill|decode\`) on"
+  echo "loopback; pull = \`POST /v1/kv_transfer/pull\` of the prompt's blocks alone; ttft = a decode request"
+  echo "carrying the prefill's \`kv_transfer_params\` (pull + writing the blocks + one decode step); d_pull = the"
+  echo "decode engine's own pull time (\`servelab:kv_transfer_pull_seconds\`); step = the same prompt from the"
+  echo "decode engine's prefix cache (one decode step). Medians; times in ms, per-block in us."
+  echo
+  echo '```'
+  cat "$WORK/pd-transfer.txt"
+  echo '```'
+  echo
+  cat "$WORK/kv-tiers.md"
   echo
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
