@@ -109,6 +109,9 @@ func (x *Index) Clear() { x.blocks = blockmap.New(x.blocks.Len()) }
 // Len is the number of hashes held on some medium.
 func (x *Index) Len() int { return x.blocks.Len() }
 
+// Has reports whether some medium holds h.
+func (x *Index) Has(h uint64) bool { return x.blocks.Has(h) }
+
 // Media returns the media holding h, in the order the index first saw them; nil when no
 // medium does.
 func (x *Index) Media(h uint64) []string {
