@@ -192,6 +192,24 @@ func TestSimRefusesFlagsTheProfileDecides(t *testing.T) {
 			t.Errorf("--%s %s with profile:FILE: err = %v", flag, value, err)
 		}
 	}
+
+	// A profile of an engine with KV tiers decides the tiers too; one without leaves them
+	// to --kv-tier.
+	tiered := filepath.Join(t.TempDir(), "tiered.json")
+	if out, err := run(t, "profile", "--model", dir, "--from-steps", writeStepLog(t), "--out", tiered, "--num-gpu-blocks-override", "300", "--kv-tier", "cpu:64"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		prof    string
+		refused bool
+	}{{tiered, true}, {prof, false}} {
+		var sf simFlags
+		cmd := parseFlags(t, sf.register, []string{"--latency", "profile:" + tc.prof, "--kv-tier", "cpu:8"})
+		err := sf.useProfileEngine(cmd.Flags(), io.Discard)
+		if refused := err != nil && containsAll(err.Error(), "--kv-tier", "linear:"+tc.prof); refused != tc.refused || (err != nil && !refused) {
+			t.Errorf("--kv-tier with profile:%s: err = %v, want refused %t", tc.prof, err, tc.refused)
+		}
+	}
 }
 
 func containsAll(s string, subs ...string) bool {
