@@ -268,6 +268,21 @@ func New(cfg Config) (*Engine, error) {
 		}
 		cfg.Evict = ev
 	}
+	if len(cfg.KVTiers) > 0 {
+		// A tier without a policy gets the block manager's LRU, built here so Resolved can
+		// report it; the caller's slice is left as it was.
+		cfg.KVTiers = slices.Clone(cfg.KVTiers)
+		for i := range cfg.KVTiers {
+			if cfg.KVTiers[i].Evict != nil {
+				continue
+			}
+			ev, err := evict.Registry.Build(policies.Spec{Name: "lru"}, policies.Env{BlockSize: cfg.BlockSize})
+			if err != nil {
+				return nil, err
+			}
+			cfg.KVTiers[i].Evict = ev
+		}
+	}
 	e := &Engine{
 		cfg:   cfg,
 		start: time.Now(),
@@ -308,7 +323,7 @@ func (e *Engine) Config() Config { return e.cfg }
 // resolved specs (every parameter, defaults included) and its KV cache and context, as
 // it runs them. A simulator built from it schedules as this engine does.
 func (e *Engine) Resolved() serving.EngineConfig {
-	return serving.EngineConfig{
+	rc := serving.EngineConfig{
 		Batch:               e.cfg.Batch.Spec().String(),
 		Evict:               e.cfg.Evict.Spec().String(),
 		BlockSize:           e.cfg.BlockSize,
@@ -316,6 +331,11 @@ func (e *Engine) Resolved() serving.EngineConfig {
 		MaxModelLen:         e.cfg.MaxModelLen,
 		EnablePrefixCaching: e.cfg.EnablePrefixCaching,
 	}
+	for _, t := range e.cfg.KVTiers {
+		rc.KVTiers = append(rc.KVTiers, serving.KVTierConfig{
+			Medium: strings.ToLower(t.Medium), Blocks: t.Blocks, Evict: t.Evict.Spec().String()})
+	}
+	return rc
 }
 
 // Stats returns the latest snapshot, taken after each step.

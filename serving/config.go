@@ -22,6 +22,21 @@ type EngineConfig struct {
 	NumGPUBlocks        int  `json:"num_gpu_blocks"`
 	MaxModelLen         int  `json:"max_model_len"`
 	EnablePrefixCaching bool `json:"enable_prefix_caching"`
+	// KVTiers are the KV cache's tiers below the accelerator's blocks, top down (cpu, then
+	// disk), as servelab engine --kv-tier and the simulator's kv_tiers make them; none
+	// without KV offloading (and left out of the JSON, as before tiers existed).
+	KVTiers []KVTierConfig `json:"kv_tiers,omitempty"`
+}
+
+// KVTierConfig is one KV-cache tier in an EngineConfig, named as the simulator's cluster
+// spec names it (sim.KVTierSpec) less the load prices, which a real engine measures.
+type KVTierConfig struct {
+	// Medium is "cpu" or "disk" (the lowercase of its KV events' medium, as llm-d reads it).
+	Medium string `json:"medium"`
+	// Blocks is the tier's capacity in KV blocks of block_size tokens.
+	Blocks int `json:"blocks"`
+	// Evict is the tier's resolved eviction policy spec.
+	Evict string `json:"evict"`
 }
 
 // Validate reports a missing or impossible field; errors name the JSON key.
@@ -37,6 +52,16 @@ func (c EngineConfig) Validate() error {
 		return fmt.Errorf(`field "num_gpu_blocks": must be positive, got %d`, c.NumGPUBlocks)
 	case c.MaxModelLen <= 0:
 		return fmt.Errorf(`field "max_model_len": must be positive, got %d`, c.MaxModelLen)
+	}
+	for i, t := range c.KVTiers {
+		switch {
+		case t.Medium != "cpu" && t.Medium != "disk":
+			return fmt.Errorf(`field "kv_tiers[%d].medium": want cpu or disk, got %q`, i, t.Medium)
+		case t.Blocks <= 0:
+			return fmt.Errorf(`field "kv_tiers[%d].blocks": must be positive, got %d`, i, t.Blocks)
+		case t.Evict == "":
+			return fmt.Errorf(`field "kv_tiers[%d].evict": missing`, i)
+		}
 	}
 	return nil
 }

@@ -18,6 +18,14 @@ func TestEngineConfigValidate(t *testing.T) {
 		{"no block size", func(c *EngineConfig) { c.BlockSize = 0 }, `"block_size"`},
 		{"no blocks", func(c *EngineConfig) { c.NumGPUBlocks = -1 }, `"num_gpu_blocks"`},
 		{"no context", func(c *EngineConfig) { c.MaxModelLen = 0 }, `"max_model_len"`},
+		{"tiers", func(c *EngineConfig) {
+			c.KVTiers = []KVTierConfig{{Medium: "cpu", Blocks: 8, Evict: "lru"}, {Medium: "disk", Blocks: 64, Evict: "s3fifo"}}
+		}, ""},
+		{"tier medium", func(c *EngineConfig) { c.KVTiers = []KVTierConfig{{Medium: "CPU", Blocks: 8, Evict: "lru"}} }, `"kv_tiers[0].medium"`},
+		{"tier blocks", func(c *EngineConfig) {
+			c.KVTiers = []KVTierConfig{{Medium: "cpu", Blocks: 8, Evict: "lru"}, {Medium: "disk", Evict: "lru"}}
+		}, `"kv_tiers[1].blocks"`},
+		{"tier evict", func(c *EngineConfig) { c.KVTiers = []KVTierConfig{{Medium: "disk", Blocks: 8}} }, `"kv_tiers[0].evict"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

@@ -245,6 +245,9 @@ func countRole(pools []resolvedPool, role string) int {
 func (c *ClusterSpec) UseEngine(ec serving.EngineConfig) {
 	c.Engine = &ec
 	c.Batch, c.Evict, c.BlockSize, c.NumGPUBlocksOverride, c.MaxModelLen, c.EnablePrefixCaching = "", "", 0, 0, 0, false
+	if len(ec.KVTiers) > 0 {
+		c.KVTiers = nil
+	}
 }
 
 // withEngine returns the spec with Engine's values in the fields it replaces, after
@@ -264,6 +267,9 @@ func (c ClusterSpec) withEngine() (ClusterSpec, error) {
 		{"batch", c.Batch != ""}, {"evict", c.Evict != ""}, {"block_size", c.BlockSize != 0},
 		{"num_gpu_blocks_override", c.NumGPUBlocksOverride != 0}, {"max_model_len", c.MaxModelLen != 0},
 		{"enable_prefix_caching", c.EnablePrefixCaching},
+		// An engine without tiers (or a configuration recorded before tiers existed) leaves
+		// kv_tiers to the spec.
+		{"kv_tiers", len(ec.KVTiers) > 0 && len(c.KVTiers) > 0},
 	} {
 		if f.set {
 			return c, fmt.Errorf("%s: set, but the engine configuration (\"engine\") decides it; leave it out", f.name)
@@ -271,6 +277,14 @@ func (c ClusterSpec) withEngine() (ClusterSpec, error) {
 	}
 	c.Batch, c.Evict, c.BlockSize, c.NumGPUBlocksOverride = ec.Batch, ec.Evict, ec.BlockSize, ec.NumGPUBlocks
 	c.MaxModelLen, c.EnablePrefixCaching = ec.MaxModelLen, ec.EnablePrefixCaching
+	if len(ec.KVTiers) > 0 {
+		// The engine's media, capacities and eviction policies, at the presets' load prices
+		// (a real engine measures its loads; it has no prices to report).
+		c.KVTiers = make([]KVTierSpec, len(ec.KVTiers))
+		for i, t := range ec.KVTiers {
+			c.KVTiers[i] = KVTierSpec{Medium: t.Medium, Blocks: t.Blocks, Evict: t.Evict}
+		}
+	}
 	return c, nil
 }
 
@@ -428,6 +442,17 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	if cfg.KVTiers, err = buildKVTiers(c.KVTiers, envOf); err != nil {
 		return Config{}, err
 	}
+	if c.Engine != nil {
+		for i, t := range c.Engine.KVTiers {
+			ep, err := cfg.KVTiers[i].NewEvict(0)
+			if err != nil {
+				return Config{}, fmt.Errorf("engine: kv_tiers[%d].evict: %w", i, err)
+			}
+			if got := ep.Spec().String(); got != t.Evict {
+				return Config{}, fmt.Errorf("engine: kv_tiers[%d].evict %q is not a resolved spec (it builds %q)", i, t.Evict, got)
+			}
+		}
+	}
 	if len(cfg.KVTiers) > 0 && !c.EnablePrefixCaching {
 		return Config{}, fmt.Errorf("kv_tiers: set without enable_prefix_caching; tiers hold cached prefix blocks")
 	}
@@ -449,14 +474,26 @@ func (c Config) Resolved(i int) (serving.EngineConfig, error) {
 		}
 		evictSpec = ep.Spec().String()
 	}
-	return serving.EngineConfig{
+	rc := serving.EngineConfig{
 		Batch:               bp.Spec().String(),
 		Evict:               evictSpec,
 		BlockSize:           c.BlockSize,
 		NumGPUBlocks:        c.blocksOf(i),
 		MaxModelLen:         c.MaxModelLen,
 		EnablePrefixCaching: c.PrefixCaching,
-	}, nil
+	}
+	for _, t := range c.KVTiers {
+		evictSpec := "lru" // the block manager's policy for a tier without one
+		if t.NewEvict != nil {
+			ep, err := t.NewEvict(i)
+			if err != nil {
+				return serving.EngineConfig{}, err
+			}
+			evictSpec = ep.Spec().String()
+		}
+		rc.KVTiers = append(rc.KVTiers, serving.KVTierConfig{Medium: strings.ToLower(t.Medium), Blocks: t.Blocks, Evict: evictSpec})
+	}
+	return rc, nil
 }
 
 // blocksOf is instance i's KV blocks: its pool's.

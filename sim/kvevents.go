@@ -2,7 +2,7 @@ package sim
 
 import (
 	"servelab/engine/kv"
-	"servelab/internal/blockmap"
+	"servelab/internal/kvindex"
 )
 
 // The router's prefix index, as KV events build it.
@@ -33,8 +33,9 @@ type kvIndex struct {
 	// published are the batches on their way to the router, oldest first from head.
 	published []kvBatch
 	head      int
-	// known is the router's index: the hashes it has been told are cached.
-	known *blockmap.Map
+	// known is the router's index: the hashes it has been told are cached, and on which
+	// media, kept as the real router keeps it (kvindex, llm-d-kv-cache's semantics).
+	known *kvindex.Index
 	// spare is an applied batch's slice, emptied, for the next step's events: a step's
 	// events would otherwise grow a new slice from nothing.
 	spare []kv.Event
@@ -45,7 +46,7 @@ type kvBatch struct {
 	events []kv.Event
 }
 
-func newKVIndex(blocks int) *kvIndex { return &kvIndex{known: blockmap.New(blocks)} }
+func newKVIndex(blocks int) *kvIndex { return &kvIndex{known: kvindex.New(blocks)} }
 
 func (x *kvIndex) collect(ev kv.Event) {
 	if x.pending == nil {
@@ -79,16 +80,13 @@ func (x *kvIndex) catchUp(t float64) {
 		for _, ev := range b.events {
 			switch ev.Kind {
 			case kv.BlockStored:
-				m := mediumCode(ev.Medium)
-				for _, h := range ev.Hashes {
-					x.known.PutIfAbsent(h, m)
+				if err := x.known.Stored(ev.Medium, ev.Hashes); err != nil {
+					panic(err) // the simulator's caches name at most three media
 				}
 			case kv.BlockRemoved:
-				for _, h := range ev.Hashes {
-					x.known.Delete(h)
-				}
+				x.known.Removed(ev.Medium, ev.Hashes)
 			case kv.AllBlocksCleared:
-				x.known = blockmap.New(x.known.Len())
+				x.known.Clear()
 			}
 		}
 		if cap(b.events) > cap(x.spare) {
@@ -101,36 +99,9 @@ func (x *kvIndex) catchUp(t float64) {
 }
 
 // CachedPrefixBlocks answers from the router's index (serving.PrefixCache).
-func (x *kvIndex) CachedPrefixBlocks(hashes []uint64) int {
-	for i, h := range hashes {
-		if !x.known.Has(h) {
-			return i
-		}
-	}
-	return len(hashes)
-}
-
-// The index keeps each hash's medium as its value: the router weighs hits by tier.
-var mediums = []string{"", kv.MediumGPU, kv.MediumCPU, kv.MediumDisk}
-
-func mediumCode(m string) int32 {
-	for i, n := range mediums {
-		if n == m {
-			return int32(i)
-		}
-	}
-	return 0
-}
+func (x *kvIndex) CachedPrefixBlocks(hashes []uint64) int { return x.known.CachedPrefixBlocks(hashes) }
 
 // CachedPrefixWeight answers from the router's index (serving.TieredPrefixCache).
 func (x *kvIndex) CachedPrefixWeight(hashes []uint64, weight func(medium string) float64) float64 {
-	w := 0.0
-	for _, h := range hashes {
-		m, ok := x.known.Get(h)
-		if !ok {
-			break
-		}
-		w += weight(mediums[m])
-	}
-	return w
+	return x.known.CachedPrefixWeight(hashes, weight)
 }

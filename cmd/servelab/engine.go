@@ -26,6 +26,7 @@ import (
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/serving"
+	"servelab/sim"
 	"servelab/sim/latency"
 )
 
@@ -126,11 +127,27 @@ func (f *engineFlags) resolved(b *backend.Backend) (serving.EngineConfig, error)
 	if err != nil {
 		return serving.EngineConfig{}, err
 	}
-	return serving.EngineConfig{
+	rc := serving.EngineConfig{
 		Batch: bp.Spec().String(), Evict: ev.Spec().String(),
 		BlockSize: b.BlockSize, NumGPUBlocks: b.NumBlocks, MaxModelLen: b.MaxModelLen,
 		EnablePrefixCaching: f.prefixCaching,
-	}, nil
+	}
+	specs, err := f.tiers.specsFor(b.Cache.BlockBytes())
+	if err != nil {
+		return serving.EngineConfig{}, err
+	}
+	tiers, err := sim.ResolveKVTiers(specs, func(int) policies.Env { return policies.Env{BlockSize: b.BlockSize} })
+	if err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("--kv-tier: %w", err)
+	}
+	for i, t := range tiers {
+		ev, err := t.NewEvict(0)
+		if err != nil {
+			return serving.EngineConfig{}, fmt.Errorf("--kv-tier %s: %w", specs[i].Medium, err)
+		}
+		rc.KVTiers = append(rc.KVTiers, serving.KVTierConfig{Medium: specs[i].Medium, Blocks: t.Blocks, Evict: ev.Spec().String()})
+	}
+	return rc, nil
 }
 
 // running is a started engine and its HTTP server.

@@ -79,7 +79,7 @@ func TestFidelityEngineConfigIsWhatItsEngineRuns(t *testing.T) {
 			if diff := cmp.Diff([]serving.EngineConfig{want}, reported); diff != "" {
 				t.Errorf("reported (-want +got):\n%s", diff)
 			}
-			if want != base {
+			if !cmp.Equal(want, base) {
 				if _, err := checkRunEngines(context.Background(), []string{url}, base); err == nil {
 					t.Errorf("an engine running %+v passed the check against the profiled %+v", want, base)
 				}

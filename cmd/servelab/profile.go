@@ -93,6 +93,7 @@ var profileFlags = map[string]bool{
 	"batch": true, "threads": true,
 	// Recorded in the profile's engine configuration, which a simulation of it runs.
 	"evict": true, "enable-prefix-caching": true,
+	"kv-tier": true, "kv-offloading-size": true, "kv-offloading-backend": true,
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's

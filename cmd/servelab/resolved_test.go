@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,21 +61,25 @@ func parseFlags(t *testing.T, register func(*cobra.Command), args []string) *cob
 func TestSimulatorRunsTheEnginesResolvedConfiguration(t *testing.T) {
 	dir := synthTiny(t)
 	steps := writeStepLog(t)
+	tierDir := t.TempDir()
 	for _, tc := range []struct {
 		name  string
 		flags []string
+		// engineOnly are flags the engine needs besides, which profile has no use for.
+		engineOnly []string
 		// oldPathDiffers: the simulator's defaults run something else for these flags.
 		oldPathDiffers bool
 	}{
-		{"defaults", nil, true},
+		{"defaults", nil, nil, true},
 		{"every scheduling flag", []string{"--batch", "priority:long_prefill_token_threshold=64,chunked_prefill=false", "--max-num-seqs", "8",
 			"--max-num-batched-tokens", "512", "--evict", "lfu", "--block-size", "32", "--enable-prefix-caching=false",
-			"--num-gpu-blocks-override", "100", "--max-model-len", "256"}, false},
+			"--num-gpu-blocks-override", "100", "--max-model-len", "256"}, nil, false},
+		{"kv tiers", []string{"--kv-tier", "cpu:32:lfu", "--kv-tier", "disk:64:s3fifo"}, []string{"--kv-tier-dir", tierDir}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The real world: an engine started from the flags, asked over HTTP.
 			var ef engineFlags
-			parseFlags(t, ef.register, append([]string{"--model", dir, "--port", "0", "--num-gpu-blocks-override", "300"}, tc.flags...))
+			parseFlags(t, ef.register, slices.Concat([]string{"--model", dir, "--port", "0", "--num-gpu-blocks-override", "300"}, tc.flags, tc.engineOnly))
 			r, err := ef.start()
 			if err != nil {
 				t.Fatal(err)
@@ -91,6 +96,19 @@ func TestSimulatorRunsTheEnginesResolvedConfiguration(t *testing.T) {
 			}
 			if diff := cmp.Diff(r.engine.Resolved(), real); diff != "" {
 				t.Fatalf("/server_info differs from Engine.Resolved (-engine +served):\n%s", diff)
+			}
+			// The engine reports the tiers it was given (--kv-tier MEDIUM:...), top down.
+			var media, want []string
+			for _, t := range real.KVTiers {
+				media = append(media, t.Medium)
+			}
+			for i, a := range tc.flags {
+				if a == "--kv-tier" {
+					want = append(want, strings.Split(tc.flags[i+1], ":")[0])
+				}
+			}
+			if !slices.Equal(media, want) {
+				t.Fatalf("/server_info reports KV tiers %+v, want the media %v", real.KVTiers, want)
 			}
 
 			// The profile of an engine with the same flags records it.
@@ -147,7 +165,7 @@ func TestSimulatorRunsTheEnginesResolvedConfiguration(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if differs := got != real; differs != tc.oldPathDiffers {
+			if differs := !cmp.Equal(got, real); differs != tc.oldPathDiffers {
 				t.Errorf("old path resolves to %+v, engine to %+v; differ = %t, want %t", got, real, differs, tc.oldPathDiffers)
 			}
 		})
@@ -172,6 +190,24 @@ func TestSimRefusesFlagsTheProfileDecides(t *testing.T) {
 		err := sf.useProfileEngine(cmd.Flags(), io.Discard)
 		if err == nil || !containsAll(err.Error(), "--"+flag, "linear:"+prof) {
 			t.Errorf("--%s %s with profile:FILE: err = %v", flag, value, err)
+		}
+	}
+
+	// A profile of an engine with KV tiers decides the tiers too; one without leaves them
+	// to --kv-tier.
+	tiered := filepath.Join(t.TempDir(), "tiered.json")
+	if out, err := run(t, "profile", "--model", dir, "--from-steps", writeStepLog(t), "--out", tiered, "--num-gpu-blocks-override", "300", "--kv-tier", "cpu:64"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		prof    string
+		refused bool
+	}{{tiered, true}, {prof, false}} {
+		var sf simFlags
+		cmd := parseFlags(t, sf.register, []string{"--latency", "profile:" + tc.prof, "--kv-tier", "cpu:8"})
+		err := sf.useProfileEngine(cmd.Flags(), io.Discard)
+		if refused := err != nil && containsAll(err.Error(), "--kv-tier", "linear:"+tc.prof); refused != tc.refused || (err != nil && !refused) {
+			t.Errorf("--kv-tier with profile:%s: err = %v, want refused %t", tc.prof, err, tc.refused)
 		}
 	}
 }

@@ -194,6 +194,10 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 				name, file, p.Engine.Batch, p.Engine.Evict, p.Engine.NumGPUBlocks, p.Engine.BlockSize, p.Engine.MaxModelLen, p.Engine.EnablePrefixCaching, file)
 		}
 	}
+	if len(p.Engine.KVTiers) > 0 && fl.Changed("kv-tier") {
+		return fmt.Errorf("--kv-tier: --latency profile:%s runs the profiled engine's KV tiers (%+v); to simulate other tiers with its step times use --latency linear:%s",
+			file, p.Engine.KVTiers, file)
+	}
 	f.cluster.UseEngine(*p.Engine)
 	return nil
 }

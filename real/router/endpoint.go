@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"servelab/internal/kvindex"
 	"servelab/serving"
 )
 
@@ -41,8 +42,9 @@ type endpoint struct {
 	eventsCause      string // why its KV events are unavailable, as last logged
 	waiting, running int
 	kvUsage          float64
-	// cached is the prefix index fed by KV events; nil until a snapshot arrived.
-	cached map[uint64]struct{}
+	// cached is the prefix index fed by KV events, with the medium (tier) of each block;
+	// nil until a snapshot arrived.
+	cached *kvindex.Index
 }
 
 func (e *endpoint) healthy() bool {
@@ -137,18 +139,28 @@ func (e *endpoint) view() serving.InstanceView {
 	return v
 }
 
-// prefixSet answers prefix queries from the KV-event index.
+// prefixSet answers prefix queries from the KV-event index: a serving.TieredPrefixCache,
+// so the precise prefix scorer weighs each hit by the tier holding it.
 type prefixSet struct{ e *endpoint }
+
+var _ serving.TieredPrefixCache = prefixSet{}
 
 func (p prefixSet) CachedPrefixBlocks(hashes []uint64) int {
 	p.e.mu.Lock()
 	defer p.e.mu.Unlock()
-	for i, h := range hashes {
-		if _, ok := p.e.cached[h]; !ok {
-			return i
-		}
+	if p.e.cached == nil {
+		return 0
 	}
-	return len(hashes)
+	return p.e.cached.CachedPrefixBlocks(hashes)
+}
+
+func (p prefixSet) CachedPrefixWeight(hashes []uint64, weight func(medium string) float64) float64 {
+	p.e.mu.Lock()
+	defer p.e.mu.Unlock()
+	if p.e.cached == nil {
+		return 0
+	}
+	return p.e.cached.CachedPrefixWeight(hashes, weight)
 }
 
 // vLLM's gauges the views are built from; values are summed over label sets (engines).
@@ -277,41 +289,63 @@ func (r *Router) followEvents(ctx context.Context, e *endpoint) {
 		if !ok {
 			continue
 		}
-		var batch struct {
-			Seq    uint64  `json:"seq"`
-			TS     float64 `json:"ts"`
-			Events []struct {
-				Type        string   `json:"type"`
-				BlockHashes []uint64 `json:"block_hashes"`
-			} `json:"events"`
-		}
+		var batch kvEventBatch
 		if json.Unmarshal([]byte(data), &batch) != nil || batch.Seq != last+1 {
 			return // a gap or garbage: reconnect for a fresh snapshot
 		}
 		last = batch.Seq
-		e.mu.Lock()
-		for _, ev := range batch.Events {
-			switch ev.Type {
-			case "AllBlocksCleared":
-				e.cached = map[uint64]struct{}{}
-			case "BlockStored":
-				if e.cached == nil {
-					e.cached = map[uint64]struct{}{}
-				}
-				for _, h := range ev.BlockHashes {
-					e.cached[h] = struct{}{}
-				}
-			case "BlockRemoved":
-				for _, h := range ev.BlockHashes {
-					delete(e.cached, h)
-				}
-			}
+		if err := e.apply(batch.Events); err != nil {
+			e.eventsUnavailable(fmt.Sprintf("/v1/kv_events batch %d: %v", batch.Seq, err))
+			return
 		}
-		e.mu.Unlock()
 		if batch.Seq > 1 && batch.TS > 0 {
 			// The first batch is the subscription's snapshot; the others are published
 			// when the step that produced them ends.
 			r.kvEventLag.Observe(time.Since(time.Unix(0, int64(batch.TS*1e9))).Seconds())
 		}
 	}
+}
+
+// kvEventBatch is a /v1/kv_events batch: vLLM's KVEventBatch, JSON-encoded.
+type kvEventBatch struct {
+	Seq    uint64    `json:"seq"`
+	TS     float64   `json:"ts"`
+	Events []kvEvent `json:"events"`
+}
+
+// kvEvent is one of vLLM's KV events: BlockStored, BlockRemoved or AllBlocksCleared, with
+// the medium (tier) the blocks entered or left; none means the GPU (vLLM's None).
+type kvEvent struct {
+	Type        string   `json:"type"`
+	BlockHashes []uint64 `json:"block_hashes"`
+	Medium      string   `json:"medium"`
+}
+
+// apply updates the prefix index with events, as llm-d-kv-cache's index does
+// (kvindex): per medium, so a block offloaded to CPU (BlockRemoved on the GPU, BlockStored
+// on CPU) stays cached on CPU, and one removed from its last medium is forgotten.
+func (e *endpoint) apply(events []kvEvent) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range events {
+		switch ev.Type {
+		case "AllBlocksCleared":
+			if e.cached == nil {
+				e.cached = kvindex.New(0)
+			}
+			e.cached.Clear()
+		case "BlockStored":
+			if e.cached == nil {
+				e.cached = kvindex.New(len(ev.BlockHashes))
+			}
+			if err := e.cached.Stored(ev.Medium, ev.BlockHashes); err != nil {
+				return err
+			}
+		case "BlockRemoved":
+			if e.cached != nil {
+				e.cached.Removed(ev.Medium, ev.BlockHashes)
+			}
+		}
+	}
+	return nil
 }

@@ -81,8 +81,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func hasIndex(e *endpoint) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, ok := e.cached[7]
-	return ok
+	return e.cached != nil && e.cached.CachedPrefixBlocks([]uint64{7}) == 1
 }
 
 func TestEngineKeyReachesKeyedEndpoints(t *testing.T) {
