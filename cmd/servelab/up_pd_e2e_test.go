@@ -36,7 +36,8 @@ func TestUpPDEndToEnd(t *testing.T) {
 	// One engine, the reference: what each prompt gives served whole, with the same seed.
 	_, ref := startRoleEngine(t, dir, "both", nil)
 
-	const sampling = `"max_tokens":12,"temperature":1,"seed":11,"ignore_eos":true`
+	// min_tokens as servelab bench sends it: the prefill leg must not pass it above its one token.
+	const sampling = `"max_tokens":12,"min_tokens":12,"temperature":1,"seed":11,"ignore_eos":true`
 	long := []string{"Yesterday " + pdPrompt, "In a faraway kingdom " + pdPrompt, "The last time the engines met, " + pdPrompt}
 	type request struct {
 		prompt string
