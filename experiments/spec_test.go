@@ -67,7 +67,12 @@ func TestParseNamesTheBadKey(t *testing.T) {
 		{"unknown key in a pool", base + "cluster: {pools: [{name: a, instnces: 1, gpu: l4}]}\n", "instnces: unknown key"},
 		{"negative GPU price", base + "cluster: {gpu_price_per_hour: {a100-80g: -3.2}}\n", "cluster: gpu_price_per_hour.a100-80g: must be 0 or a positive number"},
 		{"price of an unknown GPU", base + "cluster: {gpu_price_per_hour: {b300: 9}}\n", `cluster: gpu_price_per_hour: unknown GPU "b300"`},
-		{"real world with pools", base + "world: real\ncluster: {pools: [{name: a, instances: 1, gpu: l4}]}\n", "cluster.pools"},
+		{"real world with a pool's GPU", base + "world: real\ncluster: {pools: [{name: a, instances: 1, gpu: l4}]}\n", "cluster.pools[0].gpu: the real world runs"},
+		{"real world with a KV link", base + "world: real\ncluster: {kv_link: rdma, pools: [{name: p, role: prefill, instances: 1}, {name: d, role: decode, instances: 1}]}\n", "cluster.kv_link: the real world"},
+		{"real world decode pool without prefill", base + "world: real\ncluster: {pools: [{name: d, role: decode, instances: 2}]}\n", "cluster.pools: a pool has role decode but none has role prefill"},
+		{"real world prefill_router without prefill pool", base + "world: real\ncluster: {prefill_router: round-robin, pools: [{name: a, instances: 2}]}\n", "no pool has role prefill"},
+		{"real world tier preset", base + "world: real\ncluster: {kv_tiers: [{medium: disk, blocks: 10, preset: nvme}]}\n", "cluster.kv_tiers[0]: preset, bandwidth_gbps and latency_us"},
+		{"real world unknown tier evict", base + "world: real\ncluster: {kv_tiers: [{medium: cpu, blocks: 10, evict: lru2}]}\n", "cluster.kv_tiers[0].evict"},
 		{"not YAML", "name: [", "spec.yaml"},
 		{"empty", "", "empty spec"},
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"servelab/experiments"
@@ -27,12 +29,17 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		engines: k.Instances, model: rc.Spec.ModelPath(), batch: rc.Cell.Batch, evict: rc.Cell.Evict,
 		blockSize: k.BlockSize, numBlocks: k.NumGPUBlocksOverride, maxModelLen: k.MaxModelLen,
 		verbose: w.verbose,
-		router:  routerFlags{spec: rc.Cell.Router, scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
+		router:  routerFlags{spec: rc.Spec.PolicyPath(rc.Cell.Router), scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
 	}
 	// What the spec leaves out, the engines take from the simulator's defaults, as the
 	// simulator's cells do: one default for both worlds.
 	def := sim.DefaultClusterSpec()
 	c.prefixCaching = def.EnablePrefixCaching
+	// Pools: an engine per instance, with its pool's role below (in the spec's order, as
+	// the simulator numbers its instances).
+	for _, p := range k.Pools {
+		c.engines += p.Instances
+	}
 	if c.engines == 0 {
 		c.engines = def.Instances
 	}
@@ -57,6 +64,45 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if err != nil {
 		return nil, err
 	}
+	// KV tiers: every engine gets the spec's tiers (the simulator's parser reads them
+	// again), a disk tier in a directory of its own that goes with the cell.
+	var perEngine [][]string
+	for i := range opts.Engines {
+		var args []string
+		for _, t := range k.KVTiers {
+			arg := fmt.Sprintf("%s:%d", t.Medium, t.Blocks)
+			if t.Evict != "" {
+				arg += ":" + t.Evict
+			}
+			args = append(args, "--kv-tier", arg)
+			if t.Medium == "disk" {
+				dir, err := os.MkdirTemp("", fmt.Sprintf("servelab-kv-disk-%d-", i))
+				if err != nil {
+					return nil, err
+				}
+				defer os.RemoveAll(dir)
+				args = append(args, "--kv-tier-dir", dir)
+			}
+		}
+		perEngine = append(perEngine, args)
+	}
+	// A prefill pool: the engines run their roles and the router llm-d's P/D decision as the
+	// simulator's disaggregation builds it, from the same spec (experiments.Spec.PDProfile).
+	roles := rc.Spec.RealRoles()
+	if roles != nil {
+		pd, err := rc.Spec.PDProfile(rc.Cell, c.blockSize)
+		if err != nil {
+			return nil, err
+		}
+		opts.Router.Policy, opts.Roles = pd, roles
+	}
+	opts.EngineArgsFor = func(i int) []string {
+		args := perEngine[i]
+		if roles != nil {
+			args = append([]string{"--role", roles[i]}, args...)
+		}
+		return args
+	}
 	cl, err := local.Start(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -78,6 +124,10 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 			})
 		},
 	})
+	if err == nil {
+		// What the simulator's summary says of disaggregation and tiers, measured.
+		err = addMeasuredPDTiers(ctx, cl.URL, cl.Endpoints, c.blockSize, roles != nil, len(k.KVTiers) > 0, &res.Summary)
+	}
 	if serr := cl.Stop(15 * time.Second); err == nil {
 		err = serr
 	}
