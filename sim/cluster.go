@@ -197,7 +197,9 @@ func (c ClusterSpec) pools() ([]resolvedPool, error) {
 			default:
 				return nil, fmt.Errorf("%s.role: unknown role %q (want %s, %s or %s)", key, p.Role, RoleBoth, RolePrefill, RoleDecode)
 			}
-			if _, err := latency.LookupGPU(p.GPU); err != nil {
+			// A pool of a measured engine (latency profile:FILE or linear:FILE, the CPU
+			// engine) may leave its GPU out, as the one-pool form may; it costs nothing known.
+			if _, err := latency.LookupGPU(p.GPU); err != nil && !(p.GPU == "" && !strings.HasPrefix(c.Latency, "roofline")) {
 				return nil, fmt.Errorf("%s.gpu: %w", key, err)
 			}
 			out = append(out, resolvedPool{PoolSpec: p, key: key + "."})
@@ -551,8 +553,8 @@ func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool
 	// tensor-parallel rank sends (or receives) its own shard over its own link.
 	for i, p := range built {
 		b, ok := p.Latency.(interface{ KVBytesPerToken() float64 })
-		if !ok {
-			return nil, fmt.Errorf("%slatency: %s does not know the KV bytes per token that disaggregation transfers; use the roofline model", pools[i].key, p.Latency.Name())
+		if !ok || !(b.KVBytesPerToken() > 0) {
+			return nil, fmt.Errorf("%slatency: %s does not know the KV bytes per token that disaggregation transfers; use the roofline model, or a profile that records kv_bytes_per_token", pools[i].key, p.Latency.Name())
 		}
 		d.KVBytesPerToken = max(d.KVBytesPerToken, b.KVBytesPerToken())
 	}

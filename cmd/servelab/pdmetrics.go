@@ -90,6 +90,15 @@ func addMeasuredPDTiers(ctx context.Context, routerURL string, engines []string,
 				}
 			}
 		}
+		for _, p := range pages {
+			if f := p["servelab:kv_tier_load_seconds"]; f != nil {
+				for _, m := range f.GetMetric() {
+					if t := byMedium[labelValue(m, "medium")]; t != nil {
+						t.LoadSeconds += m.GetHistogram().GetSampleSum()
+					}
+				}
+			}
+		}
 		if len(order) == 0 {
 			return fmt.Errorf("the engines report no servelab:kv_tier_* metrics; were they started with --kv-tier?")
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"time"
@@ -56,6 +55,16 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if err != nil {
 		return nil, err
 	}
+	// KV tiers: every engine gets the spec's tiers (the simulator's parser reads them
+	// again), a disk tier's file in a directory that goes with the cell.
+	if c.kvTiers = k.KVTiers; len(k.KVTiers) > 0 {
+		dir, err := os.MkdirTemp("", "servelab-kv-tiers-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		c.kvTierDir = dir
+	}
 	log := io.Discard
 	if w.verbose {
 		log = w.log
@@ -63,28 +72,6 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	opts, err := c.options(log)
 	if err != nil {
 		return nil, err
-	}
-	// KV tiers: every engine gets the spec's tiers (the simulator's parser reads them
-	// again), a disk tier in a directory of its own that goes with the cell.
-	var perEngine [][]string
-	for i := range opts.Engines {
-		var args []string
-		for _, t := range k.KVTiers {
-			arg := fmt.Sprintf("%s:%d", t.Medium, t.Blocks)
-			if t.Evict != "" {
-				arg += ":" + t.Evict
-			}
-			args = append(args, "--kv-tier", arg)
-			if t.Medium == "disk" {
-				dir, err := os.MkdirTemp("", fmt.Sprintf("servelab-kv-disk-%d-", i))
-				if err != nil {
-					return nil, err
-				}
-				defer os.RemoveAll(dir)
-				args = append(args, "--kv-tier-dir", dir)
-			}
-		}
-		perEngine = append(perEngine, args)
 	}
 	// A prefill pool: the engines run their roles and the router llm-d's P/D decision as the
 	// simulator's disaggregation builds it, from the same spec (experiments.Spec.PDProfile).
@@ -96,12 +83,8 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		}
 		opts.Router.Policy, opts.Roles = pd, roles
 	}
-	opts.EngineArgsFor = func(i int) []string {
-		args := perEngine[i]
-		if roles != nil {
-			args = append([]string{"--role", roles[i]}, args...)
-		}
-		return args
+	if roles != nil {
+		opts.EngineArgsFor = func(i int) []string { return []string{"--role", roles[i]} }
 	}
 	cl, err := local.Start(ctx, opts)
 	if err != nil {
