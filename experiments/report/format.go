@@ -124,6 +124,9 @@ func (e *Experiment) facts() []fact {
 		var pools []string
 		for _, p := range k.Pools {
 			pool := fmt.Sprintf("%s: %d × %s", p.Name, p.Instances, p.GPU)
+			if p.GPU == "" { // the real world's engine processes
+				pool = fmt.Sprintf("%s: %d engines", p.Name, p.Instances)
+			}
 			if p.TP > 1 {
 				pool += fmt.Sprintf(" TP %d", p.TP)
 			}
