@@ -296,7 +296,7 @@ dispatch:
 	close(jobs)
 	wg.Wait()
 
-	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results), PrefixHashes: &hashes}
+	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results, spec.PrefillInstances()), PrefixHashes: &hashes}
 	if err := writeJSONAtomic(filepath.Join(opts.Out, "results.json"), res); err != nil {
 		return res, err
 	}
@@ -643,8 +643,9 @@ func (s *eventSink) close() error {
 }
 
 // aggregate groups finished cells by policy and rate scale, ranked by goodput (then by
-// p99 TTFT).
-func aggregate(cells []CellResult) []PolicyResult {
+// p99 TTFT). Instances in prefill are never starved: a request's record names its decode
+// instance, and prefill instances get only prefill legs.
+func aggregate(cells []CellResult, prefill map[int]bool) []PolicyResult {
 	type key struct {
 		cluster, router, batch, evict string
 		rate                          float64
@@ -693,7 +694,7 @@ func aggregate(cells []CellResult) []PolicyResult {
 			PrefixCacheHitRate: stat(func(s *metrics.Summary) float64 { return s.PrefixCacheHitRate }),
 			Preemptions:        stat(func(s *metrics.Summary) float64 { return float64(s.Preemptions) }),
 		})
-		out[len(out)-1].InstanceShare, out[len(out)-1].Starved = instanceShares(counts[k])
+		out[len(out)-1].InstanceShare, out[len(out)-1].Starved = instanceShares(counts[k], prefill)
 		if costed := len(ss) > 0 && !slices.ContainsFunc(ss, func(s *metrics.Summary) bool { return s.Cost == nil }); costed {
 			p := &out[len(out)-1]
 			costStat := func(f func(*metrics.Cost) float64) *Stat {
@@ -756,8 +757,8 @@ func tierResults(ss []*metrics.Summary, stat func(func(*metrics.Summary) float64
 }
 
 // instanceShares is each instance's share of the requests over seeds (the seeds' counts),
-// and the instances that got none.
-func instanceShares(seeds [][]int) ([]Share, []Starvation) {
+// and the instances that got none, those in prefill left out.
+func instanceShares(seeds [][]int, prefill map[int]bool) ([]Share, []Starvation) {
 	n := 0
 	for _, c := range seeds {
 		n = max(n, len(c))
@@ -789,7 +790,7 @@ func instanceShares(seeds [][]int) ([]Share, []Starvation) {
 		if len(xs) > 0 {
 			shares[i] = Share{Mean: meanCI(xs).Mean, Min: slices.Min(xs), Max: slices.Max(xs)}
 		}
-		if zero > 0 {
+		if zero > 0 && !prefill[i] {
 			starved = append(starved, Starvation{Instance: i, Seeds: zero})
 		}
 	}

@@ -505,18 +505,22 @@ func TestInstanceShares(t *testing.T) {
 	tests := []struct {
 		name        string
 		seeds       [][]int
+		prefill     map[int]bool
 		wantShare   []Share
 		wantStarved []Starvation
 	}{
-		{"no counts", nil, nil, nil},
-		{"balanced", [][]int{{5, 5}}, []Share{{0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}}, nil},
-		{"one idle in one seed of two", [][]int{{6, 4, 0}, {4, 4, 2}},
+		{"no counts", nil, nil, nil, nil},
+		{"balanced", [][]int{{5, 5}}, nil, []Share{{0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}}, nil},
+		{"one idle in one seed of two", [][]int{{6, 4, 0}, {4, 4, 2}}, nil,
 			[]Share{{0.5, 0.4, 0.6}, {0.4, 0.4, 0.4}, {0.1, 0, 0.2}},
 			[]Starvation{{Instance: 2, Seeds: 1}}},
+		{"a prefill instance serves no whole request and is not starved", [][]int{{0, 6, 4, 0}}, map[int]bool{0: true},
+			[]Share{{0, 0, 0}, {0.6, 0.6, 0.6}, {0.4, 0.4, 0.4}, {0, 0, 0}},
+			[]Starvation{{Instance: 3, Seeds: 1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			share, starved := instanceShares(tt.seeds)
+			share, starved := instanceShares(tt.seeds, tt.prefill)
 			if diff := cmp.Diff(tt.wantShare, share, cmpopts.EquateApprox(0, 1e-12)); diff != "" {
 				t.Errorf("shares (-want +got):\n%s", diff)
 			}

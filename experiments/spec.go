@@ -420,11 +420,18 @@ func (s *Spec) validate() error {
 			key string
 			set bool
 		}{{"gpu", k.GPU != ""}, {"tp", k.TP != 0}, {"latency", k.Latency != ""}, {"gpu_memory_utilization", k.GPUMemoryUtilization != 0},
-			{"kv_event_delay_s", k.KVEventDelay != nil}, {"pools", len(k.Pools) > 0}, {"gpu_price_per_hour", len(k.GPUPricePerHour) > 0},
-			{"prefill_router", k.PrefillRouter != ""}, {"non_cached_tokens", k.NonCachedTokens != nil}, {"kv_link", k.KVLink != ""}} {
+			{"kv_event_delay_s", k.KVEventDelay != nil}, {"gpu_price_per_hour", len(k.GPUPricePerHour) > 0},
+			{"kv_link", k.KVLink != ""}} {
 			if f.set {
-				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; only the simulator models it", f.key)
+				what := "only the simulator models it"
+				if f.key == "kv_link" {
+					what = "the KV moves over loopback HTTP, measured (servelab:kv_transfer_pull_seconds)"
+				}
+				return fmt.Errorf("cluster.%s: the real world runs the engines on this machine; %s", f.key, what)
 			}
+		}
+		if err := s.checkRealCluster(); err != nil {
+			return err
 		}
 		if k.ScrapeInterval != nil && !(*k.ScrapeInterval > 0) {
 			return fmt.Errorf("cluster.scrape_interval_s: the real router scrapes at a positive interval, got %v", *k.ScrapeInterval)
@@ -488,6 +495,13 @@ func (s *Spec) validate() error {
 				return fmt.Errorf("policies.routers[%d]: %w", i, err)
 			}
 		}
+		if s.World == "real" {
+			for _, r := range s.Policies.Routers {
+				if _, err := s.PDProfile(Cell{Cluster: k.Name, Router: r, Batch: s.Policies.Batch[0], Evict: s.Policies.Evict[0]}, cluster.BlockSize); err != nil {
+					return err
+				}
+			}
+		}
 		for i, b := range s.Policies.Batch {
 			if _, _, err := batch.Registry.Parse(b, env); err != nil {
 				return fmt.Errorf("policies.batch[%d]: %w", i, err)
@@ -511,6 +525,131 @@ func (s *Spec) validate() error {
 		}
 	}
 	return nil
+}
+
+// checkRealCluster checks what the real world reads of pools and kv_tiers: each pool's
+// name, role and instances (an engine process each, with the pool's role); each tier's
+// medium, blocks and evict policy (the engines' --kv-tier). GPUs, tensor parallelism and
+// tier presets describe hardware the real world does not model but measures.
+func (s *Spec) checkRealCluster() error {
+	k := s.Cluster
+	seen := map[string]bool{}
+	var prefill, decode int
+	for i, p := range k.Pools {
+		key := fmt.Sprintf("cluster.pools[%d]", i)
+		switch {
+		case p.Name == "":
+			return fmt.Errorf("%s.name: must be set", key)
+		case seen[p.Name]:
+			return fmt.Errorf("%s.name: pool %q appears twice", key, p.Name)
+		case p.Instances <= 0:
+			return fmt.Errorf("%s.instances: must be positive, got %d", key, p.Instances)
+		case p.GPU != "":
+			return fmt.Errorf("%s.gpu: the real world runs each pool's engines on this machine's CPUs; leave gpu out", key)
+		case p.TP != 0:
+			return fmt.Errorf("%s.tp: the real engine runs without tensor parallelism; leave tp out", key)
+		}
+		seen[p.Name] = true
+		switch p.Role {
+		case sim.RolePrefill:
+			prefill++
+		case sim.RoleDecode:
+			decode++
+		case "", sim.RoleBoth:
+		default:
+			return fmt.Errorf("%s.role: unknown role %q (want %s, %s or %s)", key, p.Role, sim.RoleBoth, sim.RolePrefill, sim.RoleDecode)
+		}
+	}
+	switch {
+	case prefill > 0 && prefill == len(k.Pools):
+		return errors.New("cluster.pools: every pool has role prefill; disaggregation needs a decode pool to decode")
+	case decode > 0 && prefill == 0:
+		return errors.New("cluster.pools: a pool has role decode but none has role prefill; give the prefill pool, or make the decode pool's role both")
+	case prefill == 0 && (k.PrefillRouter != "" || k.NonCachedTokens != nil):
+		return errors.New("cluster.prefill_router, non_cached_tokens: set, but no pool has role prefill; they configure prefill/decode disaggregation")
+	}
+	media := map[string]bool{}
+	for i, t := range k.KVTiers {
+		key := fmt.Sprintf("cluster.kv_tiers[%d]", i)
+		switch {
+		case t.Medium != "cpu" && t.Medium != "disk":
+			return fmt.Errorf("%s.medium: unknown medium %q (want cpu or disk)", key, t.Medium)
+		case media[t.Medium]:
+			return fmt.Errorf("%s.medium: %q appears twice", key, t.Medium)
+		case t.Blocks <= 0:
+			return fmt.Errorf("%s.blocks: must be positive, got %d", key, t.Blocks)
+		case t.Preset != "" || t.BandwidthGBps != 0 || t.LatencyUs != 0:
+			return fmt.Errorf("%s: preset, bandwidth_gbps and latency_us price the simulator's loads; the real engine measures its own (servelab:kv_tier_load_seconds), leave them out", key)
+		}
+		media[t.Medium] = true
+		if t.Evict != "" {
+			if _, _, err := evict.Registry.Parse(t.Evict, policies.Env{BlockSize: 16}); err != nil {
+				return fmt.Errorf("%s.evict: %w", key, err)
+			}
+		}
+	}
+	if len(k.KVTiers) > 0 && k.EnablePrefixCaching != nil && !*k.EnablePrefixCaching {
+		return errors.New("cluster.kv_tiers: set with enable_prefix_caching false; tiers hold cached prefix blocks")
+	}
+	return nil
+}
+
+// RealRoles are the llm-d roles of a real-world cell's engines, one per engine in the
+// order the pools list them (prefill, decode or both), or nil for a cluster without a
+// prefill pool, which runs without roles as today.
+func (s *Spec) RealRoles() []string {
+	var roles []string
+	prefill := false
+	for _, p := range s.Cluster.Pools {
+		role := p.Role
+		if role == "" {
+			role = sim.RoleBoth
+		}
+		prefill = prefill || role == sim.RolePrefill
+		for range p.Instances {
+			roles = append(roles, role)
+		}
+	}
+	if !prefill {
+		return nil
+	}
+	return roles
+}
+
+// PrefillInstances are the instances of the spec's prefill pools, numbered as both worlds
+// number them (the pools in order); nil without pools.
+func (s *Spec) PrefillInstances() map[int]bool {
+	var out map[int]bool
+	i := 0
+	for _, p := range s.Cluster.Pools {
+		for range p.Instances {
+			if p.Role == sim.RolePrefill {
+				if out == nil {
+					out = map[int]bool{}
+				}
+				out[i] = true
+			}
+			i++
+		}
+	}
+	return out
+}
+
+// PDProfile is the P/D decision a real-world cell's router runs when a pool has role
+// prefill: sim.ClusterSpec.PDProfile of the cell's cluster, the objects and defaults the
+// simulator's disaggregation uses (the cell's router as the decode profile, prefill_router
+// or the same spec as the prefill profile, llm-d's decider with non_cached_tokens), or the
+// router's own when it is a P/D EndpointPickerConfig. Nil without a prefill pool.
+func (s *Spec) PDProfile(c Cell, blockSize int) (*route.PDProfileHandler, error) {
+	if s.RealRoles() == nil {
+		return nil, nil
+	}
+	cs := s.clusterSpec(c.Cluster, c.Router, c.Batch, c.Evict, c.Seed)
+	pd, err := cs.PDProfile(policies.Env{Seed: c.Seed, BlockSize: blockSize})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return pd, nil
 }
 
 // maxViewDelay bounds scrape_interval_s and kv_event_delay_s: an hour, far beyond any
@@ -632,6 +771,11 @@ func validName(s string) bool {
 	return s != "." && s != ".."
 }
 
+// PolicyPath is a policy spec of the spec's cells as the cells run it: an
+// EndpointPickerConfig file named relative to the spec file resolved against it, other
+// specs unchanged.
+func (s *Spec) PolicyPath(spec string) string { return s.resolve(spec) }
+
 // TracePath is the workload's trace file, resolved against the spec's directory.
 func (s *Spec) TracePath() string { return s.resolve(s.Workload.Trace) }
 
@@ -675,7 +819,7 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	}
 	c.GPUPricePerHour = k.GPUPricePerHour
 	c.KVTiers = k.KVTiers
-	c.PrefillRouter, c.NonCachedTokens, c.KVLink = k.PrefillRouter, k.NonCachedTokens, k.KVLink
+	c.PrefillRouter, c.NonCachedTokens, c.KVLink = s.resolve(k.PrefillRouter), k.NonCachedTokens, k.KVLink
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -794,7 +938,7 @@ func (s *Spec) Normalized() ([]byte, error) {
 		} else {
 			c.Cluster = resolved[0]
 		}
-	} else if c.Cluster.Instances == 0 {
+	} else if c.Cluster.Instances == 0 && len(c.Cluster.Pools) == 0 {
 		// The real world starts this many engines (its other values come from the model).
 		c.Cluster.Instances = sim.DefaultClusterSpec().Instances
 	}

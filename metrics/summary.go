@@ -142,6 +142,9 @@ type KVTierSummary struct {
 	// GPU), LoadedBlocks those loaded back from it to the GPU.
 	OffloadedBlocks int64 `json:"offloaded_blocks"`
 	LoadedBlocks    int64 `json:"loaded_blocks"`
+	// LoadSeconds is the time those loads took: what the simulator charged its steps, or
+	// what the real engine measured (servelab:kv_tier_load_seconds).
+	LoadSeconds float64 `json:"load_s,omitempty"`
 }
 
 // Cost is what a run's GPUs cost over its duration.

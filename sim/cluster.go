@@ -197,7 +197,9 @@ func (c ClusterSpec) pools() ([]resolvedPool, error) {
 			default:
 				return nil, fmt.Errorf("%s.role: unknown role %q (want %s, %s or %s)", key, p.Role, RoleBoth, RolePrefill, RoleDecode)
 			}
-			if _, err := latency.LookupGPU(p.GPU); err != nil {
+			// A pool of a measured engine (latency profile:FILE or linear:FILE, the CPU
+			// engine) may leave its GPU out, as the one-pool form may; it costs nothing known.
+			if _, err := latency.LookupGPU(p.GPU); err != nil && !(p.GPU == "" && !strings.HasPrefix(c.Latency, "roofline")) {
 				return nil, fmt.Errorf("%s.gpu: %w", key, err)
 			}
 			out = append(out, resolvedPool{PoolSpec: p, key: key + "."})
@@ -507,14 +509,66 @@ func (c Config) blocksOf(i int) int {
 	return c.KVBlocks
 }
 
-// disagg builds the disaggregation configuration of a cluster with a prefill pool; pd,
-// when the router is a P/D EndpointPickerConfig, gives the prefill profile and decider.
-func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool, pd *route.PDProfileHandler) (*Disagg, error) {
-	d := &Disagg{Decider: route.PrefixBasedPDDecider{NonCachedTokens: route.DefaultNonCachedTokens}}
+// prefillProfile is the prefill profile's router and the decider of a disaggregated
+// cluster: pd's when the router is a P/D EndpointPickerConfig, else prefill_router (or the
+// router's spec, its own object) and llm-d's prefix-based-pd-decider with non_cached_tokens.
+func (c ClusterSpec) prefillProfile(env policies.Env, pd *route.PDProfileHandler) (route.Policy, route.PrefixBasedPDDecider, error) {
+	decider := route.PrefixBasedPDDecider{NonCachedTokens: route.DefaultNonCachedTokens}
+	switch {
+	case pd != nil && c.PrefillRouter != "":
+		return nil, decider, fmt.Errorf("prefill_router: set with router %s, a P/D EndpointPickerConfig whose prefill profile picks the prefill instance", c.Router)
+	case pd != nil && c.NonCachedTokens != nil:
+		return nil, decider, fmt.Errorf("non_cached_tokens: set with router %s, a P/D EndpointPickerConfig whose decider has its own threshold", c.Router)
+	case pd != nil:
+		return pd.Prefill, pd.Decider, nil
+	}
 	spec, key := c.PrefillRouter, "prefill_router"
 	if spec == "" {
 		spec, key = c.Router, "router"
 	}
+	prefill, err := route.Parse(spec, env)
+	if err != nil {
+		return nil, decider, fmt.Errorf("%s: %w", key, err)
+	}
+	if prd, ok := prefill.(*route.PDProfileHandler); ok {
+		prefill = prd.Prefill
+	}
+	if c.NonCachedTokens != nil {
+		decider.NonCachedTokens = *c.NonCachedTokens
+	}
+	if err := decider.Validate(); err != nil {
+		return nil, decider, fmt.Errorf("non_cached_tokens: %w", err)
+	}
+	return prefill, decider, nil
+}
+
+// PDProfile is the P/D decision of a cluster with a prefill pool as one llm-d
+// pd-profile-handler, for a real router to run: the router's own when it is a P/D
+// EndpointPickerConfig, else the router as the decode profile, the prefill profile and the
+// decider as the simulator builds them (prefillProfile), with llm-d's decode-filter and
+// prefill-filter on the endpoints' roles. The simulator's disaggregation decides with the
+// same objects, built by the same code.
+func (c ClusterSpec) PDProfile(env policies.Env) (*route.PDProfileHandler, error) {
+	router, err := route.Parse(c.Router, env)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	pd, _ := router.(*route.PDProfileHandler)
+	prefill, decider, err := c.prefillProfile(env, pd)
+	if err != nil {
+		return nil, err
+	}
+	if pd != nil {
+		return pd, nil
+	}
+	return &route.PDProfileHandler{Decode: router, Prefill: prefill, Decider: decider, BlockSize: env.BlockSize,
+		DecodeFilter: route.DecodeRoleFilter(), PrefillFilter: route.PrefillRoleFilter()}, nil
+}
+
+// disagg builds the disaggregation configuration of a cluster with a prefill pool; pd,
+// when the router is a P/D EndpointPickerConfig, gives the prefill profile and decider.
+func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool, pd *route.PDProfileHandler) (*Disagg, error) {
+	d := &Disagg{}
 	for _, p := range pools {
 		if p.Role == RolePrefill {
 			env.GPUClass = latency.GPUClass(p.GPU)
@@ -522,26 +576,8 @@ func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool
 		}
 	}
 	var err error
-	switch {
-	case pd != nil && c.PrefillRouter != "":
-		return nil, fmt.Errorf("prefill_router: set with router %s, a P/D EndpointPickerConfig whose prefill profile picks the prefill instance", c.Router)
-	case pd != nil && c.NonCachedTokens != nil:
-		return nil, fmt.Errorf("non_cached_tokens: set with router %s, a P/D EndpointPickerConfig whose decider has its own threshold", c.Router)
-	case pd != nil:
-		d.PrefillRouter, d.Decider = pd.Prefill, pd.Decider
-	default:
-		if d.PrefillRouter, err = route.Parse(spec, env); err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		if prd, ok := d.PrefillRouter.(*route.PDProfileHandler); ok {
-			d.PrefillRouter = prd.Prefill
-		}
-	}
-	if c.NonCachedTokens != nil {
-		d.Decider.NonCachedTokens = *c.NonCachedTokens
-	}
-	if err := d.Decider.Validate(); err != nil {
-		return nil, fmt.Errorf("non_cached_tokens: %w", err)
+	if d.PrefillRouter, d.Decider, err = c.prefillProfile(env, pd); err != nil {
+		return nil, err
 	}
 	link := c.KVLink
 	if link == "" {
@@ -554,8 +590,8 @@ func (c ClusterSpec) disagg(env policies.Env, pools []resolvedPool, built []Pool
 	// tensor-parallel rank sends (or receives) its own shard over its own link.
 	for i, p := range built {
 		b, ok := p.Latency.(interface{ KVBytesPerToken() float64 })
-		if !ok {
-			return nil, fmt.Errorf("%slatency: %s does not know the KV bytes per token that disaggregation transfers; use the roofline model", pools[i].key, p.Latency.Name())
+		if !ok || !(b.KVBytesPerToken() > 0) {
+			return nil, fmt.Errorf("%slatency: %s does not know the KV bytes per token that disaggregation transfers; use the roofline model, or a profile that records kv_bytes_per_token", pools[i].key, p.Latency.Name())
 		}
 		d.KVBytesPerToken = max(d.KVBytesPerToken, b.KVBytesPerToken())
 	}

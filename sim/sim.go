@@ -164,6 +164,7 @@ type instance struct {
 	// each lower tier so far, when there are tiers.
 	blockBytes float64
 	loaded     []int64
+	loadSecs   []float64 // per tier below the GPU, the load time charged
 	// prefill marks an instance of a prefill pool: its step ends start KV transfers to
 	// other instances, so they all go through the event queue (disagg.go).
 	prefill bool
@@ -301,11 +302,12 @@ func newSimulation(cfg Config) (*simulation, error) {
 		}
 		if len(cfg.KVTiers) > 0 {
 			kb, ok := s.instances[i].lat.(kvBytesPerToken)
-			if !ok {
-				return nil, fmt.Errorf("sim: KV tiers need the KV bytes per token to price loads, which latency model %s does not know (use the roofline model)", s.instances[i].lat.Name())
+			if !ok || !(kb.KVBytesPerToken() > 0) {
+				return nil, fmt.Errorf("sim: KV tiers need the KV bytes per token to price loads, which latency model %s does not know (use the roofline model, or a profile that records kv_bytes_per_token)", s.instances[i].lat.Name())
 			}
 			s.instances[i].blockBytes = kb.KVBytesPerToken() * float64(cfg.BlockSize)
 			s.instances[i].loaded = make([]int64, len(cfg.KVTiers))
+			s.instances[i].loadSecs = make([]float64, len(cfg.KVTiers))
 			for _, t := range cfg.KVTiers {
 				if !(t.BandwidthBytesPerS > 0) || math.IsInf(t.BandwidthBytesPerS, 0) || t.LatencyS < 0 || math.IsNaN(t.LatencyS) || math.IsInf(t.LatencyS, 0) {
 					return nil, fmt.Errorf("sim: KV tier %s: bandwidth must be positive and latency 0 or positive, got %v B/s and %v s", t.Medium, t.BandwidthBytesPerS, t.LatencyS)

@@ -22,9 +22,10 @@ type KVTier struct {
 	Blocks int
 	// NewEvict builds the tier's eviction policy for an instance; nil: LRU.
 	NewEvict func(instance int) (evict.Policy, error)
-	// BandwidthBytesPerS and LatencyS price a load: a step that loads n blocks from the
-	// tier takes LatencyS + n x (KV bytes per block on one GPU) / BandwidthBytesPerS longer.
-	BandwidthBytesPerS, LatencyS float64
+	// BandwidthBytesPerS, LatencyS and BlockLatencyS price a load: a step that loads n
+	// blocks from the tier takes LatencyS + n x (BlockLatencyS + KV bytes per block on one
+	// GPU / BandwidthBytesPerS) longer.
+	BandwidthBytesPerS, LatencyS, BlockLatencyS float64
 }
 
 // KVTierPreset is a link's default bandwidth and latency: nominal figures, not
@@ -33,13 +34,27 @@ type KVTierPreset struct {
 	BandwidthGBps float64
 	LatencyUs     float64
 	Description   string
+	// BlockLatencyUs is a cost per block loaded, where each block is its own read (0 for
+	// the nominal presets, which price a load as one transfer).
+	BlockLatencyUs float64
+	// Measured marks a preset measured on a machine rather than taken from data sheets.
+	Measured bool
 }
 
-// KVTierPresets are the defaults a kv_tiers entry's preset names.
+// KVTierPresets are the defaults a kv_tiers entry's preset names. The local-* presets are
+// this development machine's (a 2-core VM with a virtio disk), measured from the real
+// engine's servelab:kv_tier_load_seconds, so `servelab fidelity` compares a CPU engine's
+// tiers with the same costs: local-cpu from the tiny model (2.7 us per 8 KB block loaded
+// from the host-memory tier: a memory copy, 138 loads); local-disk from the tiny model
+// (234 us per 8 KB block from the O_DIRECT disk tier, 558 loads: almost all of it the
+// read's latency, so a per-block latency) and the 110m model (1.2-1.6 ms per 1.18 MB
+// block, scripts/kv-tiers: the bandwidth, about 1 GB/s). On a loaded machine they vary 2x.
 var KVTierPresets = map[string]KVTierPreset{
-	"pcie-gen5": {50, 10, "host memory over PCIe 5.0 x16: 64 GB/s nominal per direction, about 50 GB/s from pinned memory"},
-	"pcie-gen4": {25, 10, "host memory over PCIe 4.0 x16: 32 GB/s nominal per direction, about 25 GB/s from pinned memory"},
-	"nvme":      {7, 100, "an NVMe SSD on PCIe 4.0: about 7 GB/s rated sequential read, 100 us to first byte"},
+	"pcie-gen5":  {BandwidthGBps: 50, LatencyUs: 10, Description: "host memory over PCIe 5.0 x16: 64 GB/s nominal per direction, about 50 GB/s from pinned memory"},
+	"pcie-gen4":  {BandwidthGBps: 25, LatencyUs: 10, Description: "host memory over PCIe 4.0 x16: 32 GB/s nominal per direction, about 25 GB/s from pinned memory"},
+	"nvme":       {BandwidthGBps: 7, LatencyUs: 100, Description: "an NVMe SSD on PCIe 4.0: about 7 GB/s rated sequential read, 100 us to first byte"},
+	"local-cpu":  {BandwidthGBps: 3, Measured: true, Description: "this machine's host-memory tier of the real engine: a copy, 2.7 us per 8 KB tiny-model block"},
+	"local-disk": {BandwidthGBps: 1, BlockLatencyUs: 226, Measured: true, Description: "this machine's disk tier of the real engine: one O_DIRECT read per block, 234 us per 8 KB tiny-model block, 1.2-1.6 ms per 1.18 MB 110m block"},
 }
 
 // kvTierDefaults is the preset a medium gets when its entry names none.
@@ -140,7 +155,7 @@ func buildKVTiers(specs []KVTierSpec, env func(int) policies.Env) ([]KVTier, err
 		out = append(out, KVTier{
 			Medium: medium, Blocks: t.Blocks,
 			NewEvict:           func(i int) (evict.Policy, error) { return evict.Registry.Build(spec, env(i)) },
-			BandwidthBytesPerS: p.BandwidthGBps * 1e9, LatencyS: p.LatencyUs * 1e-6,
+			BandwidthBytesPerS: p.BandwidthGBps * 1e9, LatencyS: p.LatencyUs * 1e-6, BlockLatencyS: p.BlockLatencyUs * 1e-6,
 		})
 	}
 	return out, nil
@@ -170,7 +185,9 @@ func (s *simulation) loadTime(in *instance) float64 {
 		}
 		in.loaded[t] = st[1+t].Loaded
 		tier := &s.cfg.KVTiers[t]
-		d += tier.LatencyS + float64(n)*in.blockBytes/tier.BandwidthBytesPerS
+		cost := tier.LatencyS + float64(n)*(tier.BlockLatencyS+in.blockBytes/tier.BandwidthBytesPerS)
+		in.loadSecs[t] += cost
+		d += cost
 	}
 	return d
 }
@@ -188,6 +205,9 @@ func (s *simulation) tierSummary(queries int64) []metrics.KVTierSummary {
 			o.HitBlocks += st.HitBlocks
 			o.OffloadedBlocks += st.Offloaded
 			o.LoadedBlocks += st.Loaded
+			if t > 0 {
+				o.LoadSeconds += s.instances[i].loadSecs[t-1]
+			}
 		}
 	}
 	for t := range out {

@@ -50,7 +50,17 @@ func TestCPUTierHitChargesLoad(t *testing.T) {
 			wantSum: []metrics.KVTierSummary{
 				{Medium: kv.MediumGPU},
 				// A's 4 blocks go down when B comes, B's 4 cached ones when C loads A's back.
-				{Medium: kv.MediumCPU, PrefixCacheHitRate: 64.0 / (65 + 145 + 65), HitBlocks: 4, OffloadedBlocks: 8, LoadedBlocks: 4},
+				{Medium: kv.MediumCPU, PrefixCacheHitRate: 64.0 / (65 + 145 + 65), HitBlocks: 4, OffloadedBlocks: 8, LoadedBlocks: 4, LoadSeconds: load},
+			},
+		},
+		{
+			// local-disk's form: each block its own read, 226 us apiece.
+			name:     "a tier with a per-block latency",
+			tiers:    []KVTier{{Medium: kv.MediumCPU, Blocks: 20, BandwidthBytesPerS: bw, LatencyS: lat, BlockLatencyS: 226e-6}},
+			wantTTFT: model.perStep + 1*model.perToken + 65*model.perContext + load + 4*226e-6,
+			wantSum: []metrics.KVTierSummary{
+				{Medium: kv.MediumGPU},
+				{Medium: kv.MediumCPU, PrefixCacheHitRate: 64.0 / (65 + 145 + 65), HitBlocks: 4, OffloadedBlocks: 8, LoadedBlocks: 4, LoadSeconds: load + 4*226e-6},
 			},
 		},
 	} {
@@ -107,7 +117,7 @@ func TestKVTierSpec(t *testing.T) {
 		{"medium", []KVTierSpec{{Medium: "ssd", Blocks: 1}}, `kv_tiers[0].medium: unknown medium "ssd" (want cpu or disk)`},
 		{"twice", []KVTierSpec{{Medium: "cpu", Blocks: 1}, {Medium: "cpu", Blocks: 1}}, `kv_tiers[1].medium: "cpu" appears twice`},
 		{"blocks", []KVTierSpec{{Medium: "cpu"}}, `kv_tiers[0].blocks: must be positive, got 0`},
-		{"preset", []KVTierSpec{{Medium: "cpu", Blocks: 1, Preset: "usb"}}, `kv_tiers[0].preset: unknown preset "usb" (want one of nvme, pcie-gen4, pcie-gen5)`},
+		{"preset", []KVTierSpec{{Medium: "cpu", Blocks: 1, Preset: "usb"}}, `kv_tiers[0].preset: unknown preset "usb" (want one of local-cpu, local-disk, nvme, pcie-gen4, pcie-gen5)`},
 		{"evict", []KVTierSpec{{Medium: "cpu", Blocks: 1, Evict: "nope"}}, "kv_tiers[0].evict: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,6 +56,11 @@ type fidelityFlags struct {
 	// (fidelity_load.go).
 	capacityBurst   time.Duration
 	capacityRepeats int
+
+	// kvTiers are --kv-tier MEDIUM:BLOCKS[:EVICT[:PRESET]]: every engine's tiers, and the
+	// simulator's with PRESET (default local-cpu / local-disk, this machine's measured
+	// figures) (fidelity_pd.go).
+	kvTiers []string
 }
 
 // fidelityRun is one router's predicted and measured summaries: the means over its
@@ -207,6 +212,9 @@ and the run stops if one differs.
 	fl.BoolVar(&f.asJSON, "json", false, "print the report as JSON")
 	fl.IntVar(&f.repeats, "repeats", 2, "run each router this many times in each world (seeds --seed, --seed+1, ...) to measure the run-to-run spread")
 	fl.StringVar(&f.explain, "explain", "", "write both worlds' step logs to this directory and print where their schedules first diverge")
+	fl.IntVar(&f.cluster.prefillEngines, "prefill-engines", 0, "also start this many engines with --role prefill (the --engines ones get --role decode) behind the router in P/D mode (--router must be a P/D EndpointPickerConfig, e.g. examples/router/llm-d-pd.yaml), and simulate the same disaggregated cluster over --kv-link")
+	fl.StringVar(&f.cluster.kvLink, "kv-link", "local", "with --prefill-engines: the simulator's KV link preset (local: this machine's loopback HTTP pull, measured; nvlink, rdma, tcp)")
+	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below every engine's blocks and every simulated instance's, MEDIUM:BLOCKS[:EVICT[:PRESET]] (repeat, top down: --kv-tier cpu:64 --kv-tier disk:1024); the engines measure their loads, the simulator charges PRESET's (default local-cpu / local-disk: this machine's, measured); disk tiers' files go under --out")
 	return cmd
 }
 
@@ -221,6 +229,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 	// Every flag is checked before the minutes of profiling.
 	if c.engines <= 0 {
 		return nil, fmt.Errorf("--engines must be positive, got %d", c.engines)
+	}
+	if err := f.parsePDTiers(); err != nil {
+		return nil, err
 	}
 	routers, err := oneEngineRouters(c.engines, f.routers, f.routersSet)
 	if err != nil {
@@ -282,6 +293,13 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		defer os.RemoveAll(out)
 	} else if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, err
+	}
+	if len(c.kvTiers) > 0 {
+		// Every engine's disk tier file (unlinked at once by the engine) goes here.
+		c.kvTierDir = filepath.Join(out, "kv-tiers")
+		if err := os.MkdirAll(c.kvTierDir, 0o755); err != nil {
+			return nil, err
+		}
 	}
 
 	// The profile is measured as one engine of the cluster runs: same threads, blocks, limits.
@@ -369,7 +387,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		return simulateSeed(cfg, c.router.seed, rateScale)
 	}
 
-	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, OutputTokenScale: scales.Output, Shape: shape, Engines: c.engines,
+	rep := &fidelityReport{Trace: f.trace, Requests: scan.Rows, TokenScale: tokenScale, OutputTokenScale: scales.Output, Shape: shape, Engines: c.total(),
 		Model: c.model, Profile: profilePath, RateScale: f.rateScale, CPUs: cpus}
 	// The offered load is --load times the capacity the simulator predicts: its throughput
 	// when the whole slice arrives at once. It is chosen again after calibration, whose
@@ -433,7 +451,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, fmt.Errorf("simulating %s: %w", router, err)
 		}
-		fmt.Fprintf(log, "%s, repeat %d of %d: starting %d engines ...\n", router, job.repeat+1, f.repeats, c.engines)
+		fmt.Fprintf(log, "%s, repeat %d of %d: starting %d engines ...\n", router, job.repeat+1, f.repeats, c.total())
 		rf := cfg.withPolicies(*c)
 		rf.router.seed = seed
 		opts, err := rf.options(io.Discard)
@@ -445,7 +463,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return nil, err
 		}
 		stepLog := func(i int) string { return filepath.Join(dir, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
-		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
+		addEngineArgs(&opts, func(i int) []string { return []string{"--step-log", stepLog(i)} })
 		if err := f.cpu.waitIdle(ctx, cpus, log); err != nil {
 			return nil, err
 		}
@@ -459,6 +477,9 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 			return nil, fmt.Errorf("%s: %w", router, err)
 		}
 		res, usage, err := f.replay(ctx, cl, slice, rep.RateScale, vocab, seed, slo, dir, log, cpus)
+		if err == nil {
+			err = addMeasuredPDTiers(ctx, cl.URL, cl.Endpoints, engineCfg.BlockSize, c.prefillEngines > 0, len(c.kvTiers) > 0, &res.Summary)
+		}
 		if lag, n, lerr := kvEventLag(ctx, cl.URL); lerr == nil && n > 0 {
 			fmt.Fprintf(log, "%s: the router's KV events arrived %.2f ms after their step on average (%d batches); the simulator assumed %.2f ms\n",
 				router, lag*1e3, n, fidelitySimSpec(c, cfg.Router, profilePath, cfg.Engine).KVEventDelay*1e3)
@@ -477,7 +498,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		// Over all engines' steps together: an engine the router left idle has no steps
 		// and must not pull the ratio down.
 		var measuredSum, modelledSum float64
-		for i := range c.engines {
+		for i := range c.total() {
 			steps, err := readSteps(stepLog(i))
 			if err != nil {
 				return nil, err
@@ -521,7 +542,7 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 			return nil, err
 		}
 		stepLog := func(i int) string { return filepath.Join(logs, fmt.Sprintf("steps-engine-%d.jsonl", i)) }
-		opts.EngineArgsFor = func(i int) []string { return []string{"--step-log", stepLog(i)} }
+		addEngineArgs(&opts, func(i int) []string { return []string{"--step-log", stepLog(i)} })
 		fmt.Fprintf(log, "calibrating on %s: replaying requests %d-%d with step logs ...\n", cfg.Label, f.maxRequests, 2*f.maxRequests-1)
 		if err := f.cpu.waitIdle(ctx, rep.CPUs, log); err != nil {
 			return nil, err
@@ -546,7 +567,7 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 		if res.Summary.Completed == 0 {
 			return nil, fmt.Errorf("calibration: the trace has no requests after the first %d; use --calibrate=false", f.maxRequests)
 		}
-		for i := range c.engines {
+		for i := range c.total() {
 			s, err := readSteps(stepLog(i))
 			if err != nil {
 				return nil, err
@@ -598,6 +619,7 @@ func calibrationConfigs(configs []fidelityConfig) []fidelityConfig {
 func fidelitySimSpec(c *clusterFlags, router, profilePath string, engineCfg serving.EngineConfig) sim.ClusterSpec {
 	spec := sim.DefaultClusterSpec()
 	spec.Instances, spec.Router = c.engines, router
+	pdTiersSimSpec(&spec, c)
 	spec.Model, spec.Latency = filepath.Join(c.model, "config.json"), "profile:"+profilePath
 	spec.UseEngine(engineCfg)
 	spec.Seed = c.router.seed
@@ -779,6 +801,7 @@ func printFidelity(w io.Writer, rep *fidelityReport) {
 		row("Output throughput (tok/s)", func(s *metrics.Summary) float64 { return s.OutputThroughput })
 		fmt.Fprintf(w, "%-28s %10.2f %7s %10.2f %7s %9s\n", "Prefix cache hit rate (%)", 100*p.PrefixCacheHitRate, "", 100*m.PrefixCacheHitRate, "",
 			fmt.Sprintf("%+.1fpt", 100*(p.PrefixCacheHitRate-m.PrefixCacheHitRate)))
+		printPDTiers(w, run)
 		fmt.Fprintf(w, "%-28s %10d %7s %10d\n", "Completed (fewest)", p.Completed, "", m.Completed)
 		fmt.Fprintf(w, "%-28s %10s %7s %10.2f   (%d steps)\n", "Step time / modelled", "", "", run.StepTimeRatio, run.Steps)
 		if p, m := requestsPerEngine(run.Repeats); len(p) > 1 && m != nil {

@@ -148,12 +148,12 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 	var steps *simSteps
 	var onStep func(sim.StepInfo) error
 	if f.explain != "" {
-		steps = newSimSteps(f.cluster.engines, model)
+		steps = newSimSteps(f.cluster.total(), model)
 		onStep = steps.observe
 	}
 	// Which engine each request went to, in both worlds: the routers' decisions, which
 	// the latency percentiles only show through their effects.
-	run.PredictedPerEngine = make([]int, f.cluster.engines)
+	run.PredictedPerEngine = make([]int, f.cluster.total())
 	simulatedOn := make(map[uint64]int, len(order)) // record ID (trace row) -> instance
 	countPredicted := func(r *serving.Record) error {
 		if r.Instance >= 0 && r.Instance < len(run.PredictedPerEngine) {
@@ -167,12 +167,12 @@ func (f *fidelityFlags) predictMeasured(run *fidelityRepeat, cfg *fidelityConfig
 	if run.Predicted, err = simulateOn(cfg, run.Seed, arrivals, onStep, countPredicted); err != nil {
 		return fmt.Errorf("simulating the measured arrivals: %w", err)
 	}
-	run.MeasuredPerEngine = perEngine(res.Records, f.cluster.engines)
+	run.MeasuredPerEngine = perEngine(res.Records, f.cluster.total())
 	run.SameEngine = sameEngine(res.Records, simulatedOn)
 	if f.explain == "" {
 		return nil
 	}
-	real := make([][]explainStep, f.cluster.engines)
+	real := make([][]explainStep, f.cluster.total())
 	for i := range real {
 		log, err := readStepLog(stepLog(i))
 		if err != nil {

@@ -238,14 +238,14 @@ func (f *cpuFlags) setup(c *clusterFlags) (*cpuSetup, error) {
 	}
 	f.allowed = allowed
 	s := &cpuSetup{CPUs: len(allowed), Pinned: c.cpus != nil, Plan: c.cpus, ThreadsPerEngine: c.threadsPerEngine()}
-	used := min(s.CPUs, c.engines+1)
+	used := min(s.CPUs, c.total()+1)
 	if c.cpus != nil {
 		used = c.cpus.CPUs()
 		if len(c.cpus.Router) == 0 {
-			s.Note = fmt.Sprintf("%d engines on %d CPUs: the router and the load generator share the engines' CPUs", c.engines, s.CPUs)
+			s.Note = fmt.Sprintf("%d engines on %d CPUs: the router and the load generator share the engines' CPUs", c.total(), s.CPUs)
 		}
-	} else if c.engines >= s.CPUs {
-		s.Note = fmt.Sprintf("%d engines, the router and the load generator share %d CPUs unpinned", c.engines, s.CPUs)
+	} else if c.total() >= s.CPUs {
+		s.Note = fmt.Sprintf("%d engines, the router and the load generator share %d CPUs unpinned", c.total(), s.CPUs)
 	}
 	s.Allowance = float64(s.CPUs-used) + idleSlack
 	return s, nil

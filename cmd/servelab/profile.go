@@ -146,6 +146,7 @@ func fitProfile(f engineFlags, machine string, b *backend.Backend, samples []lat
 		BlockSize:         b.BlockSize,
 		NumGPUBlocks:      b.NumBlocks,
 		MaxModelLen:       b.MaxModelLen,
+		KVBytesPerToken:   float64(b.Cache.BlockBytes()) / float64(b.BlockSize),
 		Coefficients:      coef,
 		Samples:           len(samples),
 		R2:                r2,

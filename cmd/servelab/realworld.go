@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"os"
 	"time"
 
 	"servelab/experiments"
@@ -27,12 +28,17 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		engines: k.Instances, model: rc.Spec.ModelPath(), batch: rc.Cell.Batch, evict: rc.Cell.Evict,
 		blockSize: k.BlockSize, numBlocks: k.NumGPUBlocksOverride, maxModelLen: k.MaxModelLen,
 		verbose: w.verbose,
-		router:  routerFlags{spec: rc.Cell.Router, scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
+		router:  routerFlags{spec: rc.Spec.PolicyPath(rc.Cell.Router), scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
 	}
 	// What the spec leaves out, the engines take from the simulator's defaults, as the
 	// simulator's cells do: one default for both worlds.
 	def := sim.DefaultClusterSpec()
 	c.prefixCaching = def.EnablePrefixCaching
+	// Pools: an engine per instance, with its pool's role below (in the spec's order, as
+	// the simulator numbers its instances).
+	for _, p := range k.Pools {
+		c.engines += p.Instances
+	}
 	if c.engines == 0 {
 		c.engines = def.Instances
 	}
@@ -49,6 +55,16 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	if err != nil {
 		return nil, err
 	}
+	// KV tiers: every engine gets the spec's tiers (the simulator's parser reads them
+	// again), a disk tier's file in a directory that goes with the cell.
+	if c.kvTiers = k.KVTiers; len(k.KVTiers) > 0 {
+		dir, err := os.MkdirTemp("", "servelab-kv-tiers-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		c.kvTierDir = dir
+	}
 	log := io.Discard
 	if w.verbose {
 		log = w.log
@@ -56,6 +72,19 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	opts, err := c.options(log)
 	if err != nil {
 		return nil, err
+	}
+	// A prefill pool: the engines run their roles and the router llm-d's P/D decision as the
+	// simulator's disaggregation builds it, from the same spec (experiments.Spec.PDProfile).
+	roles := rc.Spec.RealRoles()
+	if roles != nil {
+		pd, err := rc.Spec.PDProfile(rc.Cell, c.blockSize)
+		if err != nil {
+			return nil, err
+		}
+		opts.Router.Policy, opts.Roles = pd, roles
+	}
+	if roles != nil {
+		opts.EngineArgsFor = func(i int) []string { return []string{"--role", roles[i]} }
 	}
 	cl, err := local.Start(ctx, opts)
 	if err != nil {
@@ -78,6 +107,10 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 			})
 		},
 	})
+	if err == nil {
+		// What the simulator's summary says of disaggregation and tiers, measured.
+		err = addMeasuredPDTiers(ctx, cl.URL, cl.Endpoints, c.blockSize, roles != nil, len(k.KVTiers) > 0, &res.Summary)
+	}
 	if serr := cl.Stop(15 * time.Second); err == nil {
 		err = serr
 	}

@@ -109,7 +109,15 @@ func kvTierPresetHelp() string {
 		if i > 0 {
 			b.WriteString("; ")
 		}
-		fmt.Fprintf(&b, "%s = %g GB/s, %g us (defaults, not measurements: %s)", n, p.BandwidthGBps, p.LatencyUs, p.Description)
+		what := "defaults, not measurements"
+		if p.Measured {
+			what = "measured"
+		}
+		fmt.Fprintf(&b, "%s = %g GB/s, %g us", n, p.BandwidthGBps, p.LatencyUs)
+		if p.BlockLatencyUs > 0 {
+			fmt.Fprintf(&b, " + %g us a block", p.BlockLatencyUs)
+		}
+		fmt.Fprintf(&b, " (%s: %s)", what, p.Description)
 	}
 	return b.String() + "; cpu defaults to pcie-gen5, disk to nvme"
 }

@@ -18,6 +18,7 @@ import (
 	"servelab/policies/route"
 	"servelab/real/local"
 	"servelab/real/router"
+	"servelab/sim"
 )
 
 // clusterFlags describe a local cluster: the engines' flags (vLLM's names) and the router's.
@@ -40,6 +41,12 @@ type clusterFlags struct {
 	verbose             bool
 	pinCPUs             bool           // --pin-cpus
 	cpus                *local.CPUPlan // what --pin-cpus resolved to (resolveCPUs); nil: unpinned
+	// kvTiers are every engine's KV tiers (--kv-tier MEDIUM:BLOCKS[:EVICT]; a preset is the
+	// simulator's alone and not passed), a disk tier's file in kvTierDir.
+	kvTiers   []sim.KVTierSpec
+	kvTierDir string
+	// kvLink is the simulator's KV link preset for a cluster with prefill engines (fidelity).
+	kvLink string
 }
 
 func (f *clusterFlags) register(cmd *cobra.Command) {
@@ -141,6 +148,19 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 		{"--max-num-batched-tokens", f.maxNumBatchedTokens}, {"--max-model-len", f.maxModelLen}} {
 		if o.v > 0 {
 			args = append(args, o.flag, strconv.Itoa(o.v))
+		}
+	}
+	for _, t := range f.kvTiers {
+		arg := fmt.Sprintf("%s:%d", t.Medium, t.Blocks)
+		if t.Evict != "" {
+			arg += ":" + t.Evict
+		}
+		args = append(args, "--kv-tier", arg)
+		if t.Medium == "disk" {
+			if f.kvTierDir == "" {
+				return local.Options{}, errors.New("a disk KV tier needs a directory for its file")
+			}
+			args = append(args, "--kv-tier-dir", f.kvTierDir)
 		}
 	}
 	rf := f.router

@@ -174,6 +174,9 @@ func clusterText(k experiments.Cluster, world string) string {
 		var pools []string
 		for _, p := range k.Pools {
 			pool := fmt.Sprintf("%s: %d × %s", p.Name, p.Instances, p.GPU)
+			if p.GPU == "" { // the real world's engine processes
+				pool = fmt.Sprintf("%s: %d engines", p.Name, p.Instances)
+			}
 			if p.TP > 1 {
 				pool += fmt.Sprintf(" TP %d", p.TP)
 			}

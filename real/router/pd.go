@@ -27,8 +27,8 @@ import (
 // does (llm-d-inference-scheduler pkg/sidecar/proxy/connector_nixlv2.go,
 // runNIXLProtocolV2):
 //
-//  1. prefill leg: the client's request with max_tokens 1 (and max_completion_tokens 1
-//     where the client set it), stream false, no stream_options, and kv_transfer_params
+//  1. prefill leg: the client's request with max_tokens 1 (and max_completion_tokens and
+//     min_tokens 1 where the client set them), stream false, no stream_options, and kv_transfer_params
 //     {do_remote_decode: true, do_remote_prefill: false, remote_*: null}; the engine
 //     answers with kv_transfer_params naming the blocks it holds for the decode engine;
 //  2. decode leg: the client's request as sent, plus those kv_transfer_params; its
@@ -316,6 +316,11 @@ func (r *Router) prefill(ctx context.Context, in *http.Request, fields map[strin
 	}
 	if _, ok := fields["max_completion_tokens"]; ok {
 		set["max_completion_tokens"] = 1
+	}
+	// vLLM's min_tokens (servelab bench forces output lengths with it) above the leg's one
+	// token is a 400; llm-d's sidecar caps it to 1 on the prefill leg as well.
+	if v, ok := fields["min_tokens"]; ok && string(v) != "null" {
+		set["min_tokens"] = 1
 	}
 	body, err := withFields(fields, set)
 	if err != nil {

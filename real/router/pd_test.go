@@ -254,6 +254,8 @@ func TestPDTwoLegs(t *testing.T) {
 	}{
 		{"completions", "/v1/completions", `{"model":"m","prompt":"` + longPrompt + `","max_tokens":20,"temperature":0.5}`,
 			map[string]any{"max_tokens": 1.0, "stream": false}, false},
+		{"completions with vLLM's min_tokens", "/v1/completions", `{"model":"m","prompt":"` + longPrompt + `","max_tokens":20,"min_tokens":20,"ignore_eos":true}`,
+			map[string]any{"max_tokens": 1.0, "min_tokens": 1.0, "stream": false}, false},
 		{"streamed chat with max_completion_tokens and stream_options", "/v1/chat/completions",
 			`{"model":"m","messages":[{"role":"user","content":"` + longPrompt + `"}],"max_completion_tokens":30,"stream":true,"stream_options":{"include_usage":true}}`,
 			map[string]any{"max_tokens": 1.0, "max_completion_tokens": 1.0, "stream": false, "stream_options": nil}, true},

@@ -86,7 +86,13 @@ type Linear struct {
 	name         string
 	// blocks, blockSize and maxLen come from a profile; 0 when unknown.
 	blocks, blockSize, maxLen int
+	// kvBytesPerToken comes from a profile; 0 when unknown.
+	kvBytesPerToken float64
 }
+
+// KVBytesPerToken is the KV one token takes in the profiled engine (Profile.KVBytesPerToken),
+// what a simulated KV transfer or tier load moves; 0 when the profile does not record it.
+func (l *Linear) KVBytesPerToken() float64 { return l.kvBytesPerToken }
 
 // NewLinear wraps coefficients as a model.
 func NewLinear(c LinearCoefficients) *Linear { return &Linear{Coefficients: c, name: "linear"} }

@@ -30,6 +30,11 @@ type Profile struct {
 	NumGPUBlocks int `json:"num_gpu_blocks"`
 	// MaxModelLen is the engine's context limit in tokens; 0 when not recorded.
 	MaxModelLen int `json:"max_model_len,omitempty"`
+	// KVBytesPerToken is the KV cache one token takes in the profiled engine (its KV block's
+	// bytes over the block size: float32 keys and values of every layer on the CPU engine),
+	// which prices a simulated KV transfer or tier load as the roofline's does on a GPU; 0
+	// when not recorded (such a profile cannot simulate disaggregation or KV tiers).
+	KVBytesPerToken float64 `json:"kv_bytes_per_token,omitempty"`
 	// Engine is the profiled engine's resolved configuration, as it reports it (GET
 	// /server_info): its policies with every parameter, KV cache and context. A simulator
 	// built from the profile (--latency profile:FILE, servelab fidelity) runs exactly it
@@ -138,7 +143,8 @@ func (p *Profile) StepModel() *Linear {
 	if m := strings.TrimSpace(p.Model); m != "" {
 		name = "linear(" + m + ")"
 	}
-	return &Linear{Coefficients: p.Coefficients, name: name, blocks: p.NumGPUBlocks, blockSize: p.BlockSize, maxLen: p.MaxModelLen}
+	return &Linear{Coefficients: p.Coefficients, name: name, blocks: p.NumGPUBlocks, blockSize: p.BlockSize, maxLen: p.MaxModelLen,
+		kvBytesPerToken: p.KVBytesPerToken}
 }
 
 // LoadLinear reads the file of `--latency linear:FILE`: either a profile or, for
