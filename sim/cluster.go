@@ -484,17 +484,11 @@ func (c Config) Resolved(i int) (serving.EngineConfig, error) {
 		MaxModelLen:         c.MaxModelLen,
 		EnablePrefixCaching: c.PrefixCaching,
 	}
-	for _, t := range c.KVTiers {
-		evictSpec := "lru" // the block manager's policy for a tier without one
-		if t.NewEvict != nil {
-			ep, err := t.NewEvict(i)
-			if err != nil {
-				return serving.EngineConfig{}, err
-			}
-			evictSpec = ep.Spec().String()
-		}
-		rc.KVTiers = append(rc.KVTiers, serving.KVTierConfig{Medium: strings.ToLower(t.Medium), Blocks: t.Blocks, Evict: evictSpec})
+	tiers, err := ResolvedKVTiers(c.KVTiers, i)
+	if err != nil {
+		return serving.EngineConfig{}, err
 	}
+	rc.KVTiers = tiers
 	return rc, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"servelab/metrics"
 	"servelab/policies"
 	"servelab/policies/evict"
+	"servelab/serving"
 )
 
 // KVTier is a tier of each instance's KV cache below the accelerator (kv.TierConfig),
@@ -223,4 +224,24 @@ func (s *simulation) tierSummary(queries int64) []metrics.KVTierSummary {
 // two worlds accept the same tiers.
 func ResolveKVTiers(specs []KVTierSpec, env func(instance int) policies.Env) ([]KVTier, error) {
 	return buildKVTiers(specs, env)
+}
+
+// ResolvedKVTiers is how an instance (instance i) reports resolved tiers in its
+// serving.EngineConfig (GET /server_info): medium in lower case, capacity, and the tier's
+// eviction policy spec as built (lru for a tier without one). The engine, the simulator and
+// fidelity's check of the engines all report tiers through it.
+func ResolvedKVTiers(tiers []KVTier, instance int) ([]serving.KVTierConfig, error) {
+	var out []serving.KVTierConfig
+	for _, t := range tiers {
+		evictSpec := "lru" // the block manager's policy for a tier without one
+		if t.NewEvict != nil {
+			ep, err := t.NewEvict(instance)
+			if err != nil {
+				return nil, fmt.Errorf("kv tier %s: %w", t.Medium, err)
+			}
+			evictSpec = ep.Spec().String()
+		}
+		out = append(out, serving.KVTierConfig{Medium: strings.ToLower(t.Medium), Blocks: t.Blocks, Evict: evictSpec})
+	}
+	return out, nil
 }

@@ -140,12 +140,8 @@ func (f *engineFlags) resolved(b *backend.Backend) (serving.EngineConfig, error)
 	if err != nil {
 		return serving.EngineConfig{}, fmt.Errorf("--kv-tier: %w", err)
 	}
-	for i, t := range tiers {
-		ev, err := t.NewEvict(0)
-		if err != nil {
-			return serving.EngineConfig{}, fmt.Errorf("--kv-tier %s: %w", specs[i].Medium, err)
-		}
-		rc.KVTiers = append(rc.KVTiers, serving.KVTierConfig{Medium: specs[i].Medium, Blocks: t.Blocks, Evict: ev.Spec().String()})
+	if rc.KVTiers, err = sim.ResolvedKVTiers(tiers, 0); err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("--kv-tier: %w", err)
 	}
 	return rc, nil
 }

@@ -8,7 +8,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/cobra"
 
+	"servelab/policies"
 	"servelab/serving"
+	"servelab/sim"
 )
 
 // defaultOneEngineBatches are the batch policies `fidelity --engines 1` compares when no
@@ -138,6 +140,14 @@ func fidelityEngineConfig(c *clusterFlags, base serving.EngineConfig, batchSpec,
 		return serving.EngineConfig{}, err
 	}
 	base.Batch, base.Evict = bp.Spec().String(), ev.Spec().String()
+	// The engines run with c's --kv-tier (the profiled one ran without).
+	tiers, err := sim.ResolveKVTiers(c.kvTiers, func(int) policies.Env { return policies.Env{BlockSize: base.BlockSize} })
+	if err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("--kv-tier: %w", err)
+	}
+	if base.KVTiers, err = sim.ResolvedKVTiers(tiers, 0); err != nil {
+		return serving.EngineConfig{}, fmt.Errorf("--kv-tier: %w", err)
+	}
 	return base, nil
 }
 
