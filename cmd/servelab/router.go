@@ -106,6 +106,20 @@ func (f *routerFlags) config() (router.Config, error) {
 			ids, _, _ := tok.EncodePrefix(ctx, s, true, limit)
 			return ids
 		}
+		// Chat prompts likewise, as the engine's /v1/chat/completions runs them: the chat
+		// template applied (the same tokenizer code), encoded without special tokens.
+		cfg.EncodeChat = func(ctx context.Context, msgs []router.ChatMessage) []int32 {
+			conv := make([]tokenizer.Message, len(msgs))
+			for i, m := range msgs {
+				conv[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+			}
+			text, err := tok.ApplyChatTemplate(conv, true)
+			if err != nil {
+				return nil
+			}
+			ids, _, _ := tok.EncodePrefix(ctx, text, false, limit)
+			return ids
+		}
 	}
 	return cfg, nil
 }
@@ -120,7 +134,8 @@ picks an endpoint per request with a routing policy spec or llm-d EndpointPicker
 same objects 'servelab sim' uses. Views come from each endpoint's /metrics (vLLM metric names, so
 vLLM and llm-d-inference-sim servers work too) and, with --kv-events, from servelab engines'
 /v1/kv_events for an exact prefix index. Give --model (the engines' model directory) so prompts are
-hashed into the engines' token blocks. Failed endpoints are retried elsewhere and skipped until a
+hashed into the engines' token blocks: completions prompts as the engine encodes them, chat messages
+after the model's chat template is applied, as the engine renders them. Failed endpoints are retried elsewhere and skipped until a
 scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
 cause) why its /metrics or KV events are unavailable. Its own metrics:
 servelab_router_decisions_total{endpoint}, servelab_router_scoring_seconds,
