@@ -65,7 +65,7 @@ func TestSubscribeReplaysMissedBatches(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		bufferSteps int
-		early       int // batches published before the subscriber
+		early       int  // batches published before the subscriber
 		lost        bool // whether the buffer lost some batches published before the subscriber
 	}{
 		{"buffer holds all", 100, 5, false},
