@@ -31,6 +31,8 @@ type routerFlags struct {
 	blockSize int
 	model     string
 	kvEvents  bool
+	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
+	zmq router.ZMQConfig
 	seed      uint64
 
 	apiKey, engineAPIKey string
@@ -89,6 +91,17 @@ func (f *routerFlags) config() (router.Config, error) {
 		BlockSize: f.blockSize, KVEvents: f.kvEvents,
 		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
 		MaxInFlight: f.maxInFlight, Logf: f.logf, PrefillTimeout: f.prefillTimeout,
+	}
+	switch {
+	case f.zmq.SocketPort < 0 || f.zmq.SocketPort > 65535:
+		return router.Config{}, fmt.Errorf("--kv-events-socket-port %d: want a port, or 0 for /v1/kv_events", f.zmq.SocketPort)
+	case f.zmq.ReplayPort < 0 || f.zmq.ReplayPort > 65535:
+		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d: want a port, or 0 for none", f.zmq.ReplayPort)
+	case f.zmq.ReplayPort > 0 && f.zmq.SocketPort == 0:
+		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d needs --kv-events-socket-port", f.zmq.ReplayPort)
+	case f.zmq.SocketPort > 0:
+		z := f.zmq
+		cfg.KVEventsZMQ = &z
 	}
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
@@ -278,6 +291,9 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
+	fl.IntVar(&f.zmq.SocketPort, "kv-events-socket-port", 0, "follow KV events over ZeroMQ as vLLM publishes them (--kv-events-config) instead of /v1/kv_events: connect to this port on each endpoint's host (llm-d's socketPort; 0: off)")
+	fl.IntVar(&f.zmq.ReplayPort, "kv-events-replay-port", 0, "with --kv-events-socket-port: the engines' replay_endpoint port, to fetch missed batches (0: none)")
+	fl.StringVar(&f.zmq.TopicFilter, "kv-events-topic-filter", "", "with --kv-events-socket-port: subscribe to topics with this prefix (llm-d's topicFilter, e.g. kv@; default all)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of randomised policies")
 	fl.StringVar(&f.engineAPIKey, "engine-api-key", "", "the engines' API key, sent as a Bearer token on every request to them (default $SERVELAB_ENGINE_API_KEY)")
 	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on the router's /v1 endpoints (default $SERVELAB_ROUTER_API_KEY)")

@@ -41,8 +41,16 @@ type Config struct {
 	MaxQueueSize int `json:"max_queue_size"`
 	// Topic is the first frame of every published message.
 	Topic string `json:"topic"`
-	// Bind is whether Endpoint is bound (BindEndpoint's answer, or true for the default).
+	// Bind is whether Endpoint is bound: the JSON's "bind" (servelab's extension, for a
+	// loopback or host address that should be bound), else BindEndpoint's answer, or true
+	// for the default endpoint.
 	Bind bool `json:"-"`
+}
+
+// configJSON is Config as --kv-events-config reads it.
+type configJSON struct {
+	Config
+	Bind *bool `json:"bind"`
 }
 
 // DefaultEndpoint is the endpoint of a configuration that names none: vLLM's port 5557 on
@@ -52,10 +60,12 @@ const DefaultEndpoint = "tcp://127.0.0.1:5557"
 // ParseConfig reads --kv-events-config's JSON, with vLLM's defaults for what it omits.
 // Unknown fields are refused, naming them, so a typo does not silently disable a setting.
 func ParseConfig(data string) (Config, error) {
-	c := Config{BufferSteps: 10_000, HWM: 100_000, MaxQueueSize: 100_000}
+	j := configJSON{Config: Config{BufferSteps: 10_000, HWM: 100_000, MaxQueueSize: 100_000}}
 	dec := json.NewDecoder(bytes.NewReader([]byte(data)))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	err := dec.Decode(&j)
+	c := j.Config
+	if err != nil {
 		return Config{}, fmt.Errorf("--kv-events-config: %v", err)
 	}
 	if dec.More() {
@@ -77,9 +87,12 @@ func ParseConfig(data string) (Config, error) {
 	case c.MaxQueueSize < 1:
 		return Config{}, fmt.Errorf("--kv-events-config: max_queue_size %d: want at least 1", c.MaxQueueSize)
 	}
-	if c.Endpoint == "" {
+	switch {
+	case c.Endpoint == "":
 		c.Endpoint, c.Bind = DefaultEndpoint, true
-	} else {
+	case j.Bind != nil:
+		c.Bind = *j.Bind
+	default:
 		c.Bind = BindEndpoint(c.Endpoint)
 	}
 	for _, ep := range []struct{ field, v string }{{"endpoint", c.Endpoint}, {"replay_endpoint", c.ReplayEndpoint}} {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -33,16 +34,18 @@ type Message struct {
 	// Missed counts the batches before this one that were neither received nor replayed:
 	// an index built from the events may miss their changes.
 	Missed uint64
+	// Replayed is set on a batch that came from the replay socket.
+	Replayed bool
 	// Restarted is set when the sequence went back: the publisher started over (an engine
 	// restarted), so what was known of it is stale.
 	Restarted bool
 }
 
 // Subscribe connects to cfg.Endpoint and calls handle with each batch in sequence order
-// until ctx ends. The first batch received, and any gap in the sequence numbers, is
-// preceded by the missed batches the replay socket still has (from 0 at the start, as a
-// subscriber that joins late would otherwise lack the publisher's earlier events); those it
-// no longer has are counted in Message.Missed. A payload that does not decode is reported
+// until ctx ends. With a replay socket it first delivers what that still has from sequence
+// number 0 (a subscriber that joins late would otherwise lack the publisher's earlier
+// events), and fills any gap in the sequence numbers from it; batches it no longer has are
+// counted in Message.Missed. A payload that does not decode is reported
 // through bad (with its sequence number) and skipped, as llm-d's pool drops such a message.
 func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), bad func(seq uint64, err error)) error {
 	if cfg.ReplayTimeout <= 0 {
@@ -60,7 +63,29 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 		return fmt.Errorf("kv events: %s: %w", cfg.Endpoint, err)
 	}
 	var next uint64
-	started := false
+	started, overlap := false, false
+	deliver := func(topic string, upTo uint64) {
+		// The replay socket's batches from next up to (not including) upTo; they carry no
+		// topic, so they take the one of the live message that revealed the gap.
+		for _, r := range replay(ctx, cfg, next) {
+			if r.seq < next || r.seq >= upTo {
+				continue
+			}
+			b, err := Decode(r.payload)
+			if err != nil {
+				bad(r.seq, err)
+			} else {
+				handle(Message{Topic: topic, Seq: r.seq, Batch: b, Missed: r.seq - next, Replayed: true})
+			}
+			started, next = true, r.seq+1
+		}
+	}
+	if cfg.ReplayEndpoint != "" {
+		// What the publisher sent before this subscriber joined; the live stream may then
+		// repeat the last of it.
+		deliver("", math.MaxUint64)
+		overlap = started
+	}
 	for {
 		msg, err := sub.Recv()
 		if err != nil {
@@ -77,27 +102,18 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 		seq := binary.BigEndian.Uint64(msg.Frames[1])
 		restarted := false
 		switch {
+		case started && seq < next && overlap:
+			// Published while the first replay ran: delivered already.
+			continue
 		case started && seq < next:
 			// A PUB socket sends nothing twice: the publisher started over.
 			restarted, next = true, 0
 		case started && seq == next:
-		default:
+		case cfg.ReplayEndpoint != "":
 			// The start of the subscription, or a gap: fill what the replay socket has.
-			if cfg.ReplayEndpoint != "" {
-				for _, r := range replay(ctx, cfg, next) {
-					if r.seq < next || r.seq >= seq {
-						continue
-					}
-					b, err := Decode(r.payload)
-					if err != nil {
-						bad(r.seq, err)
-					} else {
-						handle(Message{Topic: topic, Seq: r.seq, Batch: b, Missed: r.seq - next})
-					}
-					next = r.seq + 1
-				}
-			}
+			deliver(topic, seq)
 		}
+		overlap = false
 		missed := seq - next
 		if restarted {
 			missed = seq

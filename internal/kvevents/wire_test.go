@@ -216,6 +216,7 @@ func TestParseConfig(t *testing.T) {
 		{`{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558", "topic": "kv@a@m", "buffer_steps": 5, "hwm": 7}`,
 			Config{EnableKVCacheEvents: true, Publisher: "zmq", Endpoint: "tcp://*:5557", Bind: true, ReplayEndpoint: "tcp://*:5558", Topic: "kv@a@m", BufferSteps: 5, HWM: 7, MaxQueueSize: 100000}, ""},
 		{`{"enable_kv_cache_events": true, "endpoint": "tcp://indexer:5557"}`, Config{EnableKVCacheEvents: true, Publisher: "zmq", Endpoint: "tcp://indexer:5557", BufferSteps: 10000, HWM: 100000, MaxQueueSize: 100000}, ""},
+		{`{"enable_kv_cache_events": true, "endpoint": "tcp://127.0.0.1:6000", "bind": true}`, Config{EnableKVCacheEvents: true, Publisher: "zmq", Endpoint: "tcp://127.0.0.1:6000", Bind: true, BufferSteps: 10000, HWM: 100000, MaxQueueSize: 100000}, ""},
 		{`{}`, Config{Publisher: "null", Endpoint: DefaultEndpoint, Bind: true, BufferSteps: 10000, HWM: 100000, MaxQueueSize: 100000}, ""},
 		{`{"enable_kv_cache_event": true}`, Config{}, `unknown field "enable_kv_cache_event"`},
 		{`{"publisher": "kafka"}`, Config{}, `publisher "kafka"`},

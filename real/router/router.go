@@ -55,6 +55,9 @@ type Config struct {
 	EncodeChat func(ctx context.Context, msgs []ChatMessage) []int32
 	// KVEvents subscribes to each endpoint's /v1/kv_events for an exact prefix index.
 	KVEvents bool
+	// KVEventsZMQ, if set, follows the endpoints' KV events over ZeroMQ as vLLM publishes
+	// them (zmq.go) instead of /v1/kv_events.
+	KVEventsZMQ *ZMQConfig
 	// Registry receives the router's metrics; nil makes one. Served at /metrics.
 	Registry *prometheus.Registry
 	Client   *http.Client
