@@ -32,8 +32,8 @@ type routerFlags struct {
 	model     string
 	kvEvents  bool
 	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
-	zmq router.ZMQConfig
-	seed      uint64
+	zmq  router.ZMQConfig
+	seed uint64
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration

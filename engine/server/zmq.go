@@ -93,4 +93,3 @@ func wireEvent(ev kv.Event, blockSize int) (kvevents.Event, bool) {
 }
 
 var _ KVEventSource = (*engine.Engine)(nil)
-
