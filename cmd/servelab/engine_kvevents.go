@@ -12,7 +12,7 @@ import (
 )
 
 // kvEventsHelp is --kv-events-config's help.
-const kvEventsHelp = `publish KV events over ZeroMQ as vLLM does: vLLM's KVEventsConfig JSON, e.g. '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:5557", "replay_endpoint": "tcp://127.0.0.1:5558", "topic": "kv@HOST@MODEL", "buffer_steps": 10000, "hwm": 100000}'; the endpoint binds when it has * or :: (vLLM's rule) and connects otherwise, and defaults to tcp://127.0.0.1:5557, bound (vLLM's default tcp://*:5557 binds every interface)`
+const kvEventsHelp = `publish KV events over ZeroMQ as vLLM does: vLLM's KVEventsConfig JSON, e.g. '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:5557", "replay_endpoint": "tcp://127.0.0.1:5558", "topic": "kv@HOST@MODEL", "buffer_steps": 10000, "hwm": 100000}'; the endpoint binds when it has * or :: (vLLM's rule) and connects otherwise, and defaults to tcp://127.0.0.1:5557, bound (vLLM's default tcp://*:5557 binds every interface); "bind": true (servelab's extension) binds a host address`
 
 // kvEventsPublisher is a running --kv-events-config publisher.
 type kvEventsPublisher struct {
