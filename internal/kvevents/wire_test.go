@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -238,5 +239,85 @@ func TestParseConfig(t *testing.T) {
 		if diff := cmp.Diff(tc.want, got); diff != "" {
 			t.Errorf("ParseConfig(%s) (-want +got):\n%s", tc.in, diff)
 		}
+	}
+}
+
+// TestLLMDDecodesOurBatches decodes an encoded batch as llm-d-kv-cache's subscriber does
+// (pkg/kvcache/kvevents/events.go and pool.go, llm-d/llm-d-kv-cache at 099fcdbab4e7): the
+// batch into an array-encoded struct with the events left raw, each event as a tagged union
+// whose tail is re-marshalled and decoded into an array-encoded struct of the tag's fields,
+// hashes as uint64 or int64.
+func TestLLMDDecodesOurBatches(t *testing.T) {
+	type llmdBatch struct {
+		_                struct{} `msgpack:",array"`
+		TS               float64
+		Events           []msgpack.RawMessage
+		DataParallelRank *int `msgpack:",omitempty"`
+	}
+	type llmdStored struct {
+		_               struct{} `msgpack:",array"`
+		BlockHashes     []any
+		ParentBlockHash any
+		TokenIds        []uint32
+		BlockSize       int
+		LoraID          *int    `msgpack:",omitempty"`
+		Medium          *string `msgpack:",omitempty"`
+		LoraName        *string `msgpack:",omitempty"`
+	}
+	type llmdRemoved struct {
+		_           struct{} `msgpack:",array"`
+		BlockHashes []any
+		Medium      *string `msgpack:",omitempty"`
+	}
+	payload, err := Encode(Batch{TS: 7, DataParallelRank: ptr(int64(0)), Events: []Event{
+		{Type: AllBlocksCleared},
+		{Type: BlockStored, BlockHashes: []uint64{1 << 63, 5}, ParentBlockHash: ptr(uint64(9)), TokenIDs: []int32{1, 2, 3, 4}, BlockSize: 2, Medium: ptr("GPU")},
+		{Type: BlockRemoved, BlockHashes: []uint64{5}, Medium: ptr("CPU")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b llmdBatch
+	if err := msgpack.Unmarshal(payload, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.TS != 7 || b.DataParallelRank == nil || *b.DataParallelRank != 0 || len(b.Events) != 3 {
+		t.Fatalf("batch: ts %v, rank %v, %d events", b.TS, b.DataParallelRank, len(b.Events))
+	}
+	var got []any
+	for _, raw := range b.Events {
+		var union []msgpack.RawMessage
+		if err := msgpack.Unmarshal(raw, &union); err != nil {
+			t.Fatal(err)
+		}
+		var tag string
+		if err := msgpack.Unmarshal(union[0], &tag); err != nil {
+			t.Fatal(err)
+		}
+		tail, _ := msgpack.Marshal(union[1:])
+		switch tag {
+		case BlockStored:
+			var ev llmdStored
+			if err := msgpack.Unmarshal(tail, &ev); err != nil {
+				t.Fatalf("BlockStored: %v", err)
+			}
+			got = append(got, ev)
+		case BlockRemoved:
+			var ev llmdRemoved
+			if err := msgpack.Unmarshal(tail, &ev); err != nil {
+				t.Fatalf("BlockRemoved: %v", err)
+			}
+			got = append(got, ev)
+		default:
+			got = append(got, tag)
+		}
+	}
+	want := []any{
+		AllBlocksCleared,
+		llmdStored{BlockHashes: []any{uint64(1 << 63), int8(5)}, ParentBlockHash: int8(9), TokenIds: []uint32{1, 2, 3, 4}, BlockSize: 2, Medium: ptr("GPU")},
+		llmdRemoved{BlockHashes: []any{int8(5)}, Medium: ptr("CPU")},
+	}
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreUnexported(llmdStored{}, llmdRemoved{})); diff != "" {
+		t.Errorf("llm-d's decoding of our batch (-want +got):\n%s", diff)
 	}
 }
