@@ -45,7 +45,13 @@ type buffered struct {
 func NewPublisher(cfg Config) (*Publisher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Publisher{cfg: cfg, topic: []byte(cfg.Topic), cancel: cancel}
-	p.pub = zmq4.NewPub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))
+	if cfg.Bind {
+		// Not WithAutomaticReconnect: go-zeromq would redial the bound address itself when
+		// a subscriber leaves.
+		p.pub = zmq4.NewPub(ctx)
+	} else {
+		p.pub = zmq4.NewPub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))
+	}
 	if cfg.HWM > 0 {
 		if err := p.pub.SetOption(zmq4.OptionHWM, cfg.HWM); err != nil {
 			p.Close()

@@ -42,7 +42,7 @@ type Message struct {
 }
 
 // Subscribe connects to cfg.Endpoint and calls handle with each batch in sequence order
-// until ctx ends. With a replay socket it first delivers what that still has from sequence
+// until ctx ends or the connection is lost (an error). With a replay socket it first delivers what that still has from sequence
 // number 0 (a subscriber that joins late would otherwise lack the publisher's earlier
 // events), and fills any gap in the sequence numbers from it; batches it no longer has are
 // counted in Message.Missed. A payload that does not decode is reported
@@ -51,7 +51,10 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 	if cfg.ReplayTimeout <= 0 {
 		cfg.ReplayTimeout = 2 * time.Second
 	}
-	sub := zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true), zmq4.WithDialerRetry(100*time.Millisecond))
+	// A lost connection ends Subscribe (Recv fails) rather than reconnecting underneath:
+	// the caller subscribes again and, with a replay socket, starts over from what the
+	// publisher buffers, which is right whether or not the publisher restarted.
+	sub := zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(100*time.Millisecond))
 	defer sub.Close()
 	if err := sub.SetOption(zmq4.OptionSubscribe, cfg.TopicFilter); err != nil {
 		return err

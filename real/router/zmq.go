@@ -47,10 +47,13 @@ func (r *Router) zmqLoop(ctx context.Context, e *endpoint) {
 		cfg.ReplayEndpoint = "tcp://" + net.JoinHostPort(host, strconv.Itoa(z.ReplayPort))
 	}
 	st := &zmqIndex{e: e, blockSize: r.cfg.BlockSize, keys: map[uint64]uint64{}}
-	e.mu.Lock()
-	e.cached = kvindex.New(0)
-	e.mu.Unlock()
 	for ctx.Err() == nil {
+		// Each subscription starts from an empty index, rebuilt from what the engine's
+		// replay socket buffers, as a /v1/kv_events subscription starts from a snapshot.
+		e.mu.Lock()
+		e.cached = kvindex.New(0)
+		clear(st.keys)
+		e.mu.Unlock()
 		err := kvevents.Subscribe(ctx, cfg, func(m kvevents.Message) {
 			e.eventsSubscribed()
 			if err := st.apply(m); err != nil {
