@@ -115,3 +115,95 @@ func TestRouterFollowsEngineOverZMQ(t *testing.T) {
 		t.Errorf("the engine caches %d of the prompts' %d blocks: want some cached and some evicted", len(want["GPU"]), len(hashes))
 	}
 }
+
+// TestRouterZMQEngineRestart: when the engine behind a ZeroMQ subscription restarts on the
+// same sockets (its sequence numbers start over and its cache is empty), the router drops
+// what it knew of the old engine and follows the new one.
+func TestRouterZMQEngineRestart(t *testing.T) {
+	dir := synthTiny(t)
+	freePort := func() int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	httpPort, pubPort, replayPort := freePort(), freePort(), freePort()
+	start := func() (*running, func()) {
+		ef := engineFlags{model: dir, host: "127.0.0.1", port: httpPort, blockSize: 16, prefixCaching: true,
+			numBlocksOverride: 16, maxModelLen: 128, batchSpec: "vllm", evictSpec: "lru",
+			kvEventsConfig: fmt.Sprintf(`{"enable_kv_cache_events": true, "endpoint": "tcp://127.0.0.1:%d", "bind": true, "replay_endpoint": "tcp://127.0.0.1:%d"}`, pubPort, replayPort)}
+		eng, err := ef.start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go eng.server.Serve(eng.listener)
+		var once bool
+		stop := func() {
+			if once {
+				return
+			}
+			once = true
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			eng.server.Shutdown(ctx)
+			if err := eng.close(); err != nil {
+				t.Error(err)
+			}
+		}
+		t.Cleanup(stop)
+		return eng, stop
+	}
+	_, stop := start()
+	engineURL := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	rf := routerFlags{endpoints: []string{engineURL}, spec: "weighted:precise-prefix=1,queue=0,kv=0,prefix=0",
+		scrape: 10 * time.Millisecond, blockSize: 16, model: dir, logf: t.Logf}
+	rf.zmq.SocketPort, rf.zmq.ReplayPort = pubPort, replayPort
+	r, err := rf.build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	complete := func(p string) []uint64 {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"prompt": p, "max_tokens": 1})
+		resp, err := http.Post(engineURL+"/v1/completions", "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s", resp.Status)
+		}
+		return r.BlockHashes(context.Background(), "/v1/completions", body)
+	}
+	cached := func(hashes []uint64) int {
+		v, ok := r.Views()[engineURL]
+		if !ok || v.Cache == nil {
+			return -1
+		}
+		return v.Cache.CachedPrefixBlocks(hashes)
+	}
+	waitCached := func(what string, hashes []uint64, want int) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); cached(hashes) != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the router's index holds %d of %d blocks, want %d", what, cached(hashes), len(hashes), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	old := complete(strings.Repeat("old prompt ", 8))
+	if len(old) < 2 {
+		t.Fatalf("prompt of %d blocks", len(old))
+	}
+	waitCached("before the restart", old, len(old))
+
+	stop()
+	start()
+	fresh := complete(strings.Repeat("new prompt ", 8))
+	waitCached("after the restart, the new engine's prompt", fresh, len(fresh))
+	waitCached("after the restart, the old engine's prompt", old, 0)
+}

@@ -4,11 +4,18 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"sync"
 
 	"github.com/go-zeromq/zmq4"
 )
+
+// quiet keeps go-zeromq from logging on stderr a peer that connected and left before the
+// handshake (a replay client that gave up, a port probe); the sockets' own errors are
+// returned.
+var quiet = zmq4.WithLogger(log.New(io.Discard, "", 0))
 
 // endSeq is the sequence number that ends a replay: -1 as 8 bytes, vLLM's END_SEQ.
 var endSeq = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -48,9 +55,9 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 	if cfg.Bind {
 		// Not WithAutomaticReconnect: go-zeromq would redial the bound address itself when
 		// a subscriber leaves.
-		p.pub = zmq4.NewPub(ctx)
+		p.pub = zmq4.NewPub(ctx, quiet)
 	} else {
-		p.pub = zmq4.NewPub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))
+		p.pub = zmq4.NewPub(ctx, quiet, zmq4.WithDialerMaxRetries(-1), zmq4.WithAutomaticReconnect(true))
 	}
 	if cfg.HWM > 0 {
 		if err := p.pub.SetOption(zmq4.OptionHWM, cfg.HWM); err != nil {
@@ -72,7 +79,7 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 		}()
 	}
 	if cfg.ReplayEndpoint != "" {
-		p.replay = zmq4.NewRouter(ctx, zmq4.WithID(zmq4.SocketIdentity("servelab-kv-replay")))
+		p.replay = zmq4.NewRouter(ctx, quiet, zmq4.WithID(zmq4.SocketIdentity("servelab-kv-replay")))
 		if err := p.replay.Listen(listenAddr(cfg.ReplayEndpoint)); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("kv events: replay_endpoint %s: %w", cfg.ReplayEndpoint, err)

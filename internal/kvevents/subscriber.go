@@ -54,7 +54,7 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 	// A lost connection ends Subscribe (Recv fails) rather than reconnecting underneath:
 	// the caller subscribes again and, with a replay socket, starts over from what the
 	// publisher buffers, which is right whether or not the publisher restarted.
-	sub := zmq4.NewSub(ctx, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(100*time.Millisecond))
+	sub := zmq4.NewSub(ctx, quiet, zmq4.WithDialerMaxRetries(-1), zmq4.WithDialerRetry(100*time.Millisecond))
 	defer sub.Close()
 	if err := sub.SetOption(zmq4.OptionSubscribe, cfg.TopicFilter); err != nil {
 		return err
@@ -136,7 +136,7 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 func replay(ctx context.Context, cfg SubscriberConfig, start uint64) []buffered {
 	ctx, cancel := context.WithTimeout(ctx, cfg.ReplayTimeout)
 	defer cancel()
-	d := zmq4.NewDealer(ctx, zmq4.WithDialerMaxRetries(0))
+	d := zmq4.NewDealer(ctx, quiet, zmq4.WithDialerMaxRetries(0))
 	defer d.Close()
 	done := make(chan []buffered, 1)
 	go func() {
