@@ -321,3 +321,39 @@ func TestLLMDDecodesOurBatches(t *testing.T) {
 		t.Errorf("llm-d's decoding of our batch (-want +got):\n%s", diff)
 	}
 }
+
+// benchBatch is a step's batch of a 2,048-token prompt at block size 16: one BlockStored of
+// 128 blocks with their token ids, and a BlockRemoved of 128 evicted blocks.
+func benchBatch() Batch {
+	hashes := make([]uint64, 128)
+	tokens := make([]int32, 128*16)
+	for i := range hashes {
+		hashes[i] = uint64(i) * 0x9e3779b97f4a7c15
+	}
+	for i := range tokens {
+		tokens[i] = int32(i * 31 % 32000)
+	}
+	return Batch{TS: 1.5, DataParallelRank: ptr(int64(0)), Events: []Event{
+		{Type: BlockStored, BlockHashes: hashes, ParentBlockHash: ptr(uint64(7)), TokenIDs: tokens, BlockSize: 16, Medium: ptr(MediumGPU)},
+		{Type: BlockRemoved, BlockHashes: hashes, Medium: ptr(MediumGPU)},
+	}}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	batch := benchBatch()
+	for b.Loop() {
+		if _, err := Encode(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	payload, _ := Encode(benchBatch())
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if _, err := Decode(payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
