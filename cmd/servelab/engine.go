@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"servelab/engine"
 	"servelab/engine/backend"
 	"servelab/engine/server"
+	"servelab/internal/kvevents"
 	"servelab/policies"
 	"servelab/policies/batch"
 	"servelab/policies/evict"
@@ -55,6 +57,7 @@ type engineFlags struct {
 	maxInFlight         int
 	maxBodyBytes        int64
 	tiers               tierFlags // engine_tiers.go
+	kvEventsConfig      string    // vLLM's --kv-events-config JSON (engine_kvevents.go)
 	// Prefill/decode disaggregation.
 	role              string
 	kvTransferTimeout time.Duration
@@ -96,6 +99,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.kvAllowHosts, "kv-transfer-allow-host", nil, "remote_host values a decode request may name besides loopback addresses (repeatable); others get a 400")
 	fl.IntVar(&f.kvTestPause, "kv-transfer-test-pause-after", 0, "test hook: a pull sends this many blocks, prints a line to stderr and stalls until its client goes away")
 	fl.MarkHidden("kv-transfer-test-pause-after")
+	fl.StringVar(&f.kvEventsConfig, "kv-events-config", "", kvEventsHelp)
 	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps'); a step's time is the loop's whole iteration since the previous step ended (admission, scheduling, forward pass, sampling, detokenisation, streaming), so back-to-back steps add up to the busy time")
 }
 
@@ -153,14 +157,16 @@ type running struct {
 	server   *server.Server
 	listener net.Listener
 	name     string
-	stepLog  *stepLog     // nil without --step-log
-	tiers    *engineTiers // nil without KV tiers
+	stepLog  *stepLog           // nil without --step-log
+	tiers    *engineTiers       // nil without KV tiers
+	kvEvents *kvEventsPublisher // nil without --kv-events-config
+	kvConfig kvevents.Config
 }
 
 // close releases what the engine holds besides its server: the step log and the KV
 // tiers' stores.
 func (r *running) close() error {
-	err := r.tiers.close()
+	err := errors.Join(r.tiers.close(), r.kvEvents.close())
 	if r.stepLog == nil {
 		return err
 	}
@@ -183,6 +189,10 @@ func (f *engineFlags) start() (*running, error) {
 		return nil, fmt.Errorf("--idle-timeout %v: want a positive duration", f.idleTimeout)
 	}
 	bp, ev, err := f.policies()
+	if err != nil {
+		return nil, err
+	}
+	kvCfg, err := kvevents.ParseConfig(cmp.Or(f.kvEventsConfig, "{}"))
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +272,13 @@ func (f *engineFlags) start() (*running, error) {
 		ln.Close()
 		return nil, err
 	}
-	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers}, nil
+	kvPub, err := startKVEvents(kvCfg, eng, b.BlockSize)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers,
+		kvEvents: kvPub, kvConfig: kvCfg}, nil
 }
 
 // kvTransfer is the server's disaggregation configuration, advertising addr.
@@ -339,6 +355,9 @@ fails.`,
 			}
 			if f.role != "" && f.role != "both" {
 				fmt.Fprintf(cmd.OutOrStdout(), "role %s (prefill/decode disaggregation; KV pulled over POST /v1/kv_transfer/pull)\n", f.role)
+			}
+			if d := r.kvEvents.describe(r.kvConfig); d != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), d)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

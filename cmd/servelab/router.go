@@ -31,7 +31,9 @@ type routerFlags struct {
 	blockSize int
 	model     string
 	kvEvents  bool
-	seed      uint64
+	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
+	zmq  router.ZMQConfig
+	seed uint64
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration
@@ -90,6 +92,17 @@ func (f *routerFlags) config() (router.Config, error) {
 		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
 		MaxInFlight: f.maxInFlight, Logf: f.logf, PrefillTimeout: f.prefillTimeout,
 	}
+	switch {
+	case f.zmq.SocketPort < 0 || f.zmq.SocketPort > 65535:
+		return router.Config{}, fmt.Errorf("--kv-events-socket-port %d: want a port, or 0 for /v1/kv_events", f.zmq.SocketPort)
+	case f.zmq.ReplayPort < 0 || f.zmq.ReplayPort > 65535:
+		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d: want a port, or 0 for none", f.zmq.ReplayPort)
+	case f.zmq.ReplayPort > 0 && f.zmq.SocketPort == 0:
+		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d needs --kv-events-socket-port", f.zmq.ReplayPort)
+	case f.zmq.SocketPort > 0:
+		z := f.zmq
+		cfg.KVEventsZMQ = &z
+	}
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
 		if err != nil {
@@ -106,6 +119,20 @@ func (f *routerFlags) config() (router.Config, error) {
 			ids, _, _ := tok.EncodePrefix(ctx, s, true, limit)
 			return ids
 		}
+		// Chat prompts likewise, as the engine's /v1/chat/completions runs them: the chat
+		// template applied (the same tokenizer code), encoded without special tokens.
+		cfg.EncodeChat = func(ctx context.Context, msgs []router.ChatMessage) []int32 {
+			conv := make([]tokenizer.Message, len(msgs))
+			for i, m := range msgs {
+				conv[i] = tokenizer.Message{Role: m.Role, Content: m.Content}
+			}
+			text, err := tok.ApplyChatTemplate(conv, true)
+			if err != nil {
+				return nil
+			}
+			ids, _, _ := tok.EncodePrefix(ctx, text, false, limit)
+			return ids
+		}
 	}
 	return cfg, nil
 }
@@ -120,7 +147,8 @@ picks an endpoint per request with a routing policy spec or llm-d EndpointPicker
 same objects 'servelab sim' uses. Views come from each endpoint's /metrics (vLLM metric names, so
 vLLM and llm-d-inference-sim servers work too) and, with --kv-events, from servelab engines'
 /v1/kv_events for an exact prefix index. Give --model (the engines' model directory) so prompts are
-hashed into the engines' token blocks. Failed endpoints are retried elsewhere and skipped until a
+hashed into the engines' token blocks: completions prompts as the engine encodes them, chat messages
+after the model's chat template is applied, as the engine renders them. Failed endpoints are retried elsewhere and skipped until a
 scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
 cause) why its /metrics or KV events are unavailable. Its own metrics:
 servelab_router_decisions_total{endpoint}, servelab_router_scoring_seconds,
@@ -263,6 +291,9 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
+	fl.IntVar(&f.zmq.SocketPort, "kv-events-socket-port", 0, "follow KV events over ZeroMQ as vLLM publishes them (--kv-events-config) instead of /v1/kv_events: connect to this port on each endpoint's host (llm-d's socketPort; 0: off)")
+	fl.IntVar(&f.zmq.ReplayPort, "kv-events-replay-port", 0, "with --kv-events-socket-port: the engines' replay_endpoint port, to fetch missed batches (0: none)")
+	fl.StringVar(&f.zmq.TopicFilter, "kv-events-topic-filter", "", "with --kv-events-socket-port: subscribe to topics with this prefix (llm-d's topicFilter, e.g. kv@; default all)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of randomised policies")
 	fl.StringVar(&f.engineAPIKey, "engine-api-key", "", "the engines' API key, sent as a Bearer token on every request to them (default $SERVELAB_ENGINE_API_KEY)")
 	fl.StringVar(&f.apiKey, "api-key", "", "require this key as a Bearer token on the router's /v1 endpoints (default $SERVELAB_ROUTER_API_KEY)")

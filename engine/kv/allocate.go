@@ -100,7 +100,12 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 		}
 	}
 	m.stored = m.stored[:0]
+	run := 0 // the block m.stored starts at
 	for i, b := range m.prefix {
+		if b != none && m.events != nil {
+			// A hit on the accelerator ends a run of loaded blocks.
+			m.flushStored(s, run)
+		}
 		if b == none {
 			b = m.popFree()
 			if m.mover != nil {
@@ -113,13 +118,16 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 			blk.filled = m.fills
 			m.cached.Put(h, b)
 			if m.events != nil {
+				if len(m.stored) == 0 {
+					run = i
+				}
 				m.stored = append(m.stored, h)
 			}
 		}
 		s.Blocks = append(s.Blocks, b)
 	}
-	if len(m.stored) > 0 {
-		m.emit(BlockStored, append([]uint64(nil), m.stored...)...)
+	if m.events != nil {
+		m.flushStored(s, run)
 	}
 	for range need {
 		s.Blocks = append(s.Blocks, m.popFree())

@@ -1,5 +1,11 @@
 package kv
 
+import (
+	"slices"
+
+	"servelab/serving"
+)
+
 // EventKind names a KV event after vLLM's kv_events.
 type EventKind uint8
 
@@ -36,6 +42,15 @@ type Event struct {
 	// medium: MediumGPU, MediumCPU or MediumDisk. It is empty (vLLM's None) when the
 	// manager has no tiers below the accelerator, so events are as they were before tiers.
 	Medium string `json:",omitempty"`
+	// Parent is the hash of the block before Hashes[0] in the sequence that stored them,
+	// vLLM's BlockStored parent_block_hash; HasParent is false when Hashes[0] is a prompt's
+	// first block or the event does not know it (snapshots, lower tiers).
+	Parent    uint64 `json:",omitempty"`
+	HasParent bool   `json:",omitempty"`
+	// Tokens are the token ids of the Hashes' blocks, block size each, vLLM's BlockStored
+	// token_ids: set on the accelerator's BlockStored of blocks a request filled (Hashes are
+	// then consecutive blocks of it), nil where the event does not know them.
+	Tokens []int32 `json:",omitempty"`
 }
 
 func (m *Manager) emit(kind EventKind, hashes ...uint64) {
@@ -47,4 +62,21 @@ func (m *Manager) emitOn(medium string, kind EventKind, hashes ...uint64) {
 	if m.events != nil {
 		m.events(Event{Kind: kind, Hashes: hashes, Medium: medium})
 	}
+}
+
+// flushStored emits m.stored, consecutive full blocks of s from block start, as one
+// BlockStored with their parent and tokens, and empties it.
+func (m *Manager) flushStored(s *serving.Seq, start int) {
+	if len(m.stored) == 0 {
+		return
+	}
+	ev := Event{Kind: BlockStored, Hashes: slices.Clone(m.stored), Medium: m.gpuMedium}
+	if start > 0 && start <= len(s.Req.BlockHashes) {
+		ev.Parent, ev.HasParent = s.Req.BlockHashes[start-1], true
+	}
+	if end := (start + len(m.stored)) * m.blockSize; end <= len(s.Req.TokenIDs) {
+		ev.Tokens = slices.Clone(s.Req.TokenIDs[start*m.blockSize : end])
+	}
+	m.stored = m.stored[:0]
+	m.events(ev)
 }

@@ -33,6 +33,7 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 		first--
 	}
 	m.stored = m.stored[:0]
+	run := first // the block m.stored starts at
 	for i := first; i < full; i++ {
 		b, h := s.Blocks[i], s.Req.BlockHashes[i]
 		blk := &m.blocks[b]
@@ -49,6 +50,10 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 				m.blocks[next].samePrev = b
 			}
 			m.blocks[head].sameNext = b
+			if m.events != nil {
+				// Stored events carry consecutive blocks, as vLLM's token_ids need.
+				m.flushStored(s, run)
+			}
 			continue
 		}
 		if len(m.tiers) > 0 {
@@ -60,11 +65,14 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 			}
 		}
 		if m.events != nil {
+			if len(m.stored) == 0 {
+				run = i
+			}
 			m.stored = append(m.stored, h)
 		}
 	}
-	if len(m.stored) > 0 {
-		m.emit(BlockStored, append([]uint64(nil), m.stored...)...)
+	if m.events != nil {
+		m.flushStored(s, run)
 	}
 }
 

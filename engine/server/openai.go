@@ -17,6 +17,7 @@ import (
 
 	"servelab/engine"
 	"servelab/engine/sampling"
+	"servelab/serving"
 )
 
 // fieldError is a known field whose value has the wrong shape, from a custom decoder.
@@ -699,31 +700,9 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 	s.generate(w, r, j)
 }
 
-// messageText reads a message's content: null, a string, or a list of text parts.
-func messageText(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", nil
-	}
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s, nil
-	}
-	var parts []struct {
-		Type string  `json:"type"`
-		Text *string `json:"text"`
-	}
-	if err := json.Unmarshal(raw, &parts); err != nil {
-		return "", errors.New("expected a string or a list of content parts")
-	}
-	var out strings.Builder
-	for i, p := range parts {
-		if p.Type != "text" || p.Text == nil {
-			return "", fmt.Errorf("part %d: only {\"type\": \"text\", \"text\": ...} parts are supported, got type %q", i, p.Type)
-		}
-		out.WriteString(*p.Text)
-	}
-	return out.String(), nil
-}
+// messageText reads a message's content: null, a string, or a list of text parts
+// (serving.ChatMessageText, which the router's prompt hashing reads messages with too).
+func messageText(raw json.RawMessage) (string, error) { return serving.ChatMessageText(raw) }
 
 // Response bodies, with OpenAI's field names.
 type usage struct {

@@ -79,6 +79,9 @@
 // BlockStored per tier; without tiers there is no medium (vLLM's None). When the engine
 // drops the subscription (the reader fell behind) or shuts down, the response ends; a
 // client reconnects and starts again from a fresh snapshot.
+//
+// The same events go out over ZeroMQ in vLLM's own format with PublishKVEvents (zmq.go;
+// servelab engine --kv-events-config).
 package server
 
 import (

@@ -75,10 +75,10 @@ func (r *Router) startLoops(e *endpoint) {
 	e.loops.Add(1)
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); defer e.loops.Done(); r.scrapeLoop(ctx, e) }()
-	if r.cfg.KVEvents {
+	if r.cfg.KVEvents || r.cfg.KVEventsZMQ != nil {
 		e.loops.Add(1)
 		r.wg.Add(1)
-		go func() { defer r.wg.Done(); defer e.loops.Done(); r.eventLoop(ctx, e) }()
+		go func() { defer r.wg.Done(); defer e.loops.Done(); r.kvLoop(ctx, e) }()
 	}
 }
 

@@ -49,8 +49,15 @@ type Config struct {
 	// wires it to tokenizer.EncodePrefix with the model's max_position_embeddings, so a
 	// huge prompt costs no more than the longest valid one.
 	Encode func(ctx context.Context, text string) []int32
+	// EncodeChat, if set, turns a chat request's messages into the token ids the engines
+	// run: their chat template applied, as the engine does (chat.go). Without it chat
+	// prompts are hashed from their role and content text, which cannot match KV events.
+	EncodeChat func(ctx context.Context, msgs []ChatMessage) []int32
 	// KVEvents subscribes to each endpoint's /v1/kv_events for an exact prefix index.
 	KVEvents bool
+	// KVEventsZMQ, if set, follows the endpoints' KV events over ZeroMQ as vLLM publishes
+	// them (zmq.go) instead of /v1/kv_events.
+	KVEventsZMQ *ZMQConfig
 	// Registry receives the router's metrics; nil makes one. Served at /metrics.
 	Registry *prometheus.Registry
 	Client   *http.Client
@@ -375,16 +382,16 @@ func writeErrorParam(w http.ResponseWriter, status int, typ, msg, param string) 
 func (r *Router) routingRequest(ctx context.Context, path string, body []byte) *serving.Request {
 	var parsed struct {
 		Prompt   json.RawMessage `json:"prompt"`
-		Messages []struct {
-			Role    string          `json:"role"`
-			Content json.RawMessage `json:"content"`
-		} `json:"messages"`
-		Priority int `json:"priority"`
+		Messages []wireMessage   `json:"messages"`
+		Priority int             `json:"priority"`
 	}
 	json.Unmarshal(body, &parsed) // a malformed body is routed anyway; the engine rejects it
 	var text strings.Builder
 	var ids []int32
 	if strings.HasSuffix(path, "/chat/completions") {
+		if req := r.chatRequest(ctx, parsed.Messages, parsed.Priority); req != nil {
+			return req
+		}
 		for _, m := range parsed.Messages {
 			var s string
 			if json.Unmarshal(m.Content, &s) != nil {
