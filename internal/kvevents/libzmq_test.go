@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -41,20 +42,28 @@ topic, seq, payload = s.recv_multipart()
 print(json.dumps([topic.decode(), int.from_bytes(seq, "big"), msgpack.unpackb(payload)]), flush=True)
 `
 
+// libzmqPython is a python3 that imports zmq and msgpack (Debian's python3-zmq and
+// python3-msgpack). Without one the test skips, or fails under CI, which installs them
+// (.ci/run).
+func libzmqPython(t *testing.T) string {
+	t.Helper()
+	for _, py := range []string{"python3", "/usr/bin/python3"} { // Debian's, where another python3 comes first
+		if exec.Command(py, "-c", "import zmq, msgpack").Run() == nil {
+			return py
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("no python3 with zmq and msgpack (Debian: python3-zmq python3-msgpack); .ci/run installs them")
+	}
+	t.Skip("no python3 with zmq and msgpack (Debian: python3-zmq python3-msgpack)")
+	return ""
+}
+
 // TestLibzmqReadsOurEvents: a libzmq consumer (pyzmq, msgpack-python; Debian's python3-zmq
 // and python3-msgpack) reads our publisher's replay and live messages. go-zeromq speaks
 // ZMTP 3 as libzmq does; this checks it against libzmq itself. Skipped without them.
 func TestLibzmqReadsOurEvents(t *testing.T) {
-	python := ""
-	for _, py := range []string{"python3", "/usr/bin/python3"} { // Debian's, where another python3 comes first
-		if exec.Command(py, "-c", "import zmq, msgpack").Run() == nil {
-			python = py
-			break
-		}
-	}
-	if python == "" {
-		t.Skip("no python3 with zmq and msgpack (Debian: python3-zmq python3-msgpack)")
-	}
+	python := libzmqPython(t)
 	p := newTestPublisher(t, 100, "kv@127.0.0.1@tiny")
 	stored := Batch{TS: 2.5, DataParallelRank: ptr(int64(0)), Events: []Event{{Type: BlockStored,
 		BlockHashes: []uint64{15760518052499183552}, TokenIDs: []int32{1, 2}, BlockSize: 2, Medium: ptr(MediumGPU)}}}
@@ -161,16 +170,7 @@ for seq in range(1000):
 // vLLM's does, replaying from 0 what it joined too late for, with sha256 hashes read as
 // llm-d reads them (the last 8 bytes, big-endian).
 func TestSubscribeReadsLibzmqPublisher(t *testing.T) {
-	python := ""
-	for _, py := range []string{"python3", "/usr/bin/python3"} {
-		if exec.Command(py, "-c", "import zmq, msgpack").Run() == nil {
-			python = py
-			break
-		}
-	}
-	if python == "" {
-		t.Skip("no python3 with zmq and msgpack (Debian: python3-zmq python3-msgpack)")
-	}
+	python := libzmqPython(t)
 	cmd := exec.Command(python, "-c", libzmqPublisher)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
