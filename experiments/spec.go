@@ -145,6 +145,11 @@ type Cluster struct {
 	// KVTiers are each instance's KV-cache tiers below the GPU, top down: medium (cpu or
 	// disk), blocks, evict and a link preset (sim.KVTierSpec).
 	KVTiers []sim.KVTierSpec `json:"kv_tiers,omitempty"`
+	// Autoscale is a scaling policy spec (policies/scale) that starts and drains the
+	// cluster's instances (instances is then ignored), and ScaleUpDelay the seconds a
+	// started instance takes to become routable: sim.ClusterSpec's fields.
+	Autoscale    string  `json:"autoscale,omitempty"`
+	ScaleUpDelay float64 `json:"scale_up_delay_s,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -676,6 +681,7 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	c.GPUPricePerHour = k.GPUPricePerHour
 	c.KVTiers = k.KVTiers
 	c.PrefillRouter, c.NonCachedTokens, c.KVLink = k.PrefillRouter, k.NonCachedTokens, k.KVLink
+	c.Autoscale, c.ScaleUpDelay = k.Autoscale, k.ScaleUpDelay
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}

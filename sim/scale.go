@@ -39,8 +39,9 @@ type scaleState struct {
 	scaler  *scale.Scaler
 	readyAt []float64
 	next    float64
-	// finished and met count requests since the last decision.
-	finished, met int
+	// finished and met count requests finished since the last decision, arrived those
+	// that arrived.
+	finished, met, arrived int
 	// billing: instance-seconds of started (starting, ready, draining) instances.
 	billed     int
 	billedAt   float64
@@ -103,8 +104,8 @@ func (s *simulation) decide(t float64) {
 	st := s.scale
 	st.next = t + st.cfg.Policy.Interval()
 	s.promote(t)
-	o := scale.Observation{Time: t, Finished: st.finished, MetSLO: st.met}
-	st.finished, st.met = 0, 0
+	o := scale.Observation{Time: t, Finished: st.finished, MetSLO: st.met, Arrived: st.arrived}
+	st.finished, st.met, st.arrived = 0, 0, 0
 	ready := 0
 	for i, r := range st.scaler.Replicas() {
 		if r.State != scale.Ready {
@@ -196,6 +197,13 @@ func (s *simulation) restart(i int) error {
 	in.core = c
 	in.gauges = serving.InstanceView{}
 	return nil
+}
+
+// countArrival feeds the arrival rate of the next decision.
+func (s *simulation) countArrival() {
+	if s.scale != nil {
+		s.scale.arrived++
+	}
 }
 
 // routable returns the views of the instances that take requests: all of them, or with

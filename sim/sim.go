@@ -505,6 +505,7 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 }
 
 func (s *simulation) arrive(req *serving.Request) {
+	s.countArrival()
 	if need := req.PromptTokens + req.MaxTokens; need > s.capacity {
 		// As vLLM: a request longer than max_model_len is refused (a 400); one that fits
 		// the context but not an instance's whole KV cache could never be scheduled.

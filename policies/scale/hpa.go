@@ -33,7 +33,7 @@ type HPA struct {
 	interval, period      float64
 	upPods                int
 	upPercent, downPct    float64
-	slo                   sloWindow
+	win                   window
 	recs                  []timed // recommendations before stabilisation
 	events                []timed // replica changes (signed) the policy made
 	spec                  policies.Spec
@@ -51,7 +51,7 @@ func init() {
 		Name: "hpa",
 		Doc:  "Kubernetes' HorizontalPodAutoscaler (as KEDA and KServe's hpa/keda classes run it): desired = ceil(ready x metric/target), tolerance, stabilization windows, rate limits",
 		Params: []policies.Param{
-			{Name: "metric", Default: "queue", Doc: "queue (vllm:num_requests_waiting per replica), concurrency (waiting+running per replica), kv (mean vllm:kv_cache_usage_perc, 0-1) or slo (fraction of requests meeting the SLO over slo-window)"},
+			{Name: "metric", Default: "queue", Doc: "queue (vllm:num_requests_waiting per replica), concurrency (waiting+running per replica), kv (mean vllm:kv_cache_usage_perc, 0-1), rps (requests arriving per second per replica over window: Knative's rps) or slo (fraction of requests meeting the SLO over window)"},
 			{Name: "target", Default: "4", Doc: "the metric's target value per replica (slo: the attainment to hold, e.g. 0.95; kv: a fraction, e.g. 0.7)"},
 			{Name: "tolerance", Default: "0.1", Doc: "no change while |metric/target - 1| is within it (--horizontal-pod-autoscaler-tolerance)"},
 			{Name: "min-replicas", Default: "1", Doc: "fewest replicas (minReplicas; the pool starts with it)"},
@@ -63,7 +63,7 @@ func init() {
 			{Name: "scale-down-percent", Default: "100", Doc: "behavior.scaleDown policy Percent: % of replicas that may be removed per period"},
 			{Name: "period", Default: "15", Doc: "seconds: the behavior policies' periodSeconds"},
 			{Name: "interval", Default: "15", Doc: "seconds between decisions (--horizontal-pod-autoscaler-sync-period; KEDA's pollingInterval)"},
-			{Name: "slo-window", Default: "60", Doc: "seconds of finished requests metric=slo averages over"},
+			{Name: "window", Default: "60", Doc: "seconds metric=slo and metric=rps average over (a Prometheus rate's range)"},
 		},
 		New: newHPA,
 	})
@@ -81,7 +81,7 @@ func newHPA(p *policies.Params, _ policies.Env) (Policy, error) {
 	h.downPct = p.Float("scale-down-percent", 100)
 	h.period = p.Float("period", 15)
 	h.interval = p.Float("interval", 15)
-	h.slo.window = p.Float("slo-window", 60)
+	h.win.window = p.Float("window", 60)
 	if h.metric == MetricSLO {
 		p.Check(h.target > 0 && h.target < 1, "target", "an attainment between 0 and 1 (exclusive) for metric=slo")
 	} else {
@@ -99,7 +99,7 @@ func newHPA(p *policies.Params, _ policies.Env) (Policy, error) {
 	p.Check(h.downPct >= 0 && h.downPct <= 100, "scale-down-percent", "between 0 and 100")
 	p.Check(positive(h.period), "period", "a positive number of seconds")
 	p.Check(positive(h.interval), "interval", "a positive number of seconds")
-	p.Check(positive(h.slo.window), "slo-window", "a positive number of seconds")
+	p.Check(positive(h.win.window), "window", "a positive number of seconds")
 	h.spec = p.Resolved()
 	return h, nil
 }
@@ -119,9 +119,8 @@ func (h *HPA) Decide(o Observation) Decision {
 		o.Time = h.lastTime // a clock must not run backwards; hold it
 	}
 	h.lastTime, h.haveLast = o.Time, true
-	att, attOK := h.slo.add(o)
 	cur := o.Replicas
-	value, ok := perReplica(h.metric, o, att, attOK)
+	value, ok := perReplica(h.metric, o, h.win.add(o))
 	d := Decision{Metric: value}
 	raw := cur
 	var ratio float64

@@ -87,7 +87,7 @@ func TestHPA(t *testing.T) {
 		{
 			// slo: ratio (1-attainment)/(1-target): 20% missed against 10% allowed doubles.
 			name: "slo attainment over its window",
-			spec: "hpa:metric=slo,target=0.9,max-replicas=8,scale-down-window=0,slo-window=30",
+			spec: "hpa:metric=slo,target=0.9,max-replicas=8,scale-down-window=0,window=30",
 			obs: []Observation{
 				{Time: 0, Replicas: 2, Ready: 2, Finished: 10, MetSLO: 8},
 				{Time: 15, Replicas: 4, Ready: 4},                           // window still holds 8/10
@@ -95,6 +95,20 @@ func TestHPA(t *testing.T) {
 				{Time: 60, Replicas: 8, Ready: 8, Finished: 20, MetSLO: 20}, // all met: shrink to min
 			},
 			want: []int{4, 8, 8, 1},
+		},
+		{
+			// rps: arrivals over the window's span; the first observation's counts have no
+			// start, so they are left out. 15 s apart with 300, 600, 600 arrivals at target
+			// 10 per replica: 20/s, 30/s, then 40/s over the window -> 2, 3, 4 replicas.
+			name: "rps over its window",
+			spec: "hpa:metric=rps,target=10,max-replicas=8,scale-down-window=0,window=30",
+			obs: []Observation{
+				{Time: 0, Replicas: 1, Ready: 1, Arrived: 999}, // no rate yet: hold
+				{Time: 15, Replicas: 1, Ready: 1, Arrived: 300},
+				{Time: 30, Replicas: 2, Ready: 2, Arrived: 600},
+				{Time: 45, Replicas: 3, Ready: 3, Arrived: 600},
+			},
+			want: []int{1, 2, 3, 4},
 		},
 	}
 	for _, tt := range tests {

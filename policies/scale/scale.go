@@ -37,6 +37,8 @@ type Observation struct {
 	// Finished and MetSLO count the requests that finished since the previous observation,
 	// and those of them that met every SLO (metrics.SLO.Met).
 	Finished, MetSLO int
+	// Arrived counts the requests that reached the router since the previous observation.
+	Arrived int
 }
 
 // Decision is a policy's answer to one observation.
@@ -87,31 +89,39 @@ const (
 	MetricRunning Metric = "concurrency"
 	// MetricKV is vllm:kv_cache_usage_perc averaged over ready replicas, in [0, 1].
 	MetricKV Metric = "kv"
-	// MetricSLO is the fraction of requests finished in the SLO window that met their SLO.
+	// MetricSLO is the fraction of requests finished in the window that met their SLO.
 	MetricSLO Metric = "slo"
+	// MetricRPS is requests arriving per second (over the window) per ready replica:
+	// Knative's "rps" metric, KEDA's Prometheus scaler on the gateway's request rate.
+	MetricRPS Metric = "rps"
 )
 
 func parseMetric(p *policies.Params, def Metric) Metric {
 	m := Metric(p.String("metric", string(def)))
 	switch m {
-	case MetricQueue, MetricRunning, MetricKV, MetricSLO:
+	case MetricQueue, MetricRunning, MetricKV, MetricSLO, MetricRPS:
 	default:
-		p.Check(false, "metric", "queue, concurrency, kv or slo")
+		p.Check(false, "metric", "queue, concurrency, kv, rps or slo")
 	}
 	return m
 }
 
 // perReplica returns the metric's value per ready replica (or attainment for slo), and
-// false when there is none to read.
-func perReplica(m Metric, o Observation, att float64, attOK bool) (float64, bool) {
+// false when there is none to read; w holds the window's rates.
+func perReplica(m Metric, o Observation, w windowed) (float64, bool) {
 	switch m {
 	case MetricSLO:
-		return att, attOK
+		return w.attainment, w.attOK
 	}
 	if o.Ready <= 0 {
 		return math.NaN(), false
 	}
 	switch m {
+	case MetricRPS:
+		if !w.rateOK {
+			return math.NaN(), false
+		}
+		return w.rate / float64(o.Ready), true
 	case MetricQueue:
 		return float64(o.Waiting) / float64(o.Ready), true
 	case MetricRunning:
@@ -121,30 +131,53 @@ func perReplica(m Metric, o Observation, att float64, attOK bool) (float64, bool
 	}
 }
 
-// sloWindow keeps the finished and SLO-meeting counts of the last window seconds.
-type sloWindow struct {
+// window keeps the observations of the last window seconds, for the metrics that are
+// rates over a window (as a Prometheus rate() over a range): SLO attainment and rps.
+type window struct {
 	window float64
 	obs    []Observation
+	// prev is the time of the newest observation dropped from the window (the start of
+	// the interval the oldest kept one's counts cover), valid when dropped is set.
+	prev    float64
+	dropped bool
 }
 
-// add records o and returns the attainment over the window ending at o.Time, and false
-// when no request finished in it.
-func (w *sloWindow) add(o Observation) (float64, bool) {
+type windowed struct {
+	attainment, rate float64
+	attOK, rateOK    bool
+}
+
+// add records o and returns the window's attainment (requests finished in the window
+// that met the SLO over those finished) and arrival rate, each with whether it exists.
+func (w *window) add(o Observation) windowed {
 	w.obs = append(w.obs, o)
 	cut := 0
 	for cut < len(w.obs) && w.obs[cut].Time <= o.Time-w.window {
+		w.prev, w.dropped = w.obs[cut].Time, true
 		cut++
 	}
 	w.obs = w.obs[cut:]
-	fin, met := 0, 0
+	var r windowed
+	fin, met, arr := 0, 0, 0
 	for _, x := range w.obs {
 		fin += x.Finished
 		met += x.MetSLO
+		arr += x.Arrived
 	}
-	if fin == 0 {
-		return math.NaN(), false
+	if fin > 0 {
+		r.attainment, r.attOK = float64(met)/float64(fin), true
 	}
-	return float64(met) / float64(fin), true
+	// The counts of an observation cover the time since the one before it; the first
+	// observation ever has none before it, so its counts are left out of the rate.
+	start := w.prev
+	if !w.dropped {
+		start = w.obs[0].Time
+		arr -= w.obs[0].Arrived
+	}
+	if span := o.Time - start; span > 0 {
+		r.rate, r.rateOK = float64(arr)/span, true
+	}
+	return r
 }
 
 // bounds reads and checks min-replicas and max-replicas.
