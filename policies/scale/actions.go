@@ -166,9 +166,10 @@ func (s *Scaler) MarkReady(i int, t float64) bool {
 	return true
 }
 
-// Stopped records that draining slot i finished its requests and stopped at t.
+// Stopped records that slot i stopped at t: a draining replica that finished its
+// requests, or a starting one that failed to come up.
 func (s *Scaler) Stopped(i int, t float64) {
-	if s.replicas[i].State == Draining {
+	if st := s.replicas[i].State; st == Draining || st == Starting {
 		s.replicas[i] = Replica{State: Off, Since: t}
 	}
 }
