@@ -875,6 +875,10 @@ func (s *Spec) resolvedCluster(name string) (Cluster, error) {
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
 		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
 		PrefillRouter: cs.PrefillRouter, NonCachedTokens: cs.NonCachedTokens, KVLink: cs.KVLink,
+		Autoscale: cs.Autoscale, ScaleUpDelay: cs.ScaleUpDelay,
+	}
+	if cs.Autoscale != "" {
+		k.Instances = 0 // the policy's; cfg.Instances are its slots
 	}
 	if len(cs.Pools) > 0 {
 		// Each pool as it runs (role and tp filled in); instances, gpu and tp are theirs.
