@@ -49,6 +49,8 @@ type simFlags struct {
 	kvTiers []string
 	// nonCachedTokens is --non-cached-tokens, applied only when given.
 	nonCachedTokens int
+	// scaleLog is --scale-log.
+	scaleLog string
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -79,6 +81,7 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below the GPU, MEDIUM:BLOCKS[:EVICT[:PRESET]] per instance, top down (repeat: --kv-tier cpu:100000 --kv-tier disk:1000000:s3fifo): evicted blocks offload to it and prefix hits on it load back at the preset's bandwidth and latency. MEDIUM is cpu or disk; EVICT any policy above (lru); PRESET "+kvTierPresetHelp())
 	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both, prefill or decode; a prefill pool makes the cluster prefill/decode-disaggregated (llm-d's pd-profile-handler: --router picks the decode instance, --prefill-router the prefill one, or --router names a P/D EndpointPickerConfig with both profiles)")
 	fl.StringVar(&f.cluster.Autoscale, "autoscale", "", "scaling policy spec (policies listed above, e.g. hpa:metric=queue,target=4,max-replicas=8): start and drain instances by it, from min-replicas (replaces --instances)")
+	fl.StringVar(&f.scaleLog, "scale-log", "", "with --autoscale: write every scaling decision to this file as JSON lines (the format servelab up --scale-log writes)")
 	fl.Float64Var(&f.cluster.ScaleUpDelay, "scale-up-delay", 0, "with --autoscale: seconds from a scale-up decision until the new instance takes requests (the model load time)")
 	fl.StringVar(&f.cluster.PrefillRouter, "prefill-router", "", "with a prefill pool: routing policy spec of the prefill pool (llm-d's prefill profile); empty: the same spec as --router")
 	fl.IntVar(&f.nonCachedTokens, "non-cached-tokens", 16, "with a prefill pool: llm-d's prefix-based-pd-decider threshold: disaggregate a request only when at least this many prompt tokens are uncached on its decode instance (0: every request)")
@@ -288,6 +291,17 @@ func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Reco
 		return sim.Result{}, err
 	}
 	cfg.OnRecord = onRecord
+	if f.scaleLog != "" {
+		if cfg.Autoscale == nil {
+			return sim.Result{}, fmt.Errorf("--scale-log: set without --autoscale")
+		}
+		l, err := openScaleLog(f.scaleLog)
+		if err != nil {
+			return sim.Result{}, err
+		}
+		defer l.Close()
+		cfg.Autoscale.OnDecision = l.write
+	}
 	// The context --token-scale auto fits is the cluster's max_model_len, as bench's is
 	// the served model's.
 	scales, err := f.benchTokenScale(f.tokenScale, f.outputScale, cfg.MaxModelLen, cfg.BlockSize)

@@ -168,7 +168,7 @@ func newUpCmd() *cobra.Command {
 	var host string
 	var port int
 	var restart local.RestartPolicy
-	var autoscale string
+	var autoscale, scaleLogPath string
 	cmd := &cobra.Command{
 		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC] [--prefill-engines P]",
 		Short: "Run a local serving cluster: N engine processes and the router, on loopback",
@@ -266,9 +266,19 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
 			if scaler != nil {
+				ao := local.AutoscaleOptions{Policy: scaler, Gatherer: opts.Router.Registry,
+					Logf: func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }}
+				if scaleLogPath != "" {
+					l, err := openScaleLog(scaleLogPath)
+					if err != nil {
+						c.Stop(5 * time.Second)
+						return err
+					}
+					defer l.Close()
+					ao.OnDecision = func(o scale.Observation, d scale.Decision, a scale.Actions) { l.write(o, d, a) }
+				}
 				go func() {
-					loads, err := c.Autoscale(ctx, local.AutoscaleOptions{Policy: scaler, Gatherer: opts.Router.Registry,
-						Logf: func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }})
+					loads, err := c.Autoscale(ctx, ao)
 					if err != nil {
 						fmt.Fprintf(cmd.ErrOrStderr(), "autoscale: %v\n", err)
 					}
@@ -297,6 +307,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
 	cmd.Flags().DurationVar(&restart.Backoff, "restart-backoff", time.Second, "wait before restarting an engine that exited; doubles per consecutive crash, up to 30s")
 	f.registerPinCPUs(cmd, false)
+	cmd.Flags().StringVar(&scaleLogPath, "scale-log", "", "with --autoscale: write every scaling decision to this file as JSON lines (the format servelab sim --scale-log writes)")
 	cmd.Flags().StringVar(&autoscale, "autoscale", "", "scaling policy spec (listed below, e.g. hpa:metric=queue,target=4,max-replicas=4): start and drain engines by it")
 	cmd.Flags().IntVar(&restart.MaxRestarts, "max-restarts", 5, "consecutive restarts of an engine that keeps crashing before it is left down (0: never restart)")
 	return cmd
