@@ -46,8 +46,8 @@ type autoscaler struct {
 	slots   []scaledEngine
 	start   time.Time
 	nextIdx int
-	// arrived is servelab_router_decisions_total at the last decision.
-	arrived float64
+	// counts is servelab_router_decisions_total by endpoint at the last decision.
+	counts map[string]float64
 	// LoadTimes are how long each started engine took from the decision to being routable.
 	loadTimes []time.Duration
 }
@@ -82,7 +82,7 @@ func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.
 		c.retired = map[*engineProc]bool{}
 	}
 	c.mu.Unlock()
-	a.arrived = a.decisions()
+	a.arrivals()
 	ticks := opts.Ticks
 	if ticks == nil {
 		t := time.NewTicker(time.Duration(opts.Policy.Interval() * float64(time.Second)))
@@ -109,24 +109,36 @@ func (a *autoscaler) logf(format string, args ...any) {
 
 func (a *autoscaler) now() float64 { return time.Since(a.start).Seconds() }
 
-// decisions is the router's servelab_router_decisions_total, summed over endpoints.
-func (a *autoscaler) decisions() float64 {
+// arrivals is how many requests the router routed since the last call: the growth of
+// servelab_router_decisions_total, per endpoint (a removed endpoint's series goes away
+// with it, so the plain sum would shrink).
+func (a *autoscaler) arrivals() int {
 	if a.opts.Gatherer == nil {
 		return 0
 	}
 	mfs, err := a.opts.Gatherer.Gather()
 	if err != nil {
-		return a.arrived
+		a.logf("autoscale: reading the router's metrics: %v", err)
+		return 0
 	}
-	sum := 0.0
+	seen := map[string]float64{}
+	n := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() == "servelab_router_decisions_total" {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
+		if mf.GetName() != "servelab_router_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			key := ""
+			for _, l := range m.GetLabel() {
+				key += l.GetName() + "=" + l.GetValue() + ","
 			}
+			v := m.GetCounter().GetValue()
+			seen[key] = v
+			n += max(0, v-a.counts[key])
 		}
 	}
-	return sum
+	a.counts = seen
+	return int(n + 0.5)
 }
 
 // observe reads the router's view of the ready engines and its request counter.
@@ -134,10 +146,7 @@ func (a *autoscaler) observe(t float64) scale.Observation {
 	if a.opts.Observe != nil {
 		return a.opts.Observe(t)
 	}
-	o := scale.Observation{Time: t}
-	n := a.decisions()
-	o.Arrived = int(n - a.arrived + 0.5)
-	a.arrived = n
+	o := scale.Observation{Time: t, Arrived: a.arrivals()}
 	views := a.c.Router.Views()
 	ready := 0
 	for i, r := range a.scaler.Replicas() {

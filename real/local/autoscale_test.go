@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"servelab/policies"
 	"servelab/policies/batch"
@@ -161,5 +162,25 @@ func TestAutoscaleRealFollowsTheSimulatorsDecisions(t *testing.T) {
 	case err := <-c.Done():
 		t.Fatalf("a drained engine's exit was reported as a crash: %v", err)
 	default:
+	}
+}
+
+// The arrival count is the router counter's growth per endpoint: an endpoint removed from
+// the router takes its series with it, which must not count as negative arrivals.
+func TestAutoscaleArrivalsSurviveARemovedEndpoint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "servelab_router_decisions_total", Help: "h"}, []string{"endpoint"})
+	reg.MustRegister(decisions)
+	a := &autoscaler{opts: AutoscaleOptions{Gatherer: reg}}
+	decisions.WithLabelValues("a").Add(5)
+	decisions.WithLabelValues("b").Add(3)
+	got := []int{a.arrivals()}
+	decisions.DeleteLabelValues("a")
+	decisions.WithLabelValues("b").Add(2)
+	got = append(got, a.arrivals())
+	decisions.WithLabelValues("c").Add(4)
+	got = append(got, a.arrivals())
+	if diff := cmp.Diff([]int{8, 2, 4}, got); diff != "" {
+		t.Errorf("arrivals (-want +got):\n%s", diff)
 	}
 }
