@@ -195,7 +195,9 @@ func (s *simulation) restart(i int) error {
 		return err
 	}
 	in.core = c
+	// A new engine reports an empty queue, also to a router that read the slot's old one.
 	in.gauges = serving.InstanceView{}
+	s.scraped[i] = serving.InstanceView{}
 	return nil
 }
 

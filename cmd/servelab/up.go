@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -277,8 +278,12 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 					defer l.Close()
 					ao.OnDecision = func(o scale.Observation, d scale.Decision, a scale.Actions) { l.write(o, d, a) }
 				}
+				actx, acancel := context.WithCancel(ctx)
+				scaled := make(chan struct{})
+				defer func() { acancel(); <-scaled }() // its last lines before up returns
 				go func() {
-					loads, err := c.Autoscale(ctx, ao)
+					defer close(scaled)
+					loads, err := c.Autoscale(actx, ao)
 					if err != nil {
 						fmt.Fprintf(cmd.ErrOrStderr(), "autoscale: %v\n", err)
 					}
