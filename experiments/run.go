@@ -113,6 +113,9 @@ type Sample struct {
 	PrefixCacheHitRate float64 `json:"prefix_cache_hit_rate"`
 	// TTFTP50Ms is the median TTFT of the requests finished in the interval.
 	TTFTP50Ms float64 `json:"ttft_p50_ms"`
+	// Instances is the simulated instances started (billed) at the sample: the cluster's
+	// size, which an autoscaled cluster changes. Absent from real runs and older results.
+	Instances int `json:"instances,omitempty"`
 }
 
 // Results is results.json: every cell and the policies aggregated over seeds.
@@ -184,6 +187,12 @@ type PolicyResult struct {
 	// prompts' KV took over the link, where the cluster is disaggregated.
 	DisaggregatedShare *Stat `json:"disaggregated_share,omitempty"`
 	MeanKVTransferMs   *Stat `json:"mean_kv_transfer_ms,omitempty"`
+	// SLOAttainment is the fraction of requests (finished or failed) that met the SLO, and
+	// MeanInstances the instances started on average over the run, where the cluster is
+	// autoscaled (summary.json's autoscale) or the experiment has an autoscaled cluster to
+	// compare it with (then a fixed cluster's MeanInstances is its size).
+	SLOAttainment *Stat `json:"slo_attainment,omitempty"`
+	MeanInstances *Stat `json:"mean_instances,omitempty"`
 	// InstanceShare is each instance's share of the requests (0..1), over seeds; Starved
 	// the instances that got no request at all, in how many seeds. A router that ties and
 	// always breaks the tie the same way shows here.
@@ -564,7 +573,7 @@ func (ts *timeSeries) sample(s sim.Sample) Sample {
 	}
 	out := Sample{
 		Time: s.Time, Completed: int(s.Completed), Running: s.Running, Waiting: s.Waiting,
-		KVCacheUsage:      s.KVCacheUsage,
+		KVCacheUsage: s.KVCacheUsage, Instances: s.Instances,
 		RequestThroughput: float64(s.Completed-ts.last.Completed) / dt,
 		OutputThroughput:  float64(s.OutputTokens-ts.last.OutputTokens) / dt,
 	}
@@ -717,7 +726,9 @@ func aggregate(cells []CellResult, prefill map[int]bool) []PolicyResult {
 			transfer := stat(func(s *metrics.Summary) float64 { return 1000 * s.Disaggregation.MeanKVTransfer })
 			p.DisaggregatedShare, p.MeanKVTransferMs = &share, &transfer
 		}
+		scaledResults(p, ss, stat)
 	}
+	withAutoscale(out)
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := &out[i], &out[j]
 		if a.RateScale != b.RateScale {

@@ -145,6 +145,11 @@ type Cluster struct {
 	// KVTiers are each instance's KV-cache tiers below the GPU, top down: medium (cpu or
 	// disk), blocks, evict and a link preset (sim.KVTierSpec).
 	KVTiers []sim.KVTierSpec `json:"kv_tiers,omitempty"`
+	// Autoscale is a scaling policy spec (policies/scale) that starts and drains the
+	// cluster's instances (instances is then ignored), and ScaleUpDelay the seconds a
+	// started instance takes to become routable: sim.ClusterSpec's fields.
+	Autoscale    string  `json:"autoscale,omitempty"`
+	ScaleUpDelay float64 `json:"scale_up_delay_s,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -820,6 +825,7 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	c.GPUPricePerHour = k.GPUPricePerHour
 	c.KVTiers = k.KVTiers
 	c.PrefillRouter, c.NonCachedTokens, c.KVLink = s.resolve(k.PrefillRouter), k.NonCachedTokens, k.KVLink
+	c.Autoscale, c.ScaleUpDelay = k.Autoscale, k.ScaleUpDelay
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -1013,6 +1019,10 @@ func (s *Spec) resolvedCluster(name string) (Cluster, error) {
 		MaxModelLen: cfg.MaxModelLen, ScrapeInterval: &cs.ScrapeInterval, KVEventDelay: &cs.KVEventDelay,
 		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
 		PrefillRouter: cs.PrefillRouter, NonCachedTokens: cs.NonCachedTokens, KVLink: cs.KVLink,
+		Autoscale: cs.Autoscale, ScaleUpDelay: cs.ScaleUpDelay,
+	}
+	if cs.Autoscale != "" {
+		k.Instances = 0 // the policy's; cfg.Instances are its slots
 	}
 	if len(cs.Pools) > 0 {
 		// Each pool as it runs (role and tp filled in); instances, gpu and tp are theirs.

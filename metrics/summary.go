@@ -117,6 +117,9 @@ type Summary struct {
 	Cost *Cost `json:"cost,omitempty"`
 	// Disaggregation is set for a simulated prefill/decode-disaggregated cluster.
 	Disaggregation *Disaggregation `json:"disaggregation,omitempty"`
+	// Autoscale is set for an autoscaled cluster: its size over the run (Cost then bills
+	// the instances only while they were started).
+	Autoscale *Autoscale `json:"autoscale,omitempty"`
 }
 
 // Disaggregation summarises prefill/decode disaggregation over a run.

@@ -70,6 +70,12 @@ type ClusterSpec struct {
 	PrefillRouter   string `json:"prefill_router,omitempty"`
 	NonCachedTokens *int   `json:"non_cached_tokens,omitempty"`
 	KVLink          string `json:"kv_link,omitempty"`
+	// Autoscale, when set, is a scaling policy spec (policies/scale, e.g.
+	// "hpa:metric=queue,target=4,max-replicas=8") that starts and drains the one pool's
+	// instances; Instances is then ignored (the policy's min-replicas start).
+	// ScaleUpDelay is the seconds a started instance takes to become routable.
+	Autoscale    string  `json:"autoscale,omitempty"`
+	ScaleUpDelay float64 `json:"scale_up_delay_s,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
@@ -321,6 +327,10 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	autoscale, err := c.autoscale(pools)
+	if err != nil {
+		return Config{}, err
+	}
 	if c.BlockSize <= 0 {
 		return Config{}, fmt.Errorf("block_size: must be positive, got %d", c.BlockSize)
 	}
@@ -378,6 +388,7 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		}
 	}
 	cfg := Config{
+		Autoscale:      autoscale,
 		Router:         router,
 		BlockSize:      c.BlockSize,
 		PrefixCaching:  c.EnablePrefixCaching,

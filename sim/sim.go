@@ -88,6 +88,9 @@ type Config struct {
 	// role RolePrefill run prefills for the others, and Router is the decode profile's
 	// router. It needs Pools with at least one prefill and one other pool.
 	Disagg *Disagg
+	// Autoscale, if set, makes the cluster elastic (see scale.go): Instances are then
+	// slots, of which the scaling policy starts and drains instances.
+	Autoscale *Autoscale
 }
 
 // Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
@@ -124,6 +127,9 @@ type Sample struct {
 	Running, Waiting int
 	// KVCacheUsage is the mean over instances of vllm:kv_cache_usage_perc.
 	KVCacheUsage float64
+	// Instances is the instances started (billed: starting, ready or draining) and Ready
+	// those taking requests; both are Config.Instances without autoscaling.
+	Instances, Ready int
 	// Completed and OutputTokens count finished requests and their output tokens so far.
 	Completed    int64
 	OutputTokens int64
@@ -190,6 +196,8 @@ type simulation struct {
 	err                     error
 	// pd is the disaggregation state when Config.Disagg is set.
 	pd *pdState
+	// scale is the autoscaling state when Config.Autoscale is set.
+	scale *scaleState
 	// queueEveryStep sends every step through the event queue, the plain discrete-event
 	// schedule that running ahead must reproduce exactly (tests compare the two).
 	queueEveryStep bool
@@ -345,6 +353,11 @@ func newSimulation(cfg Config) (*simulation, error) {
 			return nil, err
 		}
 	}
+	if cfg.Autoscale != nil {
+		if err := s.initScale(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -366,7 +379,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		// state it reads is exact. So is the scrape the next arrival is routed on.
 		horizon := min(arrival, nextSample)
 		scrape := s.scrapeBefore(arrival)
-		horizon = min(horizon, scrape)
+		horizon = min(horizon, scrape, s.scaleNext())
 		// Step ends at the same time as an arrival go first: the request joins the queues
 		// the finished step left behind.
 		if len(s.queue) > 0 && s.queue.peek().at <= horizon {
@@ -390,6 +403,10 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		if s.cfg.OnSample != nil && nextSample <= arrival && nextSample <= scrape {
 			s.sample(nextSample)
 			nextSample += s.cfg.SampleInterval
+			continue
+		}
+		if at := s.scaleNext(); at <= arrival && at <= scrape {
+			s.decide(at)
 			continue
 		}
 		if scrape <= arrival {
@@ -427,6 +444,10 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 	s.result.Summary = s.collector.Summary(s.lastEnd, eng)
 	s.result.Summary.KVTiers = s.tierSummary(eng.PrefixCacheQueries)
 	s.result.Summary.Cost = s.cost()
+	if s.scale != nil {
+		s.result.Summary.Autoscale = s.scaleSummary(s.lastEnd)
+		s.result.Summary.Cost = s.scaledCost(s.result.Summary.Autoscale)
+	}
 	if s.pd != nil {
 		d := &metrics.Disaggregation{Requests: s.pd.count, Link: s.pd.cfg.Link.Name}
 		if d.Requests > 0 {
@@ -486,6 +507,7 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 }
 
 func (s *simulation) arrive(req *serving.Request) {
+	s.countArrival()
 	if need := req.PromptTokens + req.MaxTokens; need > s.capacity {
 		// As vLLM: a request longer than max_model_len is refused (a 400); one that fits
 		// the context but not an instance's whole KV cache could never be scheduled.
@@ -527,8 +549,12 @@ func (s *simulation) arrive(req *serving.Request) {
 			s.fail(err)
 			return
 		}
+	} else if views := s.routable(req.Arrival); len(views) == len(s.views) {
+		target = s.cfg.Router.Route(req, views)
+	} else if k := s.cfg.Router.Route(req, views); k >= 0 && k < len(views) {
+		target = views[k].Index
 	} else {
-		target = s.cfg.Router.Route(req, s.views)
+		target = -1
 	}
 	if target < 0 || target >= len(s.instances) {
 		s.err = fmt.Errorf("sim: router returned instance %d of %d", target, len(s.instances))
@@ -572,6 +598,7 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 			in.kv.publish(t, s.cfg.KVEventDelay) // as the engine flushes when it goes idle
 		}
 		s.publish(in)
+		s.idle(i, t)
 		return 0, false
 	}
 	end = t + in.lat.StepTime(in.step.Shape)
@@ -656,12 +683,13 @@ func (s *simulation) scrape(t float64) {
 // sample reports the cluster's state at t.
 func (s *simulation) sample(t float64) {
 	smp := Sample{Time: t, Completed: s.completed, OutputTokens: s.outputTokens}
+	smp.Instances, smp.Ready = s.instanceCounts()
 	for i := range s.instances {
 		c := s.instances[i].core
 		v := c.View()
 		smp.Running += v.Running
 		smp.Waiting += v.Waiting
-		smp.KVCacheUsage += v.KVUsage / float64(len(s.instances))
+		smp.KVCacheUsage += v.KVUsage / float64(max(smp.Ready, 1)) // off and starting instances hold nothing
 		st := c.Stats()
 		smp.PrefixCacheQueries += st.PrefixCacheQueries
 		smp.PrefixCacheHits += st.PrefixCacheHits
@@ -680,6 +708,7 @@ func (s *simulation) emit(r *serving.Record) {
 		s.outputTokens += int64(r.OutputTokens)
 	}
 	s.collector.Add(r)
+	s.countFinished(r)
 	if s.cfg.OnRecord != nil && s.err == nil {
 		s.err = s.cfg.OnRecord(r)
 	}

@@ -23,6 +23,9 @@ type SynthConfig struct {
 	// coefficient of variation (shape 1/CV²: 1 is Poisson, above 1 burstier).
 	Arrival string  `json:"arrival,omitempty"`
 	CV      float64 `json:"cv,omitempty"`
+	// RateCurve, when set, makes the rate vary over time: Rate times the curve's
+	// multiplier (see RateCurve: "sine:period=600" is day-shaped, "steps:0=1,60=3" a step).
+	RateCurve string `json:"rate_curve,omitempty"`
 	// InputMean and OutputMean are mean token counts, drawn lognormally with the given
 	// sigmas (0: every request gets the mean), unless empirical samples are given, which
 	// are then drawn from uniformly (e.g. a trace's lengths).
@@ -80,6 +83,11 @@ func (c *SynthConfig) validate() error {
 	case c.MaxTokens != 0 && c.MinTokens > c.MaxTokens:
 		return fmt.Errorf("synth: min tokens %d above max tokens %d", c.MinTokens, c.MaxTokens)
 	}
+	if c.RateCurve != "" {
+		if _, err := ParseRateCurve(c.RateCurve); err != nil {
+			return fmt.Errorf("synth: rate_curve: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -113,6 +121,9 @@ func NewSynth(cfg SynthConfig) (Reader, error) {
 	}
 	src := rand.NewPCG(cfg.Seed, 0x5eed)
 	s := &synth{cfg: cfg, rng: rand.New(src), nextID: 1}
+	if cfg.RateCurve != "" {
+		s.curve, _ = ParseRateCurve(cfg.RateCurve) // validate parsed it
+	}
 	conversations := cfg.Rate
 	if cfg.TurnsMean > 1 {
 		conversations /= cfg.TurnsMean
@@ -162,6 +173,7 @@ type synth struct {
 	gap           sampler
 	input, output sampler
 	nextArrival   float64
+	curve         *RateCurve
 	nextID        int64
 	sessions      uint64
 	emitted       int
@@ -241,10 +253,14 @@ func (s *synth) Next() (Row, error) {
 		return Row{}, io.EOF
 	}
 	var t turn
-	if len(s.pending) > 0 && s.pending[0].row.Arrival <= s.nextArrival {
+	next := s.nextArrival
+	if s.curve != nil {
+		next = s.curve.Time(next) // nextArrival is in the curve's operational time
+	}
+	if len(s.pending) > 0 && s.pending[0].row.Arrival <= next {
 		t = s.pending.Pop()
 	} else {
-		t = s.newConversation(s.nextArrival)
+		t = s.newConversation(next)
 		s.nextArrival += s.gap.Rand()
 	}
 	if t.left > 0 {

@@ -21,6 +21,7 @@ import (
 	"servelab/policies/batch"
 	"servelab/policies/evict"
 	"servelab/policies/route"
+	"servelab/policies/scale"
 	"servelab/serving"
 	"servelab/sim"
 	"servelab/sim/latency"
@@ -48,6 +49,8 @@ type simFlags struct {
 	kvTiers []string
 	// nonCachedTokens is --non-cached-tokens, applied only when given.
 	nonCachedTokens int
+	// scaleLog is --scale-log.
+	scaleLog string
 }
 
 func (f *simFlags) register(cmd *cobra.Command) {
@@ -77,6 +80,9 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.goodput, "goodput", nil, "SLOs for goodput in ms, as vLLM's: ttft:MS,tpot:MS,e2el:MS")
 	fl.StringArrayVar(&f.kvTiers, "kv-tier", nil, "a KV-cache tier below the GPU, MEDIUM:BLOCKS[:EVICT[:PRESET]] per instance, top down (repeat: --kv-tier cpu:100000 --kv-tier disk:1000000:s3fifo): evicted blocks offload to it and prefix hits on it load back at the preset's bandwidth and latency. MEDIUM is cpu or disk; EVICT any policy above (lru); PRESET "+kvTierPresetHelp())
 	fl.StringArrayVar(&f.pools, "pool", nil, "a pool of the cluster, NAME:ROLE:INSTANCES:GPU[:TP] (repeat for several; replaces --instances, --gpu and --tp). ROLE is both, prefill or decode; a prefill pool makes the cluster prefill/decode-disaggregated (llm-d's pd-profile-handler: --router picks the decode instance, --prefill-router the prefill one, or --router names a P/D EndpointPickerConfig with both profiles)")
+	fl.StringVar(&f.cluster.Autoscale, "autoscale", "", "scaling policy spec (policies listed above, e.g. hpa:metric=queue,target=4,max-replicas=8): start and drain instances by it, from min-replicas (replaces --instances)")
+	fl.StringVar(&f.scaleLog, "scale-log", "", "with --autoscale: write every scaling decision to this file as JSON lines (the format servelab up --scale-log writes)")
+	fl.Float64Var(&f.cluster.ScaleUpDelay, "scale-up-delay", 0, "with --autoscale: seconds from a scale-up decision until the new instance takes requests (the model load time)")
 	fl.StringVar(&f.cluster.PrefillRouter, "prefill-router", "", "with a prefill pool: routing policy spec of the prefill pool (llm-d's prefill profile); empty: the same spec as --router")
 	fl.IntVar(&f.nonCachedTokens, "non-cached-tokens", 16, "with a prefill pool: llm-d's prefix-based-pd-decider threshold: disaggregate a request only when at least this many prompt tokens are uncached on its decode instance (0: every request)")
 	fl.StringVar(&f.cluster.KVLink, "kv-link", "", "with a prefill pool: the link prompt KV crosses from prefill to decode: nvlink (450 GB/s, 2 us), rdma (50 GB/s, 5 us) or tcp (10 GB/s, 50 us); nominal defaults, empty: rdma")
@@ -237,6 +243,7 @@ func policyHelp() string {
 	return "Routing policies (--router; also an llm-d EndpointPickerConfig YAML file):\n" + route.Registry.Help() +
 		"\nBatch policies (--batch):\n" + batch.Registry.Help() +
 		"\nEviction policies (--evict):\n" + evict.Registry.Help() +
+		"\nScaling policies (--autoscale):\n" + scale.Registry.Help() +
 		"\nA spec is NAME or NAME:key=value,key=value, e.g. weighted:prefix=3,queue=1,kv=1\n"
 }
 
@@ -296,6 +303,17 @@ func (f *simFlags) simulate(cluster sim.ClusterSpec, onRecord func(*serving.Reco
 		return sim.Result{}, err
 	}
 	cfg.OnRecord = onRecord
+	if f.scaleLog != "" {
+		if cfg.Autoscale == nil {
+			return sim.Result{}, fmt.Errorf("--scale-log: set without --autoscale")
+		}
+		l, err := openScaleLog(f.scaleLog)
+		if err != nil {
+			return sim.Result{}, err
+		}
+		defer l.Close()
+		cfg.Autoscale.OnDecision = l.write
+	}
 	// The context --token-scale auto fits is the cluster's max_model_len, as bench's is
 	// the served model's.
 	scales, err := f.benchTokenScale(f.tokenScale, f.outputScale, cfg.MaxModelLen, cfg.BlockSize)
@@ -490,6 +508,14 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hit
 	line("Preemptions", s.Preemptions)
 	if steps >= 0 {
 		line("Engine steps simulated", steps)
+	}
+	if a := s.Autoscale; a != nil {
+		fmt.Fprintf(w, "%s\n", center("Autoscaling", 60, '-'))
+		fmt.Fprintf(w, "%-40s %s\n", "Policy:", a.Policy)
+		fmt.Fprintf(w, "%-40s %.2f\n", "Mean instances:", a.MeanInstances)
+		fmt.Fprintf(w, "%-40s %d\n", "Max instances:", a.MaxInstances)
+		fmt.Fprintf(w, "%-40s %d / %d\n", "Scale-ups / scale-downs:", a.ScaleUps, a.ScaleDowns)
+		fmt.Fprintf(w, "%-40s %.4f\n", "Instance-hours:", a.InstanceHours)
 	}
 	if c := s.Cost; c != nil {
 		fmt.Fprintf(w, "%s\n", center("Cost", 60, '-'))

@@ -61,7 +61,8 @@ func newTraceSynthCmd() *cobra.Command {
 		Long: "Generates a workload: Poisson or gamma (bursty) arrivals, lognormal prompt and output\n" +
 			"lengths (or lengths sampled from a trace with --lengths-from), shared prefixes\n" +
 			"(--prefix-groups) and multi-turn conversations (--turns-mean), with prefix hash ids of\n" +
-			"--block-size tokens. The same flags and seed give the same file.",
+			"--block-size tokens; --rate-curve shapes the rate over time (a day-shaped sine, or\n" +
+			"steps). The same flags and seed give the same file.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if lengthsFrom != "" {
@@ -97,6 +98,7 @@ func newTraceSynthCmd() *cobra.Command {
 	fl.IntVar(&cfg.Requests, "requests", cfg.Requests, "number of requests, follow-up turns included")
 	fl.Float64Var(&cfg.Rate, "rate", cfg.Rate, "requests per second, follow-up turns included")
 	fl.StringVar(&cfg.Arrival, "arrival", cfg.Arrival, "arrival process: poisson or gamma")
+	fl.StringVar(&cfg.RateCurve, "rate-curve", "", "vary the rate over time: --rate times a multiplier, 'sine:period=SECONDS[,amplitude=A][,phase=F]' (1-A*cos(2*pi*(t/period+F)): a day-shaped curve, trough at 0 and peak at period/2; A default 0.8, below 1) or 'steps:0=M0,T1=M1,...' (multiplier Mi from Ti seconds on)")
 	fl.Float64Var(&cfg.CV, "cv", cfg.CV, "coefficient of variation of gamma inter-arrival times (burstiness; 1 is Poisson)")
 	fl.Float64Var(&cfg.InputMean, "input-mean", cfg.InputMean, "mean prompt tokens")
 	fl.Float64Var(&cfg.OutputMean, "output-mean", cfg.OutputMean, "mean output tokens")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"servelab/engine/backend"
 	"servelab/policies"
 	"servelab/policies/route"
+	"servelab/policies/scale"
 	"servelab/real/local"
 	"servelab/real/router"
 	"servelab/sim"
@@ -187,6 +189,7 @@ func newUpCmd() *cobra.Command {
 	var host string
 	var port int
 	var restart local.RestartPolicy
+	var autoscale, scaleLogPath string
 	cmd := &cobra.Command{
 		Use:   "up --engines N --model DIR --router SPEC [--batch SPEC] [--evict SPEC] [--prefill-engines P]",
 		Short: "Run a local serving cluster: N engine processes and the router, on loopback",
@@ -213,7 +216,19 @@ Prefill/decode disaggregation: --prefill-engines P starts P more engines with --
 the --engines ones with --role decode, and the router in P/D mode; --router must then be an llm-d
 P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
   servelab up --model DIR --prefill-engines 1 --engines 2 --router examples/router/llm-d-pd.yaml
-(see 'servelab router --help' for the flow).`,
+(see 'servelab router --help' for the flow).
+
+Autoscaling: --autoscale SPEC starts the policy's min-replicas engines and then starts and
+drains engines by the scaling policy (policies/scale; the same code and scale.Scaler the
+simulator's --autoscale runs), every interval seconds, on the router's view of the ready engines
+(their vllm:num_requests_waiting/_running and kv_cache_usage_perc as it scrapes them) and its
+servelab_router_decisions_total. A started engine joins the router once it answers /health; the
+time from the decision to then (the real scale-up delay: the model load) is printed. A drained
+engine is removed from the router first, then sent SIGTERM, on which it finishes its requests and
+exits. With --autoscale, --engines is the policy's min-replicas, engines are not restarted (a
+crash stops the cluster), and metric=slo is not supported (the router does not see SLOs).
+
+` + "Scaling policies (--autoscale):\n" + scale.Registry.Help(),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var log io.Writer = io.Discard
@@ -238,6 +253,12 @@ P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
 				restart.MaxRestarts = -1 // local.RestartPolicy: negative means never
 			}
 			opts.Restart = &restart
+			var scaler scale.Policy
+			if autoscale != "" {
+				if scaler, err = upAutoscale(cmd, &f, &opts, autoscale); err != nil {
+					return err
+				}
+			}
 			opts.Events = cmd.ErrOrStderr()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -265,6 +286,32 @@ P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
 			}
 			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
+			if scaler != nil {
+				ao := local.AutoscaleOptions{Policy: scaler, Gatherer: opts.Router.Registry,
+					Logf: func(format string, args ...any) { fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...) }}
+				if scaleLogPath != "" {
+					l, err := openScaleLog(scaleLogPath)
+					if err != nil {
+						c.Stop(5 * time.Second)
+						return err
+					}
+					defer l.Close()
+					ao.OnDecision = func(o scale.Observation, d scale.Decision, a scale.Actions) { l.write(o, d, a) }
+				}
+				actx, acancel := context.WithCancel(ctx)
+				scaled := make(chan struct{})
+				defer func() { acancel(); <-scaled }() // its last lines before up returns
+				go func() {
+					defer close(scaled)
+					loads, err := c.Autoscale(actx, ao)
+					if err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "autoscale: %v\n", err)
+					}
+					if len(loads) > 0 {
+						fmt.Fprintf(cmd.ErrOrStderr(), "autoscale: engines took %v from decision to ready\n", loads)
+					}
+				}()
+			}
 			var runErr error
 			select {
 			case <-ctx.Done():
@@ -285,6 +332,8 @@ P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
 	cmd.Flags().IntVar(&port, "port", 8080, "router port (0 picks a free one)")
 	cmd.Flags().DurationVar(&restart.Backoff, "restart-backoff", time.Second, "wait before restarting an engine that exited; doubles per consecutive crash, up to 30s")
 	f.registerPinCPUs(cmd, false)
+	cmd.Flags().StringVar(&scaleLogPath, "scale-log", "", "with --autoscale: write every scaling decision to this file as JSON lines (the format servelab sim --scale-log writes)")
+	cmd.Flags().StringVar(&autoscale, "autoscale", "", "scaling policy spec (listed below, e.g. hpa:metric=queue,target=4,max-replicas=4): start and drain engines by it")
 	cmd.Flags().IntVar(&restart.MaxRestarts, "max-restarts", 5, "consecutive restarts of an engine that keeps crashing before it is left down (0: never restart)")
 	return cmd
 }

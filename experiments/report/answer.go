@@ -86,6 +86,7 @@ func (e *Experiment) verdicts() []verdict {
 				parts = append(parts, fmt.Sprintf("It also has the most goodput per dollar, %s requests/$.", FormatStat(*w.GoodputPerDollar, w.Seeds, 1)))
 			}
 		}
+		parts = append(parts, autoscaleVerdicts(ranked)...)
 		out = append(out, verdict{g.Rate, strings.Join(parts, " ")})
 	}
 	return out

@@ -21,9 +21,10 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 	}
 	// What each example's report must show beyond the ranked tables every report has.
 	wantColumns := map[string][]string{
-		"pd-reference.yaml": {"disaggregated %", "goodput/$", "cost $", "p99 TPOT ms", "median TTFT ms"},
-		"kv-tiers.yaml":     {"GPU hit %", "CPU hit %", "DISK hit %", "median TTFT ms"},
-		"pd-disagg.yaml":    {"disaggregated %"},
+		"pd-reference.yaml":  {"disaggregated %", "goodput/$", "cost $", "p99 TPOT ms", "median TTFT ms"},
+		"kv-tiers.yaml":      {"GPU hit %", "CPU hit %", "DISK hit %", "median TTFT ms"},
+		"pd-disagg.yaml":     {"disaggregated %"},
+		"autoscale-day.yaml": {"SLO attained %", "mean instances", "GPU-hours", "goodput/$"},
 	}
 	ran := 0
 	for _, p := range paths {
@@ -70,6 +71,9 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 				if !strings.Contains(md, "| "+col+" |") {
 					t.Errorf("the report has no %q column", col)
 				}
+			}
+			if filepath.Base(p) == "autoscale-day.yaml" && !strings.Contains(md, "Autoscaled autoscaled-rps") {
+				t.Errorf("the answer does not weigh the autoscaled cluster against the fixed ones:\n%s", md)
 			}
 			renderHTML(t, e)
 		})

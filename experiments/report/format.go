@@ -167,6 +167,9 @@ func (e *Experiment) facts() []fact {
 func clusterText(k experiments.Cluster, world string) string {
 	def := sim.DefaultClusterSpec()
 	cluster := fmt.Sprintf("%d × %s on %s", or(k.Instances, def.Instances), orStr(k.Model, def.Model), orStr(k.GPU, def.GPU))
+	if k.Autoscale != "" {
+		cluster = fmt.Sprintf("%s on %s autoscaled by %s, scale-up delay %gs", orStr(k.Model, def.Model), orStr(k.GPU, def.GPU), k.Autoscale, k.ScaleUpDelay)
+	}
 	if tp := or(k.TP, def.TP); tp != 1 {
 		cluster += fmt.Sprintf(", TP %d", tp)
 	}
@@ -352,6 +355,13 @@ func tableColumns(policies []*experiments.PolicyResult) []column {
 			return "–"
 		}})
 	}
+	if slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.MeanInstances != nil || p.SLOAttainment != nil }) {
+		// An autoscaled cluster: its size and GPU-hours next to the SLO attainment.
+		extra = append(extra,
+			column{Head: "SLO attained %", Markdown: true, Value: func(p *experiments.PolicyResult) string { return optStat(p.SLOAttainment, p.Seeds, 100) }},
+			column{Head: "mean instances", Markdown: true, Value: func(p *experiments.PolicyResult) string { return optStat(p.MeanInstances, p.Seeds, 1) }},
+			column{Head: "GPU-hours", Markdown: true, Value: func(p *experiments.PolicyResult) string { return optStat(p.GPUHours, p.Seeds, 1) }})
+	}
 	if slices.ContainsFunc(policies, func(p *experiments.PolicyResult) bool { return p.DisaggregatedShare != nil }) {
 		optional := func(head string, md bool, scale float64, f func(p *experiments.PolicyResult) *experiments.Stat) column {
 			return column{Head: head, Markdown: md, Value: func(p *experiments.PolicyResult) string {
@@ -369,6 +379,14 @@ func tableColumns(policies []*experiments.PolicyResult) []column {
 		out = slices.Insert(out, i+1, extra...)
 	}
 	return out
+}
+
+// optStat formats a statistic a policy may not have, "–" where it has none.
+func optStat(s *experiments.Stat, seeds int, scale float64) string {
+	if s == nil {
+		return "–"
+	}
+	return FormatStat(*s, seeds, scale)
 }
 
 // costColumn is a column of the cost a policy's cells report, "–" where they report none.

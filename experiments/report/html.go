@@ -285,6 +285,7 @@ func timeCharts(ls []*line, prefixHits bool) ([]chart, error) {
 		{"requests-running", "Requests running", "requests", func(s *experiments.Sample) float64 { return float64(s.Running) }},
 		{"prefix-cache-hit-rate", "Prefix-cache hit rate", "% of prompt tokens", func(s *experiments.Sample) float64 { return 100 * s.PrefixCacheHitRate }},
 		{"kv-cache-usage", "KV-cache usage", "% of blocks", func(s *experiments.Sample) float64 { return 100 * s.KVCacheUsage }},
+		{"instances", "Instances started (an autoscaled cluster's size)", "instances", func(s *experiments.Sample) float64 { return float64(s.Instances) }},
 	}
 	runs := make([][][]experiments.Sample, len(ls))
 	for i, l := range ls {
@@ -300,6 +301,9 @@ func timeCharts(ls []*line, prefixHits bool) ([]chart, error) {
 	for _, m := range metrics {
 		if m.id == "prefix-cache-hit-rate" && !prefixHits {
 			continue // zeros: the notes say why
+		}
+		if m.id == "instances" && !hasInstances(runs) {
+			continue // every cluster kept its size
 		}
 		var ss []series
 		for i, l := range ls {
@@ -319,6 +323,21 @@ func timeCharts(ls []*line, prefixHits bool) ([]chart, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// hasInstances says whether some cluster changed size during its run (an autoscaled
+// one): only then is the instances chart worth a place.
+func hasInstances(runs [][][]experiments.Sample) bool {
+	for _, r := range runs {
+		for _, ss := range r {
+			for _, s := range ss {
+				if s.Instances != ss[0].Instances {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // loadCharts are median and p99 TTFT against the rate scale, for the experiments that sweep

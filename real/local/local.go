@@ -152,6 +152,9 @@ type Cluster struct {
 	live     int           // engines not given up
 	stopErr  error
 	unpin    func() error // restores this process's affinity; nil when not pinned
+	// retired are the engines the autoscaler stopped on purpose (autoscale.go): their
+	// exits are no crash.
+	retired map[*engineProc]bool
 }
 
 type engineProc struct {
@@ -591,15 +594,24 @@ func (c *Cluster) startRouter(ctx context.Context, opts Options) error {
 
 // watch reports the first engine that exits while the cluster runs.
 func (c *Cluster) watch() {
-	cases := make(chan *engineProc, len(c.engines))
 	for _, e := range c.engines {
-		go func() {
-			<-e.exited
-			cases <- e
-		}()
+		go c.watchEngine(e)
 	}
-	e := <-cases
-	c.done <- e.err
+}
+
+// watchEngine reports e's exit on Done unless the autoscaler retired it (or another exit
+// was reported first).
+func (c *Cluster) watchEngine(e *engineProc) {
+	<-e.exited
+	c.mu.Lock()
+	retired := c.retired[e]
+	c.mu.Unlock()
+	if !retired {
+		select {
+		case c.done <- e.err:
+		default:
+		}
+	}
 }
 
 // Done delivers an error when an engine exits on its own (a crash), or after Stop. With

@@ -1,0 +1,300 @@
+package local
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"servelab/policies/scale"
+)
+
+// AutoscaleOptions configure Cluster.Autoscale.
+type AutoscaleOptions struct {
+	// Policy decides the engines' count, from the router's view of the ready engines
+	// (their /metrics as it scrapes them) and its request counter.
+	Policy scale.Policy
+	// Gatherer, if set, is the router's metrics registry (router.Config.Registry): the
+	// rps metric reads servelab_router_decisions_total from it.
+	Gatherer prometheus.Gatherer
+	// Logf, if set, receives a line per decision and per engine started or stopped.
+	Logf func(format string, args ...any)
+	// OnDecision, if set, receives every decision with its observation and actions (slot
+	// numbers are the scaler's, as in the simulator).
+	OnDecision func(scale.Observation, scale.Decision, scale.Actions)
+	// Observe, if set, replaces reading the router and the engines: a test feeds the
+	// observations the simulator made. Replicas and Ready are filled in by the scaler.
+	Observe func(t float64) scale.Observation
+	// Ticks, if set, replaces the Policy.Interval() ticker: each receive is one decision.
+	Ticks <-chan time.Time
+}
+
+// scaledEngine is what occupies a scaler slot: an engine process and its URL.
+type scaledEngine struct {
+	proc *engineProc
+	url  string
+}
+
+// autoscaler is the state of one Cluster.Autoscale run.
+type autoscaler struct {
+	c       *Cluster
+	opts    AutoscaleOptions
+	scaler  *scale.Scaler
+	slots   []scaledEngine
+	start   time.Time
+	nextIdx int
+	// counts is servelab_router_decisions_total by endpoint at the last decision.
+	counts map[string]float64
+	// LoadTimes are how long each started engine took from the decision to being routable.
+	loadTimes []time.Duration
+}
+
+// Autoscale runs the scaling policy over the cluster until ctx ends: every
+// Policy.Interval() seconds it reads the router's view of the ready engines, asks the
+// policy through the same scale.Scaler the simulator uses, and applies its actions. A
+// started engine joins the router once it answers /health (the scale-up delay is the real
+// load time, logged); a drained engine is first taken out of the router's endpoints (no
+// request is routed to it from then on), then asked to stop with SIGTERM, on which the
+// engine finishes the requests it has before it exits. The cluster must have been started
+// with Engines equal to the policy's min-replicas, a router, no Restart and no CPU plan.
+// It returns the engines' load times when ctx ends.
+func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.Duration, error) {
+	lo, hi := opts.Policy.Bounds()
+	switch {
+	case c.Router == nil:
+		return nil, fmt.Errorf("local: autoscale: the cluster has no router")
+	case c.opts.Restart != nil || c.opts.CPUs != nil || len(c.opts.Roles) > 0:
+		return nil, fmt.Errorf("local: autoscale: not with restarts, CPU pinning or P/D roles")
+	case len(c.Endpoints) != lo:
+		return nil, fmt.Errorf("local: autoscale: the cluster started %d engines, the policy's min-replicas is %d", len(c.Endpoints), lo)
+	}
+	a := &autoscaler{c: c, opts: opts, start: time.Now(), nextIdx: len(c.Endpoints)}
+	a.scaler = scale.NewScaler(opts.Policy, 2*hi, 0)
+	a.slots = make([]scaledEngine, 2*hi)
+	c.mu.Lock()
+	for i := range lo {
+		a.slots[i] = scaledEngine{proc: c.engines[i], url: c.Endpoints[i]}
+	}
+	if c.retired == nil {
+		c.retired = map[*engineProc]bool{}
+	}
+	c.mu.Unlock()
+	a.arrivals()
+	ticks := opts.Ticks
+	if ticks == nil {
+		t := time.NewTicker(time.Duration(opts.Policy.Interval() * float64(time.Second)))
+		defer t.Stop()
+		ticks = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return slices.Clone(a.loadTimes), nil
+		case <-ticks:
+			a.decide(ctx)
+		}
+	}
+}
+
+func (a *autoscaler) logf(format string, args ...any) {
+	if a.opts.Logf != nil {
+		a.opts.Logf(format, args...)
+	}
+}
+
+func (a *autoscaler) now() float64 { return time.Since(a.start).Seconds() }
+
+// arrivals is how many requests the router routed since the last call: the growth of
+// servelab_router_decisions_total, per endpoint (a removed endpoint's series goes away
+// with it, so the plain sum would shrink).
+func (a *autoscaler) arrivals() int {
+	if a.opts.Gatherer == nil {
+		return 0
+	}
+	mfs, err := a.opts.Gatherer.Gather()
+	if err != nil {
+		a.logf("autoscale: reading the router's metrics: %v", err)
+		return 0
+	}
+	seen := map[string]float64{}
+	n := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "servelab_router_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			key := ""
+			for _, l := range m.GetLabel() {
+				key += l.GetName() + "=" + l.GetValue() + ","
+			}
+			v := m.GetCounter().GetValue()
+			seen[key] = v
+			n += max(0, v-a.counts[key])
+		}
+	}
+	a.counts = seen
+	return int(n + 0.5)
+}
+
+// observe reads the router's view of the ready engines and its request counter.
+func (a *autoscaler) observe(t float64) scale.Observation {
+	if a.opts.Observe != nil {
+		return a.opts.Observe(t)
+	}
+	o := scale.Observation{Time: t, Arrived: a.arrivals()}
+	views := a.c.Router.Views()
+	ready := 0
+	for i, r := range a.scaler.Replicas() {
+		if r.State != scale.Ready {
+			continue
+		}
+		if v, ok := views[a.slots[i].url]; ok {
+			o.Waiting += v.Waiting
+			o.Running += v.Running
+			o.KVUsage += v.KVUsage
+			ready++
+		}
+	}
+	if ready > 0 {
+		o.KVUsage /= float64(ready)
+	}
+	return o
+}
+
+func (a *autoscaler) decide(ctx context.Context) {
+	t := a.now()
+	o := a.observe(t)
+	c := a.c
+	c.mu.Lock()
+	o, d, act := a.scaler.Observe(o)
+	c.mu.Unlock()
+	a.logf("autoscale: %s", d.Reason)
+	if a.opts.OnDecision != nil {
+		a.opts.OnDecision(o, d, act)
+	}
+	for _, i := range act.Start {
+		go a.startSlot(ctx, i, time.Now())
+	}
+	if len(act.Drain) > 0 {
+		// Out of the router first: from here no request is routed to them.
+		if err := a.setEndpoints(); err != nil {
+			a.logf("autoscale: router endpoints: %v", err)
+		}
+		for _, i := range act.Drain {
+			go a.drainSlot(i)
+		}
+	}
+	// A cancelled slot's engine is stopped when it comes up (startSlot).
+}
+
+// setEndpoints gives the router the ready slots' URLs.
+func (a *autoscaler) setEndpoints() error {
+	c := a.c
+	c.mu.Lock()
+	var urls []string
+	for i, r := range a.scaler.Replicas() {
+		if r.State == scale.Ready {
+			urls = append(urls, a.slots[i].url)
+		}
+	}
+	c.mu.Unlock()
+	return c.Router.SetEndpoints(urls)
+}
+
+// startSlot starts an engine for slot i, waits until it answers /health, and makes it
+// routable, unless the slot was cancelled meanwhile.
+func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
+	c := a.c
+	c.mu.Lock()
+	if c.stopping {
+		c.mu.Unlock()
+		return
+	}
+	idx := a.nextIdx
+	a.nextIdx++
+	c.mu.Unlock()
+	addrs := make(chan addrOrErr, 1)
+	e, err := c.startEngine(idx, "0", addrs)
+	fail := func(err error) {
+		a.logf("autoscale: starting an engine for slot %d: %v", i, err)
+		c.mu.Lock()
+		a.scaler.Stopped(i, a.now())
+		c.mu.Unlock()
+	}
+	if err != nil {
+		fail(err)
+		return
+	}
+	c.mu.Lock()
+	c.retired[e] = true // until it is ready, its exit is the autoscaler's to handle
+	c.engines = append(c.engines, e)
+	stopping := c.stopping
+	c.mu.Unlock()
+	if stopping { // Stop may have signalled the engines before this one joined them
+		e.signal(syscall.SIGTERM)
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.opts.StartTimeout)
+	defer cancel()
+	var url string
+	select {
+	case r := <-addrs:
+		if r.err != nil {
+			fail(r.err)
+			return
+		}
+		url = "http://" + r.addr
+	case <-sctx.Done():
+		e.signal(syscall.SIGKILL)
+		fail(fmt.Errorf("no listen address: %w", sctx.Err()))
+		return
+	}
+	if err := waitHealthy(sctx, url, e); err != nil {
+		e.signal(syscall.SIGKILL)
+		fail(err)
+		return
+	}
+	load := time.Since(decided)
+	c.mu.Lock()
+	ok := a.scaler.MarkReady(i, a.now())
+	if ok {
+		a.slots[i] = scaledEngine{proc: e, url: url}
+		a.loadTimes = append(a.loadTimes, load)
+		c.Endpoints = append(c.Endpoints, url)
+		delete(c.retired, e)
+	}
+	c.mu.Unlock()
+	if !ok {
+		a.logf("autoscale: %s at %s came up after its slot %d was cancelled; stopping it", e.name, url, i)
+		e.signal(syscall.SIGTERM)
+		return
+	}
+	go c.watchEngine(e)
+	if err := a.setEndpoints(); err != nil {
+		a.logf("autoscale: router endpoints: %v", err)
+	}
+	a.logf("autoscale: %s at %s ready in %.3f s (slot %d)", e.name, url, load.Seconds(), i)
+}
+
+// drainSlot stops slot i's engine, already out of the router: SIGTERM, on which the
+// engine finishes the requests it has, then waits for it to exit.
+func (a *autoscaler) drainSlot(i int) {
+	c := a.c
+	c.mu.Lock()
+	e := a.slots[i].proc
+	c.retired[e] = true
+	c.mu.Unlock()
+	e.signal(syscall.SIGTERM)
+	<-e.exited
+	c.mu.Lock()
+	a.scaler.Stopped(i, a.now())
+	c.Endpoints = slices.DeleteFunc(c.Endpoints, func(u string) bool { return u == a.slots[i].url })
+	a.slots[i] = scaledEngine{}
+	c.mu.Unlock()
+	a.logf("autoscale: %s drained and stopped (slot %d)", e.name, i)
+}
