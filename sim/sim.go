@@ -99,6 +99,9 @@ type Config struct {
 	Objectives flow.Objectives
 	// OnFlowDecision, if set, receives every flow-control decision as it is taken.
 	OnFlowDecision func(flow.Decision) error
+	// OnScrape, if set, receives each scrape's time and the gauges it read, by instance
+	// (what each instance's /metrics served then), before anything is routed on them.
+	OnScrape func(t float64, gauges []serving.InstanceView) error
 }
 
 // Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
@@ -687,6 +690,9 @@ func (s *simulation) scrape(t float64) {
 		s.scraped[i] = s.instances[i].gauges
 	}
 	s.lastScrape = t
+	if s.cfg.OnScrape != nil && s.err == nil {
+		s.err = s.cfg.OnScrape(t, s.scraped)
+	}
 }
 
 // sample reports the cluster's state at t.
