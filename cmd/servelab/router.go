@@ -47,6 +47,8 @@ type routerFlags struct {
 	logf func(format string, args ...any)
 	// disc discovers the endpoints from Kubernetes instead (router_discovery.go).
 	disc discoveryFlags
+	// flow is flow control and the objectives (flowflags.go).
+	flow flowFlags
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
@@ -89,6 +91,9 @@ func (f *routerFlags) config() (router.Config, error) {
 		BlockSize: f.blockSize, KVEvents: f.kvEvents,
 		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
 		MaxInFlight: f.maxInFlight, Logf: f.logf, PrefillTimeout: f.prefillTimeout,
+	}
+	if cfg.FlowControl, cfg.Objectives, err = f.flow.parse(); err != nil {
+		return router.Config{}, err
 	}
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
@@ -272,6 +277,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.IntVar(&f.extProcFallbacks, "ext-proc-fallbacks", 0, "endpoints to name after the picked one in x-gateway-destination-endpoint, for the gateway to retry")
 	fl.DurationVar(&f.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with a P/D --router config: time a prefill leg may take (then it is retried elsewhere or the decode endpoint runs the request alone)")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
+	f.flow.register(fl)
 	f.disc.addFlags(fl)
 	return cmd
 }
