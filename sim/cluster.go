@@ -70,6 +70,11 @@ type ClusterSpec struct {
 	PrefillRouter   string `json:"prefill_router,omitempty"`
 	NonCachedTokens *int   `json:"non_cached_tokens,omitempty"`
 	KVLink          string `json:"kv_link,omitempty"`
+	// FlowControl is the router's flow-control spec (policies/flow, servelab router
+	// --flow-control; empty: off) and Objectives the InferenceObjectives' priorities by
+	// name (--objective NAME=PRIORITY): Config.FlowControl and Config.Objectives.
+	FlowControl string         `json:"flow_control,omitempty"`
+	Objectives  map[string]int `json:"objectives,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
@@ -430,6 +435,9 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	}
 	if len(cfg.KVTiers) > 0 && !c.EnablePrefixCaching {
 		return Config{}, fmt.Errorf("kv_tiers: set without enable_prefix_caching; tiers hold cached prefix blocks")
+	}
+	if err := c.buildFlow(&cfg); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }

@@ -112,3 +112,22 @@ func (s *simulation) flowRefuse(req *serving.Request, o flow.Outcome, t float64)
 		Failed: true, Error: msg, Objective: req.Objective,
 	})
 }
+
+// buildFlow sets cfg's flow control and objectives from the spec's.
+func (c ClusterSpec) buildFlow(cfg *Config) error {
+	if len(c.Objectives) > 0 {
+		cfg.Objectives = flow.Objectives(c.Objectives)
+	}
+	if c.FlowControl == "" {
+		return nil
+	}
+	fc, err := flow.ParseConfig(c.FlowControl)
+	if err != nil {
+		return fmt.Errorf("flow_control: %w", err)
+	}
+	if !(c.ScrapeInterval > 0) {
+		return fmt.Errorf("flow_control: needs a positive scrape_interval_s (it releases held requests at scrapes)")
+	}
+	cfg.FlowControl = &fc
+	return nil
+}

@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"slices"
 
 	"github.com/spf13/pflag"
 
+	"servelab/metrics"
 	"servelab/policies/flow"
 )
 
@@ -39,4 +42,57 @@ func (f *flowFlags) parse() (*flow.Config, flow.Objectives, error) {
 		return nil, nil, fmt.Errorf("--flow-control: %w", err)
 	}
 	return &c, obj, nil
+}
+
+// objectivesFlag reads repeated --objective NAME=PRIORITY into a map.
+type objectivesFlag struct{ m *map[string]int }
+
+func (o objectivesFlag) String() string {
+	if o.m == nil || len(*o.m) == 0 {
+		return ""
+	}
+	return fmt.Sprint(*o.m)
+}
+
+func (o objectivesFlag) Set(s string) error {
+	name, p, err := flow.ParseObjective(s)
+	if err != nil {
+		return err
+	}
+	if *o.m == nil {
+		*o.m = map[string]int{}
+	}
+	if _, dup := (*o.m)[name]; dup {
+		return fmt.Errorf("objective %q given twice", name)
+	}
+	(*o.m)[name] = p
+	return nil
+}
+
+func (o objectivesFlag) Type() string { return "NAME=PRIORITY" }
+
+// printClasses writes the summary's breakdown by class (objective), one section each.
+func printClasses(w io.Writer, s metrics.Summary) {
+	names := make([]string, 0, len(s.Classes))
+	for n := range s.Classes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		c := s.Classes[n]
+		fmt.Fprintf(w, "%s\n", center("Class "+n, 60, '-'))
+		fmt.Fprintf(w, "%-40s %d\n", "Successful requests:", c.Completed)
+		fmt.Fprintf(w, "%-40s %d\n", "Failed requests:", c.Failed)
+		for _, m := range []struct {
+			name string
+			v    float64
+		}{
+			{"Request throughput (req/s)", c.RequestThroughput}, {"Request goodput (req/s)", c.RequestGoodput},
+			{"Median TTFT (ms)", c.MedianTTFTMs}, {"P99 TTFT (ms)", c.P99TTFTMs},
+			{"Median TPOT (ms)", c.MedianTPOTMs}, {"P99 TPOT (ms)", c.P99TPOTMs},
+			{"Median E2EL (ms)", c.MedianE2ELMs}, {"P99 E2EL (ms)", c.P99E2ELMs},
+		} {
+			fmt.Fprintf(w, "%-40s %.2f\n", m.name+":", m.v)
+		}
+	}
 }
