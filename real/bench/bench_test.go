@@ -44,7 +44,7 @@ type stub struct {
 	mu                     sync.Mutex
 	bodies                 []completionRequest
 	headers                []http.Header // each body's request headers
-	received               []time.Time // when each of bodies arrived
+	received               []time.Time   // when each of bodies arrived
 	// scrapes counts /metrics reads; metricsFault, if set, may answer read n itself
 	// (returning true) to make it fail or hang.
 	scrapes      atomic.Int64
