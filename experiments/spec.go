@@ -145,6 +145,11 @@ type Cluster struct {
 	// KVTiers are each instance's KV-cache tiers below the GPU, top down: medium (cpu or
 	// disk), blocks, evict and a link preset (sim.KVTierSpec).
 	KVTiers []sim.KVTierSpec `json:"kv_tiers,omitempty"`
+	// FlowControl is the router's flow control (policies/flow spec, servelab router
+	// --flow-control; empty: off) and Objectives the InferenceObjectives' priorities by
+	// name (--objective), which the workload's objective column names.
+	FlowControl string         `json:"flow_control,omitempty"`
+	Objectives  map[string]int `json:"objectives,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -675,6 +680,7 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	}
 	c.GPUPricePerHour = k.GPUPricePerHour
 	c.KVTiers = k.KVTiers
+	c.FlowControl, c.Objectives = k.FlowControl, k.Objectives
 	c.PrefillRouter, c.NonCachedTokens, c.KVLink = k.PrefillRouter, k.NonCachedTokens, k.KVLink
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)

@@ -24,6 +24,8 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 		"pd-reference.yaml": {"disaggregated %", "goodput/$", "cost $", "p99 TPOT ms", "median TTFT ms"},
 		"kv-tiers.yaml":     {"GPU hit %", "CPU hit %", "DISK hit %", "median TTFT ms"},
 		"pd-disagg.yaml":    {"disaggregated %"},
+		// By class: the workload's requests have objectives.
+		"priority-classes.yaml": {"refused %", "p99 E2EL ms"},
 	}
 	ran := 0
 	for _, p := range paths {

@@ -40,6 +40,12 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 		fmt.Fprintf(b, "\n### %s\n\n", rankedCaption(g.Rate, len(groups) > 1, "p99 TTFT"))
 		writeMarkdownTable(b, g.ByP99TTFT)
 	}
+	for _, g := range groups {
+		if hasClasses(g.ByGoodput) {
+			fmt.Fprintf(b, "\n### %s\n\n", classCaption(g.Rate, len(groups) > 1))
+			writeMarkdownClasses(b, g.ByGoodput)
+		}
+	}
 	for _, t := range exp.shareTables() {
 		fmt.Fprintf(b, "\n### %s\n\n", shareCaption(t.Rate, len(groups) > 1))
 		writeMarkdownShares(b, t)
@@ -110,4 +116,35 @@ func mdCode(s string) string {
 // mdText makes s safe as table-cell or list text.
 func mdText(s string) string {
 	return strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", "*", `\*`).Replace(s)
+}
+
+// hasClasses says whether any of the policies' requests have classes.
+func hasClasses(policies []*experiments.PolicyResult) bool {
+	for _, p := range policies {
+		if len(p.Classes) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func classCaption(rate float64, sweep bool) string {
+	if sweep {
+		return "Rate " + rateLabel(rate) + ": by class"
+	}
+	return "By class"
+}
+
+// writeMarkdownClasses writes each policy's metrics by request class.
+func writeMarkdownClasses(w io.Writer, policies []*experiments.PolicyResult) {
+	fmt.Fprintf(w, "| policy | class | requests | refused %% | goodput req/s | median TTFT ms | p99 TTFT ms | p99 TPOT ms | p99 E2EL ms |\n")
+	fmt.Fprintf(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, p := range policies {
+		for _, c := range p.Classes {
+			f := func(s experiments.Stat, scale float64) string { return mdText(FormatStat(s, p.Seeds, scale)) }
+			fmt.Fprintf(w, "| `%s` | %s | %s | %s | %s | %s | %s | %s | %s |\n", mdCode(p.Name()), mdText(c.Name),
+				f(c.Requests, 1), f(c.RefusedShare, 100), f(c.RequestGoodput, 1),
+				f(c.MedianTTFTMs, 1), f(c.P99TTFTMs, 1), f(c.P99TPOTMs, 1), f(c.P99E2ELMs, 1))
+		}
+	}
 }
