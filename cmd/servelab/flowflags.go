@@ -15,6 +15,8 @@ import (
 type flowFlags struct {
 	spec       string
 	objectives []string
+	// noPriority keeps request bodies' priority as sent (router.Config.NoEnginePriority).
+	noPriority bool
 }
 
 const flowControlUsage = "flow control, as GIE's: hold requests while every endpoint is saturated, serve them by priority, shed sheddable ones with 429; " +
@@ -26,6 +28,7 @@ const objectiveUsage = "an InferenceObjective NAME=PRIORITY (repeatable): reques
 func (f *flowFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.spec, "flow-control", "", flowControlUsage)
 	fl.StringArrayVar(&f.objectives, "objective", nil, objectiveUsage)
+	fl.BoolVar(&f.noPriority, "no-engine-priority", false, "do not set vLLM's priority field from the objective (vLLM refuses a nonzero one unless run with --scheduling-policy priority)")
 }
 
 // parse returns the flow-control config (nil when off) and the objectives.

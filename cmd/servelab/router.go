@@ -95,6 +95,7 @@ func (f *routerFlags) config() (router.Config, error) {
 	if cfg.FlowControl, cfg.Objectives, err = f.flow.parse(); err != nil {
 		return router.Config{}, err
 	}
+	cfg.NoEnginePriority = f.flow.noPriority
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
 		if err != nil {

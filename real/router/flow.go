@@ -149,7 +149,7 @@ func (r *Router) flowObjective(in *http.Request, body []byte, rr *serving.Reques
 	}
 	rr.Objective, rr.FairnessID = name, in.Header.Get(flow.FairnessIDHeader)
 	p, known := r.cfg.Objectives[name]
-	if !known || parsed.Priority != nil {
+	if !known || parsed.Priority != nil || r.cfg.NoEnginePriority {
 		return body
 	}
 	rr.Priority = flow.EnginePriority(p)

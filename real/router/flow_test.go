@@ -357,3 +357,50 @@ func mustRoute(t *testing.T, spec string) route.Policy {
 	}
 	return p
 }
+
+// TestObjectivePriorityWithoutFlowControl: objectives alone set the engines' priority; with
+// NoEnginePriority, or a body that has one, the body goes as sent.
+func TestObjectivePriorityWithoutFlowControl(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, want string
+		noPriority       bool
+	}{
+		{"set", `{"model":"m","prompt":"hi"}`, `"priority":-3`, false},
+		{"kept", `{"model":"m","prompt":"hi","priority":7}`, `"priority":7`, false},
+		{"off", `{"model":"m","prompt":"hi"}`, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := newGauged(t)
+			r, err := New(Config{
+				Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"),
+				Objectives: flow.Objectives{"gold": 3}, NoEnginePriority: tc.noPriority, Logf: t.Logf,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := r.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(r.Handler())
+			defer srv.Close()
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/completions", strings.NewReader(tc.body))
+			req.Header.Set(flow.ObjectiveHeader, "gold")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			ep.mu.Lock()
+			defer ep.mu.Unlock()
+			if len(ep.bodies) != 1 {
+				t.Fatalf("%d bodies forwarded", len(ep.bodies))
+			}
+			if tc.want == "" && strings.Contains(ep.bodies[0], "priority") || tc.want != "" && !strings.Contains(ep.bodies[0], tc.want) {
+				t.Errorf("forwarded %s, want %q in it", ep.bodies[0], tc.want)
+			}
+		})
+	}
+}

@@ -89,6 +89,11 @@ type Config struct {
 	Objectives flow.Objectives
 	// OnFlowDecision, if set, receives every flow-control decision in the order taken.
 	OnFlowDecision func(flow.Decision)
+	// NoEnginePriority leaves request bodies alone: without it a request whose objective
+	// is known and whose body has no priority gets vLLM's priority field, the objective's
+	// priority negated. vLLM refuses a nonzero priority unless it runs
+	// --scheduling-policy priority (servelab engines take it under any batch policy).
+	NoEnginePriority bool
 }
 
 // DefaultBodyTimeout is Config.BodyTimeout's default: generous for a 32 MiB body on a slow
@@ -507,8 +512,10 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 	}
 	var admitted *endpoint // flow control's pick, the first try
 	var admittedAt time.Time
-	if r.flow != nil {
+	if r.flow != nil || len(r.cfg.Objectives) > 0 {
 		body = r.flowObjective(req, body, rr)
+	}
+	if r.flow != nil {
 		var ok bool
 		if admitted, admittedAt, ok = r.flowAdmit(req.Context(), w, rr); !ok {
 			return
