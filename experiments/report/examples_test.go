@@ -73,7 +73,10 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 					t.Errorf("the report has no %q column", col)
 				}
 			}
-			renderHTML(t, e)
+			html := renderHTML(t, e)
+			if filepath.Base(p) == "priority-classes.yaml" && (!strings.Contains(html, `<table class="classes"`) || !strings.Contains(html, "<td>sheddable</td>")) {
+				t.Error("the HTML report has no by-class table")
+			}
 		})
 	}
 	if ran < 4 {
