@@ -135,19 +135,26 @@ func (r *Router) flowRoute(req *serving.Request, cands []*endpoint) int {
 // known objective's priority goes into the body as vLLM's priority field when the body
 // has none (flow.EnginePriority), so the engine's priority batch policy orders it too.
 func (r *Router) flowObjective(in *http.Request, body []byte, rr *serving.Request) []byte {
+	name := in.Header.Get(flow.ObjectiveHeader)
+	if name == "" {
+		name = in.Header.Get(otherObjectiveHeader)
+	}
+	return r.resolveObjective(name, in.Header.Get(flow.FairnessIDHeader), body, rr)
+}
+
+// resolveObjective sets rr's objective (the header's name, else the body's model when it
+// names an objective) and fairness id, and returns the body with the objective's engine
+// priority (see flowObjective).
+func (r *Router) resolveObjective(name, fairness string, body []byte, rr *serving.Request) []byte {
 	var parsed struct {
 		Model    string          `json:"model"`
 		Priority json.RawMessage `json:"priority"`
 	}
 	json.Unmarshal(body, &parsed)
-	name := in.Header.Get(flow.ObjectiveHeader)
-	if name == "" {
-		name = in.Header.Get(otherObjectiveHeader)
-	}
 	if _, ok := r.cfg.Objectives[parsed.Model]; name == "" && ok {
 		name = parsed.Model
 	}
-	rr.Objective, rr.FairnessID = name, in.Header.Get(flow.FairnessIDHeader)
+	rr.Objective, rr.FairnessID = name, fairness
 	p, known := r.cfg.Objectives[name]
 	if !known || parsed.Priority != nil || r.cfg.NoEnginePriority {
 		return body
@@ -176,6 +183,24 @@ func withPriority(body []byte, p int) []byte {
 // flowAdmit runs flow control on a request: it returns the endpoint to send it to and when
 // it was routed, or, for a refused request, writes the refusal and returns nil.
 func (r *Router) flowAdmit(ctx context.Context, w http.ResponseWriter, rr *serving.Request) (*endpoint, time.Time, bool) {
+	res, gone := r.flowWait(ctx, rr)
+	switch {
+	case gone:
+		return nil, res.at, false // the client went away
+	case res.outcome != flow.Dispatched:
+		flowRefuse(w, res.outcome)
+		return nil, res.at, false
+	case res.e == nil:
+		writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
+		return nil, res.at, false
+	}
+	return res.e, res.at, true
+}
+
+// flowWait runs flow control on a request and waits for its outcome: dispatched (to res.e;
+// nil when no endpoint was healthy) or refused; gone reports a client that went away
+// while the request was held.
+func (r *Router) flowWait(ctx context.Context, rr *serving.Request) (res flowResult, gone bool) {
 	g := r.flow
 	key := flow.FlowKey{ID: rr.FairnessID, Priority: r.cfg.Objectives.Priority(rr.Objective)}
 	r.mu.Lock()
@@ -185,28 +210,21 @@ func (r *Router) flowAdmit(ctx context.Context, w http.ResponseWriter, rr *servi
 	d := g.ctl.Arrive(flow.Request{ID: rr.ID, Flow: key, Enqueued: now}, now, r.views,
 		func(flow.Request) int { return r.flowRoute(rr, cands) })
 	r.flowDecided(d)
-	var wt *flowWaiter
-	switch d.Outcome {
-	case flow.Dispatched:
+	if d.Outcome != flow.Queued {
 		r.mu.Unlock()
-		if d.Instance < 0 {
-			writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
-			return nil, routedAt, false
+		res = flowResult{outcome: d.Outcome, at: routedAt}
+		if d.Outcome == flow.Dispatched && d.Instance >= 0 {
+			res.e = cands[d.Instance]
 		}
-		return cands[d.Instance], routedAt, true
-	case flow.Queued:
-		wt = &flowWaiter{req: rr, flow: key, done: make(chan flowResult, 1)}
-		g.waiters[rr.ID] = wt
-		g.queued.WithLabelValues(strconv.Itoa(key.Priority)).Inc()
-		r.mu.Unlock()
-	default:
-		r.mu.Unlock()
-		flowRefuse(w, d.Outcome)
-		return nil, routedAt, false
+		return res, false
 	}
+	wt := &flowWaiter{req: rr, flow: key, done: make(chan flowResult, 1)}
+	g.waiters[rr.ID] = wt
+	g.queued.WithLabelValues(strconv.Itoa(key.Priority)).Inc()
+	r.mu.Unlock()
 	select {
 	case res := <-wt.done:
-		return r.flowResult(w, res)
+		return res, false
 	case <-ctx.Done():
 		r.mu.Lock()
 		removed := g.ctl.Remove(rr.ID, key)
@@ -216,22 +234,10 @@ func (r *Router) flowAdmit(ctx context.Context, w http.ResponseWriter, rr *servi
 		}
 		r.mu.Unlock()
 		if removed {
-			return nil, time.Time{}, false // the client went away
+			return flowResult{at: time.Now()}, true
 		}
-		return r.flowResult(w, <-wt.done) // decided meanwhile
+		return <-wt.done, false // decided meanwhile
 	}
-}
-
-func (r *Router) flowResult(w http.ResponseWriter, res flowResult) (*endpoint, time.Time, bool) {
-	if res.outcome != flow.Dispatched {
-		flowRefuse(w, res.outcome)
-		return nil, res.at, false
-	}
-	if res.e == nil {
-		writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
-		return nil, res.at, false
-	}
-	return res.e, res.at, true
 }
 
 // flowRefuse answers a refused request: 429 (with Retry-After) or 503, in OpenAI's shape.

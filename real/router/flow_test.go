@@ -404,3 +404,47 @@ func TestObjectivePriorityWithoutFlowControl(t *testing.T) {
 		})
 	}
 }
+
+// TestFlowExtProc: behind a gateway (GIE's ext_proc protocol) flow control refuses a
+// sheddable request with an immediate 429 while saturated, holds a critical one, and
+// answers it with its destination once a scrape shows room.
+func TestFlowExtProc(t *testing.T) {
+	ep := newGauged(t)
+	ep.set(serving.InstanceView{Waiting: 10})
+	fc := flow.Defaults
+	r, err := New(Config{
+		Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"), ScrapeInterval: 10 * time.Millisecond,
+		FlowControl: &fc, Objectives: flow.Objectives{"critical": 1, "sheddable": -1}, Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := extProcClient(t, r, ExtProcConfig{})
+	body := `{"model":"m","prompt":"hi"}`
+
+	g := openStream(t, conn)
+	g.send(requestHeaders("/v1/completions", false, nil, flow.ObjectiveHeader, "sheddable"), requestBody(body, true))
+	if code, _ := immediateStatus(t, g); code != http.StatusTooManyRequests {
+		t.Fatalf("sheddable while saturated: status %d, want 429", code)
+	}
+
+	g = openStream(t, conn)
+	g.send(requestHeaders("/v1/completions", false, nil, flow.ObjectiveHeader, "critical", flow.FairnessIDHeader, "a"), requestBody(body, true))
+	for r.flowLen() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the critical request was not held")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ep.set(serving.InstanceView{Waiting: 0})
+	resp := g.recv()
+	if dest := destination(t, resp, resp.GetRequestHeaders().GetResponse()); !strings.Contains(ep.URL, dest) {
+		t.Errorf("destination %q, want the endpoint %s", dest, ep.URL)
+	}
+}
