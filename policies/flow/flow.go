@@ -190,8 +190,10 @@ type Config struct {
 	// band's bytes, PriorityBandConfig.MaxBytes); an arrival beyond it is rejected.
 	MaxQueued int
 	// Sheddable is "reject" (a sheddable request arriving while the pool is saturated is
-	// answered 429 at once, GIE's admission check) or "queue" (it waits in its band,
-	// behind every band above it).
+	// answered 429 at once: GIE's rejectIfSheddableAndSaturated, which its
+	// LegacyAdmissionController applies, pkg/epp/requestcontrol/admission.go) or "queue"
+	// (it waits in its band behind every band above it, as GIE's
+	// FlowControlAdmissionController enqueues every request).
 	Sheddable string
 }
 
