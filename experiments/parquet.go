@@ -33,6 +33,8 @@ type RecordRow struct {
 	// instance (serving.Record's prefill_instance and kv_transfer_s).
 	PrefillInstance int32   `parquet:"prefill_instance"`
 	KVTransferS     float64 `parquet:"kv_transfer_s"`
+	// Objective is the request's class (serving.Record's objective; "" for none).
+	Objective string `parquet:"objective"`
 }
 
 func rowOf(r *serving.Record) RecordRow {
@@ -41,7 +43,7 @@ func rowOf(r *serving.Record) RecordRow {
 		FirstToken: r.FirstToken, Finish: r.Finish, PromptTokens: int32(r.PromptTokens),
 		CachedTokens: int32(r.CachedTokens), OutputTokens: int32(r.OutputTokens),
 		Preemptions: int32(r.Preemptions), Failed: r.Failed, Error: r.Error,
-		PrefillInstance: -1, KVTransferS: r.KVTransfer,
+		PrefillInstance: -1, KVTransferS: r.KVTransfer, Objective: r.Objective,
 	}
 	if r.PrefillInstance != nil {
 		row.PrefillInstance = int32(*r.PrefillInstance)

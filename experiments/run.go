@@ -198,6 +198,9 @@ type PolicyResult struct {
 	// always breaks the tie the same way shows here.
 	InstanceShare []Share      `json:"instance_share,omitempty"`
 	Starved       []Starvation `json:"starved_instances,omitempty"`
+	// Classes breaks the metrics down by request class (the workload's objective column),
+	// where the requests have classes (classes.go).
+	Classes []ClassResult `json:"classes,omitempty"`
 }
 
 // TierResult is one KV-cache tier's prefix-cache hit rate (prompt tokens found on the tier
@@ -716,6 +719,7 @@ func aggregate(cells []CellResult, prefill map[int]bool) []PolicyResult {
 		}
 		p := &out[len(out)-1]
 		p.KVTiers = tierResults(ss, stat)
+		p.Classes = classResults(ss, stat)
 		if len(ss) > 0 && !slices.ContainsFunc(ss, func(s *metrics.Summary) bool { return s.Disaggregation == nil }) {
 			share := stat(func(s *metrics.Summary) float64 {
 				if n := s.Completed + s.Failed; n > 0 {

@@ -150,6 +150,11 @@ type Cluster struct {
 	// started instance takes to become routable: sim.ClusterSpec's fields.
 	Autoscale    string  `json:"autoscale,omitempty"`
 	ScaleUpDelay float64 `json:"scale_up_delay_s,omitempty"`
+	// FlowControl is the router's flow control (policies/flow spec, servelab router
+	// --flow-control; empty: off) and Objectives the InferenceObjectives' priorities by
+	// name (--objective), which the workload's objective column names.
+	FlowControl string         `json:"flow_control,omitempty"`
+	Objectives  map[string]int `json:"objectives,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -826,6 +831,7 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	c.KVTiers = k.KVTiers
 	c.PrefillRouter, c.NonCachedTokens, c.KVLink = s.resolve(k.PrefillRouter), k.NonCachedTokens, k.KVLink
 	c.Autoscale, c.ScaleUpDelay = k.Autoscale, k.ScaleUpDelay
+	c.FlowControl, c.Objectives = k.FlowControl, k.Objectives
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}

@@ -120,6 +120,12 @@ type Summary struct {
 	// Autoscale is set for an autoscaled cluster: its size over the run (Cost then bills
 	// the instances only while they were started).
 	Autoscale *Autoscale `json:"autoscale,omitempty"`
+	// Classes breaks the run down by request class (the records' objective, GIE's
+	// InferenceObjective name), when any record has one: each class's requests, failures
+	// (flow control's 429s and 503s included), throughputs over the whole run's duration,
+	// goodput and latencies. ITL is not broken down (the collector keeps inter-token gaps
+	// in one histogram), nor are the engine counters.
+	Classes map[string]Summary `json:"classes,omitempty"`
 }
 
 // Disaggregation summarises prefill/decode disaggregation over a run.
@@ -184,6 +190,10 @@ type Collector struct {
 	completed, failed   int
 	good                int
 	inputTokens, output int64
+	// classes collects each objective's records when records have one; a class's own
+	// collector has inClass set and no classes.
+	classes map[string]*Collector
+	inClass bool
 }
 
 // NewCollector returns a collector that judges goodput against slo.
@@ -191,6 +201,17 @@ func NewCollector(slo SLO) *Collector { return &Collector{slo: slo} }
 
 // Add takes one record.
 func (c *Collector) Add(r *serving.Record) {
+	if r.Objective != "" && !c.inClass {
+		k := c.classes[r.Objective]
+		if k == nil {
+			if c.classes == nil {
+				c.classes = map[string]*Collector{}
+			}
+			k = &Collector{slo: c.slo, inClass: true}
+			c.classes[r.Objective] = k
+		}
+		k.Add(r)
+	}
 	if r.Failed {
 		c.failed++
 		return
@@ -238,6 +259,12 @@ func (c *Collector) Summary(duration float64, eng EngineCounters) Summary {
 	s.MeanTPOTMs, s.MedianTPOTMs, s.StdTPOTMs, s.P90TPOTMs, s.P99TPOTMs = describe(c.tpot)
 	s.MeanE2ELMs, s.MedianE2ELMs, s.StdE2ELMs, s.P90E2ELMs, s.P99E2ELMs = describe(c.e2el)
 	s.MeanITLMs, s.MedianITLMs, s.StdITLMs, s.P90ITLMs, s.P99ITLMs = c.itl.describe()
+	if len(c.classes) > 0 {
+		s.Classes = make(map[string]Summary, len(c.classes))
+		for name, k := range c.classes {
+			s.Classes[name] = k.Summary(duration, EngineCounters{})
+		}
+	}
 	return s
 }
 

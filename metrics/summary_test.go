@@ -127,3 +127,26 @@ func TestSummaryEmpty(t *testing.T) {
 		t.Errorf("empty summary (-want +got):\n%s", diff)
 	}
 }
+
+func TestSummaryByClass(t *testing.T) {
+	c := NewCollector(SLO{TTFTMs: 100})
+	for _, r := range []serving.Record{
+		{Arrival: 0, FirstToken: 0.05, Finish: 0.2, OutputTokens: 4, Objective: "critical"},
+		{Arrival: 0, FirstToken: 0.5, Finish: 0.6, OutputTokens: 4, Objective: "sheddable"},
+		{Arrival: 0, Failed: true, Error: "429: system saturated, sheddable request dropped", Objective: "sheddable"},
+		{Arrival: 0, FirstToken: 0.01, Finish: 0.1, OutputTokens: 4},
+	} {
+		c.Add(&r)
+	}
+	s := c.Summary(2, EngineCounters{})
+	if s.Completed != 3 || s.Failed != 1 || len(s.Classes) != 2 {
+		t.Fatalf("summary: %d completed, %d failed, classes %v", s.Completed, s.Failed, s.Classes)
+	}
+	crit, shed := s.Classes["critical"], s.Classes["sheddable"]
+	if crit.Completed != 1 || crit.Failed != 0 || crit.RequestGoodput != 0.5 || crit.MeanTTFTMs != 50 {
+		t.Errorf("critical: %+v", crit)
+	}
+	if shed.Completed != 1 || shed.Failed != 1 || shed.RequestGoodput != 0 || shed.MeanTTFTMs != 500 {
+		t.Errorf("sheddable: %+v", shed)
+	}
+}

@@ -27,6 +27,9 @@ type Record struct {
 	// took to reach the decode instance, in seconds.
 	PrefillInstance *int    `json:"prefill_instance,omitempty"`
 	KVTransfer      float64 `json:"kv_transfer_s,omitempty"`
+
+	// Objective is the request's class: its InferenceObjective name ("" for none).
+	Objective string `json:"objective,omitempty"`
 }
 
 // TTFT is the time to first token in seconds.
@@ -57,5 +60,6 @@ func NewRecord(s *Seq) Record {
 		CachedTokens: s.NumCachedPrompt,
 		OutputTokens: s.NumOutput,
 		Preemptions:  s.Preemptions,
+		Objective:    s.Req.Objective,
 	}
 }

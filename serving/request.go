@@ -20,6 +20,10 @@ type Request struct {
 	Session uint64
 	// Priority orders requests for the priority batch policy: lower runs first (vLLM).
 	Priority int
+	// Objective names the request's InferenceObjective (GIE's
+	// x-gateway-inference-objective), the class its metrics are reported under; "" for
+	// none. FairnessID is its flow within its priority (x-gateway-inference-fairness-id).
+	Objective, FairnessID string
 }
 
 // Seq is an engine's state for one admitted request. The engine core owns it; batch

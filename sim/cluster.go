@@ -76,6 +76,11 @@ type ClusterSpec struct {
 	// ScaleUpDelay is the seconds a started instance takes to become routable.
 	Autoscale    string  `json:"autoscale,omitempty"`
 	ScaleUpDelay float64 `json:"scale_up_delay_s,omitempty"`
+	// FlowControl is the router's flow-control spec (policies/flow, servelab router
+	// --flow-control; empty: off) and Objectives the InferenceObjectives' priorities by
+	// name (--objective NAME=PRIORITY): Config.FlowControl and Config.Objectives.
+	FlowControl string         `json:"flow_control,omitempty"`
+	Objectives  map[string]int `json:"objectives,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
@@ -468,6 +473,9 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	}
 	if len(cfg.KVTiers) > 0 && !c.EnablePrefixCaching {
 		return Config{}, fmt.Errorf("kv_tiers: set without enable_prefix_caching; tiers hold cached prefix blocks")
+	}
+	if err := c.buildFlow(&cfg); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }

@@ -22,6 +22,7 @@ import (
 	"servelab/metrics"
 	"servelab/policies/batch"
 	"servelab/policies/evict"
+	"servelab/policies/flow"
 	"servelab/policies/route"
 	"servelab/serving"
 	"servelab/sim/latency"
@@ -91,6 +92,19 @@ type Config struct {
 	// Autoscale, if set, makes the cluster elastic (see scale.go): Instances are then
 	// slots, of which the scaling policy starts and drains instances.
 	Autoscale *Autoscale
+	// FlowControl, if set, is the router's flow control (policies/flow, GIE's): while the
+	// instances are saturated on the scraped gauges, arriving requests are held, released
+	// at scrapes by priority and fairness, or refused (flow.go). It needs ScrapeInterval.
+	FlowControl *flow.Config
+	// Objectives give each request's objective (serving.Request.Objective) its priority
+	// (GIE's InferenceObjective spec.priority); a request with an objective and no priority
+	// of its own runs at flow.EnginePriority of it in the engines.
+	Objectives flow.Objectives
+	// OnFlowDecision, if set, receives every flow-control decision as it is taken.
+	OnFlowDecision func(flow.Decision) error
+	// OnScrape, if set, receives each scrape's time and the gauges it read, by instance
+	// (what each instance's /metrics served then), before anything is routed on them.
+	OnScrape func(t float64, gauges []serving.InstanceView) error
 }
 
 // Pool is a group of identical instances (llm-d's and KServe's pool of model servers).
@@ -198,6 +212,8 @@ type simulation struct {
 	pd *pdState
 	// scale is the autoscaling state when Config.Autoscale is set.
 	scale *scaleState
+	// flow is the router's flow control when Config.FlowControl is set (flow.go).
+	flow *flowState
 	// queueEveryStep sends every step through the event queue, the plain discrete-event
 	// schedule that running ahead must reproduce exactly (tests compare the two).
 	queueEveryStep bool
@@ -358,6 +374,9 @@ func newSimulation(cfg Config) (*simulation, error) {
 			return nil, err
 		}
 	}
+	if err := s.initFlow(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -370,7 +389,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 	if s.cfg.OnSample != nil {
 		nextSample = s.cfg.SampleInterval
 	}
-	for s.err == nil && (more || len(s.queue) > 0) {
+	for s.err == nil && (more || len(s.queue) > 0 || s.flowPending()) {
 		arrival := math.Inf(1)
 		if more {
 			arrival = next.Arrival
@@ -378,7 +397,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		// A sample is a horizon like an arrival: no instance runs ahead past it, so the
 		// state it reads is exact. So is the scrape the next arrival is routed on.
 		horizon := min(arrival, nextSample)
-		scrape := s.scrapeBefore(arrival)
+		scrape := min(s.scrapeBefore(arrival), s.nextFlowScrape())
 		horizon = min(horizon, scrape, s.scaleNext())
 		// Step ends at the same time as an arrival go first: the request joins the queues
 		// the finished step left behind.
@@ -411,6 +430,9 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		}
 		if scrape <= arrival {
 			s.scrape(scrape)
+			if s.flow != nil {
+				s.flowPump(scrape)
+			}
 			continue
 		}
 		s.arrive(next)
@@ -503,6 +525,8 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 		BlockHashes:  serving.TraceBlockHashes(row.HashIDs, row.HashBlockSize, row.InputTokens, blockSize, id),
 		Session:      row.Session,
 		Priority:     row.Priority,
+		Objective:    row.Objective,
+		FairnessID:   row.FairnessID,
 	}
 }
 
@@ -531,16 +555,13 @@ func (s *simulation) arrive(req *serving.Request) {
 		})
 		return
 	}
-	for i := range s.instances {
-		s.views[i] = s.instances[i].core.View()
-		if s.cfg.ScrapeInterval > 0 {
-			sc := &s.scraped[i]
-			s.views[i].Waiting, s.views[i].Running, s.views[i].KVUsage = sc.Waiting, sc.Running, sc.KVUsage
-		}
-		if x := s.instances[i].kv; x != nil {
-			x.catchUp(req.Arrival)
-			s.views[i].Cache = x
-		}
+	if req.Objective != "" && req.Priority == 0 {
+		req.Priority = flow.EnginePriority(s.cfg.Objectives.Priority(req.Objective))
+	}
+	s.buildViews(req.Arrival)
+	if s.flow != nil {
+		s.flowArrive(req)
+		return
 	}
 	var target int
 	if s.pd != nil {
@@ -556,6 +577,26 @@ func (s *simulation) arrive(req *serving.Request) {
 	} else {
 		target = -1
 	}
+	s.dispatch(req, target, req.Arrival)
+}
+
+// buildViews fills the router's views of the instances as of t.
+func (s *simulation) buildViews(t float64) {
+	for i := range s.instances {
+		s.views[i] = s.instances[i].core.View()
+		if s.cfg.ScrapeInterval > 0 {
+			sc := &s.scraped[i]
+			s.views[i].Waiting, s.views[i].Running, s.views[i].KVUsage = sc.Waiting, sc.Running, sc.KVUsage
+		}
+		if x := s.instances[i].kv; x != nil {
+			x.catchUp(t)
+			s.views[i].Cache = x
+		}
+	}
+}
+
+// dispatch sends req to instance target at t.
+func (s *simulation) dispatch(req *serving.Request, target int, t float64) {
 	if target < 0 || target >= len(s.instances) {
 		s.err = fmt.Errorf("sim: router returned instance %d of %d", target, len(s.instances))
 		return
@@ -563,7 +604,7 @@ func (s *simulation) arrive(req *serving.Request) {
 	in := &s.instances[target]
 	in.core.Add(req)
 	if !in.busy {
-		if end, ok := s.plan(target, req.Arrival); ok {
+		if end, ok := s.plan(target, t); ok {
 			s.push(stepEnd{at: end, instance: target})
 		}
 	}
@@ -678,6 +719,9 @@ func (s *simulation) scrape(t float64) {
 		s.scraped[i] = s.instances[i].gauges
 	}
 	s.lastScrape = t
+	if s.cfg.OnScrape != nil && s.err == nil {
+		s.err = s.cfg.OnScrape(t, s.scraped)
+	}
 }
 
 // sample reports the cluster's state at t.

@@ -108,12 +108,19 @@ func FuzzNativeFastPath(f *testing.F) {
 		if err := dec.Decode(&raw); err != nil {
 			t.Fatalf("fast path accepted %q, encoding/json rejects it: %v", line, err)
 		}
-		slow := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, model: []byte(raw.Model)}
+		slow := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, model: []byte(raw.Model),
+			objective: []byte(raw.Objective), fairness: []byte(raw.FairnessID)}
 		slow.arrival, slow.hasArrival = deref(raw.ArrivalS)
 		slow.in, slow.hasIn = deref(raw.InputTokens)
 		slow.out, slow.hasOut = deref(raw.OutputTokens)
 		if fast.model == nil {
 			fast.model = []byte{}
+		}
+		if fast.objective == nil {
+			fast.objective = []byte{}
+		}
+		if fast.fairness == nil {
+			fast.fairness = []byte{}
 		}
 		if diff := cmp.Diff(slow, fast, cmp.AllowUnexported(nativeFields{}), cmpopts.EquateEmpty(), equalBits); diff != "" {
 			t.Fatalf("%q: encoding/json and the fast path differ (-json +fast):\n%s", line, diff)

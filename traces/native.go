@@ -17,6 +17,11 @@ type nativeFields struct {
 	priority                  int64
 	model                     []byte
 	modelString               string // set instead of model by the encoding/json path
+	// objective and fairness are the InferenceObjective name and the flow's fairness id
+	// (x-gateway-inference-objective, x-gateway-inference-fairness-id); the *String forms
+	// are set instead by the encoding/json path.
+	objective, fairness             []byte
+	objectiveString, fairnessString string
 }
 
 // nativeReader reads servelab's own trace format.
@@ -26,15 +31,21 @@ type nativeReader struct {
 	slab    idSlab
 	scratch []int64
 	model   string
+	// objective and fairness intern their columns as model does.
+	objective, fairness string
 }
 
 // NewNativeReader reads servelab's JSONL format, one object a line:
 //
-//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m"}
+//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m","objective":"critical","fairness_id":"tenant-a"}
 //
 // arrival_s (seconds, nondecreasing; rows are returned relative to the first), input_tokens and output_tokens (integers, at least
-// 1) are required; hash_ids with hash_block_size, session_id, priority and model are
-// optional (hash_block_size without hash_ids is ignored). A field it does not know is an
+// 1) are required; hash_ids with hash_block_size, session_id, priority, model, objective
+// and fairness_id are optional (hash_block_size without hash_ids is ignored). priority is
+// vLLM's request field (lower runs first); objective names the request's
+// InferenceObjective (the class it is reported under, whose priority the cluster's
+// objectives give, GIE's x-gateway-inference-objective) and fairness_id its flow (tenant)
+// within that priority (x-gateway-inference-fairness-id). A field it does not know is an
 // error, so a misspelt field is never ignored.
 func NewNativeReader(r io.Reader, name string) Reader {
 	return &nativeReader{lines: newLineReader(r, name)}
@@ -82,10 +93,18 @@ func (n *nativeReader) Next() (Row, error) {
 	if f.model != nil {
 		model = interned(&n.model, f.model)
 	}
+	objective, fairness := f.objectiveString, f.fairnessString
+	if f.objective != nil {
+		objective = interned(&n.objective, f.objective)
+	}
+	if f.fairness != nil {
+		fairness = interned(&n.fairness, f.fairness)
+	}
 	return Row{
 		Arrival: n.order.since(f.arrival), InputTokens: in, OutputTokens: out,
 		HashIDs: n.slab.copy(f.ids), HashBlockSize: int(f.blockSize),
 		Session: f.session, Priority: int(f.priority), Model: model, Line: l.line,
+		Objective: objective, FairnessID: fairness,
 	}, nil
 }
 
@@ -117,6 +136,10 @@ func parseNativeFast(line []byte, f *nativeFields) bool {
 			f.priority, ok = p.int()
 		case "model":
 			f.model, ok = p.str()
+		case "objective":
+			f.objective, ok = p.str()
+		case "fairness_id":
+			f.fairness, ok = p.str()
 		}
 		if !ok {
 			return false
@@ -135,6 +158,8 @@ type nativeJSON struct {
 	SessionID     uint64   `json:"session_id"`
 	Priority      int64    `json:"priority"`
 	Model         string   `json:"model"`
+	Objective     string   `json:"objective"`
+	FairnessID    string   `json:"fairness_id"`
 }
 
 func (n *nativeReader) decode(line []byte) (nativeFields, error) {
@@ -142,7 +167,8 @@ func (n *nativeReader) decode(line []byte) (nativeFields, error) {
 	if err := decodeLine(n.lines, line, &raw, true); err != nil {
 		return nativeFields{}, err
 	}
-	f := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, modelString: raw.Model}
+	f := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, modelString: raw.Model,
+		objectiveString: raw.Objective, fairnessString: raw.FairnessID}
 	f.arrival, f.hasArrival = deref(raw.ArrivalS)
 	f.in, f.hasIn = deref(raw.InputTokens)
 	f.out, f.hasOut = deref(raw.OutputTokens)
@@ -193,6 +219,14 @@ func (n *NativeWriter) Write(r Row) error {
 	if r.Model != "" {
 		b = append(b, `,"model":`...)
 		b = appendJSONString(b, r.Model)
+	}
+	if r.Objective != "" {
+		b = append(b, `,"objective":`...)
+		b = appendJSONString(b, r.Objective)
+	}
+	if r.FairnessID != "" {
+		b = append(b, `,"fairness_id":`...)
+		b = appendJSONString(b, r.FairnessID)
 	}
 	b = append(b, "}\n"...)
 	n.buf = b

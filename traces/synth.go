@@ -5,6 +5,8 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 
 	"gonum.org/v1/gonum/stat/distuv"
 
@@ -53,6 +55,44 @@ type SynthConfig struct {
 	MinTokens int    `json:"min_tokens,omitempty"`
 	MaxTokens int    `json:"max_tokens,omitempty"`
 	Seed      uint64 `json:"seed"`
+	// Classes, if set, give each conversation an objective (a class: the row's
+	// objective column) drawn by share, and a fairness id among the class's tenants. A
+	// class's rate is its share of Rate (a Poisson stream thinned by share is a Poisson
+	// stream of that rate). The draw has its own random stream: the same config without
+	// classes gives the same rows as before.
+	Classes []SynthClass `json:"classes,omitempty"`
+}
+
+// SynthClass is one request class of a synthetic workload.
+type SynthClass struct {
+	// Name is the class's InferenceObjective name (the objective column).
+	Name string `json:"name"`
+	// Share is the fraction of conversations in the class; shares must add up to 1.
+	Share float64 `json:"share"`
+	// Tenants, if above 1, spreads the class over this many flows, fairness ids
+	// NAME-0 to NAME-(Tenants-1), drawn uniformly; else its rows have fairness id NAME.
+	Tenants int `json:"tenants,omitempty"`
+}
+
+// ParseSynthClass reads "NAME:SHARE[:tenants=N]", e.g. "critical:0.7" or
+// "sheddable:0.3:tenants=4".
+func ParseSynthClass(s string) (SynthClass, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" {
+		return SynthClass{}, fmt.Errorf("class %q: want NAME:SHARE[:tenants=N], e.g. critical:0.7", s)
+	}
+	c := SynthClass{Name: parts[0]}
+	var err error
+	if c.Share, err = strconv.ParseFloat(parts[1], 64); err != nil || !(c.Share > 0 && c.Share <= 1) {
+		return SynthClass{}, fmt.Errorf("class %q: share %q is not a number in (0, 1]", s, parts[1])
+	}
+	if len(parts) == 3 {
+		v, ok := strings.CutPrefix(parts[2], "tenants=")
+		if c.Tenants, err = strconv.Atoi(v); !ok || err != nil || c.Tenants < 1 {
+			return SynthClass{}, fmt.Errorf("class %q: %q: want tenants=N with N at least 1", s, parts[2])
+		}
+	}
+	return c, nil
 }
 
 func (c *SynthConfig) validate() error {
@@ -86,6 +126,27 @@ func (c *SynthConfig) validate() error {
 	if c.RateCurve != "" {
 		if _, err := ParseRateCurve(c.RateCurve); err != nil {
 			return fmt.Errorf("synth: rate_curve: %w", err)
+		}
+	}
+	if len(c.Classes) > 0 {
+		total := 0.0
+		seen := map[string]bool{}
+		for _, k := range c.Classes {
+			switch {
+			case k.Name == "":
+				return fmt.Errorf("synth: a class has no name")
+			case seen[k.Name]:
+				return fmt.Errorf("synth: class %q given twice", k.Name)
+			case !(k.Share > 0 && k.Share <= 1):
+				return fmt.Errorf("synth: class %q: share must be in (0, 1], got %g", k.Name, k.Share)
+			case k.Tenants < 0:
+				return fmt.Errorf("synth: class %q: tenants must not be negative, got %d", k.Name, k.Tenants)
+			}
+			seen[k.Name] = true
+			total += k.Share
+		}
+		if math.Abs(total-1) > 1e-9 {
+			return fmt.Errorf("synth: class shares add up to %g, want 1", total)
 		}
 	}
 	return nil
@@ -136,6 +197,9 @@ func NewSynth(cfg SynthConfig) (Reader, error) {
 	}
 	s.input = s.lengths(cfg.InputMean, cfg.InputSigma, cfg.InputEmpirical, src)
 	s.output = s.lengths(cfg.OutputMean, cfg.OutputSigma, cfg.OutputEmpirical, src)
+	if len(cfg.Classes) > 0 {
+		s.classRNG = rand.New(rand.NewPCG(cfg.Seed, 0xc1a55))
+	}
 	return s, nil
 }
 
@@ -180,6 +244,24 @@ type synth struct {
 	pending       minheap.Heap[turn]
 	slab          idSlab
 	ids           []int64
+	classRNG      *rand.Rand // draws classes and tenants, when there are classes
+}
+
+// class draws a conversation's objective and fairness id.
+func (s *synth) class() (objective, fairness string) {
+	u := s.classRNG.Float64()
+	k := s.cfg.Classes[len(s.cfg.Classes)-1]
+	for _, c := range s.cfg.Classes {
+		if u < c.Share {
+			k = c
+			break
+		}
+		u -= c.Share
+	}
+	if k.Tenants > 1 {
+		return k.Name, k.Name + "-" + strconv.Itoa(s.classRNG.IntN(k.Tenants))
+	}
+	return k.Name, k.Name
 }
 
 // turn is a conversation's next request, waiting for its arrival time.
@@ -219,6 +301,9 @@ func (s *synth) newConversation(at float64) turn {
 		}
 	}
 	t := turn{row: Row{Arrival: at, InputTokens: in, OutputTokens: out, HashIDs: s.fresh(in), HashBlockSize: s.cfg.BlockSize}}
+	if s.classRNG != nil {
+		t.row.Objective, t.row.FairnessID = s.class()
+	}
 	if s.cfg.TurnsMean > 1 {
 		s.sessions++
 		t.row.Session = s.sessions
@@ -242,6 +327,7 @@ func (s *synth) followUp(prev *turn) turn {
 		row: Row{
 			Arrival: prev.row.Arrival + think, InputTokens: in, OutputTokens: out,
 			HashIDs: s.fresh(in), HashBlockSize: s.cfg.BlockSize, Session: prev.row.Session,
+			Objective: prev.row.Objective, FairnessID: prev.row.FairnessID,
 		},
 		left: prev.left - 1,
 		seq:  uint64(s.emitted),

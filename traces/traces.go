@@ -40,6 +40,12 @@ type Row struct {
 	Priority int
 	// Model is the model the request called (BurstGPT: "ChatGPT" or "GPT-4"; native).
 	Model string
+	// Objective names the request's InferenceObjective (native): its class, whose
+	// priority the cluster's objectives give (GIE's x-gateway-inference-objective).
+	Objective string
+	// FairnessID is the request's flow within its priority band (native; GIE's
+	// x-gateway-inference-fairness-id).
+	FairnessID string
 	// Line is the row's line in its file, for error messages (the row's index for
 	// generated workloads).
 	Line int

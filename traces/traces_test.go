@@ -373,6 +373,7 @@ func TestReadersStream(t *testing.T) {
 func TestNativeRoundTrip(t *testing.T) {
 	rows := openAll(t, "testdata/mooncake_conv_200.jsonl", "")
 	rows[3].Session, rows[4].Priority, rows[5].Model, rows[6].Model = 7, -2, "llama-3.1-8b", "quote \" tab \t é \x01"
+	rows[7].Objective, rows[7].FairnessID, rows[8].Objective = "critical", "tenant \"a\"", "sheddable"
 	rows[len(rows)-1].Arrival = math.Nextafter(rows[len(rows)-1].Arrival, math.Inf(1))
 	var buf bytes.Buffer
 	w := NewNativeWriter(&buf)
@@ -394,14 +395,16 @@ func TestNativeRoundTrip(t *testing.T) {
 func TestNativeSlowPathAgrees(t *testing.T) {
 	lines := []string{
 		`{"arrival_s":0,"input_tokens":3,"output_tokens":1,"model":"a\u0062"}`,
+		`{"arrival_s":0,"input_tokens":3,"output_tokens":1,"objective":"crit\u0069cal","fairness_id":"t"}`,
 		`{"arrival_s":1,"input_tokens":3,"output_tokens":1,"hash_ids":null,"session_id":18446744073709551615}`,
 		`{"arrival_\u0073":2,"input_tokens":3,"output_tokens":1}`,
 	}
 	rows := readAll(t, NewNativeReader(strings.NewReader(strings.Join(lines, "\n")), "slow"))
 	want := []Row{
 		{Arrival: 0, InputTokens: 3, OutputTokens: 1, Model: "ab", Line: 1},
-		{Arrival: 1, InputTokens: 3, OutputTokens: 1, Session: math.MaxUint64, Line: 2},
-		{Arrival: 2, InputTokens: 3, OutputTokens: 1, Line: 3},
+		{Arrival: 0, InputTokens: 3, OutputTokens: 1, Objective: "critical", FairnessID: "t", Line: 2},
+		{Arrival: 1, InputTokens: 3, OutputTokens: 1, Session: math.MaxUint64, Line: 3},
+		{Arrival: 2, InputTokens: 3, OutputTokens: 1, Line: 4},
 	}
 	if diff := cmp.Diff(want, rows); diff != "" {
 		t.Errorf("rows (-want +got):\n%s", diff)

@@ -88,6 +88,10 @@ func TestSimErrorsNameTheProblem(t *testing.T) {
 		{[]string{"sim", "--trace", azureSlice, "--rate-scale", "+Inf"}, "--rate-scale"},
 		{[]string{"sim", "--trace", azureSlice, "--scrape-interval", "-5ms"}, "scrape-interval"},
 		{[]string{"sim", "--trace", azureSlice, "--kv-event-delay", "-1ms"}, "kv-event-delay"},
+		{[]string{"sim", "--trace", azureSlice, "--flow-control", "gie:fairness=wfq"}, "fairness"},
+		{[]string{"sim", "--trace", azureSlice, "--flow-control", "gie", "--scrape-interval", "0"}, "scrape_interval"},
+		{[]string{"sim", "--trace", azureSlice, "--objective", "critical"}, "NAME=PRIORITY"},
+		{[]string{"sim", "--trace", azureSlice, "--objective", "a=1", "--objective", "a=2"}, "twice"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"strconv"
 	"time"
 
 	"servelab/experiments"
@@ -50,6 +51,10 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 	}
 	if k.ScrapeInterval != nil {
 		c.router.scrape = time.Duration(*k.ScrapeInterval * float64(time.Second))
+	}
+	c.router.flow.spec = k.FlowControl
+	for name, p := range k.Objectives {
+		c.router.flow.objectives = append(c.router.flow.objectives, name+"="+strconv.Itoa(p))
 	}
 	maxLen, vocab, err := modelLimits(c.model, c.maxModelLen)
 	if err != nil {

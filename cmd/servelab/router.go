@@ -49,6 +49,8 @@ type routerFlags struct {
 	logf func(format string, args ...any)
 	// disc discovers the endpoints from Kubernetes instead (router_discovery.go).
 	disc discoveryFlags
+	// flow is flow control and the objectives (flowflags.go).
+	flow flowFlags
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
@@ -103,6 +105,10 @@ func (f *routerFlags) config() (router.Config, error) {
 		z := f.zmq
 		cfg.KVEventsZMQ = &z
 	}
+	if cfg.FlowControl, cfg.Objectives, err = f.flow.parse(); err != nil {
+		return router.Config{}, err
+	}
+	cfg.NoEnginePriority = f.flow.noPriority
 	if f.model != "" {
 		tok, err := tokenizer.Load(f.model)
 		if err != nil {
@@ -303,6 +309,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.IntVar(&f.extProcFallbacks, "ext-proc-fallbacks", 0, "endpoints to name after the picked one in x-gateway-destination-endpoint, for the gateway to retry")
 	fl.DurationVar(&f.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with a P/D --router config: time a prefill leg may take (then it is retried elsewhere or the decode endpoint runs the request alone)")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
+	f.flow.register(fl)
 	f.disc.addFlags(fl)
 	return cmd
 }

@@ -86,6 +86,8 @@ func (f *simFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cluster.PrefillRouter, "prefill-router", "", "with a prefill pool: routing policy spec of the prefill pool (llm-d's prefill profile); empty: the same spec as --router")
 	fl.IntVar(&f.nonCachedTokens, "non-cached-tokens", 16, "with a prefill pool: llm-d's prefix-based-pd-decider threshold: disaggregate a request only when at least this many prompt tokens are uncached on its decode instance (0: every request)")
 	fl.StringVar(&f.cluster.KVLink, "kv-link", "", "with a prefill pool: the link prompt KV crosses from prefill to decode: nvlink (450 GB/s, 2 us), rdma (50 GB/s, 5 us) or tcp (10 GB/s, 50 us); nominal defaults, empty: rdma")
+	fl.StringVar(&f.cluster.FlowControl, "flow-control", "", flowControlUsage)
+	fl.Var(objectivesFlag{&f.cluster.Objectives}, "objective", objectiveUsage)
 	fl.StringSliceVar(&f.prices, "gpu-price", nil, "US dollars per GPU-hour for the cost report, GPU=USD (repeat or comma-separate), overriding the defaults (typical on-demand cloud prices, not facts): "+gpuPriceDefaults())
 }
 
@@ -528,6 +530,7 @@ func printSummary(w io.Writer, title string, s metrics.Summary, steps int64, hit
 		line("Disaggregated requests", int(d.Requests))
 		num("Mean KV transfer (ms, "+d.Link+")", d.MeanKVTransfer*1000)
 	}
+	printClasses(w, s)
 	fmt.Fprintf(w, "%s\n", strings.Repeat("=", 60))
 }
 

@@ -55,6 +55,7 @@ func newTraceInspectCmd() *cobra.Command {
 func newTraceSynthCmd() *cobra.Command {
 	cfg := traces.SynthConfig{Requests: 1000, Rate: 10, InputMean: 1024, OutputMean: 256, InputSigma: 0.6, OutputSigma: 0.6, Arrival: "poisson", CV: 2}
 	var out, lengthsFrom, lengthsFormat string
+	var classes []string
 	cmd := &cobra.Command{
 		Use:   "synth --requests N --rate R --out FILE",
 		Short: "Write a synthetic trace in servelab's native JSONL format",
@@ -62,9 +63,21 @@ func newTraceSynthCmd() *cobra.Command {
 			"lengths (or lengths sampled from a trace with --lengths-from), shared prefixes\n" +
 			"(--prefix-groups) and multi-turn conversations (--turns-mean), with prefix hash ids of\n" +
 			"--block-size tokens; --rate-curve shapes the rate over time (a day-shaped sine, or\n" +
-			"steps). The same flags and seed give the same file.",
+			"steps). The same flags and seed give the same file.\n\n" +
+			"--class NAME:SHARE[:tenants=N] (repeatable) gives each conversation a class, drawn by\n" +
+			"share (shares add up to 1; a class's rate is SHARE x --rate): the row's objective column,\n" +
+			"which the cluster's --objective NAME=PRIORITY (GIE's InferenceObjective) gives a\n" +
+			"priority, and a fairness id (its flow; NAME, or NAME-0..NAME-(N-1) with tenants=N), e.g.\n" +
+			"--class critical:0.7 --class sheddable:0.3.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, c := range classes {
+				k, err := traces.ParseSynthClass(c)
+				if err != nil {
+					return fmt.Errorf("--class: %w", err)
+				}
+				cfg.Classes = append(cfg.Classes, k)
+			}
 			if lengthsFrom != "" {
 				var err error
 				if cfg.InputEmpirical, cfg.OutputEmpirical, err = traceLengths(lengthsFrom, traces.Format(lengthsFormat)); err != nil {
@@ -114,6 +127,7 @@ func newTraceSynthCmd() *cobra.Command {
 	fl.IntVar(&cfg.MinTokens, "min-tokens", 0, "smallest prompt or output length (default 1)")
 	fl.IntVar(&cfg.MaxTokens, "max-tokens", 0, "largest prompt or output length (default 32768)")
 	fl.Uint64Var(&cfg.Seed, "seed", 0, "random seed")
+	fl.StringArrayVar(&classes, "class", nil, "request class NAME:SHARE[:tenants=N] (repeatable): the objective and fairness-id columns")
 	fl.StringVar(&out, "out", "", `output file (native JSONL; "-" for standard output)`)
 	_ = cmd.MarkFlagRequired("out")
 	return cmd

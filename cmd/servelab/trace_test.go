@@ -77,10 +77,32 @@ func TestTraceErrorsNameTheProblem(t *testing.T) {
 		{[]string{"trace", "inspect", bad}, `bad.csv:2: field "ContextTokens"`},
 		{[]string{"sim", "--trace", bad}, `bad.csv:2: field "ContextTokens"`},
 		{[]string{"trace", "synth", "--requests", "0", "--out", filepath.Join(t.TempDir(), "x")}, "requests"},
+		{[]string{"trace", "synth", "--class", "critical", "--out", filepath.Join(t.TempDir(), "x")}, "--class"},
+		{[]string{"trace", "synth", "--class", "critical:0.7", "--out", filepath.Join(t.TempDir(), "x")}, "add up to 0.7"},
 	} {
 		_, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestSynthClassesBreakDownTheSummary: a trace synthesised with classes simulates under
+// flow control into a summary broken down by class, sheddable requests refused with 429.
+func TestSynthClassesBreakDownTheSummary(t *testing.T) {
+	trace := filepath.Join(t.TempDir(), "classes.jsonl")
+	if _, err := run(t, "trace", "synth", "--requests", "400", "--rate", "200", "--class", "critical:0.7", "--class", "sheddable:0.3",
+		"--input-mean", "512", "--output-mean", "128", "--out", trace); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "sim", "--trace", trace, "--instances", "1", "--gpu", "l4", "--flow-control", "gie",
+		"--objective", "critical=1", "--objective", "sheddable=-1", "--allow-failures")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Class critical", "Class sheddable", "flow control: rejected-saturated", "429: system saturated"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the summary lacks %q:\n%s", want, out)
 		}
 	}
 }

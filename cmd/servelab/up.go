@@ -326,6 +326,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 	}
 	f.register(cmd)
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
+	f.router.flow.register(cmd.Flags())
 	cmd.Flags().IntVar(&f.prefillEngines, "prefill-engines", 0, "start this many more engines with --role prefill (the --engines ones get --role decode) and route prefill/decode-disaggregated; needs a P/D --router config")
 	cmd.Flags().DurationVar(&f.router.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with --prefill-engines: time a prefill leg may take")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")

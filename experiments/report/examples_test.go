@@ -25,6 +25,8 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 		"kv-tiers.yaml":      {"GPU hit %", "CPU hit %", "DISK hit %", "median TTFT ms"},
 		"pd-disagg.yaml":     {"disaggregated %"},
 		"autoscale-day.yaml": {"SLO attained %", "mean instances", "GPU-hours", "goodput/$"},
+		// By class: the workload's requests have objectives.
+		"priority-classes.yaml": {"refused %", "p99 E2EL ms"},
 	}
 	ran := 0
 	for _, p := range paths {
@@ -75,7 +77,10 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 			if filepath.Base(p) == "autoscale-day.yaml" && !strings.Contains(md, "Autoscaled autoscaled-rps") {
 				t.Errorf("the answer does not weigh the autoscaled cluster against the fixed ones:\n%s", md)
 			}
-			renderHTML(t, e)
+			html := renderHTML(t, e)
+			if filepath.Base(p) == "priority-classes.yaml" && (!strings.Contains(html, `<table class="classes"`) || !strings.Contains(html, "<td>sheddable</td>")) {
+				t.Error("the HTML report has no by-class table")
+			}
 		})
 	}
 	if ran < 4 {

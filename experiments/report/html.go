@@ -471,6 +471,7 @@ type (
 		Warnings []string
 		Tables   []tableView
 		Shares   []shareView
+		Classes  []tableView
 		Failed   []failedView
 	}
 	shareView struct {
@@ -582,6 +583,22 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 				}
 				ev.Tables = append(ev.Tables, tv)
 			}
+		}
+		for _, g := range groups {
+			if !hasClasses(g.ByGoodput) {
+				continue
+			}
+			tv := tableView{Caption: classCaption(g.Rate, len(groups) > 1), Order: "class", Rate: g.Rate, Heads: append([]string{"policy"}, classHeads...)}
+			for _, p := range g.ByGoodput {
+				for _, c := range p.Classes {
+					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}
+					for _, v := range classCells(p, c) {
+						row.Cells = append(row.Cells, splitCell(v))
+					}
+					tv.Rows = append(tv.Rows, row)
+				}
+			}
+			ev.Classes = append(ev.Classes, tv)
 		}
 		// The notes on identical results and missing prefix information go by the charts
 		// they explain (ChartNotes).
@@ -719,6 +736,13 @@ table.shares td.idle, table.shares th:last-child { text-align: left; }
 <thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>
 <tbody>
 {{range $i, $r := .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td>{{inc $i}}</td><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}</tr>
+{{end}}</tbody>
+</table></div>
+{{end}}{{range .Classes}}<div class="scroll"><table class="classes" data-rate="{{.Rate}}">
+<caption>{{.Caption}}</caption>
+<thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>
+<tbody>
+{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}</tr>
 {{end}}</tbody>
 </table></div>
 {{end}}{{range .Shares}}<div class="scroll"><table class="shares" data-rate="{{.Rate}}">

@@ -40,6 +40,12 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 		fmt.Fprintf(b, "\n### %s\n\n", rankedCaption(g.Rate, len(groups) > 1, "p99 TTFT"))
 		writeMarkdownTable(b, g.ByP99TTFT)
 	}
+	for _, g := range groups {
+		if hasClasses(g.ByGoodput) {
+			fmt.Fprintf(b, "\n### %s\n\n", classCaption(g.Rate, len(groups) > 1))
+			writeMarkdownClasses(b, g.ByGoodput)
+		}
+	}
 	for _, t := range exp.shareTables() {
 		fmt.Fprintf(b, "\n### %s\n\n", shareCaption(t.Rate, len(groups) > 1))
 		writeMarkdownShares(b, t)
@@ -110,4 +116,46 @@ func mdCode(s string) string {
 // mdText makes s safe as table-cell or list text.
 func mdText(s string) string {
 	return strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", "*", `\*`).Replace(s)
+}
+
+// hasClasses says whether any of the policies' requests have classes.
+func hasClasses(policies []*experiments.PolicyResult) bool {
+	for _, p := range policies {
+		if len(p.Classes) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func classCaption(rate float64, sweep bool) string {
+	if sweep {
+		return "Rate " + rateLabel(rate) + ": by class"
+	}
+	return "By class"
+}
+
+// classHeads are the by-class table's columns after the policy's.
+var classHeads = []string{"class", "requests", "refused %", "goodput req/s", "median TTFT ms", "p99 TTFT ms", "p99 TPOT ms", "p99 E2EL ms"}
+
+// classCells are one class's cells under classHeads.
+func classCells(p *experiments.PolicyResult, c experiments.ClassResult) []string {
+	f := func(s experiments.Stat, scale float64) string { return FormatStat(s, p.Seeds, scale) }
+	return []string{c.Name, f(c.Requests, 1), f(c.RefusedShare, 100), f(c.RequestGoodput, 1),
+		f(c.MedianTTFTMs, 1), f(c.P99TTFTMs, 1), f(c.P99TPOTMs, 1), f(c.P99E2ELMs, 1)}
+}
+
+// writeMarkdownClasses writes each policy's metrics by request class.
+func writeMarkdownClasses(w io.Writer, policies []*experiments.PolicyResult) {
+	fmt.Fprintf(w, "| policy | %s |\n", strings.Join(classHeads, " | "))
+	fmt.Fprintf(w, "| --- | --- |%s\n", strings.Repeat(" ---: |", len(classHeads)-1))
+	for _, p := range policies {
+		for _, c := range p.Classes {
+			cells := classCells(p, c)
+			for i := range cells {
+				cells[i] = mdText(cells[i])
+			}
+			fmt.Fprintf(w, "| `%s` | %s |\n", mdCode(p.Name()), strings.Join(cells, " | "))
+		}
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"servelab/metrics"
+	"servelab/policies/flow"
 	"servelab/serving"
 	"servelab/traces"
 )
@@ -449,7 +450,10 @@ type completionRequest struct {
 	// is held back (incomplete UTF-8, a possible stop string).
 	ReturnTokenIDs bool `json:"return_token_ids"`
 	Stream         bool `json:"stream"`
-	StreamOptions  struct {
+	// Priority is the trace row's (vLLM's request field; lower runs first), left out when
+	// 0, so a router with flow control may set it from the request's objective.
+	Priority      int `json:"priority,omitempty"`
+	StreamOptions struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 }
@@ -475,7 +479,7 @@ type streamChunk struct {
 func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	if row.InputTokens < 0 || row.InputTokens > MaxRowTokens || row.OutputTokens < 0 || row.OutputTokens > MaxRowTokens {
 		return outcome{kind: "row too large", rec: serving.Record{
-			ID: id, Instance: -1, Failed: true, Arrival: time.Since(r.start).Seconds(),
+			ID: id, Instance: -1, Failed: true, Arrival: time.Since(r.start).Seconds(), Objective: row.Objective,
 			Error: fmt.Sprintf("trace row %d: input_tokens %d, output_tokens %d: each must lie in [0, %d]",
 				id, row.InputTokens, row.OutputTokens, MaxRowTokens),
 		}}
@@ -483,11 +487,11 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	body := completionRequest{
 		Model: r.opts.Model, Prompt: Prompt(row, id, r.opts.Seed, r.opts.VocabSize),
 		MaxTokens: row.OutputTokens, MinTokens: row.OutputTokens, IgnoreEOS: true, Stream: true,
-		ReturnTokenIDs: true,
+		ReturnTokenIDs: true, Priority: row.Priority,
 	}
 	body.StreamOptions.IncludeUsage = true
 	raw, _ := json.Marshal(body)
-	o := outcome{rec: serving.Record{ID: id, Instance: -1, PromptTokens: row.InputTokens}}
+	o := outcome{rec: serving.Record{ID: id, Instance: -1, PromptTokens: row.InputTokens, Objective: row.Objective}}
 	now := func() float64 { return time.Since(r.start).Seconds() }
 	fail := func(kind string, err error) outcome {
 		o.rec.Failed, o.rec.Error, o.kind, o.itls = true, err.Error(), kind, nil
@@ -501,6 +505,13 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	req.Header.Set("Content-Type", "application/json")
 	if r.opts.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
+	}
+	// The row's class and flow, as GIE's gateway passes them to its endpoint picker.
+	if row.Objective != "" {
+		req.Header.Set(flow.ObjectiveHeader, row.Objective)
+	}
+	if row.FairnessID != "" {
+		req.Header.Set(flow.FairnessIDHeader, row.FairnessID)
 	}
 	o.rec.Arrival = now()
 	// The queueing delay inside the engine is not observable over HTTP.

@@ -43,7 +43,8 @@ type stub struct {
 	inFlight, maxInFlight  atomic.Int64
 	mu                     sync.Mutex
 	bodies                 []completionRequest
-	received               []time.Time // when each of bodies arrived
+	headers                []http.Header // each body's request headers
+	received               []time.Time   // when each of bodies arrived
 	// scrapes counts /metrics reads; metricsFault, if set, may answer read n itself
 	// (returning true) to make it fail or hang.
 	scrapes      atomic.Int64
@@ -111,6 +112,7 @@ func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.bodies = append(s.bodies, req)
+	s.headers = append(s.headers, r.Header.Clone())
 	s.received = append(s.received, time.Now())
 	s.mu.Unlock()
 	if s.reject != 0 {

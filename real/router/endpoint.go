@@ -238,6 +238,8 @@ func (r *Router) scrapeLoop(ctx context.Context, e *endpoint) {
 	for {
 		if err := r.scrapeOnce(ctx, e); err != nil && ctx.Err() == nil {
 			e.markDown(err.Error())
+		} else if err == nil {
+			r.flowScraped()
 		}
 		select {
 		case <-ctx.Done():

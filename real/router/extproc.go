@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"servelab/policies/flow"
 	"servelab/serving"
 )
 
@@ -98,6 +99,9 @@ type exchange struct {
 	bodyMode, respMode procmode.ProcessingMode_BodySendMode
 
 	path, authorization string
+	// objective and fairness are the request's x-gateway-inference-objective (or
+	// x-llm-d-inference-objective) and x-gateway-inference-fairness-id, for flow control.
+	objective, fairness string
 	subset              []string // the data plane's subset hint; nil without one
 	hasSubset           bool
 	body                []byte
@@ -239,6 +243,14 @@ func (ex *exchange) requestHeaders(h *extprocv3.HttpHeaders) []*extprocv3.Proces
 			ex.path = headerValue(hv)
 		case "authorization":
 			ex.authorization = headerValue(hv)
+		case flow.ObjectiveHeader:
+			ex.objective = headerValue(hv)
+		case otherObjectiveHeader:
+			if ex.objective == "" {
+				ex.objective = headerValue(hv)
+			}
+		case flow.FairnessIDHeader:
+			ex.fairness = headerValue(hv)
 		}
 	}
 	// As the proxy's guard: the router's own key on /v1/* (Config.APIKey).
@@ -314,6 +326,27 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 	// the routing sidecar in front of the decode engine, as llm-d's EPP hands it
 	// (disagg_profile_handler.go PreRequest); the sidecar runs the two legs.
 	var prefill *endpoint
+	if ex.r.flow != nil {
+		// Flow control, as the proxy's (flow.go): the request waits here while the
+		// endpoints are saturated, or is refused with GIE's statuses. The body goes upstream
+		// unchanged, so the objective's engine priority is not added to it.
+		ex.r.resolveObjective(ex.objective, ex.fairness, ex.body, rr)
+		res, gone := ex.r.flowWait(ex.ctx, rr)
+		switch {
+		case gone:
+			ex.done()
+			return immediate(http.StatusServiceUnavailable, "ServiceUnavailableError", "client disconnected while held by flow control")
+		case res.outcome != flow.Dispatched:
+			ex.done()
+			if res.outcome.HTTPStatus() == http.StatusTooManyRequests {
+				return immediate(http.StatusTooManyRequests, "RateLimitError", res.outcome.Message(), "Retry-After", "1")
+			}
+			return immediate(res.outcome.HTTPStatus(), "ServiceUnavailableError", res.outcome.Message())
+		case res.e != nil && !exclude[res.e]:
+			ex.destination = append(ex.destination, res.e)
+			exclude[res.e] = true
+		}
+	}
 	if ex.r.pd != nil {
 		d, p, _ := ex.r.pickPD(rr, exclude, nil)
 		if d != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"servelab/policies/flow"
 	"servelab/policies/route"
 	"servelab/serving"
 )
@@ -86,6 +87,20 @@ type Config struct {
 	// Logf receives endpoint transitions (down, back up) and why an endpoint's metrics or
 	// KV events are unavailable, each once per cause; nil logs to stderr.
 	Logf func(format string, args ...any)
+
+	// FlowControl, if set, holds requests while every endpoint is saturated, as GIE's flow
+	// control does (policies/flow, the simulator's; flow.go). Not with a P/D policy.
+	FlowControl *flow.Config
+	// Objectives are the InferenceObjectives requests name (x-gateway-inference-objective
+	// or their model): name to priority.
+	Objectives flow.Objectives
+	// OnFlowDecision, if set, receives every flow-control decision in the order taken.
+	OnFlowDecision func(flow.Decision)
+	// NoEnginePriority leaves request bodies alone: without it a request whose objective
+	// is known and whose body has no priority gets vLLM's priority field, the objective's
+	// priority negated. vLLM refuses a nonzero priority unless it runs
+	// --scheduling-policy priority (servelab engines take it under any batch policy).
+	NoEnginePriority bool
 }
 
 // DefaultBodyTimeout is Config.BodyTimeout's default: generous for a 32 MiB body on a slow
@@ -112,6 +127,8 @@ type Router struct {
 	pdm    pdMetrics
 	// idPrefix makes the x-request-id the router sends on P/D legs unique across routers.
 	idPrefix string
+	// flow is the flow control when Config.FlowControl is set (flow.go).
+	flow *flowGate
 
 	decisions *prometheus.CounterVec
 	scoring   prometheus.Histogram
@@ -220,6 +237,11 @@ func New(cfg Config) (*Router, error) {
 	r.handler = r.guard(r.mux)
 
 	r.ctx, r.stop = context.WithCancel(context.Background())
+	if cfg.FlowControl != nil && r.pd != nil {
+		r.stop()
+		return nil, errors.New("router: flow control with a P/D policy is not supported")
+	}
+	r.initFlow()
 	for _, e := range r.endpoints {
 		r.startLoops(e)
 	}
@@ -495,10 +517,25 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		r.servePD(w, req, body, rr)
 		return
 	}
+	var admitted *endpoint // flow control's pick, the first try
+	var admittedAt time.Time
+	if r.flow != nil || len(r.cfg.Objectives) > 0 {
+		body = r.flowObjective(req, body, rr)
+	}
+	if r.flow != nil {
+		var ok bool
+		if admitted, admittedAt, ok = r.flowAdmit(req.Context(), w, rr); !ok {
+			return
+		}
+	}
 	tried := map[*endpoint]bool{}
 	var routedAt time.Time // the first decision's: the order requests reached the policy in
 	for {
-		e, at := r.pickAt(rr, tried)
+		e, at := admitted, admittedAt
+		if e == nil {
+			e, at = r.pickAt(rr, tried)
+		}
+		admitted = nil
 		if routedAt.IsZero() {
 			routedAt = at
 		}
