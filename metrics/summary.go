@@ -117,6 +117,9 @@ type Summary struct {
 	Cost *Cost `json:"cost,omitempty"`
 	// Disaggregation is set for a simulated prefill/decode-disaggregated cluster.
 	Disaggregation *Disaggregation `json:"disaggregation,omitempty"`
+	// Arms, when the router split traffic between two routing policies (an A/B test), is
+	// each arm's summary by its name (serving.ArmA, ArmB): see Arms.
+	Arms map[string]*Summary `json:"arms,omitempty"`
 }
 
 // Disaggregation summarises prefill/decode disaggregation over a run.

@@ -27,6 +27,10 @@ type Record struct {
 	// took to reach the decode instance, in seconds.
 	PrefillInstance *int    `json:"prefill_instance,omitempty"`
 	KVTransfer      float64 `json:"kv_transfer_s,omitempty"`
+
+	// Arm is the A/B arm (ArmA or ArmB) that routed the request, when the router split
+	// traffic between two routing policies; empty otherwise.
+	Arm string `json:"arm,omitempty"`
 }
 
 // TTFT is the time to first token in seconds.
@@ -57,5 +61,6 @@ func NewRecord(s *Seq) Record {
 		CachedTokens: s.NumCachedPrompt,
 		OutputTokens: s.NumOutput,
 		Preemptions:  s.Preemptions,
+		Arm:          s.Req.Arm,
 	}
 }

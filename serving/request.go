@@ -20,6 +20,9 @@ type Request struct {
 	Session uint64
 	// Priority orders requests for the priority batch policy: lower runs first (vLLM).
 	Priority int
+	// Arm is the A/B arm (ArmA or ArmB) of a request whose router splits traffic between
+	// two routing policies (route.AB); empty otherwise.
+	Arm string
 }
 
 // Seq is an engine's state for one admitted request. The engine core owns it; batch
