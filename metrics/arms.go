@@ -31,9 +31,10 @@ func (a *Arms) arm(name string) *armAcc {
 	return acc
 }
 
-// Add takes one record; a record without an arm is not in the test and is left out.
+// Add takes one record; a record without an arm is not in the test and is left out. The
+// methods of a nil *Arms do nothing, so a run without an A/B test may call them.
 func (a *Arms) Add(r *serving.Record) {
-	if r.Arm == "" {
+	if a == nil || r.Arm == "" {
 		return
 	}
 	acc := a.arm(r.Arm)
@@ -47,7 +48,7 @@ func (a *Arms) Add(r *serving.Record) {
 
 // AddITL takes one inter-token latency, in seconds, of a request in arm.
 func (a *Arms) AddITL(arm string, seconds float64) {
-	if arm != "" {
+	if a != nil && arm != "" {
 		a.arm(arm).c.AddITL(seconds)
 	}
 }
@@ -55,7 +56,7 @@ func (a *Arms) AddITL(arm string, seconds float64) {
 // Summaries returns each arm's summary over a run of duration seconds, or nil when no
 // record had an arm.
 func (a *Arms) Summaries(duration float64) map[string]*Summary {
-	if len(a.by) == 0 {
+	if a == nil || len(a.by) == 0 {
 		return nil
 	}
 	out := make(map[string]*Summary, len(a.by))

@@ -10,9 +10,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"servelab/metrics"
+	"servelab/policies"
 	"servelab/policies/route"
 	"servelab/real/router"
 	"servelab/serving"
+	"servelab/sim"
 	"servelab/traces"
 )
 
@@ -105,5 +107,70 @@ func TestBenchWithoutArms(t *testing.T) {
 	}
 	if res.Summary.Arms != nil || res.Records[0].Arm != "" {
 		t.Errorf("arms %v, record arm %q", res.Summary.Arms, res.Records[0].Arm)
+	}
+}
+
+// TestSimAndRouterSplitAlike: one trace, replayed in the simulator with --ab-router and
+// through servelab's router with the same specs, fraction and seed by servelab bench,
+// puts every request in the same arm in both worlds.
+func TestSimAndRouterSplitAlike(t *testing.T) {
+	const (
+		a, b     = "least-request", "round-robin"
+		fraction = 0.35
+		seed     = 77
+	)
+	var trace []traces.Row
+	for i := range 40 {
+		trace = append(trace, traces.Row{Arrival: float64(i) * 0.004, InputTokens: 32 + i%7, OutputTokens: 3})
+	}
+
+	spec := sim.DefaultClusterSpec()
+	spec.Instances, spec.Seed, spec.Router, spec.ABRouter, spec.ABFraction = 2, seed, a, b, fraction
+	cfg, err := spec.Build(metrics.SLO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	simulated := map[uint64]string{}
+	cfg.OnRecord = func(r *serving.Record) error { simulated[r.ID] = r.Arm; return nil }
+	simRes, err := sim.Run(cfg, &rows{append([]traces.Row(nil), trace...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, e0 := startStub(t, time.Millisecond, time.Millisecond)
+	_, e1 := startStub(t, time.Millisecond, time.Millisecond)
+	pol, err := route.ParseAB(a, b, fraction, policies.Env{Seed: seed, BlockSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := router.New(router.Config{Endpoints: []string{e0, e1}, Policy: pol, ScrapeInterval: time.Hour,
+		Registry: prometheus.NewRegistry(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.Handler())
+	t.Cleanup(srv.Close)
+	res, err := Run(ctx, Options{Endpoint: srv.URL, Model: "m", Trace: &rows{trace}, VocabSize: 1000, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	measured := map[uint64]string{}
+	for _, rec := range res.Records {
+		measured[rec.ID] = rec.Arm
+	}
+	if diff := cmp.Diff(simulated, measured); diff != "" {
+		t.Errorf("arm per request (-simulator +router):\n%s", diff)
+	}
+	for _, arm := range []string{serving.ArmA, serving.ArmB} {
+		s, m := simRes.Summary.Arms[arm], res.Summary.Arms[arm]
+		if s == nil || m == nil || s.Completed != m.Completed {
+			t.Errorf("arm %s: simulated %+v, measured %+v", arm, s, m)
+		}
 	}
 }
