@@ -4,9 +4,14 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 
+	"github.com/spf13/pflag"
+
 	"servelab/metrics"
+	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/serving"
 )
 
@@ -74,4 +79,34 @@ func armSpecs(a, b string) map[string]string {
 		return nil
 	}
 	return map[string]string{serving.ArmA: a, serving.ArmB: b}
+}
+
+// policy builds the router's policy: --router's, or an A/B test of it (arm a) and
+// --ab-router's (arm b) with --ab-fraction of the requests in arm b.
+func (f *routerFlags) policy(env policies.Env) (route.Policy, error) {
+	switch {
+	case f.abSpec == "" && f.abFraction != 0:
+		return nil, fmt.Errorf("--ab-fraction %v: needs --ab-router, the routing policy of arm b", f.abFraction)
+	case f.abSpec != "" && (math.IsNaN(f.abFraction) || f.abFraction < 0 || f.abFraction > 1):
+		return nil, fmt.Errorf("--ab-fraction %v: want the share of requests routed by --ab-router, from 0 to 1", f.abFraction)
+	}
+	p, err := route.ParseAB(f.spec, f.abSpec, f.abFraction, env)
+	if err != nil && f.abSpec != "" {
+		return nil, fmt.Errorf("--router %s, --ab-router %s: %w", f.spec, f.abSpec, err)
+	}
+	return p, err
+}
+
+// describePolicy is the policy as the router's start line names it.
+func (f *routerFlags) describePolicy() string {
+	if f.abSpec == "" {
+		return f.spec
+	}
+	return fmt.Sprintf("A/B: arm a %s, arm b %s for %g of requests", f.spec, f.abSpec, f.abFraction)
+}
+
+// addABFlags registers --ab-router and --ab-fraction.
+func (f *routerFlags) addABFlags(fl *pflag.FlagSet) {
+	fl.StringVar(&f.abSpec, "ab-router", "", "A/B test: route --ab-fraction of the requests (arm b) with this routing policy spec or EndpointPickerConfig file, the rest (arm a) with --router; responses carry x-servelab-arm, metrics servelab_router_arm_*{arm}")
+	fl.Float64Var(&f.abFraction, "ab-fraction", 0, "with --ab-router: the share of requests in arm b, 0 to 1, by a hash of --seed and the request's x-request-id (servelab sim --ab-fraction splits a trace the same way); x-servelab-arm: a|b on a request chooses")
 }
