@@ -143,3 +143,13 @@ func ParseAB(a, b string, fraction float64, env policies.Env) (Policy, error) {
 	ab.Split.Seed = env.Seed
 	return ab, nil
 }
+
+// RemoveInstance implements InstanceRemover: each arm that keeps state per instance drops
+// the instance's.
+func (p *AB) RemoveInstance(instance int) {
+	for _, q := range []Policy{p.A, p.B} {
+		if rm, ok := q.(InstanceRemover); ok {
+			rm.RemoveInstance(instance)
+		}
+	}
+}

@@ -226,3 +226,31 @@ func TestABReadsCaches(t *testing.T) {
 		}
 	}
 }
+
+// removingPolicy records the instances it was told to forget.
+type removingPolicy struct {
+	recordingPolicy
+	removed []int
+}
+
+func (p *removingPolicy) RemoveInstance(i int) { p.removed = append(p.removed, i) }
+
+func TestABRemovesInstancesFromBothArms(t *testing.T) {
+	a, b := &removingPolicy{}, &removingPolicy{}
+	ab, err := NewAB(a, b, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rm InstanceRemover = ab
+	rm.RemoveInstance(2)
+	rm.RemoveInstance(0)
+	if diff := cmp.Diff([][]int{{2, 0}, {2, 0}}, [][]int{a.removed, b.removed}); diff != "" {
+		t.Errorf("removed (-want +got):\n%s", diff)
+	}
+	// An arm without per-instance state is skipped.
+	ab2, _ := NewAB(&recordingPolicy{}, b, 0.5)
+	ab2.RemoveInstance(1)
+	if len(b.removed) != 3 {
+		t.Errorf("arm b removed %v", b.removed)
+	}
+}

@@ -147,3 +147,6 @@ func (a *armWriter) end() {
 	a.s.requests.WithLabelValues(a.arm, a.Header().Get(serving.ServedEndpointHeader), strconv.Itoa(code)).Inc()
 	a.s.duration.WithLabelValues(a.arm).Observe(time.Since(a.start).Seconds())
 }
+
+// RemoveInstance passes an endpoint's removal to the arms (route.InstanceRemover).
+func (t timedAB) RemoveInstance(instance int) { t.s.policy.RemoveInstance(instance) }

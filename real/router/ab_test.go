@@ -204,3 +204,32 @@ func TestNoABNoArm(t *testing.T) {
 		t.Errorf("arm metrics without an A/B test: %v", got)
 	}
 }
+
+// forgetful is a fixed policy that records the instances it was told to forget.
+type forgetful struct {
+	fixedPolicy
+	removed []int
+}
+
+func (p *forgetful) RemoveInstance(i int) { p.removed = append(p.removed, i) }
+
+// An endpoint leaving (Kubernetes discovery) is forgotten by both arms' state.
+func TestABRemovedEndpointReachesBothArms(t *testing.T) {
+	e0, e1 := newStub(t, "0"), newStub(t, "1")
+	a, b := &forgetful{}, &forgetful{}
+	ab, err := route.NewAB(a, b, 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Endpoints: []string{e0.URL, e1.URL}, Policy: ab, ScrapeInterval: time.Hour, Registry: prometheus.NewRegistry(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	if err := r.SetEndpoints([]string{e1.URL}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]int{{0}, {0}}, [][]int{a.removed, b.removed}); diff != "" {
+		t.Errorf("RemoveInstance calls of arms a and b (-want +got):\n%s", diff)
+	}
+}
