@@ -24,16 +24,13 @@ import (
 type routerFlags struct {
 	endpoints []string
 	spec      string
-	// abSpec and abFraction run an A/B test of spec and abSpec (ab.go).
-	abSpec     string
-	abFraction float64
-	host       string
-	port       int
-	scrape     time.Duration
-	blockSize  int
-	model      string
-	kvEvents   bool
-	seed       uint64
+	host      string
+	port      int
+	scrape    time.Duration
+	blockSize int
+	model     string
+	kvEvents  bool
+	seed      uint64
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration
@@ -49,6 +46,10 @@ type routerFlags struct {
 	logf func(format string, args ...any)
 	// disc discovers the endpoints from Kubernetes instead (router_discovery.go).
 	disc discoveryFlags
+
+	// abSpec and abFraction run an A/B test of spec and abSpec (ab.go).
+	abSpec     string
+	abFraction float64
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
