@@ -17,8 +17,8 @@ import (
 // whatever else arrives and in whatever order, so a replayed trace splits the same way in
 // the simulator (the key is the trace row index, serving.Request.ID) and through the real
 // router (the key is the x-request-id servelab bench sends: the same row index; see
-// SplitKey). Envoy splits the same way: its traffic-shifting runtime fractions draw the
-// request's random value from the hash of its x-request-id, so a request keeps its side.
+// SplitKey). x-request-id is the id Envoy keys its stable per-request decisions on (trace
+// sampling), so a request keeps its arm however often it is replayed.
 type Split struct {
 	// Fraction is the share of requests in arm b, from 0 (none) to 1 (all); like the
 	// weight of a canary's backendRef in an HTTPRoute, or KServe's canaryTrafficPercent/100.
