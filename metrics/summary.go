@@ -126,6 +126,9 @@ type Summary struct {
 	// goodput and latencies. ITL is not broken down (the collector keeps inter-token gaps
 	// in one histogram), nor are the engine counters.
 	Classes map[string]Summary `json:"classes,omitempty"`
+	// Arms, when the router split traffic between two routing policies (an A/B test), is
+	// each arm's summary by its name (serving.ArmA, ArmB): see Arms.
+	Arms map[string]*Summary `json:"arms,omitempty"`
 }
 
 // Disaggregation summarises prefill/decode disaggregation over a run.

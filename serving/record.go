@@ -30,6 +30,9 @@ type Record struct {
 
 	// Objective is the request's class: its InferenceObjective name ("" for none).
 	Objective string `json:"objective,omitempty"`
+	// Arm is the A/B arm (ArmA or ArmB) that routed the request, when the router split
+	// traffic between two routing policies; empty otherwise.
+	Arm string `json:"arm,omitempty"`
 }
 
 // TTFT is the time to first token in seconds.
@@ -61,5 +64,6 @@ func NewRecord(s *Seq) Record {
 		OutputTokens: s.NumOutput,
 		Preemptions:  s.Preemptions,
 		Objective:    s.Req.Objective,
+		Arm:          s.Req.Arm,
 	}
 }

@@ -24,6 +24,9 @@ type Request struct {
 	// x-gateway-inference-objective), the class its metrics are reported under; "" for
 	// none. FairnessID is its flow within its priority (x-gateway-inference-fairness-id).
 	Objective, FairnessID string
+	// Arm is the A/B arm (ArmA or ArmB) of a request whose router splits traffic between
+	// two routing policies (route.AB); empty otherwise.
+	Arm string
 }
 
 // Seq is an engine's state for one admitted request. The engine core owns it; batch

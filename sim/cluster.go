@@ -81,6 +81,12 @@ type ClusterSpec struct {
 	// name (--objective NAME=PRIORITY): Config.FlowControl and Config.Objectives.
 	FlowControl string         `json:"flow_control,omitempty"`
 	Objectives  map[string]int `json:"objectives,omitempty"`
+	// ABRouter, when set, runs an online A/B test of routing policies (ab.go): ABFraction
+	// of the requests (0 to 1), split by a hash of Seed and the request id, are routed by
+	// ABRouter's policy (arm b), the rest by Router's (arm a), as servelab router
+	// --ab-router and --ab-fraction split them.
+	ABRouter   string  `json:"ab_router,omitempty"`
+	ABFraction float64 `json:"ab_fraction,omitempty"`
 }
 
 // Pool roles. RoleBoth serves whole requests; RolePrefill and RoleDecode are the halves
@@ -357,6 +363,9 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	pd, _ := router.(*route.PDProfileHandler)
 	if pd != nil {
 		router = pd.Decode
+	}
+	if router, err = c.abRouter(env, router, pd != nil, countRole(pools, RolePrefill) > 0); err != nil {
+		return Config{}, err
 	}
 	batchSpec, err := policies.ParseSpec(c.Batch)
 	if err != nil {

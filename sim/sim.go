@@ -214,6 +214,9 @@ type simulation struct {
 	scale *scaleState
 	// flow is the router's flow control when Config.FlowControl is set (flow.go).
 	flow *flowState
+	// arms summarises each arm of an A/B test of routing policies (Router a *route.AB,
+	// ab.go); nil without one.
+	arms *metrics.Arms
 	// queueEveryStep sends every step through the event queue, the plain discrete-event
 	// schedule that running ahead must reproduce exactly (tests compare the two).
 	queueEveryStep bool
@@ -377,6 +380,9 @@ func newSimulation(cfg Config) (*simulation, error) {
 	if err := s.initFlow(); err != nil {
 		return nil, err
 	}
+	if err := s.initAB(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -470,6 +476,7 @@ func (s *simulation) run(src traces.Reader) (Result, error) {
 		s.result.Summary.Autoscale = s.scaleSummary(s.lastEnd)
 		s.result.Summary.Cost = s.scaledCost(s.result.Summary.Autoscale)
 	}
+	s.result.Summary.Arms = s.arms.Summaries(s.lastEnd)
 	if s.pd != nil {
 		d := &metrics.Disaggregation{Requests: s.pd.count, Link: s.pd.cfg.Link.Name}
 		if d.Requests > 0 {
@@ -532,6 +539,7 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 
 func (s *simulation) arrive(req *serving.Request) {
 	s.countArrival()
+	s.assignArm(req)
 	if need := req.PromptTokens + req.MaxTokens; need > s.capacity {
 		// As vLLM: a request longer than max_model_len is refused (a 400); one that fits
 		// the context but not an instance's whole KV cache could never be scheduled.
@@ -551,7 +559,7 @@ func (s *simulation) arrive(req *serving.Request) {
 		s.result.Failures.Add(kind, msg)
 		s.emit(&serving.Record{
 			ID: req.ID, Instance: -1, Arrival: req.Arrival, PromptTokens: req.PromptTokens,
-			Failed: true, Error: msg,
+			Failed: true, Error: msg, Arm: req.Arm,
 		})
 		return
 	}
@@ -667,6 +675,7 @@ func (s *simulation) complete(i int, t float64) {
 		sc := &in.step.Seqs[k]
 		if sc.Emitted && sc.Seq.NumOutput >= 2 {
 			s.collector.AddITL(sc.Seq.LastToken - sc.Seq.PrevToken)
+			s.arms.AddITL(sc.Seq.Req.Arm, sc.Seq.LastToken-sc.Seq.PrevToken)
 		}
 	}
 	for _, seq := range finished {
@@ -753,6 +762,7 @@ func (s *simulation) emit(r *serving.Record) {
 	}
 	s.collector.Add(r)
 	s.countFinished(r)
+	s.arms.Add(r)
 	if s.cfg.OnRecord != nil && s.err == nil {
 		s.err = s.cfg.OnRecord(r)
 	}

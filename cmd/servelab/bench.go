@@ -56,6 +56,12 @@ clipped requests are counted on stderr. The context is --max-model-len, else the
 directory's, else the max_model_len the endpoint's /v1/models reports. --token-scale 1
 --output-token-scale 1 replays the trace as is.
 
+Behind servelab router running an A/B test of routing policies (--ab-router), every request's
+arm is read from the response (x-servelab-arm): a block per arm follows the summary, under the
+same names, and --json, summary.json and records.jsonl carry the arms ("arms", "arm"). Requests
+carry x-request-id: the trace row index, so the router splits a replay as 'servelab sim
+--ab-router' split the same trace.
+
 Failed requests are listed by kind with the first error of each and a hint; any failure makes
 the command exit non-zero unless --allow-failures is given. --metrics takes engines' /metrics
 URLs (a router's has no vLLM counters: it is left out with a warning).`,
@@ -186,6 +192,11 @@ URLs (a router's has no vLLM counters: it is left out with a warning).`,
 				err = writeJSON(cmd.OutOrStdout(), res.Summary)
 			} else {
 				printSummary(cmd.OutOrStdout(), base, res.Summary, -1, hitRate)
+				armHitRate := ""
+				if !res.CachedTokensReported {
+					armHitRate = "not reported (no cached_tokens in the responses)"
+				}
+				printArms(cmd.OutOrStdout(), res.Summary, nil, armHitRate)
 			}
 			if err != nil {
 				return err

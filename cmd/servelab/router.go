@@ -18,7 +18,6 @@ import (
 	"servelab/engine/model"
 	"servelab/engine/tokenizer"
 	"servelab/policies"
-	"servelab/policies/route"
 	"servelab/real/router"
 )
 
@@ -51,6 +50,10 @@ type routerFlags struct {
 	disc discoveryFlags
 	// flow is flow control and the objectives (flowflags.go).
 	flow flowFlags
+
+	// abSpec and abFraction run an A/B test of spec and abSpec (ab.go).
+	abSpec     string
+	abFraction float64
 }
 
 func (f *routerFlags) build() (*router.Router, error) {
@@ -84,7 +87,7 @@ func promptTokenLimit(dir string, tok *tokenizer.Tokenizer) (int, error) {
 
 // config is the router's configuration without endpoints when f.endpoints is empty.
 func (f *routerFlags) config() (router.Config, error) {
-	policy, err := route.Parse(f.spec, policies.Env{Seed: f.seed, BlockSize: f.blockSize})
+	policy, err := f.policy(policies.Env{Seed: f.seed, BlockSize: f.blockSize})
 	if err != nil {
 		return router.Config{}, err
 	}
@@ -257,7 +260,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "servelab router: %s, policy %s, listening on http://%s\n", f.disc.describe(w, f.endpoints), f.spec, ln.Addr())
+			fmt.Fprintf(cmd.OutOrStdout(), "servelab router: %s, policy %s, listening on http://%s\n", f.disc.describe(w, f.endpoints), f.describePolicy(), ln.Addr())
 			srv := router.NewServer(r.Handler(), f.idleTimeout)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -310,6 +313,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with a P/D --router config: time a prefill leg may take (then it is retried elsewhere or the decode endpoint runs the request alone)")
 	fl.IntVar(&f.maxInFlight, "max-inflight", 1024, "requests served at once; more are refused with 429 (0: no cap)")
 	f.flow.register(fl)
+	f.addABFlags(fl)
 	f.disc.addFlags(fl)
 	return cmd
 }

@@ -342,7 +342,7 @@ func newSimCmd() *cobra.Command {
 		Use:   "sim --trace FILE [flags]",
 		Short: "Simulate a serving cluster on a trace and print vLLM-style benchmark metrics",
 		Long: "Simulate a serving cluster replaying a trace: each instance runs the engine's real scheduler,\n" +
-			"KV block manager and policies, with a latency model in place of the GPU.\n\n" + policyHelp(),
+			"KV block manager and policies, with a latency model in place of the GPU.\n\n" + abFlagsHelp + "\n\n" + policyHelp(),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var records *recordWriter
@@ -380,6 +380,7 @@ func newSimCmd() *cobra.Command {
 				err = writeJSON(cmd.OutOrStdout(), res.Summary)
 			} else {
 				printSummary(cmd.OutOrStdout(), f.cluster.Router, res.Summary, res.Steps, "")
+				printArms(cmd.OutOrStdout(), res.Summary, armSpecs(f.cluster.Router, f.cluster.ABRouter), "")
 			}
 			if err != nil {
 				return err
@@ -394,6 +395,8 @@ func newSimCmd() *cobra.Command {
 	f.register(cmd)
 	cmd.Flags().BoolVar(&allowFailures, "allow-failures", false, "exit 0 even when requests failed")
 	cmd.Flags().StringVar(&f.cluster.Router, "router", f.cluster.Router, "routing policy spec, or an EndpointPickerConfig YAML file (policies listed above); with a prefill pool, an llm-d P/D EndpointPickerConfig (pd-profile-handler with decode and prefill profiles) replaces --prefill-router and --non-cached-tokens, the same file 'servelab router' takes")
+	cmd.Flags().StringVar(&f.cluster.ABRouter, "ab-router", "", "A/B test: route --ab-fraction of the requests (arm b) with this routing policy spec or EndpointPickerConfig file, the rest (arm a) with --router; the summary adds each arm's")
+	cmd.Flags().Float64Var(&f.cluster.ABFraction, "ab-fraction", 0, "with --ab-router: the share of requests in arm b, 0 to 1, split by a hash of --seed and the request id as servelab router splits them")
 	cmd.Flags().StringVar(&out, "out", "", "also write summary.json, records.jsonl and config.json to this directory")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	return cmd

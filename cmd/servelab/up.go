@@ -284,7 +284,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 				}
 				fmt.Fprintf(out, "engine-%d  %s%s  (pid %d)\n", i, ep, role, pids[i])
 			}
-			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.spec, c.URL)
+			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.describePolicy(), c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
 			if scaler != nil {
 				ao := local.AutoscaleOptions{Policy: scaler, Gatherer: opts.Router.Registry,
@@ -327,6 +327,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 	f.register(cmd)
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	f.router.flow.register(cmd.Flags())
+	f.router.addABFlags(cmd.Flags())
 	cmd.Flags().IntVar(&f.prefillEngines, "prefill-engines", 0, "start this many more engines with --role prefill (the --engines ones get --role decode) and route prefill/decode-disaggregated; needs a P/D --router config")
 	cmd.Flags().DurationVar(&f.router.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with --prefill-engines: time a prefill leg may take")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")

@@ -36,6 +36,8 @@ func ReadsCaches(p Policy) bool {
 		return false
 	case *PDProfileHandler:
 		return true // its prefix-based decider reads the decode endpoint's cache
+	case *AB:
+		return ReadsCaches(p.A) || ReadsCaches(p.B)
 	}
 	return true
 }

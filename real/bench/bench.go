@@ -130,6 +130,10 @@ type Result struct {
 	// (serving.RoutedAtHeader), in seconds since Start; nil when no response said (no router,
 	// or another one). Its order is the order the router's policy saw the requests in.
 	Routed map[uint64]float64
+	// CachedTokensReported says a response's usage carried prompt_tokens_details: the
+	// source of each A/B arm's prefix-cache hit rate (Summary.Arms), which engine counters
+	// cannot split by arm.
+	CachedTokensReported bool
 }
 
 // outcome is one request's record and its inter-token latencies.
@@ -150,6 +154,8 @@ type runner struct {
 	client *http.Client
 	start  time.Time
 	itls   []float64 // every request's inter-token latencies, gathered by collect
+	// arms collects each A/B arm's records and inter-token latencies (serving.ArmHeader).
+	arms   *metrics.Arms
 	before metrics.EngineCounters
 	// cacheReported is set when any response carried prompt_tokens_details.
 	cacheReported bool
@@ -197,7 +203,7 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 	if opts.Concurrency < 0 {
 		return Result{}, fmt.Errorf("bench: concurrency must not be negative, got %d", opts.Concurrency)
 	}
-	r := &runner{opts: opts, client: opts.Client}
+	r := &runner{opts: opts, client: opts.Client, arms: metrics.NewArms(opts.SLO)}
 	var note string
 	if r.opts.Endpoint, note, err = NormalizeURL(opts.Endpoint); err != nil {
 		return Result{}, err
@@ -291,6 +297,8 @@ func Run(ctx context.Context, opts Options) (res Result, err error) {
 		c.AddITL(itl)
 	}
 	res.Summary = c.Summary(max(last-first, 0), counters)
+	res.Summary.Arms = r.arms.Summaries(res.Summary.Duration)
+	res.CachedTokensReported = r.cacheReported
 	switch {
 	case len(r.opts.MetricsURLs) > 0:
 		res.PrefixCacheSource = "metrics"
@@ -404,6 +412,10 @@ func (r *runner) collect(outcomes <-chan outcome) (Result, error) {
 			res.Routed[o.rec.ID] = o.routed
 		}
 		r.itls = append(r.itls, o.itls...)
+		r.arms.Add(&o.rec)
+		for _, itl := range o.itls {
+			r.arms.AddITL(o.rec.Arm, itl)
+		}
 		r.cacheReported = r.cacheReported || o.cacheReported
 		if o.rec.Failed {
 			res.Failures.Add(o.kind, o.rec.Error)
@@ -503,6 +515,10 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 		return fail("bad request", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// The trace row index, the simulator's request id: a router splitting traffic between
+	// two routing policies (servelab router --ab-router) assigns it the arm the simulator
+	// assigns the same row (route.SplitKey).
+	req.Header.Set("x-request-id", strconv.FormatUint(id, 10))
 	if r.opts.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
 	}
@@ -527,6 +543,8 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	if i, ok := r.instances[resp.Header.Get(serving.ServedEndpointHeader)]; ok {
 		o.rec.Instance = i
 	}
+	// A router running an A/B test of routing policies names the request's arm.
+	o.rec.Arm = resp.Header.Get(serving.ArmHeader)
 	if ns, err := strconv.ParseInt(resp.Header.Get(serving.RoutedAtHeader), 10, 64); err == nil {
 		o.routed, o.routedOK = time.Unix(0, ns).Sub(r.start).Seconds(), true
 	}

@@ -125,6 +125,8 @@ type Router struct {
 	pd     *route.PDProfileHandler
 	pviews []serving.InstanceView
 	pdm    pdMetrics
+	// ab runs an A/B test of two routing policies when Config.Policy is a *route.AB (ab.go).
+	ab *abState
 	// idPrefix makes the x-request-id the router sends on P/D legs unique across routers.
 	idPrefix string
 	// flow is the flow control when Config.FlowControl is set (flow.go).
@@ -222,6 +224,7 @@ func New(cfg Config) (*Router, error) {
 	})
 	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
 	r.pdm = newPDMetrics(cfg.Registry)
+	r.initAB()
 	for _, e := range r.endpoints {
 		e.decisions = r.decisions.WithLabelValues(e.url)
 	}
@@ -513,6 +516,14 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	rr := r.routingRequest(req.Context(), req.URL.Path, body)
+	if r.ab != nil {
+		aw := r.ab.begin(w, req, rr)
+		if aw == nil {
+			return
+		}
+		defer aw.end()
+		w = aw
+	}
 	if r.pd != nil {
 		r.servePD(w, req, body, rr)
 		return
