@@ -36,14 +36,19 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 		m.checkPrefix(s, cachedBlocks)
 		covered += cachedBlocks * m.blockSize
 	}
-	need := max(0, m.blocksFor(covered)-len(s.Blocks)-cachedBlocks)
-	// Cached blocks nobody references sit in the free set: taking them uses free blocks.
-	// One lookup per prefix block finds them, and checks that the caller's count came
-	// from CachedPrefixBlocks (a mistake would corrupt reference counts).
-	reclaimed, loads := 0, 0
+	reclaimed, loads := m.lookupPrefix(s.Req.BlockHashes[:cachedBlocks])
+	return m.commit(s, covered, reclaimed, loads, countHits)
+}
+
+// lookupPrefix finds the blocks of hashes, every one of them cached, into m.prefix: the
+// accelerator block holding each, or none with the lower tier it is on in m.loads. It
+// returns how many of those accelerator blocks are free (taking them uses free blocks) and
+// how many hashes are on lower tiers. One lookup per prefix block also checks that the
+// caller's count came from CachedPrefixBlocks (a mistake would corrupt reference counts).
+func (m *Manager) lookupPrefix(hashes []uint64) (reclaimed, loads int) {
 	m.prefix = m.prefix[:0]
 	m.loads = m.loads[:0]
-	for i, h := range s.Req.BlockHashes[:cachedBlocks] {
+	for i, h := range hashes {
 		b, ok := m.cached.Get(h)
 		if !ok {
 			// A block on a lower tier is loaded back into a fresh accelerator block.
@@ -65,6 +70,15 @@ func (m *Manager) allocate(s *serving.Seq, numNewTokens int, cachedBlocks int, c
 		m.prefix = append(m.prefix, b)
 		m.loads = append(m.loads, -1)
 	}
+	return reclaimed, loads
+}
+
+// commit takes the prefix lookupPrefix found (m.prefix, m.loads) and the new blocks that
+// bring s's table to covered tokens, then caches the prompt blocks they fill; it returns
+// false, changing nothing, when the free blocks do not suffice.
+func (m *Manager) commit(s *serving.Seq, covered, reclaimed, loads int, countHits bool) bool {
+	cachedBlocks := len(m.prefix)
+	need := max(0, m.blocksFor(covered)-len(s.Blocks)-cachedBlocks)
 	if need+loads+reclaimed > m.free {
 		return false
 	}
