@@ -155,13 +155,14 @@ func simFootprint(b *testing.B, n int, events bool) ([]*Manager, []*serving.Seq)
 // it lands. The hold is CachedPrefixBlocks then Retain, or RetainPrompt hinted with the
 // freed block table (what sim.sendKV does).
 func BenchmarkPrefillHandoff(b *testing.B) {
-	for _, hold := range []string{"lookup-retain", "retain-prompt"} {
+	for _, hold := range []string{"lookup-retain", "retain-prompt", "retain-prompt-events"} {
 		b.Run(hold, func(b *testing.B) {
-			ms, pool := simFootprint(b, 16, false)
+			ms, pool := simFootprint(b, 16, hold == "retain-prompt-events")
 			const window = 256
 			table := make([]int32, 0, 65)
 			h := &serving.Seq{Blocks: make([]int32, 0, 65)}
 			b.ReportAllocs()
+			cpu := startCPU(b)
 			b.ResetTimer()
 			for i := range b.N + window {
 				if i >= window { // the prefill admitted window requests ago ends
@@ -187,6 +188,7 @@ func BenchmarkPrefillHandoff(b *testing.B) {
 					benchAdmit(b, ms[i%len(ms)], pool[i%len(pool)])
 				}
 			}
+			cpu.report(b)
 		})
 	}
 }

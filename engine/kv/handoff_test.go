@@ -162,3 +162,36 @@ func TestRetainPromptIsCachedPrefixBlocksThenRetain(t *testing.T) {
 		}
 	}
 }
+
+// TestEventHashesAreTheReceiversOwn checks that events' hash slices, which share the
+// manager's slabs, stay what they reported whatever a receiver does with another's: one
+// appended to, or written through, must not show in any other event.
+func TestEventHashesAreTheReceiversOwn(t *testing.T) {
+	var events []Event
+	var copies [][]uint64
+	m := newManager(t, buildPolicy(t, "lru"), 16, func(e Event) {
+		events = append(events, e)
+		copies = append(copies, append([]uint64(nil), e.Hashes...))
+	})
+	for i := range 400 { // enough evictions to fill several slabs
+		s := prompt(uint64(i), int64(i%5), 2, 4*testBlockSize)
+		mustAdmit(t, m, s)
+		m.Free(s)
+	}
+	if len(events) < 2*eventSlab {
+		t.Fatalf("only %d events", len(events))
+	}
+	for i := range events {
+		if i%2 == 0 {
+			events[i].Hashes = append(events[i].Hashes, 1, 2, 3)
+		} else if len(events[i].Hashes) > 0 {
+			events[i].Hashes[0] = 42
+			copies[i][0] = 42
+		}
+	}
+	for i, e := range events {
+		if diff := cmp.Diff(copies[i], e.Hashes[:len(copies[i])]); diff != "" {
+			t.Fatalf("event %d of %d changed by what a receiver did with another (-reported +now):\n%s", i, len(events), diff)
+		}
+	}
+}
