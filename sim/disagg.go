@@ -123,6 +123,9 @@ type pdState struct {
 	// cross holds the times of the queued events that may put a request on another
 	// instance: prefill instances' step ends and transfer landings.
 	cross timeHeap
+	// tables holds, while a prefill instance's step completes, the block tables its
+	// sequences had before the engine core freed the finished ones (sendKV's hints).
+	tables [][]int32
 }
 
 func (s *simulation) initDisagg(roles []string) error {
@@ -249,17 +252,16 @@ func (s *simulation) routePD(req *serving.Request) (int, *serving.Request, error
 // sendKV starts the transfer of a finished prefill half's prompt KV at t: the prefill
 // instance keeps the blocks (re-referenced by a holder sequence, since the engine core
 // freed the finished sequence's; kv.Manager.Retain, so holding them is not a prefix hit and
-// not a block hit an LFU evictor would count) until the transfer lands.
-func (s *simulation) sendKV(x *pdReq, seq *serving.Seq, t float64) {
+// not a block hit an LFU evictor would count) until the transfer lands. hint is seq's block
+// table as it was before the engine core freed it (kv.Manager.RetainPrompt).
+func (s *simulation) sendKV(x *pdReq, seq *serving.Seq, hint []int32, t float64) {
 	x.pre, x.sent = seq, t
 	kvm := s.instances[x.prefill].core.KV()
 	bs := s.cfg.BlockSize
 	h := &serving.Seq{Req: x.half, Status: serving.SeqRunning, Instance: x.prefill}
-	cached := 0
-	if kvm.PrefixCachingEnabled() {
-		cached = kvm.CachedPrefixBlocks(x.half.BlockHashes)
-	}
-	if !kvm.Retain(h, max(0, x.half.PromptTokens-cached*bs), cached) {
+	// CachedPrefixBlocks then Retain, in one pass: the blocks the prefill computed the
+	// prompt in, taken before the engine core freed them, find them without a lookup.
+	if !kvm.RetainPrompt(h, hint) {
 		s.fail(fmt.Errorf("sim: instance %d cannot hold request %d's KV blocks for the transfer", x.prefill, x.req.ID))
 		return
 	}

@@ -659,6 +659,15 @@ func (s *simulation) plan(i int, t float64) (end float64, ok bool) {
 
 func (s *simulation) complete(i int, t float64) {
 	in := &s.instances[i]
+	if s.pd != nil && in.prefill {
+		// The block tables of the step's prefill halves, which Complete empties as it frees
+		// the finished ones: sendKV finds their blocks through them. Free leaves the
+		// tables' backing arrays as they were, and nothing else writes them before sendKV.
+		s.pd.tables = s.pd.tables[:0]
+		for k := range in.step.Seqs {
+			s.pd.tables = append(s.pd.tables, in.step.Seqs[k].Seq.Blocks)
+		}
+	}
 	finished := in.core.Complete(in.step, t)
 	if s.cfg.OnStep != nil && s.err == nil {
 		kv := in.core.KV()
@@ -678,11 +687,21 @@ func (s *simulation) complete(i int, t float64) {
 			s.arms.AddITL(sc.Seq.Req.Arm, sc.Seq.LastToken-sc.Seq.PrevToken)
 		}
 	}
+	next := 0 // Complete lists the finished in step order
 	for _, seq := range finished {
 		var x *pdReq
 		if s.pd != nil {
 			if x = s.pd.inflight[seq.Req]; x != nil && seq.Req == x.half {
-				s.sendKV(x, seq, t)
+				var hint []int32
+				if in.prefill {
+					for next < len(in.step.Seqs) && in.step.Seqs[next].Seq != seq {
+						next++
+					}
+					if next < len(in.step.Seqs) {
+						hint = s.pd.tables[next]
+					}
+				}
+				s.sendKV(x, seq, hint, t)
 				continue
 			}
 		}

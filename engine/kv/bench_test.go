@@ -119,3 +119,76 @@ func BenchmarkFree(b *testing.B) {
 		m.Free(batch[k])
 	}
 }
+
+// simFootprint builds n managers of the simulator's size on its 1M-request workload (an
+// H100 serving Llama-3.1-8B has about 28,000 blocks of 16 tokens), so that, as there,
+// their tables and maps are far beyond the CPU's caches, with a KV-event subscriber when
+// events is set; and a pool of 64-block prompts, their first 32 blocks one of 64 shared
+// prefixes (`servelab trace synth --prefix-groups 64`).
+func simFootprint(b *testing.B, n int, events bool) ([]*Manager, []*serving.Seq) {
+	b.Helper()
+	ms := make([]*Manager, n)
+	for i := range ms {
+		cfg := Config{NumBlocks: 28000, EnablePrefixCaching: true}
+		if events {
+			cfg.Events = func(Event) {}
+		}
+		m, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ms[i] = m
+	}
+	pool := make([]*serving.Seq, 4096)
+	for i := range pool {
+		pool[i] = benchPrompt(uint64(i), 32, 64)
+		g := uint64(i % 64)
+		copy(pool[i].Req.BlockHashes, benchPrompt(1<<30+g, 32, 32).Req.BlockHashes)
+	}
+	return ms, pool
+}
+
+// BenchmarkPrefillHandoff is a simulated prefill instance's work per request, on 16
+// managers of the simulator's size taken in turn: admit a 64-block prompt (its 32-block
+// shared prefix a hit); 256 admissions later, as when its prefill step ends among others,
+// free it as the engine core does, hold its blocks for the KV transfer and free them when
+// it lands. The hold is CachedPrefixBlocks then Retain, or RetainPrompt hinted with the
+// freed block table (what sim.sendKV does).
+func BenchmarkPrefillHandoff(b *testing.B) {
+	for _, hold := range []string{"lookup-retain", "retain-prompt", "retain-prompt-events"} {
+		b.Run(hold, func(b *testing.B) {
+			ms, pool := simFootprint(b, 16, hold == "retain-prompt-events")
+			const window = 256
+			table := make([]int32, 0, 65)
+			h := &serving.Seq{Blocks: make([]int32, 0, 65)}
+			b.ReportAllocs()
+			cpu := startCPU(b)
+			b.ResetTimer()
+			for i := range b.N + window {
+				if i >= window { // the prefill admitted window requests ago ends
+					j := i - window
+					m, s := ms[j%len(ms)], pool[j%len(pool)]
+					table = append(table[:0], s.Blocks...)
+					m.Free(s)
+					s.NumComputed = 0
+					h.Req = s.Req
+					var ok bool
+					if hold == "lookup-retain" {
+						cached := m.CachedPrefixBlocks(s.Req.BlockHashes)
+						ok = m.Retain(h, max(0, s.Req.PromptTokens-cached*m.BlockSize()), cached)
+					} else {
+						ok = m.RetainPrompt(h, table)
+					}
+					if !ok {
+						b.Fatal("hold failed")
+					}
+					m.Free(h)
+				}
+				if i < b.N {
+					benchAdmit(b, ms[i%len(ms)], pool[i%len(pool)])
+				}
+			}
+			cpu.report(b)
+		})
+	}
+}

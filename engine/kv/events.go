@@ -54,13 +54,13 @@ type Event struct {
 }
 
 func (m *Manager) emit(kind EventKind, hashes ...uint64) {
-	m.events(Event{Kind: kind, Hashes: hashes, Medium: m.gpuMedium})
+	m.events(Event{Kind: kind, Hashes: m.keep(hashes), Medium: m.gpuMedium})
 }
 
 // emitOn reports hashes entering or leaving a lower tier.
 func (m *Manager) emitOn(medium string, kind EventKind, hashes ...uint64) {
 	if m.events != nil {
-		m.events(Event{Kind: kind, Hashes: hashes, Medium: medium})
+		m.events(Event{Kind: kind, Hashes: m.keep(hashes), Medium: medium})
 	}
 }
 
@@ -70,7 +70,7 @@ func (m *Manager) flushStored(s *serving.Seq, start int) {
 	if len(m.stored) == 0 {
 		return
 	}
-	ev := Event{Kind: BlockStored, Hashes: slices.Clone(m.stored), Medium: m.gpuMedium}
+	ev := Event{Kind: BlockStored, Hashes: m.keep(m.stored), Medium: m.gpuMedium}
 	if start > 0 && start <= len(s.Req.BlockHashes) {
 		ev.Parent, ev.HasParent = s.Req.BlockHashes[start-1], true
 	}
@@ -79,4 +79,23 @@ func (m *Manager) flushStored(s *serving.Seq, start int) {
 	}
 	m.stored = m.stored[:0]
 	m.events(ev)
+}
+
+// eventSlab is how many hashes one allocation holds for events' slices.
+const eventSlab = 512
+
+// keep copies hashes for an event, which the receiver may keep, into the manager's current
+// slab: most events carry one hash (a block evicted), and one allocation per event was the
+// bulk of a simulation's garbage. Each copy is capped at its length, so a receiver that
+// appends to it cannot write into another's; a slab is collected once no event holds it.
+func (m *Manager) keep(hashes []uint64) []uint64 {
+	if len(hashes) == 0 {
+		return nil
+	}
+	if cap(m.slab)-len(m.slab) < len(hashes) {
+		m.slab = make([]uint64, 0, max(eventSlab, len(hashes)))
+	}
+	n := len(m.slab)
+	m.slab = append(m.slab, hashes...)
+	return m.slab[n:len(m.slab):len(m.slab)]
 }

@@ -61,6 +61,12 @@ type Manager struct {
 	free   int
 	// stored collects the hashes one allocation caches, for a single BlockStored event.
 	stored []uint64
+	// slab holds the hash slices of events (keep).
+	slab []uint64
+	// scratch holds hashes about to be looked up, for blockmap.Map.Prefetch; sink keeps
+	// the prefetching reads from being optimised away.
+	scratch []uint64
+	sink    uint64
 	// prefix holds the cached blocks Allocate is about to take (scratch).
 	prefix []int32
 

@@ -15,13 +15,24 @@ func (m *Manager) CachedPrefixBlocks(hashes []uint64) int {
 	if !m.caching {
 		return 0
 	}
-	for i, h := range hashes {
-		if !m.cached.Has(h) && (len(m.tiers) == 0 || m.tierOf(h) < 0) {
-			return i
+	// The slots of a few hashes are read together before they are looked up one by one
+	// (blockmap.Map.Prefetch): the lookups stop at the first miss, so the chunk is small.
+	for i := 0; i < len(hashes); i += prefetchChunk {
+		chunk := hashes[i:min(i+prefetchChunk, len(hashes))]
+		if len(chunk) > 1 {
+			m.sink += m.cached.Prefetch(chunk)
+		}
+		for j, h := range chunk {
+			if !m.cached.Has(h) && (len(m.tiers) == 0 || m.tierOf(h) < 0) {
+				return i + j
+			}
 		}
 	}
 	return len(hashes)
 }
+
+// prefetchChunk is how many hashes' slots CachedPrefixBlocks reads ahead.
+const prefetchChunk = 8
 
 // cacheFullBlocks registers the prompt blocks that the first covered tokens fill, as vLLM
 // v1 does when it schedules them.
@@ -31,6 +42,9 @@ func (m *Manager) cacheFullBlocks(s *serving.Seq, covered int) {
 	first := full
 	for first > 0 && m.blocks[s.Blocks[first-1]].hash == noHash {
 		first--
+	}
+	if full-first > 1 {
+		m.sink += m.cached.Prefetch(s.Req.BlockHashes[first:full])
 	}
 	m.stored = m.stored[:0]
 	run := first // the block m.stored starts at

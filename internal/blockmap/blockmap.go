@@ -71,6 +71,21 @@ func (m *Map) Get(k uint64) (int32, bool) {
 	return 0, false
 }
 
+// Prefetch reads the slot where each key's probe starts and returns a value to discard.
+// Reads that do not depend on one another overlap their cache misses, where lookups one
+// after another wait for each: a caller about to look up, insert or delete many keys in a
+// map far larger than the CPU's caches calls it first, so those operations find their
+// slots in cache. It changes nothing.
+func (m *Map) Prefetch(keys []uint64) (sink uint64) {
+	if len(m.slots) == 0 {
+		return 0
+	}
+	for _, k := range keys {
+		sink += m.slots[m.home(k)].key
+	}
+	return sink
+}
+
 // Has reports whether k is present.
 func (m *Map) Has(k uint64) bool {
 	_, ok := m.Get(k)

@@ -76,3 +76,23 @@ func BenchmarkChurn(b *testing.B) {
 		m.Get(keys[(j*7)&(len(keys)-1)])
 	}
 }
+
+func TestPrefetchChangesNothing(t *testing.T) {
+	var empty Map
+	if got := empty.Prefetch([]uint64{1, 2}); got != 0 {
+		t.Errorf("Prefetch on the zero Map = %d, want 0", got)
+	}
+	m := New(8)
+	for k := range uint64(20) {
+		m.Put(k*7919+1, int32(k))
+	}
+	m.Prefetch([]uint64{1, 7920, 99, 0})
+	if m.Len() != 20 {
+		t.Fatalf("Len = %d after Prefetch, want 20", m.Len())
+	}
+	for k := range uint64(20) {
+		if v, ok := m.Get(k*7919 + 1); !ok || v != int32(k) {
+			t.Errorf("Get(%d) = %d, %v after Prefetch, want %d, true", k*7919+1, v, ok, k)
+		}
+	}
+}

@@ -34,6 +34,8 @@ type Index struct {
 	// blocks maps a hash to the media holding it: bit i stands for media[i].
 	blocks *blockmap.Map
 	media  []string
+	// sink keeps Prefetch's reads from being optimised away.
+	sink uint64
 	// weights is CachedPrefixWeight's scratch: the weight of each medium.
 	weights []float64
 }
@@ -126,13 +128,26 @@ func (x *Index) Media(h uint64) []string {
 // CachedPrefixBlocks returns how many leading blocks of hashes are held on some medium
 // (serving.PrefixCache).
 func (x *Index) CachedPrefixBlocks(hashes []uint64) int {
-	for i, h := range hashes {
-		if !x.blocks.Has(h) {
-			return i
+	// A few slots are read ahead together (blockmap.Map.Prefetch), as
+	// kv.Manager.CachedPrefixBlocks reads them: the misses overlap.
+	const chunk = 8
+	for i := 0; i < len(hashes); i += chunk {
+		c := hashes[i:min(i+chunk, len(hashes))]
+		if len(c) > 1 {
+			x.sink += x.blocks.Prefetch(c)
+		}
+		for j, h := range c {
+			if !x.blocks.Has(h) {
+				return i + j
+			}
 		}
 	}
 	return len(hashes)
 }
+
+// Prefetch reads the slots of hashes ahead of updates to them (blockmap.Map.Prefetch); it
+// changes nothing.
+func (x *Index) Prefetch(hashes []uint64) uint64 { return x.blocks.Prefetch(hashes) }
 
 // CachedPrefixWeight returns CachedPrefixBlocks's blocks, each weighted by the greatest
 // weight of the media holding it (serving.TieredPrefixCache).
