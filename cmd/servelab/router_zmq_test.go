@@ -165,10 +165,13 @@ func TestRouterZMQEngineRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	// No kept-alive connection may outlive the engine it went to: the restarted engine
+	// listens on the same port, and a POST on a dead pooled connection is not retried.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	complete := func(p string) []uint64 {
 		t.Helper()
 		body, _ := json.Marshal(map[string]any{"prompt": p, "max_tokens": 1})
-		resp, err := http.Post(engineURL+"/v1/completions", "application/json", strings.NewReader(string(body)))
+		resp, err := client.Post(engineURL+"/v1/completions", "application/json", strings.NewReader(string(body)))
 		if err != nil {
 			t.Fatal(err)
 		}

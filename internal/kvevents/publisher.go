@@ -3,6 +3,7 @@ package kvevents
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -186,6 +187,11 @@ func (p *Publisher) Close() error {
 	p.mu.Unlock()
 	p.cancel()
 	err := p.pub.Close()
+	if errors.Is(err, net.ErrClosed) {
+		// go-zeromq closes each peer's connection again, after the peer (or the cancelled
+		// context) closed it: nothing was left open.
+		err = nil
+	}
 	if p.replay != nil {
 		p.replay.Close()
 	}

@@ -83,14 +83,58 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 			started, next = true, r.seq+1
 		}
 	}
+	// A SUB socket's subscription takes effect some time after Dial returns (the
+	// connection and the subscription message are asynchronous): a batch published after
+	// the first replay but before then reaches neither, and with no batch after it the
+	// subscriber would never see the gap. So until the first live message arrives, the
+	// replay socket is asked again every joinPoll, for at most joinWindow.
+	var catchUp <-chan time.Time
+	joinDeadline := time.Now().Add(joinWindow)
 	if cfg.ReplayEndpoint != "" {
 		// What the publisher sent before this subscriber joined; the live stream may then
 		// repeat the last of it.
 		deliver("", math.MaxUint64)
 		overlap = started
+		t := time.NewTicker(joinPoll)
+		defer t.Stop()
+		catchUp = t.C
 	}
+	type received struct {
+		msg zmq4.Msg
+		err error
+	}
+	msgs := make(chan received)
+	go func() {
+		for {
+			msg, err := sub.Recv()
+			select {
+			case msgs <- received{msg, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for {
-		msg, err := sub.Recv()
+		var msg zmq4.Msg
+		var err error
+		select {
+		case r := <-msgs:
+			msg, err = r.msg, r.err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-catchUp:
+			if time.Now().After(joinDeadline) {
+				catchUp = nil
+				continue
+			}
+			deliver("", math.MaxUint64)
+			overlap = started
+			continue
+		}
+		catchUp = nil // a live message: the subscription is in effect
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -130,6 +174,13 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 		handle(Message{Topic: topic, Seq: seq, Batch: b, Missed: missed, Restarted: restarted})
 	}
 }
+
+// joinPoll and joinWindow pace the replays a new subscription asks for until its first
+// live message (Subscribe).
+const (
+	joinPoll   = 250 * time.Millisecond
+	joinWindow = 10 * time.Second
+)
 
 // replay asks cfg.ReplayEndpoint for the buffered batches from start on, as vLLM's replay
 // socket serves them; nil when it does not answer within cfg.ReplayTimeout.
