@@ -20,6 +20,11 @@ type Request struct {
 	Session uint64
 	// Priority orders requests for the priority batch policy: lower runs first (vLLM).
 	Priority int
+	// TTFTSLO and AvgTPOTSLO are the request's latency objectives in seconds (0: none), as
+	// GIE's LLMRequest names them: the x-slo-ttft-ms and x-slo-tpot-ms headers llm-d's
+	// predicted-latency-scorer reads. The predicted-latency-scorer prefers endpoints
+	// predicted to meet them.
+	TTFTSLO, AvgTPOTSLO float64
 }
 
 // Seq is an engine's state for one admitted request. The engine core owns it; batch
