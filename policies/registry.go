@@ -24,6 +24,9 @@ type Env struct {
 	// router a profile of the real engine (servelab router --latency-profile). Nil when
 	// none is known.
 	StepTime serving.StepTimeModel
+	// MaxNumBatchedTokens is the engines' step token budget (vLLM's
+	// --max-num-batched-tokens) where known, for policies that predict latency; 0 when not.
+	MaxNumBatchedTokens int
 	// TTFTSLO and AvgTPOTSLO are the latency objectives in seconds of requests that carry
 	// none (an experiment's slo); 0 for none.
 	TTFTSLO, AvgTPOTSLO float64

@@ -32,6 +32,9 @@ type routerFlags struct {
 	model     string
 	kvEvents  bool
 	seed      uint64
+	// latencyProfile is a `servelab profile` file whose step-time model the
+	// predicted-latency-scorer predicts with (router_slo.go).
+	latencyProfile string
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration
@@ -80,8 +83,15 @@ func promptTokenLimit(dir string, tok *tokenizer.Tokenizer) (int, error) {
 
 // config is the router's configuration without endpoints when f.endpoints is empty.
 func (f *routerFlags) config() (router.Config, error) {
-	policy, err := route.Parse(f.spec, policies.Env{Seed: f.seed, BlockSize: f.blockSize})
+	env := policies.Env{Seed: f.seed, BlockSize: f.blockSize}
+	if err := f.withLatencyProfile(&env); err != nil {
+		return router.Config{}, err
+	}
+	policy, err := route.Parse(f.spec, env)
 	if err != nil {
+		return router.Config{}, err
+	}
+	if err := f.checkLatencyProfile(policy); err != nil {
 		return router.Config{}, err
 	}
 	cfg := router.Config{
@@ -262,6 +272,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often each endpoint's /metrics is read")
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
+	fl.StringVar(&f.latencyProfile, "latency-profile", "", "a 'servelab profile' file of the engines: the step-time model the predicted-latency-scorer predicts TTFT and TPOT with")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of randomised policies")
 	fl.StringVar(&f.engineAPIKey, "engine-api-key", "", "the engines' API key, sent as a Bearer token on every request to them (default $SERVELAB_ENGINE_API_KEY)")

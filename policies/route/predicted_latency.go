@@ -52,7 +52,9 @@ type PredictedLatencyConfig struct {
 	CompositePrefixWeight float64 `json:"compositePrefixWeight"`
 	// MaxNumBatchedTokens is the engines' step token budget (vLLM's
 	// --max-num-batched-tokens), which paces the prefill queue ahead of a request. servelab's
-	// own; default as the vllm batch policy's: 8192 on H100-class GPUs, else 2048.
+	// own; default the engines' (policies.Env.MaxNumBatchedTokens: the simulator's batch
+	// policy, or the engine a --latency-profile recorded), else the vllm batch policy's
+	// default: 8192 on H100-class GPUs, else 2048.
 	MaxNumBatchedTokens int `json:"maxNumBatchedTokens"`
 	// TTFTSLOMs and TPOTSLOMs are the objectives of requests that carry none (servelab's
 	// own; default the experiment's slo, else none).
@@ -63,9 +65,13 @@ type PredictedLatencyConfig struct {
 // defaultPredictedLatencyConfig is llm-d's DefaultConfig for the parameters it has, and
 // env's facts for servelab's own.
 func defaultPredictedLatencyConfig(env policies.Env) PredictedLatencyConfig {
-	budget := 2048
-	if env.GPUClass == "h100" {
+	budget := env.MaxNumBatchedTokens
+	switch {
+	case budget > 0:
+	case env.GPUClass == "h100":
 		budget = 8192
+	default:
+		budget = 2048
 	}
 	return PredictedLatencyConfig{
 		SLOBufferFactor:    1,
@@ -145,6 +151,9 @@ type predictedLatencyScorer struct {
 	blockSize int
 	// Running sums over routed requests, for the mean prompt and output lengths.
 	n, promptSum, outputSum float64
+	// Arrivals over the last arrivalWindow seconds, exponentially weighted, and the last
+	// arrival time: the cluster's request rate, from the requests' own arrival times.
+	recent, lastArrival float64
 	// scratch, one element per view
 	ttftH, tpotH []float64
 	bucket       []int
@@ -163,7 +172,7 @@ func (s *predictedLatencyScorer) means(req *serving.Request) (prompt, output flo
 }
 
 // Predict returns the predicted TTFT and TPOT in seconds of req on the endpoint v.
-func (s *predictedLatencyScorer) predict(req *serving.Request, v *serving.InstanceView) (ttft, tpot float64) {
+func (s *predictedLatencyScorer) predict(req *serving.Request, v *serving.InstanceView, nViews int) (ttft, tpot float64) {
 	meanPrompt, meanOutput := s.means(req)
 	ctxPerSeq := meanPrompt + meanOutput/2
 	cached := 0
@@ -196,15 +205,36 @@ func (s *predictedLatencyScorer) predict(req *serving.Request, v *serving.Instan
 	}
 	full := math.Floor(total / chunk)
 	ttft = full*step(chunk) + step(total-full*chunk)
+	// TPOT: a decode step of everything ahead plus the request, into which the prompts
+	// arriving meanwhile (this endpoint's share of the cluster's arrival rate) put prefill
+	// tokens in proportion to the step's length: T = StepTime(d decodes + rho*T prefill),
+	// solved by a few fixed-point iterations, the prefill capped at the step budget.
 	d := v.Running + v.Waiting + 1
 	dctx := float64(d) * ctxPerSeq
-	tpot = s.model.StepTime(serving.StepShape{
-		DecodeSeqs:          d,
-		DecodeContextTokens: int(dctx + float64(d)),
-		ContextTokens:       int(dctx + float64(d)),
-	})
+	rho := s.recent / arrivalWindow / float64(max(nViews, 1)) * meanPrompt
+	budget := float64(max(s.cfg.MaxNumBatchedTokens-d, 0))
+	for k := 0; k < 4; k++ {
+		prefill := math.Min(rho*tpot, budget)
+		shape := serving.StepShape{
+			DecodeSeqs:          d,
+			DecodeContextTokens: int(dctx + float64(d)),
+			ContextTokens:       int(dctx + float64(d)),
+		}
+		if prefill >= 1 {
+			shape.PrefillTokens, shape.PrefillSeqs = int(prefill), 1
+			shape.ContextTokens += int(prefill + meanPrompt/2)
+			shape.PrefillAttention = prefill * meanPrompt / 2
+		}
+		tpot = s.model.StepTime(shape)
+		if rho == 0 {
+			break
+		}
+	}
 	return ttft, tpot
 }
+
+// arrivalWindow is the time constant in seconds of the arrival-rate estimate.
+const arrivalWindow = 10.0
 
 // Latency buckets of an endpoint's headroom.
 const (
@@ -234,7 +264,7 @@ func (s *predictedLatencyScorer) score(req *serving.Request, views []serving.Ins
 	judgeTPOT := tpotSLO > 0 || ttftSLO == 0
 	positive := 0
 	for i := range views {
-		ttft, tpot := s.predict(req, &views[i])
+		ttft, tpot := s.predict(req, &views[i], len(views))
 		ttftH[i], tpotH[i] = 0, 0
 		if judgeTTFT {
 			ttftH[i] = ttftSLO - ttft
@@ -360,6 +390,11 @@ func (s *predictedLatencyScorer) composite(req *serving.Request, views []serving
 
 // picked learns the routed request's lengths for the means the prediction uses.
 func (s *predictedLatencyScorer) picked(req *serving.Request, _ *serving.InstanceView) {
+	if gap := req.Arrival - s.lastArrival; s.n > 0 && gap >= 0 {
+		s.recent *= math.Exp(-gap / arrivalWindow)
+	}
+	s.recent++
+	s.lastArrival = req.Arrival
 	s.n++
 	s.promptSum += float64(max(req.PromptTokens, 1))
 	s.outputSum += float64(max(req.MaxTokens, 1))
@@ -371,7 +406,7 @@ var predictedLatencyParams = []policies.Param{
 	{Name: "slo_buffer_factor", Default: "1", Doc: "predicted-latency-scorer's sloBufferFactor, scaling the TPOT objective"},
 	{Name: "ttft_slo_ms", Default: "the experiment's slo", Doc: "TTFT objective of requests without x-slo-ttft-ms / x-slo-tpot-ms (0: none)"},
 	{Name: "tpot_slo_ms", Default: "the experiment's slo", Doc: "TPOT objective of requests without x-slo-ttft-ms / x-slo-tpot-ms (0: none)"},
-	{Name: "max_num_batched_tokens", Default: "8192 on h100/h200, else 2048", Doc: "the engines' step token budget, pacing the predicted prefill queue"},
+	{Name: "max_num_batched_tokens", Default: "the engines' (else 8192 on h100/h200, 2048 otherwise)", Doc: "the engines' step token budget, pacing the predicted prefill queue"},
 }
 
 // predictedLatencyFromParams reads the compact spec's scorer parameters.

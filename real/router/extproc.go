@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"servelab/policies/route"
 	"servelab/serving"
 )
 
@@ -98,7 +99,8 @@ type exchange struct {
 	bodyMode, respMode procmode.ProcessingMode_BodySendMode
 
 	path, authorization string
-	subset              []string // the data plane's subset hint; nil without one
+	objectives          http.Header // the request's x-slo-ttft-ms and x-slo-tpot-ms; nil without
+	subset              []string    // the data plane's subset hint; nil without one
 	hasSubset           bool
 	body                []byte
 	picked              bool
@@ -239,6 +241,11 @@ func (ex *exchange) requestHeaders(h *extprocv3.HttpHeaders) []*extprocv3.Proces
 			ex.path = headerValue(hv)
 		case "authorization":
 			ex.authorization = headerValue(hv)
+		case route.TTFTSLOHeader, route.TPOTSLOHeader:
+			if ex.objectives == nil {
+				ex.objectives = http.Header{}
+			}
+			ex.objectives.Set(hv.GetKey(), headerValue(hv))
 		}
 	}
 	// As the proxy's guard: the router's own key on /v1/* (Config.APIKey).
@@ -308,6 +315,9 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 		}
 	}
 	rr := ex.r.routingRequest(ex.ctx, ex.path, ex.body)
+	if err := withObjectives(rr, ex.objectives, ex.body); err != nil {
+		return immediate(http.StatusBadRequest, "BadRequestError", err.Error())
+	}
 	exclude := ex.outsideSubset()
 	// With a P/D policy the destination is the decode endpoint and, when the decider
 	// disaggregates, the prefill endpoint goes in llm-d's x-prefiller-host-port header for
