@@ -480,6 +480,8 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 		BlockHashes:  serving.TraceBlockHashes(row.HashIDs, row.HashBlockSize, row.InputTokens, blockSize, id),
 		Session:      row.Session,
 		Priority:     row.Priority,
+		TTFTSLO:      row.TTFTSLOMs / 1000,
+		AvgTPOTSLO:   row.TPOTSLOMs / 1000,
 	}
 }
 

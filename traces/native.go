@@ -15,6 +15,7 @@ type nativeFields struct {
 	blockSize                 int64
 	session                   uint64
 	priority                  int64
+	sloTTFT, sloTPOT          float64
 	model                     []byte
 	modelString               string // set instead of model by the encoding/json path
 }
@@ -30,11 +31,12 @@ type nativeReader struct {
 
 // NewNativeReader reads servelab's JSONL format, one object a line:
 //
-//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m"}
+//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m","slo_ttft_ms":500,"slo_tpot_ms":50}
 //
 // arrival_s (seconds, nondecreasing; rows are returned relative to the first), input_tokens and output_tokens (integers, at least
-// 1) are required; hash_ids with hash_block_size, session_id, priority and model are
-// optional (hash_block_size without hash_ids is ignored). A field it does not know is an
+// 1) are required; hash_ids with hash_block_size, session_id, priority, model and the
+// request's latency objectives slo_ttft_ms and slo_tpot_ms (milliseconds, as llm-d's
+// x-slo-ttft-ms and x-slo-tpot-ms headers) are optional (hash_block_size without hash_ids is ignored). A field it does not know is an
 // error, so a misspelt field is never ignored.
 func NewNativeReader(r io.Reader, name string) Reader {
 	return &nativeReader{lines: newLineReader(r, name)}
@@ -78,6 +80,14 @@ func (n *nativeReader) Next() (Row, error) {
 	if len(f.ids) == 0 {
 		f.blockSize = 0
 	}
+	for _, o := range []struct {
+		key string
+		v   float64
+	}{{"slo_ttft_ms", f.sloTTFT}, {"slo_tpot_ms", f.sloTPOT}} {
+		if !(o.v >= 0) || o.v > 1e12 {
+			return Row{}, l.errorf(o.key, "%v is not a non-negative number of milliseconds", o.v)
+		}
+	}
 	model := f.modelString
 	if f.model != nil {
 		model = interned(&n.model, f.model)
@@ -86,6 +96,7 @@ func (n *nativeReader) Next() (Row, error) {
 		Arrival: n.order.since(f.arrival), InputTokens: in, OutputTokens: out,
 		HashIDs: n.slab.copy(f.ids), HashBlockSize: int(f.blockSize),
 		Session: f.session, Priority: int(f.priority), Model: model, Line: l.line,
+		TTFTSLOMs: f.sloTTFT, TPOTSLOMs: f.sloTPOT,
 	}, nil
 }
 
@@ -117,6 +128,10 @@ func parseNativeFast(line []byte, f *nativeFields) bool {
 			f.priority, ok = p.int()
 		case "model":
 			f.model, ok = p.str()
+		case "slo_ttft_ms":
+			f.sloTTFT, ok = p.float()
+		case "slo_tpot_ms":
+			f.sloTPOT, ok = p.float()
 		}
 		if !ok {
 			return false
@@ -135,6 +150,8 @@ type nativeJSON struct {
 	SessionID     uint64   `json:"session_id"`
 	Priority      int64    `json:"priority"`
 	Model         string   `json:"model"`
+	SLOTTFTMs     float64  `json:"slo_ttft_ms"`
+	SLOTPOTMs     float64  `json:"slo_tpot_ms"`
 }
 
 func (n *nativeReader) decode(line []byte) (nativeFields, error) {
@@ -142,7 +159,8 @@ func (n *nativeReader) decode(line []byte) (nativeFields, error) {
 	if err := decodeLine(n.lines, line, &raw, true); err != nil {
 		return nativeFields{}, err
 	}
-	f := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, modelString: raw.Model}
+	f := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, modelString: raw.Model,
+		sloTTFT: raw.SLOTTFTMs, sloTPOT: raw.SLOTPOTMs}
 	f.arrival, f.hasArrival = deref(raw.ArrivalS)
 	f.in, f.hasIn = deref(raw.InputTokens)
 	f.out, f.hasOut = deref(raw.OutputTokens)
@@ -193,6 +211,14 @@ func (n *NativeWriter) Write(r Row) error {
 	if r.Model != "" {
 		b = append(b, `,"model":`...)
 		b = appendJSONString(b, r.Model)
+	}
+	if r.TTFTSLOMs != 0 {
+		b = append(b, `,"slo_ttft_ms":`...)
+		b = strconv.AppendFloat(b, r.TTFTSLOMs, 'f', -1, 64)
+	}
+	if r.TPOTSLOMs != 0 {
+		b = append(b, `,"slo_tpot_ms":`...)
+		b = strconv.AppendFloat(b, r.TPOTSLOMs, 'f', -1, 64)
 	}
 	b = append(b, "}\n"...)
 	n.buf = b

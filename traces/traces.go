@@ -40,6 +40,10 @@ type Row struct {
 	Priority int
 	// Model is the model the request called (BurstGPT: "ChatGPT" or "GPT-4"; native).
 	Model string
+	// TTFTSLOMs and TPOTSLOMs are the request's own latency objectives in milliseconds
+	// (native slo_ttft_ms and slo_tpot_ms; 0: none, the experiment's slo applies), which the
+	// SLO-aware router reads as llm-d's x-slo-ttft-ms and x-slo-tpot-ms headers.
+	TTFTSLOMs, TPOTSLOMs float64
 	// Line is the row's line in its file, for error messages (the row's index for
 	// generated workloads).
 	Line int

@@ -502,6 +502,7 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	if r.opts.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+r.opts.APIKey)
 	}
+	setSLOHeaders(req.Header, row)
 	o.rec.Arrival = now()
 	// The queueing delay inside the engine is not observable over HTTP.
 	o.rec.Scheduled = o.rec.Arrival
