@@ -139,12 +139,16 @@ func (c PredictedLatencyConfig) check(field string) error {
 // negative-headroom endpoints, the prefix-affinity gate, weighted-random selection) are left
 // out: ties go to the weighted policy's seeded picker, so decisions are reproducible.
 //
-// The prediction is constant-time from serving.InstanceView: with r running and w waiting
-// requests, B the step budget, P and O the mean prompt and output lengths of the requests
-// this scorer has routed, the request's uncached prompt u (its prompt less the endpoint's
-// cached prefix, where the view has a cache) waits behind w*P queued prompt tokens, which
+// The prediction is constant-time from serving.InstanceView and what the scorer itself sent
+// each endpoint: with r running and w waiting requests, B the step budget, P and O the mean
+// prompt and output lengths of the requests this scorer has routed, the request's uncached
+// prompt u (its prompt less the endpoint's cached prefix, where the view has a cache) waits
+// behind the larger of w*P and the endpoint's backlog (the uncached prompt tokens the scorer
+// sent it, drained since at its prefill rate: llm-d likewise tracks its dispatched requests
+// per endpoint; the gauges count a prompt in chunked prefill as one running request), which
 // steps of r decodes and up to B-r prefill tokens consume: TTFT is those steps' time; TPOT
-// is a decode step of r+w+1 sequences of context P+O/2.
+// is a decode step of r+w+1 sequences of context P+O/2 plus the prefill the endpoint's share
+// of the arrival rate brings into it.
 type predictedLatencyScorer struct {
 	cfg       PredictedLatencyConfig
 	model     serving.StepTimeModel
@@ -154,6 +158,11 @@ type predictedLatencyScorer struct {
 	// Arrivals over the last arrivalWindow seconds, exponentially weighted, and the last
 	// arrival time: the cluster's request rate, from the requests' own arrival times.
 	recent, lastArrival float64
+	// backlog is, per endpoint (by InstanceView.Index), the uncached prompt tokens this
+	// scorer sent it that are not yet prefilled, as llm-d's scorer keeps its dispatched
+	// requests per endpoint: a prompt in chunked prefill counts as running in the gauges,
+	// as if it were decoding, while its remaining chunks hold the prefill queue.
+	backlog map[int]*prefillBacklog
 	// scratch, one element per view
 	ttftH, tpotH []float64
 	bucket       []int
@@ -183,6 +192,9 @@ func (s *predictedLatencyScorer) predict(req *serving.Request, v *serving.Instan
 	r := float64(v.Running)
 	chunk := float64(max(s.cfg.MaxNumBatchedTokens-v.Running, 1))
 	queued := float64(v.Waiting) * meanPrompt
+	if b := s.backlog[v.Index]; b != nil {
+		queued = math.Max(queued, b.at(req.Arrival))
+	}
 	total := queued + mine
 	// Query-key pairs per prefill token: each queued prompt's P²/2 and the request's own
 	// u*(cached+u/2), spread over the tokens.
@@ -388,8 +400,43 @@ func (s *predictedLatencyScorer) composite(req *serving.Request, views []serving
 	}
 }
 
-// picked learns the routed request's lengths for the means the prediction uses.
-func (s *predictedLatencyScorer) picked(req *serving.Request, _ *serving.InstanceView) {
+// prefillBacklog is the uncached prompt tokens sent to one endpoint and not yet prefilled,
+// drained at the endpoint's prefill rate from the time of the last request sent to it.
+type prefillBacklog struct {
+	tokens, at0, rate float64
+}
+
+// at returns the backlog left at time t.
+func (b *prefillBacklog) at(t float64) float64 {
+	return math.Max(0, b.tokens-b.rate*math.Max(0, t-b.at0))
+}
+
+// picked learns the routed request's lengths for the means the prediction uses, and adds
+// its uncached prompt to the endpoint's prefill backlog.
+func (s *predictedLatencyScorer) picked(req *serving.Request, v *serving.InstanceView) {
+	if s.model != nil {
+		if s.backlog == nil {
+			s.backlog = map[int]*prefillBacklog{}
+		}
+		b := s.backlog[v.Index]
+		if b == nil {
+			b = &prefillBacklog{}
+			s.backlog[v.Index] = b
+		}
+		cached := 0
+		if v.Cache != nil && len(req.BlockHashes) > 0 {
+			cached = min(v.Cache.CachedPrefixBlocks(req.BlockHashes)*s.blockSize, req.PromptTokens-1)
+		}
+		// Prefill tokens per second: a full step's prefill chunk beside the running decodes.
+		chunk := max(s.cfg.MaxNumBatchedTokens-v.Running, 1)
+		if t := s.model.StepTime(serving.StepShape{PrefillTokens: chunk, PrefillSeqs: 1, DecodeSeqs: v.Running,
+			ContextTokens: chunk + v.Running, DecodeContextTokens: v.Running,
+			PrefillAttention: float64(chunk) * float64(chunk) / 2}); t > 0 {
+			b.rate = float64(chunk) / t
+		}
+		b.tokens = b.at(req.Arrival) + float64(max(req.PromptTokens-cached, 1))
+		b.at0 = req.Arrival
+	}
 	if gap := req.Arrival - s.lastArrival; s.n > 0 && gap >= 0 {
 		s.recent *= math.Exp(-gap / arrivalWindow)
 	}

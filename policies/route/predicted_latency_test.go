@@ -169,3 +169,35 @@ func TestPredictedLatencyConfig(t *testing.T) {
 		t.Error("a predicted-latency-scorer reads the caches (the cached prefix shortens TTFT)")
 	}
 }
+
+// TestPredictedLatencyCountsItsBacklog: a prompt the scorer sent an endpoint holds that
+// endpoint's prefill queue until the endpoint's prefill rate has worked it off, though the
+// gauges show it as one running request. With the test model a 2048-token budget step of
+// prefill takes 0.1124 s: 18221 tokens a second.
+func TestPredictedLatencyCountsItsBacklog(t *testing.T) {
+	s := latencyScorer(t, "weighted:predicted-latency=1,prefix=0,queue=0,kv=0", latencyEnv())
+	long := &serving.Request{PromptTokens: 20480, MaxTokens: 10, BlockHashes: prompt(1, 1, 1280, 1280)}
+	idle := serving.InstanceView{Index: 7}
+	s.picked(long, &idle)
+	busy := serving.InstanceView{Index: 7, Running: 1} // the gauges: one running request
+	short := func(at float64) float64 {
+		req := &serving.Request{Arrival: at, PromptTokens: 512, MaxTokens: 10, BlockHashes: prompt(2, 2, 32, 32)}
+		ttft, _ := s.predict(req, &busy, 2)
+		return ttft
+	}
+	other := serving.InstanceView{Index: 8, Running: 1}
+	alone, _ := s.predict(&serving.Request{PromptTokens: 512, MaxTokens: 10, BlockHashes: prompt(2, 2, 32, 32)}, &other, 2)
+	rate := 2048 / (0.010 + 50e-6*2048)
+	for _, tc := range []struct {
+		at       float64
+		backlogd bool
+	}{{0, true}, {0.5, true}, {20480/rate + 0.01, false}} {
+		got := short(tc.at)
+		if backlogd := got > alone+1e-9; backlogd != tc.backlogd {
+			t.Errorf("at %v s: TTFT %v behind the long prompt, %v on an endpoint without it: backlog counted %v, want %v", tc.at, got, alone, backlogd, tc.backlogd)
+		}
+	}
+	if a, b := short(0), short(0.5); !(a > b) {
+		t.Errorf("the backlog does not drain: TTFT %v at 0 s, %v at 0.5 s", a, b)
+	}
+}
