@@ -35,6 +35,8 @@ type routerFlags struct {
 	// latencyProfile is a `servelab profile` file whose step-time model the
 	// predicted-latency-scorer predicts with (router_slo.go).
 	latencyProfile string
+	// slo is the default objectives of requests without x-slo-* headers ("ttft:MS,tpot:MS").
+	slo string
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration
@@ -272,6 +274,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often each endpoint's /metrics is read")
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
+	fl.StringVar(&f.slo, "slo", "", "objectives of requests without x-slo-ttft-ms / x-slo-tpot-ms headers, for the predicted-latency-scorer: ttft:MS,tpot:MS")
 	fl.StringVar(&f.latencyProfile, "latency-profile", "", "a 'servelab profile' file of the engines: the step-time model the predicted-latency-scorer predicts TTFT and TPOT with")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed of randomised policies")

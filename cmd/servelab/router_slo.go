@@ -4,17 +4,27 @@ import (
 	"fmt"
 	"strconv"
 
+	"servelab/experiments"
+	"servelab/metrics"
 	"servelab/policies"
 	"servelab/policies/route"
 	"servelab/sim/latency"
 )
 
-// withLatencyProfile gives env the step-time model of --latency-profile: the linear model
+// withLatencyProfile gives env the default objectives of --slo (the simulator's are the
+// experiment's slo) and the step-time model of --latency-profile: the linear model
 // `servelab profile` fitted to the real engine, the model `servelab sim --latency
 // profile:FILE` advances its clock by, so the predicted-latency-scorer predicts alike in
 // both worlds; and, where the profile recorded the engine's configuration, its step token
 // budget.
 func (f *routerFlags) withLatencyProfile(env *policies.Env) error {
+	if f.slo != "" {
+		slo, err := metrics.ParseSLO(f.slo)
+		if err != nil {
+			return fmt.Errorf("--slo: %w", err)
+		}
+		env.TTFTSLO, env.AvgTPOTSLO = slo.TTFTMs/1000, slo.TPOTMs/1000
+	}
 	if f.latencyProfile == "" {
 		return nil
 	}
@@ -38,4 +48,15 @@ func (f *routerFlags) checkLatencyProfile(p route.Policy) error {
 		return fmt.Errorf("--router: %s predicts latency from the engines' step times: give --latency-profile FILE (a 'servelab profile' of the engines)", route.PredictedLatencyScorerType)
 	}
 	return nil
+}
+
+// realWorldObjectives gives a real cell's router what the simulator gives its scorer: the
+// experiment's slo as the default objectives. (Its step-time model it cannot: a real cell
+// has no latency model, and a predicted-latency-scorer there is refused for want of
+// --latency-profile.)
+func realWorldObjectives(f *routerFlags, rc experiments.RealCell) {
+	slo := rc.Spec.SLO.Metrics()
+	if slo.TTFTMs > 0 || slo.TPOTMs > 0 {
+		f.slo = fmt.Sprintf("ttft:%g,tpot:%g", slo.TTFTMs, slo.TPOTMs)
+	}
 }

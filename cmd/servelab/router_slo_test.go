@@ -2,12 +2,14 @@ package main
 
 import (
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"servelab/experiments"
 	"servelab/metrics"
 	"servelab/policies"
 	"servelab/policies/route"
@@ -122,6 +124,7 @@ func TestRouterNeedsLatencyProfile(t *testing.T) {
 	}{
 		{routerFlags{spec: "weighted:predicted-latency=1", blockSize: 16}, "--latency-profile"},
 		{routerFlags{spec: "weighted:predicted-latency=1", blockSize: 16, latencyProfile: "testdata/missing.json"}, "missing.json"},
+		{routerFlags{spec: "weighted:predicted-latency=1", blockSize: 16, latencyProfile: "../../sim/latency/testdata/profile.json", slo: "ttft:soon"}, "--slo"},
 	} {
 		if _, err := tc.flags.config(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: error %v, want one naming %s", tc.flags, err, tc.want)
@@ -129,5 +132,31 @@ func TestRouterNeedsLatencyProfile(t *testing.T) {
 	}
 	if _, err := (&routerFlags{spec: "weighted", blockSize: 16}).config(); err != nil {
 		t.Errorf("a router without the scorer needs no profile: %v", err)
+	}
+}
+
+// TestRealWorldCellsRouteOnTheExperimentsObjectives: a real cell's router gets the
+// experiment's slo as its default objectives, as the simulator's scorer does.
+func TestRealWorldCellsRouteOnTheExperimentsObjectives(t *testing.T) {
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "e.yaml")
+	yaml := "name: e\nworld: real\nworkload:\n  trace: t.jsonl\ncluster:\n  instances: 2\n  model: m\n" +
+		"policies:\n  routers: [least-request]\nslo:\n  ttft_ms: 1500\n  tpot_ms: 80\n"
+	for name, data := range map[string]string{"e.yaml": yaml, "m/config.json": "{}", "t.jsonl": `{"arrival_s":0,"input_tokens":8,"output_tokens":2}` + "\n"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := experiments.Load(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f routerFlags
+	realWorldObjectives(&f, experiments.RealCell{Spec: s})
+	if f.slo != "ttft:1500,tpot:80" {
+		t.Errorf("router's --slo: %q, want the experiment's ttft:1500,tpot:80", f.slo)
 	}
 }
