@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"servelab/experiments"
 	"servelab/metrics"
@@ -56,7 +57,12 @@ func (f *routerFlags) checkLatencyProfile(p route.Policy) error {
 // --latency-profile.)
 func realWorldObjectives(f *routerFlags, rc experiments.RealCell) {
 	slo := rc.Spec.SLO.Metrics()
-	if slo.TTFTMs > 0 || slo.TPOTMs > 0 {
-		f.slo = fmt.Sprintf("ttft:%g,tpot:%g", slo.TTFTMs, slo.TPOTMs)
+	var parts []string
+	if slo.TTFTMs > 0 {
+		parts = append(parts, fmt.Sprintf("ttft:%g", slo.TTFTMs))
 	}
+	if slo.TPOTMs > 0 {
+		parts = append(parts, fmt.Sprintf("tpot:%g", slo.TPOTMs))
+	}
+	f.slo = strings.Join(parts, ",")
 }

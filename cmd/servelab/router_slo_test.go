@@ -159,4 +159,11 @@ func TestRealWorldCellsRouteOnTheExperimentsObjectives(t *testing.T) {
 	if f.slo != "ttft:1500,tpot:80" {
 		t.Errorf("router's --slo: %q, want the experiment's ttft:1500,tpot:80", f.slo)
 	}
+	// An experiment with a TTFT objective only gives the router that one, which it accepts.
+	s.SLO.TPOTMs = 0
+	realWorldObjectives(&f, experiments.RealCell{Spec: s})
+	f.spec, f.blockSize = "least-request", 16
+	if _, err := f.config(); f.slo != "ttft:1500" || err != nil {
+		t.Errorf("router's --slo: %q (%v), want ttft:1500", f.slo, err)
+	}
 }
