@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/serving"
 )
 
@@ -96,5 +98,38 @@ func TestSLOHeadersReachThePolicy(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, seen); diff != "" {
 		t.Errorf("requests the policy saw (-want +got):\n%s", diff)
+	}
+}
+
+// TestExtProcReadsSLOHeaders: behind a gateway (GIE's ext_proc) the same headers reach the
+// policy, and a malformed one is an immediate 400 naming it.
+func TestExtProcReadsSLOHeaders(t *testing.T) {
+	up := newStub(t, "a")
+	close(up.release)
+	rr, err := route.Parse("round-robin", policies.Env{Seed: 1, BlockSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := &recordingPolicy{Policy: rr}
+	r := epRouter(t, Config{Policy: pol}, "", true, up.URL)
+	conn := extProcClient(t, r, ExtProcConfig{})
+
+	g := openStream(t, conn)
+	g.send(requestHeaders("/v1/completions", false, nil, "x-slo-ttft-ms", "750", "x-slo-tpot-ms", "30"),
+		requestBody(`{"prompt":"x","max_tokens":12}`, true))
+	if resp := g.recv(); destination(t, resp, resp.GetRequestHeaders().GetResponse()) != host(up) {
+		t.Fatalf("not routed to the endpoint: %v", resp)
+	}
+	pol.mu.Lock()
+	got := pol.reqs[0]
+	pol.mu.Unlock()
+	if diff := cmp.Diff([]float64{0.75, 0.03, 12}, []float64{got.TTFTSLO, got.AvgTPOTSLO, float64(got.MaxTokens)}); diff != "" {
+		t.Errorf("TTFT SLO, TPOT SLO, max tokens the policy saw (-want +got):\n%s", diff)
+	}
+
+	g = openStream(t, conn)
+	g.send(requestHeaders("/v1/completions", false, nil, "x-slo-ttft-ms", "fast"), requestBody(`{"prompt":"x"}`, true))
+	if code, msg := immediateStatus(t, g); code != http.StatusBadRequest || !strings.Contains(msg, "x-slo-ttft-ms") {
+		t.Errorf("a malformed x-slo-ttft-ms: %d %q, want 400 naming it", code, msg)
 	}
 }
