@@ -5,6 +5,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"servelab/serving"
 )
 
 // Env is what a policy may be built with besides its parameters: a seed for any
@@ -17,6 +19,17 @@ type Env struct {
 	// GPUClass is "h100" for H100-class GPUs (H100, H200) and "" otherwise; vLLM picks its
 	// batching defaults by it.
 	GPUClass string
+	// StepTime is the serving engine's step-time model, for policies that predict latency
+	// (route's predicted-latency-scorer): the simulator's latency model, or in the real
+	// router a profile of the real engine (servelab router --latency-profile). Nil when
+	// none is known.
+	StepTime serving.StepTimeModel
+	// MaxNumBatchedTokens is the engines' step token budget (vLLM's
+	// --max-num-batched-tokens) where known, for policies that predict latency; 0 when not.
+	MaxNumBatchedTokens int
+	// TTFTSLO and AvgTPOTSLO are the latency objectives in seconds of requests that carry
+	// none (an experiment's slo); 0 for none.
+	TTFTSLO, AvgTPOTSLO float64
 }
 
 // Entry describes one policy in a registry.

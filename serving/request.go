@@ -27,6 +27,11 @@ type Request struct {
 	// Arm is the A/B arm (ArmA or ArmB) of a request whose router splits traffic between
 	// two routing policies (route.AB); empty otherwise.
 	Arm string
+	// TTFTSLO and AvgTPOTSLO are the request's latency objectives in seconds (0: none), as
+	// GIE's LLMRequest names them: the x-slo-ttft-ms and x-slo-tpot-ms headers llm-d's
+	// predicted-latency-scorer reads. The predicted-latency-scorer prefers endpoints
+	// predicted to meet them.
+	TTFTSLO, AvgTPOTSLO float64
 }
 
 // Seq is an engine's state for one admitted request. The engine core owns it; batch

@@ -354,6 +354,7 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 		}
 	}
 	env := policies.Env{Seed: c.Seed, BlockSize: c.BlockSize, GPUClass: latency.GPUClass(pools[0].GPU)}
+	c.withRouterLatency(&env, pools[0], slo)
 	router, err := route.Parse(c.Router, env)
 	if err != nil {
 		return Config{}, fmt.Errorf("router: %w", err)

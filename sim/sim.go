@@ -534,6 +534,8 @@ func RequestFromRow(id uint64, row traces.Row, blockSize int) *serving.Request {
 		Priority:     row.Priority,
 		Objective:    row.Objective,
 		FairnessID:   row.FairnessID,
+		TTFTSLO:      row.TTFTSLOMs / 1000,
+		AvgTPOTSLO:   row.TPOTSLOMs / 1000,
 	}
 }
 

@@ -15,6 +15,7 @@ type nativeFields struct {
 	blockSize                 int64
 	session                   uint64
 	priority                  int64
+	sloTTFT, sloTPOT          float64
 	model                     []byte
 	modelString               string // set instead of model by the encoding/json path
 	// objective and fairness are the InferenceObjective name and the flow's fairness id
@@ -37,15 +38,17 @@ type nativeReader struct {
 
 // NewNativeReader reads servelab's JSONL format, one object a line:
 //
-//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m","objective":"critical","fairness_id":"tenant-a"}
+//	{"arrival_s":0.5,"input_tokens":812,"output_tokens":96,"hash_ids":[7,8],"hash_block_size":16,"session_id":3,"priority":1,"model":"m","objective":"critical","fairness_id":"tenant-a","slo_ttft_ms":500,"slo_tpot_ms":50}
 //
 // arrival_s (seconds, nondecreasing; rows are returned relative to the first), input_tokens and output_tokens (integers, at least
-// 1) are required; hash_ids with hash_block_size, session_id, priority, model, objective
-// and fairness_id are optional (hash_block_size without hash_ids is ignored). priority is
-// vLLM's request field (lower runs first); objective names the request's
-// InferenceObjective (the class it is reported under, whose priority the cluster's
+// 1) are required; hash_ids with hash_block_size, session_id, priority, model, objective,
+// fairness_id, slo_ttft_ms and slo_tpot_ms are optional (hash_block_size without hash_ids
+// is ignored). priority is vLLM's request field (lower runs first); objective names the
+// request's InferenceObjective (the class it is reported under, whose priority the cluster's
 // objectives give, GIE's x-gateway-inference-objective) and fairness_id its flow (tenant)
-// within that priority (x-gateway-inference-fairness-id). A field it does not know is an
+// within that priority (x-gateway-inference-fairness-id); slo_ttft_ms and slo_tpot_ms are
+// the request's latency objectives (milliseconds, as llm-d's x-slo-ttft-ms and
+// x-slo-tpot-ms headers). A field it does not know is an
 // error, so a misspelt field is never ignored.
 func NewNativeReader(r io.Reader, name string) Reader {
 	return &nativeReader{lines: newLineReader(r, name)}
@@ -89,6 +92,14 @@ func (n *nativeReader) Next() (Row, error) {
 	if len(f.ids) == 0 {
 		f.blockSize = 0
 	}
+	for _, o := range []struct {
+		key string
+		v   float64
+	}{{"slo_ttft_ms", f.sloTTFT}, {"slo_tpot_ms", f.sloTPOT}} {
+		if !(o.v >= 0) || o.v > 1e12 {
+			return Row{}, l.errorf(o.key, "%v is not a non-negative number of milliseconds", o.v)
+		}
+	}
 	model := f.modelString
 	if f.model != nil {
 		model = interned(&n.model, f.model)
@@ -105,6 +116,7 @@ func (n *nativeReader) Next() (Row, error) {
 		HashIDs: n.slab.copy(f.ids), HashBlockSize: int(f.blockSize),
 		Session: f.session, Priority: int(f.priority), Model: model, Line: l.line,
 		Objective: objective, FairnessID: fairness,
+		TTFTSLOMs: f.sloTTFT, TPOTSLOMs: f.sloTPOT,
 	}, nil
 }
 
@@ -140,6 +152,10 @@ func parseNativeFast(line []byte, f *nativeFields) bool {
 			f.objective, ok = p.str()
 		case "fairness_id":
 			f.fairness, ok = p.str()
+		case "slo_ttft_ms":
+			f.sloTTFT, ok = p.float()
+		case "slo_tpot_ms":
+			f.sloTPOT, ok = p.float()
 		}
 		if !ok {
 			return false
@@ -160,6 +176,8 @@ type nativeJSON struct {
 	Model         string   `json:"model"`
 	Objective     string   `json:"objective"`
 	FairnessID    string   `json:"fairness_id"`
+	SLOTTFTMs     float64  `json:"slo_ttft_ms"`
+	SLOTPOTMs     float64  `json:"slo_tpot_ms"`
 }
 
 func (n *nativeReader) decode(line []byte) (nativeFields, error) {
@@ -168,7 +186,8 @@ func (n *nativeReader) decode(line []byte) (nativeFields, error) {
 		return nativeFields{}, err
 	}
 	f := nativeFields{ids: raw.HashIDs, blockSize: raw.HashBlockSize, session: raw.SessionID, priority: raw.Priority, modelString: raw.Model,
-		objectiveString: raw.Objective, fairnessString: raw.FairnessID}
+		objectiveString: raw.Objective, fairnessString: raw.FairnessID,
+		sloTTFT: raw.SLOTTFTMs, sloTPOT: raw.SLOTPOTMs}
 	f.arrival, f.hasArrival = deref(raw.ArrivalS)
 	f.in, f.hasIn = deref(raw.InputTokens)
 	f.out, f.hasOut = deref(raw.OutputTokens)
@@ -227,6 +246,14 @@ func (n *NativeWriter) Write(r Row) error {
 	if r.FairnessID != "" {
 		b = append(b, `,"fairness_id":`...)
 		b = appendJSONString(b, r.FairnessID)
+	}
+	if r.TTFTSLOMs != 0 {
+		b = append(b, `,"slo_ttft_ms":`...)
+		b = strconv.AppendFloat(b, r.TTFTSLOMs, 'f', -1, 64)
+	}
+	if r.TPOTSLOMs != 0 {
+		b = append(b, `,"slo_tpot_ms":`...)
+		b = strconv.AppendFloat(b, r.TPOTSLOMs, 'f', -1, 64)
 	}
 	b = append(b, "}\n"...)
 	n.buf = b

@@ -46,6 +46,10 @@ type Row struct {
 	// FairnessID is the request's flow within its priority band (native; GIE's
 	// x-gateway-inference-fairness-id).
 	FairnessID string
+	// TTFTSLOMs and TPOTSLOMs are the request's own latency objectives in milliseconds
+	// (native slo_ttft_ms and slo_tpot_ms; 0: none, the experiment's slo applies), which the
+	// SLO-aware router reads as llm-d's x-slo-ttft-ms and x-slo-tpot-ms headers.
+	TTFTSLOMs, TPOTSLOMs float64
 	// Line is the row's line in its file, for error messages (the row's index for
 	// generated workloads).
 	Line int

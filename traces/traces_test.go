@@ -195,6 +195,7 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"mooncake trailing text", Mooncake, `{"timestamp": 0, "input_length": 10, "output_length": 1} x`, `bad.csv:1: text after the JSON object: "x"`},
 		{"mooncake array", Mooncake, `[1]`, `bad.csv:1: the line is a JSON array, not an object`},
 		{"mooncake out of order", Mooncake, `{"timestamp": 5, "input_length": 10, "output_length": 1}` + "\r\n" + `{"timestamp": 4, "input_length": 10, "output_length": 1}`, `bad.csv:2: field "timestamp": 4 ms is before the previous row's 5 ms`},
+		{"native negative SLO", Native, `{"arrival_s": 0, "input_tokens": 3, "output_tokens": 1, "slo_tpot_ms": -5}` + "\n", `bad.csv:1: field "slo_tpot_ms": -5 is not a non-negative number of milliseconds`},
 		{"native unknown field", Native, `{"arrival_s": 0, "input_tokens": 3, "output_tokens": 1, "colour": "red"}` + "\n", `bad.csv:1: field "colour": unknown field`},
 		{"native negative time", Native, `{"arrival_s": -1, "input_tokens": 3, "output_tokens": 1}` + "\n", `bad.csv:1: field "arrival_s": -1 is not a non-negative number of seconds`},
 		{"native fractional tokens", Native, "\n\n" + `{"arrival_s": 0, "input_tokens": 3.5, "output_tokens": 1}` + "\n", `bad.csv:3: field "input_tokens": 3.5 is not an integer`},
@@ -374,6 +375,7 @@ func TestNativeRoundTrip(t *testing.T) {
 	rows := openAll(t, "testdata/mooncake_conv_200.jsonl", "")
 	rows[3].Session, rows[4].Priority, rows[5].Model, rows[6].Model = 7, -2, "llama-3.1-8b", "quote \" tab \t é \x01"
 	rows[7].Objective, rows[7].FairnessID, rows[8].Objective = "critical", "tenant \"a\"", "sheddable"
+	rows[7].TTFTSLOMs, rows[7].TPOTSLOMs, rows[8].TPOTSLOMs = 500, 25.5, 40
 	rows[len(rows)-1].Arrival = math.Nextafter(rows[len(rows)-1].Arrival, math.Inf(1))
 	var buf bytes.Buffer
 	w := NewNativeWriter(&buf)
@@ -398,6 +400,7 @@ func TestNativeSlowPathAgrees(t *testing.T) {
 		`{"arrival_s":0,"input_tokens":3,"output_tokens":1,"objective":"crit\u0069cal","fairness_id":"t"}`,
 		`{"arrival_s":1,"input_tokens":3,"output_tokens":1,"hash_ids":null,"session_id":18446744073709551615}`,
 		`{"arrival_\u0073":2,"input_tokens":3,"output_tokens":1}`,
+		`{"arrival_s":3,"input_tokens":3,"output_tokens":1,"slo_ttft_ms":1e3,"slo_tpot_\u006ds":50}`,
 	}
 	rows := readAll(t, NewNativeReader(strings.NewReader(strings.Join(lines, "\n")), "slow"))
 	want := []Row{
@@ -405,6 +408,7 @@ func TestNativeSlowPathAgrees(t *testing.T) {
 		{Arrival: 0, InputTokens: 3, OutputTokens: 1, Objective: "critical", FairnessID: "t", Line: 2},
 		{Arrival: 1, InputTokens: 3, OutputTokens: 1, Session: math.MaxUint64, Line: 3},
 		{Arrival: 2, InputTokens: 3, OutputTokens: 1, Line: 4},
+		{Arrival: 3, InputTokens: 3, OutputTokens: 1, TTFTSLOMs: 1000, TPOTSLOMs: 50, Line: 5},
 	}
 	if diff := cmp.Diff(want, rows); diff != "" {
 		t.Errorf("rows (-want +got):\n%s", diff)

@@ -31,6 +31,7 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		verbose: w.verbose,
 		router:  routerFlags{spec: rc.Spec.PolicyPath(rc.Cell.Router), scrape: router.DefaultScrapeInterval, kvEvents: true, seed: rc.Cell.Seed},
 	}
+	realWorldObjectives(&c.router, rc)
 	// What the spec leaves out, the engines take from the simulator's defaults, as the
 	// simulator's cells do: one default for both worlds.
 	def := sim.DefaultClusterSpec()

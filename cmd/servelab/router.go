@@ -33,6 +33,11 @@ type routerFlags struct {
 	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
 	zmq  router.ZMQConfig
 	seed uint64
+	// latencyProfile is a `servelab profile` file whose step-time model the
+	// predicted-latency-scorer predicts with (router_slo.go).
+	latencyProfile string
+	// slo is the default objectives of requests without x-slo-* headers ("ttft:MS,tpot:MS").
+	slo string
 
 	apiKey, engineAPIKey string
 	bodyTimeout          time.Duration
@@ -87,8 +92,15 @@ func promptTokenLimit(dir string, tok *tokenizer.Tokenizer) (int, error) {
 
 // config is the router's configuration without endpoints when f.endpoints is empty.
 func (f *routerFlags) config() (router.Config, error) {
-	policy, err := f.policy(policies.Env{Seed: f.seed, BlockSize: f.blockSize})
+	env := policies.Env{Seed: f.seed, BlockSize: f.blockSize}
+	if err := f.withLatencyProfile(&env); err != nil {
+		return router.Config{}, err
+	}
+	policy, err := f.policy(env)
 	if err != nil {
+		return router.Config{}, err
+	}
+	if err := f.checkLatencyProfile(policy); err != nil {
 		return router.Config{}, err
 	}
 	cfg := router.Config{
@@ -299,6 +311,8 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often each endpoint's /metrics is read")
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
+	fl.StringVar(&f.slo, "slo", "", "objectives of requests without x-slo-ttft-ms / x-slo-tpot-ms headers, for the predicted-latency-scorer: ttft:MS,tpot:MS")
+	fl.StringVar(&f.latencyProfile, "latency-profile", "", "a 'servelab profile' file of the engines: the step-time model the predicted-latency-scorer predicts TTFT and TPOT with")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
 	fl.IntVar(&f.zmq.SocketPort, "kv-events-socket-port", 0, "follow KV events over ZeroMQ as vLLM publishes them (--kv-events-config) instead of /v1/kv_events: connect to this port on each endpoint's host (llm-d's socketPort; 0: off)")
 	fl.IntVar(&f.zmq.ReplayPort, "kv-events-replay-port", 0, "with --kv-events-socket-port: the engines' replay_endpoint port, to fetch missed batches (0: none)")

@@ -66,6 +66,8 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	fl.DurationVar(&f.router.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often the router reads each engine's /metrics")
 	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
+	fl.StringVar(&f.router.latencyProfile, "latency-profile", "", "a 'servelab profile' of the engines, for the router's predicted-latency-scorer")
+	fl.StringVar(&f.router.slo, "slo", "", "the router's default objectives of requests without x-slo-* headers, for its predicted-latency-scorer: ttft:MS,tpot:MS")
 	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised policies (and, in fidelity, of the prompts)")
 	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")
 }

@@ -334,6 +334,12 @@ func buildEPPPlugin(pl eppPlugin, field string, env policies.Env) (*eppInstance,
 			return nil, err
 		}
 		inst.scorer = precisePrefixCacheScorer{}
+	case PredictedLatencyScorerType:
+		cfg, err := predictedLatencyFromEPP(pl.Parameters, params, env)
+		if err != nil {
+			return nil, err
+		}
+		inst.scorer = newPredictedLatencyScorer(cfg, env)
 	case MaxScorePickerType, RandomPickerType, WeightedRandomPickerType:
 		var p struct {
 			MaxNumOfEndpoints *int `json:"maxNumOfEndpoints"`

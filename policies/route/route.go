@@ -21,7 +21,7 @@ var Registry = policies.NewRegistry[Policy]("route")
 
 // ReadsCaches reports whether p may read InstanceView.Cache, the instances' exact prefix
 // caches (the real router keeps them from KV events): of this package's policies only
-// weighted with llm-d's precise-prefix-cache-scorer does. A policy of another type is
+// weighted with llm-d's precise-prefix-cache-scorer or predicted-latency-scorer does. A policy of another type is
 // assumed to. The simulator keeps a KV-event index for the router only when it does.
 func ReadsCaches(p Policy) bool {
 	switch p := p.(type) {
@@ -29,8 +29,9 @@ func ReadsCaches(p Policy) bool {
 		return false
 	case *Weighted:
 		for _, s := range p.scorers {
-			if _, ok := s.scorer.(precisePrefixCacheScorer); ok {
-				return true
+			switch s.scorer.(type) {
+			case precisePrefixCacheScorer, *predictedLatencyScorer:
+				return true // the predicted-latency-scorer discounts a prompt's cached prefix
 			}
 		}
 		return false

@@ -26,6 +26,7 @@ var scorerTypes = []string{
 	LoadAwareScorerType,
 	ActiveRequestScorerType,
 	PrecisePrefixCacheScorerType,
+	PredictedLatencyScorerType,
 }
 
 // DefaultLoadAwareThreshold is llm-d's load-aware-scorer default queue threshold.

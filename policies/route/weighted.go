@@ -118,6 +118,7 @@ var weightKeys = []struct {
 	{"load", LoadAwareScorerType, 0},
 	{"active", ActiveRequestScorerType, 0},
 	{"precise-prefix", PrecisePrefixCacheScorerType, 0},
+	{"predicted-latency", PredictedLatencyScorerType, 0},
 }
 
 func init() {
@@ -127,6 +128,7 @@ func init() {
 			Doc: "weight of " + k.typ + " (0 leaves it out)"})
 	}
 	params = append(params, prefixIndexParams...)
+	params = append(params, predictedLatencyParams...)
 	params = append(params,
 		policies.Param{Name: "load_threshold", Default: strconv.Itoa(DefaultLoadAwareThreshold),
 			Doc: "waiting requests at which load-aware-scorer reaches 0 (llm-d threshold)"},
@@ -147,6 +149,7 @@ func newWeightedFromParams(p *policies.Params, env policies.Env) (Policy, error)
 	// them is not rejected as unknown and a malformed value is still reported.
 	index := prefixIndexFromParams(p)
 	threshold := loadThresholdParam(p)
+	latencyCfg := predictedLatencyFromParams(p, env)
 	var scorers []weightedScorer
 	for _, k := range weightKeys {
 		wt := p.Float(k.key, k.def)
@@ -168,6 +171,8 @@ func newWeightedFromParams(p *policies.Params, env policies.Env) (Policy, error)
 			s.scorer = activeRequestScorer{}
 		case PrecisePrefixCacheScorerType:
 			s.scorer = precisePrefixCacheScorer{}
+		case PredictedLatencyScorerType:
+			s.scorer = newPredictedLatencyScorer(latencyCfg, env)
 		}
 		scorers = append(scorers, s)
 	}

@@ -529,6 +529,7 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	if row.FairnessID != "" {
 		req.Header.Set(flow.FairnessIDHeader, row.FairnessID)
 	}
+	setSLOHeaders(req.Header, row)
 	o.rec.Arrival = now()
 	// The queueing delay inside the engine is not observable over HTTP.
 	o.rec.Scheduled = o.rec.Arrival

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"servelab/policies/flow"
+	"servelab/policies/route"
 	"servelab/serving"
 )
 
@@ -102,7 +103,8 @@ type exchange struct {
 	// objective and fairness are the request's x-gateway-inference-objective (or
 	// x-llm-d-inference-objective) and x-gateway-inference-fairness-id, for flow control.
 	objective, fairness string
-	subset              []string // the data plane's subset hint; nil without one
+	objectives          http.Header // the request's x-slo-ttft-ms and x-slo-tpot-ms; nil without
+	subset              []string    // the data plane's subset hint; nil without one
 	hasSubset           bool
 	body                []byte
 	picked              bool
@@ -251,6 +253,11 @@ func (ex *exchange) requestHeaders(h *extprocv3.HttpHeaders) []*extprocv3.Proces
 			}
 		case flow.FairnessIDHeader:
 			ex.fairness = headerValue(hv)
+		case route.TTFTSLOHeader, route.TPOTSLOHeader:
+			if ex.objectives == nil {
+				ex.objectives = http.Header{}
+			}
+			ex.objectives.Set(hv.GetKey(), headerValue(hv))
 		}
 	}
 	// As the proxy's guard: the router's own key on /v1/* (Config.APIKey).
@@ -320,6 +327,9 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 		}
 	}
 	rr := ex.r.routingRequest(ex.ctx, ex.path, ex.body)
+	if err := withObjectives(rr, ex.objectives, ex.body); err != nil {
+		return immediate(http.StatusBadRequest, "BadRequestError", err.Error())
+	}
 	exclude := ex.outsideSubset()
 	// With a P/D policy the destination is the decode endpoint and, when the decider
 	// disaggregates, the prefill endpoint goes in llm-d's x-prefiller-host-port header for

@@ -516,6 +516,10 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	rr := r.routingRequest(req.Context(), req.URL.Path, body)
+	if err := withObjectives(rr, req.Header, body); err != nil {
+		writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
+		return
+	}
 	if r.ab != nil {
 		aw := r.ab.begin(w, req, rr)
 		if aw == nil {
