@@ -53,10 +53,19 @@ type autoscalers struct {
 	m  map[types.NamespacedName]*autoscaled
 }
 
-func (a *autoscalers) forget(key types.NamespacedName) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.m, key)
+// forgetScaler drops an LLMService's scaler (and what its metrics source kept of it),
+// when it is deleted or no longer autoscaled.
+func (r *Reconciler) forgetScaler(key types.NamespacedName) {
+	r.scalers.mu.Lock()
+	_, had := r.scalers.m[key]
+	delete(r.scalers.m, key)
+	r.scalers.mu.Unlock()
+	if !had {
+		return
+	}
+	if f, ok := r.metrics().(interface{ Forget(types.NamespacedName) }); ok {
+		f.Forget(key)
+	}
 }
 
 // parseAutoscale builds spec.autoscale's policy as the simulator and 'servelab up' build

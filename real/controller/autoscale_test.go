@@ -174,6 +174,20 @@ func TestAutoscaleFollowsTheScalersDecisions(t *testing.T) {
 			if rescales != ups+downs {
 				t.Errorf("%d %s events for %d replica changes", rescales, EventSuccessfulRescale, ups+downs)
 			}
+
+			// Without spec.autoscale the pool is spec.replicas again.
+			svc := getService(t, env, name)
+			svc.Spec.Autoscale = ""
+			if err := env.Client.Update(ctx, svc); err != nil {
+				t.Fatal(err)
+			}
+			if res := reconcileAt(); res.RequeueAfter != 0 {
+				t.Errorf("not autoscaled: requeue after %v", res.RequeueAfter)
+			}
+			svc = getService(t, env, name)
+			if got := engineReplicas(); got != 2 || svc.Status.Autoscale != nil || condition(svc, v1alpha1.ConditionScalingActive).Status != "absent" {
+				t.Errorf("spec.autoscale removed: %d replicas (want spec.replicas 2), status.autoscale %+v, ScalingActive %+v", got, svc.Status.Autoscale, condition(svc, v1alpha1.ConditionScalingActive))
+			}
 		})
 	}
 }

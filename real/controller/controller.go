@@ -166,7 +166,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.Client.Get(ctx, req.NamespacedName, &svc); err != nil {
 		// Deleted: the API server's garbage collector deletes what it owned.
 		if apierrors.IsNotFound(err) {
-			r.scalers.forget(req.NamespacedName)
+			r.forgetScaler(req.NamespacedName)
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
@@ -197,7 +197,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		engines, requeue = r.autoscale(ctx, &svc, status, ready, have, cur != nil)
 	} else {
-		r.scalers.forget(req.NamespacedName)
+		r.forgetScaler(req.NamespacedName)
 		status.Autoscale = nil
 		apimeta.RemoveStatusCondition(&status.Conditions, v1alpha1.ConditionScalingActive)
 	}

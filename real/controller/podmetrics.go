@@ -99,6 +99,13 @@ func (m *PodMetrics) Observe(ctx context.Context, svc *v1alpha1.LLMService) (sca
 	return o, nil
 }
 
+// Forget drops the counts kept of an LLMService's pods.
+func (m *PodMetrics) Forget(key types.NamespacedName) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.prev, key)
+}
+
 // podReady: running, Ready, not terminating, with an IP.
 func podReady(p *corev1.Pod) bool {
 	if p.DeletionTimestamp != nil || p.Status.PodIP == "" {
