@@ -72,6 +72,20 @@ type LLMServiceSpec struct {
 	// +kubebuilder:validation:Pattern=`^(fifo|lfu|lru|radix-lru|s3fifo)(:[^\s]*)?$`
 	Evict string `json:"evict,omitempty"`
 
+	// Autoscale, when set, is a scaling policy spec ('servelab up --autoscale', 'servelab
+	// sim --autoscale'; policies/scale), e.g. "hpa:metric=queue,target=4,max-replicas=8" or
+	// "kpa:metric=concurrency,target=8,max-scale=6": the controller then sets the engine
+	// Deployment's replicas by the policy every interval, from the engines' /metrics, and
+	// spec.replicas is ignored. Its min and max replicas are the policy's parameters
+	// (min-replicas/max-replicas, kpa's min-scale/max-scale; KServe's minReplicas and
+	// maxReplicas), so the simulator, 'servelab up' and the controller read one spec. Its name
+	// must be a scaling policy; its parameters are checked by the controller (condition
+	// PolicyApplied). Only the decode pool is scaled, not spec.prefill.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern=`^(hpa|kpa)(:[^\s]*)?$`
+	Autoscale string `json:"autoscale,omitempty"`
+
 	// Source records which experiment and which of its policies this service deploys
 	// ('servelab deploy' sets it); the controller copies it to status once deployed.
 	// +optional
@@ -209,6 +223,10 @@ const (
 	ConditionEnginesReady = "EnginesReady"
 	// ConditionRouterReady: the router has all its replicas ready.
 	ConditionRouterReady = "RouterReady"
+	// ConditionScalingActive: spec.autoscale is set and its policy decided the engines'
+	// replicas from their metrics at the last interval (the HorizontalPodAutoscaler's
+	// condition); False when the metrics could not be read (reason FailedGetMetrics).
+	ConditionScalingActive = "ScalingActive"
 	// ConditionPolicyApplied: the routing, batch and evict policies are valid and deployed;
 	// False with a reason (InvalidPolicy, ConfigMapNotFound, ...) and a message naming the
 	// field otherwise.
@@ -251,4 +269,28 @@ type LLMServiceStatus struct {
 	// Source is the experiment and policy deployed (spec.source, once applied).
 	// +optional
 	Source *PolicySource `json:"source,omitempty"`
+
+	// Autoscale is the autoscaler's last decision, when spec.autoscale is set.
+	// +optional
+	Autoscale *AutoscaleStatus `json:"autoscale,omitempty"`
+}
+
+// AutoscaleStatus is what spec.autoscale's policy last decided, after the
+// HorizontalPodAutoscaler's status (desiredReplicas, currentMetrics, lastScaleTime).
+type AutoscaleStatus struct {
+	// DesiredReplicas is the engine Deployment's replicas the policy set.
+	DesiredReplicas int32 `json:"desiredReplicas"`
+	// Metric is the metric the policy read and its value per ready engine (or its mean),
+	// e.g. "queue=6.5"; "queue=NaN" when no engine was ready.
+	// +optional
+	Metric string `json:"metric,omitempty"`
+	// Reason is the policy's explanation of the last decision.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// LastDecisionTime is when the policy last decided.
+	// +optional
+	LastDecisionTime *metav1.Time `json:"lastDecisionTime,omitempty"`
+	// LastScaleTime is when the policy last changed the replicas.
+	// +optional
+	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
 }

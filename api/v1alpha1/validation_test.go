@@ -56,6 +56,7 @@ func TestAPIServerAppliesTheSchema(t *testing.T) {
 		{"unknown router name", with(minimal, "router", map[string]any{"policy": "fastest"}), "spec.router.policy"},
 		{"unknown batch policy", with(minimal, "batch", "fcfs"), "spec.batch"},
 		{"unknown evict policy", with(minimal, "evict", "random"), "spec.evict"},
+		{"unknown scaling policy", with(minimal, "autoscale", "keda:metric=queue"), "spec.autoscale"},
 		{"two routing policies", with(minimal, "router", map[string]any{"policy": "least-request", "endpointPickerConfig": "kind: EndpointPickerConfig"}), "at most one of policy"},
 		{"args set the model", with(minimal, "template", map[string]any{"args": []any{"--max-num-seqs=8", "--model=/elsewhere"}}), "args may not set --model"},
 		{"prefill args set the port", with(minimal, "prefill", map[string]any{"template": map[string]any{"args": []any{"--port", "9"}}}), "args may not set"},

@@ -90,6 +90,14 @@ type Reconciler struct {
 	// ClusterDomain is the cluster's DNS domain, for status.url (default cluster.local).
 	ClusterDomain string
 
+	// Metrics reads the engine pools' metrics for spec.autoscale; nil: PodMetrics over
+	// Client (the engine pods' /metrics).
+	Metrics Metrics
+	// Clock is the autoscalers' clock; nil: time.Now.
+	Clock func() time.Time
+
+	scalers    autoscalers
+	metricsMu  sync.Mutex
 	gieMu      sync.Mutex
 	gieChecked time.Time
 	gieHave    bool
@@ -157,6 +165,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var svc v1alpha1.LLMService
 	if err := r.Client.Get(ctx, req.NamespacedName, &svc); err != nil {
 		// Deleted: the API server's garbage collector deletes what it owned.
+		if apierrors.IsNotFound(err) {
+			r.forgetScaler(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if !svc.DeletionTimestamp.IsZero() {
@@ -173,6 +184,25 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, r.notApplied(ctx, &svc, before, status, perr.reason, "Validate", perr.msg)
 	}
 
+	// The engine pool's replicas: spec.replicas, or spec.autoscale's decision.
+	engines, requeue := *replicas(svc.Spec.Replicas), time.Duration(0)
+	if svc.Spec.Autoscale != "" {
+		cur, err := r.deployment(ctx, svc.Namespace, engineName(svc.Name))
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		var ready, have int32
+		if cur != nil {
+			ready, have = cur.Status.ReadyReplicas, *replicas(cur.Spec.Replicas)
+		}
+		engines, requeue = r.autoscale(ctx, &svc, status, ready, have, cur != nil)
+	} else {
+		r.forgetScaler(req.NamespacedName)
+		status.Autoscale = nil
+		apimeta.RemoveStatusCondition(&status.Conditions, v1alpha1.ConditionScalingActive)
+	}
+	pol.engineReplicas = engines
+
 	changed, err := r.applyAll(ctx, &svc, pol)
 	var notOwned *notOwnedError
 	if errors.As(err, &notOwned) {
@@ -185,7 +215,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	switch {
 	case changed.created:
 		r.event(&svc, corev1.EventTypeNormal, EventDeployed, "Deploy", fmt.Sprintf("deployed %d engines and %d routers, routing policy %s, batch %s, evict %s",
-			*replicas(svc.Spec.Replicas), *replicas(svc.Spec.Router.Replicas), pol.label, svc.Spec.Batch, svc.Spec.Evict))
+			pol.engineReplicas, *replicas(svc.Spec.Router.Replicas), pol.label, svc.Spec.Batch, svc.Spec.Evict))
 	case len(changed.policies) > 0:
 		r.event(&svc, corev1.EventTypeNormal, EventPolicyChanged, "Roll", strings.Join(changed.policies, "; "))
 	}
@@ -204,7 +234,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.observe(ctx, &svc, status); err != nil {
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{}, r.writeStatus(ctx, &svc, before, status)
+	return reconcile.Result{RequeueAfter: requeue}, r.writeStatus(ctx, &svc, before, status)
+}
+
+// metrics returns r.Metrics, or PodMetrics over r.Client.
+func (r *Reconciler) metrics() Metrics {
+	r.metricsMu.Lock()
+	defer r.metricsMu.Unlock()
+	if r.Metrics == nil {
+		r.Metrics = &PodMetrics{Client: r.Client}
+	}
+	return r.Metrics
 }
 
 // notApplied records why svc's spec is not deployed (PolicyApplied False, a Warning event
@@ -274,7 +314,9 @@ func (r *Reconciler) applyAll(ctx context.Context, svc *v1alpha1.LLMService, pol
 	if pol.disaggregated {
 		decodeRole = route.RoleDecode
 	}
-	objs = append(objs, engineService(svc), engineDeployment(svc, engineName(svc.Name), ComponentEngine, decodeRole, svc.Spec.WorkloadSpec, model))
+	pool := svc.Spec.WorkloadSpec
+	pool.Replicas = &pol.engineReplicas
+	objs = append(objs, engineService(svc), engineDeployment(svc, engineName(svc.Name), ComponentEngine, decodeRole, pool, model))
 	if p := svc.Spec.Prefill; p != nil {
 		objs = append(objs, engineDeployment(svc, prefillName(svc.Name), ComponentPrefill, route.RolePrefill, *p, model))
 	} else {
@@ -455,7 +497,11 @@ func (r *Reconciler) observe(ctx context.Context, svc *v1alpha1.LLMService, st *
 		name string
 		want int32
 	}
-	pools := []pool{{engineName(svc.Name), *replicas(svc.Spec.Replicas)}}
+	want := *replicas(svc.Spec.Replicas)
+	if st.Autoscale != nil && svc.Spec.Autoscale != "" {
+		want = st.Autoscale.DesiredReplicas
+	}
+	pools := []pool{{engineName(svc.Name), want}}
 	if p := svc.Spec.Prefill; p != nil {
 		pools = append(pools, pool{prefillName(svc.Name), *replicas(p.Replicas)})
 	}
@@ -483,7 +529,7 @@ func (r *Reconciler) observe(ctx context.Context, svc *v1alpha1.LLMService, st *
 	if err != nil {
 		return err
 	}
-	want := *replicas(svc.Spec.Router.Replicas)
+	want = *replicas(svc.Spec.Router.Replicas)
 	ready, ok, why := rolledOut(d, want)
 	st.RouterReadyReplicas = ready
 	setCond(st, v1alpha1.ConditionRouterReady, ok, why, fmt.Sprintf("%d/%d routers ready", ready, want), gen)

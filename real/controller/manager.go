@@ -87,6 +87,9 @@ func NewManager(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	r := &Reconciler{
 		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder(FieldManager), RESTMapper: mgr.GetRESTMapper(),
 		Flags: o.Flags, ClusterDomain: o.ClusterDomain,
+		// The engine pods are listed uncached, once per decision, rather than every pod of
+		// the cluster kept in the cache.
+		Metrics: &PodMetrics{Client: mgr.GetAPIReader()},
 	}
 	var _ events.EventRecorder = r.Recorder
 	n := o.MaxConcurrentReconciles

@@ -65,6 +65,9 @@ type resolvedPolicy struct {
 	// disaggregated: spec.prefill is set, so the engines run with roles (--role and llm-d's
 	// role label) and the router's policy is a P/D EndpointPickerConfig.
 	disaggregated bool
+	// engineReplicas is the decode pool's replicas: spec.replicas, or spec.autoscale's
+	// decision (set by Reconcile).
+	engineReplicas int32
 }
 
 // FlagSets give the flag sets of 'servelab engine' and 'servelab router', to check an
@@ -143,6 +146,11 @@ func (r *Reconciler) checkEnginePool(svc *v1alpha1.LLMService, pool v1alpha1.Wor
 func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService) (resolvedPolicy, *policyError) {
 	if _, err := parseModelURI(svc.Spec.Model.URI); err != nil {
 		return resolvedPolicy{}, &policyError{ReasonInvalidModel, err.Error()}
+	}
+	if svc.Spec.Autoscale != "" {
+		if _, perr := parseAutoscale(svc.Spec.Autoscale); perr != nil {
+			return resolvedPolicy{}, perr
+		}
 	}
 	blockSize, perr := r.checkEnginePool(svc, svc.Spec.WorkloadSpec, "spec")
 	if perr != nil {
