@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,10 +14,51 @@ import (
 	"testing"
 	"time"
 
+	"servelab/real/router"
 	"servelab/sim/latency"
 )
 
 // synthTiny writes the tiny preset once per test.
+// serveEngine starts an engine from ef in this process and serves it until the test ends.
+func serveEngine(t *testing.T, ef engineFlags) *running {
+	t.Helper()
+	eng, err := ef.start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go eng.server.Serve(eng.listener)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := eng.server.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := eng.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return eng
+}
+
+// serveRouter waits until r has a ready endpoint and serves it on loopback until the test
+// ends; it returns the router's URL.
+func serveRouter(t *testing.T, r *router.Router) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: r.Handler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
 func synthTiny(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "tiny")

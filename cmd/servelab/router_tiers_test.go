@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -116,21 +115,7 @@ func TestRouterKnowsEngineTiers(t *testing.T) {
 	ef := engineFlags{model: dir, host: "127.0.0.1", port: 0, blockSize: 16, prefixCaching: true,
 		numBlocksOverride: 8, maxModelLen: 128, batchSpec: "vllm", evictSpec: "lru",
 		tiers: tierFlags{specs: []string{"cpu:4:lru", "disk:64:fifo"}, dir: t.TempDir()}}
-	eng, err := ef.start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.server.Serve(eng.listener)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := eng.server.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := eng.close(); err != nil {
-			t.Error(err)
-		}
-	})
+	eng := serveEngine(t, ef)
 	engineURL := "http://" + eng.listener.Addr().String()
 
 	rf := routerFlags{endpoints: []string{engineURL}, spec: "weighted:precise-prefix=1,queue=0,kv=0,prefix=0",
@@ -146,19 +131,7 @@ func TestRouterKnowsEngineTiers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: r.Handler()}
-	go srv.Serve(ln)
-	defer srv.Close()
-	routerURL := "http://" + ln.Addr().String()
+	routerURL := serveRouter(t, r)
 
 	words := strings.Fields("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu")
 	prompt := func(i int) string {

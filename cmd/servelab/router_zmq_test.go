@@ -30,21 +30,7 @@ func TestRouterFollowsEngineOverZMQ(t *testing.T) {
 		numBlocksOverride: 8, maxModelLen: 128, batchSpec: "vllm", evictSpec: "lru",
 		kvEventsConfig: `{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:0", "bind": true,
 			"replay_endpoint": "tcp://127.0.0.1:0", "topic": "kv@127.0.0.1@tiny"}`}
-	eng, err := ef.start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go eng.server.Serve(eng.listener)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := eng.server.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := eng.close(); err != nil {
-			t.Error(err)
-		}
-	})
+	eng := serveEngine(t, ef)
 	engineURL := "http://" + eng.listener.Addr().String()
 	port := func(a net.Addr) int { return a.(*net.TCPAddr).Port }
 
