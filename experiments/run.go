@@ -201,6 +201,9 @@ type PolicyResult struct {
 	// Classes breaks the metrics down by request class (the workload's objective column),
 	// where the requests have classes (classes.go).
 	Classes []ClassResult `json:"classes,omitempty"`
+	// Arms are the arms of an online A/B test of routing policies, side by side, where the
+	// cluster split its requests (ab_router, ab_fraction; arms.go).
+	Arms []ArmResult `json:"arms,omitempty"`
 }
 
 // TierResult is one KV-cache tier's prefix-cache hit rate (prompt tokens found on the tier
@@ -309,6 +312,7 @@ dispatch:
 	wg.Wait()
 
 	res := &Results{Experiment: spec.Name, Cells: results, Policies: aggregate(results, spec.PrefillInstances()), PrefixHashes: &hashes}
+	nameArms(spec, res.Policies)
 	if err := writeJSONAtomic(filepath.Join(opts.Out, "results.json"), res); err != nil {
 		return res, err
 	}
@@ -720,6 +724,7 @@ func aggregate(cells []CellResult, prefill map[int]bool) []PolicyResult {
 		p := &out[len(out)-1]
 		p.KVTiers = tierResults(ss, stat)
 		p.Classes = classResults(ss, stat)
+		p.Arms = armResults(ss, stat)
 		if len(ss) > 0 && !slices.ContainsFunc(ss, func(s *metrics.Summary) bool { return s.Disaggregation == nil }) {
 			share := stat(func(s *metrics.Summary) float64 {
 				if n := s.Completed + s.Failed; n > 0 {

@@ -155,6 +155,13 @@ type Cluster struct {
 	// name (--objective), which the workload's objective column names.
 	FlowControl string         `json:"flow_control,omitempty"`
 	Objectives  map[string]int `json:"objectives,omitempty"`
+	// ABRouter and ABFraction run an online A/B test of routing policies on the cluster
+	// (sim.ClusterSpec's fields; servelab router --ab-router, --ab-fraction): ab_fraction
+	// of the requests (0 to 1, required with ab_router) are routed by ab_router's policy
+	// (arm b), the rest by the cell's router (arm a), split by a hash of the cell's seed and
+	// the trace row index; results and reports show the two arms side by side.
+	ABRouter   string   `json:"ab_router,omitempty"`
+	ABFraction *float64 `json:"ab_fraction,omitempty"`
 }
 
 // Matrix is the policies crossed: every router with every batch and evict spec.
@@ -505,6 +512,9 @@ func (s *Spec) validate() error {
 				return fmt.Errorf("policies.routers[%d]: %w", i, err)
 			}
 		}
+		if err := s.checkABPolicies(i, env); err != nil {
+			return err
+		}
 		if s.World == "real" {
 			for _, r := range s.Policies.Routers {
 				if _, err := s.PDProfile(Cell{Cluster: k.Name, Router: r, Batch: s.Policies.Batch[0], Evict: s.Policies.Evict[0]}, cluster.BlockSize); err != nil {
@@ -762,10 +772,59 @@ func (s *Spec) checkCluster(i int) error {
 	if u := k.GPUMemoryUtilization; u < 0 || u > 1 || math.IsNaN(u) || u == 0 && s.hasKey(i, "gpu_memory_utilization") {
 		return fmt.Errorf("%s.gpu_memory_utilization: want a fraction in (0, 1], got %v", path, u)
 	}
+	if err := checkAB(k, path); err != nil {
+		return err
+	}
 	if len(k.Pools) > 0 {
 		for _, key := range []string{"instances", "gpu", "tp"} {
 			if s.hasKey(i, key) {
 				return fmt.Errorf("%s.%s: set together with %s.pools; a cluster of pools gives each pool's instances, gpu and tp", path, key, path)
+			}
+		}
+	}
+	return nil
+}
+
+// checkAB checks a cluster's A/B test of routing policies (its policies are parsed with
+// the routers').
+func checkAB(k Cluster, path string) error {
+	switch f := k.ABFraction; {
+	case k.ABRouter == "" && f != nil:
+		return fmt.Errorf("%s.ab_fraction: %v without %s.ab_router, the routing policy of arm b", path, *f, path)
+	case k.ABRouter == "":
+		return nil
+	case f == nil:
+		return fmt.Errorf("%s.ab_fraction: required with %s.ab_router: the share of requests (0 to 1) its policy routes", path, path)
+	case !(*f >= 0 && *f <= 1):
+		return fmt.Errorf("%s.ab_fraction: want the share of requests in arm b, from 0 to 1, got %v", path, *f)
+	}
+	for _, p := range k.Pools {
+		if p.Role == sim.RolePrefill {
+			return fmt.Errorf("%s.ab_router: an A/B test of routing policies cannot run in a disaggregated cluster (pool %s has role prefill)", path, p.Name)
+		}
+	}
+	return nil
+}
+
+// checkABPolicies parses a cluster's ab_router and refuses what cannot be an arm: a P/D
+// EndpointPickerConfig, as ab_router or as one of the routers (arm a).
+func (s *Spec) checkABPolicies(i int, env policies.Env) error {
+	k := s.clusters()[i]
+	if k.ABRouter == "" {
+		return nil
+	}
+	path := s.clusterPath(i)
+	b, err := route.Parse(s.resolve(k.ABRouter), env)
+	if err != nil {
+		return fmt.Errorf("%s.ab_router: %w", path, err)
+	}
+	if _, ok := b.(*route.PDProfileHandler); ok {
+		return fmt.Errorf("%s.ab_router: %s is a P/D EndpointPickerConfig, which cannot be an A/B arm", path, k.ABRouter)
+	}
+	for j, r := range s.Policies.Routers {
+		if a, err := route.Parse(s.resolve(r), env); err == nil {
+			if _, ok := a.(*route.PDProfileHandler); ok {
+				return fmt.Errorf("policies.routers[%d]: %s is a P/D EndpointPickerConfig, which cannot be arm a of %s.ab_router's A/B test", j, r, path)
 			}
 		}
 	}
@@ -832,6 +891,10 @@ func (s *Spec) clusterSpec(cluster, router, batchSpec, evictSpec string, seed ui
 	c.PrefillRouter, c.NonCachedTokens, c.KVLink = s.resolve(k.PrefillRouter), k.NonCachedTokens, k.KVLink
 	c.Autoscale, c.ScaleUpDelay = k.Autoscale, k.ScaleUpDelay
 	c.FlowControl, c.Objectives = k.FlowControl, k.Objectives
+	c.ABRouter = s.resolve(k.ABRouter)
+	if k.ABFraction != nil {
+		c.ABFraction = *k.ABFraction
+	}
 	if k.Model != "" {
 		c.Model = s.resolve(k.Model)
 	}
@@ -1026,6 +1089,10 @@ func (s *Spec) resolvedCluster(name string) (Cluster, error) {
 		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
 		PrefillRouter: cs.PrefillRouter, NonCachedTokens: cs.NonCachedTokens, KVLink: cs.KVLink,
 		Autoscale: cs.Autoscale, ScaleUpDelay: cs.ScaleUpDelay,
+	}
+	if ab := s.cluster(name); ab.ABRouter != "" {
+		// As written: ab_router names arm b in the cells' results, as a router names arm a.
+		k.ABRouter, k.ABFraction = ab.ABRouter, ab.ABFraction
 	}
 	if cs.Autoscale != "" {
 		k.Instances = 0 // the policy's; cfg.Instances are its slots

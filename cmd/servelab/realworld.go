@@ -54,6 +54,11 @@ func (w localWorld) RunCell(ctx context.Context, rc experiments.RealCell) (*metr
 		c.router.scrape = time.Duration(*k.ScrapeInterval * float64(time.Second))
 	}
 	c.router.flow.spec = k.FlowControl
+	// An A/B test: the router splits as the simulator's cells do (the cell's seed, the
+	// trace row index bench sends as x-request-id), and bench's summary has the arms.
+	if k.ABRouter != "" && k.ABFraction != nil {
+		c.router.abSpec, c.router.abFraction = rc.Spec.PolicyPath(k.ABRouter), *k.ABFraction
+	}
 	for name, p := range k.Objectives {
 		c.router.flow.objectives = append(c.router.flow.objectives, name+"="+strconv.Itoa(p))
 	}

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"servelab/experiments"
+	"servelab/policies/route"
 )
 
 // TestRunPDTiersRealExample runs the shipped experiments/examples/pd-tiers-real.yaml, cut
@@ -80,5 +84,57 @@ func TestRunPDTiersRealExample(t *testing.T) {
 				t.Errorf("%s: the prefill engine (instance 0) reported as starved", p.Router)
 			}
 		}
+	}
+}
+
+// A world: real cluster with ab_router and ab_fraction starts its router with the A/B
+// split (arm a the cell's router, arm b ab_router): bench's x-request-id, the row index,
+// puts each request in the arm route.Split gives it with the cell's seed, as the
+// simulator's cells do, and the results carry both arms.
+func TestRunABInTheRealWorld(t *testing.T) {
+	const n, seed = 20, 3
+	model := synthTiny(t)
+	t.Setenv("SERVELAB_RUN_MAIN", "1")
+	trace, err := filepath.Abs(mooncakeSlice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "ab.yaml")
+	if err := os.WriteFile(spec, []byte(fmt.Sprintf("name: ab\nworld: real\n"+
+		"workload: {trace: %s, max_requests: %d, token_scale: 0.03125, rate_scale: 20}\n"+
+		"cluster: {instances: 2, model: %s, max_model_len: 512, num_gpu_blocks_override: 512, ab_router: prefix-affinity, ab_fraction: 0.5}\n"+
+		"policies: {routers: [round-robin]}\nseeds: [%d]\nslo: {ttft_ms: 5000}\n", trace, n, model, seed)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	if stdout, err := run(t, "run", spec, "--out", out, "--report=false"); err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	res, err := experiments.ReadResults(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{}
+	for id := range uint64(n) {
+		want[route.Split{Fraction: 0.5, Seed: seed}.Arm(id)]++
+	}
+	c := res.Cells[0]
+	if c.Status != "done" || c.Summary.Completed != n {
+		t.Fatalf("%s: %s %s %+v", c.ID, c.Status, c.Error, c.Summary)
+	}
+	got := map[string]int{}
+	for arm, s := range c.Summary.Arms {
+		got[arm] = s.Completed + s.Failed
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("requests per arm (-route.Split +the router's):\n%s", diff)
+	}
+	var routers []string
+	for _, a := range res.Policies[0].Arms {
+		routers = append(routers, a.Name+" "+a.Router)
+	}
+	if diff := cmp.Diff([]string{"a round-robin", "b prefix-affinity"}, routers); diff != "" {
+		t.Errorf("the results' arms (-want +got):\n%s", diff)
 	}
 }

@@ -87,6 +87,7 @@ func (e *Experiment) verdicts() []verdict {
 			}
 		}
 		parts = append(parts, autoscaleVerdicts(ranked)...)
+		parts = append(parts, abVerdicts(ranked)...)
 		out = append(out, verdict{g.Rate, strings.Join(parts, " ")})
 	}
 	return out

@@ -27,6 +27,8 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 		"autoscale-day.yaml": {"SLO attained %", "mean instances", "GPU-hours", "goodput/$"},
 		// By class: the workload's requests have objectives.
 		"priority-classes.yaml": {"refused %", "p99 E2EL ms"},
+		// A/B arms side by side: its clusters split requests between two routers.
+		"ab-routers.yaml": {"arm", "arm's router", "requests", "median TPOT ms", "prefix hit %"},
 	}
 	ran := 0
 	for _, p := range paths {
@@ -80,6 +82,22 @@ func TestSimExamplesRunAndReport(t *testing.T) {
 			html := renderHTML(t, e)
 			if filepath.Base(p) == "priority-classes.yaml" && (!strings.Contains(html, `<table class="classes"`) || !strings.Contains(html, "<td>sheddable</td>")) {
 				t.Error("the HTML report has no by-class table")
+			}
+			if filepath.Base(p) == "ab-routers.yaml" {
+				for _, pr := range res.Policies {
+					if n := len(pr.Arms); pr.Cluster == "slo-aware-20" && n != 2 || pr.Cluster == "slo-aware-100" && n != 1 {
+						t.Errorf("%s: %d arms", pr.Name(), n)
+					}
+				}
+				for _, want := range []string{"| `slo-aware-20 · ../../examples/router/llm-d-default.yaml / lru` | a | `../../examples/router/llm-d-default.yaml` |",
+					"| `slo-aware-20 · ../../examples/router/llm-d-default.yaml / lru` | b | `weighted:predicted-latency=1,prefix=0,queue=0,kv=0,headroom_strategy=most` |"} {
+					if !strings.Contains(md, want) {
+						t.Errorf("the report has no row %q:\n%s", want, md)
+					}
+				}
+				if !strings.Contains(html, `<table class="arms"`) || !strings.Contains(html, "<td>weighted:predicted-latency=1,prefix=0,queue=0,kv=0,headroom_strategy=most</td>") {
+					t.Error("the HTML report has no A/B arms table")
+				}
 			}
 		})
 	}

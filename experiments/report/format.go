@@ -220,6 +220,9 @@ func clusterText(k experiments.Cluster, world string) string {
 		}
 		cluster += ", " + strings.Join(pd, ", ")
 	}
+	if k.ABRouter != "" && k.ABFraction != nil {
+		cluster += fmt.Sprintf(", A/B: %g%% of requests routed by %s (arm b), the rest by the cell's router (arm a)", 100**k.ABFraction, k.ABRouter)
+	}
 	for _, t := range k.KVTiers {
 		tier := fmt.Sprintf(", %s tier of %d blocks", t.Medium, t.Blocks)
 		if t.Evict != "" {

@@ -472,6 +472,8 @@ type (
 		Tables   []tableView
 		Shares   []shareView
 		Classes  []tableView
+		Arms     []tableView
+		ArmNote  string
 		Failed   []failedView
 	}
 	shareView struct {
@@ -599,6 +601,22 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 				}
 			}
 			ev.Classes = append(ev.Classes, tv)
+		}
+		for _, g := range groups {
+			if !hasArms(g.ByGoodput) {
+				continue
+			}
+			tv := tableView{Caption: armCaption(g.Rate, len(groups) > 1), Order: "arm", Rate: g.Rate, Heads: append([]string{"policy"}, armHeads...)}
+			for _, p := range g.ByGoodput {
+				for _, a := range p.Arms {
+					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}
+					for _, v := range armCells(p, a) {
+						row.Cells = append(row.Cells, splitCell(v))
+					}
+					tv.Rows = append(tv.Rows, row)
+				}
+			}
+			ev.Arms, ev.ArmNote = append(ev.Arms, tv), armNote
 		}
 		// The notes on identical results and missing prefix information go by the charts
 		// they explain (ChartNotes).
@@ -745,6 +763,14 @@ table.shares td.idle, table.shares th:last-child { text-align: left; }
 {{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}</tr>
 {{end}}</tbody>
 </table></div>
+{{end}}{{range .Arms}}<div class="scroll"><table class="arms" data-rate="{{.Rate}}">
+<caption>{{.Caption}}</caption>
+<thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>
+<tbody>
+{{range .Rows}}<tr{{if .Failed}} class="failed"{{end}}><td class="policy"><span class="swatch" style="background: {{.Color}}"></span>{{.Policy}}</td>{{range .Cells}}<td>{{template "cell" .}}</td>{{end}}</tr>
+{{end}}</tbody>
+</table></div>
+{{end}}{{if .ArmNote}}<p class="note">{{.ArmNote}}</p>
 {{end}}{{range .Shares}}<div class="scroll"><table class="shares" data-rate="{{.Rate}}">
 <caption>{{.Caption}}</caption>
 <thead><tr>{{range .Heads}}<th>{{.}}</th>{{end}}</tr></thead>

@@ -46,6 +46,13 @@ func WriteMarkdown(w io.Writer, exp *Experiment) error {
 			writeMarkdownClasses(b, g.ByGoodput)
 		}
 	}
+	for _, g := range groups {
+		if hasArms(g.ByGoodput) {
+			fmt.Fprintf(b, "\n### %s\n\n", armCaption(g.Rate, len(groups) > 1))
+			writeMarkdownArms(b, g.ByGoodput)
+			fmt.Fprintf(b, "\n%s\n", armNote)
+		}
+	}
 	for _, t := range exp.shareTables() {
 		fmt.Fprintf(b, "\n### %s\n\n", shareCaption(t.Rate, len(groups) > 1))
 		writeMarkdownShares(b, t)
