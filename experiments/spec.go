@@ -1089,6 +1089,7 @@ func (s *Spec) resolvedCluster(name string) (Cluster, error) {
 		GPUPricePerHour: cs.GPUPricePerHour, KVTiers: cs.KVTiers,
 		PrefillRouter: cs.PrefillRouter, NonCachedTokens: cs.NonCachedTokens, KVLink: cs.KVLink,
 		Autoscale: cs.Autoscale, ScaleUpDelay: cs.ScaleUpDelay,
+		FlowControl: cs.FlowControl, Objectives: cs.Objectives,
 	}
 	if ab := s.cluster(name); ab.ABRouter != "" {
 		// As written: ab_router names arm b in the cells' results, as a router names arm a.

@@ -417,3 +417,26 @@ func TestKVTiersInSpec(t *testing.T) {
 		t.Errorf("error %v, want one naming kv_tiers[0].medium", err)
 	}
 }
+
+// The spec as run (spec.yaml) keeps the cluster's flow control and objectives: parsed back,
+// it runs the same cells on the same cluster.
+func TestNormalizedKeepsFlowControl(t *testing.T) {
+	s, err := Load("examples/priority-classes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm, err := s.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse(norm, filepath.Join(t.TempDir(), "spec.yaml"))
+	if err != nil {
+		t.Fatalf("the normalized spec does not parse: %v\n%s", err, norm)
+	}
+	for _, k := range again.clusters() {
+		orig := s.cluster(k.Name)
+		if k.FlowControl != orig.FlowControl || !cmp.Equal(k.Objectives, orig.Objectives) {
+			t.Errorf("cluster %q as run: flow_control %q objectives %v, want %q %v", k.Name, k.FlowControl, k.Objectives, orig.FlowControl, orig.Objectives)
+		}
+	}
+}
