@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -594,7 +595,11 @@ func (c *Cluster) startRouter(ctx context.Context, opts Options) error {
 
 // watch reports the first engine that exits while the cluster runs.
 func (c *Cluster) watch() {
-	for _, e := range c.engines {
+	// The autoscaler may be adding engines already: read the list under the lock.
+	c.mu.Lock()
+	engines := slices.Clone(c.engines)
+	c.mu.Unlock()
+	for _, e := range engines {
 		go c.watchEngine(e)
 	}
 }

@@ -92,6 +92,13 @@ func TestEngineKeyReachesKeyedEndpoints(t *testing.T) {
 	up.mu.Unlock()
 	r, url := startRouter(t, Config{KVEvents: true, EngineAPIKey: "engine-secret"}, up.URL)
 	eventually(t, "the KV-event snapshot", func() bool { return hasIndex(r.endpoints[0]) })
+	// The snapshot may come before the first scrape of /metrics, which makes the endpoint
+	// routable.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	// The engine key replaces whatever the client sent.
 	for _, clientAuth := range []string{"", "Bearer client-key"} {
