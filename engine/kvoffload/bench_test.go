@@ -61,11 +61,12 @@ func BenchmarkKVTierBlock(b *testing.B) {
 	cache := m.NewKVCache(slots, benchBlockSize)
 	bb := cache.BlockBytes()
 	b.Logf("%s: %d layers, dim %d; a KV block of %d tokens is %d bytes", *benchModel, m.Config.Layers, m.Config.Dim, benchBlockSize, bb)
-	// What the simulator charges a load of one such block (one block alone: latency plus
-	// bytes over bandwidth), for comparison with the measured loads.
+	// What the simulator charges a load of one such block (one block alone: latency, the
+	// per-block latency and bytes over bandwidth), for comparison with the measured loads.
 	for _, name := range slices.Sorted(maps.Keys(sim.KVTierPresets)) {
 		p := sim.KVTierPresets[name]
-		b.Logf("sim preset %s: %g GB/s, %g us: %.0f ns/block", name, p.BandwidthGBps, p.LatencyUs, (p.LatencyUs*1e-6+float64(bb)/(p.BandwidthGBps*1e9))*1e9)
+		ns := (p.LatencyUs+p.BlockLatencyUs)*1e3 + float64(bb)/(p.BandwidthGBps*1e9)*1e9
+		b.Logf("sim preset %s: %g GB/s, %g us + %g us a block: %.0f ns/block", name, p.BandwidthGBps, p.LatencyUs, p.BlockLatencyUs, ns)
 	}
 	tiers := []struct {
 		name  string
