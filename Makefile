@@ -73,7 +73,7 @@ generate:
 # image-archive / ctr images import). With Docker: docker build -t $(IMAGE) . (Dockerfile).
 IMAGE ?= servelab:latest
 image:
-	CGO_ENABLED=0 GOOS=linux $(GO) build -ldflags "-s -w" -o bin/image/servelab ./cmd/servelab
+	CGO_ENABLED=0 GOOS=linux $(GO) build -tags nocuda -ldflags "-s -w" -o bin/image/servelab ./cmd/servelab
 	$(GO) run ./hack/image --binary bin/image/servelab --out bin/servelab-image.tar --tag $(IMAGE)
 
 # The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)

@@ -35,6 +35,7 @@ import (
 // engineFlags mirror vLLM's serve flags where they mean the same.
 type engineFlags struct {
 	model               string
+	device              string // cpu or cuda (engine_device.go)
 	servedName          string
 	host                string
 	port                int
@@ -71,6 +72,7 @@ type engineFlags struct {
 func (f *engineFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.model, "model", "", "Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
+	fl.StringVar(&f.device, "device", "cpu", deviceHelp)
 	fl.StringVar(&f.servedName, "served-model-name", "", "model name in the API (default: the directory's base name)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8000, "port to listen on (0 picks a free one)")
@@ -177,6 +179,9 @@ func (r *running) close() error {
 }
 
 func (f *engineFlags) start() (*running, error) {
+	if err := f.checkDevice(); err != nil {
+		return nil, err
+	}
 	if f.model == "" {
 		return nil, errors.New("--model is required")
 	}

@@ -15,7 +15,7 @@ import (
 func main() {
 	var o ociimage.Options
 	out := flag.String("out", "bin/servelab-image.tar", "the image tarball to write")
-	flag.StringVar(&o.Binary, "binary", "bin/image/servelab", "the static servelab binary (CGO_ENABLED=0 GOOS=linux go build ./cmd/servelab)")
+	flag.StringVar(&o.Binary, "binary", "bin/image/servelab", "the static servelab binary (CGO_ENABLED=0 GOOS=linux go build -tags nocuda ./cmd/servelab)")
 	flag.StringVar(&o.Tag, "tag", "servelab:latest", "the image's name in the tarball")
 	flag.StringVar(&o.Arch, "arch", "", "the binary's GOARCH (default: this machine's)")
 	flag.Parse()

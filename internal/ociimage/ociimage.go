@@ -57,7 +57,7 @@ func Build(o Options) (v1.Image, error) {
 		return nil, fmt.Errorf("binary: %w", err)
 	}
 	if !isStaticELF(bin) {
-		return nil, fmt.Errorf("binary %s: not a statically linked ELF executable (build it with CGO_ENABLED=0 GOOS=linux)", o.Binary)
+		return nil, fmt.Errorf("binary %s: not a statically linked ELF executable (build it with CGO_ENABLED=0 GOOS=linux go build -tags nocuda: cuda/driver's purego links libc)", o.Binary)
 	}
 	created := o.created()
 	arch := o.Arch
