@@ -35,20 +35,20 @@ type Result int32
 
 // A few CUresult values (cuda.h); every other code is named by cuGetErrorName.
 const (
-	Success            Result = 0   // CUDA_SUCCESS
-	ErrorInvalidValue  Result = 1   // CUDA_ERROR_INVALID_VALUE
-	ErrorOutOfMemory   Result = 2   // CUDA_ERROR_OUT_OF_MEMORY
-	ErrorNotInitalized Result = 3   // CUDA_ERROR_NOT_INITIALIZED
-	ErrorNoDevice      Result = 100 // CUDA_ERROR_NO_DEVICE
+	Success             Result = 0   // CUDA_SUCCESS
+	ErrorInvalidValue   Result = 1   // CUDA_ERROR_INVALID_VALUE
+	ErrorOutOfMemory    Result = 2   // CUDA_ERROR_OUT_OF_MEMORY
+	ErrorNotInitialized Result = 3   // CUDA_ERROR_NOT_INITIALIZED
+	ErrorNoDevice       Result = 100 // CUDA_ERROR_NO_DEVICE
 )
 
 // knownNames names the codes above when the driver cannot (cuGetErrorName failed).
 var knownNames = map[Result]string{
-	Success:            "CUDA_SUCCESS",
-	ErrorInvalidValue:  "CUDA_ERROR_INVALID_VALUE",
-	ErrorOutOfMemory:   "CUDA_ERROR_OUT_OF_MEMORY",
-	ErrorNotInitalized: "CUDA_ERROR_NOT_INITIALIZED",
-	ErrorNoDevice:      "CUDA_ERROR_NO_DEVICE",
+	Success:             "CUDA_SUCCESS",
+	ErrorInvalidValue:   "CUDA_ERROR_INVALID_VALUE",
+	ErrorOutOfMemory:    "CUDA_ERROR_OUT_OF_MEMORY",
+	ErrorNotInitialized: "CUDA_ERROR_NOT_INITIALIZED",
+	ErrorNoDevice:       "CUDA_ERROR_NO_DEVICE",
 }
 
 // Error is a failed driver call: the symbol called and the CUresult it returned, with
