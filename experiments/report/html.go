@@ -587,36 +587,25 @@ func WriteHTML(w io.Writer, exps []*Experiment) error {
 			}
 		}
 		for _, g := range groups {
-			if !hasClasses(g.ByGoodput) {
-				continue
+			if hasClasses(g.ByGoodput) {
+				ev.Classes = append(ev.Classes, breakdownTable(g, classCaption(g.Rate, len(groups) > 1), "class", classHeads, colors[e],
+					func(p *experiments.PolicyResult) (parts [][]string) {
+						for _, c := range p.Classes {
+							parts = append(parts, classCells(p, c))
+						}
+						return parts
+					}))
 			}
-			tv := tableView{Caption: classCaption(g.Rate, len(groups) > 1), Order: "class", Rate: g.Rate, Heads: append([]string{"policy"}, classHeads...)}
-			for _, p := range g.ByGoodput {
-				for _, c := range p.Classes {
-					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}
-					for _, v := range classCells(p, c) {
-						row.Cells = append(row.Cells, splitCell(v))
-					}
-					tv.Rows = append(tv.Rows, row)
-				}
+			if hasArms(g.ByGoodput) {
+				ev.Arms = append(ev.Arms, breakdownTable(g, armCaption(g.Rate, len(groups) > 1), "arm", armHeads, colors[e],
+					func(p *experiments.PolicyResult) (parts [][]string) {
+						for _, a := range p.Arms {
+							parts = append(parts, armCells(p, a))
+						}
+						return parts
+					}))
+				ev.ArmNote = armNote
 			}
-			ev.Classes = append(ev.Classes, tv)
-		}
-		for _, g := range groups {
-			if !hasArms(g.ByGoodput) {
-				continue
-			}
-			tv := tableView{Caption: armCaption(g.Rate, len(groups) > 1), Order: "arm", Rate: g.Rate, Heads: append([]string{"policy"}, armHeads...)}
-			for _, p := range g.ByGoodput {
-				for _, a := range p.Arms {
-					row := rowView{Policy: p.Name(), Color: colors[e][p.Name()], Failed: p.FailedCells > 0}
-					for _, v := range armCells(p, a) {
-						row.Cells = append(row.Cells, splitCell(v))
-					}
-					tv.Rows = append(tv.Rows, row)
-				}
-			}
-			ev.Arms, ev.ArmNote = append(ev.Arms, tv), armNote
 		}
 		// The notes on identical results and missing prefix information go by the charts
 		// they explain (ChartNotes).
@@ -799,3 +788,19 @@ table.shares td.idle, table.shares th:last-child { text-align: left; }
 </body>
 </html>
 `))
+
+// breakdownTable is a rate's table of each policy's results split into parts (request
+// classes, A/B arms): a row per policy and part, parts giving each part's cells under heads.
+func breakdownTable(g rateGroup, caption, order string, heads []string, colors map[string]string, parts func(p *experiments.PolicyResult) [][]string) tableView {
+	tv := tableView{Caption: caption, Order: order, Rate: g.Rate, Heads: append([]string{"policy"}, heads...)}
+	for _, p := range g.ByGoodput {
+		for _, cells := range parts(p) {
+			row := rowView{Policy: p.Name(), Color: colors[p.Name()], Failed: p.FailedCells > 0}
+			for _, v := range cells {
+				row.Cells = append(row.Cells, splitCell(v))
+			}
+			tv.Rows = append(tv.Rows, row)
+		}
+	}
+	return tv
+}
