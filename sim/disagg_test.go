@@ -3,7 +3,6 @@ package sim
 import (
 	"encoding/json"
 	"math"
-	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -204,31 +203,13 @@ func TestDisaggRunAheadMatchesEventQueue(t *testing.T) {
 			spec := disaggSpec()
 			spec.KVLink = link
 			spec.Router = "weighted:prefix=3,queue=2,kv=2"
-			run := func(queueEveryStep bool) (Result, []serving.Record) {
-				t.Helper()
+			checkRunAhead(t, func() Config {
 				cfg, err := spec.Build(metrics.SLO{TTFTMs: 500})
 				if err != nil {
 					t.Fatal(err)
 				}
-				return runCollect(t, cfg, rows, queueEveryStep)
-			}
-			wantRes, wantRecs := run(true)
-			gotRes, gotRecs := run(false)
-			// Instances run ahead finish requests in another order: compare by request.
-			byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
-			slices.SortFunc(wantRecs, byID)
-			slices.SortFunc(gotRecs, byID)
-			if diff := cmp.Diff(wantRecs, gotRecs); diff != "" {
-				t.Errorf("records (-every step queued +run ahead):\n%s", diff)
-			}
-			// Sums see the same values in another order, so they may differ in the last bits
-			// (the ITL standard deviation, a difference of large sums, in the 11th digit).
-			if diff := cmp.Diff(wantRes.Summary, gotRes.Summary, cmpopts.EquateApprox(1e-9, 0)); diff != "" {
-				t.Errorf("summary (-every step queued +run ahead):\n%s", diff)
-			}
-			if gotRes.Events >= wantRes.Events {
-				t.Errorf("running ahead queued %d step events, every step %d: nothing ran ahead", gotRes.Events, wantRes.Events)
-			}
+				return cfg
+			}, rows, 1e-9)
 		})
 	}
 }

@@ -91,6 +91,29 @@ func randomRows(n int, seed uint64) []traces.Row {
 	}
 }
 
+// checkRunAhead runs a config from newConfig with every step queued and with instances running ahead, and
+// checks that both give the same records (compared by request: they finish in another
+// order) and summaries within tol (sums of the same values in another order may differ in
+// the last bits), and that running ahead queued fewer events. It returns the run-ahead run.
+func checkRunAhead(t *testing.T, newConfig func() Config, rows []traces.Row, tol float64) (Result, []serving.Record) {
+	t.Helper()
+	plain, plainRecs := runCollect(t, newConfig(), rows, true)
+	fast, fastRecs := runCollect(t, newConfig(), rows, false)
+	byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
+	slices.SortFunc(fastRecs, byID)
+	slices.SortFunc(plainRecs, byID)
+	if diff := cmp.Diff(plainRecs, fastRecs); diff != "" {
+		t.Errorf("records differ (-every step queued +run ahead):\n%s", diff)
+	}
+	if diff := cmp.Diff(plain.Summary, fast.Summary, cmpopts.EquateApprox(tol, 0)); diff != "" {
+		t.Errorf("summaries differ (-every step queued +run ahead):\n%s", diff)
+	}
+	if fast.Events >= plain.Events {
+		t.Errorf("running ahead queued %d step events, every step %d: nothing ran ahead", fast.Events, plain.Events)
+	}
+	return fast, fastRecs
+}
+
 func runCollect(t *testing.T, cfg Config, rows []traces.Row, queueEveryStep bool) (Result, []serving.Record) {
 	t.Helper()
 	var recs []serving.Record
@@ -157,21 +180,7 @@ func TestRunningAheadMatchesPlainSchedule(t *testing.T) {
 				cfg.ScrapeInterval, cfg.KVEventDelay = scrape, kvDelay
 				return cfg
 			}
-			fast, fastRecs := runCollect(t, config(), rows, false)
-			plain, plainRecs := runCollect(t, config(), rows, true)
-			byID := func(a, b serving.Record) int { return int(a.ID) - int(b.ID) }
-			slices.SortFunc(fastRecs, byID)
-			slices.SortFunc(plainRecs, byID)
-			if diff := cmp.Diff(plainRecs, fastRecs); diff != "" {
-				t.Errorf("records differ (-plain +fast):\n%s", diff)
-			}
-			// Sums see the same values in another order, so they may differ in the last bits.
-			if diff := cmp.Diff(plain.Summary, fast.Summary, cmpopts.EquateApprox(1e-12, 0)); diff != "" {
-				t.Errorf("summaries differ (-plain +fast):\n%s", diff)
-			}
-			if fast.Events >= plain.Events {
-				t.Errorf("running ahead used %d queued events, plain %d", fast.Events, plain.Events)
-			}
+			fast, _ := checkRunAhead(t, config, rows, 1e-12)
 			if fast.Summary.Preemptions == 0 || fast.Summary.PrefixCacheHitRate == 0 {
 				t.Errorf("workload too easy: %d preemptions, hit rate %g", fast.Summary.Preemptions, fast.Summary.PrefixCacheHitRate)
 			}
