@@ -142,6 +142,9 @@ func encodeEvent(enc *msgpack.Encoder, ev Event) error {
 // since its #661). Block hashes may be integers or bytes. Unknown event tags are an error
 // naming the event.
 func Decode(payload []byte) (Batch, error) {
+	if err := checkBounds(payload); err != nil {
+		return Batch{}, fmt.Errorf("KV event batch: %w", err)
+	}
 	dec := msgpack.NewDecoder(bytes.NewReader(payload))
 	dec.UseLooseInterfaceDecoding(true)
 	v, err := dec.DecodeInterfaceLoose()
