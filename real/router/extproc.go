@@ -327,7 +327,7 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 		}
 	}
 	rr := ex.r.routingRequest(ex.ctx, ex.path, ex.body)
-	if err := withObjectives(rr, ex.objectives, ex.body); err != nil {
+	if err := withObjectives(rr, ex.objectives); err != nil {
 		return immediate(http.StatusBadRequest, "BadRequestError", err.Error())
 	}
 	exclude := ex.outsideSubset()

@@ -405,12 +405,26 @@ func writeErrorParam(w http.ResponseWriter, status int, typ, msg, param string) 
 
 // routingRequest builds the policy's view of a request body: prompt length and block hashes.
 func (r *Router) routingRequest(ctx context.Context, path string, body []byte) *serving.Request {
-	var parsed struct {
-		Prompt   json.RawMessage `json:"prompt"`
-		Messages []wireMessage   `json:"messages"`
-		Priority int             `json:"priority"`
-	}
+	var parsed requestFields
 	json.Unmarshal(body, &parsed) // a malformed body is routed anyway; the engine rejects it
+	req := r.promptRequest(ctx, path, &parsed)
+	// The output it asks for, which the predicted-latency scorer reads.
+	req.MaxTokens = max(parsed.MaxTokens, parsed.MaxCompletionTokens, 0)
+	return req
+}
+
+// requestFields are the fields of a request's body the router reads, parsed once.
+type requestFields struct {
+	Prompt              json.RawMessage `json:"prompt"`
+	Messages            []wireMessage   `json:"messages"`
+	Priority            int             `json:"priority"`
+	MaxTokens           int             `json:"max_tokens"`
+	MaxCompletionTokens int             `json:"max_completion_tokens"`
+}
+
+// promptRequest is the policy's view of a request's prompt: its tokens (or their stand-in)
+// and block hashes.
+func (r *Router) promptRequest(ctx context.Context, path string, parsed *requestFields) *serving.Request {
 	var text strings.Builder
 	var ids []int32
 	if strings.HasSuffix(path, "/chat/completions") {
@@ -516,7 +530,7 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	rr := r.routingRequest(req.Context(), req.URL.Path, body)
-	if err := withObjectives(rr, req.Header, body); err != nil {
+	if err := withObjectives(rr, req.Header); err != nil {
 		writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
 		return
 	}

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"encoding/json"
 	"net/http"
 	"time"
 
@@ -15,9 +14,9 @@ var epoch = time.Now()
 
 // withObjectives completes the policy's view of a request for SLO-aware routing: its
 // objectives from llm-d's headers x-slo-ttft-ms and x-slo-tpot-ms (milliseconds; a
-// malformed value is an error naming the header), its max_tokens (or
-// max_completion_tokens) from the body, and its arrival on the router's clock.
-func withObjectives(req *serving.Request, h http.Header, body []byte) error {
+// malformed value is an error naming the header) and its arrival on the router's clock
+// (routingRequest read its max_tokens).
+func withObjectives(req *serving.Request, h http.Header) error {
 	for _, o := range []struct {
 		name string
 		into *float64
@@ -30,12 +29,6 @@ func withObjectives(req *serving.Request, h http.Header, body []byte) error {
 			*o.into = s
 		}
 	}
-	var parsed struct {
-		MaxTokens           int `json:"max_tokens"`
-		MaxCompletionTokens int `json:"max_completion_tokens"`
-	}
-	json.Unmarshal(body, &parsed) // a malformed body is routed anyway; the engine rejects it
-	req.MaxTokens = max(parsed.MaxTokens, parsed.MaxCompletionTokens, 0)
 	req.Arrival = time.Since(epoch).Seconds()
 	return nil
 }
