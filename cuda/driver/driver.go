@@ -83,31 +83,40 @@ type (
 type Driver struct {
 	handle uintptr
 
-	cuDriverGetVersion  func(version *int32) Result
-	cuInit              func(flags uint32) Result
-	cuDeviceGet         func(dev *Device, ordinal int32) Result
-	cuDeviceGetCount    func(count *int32) Result
-	cuDeviceGetName     func(name *byte, length int32, dev Device) Result
-	cuCtxCreate         func(ctx *Context, flags uint32, dev Device) Result
-	cuCtxDestroy        func(ctx Context) Result
-	cuModuleLoadData    func(mod *Module, image unsafe.Pointer) Result
-	cuModuleUnload      func(mod Module) Result
-	cuModuleGetFunction func(fn *Function, mod Module, name *byte) Result
-	cuLaunchKernel      func(fn Function, gx, gy, gz, bx, by, bz, sharedMem uint32, stream Stream, params, extra unsafe.Pointer) Result
-	cuMemAlloc          func(ptr *DevicePtr, size uintptr) Result
-	cuMemFree           func(ptr DevicePtr) Result
-	cuMemcpyHtoD        func(dst DevicePtr, src unsafe.Pointer, size uintptr) Result
-	cuMemcpyDtoH        func(dst unsafe.Pointer, src DevicePtr, size uintptr) Result
-	cuStreamCreate      func(s *Stream, flags uint32) Result
-	cuStreamSynchronize func(s Stream) Result
-	cuStreamDestroy     func(s Stream) Result
-	cuEventCreate       func(e *Event, flags uint32) Result
-	cuEventRecord       func(e Event, s Stream) Result
-	cuEventSynchronize  func(e Event) Result
-	cuEventElapsedTime  func(ms *float32, start, end Event) Result
-	cuEventDestroy      func(e Event) Result
-	cuGetErrorName      func(code Result, str **byte) Result
-	cuGetErrorString    func(code Result, str **byte) Result
+	cuDriverGetVersion   func(version *int32) Result
+	cuInit               func(flags uint32) Result
+	cuDeviceGet          func(dev *Device, ordinal int32) Result
+	cuDeviceGetCount     func(count *int32) Result
+	cuDeviceGetName      func(name *byte, length int32, dev Device) Result
+	cuCtxCreate          func(ctx *Context, flags uint32, dev Device) Result
+	cuCtxDestroy         func(ctx Context) Result
+	cuModuleLoadData     func(mod *Module, image unsafe.Pointer) Result
+	cuModuleUnload       func(mod Module) Result
+	cuModuleGetFunction  func(fn *Function, mod Module, name *byte) Result
+	cuLaunchKernel       func(fn Function, gx, gy, gz, bx, by, bz, sharedMem uint32, stream Stream, params, extra unsafe.Pointer) Result
+	cuMemAlloc           func(ptr *DevicePtr, size uintptr) Result
+	cuMemFree            func(ptr DevicePtr) Result
+	cuMemcpyHtoD         func(dst DevicePtr, src unsafe.Pointer, size uintptr) Result
+	cuMemcpyDtoH         func(dst unsafe.Pointer, src DevicePtr, size uintptr) Result
+	cuStreamCreate       func(s *Stream, flags uint32) Result
+	cuStreamSynchronize  func(s Stream) Result
+	cuStreamDestroy      func(s Stream) Result
+	cuEventCreate        func(e *Event, flags uint32) Result
+	cuEventRecord        func(e Event, s Stream) Result
+	cuEventSynchronize   func(e Event) Result
+	cuEventElapsedTime   func(ms *float32, start, end Event) Result
+	cuEventDestroy       func(e Event) Result
+	cuGetErrorName       func(code Result, str **byte) Result
+	cuDeviceGetAttribute func(v *int32, attr int32, dev Device) Result
+	cuDeviceTotalMem     func(bytes *uintptr, dev Device) Result
+	cuCtxSetCurrent      func(ctx Context) Result
+	cuCtxSynchronize     func() Result
+	cuMemGetInfo         func(free, total *uintptr) Result
+	cuMemsetD8           func(dst DevicePtr, v uint8, n uintptr) Result
+	cuMemcpyDtoD         func(dst, src DevicePtr, size uintptr) Result
+	cuFuncGetAttribute   func(v *int32, attr int32, fn Function) Result
+	cuFuncSetAttribute   func(fn Function, attr int32, v int32) Result
+	cuGetErrorString     func(code Result, str **byte) Result
 }
 
 // symbols lists every entry point with the symbol it binds.
@@ -144,6 +153,15 @@ func (d *Driver) symbols() []struct {
 		{"cuEventDestroy_v2", &d.cuEventDestroy},
 		{"cuGetErrorName", &d.cuGetErrorName},
 		{"cuGetErrorString", &d.cuGetErrorString},
+		{"cuDeviceGetAttribute", &d.cuDeviceGetAttribute},
+		{"cuDeviceTotalMem_v2", &d.cuDeviceTotalMem},
+		{"cuCtxSetCurrent", &d.cuCtxSetCurrent},
+		{"cuCtxSynchronize", &d.cuCtxSynchronize},
+		{"cuMemGetInfo_v2", &d.cuMemGetInfo},
+		{"cuMemsetD8_v2", &d.cuMemsetD8},
+		{"cuMemcpyDtoD_v2", &d.cuMemcpyDtoD},
+		{"cuFuncGetAttribute", &d.cuFuncGetAttribute},
+		{"cuFuncSetAttribute", &d.cuFuncSetAttribute},
 	}
 }
 
@@ -381,4 +399,84 @@ func (d *Driver) EventElapsedTime(start, end Event) (float32, error) {
 // EventDestroy is cuEventDestroy_v2.
 func (d *Driver) EventDestroy(e Event) error {
 	return d.check("cuEventDestroy_v2", d.cuEventDestroy(e))
+}
+
+// Device attributes (CUdevice_attribute, cuda.h) that the backend reads.
+const (
+	AttrMultiprocessorCount          int32 = 16 // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+	AttrComputeCapabilityMajor       int32 = 75 // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+	AttrComputeCapabilityMinor       int32 = 76 // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR
+	AttrMaxSharedMemoryPerBlockOptin int32 = 97 // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+)
+
+// Function attributes (CUfunction_attribute, cuda.h).
+const (
+	FuncAttrMaxThreadsPerBlock        int32 = 0 // CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK
+	FuncAttrNumRegs                   int32 = 4 // CU_FUNC_ATTRIBUTE_NUM_REGS
+	FuncAttrMaxDynamicSharedSizeBytes int32 = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+	FuncAttrLocalSizeBytes            int32 = 3 // CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES
+)
+
+// DeviceGetAttribute is cuDeviceGetAttribute.
+func (d *Driver) DeviceGetAttribute(attr int32, dev Device) (int, error) {
+	var v int32
+	err := d.check("cuDeviceGetAttribute", d.cuDeviceGetAttribute(&v, attr, dev))
+	return int(v), err
+}
+
+// ComputeCapability is the device's (major, minor), e.g. (9, 0) for an H100 or H200.
+func (d *Driver) ComputeCapability(dev Device) (major, minor int, err error) {
+	if major, err = d.DeviceGetAttribute(AttrComputeCapabilityMajor, dev); err != nil {
+		return 0, 0, err
+	}
+	minor, err = d.DeviceGetAttribute(AttrComputeCapabilityMinor, dev)
+	return major, minor, err
+}
+
+// DeviceTotalMem is cuDeviceTotalMem_v2, in bytes.
+func (d *Driver) DeviceTotalMem(dev Device) (uint64, error) {
+	var n uintptr
+	err := d.check("cuDeviceTotalMem_v2", d.cuDeviceTotalMem(&n, dev))
+	return uint64(n), err
+}
+
+// CtxSetCurrent is cuCtxSetCurrent: it binds c to the calling OS thread.
+func (d *Driver) CtxSetCurrent(c Context) error {
+	return d.check("cuCtxSetCurrent", d.cuCtxSetCurrent(c))
+}
+
+// CtxSynchronize is cuCtxSynchronize.
+func (d *Driver) CtxSynchronize() error { return d.check("cuCtxSynchronize", d.cuCtxSynchronize()) }
+
+// MemGetInfo is cuMemGetInfo_v2: free and total device memory in bytes.
+func (d *Driver) MemGetInfo() (free, total uint64, err error) {
+	var f, t uintptr
+	err = d.check("cuMemGetInfo_v2", d.cuMemGetInfo(&f, &t))
+	return uint64(f), uint64(t), err
+}
+
+// MemsetD8 is cuMemsetD8_v2: n bytes at dst set to v.
+func (d *Driver) MemsetD8(dst DevicePtr, v uint8, n uintptr) error {
+	return d.check("cuMemsetD8_v2", d.cuMemsetD8(dst, v, n))
+}
+
+// MemcpyDtoD is cuMemcpyDtoD_v2 of size bytes.
+func (d *Driver) MemcpyDtoD(dst, src DevicePtr, size uintptr) error {
+	if size == 0 {
+		return nil
+	}
+	return d.check("cuMemcpyDtoD_v2", d.cuMemcpyDtoD(dst, src, size))
+}
+
+// FuncGetAttribute is cuFuncGetAttribute (e.g. FuncAttrNumRegs).
+func (d *Driver) FuncGetAttribute(attr int32, f Function) (int, error) {
+	var v int32
+	err := d.check("cuFuncGetAttribute", d.cuFuncGetAttribute(&v, attr, f))
+	return int(v), err
+}
+
+// FuncSetAttribute is cuFuncSetAttribute (e.g. FuncAttrMaxDynamicSharedSizeBytes, needed
+// before a launch with more than 48 KiB of dynamic shared memory).
+func (d *Driver) FuncSetAttribute(attr int32, f Function, v int) error {
+	return d.check("cuFuncSetAttribute", d.cuFuncSetAttribute(f, attr, int32(v)))
 }
