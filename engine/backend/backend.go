@@ -28,6 +28,11 @@ type Options struct {
 	// MaxModelLen caps the context; 0 means the model's max_position_embeddings, reduced
 	// to what the KV cache holds.
 	MaxModelLen int
+	// Device is where the model runs: "" or "cpu", or "cuda" (the first GPU).
+	Device string
+	// DType is the weights' compute type, vLLM's --dtype: "" or "auto" (config.json's
+	// torch_dtype), "float32" or "bfloat16". The CPU computes in float32 whatever the files hold.
+	DType string
 }
 
 // Backend is a loaded model ready to serve.
@@ -47,6 +52,13 @@ const DefaultKVCacheMemory = 1 << 30
 
 // Load reads the model directory and allocates the KV cache.
 func Load(opts Options) (*Backend, error) {
+	switch opts.Device {
+	case "", "cpu":
+	case "cuda":
+		return nil, fmt.Errorf("backend: device cuda: the CUDA backend is not built yet (issue 15)")
+	default:
+		return nil, fmt.Errorf("backend: device %q: want cpu or cuda", opts.Device)
+	}
 	pool := cpu.NewPool(opts.Threads)
 	m, err := model.Load(opts.Dir, pool)
 	if err != nil {
