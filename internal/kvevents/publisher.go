@@ -67,7 +67,7 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 		}
 	}
 	if cfg.Bind {
-		if err := p.pub.Listen(listenAddr(cfg.Endpoint)); err != nil {
+		if err := p.pub.Listen(bounded(listenAddr(cfg.Endpoint))); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("kv events: endpoint %s: %w", cfg.Endpoint, err)
 		}
@@ -76,12 +76,12 @@ func NewPublisher(cfg Config) (*Publisher, error) {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.pub.Dial(cfg.Endpoint)
+			p.pub.Dial(bounded(cfg.Endpoint))
 		}()
 	}
 	if cfg.ReplayEndpoint != "" {
 		p.replay = zmq4.NewRouter(ctx, quiet, zmq4.WithID(zmq4.SocketIdentity("servelab-kv-replay")))
-		if err := p.replay.Listen(listenAddr(cfg.ReplayEndpoint)); err != nil {
+		if err := p.replay.Listen(bounded(listenAddr(cfg.ReplayEndpoint))); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("kv events: replay_endpoint %s: %w", cfg.ReplayEndpoint, err)
 		}

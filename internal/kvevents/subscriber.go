@@ -59,7 +59,7 @@ func Subscribe(ctx context.Context, cfg SubscriberConfig, handle func(Message), 
 	if err := sub.SetOption(zmq4.OptionSubscribe, cfg.TopicFilter); err != nil {
 		return err
 	}
-	if err := sub.Dial(cfg.Endpoint); err != nil {
+	if err := sub.Dial(bounded(cfg.Endpoint)); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -205,7 +205,7 @@ func replay(ctx context.Context, cfg SubscriberConfig, start uint64) []buffered 
 }
 
 func replayOn(d zmq4.Socket, ep string, start uint64) ([]buffered, error) {
-	if err := d.Dial(ep); err != nil {
+	if err := d.Dial(bounded(ep)); err != nil {
 		return nil, err
 	}
 	var startb [8]byte
