@@ -15,6 +15,10 @@ import (
 // token (draws within 1e-9 of the reference's cumulative-probability boundaries, where
 // float32 logits differences can legitimately tip the choice, are not compared).
 //
+// Sample's probabilities (float64) are within probBound of the reference's: a relative
+// 2^-24·(|l_i - max| + the largest |l_j - max| with a non-zero probability)/T + 1e-12,
+// the float32 rounding of the logits' differences (checkProbs).
+//
 // Semantics (vLLM's SamplingParams; the GPU kernels must match):
 //   - Argmax: the largest logit, the lowest index on ties; NaN logits are never chosen
 //     (index 0 when all are NaN); +Inf wins.
@@ -208,6 +212,9 @@ func TestSampleReference(t *testing.T) {
 				const draws = 400
 				for d := range draws {
 					got := s.Sample(ls.logits)
+					if d == 0 && ids != nil {
+						checkProbs(t, s, ls.logits, p, ids, probs)
+					}
 					if ids == nil {
 						if want := refArgmax(ls.logits); got != want {
 							t.Fatalf("draw %d: %d, want the argmax %d", d, got, want)
@@ -241,6 +248,45 @@ func TestSampleReference(t *testing.T) {
 					t.Errorf("%d of %d draws too close to a boundary to compare", skipped, draws)
 				}
 			})
+		}
+	}
+}
+
+// probBound is the bound on the relative error of Sample's probabilities (float64, from
+// float32 logits): exp((l_i - max)/T) with l_i - max rounded to float32 is off by up to
+// 2^-24·|l_i - max|/T relative, and the normalising sum by as much as its largest term's.
+func probBound(logits []float32, ids []int32, i int, p Params) float64 {
+	top := math.Inf(-1)
+	for _, id := range ids {
+		top = max(top, float64(logits[id]))
+	}
+	var d float64 // over every candidate: a bound for the sum over those top-k kept
+	for _, v := range logits {
+		if l := float64(v); !math.IsNaN(l) && math.Exp((l-top)/p.Temperature) > 0 {
+			d = max(d, top-l)
+		}
+	}
+	return 0x1p-24*(top-float64(logits[ids[i]])+d)/p.Temperature + 1e-12
+}
+
+// checkProbs compares the candidates and probabilities of Sample's last draw (its scratch
+// space) with the reference's: the softmax over logits at the temperature, after top-k.
+func checkProbs(t *testing.T, s *Sampler, logits []float32, p Params, ids []int32, probs []float64) {
+	t.Helper()
+	if math.IsInf(float64(logits[ids[0]]), 1) {
+		return // probabilities 1 and 0: the draws check them
+	}
+	var sum float64
+	for _, q := range s.probs {
+		sum += q
+	}
+	for i, id := range ids {
+		if s.cand[i].id != id {
+			t.Fatalf("candidate %d is token %d, want %d", i, s.cand[i].id, id)
+		}
+		got := s.probs[i] / sum
+		if bound := probBound(logits, ids, i, p) * probs[i]; math.Abs(got-probs[i]) > bound {
+			t.Fatalf("token %d: probability %v, want %v (bound %.3g)", id, got, probs[i], bound)
 		}
 	}
 }
