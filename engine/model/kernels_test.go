@@ -103,7 +103,7 @@ func TestKernelRopeTable(t *testing.T) {
 		t.Run(rc.name, func(t *testing.T) {
 			rm, c := ropeModel(rc.hd, rc.theta, rc.scaling)
 			inv := rm.refInvFreq()
-			const n = 9000
+			const n = 8300 // past Llama 3.1's original context, 8192
 			tab := newRopeTable(invFreq(c), n)
 			var me float64
 			for p := range n {
@@ -138,7 +138,7 @@ var pagedCases = []struct {
 	{"decode", []pagedSeq{{0, 1, -1, 0}, {15, 1, -1, 0}, {16, 1, -1, 0}, {17, 1, -1, 0}, {130, 1, -1, 0}}},
 	{"decode sharing a prefix", []pagedSeq{{70, 1, -1, 0}, {48, 1, 0, 32}, {32, 1, 0, 32}, {90, 1, 1, 48}}},
 	{"prefill from zero", []pagedSeq{{0, 37, -1, 0}}},
-	{"prefill chunks", []pagedSeq{{16, 16, -1, 0}, {5, 23, -1, 0}, {64, 1, -1, 0}, {100, 40, -1, 0}}},
+	{"prefill chunks", []pagedSeq{{16, 16, -1, 0}, {5, 23, -1, 0}, {64, 1, -1, 0}, {100, 20, -1, 0}}},
 	{"prefill after a prefix hit", []pagedSeq{{80, 1, -1, 0}, {32, 29, 0, 32}, {64, 3, 0, 64}}},
 }
 
@@ -152,6 +152,9 @@ func TestKernelPagedAttention(t *testing.T) {
 	rc := ropeConfigs[0]
 	for _, hd := range []int{64, 128} {
 		for _, bs := range []int{16, 1} {
+			if hd == 64 && bs == 1 {
+				continue // the head dim does not change how blocks are read
+			}
 			for ci, pc := range pagedCases {
 				t.Run(fmt.Sprintf("hd=%d/bs=%d/%s", hd, bs, pc.name), func(t *testing.T) {
 					rm, c := ropeModel(hd, rc.theta, rc.scaling)
@@ -172,7 +175,11 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 	width := qd + 2*kvd
 	m := &Model{Config: c, pool: cpu.NewPool(2), layers: make([]layer, 1), invFreq: invFreq(c)}
 	m.rope.Store(newRopeTable(m.invFreq, 8)) // grown by the step
-	const numBlocks = 600
+	// Twice the blocks the sequences need, so that the shuffled free list scatters them.
+	numBlocks := 8
+	for _, s := range seqs {
+		numBlocks += 2 * ((s.pos + s.n + bs - 1) / bs)
+	}
 	cache := m.NewKVCache(numBlocks, bs)
 	poisonCache(cache)
 	r := m.NewRunner(cache)
