@@ -342,13 +342,15 @@ func Softmax(x []float32) {
 	for _, v := range x[1:] {
 		m = max(m, v)
 	}
-	var sum float32
+	// The sum is kept in float64: summed in float32 one by one, its relative error grew
+	// with the length (3.2e-6 at 32768 scores, TestSoftmaxReference).
+	var sum float64
 	for i, v := range x {
 		e := float32(math.Exp(float64(v - m)))
 		x[i] = e
-		sum += e
+		sum += float64(e)
 	}
-	inv := 1 / sum
+	inv := float32(1 / sum)
 	for i := range x {
 		x[i] *= inv
 	}

@@ -263,6 +263,38 @@ func TestForwardMatchesReference(t *testing.T) {
 	}
 }
 
+// TestForwardBlockSizesGQA4 runs the forward pass with Llama 3.1-style grouped-query
+// attention (4 query heads per KV head) and llama3 rope scaling at the engine's default
+// block size, 16, and at 1 (every position in its own block), with prefix blocks shared
+// between sequences, prefill chunks and decode steps, against the float64 reference.
+func TestForwardBlockSizesGQA4(t *testing.T) {
+	a := testArch{name: "llama-gqa4-llama3", arch: ArchLlama, dim: 128, hidden: 96, layers: 2, heads: 8, kvHeads: 2, vocab: 64,
+		maxPos: 256, theta: 500000, eps: 1e-5,
+		scaling: map[string]any{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}
+	rm := newRefModel(a, 31)
+	m := rm.load(t)
+	for _, bs := range []int{16, 1} {
+		t.Run(fmt.Sprintf("block size %d", bs), func(t *testing.T) {
+			rm.a.blockSize = bs
+			h := newHarness(t, rm, m, 200, uint64(bs))
+			h.addSeqs([]seqDef{{name: "a", n: 70}, {name: "b", n: 62, prefixOf: "a", prefixBlocks: 32 / bs}, {name: "c", n: 40, prefixOf: "a", prefixBlocks: 16 / bs}},
+				rand.New(rand.NewPCG(3, uint64(bs))))
+			ops := []op{
+				step(run{"a", 20, false}), step(run{"a", 20, false}),
+				{share: "b", from: "a", blocks: 32 / bs},
+				{share: "c", from: "a", blocks: 16 / bs},
+				step(run{"b", 5, false}, run{"a", 1, false}, run{"c", 17, false}),
+				step(run{"b", 0, false}, run{"a", 1, false}, run{"c", 1, false}),
+				step(run{"a", 1, false}, run{"b", 1, false}, run{"c", 1, false}),
+				step(run{"c", 1, false}, run{"b", 1, false}, run{"a", 1, false}),
+			}
+			for i, o := range ops {
+				h.do(fmt.Sprintf("op %d", i), o)
+			}
+		})
+	}
+}
+
 // TestForwardThreads runs the mixed-batch and prefix scenarios with pools of one thread
 // and of more threads than attention work items, so that every way the parallel stages
 // split their work is exercised.

@@ -66,18 +66,29 @@ func New(p Params, seed uint64) *Sampler {
 	return &Sampler{p: p, rng: rand.New(rand.NewPCG(seed, 0x5851f42d4c957f2d))}
 }
 
-// Argmax is the index of the largest logit, the lowest index on ties.
+// Argmax is the index of the largest logit, the lowest index on ties. NaN logits are
+// never chosen (0 when every logit is NaN). (A NaN at index 0 used to win: nothing
+// compares greater than it.)
 func Argmax(logits []float32) int32 {
 	best := 0
-	for i, v := range logits {
-		if v > logits[best] {
-			best = i
+	for best < len(logits) && logits[best] != logits[best] { // NaN
+		best++
+	}
+	if best == len(logits) {
+		return 0
+	}
+	m := logits[best]
+	for i := best + 1; i < len(logits); i++ {
+		if v := logits[i]; v > m { // false for NaN
+			best, m = i, v
 		}
 	}
 	return int32(best)
 }
 
-// Sample picks the next token from logits, which it does not modify.
+// Sample picks the next token from logits, which it does not modify. NaN and -Inf logits
+// are never drawn (Argmax decides when every logit is one); +Inf logits share all the
+// probability.
 func (s *Sampler) Sample(logits []float32) int32 {
 	if s.p.Greedy() {
 		return Argmax(logits)
@@ -115,8 +126,16 @@ func (s *Sampler) Sample(logits []float32) int32 {
 	}
 	probs := s.probs[:0]
 	var sum float64
+	inf := math.IsInf(float64(maxLogit), 1)
 	for _, c := range cand {
-		e := math.Exp(float64(c.logit-maxLogit) / s.p.Temperature)
+		var e float64
+		if !inf {
+			e = math.Exp(float64(c.logit-maxLogit) / s.p.Temperature)
+		} else if math.IsInf(float64(c.logit), 1) {
+			// A +Inf logit is certain. (Inf-Inf made every probability NaN, and the draw
+			// fell through to the last candidate: the least likely one.)
+			e = 1
+		}
 		probs = append(probs, e)
 		sum += e
 	}
