@@ -314,8 +314,8 @@ func (s *Sampler) Close() error {
 type Stat struct {
 	// N is the number of samples that had the field.
 	N int
-	// Sum and Max are over those samples.
-	Sum, Max float64
+	// Sum, Min and Max are over those samples.
+	Sum, Min, Max float64
 }
 
 // Mean is Sum/N (0 without samples).
@@ -371,6 +371,9 @@ func (rec *Recording) add(rs []Reading) {
 			st, v := &sum.Stats[f], rs[i].Values[f]
 			if st.N == 0 || v > st.Max {
 				st.Max = v
+			}
+			if st.N == 0 || v < st.Min {
+				st.Min = v
 			}
 			st.N++
 			st.Sum += v

@@ -466,10 +466,10 @@ func TestRecording(t *testing.T) {
 		got[f.String()] = st
 	}
 	want := map[string]Stat{
-		"DCGM_FI_DEV_GPU_UTIL":    {N: 3, Sum: 90, Max: 50},
-		"DCGM_FI_DEV_POWER_USAGE": {N: 2, Sum: 300, Max: 200},
-		"DCGM_FI_DEV_FB_USED":     {N: 3, Sum: 9000, Max: 5000},
-		"DCGM_FI_DEV_SM_CLOCK":    {N: 3, Sum: 3 * 1980, Max: 1980},
+		"DCGM_FI_DEV_GPU_UTIL":    {N: 3, Sum: 90, Min: 10, Max: 50},
+		"DCGM_FI_DEV_POWER_USAGE": {N: 2, Sum: 300, Min: 100, Max: 200},
+		"DCGM_FI_DEV_FB_USED":     {N: 3, Sum: 9000, Min: 1000, Max: 5000},
+		"DCGM_FI_DEV_SM_CLOCK":    {N: 3, Sum: 3 * 1980, Min: 1980, Max: 1980},
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("device 0's stats (-want +got):\n%s", d)
