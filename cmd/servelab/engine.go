@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"servelab/cuda/telemetry"
 	"servelab/engine"
 	"servelab/engine/backend"
 	"servelab/engine/server"
@@ -67,12 +68,17 @@ type engineFlags struct {
 	kvAllowHosts      []string
 	kvTestPause       int
 	kvOnPause         func(requestID string, sent, total int) // tests: called instead of printing
+
+	// NVML sampling with --device cuda (engine_gpu.go).
+	gpuTelemetryInterval  time.Duration
+	gpuTelemetryAnyDevice bool // tests: sample (go-nvml's mock, openGPUTelemetry) whatever the device
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.model, "model", "", "Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
 	fl.StringVar(&f.device, "device", "cpu", deviceHelp)
+	fl.DurationVar(&f.gpuTelemetryInterval, "gpu-telemetry-interval", telemetry.DefaultInterval, gpuTelemetryHelp)
 	fl.StringVar(&f.servedName, "served-model-name", "", "model name in the API (default: the directory's base name)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8000, "port to listen on (0 picks a free one)")
@@ -163,12 +169,16 @@ type running struct {
 	tiers    *engineTiers       // nil without KV tiers
 	kvEvents *kvEventsPublisher // nil without --kv-events-config
 	kvConfig kvevents.Config
+	gpu      *telemetry.Sampler // nil unless the engine runs on a GPU with telemetry on
 }
 
 // close releases what the engine holds besides its server: the step log and the KV
 // tiers' stores.
 func (r *running) close() error {
 	err := errors.Join(r.tiers.close(), r.kvEvents.close())
+	if r.gpu != nil {
+		err = errors.Join(err, r.gpu.Close())
+	}
 	if r.stepLog == nil {
 		return err
 	}
@@ -178,7 +188,7 @@ func (r *running) close() error {
 	return err
 }
 
-func (f *engineFlags) start() (*running, error) {
+func (f *engineFlags) start() (r *running, err error) {
 	if err := f.checkDevice(); err != nil {
 		return nil, err
 	}
@@ -222,6 +232,18 @@ func (f *engineFlags) start() (*running, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// On a GPU, its DCGM metrics share the engine's /metrics with the vllm: ones.
+	gpu, err := f.startGPUTelemetry(reg)
+	if err != nil {
+		return nil, err
+	}
+	if gpu != nil {
+		defer func() {
+			if err != nil {
+				gpu.Close()
+			}
+		}()
+	}
 	metrics := engine.NewMetrics(reg, name, b.MaxModelLen)
 	tiers, err := f.tiers.build(b.Cache, b.BlockSize, f.prefixCaching, metrics)
 	if err != nil {
@@ -283,7 +305,7 @@ func (f *engineFlags) start() (*running, error) {
 		return nil, err
 	}
 	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers,
-		kvEvents: kvPub, kvConfig: kvCfg}, nil
+		kvEvents: kvPub, kvConfig: kvCfg, gpu: gpu}, nil
 }
 
 // kvTransfer is the server's disaggregation configuration, advertising addr.
@@ -362,6 +384,9 @@ fails.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "role %s (prefill/decode disaggregation; KV pulled over POST /v1/kv_transfer/pull)\n", f.role)
 			}
 			if d := r.kvEvents.describe(r.kvConfig); d != "" {
+				fmt.Fprintln(cmd.OutOrStdout(), d)
+			}
+			if d := describeGPUTelemetry(r.gpu); d != "" {
 				fmt.Fprintln(cmd.OutOrStdout(), d)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on http://%s\n", r.listener.Addr())

@@ -67,6 +67,7 @@ size, KV blocks and context, as the engine that logged the steps ran with them.`
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %d shapes, R² %.4f, mean relative error %.1f%%\n", out, prof.Samples, r2, 100*mre)
 			printFit(cmd.OutOrStdout(), prof.Fit)
+			printGPUs(cmd.OutOrStdout(), prof.GPUs)
 			return nil
 		},
 	}
@@ -94,11 +95,16 @@ var profileFlags = map[string]bool{
 	// Recorded in the profile's engine configuration, which a simulation of it runs.
 	"evict": true, "enable-prefix-caching": true,
 	"kv-tier": true, "kv-offloading-size": true, "kv-offloading-backend": true,
+	// Where the steps run; on a GPU the profile records its telemetry ("gpus").
+	"device": true, "gpu-telemetry-interval": true,
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
 // linear step-time model.
 func measureProfile(f engineFlags, quick bool, reps int, progress func(done, total int)) (*latency.Profile, error) {
+	if err := f.checkDevice(); err != nil {
+		return nil, err
+	}
 	bp, err := f.batchPolicy()
 	if err != nil {
 		return nil, err
@@ -111,11 +117,16 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 		return nil, err
 	}
 	limits := bp.Limits()
-	points, err := profile.Measure(b.NewExecutor(), profile.Config{
-		MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
-		MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
-		Repeats: reps, Quick: quick,
-		Progress: progress,
+	var points []profile.Point
+	// On a GPU, its telemetry is recorded over the measurement.
+	gpus, err := f.measureWithGPUTelemetry(func() (err error) {
+		points, err = profile.Measure(b.NewExecutor(), profile.Config{
+			MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
+			MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
+			Repeats: reps, Quick: quick,
+			Progress: progress,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -124,7 +135,12 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	for i, p := range points {
 		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
 	}
-	return fitProfile(f, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
+	p, err := fitProfile(f, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
+	if err != nil {
+		return nil, err
+	}
+	p.GPUs = gpus
+	return p, nil
 }
 
 // fitProfile fits the linear step-time model to samples measured on machine and records

@@ -53,6 +53,92 @@ type Profile struct {
 	// total and per class of step (prefill, decode, mixed; short and long context).
 	// Absent in profiles written before it was recorded.
 	Fit *FitReport `json:"fit,omitempty"`
+	// GPUs are the GPUs of the profiled machine, as NVML saw them while the steps were
+	// measured (servelab profile --device cuda; every GPU NVML lists, in its index order).
+	// Absent for a CPU profile, one fitted to step logs, and profiles written before it was
+	// recorded.
+	GPUs []ProfiledGPU `json:"gpus,omitempty"`
+}
+
+// ProfiledGPU is one GPU of a profiled machine and a summary of what NVML read from it while the
+// profile's steps were measured (cuda/telemetry, sampling the DCGM exporter's fields).
+type ProfiledGPU struct {
+	// Index is NVML's index of the GPU (dcgm-exporter's gpu label).
+	Index int `json:"index"`
+	// Name is the product name, e.g. "NVIDIA H200" (dcgm-exporter's modelName label).
+	Name string `json:"name"`
+	// UUID is NVML's "GPU-..." identifier.
+	UUID string `json:"uuid,omitempty"`
+	// MemoryTotalMiB is the GPU's memory in MiB (DCGM_FI_DEV_FB_TOTAL); 0 when NVML did not
+	// say.
+	MemoryTotalMiB float64 `json:"memory_total_mib,omitempty"`
+	// DriverVersion is the NVIDIA driver's version (DCGM_FI_DRIVER_VERSION).
+	DriverVersion string `json:"driver_version,omitempty"`
+	// Telemetry summarises the samples taken during the measurement.
+	Telemetry *GPUTelemetry `json:"telemetry,omitempty"`
+}
+
+// GPUTelemetry summarises a GPU's telemetry over a profile's measurement, in the DCGM
+// exporter's units. Each value is over the samples that had its field; a field NVML did not
+// give on this GPU (power on some boards, say) is absent.
+type GPUTelemetry struct {
+	// IntervalSeconds is the time between samples (servelab profile
+	// --gpu-telemetry-interval); one more sample is taken when the measurement ends.
+	IntervalSeconds float64 `json:"interval_seconds"`
+	// Samples is the number of samples taken during the measurement.
+	Samples int `json:"samples"`
+	// MeanUtilizationPercent and MaxUtilizationPercent are over DCGM_FI_DEV_GPU_UTIL (%: the
+	// share of the driver's sample period in which a kernel ran).
+	MeanUtilizationPercent *float64 `json:"mean_utilization_percent,omitempty"`
+	MaxUtilizationPercent  *float64 `json:"max_utilization_percent,omitempty"`
+	// MeanPowerWatts is the mean of DCGM_FI_DEV_POWER_USAGE (W).
+	MeanPowerWatts *float64 `json:"mean_power_watts,omitempty"`
+	// EnergyJoules is the rise of DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION over the samples (J).
+	EnergyJoules *float64 `json:"energy_joules,omitempty"`
+	// MeanSMClockMHz is the mean of DCGM_FI_DEV_SM_CLOCK (MHz).
+	MeanSMClockMHz *float64 `json:"mean_sm_clock_mhz,omitempty"`
+	// MaxTemperatureC is the highest DCGM_FI_DEV_GPU_TEMP (C).
+	MaxTemperatureC *float64 `json:"max_temperature_c,omitempty"`
+	// MaxMemoryUsedMiB is the highest DCGM_FI_DEV_FB_USED (MiB).
+	MaxMemoryUsedMiB *float64 `json:"max_memory_used_mib,omitempty"`
+}
+
+// Validate checks the GPU's fields; errors name the JSON key.
+func (g *ProfiledGPU) Validate() error {
+	if g.Index < 0 {
+		return fmt.Errorf("field \"index\": must not be negative, got %d", g.Index)
+	}
+	if !(g.MemoryTotalMiB >= 0) || math.IsInf(g.MemoryTotalMiB, 0) {
+		return fmt.Errorf("field \"memory_total_mib\": %v is not a non-negative number", g.MemoryTotalMiB)
+	}
+	t := g.Telemetry
+	if t == nil {
+		return nil
+	}
+	if !(t.IntervalSeconds >= 0) || math.IsInf(t.IntervalSeconds, 0) {
+		return fmt.Errorf("field \"telemetry\": field \"interval_seconds\": %v is not a non-negative number", t.IntervalSeconds)
+	}
+	if t.Samples < 0 {
+		return fmt.Errorf("field \"telemetry\": field \"samples\": must not be negative, got %d", t.Samples)
+	}
+	for _, f := range []struct {
+		name string
+		v    *float64
+		max  float64
+	}{
+		{"mean_utilization_percent", t.MeanUtilizationPercent, 100}, {"max_utilization_percent", t.MaxUtilizationPercent, 100},
+		{"mean_power_watts", t.MeanPowerWatts, math.MaxFloat64}, {"energy_joules", t.EnergyJoules, math.MaxFloat64},
+		{"mean_sm_clock_mhz", t.MeanSMClockMHz, math.MaxFloat64}, {"max_temperature_c", t.MaxTemperatureC, math.MaxFloat64},
+		{"max_memory_used_mib", t.MaxMemoryUsedMiB, math.MaxFloat64},
+	} {
+		if f.v == nil {
+			continue
+		}
+		if v := *f.v; !(v >= 0 && v <= f.max) {
+			return fmt.Errorf("field \"telemetry\": field %q: %v is not between 0 and %v", f.name, v, f.max)
+		}
+	}
+	return nil
 }
 
 // LoadProfile reads a profile file. Errors name the file and the offending field.
@@ -118,6 +204,11 @@ func (p *Profile) Validate() error {
 	if p.Fit != nil {
 		if err := p.Fit.Validate(); err != nil {
 			return fmt.Errorf("field \"fit\": %w", err)
+		}
+	}
+	for i := range p.GPUs {
+		if err := p.GPUs[i].Validate(); err != nil {
+			return fmt.Errorf("field \"gpus\"[%d]: %w", i, err)
 		}
 	}
 	return nil

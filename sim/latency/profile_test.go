@@ -24,7 +24,11 @@ func TestProfileRoundTrip(t *testing.T) {
 				{Class: "decode/short", MinContext: 20, MaxContext: 300, Steps: 600, MeasuredSeconds: 4, PredictedSeconds: 4.1},
 				{Class: "decode/long", MinContext: 301, MaxContext: 4000, Steps: 600, MeasuredSeconds: 6, PredictedSeconds: 5.8},
 				{Class: "mixed/short", MinContext: 100, MaxContext: 100, Steps: 34, MeasuredSeconds: 2.5, PredictedSeconds: 2.6},
-			}}}
+			}},
+		GPUs: []ProfiledGPU{{Index: 0, Name: "NVIDIA H200", UUID: "GPU-0f6e-test", MemoryTotalMiB: 143771, DriverVersion: "570.86.15",
+			Telemetry: &GPUTelemetry{IntervalSeconds: 1, Samples: 12, MeanUtilizationPercent: ptr(71.5), MaxUtilizationPercent: ptr(100),
+				MeanPowerWatts: ptr(402.25), EnergyJoules: ptr(4827), MeanSMClockMHz: ptr(1980), MaxTemperatureC: ptr(52), MaxMemoryUsedMiB: ptr(120033)}},
+			{Index: 1, Name: "NVIDIA H200", Telemetry: &GPUTelemetry{IntervalSeconds: 1, Samples: 12}}}}
 	file := filepath.Join(t.TempDir(), "profile.json")
 	if err := p.Write(file); err != nil {
 		t.Fatal(err)
@@ -38,6 +42,31 @@ func TestProfileRoundTrip(t *testing.T) {
 	}
 	if err := (&Profile{}).Write(filepath.Join(t.TempDir(), "bad.json")); err == nil {
 		t.Error("wrote a profile without coefficients")
+	}
+}
+
+func ptr(v float64) *float64 { return &v }
+
+// TestProfileWithoutGPUs: a profile written before "gpus" existed (the fixture) loads, and
+// one without GPUs writes no "gpus" key.
+func TestProfileWithoutGPUs(t *testing.T) {
+	p, err := LoadProfile("testdata/profile.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.GPUs != nil {
+		t.Errorf("GPUs %+v from a profile without them", p.GPUs)
+	}
+	file := filepath.Join(t.TempDir(), "p.json")
+	if err := p.Write(file); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(`"gpus"`)) {
+		t.Errorf("a profile without GPUs wrote a gpus key:\n%s", raw)
 	}
 }
 
@@ -114,6 +143,11 @@ func TestBadProfilesNameFileAndField(t *testing.T) {
 		{`{"block_size": 32, "coefficients": {"intercept_s": 0.001}, "engine": {"batch": "vllm", "evict": "lru", "block_size": 16, "num_gpu_blocks": 8, "max_model_len": 64}}`, `field "block_size": 32, but`},
 		{`{"coefficients": {"intercept_s": 0.001}, "engine": {"batch": "vllm", "evict": "lru", "block_size": 16, "num_gpu_blocks": 8, "max_model_len": 64, "gpu": "h100"}}`, `"gpu"`},
 		{`{"coefficients": {"intercept_s": 0.0`, "unexpected end"},
+		{`{"coefficients": {"intercept_s": 0.001}, "gpus": [{"name": "H200", "telemetry": {"mean_utilization_percent": 130}}]}`, `field "gpus"[0]: field "telemetry": field "mean_utilization_percent": 130 is not between 0 and 100`},
+		{`{"coefficients": {"intercept_s": 0.001}, "gpus": [{"name": "H200"}, {"index": -1}]}`, `field "gpus"[1]: field "index": must not be negative`},
+		{`{"coefficients": {"intercept_s": 0.001}, "gpus": [{"name": "H200", "telemetry": {"mean_power_watts": -4}}]}`, `field "mean_power_watts": -4`},
+		{`{"coefficients": {"intercept_s": 0.001}, "gpus": [{"name": "H200", "telemetry": {"samples": -1}}]}`, `field "samples": must not be negative`},
+		{`{"coefficients": {"intercept_s": 0.001}, "gpus": [{"name": "H200", "power_w": 400}]}`, `"power_w"`},
 	} {
 		file := filepath.Join(dir, "p.json")
 		if err := os.WriteFile(file, []byte(tc.body), 0o644); err != nil {
