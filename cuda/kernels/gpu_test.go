@@ -42,8 +42,9 @@ var tolerances = map[string]tol{
 
 // gpu is a test's CUDA context and the loaded kernels.
 type gpu struct {
-	t     *testing.T
+	t     testing.TB
 	d     *driver.Driver
+	ctx   driver.Context
 	m     *Module
 	alloc []driver.DevicePtr
 }
@@ -52,7 +53,7 @@ type gpu struct {
 // cuInit on a machine without a GPU creates device nodes) unless SERVELAB_REQUIRE_GPU=1,
 // which makes a missing GPU or driver a failure. It locks the test's goroutine to its OS
 // thread, where the context it creates is current.
-func newGPU(t *testing.T) *gpu {
+func newGPU(t testing.TB) *gpu {
 	t.Helper()
 	require := os.Getenv("SERVELAB_REQUIRE_GPU") == "1"
 	if _, err := os.Stat("/dev/nvidiactl"); err != nil && !require {
@@ -78,7 +79,7 @@ func newGPU(t *testing.T) *gpu {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gpu{t: t, d: d}
+	g := &gpu{t: t, d: d, ctx: ctx}
 	t.Cleanup(func() {
 		for _, p := range g.alloc {
 			d.MemFree(p)
@@ -94,6 +95,18 @@ func newGPU(t *testing.T) *gpu {
 	t.Logf("GPU %s (compute %d.%d), kernels from the %s image", name, major, minor, kind)
 	g.m = m
 	return g
+}
+
+// enter makes the context current for t, which runs on another goroutine than the one
+// that created it (a subtest or sub-benchmark).
+func (g *gpu) enter(t testing.TB) {
+	t.Helper()
+	runtime.LockOSThread()
+	t.Cleanup(runtime.UnlockOSThread)
+	g.t = t
+	if err := g.d.CtxSetCurrent(g.ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func asBytes[T any](v []T) []byte {
