@@ -43,6 +43,13 @@ __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u
 __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 
+// ---- inline PTX -----------------------------------------------------------------------
+// Every asm statement is here. cuda/kernels' emulation test (emu_test.go) compiles this
+// file for the CPU with SL_EMULATE defined and testdata/emu/emu.h supplying these
+// helpers (and saddr) with the PTX instructions' documented semantics.
+#ifndef SL_EMULATE
+typedef u32 saddr; // a shared-memory address
+
 // pack_bf16 rounds lo and hi to bfloat16 (nearest even) and packs them, lo in the low
 // half (the lower-addressed element in memory).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
@@ -50,6 +57,38 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
 	asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
 	return r;
 }
+
+__device__ __forceinline__ saddr smem_addr(const void *p) {
+	u32 r;
+	asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+	return r;
+}
+
+// cp_async16 copies 16 bytes from global to shared memory asynchronously; src_bytes 0
+// writes zeros without reading g.
+__device__ __forceinline__ void cp_async16(saddr dst, const void *g, int src_bytes) {
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(g), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+__device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], const u32 b[2]) {
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+	             "{%0,%1,%2,%3};"
+	             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ldg_stream loads 16 bytes of a weight row that is read once: non-coherent, not kept
+// in L1 (so x, which every warp rereads, stays there).
+__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
+	uint4 v;
+	asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+	             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+	             : "l"(p));
+	return v;
+}
+#endif // SL_EMULATE
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -370,27 +409,6 @@ sl_gemm_f32(float *y, const float *x, const float *w, int m, int n, int k, int a
 #define GB_BK 32
 #define GB_LD 40
 
-__device__ __forceinline__ u32 smem_addr(const void *p) {
-	u32 r;
-	asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-	return r;
-}
-
-// cp_async16 copies 16 bytes from global to shared memory asynchronously; src_bytes 0
-// writes zeros without reading g.
-__device__ __forceinline__ void cp_async16(u32 dst, const void *g, int src_bytes) {
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(g), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
-__device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], const u32 b[2]) {
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-	             "{%0,%1,%2,%3};"
-	             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // sl_gemm_bf16: y = x·wᵀ (+= when accumulate) on tensor cores. 8 warps as 2 (rows) x 4
 // (columns), each 64x32 of the tile: 4x4 mma.m16n8k16 per 16 of k. w's tile goes to
 // shared memory by cp.async, x's through registers (float32 loaded, rounded to bf16,
@@ -414,7 +432,7 @@ sl_gemm_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int ac
 			for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
 	float4 xa[4]; // x's next stage: chunk c = tid + 256i is row c/8, columns (c%8)*4..+4
-	u32 sB[2];    // w's chunks: c = tid + 256i is row c/4, columns (c%4)*8..+8
+	saddr sB[2];  // w's chunks: c = tid + 256i is row c/4, columns (c%4)*8..+8
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
 		const int c = tid + 256 * i;
@@ -510,16 +528,6 @@ sl_gemm_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int ac
 			}
 		}
 	}
-}
-
-// ldg_stream loads 16 bytes of a weight row that is read once: non-coherent, not kept
-// in L1 (so x, which every warp rereads, stays there).
-__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
-	uint4 v;
-	asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-	             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-	             : "l"(p));
-	return v;
 }
 
 // gemv_chunk adds 8 weights (q) times x[r][8c..8c+8] to acc[r] for rows r < m.
