@@ -75,6 +75,9 @@ func buildEmu(t *testing.T) *emuLib {
 		cxx = "g++"
 	}
 	if _, err := exec.LookPath(cxx); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: no C++ compiler (%s) for the emulation (.ci/run installs g++): %v", cxx, err)
+		}
 		t.Skipf("skipping: no C++ compiler (%s) for the emulation: %v", cxx, err)
 	}
 	dir := t.TempDir()
@@ -152,8 +155,9 @@ func (l emuLauncher) launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32
 // kernels.cu compiled for the CPU through testdata/emu/emu.h: no GPU, so this checks the
 // kernels' indexing, tails, block/warp structure and mma fragment bookkeeping against the
 // CPU references, not the GPU's arithmetic, memory model or speed. It skips without a
-// C++ compiler (g++, or $CXX).
+// C++ compiler (g++, or $CXX), except under CI=true.
 func TestKernelsEmulated(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("skipping the emulation in -short mode")
 	}

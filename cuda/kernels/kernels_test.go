@@ -32,6 +32,7 @@ func requireNVRTC(t *testing.T) *nvrtc.NVRTC {
 // TestGeneratedKernelsAreCurrent rebuilds kernels.cu with NVRTC and fails if any
 // generated file differs from the committed one: run go generate ./cuda/kernels.
 func TestGeneratedKernelsAreCurrent(t *testing.T) {
+	t.Parallel()
 	n := requireNVRTC(t)
 	src, err := os.ReadFile(build.Source)
 	if err != nil {
