@@ -225,6 +225,7 @@ sl_add(float *x, const float *y, int n) {
 // ---- attention ------------------------------------------------------------------------
 
 #define ATTN_MAX_PER_LANE 8 // MaxHeadDim / 32
+#define ATTN_UNROLL 4
 
 // attend_warp adds positions j0, j0+jstep, ... < j1 of one query (q: head_dim floats in
 // shared memory, pre-scaled) to a warp's online-softmax state (m: running max, l: sum of
@@ -240,25 +241,53 @@ __device__ __forceinline__ void attend_warp(const float *q, const float *kcache,
 		const int d = lane + 32 * t;
 		qr[t] = d < hd ? q[d] : 0.f;
 	}
-	for (int j = j0; j < j1; j += jstep) {
-		const int blk = j / bs;
-		const i64 base = ((i64)bt[blk] * bs + (j - blk * bs)) * kvd + kvOff;
-		const float *kp = kcache + base, *vp = vcache + base;
-		float s = 0.f;
+	// ATTN_UNROLL positions per iteration: their keys load together and their dot
+	// products reduce together, so a warp has that many loads and shuffle chains in
+	// flight instead of one.
+	for (int j = j0; j < j1; j += ATTN_UNROLL * jstep) {
+		float s[ATTN_UNROLL];
+		const float *vp[ATTN_UNROLL];
 #pragma unroll
-		for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
-			const int d = lane + 32 * t;
-			if (d < hd) s = fmaf(qr[t], kp[d], s);
+		for (int u = 0; u < ATTN_UNROLL; u++) {
+			const int jj = j + u * jstep;
+			s[u] = 0.f;
+			vp[u] = 0;
+			if (jj < j1) {
+				const int blk = jj / bs;
+				const i64 base = ((i64)bt[blk] * bs + (jj - blk * bs)) * kvd + kvOff;
+				const float *kp = kcache + base;
+				vp[u] = vcache + base;
+#pragma unroll
+				for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+					const int d = lane + 32 * t;
+					if (d < hd) s[u] = fmaf(qr[t], kp[d], s[u]);
+				}
+			}
 		}
-		s = warp_sum(s);
-		const float mn = fmaxf(m, s);
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++) s[u] = warp_sum(s[u]);
+		float mn = m;
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++)
+			if (vp[u]) mn = fmaxf(mn, s[u]);
 		const float corr = m == NEG_INF ? 0.f : expf(m - mn);
-		const float p = expf(s - mn);
-		l = fmaf(l, corr, p);
+		float p[ATTN_UNROLL];
+		l *= corr;
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++) {
+			p[u] = vp[u] ? expf(s[u] - mn) : 0.f;
+			l += p[u];
+		}
 #pragma unroll
 		for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
 			const int d = lane + 32 * t;
-			if (d < hd) acc[t] = fmaf(p, vp[d], acc[t] * corr);
+			if (d < hd) {
+				float a = acc[t] * corr;
+#pragma unroll
+				for (int u = 0; u < ATTN_UNROLL; u++)
+					if (vp[u]) a = fmaf(p[u], vp[u][d], a);
+				acc[t] = a;
+			}
 		}
 		m = mn;
 	}
