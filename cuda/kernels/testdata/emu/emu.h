@@ -3,12 +3,13 @@
 // __syncthreads, __syncwarp and the warp-collective operations (shuffles, mma.sync),
 // blocks run one after another. The inline PTX helpers kernels.cu keeps under
 // #ifndef SL_EMULATE are given here by the PTX ISA's semantics: cvt.rn.bf16x2.f32,
-// cp.async (a synchronous copy, zero-filled past src_bytes), mma.sync.m16n8k16 bf16
+// cp.async (landing at cp.async.wait_all, zero-filled past src_bytes), mma.sync.m16n8k16 bf16
 // (each lane's fragments as the ISA's figures lay them out), ld.global.nc.
 //
 // It checks kernels.cu's indexing, tails, synchronisation structure and fragment
-// bookkeeping against the CPU references; it is not a GPU: no memory model, no
-// asynchrony, no timing, and arithmetic is the host's (no FMA contraction).
+// bookkeeping against the CPU references, and that no cp.async stage is read before it
+// is waited for; it is not a GPU: no memory model, no timing, and arithmetic is the
+// host's (no FMA contraction, the tensor cores' sums in float32 in k order).
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -42,10 +43,17 @@ struct alignas(8) uint2 {
 
 enum { EMU_STACK = 256 << 10, EMU_MAX_THREADS = 1024 };
 
+struct EmuCopy {
+	void *dst;
+	const void *src;
+	int n;
+};
+
 struct EmuThread {
 	ucontext_t uc;
 	emu_dim3 tid;
 	bool done;
+	std::vector<EmuCopy> pending; // cp.async copies not yet waited for
 };
 
 struct EmuState {
@@ -128,6 +136,7 @@ inline int emu_launch_grid(emu_dim3 grid, emu_dim3 block, std::function<void()> 
 					EmuThread &t = emu.th[i];
 					t.tid = emu_dim3{(unsigned)i, 0, 0};
 					t.done = false;
+					t.pending.clear();
 					getcontext(&t.uc);
 					t.uc.uc_stack.ss_sp = emu.stacks + (size_t)i * EMU_STACK;
 					t.uc.uc_stack.ss_size = EMU_STACK;
@@ -203,12 +212,20 @@ inline unsigned emu_bf16_rne(float f) {
 inline unsigned pack_bf16(float lo, float hi) { return emu_bf16_rne(lo) | (emu_bf16_rne(hi) << 16); }
 
 inline saddr smem_addr(const void *p) { return (saddr)p; }
+// cp.async lands only at cp.async.wait_all: until then the destination holds NaNs, so a
+// kernel reading a stage before waiting for it computes garbage here.
 inline void cp_async16(saddr dst, const void *g, int src_bytes) {
-	memset((void *)dst, 0, 16);
-	memcpy((void *)dst, g, src_bytes);
+	memset((void *)dst, 0xff, 16);
+	emu.th[emu.cur].pending.push_back(EmuCopy{(void *)dst, g, src_bytes});
 }
 inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+inline void cp_async_wait_all() {
+	for (const EmuCopy &c : emu.th[emu.cur].pending) {
+		memset(c.dst, 0, 16);
+		memcpy(c.dst, c.src, c.n);
+	}
+	emu.th[emu.cur].pending.clear();
+}
 inline uint4 ldg_stream(const uint4 *p) { return *p; }
 
 inline float emu_bf16_half(uint64_t w, int hi) { return __uint_as_float(hi ? (unsigned)w & 0xffff0000u : (unsigned)w << 16); }
