@@ -77,10 +77,12 @@ image:
 	$(GO) run ./hack/image --binary bin/image/servelab --out bin/servelab-image.tar --tag $(IMAGE)
 
 # The Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)
-# and controller-gen, built from Go modules into ~/.cache/servelab when absent.
+# and controller-gen, built from Go modules into ~/.cache/servelab when absent; NVRTC
+# (Debian's libnvrtc11.2, non-free) for cuda/kernels' generator and its CI check.
 tools:
 	hack/k8s/build.sh
 	hack/tools/build.sh
+	scripts/install-nvrtc.sh >/dev/null
 
 clean:
 	rm -rf bin

@@ -106,18 +106,22 @@ func (m *Module) GemmF32(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k i
 
 // GemmBF16 is GemmF32 with w bfloat16: x is rounded to bfloat16 (nearest even) as it is
 // loaded, products run on tensor cores (mma.sync.m16n8k16 bf16) and accumulate in
-// float32. k is a multiple of 8. Grid (ceil(n/128), ceil(rows/128)), block 256.
+// float32. k is a multiple of 8, x and w 16-byte aligned (the kernel reads them with
+// 16-byte loads). Grid (ceil(n/128), ceil(rows/128)), block 256.
 func (m *Module) GemmBF16(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, accumulate bool) error {
 	if k%8 != 0 {
 		return fmt.Errorf("kernels: sl_gemm_bf16: k = %d: want a multiple of 8", k)
+	}
+	if err := aligned16("sl_gemm_bf16", x, w); err != nil {
+		return err
 	}
 	return m.launch("sl_gemm_bf16", dim2(ceilDiv(n, gemmBF16Tile), ceilDiv(rows, gemmBF16Tile)), dim1(256), 0, s, y, x, w, rows, n, k, boolArg(accumulate))
 }
 
 // GemvBF16 is GemmBF16 for at most GemvMaxRows rows of x (decode), memory-bound: each
 // warp streams one row of w with 16-byte loads and computes that output column for
-// every row of x in float32 (x is not rounded to bfloat16). k is a multiple of 8. Grid
-// ceil(n/8), block 256.
+// every row of x in float32 (x is not rounded to bfloat16). k is a multiple of 8, x and
+// w 16-byte aligned. Grid ceil(n/8), block 256.
 func (m *Module) GemvBF16(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, accumulate bool) error {
 	if rows > GemvMaxRows {
 		return fmt.Errorf("kernels: sl_gemv_bf16: %d rows: want at most %d", rows, GemvMaxRows)
@@ -125,7 +129,19 @@ func (m *Module) GemvBF16(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k 
 	if k%8 != 0 {
 		return fmt.Errorf("kernels: sl_gemv_bf16: k = %d: want a multiple of 8", k)
 	}
+	if err := aligned16("sl_gemv_bf16", x, w); err != nil {
+		return err
+	}
 	return m.launch("sl_gemv_bf16", dim1(ceilDiv(n, gemvCols)), dim1(256), 0, s, y, x, w, rows, n, k, boolArg(accumulate))
+}
+
+// aligned16 checks that the matrices a kernel reads with 16-byte loads are 16-byte
+// aligned (a misaligned load is a GPU fault that ends the context).
+func aligned16(kernel string, x, w driver.DevicePtr) error {
+	if x%16 != 0 || w%16 != 0 {
+		return fmt.Errorf("kernels: %s: x %#x and w %#x must be 16-byte aligned", kernel, uint64(x), uint64(w))
+	}
+	return nil
 }
 
 // Linear is y = x·wᵀ (or +=) for weights of dtype "float32" or "bfloat16", choosing the

@@ -1,0 +1,123 @@
+package kernels
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"servelab/cuda/driver"
+)
+
+// timeLaunches runs launch b.N times on the default stream between two events and
+// reports the mean time per launch in seconds.
+func timeLaunches(b *testing.B, g *gpu, launch func() error) float64 {
+	b.Helper()
+	start, err := g.d.EventCreate(0)
+	g.check(err)
+	end, err := g.d.EventCreate(0)
+	g.check(err)
+	defer g.d.EventDestroy(start)
+	defer g.d.EventDestroy(end)
+	g.check(launch()) // warm up
+	g.check(g.d.CtxSynchronize())
+	b.ResetTimer()
+	g.check(g.d.EventRecord(start, 0))
+	for range b.N {
+		g.check(launch())
+	}
+	g.check(g.d.EventRecord(end, 0))
+	g.check(g.d.EventSynchronize(end))
+	b.StopTimer()
+	ms, err := g.d.EventElapsedTime(start, end)
+	g.check(err)
+	return float64(ms) / 1e3 / float64(b.N)
+}
+
+// Llama-3.1-8B's linear layers (out x in): the fused q/k/v projection, o_proj, the
+// fused gate/up projection, down_proj, and the LM head.
+var llama8BLinears = []struct {
+	name string
+	n, k int
+}{
+	{"qkv_6144x4096", 6144, 4096},
+	{"o_4096x4096", 4096, 4096},
+	{"gate_up_28672x4096", 28672, 4096},
+	{"down_4096x14336", 4096, 14336},
+	{"lm_head_128256x4096", 128256, 4096},
+}
+
+// BenchmarkGemvBF16 is decode's weight streaming on Llama-3.1-8B's shapes: GB/s of
+// weights read (compare with the GPU's HBM bandwidth; H200: 4.8 TB/s).
+func BenchmarkGemvBF16(b *testing.B) {
+	g := newGPU(b)
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, l := range llama8BLinears {
+		for _, m := range []int{1, 8} {
+			// Enough copies of the weight that launches in turn read 256 MB, so that none
+			// finds its weight in L2 (50 MB on an H100/H200) from the launch before.
+			bytes := l.n * l.k * 2
+			ws := make([]driver.DevicePtr, (256<<20+bytes-1)/bytes)
+			for i := range ws {
+				ws[i] = g.filled(bytes, 0x3c) // bf16 0x3c3c ≈ 0.0115: the values do not change the speed
+			}
+			x := upload(g, randF32(r, m*l.k, -1, 1))
+			y := upload(g, make([]float32, m*l.n))
+			b.Run(fmt.Sprintf("%s/rows=%d", l.name, m), func(b *testing.B) {
+				g.enter(b)
+				i := 0
+				sec := timeLaunches(b, g, func() error {
+					i++
+					return g.m.GemvBF16(0, y, x, ws[i%len(ws)], m, l.n, l.k, false)
+				})
+				b.ReportMetric(float64(l.n*l.k*2)/sec/1e9, "weight-GB/s")
+				b.ReportMetric(sec*1e6, "us/launch")
+			})
+			g.t = b
+			g.free(append(ws, x, y)...)
+		}
+	}
+}
+
+// BenchmarkGemmBF16 is prefill's GEMM on Llama-3.1-8B's shapes for a 2048-token chunk:
+// TFLOP/s (compare with the GPU's dense bf16 tensor-core peak; H200: 989 TFLOP/s).
+func BenchmarkGemmBF16(b *testing.B) {
+	g := newGPU(b)
+	r := rand.New(rand.NewPCG(3, 4))
+	const m = 2048
+	for _, l := range llama8BLinears[:4] {
+		w := g.filled(l.n*l.k*2, 0x3c)
+		x := upload(g, randF32(r, m*l.k, -1, 1))
+		y := upload(g, make([]float32, m*l.n))
+		b.Run(fmt.Sprintf("%s/rows=%d", l.name, m), func(b *testing.B) {
+			g.enter(b)
+			sec := timeLaunches(b, g, func() error { return g.m.GemmBF16(0, y, x, w, m, l.n, l.k, false) })
+			b.ReportMetric(2*float64(m)*float64(l.n)*float64(l.k)/sec/1e12, "TFLOP/s")
+			b.ReportMetric(sec*1e6, "us/launch")
+		})
+		g.t = b
+		g.free(w, x, y)
+	}
+}
+
+// filled allocates n bytes set to v.
+func (g *gpu) filled(n int, v uint8) driver.DevicePtr {
+	g.t.Helper()
+	p, err := g.d.MemAlloc(uintptr(n))
+	g.check(err)
+	g.alloc = append(g.alloc, p)
+	g.check(g.d.MemsetD8(p, v, uintptr(n)))
+	return p
+}
+
+// free releases buffers before the test's end (benchmarks allocate gigabytes).
+func (g *gpu) free(ps ...driver.DevicePtr) {
+	for _, p := range ps {
+		for i, a := range g.alloc {
+			if a == p {
+				g.d.MemFree(p)
+				g.alloc = append(g.alloc[:i], g.alloc[i+1:]...)
+				break
+			}
+		}
+	}
+}

@@ -1,0 +1,803 @@
+// servelab's CUDA kernels: self-contained CUDA C for NVRTC (no headers: bf16 conversion,
+// tensor-core mma.sync and cp.async are inline PTX). Compiled by `go generate
+// ./cuda/kernels` (gen/main.go) to an sm_90 cubin and compute_80 PTX, both embedded.
+//
+// Every kernel, its parameters, grid and block are those of the launch table (table.go)
+// and the launch functions (ops.go); the conventions are table.go's (float32 activations
+// and KV cache in the CPU engine's layout, int32 sizes, 64-bit offsets, 0 for an absent
+// pointer). All arithmetic accumulates in float32; no fast-math flags are used (expf,
+// sqrt and division are IEEE-accurate).
+//
+// What differs from the CPU kernels (engine/cpu, engine/model/forward.go,
+// engine/sampling), which the GPU test TestKernelsMatchCPU compares against with the
+// tolerances it states:
+//   - Reductions (RMSNorm's sum of squares, dot products, GEMM/GEMV sums, softmax sums)
+//     run in a different order (warp shuffles, tiles), so float32 results differ in the
+//     last bits.
+//   - sl_gemm_bf16 rounds x to bfloat16 (nearest even) as it is loaded, as ops.go says;
+//     the CPU engine converts bf16 weights to float32 at load time and keeps x in float32.
+//     sl_gemv_bf16 keeps x in float32.
+//   - Attention uses an online (streaming) softmax: scores are not normalised before the
+//     weighted sum of values but rescaled as the running maximum grows, then divided by
+//     the sum once; the CPU normalises the scores first.
+//   - sl_rope_store matches the CPU bit for bit: its products and sums are rounded
+//     separately (__fmul_rn/__fadd_rn), never fused into FMAs.
+//   - sl_argmax never picks NaN (unless every value is NaN: then 0); engine/sampling's
+//     Argmax returns 0 when logits[0] is NaN. sl_topk orders NaN below every number and
+//     -0 equal to +0; sl_softmax gives NaN logits probability 0 (engine/sampling drops
+//     NaN candidates).
+//
+// Alignment: sl_gemm_bf16 and sl_gemv_bf16 read x and w with 16-byte loads, so x and w
+// must be 16-byte aligned (cuMemAlloc's are; k % 8 == 0 keeps every row aligned), which
+// their launch functions check.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// ---- helpers ----------------------------------------------------------------------
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+
+// ---- inline PTX -----------------------------------------------------------------------
+// Every asm statement is here. cuda/kernels' emulation test (emu_test.go) compiles this
+// file for the CPU with SL_EMULATE defined and testdata/emu/emu.h supplying these
+// helpers (and saddr) with the PTX instructions' documented semantics.
+#ifndef SL_EMULATE
+typedef u32 saddr; // a shared-memory address
+
+// pack_bf16 rounds lo and hi to bfloat16 (nearest even) and packs them, lo in the low
+// half (the lower-addressed element in memory).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+	u32 r;
+	asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+	return r;
+}
+
+__device__ __forceinline__ saddr smem_addr(const void *p) {
+	u32 r;
+	asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+	return r;
+}
+
+// cp_async16 copies 16 bytes from global to shared memory asynchronously; src_bytes 0
+// writes zeros without reading g.
+__device__ __forceinline__ void cp_async16(saddr dst, const void *g, int src_bytes) {
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(g), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+__device__ __forceinline__ void mma_bf16(float c[4], const u32 a[4], const u32 b[2]) {
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+	             "{%0,%1,%2,%3};"
+	             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// ldg_stream loads 16 bytes of a weight row that is read once: non-coherent, not kept
+// in L1 (so x, which every warp rereads, stays there).
+__device__ __forceinline__ uint4 ldg_stream(const uint4 *p) {
+	uint4 v;
+	asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+	             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+	             : "l"(p));
+	return v;
+}
+#endif // SL_EMULATE
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+// block_sum returns the sum of v over the block (blockDim.x a multiple of 32, at most
+// 1024) to every thread, adding the warps' sums in a fixed order. sh holds 32 floats.
+__device__ __forceinline__ float block_sum(float v, float *sh) {
+	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	v = warp_sum(v);
+	__syncthreads(); // sh may still be read by a previous reduction
+	if (lane == 0) sh[w] = v;
+	__syncthreads();
+	float t = 0.f;
+	for (int i = 0; i < nw; i++) t += sh[i];
+	return t;
+}
+
+// block_max is block_sum's maximum (fmaxf: NaN is ignored unless all are NaN).
+__device__ __forceinline__ float block_max(float v, float *sh) {
+	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	v = warp_max(v);
+	__syncthreads();
+	if (lane == 0) sh[w] = v;
+	__syncthreads();
+	float t = sh[0];
+	for (int i = 1; i < nw; i++) t = fmaxf(t, sh[i]);
+	return t;
+}
+
+// ---- embedding, norms, elementwise ---------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256)
+sl_embed_f32(float *x, const float *table, const int *tokens, int dim) {
+	const i64 r = blockIdx.x;
+	const float *src = table + (i64)tokens[r] * dim;
+	float *dst = x + r * dim;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+sl_embed_bf16(float *x, const u16 *table, const int *tokens, int dim) {
+	const i64 r = blockIdx.x;
+	const u16 *src = table + (i64)tokens[r] * dim;
+	float *dst = x + r * dim;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = bf16_to_f32(src[i]);
+}
+
+// sl_rmsnorm: out[r] = x[src]·w / sqrt(mean(x[src]²) + eps), src = rows[r] or r. out may
+// be x (rows 0): every element is read before any is written.
+extern "C" __global__ void __launch_bounds__(256)
+sl_rmsnorm(float *out, const float *x, const int *rows, const float *w, int dim, float eps) {
+	__shared__ float sh[32];
+	const i64 r = blockIdx.x;
+	const i64 src = rows ? (i64)rows[r] : r;
+	const float *xr = x + src * dim;
+	float ss = 0.f;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+	ss = block_sum(ss, sh);
+	// As cpu.RMSNorm: the scale in float64 from the float32 sum.
+	const float scale = (float)(1.0 / sqrt((double)ss / (double)dim + (double)eps));
+	float *o = out + r * dim;
+	for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+// sl_rope_store: see RopeStore in ops.go. One block per row; each thread rotates pairs
+// (i, i+half) of q and k heads, then copies v; the bias is added as the values are read.
+extern "C" __global__ void __launch_bounds__(128)
+sl_rope_store(float *qkv, const float *bias, const float *cos, const float *sin, const int *tok_pos,
+              const int *tok_slot, float *kcache, float *vcache, int heads, int kv_heads, int head_dim, float scale) {
+	const i64 r = blockIdx.x;
+	const int half = head_dim / 2, kvd = kv_heads * head_dim, qd = heads * head_dim;
+	const int width = qd + 2 * kvd;
+	float *row = qkv + r * width;
+	const i64 pos = tok_pos[r];
+	const i64 slot = tok_slot[r];
+	const float *c = cos + pos * half, *s = sin + pos * half;
+	const int pairs = (heads + kv_heads) * half;
+	for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+		const int h = p / half, i = p - h * half;
+		const int ia = h * head_dim + i, ib = ia + half;
+		float a = row[ia], b = row[ib];
+		if (bias) {
+			a = __fadd_rn(a, bias[ia]);
+			b = __fadd_rn(b, bias[ib]);
+		}
+		float lo = __fsub_rn(__fmul_rn(a, c[i]), __fmul_rn(b, s[i]));
+		float hi = __fadd_rn(__fmul_rn(b, c[i]), __fmul_rn(a, s[i]));
+		if (h < heads) {
+			lo = __fmul_rn(lo, scale);
+			hi = __fmul_rn(hi, scale);
+		} else {
+			float *kc = kcache + slot * kvd + (ia - qd);
+			kc[0] = lo;
+			kc[half] = hi;
+		}
+		row[ia] = lo;
+		row[ib] = hi;
+	}
+	for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+		float v = row[qd + kvd + j];
+		if (bias) {
+			v = __fadd_rn(v, bias[qd + kvd + j]);
+			row[qd + kvd + j] = v;
+		}
+		vcache[slot * kvd + j] = v;
+	}
+}
+
+// sl_silu_mul: act[r][i] = silu(gu[r][i])·gu[r][hidden+i].
+extern "C" __global__ void __launch_bounds__(256)
+sl_silu_mul(float *act, const float *gu, int rows, int hidden) {
+	const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= (i64)rows * hidden) return;
+	const i64 r = i / hidden, c = i - r * hidden;
+	const float g = gu[r * 2 * hidden + c], u = gu[r * 2 * hidden + hidden + c];
+	act[i] = g / (1.f + expf(-g)) * u;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+sl_add(float *x, const float *y, int n) {
+	const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+	if (i < n) x[i] += y[i];
+}
+
+// ---- attention ------------------------------------------------------------------------
+
+#define ATTN_MAX_PER_LANE 8 // MaxHeadDim / 32
+#define ATTN_UNROLL 4
+
+// attend_warp adds positions j0, j0+jstep, ... < j1 of one query (q: head_dim floats in
+// shared memory, pre-scaled) to a warp's online-softmax state (m: running max, l: sum of
+// exp(score - m), acc: sum of exp(score - m)·v over dimensions lane + 32t). bt is the
+// sequence's block table; kvOff the kv head's first column.
+__device__ __forceinline__ void attend_warp(const float *q, const float *kcache, const float *vcache, const int *bt,
+                                            i64 kvOff, int kvd, int bs, int hd, int j0, int j1, int jstep,
+                                            float &m, float &l, float acc[ATTN_MAX_PER_LANE]) {
+	const int lane = threadIdx.x & 31;
+	float qr[ATTN_MAX_PER_LANE];
+#pragma unroll
+	for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+		const int d = lane + 32 * t;
+		qr[t] = d < hd ? q[d] : 0.f;
+	}
+	// ATTN_UNROLL positions per iteration: their keys load together and their dot
+	// products reduce together, so a warp has that many loads and shuffle chains in
+	// flight instead of one.
+	for (int j = j0; j < j1; j += ATTN_UNROLL * jstep) {
+		float s[ATTN_UNROLL];
+		const float *vp[ATTN_UNROLL];
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++) {
+			const int jj = j + u * jstep;
+			s[u] = 0.f;
+			vp[u] = 0;
+			if (jj < j1) {
+				const int blk = jj / bs;
+				const i64 base = ((i64)bt[blk] * bs + (jj - blk * bs)) * kvd + kvOff;
+				const float *kp = kcache + base;
+				vp[u] = vcache + base;
+#pragma unroll
+				for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+					const int d = lane + 32 * t;
+					if (d < hd) s[u] = fmaf(qr[t], kp[d], s[u]);
+				}
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++) s[u] = warp_sum(s[u]);
+		float mn = m;
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++)
+			if (vp[u]) mn = fmaxf(mn, s[u]);
+		const float corr = m == NEG_INF ? 0.f : expf(m - mn);
+		float p[ATTN_UNROLL];
+		l *= corr;
+#pragma unroll
+		for (int u = 0; u < ATTN_UNROLL; u++) {
+			p[u] = vp[u] ? expf(s[u] - mn) : 0.f;
+			l += p[u];
+		}
+#pragma unroll
+		for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+			const int d = lane + 32 * t;
+			if (d < hd) {
+				float a = acc[t] * corr;
+#pragma unroll
+				for (int u = 0; u < ATTN_UNROLL; u++)
+					if (vp[u]) a = fmaf(p[u], vp[u][d], a);
+				acc[t] = a;
+			}
+		}
+		m = mn;
+	}
+}
+
+// sl_attn_decode: block (head, i) for sequence seqs[i]; its 4 warps take every 4th
+// context position, then merge their softmax states through shared memory.
+extern "C" __global__ void __launch_bounds__(128)
+sl_attn_decode(float *out, const float *qkv, const float *kcache, const float *vcache, const int *seqs,
+               const int *seq_start, const int *seq_pos, const int *block_tables, int max_blocks, int heads,
+               int kv_heads, int head_dim, int block_size) {
+	__shared__ float qs[256];
+	__shared__ float sacc[4][256];
+	__shared__ float sm[4], sl[4];
+	const int h = blockIdx.x, seq = seqs[blockIdx.y];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const i64 row = seq_start[seq];
+	const int n = seq_pos[seq] + 1;
+	const int hd = head_dim, kvd = kv_heads * hd, width = (heads + 2 * kv_heads) * hd;
+	const i64 kvOff = (i64)(h / (heads / kv_heads)) * hd;
+	const float *q = qkv + row * width + (i64)h * hd;
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[d];
+	__syncthreads();
+	float m = NEG_INF, l = 0.f, acc[ATTN_MAX_PER_LANE];
+#pragma unroll
+	for (int t = 0; t < ATTN_MAX_PER_LANE; t++) acc[t] = 0.f;
+	attend_warp(qs, kcache, vcache, block_tables + (i64)seq * max_blocks, kvOff, kvd, block_size, hd, warp, n, 4,
+	            m, l, acc);
+#pragma unroll
+	for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+		const int d = lane + 32 * t;
+		if (d < hd) sacc[warp][d] = acc[t];
+	}
+	if (lane == 0) {
+		sm[warp] = m;
+		sl[warp] = l;
+	}
+	__syncthreads();
+	const float M = fmaxf(fmaxf(sm[0], sm[1]), fmaxf(sm[2], sm[3])); // finite: warp 0 has position 0
+	float f[4], L = 0.f;
+#pragma unroll
+	for (int w = 0; w < 4; w++) {
+		f[w] = sm[w] == NEG_INF ? 0.f : expf(sm[w] - M);
+		L = fmaf(sl[w], f[w], L);
+	}
+	float *o = out + row * (i64)heads * hd + (i64)h * hd;
+	for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+		float v = 0.f;
+#pragma unroll
+		for (int w = 0; w < 4; w++) v = fmaf(sacc[w][d], f[w], v);
+		o[d] = v / L;
+	}
+}
+
+// sl_attn_prefill: block per item {seq, head, q0, q1}; warp w computes queries q0+w,
+// q0+w+4, ... alone over all their context positions.
+extern "C" __global__ void __launch_bounds__(128)
+sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *vcache, const int *items,
+                const int *seq_start, const int *seq_pos, const int *block_tables, int max_blocks, int heads,
+                int kv_heads, int head_dim, int block_size) {
+	__shared__ float qs[4][256];
+	const int *it = items + (i64)blockIdx.x * 4;
+	const int seq = it[0], h = it[1], q0 = it[2], q1 = it[3];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int hd = head_dim, kvd = kv_heads * hd, width = (heads + 2 * kv_heads) * hd;
+	const i64 kvOff = (i64)(h / (heads / kv_heads)) * hd;
+	const int *bt = block_tables + (i64)seq * max_blocks;
+	const i64 start = seq_start[seq];
+	const int pos0 = seq_pos[seq];
+	for (int i = q0 + warp; i < q1; i += 4) {
+		const i64 row = start + i;
+		const float *q = qkv + row * width + (i64)h * hd;
+		__syncwarp();
+		for (int d = lane; d < hd; d += 32) qs[warp][d] = q[d];
+		__syncwarp();
+		float m = NEG_INF, l = 0.f, acc[ATTN_MAX_PER_LANE];
+#pragma unroll
+		for (int t = 0; t < ATTN_MAX_PER_LANE; t++) acc[t] = 0.f;
+		attend_warp(qs[warp], kcache, vcache, bt, kvOff, kvd, block_size, hd, 0, pos0 + i + 1, 1, m, l, acc);
+		float *o = out + row * (i64)heads * hd + (i64)h * hd;
+#pragma unroll
+		for (int t = 0; t < ATTN_MAX_PER_LANE; t++) {
+			const int d = lane + 32 * t;
+			if (d < hd) o[d] = acc[t] / l;
+		}
+	}
+}
+
+// ---- matrix products ----------------------------------------------------------------
+
+// sl_gemm_f32: y = x·wᵀ (+= when accumulate); a 64x64 tile of y per block, 16 of k at a
+// time through shared memory, each thread 4x4 outputs (rows ty+16i, columns tx+16j).
+extern "C" __global__ void __launch_bounds__(256)
+sl_gemm_f32(float *y, const float *x, const float *w, int m, int n, int k, int accumulate) {
+	__shared__ float As[16][64 + 4];
+	__shared__ float Bs[16][64 + 4];
+	const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+	const int m0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
+	const int lr = tid >> 2, lk = (tid & 3) * 4;
+	float acc[4][4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+#pragma unroll
+		for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+	const bool arow = m0 + lr < m, brow = n0 + lr < n;
+	const float *xr = x + (i64)(m0 + lr) * k, *wr = w + (i64)(n0 + lr) * k;
+	for (int k0 = 0; k0 < k; k0 += 16) {
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			const int kk = k0 + lk + i;
+			As[lk + i][lr] = arow && kk < k ? xr[kk] : 0.f;
+			Bs[lk + i][lr] = brow && kk < k ? wr[kk] : 0.f;
+		}
+		__syncthreads();
+#pragma unroll
+		for (int kk = 0; kk < 16; kk++) {
+			float a[4], b[4];
+#pragma unroll
+			for (int i = 0; i < 4; i++) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+			for (int j = 0; j < 4; j++) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+			for (int i = 0; i < 4; i++)
+#pragma unroll
+				for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+		}
+		__syncthreads();
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		const int r = m0 + ty + 16 * i;
+		if (r >= m) continue;
+#pragma unroll
+		for (int j = 0; j < 4; j++) {
+			const int c = n0 + tx + 16 * j;
+			if (c >= n) continue;
+			const i64 o = (i64)r * n + c;
+			y[o] = accumulate ? y[o] + acc[i][j] : acc[i][j];
+		}
+	}
+}
+
+// sl_gemm_bf16 tiles: 128x128 of y per block, 32 of k per stage, two stages. Shared rows
+// are padded to 40 bf16 (80 bytes: 16-byte aligned for cp.async, and the 8 rows x 4
+// words a fragment load touches fall in 32 distinct banks).
+#define GB_BM 128
+#define GB_BN 128
+#define GB_BK 32
+#define GB_LD 40
+
+// sl_gemm_bf16: y = x·wᵀ (+= when accumulate) on tensor cores. 8 warps as 2 (rows) x 4
+// (columns), each 64x32 of the tile: 4x4 mma.m16n8k16 per 16 of k. w's tile goes to
+// shared memory by cp.async, x's through registers (float32 loaded, rounded to bf16,
+// stored); the next stage loads while this one computes.
+extern "C" __global__ void __launch_bounds__(256)
+sl_gemm_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int accumulate) {
+	__shared__ __align__(16) u16 As[2][GB_BM * GB_LD];
+	__shared__ __align__(16) u16 Bs[2][GB_BN * GB_LD];
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const int wm = warp >> 2, wn = warp & 3;
+	const int m0 = blockIdx.y * GB_BM, n0 = blockIdx.x * GB_BN;
+	const int KT = (k + GB_BK - 1) / GB_BK;
+
+	float acc[4][4][4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+#pragma unroll
+		for (int j = 0; j < 4; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+	float4 xa[4]; // x's next stage: chunk c = tid + 256i is row c/8, columns (c%8)*4..+4
+	saddr sB[2];  // w's chunks: c = tid + 256i is row c/4, columns (c%4)*8..+8
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		const int c = tid + 256 * i;
+		sB[i] = smem_addr(&Bs[0][(c >> 2) * GB_LD + (c & 3) * 8]);
+	}
+	const u32 bufBytes = GB_BN * GB_LD * 2;
+
+#define GB_LOAD_A(kt)                                                                     \
+	_Pragma("unroll") for (int i = 0; i < 4; i++) {                                       \
+		const int c = tid + 256 * i, r = m0 + (c >> 3), kk = (kt) * GB_BK + (c & 7) * 4; \
+		if (r < m && kk < k) {                                                            \
+			xa[i] = *(const float4 *)(x + (i64)r * k + kk);                               \
+		} else {                                                                          \
+			xa[i].x = xa[i].y = xa[i].z = xa[i].w = 0.f;                                  \
+		}                                                                                 \
+	}
+#define GB_STORE_A(buf)                                                                   \
+	_Pragma("unroll") for (int i = 0; i < 4; i++) {                                       \
+		const int c = tid + 256 * i;                                                      \
+		uint2 v;                                                                          \
+		v.x = pack_bf16(xa[i].x, xa[i].y);                                                \
+		v.y = pack_bf16(xa[i].z, xa[i].w);                                                \
+		*(uint2 *)&As[buf][(c >> 3) * GB_LD + (c & 7) * 4] = v;                           \
+	}
+#define GB_LOAD_B(kt, buf)                                                                \
+	_Pragma("unroll") for (int i = 0; i < 2; i++) {                                       \
+		const int c = tid + 256 * i, r = n0 + (c >> 2), kk = (kt) * GB_BK + (c & 3) * 8; \
+		const bool ok = r < n && kk < k;                                                  \
+		cp_async16(sB[i] + (buf) * bufBytes, ok ? (const void *)(w + (i64)r * k + kk) : (const void *)w, \
+		           ok ? 16 : 0);                                                          \
+	}
+
+	GB_LOAD_B(0, 0)
+	cp_async_commit();
+	GB_LOAD_A(0)
+	GB_STORE_A(0)
+	cp_async_wait_all();
+	__syncthreads();
+
+	for (int kt = 0; kt < KT; kt++) {
+		const int buf = kt & 1;
+		const bool more = kt + 1 < KT;
+		if (more) {
+			GB_LOAD_B(kt + 1, buf ^ 1)
+			cp_async_commit();
+			GB_LOAD_A(kt + 1)
+		}
+		const u16 *as = As[buf], *bs = Bs[buf];
+#pragma unroll
+		for (int ks = 0; ks < GB_BK; ks += 16) {
+			u32 af[4][4], bf[4][2];
+#pragma unroll
+			for (int mt = 0; mt < 4; mt++) {
+				const int r = wm * 64 + mt * 16 + g;
+				af[mt][0] = *(const u32 *)&as[r * GB_LD + ks + t4 * 2];
+				af[mt][1] = *(const u32 *)&as[(r + 8) * GB_LD + ks + t4 * 2];
+				af[mt][2] = *(const u32 *)&as[r * GB_LD + ks + 8 + t4 * 2];
+				af[mt][3] = *(const u32 *)&as[(r + 8) * GB_LD + ks + 8 + t4 * 2];
+			}
+#pragma unroll
+			for (int nt = 0; nt < 4; nt++) {
+				const int c = wn * 32 + nt * 8 + g;
+				bf[nt][0] = *(const u32 *)&bs[c * GB_LD + ks + t4 * 2];
+				bf[nt][1] = *(const u32 *)&bs[c * GB_LD + ks + 8 + t4 * 2];
+			}
+#pragma unroll
+			for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+				for (int nt = 0; nt < 4; nt++) mma_bf16(acc[mt][nt], af[mt], bf[nt]);
+		}
+		if (more) {
+			GB_STORE_A(buf ^ 1)
+		}
+		cp_async_wait_all();
+		__syncthreads();
+	}
+#undef GB_LOAD_A
+#undef GB_STORE_A
+#undef GB_LOAD_B
+
+#pragma unroll
+	for (int mt = 0; mt < 4; mt++) {
+#pragma unroll
+		for (int nt = 0; nt < 4; nt++) {
+			const int r = m0 + wm * 64 + mt * 16 + g, c = n0 + wn * 32 + nt * 8 + t4 * 2;
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int rr = r + (e >> 1) * 8, cc = c + (e & 1);
+				if (rr < m && cc < n) {
+					const i64 o = (i64)rr * n + cc;
+					y[o] = accumulate ? y[o] + acc[mt][nt][e] : acc[mt][nt][e];
+				}
+			}
+		}
+	}
+}
+
+// gemv_chunk adds 8 weights (q) times x[r][8c..8c+8] to acc[r] for rows r < m.
+__device__ __forceinline__ void gemv_chunk(float acc[8], const float *x, int k, int m, int c, uint4 q) {
+#pragma unroll
+	for (int r = 0; r < 8; r++) {
+		if (r < m) {
+			const float4 *xp = (const float4 *)(x + (i64)r * k + (i64)c * 8);
+			const float4 a = __ldg(xp), b = __ldg(xp + 1);
+			float s = acc[r];
+			s = fmaf(bf16_lo(q.x), a.x, s);
+			s = fmaf(bf16_hi(q.x), a.y, s);
+			s = fmaf(bf16_lo(q.y), a.z, s);
+			s = fmaf(bf16_hi(q.y), a.w, s);
+			s = fmaf(bf16_lo(q.z), b.x, s);
+			s = fmaf(bf16_hi(q.z), b.y, s);
+			s = fmaf(bf16_lo(q.w), b.z, s);
+			s = fmaf(bf16_hi(q.w), b.w, s);
+			acc[r] = s;
+		}
+	}
+}
+
+// sl_gemv_bf16: warp w of block b computes column b*8+w of y for every row of x (m <=
+// 8): its lanes stream the column's weight row in 16-byte chunks, four chunks in flight
+// per lane, then reduce by shuffles.
+extern "C" __global__ void __launch_bounds__(256)
+sl_gemv_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int accumulate) {
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int col = blockIdx.x * 8 + warp;
+	if (col >= n) return;
+	const uint4 *wr = (const uint4 *)(w + (i64)col * k);
+	const int chunks = k >> 3;
+	float acc[8];
+#pragma unroll
+	for (int r = 0; r < 8; r++) acc[r] = 0.f;
+	int c = lane;
+	for (; c + 96 < chunks; c += 128) {
+		const uint4 q0 = ldg_stream(wr + c), q1 = ldg_stream(wr + c + 32);
+		const uint4 q2 = ldg_stream(wr + c + 64), q3 = ldg_stream(wr + c + 96);
+		gemv_chunk(acc, x, k, m, c, q0);
+		gemv_chunk(acc, x, k, m, c + 32, q1);
+		gemv_chunk(acc, x, k, m, c + 64, q2);
+		gemv_chunk(acc, x, k, m, c + 96, q3);
+	}
+	for (; c < chunks; c += 32) gemv_chunk(acc, x, k, m, c, ldg_stream(wr + c));
+#pragma unroll
+	for (int r = 0; r < 8; r++) {
+		if (r < m) {
+			const float v = warp_sum(acc[r]);
+			if (lane == 0) {
+				const i64 o = (i64)r * n + col;
+				y[o] = accumulate ? y[o] + v : v;
+			}
+		}
+	}
+}
+
+// ---- sampling support ---------------------------------------------------------------
+
+// better: (va, ia) comes before (vb, ib): larger value, lower index among equals; index
+// -1 is "none" and NaN never gets an index.
+__device__ __forceinline__ bool better(float va, int ia, float vb, int ib) {
+	if (ia < 0) return false;
+	if (ib < 0) return true;
+	return va > vb || (va == vb && ia < ib);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+sl_argmax(int *idx, const float *logits, int vocab) {
+	__shared__ float sv[8];
+	__shared__ int si[8];
+	const float *lg = logits + (i64)blockIdx.x * vocab;
+	float bv = 0.f;
+	int bi = -1;
+	for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+		const float v = lg[i];
+		if (v == v && better(v, i, bv, bi)) {
+			bv = v;
+			bi = i;
+		}
+	}
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1) {
+		const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+		const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+		if (better(ov, oi, bv, bi)) {
+			bv = ov;
+			bi = oi;
+		}
+	}
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	if (lane == 0) {
+		sv[warp] = bv;
+		si[warp] = bi;
+	}
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		for (int i = 1; i < 8; i++)
+			if (better(sv[i], si[i], bv, bi)) {
+				bv = sv[i];
+				bi = si[i];
+			}
+		idx[blockIdx.x] = bi < 0 ? 0 : bi;
+	}
+}
+
+// order_key maps a float to a uint32 whose unsigned order is the float's: NaN lowest
+// (0), -0 as +0.
+__device__ __forceinline__ u32 order_key(float v) {
+	if (v != v) return 0u;
+	if (v == 0.f) v = 0.f;
+	const u32 u = __float_as_uint(v);
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// sl_topk: a radix select finds the k-th largest key T (4 passes of 8 bits over the
+// row), then the keys above T and the lowest-indexed keys equal to T fill k slots, which
+// a bitonic sort of 256 puts in order (larger first, lower index first among equals).
+extern "C" __global__ void __launch_bounds__(256)
+sl_topk(int *idx, float *val, const float *logits, int vocab, int k) {
+	__shared__ u32 hist[256];
+	__shared__ u32 skey[256];
+	__shared__ int sidx[256];
+	__shared__ u32 eqBase[256];
+	__shared__ u32 sPrefix, sRemaining, sCount;
+	const int tid = threadIdx.x;
+	const float *lg = logits + (i64)blockIdx.x * vocab;
+	u32 prefix = 0, mask = 0;
+	if (tid == 0) sRemaining = (u32)k;
+	for (int shift = 24; shift >= 0; shift -= 8) {
+		hist[tid] = 0;
+		__syncthreads();
+		for (int i = tid; i < vocab; i += 256) {
+			const u32 key = order_key(lg[i]);
+			if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+		}
+		__syncthreads();
+		if (tid == 0) {
+			u32 rem = sRemaining, p = prefix;
+			for (int d = 255; d >= 0; d--) {
+				if (hist[d] >= rem) {
+					p |= (u32)d << shift;
+					break;
+				}
+				rem -= hist[d];
+			}
+			sPrefix = p;
+			sRemaining = rem;
+		}
+		__syncthreads();
+		prefix = sPrefix;
+		mask |= 255u << shift;
+	}
+	const u32 T = prefix, take = sRemaining; // take >= 1 keys equal to T
+	const u32 above = (u32)k - take;
+	if (tid == 0) sCount = 0;
+	__syncthreads();
+	for (int i = tid; i < vocab; i += 256) {
+		const u32 key = order_key(lg[i]);
+		if (key > T) {
+			const u32 s = atomicAdd(&sCount, 1u);
+			skey[s] = key;
+			sidx[s] = i;
+		}
+	}
+	// Keys equal to T, lowest indices first: each thread counts them in its contiguous
+	// range, an exclusive scan gives its first rank.
+	const int per = (vocab + 255) / 256, lo = min(vocab, tid * per), hi = min(vocab, lo + per);
+	u32 cnt = 0;
+	for (int i = lo; i < hi; i++) cnt += order_key(lg[i]) == T;
+	eqBase[tid] = cnt;
+	__syncthreads();
+	if (tid == 0) {
+		u32 run = 0;
+		for (int i = 0; i < 256; i++) {
+			const u32 c = eqBase[i];
+			eqBase[i] = run;
+			run += c;
+		}
+	}
+	__syncthreads();
+	u32 rank = eqBase[tid];
+	for (int i = lo; i < hi && rank < take; i++) {
+		if (order_key(lg[i]) == T) {
+			skey[above + rank] = T;
+			sidx[above + rank] = i;
+			rank++;
+		}
+	}
+	__syncthreads();
+	if (tid >= k) {
+		skey[tid] = 0u;
+		sidx[tid] = 0x7fffffff;
+	}
+	for (u32 size = 2; size <= 256; size <<= 1) {
+		for (u32 stride = size >> 1; stride > 0; stride >>= 1) {
+			__syncthreads();
+			const u32 j = tid ^ stride;
+			if (j > (u32)tid) {
+				const u32 ka = skey[tid], kb = skey[j];
+				const int ia = sidx[tid], ib = sidx[j];
+				const bool jFirst = kb > ka || (kb == ka && ib < ia);
+				if (jFirst == ((tid & size) == 0)) {
+					skey[tid] = kb;
+					skey[j] = ka;
+					sidx[tid] = ib;
+					sidx[j] = ia;
+				}
+			}
+		}
+	}
+	__syncthreads();
+	if (tid < k) {
+		const i64 o = (i64)blockIdx.x * k + tid;
+		idx[o] = sidx[tid];
+		val[o] = lg[sidx[tid]];
+	}
+}
+
+// sl_softmax: probs = softmax(logits·inv_temperature) over the row, computed as
+// exp((v - max)·inv_temperature) / sum; NaN logits get 0, a row without a number gets
+// all zeros.
+extern "C" __global__ void __launch_bounds__(256)
+sl_softmax(float *probs, const float *logits, int vocab, float inv_temperature) {
+	__shared__ float sh[32];
+	const float *lg = logits + (i64)blockIdx.x * vocab;
+	float *pr = probs + (i64)blockIdx.x * vocab;
+	float mx = NEG_INF;
+	for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, lg[i]);
+	mx = block_max(mx, sh);
+	float sum = 0.f;
+	if (mx != NEG_INF && mx == mx) {
+		for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+			const float v = lg[i];
+			const float e = v == v ? expf((v - mx) * inv_temperature) : 0.f;
+			pr[i] = e;
+			sum += e;
+		}
+	}
+	sum = block_sum(sum, sh);
+	const float inv = sum > 0.f ? 1.f / sum : 0.f;
+	for (int i = threadIdx.x; i < vocab; i += blockDim.x) pr[i] = sum > 0.f ? pr[i] * inv : 0.f;
+}
