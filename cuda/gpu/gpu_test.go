@@ -363,3 +363,89 @@ func argmax(v []float32) int32 {
 	}
 	return int32(best)
 }
+
+// TestFakeDeviceErrorStopsBackend: a driver error fails the step with that error, and
+// every later step and KV copy fails with it too (a CUDA fault is sticky), without a
+// crash; Close still frees everything.
+func TestFakeDeviceErrorStopsBackend(t *testing.T) {
+	dir := synth(t, preset(t, "tiny"), 3)
+	b, d, ops, closed := loadFake(t, Options{Dir: dir, NumBlocks: 8, MaxNumBatchedTokens: 16, MaxNumSeqs: 4}, 1<<30)
+	d.failCall, d.failAt = "launch", 5
+	batch := []model.SeqInput{{Tokens: []int32{1, 2, 3}, Blocks: []int32{0}, Logits: true}}
+	if _, err := b.Forward(batch); !errors.Is(err, errFake) {
+		t.Fatalf("step with a failing launch: err = %v; want the device error", err)
+	}
+	before := ops.launches["rmsnorm"]
+	if _, err := b.Forward(batch); !errors.Is(err, errFake) || !strings.Contains(err.Error(), "every later step fails") {
+		t.Errorf("next step: err = %v; want the first error again", err)
+	}
+	if ops.launches["rmsnorm"] != before {
+		t.Error("a step ran on a failed backend")
+	}
+	dst := make([]byte, b.BlockBytes())
+	for i := range dst {
+		dst[i] = 0xff
+	}
+	b.ReadBlock(0, dst)
+	if dst[0] != 0 || dst[len(dst)-1] != 0 {
+		t.Error("ReadBlock on a failed backend left stale bytes in dst")
+	}
+	if !errors.Is(b.Err(), errFake) {
+		t.Errorf("Err() = %v", b.Err())
+	}
+	// Input errors are the caller's: they fail the call, not the backend.
+	b2, _, _, _ := loadFake(t, Options{Dir: dir, NumBlocks: 8}, 1<<30)
+	if _, err := b2.Forward([]model.SeqInput{{Tokens: []int32{9999}, Blocks: []int32{0}}}); err == nil || b2.Err() != nil {
+		t.Errorf("token outside the vocabulary: err = %v, backend err = %v; want an error that does not stop the backend", err, b2.Err())
+	}
+	b2.Close()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.liveAllocs(); len(n) != 0 || *closed != 1 {
+		t.Errorf("after Close: allocations %v, context destroyed %d times", n, *closed)
+	}
+}
+
+// TestFakeKVBlocksMatchCPU: a block read off the device is the CPU cache's block for the
+// same tokens (model.KVCache's format, float32 within rounding), and WriteBlock then
+// ReadBlock round-trips a block byte for byte (KV tiers and P/D transfers).
+func TestFakeKVBlocksMatchCPU(t *testing.T) {
+	dir := synth(t, preset(t, "tiny"), 5)
+	b, _, _, _ := loadFake(t, Options{Dir: dir, NumBlocks: 8, BlockSize: 4}, 1<<30)
+	defer b.Close()
+	cm, err := model.Load(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := cm.NewKVCache(8, 4)
+	batch := []model.SeqInput{{Tokens: []int32{5, 6, 7, 8, 9, 10}, Blocks: []int32{3, 6}, Logits: true}}
+	if _, err := b.Forward(batch); err != nil {
+		t.Fatal(err)
+	}
+	cm.NewRunner(cache).Forward(batch)
+	if b.BlockBytes() != cache.BlockBytes() {
+		t.Fatalf("BlockBytes %d, CPU %d", b.BlockBytes(), cache.BlockBytes())
+	}
+	got, want := make([]byte, b.BlockBytes()), make([]byte, b.BlockBytes())
+	for _, blk := range []int32{3, 6} {
+		b.ReadBlock(blk, got)
+		cache.ReadBlock(blk, want)
+		for i := 0; i < len(got); i += 4 {
+			g := math.Float32frombits(binary.LittleEndian.Uint32(got[i:]))
+			w := math.Float32frombits(binary.LittleEndian.Uint32(want[i:]))
+			if math.Abs(float64(g-w)) > 1e-4*(1+math.Abs(float64(w))) {
+				t.Fatalf("block %d, float %d: %g on the GPU, %g on the CPU", blk, i/4, g, w)
+			}
+		}
+	}
+	for i := range got {
+		got[i] = byte(i * 7)
+	}
+	b.WriteBlock(5, got)
+	back := make([]byte, len(got))
+	b.ReadBlock(5, back)
+	if string(back) != string(got) {
+		t.Error("WriteBlock then ReadBlock did not round-trip")
+	}
+}
