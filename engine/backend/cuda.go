@@ -40,8 +40,9 @@ type gpuExecutor struct {
 var _ engine.FallibleExecutor = (*gpuExecutor)(nil)
 var _ engine.KVBlockIO = (*gpuExecutor)(nil)
 
-// Execute is ExecuteErr for callers that cannot take an error (the profiler): a device
-// error panics there; the engine calls ExecuteErr.
+// Execute is ExecuteErr for callers that cannot take an error; the engine and the
+// profiler (engine/profile) call ExecuteErr, so only another caller panics on a device
+// error.
 func (x *gpuExecutor) Execute(batch []engine.Input) [][]float32 {
 	out, err := x.ExecuteErr(batch)
 	if err != nil {
