@@ -352,10 +352,11 @@ func newEngineCmd() *cobra.Command {
 	var f engineFlags
 	cmd := &cobra.Command{
 		Use:   "engine --model DIR [--port N]",
-		Short: "Serve a model with the real CPU engine behind an OpenAI-compatible API",
+		Short: "Serve a model with the real engine (CPU, or an NVIDIA GPU) behind an OpenAI-compatible API",
 		Long: `Serve a Hugging Face model directory (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM;
-F32/F16/BF16 safetensors) on the CPU. The scheduler, KV block manager and batch/evict policies are
-the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
+F32/F16/BF16 safetensors) on the CPU, or with --device cuda on the first NVIDIA GPU (--dtype
+float32 or bfloat16, the KV cache sized by --gpu-memory-utilization as vLLM sizes it). The
+scheduler, KV block manager and batch/evict policies are the simulator's own, on either device. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
 /health, /metrics (vLLM metric names), /v1/kv_events (KV cache events for routers) and
 /server_info (the resolved configuration as JSON: batch and evict policy specs with every
 parameter, block size, KV blocks, max model len, prefix caching; what a simulator of this
