@@ -19,6 +19,7 @@ import (
 	"servelab/cuda/gpu"
 	"servelab/engine"
 	"servelab/engine/backend"
+	"servelab/engine/model"
 	"servelab/engine/modelfile"
 	"servelab/engine/server"
 	"servelab/engine/tokenizer"
@@ -42,16 +43,16 @@ func requireGPU(t *testing.T) {
 	}
 }
 
-// synthServable writes the 15m preset with a trained BPE tokenizer and a ChatML template,
+// synthServable writes a preset with a trained BPE tokenizer and a ChatML template,
 // as servelab model synth does.
-func synthServable(t *testing.T) string {
+func synthServable(t *testing.T, preset string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "m")
-	spec, err := modelfile.Preset("15m")
+	spec, err := modelfile.Preset(preset)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokJSON, tokCfg, err := tokenizer.Train(tokenizer.DefaultCorpus(), tokenizer.TrainConfig{VocabSize: 1024, Kind: "byte-level",
+	tokJSON, tokCfg, err := tokenizer.Train(tokenizer.DefaultCorpus(), tokenizer.TrainConfig{VocabSize: min(spec.Vocab, 1024), Kind: "byte-level",
 		Special: []string{"<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"}})
 	if err != nil {
 		t.Fatal(err)
@@ -87,23 +88,97 @@ func synthServable(t *testing.T) string {
 }
 
 // TestEngineServesOnGPU serves the OpenAI API from the engine on the CUDA backend
-// (engine/backend with Device "cuda", engine/server): a completion, a streamed chat, and
-// /server_info naming the device; afterwards every KV block is free again.
+// (engine/backend with Device "cuda", engine/server) for the 15m preset: a completion, a
+// streamed chat, and /server_info naming the device; afterwards every KV block is free.
 func TestEngineServesOnGPU(t *testing.T) {
 	requireGPU(t)
-	dir := synthServable(t)
+	dir := synthServable(t, "15m")
 	b, err := backend.Load(backend.Options{Dir: dir, Device: "cuda", DType: "float32", NumBlocks: 128, MaxNumBatchedTokens: 512, MaxNumSeqs: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	bp, _, err := batch.Registry.Parse("vllm:max_num_seqs=16,max_num_batched_tokens=512", policies.Env{BlockSize: b.BlockSize})
+	url, eng := serve(t, b, b.NewExecutor())
+	name := checkServes(t, url, eng, "cuda")
+	t.Logf("served on %s", name)
+}
+
+// fakeExecutor is engine/backend's GPU executor over a fake-device backend.
+type fakeExecutor struct {
+	g      *gpu.Backend
+	inputs []model.SeqInput
+}
+
+func (x *fakeExecutor) Execute(batch []engine.Input) [][]float32 {
+	out, err := x.ExecuteErr(batch)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+func (x *fakeExecutor) ExecuteErr(batch []engine.Input) ([][]float32, error) {
+	x.inputs = x.inputs[:0]
+	for _, in := range batch {
+		x.inputs = append(x.inputs, model.SeqInput(in))
+	}
+	return x.g.Forward(x.inputs)
+}
+
+// TestFakeEngineServes is TestEngineServesOnGPU on the fake device (tiny preset), and
+// then a device failure: the running request ends with finish reason "abort", its KV
+// blocks are freed, the engine keeps answering (each later request aborted), and nothing
+// crashes.
+func TestFakeEngineServes(t *testing.T) {
+	dir := synthServable(t, "tiny")
+	g, arm, err := gpu.LoadFake(gpu.Options{Dir: dir, NumBlocks: 128, MaxNumBatchedTokens: 64, MaxNumSeqs: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := g.Info()
+	b := &backend.Backend{Config: g.Config(), Cache: g, Tokenizer: tok, BlockSize: g.BlockSize(), NumBlocks: g.NumBlocks(),
+		MaxModelLen: g.Config().MaxPos, Device: backend.DeviceInfo{Device: "cuda", Name: info.Device, DType: info.DType}}
+	url, eng := serve(t, b, &fakeExecutor{g: g})
+	checkServes(t, url, eng, "cuda")
+
+	arm("launch", 40) // a kernel faults a few steps into the next request
+	for range 2 {
+		resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(`{"model":"m","prompt":"Once upon a time","max_tokens":24,"ignore_eos":true}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var comp struct {
+			Choices []struct {
+				FinishReason string `json:"finish_reason"`
+			} `json:"choices"`
+		}
+		json.NewDecoder(resp.Body).Decode(&comp)
+		resp.Body.Close()
+		if len(comp.Choices) != 1 || comp.Choices[0].FinishReason != "abort" {
+			t.Errorf("completion on a failed device: %d %+v; want finish reason abort", resp.StatusCode, comp)
+		}
+		waitFree(t, eng)
+	}
+	if g.Err() == nil {
+		t.Error("the backend did not keep the device error")
+	}
+}
+
+// serve starts the engine over exec and the OpenAI server on a loopback port.
+func serve(t *testing.T, b *backend.Backend, exec engine.Executor) (string, *engine.Engine) {
+	t.Helper()
+	bp, _, err := batch.Registry.Parse("vllm:max_num_seqs=16,max_num_batched_tokens=64", policies.Env{BlockSize: b.BlockSize})
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
 	eng, err := engine.New(engine.Config{
-		ModelName: "m", Executor: b.NewExecutor(), NewDecoder: b.NewDecoder, EOS: b.EOS(),
+		ModelName: "m", Executor: exec, NewDecoder: b.NewDecoder, EOS: b.EOS(),
 		MaxModelLen: b.MaxModelLen, VocabSize: b.Config.Vocab, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
 		EnablePrefixCaching: true, Batch: bp, Metrics: engine.NewMetrics(reg, "m", b.MaxModelLen),
 	})
@@ -119,12 +194,34 @@ func TestEngineServesOnGPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	defer func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	}()
-	url := "http://" + ln.Addr().String()
+	})
+	return "http://" + ln.Addr().String(), eng
+}
+
+// waitFree polls until every KV block is free and no request is left.
+func waitFree(t *testing.T, eng *engine.Engine) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := eng.Stats()
+		if st.FreeBlocks == st.NumBlocks && st.Running+st.Waiting == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("KV blocks not back to free: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkServes sends a completion and a streamed chat, checks /server_info's device and
+// that every KV block is free afterwards; it returns the device's name.
+func checkServes(t *testing.T, url string, eng *engine.Engine, device string) string {
+	t.Helper()
 	post := func(path, body string) *http.Response {
 		t.Helper()
 		resp, err := http.Post(url+path, "application/json", strings.NewReader(body))
@@ -182,19 +279,9 @@ func TestEngineServesOnGPU(t *testing.T) {
 	}
 	json.NewDecoder(r.Body).Decode(&info)
 	r.Body.Close()
-	if info.Device.Device != "cuda" || info.Device.Name == "" || info.Device.DType != "float32" {
-		t.Errorf("/server_info device: %+v", info.Device)
+	if info.Device.Device != device || info.Device.Name == "" || info.Device.DType != "float32" {
+		t.Errorf("/server_info device: %+v; want %s", info.Device, device)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st := eng.Stats()
-		if st.FreeBlocks == st.NumBlocks && st.Running+st.Waiting == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("KV blocks not back to free: %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("served on %s: completion %q", info.Device.Name, comp.Choices[0].Text)
+	waitFree(t, eng)
+	return info.Device.Name
 }
