@@ -200,9 +200,12 @@ type Backend struct {
 	blockSize int
 	numBlocks int
 
-	w      *worker
-	closed bool
-	mu     sync.Mutex // guards err and closed
+	w *worker
+	// life is held shared by every call into the worker and exclusively by Close, so
+	// Close waits for a step in flight and no call reaches a stopped worker.
+	life   sync.RWMutex
+	closed bool       // under life
+	mu     sync.Mutex // guards err
 	err    error      // the first device error; every later call fails with it
 
 	// Everything below is used on the worker's thread only.
@@ -420,15 +423,15 @@ func (b *Backend) release() error {
 	return errors.Join(errs...)
 }
 
-// Close frees the device memory, destroys the context and stops the worker.
+// Close waits for a step or KV copy in flight, then frees the device memory, destroys the
+// context and stops the worker; later calls fail saying the backend is closed.
 func (b *Backend) Close() error {
-	b.mu.Lock()
+	b.life.Lock()
+	defer b.life.Unlock()
 	if b.closed {
-		b.mu.Unlock()
 		return nil
 	}
 	b.closed = true
-	b.mu.Unlock()
 	err := b.w.do(b.release)
 	b.w.stop()
 	return err
@@ -454,14 +457,13 @@ func (b *Backend) Err() error {
 // run runs f on the worker unless the backend has failed or closed, keeping f's error as
 // the backend's.
 func (b *Backend) run(f func() error) error {
-	b.mu.Lock()
-	err, closed := b.err, b.closed
-	b.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	if closed {
+	b.life.RLock()
+	defer b.life.RUnlock()
+	if b.closed {
 		return errors.New("gpu: the backend is closed")
+	}
+	if err := b.Err(); err != nil {
+		return err
 	}
 	if err := b.w.do(f); err != nil {
 		b.mu.Lock()

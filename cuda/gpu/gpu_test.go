@@ -449,3 +449,30 @@ func TestFakeKVBlocksMatchCPU(t *testing.T) {
 		t.Error("WriteBlock then ReadBlock did not round-trip")
 	}
 }
+
+// TestFakeCloseWhileServing: Close waits for steps in flight on other goroutines, and
+// calls after it fail saying so (no send to a stopped worker, no crash).
+func TestFakeCloseWhileServing(t *testing.T) {
+	dir := synth(t, preset(t, "tiny"), 9)
+	b, _, _, closed := loadFake(t, Options{Dir: dir, NumBlocks: 8}, 1<<30)
+	done := make(chan error)
+	go func() {
+		var err error
+		for err == nil {
+			_, err = b.Forward([]model.SeqInput{{Tokens: []int32{1, 2, 3}, Blocks: []int32{0}, Logits: true}})
+		}
+		done <- err
+	}()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Forward after Close: %v; want the backend is closed", err)
+	}
+	dst := make([]byte, b.BlockBytes())
+	dst[0] = 1
+	b.ReadBlock(0, dst)
+	if dst[0] != 0 || *closed != 1 || b.Close() != nil {
+		t.Errorf("after Close: ReadBlock left %d, context destroyed %d times", dst[0], *closed)
+	}
+}
