@@ -48,7 +48,7 @@ test: lint
 
 # The packages with goroutines, under the race detector.
 race:
-	$(GO) test -race ./engine/ ./engine/server/ ./engine/cpu/ ./engine/model/ ./real/... ./experiments/... ./web/... ./cuda/telemetry/
+	$(GO) test -race ./engine/ ./engine/server/ ./engine/cpu/ ./engine/model/ ./cuda/gpu/ ./real/... ./experiments/... ./web/... ./cuda/telemetry/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

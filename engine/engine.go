@@ -46,6 +46,15 @@ type Executor interface {
 	Execute(batch []Input) [][]float32
 }
 
+// FallibleExecutor is the optional Executor interface of an executor whose steps can fail:
+// a GPU backend's device errors (cuda/gpu). The engine calls ExecuteErr instead of Execute;
+// a failed step aborts its requests (finish reason "abort", their KV blocks freed) and the
+// engine goes on with the next step, which a backend that cannot recover fails the same way.
+type FallibleExecutor interface {
+	Executor
+	ExecuteErr(batch []Input) ([][]float32, error)
+}
+
 // TextDecoder turns generated token ids into text incrementally.
 type TextDecoder interface {
 	// Add returns the text that token id completes (possibly empty).

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"log"
 	"slices"
 	"strings"
 	"time"
@@ -146,7 +147,16 @@ func (e *Engine) step() bool {
 			Logits: end == s.NumTokens(),
 		})
 	}
-	logits := e.cfg.Executor.Execute(e.inputs)
+	var logits [][]float32
+	if fx, ok := e.cfg.Executor.(FallibleExecutor); ok {
+		var err error
+		if logits, err = fx.ExecuteErr(e.inputs); err != nil {
+			e.failStep(step, err)
+			return true
+		}
+	} else {
+		logits = e.cfg.Executor.Execute(e.inputs)
+	}
 	for i, in := range e.inputs {
 		// A do_remote_decode request's prompt is computed: hold its blocks before the
 		// core frees them at its end.
@@ -328,6 +338,30 @@ func (e *Engine) finishAborted(r *request) {
 	}
 	e.inst.Abort(r.seq)
 	e.finish(r, "abort", nil, time.Now())
+}
+
+// failStep ends a step whose execution failed. No token was computed, yet planning the
+// step entered its new full blocks in the prefix cache (as vLLM's allocate_slots does), and
+// a device that failed once may have written any block: so every live request is aborted
+// (finish reason "abort", blocks freed) and the prefix cache is reset (vLLM's
+// reset_prefix_cache, with its KV event), so no later request reads a block this step
+// should have filled. Requests still arriving are served by the next steps, if the
+// executor recovers.
+func (e *Engine) failStep(step *serving.Step, err error) {
+	log.Printf("engine: step of %d sequences failed; aborting %d requests and resetting the prefix cache: %v", len(step.Seqs), len(e.live), err)
+	step.Seqs = step.Seqs[:0]
+	e.inst.Complete(step, e.now())
+	rs := make([]*request, 0, len(e.live))
+	for _, r := range e.live {
+		rs = append(rs, r)
+	}
+	slices.SortFunc(rs, func(a, b *request) int { return int(a.seq.Req.ID - b.seq.Req.ID) })
+	for _, r := range rs {
+		e.finishAborted(r)
+	}
+	if !e.inst.KV().ResetPrefixCache() {
+		log.Printf("engine: the prefix cache could not be reset (blocks are still held, e.g. for a decode engine's pull)")
+	}
 }
 
 func (e *Engine) abortAll() {

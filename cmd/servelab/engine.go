@@ -36,7 +36,9 @@ import (
 // engineFlags mirror vLLM's serve flags where they mean the same.
 type engineFlags struct {
 	model               string
-	device              string // cpu or cuda (engine_device.go)
+	device              string  // cpu or cuda (engine_device.go)
+	dtype               string  // vLLM's --dtype
+	gpuMemUtil          float64 // vLLM's --gpu-memory-utilization
 	servedName          string
 	host                string
 	port                int
@@ -79,6 +81,8 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.model, "model", "", "Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
 	fl.StringVar(&f.device, "device", "cpu", deviceHelp)
 	fl.DurationVar(&f.gpuTelemetryInterval, "gpu-telemetry-interval", telemetry.DefaultInterval, gpuTelemetryHelp)
+	fl.StringVar(&f.dtype, "dtype", "auto", dtypeHelp)
+	fl.Float64Var(&f.gpuMemUtil, "gpu-memory-utilization", backend.DefaultGPUMemoryUtilization, "--device cuda: the fraction of the GPU's memory the engine may use; the KV cache gets what the weights and activations leave of it (vLLM's flag)")
 	fl.StringVar(&f.servedName, "served-model-name", "", "model name in the API (default: the directory's base name)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8000, "port to listen on (0 picks a free one)")
@@ -92,7 +96,7 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.blockSize, "block-size", 16, "tokens per KV cache block")
 	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "reuse KV blocks of shared prompt prefixes")
 	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the model's, capped by the KV cache)")
-	fl.Int64Var(&f.kvCacheMemory, "kv-cache-memory-bytes", backend.DefaultKVCacheMemory, "memory for the KV cache")
+	fl.Int64Var(&f.kvCacheMemory, "kv-cache-memory-bytes", 0, "memory for the KV cache (default: 1 GiB on --device cpu; on cuda what --gpu-memory-utilization leaves)")
 	fl.IntVar(&f.numBlocksOverride, "num-gpu-blocks-override", 0, "number of KV blocks, overriding --kv-cache-memory-bytes (vLLM's name)")
 	fl.StringVar(&f.batchSpec, "batch", "vllm", "batch policy spec: "+batch.Registry.Names()[0]+", ... (see servelab sim --help)")
 	fl.StringVar(&f.evictSpec, "evict", "lru", "KV eviction policy spec")
@@ -109,6 +113,21 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fl.MarkHidden("kv-transfer-test-pause-after")
 	fl.StringVar(&f.kvEventsConfig, "kv-events-config", "", kvEventsHelp)
 	fl.StringVar(&f.stepLog, "step-log", "", "append every engine step's shape and wall time (and when it ended, running, waiting and KV blocks in use after it) to this JSON-lines file (input for 'servelab profile --from-steps'); a step's time is the loop's whole iteration since the previous step ended (admission, scheduling, forward pass, sampling, detokenisation, streaming), so back-to-back steps add up to the busy time")
+}
+
+// backendOptions are the backend.Options the flags load the model with; bp (the flags'
+// batch policy, or nil) sizes a GPU's activations.
+func (f *engineFlags) backendOptions(bp batch.Policy) backend.Options {
+	o := backend.Options{
+		Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
+		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
+		Device: f.device, DType: f.dtype, GPUMemoryUtilization: f.gpuMemUtil,
+	}
+	if bp != nil {
+		l := bp.Limits()
+		o.MaxNumBatchedTokens, o.MaxNumSeqs = l.MaxNumBatchedTokens, l.MaxNumSeqs
+	}
+	return o
 }
 
 // batchPolicy builds the batch policy, folding the vLLM-style limit flags into its spec.
@@ -172,10 +191,10 @@ type running struct {
 	gpu      *telemetry.Sampler // nil unless the engine runs on a GPU with telemetry on
 }
 
-// close releases what the engine holds besides its server: the step log and the KV
-// tiers' stores.
+// close releases what the engine holds besides its server: the step log, the KV tiers'
+// stores and the backend's device (a GPU's memory and context).
 func (r *running) close() error {
-	err := errors.Join(r.tiers.close(), r.kvEvents.close())
+	err := errors.Join(r.tiers.close(), r.kvEvents.close(), r.backend.Close())
 	if r.gpu != nil {
 		err = errors.Join(err, r.gpu.Close())
 	}
@@ -211,13 +230,16 @@ func (f *engineFlags) start() (r *running, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := backend.Load(backend.Options{
-		Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
-		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
-	})
+	b, err := backend.Load(f.backendOptions(bp))
 	if err != nil {
 		return nil, err
 	}
+	started := false
+	defer func() {
+		if !started {
+			b.Close()
+		}
+	}()
 	name := f.servedName
 	if name == "" {
 		name = baseName(f.model)
@@ -255,7 +277,7 @@ func (f *engineFlags) start() (r *running, err error) {
 		NewDecoder:          b.NewDecoder,
 		EOS:                 b.EOS(),
 		MaxModelLen:         b.MaxModelLen,
-		VocabSize:           b.Model.Config.Vocab,
+		VocabSize:           b.Config.Vocab,
 		NumBlocks:           b.NumBlocks,
 		BlockSize:           b.BlockSize,
 		EnablePrefixCaching: f.prefixCaching,
@@ -288,7 +310,7 @@ func (f *engineFlags) start() (r *running, err error) {
 		return nil, err
 	}
 	srv, err := server.New(server.Config{
-		Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
+		Device: &b.Device, Engine: eng, Tokenizer: b.ServerTokenizer(), ModelName: name, MaxModelLen: b.MaxModelLen,
 		APIKey: f.apiKey, Registry: reg, BodyTimeout: f.bodyTimeout, IdleTimeout: f.idleTimeout,
 		MaxInFlight: f.maxInFlight, MaxBodyBytes: f.maxBodyBytes, Defaults: server.GenerationDefaults{
 			Temperature: b.Generation.Temperature, TopP: b.Generation.TopP, TopK: b.Generation.TopK,
@@ -304,6 +326,7 @@ func (f *engineFlags) start() (r *running, err error) {
 		ln.Close()
 		return nil, err
 	}
+	started = true
 	return &running{backend: b, engine: eng, server: srv, listener: ln, name: name, stepLog: steps, tiers: tiers,
 		kvEvents: kvPub, kvConfig: kvCfg, gpu: gpu}, nil
 }
@@ -351,10 +374,11 @@ func newEngineCmd() *cobra.Command {
 	var f engineFlags
 	cmd := &cobra.Command{
 		Use:   "engine --model DIR [--port N]",
-		Short: "Serve a model with the real CPU engine behind an OpenAI-compatible API",
+		Short: "Serve a model with the real engine (CPU, or an NVIDIA GPU) behind an OpenAI-compatible API",
 		Long: `Serve a Hugging Face model directory (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM;
-F32/F16/BF16 safetensors) on the CPU. The scheduler, KV block manager and batch/evict policies are
-the simulator's own. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
+F32/F16/BF16 safetensors) on the CPU, or with --device cuda on the first NVIDIA GPU (--dtype
+float32 or bfloat16, the KV cache sized by --gpu-memory-utilization as vLLM sizes it). The
+scheduler, KV block manager and batch/evict policies are the simulator's own, on either device. Endpoints: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models,
 /health, /metrics (vLLM metric names), /v1/kv_events (KV cache events for routers) and
 /server_info (the resolved configuration as JSON: batch and evict policy specs with every
 parameter, block size, KV blocks, max model len, prefix caching; what a simulator of this
@@ -373,8 +397,8 @@ fails.`,
 				return err
 			}
 			b := r.backend
-			fmt.Fprintf(cmd.OutOrStdout(), "servelab engine: model %s (%s, %d layers, dim %d), %d KV blocks of %d tokens, max model len %d, %d threads\n",
-				r.name, b.Model.Config.Arch, b.Model.Config.Layers, b.Model.Config.Dim, b.NumBlocks, b.BlockSize, b.MaxModelLen, b.Pool.Threads())
+			fmt.Fprintf(cmd.OutOrStdout(), "servelab engine: model %s (%s, %d layers, dim %d), %d KV blocks of %d tokens, max model len %d, on %s %s (%s)\n",
+				r.name, b.Config.Arch, b.Config.Layers, b.Config.Dim, b.NumBlocks, b.BlockSize, b.MaxModelLen, b.Device.Device, b.Device.Name, b.Device.DType)
 			rc := r.engine.Resolved()
 			fmt.Fprintf(cmd.OutOrStdout(), "batch %s, evict %s, prefix caching %t (GET /server_info)\n", rc.Batch, rc.Evict, rc.EnablePrefixCaching)
 			if d := r.tiers.describe(b.Cache.BlockBytes()); d != "" {

@@ -11,7 +11,6 @@ import (
 	"servelab/engine"
 	"servelab/engine/kv"
 	"servelab/engine/kvoffload"
-	"servelab/engine/model"
 	"servelab/policies"
 	"servelab/sim"
 )
@@ -117,7 +116,7 @@ func (f *tierFlags) specsFor(blockBytes int) ([]sim.KVTierSpec, error) {
 
 // build resolves the tiers for a KV cache of blocks of blockSize tokens and opens their
 // stores; nil without tiers. metrics, if set, observes every load.
-func (f *tierFlags) build(cache *model.KVCache, blockSize int, prefixCaching bool, metrics *engine.Metrics) (*engineTiers, error) {
+func (f *tierFlags) build(cache kvoffload.BlockIO, blockSize int, prefixCaching bool, metrics *engine.Metrics) (*engineTiers, error) {
 	bb := cache.BlockBytes()
 	specs, err := f.specsFor(bb)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -109,13 +108,14 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	if err != nil {
 		return nil, err
 	}
-	b, err := backend.Load(backend.Options{
-		Dir: f.model, Threads: f.threads, BlockSize: f.blockSize,
-		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
-	})
+	if err := f.checkDevice(); err != nil {
+		return nil, err
+	}
+	b, err := backend.Load(f.backendOptions(bp))
 	if err != nil {
 		return nil, err
 	}
+	defer b.Close()
 	limits := bp.Limits()
 	var points []profile.Point
 	// On a GPU, its telemetry is recorded over the measurement.
@@ -135,7 +135,11 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 	for i, p := range points {
 		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
 	}
-	p, err := fitProfile(f, fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads()), b, samples)
+	machine := fmt.Sprintf("CPU %s (servelab engine)", b.Device.Name)
+	if b.Device.Device == "cuda" {
+		machine = fmt.Sprintf("GPU %s, %s weights (servelab engine --device cuda)", b.Device.Name, b.Device.DType)
+	}
+	p, err := fitProfile(f, machine, b, samples)
 	if err != nil {
 		return nil, err
 	}
@@ -199,13 +203,15 @@ func profileFromSteps(f engineFlags, files []string) (*latency.Profile, error) {
 	if len(samples) == 0 {
 		return nil, fmt.Errorf("--from-steps: no steps in %s", strings.Join(files, ", "))
 	}
-	b, err := backend.Load(backend.Options{
-		Dir: f.model, Threads: 1, BlockSize: f.blockSize,
-		KVCacheMemory: f.kvCacheMemory, NumBlocks: f.numBlocksOverride, MaxModelLen: f.maxModelLen,
-	})
+	// The step logs are timings already measured: the model is loaded (one thread on the
+	// CPU) only for the KV cache's shape, on the --device the engine ran with.
+	o := f.backendOptions(nil)
+	o.Threads = 1
+	b, err := backend.Load(o)
 	if err != nil {
 		return nil, err
 	}
+	defer b.Close()
 	p, err := fitProfile(f, "the machine of the step logs "+strings.Join(files, ", ")+" (servelab engine --step-log)", b, samples)
 	if err != nil {
 		return nil, fmt.Errorf("--from-steps: %w", err)

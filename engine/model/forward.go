@@ -22,44 +22,40 @@ type SeqInput struct {
 	Logits bool
 }
 
-// attnQueryBlock is how many query tokens of one (sequence, head) an attention work item
-// covers, so a long prefill chunk splits across threads.
-const attnQueryBlock = 16
-
-// attnItem is one unit of attention work: queries [q0, q1) of head head of sequence seq.
-type attnItem struct {
-	seq, head, q0, q1 int32
+// Runner computes forward steps over one KV cache with the CPU kernels (engine/cpu). It
+// owns the activation buffers, which it reuses from step to step. It is not safe for
+// concurrent use.
+type Runner struct {
+	step Step
+	k    cpuKernels
 }
 
-// Runner computes forward steps over one KV cache. It owns the activation buffers, which
-// it reuses from step to step. It is not safe for concurrent use.
-type Runner struct {
+// cpuKernels is the CPU backend of the forward pass ([Kernels]): engine/cpu's kernels on
+// the model's pool, over a KVCache in host memory.
+type cpuKernels struct {
 	m *Model
 	c *KVCache
 
-	// The current step.
-	batch  []SeqInput
-	start  []int   // start[i] is the row of batch[i]'s first token; start[len] = T
-	tokSeq []int32 // per row: its sequence
-	tokPos []int32 // per row: its position
-	rope   *ropeTable
-	layer  int
-	normW  []float32 // the norm weight normRows applies
+	st    *Step // the current step
+	rope  *ropeTable
+	layer int
+	normW []float32 // the norm weight normRows applies
 
 	x, xn, qkv, att, proj, gu, act []float32
+	scratch                        []float32 // Linear's output before a non-X accumulate
 
-	items  []attnItem
 	next   atomic.Int64
 	scores [][]float32 // one per pool thread
 
-	logitRows []int
-	xl        []float32
-	logits    []float32
-	out       [][]float32
+	xl     []float32
+	logits []float32
+	out    [][]float32
 
 	// Method values bound once, so that parallel stages do not allocate closures.
 	normFn, ropeFn, attnFn, actFn func(lo, hi int)
 }
+
+var _ Kernels = (*cpuKernels)(nil)
 
 // NewRunner returns a runner computing with the model over cache, which must come from the
 // model's NewKVCache (or one of the same shape).
@@ -68,11 +64,14 @@ func (m *Model) NewRunner(cache *KVCache) *Runner {
 		panic(fmt.Sprintf("model: KV cache of %d layers x %d kv dims does not fit a model of %d layers x %d",
 			cache.layers, cache.kvDim, m.Config.Layers, m.Config.KVDim()))
 	}
-	r := &Runner{m: m, c: cache, scores: make([][]float32, max(1, m.pool.Threads()))}
-	r.normFn = r.normRows
-	r.ropeFn = r.ropeRows
-	r.attnFn = r.attnWorker
-	r.actFn = r.actRows
+	r := &Runner{}
+	k := &r.k
+	k.m, k.c = m, cache
+	k.scores = make([][]float32, max(1, m.pool.Threads()))
+	k.normFn = k.normRows
+	k.ropeFn = k.ropeRows
+	k.attnFn = k.attnWorker
+	k.actFn = k.actRows
 	return r
 }
 
@@ -93,160 +92,174 @@ func grow(buf []float32, n int) []float32 {
 // before it writes anything. Positions past Config.MaxPos are computed (the rotary table
 // extends), though the model was not trained for them; the engine caps contexts.
 func (r *Runner) Forward(batch []SeqInput) [][]float32 {
-	m, c := r.m, &r.m.Config
-	r.batch = batch
-	r.start = r.start[:0]
-	r.tokSeq, r.tokPos = r.tokSeq[:0], r.tokPos[:0]
-	r.logitRows = r.logitRows[:0]
-	maxCtx := 0
-	for i := range batch {
-		s := &batch[i]
-		r.start = append(r.start, len(r.tokSeq))
-		r.check(i, s)
-		for j := range s.Tokens {
-			r.tokSeq = append(r.tokSeq, int32(i))
-			r.tokPos = append(r.tokPos, int32(s.Pos+j))
-		}
-		if s.Logits {
-			r.logitRows = append(r.logitRows, len(r.tokSeq)-1)
-		}
-		maxCtx = max(maxCtx, s.Pos+len(s.Tokens))
+	if err := r.step.Build(batch, &r.k.m.Config, r.k.c.numBlocks, r.k.c.blockSize); err != nil {
+		panic(err.Error())
 	}
-	r.start = append(r.start, len(r.tokSeq))
-	T := len(r.tokSeq)
-	r.out = r.out[:0]
+	out, err := Forward(&r.k, &r.step, r.k.m.Config.Layers)
+	r.step.Batch = nil // do not keep the caller's slices
+	if err != nil {
+		panic(err.Error()) // the CPU kernels return no errors
+	}
+	return out
+}
+
+func (k *cpuKernels) Begin(st *Step) error {
+	c := &k.m.Config
+	k.st = st
+	k.out = k.out[:0]
+	T := st.T()
 	if T == 0 {
-		r.batch = nil
-		return r.out
+		return nil
 	}
-	r.rope = m.ropeFor(maxCtx)
-	for i := range r.scores {
-		r.scores[i] = grow(r.scores[i], maxCtx)
+	k.rope = k.m.ropeFor(st.MaxCtx)
+	for i := range k.scores {
+		k.scores[i] = grow(k.scores[i], st.MaxCtx)
 	}
-
 	d, qd, kvd, h := c.Dim, c.QDim(), c.KVDim(), c.Hidden
-	r.x = grow(r.x, T*d)
-	r.xn = grow(r.xn, T*d)
-	r.qkv = grow(r.qkv, T*(qd+2*kvd))
-	r.att = grow(r.att, T*qd)
-	r.proj = grow(r.proj, T*d)
-	r.gu = grow(r.gu, T*2*h)
-	r.act = grow(r.act, T*h)
-	r.buildItems()
+	k.x = grow(k.x, T*d)
+	k.xn = grow(k.xn, T*d)
+	k.qkv = grow(k.qkv, T*(qd+2*kvd))
+	k.att = grow(k.att, T*qd)
+	k.proj = grow(k.proj, T*d)
+	k.gu = grow(k.gu, T*2*h)
+	k.act = grow(k.act, T*h)
+	return nil
+}
 
-	for i := range batch {
-		for j, tok := range batch[i].Tokens {
-			t := r.start[i] + j
-			copy(r.x[t*d:(t+1)*d], m.embed[int(tok)*d:(int(tok)+1)*d])
-		}
+func (k *cpuKernels) Embed() error {
+	d := k.m.Config.Dim
+	for t, tok := range k.st.Tokens {
+		copy(k.x[t*d:(t+1)*d], k.m.embed[int(tok)*d:(int(tok)+1)*d])
 	}
-	pool := m.pool
-	for l := range m.layers {
-		w := &m.layers[l]
-		r.layer = l
-		r.normW = w.attnNorm
-		pool.Parallel(T, 16, r.normFn)
-		pool.MatMul(r.qkv, r.xn, w.wqkv, T, d, qd+2*kvd)
-		pool.Parallel(T, 4, r.ropeFn)
-		r.next.Store(0)
-		pool.Parallel(min(len(r.scores), len(r.items)), 1, r.attnFn)
-		pool.MatMul(r.proj, r.att, w.wo, T, qd, d)
-		cpu.Axpy(1, r.proj[:T*d], r.x[:T*d])
+	return nil
+}
 
-		r.normW = w.ffnNorm
-		pool.Parallel(T, 16, r.normFn)
-		pool.MatMul(r.gu, r.xn, w.wgu, T, d, 2*h)
-		pool.Parallel(T, 4, r.actFn)
-		pool.MatMul(r.proj, r.act, w.wdown, T, h, d)
-		cpu.Axpy(1, r.proj[:T*d], r.x[:T*d])
+func (k *cpuKernels) RMSNorm(layer int, w Norm) error {
+	k.layer = layer
+	k.normW = k.m.layers[layer].attnNorm
+	if w == NormFFN {
+		k.normW = k.m.layers[layer].ffnNorm
 	}
-	r.batch = nil // do not keep the caller's slices
+	k.m.pool.Parallel(k.st.T(), 16, k.normFn)
+	return nil
+}
 
-	n := len(r.logitRows)
+// buf is activation a's buffer.
+func (k *cpuKernels) buf(a Act) []float32 {
+	switch a {
+	case ActX:
+		return k.x
+	case ActXN:
+		return k.xn
+	case ActQKV:
+		return k.qkv
+	case ActAtt:
+		return k.att
+	case ActGU:
+		return k.gu
+	case ActAct:
+		return k.act
+	}
+	panic(fmt.Sprintf("model: activation %d", a))
+}
+
+func (k *cpuKernels) Linear(layer int, w Matrix, in, out Act, accumulate bool) error {
+	c := &k.m.Config
+	l := &k.m.layers[layer]
+	var wt []float32
+	var n, kk int
+	switch w {
+	case MatQKV:
+		wt, n, kk = l.wqkv, c.QDim()+2*c.KVDim(), c.Dim
+	case MatO:
+		wt, n, kk = l.wo, c.Dim, c.QDim()
+	case MatGU:
+		wt, n, kk = l.wgu, 2*c.Hidden, c.Dim
+	case MatDown:
+		wt, n, kk = l.wdown, c.Dim, c.Hidden
+	default:
+		return fmt.Errorf("model: matrix %d", w)
+	}
+	T := k.st.T()
+	dst := k.buf(out)[:T*n]
+	if !accumulate {
+		k.m.pool.MatMul(dst, k.buf(in), wt, T, kk, n)
+		return nil
+	}
+	tmp := k.proj
+	if len(tmp) < T*n {
+		k.scratch = grow(k.scratch, T*n)
+		tmp = k.scratch
+	}
+	tmp = tmp[:T*n]
+	k.m.pool.MatMul(tmp, k.buf(in), wt, T, kk, n)
+	cpu.Axpy(1, tmp, dst)
+	return nil
+}
+
+func (k *cpuKernels) RopeStore(layer int) error {
+	k.layer = layer
+	k.m.pool.Parallel(k.st.T(), 4, k.ropeFn)
+	return nil
+}
+
+func (k *cpuKernels) Attention(layer int) error {
+	k.layer = layer
+	k.next.Store(0)
+	k.m.pool.Parallel(min(len(k.scores), len(k.st.Items)), 1, k.attnFn)
+	return nil
+}
+
+func (k *cpuKernels) SwiGLU() error {
+	k.m.pool.Parallel(k.st.T(), 4, k.actFn)
+	return nil
+}
+
+func (k *cpuKernels) Logits() ([][]float32, error) {
+	c := &k.m.Config
+	n := len(k.st.LogitRows)
 	if n == 0 {
-		return r.out
+		return k.out, nil
 	}
-	r.xl = grow(r.xl, n*d)
-	r.logits = grow(r.logits, n*c.Vocab)
+	d := c.Dim
+	k.xl = grow(k.xl, n*d)
+	k.logits = grow(k.logits, n*c.Vocab)
 	eps := float32(c.NormEps)
-	for k, t := range r.logitRows {
-		cpu.RMSNorm(r.xl[k*d:(k+1)*d], r.x[t*d:(t+1)*d], m.norm, eps)
+	for i, t := range k.st.LogitRows {
+		cpu.RMSNorm(k.xl[i*d:(i+1)*d], k.x[int(t)*d:(int(t)+1)*d], k.m.norm, eps)
 	}
-	pool.MatMul(r.logits, r.xl, m.lmHead, n, d, c.Vocab)
-	for k := range n {
-		r.out = append(r.out, r.logits[k*c.Vocab:(k+1)*c.Vocab:(k+1)*c.Vocab])
+	k.m.pool.MatMul(k.logits, k.xl, k.m.lmHead, n, d, c.Vocab)
+	for i := range n {
+		k.out = append(k.out, k.logits[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
 	}
-	return r.out
-}
-
-// check panics unless batch entry i is consistent with the model and the cache.
-func (r *Runner) check(i int, s *SeqInput) {
-	if s.Pos < 0 {
-		panic(fmt.Sprintf("model: Forward: sequence %d: negative position %d", i, s.Pos))
-	}
-	if len(s.Tokens) == 0 {
-		if s.Logits {
-			panic(fmt.Sprintf("model: Forward: sequence %d asks for logits but has no tokens", i))
-		}
-		return
-	}
-	for _, tok := range s.Tokens {
-		if tok < 0 || int(tok) >= r.m.Config.Vocab {
-			panic(fmt.Sprintf("model: Forward: sequence %d: token %d outside the vocabulary [0, %d)", i, tok, r.m.Config.Vocab))
-		}
-	}
-	end := s.Pos + len(s.Tokens)
-	need := (end + r.c.blockSize - 1) / r.c.blockSize
-	if len(s.Blocks) < need {
-		panic(fmt.Sprintf("model: Forward: sequence %d: %d blocks of %d tokens cannot hold positions [0, %d)", i, len(s.Blocks), r.c.blockSize, end))
-	}
-	for _, b := range s.Blocks[:need] {
-		if b < 0 || int(b) >= r.c.numBlocks {
-			panic(fmt.Sprintf("model: Forward: sequence %d: block %d outside the cache's %d blocks", i, b, r.c.numBlocks))
-		}
-	}
-}
-
-// buildItems lists the step's attention work: per sequence and query head, blocks of
-// attnQueryBlock query tokens.
-func (r *Runner) buildItems() {
-	r.items = r.items[:0]
-	for i := range r.batch {
-		n := len(r.batch[i].Tokens)
-		for h := range r.m.Config.Heads {
-			for q0 := 0; q0 < n; q0 += attnQueryBlock {
-				r.items = append(r.items, attnItem{seq: int32(i), head: int32(h), q0: int32(q0), q1: int32(min(n, q0+attnQueryBlock))})
-			}
-		}
-	}
+	return k.out, nil
 }
 
 // normRows writes RMSNorm(x, normW) to xn for rows [lo, hi).
-func (r *Runner) normRows(lo, hi int) {
-	d := r.m.Config.Dim
-	eps := float32(r.m.Config.NormEps)
+func (k *cpuKernels) normRows(lo, hi int) {
+	d := k.m.Config.Dim
+	eps := float32(k.m.Config.NormEps)
 	for t := lo; t < hi; t++ {
-		cpu.RMSNorm(r.xn[t*d:(t+1)*d], r.x[t*d:(t+1)*d], r.normW, eps)
+		cpu.RMSNorm(k.xn[t*d:(t+1)*d], k.x[t*d:(t+1)*d], k.normW, eps)
 	}
 }
 
 // ropeRows finishes the q/k/v projections of rows [lo, hi): biases, rotary embedding of
 // queries and keys, the attention scale folded into the queries, and keys and values
 // stored in the cache.
-func (r *Runner) ropeRows(lo, hi int) {
-	c := &r.m.Config
+func (k *cpuKernels) ropeRows(lo, hi int) {
+	c := &k.m.Config
 	hd, qd, kvd := c.HeadDim, c.QDim(), c.KVDim()
 	width := qd + 2*kvd
-	bias := r.m.layers[r.layer].bqkv
-	kc, vc := r.c.k[r.layer], r.c.v[r.layer]
+	bias := k.m.layers[k.layer].bqkv
+	kc, vc := k.c.k[k.layer], k.c.v[k.layer]
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	for t := lo; t < hi; t++ {
-		row := r.qkv[t*width : (t+1)*width]
+		row := k.qkv[t*width : (t+1)*width]
 		if bias != nil {
 			cpu.Axpy(1, bias, row)
 		}
-		p := int(r.tokPos[t])
-		cos, sin := r.rope.row(p)
+		cos, sin := k.rope.row(int(k.st.Pos[t]))
 		for h := range c.Heads {
 			q := row[h*hd : (h+1)*hd]
 			cpu.RotateHalf(q, cos, sin)
@@ -254,42 +267,44 @@ func (r *Runner) ropeRows(lo, hi int) {
 				q[i] *= scale
 			}
 		}
-		k := row[qd : qd+kvd]
+		key := row[qd : qd+kvd]
 		for h := range c.KVHeads {
-			cpu.RotateHalf(k[h*hd:(h+1)*hd], cos, sin)
+			cpu.RotateHalf(key[h*hd:(h+1)*hd], cos, sin)
 		}
-		off := r.c.slot(r.batch[r.tokSeq[t]].Blocks, p)
-		copy(kc[off:off+kvd], k)
+		off := int(k.st.Slot[t]) * kvd
+		copy(kc[off:off+kvd], key)
 		copy(vc[off:off+kvd], row[qd+kvd:width])
 	}
 }
 
 // attnWorker is one attention worker: it takes work items off the shared counter until
 // none is left. Each concurrent call gets a distinct lo, so scores[lo] is its own.
-func (r *Runner) attnWorker(lo, _ int) {
-	buf := r.scores[lo]
+func (k *cpuKernels) attnWorker(lo, _ int) {
+	buf := k.scores[lo]
+	items := k.st.Items
 	for {
-		i := int(r.next.Add(1)) - 1
-		if i >= len(r.items) {
+		i := int(k.next.Add(1)) - 1
+		if i >= len(items) {
 			return
 		}
-		r.attend(r.items[i], buf)
+		k.attend(items[i], buf)
 	}
 }
 
 // attend computes one work item: for each of its queries, softmax of the (pre-scaled)
 // query against the sequence's keys at positions [0, p], then the weighted sum of values.
-func (r *Runner) attend(it attnItem, buf []float32) {
-	c := &r.m.Config
+func (k *cpuKernels) attend(it AttnItem, buf []float32) {
+	c := &k.m.Config
 	hd, qd, kvd := c.HeadDim, c.QDim(), c.KVDim()
 	width := qd + 2*kvd
-	bs := r.c.blockSize
-	kvOff := int(it.head) / (c.Heads / c.KVHeads) * hd
-	kc, vc := r.c.k[r.layer], r.c.v[r.layer]
-	s := &r.batch[it.seq]
-	for i := int(it.q0); i < int(it.q1); i++ {
-		t := r.start[it.seq] + i
-		q := r.qkv[t*width+int(it.head)*hd:][:hd]
+	bs := k.c.blockSize
+	kvOff := int(it.Head) / (c.Heads / c.KVHeads) * hd
+	kc, vc := k.c.k[k.layer], k.c.v[k.layer]
+	s := &k.st.Batch[it.Seq]
+	start := int(k.st.SeqStart[it.Seq])
+	for i := int(it.Q0); i < int(it.Q1); i++ {
+		t := start + i
+		q := k.qkv[t*width+int(it.Head)*hd:][:hd]
 		n := s.Pos + i + 1
 		sc := buf[:n]
 		for j := 0; j < n; {
@@ -301,7 +316,7 @@ func (r *Runner) attend(it attnItem, buf []float32) {
 			}
 		}
 		cpu.Softmax(sc)
-		out := r.att[t*qd+int(it.head)*hd:][:hd]
+		out := k.att[t*qd+int(it.Head)*hd:][:hd]
 		clear(out)
 		for j := 0; j < n; {
 			base := int(s.Blocks[j/bs])*bs*kvd + kvOff
@@ -316,11 +331,11 @@ func (r *Runner) attend(it attnItem, buf []float32) {
 
 // actRows applies SwiGLU to rows [lo, hi) of the fused gate/up output and packs the
 // result into act, down_proj's input.
-func (r *Runner) actRows(lo, hi int) {
-	h := r.m.Config.Hidden
+func (k *cpuKernels) actRows(lo, hi int) {
+	h := k.m.Config.Hidden
 	for t := lo; t < hi; t++ {
-		row := r.gu[t*2*h : (t+1)*2*h]
+		row := k.gu[t*2*h : (t+1)*2*h]
 		cpu.SiLUMul(row[:h], row[h:])
-		copy(r.act[t*h:(t+1)*h], row[:h])
+		copy(k.act[t*h:(t+1)*h], row[:h])
 	}
 }

@@ -226,8 +226,8 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 	for i, s := range seqs {
 		batch[i] = SeqInput{Tokens: make([]int32, s.n), Pos: s.pos, Blocks: tables[i]}
 	}
-	prepareStep(r, batch)
-	T := len(r.tokSeq)
+	k := prepareStep(t, r, batch)
+	T := r.step.T()
 	in := make([]float32, T*width)
 	for i := range in {
 		in[i] = float32(rng.NormFloat64())
@@ -235,10 +235,13 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 			in[i] *= 3 // scores of sd 3: attention far from uniform
 		}
 	}
-	copy(r.qkv, in)
-	m.pool.Parallel(T, 4, r.ropeFn)
-	r.next.Store(0)
-	m.pool.Parallel(min(len(r.scores), len(r.items)), 1, r.attnFn)
+	copy(k.qkv, in)
+	if err := k.RopeStore(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Attention(0); err != nil {
+		t.Fatal(err)
+	}
 
 	inv := rm.refInvFreq()
 	scale := 1 / math.Sqrt(float64(hd))
@@ -272,14 +275,14 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 	queries := make([][]float64, T) // [row][H*hd], the reference's scaled queries
 	for i, s := range seqs {
 		for j := range s.n {
-			t0 := r.start[i] + j
+			t0 := int(r.step.SeqStart[i]) + j
 			p := s.pos + j
 			row := in[t0*width : (t0+1)*width]
 			queries[t0] = make([]float64, qd)
 			for h := range H {
 				src := row[h*hd : (h+1)*hd]
 				want := rotate(src, p)
-				checkRot(fmt.Sprintf("seq %d position %d query head %d", i, p, h), r.qkv[t0*width+h*hd:][:hd], src, want, scale)
+				checkRot(fmt.Sprintf("seq %d position %d query head %d", i, p, h), k.qkv[t0*width+h*hd:][:hd], src, want, scale)
 				for k := range hd {
 					queries[t0][h*hd+k] = want[k] * scale
 				}
@@ -310,7 +313,7 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 	// Attention: causal over the sequence's positions [0, p], contiguous keys and values.
 	for i, s := range seqs {
 		for j := range s.n {
-			t0 := r.start[i] + j
+			t0 := int(r.step.SeqStart[i]) + j
 			p := s.pos + j
 			for h := range H {
 				kvh := h / (H / KV)
@@ -328,7 +331,7 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 					sc[pos] = math.Exp(sc[pos] - mx)
 					sum += sc[pos]
 				}
-				got := r.att[t0*qd+h*hd:][:hd]
+				got := k.att[t0*qd+h*hd:][:hd]
 				for k := range hd {
 					var want, mag float64
 					for pos := range sc {
@@ -349,34 +352,17 @@ func checkPaged(t *testing.T, rm *refModel, c Config, bs int, seqs []pagedSeq, s
 	t.Logf("largest errors, as fractions of the bounds: rope %.3g, attention %.3g", ropeErr, attnErr)
 }
 
-// prepareStep sets the runner up for batch as Forward does before its first layer (the
-// row bookkeeping, the rope table, buffers and attention work items), for tests that run
-// the stages of one layer on their own.
-func prepareStep(r *Runner, batch []SeqInput) {
-	c := &r.m.Config
-	r.batch = batch
-	r.start, r.tokSeq, r.tokPos = r.start[:0], r.tokSeq[:0], r.tokPos[:0]
-	maxCtx := 0
-	for i := range batch {
-		s := &batch[i]
-		r.check(i, s)
-		r.start = append(r.start, len(r.tokSeq))
-		for j := range s.Tokens {
-			r.tokSeq = append(r.tokSeq, int32(i))
-			r.tokPos = append(r.tokPos, int32(s.Pos+j))
-		}
-		maxCtx = max(maxCtx, s.Pos+len(s.Tokens))
+// prepareStep lays out batch and sets the runner's CPU kernels up as Forward does before
+// its first layer, and returns the kernels.
+func prepareStep(t *testing.T, r *Runner, batch []SeqInput) *cpuKernels {
+	t.Helper()
+	if err := r.step.Build(batch, &r.k.m.Config, r.k.c.numBlocks, r.k.c.blockSize); err != nil {
+		t.Fatal(err)
 	}
-	r.start = append(r.start, len(r.tokSeq))
-	T := len(r.tokSeq)
-	r.rope = r.m.ropeFor(maxCtx)
-	for i := range r.scores {
-		r.scores[i] = grow(r.scores[i], maxCtx)
+	if err := r.k.Begin(&r.step); err != nil {
+		t.Fatal(err)
 	}
-	r.qkv = grow(r.qkv, T*(c.QDim()+2*c.KVDim()))
-	r.att = grow(r.att, T*c.QDim())
-	r.layer = 0
-	r.buildItems()
+	return &r.k
 }
 
 func randSlice32(rng *rand.Rand, n int) []float32 {

@@ -62,50 +62,121 @@ type layer struct {
 // Pool is the thread pool the model computes with.
 func (m *Model) Pool() *cpu.Pool { return m.pool }
 
-// tensorSpec is one tensor Load expects: its name, shape, and where its values go (at
-// offset off of *dst, which Load allocates with size total when still nil).
-type tensorSpec struct {
-	name  string
-	shape []int
-	dst   *[]float32
-	off   int
-	total int
+// Weight names one of the model's (fused) weights as the forward pass holds it.
+type Weight uint8
+
+const (
+	WEmbed    Weight = iota // [Vocab, Dim]
+	WAttnNorm               // [Dim], per layer
+	WQKV                    // [QDim+2*KVDim, Dim], per layer: q_proj rows, then k_proj, then v_proj
+	WBQKV                   // [QDim+2*KVDim], per layer, with QKVBias
+	WO                      // [Dim, QDim], per layer
+	WFFNNorm                // [Dim], per layer
+	WGU                     // [2*Hidden, Dim], per layer: gate_proj rows, then up_proj
+	WDown                   // [Dim, Hidden], per layer
+	WNorm                   // [Dim]
+	WLMHead                 // [Vocab, Dim], untied models only
+)
+
+// TensorSpec is one tensor of the checkpoint and where it goes: elements [Off, Off+size)
+// of weight Weight (of layer Layer; -1 for the model's own), which holds Total elements.
+type TensorSpec struct {
+	Name   string
+	Shape  []int
+	Weight Weight
+	Layer  int
+	Off    int
+	Total  int
 }
 
-func (m *Model) tensorSpecs() []tensorSpec {
-	c := m.Config
+// TensorSpecs lists every tensor a model of config c loads, in checkpoint order
+// (Hugging Face names and shapes), fused into the forward pass's weights.
+func TensorSpecs(c Config) []TensorSpec {
 	d, q, kv, h := c.Dim, c.QDim(), c.KVDim(), c.Hidden
-	specs := []tensorSpec{{name: "model.embed_tokens.weight", shape: []int{c.Vocab, d}, dst: &m.embed}}
-	for i := range m.layers {
-		l := &m.layers[i]
+	specs := []TensorSpec{{Name: "model.embed_tokens.weight", Shape: []int{c.Vocab, d}, Weight: WEmbed, Layer: -1, Total: c.Vocab * d}}
+	for i := range c.Layers {
 		p := fmt.Sprintf("model.layers.%d.", i)
 		qkv := (q + 2*kv) * d
 		specs = append(specs,
-			tensorSpec{name: p + "input_layernorm.weight", shape: []int{d}, dst: &l.attnNorm},
-			tensorSpec{name: p + "self_attn.q_proj.weight", shape: []int{q, d}, dst: &l.wqkv, total: qkv},
-			tensorSpec{name: p + "self_attn.k_proj.weight", shape: []int{kv, d}, dst: &l.wqkv, off: q * d, total: qkv},
-			tensorSpec{name: p + "self_attn.v_proj.weight", shape: []int{kv, d}, dst: &l.wqkv, off: (q + kv) * d, total: qkv},
+			TensorSpec{Name: p + "input_layernorm.weight", Shape: []int{d}, Weight: WAttnNorm, Layer: i, Total: d},
+			TensorSpec{Name: p + "self_attn.q_proj.weight", Shape: []int{q, d}, Weight: WQKV, Layer: i, Total: qkv},
+			TensorSpec{Name: p + "self_attn.k_proj.weight", Shape: []int{kv, d}, Weight: WQKV, Layer: i, Off: q * d, Total: qkv},
+			TensorSpec{Name: p + "self_attn.v_proj.weight", Shape: []int{kv, d}, Weight: WQKV, Layer: i, Off: (q + kv) * d, Total: qkv},
 		)
 		if c.QKVBias {
 			specs = append(specs,
-				tensorSpec{name: p + "self_attn.q_proj.bias", shape: []int{q}, dst: &l.bqkv, total: q + 2*kv},
-				tensorSpec{name: p + "self_attn.k_proj.bias", shape: []int{kv}, dst: &l.bqkv, off: q, total: q + 2*kv},
-				tensorSpec{name: p + "self_attn.v_proj.bias", shape: []int{kv}, dst: &l.bqkv, off: q + kv, total: q + 2*kv},
+				TensorSpec{Name: p + "self_attn.q_proj.bias", Shape: []int{q}, Weight: WBQKV, Layer: i, Total: q + 2*kv},
+				TensorSpec{Name: p + "self_attn.k_proj.bias", Shape: []int{kv}, Weight: WBQKV, Layer: i, Off: q, Total: q + 2*kv},
+				TensorSpec{Name: p + "self_attn.v_proj.bias", Shape: []int{kv}, Weight: WBQKV, Layer: i, Off: q + kv, Total: q + 2*kv},
 			)
 		}
 		specs = append(specs,
-			tensorSpec{name: p + "self_attn.o_proj.weight", shape: []int{d, q}, dst: &l.wo},
-			tensorSpec{name: p + "post_attention_layernorm.weight", shape: []int{d}, dst: &l.ffnNorm},
-			tensorSpec{name: p + "mlp.gate_proj.weight", shape: []int{h, d}, dst: &l.wgu, total: 2 * h * d},
-			tensorSpec{name: p + "mlp.up_proj.weight", shape: []int{h, d}, dst: &l.wgu, off: h * d, total: 2 * h * d},
-			tensorSpec{name: p + "mlp.down_proj.weight", shape: []int{d, h}, dst: &l.wdown},
+			TensorSpec{Name: p + "self_attn.o_proj.weight", Shape: []int{d, q}, Weight: WO, Layer: i, Total: d * q},
+			TensorSpec{Name: p + "post_attention_layernorm.weight", Shape: []int{d}, Weight: WFFNNorm, Layer: i, Total: d},
+			TensorSpec{Name: p + "mlp.gate_proj.weight", Shape: []int{h, d}, Weight: WGU, Layer: i, Total: 2 * h * d},
+			TensorSpec{Name: p + "mlp.up_proj.weight", Shape: []int{h, d}, Weight: WGU, Layer: i, Off: h * d, Total: 2 * h * d},
+			TensorSpec{Name: p + "mlp.down_proj.weight", Shape: []int{d, h}, Weight: WDown, Layer: i, Total: d * h},
 		)
 	}
-	specs = append(specs, tensorSpec{name: "model.norm.weight", shape: []int{d}, dst: &m.norm})
+	specs = append(specs, TensorSpec{Name: "model.norm.weight", Shape: []int{d}, Weight: WNorm, Layer: -1, Total: d})
 	if !c.Tied {
-		specs = append(specs, tensorSpec{name: "lm_head.weight", shape: []int{c.Vocab, d}, dst: &m.lmHead})
+		specs = append(specs, TensorSpec{Name: "lm_head.weight", Shape: []int{c.Vocab, d}, Weight: WLMHead, Layer: -1, Total: c.Vocab * d})
 	}
 	return specs
+}
+
+// dst is where spec s's weight lives in m.
+func (m *Model) dst(s TensorSpec) *[]float32 {
+	var l *layer
+	if s.Layer >= 0 {
+		l = &m.layers[s.Layer]
+	}
+	switch s.Weight {
+	case WEmbed:
+		return &m.embed
+	case WAttnNorm:
+		return &l.attnNorm
+	case WQKV:
+		return &l.wqkv
+	case WBQKV:
+		return &l.bqkv
+	case WO:
+		return &l.wo
+	case WFFNNorm:
+		return &l.ffnNorm
+	case WGU:
+		return &l.wgu
+	case WDown:
+		return &l.wdown
+	case WNorm:
+		return &m.norm
+	case WLMHead:
+		return &m.lmHead
+	}
+	panic(fmt.Sprintf("model: weight %d", s.Weight))
+}
+
+// Open reads a model directory's config.json and opens its safetensors checkpoint,
+// checking that every tensor the architecture has is present with exactly its Hugging
+// Face shape (see [Load]); nothing is converted. A backend loading the weights elsewhere
+// (a GPU) streams them from the returned set tensor by tensor, as TensorSpecs lists them.
+func Open(dir string) (Config, *safetensors.Set, error) {
+	data, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("model: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("model: %s: %w", dir, err)
+	}
+	set, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("model: %w", err)
+	}
+	if err := checkTensors(dir, cfg, set, TensorSpecs(cfg)); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, set, nil
 }
 
 // Load reads a Hugging Face model directory: config.json (see [ParseConfig]) and
@@ -115,40 +186,29 @@ func (m *Model) tensorSpecs() []tensorSpec {
 // inv_freq buffers, and lm_head.weight of a tied model (ignored: the embedding is used).
 // A nil pool means cpu.NewPool(0).
 func Load(dir string, pool *cpu.Pool) (*Model, error) {
-	data, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+	cfg, set, err := Open(dir)
 	if err != nil {
-		return nil, fmt.Errorf("model: %w", err)
-	}
-	cfg, err := ParseConfig(data)
-	if err != nil {
-		return nil, fmt.Errorf("model: %s: %w", dir, err)
-	}
-	set, err := safetensors.OpenDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("model: %w", err)
+		return nil, err
 	}
 	if pool == nil {
 		pool = cpu.NewPool(0)
 	}
 	m := &Model{Config: cfg, pool: pool, layers: make([]layer, cfg.Layers)}
-	specs := m.tensorSpecs()
-	if err := m.checkTensors(dir, set, specs); err != nil {
-		return nil, err
-	}
-	for _, s := range specs {
-		t, _ := set.Tensor(s.name)
+	for _, s := range TensorSpecs(cfg) {
+		t, _ := set.Tensor(s.Name)
 		v, err := t.Float32()
 		if err != nil {
-			return nil, fmt.Errorf("model: %s: tensor %s: %w", dir, s.name, err)
+			return nil, fmt.Errorf("model: %s: tensor %s: %w", dir, s.Name, err)
 		}
-		if s.total == 0 {
-			*s.dst = v
+		dst := m.dst(s)
+		if s.Off == 0 && len(v) == s.Total {
+			*dst = v
 			continue
 		}
-		if *s.dst == nil {
-			*s.dst = make([]float32, s.total)
+		if *dst == nil {
+			*dst = make([]float32, s.Total)
 		}
-		copy((*s.dst)[s.off:], v)
+		copy((*dst)[s.Off:], v)
 	}
 	if cfg.Tied {
 		m.lmHead = m.embed
@@ -160,31 +220,31 @@ func Load(dir string, pool *cpu.Pool) (*Model, error) {
 
 // checkTensors reports the first missing or misshapen tensor, then any unexpected one,
 // saying how many other problems there are.
-func (m *Model) checkTensors(dir string, set *safetensors.Set, specs []tensorSpec) error {
+func checkTensors(dir string, cfg Config, set *safetensors.Set, specs []TensorSpec) error {
 	var problems []string
 	want := make(map[string]bool, len(specs))
 	for _, s := range specs {
-		want[s.name] = true
-		t, ok := set.Tensor(s.name)
+		want[s.Name] = true
+		t, ok := set.Tensor(s.Name)
 		switch {
 		case !ok:
-			problems = append(problems, fmt.Sprintf("tensor %s: missing (want shape %v)", s.name, s.shape))
-		case !slices.Equal(t.Shape, s.shape):
-			problems = append(problems, fmt.Sprintf("tensor %s: shape %v, want %v", s.name, t.Shape, s.shape))
+			problems = append(problems, fmt.Sprintf("tensor %s: missing (want shape %v)", s.Name, s.Shape))
+		case !slices.Equal(t.Shape, s.Shape):
+			problems = append(problems, fmt.Sprintf("tensor %s: shape %v, want %v", s.Name, t.Shape, s.Shape))
 		}
 	}
 	for _, name := range set.Names() {
 		if want[name] || strings.HasSuffix(name, "rotary_emb.inv_freq") {
 			continue
 		}
-		if name == "lm_head.weight" && m.Config.Tied {
+		if name == "lm_head.weight" && cfg.Tied {
 			t, _ := set.Tensor(name)
-			if s := []int{m.Config.Vocab, m.Config.Dim}; !slices.Equal(t.Shape, s) {
+			if s := []int{cfg.Vocab, cfg.Dim}; !slices.Equal(t.Shape, s) {
 				problems = append(problems, fmt.Sprintf("tensor %s: shape %v, want %v", name, t.Shape, s))
 			}
 			continue
 		}
-		problems = append(problems, fmt.Sprintf("tensor %s: unexpected for %s", name, m.Config.Arch))
+		problems = append(problems, fmt.Sprintf("tensor %s: unexpected for %s", name, cfg.Arch))
 	}
 	switch len(problems) {
 	case 0:

@@ -85,3 +85,11 @@ func (m *Model) ropeFor(n int) *ropeTable {
 	m.rope.Store(t)
 	return t
 }
+
+// RopeTables returns the rotary tables of a model of config c for positions [0, n):
+// cos and sin of position·invFreq[i], [n, HeadDim/2] row-major float32, exactly the
+// tables the CPU kernels use (a GPU backend uploads them).
+func RopeTables(c Config, n int) (cos, sin []float32) {
+	t := newRopeTable(invFreq(c), n)
+	return t.cos, t.sin
+}

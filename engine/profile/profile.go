@@ -123,7 +123,9 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 	}
 	// Warm caches and goroutines once.
 	warm := buildStep(steps[0], cfg.BlockSize, tokens)
-	exec.Execute(warm.inputs)
+	if err := execute(exec, warm.inputs); err != nil {
+		return nil, err
+	}
 
 	points := make([]Point, 0, len(steps))
 	times := make([]float64, repeats)
@@ -131,7 +133,9 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 		st := buildStep(c, cfg.BlockSize, tokens)
 		for r := range times {
 			start := time.Now()
-			exec.Execute(st.inputs)
+			if err := execute(exec, st.inputs); err != nil {
+				return nil, err
+			}
 			times[r] = time.Since(start).Seconds()
 		}
 		slices.Sort(times)
@@ -141,6 +145,18 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 		}
 	}
 	return points, nil
+}
+
+// execute runs one step; an executor whose steps can fail (a GPU's) reports its error.
+func execute(exec engine.Executor, inputs []engine.Input) error {
+	if fx, ok := exec.(engine.FallibleExecutor); ok {
+		if _, err := fx.ExecuteErr(inputs); err != nil {
+			return fmt.Errorf("profile: step of %d sequences: %w", len(inputs), err)
+		}
+		return nil
+	}
+	exec.Execute(inputs)
+	return nil
 }
 
 type builtStep struct {

@@ -1,6 +1,8 @@
 package profile
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"servelab/engine"
@@ -80,5 +82,33 @@ func TestShapesMatchTheScheduler(t *testing.T) {
 func TestMeasureRejectsTooSmallEngines(t *testing.T) {
 	if _, err := Measure(&recorder{t: t}, Config{MaxModelLen: 8, NumBlocks: 1, BlockSize: 16, MaxNumBatchedTokens: 8, MaxNumSeqs: 1}); err == nil {
 		t.Error("a grid of almost no shapes was accepted")
+	}
+}
+
+// failing is an executor whose steps fail after the first few (a GPU's device error).
+type failing struct {
+	recorder
+	left int
+}
+
+func (f *failing) ExecuteErr(batch []engine.Input) ([][]float32, error) {
+	if f.left == 0 {
+		return nil, errors.New("cuda: cuLaunchKernel: CUDA_ERROR_ILLEGAL_ADDRESS (700)")
+	}
+	f.left--
+	return f.Execute(batch), nil
+}
+
+// TestMeasureReportsStepErrors: a failed step ends the measurement with its error (the
+// profiler called Execute only, which a GPU executor can only panic in).
+func TestMeasureReportsStepErrors(t *testing.T) {
+	cfg := Config{MaxModelLen: 200, NumBlocks: 64, BlockSize: 16, MaxNumBatchedTokens: 128, MaxNumSeqs: 16, Repeats: 2}
+	f := &failing{recorder: recorder{t: t, cfg: cfg}, left: 3}
+	_, err := Measure(f, cfg)
+	if err == nil || !strings.Contains(err.Error(), "CUDA_ERROR_ILLEGAL_ADDRESS") {
+		t.Fatalf("Measure = %v; want the step's error", err)
+	}
+	if f.n != 3 {
+		t.Errorf("%d steps ran; want 3 before the failure", f.n)
 	}
 }

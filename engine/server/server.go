@@ -145,6 +145,8 @@ type GenerationDefaults struct {
 
 // Config assembles a server.
 type Config struct {
+	// Device, if set, is reported by /server_info: where the engine computes.
+	Device    *DeviceInfo
 	Engine    *engine.Engine
 	Tokenizer Tokenizer
 	// ModelName is the served model id; requests naming another model get a 404.
@@ -639,10 +641,21 @@ func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// DeviceInfo says where an engine computes, for /server_info.
+type DeviceInfo struct {
+	// Device is "cpu" or "cuda" (vLLM's device_config.device).
+	Device string `json:"device"`
+	// Name is the GPU's name ("NVIDIA H200"), or the CPU's ("linux/amd64, 2 threads").
+	Name string `json:"name"`
+	// DType is the weights' compute dtype, "float32" or "bfloat16" (vLLM's model_config.dtype).
+	DType string `json:"dtype"`
+}
+
 // serverInfo is GET /server_info, after vLLM's endpoint of that name
 // (vllm/entrypoints/openai/api_server.py, a development endpoint there): the engine's
 // configuration as JSON. "servelab_config" is the resolved configuration a simulator of
-// this engine is built from (serving.EngineConfig); "vllm_config" has the same values under
+// this engine is built from (serving.EngineConfig); "device" is where it computes (when
+// the server was given it); "vllm_config" has the same values under
 // vLLM's config sections and field names. Only config_format=json is served (vLLM's
 // default is text). Like /metrics it needs no API key.
 func (s *Server) serverInfo(w http.ResponseWriter, r *http.Request) {
@@ -655,7 +668,11 @@ func (s *Server) serverInfo(w http.ResponseWriter, r *http.Request) {
 	l := s.cfg.Engine.Config().Batch.Limits()
 	type (
 		modelConfig struct {
-			MaxModelLen int `json:"max_model_len"`
+			MaxModelLen int    `json:"max_model_len"`
+			DType       string `json:"dtype,omitempty"`
+		}
+		deviceConfig struct {
+			Device string `json:"device"`
 		}
 		cacheConfig struct {
 			BlockSize           int  `json:"block_size"`
@@ -669,16 +686,24 @@ func (s *Server) serverInfo(w http.ResponseWriter, r *http.Request) {
 			EnableChunkedPrefill      bool `json:"enable_chunked_prefill"`
 		}
 		vllmConfig struct {
+			Device    *deviceConfig   `json:"device_config,omitempty"`
 			Model     modelConfig     `json:"model_config"`
 			Cache     cacheConfig     `json:"cache_config"`
 			Scheduler schedulerConfig `json:"scheduler_config"`
 		}
 	)
+	mc := modelConfig{MaxModelLen: rc.MaxModelLen}
+	var dc *deviceConfig
+	if d := s.cfg.Device; d != nil {
+		mc.DType, dc = d.DType, &deviceConfig{d.Device}
+	}
 	writeJSON(w, struct {
 		Servelab serving.EngineConfig `json:"servelab_config"`
+		Device   *DeviceInfo          `json:"device,omitempty"`
 		VLLM     vllmConfig           `json:"vllm_config"`
-	}{rc, vllmConfig{
-		Model:     modelConfig{rc.MaxModelLen},
+	}{rc, s.cfg.Device, vllmConfig{
+		Device:    dc,
+		Model:     mc,
 		Cache:     cacheConfig{rc.BlockSize, rc.NumGPUBlocks, rc.EnablePrefixCaching},
 		Scheduler: schedulerConfig{l.MaxNumBatchedTokens, l.MaxNumSeqs, l.LongPrefillTokenThreshold, l.ChunkedPrefill},
 	}})

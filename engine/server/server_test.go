@@ -1069,6 +1069,22 @@ func TestServerInfo(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("/server_info (-want +got):\n%s", diff)
 	}
+	// A server given its device reports it, and vLLM's device_config and model_config.dtype.
+	g := start(t, options{server: func(c *Config) { c.Device = &DeviceInfo{Device: "cuda", Name: "NVIDIA H200", DType: "bfloat16"} }})
+	_, body = g.do("GET", "/server_info", "")
+	var dev struct {
+		Device DeviceInfo `json:"device"`
+		VLLM   struct {
+			Device map[string]any `json:"device_config"`
+			Model  map[string]any `json:"model_config"`
+		} `json:"vllm_config"`
+	}
+	if err := json.Unmarshal(body, &dev); err != nil {
+		t.Fatal(err)
+	}
+	if dev.Device != (DeviceInfo{"cuda", "NVIDIA H200", "bfloat16"}) || dev.VLLM.Device["device"] != "cuda" || dev.VLLM.Model["dtype"] != "bfloat16" {
+		t.Errorf("/server_info with a device: %s", body)
+	}
 	if resp, body := f.do("GET", "/server_info?config_format=text", ""); resp.StatusCode != 400 || !strings.Contains(string(body), "config_format") {
 		t.Errorf("config_format=text: %d %s, want a 400 naming config_format", resp.StatusCode, body)
 	}

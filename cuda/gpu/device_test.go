@@ -1,0 +1,58 @@
+package gpu
+
+import (
+	"errors"
+	"os"
+	"testing"
+
+	"servelab/cuda/driver"
+)
+
+// requireGPU skips t without a GPU (no /dev/nvidiactl, or no driver library), and fails it
+// when SERVELAB_REQUIRE_GPU=1 (set by scripts/gpu-check.sh) says one must be there. It
+// never calls cuInit itself.
+func requireGPU(t *testing.T) {
+	t.Helper()
+	required := os.Getenv("SERVELAB_REQUIRE_GPU") == "1"
+	_, err := driver.Load()
+	switch {
+	case err == nil && GPUPresent():
+		return
+	case required && err != nil:
+		t.Fatalf("SERVELAB_REQUIRE_GPU=1 but the CUDA driver does not load: %v", err)
+	case required:
+		t.Fatal("SERVELAB_REQUIRE_GPU=1 but /dev/nvidiactl does not exist")
+	case errors.Is(err, driver.ErrNoDriver):
+		t.Skipf("no GPU: %v (SERVELAB_REQUIRE_GPU=1 makes this a failure)", err)
+	default:
+		t.Skipf("no GPU: /dev/nvidiactl does not exist (driver load: %v; SERVELAB_REQUIRE_GPU=1 makes this a failure)", err)
+	}
+}
+
+// TestForwardMatchesCPU runs the 15m and 110m presets (random weights, float32 files) on
+// the GPU against the CPU engine, the steps of compareWithCPU: a prefill chunk and a whole
+// prompt, then the chunk's rest, a decode and a prefix-cache hit in one batch, then 32
+// decode steps of three sequences. float32: greedy tokens identical at every step.
+// bfloat16: each logits row within 5% relative RMS error of the CPU's (float32 weights).
+func TestForwardMatchesCPU(t *testing.T) {
+	requireGPU(t)
+	for _, name := range []string{"15m", "110m"} {
+		dir := synth(t, preset(t, name), 11)
+		for _, dtype := range []string{Float32, BFloat16} {
+			t.Run(name+"/"+dtype, func(t *testing.T) {
+				b, err := Load(Options{Dir: dir, DType: dtype, NumBlocks: 64, MaxNumBatchedTokens: 256, MaxNumSeqs: 8})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					if err := b.Close(); err != nil {
+						t.Error(err)
+					}
+				}()
+				info := b.Info()
+				t.Logf("%s on %s (%s), weights %d bytes, KV %d bytes", name, info.Device, info.Image, info.WeightBytes, info.KVBytes)
+				compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), info.DType)
+			})
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package gpu
+
+import (
+	"fmt"
+
+	"servelab/cuda/driver"
+	"servelab/engine/model"
+)
+
+// stream is the stream every kernel and copy runs on: the legacy default stream, which
+// the synchronous cuMemcpy calls use too, so launches and copies run in issue order.
+const defaultStream driver.Stream = 0
+
+// devBuf is a device allocation grown on demand.
+type devBuf struct {
+	p    driver.DevicePtr
+	size uintptr
+}
+
+// ensure makes buf hold at least n bytes, reallocating (without keeping the contents)
+// with a quarter of headroom when it is short.
+func (d *devBuf) ensure(dev device, n uintptr) error {
+	if n <= d.size && d.p != 0 {
+		return nil
+	}
+	if d.p != 0 {
+		if err := dev.MemFree(d.p); err != nil {
+			return err
+		}
+		d.p, d.size = 0, 0
+	}
+	n += n / 4
+	if n == 0 {
+		n = 256
+	}
+	p, err := dev.MemAlloc(n)
+	if err != nil {
+		return fmt.Errorf("allocating %d bytes: %w", n, err)
+	}
+	d.p, d.size = p, n
+	return nil
+}
+
+// gpuKernels is the CUDA backend of the forward pass ([model.Kernels]); its methods run on
+// the backend's worker thread.
+type gpuKernels struct {
+	b     *Backend
+	dtype string
+	eps   float32
+	scale float32
+
+	st *model.Step
+
+	// Activations, one buffer per model.Act, and the logit rows.
+	acts      [model.ActAct + 1]devBuf
+	xl, logit devBuf
+	// The step's layout, packed into one host array and one upload.
+	layout devBuf
+	host   []int32
+	// Device pointers into layout.
+	tokens, pos, slot, seqStart, seqPos, tables, decode, items, logitRows driver.DevicePtr
+
+	ropeN     int
+	cos, sin  devBuf
+	hostLogit []float32
+	out       [][]float32
+}
+
+var _ model.Kernels = (*gpuKernels)(nil)
+
+// actWidth is activation a's row width in elements.
+func (k *gpuKernels) actWidth(a model.Act) int {
+	c := &k.b.cfg
+	switch a {
+	case model.ActX, model.ActXN:
+		return c.Dim
+	case model.ActQKV:
+		return c.QDim() + 2*c.KVDim()
+	case model.ActAtt:
+		return c.QDim()
+	case model.ActGU:
+		return 2 * c.Hidden
+	case model.ActAct:
+		return c.Hidden
+	}
+	panic(fmt.Sprintf("gpu: activation %d", a))
+}
+
+// reserve sizes the activations for rows tokens and logits for logitRows rows.
+func (k *gpuKernels) reserve(rows, logitRows int) error {
+	dev := k.b.dev
+	for a := range k.acts {
+		if err := k.acts[a].ensure(dev, uintptr(rows*k.actWidth(model.Act(a))*4)); err != nil {
+			return err
+		}
+	}
+	if err := k.xl.ensure(dev, uintptr(logitRows*k.b.cfg.Dim*4)); err != nil {
+		return err
+	}
+	return k.logit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4))
+}
+
+// ensureRope makes the rotary tables cover positions [0, n), growing them to at least
+// double as the CPU's do; the values are model.RopeTables', the CPU's.
+func (k *gpuKernels) ensureRope(n int) error {
+	if n <= k.ropeN {
+		return nil
+	}
+	if k.ropeN > 0 {
+		n = max(n, 2*k.ropeN)
+	}
+	cos, sin := model.RopeTables(k.b.cfg, n)
+	size := uintptr(len(cos) * 4)
+	if err := k.cos.ensure(k.b.dev, size); err != nil {
+		return err
+	}
+	if err := k.sin.ensure(k.b.dev, size); err != nil {
+		return err
+	}
+	if err := k.b.dev.MemcpyHtoD(k.cos.p, bytesOf(cos)); err != nil {
+		return err
+	}
+	if err := k.b.dev.MemcpyHtoD(k.sin.p, bytesOf(sin)); err != nil {
+		return err
+	}
+	k.ropeN = n
+	return nil
+}
+
+func (k *gpuKernels) freeAll(free func(driver.DevicePtr)) {
+	for i := range k.acts {
+		free(k.acts[i].p)
+	}
+	for _, d := range []*devBuf{&k.xl, &k.logit, &k.layout, &k.cos, &k.sin} {
+		free(d.p)
+	}
+	k.acts = [model.ActAct + 1]devBuf{}
+	k.xl, k.logit, k.layout, k.cos, k.sin = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
+	k.ropeN = 0
+}
+
+// Begin uploads the step's layout in one copy and sizes the activations.
+func (k *gpuKernels) Begin(st *model.Step) error {
+	k.st = st
+	k.out = k.out[:0]
+	T := st.T()
+	if T == 0 {
+		return nil
+	}
+	if err := k.ensureRope(st.MaxCtx); err != nil {
+		return err
+	}
+	if err := k.reserve(T, len(st.LogitRows)); err != nil {
+		return err
+	}
+	k.host = k.host[:0]
+	var offs [9]int
+	sections := [9][]int32{st.Tokens, st.Pos, st.Slot, st.SeqStart, st.SeqPos, st.BlockTables, st.DecodeSeqs, nil, st.LogitRows}
+	for i, s := range sections {
+		// Each section starts 16-byte aligned, for kernels that load int4 vectors.
+		for len(k.host)%4 != 0 {
+			k.host = append(k.host, 0)
+		}
+		offs[i] = len(k.host)
+		if i == 7 {
+			for _, it := range st.PrefillItems {
+				k.host = append(k.host, it.Seq, it.Head, it.Q0, it.Q1)
+			}
+			continue
+		}
+		k.host = append(k.host, s...)
+	}
+	if err := k.layout.ensure(k.b.dev, uintptr(len(k.host)*4)); err != nil {
+		return err
+	}
+	base := k.layout.p
+	ptr := func(i int) driver.DevicePtr { return base + driver.DevicePtr(offs[i]*4) }
+	k.tokens, k.pos, k.slot, k.seqStart, k.seqPos = ptr(0), ptr(1), ptr(2), ptr(3), ptr(4)
+	k.tables, k.decode, k.items, k.logitRows = ptr(5), ptr(6), ptr(7), ptr(8)
+	return k.b.dev.MemcpyHtoD(base, bytesOf(k.host))
+}
+
+func (k *gpuKernels) act(a model.Act) driver.DevicePtr { return k.acts[a].p }
+
+func (k *gpuKernels) Embed() error {
+	x, T, d := k.act(model.ActX), k.st.T(), k.b.cfg.Dim
+	if k.dtype == BFloat16 {
+		return k.b.ops.EmbedBF16(defaultStream, x, k.b.wts.embed, k.tokens, T, d)
+	}
+	return k.b.ops.EmbedF32(defaultStream, x, k.b.wts.embed, k.tokens, T, d)
+}
+
+func (k *gpuKernels) RMSNorm(layer int, w model.Norm) error {
+	l := &k.b.wts.layers[layer]
+	wt := l.attnNorm
+	if w == model.NormFFN {
+		wt = l.ffnNorm
+	}
+	return k.b.ops.RMSNorm(defaultStream, k.act(model.ActXN), k.act(model.ActX), 0, wt, k.st.T(), k.b.cfg.Dim, k.eps)
+}
+
+func (k *gpuKernels) Linear(layer int, w model.Matrix, in, out model.Act, accumulate bool) error {
+	c := &k.b.cfg
+	l := &k.b.wts.layers[layer]
+	var wt driver.DevicePtr
+	var n, kk int
+	switch w {
+	case model.MatQKV:
+		wt, n, kk = l.wqkv, c.QDim()+2*c.KVDim(), c.Dim
+	case model.MatO:
+		wt, n, kk = l.wo, c.Dim, c.QDim()
+	case model.MatGU:
+		wt, n, kk = l.wgu, 2*c.Hidden, c.Dim
+	case model.MatDown:
+		wt, n, kk = l.wdown, c.Dim, c.Hidden
+	default:
+		return fmt.Errorf("matrix %d", w)
+	}
+	return k.b.ops.Linear(defaultStream, k.act(out), k.act(in), wt, k.st.T(), n, kk, k.dtype, accumulate)
+}
+
+func (k *gpuKernels) RopeStore(layer int) error {
+	c := &k.b.cfg
+	return k.b.ops.RopeStore(defaultStream, k.act(model.ActQKV), k.b.wts.layers[layer].bqkv, k.cos.p, k.sin.p, k.pos, k.slot,
+		k.b.kcache[layer], k.b.vcache[layer], k.st.T(), c.Heads, c.KVHeads, c.HeadDim, k.scale)
+}
+
+func (k *gpuKernels) Attention(layer int) error {
+	c := &k.b.cfg
+	st := k.st
+	if n := len(st.DecodeSeqs); n > 0 {
+		if err := k.b.ops.AttnDecode(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
+			k.decode, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize); err != nil {
+			return err
+		}
+	}
+	if n := len(st.PrefillItems); n > 0 {
+		return k.b.ops.AttnPrefill(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
+			k.items, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize)
+	}
+	return nil
+}
+
+func (k *gpuKernels) SwiGLU() error {
+	return k.b.ops.SiLUMul(defaultStream, k.act(model.ActAct), k.act(model.ActGU), k.st.T(), k.b.cfg.Hidden)
+}
+
+// Logits normalises the logit rows, applies lm_head and copies the logits to the host;
+// the copy waits for the step's kernels, so their errors surface here. A step without
+// logits synchronises instead.
+func (k *gpuKernels) Logits() ([][]float32, error) {
+	c := &k.b.cfg
+	n := len(k.st.LogitRows)
+	if n == 0 {
+		return k.out, k.b.dev.CtxSynchronize()
+	}
+	if err := k.b.ops.RMSNorm(defaultStream, k.xl.p, k.act(model.ActX), k.logitRows, k.b.wts.norm, n, c.Dim, k.eps); err != nil {
+		return nil, err
+	}
+	if err := k.b.ops.Linear(defaultStream, k.logit.p, k.xl.p, k.b.wts.lmHead, n, c.Vocab, c.Dim, k.dtype, false); err != nil {
+		return nil, err
+	}
+	if cap(k.hostLogit) < n*c.Vocab {
+		k.hostLogit = make([]float32, n*c.Vocab)
+	}
+	k.hostLogit = k.hostLogit[:n*c.Vocab]
+	if err := k.b.dev.MemcpyDtoH(bytesOf(k.hostLogit), k.logit.p); err != nil {
+		return nil, err
+	}
+	for i := range n {
+		k.out = append(k.out, k.hostLogit[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
+	}
+	return k.out, nil
+}
