@@ -9,13 +9,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"servelab/serving"
 	"servelab/sim/latency"
 )
 
 func newProfileCompareCmd() *cobra.Command {
 	var gpu, model, spec string
 	cmd := &cobra.Command{
-		Use:   "compare PROFILE [--gpu h200] [--model DIR|NAME]",
+		Use:   "compare [PROFILE] [--gpu h200] [--model DIR|NAME]",
 		Short: "Set a profile's measured step times beside the simulator's roofline for a GPU (a Markdown table)",
 		Long: `Print, as a Markdown table (docs/BENCHMARKS.md holds them), the steps a profile measured — single
 prompts by length, decode batches by size and context — with their measured time, the
@@ -24,9 +25,16 @@ uses for the GPU (--latency gives its parameters), and measured over roofline.
 
 --gpu defaults to the GPU the profile was measured on ("gpu" in the profile); --model to the
 profile's model directory (its config.json), or a model the simulator knows (llama-3.1-8b).
-A CPU profile against a GPU's roofline compares two machines, which the table says.`,
-		Args: cobra.ExactArgs(1),
+A CPU profile against a GPU's roofline compares two machines, which the table says.
+
+Without a PROFILE (--gpu and --model then required) the table has the roofline alone, for
+the GPU grid's single prompts (512 to 8192 tokens) and decode batches (1 to 256 at context
+1024), its measured columns "not measured": what a GPU profile will be set beside.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return rooflineOnly(cmd.OutOrStdout(), gpu, model, spec)
+			}
 			p, err := latency.LoadProfile(args[0])
 			if err != nil {
 				return err
@@ -38,6 +46,38 @@ A CPU profile against a GPU's roofline compares two machines, which the table sa
 	cmd.Flags().StringVar(&model, "model", "", "the roofline's model: a directory or config.json, or "+strings.Join(latency.ModelNames(), ", ")+" (default: the profile's model directory)")
 	cmd.Flags().StringVar(&spec, "latency", "roofline", "the roofline's spec, as sim's --latency takes it (roofline:mfu=0.5,overhead_ms=2)")
 	return cmd
+}
+
+// rooflineOnly writes compare's table without a profile: the roofline's step times for
+// the GPU grid's single prompts and decode batches.
+func rooflineOnly(w io.Writer, gpu, model, spec string) error {
+	if gpu == "" || model == "" {
+		return fmt.Errorf("--gpu and --model: without a PROFILE, give the GPU and the model whose roofline to print")
+	}
+	if !strings.HasPrefix(spec, "roofline") {
+		return fmt.Errorf("--latency %q: want roofline[:...]", spec)
+	}
+	lat, err := latency.Parse(spec, gpu, model, 1)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Roofline: %s, the simulator's --latency %s; no profile (not measured).\n\n", lat.Name(), spec)
+	fmt.Fprintln(w, "| step | batch | tokens/seq | context/seq | measured ms | fitted ms | roofline ms | measured / roofline |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, n := range []int{512, 2048, 8192} {
+		var st serving.Step
+		st.Add(&serving.Seq{Req: &serving.Request{PromptTokens: n}}, n)
+		fmt.Fprintf(w, "| prefill | 1 | %d | 0 | not measured | | %.3f | |\n", n, 1e3*lat.StepTime(st.Shape))
+	}
+	const context = 1024
+	for _, b := range []int{1, 8, 32, 64, 128, 256} {
+		var st serving.Step
+		for range b {
+			st.Add(&serving.Seq{Req: &serving.Request{PromptTokens: context}, NumComputed: context, NumOutput: 1}, 1)
+		}
+		fmt.Fprintf(w, "| decode | %d | 1 | %d | not measured | | %.3f | |\n", b, context, 1e3*lat.StepTime(st.Shape))
+	}
+	return nil
 }
 
 // compareProfile writes the table of profile p (read from file).

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"servelab/serving"
 	"servelab/sim/latency"
 )
 
@@ -64,6 +65,23 @@ func TestProfileCompareAgainstRoofline(t *testing.T) {
 	}
 	if !strings.Contains(out, "measured on a CPU, not on h200") {
 		t.Errorf("the table does not say it compares a CPU with an h200:\n%s", out)
+	}
+
+	// Without a profile: the roofline alone, nothing claimed measured.
+	out, err = run(t, "profile", "compare", "--gpu", "h200", "--model", "llama-3.1-8b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roof8b, err := latency.Parse("roofline", "h200", "llama-3.1-8b", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st serving.Step
+	for range 64 {
+		st.Add(&serving.Seq{Req: &serving.Request{PromptTokens: 1024}, NumComputed: 1024, NumOutput: 1}, 1)
+	}
+	if row := fmt.Sprintf("| decode | 64 | 1 | 1024 | not measured | | %.3f | |", 1e3*roof8b.StepTime(st.Shape)); !strings.Contains(out, row) {
+		t.Errorf("no row %q in:\n%s", row, out)
 	}
 }
 

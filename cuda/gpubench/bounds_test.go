@@ -67,6 +67,19 @@ func TestBoundsLlama31_8BOnH200(t *testing.T) {
 	// included, as the roofline counts it) and writing one token's.
 	kvPerToken := 2.0 * 2 * layers * kvHeads * headDim
 	near(t, "BatchBytesBound(64, 1024)", b.BatchBytesBound(DecodeShape(64, 1024)), (weights+64*1026*kvPerToken)/4800e9)
+
+	// What docs/BENCHMARKS.md quotes (go test -v -run TestBoundsLlama31_8BOnH200 ./cuda/gpubench/).
+	t.Logf("%s", b)
+	t.Logf("single-stream decode: roofline %.1f tok/s (%.2f ms a token); the 50%% target is %.1f tok/s",
+		b.SingleStreamTokensPerSecond(), 1e3/b.SingleStreamTokensPerSecond(), TargetSingleStreamFraction*b.SingleStreamTokensPerSecond())
+	bb := b.BatchBytesBound(DecodeShape(64, 1024))
+	t.Logf("batch-64 decode at context 1024: HBM bound %.2f ms a step = %.0f tok/s; the target is %d tok/s (%.0f%% of that bound)",
+		1e3*bb, 64/bb, TargetBatch64TokensPerSecond, 100*TargetBatch64TokensPerSecond/(64/bb))
+	for _, n := range []int{512, 2048, 8192} {
+		f := b.FLOPs(PrefillShape(n))
+		t.Logf("prefill of %d tokens: %.2f TFLOP; at the peak %.2f ms, at the 25%% target %.2f ms (%.0f tok/s)",
+			n, f/1e12, 1e3*f/b.PeakFLOPS(), 1e3*f/(TargetPrefillFraction*b.PeakFLOPS()), float64(n)/(f/(TargetPrefillFraction*b.PeakFLOPS())))
+	}
 }
 
 func TestShapes(t *testing.T) {
