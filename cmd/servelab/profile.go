@@ -160,9 +160,10 @@ func measureProfile(f engineFlags, dev profileDevice, quick bool, reps int, prog
 	if err != nil {
 		return nil, err
 	}
-	machine := fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads())
-	gpu := ""
-	if dev.device == "cuda" {
+	var machine, gpu string
+	if dev.device != "cuda" {
+		machine = fmt.Sprintf("CPU %s/%s, %d threads (servelab engine)", runtime.GOOS, runtime.GOARCH, b.Pool.Threads())
+	} else {
 		name, err := cudaDeviceName()
 		if err != nil {
 			return nil, err
