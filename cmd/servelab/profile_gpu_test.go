@@ -29,6 +29,9 @@ func TestProfileCompareAgainstRoofline(t *testing.T) {
 	if len(p.Points) != p.Samples || p.GPU != "" || !strings.HasPrefix(p.Machine, "CPU ") {
 		t.Fatalf("profile records %d points of %d samples, gpu %q, machine %q", len(p.Points), p.Samples, p.GPU, p.Machine)
 	}
+	if _, err := run(t, "profile", "--model", dir, "--grid", "tpu", "--out", file); err == nil || !strings.Contains(err.Error(), `--grid "tpu": want auto, cpu or gpu`) {
+		t.Errorf("--grid tpu: err = %v", err)
+	}
 	if _, err := run(t, "profile", "compare", file); err == nil || !strings.Contains(err.Error(), "--gpu") {
 		t.Errorf("compare of a CPU profile without --gpu: err = %v, want --gpu asked for", err)
 	}
