@@ -2,6 +2,7 @@ package gpubench
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"servelab/cuda/driver"
 	"servelab/engine"
 	"servelab/engine/backend"
+	"servelab/engine/model"
 	"servelab/sim/latency"
 )
 
@@ -25,30 +27,40 @@ const (
 	envGPU = "SERVELAB_GPU"
 )
 
-// The benchmarks' shapes.
-const (
-	blockSize = 16
+// shape is a benchmark run's sizes: the GPU's (gpuShape), or a tiny model's on the CPU
+// (bench_cpu_test.go).
+type shape struct {
+	blockSize int
 	// singleContext and batchContext are the tokens each decoding sequence has before the
 	// timed steps; decodeRoom is how many steps it decodes before its positions wrap back
 	// (rewriting the same KV slots costs what writing new ones does).
-	singleContext = 512
-	batchContext  = 1024
-	batchSize     = 64
-	decodeRoom    = 512
-	// prefillChunk is how many prompt tokens one untimed step computes when the batch
+	singleContext, batchContext, batch, decodeRoom int
+	// prefillChunk is the most prompt tokens one untimed step computes while the batch
 	// benchmark fills its sequences' contexts.
-	prefillChunk = 8192
-)
+	prefillChunk int
+	// prefill are BenchmarkPrefill's prompt lengths; the target is read at 2048.
+	prefill []int
+}
 
-// prefillTokens are BenchmarkPrefill's prompt lengths; 2048 is the one the target is read at.
-var prefillTokens = []int{512, 2048, 8192}
+// gpuShape: the single stream at context 512, 64 sequences at context 1024, prompts of
+// 512, 2048 and 8192 tokens.
+var gpuShape = shape{blockSize: 16, singleContext: 512, batchContext: 1024, batch: 64, decodeRoom: 512, prefillChunk: 8192,
+	prefill: []int{512, 2048, 8192}}
 
-// blocksPerSeq is each batch sequence's block table length.
-const blocksPerSeq = (batchContext + decodeRoom + blockSize - 1) / blockSize
+// blocksPerSeq is each decoding sequence's block table length.
+func (s shape) blocksPerSeq() int {
+	return (max(s.singleContext, s.batchContext) + s.decodeRoom + s.blockSize - 1) / s.blockSize
+}
 
-// numBlocks covers 64 sequences of batchContext+decodeRoom tokens, which also covers the
-// single stream and the longest prefill.
-const numBlocks = batchSize * blocksPerSeq
+// numBlocks covers the batch's sequences, which also covers the single stream and (checked)
+// the longest prompt.
+func (s shape) numBlocks() int {
+	n := s.batch * s.blocksPerSeq()
+	for _, p := range s.prefill {
+		n = max(n, (p+s.blockSize-1)/s.blockSize)
+	}
+	return n
+}
 
 // gpuPresent reports whether the NVIDIA driver has created /dev/nvidiactl; checking it
 // creates nothing.
@@ -60,15 +72,15 @@ func gpuPresent() bool {
 // loaded is the model, loaded once for all the benchmarks (an 8B model takes a while).
 var loaded struct {
 	once   sync.Once
-	b      *backend.Backend
+	vocab  int
 	exec   engine.Executor
 	bounds *Bounds
 	err    error
 }
 
-// setup returns the loaded backend, its executor and the bounds, skipping the benchmark
-// without a GPU or a model, or failing it under SERVELAB_REQUIRE_GPU=1.
-func setup(b *testing.B) (*backend.Backend, engine.Executor, *Bounds) {
+// setup returns the loaded model's executor, its vocabulary and the bounds, skipping the
+// benchmark without a GPU or a model, or failing it under SERVELAB_REQUIRE_GPU=1.
+func setup(b *testing.B) (engine.Executor, int, *Bounds) {
 	b.Helper()
 	required := os.Getenv(envRequire) == "1"
 	missing := func(why string) {
@@ -85,33 +97,46 @@ func setup(b *testing.B) (*backend.Backend, engine.Executor, *Bounds) {
 	if dir == "" {
 		missing(envModel + " is not set (a model directory: servelab model synth --preset llama-3.1-8b --out DIR)")
 	}
-	loaded.once.Do(func() { loaded.b, loaded.exec, loaded.bounds, loaded.err = load(b, dir) })
+	loaded.once.Do(func() {
+		gpu, err := tableGPU()
+		if err != nil {
+			loaded.err = err
+			return
+		}
+		loaded.exec, loaded.vocab, loaded.bounds, loaded.err = load(b, dir, "cuda", gpu, gpuShape)
+	})
 	if loaded.err != nil {
 		b.Fatal(loaded.err)
 	}
-	return loaded.b, loaded.exec, loaded.bounds
+	return loaded.exec, loaded.vocab, loaded.bounds
 }
 
-func load(b *testing.B, dir string) (*backend.Backend, engine.Executor, *Bounds, error) {
-	gpu, err := tableGPU()
-	if err != nil {
-		return nil, nil, nil, err
-	}
+// load loads the model in dir on device (in bfloat16 on cuda) with the KV blocks sh needs, and its
+// bounds on gpu.
+func load(tb testing.TB, dir, device string, gpu latency.GPU, sh shape) (engine.Executor, int, *Bounds, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, 0, nil, err
+	}
+	cfg, err := model.ParseConfig(raw)
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	bounds, err := NewBounds(gpu, raw, filepath.Join(dir, "config.json"))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, 0, nil, err
+	}
+	dtype := "" // the CPU computes in float32
+	if device == "cuda" {
+		dtype = "bfloat16"
 	}
 	start := time.Now()
-	be, err := backend.Load(backend.Options{Dir: dir, Device: "cuda", DType: "bfloat16", BlockSize: blockSize, NumBlocks: numBlocks})
+	be, err := backend.Load(backend.Options{Dir: dir, Device: device, DType: dtype, BlockSize: sh.blockSize, NumBlocks: sh.numBlocks()})
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("loading %s on cuda in bfloat16: %w", dir, err)
+		return nil, 0, nil, fmt.Errorf("loading %s on %s (dtype %q): %w", dir, device, dtype, err)
 	}
-	b.Logf("loaded %s on cuda (bfloat16) in %.1f s; %s", dir, time.Since(start).Seconds(), bounds)
-	return be, be.NewExecutor(), bounds, nil
+	tb.Logf("loaded %s on %s (dtype %q) in %.1f s; %s", dir, device, dtype, time.Since(start).Seconds(), bounds)
+	return be.NewExecutor(), cfg.Vocab, bounds, nil
 }
 
 // tableGPU is the GPU table's row for device 0: SERVELAB_GPU's, or the one whose
@@ -142,50 +167,71 @@ func tableGPU() (latency.GPU, error) {
 	return g, nil
 }
 
-// tokens are arbitrary ids below the synthesised tokenizer's 4096.
-func tokens(n int) []int32 {
+// tokens are n arbitrary ids in [1, vocab), also below the synthesised tokenizer's 4096.
+func tokens(n, vocab int) []int32 {
 	t := make([]int32, n)
 	for i := range t {
-		t[i] = int32(1 + i*7919%4000)
+		t[i] = int32(1 + i*7919%(min(vocab, 4096)-1))
 	}
 	return t
 }
 
 // seqBlocks is sequence i's block table: blocksPerSeq consecutive blocks of its own.
-func seqBlocks(i int) []int32 {
-	bl := make([]int32, blocksPerSeq)
+func (s shape) seqBlocks(i int) []int32 {
+	bl := make([]int32, s.blocksPerSeq())
 	for j := range bl {
-		bl[j] = int32(i*blocksPerSeq + j)
+		bl[j] = int32(i*len(bl) + j)
 	}
 	return bl
 }
 
-// fill computes the first context tokens of each sequence, in steps of at most
+// execute runs one step and checks that it returned a finite logits row of the model's
+// vocabulary for every input: a benchmark of a backend computing nonsense fails.
+func execute(b *testing.B, exec engine.Executor, vocab int, batch []engine.Input) {
+	out := exec.Execute(batch)
+	if len(out) != len(batch) {
+		b.Fatalf("a step of %d inputs returned %d logits rows", len(batch), len(out))
+	}
+	for i, row := range out {
+		if len(row) != vocab {
+			b.Fatalf("logits row %d has %d values, want the vocabulary's %d", i, len(row), vocab)
+		}
+		for _, v := range row {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				b.Fatalf("logits row %d holds %v", i, v)
+			}
+		}
+	}
+}
+
+// fill computes the first context tokens of each of seqs sequences, in steps of at most
 // prefillChunk tokens, untimed.
-func fill(exec engine.Executor, seqs, context int, toks []int32) {
-	per := max(1, prefillChunk/context)
+func (s shape) fill(b *testing.B, exec engine.Executor, vocab, seqs, context int, toks []int32) {
+	per := max(1, s.prefillChunk/context)
 	for first := 0; first < seqs; first += per {
 		var batch []engine.Input
 		for i := first; i < min(seqs, first+per); i++ {
-			batch = append(batch, engine.Input{Tokens: toks[:context], Blocks: seqBlocks(i), Logits: true})
+			batch = append(batch, engine.Input{Tokens: toks[:context], Blocks: s.seqBlocks(i), Logits: true})
 		}
-		exec.Execute(batch)
+		execute(b, exec, vocab, batch)
 	}
 }
 
 // decode times b.N steps of seqs sequences each decoding one token after context, and
-// returns the aggregate tokens per second.
-func decode(b *testing.B, exec engine.Executor, seqs, context int) float64 {
-	toks := tokens(context + decodeRoom + 1)
-	fill(exec, seqs, context, toks)
+// returns the aggregate tokens per second. The first step's logits are checked, the timed
+// ones not (reading them back is part of every step, as the engine samples from them).
+func (s shape) decode(b *testing.B, exec engine.Executor, vocab, seqs, context int) float64 {
+	toks := tokens(context+s.decodeRoom+1, vocab)
+	s.fill(b, exec, vocab, seqs, context, toks)
 	batch := make([]engine.Input, seqs)
 	for i := range batch {
-		batch[i] = engine.Input{Blocks: seqBlocks(i), Logits: true}
+		batch[i] = engine.Input{Tokens: toks[context : context+1], Pos: context, Blocks: s.seqBlocks(i), Logits: true}
 	}
+	execute(b, exec, vocab, batch)
 	b.ResetTimer()
 	pos := context
 	for range b.N {
-		if pos == context+decodeRoom {
+		if pos == context+s.decodeRoom {
 			pos = context
 		}
 		for i := range batch {
@@ -198,56 +244,71 @@ func decode(b *testing.B, exec engine.Executor, seqs, context int) float64 {
 	return float64(seqs*b.N) / b.Elapsed().Seconds()
 }
 
-// BenchmarkDecodeSingleStream: one sequence at context 512 decodes a token per step.
-// Target: at least half the HBM roofline (weights bytes / bandwidth).
-func BenchmarkDecodeSingleStream(b *testing.B) {
-	_, exec, bounds := setup(b)
-	tps := decode(b, exec, 1, singleContext)
+// singleStream is BenchmarkDecodeSingleStream's body.
+func (s shape) singleStream(b *testing.B, exec engine.Executor, vocab int, bounds *Bounds) {
+	tps := s.decode(b, exec, vocab, 1, s.singleContext)
 	frac := bounds.SingleStreamFraction(tps)
 	b.ReportMetric(tps, "tok/s")
 	b.ReportMetric(frac, "roofline-frac")
 	b.Logf("single-stream decode at context %d: %.1f tok/s = %.1f%% of the HBM roofline %.1f tok/s (target %.0f%%: %s)",
-		singleContext, tps, 100*frac, bounds.SingleStreamTokensPerSecond(), 100*TargetSingleStreamFraction, verdict(frac >= TargetSingleStreamFraction))
+		s.singleContext, tps, 100*frac, bounds.SingleStreamTokensPerSecond(), 100*TargetSingleStreamFraction, verdict(frac >= TargetSingleStreamFraction))
+}
+
+// batchDecode is BenchmarkDecodeBatch64's body.
+func (s shape) batchDecode(b *testing.B, exec engine.Executor, vocab int, bounds *Bounds) {
+	tps := s.decode(b, exec, vocab, s.batch, s.batchContext)
+	stepBound := bounds.BatchBytesBound(DecodeShape(s.batch, s.batchContext))
+	frac := tps / (float64(s.batch) / stepBound)
+	b.ReportMetric(tps, "tok/s")
+	b.ReportMetric(frac, "roofline-frac")
+	b.Logf("batch-%d decode at context %d: %.0f tok/s aggregate (target %d: %s); HBM bound of the step %.2f ms = %.0f tok/s, reached %.1f%%",
+		s.batch, s.batchContext, tps, TargetBatch64TokensPerSecond, verdict(tps >= TargetBatch64TokensPerSecond), 1e3*stepBound, float64(s.batch)/stepBound, 100*frac)
+}
+
+// prefillRun is BenchmarkPrefill's body for a prompt of n tokens.
+func (s shape) prefillRun(b *testing.B, exec engine.Executor, vocab int, bounds *Bounds, n int) {
+	blocks := make([]int32, (n+s.blockSize-1)/s.blockSize)
+	for j := range blocks {
+		blocks[j] = int32(j)
+	}
+	in := []engine.Input{{Tokens: tokens(n, vocab), Blocks: blocks, Logits: true}}
+	execute(b, exec, vocab, in) // checked, and warm: the first use of this shape's buffers
+	b.ResetTimer()
+	for range b.N {
+		exec.Execute(in)
+	}
+	b.StopTimer()
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	sh := PrefillShape(n)
+	frac := bounds.PrefillFraction(sh, sec)
+	b.ReportMetric(float64(n)/sec, "tok/s")
+	b.ReportMetric(bounds.FLOPs(sh)/sec/1e12, "TFLOP/s")
+	b.ReportMetric(frac, "peak-frac")
+	b.Logf("prefill of %d tokens: %.2f ms, %.1f TFLOP/s = %.1f%% of the dense BF16 peak %.1f TFLOPS (target %.0f%%: %s)",
+		n, 1e3*sec, bounds.FLOPs(sh)/sec/1e12, 100*frac, bounds.GPU.PeakTFLOPS, 100*TargetPrefillFraction, verdict(frac >= TargetPrefillFraction))
+}
+
+// BenchmarkDecodeSingleStream: one sequence at context 512 decodes a token per step.
+// Target: at least half the HBM roofline (weights bytes / bandwidth).
+func BenchmarkDecodeSingleStream(b *testing.B) {
+	exec, vocab, bounds := setup(b)
+	gpuShape.singleStream(b, exec, vocab, bounds)
 }
 
 // BenchmarkDecodeBatch64: 64 sequences at context 1024 decode a token each per step.
 // Target: at least 4,000 tok/s in aggregate.
 func BenchmarkDecodeBatch64(b *testing.B) {
-	_, exec, bounds := setup(b)
-	tps := decode(b, exec, batchSize, batchContext)
-	stepBound := bounds.BatchBytesBound(DecodeShape(batchSize, batchContext))
-	frac := tps / (batchSize / stepBound)
-	b.ReportMetric(tps, "tok/s")
-	b.ReportMetric(frac, "roofline-frac")
-	b.Logf("batch-%d decode at context %d: %.0f tok/s aggregate (target %d: %s); HBM bound of the step %.2f ms = %.0f tok/s, reached %.1f%%",
-		batchSize, batchContext, tps, TargetBatch64TokensPerSecond, verdict(tps >= TargetBatch64TokensPerSecond), 1e3*stepBound, batchSize/stepBound, 100*frac)
+	exec, vocab, bounds := setup(b)
+	gpuShape.batchDecode(b, exec, vocab, bounds)
 }
 
 // BenchmarkPrefill: one prompt from position 0 per step, at 512, 2048 and 8192 tokens.
 // Target (read at 2048): at least a quarter of the dense BF16 tensor-core peak.
 func BenchmarkPrefill(b *testing.B) {
-	for _, n := range prefillTokens {
+	for _, n := range gpuShape.prefill {
 		b.Run(fmt.Sprintf("tokens=%d", n), func(b *testing.B) {
-			_, exec, bounds := setup(b)
-			blocks := make([]int32, (n+blockSize-1)/blockSize)
-			for j := range blocks {
-				blocks[j] = int32(j)
-			}
-			in := []engine.Input{{Tokens: tokens(n), Blocks: blocks, Logits: true}}
-			exec.Execute(in) // warm: first use of this shape's buffers
-			b.ResetTimer()
-			for range b.N {
-				exec.Execute(in)
-			}
-			b.StopTimer()
-			sec := b.Elapsed().Seconds() / float64(b.N)
-			shape := PrefillShape(n)
-			frac := bounds.PrefillFraction(shape, sec)
-			b.ReportMetric(float64(n)/sec, "tok/s")
-			b.ReportMetric(bounds.FLOPs(shape)/sec/1e12, "TFLOP/s")
-			b.ReportMetric(frac, "peak-frac")
-			b.Logf("prefill of %d tokens: %.2f ms, %.1f TFLOP/s = %.1f%% of the dense BF16 peak %.1f TFLOPS (target %.0f%%: %s)",
-				n, 1e3*sec, bounds.FLOPs(shape)/sec/1e12, 100*frac, bounds.GPU.PeakTFLOPS, 100*TargetPrefillFraction, verdict(frac >= TargetPrefillFraction))
+			exec, vocab, bounds := setup(b)
+			gpuShape.prefillRun(b, exec, vocab, bounds, n)
 		})
 	}
 }
