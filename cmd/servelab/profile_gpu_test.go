@@ -107,12 +107,14 @@ func TestSimRunsTheProfiledGPU(t *testing.T) {
 	if err := p.Write(gpuFile); err != nil {
 		t.Fatal(err)
 	}
+	var warned bool
 	sim := func(file string, args ...string) (float64, error) {
 		t.Helper()
 		out, err := run(t, append([]string{"sim", "--latency", "profile:" + file, "--trace", azureSlice, "--max-requests", "40", "--token-scale", "auto", "--json"}, args...)...)
 		if err != nil {
 			return 0, err
 		}
+		warned = strings.Contains(out, "was not measured on a GPU")
 		var r struct {
 			Cost struct {
 				GPUHours float64 `json:"gpu_hours"`
@@ -150,6 +152,8 @@ func TestSimRunsTheProfiledGPU(t *testing.T) {
 			t.Errorf("%s: %v", tt.name, err)
 		case math.Abs(price-tt.price) > 1e-9:
 			t.Errorf("%s: priced at %g $/GPU-hour, want %g", tt.name, price, tt.price)
+		case warned != (tt.file == cpuFile && len(tt.args) > 0):
+			t.Errorf("%s: warned that the profile is a CPU's: %v", tt.name, warned)
 		}
 	}
 	// A profile naming a GPU the table lacks is refused by name.

@@ -200,7 +200,7 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := f.useProfileGPU(fl, file, p); err != nil {
+	if err := f.useProfileGPU(fl, file, p, warn); err != nil {
 		return err
 	}
 	if p.Engine == nil {
@@ -224,9 +224,14 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 // useProfileGPU makes a simulation of a profile measured on a GPU (its "gpu") run that
 // GPU: the default --gpu becomes the profile's, which prices the run and picks the GPU
 // class; a --gpu or --pool GPU other than the profile's is an error naming both, as its
-// step times are the profiled GPU's. A CPU profile (no "gpu") runs with --gpu as given.
-func (f *simFlags) useProfileGPU(fl *pflag.FlagSet, file string, p *latency.Profile) error {
+// step times are the profiled GPU's. A CPU profile (no "gpu") runs with --gpu as given,
+// with a warning when --gpu is given: it prices the run, the step times stay the CPU's.
+func (f *simFlags) useProfileGPU(fl *pflag.FlagSet, file string, p *latency.Profile, warn io.Writer) error {
 	if p.GPU == "" {
+		if fl.Changed("gpu") {
+			fmt.Fprintf(warn, "warning: %s was not measured on a GPU (%s): --gpu %s prices the run and sets its GPU class, the step times are the profile's\n",
+				file, p.Machine, f.cluster.GPU)
+		}
 		return nil
 	}
 	if len(f.cluster.Pools) > 0 {
