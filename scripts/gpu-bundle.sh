@@ -9,21 +9,28 @@
 #   make gpu-bundle        then, on the device:   bash scripts/gpu-check.sh
 #
 # GPU_BUNDLE sets the folder, GPU_BUNDLE_TAGS build tags, GPU_BUNDLE_LIMIT_MIB the limit.
-# CGO_ENABLED defaults to 0: the CUDA driver binding (purego) needs no cgo, and a binary
-# without it runs on the device's C library whatever this machine's is.
+# cgo is on (CGO_ENABLED=1, a C compiler needed): the NVML telemetry (cuda/telemetry, go-nvml)
+# needs it, and servelab --device cuda without it refuses to start with telemetry on. The
+# binaries then need the device's glibc to be at least this machine's (Debian 12's 2.36
+# against the device image's Ubuntu 24.04 2.39 here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUTDIR=${GPU_BUNDLE:-bin/gpu-bundle}
 TAGS=${GPU_BUNDLE_TAGS:-}
 LIMIT_MIB=${GPU_BUNDLE_LIMIT_MIB:-64}
-export CGO_ENABLED=${CGO_ENABLED:-0}
+export CGO_ENABLED=${CGO_ENABLED:-1}
+if [ "$CGO_ENABLED" = 1 ] && ! command -v "$(go env CC)" >/dev/null; then
+  echo "gpu-bundle: cgo needs a C compiler ($(go env CC)) for the NVML telemetry; install one, or CGO_ENABLED=0 (telemetry.test then lacks its GPU test)" >&2
+  exit 1
+fi
 
 # The test binaries gpu-check.sh runs, NAME:PACKAGE (gpu-check.sh names the same).
 TESTS=(
   driver:./cuda/driver
   kernels:./cuda/kernels
   gpu:./cuda/gpu
+  telemetry:./cuda/telemetry
   gpubench:./cuda/gpubench
 )
 

@@ -7,7 +7,7 @@
 #   2. the CUDA test binaries with -test.v under SERVELAB_REQUIRE_GPU=1 (a test that would
 #      skip without a GPU fails instead): the driver, every kernel against its CPU
 #      reference, a forward pass of the 15m and 110m presets against the CPU engine, the
-#      engine serving the OpenAI API on the GPU;
+#      engine serving the OpenAI API on the GPU, NVML telemetry; the kernels' benchmarks;
 #   3. servelab model synth --preset llama-3.1-8b --dtype bfloat16 (16 GB, on local disk);
 #   4. the benchmarks of the issue's targets (cuda/gpubench) on it, -test.count 3;
 #   5. servelab profile --device cuda on it, the GPU grid;
@@ -40,15 +40,58 @@ PROFILE=$OUT/h200-$PRESET.json
 export SERVELAB_REQUIRE_GPU=1
 
 # The test binaries: NAME.test PACKAGE -test.run PATTERN (a CI test checks that every name
-# in a pattern is a test of that package, and that gpu-bundle.sh builds each binary).
+# in a pattern is a test of that package, and that gpu-bundle.sh builds each binary). Each
+# named test must run and pass: one the binary lacks (a file behind a build tag it was built
+# without, such as cuda/telemetry's NVML test without cgo) fails its step, not "no tests to run".
 TESTS=(
   "driver.test cuda/driver ^TestGPUInitAndDeviceCount$"
   "kernels.test cuda/kernels ^TestKernelsMatchCPU$"
   "gpu.test cuda/gpu ^(TestForwardMatchesCPU|TestEngineServesOnGPU)$"
+  "telemetry.test cuda/telemetry ^TestOpenOnGPU$"
 )
-# The benchmarks: NAME.test PACKAGE -test.bench PATTERN.
+# The kernels' own benchmarks (no model needed): NAME.test PACKAGE -test.bench PATTERN.
+KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16)$"
+# The issue's targets, on the synthesised model.
 BENCH="gpubench.test cuda/gpubench ^(BenchmarkDecodeSingleStream|BenchmarkDecodeBatch64|BenchmarkPrefill)$"
 BENCHTIME=${GPU_CHECK_BENCHTIME:-20x}
+
+# names PATTERN: the names of ^NAME$ or ^(NAME|NAME...)$, one a line.
+names() {
+  local p=${1#^}
+  p=${p%$}
+  p=${p#(}
+  p=${p%)}
+  tr '|' '\n' <<<"$p"
+}
+
+# gotest DIR BIN PATTERN ARGS...: runs the test binary in its package's directory (as go
+# test does) with -test.v, and fails unless every test the pattern names passed.
+gotest() {
+  local dir=$1 bin=$2 pattern=$3 out rc n
+  shift 3
+  out=$(cd "$dir" && "$bin" -test.v -test.count 1 -test.run "$pattern" "$@" 2>&1)
+  rc=$?
+  printf '%s\n' "$out"
+  for n in $(names "$pattern"); do
+    grep -q -- "^--- PASS: $n " <<<"$out" || { echo "gpu-check: $n did not run and pass"; rc=1; }
+  done
+  return "$rc"
+}
+
+# gobench DIR BIN PATTERN ARGS...: runs the benchmarks the pattern names, and fails unless
+# each printed a result.
+gobench() {
+  local dir=$1 bin=$2 pattern=$3 out rc n
+  shift 3
+  out=$(cd "$dir" && "$bin" -test.run '^$' -test.bench "$pattern" -test.v "$@" 2>&1)
+  rc=$?
+  printf '%s\n' "$out"
+  for n in $(names "$pattern"); do
+    grep -Eq -- "^$n(/[^[:space:]]*)?(-[0-9]+)?[[:space:]]+[0-9]+[[:space:]]" <<<"$out" || { echo "gpu-check: $n printed no result"; rc=1; }
+  done
+  return "$rc"
+}
+export -f names gotest gobench
 
 mkdir -p "$OUT" "$WORK/bin"
 SUMMARY=$OUT/summary.txt
@@ -97,13 +140,20 @@ step nvidia-smi 30 "$OUT/nvidia-smi.txt" bash -c 'nvidia-smi && nvidia-smi --que
 for t in "${TESTS[@]}"; do
   read -r bin pkg pattern <<<"$t"
   if unpack "$bin" >>"$OUT/tests.log" 2>&1; then
-    # A test binary runs in its package's directory, as go test runs it.
-    step "test ${pkg#cuda/}" 150 "$OUT/tests.log" env -C "$pkg" "$WORK/bin/$bin" -test.v -test.count 1 -test.run "$pattern"
+    step "test ${pkg#cuda/}" 150 "$OUT/tests.log" bash -c 'gotest "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern"
   else
     printf '%-34s %s\n' "test ${pkg#cuda/}" "FAILED (no $bin in the bundle)" | tee -a "$SUMMARY"
     failed+=("test ${pkg#cuda/}")
   fi
 done
+
+read -r bin pkg pattern <<<"$KERNEL_BENCH"
+if [ -x "$WORK/bin/$bin" ]; then
+  step "bench ${pkg#cuda/}" 60 "$OUT/bench.txt" bash -c 'gobench "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern" -test.benchtime 50x
+else
+  printf '%-34s %s\n' "bench ${pkg#cuda/}" "NOT RUN (no $bin)" | tee -a "$SUMMARY"
+  failed+=("bench ${pkg#cuda/}")
+fi
 
 unpack servelab >>"$OUT/synth.log" 2>&1
 SERVELAB=$WORK/bin/servelab
@@ -112,8 +162,8 @@ step "synth $PRESET bf16" 200 "$OUT/synth.log" "$SERVELAB" model synth --preset 
 
 read -r bin pkg pattern <<<"$BENCH"
 if [ "$synth_ok" = 1 ] && unpack "$bin" >>"$OUT/bench.txt" 2>&1; then
-  step "bench ${pkg#cuda/}" 240 "$OUT/bench.txt" env -C "$pkg" SERVELAB_GPU_MODEL="$MODEL" "$WORK/bin/$bin" \
-    -test.run '^$' -test.bench "$pattern" -test.benchtime "$BENCHTIME" -test.count 3 -test.v
+  step "bench ${pkg#cuda/}" 240 "$OUT/bench.txt" env SERVELAB_GPU_MODEL="$MODEL" bash -c 'gobench "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern" \
+    -test.benchtime "$BENCHTIME" -test.count 3
 else
   printf '%-34s %s\n' "bench ${pkg#cuda/}" "NOT RUN (no model or no $bin)" | tee -a "$SUMMARY"
   failed+=("bench ${pkg#cuda/}")

@@ -28,7 +28,7 @@ type scriptEntry struct {
 
 var (
 	entryLine  = regexp.MustCompile(`^\s*"(\S+)\.test (\S+) (\S+)"\s*$`)
-	benchLine  = regexp.MustCompile(`^BENCH="(\S+)\.test (\S+) (\S+)"\s*$`)
+	benchLine  = regexp.MustCompile(`^[A-Z_]*BENCH="(\S+)\.test (\S+) (\S+)"\s*$`)
 	bundleLine = regexp.MustCompile(`^\s*([a-z0-9_]+):\./(\S+)\s*$`)
 )
 
@@ -146,7 +146,7 @@ func TestGPUCheckScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := parseCheckScript(string(raw))
-	if len(entries) < 4 {
+	if len(entries) < 6 {
 		t.Fatalf("found %d test and benchmark entries in %s: %+v", len(entries), checkScript, entries)
 	}
 	bundle, err := os.ReadFile(bundleScript)
@@ -161,7 +161,7 @@ func TestGPUCheckScript(t *testing.T) {
 	}
 	var benched bool
 	for _, e := range entries {
-		t.Run(e.binary, func(t *testing.T) {
+		t.Run(e.binary+e.flag, func(t *testing.T) {
 			if pkg, ok := built[e.binary]; !ok || pkg != e.pkg {
 				t.Errorf("%s runs %s.test of %s; %s builds %q from %q", checkScript, e.binary, e.pkg, bundleScript, e.binary, pkg)
 			}
