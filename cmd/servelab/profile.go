@@ -93,6 +93,13 @@ profile:FILE' then runs and prices. The measured steps are recorded too ("points
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
 	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
 	cmd.Flags().StringSliceVar(&fromSteps, "from-steps", nil, "fit to these step logs (servelab engine --step-log) instead of measuring")
+	// Where the steps run: the engine's --device and --dtype, when it has them and they are
+	// not copied above.
+	for _, name := range []string{"device", "dtype"} {
+		if fl := all.Flags().Lookup(name); fl != nil && cmd.Flags().Lookup(name) == nil {
+			cmd.Flags().AddFlag(fl)
+		}
+	}
 	cmd.Flags().StringVar(&dev.grid, "grid", "auto", "step shapes to measure: cpu (prompts and contexts to 1024 tokens, decode batches to 64), gpu (to 8192 tokens and 256 sequences), or auto (gpu with --device cuda)")
 	if cmd.Flags().Lookup("dtype") == nil {
 		// The engine's --dtype when it has one (copied above); else profile's own.
@@ -135,7 +142,7 @@ func (d profileDevice) gpuGrid() (bool, error) {
 var profileFlags = map[string]bool{
 	"model": true, "block-size": true, "max-model-len": true, "kv-cache-memory-bytes": true,
 	"num-gpu-blocks-override": true, "max-num-seqs": true, "max-num-batched-tokens": true,
-	"batch": true, "threads": true, "device": true, "dtype": true,
+	"batch": true, "threads": true,
 	// Recorded in the profile's engine configuration, which a simulation of it runs.
 	"evict": true, "enable-prefix-caching": true,
 	"kv-tier": true, "kv-offloading-size": true, "kv-offloading-backend": true,
