@@ -310,7 +310,7 @@ func (f *fidelityFlags) run(ctx context.Context, log io.Writer) (*fidelityReport
 		if err != nil {
 			return nil, err
 		}
-		prof, err := measureProfile(c.engineFlags(), profileDevice{}, f.quick, 3, func(int, int) {}, log)
+		prof, err := measureProfile(c.engineFlags(), f.quick, 3, func(int, int) {})
 		unpin()
 		if err != nil {
 			return nil, err

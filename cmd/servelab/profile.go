@@ -66,7 +66,7 @@ profile:FILE' then runs and prices. The measured steps are recorded too ("points
 				prof, err = profileFromSteps(f, fromSteps)
 			} else {
 				dev.read(cmd)
-				prof, err = measureProfile(f, dev, quick, reps, progress, w)
+				prof, err = measureProfileOn(f, dev, quick, reps, progress, w)
 			}
 			if err != nil {
 				return err
@@ -149,8 +149,13 @@ var profileFlags = map[string]bool{
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
-// linear step-time model.
-func measureProfile(f engineFlags, dev profileDevice, quick bool, reps int, progress func(done, total int), warn io.Writer) (*latency.Profile, error) {
+// linear step-time model, on the CPU grid (fidelity's profile of the CPU engine).
+func measureProfile(f engineFlags, quick bool, reps int, progress func(done, total int)) (*latency.Profile, error) {
+	return measureProfileOn(f, profileDevice{}, quick, reps, progress, io.Discard)
+}
+
+// measureProfileOn is measureProfile on dev's device and grid; warnings go to warn.
+func measureProfileOn(f engineFlags, dev profileDevice, quick bool, reps int, progress func(done, total int), warn io.Writer) (*latency.Profile, error) {
 	gpuGrid, err := dev.gpuGrid()
 	if err != nil {
 		return nil, err
