@@ -13,7 +13,7 @@ FIDELITY_TRACES := examples/traces/mooncake_conv_500.jsonl examples/traces/azure
 # (make bench refuses such a machine instead).
 FIDELITY_FLAGS ?= --allow-busy --busy-wait 20s
 
-.PHONY: all build run test race lint bench clean generate tools image
+.PHONY: all build run test race lint bench clean generate tools image gpu-bundle
 
 all: build
 
@@ -57,6 +57,12 @@ lint:
 
 bench: build
 	bash scripts/bench.sh
+
+# What scripts/gpu-check.sh runs on a GPU machine without Go (issue 15): the CUDA packages'
+# test binaries and servelab, stripped and gzipped into bin/gpu-bundle, checked to travel
+# with the working tree within the device tool's 64 MiB. README: "GPU (CUDA) backend".
+gpu-bundle:
+	bash scripts/gpu-bundle.sh
 
 # The API's deepcopy functions and CRD YAML, generated from api/ by controller-gen (pinned in
 # hack/tools, built once into ~/.cache/servelab); api/v1alpha1's tests fail when the committed

@@ -362,6 +362,9 @@ go run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da "$WORK
   echo
   cat "$WORK/kv-tiers.md"
   echo
+  # Issue 15's GPU section: written by hand (its figures come from the device script, which
+  # make bench cannot run), kept across runs.
+  if [ -f docs/gpu-notes.md ]; then cat docs/gpu-notes.md; echo; fi
   echo "## Hot paths (go test -bench, medians of $REPS runs via benchstat)"
   echo
   echo '```'

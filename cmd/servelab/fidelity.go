@@ -589,6 +589,7 @@ func (f *fidelityFlags) calibrateProfile(ctx context.Context, prof *latency.Prof
 	fit := latency.Fit(coef, samples)
 	cal.Coefficients, cal.R2, cal.Samples, cal.Fit = coef, r2, len(samples), &fit
 	cal.MeanRelativeError = fit.MeanRelativeError
+	cal.Points = nil // the grid's steps are not what the calibrated coefficients fit
 	cal.Machine = prof.Machine + ", calibrated on the engines' own steps under load"
 	rep.CalibrationSteps, rep.CalibrationR2 = len(samples), r2
 	if profiled > 0 {

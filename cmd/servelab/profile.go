@@ -21,6 +21,7 @@ func newProfileCmd() *cobra.Command {
 		quick     bool
 		reps      int
 		fromSteps []string
+		dev       profileDevice
 	)
 	cmd := &cobra.Command{
 		Use:   "profile --model DIR --out FILE",
@@ -39,7 +40,15 @@ simulation of it then runs.
 With --from-steps the model is fitted instead to the steps an engine logged while it served
 real traffic ('servelab engine --step-log FILE'): the step times the engine achieves under its
 actual load, on its actual machine. --model and the KV flags still give the profile's block
-size, KV blocks and context, as the engine that logged the steps ran with them.`,
+size, KV blocks and context, as the engine that logged the steps ran with them.
+
+On a GPU (--device cuda, with --dtype) the grid is the GPU's (--grid auto): prompts and
+contexts to 8192 tokens and decode batches to 256, within the engine's limits, so give the
+limits an engine serving on that GPU would have (--max-num-batched-tokens 8192
+--max-num-seqs 256 --kv-cache-memory-bytes for the KV cache); the profile records the GPU
+(its row of the simulator's GPU table, "gpu": "h200"), which 'servelab sim --latency
+profile:FILE' then runs and prices. The measured steps are recorded too ("points"), which
+'servelab profile compare' sets beside the simulator's roofline.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.model == "" || out == "" {
@@ -55,7 +64,8 @@ size, KV blocks and context, as the engine that logged the steps ran with them.`
 			if len(fromSteps) > 0 {
 				prof, err = profileFromSteps(f, fromSteps)
 			} else {
-				prof, err = measureProfile(f, quick, reps, progress)
+				dev.read(cmd)
+				prof, err = measureProfileOn(f, dev, quick, reps, progress, w)
 			}
 			if err != nil {
 				return err
@@ -83,7 +93,49 @@ size, KV blocks and context, as the engine that logged the steps ran with them.`
 	cmd.Flags().BoolVar(&quick, "quick", false, "measure a small grid")
 	cmd.Flags().IntVar(&reps, "repeats", 3, "timings per shape (the median is kept)")
 	cmd.Flags().StringSliceVar(&fromSteps, "from-steps", nil, "fit to these step logs (servelab engine --step-log) instead of measuring")
+	// Where the steps run: the engine's --device and --dtype, when it has them and they are
+	// not copied above.
+	for _, name := range []string{"device", "dtype"} {
+		if fl := all.Flags().Lookup(name); fl != nil && cmd.Flags().Lookup(name) == nil {
+			cmd.Flags().AddFlag(fl)
+		}
+	}
+	cmd.Flags().StringVar(&dev.grid, "grid", "auto", "step shapes to measure: cpu (prompts and contexts to 1024 tokens, decode batches to 64), gpu (to 8192 tokens and 256 sequences), or auto (gpu with --device cuda)")
+	if cmd.Flags().Lookup("dtype") == nil {
+		// The engine's --dtype when it has one (copied above); else profile's own.
+		cmd.Flags().StringVar(&dev.dtypeFlag, "dtype", "auto", "weights' compute type, vLLM's --dtype: auto (config.json's torch_dtype), bfloat16 or float32 (the CPU computes in float32)")
+	}
+	cmd.AddCommand(newProfileCompareCmd())
 	return cmd
+}
+
+// profileDevice is where profile measures: the engine's --device and --dtype, and --grid.
+type profileDevice struct {
+	device, dtype, grid string
+	dtypeFlag           string
+}
+
+// read takes --device and --dtype from the command's flags, whichever command defines them.
+func (d *profileDevice) read(cmd *cobra.Command) {
+	if fl := cmd.Flags().Lookup("device"); fl != nil {
+		d.device = fl.Value.String()
+	}
+	if fl := cmd.Flags().Lookup("dtype"); fl != nil {
+		d.dtype = fl.Value.String()
+	}
+}
+
+// gpuGrid resolves --grid.
+func (d profileDevice) gpuGrid() (bool, error) {
+	switch d.grid {
+	case "", "auto":
+		return d.device == "cuda", nil
+	case "cpu":
+		return false, nil
+	case "gpu":
+		return true, nil
+	}
+	return false, fmt.Errorf("--grid %q: want auto, cpu or gpu", d.grid)
 }
 
 // profileFlags are the engine flags measureProfile reads.
@@ -99,8 +151,18 @@ var profileFlags = map[string]bool{
 }
 
 // measureProfile times the engine flags' model over step shapes and fits the simulator's
-// linear step-time model.
+// linear step-time model, on the CPU grid (fidelity's profile of the CPU engine).
 func measureProfile(f engineFlags, quick bool, reps int, progress func(done, total int)) (*latency.Profile, error) {
+	return measureProfileOn(f, profileDevice{}, quick, reps, progress, io.Discard)
+}
+
+// measureProfileOn is measureProfile on dev's grid (the device is the engine flags'); warnings go to warn.
+func measureProfileOn(f engineFlags, dev profileDevice, quick bool, reps int, progress func(done, total int), warn io.Writer) (*latency.Profile, error) {
+	dev.device = f.device
+	gpuGrid, err := dev.gpuGrid()
+	if err != nil {
+		return nil, err
+	}
 	if err := f.checkDevice(); err != nil {
 		return nil, err
 	}
@@ -123,7 +185,7 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 		points, err = profile.Measure(b.NewExecutor(), profile.Config{
 			MaxModelLen: b.MaxModelLen, NumBlocks: b.NumBlocks, BlockSize: b.BlockSize,
 			MaxNumBatchedTokens: limits.MaxNumBatchedTokens, MaxNumSeqs: limits.MaxNumSeqs,
-			Repeats: reps, Quick: quick,
+			Repeats: reps, Quick: quick, GPU: gpuGrid,
 			Progress: progress,
 		})
 		return err
@@ -136,14 +198,20 @@ func measureProfile(f engineFlags, quick bool, reps int, progress func(done, tot
 		samples[i] = latency.Sample{Shape: p.Shape, Seconds: p.Seconds}
 	}
 	machine := fmt.Sprintf("CPU %s (servelab engine)", b.Device.Name)
+	gpu := ""
 	if b.Device.Device == "cuda" {
 		machine = fmt.Sprintf("GPU %s, %s weights (servelab engine --device cuda)", b.Device.Name, b.Device.DType)
+		if g, err := latency.LookupGPUByDeviceName(b.Device.Name); err == nil {
+			gpu = g.Name
+		} else {
+			fmt.Fprintf(warn, "warning: %v; the profile records no \"gpu\", so a simulation of it prices the --gpu it is given\n", err)
+		}
 	}
 	p, err := fitProfile(f, machine, b, samples)
 	if err != nil {
 		return nil, err
 	}
-	p.GPUs = gpus
+	p.GPU, p.Points, p.GPUs = gpu, samples, gpus
 	return p, nil
 }
 

@@ -200,6 +200,9 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := f.useProfileGPU(fl, file, p, warn); err != nil {
+		return err
+	}
 	if p.Engine == nil {
 		fmt.Fprintf(warn, "warning: %s does not record the engine's resolved configuration; batch limits, KV cache and context come from flags and defaults (profile again to record it)\n", file)
 		return nil
@@ -215,6 +218,36 @@ func (f *simFlags) useProfileEngine(fl *pflag.FlagSet, warn io.Writer) error {
 			file, p.Engine.KVTiers, file)
 	}
 	f.cluster.UseEngine(*p.Engine)
+	return nil
+}
+
+// useProfileGPU makes a simulation of a profile measured on a GPU (its "gpu") run that
+// GPU: the default --gpu becomes the profile's, which prices the run and picks the GPU
+// class; a --gpu or --pool GPU other than the profile's is an error naming both, as its
+// step times are the profiled GPU's. A CPU profile (no "gpu") runs with --gpu as given,
+// with a warning when --gpu is given: it prices the run, the step times stay the CPU's.
+func (f *simFlags) useProfileGPU(fl *pflag.FlagSet, file string, p *latency.Profile, warn io.Writer) error {
+	if p.GPU == "" {
+		if fl.Changed("gpu") {
+			fmt.Fprintf(warn, "warning: %s was not measured on a GPU (%s): --gpu %s prices the run and sets its GPU class, the step times are the profile's\n",
+				file, p.Machine, f.cluster.GPU)
+		}
+		return nil
+	}
+	if len(f.cluster.Pools) > 0 {
+		for _, pool := range f.cluster.Pools {
+			if !strings.EqualFold(pool.GPU, p.GPU) {
+				return fmt.Errorf("--pool %s: GPU %s, but --latency profile:%s was measured on %s (%s); its step times are %s's: give the pool GPU %s, or simulate %s with --latency roofline",
+					pool.Name, pool.GPU, file, p.GPU, p.Machine, p.GPU, p.GPU, pool.GPU)
+			}
+		}
+		return nil
+	}
+	if fl.Changed("gpu") && !strings.EqualFold(f.cluster.GPU, p.GPU) {
+		return fmt.Errorf("--gpu %s: --latency profile:%s was measured on %s (%s); its step times are %s's, which --gpu %s would price and schedule as another GPU: leave --gpu out (or give --gpu %s), or simulate %s with --latency roofline",
+			f.cluster.GPU, file, p.GPU, p.Machine, p.GPU, f.cluster.GPU, p.GPU, f.cluster.GPU)
+	}
+	f.cluster.GPU = p.GPU
 	return nil
 }
 

@@ -81,6 +81,15 @@ type hfConfig struct {
 	VocabSize             int      `json:"vocab_size"`
 }
 
+// hfRopeScaling is rope_scaling of a Llama 3.1 config.json (sorted keys).
+type hfRopeScaling struct {
+	Factor                        pyFloat `json:"factor"`
+	HighFreqFactor                pyFloat `json:"high_freq_factor"`
+	LowFreqFactor                 pyFloat `json:"low_freq_factor"`
+	OriginalMaxPositionEmbeddings int     `json:"original_max_position_embeddings"`
+	RopeType                      string  `json:"rope_type"`
+}
+
 // hfGenerationConfig is generation_config.json (sorted keys, as transformers writes it).
 type hfGenerationConfig struct {
 	BOSTokenID int   `json:"bos_token_id"`
@@ -119,6 +128,10 @@ func ConfigJSON(spec Spec) ([]byte, error) {
 		TorchDType:            torchDTypes[spec.dtype()],
 		UseCache:              true,
 		VocabSize:             spec.Vocab,
+	}
+	if r := spec.RopeScaling; r != nil {
+		c.RopeScaling = hfRopeScaling{Factor: pyFloat(r.Factor), HighFreqFactor: pyFloat(r.HighFreqFactor), LowFreqFactor: pyFloat(r.LowFreqFactor),
+			OriginalMaxPositionEmbeddings: r.OriginalMaxPositionEmbeddings, RopeType: "llama3"}
 	}
 	return marshalIndent(c)
 }
@@ -223,10 +236,14 @@ func firstID(raw json.RawMessage) (int, error) {
 }
 
 // ReadConfig reads dir/config.json into a Spec, rejecting what this package's Llama cannot
-// express: rope_scaling, biases, an activation other than silu, head_dim != hidden_size /
+// express: rope_scaling other than a complete Llama 3.1 ("llama3") one, biases, an activation other than silu, head_dim != hidden_size /
 // num_attention_heads. A list eos_token_id gives its first id. Spec.DType is torch_dtype.
 func ReadConfig(dir string) (Spec, error) {
-	path := filepath.Join(dir, ConfigFile)
+	return ReadConfigFile(filepath.Join(dir, ConfigFile))
+}
+
+// ReadConfigFile is ReadConfig of a config.json file at any path.
+func ReadConfigFile(path string) (Spec, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return Spec{}, fmt.Errorf("modelfile: %w", err)
@@ -269,7 +286,19 @@ func ReadConfig(dir string) (Spec, error) {
 		s.Tied = *c.TieWordEmbeddings
 	}
 	if len(c.RopeScaling) != 0 && string(c.RopeScaling) != "null" {
-		return bad("rope_scaling %s is not supported", c.RopeScaling)
+		var r struct {
+			RopeType                      string   `json:"rope_type"`
+			Factor                        *float64 `json:"factor"`
+			LowFreqFactor                 *float64 `json:"low_freq_factor"`
+			HighFreqFactor                *float64 `json:"high_freq_factor"`
+			OriginalMaxPositionEmbeddings *int     `json:"original_max_position_embeddings"`
+		}
+		if err := json.Unmarshal(c.RopeScaling, &r); err != nil || r.RopeType != "llama3" || r.Factor == nil ||
+			r.LowFreqFactor == nil || r.HighFreqFactor == nil || r.OriginalMaxPositionEmbeddings == nil {
+			return bad("rope_scaling %s is not supported (only a complete Llama 3.1 \"llama3\" one is)", c.RopeScaling)
+		}
+		s.RopeScaling = &RopeScaling{Factor: *r.Factor, LowFreqFactor: *r.LowFreqFactor, HighFreqFactor: *r.HighFreqFactor,
+			OriginalMaxPositionEmbeddings: *r.OriginalMaxPositionEmbeddings}
 	}
 	if c.HiddenAct != "" && c.HiddenAct != "silu" {
 		return bad("hidden_act %q, want \"silu\"", c.HiddenAct)

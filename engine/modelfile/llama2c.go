@@ -262,6 +262,9 @@ func WriteLlama2C(path string, spec Spec, w *Weights) error {
 	if err := w.Check(spec); err != nil {
 		return err
 	}
+	if spec.RopeScaling != nil {
+		return fmt.Errorf("modelfile: a llama2.c checkpoint has no rope_scaling (the spec has Llama 3.1's)")
+	}
 	w = PermuteQKFromHF(spec, w)
 	vocab := spec.Vocab
 	if !spec.Tied {

@@ -53,6 +53,32 @@ type Spec struct {
 	BOS, EOS  int
 	// DType is the dtype of model.safetensors' tensors: F32, F16 or BF16 ("" means F32).
 	DType safetensors.DType
+	// RopeScaling is config.json's rope_scaling; nil writes null (plain RoPE).
+	RopeScaling *RopeScaling
+}
+
+// RopeScaling is Llama 3.1's rope_scaling ("rope_type": "llama3"), as its config.json
+// writes it: inverse frequencies of wavelength above OriginalMaxPositionEmbeddings /
+// LowFreqFactor divided by Factor, below OriginalMaxPositionEmbeddings / HighFreqFactor
+// kept, and interpolated between (engine/model's RopeScaling computes it).
+type RopeScaling struct {
+	Factor                        float64
+	LowFreqFactor, HighFreqFactor float64
+	OriginalMaxPositionEmbeddings int
+}
+
+// validate checks the factors as transformers' _validate_llama3_parameters does.
+func (r *RopeScaling) validate() error {
+	if !(r.Factor >= 1) {
+		return fmt.Errorf("modelfile: spec rope_scaling factor = %g, want >= 1", r.Factor)
+	}
+	if !(r.LowFreqFactor > 0) || !(r.HighFreqFactor > r.LowFreqFactor) {
+		return fmt.Errorf("modelfile: spec rope_scaling low_freq_factor %g / high_freq_factor %g: want 0 < low < high", r.LowFreqFactor, r.HighFreqFactor)
+	}
+	if r.OriginalMaxPositionEmbeddings <= 0 {
+		return fmt.Errorf("modelfile: spec rope_scaling original_max_position_embeddings = %d, want > 0", r.OriginalMaxPositionEmbeddings)
+	}
+	return nil
 }
 
 // HeadDim is Dim / Heads.
@@ -106,6 +132,9 @@ func (s Spec) Validate() error {
 	case safetensors.F32, safetensors.F16, safetensors.BF16:
 	default:
 		return fmt.Errorf("modelfile: spec DType %q: want F32, F16 or BF16", string(s.DType))
+	}
+	if s.RopeScaling != nil {
+		return s.RopeScaling.validate()
 	}
 	return nil
 }

@@ -3,19 +3,42 @@ package modelfile
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 
 	"servelab/engine/safetensors"
 )
 
-// Preset returns a named model shape, all with rope theta 10000, rms eps 1e-5, tied
-// embeddings, BOS 1, EOS 2 and F32 tensors:
+// PresetNames are the names Preset takes.
+var PresetNames = []string{"tiny", "15m", "110m", "llama-3.2-1b", "llama-3.1-8b"}
+
+// Preset returns a named model shape. tiny, 15m and 110m have rope theta 10000, rms eps
+// 1e-5, tied embeddings, BOS 1, EOS 2 and F32 tensors:
 //
 //	tiny: dim 64, hidden 172, 2 layers, 8 heads, 4 kv heads, vocab 512, seq 512
 //	15m:  dim 288, hidden 768, 6 layers, 6 heads, 6 kv heads, vocab 32000, seq 256 (TinyStories 15M)
 //	110m: dim 768, hidden 2048, 12 layers, 12 heads, 12 kv heads, vocab 32000, seq 1024 (TinyStories 110M)
+//
+// llama-3.2-1b and llama-3.1-8b are the shapes of meta-llama/Llama-3.2-1B and
+// meta-llama/Llama-3.1-8B as their config.json files give them (rope theta 500000, Llama
+// 3.1 rope_scaling, rms eps 1e-5, max_position_embeddings 131072, vocab 128256, BOS
+// 128000, EOS 128001, BF16 tensors):
+//
+//	llama-3.2-1b: dim 2048, hidden 8192, 16 layers, 32 heads, 8 kv heads, tied, rope_scaling factor 32
+//	llama-3.1-8b: dim 4096, hidden 14336, 32 layers, 32 heads, 8 kv heads, untied, rope_scaling factor 8
 func Preset(name string) (Spec, error) {
 	base := Spec{RopeTheta: 10000, NormEps: 1e-5, Tied: true, BOS: 1, EOS: 2, DType: safetensors.F32}
+	llama3 := Spec{Vocab: 128256, MaxSeqLen: 131072, RopeTheta: 500000, NormEps: 1e-5, BOS: 128000, EOS: 128001, DType: safetensors.BF16}
 	switch name {
+	case "llama-3.2-1b":
+		s := llama3
+		s.Dim, s.Hidden, s.Layers, s.Heads, s.KVHeads, s.Tied = 2048, 8192, 16, 32, 8, true
+		s.RopeScaling = &RopeScaling{Factor: 32, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 8192}
+		return s, nil
+	case "llama-3.1-8b":
+		s := llama3
+		s.Dim, s.Hidden, s.Layers, s.Heads, s.KVHeads, s.Tied = 4096, 14336, 32, 32, 8, false
+		s.RopeScaling = &RopeScaling{Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPositionEmbeddings: 8192}
+		return s, nil
 	case "tiny":
 		base.Dim, base.Hidden, base.Layers, base.Heads, base.KVHeads, base.Vocab, base.MaxSeqLen = 64, 172, 2, 8, 4, 512, 512
 	case "15m":
@@ -23,7 +46,7 @@ func Preset(name string) (Spec, error) {
 	case "110m":
 		base.Dim, base.Hidden, base.Layers, base.Heads, base.KVHeads, base.Vocab, base.MaxSeqLen = 768, 2048, 12, 12, 12, 32000, 1024
 	default:
-		return Spec{}, fmt.Errorf("modelfile: unknown preset %q (want tiny, 15m or 110m)", name)
+		return Spec{}, fmt.Errorf("modelfile: unknown preset %q (want %s)", name, strings.Join(PresetNames, ", "))
 	}
 	return base, nil
 }

@@ -30,6 +30,11 @@ type Config struct {
 	Repeats int
 	// Quick measures a smaller grid (for tests).
 	Quick bool
+	// GPU measures the grid a GPU serves: prompts and contexts to 8192 tokens, decode
+	// batches to 256 (the CPU grid stops at 1024 tokens and 64 sequences, which a GPU
+	// computes in a few milliseconds). Shapes past the engine's limits are left out as
+	// always, so the batch policy's max_num_batched_tokens and the KV cache bound it.
+	GPU bool
 	// Progress, if set, is called after each shape.
 	Progress func(done, total int)
 }
@@ -52,9 +57,18 @@ func grid(cfg Config) [][]chunk {
 	contexts := []int{0, 128, 512, 1024}
 	decodeBatches := []int{1, 2, 4, 8, 16, 32, 64}
 	decodeContexts := []int{16, 128, 512, 1024}
-	if cfg.Quick {
+	mixedPrefill, mixedBatches := prefill[:4], decodeBatches[:4]
+	switch {
+	case cfg.Quick:
 		prefill, contexts = []int{8, 32, 96}, []int{0, 64}
 		decodeBatches, decodeContexts = []int{1, 3, 8}, []int{16, 80}
+		mixedPrefill, mixedBatches = prefill, decodeBatches
+	case cfg.GPU:
+		prefill = []int{16, 64, 256, 512, 1024, 2048, 4096, 8192}
+		contexts = []int{0, 512, 2048, 8192}
+		decodeBatches = []int{1, 2, 4, 8, 16, 32, 64, 128, 256}
+		decodeContexts = []int{128, 512, 2048, 4096}
+		mixedPrefill, mixedBatches = []int{256, 1024, 4096}, []int{1, 16, 64}
 	}
 	var steps [][]chunk
 	fits := func(c []chunk) bool {
@@ -90,8 +104,8 @@ func grid(cfg Config) [][]chunk {
 		}
 	}
 	// Mixed steps, as continuous batching runs them: a prefill chunk beside decodes.
-	for _, p := range prefill[:min(4, len(prefill))] {
-		for _, b := range decodeBatches[:min(4, len(decodeBatches))] {
+	for _, p := range mixedPrefill {
+		for _, b := range mixedBatches {
 			c := []chunk{{context: 0, tokens: p}}
 			for range b {
 				c = append(c, chunk{context: decodeContexts[1], tokens: 1, decode: true})

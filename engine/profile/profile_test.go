@@ -112,3 +112,45 @@ func TestMeasureReportsStepErrors(t *testing.T) {
 		t.Errorf("%d steps ran; want 3 before the failure", f.n)
 	}
 }
+
+// The GPU grid reaches the batches and prompt lengths a GPU serves (decode batches to 256,
+// prompts to 8192 tokens) where the engine's limits allow; the CPU grid stops at 64 and 1024.
+func TestGPUGrid(t *testing.T) {
+	// An 8B model on an H200: 8192 batched tokens, 256 sequences, 393,216 tokens of KV.
+	cfg := Config{MaxModelLen: 131072, NumBlocks: 24576, BlockSize: 16, MaxNumBatchedTokens: 8192, MaxNumSeqs: 256, Repeats: 1}
+	largest := func(cfg Config) (batch, prompt, context int) {
+		for _, c := range grid(cfg) {
+			if c[0].decode {
+				batch = max(batch, len(c))
+				context = max(context, c[0].context)
+			} else if len(c) == 1 {
+				prompt = max(prompt, c[0].tokens)
+			}
+		}
+		return
+	}
+	if b, p, c := largest(cfg); b != 64 || p != 1024 || c != 1024 {
+		t.Errorf("CPU grid: largest decode batch %d, prompt %d, decode context %d; want 64, 1024, 1024", b, p, c)
+	}
+	cfg.GPU = true
+	if b, p, c := largest(cfg); b != 256 || p != 8192 || c != 4096 {
+		t.Errorf("GPU grid: largest decode batch %d, prompt %d, decode context %d; want 256, 8192, 4096", b, p, c)
+	}
+	rec := &recorder{t: t, cfg: cfg}
+	points, err := Measure(rec, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch256 bool
+	for _, p := range points {
+		batch256 = batch256 || p.Shape.DecodeSeqs == 256
+	}
+	if !batch256 || len(points) < 60 {
+		t.Errorf("%d points measured, batch 256 among them %v: want the GPU grid within the limits", len(points), batch256)
+	}
+	// A smaller KV cache or token budget drops the shapes past it, as on the CPU.
+	cfg.MaxNumBatchedTokens, cfg.NumBlocks = 2048, 4096
+	if b, p, _ := largest(cfg); b != 256 || p != 2048 {
+		t.Errorf("GPU grid under 2048 tokens and 4096 blocks: largest batch %d, prompt %d; want 256, 2048", b, p)
+	}
+}

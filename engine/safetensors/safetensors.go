@@ -15,6 +15,7 @@
 package safetensors
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -289,7 +290,36 @@ func Parse(name string, data []byte) (*File, error) {
 // file is simply sorted by name); the header is padded with spaces to a multiple of 8 bytes.
 // The file is written to a temporary file in the same directory and renamed into place.
 func Write(path string, tensors []Tensor, metadata map[string]string) error {
-	hdr, order, err := encodeHeader(path, tensors, metadata)
+	infos := make([]TensorInfo, len(tensors))
+	for i, t := range tensors {
+		infos[i] = TensorInfo{Name: t.Name, DType: t.DType, Shape: t.Shape}
+	}
+	return WriteStream(path, infos, metadata, func(i int) ([]byte, error) { return tensors[i].Data, nil })
+}
+
+// TensorInfo is a tensor's name, dtype and shape: a header entry without its data.
+type TensorInfo struct {
+	Name  string
+	DType DType
+	Shape []int
+}
+
+// ByteSize is the size of the tensor's data, and false for an invalid shape or dtype.
+func (t TensorInfo) ByteSize() (int, bool) {
+	n, ok := numElements(t.Shape)
+	if !ok {
+		return 0, false
+	}
+	return t.DType.ByteSize(n)
+}
+
+// WriteStream writes the file Write writes for tensors described by infos, asking data
+// for each tensor's bytes (infos[i]'s) one at a time, in the file's buffer order, and
+// writing them before asking for the next: a file of any size is written holding one
+// tensor in memory. data's slice is not kept; a slice of the wrong length, or an error
+// from data, stops the write and leaves no file at path.
+func WriteStream(path string, infos []TensorInfo, metadata map[string]string, data func(i int) ([]byte, error)) error {
+	hdr, order, err := encodeHeader(path, infos, metadata)
 	if err != nil {
 		return err
 	}
@@ -305,15 +335,26 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 			os.Remove(tmp.Name())
 		}
 	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
 	var lenb [8]byte
 	binary.LittleEndian.PutUint64(lenb[:], uint64(len(hdr)))
-	if err := writeAll(tmp, lenb[:], hdr); err != nil {
+	if err := writeAll(bw, lenb[:], hdr); err != nil {
 		return fmt.Errorf("safetensors: writing %s: %w", path, err)
 	}
 	for _, i := range order {
-		if err := writeAll(tmp, tensors[i].Data); err != nil {
+		b, err := data(i)
+		if err != nil {
+			return fmt.Errorf("safetensors: writing %s: tensor %q: %w", path, infos[i].Name, err)
+		}
+		if want, _ := infos[i].ByteSize(); len(b) != want {
+			return errorf(path, infos[i].Name, "has %d data bytes, want %d for dtype %s shape %v", len(b), want, infos[i].DType, infos[i].Shape)
+		}
+		if err := writeAll(bw, b); err != nil {
 			return fmt.Errorf("safetensors: writing %s: %w", path, err)
 		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("safetensors: writing %s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("safetensors: writing %s: %w", path, err)
@@ -339,7 +380,8 @@ func writeAll(w io.Writer, bufs ...[]byte) error {
 }
 
 // encodeHeader validates tensors and returns the padded JSON header and the buffer order.
-func encodeHeader(path string, tensors []Tensor, metadata map[string]string) ([]byte, []int, error) {
+func encodeHeader(path string, tensors []TensorInfo, metadata map[string]string) ([]byte, []int, error) {
+	sizes := make([]int, len(tensors))
 	seen := map[string]bool{}
 	for i := range tensors {
 		t := &tensors[i]
@@ -367,9 +409,7 @@ func encodeHeader(path string, tensors []Tensor, metadata map[string]string) ([]
 		if !ok {
 			return nil, nil, errorf(path, t.Name, "shape %v of dtype %s has no whole byte size", t.Shape, t.DType)
 		}
-		if size != len(t.Data) {
-			return nil, nil, errorf(path, t.Name, "has %d data bytes, want %d for dtype %s shape %v", len(t.Data), size, t.DType, t.Shape)
-		}
+		sizes[i] = size
 	}
 	order := make([]int, len(tensors))
 	for i := range order {
@@ -426,7 +466,7 @@ func encodeHeader(path string, tensors []Tensor, metadata map[string]string) ([]
 			}
 			fmt.Fprintf(&h, "%d", d)
 		}
-		end := off + uint64(len(t.Data))
+		end := off + uint64(sizes[i])
 		fmt.Fprintf(&h, `],"data_offsets":[%d,%d]}`, off, end)
 		off = end
 	}

@@ -13,6 +13,9 @@ type GPU struct {
 	// Name is the lower-case short name LookupGPU takes ("h100").
 	Name        string `json:"name"`
 	Description string `json:"description"`
+	// DeviceNames are the names the CUDA driver and nvidia-smi report for the part
+	// ("NVIDIA H200").
+	DeviceNames []string `json:"device_names,omitempty"`
 	// PeakTFLOPS is dense (no sparsity) BF16 tensor-core throughput.
 	PeakTFLOPS float64 `json:"peak_tflops"`
 	// MemoryBandwidthGBps is peak DRAM bandwidth in GB/s.
@@ -93,6 +96,25 @@ func LookupGPU(name string) (GPU, error) {
 		}
 	}
 	return GPU{}, fmt.Errorf("unknown GPU %q (known: %s)", name, strings.Join(GPUNames(), ", "))
+}
+
+// LookupGPUByDeviceName finds the GPU whose device_names include name, the name the CUDA
+// driver (cuDeviceGetName) or nvidia-smi reports, ignoring case and surrounding space; a
+// device the table does not list is an error naming it.
+func LookupGPUByDeviceName(name string) (GPU, error) {
+	key := strings.TrimSpace(name)
+	for _, g := range gpus() {
+		for _, n := range g.DeviceNames {
+			if strings.EqualFold(n, key) {
+				return g, nil
+			}
+		}
+	}
+	var known []string
+	for _, g := range gpus() {
+		known = append(known, g.DeviceNames...)
+	}
+	return GPU{}, fmt.Errorf("GPU device %q is not in the GPU table (known: %s)", name, strings.Join(known, ", "))
 }
 
 // GPUClass is "h100" for the GPUs vLLM gives its larger scheduling defaults (H100, H200),

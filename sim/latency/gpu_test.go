@@ -49,3 +49,18 @@ func TestGPUClass(t *testing.T) {
 		}
 	}
 }
+
+// A device name as the CUDA driver or nvidia-smi reports it finds its row.
+func TestLookupGPUByDeviceName(t *testing.T) {
+	for dev, want := range map[string]string{
+		"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100", " nvidia a100-sxm4-80gb ": "a100-80g", "NVIDIA L4": "l4",
+	} {
+		g, err := LookupGPUByDeviceName(dev)
+		if err != nil || g.Name != want {
+			t.Errorf("%q: got %q, %v; want %s", dev, g.Name, err, want)
+		}
+	}
+	if _, err := LookupGPUByDeviceName("NVIDIA GeForce RTX 4090"); err == nil || !strings.Contains(err.Error(), `"NVIDIA GeForce RTX 4090" is not in the GPU table`) {
+		t.Errorf("err = %v, want the unknown device named", err)
+	}
+}

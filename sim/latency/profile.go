@@ -20,6 +20,10 @@ type Profile struct {
 	// Machine describes the hardware that was profiled ("1x NVIDIA H100 80GB HBM3"). For
 	// people.
 	Machine string `json:"machine"`
+	// GPU is the GPU table's short name (h200, see LookupGPUByDeviceName) of the GPU the
+	// engine ran on, when it ran on one the table knows; "" for the CPU engine. A
+	// simulation of the profile runs (and prices) that GPU, and refuses another.
+	GPU string `json:"gpu,omitempty"`
 	// TensorParallelSize is the number of GPUs the engine split the model over; 0 when
 	// not recorded.
 	TensorParallelSize int `json:"tensor_parallel_size,omitempty"`
@@ -49,6 +53,10 @@ type Profile struct {
 	// MeanRelativeError is the mean of |predicted - measured| / measured over the steps;
 	// 0 when not recorded.
 	MeanRelativeError float64 `json:"mean_relative_error,omitempty"`
+	// Points are the measured steps the coefficients were fitted to (servelab profile
+	// records them; absent in profiles written before it did, and in those fitted to step
+	// logs), which `servelab profile compare` sets beside the roofline.
+	Points []Sample `json:"points,omitempty"`
 	// Fit says how well the coefficients reproduce the steps they were fitted to: in
 	// total and per class of step (prefill, decode, mixed; short and long context).
 	// Absent in profiles written before it was recorded.
@@ -200,6 +208,16 @@ func (p *Profile) Validate() error {
 	}
 	if err := p.Coefficients.Validate(); err != nil {
 		return fmt.Errorf("field \"coefficients\": %w", err)
+	}
+	if p.GPU != "" {
+		if _, err := LookupGPU(p.GPU); err != nil {
+			return fmt.Errorf("field \"gpu\": %w", err)
+		}
+	}
+	for i, s := range p.Points {
+		if err := checkSample(s); err != nil {
+			return fmt.Errorf("field \"points\"[%d]: %w", i, err)
+		}
 	}
 	if p.Fit != nil {
 		if err := p.Fit.Validate(); err != nil {

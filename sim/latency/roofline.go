@@ -152,13 +152,33 @@ func (r *Roofline) StepTime(s serving.StepShape) float64 {
 	if tokens == 0 {
 		return 0
 	}
-	seqs := float64(s.PrefillSeqs + s.DecodeSeqs)
-	pairs := s.PrefillAttention + float64(s.DecodeContextTokens)
-	flops := r.flopsPerToken*tokens + r.flopsPerSeq*seqs + r.flopsPerPair*pairs
-	bytes := r.weightBytes + r.kvBytesPerToken*(float64(s.ContextTokens)+tokens)
-	t := math.Max(flops*r.secondsPerFLOP, bytes*r.secondsPerByte)
+	t := math.Max(r.FLOPs(s)*r.secondsPerFLOP, r.Bytes(s)*r.secondsPerByte)
 	return t + r.allReducePerToken*tokens + r.allReduceFixed + r.opts.StepOverhead
 }
+
+// FLOPs is the floating-point work of step s on one GPU, as StepTime counts it (see
+// Roofline).
+func (r *Roofline) FLOPs(s serving.StepShape) float64 {
+	tokens := float64(s.PrefillTokens + s.DecodeSeqs)
+	seqs := float64(s.PrefillSeqs + s.DecodeSeqs)
+	pairs := s.PrefillAttention + float64(s.DecodeContextTokens)
+	return r.flopsPerToken*tokens + r.flopsPerSeq*seqs + r.flopsPerPair*pairs
+}
+
+// Bytes is the memory traffic of step s on one GPU, as StepTime counts it: the streamed
+// weights (StreamedWeightBytes) and the KV cache read and written.
+func (r *Roofline) Bytes(s serving.StepShape) float64 {
+	tokens := float64(s.PrefillTokens + s.DecodeSeqs)
+	return r.weightBytes + r.kvBytesPerToken*(float64(s.ContextTokens)+tokens)
+}
+
+// StreamedWeightBytes is the weights one GPU reads every step: its shard of every layer,
+// the final norm and the lm_head (not the embedding, which a step gathers rows of). Over
+// the HBM bandwidth it bounds single-stream decode.
+func (r *Roofline) StreamedWeightBytes() float64 { return r.weightBytes }
+
+// GPU is the accelerator the roofline models.
+func (r *Roofline) GPU() GPU { return r.gpu }
 
 // WeightBytes is the weights one GPU holds: its shard of every layer, the lm_head and,
 // unless tied, the embedding.
