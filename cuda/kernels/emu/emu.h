@@ -1,10 +1,11 @@
-// emu.h runs kernels.cu on the CPU, for cuda/kernels' emulation test (emu_test.go): a
-// CUDA thread block is a set of ucontext coroutines on one OS thread, switched at
-// __syncthreads, __syncwarp and the warp-collective operations (shuffles, mma.sync),
-// blocks run one after another. The inline PTX helpers kernels.cu keeps under
-// #ifndef SL_EMULATE are given here by the PTX ISA's semantics: cvt.rn.bf16x2.f32,
-// cp.async (landing at cp.async.wait_all, zero-filled past src_bytes), mma.sync.m16n8k16 bf16
-// (each lane's fragments as the ISA's figures lay them out), ld.global.nc.
+// emu.h runs kernels.cu on the CPU, for cuda/kernels/emu (the kernels' tests and the CUDA
+// backend's, without a GPU): a CUDA thread block is a set of ucontext coroutines on one
+// OS thread, switched at __syncthreads, __syncwarp and the warp-collective operations
+// (shuffles, mma.sync), blocks run one after another. The inline PTX helpers kernels.cu
+// keeps under #ifndef SL_EMULATE are given here by the PTX ISA's semantics:
+// cvt.rn.bf16x2.f32, cp.async (landing at cp.async.wait_all, zero-filled past src_bytes),
+// mma.sync.m16n8k16 bf16 (each lane's fragments as the ISA's figures lay them out),
+// ld.global.nc.
 //
 // It checks kernels.cu's indexing, tails, synchronisation structure and fragment
 // bookkeeping against the CPU references, and that no cp.async stage is read before it
