@@ -205,7 +205,8 @@ func loadFake(t *testing.T, o Options, total uint64) (*Backend, *fakeDevice, *fa
 // slots, logits copied back) on a fake device whose kernels implement cuda/kernels'
 // contract in Go, against the CPU engine: greedy tokens identical for 32 steps of a mixed
 // batch with a prefix-cache hit in float32, logits close in bfloat16. What it cannot check
-// is the CUDA kernels themselves: TestForwardMatchesCPU does on a GPU.
+// is the CUDA kernels themselves: TestEmulatedForwardMatchesCPU runs them emulated on the
+// CPU, TestForwardMatchesCPU on a GPU.
 func TestFakeForwardMatchesCPU(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -217,24 +218,53 @@ func TestFakeForwardMatchesCPU(t *testing.T) {
 		{"gqa-untied/bfloat16", small8(safetensors.F32), "bfloat16"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := synth(t, tc.spec, 7)
-			b, d, ops, closed := loadFake(t, Options{Dir: dir, DType: tc.dtype, NumBlocks: 64, MaxNumBatchedTokens: 64, MaxNumSeqs: 8}, 1<<30)
-			if b.NumBlocks() != 64 || b.BlockSize() != 16 {
-				t.Fatalf("KV cache of %d blocks of %d", b.NumBlocks(), b.BlockSize())
-			}
-			compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), b.Info().DType)
-			for _, k := range []string{"attn_decode", "attn_prefill", "rope_store", "silu_mul"} {
-				if ops.launches[k] == 0 {
-					t.Errorf("kernel %s never launched", k)
-				}
-			}
-			if err := b.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if n := d.liveAllocs(); len(n) != 0 || *closed != 1 {
-				t.Errorf("after Close: %d allocations left (%v), context destroyed %d times", len(n), n, *closed)
-			}
+			d := newFakeDevice(1 << 30)
+			ops := &fakeOps{d: d}
+			closed := new(int)
+			forwardMatchesCPU(t, tc.spec, tc.dtype, testDevice{
+				open:     fakeOpener(d, ops, closed),
+				launched: func(k string) int { return ops.launches[k] },
+				live:     func() int { return len(d.liveAllocs()) },
+				closed:   closed,
+			})
 		})
+	}
+}
+
+// testDevice is a device the backend's tests run on without a GPU: the Go fake
+// (fake_test.go) or kernels.cu emulated on the CPU (emu_test.go).
+type testDevice struct {
+	open     opener
+	launched func(kernel string) int // launches of a kernel of cuda/kernels' Table so far
+	live     func() int              // device allocations not freed
+	closed   *int                    // contexts destroyed
+}
+
+// forwardMatchesCPU writes spec's model with random weights, loads it on dev in dtype
+// (64 KV blocks of 16, activations for 64 tokens and 8 sequences), runs compareWithCPU,
+// checks that the prefill and decode kernels ran, and that Close frees every allocation
+// and destroys the context once.
+func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev testDevice) {
+	t.Helper()
+	dir := synth(t, spec, 7)
+	b, err := load(Options{Dir: dir, DType: dtype, NumBlocks: 64, MaxNumBatchedTokens: 64, MaxNumSeqs: 8}, dev.open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.NumBlocks() != 64 || b.BlockSize() != 16 {
+		t.Fatalf("KV cache of %d blocks of %d", b.NumBlocks(), b.BlockSize())
+	}
+	compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), b.Info().DType)
+	for _, k := range []string{"sl_attn_decode", "sl_attn_prefill", "sl_rope_store", "sl_silu_mul"} {
+		if dev.launched(k) == 0 {
+			t.Errorf("kernel %s never launched", k)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := dev.live(); n != 0 || *dev.closed != 1 {
+		t.Errorf("after Close: %d allocations left, context destroyed %d times", n, *dev.closed)
 	}
 }
 
@@ -375,11 +405,11 @@ func TestFakeDeviceErrorStopsBackend(t *testing.T) {
 	if _, err := b.Forward(batch); !errors.Is(err, errFake) {
 		t.Fatalf("step with a failing launch: err = %v; want the device error", err)
 	}
-	before := ops.launches["rmsnorm"]
+	before := ops.launches["sl_rmsnorm"]
 	if _, err := b.Forward(batch); !errors.Is(err, errFake) || !strings.Contains(err.Error(), "every later step fails") {
 		t.Errorf("next step: err = %v; want the first error again", err)
 	}
-	if ops.launches["rmsnorm"] != before {
+	if ops.launches["sl_rmsnorm"] != before {
 		t.Error("a step ran on a failed backend")
 	}
 	dst := make([]byte, b.BlockBytes())

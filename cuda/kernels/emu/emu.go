@@ -120,6 +120,7 @@ func Build(dir string) (*Lib, error) {
 	}
 	lib := filepath.Join(dir, "emu.so")
 	cmd := exec.Command(cxx, "-std=c++20", "-O1", "-g0", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-unknown-pragmas",
+		"-U_FORTIFY_SOURCE", // emu.h's coroutines _longjmp between stacks, which the fortified longjmp refuses
 		"-I", dir, "-o", lib, filepath.Join(dir, "emu.cpp"))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("emu: %s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
