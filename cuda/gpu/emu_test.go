@@ -77,3 +77,10 @@ func TestEmulatedForwardMatchesCPU(t *testing.T) {
 		})
 	}
 }
+
+// TestEmulatedKVBlocksMatchCPU is TestFakeKVBlocksMatchCPU with the real kernels: the KV
+// that sl_rope_store writes, read off the device, is the CPU cache's block for the same
+// tokens (model.KVCache's format), so blocks move between CPU and GPU engines as they are.
+func TestEmulatedKVBlocksMatchCPU(t *testing.T) {
+	kvBlocksMatchCPU(t, emuDevice(t).open)
+}

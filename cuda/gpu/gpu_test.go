@@ -459,8 +459,18 @@ func TestFakeDeviceErrorStopsBackend(t *testing.T) {
 // same tokens (model.KVCache's format, float32 within rounding), and WriteBlock then
 // ReadBlock round-trips a block byte for byte (KV tiers and P/D transfers).
 func TestFakeKVBlocksMatchCPU(t *testing.T) {
+	d := newFakeDevice(1 << 30)
+	kvBlocksMatchCPU(t, fakeOpener(d, &fakeOps{d: d}, new(int)))
+}
+
+// kvBlocksMatchCPU is TestFakeKVBlocksMatchCPU on the device open makes.
+func kvBlocksMatchCPU(t *testing.T, open opener) {
+	t.Helper()
 	dir := synth(t, preset(t, "tiny"), 5)
-	b, _, _, _ := loadFake(t, Options{Dir: dir, NumBlocks: 8, BlockSize: 4}, 1<<30)
+	b, err := load(Options{Dir: dir, NumBlocks: 8, BlockSize: 4}, open)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer b.Close()
 	cm, err := model.Load(dir, nil)
 	if err != nil {
