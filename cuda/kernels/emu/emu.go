@@ -9,8 +9,9 @@
 //
 // It checks the kernels' indexing, tails, synchronisation structure and fragment
 // bookkeeping, and the launches' pointers, sizes and strides; it is not a GPU: no memory
-// model, no timing, the host's arithmetic (no FMA contraction), and kernels' out-of-bounds
-// accesses are not caught (host copies are). It is slow (each thread is a coroutine):
+// model, no timing, the host's arithmetic (no FMA contraction); a kernel's access past the
+// end of an allocation faults (a guard page: see Device), other stray accesses are not
+// caught. It is slow (each thread is a coroutine):
 // keep shapes tiny.
 package emu
 
@@ -46,7 +47,7 @@ type Lib struct {
 	mu     sync.Mutex // serialises launches
 	launch func(name *byte, gx, gy, gz, bx, by, bz uint32, args *uint64, n int32) int32
 	alloc  func(n uint64) uint64
-	free   func(p uint64)
+	free   func(p, n uint64)
 	htod   func(dst uint64, src unsafe.Pointer, n uint64)
 	dtoh   func(dst unsafe.Pointer, src uint64, n uint64)
 	memset func(dst uint64, v int32, n uint64)
@@ -60,6 +61,9 @@ func dispatch() string {
 	var b strings.Builder
 	b.WriteString(`#include "emu.h"
 #include "kernels.cu"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 // EmuArg converts a launch argument (its bits in 64) to the kernel parameter's type.
 struct EmuArg {
@@ -85,12 +89,33 @@ extern "C" int emu_launch(const char *name, unsigned gx, unsigned gy, unsigned g
 	b.WriteString(`	return -1;
 }
 
-extern "C" uint64_t emu_alloc(uint64_t n) {
-	void *p = aligned_alloc(256, (n + 255) / 256 * 256);
-	if (p) memset(p, 0xff, n); // uninitialised device memory: NaN as float32
-	return (uint64_t)(uintptr_t)p;
+// emu_alloc maps n bytes (rounded up to 256) so that they end where an inaccessible guard
+// page begins: a kernel reading or writing past an allocation's rounded end faults at
+// once instead of touching another buffer. The start is 256-byte aligned, as cuMemAlloc's.
+static uint64_t emu_span(uint64_t n, uint64_t *lead) {
+	const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), used = (n + 255) / 256 * 256;
+	const uint64_t mapped = (used + page - 1) / page * page;
+	*lead = mapped - used;
+	return mapped + page;
 }
-extern "C" void emu_free(uint64_t p) { free((void *)(uintptr_t)p); }
+extern "C" uint64_t emu_alloc(uint64_t n) {
+	uint64_t lead;
+	const uint64_t span = emu_span(n, &lead);
+	char *base = (char *)mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED) return 0;
+	const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+	if (mprotect(base + span - page, page, PROT_NONE) != 0) {
+		munmap(base, span);
+		return 0;
+	}
+	memset(base + lead, 0xff, n); // uninitialised device memory: NaN as float32
+	return (uint64_t)(uintptr_t)(base + lead);
+}
+extern "C" void emu_free(uint64_t p, uint64_t n) {
+	uint64_t lead;
+	const uint64_t span = emu_span(n, &lead);
+	munmap((char *)(uintptr_t)p - lead, span);
+}
 extern "C" void emu_htod(uint64_t dst, const void *src, uint64_t n) { memcpy((void *)(uintptr_t)dst, src, n); }
 extern "C" void emu_dtoh(void *dst, uint64_t src, uint64_t n) { memcpy(dst, (const void *)(uintptr_t)src, n); }
 extern "C" void emu_memset(uint64_t dst, int v, uint64_t n) { memset((void *)(uintptr_t)dst, v, n); }
@@ -210,9 +235,12 @@ func (l *Lib) Launch(k *kernels.Kernel, grid, block driver.Dim3, sharedMem uint3
 // Device is the emulation's device memory with *driver.Driver's memory calls, so code
 // written against the driver runs on it: MemAlloc gives host memory 256-byte aligned (as
 // cuMemAlloc's), filled with 0xff bytes (NaN as float32, so a kernel reading memory
-// nobody wrote computes NaN); MemGetInfo reports the total the Device was made with and
-// what is allocated. Host copies and memsets outside an allocation are errors, as the
-// driver's; kernels' own accesses are not checked. Safe for concurrent use.
+// nobody wrote computes NaN), its size rounded up to 256 bytes ending at an inaccessible
+// guard page (a kernel reading or writing past it crashes the process with SIGSEGV, as a
+// GPU faults); MemGetInfo reports the total the Device was made with and what is
+// allocated. Host copies and memsets outside an allocation are errors, as the driver's;
+// kernels' accesses before an allocation or inside another are not caught. Safe for
+// concurrent use.
 type Device struct {
 	lib   *Lib
 	total uint64
@@ -258,7 +286,7 @@ func (d *Device) MemFree(p driver.DevicePtr) error {
 	if !ok {
 		return fmt.Errorf("emu: cuMemFree_v2 of %#x, not an allocation: CUDA_ERROR_INVALID_VALUE (1)", uint64(p))
 	}
-	d.lib.free(uint64(p))
+	d.lib.free(uint64(p), n)
 	delete(d.sizes, uint64(p))
 	i := sort.Search(len(d.bases), func(i int) bool { return d.bases[i] >= uint64(p) })
 	d.bases = append(d.bases[:i], d.bases[i+1:]...)
