@@ -84,3 +84,20 @@ func TestEmulatedForwardMatchesCPU(t *testing.T) {
 func TestEmulatedKVBlocksMatchCPU(t *testing.T) {
 	kvBlocksMatchCPU(t, emuDevice(t).open)
 }
+
+// TestEmulatedWideBatchMatchesCPU is wideBatchMatchesCPU with the real kernels, in
+// float32 (tiny preset) and bfloat16 (a bfloat16 checkpoint).
+func TestEmulatedWideBatchMatchesCPU(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spec  modelfile.Spec
+		dtype string
+	}{
+		{"tiny/float32", preset(t, "tiny"), Float32},
+		{"gqa-untied-bf16file/bfloat16", small8(safetensors.BF16), BFloat16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wideBatchMatchesCPU(t, tc.spec, tc.dtype, emuDevice(t))
+		})
+	}
+}

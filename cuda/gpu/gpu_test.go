@@ -272,8 +272,8 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 // steps: a prefill chunk and a whole prompt in one batch, then the chunk's rest, a decode
 // and a third sequence hitting the first one's cached prefix blocks in one batch, then 32
 // decode steps of all three, each engine fed its own greedy tokens. In float32 the tokens
-// must be identical and each logits row within 1e-4 relative RMS error of the CPU's; in
-// bfloat16 each logits row within the tolerance stated below.
+// must be identical; every logits row must be within checkLogits' tolerance of the CPU's
+// (1e-4 relative RMS error in float32).
 //
 // Why a float32 logits bound besides the tokens: with random weights the logits are
 // dominated by the embeddings' residual path, so greedy tokens alone miss broken
@@ -288,15 +288,6 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 	}
 	runner := cm.NewRunner(cm.NewKVCache(numBlocks, blockSize))
 	vocab := cm.Config.Vocab
-	// bfloat16 tolerance. From a float32 checkpoint the GPU rounds the weights to 8
-	// significant bits (relative 2^-9) and the CPU keeps them: over a few layers the
-	// logits' relative RMS error stays well under 5%. From a bfloat16 checkpoint both hold
-	// the same weights and only sl_gemm_bf16's rounding of x to bfloat16 (prefill rows;
-	// the decode GEMV keeps x in float32) differs: under 1%.
-	bf16Tol := 0.05
-	if cm.Config.TorchDType == "bfloat16" {
-		bf16Tol = 0.01
-	}
 	prompt := func(n, seed int) []int32 {
 		p := make([]int32, n)
 		for i := range p {
@@ -334,28 +325,9 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 			gt, ct := argmax(g[i]), argmax(c[i])
 			s := &st[who[i]]
 			s.gpu, s.cpu = append(s.gpu, gt), append(s.cpu, ct)
-			var num, den float64
-			for j := range g[i] {
-				d := float64(g[i][j] - c[i][j])
-				num += d * d
-				den += float64(c[i][j]) * float64(c[i][j])
-			}
-			rel := math.Sqrt(num / den)
-			maxRel = max(maxRel, rel)
-			switch dtype {
-			case Float32:
-				if gt != ct {
-					t.Fatalf("step %d, sequence %d: greedy token %d on the GPU, %d on the CPU (logits relative error %.2g)", step, who[i], gt, ct, rel)
-				}
-				// float32 sums in another order (and FMA on a GPU): rounding of about 1e-7
-				// per operation, far under 1e-4 after a few layers.
-				if rel > 1e-4 {
-					t.Fatalf("step %d, sequence %d: float32 logits relative RMS error %.3g > 1e-4", step, who[i], rel)
-				}
-			case BFloat16:
-				if rel > bf16Tol {
-					t.Fatalf("step %d, sequence %d: logits relative RMS error %.3g > %g (%s checkpoint)", step, who[i], rel, bf16Tol, cm.Config.TorchDType)
-				}
+			maxRel = max(maxRel, checkLogits(t, step, who[i], dtype, cm.Config, g[i], c[i]))
+			if dtype == Float32 && gt != ct {
+				t.Fatalf("step %d, sequence %d: greedy token %d on the GPU, %d on the CPU", step, who[i], gt, ct)
 			}
 		}
 	}
@@ -400,6 +372,107 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 		}
 	}
 	t.Logf("%s: %d tokens per sequence compared; largest logits relative RMS error %.3g", dtype, len(st[0].cpu), maxRel)
+}
+
+// wideBatchMatchesCPU loads spec on dev in dtype and runs a batch wider than
+// compareWithCPU's against the CPU engine: 12 sequences whose prompts (6 to 17 tokens, 138
+// in all) prefill in one step, past one row tile of either GEMM (64 rows for float32, 128
+// for bfloat16), then 2 decode steps of all 12, whose 12 logits rows take the bfloat16
+// classifier through sl_gemm_bf16 instead of the GEMV (at most kernels.GemvMaxRows rows).
+// Every logits row must be within checkLogits' tolerance, greedy tokens identical in
+// float32.
+func wideBatchMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev testDevice) {
+	t.Helper()
+	dir := synth(t, spec, 13)
+	b, err := load(Options{Dir: dir, DType: dtype, NumBlocks: 32, MaxNumBatchedTokens: 160, MaxNumSeqs: 16}, dev.open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cm, err := model.Load(dir, cpu.NewPool(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner := cm.NewRunner(cm.NewKVCache(b.NumBlocks(), b.BlockSize()))
+	const n = 12
+	batch := make([]model.SeqInput, n)
+	pos := make([]int, n)
+	for i := range batch {
+		toks := make([]int32, 6+i)
+		for j := range toks {
+			toks[j] = int32(3 + (j*7919+i*104729)%(cm.Config.Vocab-3))
+		}
+		batch[i] = model.SeqInput{Tokens: toks, Blocks: []int32{int32(2 * i), int32(2*i + 1)}, Logits: true}
+	}
+	maxRel := 0.0
+	for step := range 3 {
+		g, err := b.Forward(batch)
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		c := runner.Forward(append([]model.SeqInput(nil), batch...))
+		if len(g) != n || len(c) != n {
+			t.Fatalf("step %d: %d logits rows, CPU %d; want %d", step, len(g), len(c), n)
+		}
+		for i := range n {
+			maxRel = max(maxRel, checkLogits(t, step, i, dtype, cm.Config, g[i], c[i]))
+			gt, ct := argmax(g[i]), argmax(c[i])
+			if dtype == Float32 && gt != ct {
+				t.Fatalf("step %d, sequence %d: greedy token %d on the GPU, %d on the CPU", step, i, gt, ct)
+			}
+			pos[i] += len(batch[i].Tokens)
+			batch[i] = model.SeqInput{Tokens: []int32{ct}, Pos: pos[i], Blocks: batch[i].Blocks, Logits: true}
+		}
+	}
+	t.Logf("%s: %d sequences, 3 steps; largest logits relative RMS error %.3g", dtype, n, maxRel)
+}
+
+// TestFakeWideBatchMatchesCPU is wideBatchMatchesCPU on the fake device.
+func TestFakeWideBatchMatchesCPU(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spec  modelfile.Spec
+		dtype string
+	}{
+		{"tiny/float32", preset(t, "tiny"), Float32},
+		{"gqa-untied-bf16file/bfloat16", small8(safetensors.BF16), BFloat16},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newFakeDevice(1 << 30)
+			wideBatchMatchesCPU(t, tc.spec, tc.dtype, testDevice{open: fakeOpener(d, &fakeOps{d: d}, new(int))})
+		})
+	}
+}
+
+// checkLogits fails t unless a logits row computed in dtype is within its tolerance of
+// the CPU engine's (relative RMS error), and returns the error.
+//   - float32: sums in another order (and FMA on a GPU) round by about 1e-7 per operation,
+//     far under 1e-4 after a few layers.
+//   - bfloat16 from a float32 checkpoint: the GPU rounds the weights to 8 significant bits
+//     (relative 2^-9) and the CPU keeps them: over a few layers under 5%.
+//   - bfloat16 from a bfloat16 checkpoint: both hold the same weights and only
+//     sl_gemm_bf16's rounding of x to bfloat16 (the GEMV keeps x in float32) differs:
+//     under 1%.
+func checkLogits(t *testing.T, step, seq int, dtype string, cfg model.Config, g, c []float32) float64 {
+	t.Helper()
+	var num, den float64
+	for j := range g {
+		d := float64(g[j] - c[j])
+		num += d * d
+		den += float64(c[j]) * float64(c[j])
+	}
+	rel := math.Sqrt(num / den)
+	tol := 1e-4
+	if dtype == BFloat16 {
+		tol = 0.05
+		if cfg.TorchDType == "bfloat16" {
+			tol = 0.01
+		}
+	}
+	if !(rel <= tol) {
+		t.Fatalf("step %d, sequence %d: %s logits (%s checkpoint) relative RMS error %.3g > %g", step, seq, dtype, cfg.TorchDType, rel, tol)
+	}
+	return rel
 }
 
 func argmax(v []float32) int32 {
