@@ -161,7 +161,7 @@ func (f *fakeDevice) liveAllocs() []int {
 // float32 rounding, not bit for bit).
 type fakeOps struct {
 	d        *fakeDevice
-	launches map[string]int
+	launches map[string]int // by kernel (Linear's by "linear_" and dtype)
 }
 
 func (o *fakeOps) count(name string) error {
@@ -178,7 +178,7 @@ func (o *fakeOps) EmbedF32(_ driver.Stream, x, table, tokens driver.DevicePtr, r
 	for r, t := range toks {
 		copy(out[r*dim:(r+1)*dim], o.d.f32(table+driver.DevicePtr(int(t)*dim*4), dim))
 	}
-	return o.count("embed_f32")
+	return o.count("sl_embed_f32")
 }
 
 func (o *fakeOps) EmbedBF16(_ driver.Stream, x, table, tokens driver.DevicePtr, rows, dim int) error {
@@ -189,7 +189,7 @@ func (o *fakeOps) EmbedBF16(_ driver.Stream, x, table, tokens driver.DevicePtr, 
 			out[r*dim+i] = safetensors.BF16ToFloat32(b)
 		}
 	}
-	return o.count("embed_bf16")
+	return o.count("sl_embed_bf16")
 }
 
 func (o *fakeOps) RMSNorm(_ driver.Stream, out, x, rowIdx, w driver.DevicePtr, rows, dim int, eps float32) error {
@@ -206,7 +206,7 @@ func (o *fakeOps) RMSNorm(_ driver.Stream, out, x, rowIdx, w driver.DevicePtr, r
 		}
 		cpu.RMSNorm(dst[r*dim:(r+1)*dim], o.d.f32(x+driver.DevicePtr(src*dim*4), dim), wt, eps)
 	}
-	return o.count("rmsnorm")
+	return o.count("sl_rmsnorm")
 }
 
 func (o *fakeOps) RopeStore(_ driver.Stream, qkv, bias, cos, sin, tokPos, tokSlot, kcache, vcache driver.DevicePtr, rows, heads, kvHeads, headDim int, scale float32) error {
@@ -232,7 +232,7 @@ func (o *fakeOps) RopeStore(_ driver.Stream, qkv, bias, cos, sin, tokPos, tokSlo
 		copy(o.d.f32(kcache+driver.DevicePtr(int(slot[r])*kvd*4), kvd), row[qd:qd+kvd])
 		copy(o.d.f32(vcache+driver.DevicePtr(int(slot[r])*kvd*4), kvd), row[qd+kvd:])
 	}
-	return o.count("rope_store")
+	return o.count("sl_rope_store")
 }
 
 // attendOne is one query's attention over positions [0, ctx) of sequence seq.
@@ -279,7 +279,7 @@ func (o *fakeOps) AttnDecode(_ driver.Stream, out, qkv, kcache, vcache, seqs, se
 			o.attendOne(out, qkv, kcache, vcache, blockTables, int(q), row, h, pos+1, maxBlocks, heads, kvHeads, headDim, blockSize)
 		}
 	}
-	return o.count("attn_decode")
+	return o.count("sl_attn_decode")
 }
 
 func (o *fakeOps) AttnPrefill(_ driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
@@ -295,7 +295,7 @@ func (o *fakeOps) AttnPrefill(_ driver.Stream, out, qkv, kcache, vcache, items, 
 			o.attendOne(out, qkv, kcache, vcache, blockTables, seq, start+i, head, pos+i+1, maxBlocks, heads, kvHeads, headDim, blockSize)
 		}
 	}
-	return o.count("attn_prefill")
+	return o.count("sl_attn_prefill")
 }
 
 func (o *fakeOps) SiLUMul(_ driver.Stream, act, gu driver.DevicePtr, rows, hidden int) error {
@@ -305,7 +305,7 @@ func (o *fakeOps) SiLUMul(_ driver.Stream, act, gu driver.DevicePtr, rows, hidde
 		cpu.SiLUMul(row[:hidden], row[hidden:])
 		copy(a[r*hidden:(r+1)*hidden], row[:hidden])
 	}
-	return o.count("silu_mul")
+	return o.count("sl_silu_mul")
 }
 
 func (o *fakeOps) Linear(_ driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, dtype string, accumulate bool) error {

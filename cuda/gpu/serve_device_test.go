@@ -103,7 +103,8 @@ func TestEngineServesOnGPU(t *testing.T) {
 	t.Logf("served on %s", name)
 }
 
-// fakeExecutor is engine/backend's GPU executor over a fake-device backend.
+// fakeExecutor is engine/backend's GPU executor over a backend on the fake or the
+// emulated device.
 type fakeExecutor struct {
 	g      *gpu.Backend
 	inputs []model.SeqInput
@@ -136,14 +137,7 @@ func TestFakeEngineServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	tok, err := tokenizer.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := g.Info()
-	b := &backend.Backend{Config: g.Config(), Cache: g, Tokenizer: tok, BlockSize: g.BlockSize(), NumBlocks: g.NumBlocks(),
-		MaxModelLen: g.Config().MaxPos, Device: backend.DeviceInfo{Device: "cuda", Name: info.Device, DType: info.DType}}
-	url, eng := serve(t, b, &fakeExecutor{g: g})
+	url, eng := serveBackend(t, dir, g)
 	checkServes(t, url, eng, "cuda")
 
 	arm("launch", 40) // a kernel faults a few steps into the next request
@@ -167,6 +161,36 @@ func TestFakeEngineServes(t *testing.T) {
 	if g.Err() == nil {
 		t.Error("the backend did not keep the device error")
 	}
+}
+
+// TestEmulatedEngineServes is TestEngineServesOnGPU with kernels.cu emulated on the CPU
+// (cuda/kernels/emu) under the backend and engine/backend's executor shape, for the tiny
+// preset: a completion and a streamed chat through the OpenAI API, /server_info, every KV
+// block free afterwards. It skips without a C++ compiler, except under CI=true.
+func TestEmulatedEngineServes(t *testing.T) {
+	dir := synthServable(t, "tiny")
+	g, err := gpu.LoadEmulated(t, gpu.Options{Dir: dir, NumBlocks: 128, MaxNumBatchedTokens: 64, MaxNumSeqs: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	url, eng := serveBackend(t, dir, g)
+	name := checkServes(t, url, eng, "cuda")
+	t.Logf("served on %s", name)
+}
+
+// serveBackend serves g (a backend on the fake or the emulated device) as engine/backend
+// serves a GPU backend, with dir's tokenizer.
+func serveBackend(t *testing.T, dir string, g *gpu.Backend) (string, *engine.Engine) {
+	t.Helper()
+	tok, err := tokenizer.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := g.Info()
+	b := &backend.Backend{Config: g.Config(), Cache: g, Tokenizer: tok, BlockSize: g.BlockSize(), NumBlocks: g.NumBlocks(),
+		MaxModelLen: g.Config().MaxPos, Device: backend.DeviceInfo{Device: "cuda", Name: info.Device, DType: info.DType}}
+	return serve(t, b, &fakeExecutor{g: g})
 }
 
 // serve starts the engine over exec and the OpenAI server on a loopback port.

@@ -41,7 +41,7 @@ var tolerances = map[string]tol{
 }
 
 // gpu is a test's CUDA context and the loaded kernels, or the CPU emulation of them
-// (emu_test.go: d is nil, emulated is set).
+// (cuda/kernels/emu through MatchCPUEmulated: d is nil, emulated is set).
 type gpu struct {
 	t        testing.TB
 	d        *driver.Driver

@@ -44,9 +44,9 @@ __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 
 // ---- inline PTX -----------------------------------------------------------------------
-// Every asm statement is here. cuda/kernels' emulation test (emu_test.go) compiles this
-// file for the CPU with SL_EMULATE defined and testdata/emu/emu.h supplying these
-// helpers (and saddr) with the PTX instructions' documented semantics.
+// Every asm statement is here. The CPU emulation (cuda/kernels/emu, for tests without a
+// GPU) compiles this file with SL_EMULATE defined and emu/emu.h supplying these helpers
+// (and saddr) with the PTX instructions' documented semantics.
 #ifndef SL_EMULATE
 typedef u32 saddr; // a shared-memory address
 

@@ -161,7 +161,7 @@ type recorder struct {
 	runs []launchRecord
 }
 
-func (r *recorder) launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error {
+func (r *recorder) Launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error {
 	r.t.Helper()
 	if len(args) != len(k.Params) {
 		r.t.Errorf("%s: %d arguments, the table has %d parameters", k.Name, len(args), len(k.Params))

@@ -17,16 +17,24 @@ var cubinImage, ptxImage []byte
 // the PTX.
 const Arch = "sm_90"
 
-// Module is the kernels loaded into the current CUDA context.
+// Module is the kernels' launch functions (ops.go) over a Launcher: the kernels loaded
+// into the current CUDA context (Load), or another implementation of them (NewModule).
 type Module struct {
-	l launcher
+	l Launcher
 }
 
-// launcher runs one kernel; the driver's in production, a recorder in tests that check
-// every launch function's arguments against Table without a GPU.
-type launcher interface {
-	launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error
+// Launcher runs one kernel of Table: the driver's (Load), cuda/kernels/emu's CPU
+// emulation of kernels.cu, or a recorder in tests that check every launch function's
+// arguments against Table without a GPU. Launch gets the kernel's table entry, the grid
+// and block its launch function computed (never an empty grid) and its arguments in the
+// table's order, already checked against k.Params: driver.DevicePtr for Ptr, int32 for
+// I32, float32 for F32. It must not keep args after it returns.
+type Launcher interface {
+	Launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error
 }
+
+// NewModule returns the launch functions over l; Load makes the driver's.
+func NewModule(l Launcher) *Module { return &Module{l: l} }
 
 // Image picks the image for a GPU of compute capability major.minor: the cubin on
 // sm_90, else the PTX (which the driver JIT-compiles, for newer GPUs too).
@@ -76,7 +84,7 @@ type driverLauncher struct {
 	fn map[string]driver.Function
 }
 
-func (dl *driverLauncher) launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error {
+func (dl *driverLauncher) Launch(k *Kernel, grid, block driver.Dim3, sharedMem uint32, s driver.Stream, args []any) error {
 	ptrs := make([]unsafe.Pointer, len(args))
 	for i, a := range args {
 		switch v := a.(type) {
@@ -125,7 +133,7 @@ func (m *Module) launch(name string, grid, block driver.Dim3, sharedMem uint32, 
 	if grid.X == 0 || grid.Y == 0 || grid.Z == 0 {
 		return nil // nothing to compute
 	}
-	return m.l.launch(&k, grid, block, sharedMem, s, args)
+	return m.l.Launch(&k, grid, block, sharedMem, s, args)
 }
 
 func ceilDiv(a, b int) uint32 { return uint32((a + b - 1) / b) }

@@ -1,10 +1,11 @@
-// emu.h runs kernels.cu on the CPU, for cuda/kernels' emulation test (emu_test.go): a
-// CUDA thread block is a set of ucontext coroutines on one OS thread, switched at
-// __syncthreads, __syncwarp and the warp-collective operations (shuffles, mma.sync),
-// blocks run one after another. The inline PTX helpers kernels.cu keeps under
-// #ifndef SL_EMULATE are given here by the PTX ISA's semantics: cvt.rn.bf16x2.f32,
-// cp.async (landing at cp.async.wait_all, zero-filled past src_bytes), mma.sync.m16n8k16 bf16
-// (each lane's fragments as the ISA's figures lay them out), ld.global.nc.
+// emu.h runs kernels.cu on the CPU, for cuda/kernels/emu (the kernels' tests and the CUDA
+// backend's, without a GPU): a CUDA thread block is a set of ucontext coroutines on one
+// OS thread, switched at __syncthreads, __syncwarp and the warp-collective operations
+// (shuffles, mma.sync), blocks run one after another. The inline PTX helpers kernels.cu
+// keeps under #ifndef SL_EMULATE are given here by the PTX ISA's semantics:
+// cvt.rn.bf16x2.f32, cp.async (landing at cp.async.wait_all, zero-filled past src_bytes),
+// mma.sync.m16n8k16 bf16 (each lane's fragments as the ISA's figures lay them out),
+// ld.global.nc.
 //
 // It checks kernels.cu's indexing, tails, synchronisation structure and fragment
 // bookkeeping against the CPU references, and that no cp.async stage is read before it
@@ -15,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <functional>
@@ -49,8 +51,14 @@ struct EmuCopy {
 	int n;
 };
 
+// A thread's coroutine starts once per process (makecontext/setcontext) and then loops:
+// it runs the kernel for the block the scheduler gives it and parks. Switches are
+// _setjmp/_longjmp, which save only registers (swapcontext makes a signal-mask system
+// call at every switch, which made the emulation several times slower).
 struct EmuThread {
 	ucontext_t uc;
+	jmp_buf jb;
+	bool started;
 	emu_dim3 tid;
 	bool done;
 	std::vector<EmuCopy> pending; // cp.async copies not yet waited for
@@ -58,7 +66,7 @@ struct EmuThread {
 
 struct EmuState {
 	int nt, cur;
-	ucontext_t main;
+	jmp_buf main;
 	std::vector<EmuThread> th;
 	char *stacks = nullptr;
 	std::function<void()> fn;
@@ -72,7 +80,10 @@ inline EmuState emu;
 inline emu_dim3 blockIdx, blockDim, gridDim;
 #define threadIdx (emu.th[emu.cur].tid)
 
-inline void emu_yield() { swapcontext(&emu.th[emu.cur].uc, &emu.main); }
+// emu_yield parks the current thread and returns to the scheduler, which resumes it later.
+inline void emu_yield() {
+	if (!_setjmp(emu.th[emu.cur].jb)) _longjmp(emu.main, 1);
+}
 
 inline void __syncthreads() {
 	const unsigned g = emu.blockGen;
@@ -96,30 +107,34 @@ inline void __syncwarp(unsigned = 0xffffffffu) {
 }
 
 inline void emu_entry() {
-	emu.fn();
-	EmuThread &t = emu.th[emu.cur];
-	t.done = true;
-	const int w = t.tid.x / 32;
-	// An exited thread no longer counts at barriers (a barrier it would complete opens).
-	if (--emu.blockLive > 0 && emu.blockArrived == emu.blockLive) {
-		emu.blockArrived = 0;
-		emu.blockGen++;
+	for (;;) {
+		emu.fn();
+		EmuThread &t = emu.th[emu.cur];
+		t.done = true;
+		const int w = t.tid.x / 32;
+		// An exited thread no longer counts at barriers (a barrier it would complete opens).
+		if (--emu.blockLive > 0 && emu.blockArrived == emu.blockLive) {
+			emu.blockArrived = 0;
+			emu.blockGen++;
+		}
+		if (--emu.warpLive[w] > 0 && emu.warpArrived[w] == emu.warpLive[w]) {
+			emu.warpArrived[w] = 0;
+			emu.warpGen[w]++;
+		}
+		emu_yield(); // resumed for its next block
 	}
-	if (--emu.warpLive[w] > 0 && emu.warpArrived[w] == emu.warpLive[w]) {
-		emu.warpArrived[w] = 0;
-		emu.warpGen[w]++;
-	}
-	// Returning resumes uc_link, the scheduler.
 }
 
 // emu_launch_grid runs fn as a kernel over grid x block (1-D blocks of whole warps).
 inline int emu_launch_grid(emu_dim3 grid, emu_dim3 block, std::function<void()> fn) {
 	const int nt = block.x * block.y * block.z;
 	if (block.y != 1 || block.z != 1 || nt % 32 != 0 || nt > EMU_MAX_THREADS) return -2;
-	if (!emu.stacks) emu.stacks = (char *)malloc((size_t)EMU_STACK * EMU_MAX_THREADS);
+	if (!emu.stacks) {
+		emu.stacks = (char *)malloc((size_t)EMU_STACK * EMU_MAX_THREADS);
+		emu.th.resize(EMU_MAX_THREADS);
+	}
 	emu.fn = fn;
 	emu.nt = nt;
-	emu.th.assign(nt, EmuThread{});
 	blockDim = block;
 	gridDim = grid;
 	for (unsigned bz = 0; bz < grid.z; bz++)
@@ -137,19 +152,23 @@ inline int emu_launch_grid(emu_dim3 grid, emu_dim3 block, std::function<void()> 
 					t.tid = emu_dim3{(unsigned)i, 0, 0};
 					t.done = false;
 					t.pending.clear();
-					getcontext(&t.uc);
-					t.uc.uc_stack.ss_sp = emu.stacks + (size_t)i * EMU_STACK;
-					t.uc.uc_stack.ss_size = EMU_STACK;
-					t.uc.uc_link = &emu.main;
-					makecontext(&t.uc, emu_entry, 0);
 				}
 				for (bool any = true; any;) {
 					any = false;
 					for (int i = 0; i < nt; i++) {
-						if (emu.th[i].done) continue;
+						EmuThread &t = emu.th[i];
+						if (t.done) continue;
 						emu.cur = i;
-						swapcontext(&emu.main, &emu.th[i].uc);
 						any = true;
+						if (_setjmp(emu.main)) continue; // the thread yielded or finished
+						if (t.started) _longjmp(t.jb, 1);
+						t.started = true;
+						getcontext(&t.uc);
+						t.uc.uc_stack.ss_sp = emu.stacks + (size_t)i * EMU_STACK;
+						t.uc.uc_stack.ss_size = EMU_STACK;
+						t.uc.uc_link = nullptr; // emu_entry never returns
+						makecontext(&t.uc, emu_entry, 0);
+						setcontext(&t.uc);
 					}
 				}
 			}
