@@ -16,6 +16,7 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -479,4 +480,12 @@ func (d *Driver) FuncGetAttribute(attr int32, f Function) (int, error) {
 // before a launch with more than 48 KiB of dynamic shared memory).
 func (d *Driver) FuncSetAttribute(attr int32, f Function, v int) error {
 	return d.check("cuFuncSetAttribute", d.cuFuncSetAttribute(f, attr, int32(v)))
+}
+
+// DevicePresent reports whether this machine has an NVIDIA GPU whose kernel driver is
+// loaded: the driver creates /dev/nvidiactl when it loads. Checking never creates it,
+// whereas cuInit on a machine with the driver library but no GPU creates device nodes.
+func DevicePresent() bool {
+	_, err := os.Stat("/dev/nvidiactl")
+	return err == nil
 }

@@ -1,33 +1,10 @@
 package gpu
 
 import (
-	"errors"
-	"os"
+	"servelab/internal/gputest"
+
 	"testing"
-
-	"servelab/cuda/driver"
 )
-
-// requireGPU skips t without a GPU (no /dev/nvidiactl, or no driver library), and fails it
-// when SERVELAB_REQUIRE_GPU=1 (set by scripts/gpu-check.sh) says one must be there. It
-// never calls cuInit itself.
-func requireGPU(t *testing.T) {
-	t.Helper()
-	required := os.Getenv("SERVELAB_REQUIRE_GPU") == "1"
-	_, err := driver.Load()
-	switch {
-	case err == nil && GPUPresent():
-		return
-	case required && err != nil:
-		t.Fatalf("SERVELAB_REQUIRE_GPU=1 but the CUDA driver does not load: %v", err)
-	case required:
-		t.Fatal("SERVELAB_REQUIRE_GPU=1 but /dev/nvidiactl does not exist")
-	case errors.Is(err, driver.ErrNoDriver):
-		t.Skipf("no GPU: %v (SERVELAB_REQUIRE_GPU=1 makes this a failure)", err)
-	default:
-		t.Skipf("no GPU: /dev/nvidiactl does not exist (driver load: %v; SERVELAB_REQUIRE_GPU=1 makes this a failure)", err)
-	}
-}
 
 // TestForwardMatchesCPU runs the 15m and 110m presets (random weights, float32 files) on
 // the GPU against the CPU engine, the steps of compareWithCPU: a prefill chunk and a whole
@@ -36,7 +13,7 @@ func requireGPU(t *testing.T) {
 // logits row within 1e-4 relative RMS error. bfloat16: each logits row within 5% relative
 // RMS error of the CPU's (float32 weights).
 func TestForwardMatchesCPU(t *testing.T) {
-	requireGPU(t)
+	gputest.Require(t)
 	for _, name := range []string{"15m", "110m"} {
 		dir := synth(t, preset(t, name), 11)
 		for _, dtype := range []string{Float32, BFloat16} {

@@ -27,7 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -116,10 +115,7 @@ type opener func(ordinal int) (*opened, error)
 // GPUPresent reports whether this machine has an NVIDIA GPU whose driver is loaded: the
 // driver creates /dev/nvidiactl when it loads. Checking it never creates it, unlike
 // cuInit on a machine with the driver library but no GPU.
-func GPUPresent() bool {
-	_, err := os.Stat("/dev/nvidiactl")
-	return err == nil
-}
+func GPUPresent() bool { return driver.DevicePresent() }
 
 // openCUDA initialises the driver and makes a context on device ordinal, current on the
 // calling (locked) thread, with the kernels loaded. It calls cuInit, so only a GPU code

@@ -1,10 +1,11 @@
 package gpu_test
 
 import (
+	"servelab/internal/gputest"
+
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"servelab/cuda/driver"
 	"servelab/cuda/gpu"
 	"servelab/engine"
 	"servelab/engine/backend"
@@ -26,22 +26,6 @@ import (
 	"servelab/policies"
 	"servelab/policies/batch"
 )
-
-// requireGPU is the internal tests' requireGPU (device_test.go), for this package.
-func requireGPU(t *testing.T) {
-	t.Helper()
-	required := os.Getenv("SERVELAB_REQUIRE_GPU") == "1"
-	_, err := driver.Load()
-	switch {
-	case err == nil && gpu.GPUPresent():
-	case required:
-		t.Fatalf("SERVELAB_REQUIRE_GPU=1 but no GPU: driver %v, /dev/nvidiactl present %t", err, gpu.GPUPresent())
-	case errors.Is(err, driver.ErrNoDriver):
-		t.Skipf("no GPU: %v (SERVELAB_REQUIRE_GPU=1 makes this a failure)", err)
-	default:
-		t.Skipf("no GPU: /dev/nvidiactl does not exist (SERVELAB_REQUIRE_GPU=1 makes this a failure)")
-	}
-}
 
 // synthServable writes a preset with a trained BPE tokenizer and a ChatML template,
 // as servelab model synth does.
@@ -91,7 +75,7 @@ func synthServable(t *testing.T, preset string) string {
 // (engine/backend with Device "cuda", engine/server) for the 15m preset: a completion, a
 // streamed chat, and /server_info naming the device; afterwards every KV block is free.
 func TestEngineServesOnGPU(t *testing.T) {
-	requireGPU(t)
+	gputest.Require(t)
 	dir := synthServable(t, "15m")
 	b, err := backend.Load(backend.Options{Dir: dir, Device: "cuda", DType: "float32", NumBlocks: 128, MaxNumBatchedTokens: 512, MaxNumSeqs: 16})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"servelab/internal/gputest"
 	"sync"
 	"testing"
 	"time"
@@ -20,8 +21,6 @@ import (
 const (
 	// envModel names the model directory (servelab model synth --preset llama-3.1-8b).
 	envModel = "SERVELAB_GPU_MODEL"
-	// envRequire makes a missing GPU or model a failure instead of a skip.
-	envRequire = "SERVELAB_REQUIRE_GPU"
 	// envGPU overrides the GPU table row (sim/latency's short name, e.g. h200) that the
 	// device's name would select.
 	envGPU = "SERVELAB_GPU"
@@ -62,13 +61,6 @@ func (s shape) numBlocks() int {
 	return n
 }
 
-// gpuPresent reports whether the NVIDIA driver has created /dev/nvidiactl; checking it
-// creates nothing.
-func gpuPresent() bool {
-	_, err := os.Stat("/dev/nvidiactl")
-	return err == nil
-}
-
 // loaded is the model, loaded once for all the benchmarks (an 8B model takes a while).
 var loaded struct {
 	once   sync.Once
@@ -82,16 +74,13 @@ var loaded struct {
 // benchmark without a GPU or a model, or failing it under SERVELAB_REQUIRE_GPU=1.
 func setup(b *testing.B) (engine.Executor, int, *Bounds) {
 	b.Helper()
-	required := os.Getenv(envRequire) == "1"
+	gputest.Require(b)
 	missing := func(why string) {
 		b.Helper()
-		if required {
-			b.Fatalf("%s, and %s=1 requires the GPU benchmarks to run", why, envRequire)
+		if gputest.Required() {
+			b.Fatalf("%s, and %s=1 requires the GPU benchmarks to run", why, gputest.EnvRequire)
 		}
-		b.Skipf("%s (%s=1 makes this a failure)", why, envRequire)
-	}
-	if !gpuPresent() {
-		missing("no GPU: /dev/nvidiactl does not exist")
+		b.Skipf("%s (%s=1 makes this a failure)", why, gputest.EnvRequire)
 	}
 	dir := os.Getenv(envModel)
 	if dir == "" {

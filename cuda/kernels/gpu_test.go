@@ -1,10 +1,11 @@
 package kernels
 
 import (
+	"servelab/internal/gputest"
+
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"slices"
 	"testing"
@@ -77,17 +78,7 @@ func (g *gpu) small(work int) bool { return !g.emulated || work <= 10<<20 }
 // thread, where the context it creates is current.
 func newGPU(t testing.TB) *gpu {
 	t.Helper()
-	require := os.Getenv("SERVELAB_REQUIRE_GPU") == "1"
-	if _, err := os.Stat("/dev/nvidiactl"); err != nil && !require {
-		t.Skip("no GPU: /dev/nvidiactl does not exist (SERVELAB_REQUIRE_GPU=1 makes this a failure)")
-	}
-	d, err := driver.Load()
-	if err != nil {
-		if require {
-			t.Fatalf("SERVELAB_REQUIRE_GPU=1: %v", err)
-		}
-		t.Skipf("no GPU: %v", err)
-	}
+	d := gputest.Require(t)
 	runtime.LockOSThread()
 	t.Cleanup(runtime.UnlockOSThread)
 	if err := d.Init(); err != nil {

@@ -3,7 +3,8 @@
 package telemetry
 
 import (
-	"os"
+	"servelab/internal/gputest"
+
 	"strings"
 	"testing"
 	"time"
@@ -11,25 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// requireGPU skips t unless this machine has a GPU (/dev/nvidiactl) or SERVELAB_REQUIRE_GPU=1
-// (the device script), where a missing GPU fails the test instead. nvmlInit on a machine
-// without a GPU but with the driver's libraries creates /dev/nvidia* nodes, so it is never
-// called here without one (cuda/driver's tests gate cuInit the same way).
-func requireGPU(t *testing.T) {
-	t.Helper()
-	if os.Getenv("SERVELAB_REQUIRE_GPU") == "1" {
-		return
-	}
-	if _, err := os.Stat("/dev/nvidiactl"); err != nil {
-		t.Skip("no GPU: /dev/nvidiactl does not exist (SERVELAB_REQUIRE_GPU=1 makes this a failure)")
-	}
-}
-
 // TestOpenOnGPU samples the real GPUs through the driver's NVML: every GPU has a name, a
 // UUID and memory; the fields every datacenter GPU reports are present and plausible; the
 // timer takes further samples; /metrics carries them.
 func TestOpenOnGPU(t *testing.T) {
-	requireGPU(t)
+	gputest.Require(t)
 	s, err := Open(Config{Interval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
