@@ -589,14 +589,23 @@ sl_gemm_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int ac
 //     of x prefetch + 8 of A fragments + indices, under __launch_bounds__(256, 2)'s 128 (no
 //     spills: TestRegisterBudgets), so two blocks fit an SM (2 x 32K registers, 2 x 40 KiB
 //     shared): qkv's 192 blocks are all resident at once on 132 SMs.
-//   - Bytes: a block streams 32 x k x 2 bytes of w (256 KiB at k = 4096) from HBM, and
-//     reads x, m x k x 4 bytes (16 KiB per row at k = 4096), from L2: per block, x's bytes
-//     are 2m/32 of w's (1x at 16 rows, 2x at 32, 4x at 64). HBM sees only w (x stays in
-//     L2: 1 MiB at 64 rows), so the kernel runs at HBM bandwidth while L2->SM traffic (w +
-//     x, 2x to 5x w's bytes) stays within L2's bandwidth (published H100 microbenchmarks:
-//     roughly 1.5x-2.5x HBM's); at 64 rows it may be L2-bound instead, up to ~2x above the
-//     HBM roofline. A split-k kernel with 128-wide tiles halves x's share but needs a
-//     scratch buffer and a second pass (not done: see ops.go's GemmBF16Skinny).
+//   - Bytes and expected bandwidth (arithmetic, not measured: no GPU has run this yet). A
+//     block streams 32 x k x 2 bytes of w from HBM (256 KiB at k = 4096) and reads x,
+//     m x k x 4 bytes, from L2 (x is 1 MiB at 64 rows and k = 4096, 3.5 MiB at k =
+//     14336: it stays in L2): x's bytes are 2m/32 of w's (1x at 16 rows, 2x at 32, 4x at 64). The loop
+//     advances one 128-wide k tile (8 KiB of w per block) per iteration; w is issued 4
+//     tiles ahead (32 KiB in flight per block: ~32 GB/s per SM at ~1 us of loaded HBM
+//     latency), x one tile ahead from L2 (an iteration waits ~0.3 us for it: ~27 GB/s of
+//     w per SM). With one block on each of 128 SMs (n = 4096) that is ~3.5-4 TB/s of w
+//     against 4.8 TB/s peak, where sl_gemm_bf16's 32 blocks with one 8 KiB stage in
+//     flight each reach a fraction of it. At 64 rows an SM also takes in 4x w's bytes of
+//     x: if an SM takes in ~120 GB/s from L2 (64 bytes per clock, an assumption), w + x
+//     caps w near 24 GB/s per SM, ~3 TB/s. Block counts: 128 (o_proj, down_proj), 192 (qkv: all
+//     resident at two per SM), 896 (gate_up), 4008 (lm_head).
+//   - Not done: split-k across blocks with 128-column tiles would cut x's share to 1x
+//     (and so lift the 64-row cap) but needs a scratch buffer for the partial sums and a
+//     second pass to add them in a fixed order (float atomics would make y differ run to
+//     run); that would change cuda/gpu's Linear to pass the scratch.
 #define SK_BM 64
 #define SK_BN 32
 #define SK_BK 128
