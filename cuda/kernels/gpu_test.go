@@ -600,10 +600,11 @@ func testMatmul(t *testing.T, g *gpu, r *rand.Rand) {
 	// sl_gemm_bf16_skinny: rows 9..64 (one to four m16 tiles, partial ones included); n
 	// with a partial 32-column tile and a partial n8 tile (40, 70, 100, 33); k below one
 	// 128-wide k tile (72), with a tail (136, 1288: 11 tiles, more than the 4 the kernel
-	// keeps in flight) and without (256, 512); the GPU adds Llama-3.1-8B's shapes.
+	// keeps in flight) and without (256, 512); the GPU adds Llama-3.1-8B's k (4096 and
+	// down_proj's 14336) with n cut short (the float64 references cost m·n·k on the CPU).
 	bf16Kernel("sl_gemm_bf16_skinny", func(y, x, w driver.DevicePtr, m, n, k int, acc bool) error {
 		return g.m.GemmBF16Skinny(0, y, x, w, m, n, k, acc)
-	}, []bf16Shape{{9, 40, 136}, {17, 100, 72}, {33, 70, 256}, {64, 33, 1288}, {64, 96, 512}, {48, 6144, 4096}, {64, 4100, 14336}})
+	}, []bf16Shape{{9, 40, 136}, {17, 100, 72}, {33, 70, 256}, {64, 33, 1288}, {64, 96, 512}, {48, 1000, 4096}, {64, 264, 14336}})
 	for _, s := range []struct{ m, n, k int }{{1, 8, 8}, {1, 100, 72}, {3, 257, 4104}, {8, 1000, 4096}} {
 		if !g.small(s.m * s.n * s.k) {
 			continue
