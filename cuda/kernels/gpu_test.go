@@ -591,6 +591,18 @@ func testMatmul(t *testing.T, g *gpu, r *rand.Rand) {
 				name := fmt.Sprintf("%s %+v acc %v", kernel, s, acc)
 				compare(t, name, got, cpuLinear(xr, w, y0, s.m, s.n, s.k, acc), matmulScale(xr, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul"])
 				compare(t, name+" vs cpu (x in float32)", got, cpuLinear(x, w, y0, s.m, s.n, s.k, acc), matmulScale(x, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul vs cpu"])
+				if !acc {
+					// Deterministic: the same inputs give the same bits (no atomics).
+					y2 := upload(g, y0)
+					g.check(launch(y2, upload(g, x), upload(g, wb), s.m, s.n, s.k, acc))
+					again := download[float32](g, y2, s.m*s.n)
+					for i := range got {
+						if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+							t.Errorf("%s: [%d] = %v, then %v on the same inputs", name, i, got[i], again[i])
+							break
+						}
+					}
+				}
 			}
 		}
 	}
