@@ -46,35 +46,60 @@ var llama8BLinears = []struct {
 	{"lm_head_128256x4096", 128256, 4096},
 }
 
-// BenchmarkGemvBF16 is decode's weight streaming on Llama-3.1-8B's shapes: GB/s of
-// weights read (compare with the GPU's HBM bandwidth; H200: 4.8 TB/s).
+// BenchmarkGemvBF16 is decode's weight streaming on Llama-3.1-8B's shapes, through the
+// kernel Linear picks for each batch: sl_gemv_bf16 at 1 and 8 rows, sl_gemm_bf16_skinny
+// at 16, 32 and 64, with sl_gemm_bf16 (what Linear used above 8 rows before the skinny
+// kernel) at those rows for comparison. It reports GB/s of weights read (compare with the
+// GPU's HBM bandwidth; H200: 4.8 TB/s): at decode a layer's weights are read once per
+// step, so this is the step's time for its linear layers.
 func BenchmarkGemvBF16(b *testing.B) {
 	g := newGPU(b)
 	r := rand.New(rand.NewPCG(1, 2))
+	type kernel struct {
+		name   string // "" for the sub-benchmark rows=M, else rows=M/name
+		launch func(y, x, w driver.DevicePtr, m, n, k int) error
+	}
+	gemv := kernel{"", func(y, x, w driver.DevicePtr, m, n, k int) error { return g.m.GemvBF16(0, y, x, w, m, n, k, false) }}
+	skinny := kernel{"sl_gemm_bf16_skinny", func(y, x, w driver.DevicePtr, m, n, k int) error {
+		return g.m.GemmBF16Skinny(0, y, x, w, m, n, k, false)
+	}}
+	gemm := kernel{"sl_gemm_bf16", func(y, x, w driver.DevicePtr, m, n, k int) error { return g.m.GemmBF16(0, y, x, w, m, n, k, false) }}
+	runs := []struct {
+		rows    int
+		kernels []kernel
+	}{{1, []kernel{gemv}}, {8, []kernel{gemv}}, {16, []kernel{skinny, gemm}}, {32, []kernel{skinny, gemm}}, {64, []kernel{skinny, gemm}}}
 	for _, l := range llama8BLinears {
-		for _, m := range []int{1, 8} {
-			// Enough copies of the weight that launches in turn read 256 MB, so that none
-			// finds its weight in L2 (50 MB on an H100/H200) from the launch before.
-			bytes := l.n * l.k * 2
-			ws := make([]driver.DevicePtr, (256<<20+bytes-1)/bytes)
-			for i := range ws {
-				ws[i] = g.filled(bytes, 0x3c) // bf16 0x3c3c ≈ 0.0115: the values do not change the speed
-			}
+		// Enough copies of the weight that launches in turn read 256 MB, so that none
+		// finds its weight in L2 (50 MB on an H100/H200) from the launch before.
+		bytes := l.n * l.k * 2
+		ws := make([]driver.DevicePtr, (256<<20+bytes-1)/bytes)
+		for i := range ws {
+			ws[i] = g.filled(bytes, 0x3c) // bf16 0x3c3c ≈ 0.0115: the values do not change the speed
+		}
+		for _, run := range runs {
+			m := run.rows
 			x := upload(g, randF32(r, m*l.k, -1, 1))
 			y := upload(g, make([]float32, m*l.n))
-			b.Run(fmt.Sprintf("%s/rows=%d", l.name, m), func(b *testing.B) {
-				g.enter(b)
-				i := 0
-				sec := timeLaunches(b, g, func() error {
-					i++
-					return g.m.GemvBF16(0, y, x, ws[i%len(ws)], m, l.n, l.k, false)
+			for _, kern := range run.kernels {
+				name := fmt.Sprintf("%s/rows=%d", l.name, m)
+				if kern.name != "" {
+					name += "/" + kern.name
+				}
+				b.Run(name, func(b *testing.B) {
+					g.enter(b)
+					i := 0
+					sec := timeLaunches(b, g, func() error {
+						i++
+						return kern.launch(y, x, ws[i%len(ws)], m, l.n, l.k)
+					})
+					b.ReportMetric(float64(l.n*l.k*2)/sec/1e9, "weight-GB/s")
+					b.ReportMetric(sec*1e6, "us/launch")
 				})
-				b.ReportMetric(float64(l.n*l.k*2)/sec/1e9, "weight-GB/s")
-				b.ReportMetric(sec*1e6, "us/launch")
-			})
+			}
 			g.t = b
-			g.free(append(ws, x, y)...)
+			g.free(x, y)
 		}
+		g.free(ws...)
 	}
 }
 

@@ -264,7 +264,7 @@ func matchCPU(t *testing.T, g *gpu) {
 	run("sl_silu_mul", func() { testSiLUMul(t, g, r) })
 	run("sl_add", func() { testAdd(t, g, r) })
 	run("sl_gemm_f32", func() { testMatmul(t, g, r) })
-	seen["sl_gemm_bf16"], seen["sl_gemv_bf16"] = true, true
+	seen["sl_gemm_bf16"], seen["sl_gemm_bf16_skinny"], seen["sl_gemv_bf16"] = true, true, true
 	run("sl_argmax", func() { testArgmax(t, g, r) })
 	run("sl_topk", func() { testTopK(t, g, r) })
 	run("sl_softmax", func() { testSoftmax(t, g, r) })
@@ -558,28 +558,56 @@ func testMatmul(t *testing.T, g *gpu, r *rand.Rand) {
 				cpuLinear(x, w, y0, s.m, s.n, s.k, acc), matmulScale(x, w, y0, s.m, s.n, s.k, acc), tolerances["f32 matmul"])
 		}
 	}
-	for _, s := range []struct{ m, n, k int }{{9, 8, 8}, {17, 100, 72}, {130, 257, 264}, {256, 384, 4096}, {1, 16, 16}} {
-		if !g.small(s.m * s.n * s.k) {
-			continue
-		}
-		for _, acc := range []bool{false, true} {
-			x, wb, y0 := randF32(r, s.m*s.k, -1, 1), randBF16(r, s.n*s.k), randF32(r, s.m*s.n, -1, 1)
-			w := make([]float32, len(wb))
-			for i, h := range wb {
-				w[i] = bf16ToF32(h)
+	type bf16Shape struct{ m, n, k int }
+	// bf16Kernel runs the tensor-core GEMM kernel that rounds x to bf16 (GemmBF16 or
+	// GemmBF16Skinny) over shapes and compares with both references.
+	bf16Kernel := func(kernel string, launch func(y, x, w driver.DevicePtr, m, n, k int, acc bool) error, shapes []bf16Shape) {
+		for _, s := range shapes {
+			if !g.small(s.m * s.n * s.k) {
+				continue
 			}
-			xr := make([]float32, len(x)) // x rounded to bf16, as sl_gemm_bf16 loads it
-			for i, v := range x {
-				xr[i] = bf16ToF32(f32ToBF16(v))
+			for _, acc := range []bool{false, true} {
+				x, wb, y0 := randF32(r, s.m*s.k, -1, 1), randBF16(r, s.n*s.k), randF32(r, s.m*s.n, -1, 1)
+				w := make([]float32, len(wb))
+				for i, h := range wb {
+					w[i] = bf16ToF32(h)
+				}
+				xr := make([]float32, len(x)) // x rounded to bf16, as the kernel loads it
+				for i, v := range x {
+					xr[i] = bf16ToF32(f32ToBF16(v))
+				}
+				yP := upload(g, y0)
+				g.check(launch(yP, upload(g, x), upload(g, wb), s.m, s.n, s.k, acc))
+				got := download[float32](g, yP, s.m*s.n)
+				name := fmt.Sprintf("%s %+v acc %v", kernel, s, acc)
+				compare(t, name, got, cpuLinear(xr, w, y0, s.m, s.n, s.k, acc), matmulScale(xr, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul"])
+				compare(t, name+" vs cpu (x in float32)", got, cpuLinear(x, w, y0, s.m, s.n, s.k, acc), matmulScale(x, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul vs cpu"])
+				if !acc {
+					// Deterministic: the same inputs give the same bits (no atomics).
+					y2 := upload(g, y0)
+					g.check(launch(y2, upload(g, x), upload(g, wb), s.m, s.n, s.k, acc))
+					again := download[float32](g, y2, s.m*s.n)
+					for i := range got {
+						if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+							t.Errorf("%s: [%d] = %v, then %v on the same inputs", name, i, got[i], again[i])
+							break
+						}
+					}
+				}
 			}
-			yP := upload(g, y0)
-			g.check(g.m.GemmBF16(0, yP, upload(g, x), upload(g, wb), s.m, s.n, s.k, acc))
-			got := download[float32](g, yP, s.m*s.n)
-			name := fmt.Sprintf("sl_gemm_bf16 %+v acc %v", s, acc)
-			compare(t, name, got, cpuLinear(xr, w, y0, s.m, s.n, s.k, acc), matmulScale(xr, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul"])
-			compare(t, name+" vs cpu (x in float32)", got, cpuLinear(x, w, y0, s.m, s.n, s.k, acc), matmulScale(x, w, y0, s.m, s.n, s.k, acc), tolerances["bf16 matmul vs cpu"])
 		}
 	}
+	bf16Kernel("sl_gemm_bf16", func(y, x, w driver.DevicePtr, m, n, k int, acc bool) error {
+		return g.m.GemmBF16(0, y, x, w, m, n, k, acc)
+	}, []bf16Shape{{9, 8, 8}, {17, 100, 72}, {130, 257, 264}, {256, 384, 4096}, {1, 16, 16}})
+	// sl_gemm_bf16_skinny: rows 9..64 (one to four m16 tiles, partial ones included); n
+	// with a partial 32-column tile and a partial n8 tile (40, 70, 100, 33); k below one
+	// 128-wide k tile (72), with a tail (136, 1288: 11 tiles, more than the 4 the kernel
+	// keeps in flight) and without (256, 512); the GPU adds Llama-3.1-8B's k (4096 and
+	// down_proj's 14336) with n cut short (the float64 references cost m·n·k on the CPU).
+	bf16Kernel("sl_gemm_bf16_skinny", func(y, x, w driver.DevicePtr, m, n, k int, acc bool) error {
+		return g.m.GemmBF16Skinny(0, y, x, w, m, n, k, acc)
+	}, []bf16Shape{{9, 40, 136}, {17, 100, 72}, {33, 70, 256}, {64, 33, 1288}, {64, 96, 512}, {48, 1000, 4096}, {64, 264, 14336}})
 	for _, s := range []struct{ m, n, k int }{{1, 8, 8}, {1, 100, 72}, {3, 257, 4104}, {8, 1000, 4096}} {
 		if !g.small(s.m * s.n * s.k) {
 			continue

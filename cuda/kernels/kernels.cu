@@ -14,9 +14,9 @@
 //   - Reductions (RMSNorm's sum of squares, dot products, GEMM/GEMV sums, softmax sums)
 //     run in a different order (warp shuffles, tiles), so float32 results differ in the
 //     last bits.
-//   - sl_gemm_bf16 rounds x to bfloat16 (nearest even) as it is loaded, as ops.go says;
-//     the CPU engine converts bf16 weights to float32 at load time and keeps x in float32.
-//     sl_gemv_bf16 keeps x in float32.
+//   - sl_gemm_bf16 and sl_gemm_bf16_skinny round x to bfloat16 (nearest even) as it is
+//     loaded, as ops.go says; the CPU engine converts bf16 weights to float32 at load
+//     time and keeps x in float32. sl_gemv_bf16 keeps x in float32.
 //   - Attention uses an online (streaming) softmax: scores are not normalised before the
 //     weighted sum of values but rescaled as the running maximum grows, then divided by
 //     the sum once; the CPU normalises the scores first.
@@ -27,9 +27,9 @@
 //     -0 equal to +0; sl_softmax gives NaN logits probability 0 (engine/sampling drops
 //     NaN candidates).
 //
-// Alignment: sl_gemm_bf16 and sl_gemv_bf16 read x and w with 16-byte loads, so x and w
-// must be 16-byte aligned (cuMemAlloc's are; k % 8 == 0 keeps every row aligned), which
-// their launch functions check.
+// Alignment: sl_gemm_bf16, sl_gemm_bf16_skinny and sl_gemv_bf16 read x and w with
+// 16-byte loads, so x and w must be 16-byte aligned (cuMemAlloc's are; k % 8 == 0 keeps
+// every row aligned), which their launch functions check.
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -555,6 +555,189 @@ sl_gemm_bf16(float *y, const float *x, const u16 *w, int m, int n, int k, int ac
 					y[o] = accumulate ? y[o] + acc[mt][nt][e] : acc[mt][nt][e];
 				}
 			}
+		}
+	}
+}
+
+// ---- skinny products: GemvMaxRows < m <= 64 rows (decode batches) -------------------------
+//
+// Why a kernel of its own: at decode a linear layer reads its weights once per step, so
+// the time is w's bytes over the bandwidth the grid sustains. sl_gemm_bf16 gives n = 4096
+// (o_proj, down_proj) 32 blocks of 128 columns and n = 6144 (qkv) 48: a quarter to a third
+// of an H200's 132 SMs, each with about 8 KiB of w in flight per stage, far below HBM
+// bandwidth (4.8 TB/s needs ~4-5 MB in flight GPU-wide at ~1 us of loaded latency).
+//
+// sl_gemm_bf16_skinny: a block owns 32 columns of y (SK_BN) for every row (m <= 64: up to
+// four m16 tiles, the ones past m skipped) over the whole of k, so n = 4096 gives 128
+// blocks, 6144 gives 192 and 28672 gives 896, and no scratch buffer or cross-block
+// reduction is needed. Its 8 warps are 2 (16 columns each) x 4 (k-ways: of each 128-wide
+// k tile, warp kw takes k [32kw, 32kw+32)); the four k-ways' sums are added through shared
+// memory at the end in a fixed order (kw 0+1+2+3), so results are deterministic.
+//
+//   - w goes straight from global memory to registers (ld.global.nc, no L1 allocation),
+//     16 bytes per lane per n8 tile: lane (g, t) loads w[col g][8t..8t+8) of its warp's
+//     32-wide k chunk, which is the B fragment of two m16n8k16 MMAs once k is permuted
+//     (logical k 2t,2t+1 | 2t+8,2t+9 of MMA 1 are physical 8t..8t+3, of MMA 2 8t+4..8t+7;
+//     A is read with the same permutation, so each product pairs the same x and w
+//     elements). Each lane keeps SK_DEPTH = 4 tiles of w in flight (8 x uint4, 32
+//     registers): 4 KiB per warp, 32 KiB per block.
+//   - x (float32) is loaded a tile ahead into registers, rounded to bf16 (as sl_gemm_bf16
+//     does) and stored to shared memory, two buffers of 64 rows x 128 k padded to 160
+//     (a 320-byte row stride: the 8 lanes of a quarter-warp's 16-byte reads, rows g and
+//     g+1 x t 0..3, fall in distinct banks); 40 KiB, reused for the final reduction.
+//   - Registers: 32 accumulators (4 m16 tiles x 2 n8 tiles x 4) + 32 of w in flight + 32
+//     of x prefetch + 8 of A fragments + indices, under __launch_bounds__(256, 2)'s 128 (no
+//     spills: TestRegisterBudgets), so two blocks fit an SM (2 x 32K registers, 2 x 40 KiB
+//     shared): qkv's 192 blocks are all resident at once on 132 SMs.
+//   - Bytes and expected bandwidth (arithmetic, not measured: no GPU has run this yet). A
+//     block streams 32 x k x 2 bytes of w from HBM (256 KiB at k = 4096) and reads x,
+//     m x k x 4 bytes, from L2 (x is 1 MiB at 64 rows and k = 4096, 3.5 MiB at k =
+//     14336: it stays in L2): x's bytes are 2m/32 of w's (1x at 16 rows, 2x at 32, 4x at 64). The loop
+//     advances one 128-wide k tile (8 KiB of w per block) per iteration; w is issued 4
+//     tiles ahead (32 KiB in flight per block: ~32 GB/s per SM at ~1 us of loaded HBM
+//     latency), x one tile ahead from L2 (an iteration waits ~0.3 us for it: ~27 GB/s of
+//     w per SM). With one block on each of 128 SMs (n = 4096) that is ~3.5-4 TB/s of w
+//     against 4.8 TB/s peak, where sl_gemm_bf16's 32 blocks with one 8 KiB stage in
+//     flight each reach a fraction of it. At 64 rows an SM also takes in 4x w's bytes of
+//     x: if an SM takes in ~120 GB/s from L2 (64 bytes per clock, an assumption), w + x
+//     caps w near 24 GB/s per SM, ~3 TB/s. Block counts: 128 (o_proj, down_proj), 192 (qkv: all
+//     resident at two per SM), 896 (gate_up), 4008 (lm_head).
+//   - Not done: split-k across blocks with 128-column tiles would cut x's share to 1x
+//     (and so lift the 64-row cap) but needs a scratch buffer for the partial sums and a
+//     second pass to add them in a fixed order (float atomics would make y differ run to
+//     run); that would change cuda/gpu's Linear to pass the scratch.
+#define SK_BM 64
+#define SK_BN 32
+#define SK_BK 128
+#define SK_LD 160
+#define SK_DEPTH 4
+
+// sk_load_w loads tile kt's w for this lane: n8 tiles j = 0, 1 of the warp's 16 columns,
+// 8 k each; zeros past n or k (k % 8 == 0: a 16-byte chunk is all in or all out).
+__device__ __forceinline__ void sk_load_w(uint4 q[2], const u16 *w, int n, int k, int col0, int kt, int kw, int t4) {
+	const int kk = kt * SK_BK + kw * 32 + t4 * 8;
+#pragma unroll
+	for (int j = 0; j < 2; j++) {
+		const int c = col0 + j * 8;
+		if (c < n && kk < k) {
+			q[j] = ldg_stream((const uint4 *)(w + (i64)c * k + kk));
+		} else {
+			q[j].x = q[j].y = q[j].z = q[j].w = 0u;
+		}
+	}
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sl_gemm_bf16_skinny(float *y, const float *x, const u16 *w, int m, int n, int k, int accumulate) {
+	__shared__ __align__(16) u16 Xs[2][SK_BM * SK_LD];
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const int wn = warp & 1, kw = warp >> 1;
+	const int n0 = blockIdx.x * SK_BN;
+	const int col0 = n0 + wn * 16 + g; // this lane's w row for n8 tile 0 (tile 1: +8)
+	const int KT = (k + SK_BK - 1) / SK_BK;
+	const int mtiles = (m + 15) >> 4, mrows = mtiles * 16;
+
+	float acc[4][2][4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+#pragma unroll
+		for (int j = 0; j < 2; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+	uint4 wq[SK_DEPTH][2];
+#pragma unroll
+	for (int d = 0; d < SK_DEPTH; d++) sk_load_w(wq[d], w, n, k, col0, d, kw, t4);
+
+	// x's tile: chunk c = tid + 256i is row c/32, columns (c%32)*4..+4; rows past mrows
+	// are neither loaded nor stored (no warp reads them).
+	float4 xa[8];
+#define SK_LOAD_X(kt)                                                                     \
+	_Pragma("unroll") for (int i = 0; i < 8; i++) {                                       \
+		const int c = tid + 256 * i, r = c >> 5, kk = (kt) * SK_BK + (c & 31) * 4;       \
+		if (r < m && kk < k) {                                                            \
+			xa[i] = __ldg((const float4 *)(x + (i64)r * k + kk));                         \
+		} else {                                                                          \
+			xa[i].x = xa[i].y = xa[i].z = xa[i].w = 0.f;                                  \
+		}                                                                                 \
+	}
+#define SK_STORE_X(buf)                                                                   \
+	_Pragma("unroll") for (int i = 0; i < 8; i++) {                                       \
+		const int c = tid + 256 * i, r = c >> 5;                                          \
+		if (r < mrows) {                                                                  \
+			uint2 v;                                                                      \
+			v.x = pack_bf16(xa[i].x, xa[i].y);                                            \
+			v.y = pack_bf16(xa[i].z, xa[i].w);                                            \
+			*(uint2 *)&Xs[buf][r * SK_LD + (c & 31) * 4] = v;                             \
+		}                                                                                 \
+	}
+
+	SK_LOAD_X(0)
+	SK_STORE_X(0)
+	__syncthreads();
+
+	for (int kt0 = 0; kt0 < KT; kt0 += SK_DEPTH) {
+#pragma unroll
+		for (int d = 0; d < SK_DEPTH; d++) {
+			const int kt = kt0 + d;
+			if (kt < KT) { // uniform over the block
+				const bool more = kt + 1 < KT;
+				if (more) {
+					SK_LOAD_X(kt + 1)
+				}
+				const u16 *xs = Xs[kt & 1] + kw * 32 + t4 * 8;
+#pragma unroll
+				for (int mt = 0; mt < 4; mt++) {
+					if (mt < mtiles) {
+						const int r = mt * 16 + g;
+						const uint4 a0 = *(const uint4 *)&xs[r * SK_LD];
+						const uint4 a1 = *(const uint4 *)&xs[(r + 8) * SK_LD];
+						const u32 fa[4] = {a0.x, a1.x, a0.y, a1.y}; // physical k 8t..8t+3
+						const u32 fb[4] = {a0.z, a1.z, a0.w, a1.w}; // physical k 8t+4..8t+7
+#pragma unroll
+						for (int j = 0; j < 2; j++) {
+							const u32 ba[2] = {wq[d][j].x, wq[d][j].y};
+							const u32 bb[2] = {wq[d][j].z, wq[d][j].w};
+							mma_bf16(acc[mt][j], fa, ba);
+							mma_bf16(acc[mt][j], fb, bb);
+						}
+					}
+				}
+				sk_load_w(wq[d], w, n, k, col0, kt + SK_DEPTH, kw, t4);
+				if (more) {
+					SK_STORE_X((kt + 1) & 1)
+				}
+				__syncthreads();
+			}
+		}
+	}
+#undef SK_LOAD_X
+#undef SK_STORE_X
+
+	// The k-ways' sums, added in a fixed order: red[kw][wn][i][lane] for accumulator i =
+	// (mt*2 + j)*4 + e, in Xs (32 KiB of its 40; the loop's last barrier has passed).
+	float *red = (float *)&Xs[0][0];
+#pragma unroll
+	for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+		for (int j = 0; j < 2; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) red[((kw * 2 + wn) * 32 + (mt * 2 + j) * 4 + e) * 32 + lane] = acc[mt][j][e];
+	__syncthreads();
+#pragma unroll
+	for (int q = 0; q < 8; q++) {
+		const int idx = tid + 256 * q; // (wn*32 + i)*32 + lane
+		const int l = idx & 31, i = (idx >> 5) & 31, cn = idx >> 10;
+		const int mt = i >> 3, j = (i >> 2) & 1, e = i & 3;
+		const int r = mt * 16 + (l >> 2) + (e >> 1) * 8;
+		const int c = n0 + cn * 16 + j * 8 + (l & 3) * 2 + (e & 1);
+		if (r < m && c < n) {
+			float s = red[((0 * 2 + cn) * 32 + i) * 32 + l];
+#pragma unroll
+			for (int kk = 1; kk < 4; kk++) s += red[((kk * 2 + cn) * 32 + i) * 32 + l];
+			const i64 o = (i64)r * n + c;
+			y[o] = accumulate ? y[o] + s : s;
 		}
 	}
 }

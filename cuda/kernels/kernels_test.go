@@ -242,8 +242,14 @@ func TestLaunchesMatchTable(t *testing.T) {
 			launchRecord{"sl_gemm_f32", d3(1, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(1), int32(64), int32(64), int32(0)}}},
 		{"Linear bf16 decode", func(m *Module) error { return m.Linear(s, pA, pB, pC, 8, 64, 64, "bfloat16", false) },
 			launchRecord{"sl_gemv_bf16", d3(8, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(8), int32(64), int32(64), int32(0)}}},
-		{"Linear bf16 prefill", func(m *Module) error { return m.Linear(s, pA, pB, pC, 9, 64, 64, "bfloat16", true) },
-			launchRecord{"sl_gemm_bf16", d3(1, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(9), int32(64), int32(64), int32(1)}}},
+		{"GemmBF16Skinny", func(m *Module) error { return m.GemmBF16Skinny(s, pA, pB, pC, 33, 4100, 4104, true) },
+			launchRecord{"sl_gemm_bf16_skinny", d3(129, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(33), int32(4100), int32(4104), int32(1)}}},
+		{"Linear bf16 skinny 9 rows", func(m *Module) error { return m.Linear(s, pA, pB, pC, 9, 64, 64, "bfloat16", true) },
+			launchRecord{"sl_gemm_bf16_skinny", d3(2, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(9), int32(64), int32(64), int32(1)}}},
+		{"Linear bf16 skinny 64 rows", func(m *Module) error { return m.Linear(s, pA, pB, pC, 64, 4096, 4096, "bfloat16", false) },
+			launchRecord{"sl_gemm_bf16_skinny", d3(128, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(64), int32(4096), int32(4096), int32(0)}}},
+		{"Linear bf16 prefill", func(m *Module) error { return m.Linear(s, pA, pB, pC, 65, 64, 64, "bfloat16", true) },
+			launchRecord{"sl_gemm_bf16", d3(1, 1), d3(256, 1), 0, []any{pA, pB, pC, int32(65), int32(64), int32(64), int32(1)}}},
 		{"Argmax", func(m *Module) error { return m.Argmax(s, pA, pB, 4, 128256) },
 			launchRecord{"sl_argmax", d3(4, 1), d3(256, 1), 0, []any{pA, pB, int32(128256)}}},
 		{"TopK", func(m *Module) error { return m.TopK(s, pA, pB, pC, 2, 32000, 50) },
@@ -288,6 +294,9 @@ func TestLaunchErrors(t *testing.T) {
 		{"prefill head dim too large", func(m *Module) error { return m.AttnPrefill(s, pA, pB, pC, pD, pE, pF, pG, pH, 1, 1, 1, 1, 512, 16) }, "head dim 512"},
 		{"gemm k not multiple of 8", func(m *Module) error { return m.GemmBF16(s, pA, pB, pC, 16, 16, 12, false) }, "k = 12"},
 		{"gemv k not multiple of 8", func(m *Module) error { return m.GemvBF16(s, pA, pB, pC, 1, 16, 4, false) }, "k = 4"},
+		{"skinny k not multiple of 8", func(m *Module) error { return m.GemmBF16Skinny(s, pA, pB, pC, 16, 16, 20, false) }, "k = 20"},
+		{"skinny too many rows", func(m *Module) error { return m.GemmBF16Skinny(s, pA, pB, pC, 65, 16, 16, false) }, "65 rows"},
+		{"skinny x misaligned", func(m *Module) error { return m.GemmBF16Skinny(s, pA, pB+8, pC, 16, 16, 16, false) }, "16-byte aligned"},
 		{"gemv too many rows", func(m *Module) error { return m.GemvBF16(s, pA, pB, pC, 9, 16, 16, false) }, "9 rows"},
 		{"gemm x misaligned", func(m *Module) error { return m.GemmBF16(s, pA, pB+4, pC, 16, 16, 16, false) }, "16-byte aligned"},
 		{"gemv w misaligned", func(m *Module) error { return m.GemvBF16(s, pA, pB, pC+8, 1, 16, 16, false) }, "16-byte aligned"},
@@ -329,22 +338,25 @@ type budget struct {
 // and has to revise its budget knowingly. sl_gemm_bf16's 192 registers (64 float32
 // accumulators, 24 fragment registers and 16 prefetched x values per thread) allow one
 // 256-thread block per SM; its 40 KiB of shared memory is two stages of 128x40 bf16 for
-// x and w.
+// x and w. sl_gemm_bf16_skinny's 128 registers (32 accumulators, 32 of w in flight, 32 of
+// prefetched x) are its __launch_bounds__(256, 2) cap, two blocks per SM, without spills;
+// its 40 KiB is two 64x160 bf16 tiles of x, reused for the k-ways' reduction.
 var budgets = map[string]budget{
-	"sl_embed_f32":    {Registers: 32, Threads: 256},
-	"sl_embed_bf16":   {Registers: 32, Threads: 256},
-	"sl_rmsnorm":      {Registers: 40, SharedBytes: 128, Threads: 256},
-	"sl_rope_store":   {Registers: 48, Threads: 128},
-	"sl_attn_decode":  {Registers: 96, SharedBytes: 5152, Threads: 128},
-	"sl_attn_prefill": {Registers: 96, SharedBytes: 4096, Threads: 128},
-	"sl_silu_mul":     {Registers: 32, Threads: 256},
-	"sl_add":          {Registers: 16, Threads: 256},
-	"sl_gemm_f32":     {Registers: 64, SharedBytes: 8704, Threads: 256},
-	"sl_gemm_bf16":    {Registers: 192, SharedBytes: 40960, Threads: 256},
-	"sl_gemv_bf16":    {Registers: 64, Threads: 256},
-	"sl_argmax":       {Registers: 32, SharedBytes: 64, Threads: 256},
-	"sl_topk":         {Registers: 48, SharedBytes: 4108, Threads: 256},
-	"sl_softmax":      {Registers: 32, SharedBytes: 128, Threads: 256},
+	"sl_embed_f32":        {Registers: 32, Threads: 256},
+	"sl_embed_bf16":       {Registers: 32, Threads: 256},
+	"sl_rmsnorm":          {Registers: 40, SharedBytes: 128, Threads: 256},
+	"sl_rope_store":       {Registers: 48, Threads: 128},
+	"sl_attn_decode":      {Registers: 96, SharedBytes: 5152, Threads: 128},
+	"sl_attn_prefill":     {Registers: 96, SharedBytes: 4096, Threads: 128},
+	"sl_silu_mul":         {Registers: 32, Threads: 256},
+	"sl_add":              {Registers: 16, Threads: 256},
+	"sl_gemm_f32":         {Registers: 64, SharedBytes: 8704, Threads: 256},
+	"sl_gemm_bf16":        {Registers: 192, SharedBytes: 40960, Threads: 256},
+	"sl_gemm_bf16_skinny": {Registers: 128, SharedBytes: 40960, Threads: 256},
+	"sl_gemv_bf16":        {Registers: 64, Threads: 256},
+	"sl_argmax":           {Registers: 32, SharedBytes: 64, Threads: 256},
+	"sl_topk":             {Registers: 48, SharedBytes: 4108, Threads: 256},
+	"sl_softmax":          {Registers: 32, SharedBytes: 128, Threads: 256},
 }
 
 // Per-SM limits of sm_80/sm_90: 65536 registers (allocated per warp in units of 256,

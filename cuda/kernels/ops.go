@@ -16,12 +16,16 @@ const (
 	// GemvMaxRows is the most rows of x GemvBF16 takes (decode batches); Linear uses the
 	// tensor-core GEMM above it.
 	GemvMaxRows = 8
+	// SkinnyMaxRows is the most rows of x GemmBF16Skinny takes; Linear uses it for
+	// GemvMaxRows < rows <= SkinnyMaxRows (decode batches) and GemmBF16 above.
+	SkinnyMaxRows = 64
 	// MaxTopK is the largest k TopK takes.
 	MaxTopK = 256
 
 	gemmF32Tile  = 64  // sl_gemm_f32: a 64x64 tile of y per block of 256 threads
 	gemmBF16Tile = 128 // sl_gemm_bf16: a 128x128 tile of y per block of 256 threads (8 warps of mma.sync.m16n8k16)
 	gemvCols     = 8   // sl_gemv_bf16: 8 warps per block, one output column per warp
+	skinnyCols   = 32  // sl_gemm_bf16_skinny: 32 columns of y (every row) per block of 256 threads
 )
 
 func dim1(x uint32) driver.Dim3    { return driver.Dim3{X: x, Y: 1, Z: 1} }
@@ -135,6 +139,28 @@ func (m *Module) GemvBF16(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k 
 	return m.launch("sl_gemv_bf16", dim1(ceilDiv(n, gemvCols)), dim1(256), 0, s, y, x, w, rows, n, k, boolArg(accumulate))
 }
 
+// GemmBF16Skinny is GemmBF16 (x rounded to bfloat16 as it is loaded, tensor-core
+// products, float32 sums) for at most SkinnyMaxRows rows of x: decode batches, where the
+// product is memory-bound and what matters is every SM streaming w. Each block computes
+// 32 columns of y for every row over the whole of k, so n = 4096 gives 128 blocks (one
+// per SM of an H100/H200) where GemmBF16's 128x128 tiles give 32; its 8 warps split the
+// columns in 2 and k in 4, the four partial sums added in a fixed order, so y is
+// deterministic (no atomics, no scratch buffer); kernels.cu's comment on
+// sl_gemm_bf16_skinny has the bandwidth arithmetic. k is a multiple of 8, x and w 16-byte
+// aligned. Grid ceil(n/32), block 256.
+func (m *Module) GemmBF16Skinny(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, accumulate bool) error {
+	if rows > SkinnyMaxRows {
+		return fmt.Errorf("kernels: sl_gemm_bf16_skinny: %d rows: want at most %d", rows, SkinnyMaxRows)
+	}
+	if k%8 != 0 {
+		return fmt.Errorf("kernels: sl_gemm_bf16_skinny: k = %d: want a multiple of 8", k)
+	}
+	if err := aligned16("sl_gemm_bf16_skinny", x, w); err != nil {
+		return err
+	}
+	return m.launch("sl_gemm_bf16_skinny", dim1(ceilDiv(n, skinnyCols)), dim1(256), 0, s, y, x, w, rows, n, k, boolArg(accumulate))
+}
+
 // aligned16 checks that the matrices a kernel reads with 16-byte loads are 16-byte
 // aligned (a misaligned load is a GPU fault that ends the context).
 func aligned16(kernel string, x, w driver.DevicePtr) error {
@@ -145,7 +171,8 @@ func aligned16(kernel string, x, w driver.DevicePtr) error {
 }
 
 // Linear is y = x·wᵀ (or +=) for weights of dtype "float32" or "bfloat16", choosing the
-// kernel: GemvBF16 for a bf16 matrix and at most GemvMaxRows rows, else the GEMMs.
+// kernel: for a bf16 matrix GemvBF16 up to GemvMaxRows rows, GemmBF16Skinny up to
+// SkinnyMaxRows, GemmBF16 above; GemmF32 for float32.
 func (m *Module) Linear(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, dtype string, accumulate bool) error {
 	switch dtype {
 	case "float32":
@@ -153,6 +180,9 @@ func (m *Module) Linear(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k in
 	case "bfloat16":
 		if rows <= GemvMaxRows {
 			return m.GemvBF16(s, y, x, w, rows, n, k, accumulate)
+		}
+		if rows <= SkinnyMaxRows {
+			return m.GemmBF16Skinny(s, y, x, w, rows, n, k, accumulate)
 		}
 		return m.GemmBF16(s, y, x, w, rows, n, k, accumulate)
 	}

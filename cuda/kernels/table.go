@@ -83,6 +83,7 @@ var Table = []Kernel{
 	{"sl_add", []Param{p("x"), p("y"), i32("n")}},
 	{"sl_gemm_f32", []Param{p("y"), p("x"), p("w"), i32("m"), i32("n"), i32("k"), i32("accumulate")}},
 	{"sl_gemm_bf16", []Param{p("y"), p("x"), p("w"), i32("m"), i32("n"), i32("k"), i32("accumulate")}},
+	{"sl_gemm_bf16_skinny", []Param{p("y"), p("x"), p("w"), i32("m"), i32("n"), i32("k"), i32("accumulate")}},
 	{"sl_gemv_bf16", []Param{p("y"), p("x"), p("w"), i32("m"), i32("n"), i32("k"), i32("accumulate")}},
 	{"sl_argmax", []Param{p("idx"), p("logits"), i32("vocab")}},
 	{"sl_topk", []Param{p("idx"), p("val"), p("logits"), i32("vocab"), i32("k")}},
