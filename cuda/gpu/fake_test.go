@@ -326,7 +326,8 @@ func (o *fakeOps) Linear(_ driver.Stream, y, x, w driver.DevicePtr, rows, n, k i
 		return fmt.Errorf("kernels: weight dtype %q", dtype)
 	}
 	if dtype == BFloat16 && rows > 8 {
-		// sl_gemm_bf16 rounds x to bfloat16 as it loads it (GemvBF16, at most 8 rows, does not).
+		// The tensor-core GEMMs (sl_gemm_bf16_skinny to 64 rows, sl_gemm_bf16 above) round x to
+		// bfloat16 as they load it (GemvBF16, at most 8 rows, does not).
 		xr := make([]float32, len(xs))
 		for i, v := range xs {
 			xr[i] = safetensors.BF16ToFloat32(safetensors.Float32ToBF16(v))

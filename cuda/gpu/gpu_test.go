@@ -378,7 +378,8 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 // compareWithCPU's against the CPU engine: 12 sequences whose prompts (6 to 17 tokens, 138
 // in all) prefill in one step, past one row tile of either GEMM (64 rows for float32, 128
 // for bfloat16), then 2 decode steps of all 12, whose 12 logits rows take the bfloat16
-// classifier through sl_gemm_bf16 instead of the GEMV (at most kernels.GemvMaxRows rows).
+// classifier through sl_gemm_bf16_skinny instead of the GEMV (at most kernels.GemvMaxRows rows);
+// the 138 prefill rows take sl_gemm_bf16.
 // Every logits row must be within checkLogits' tolerance, greedy tokens identical in
 // float32.
 func wideBatchMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev testDevice) {
@@ -451,7 +452,7 @@ func TestFakeWideBatchMatchesCPU(t *testing.T) {
 //   - bfloat16 from a float32 checkpoint: the GPU rounds the weights to 8 significant bits
 //     (relative 2^-9) and the CPU keeps them: over a few layers under 5%.
 //   - bfloat16 from a bfloat16 checkpoint: both hold the same weights and only
-//     sl_gemm_bf16's rounding of x to bfloat16 (the GEMV keeps x in float32) differs:
+//     the tensor-core GEMMs' rounding of x to bfloat16 (the GEMV keeps x in float32) differs:
 //     under 1%.
 func checkLogits(t *testing.T, step, seq int, dtype string, cfg model.Config, g, c []float32) float64 {
 	t.Helper()
