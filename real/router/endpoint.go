@@ -27,6 +27,9 @@ type endpoint struct {
 	url   string
 	role  string // llm-d's role (route.RolePrefill, ...); "" for none
 	host  string // url's host:port, for serving.ServedEndpointHeader
+	// kvEvents and kvReplay are the endpoint's own ZeroMQ KV-event addresses (the
+	// #kv-events= and kv-events-replay= of its spec; ParseEndpointKVEvents), "" for none.
+	kvEvents, kvReplay string
 	logf  func(format string, args ...any)
 	// stop ends the endpoint's scrape and KV-event loops; loops counts them.
 	stop  context.CancelFunc

@@ -41,7 +41,8 @@ func ParseEndpoint(s string) (role, u string, err error) {
 	return role, s, nil
 }
 
-// endpointKey is the endpoint's identity in the set: its role and URL.
+// endpointKey is the endpoint's identity in the set: its role and URL (with its KV-event
+// addresses, so an endpoint whose addresses change is followed anew).
 func endpointKey(role, u string) string {
 	if role == "" {
 		return u
@@ -49,10 +50,68 @@ func endpointKey(role, u string) string {
 	return role + "=" + u
 }
 
+// key is the endpoint's endpointKey, as SetEndpoints and Endpoints name it.
+func (e *endpoint) key() string {
+	u := e.url
+	if e.kvEvents != "" {
+		u += "#" + KVEventsFragment(e.kvEvents, e.kvReplay)
+	}
+	return endpointKey(e.role, u)
+}
+
+// KVEventsFragment is the URL fragment that gives an endpoint its own ZeroMQ KV-event
+// addresses: kv-events=PUB[&kv-events-replay=REPLAY] (ParseEndpointKVEvents).
+func KVEventsFragment(pub, replay string) string {
+	s := "kv-events=" + pub
+	if replay != "" {
+		s += "&kv-events-replay=" + replay
+	}
+	return s
+}
+
+// ParseEndpointKVEvents splits an endpoint URL from its KV-event fragment,
+// URL#kv-events=tcp://HOST:PORT[&kv-events-replay=tcp://HOST:PORT]: the addresses of the
+// engine's vLLM publisher (its --kv-events-config endpoint and replay_endpoint), for
+// engines that do not share one port on hosts of their own (servelab up runs them all on
+// 127.0.0.1). An endpoint without a fragment has "" for both.
+func ParseEndpointKVEvents(s string) (u, pub, replay string, err error) {
+	u, frag, ok := strings.Cut(s, "#")
+	if !ok {
+		return s, "", "", nil
+	}
+	for _, kv := range strings.Split(frag, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		var dst *string
+		switch k {
+		case "kv-events":
+			dst = &pub
+		case "kv-events-replay":
+			dst = &replay
+		default:
+			return "", "", "", fmt.Errorf("router: endpoint %q: fragment key %q: want kv-events=tcp://HOST:PORT and optionally kv-events-replay=tcp://HOST:PORT", s, k)
+		}
+		if !strings.HasPrefix(v, "tcp://") || !strings.Contains(v[len("tcp://"):], ":") {
+			return "", "", "", fmt.Errorf("router: endpoint %q: %s %q: want tcp://HOST:PORT", s, k, v)
+		}
+		if *dst != "" {
+			return "", "", "", fmt.Errorf("router: endpoint %q: %s given twice", s, k)
+		}
+		*dst = v
+	}
+	if pub == "" {
+		return "", "", "", fmt.Errorf("router: endpoint %q: kv-events-replay needs kv-events, the publisher's address", s)
+	}
+	return u, pub, replay, nil
+}
+
 // newEndpoint checks spec (ParseEndpoint) and makes the endpoint at index i, its loops not
 // started.
 func (r *Router) newEndpoint(i int, spec string) (*endpoint, error) {
 	role, u, err := ParseEndpoint(spec)
+	if err != nil {
+		return nil, err
+	}
+	u, pub, replay, err := ParseEndpointKVEvents(u)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +123,7 @@ func (r *Router) newEndpoint(i int, spec string) (*endpoint, error) {
 	if err != nil || parsed.Host == "" {
 		return nil, fmt.Errorf("router: endpoint %q: want an http:// or https:// URL with a host", u)
 	}
-	return &endpoint{index: i, url: u, role: role, host: parsed.Host, logf: r.cfg.Logf}, nil
+	return &endpoint{index: i, url: u, role: role, host: parsed.Host, logf: r.cfg.Logf, kvEvents: pub, kvReplay: replay}, nil
 }
 
 // startLoops starts the endpoint's scrape loop and, with Config.KVEvents, its KV-event
@@ -75,7 +134,7 @@ func (r *Router) startLoops(e *endpoint) {
 	e.loops.Add(1)
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); defer e.loops.Done(); r.scrapeLoop(ctx, e) }()
-	if r.cfg.KVEvents || r.cfg.KVEventsZMQ != nil {
+	if r.cfg.KVEvents || r.zmqAddrs(e) != nil {
 		e.loops.Add(1)
 		r.wg.Add(1)
 		go func() { defer r.wg.Done(); defer e.loops.Done(); r.kvLoop(ctx, e) }()
@@ -96,7 +155,7 @@ func (r *Router) Endpoints() []string {
 	eps := r.snapshot()
 	out := make([]string, len(eps))
 	for i, e := range eps {
-		out[i] = endpointKey(e.role, e.url)
+		out[i] = e.key()
 	}
 	return out
 }
@@ -124,7 +183,7 @@ func (r *Router) SetEndpoints(urls []string) error {
 			return fmt.Errorf("router: endpoint %s given with two roles, %q and %q", e.url, role, e.role)
 		}
 		roleOf[e.url] = e.role
-		k := endpointKey(e.role, e.url)
+		k := e.key()
 		if !want[k] {
 			want[k] = true
 			order = append(order, k)
@@ -140,7 +199,7 @@ func (r *Router) SetEndpoints(urls []string) error {
 	have := make(map[string]bool, len(r.endpoints))
 	used := make(map[int]bool, len(r.endpoints))
 	for _, e := range r.endpoints {
-		if k := endpointKey(e.role, e.url); want[k] {
+		if k := e.key(); want[k] {
 			next = append(next, e)
 			have[k] = true
 			used[e.index] = true

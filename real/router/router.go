@@ -33,7 +33,9 @@ import (
 
 // Config assembles a router.
 type Config struct {
-	// Endpoints are the engines' base URLs (http://host:port). It may be empty when the
+	// Endpoints are the engines' base URLs (http://host:port), each optionally ROLE=URL
+	// (ParseEndpoint) and URL#kv-events=tcp://...[&kv-events-replay=tcp://...]
+	// (ParseEndpointKVEvents: the engine's own ZeroMQ KV-event addresses). It may be empty when the
 	// endpoints are given later, and changed while the router runs, with SetEndpoints
 	// (Kubernetes discovery does).
 	Endpoints []string

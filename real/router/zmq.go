@@ -18,6 +18,12 @@ import (
 // SocketPort (llm-d's podDiscoveryConfig.socketPort: one subscriber per pod) and, with
 // ReplayPort, asks the engine's replay socket there for the batches it missed (those
 // published before it joined, and any gap in the sequence numbers).
+//
+// An endpoint that carries its own addresses (URL#kv-events=...,
+// ParseEndpointKVEvents) is followed at those instead, whatever SocketPort says, and
+// SocketPort 0 follows only such endpoints (the others use /v1/kv_events with
+// Config.KVEvents): engines that share a host, as servelab up's on 127.0.0.1, cannot
+// share a port.
 type ZMQConfig struct {
 	SocketPort int
 	ReplayPort int
@@ -25,27 +31,43 @@ type ZMQConfig struct {
 	TopicFilter string
 }
 
-// kvLoop keeps the endpoint's prefix index from its KV events, over ZeroMQ with
-// Config.KVEventsZMQ, else from /v1/kv_events.
+// zmqAddrs is where the endpoint's KV events are read over ZeroMQ: its own addresses,
+// else SocketPort (and ReplayPort) on its host; nil when they are not read over ZeroMQ.
+func (r *Router) zmqAddrs(e *endpoint) *kvevents.SubscriberConfig {
+	z := r.cfg.KVEventsZMQ
+	var filter string
+	if z != nil {
+		filter = z.TopicFilter
+	}
+	if e.kvEvents != "" {
+		return &kvevents.SubscriberConfig{Endpoint: e.kvEvents, ReplayEndpoint: e.kvReplay, TopicFilter: filter}
+	}
+	if z == nil || z.SocketPort == 0 {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(e.host)
+	if err != nil {
+		host = e.host
+	}
+	cfg := &kvevents.SubscriberConfig{Endpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(z.SocketPort)), TopicFilter: filter}
+	if z.ReplayPort > 0 {
+		cfg.ReplayEndpoint = "tcp://" + net.JoinHostPort(host, strconv.Itoa(z.ReplayPort))
+	}
+	return cfg
+}
+
+// kvLoop keeps the endpoint's prefix index from its KV events, over ZeroMQ where
+// zmqAddrs says, else from /v1/kv_events.
 func (r *Router) kvLoop(ctx context.Context, e *endpoint) {
-	if r.cfg.KVEventsZMQ != nil {
-		r.zmqLoop(ctx, e)
+	if cfg := r.zmqAddrs(e); cfg != nil {
+		r.zmqLoop(ctx, e, *cfg)
 		return
 	}
 	r.eventLoop(ctx, e)
 }
 
-// zmqLoop subscribes to the endpoint's ZeroMQ KV events until ctx ends.
-func (r *Router) zmqLoop(ctx context.Context, e *endpoint) {
-	z := r.cfg.KVEventsZMQ
-	host, _, err := net.SplitHostPort(e.host)
-	if err != nil {
-		host = e.host
-	}
-	cfg := kvevents.SubscriberConfig{Endpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(z.SocketPort)), TopicFilter: z.TopicFilter}
-	if z.ReplayPort > 0 {
-		cfg.ReplayEndpoint = "tcp://" + net.JoinHostPort(host, strconv.Itoa(z.ReplayPort))
-	}
+// zmqLoop subscribes to the endpoint's ZeroMQ KV events at cfg until ctx ends.
+func (r *Router) zmqLoop(ctx context.Context, e *endpoint, cfg kvevents.SubscriberConfig) {
 	st := &zmqIndex{e: e, blockSize: r.cfg.BlockSize, keys: map[uint64]uint64{}}
 	for ctx.Err() == nil {
 		// Each subscription starts from an empty index, rebuilt from what the engine's
