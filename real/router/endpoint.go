@@ -30,7 +30,7 @@ type endpoint struct {
 	// kvEvents and kvReplay are the endpoint's own ZeroMQ KV-event addresses (the
 	// #kv-events= and kv-events-replay= of its spec; ParseEndpointKVEvents), "" for none.
 	kvEvents, kvReplay string
-	logf  func(format string, args ...any)
+	logf               func(format string, args ...any)
 	// stop ends the endpoint's scrape and KV-event loops; loops counts them.
 	stop  context.CancelFunc
 	loops sync.WaitGroup
