@@ -634,9 +634,10 @@ func prefixIndexFromEPP(raw json.RawMessage, field string, env policies.Env) (*P
 }
 
 // checkPreciseParams checks llm-d's precise-prefix-cache-scorer parameters. The scorer
-// reads the views' exact caches, so the tokenizer, KV-event and index settings have no
-// counterpart and are accepted as they are; a token-processor block size, which llm-d
-// requires to equal vLLM's, must equal the engine block size.
+// reads the views' exact caches, so the tokenizer and index settings have no counterpart
+// and are accepted as they are; a kvEventsConfig is checked as the router reads it
+// (epp_kvevents.go: it configures the router's ZeroMQ subscriptions); a token-processor
+// block size, which llm-d requires to equal vLLM's, must equal the engine block size.
 func checkPreciseParams(raw json.RawMessage, field string, env policies.Env) error {
 	type tokenProcessor struct {
 		BlockSize       *int   `json:"blockSize"`
@@ -650,6 +651,11 @@ func checkPreciseParams(raw json.RawMessage, field string, env policies.Env) err
 	}
 	if err := decodeParams(raw, &p, field); err != nil {
 		return err
+	}
+	if raw := bytes.TrimSpace(p.KVEventsConfig); len(raw) > 0 && !bytes.Equal(raw, []byte("null")) {
+		if _, err := parseKVEventsConfig(p.KVEventsConfig, field+".kvEventsConfig"); err != nil {
+			return err
+		}
 	}
 	tp := p.TokenProcessorConfig
 	if tp == nil {

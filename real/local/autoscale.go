@@ -36,6 +36,7 @@ type AutoscaleOptions struct {
 type scaledEngine struct {
 	proc *engineProc
 	url  string
+	spec string // url as the router is given it (Cluster.routerEndpoint)
 }
 
 // autoscaler is the state of one Cluster.Autoscale run.
@@ -76,7 +77,7 @@ func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.
 	a.slots = make([]scaledEngine, 2*hi)
 	c.mu.Lock()
 	for i := range lo {
-		a.slots[i] = scaledEngine{proc: c.engines[i], url: c.Endpoints[i]}
+		a.slots[i] = scaledEngine{proc: c.engines[i], url: c.Endpoints[i], spec: c.routerEndpoint(i, c.Endpoints[i])}
 	}
 	if c.retired == nil {
 		c.retired = map[*engineProc]bool{}
@@ -199,7 +200,7 @@ func (a *autoscaler) setEndpoints() error {
 	var urls []string
 	for i, r := range a.scaler.Replicas() {
 		if r.State == scale.Ready {
-			urls = append(urls, a.slots[i].url)
+			urls = append(urls, a.slots[i].spec)
 		}
 	}
 	c.mu.Unlock()
@@ -263,7 +264,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	c.mu.Lock()
 	ok := a.scaler.MarkReady(i, a.now())
 	if ok {
-		a.slots[i] = scaledEngine{proc: e, url: url}
+		a.slots[i] = scaledEngine{proc: e, url: url, spec: c.routerEndpoint(idx, url)}
 		a.loadTimes = append(a.loadTimes, load)
 		c.Endpoints = append(c.Endpoints, url)
 		delete(c.retired, e)

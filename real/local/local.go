@@ -24,6 +24,7 @@ package local
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +77,13 @@ type Options struct {
 	// Events receives the supervisor's messages (an engine died, restarts in N s, is
 	// back, is given up), one a line; nil discards them.
 	Events io.Writer
+	// KVEventsZMQ, if set, has every engine publish its KV events over ZeroMQ as vLLM does
+	// (--kv-events-config), on PUB and replay sockets of its own on 127.0.0.1 (free ports,
+	// kept across its restarts), with topic kv@engine-I@KVEventsModel; the router follows
+	// each engine at its own addresses (router.ParseEndpointKVEvents) instead of
+	// /v1/kv_events, since engines that share a host cannot share llm-d's one socketPort.
+	KVEventsZMQ   bool
+	KVEventsModel string
 	// CPUs, if set, pins engine i to CPUs.Engines[i] from its first instruction (a restart
 	// too), with GOMAXPROCS one more than that (see startEngine), and this process, which runs the router, to
 	// CPUs.Router from Start until Stop (Linux; see PlanCPUs).
@@ -156,6 +164,71 @@ type Cluster struct {
 	// retired are the engines the autoscaler stopped on purpose (autoscale.go): their
 	// exits are no crash.
 	retired map[*engineProc]bool
+
+	// kv are engine i's KV-event sockets with Options.KVEventsZMQ, as its first start
+	// announced them; a restart binds the same. Guarded by kvMu.
+	kvMu sync.Mutex
+	kv   map[int]kvSockets
+}
+
+// kvSockets are an engine's ZeroMQ KV-event addresses: its PUB socket and replay socket.
+type kvSockets struct{ pub, replay string }
+
+// KVEvents are engine i's ZeroMQ KV-event addresses (its PUB and replay sockets) with
+// Options.KVEventsZMQ; "" without.
+func (c *Cluster) KVEvents(i int) (pub, replay string) {
+	c.kvMu.Lock()
+	defer c.kvMu.Unlock()
+	k := c.kv[i]
+	return k.pub, k.replay
+}
+
+// routerEndpoint is engine i at url as the router is given it: with its own KV-event
+// addresses (URL#kv-events=...) when it publishes over ZeroMQ.
+func (c *Cluster) routerEndpoint(i int, url string) string {
+	if pub, replay := c.KVEvents(i); pub != "" {
+		return url + "#" + router.KVEventsFragment(pub, replay)
+	}
+	return url
+}
+
+// kvEventsPrefix starts the engine's line naming its KV-event sockets
+// (cmd/servelab/engine_kvevents.go, kvEventsPublisher.describe): "KV events (ZeroMQ, vLLM's
+// format): publishing on tcp://H:P, topic "...", replay on tcp://H:R".
+const kvEventsPrefix = "KV events (ZeroMQ"
+
+// parseKVEventsLine reads the PUB and replay addresses from the engine's KV-events line.
+func parseKVEventsLine(line string) (kvSockets, bool) {
+	var k kvSockets
+	_, rest, ok := strings.Cut(line, "publishing on ")
+	if !ok {
+		return k, false
+	}
+	k.pub, _, _ = strings.Cut(rest, ",")
+	if _, r, ok := strings.Cut(rest, "replay on "); ok {
+		k.replay = strings.TrimSpace(r)
+	}
+	return k, strings.HasPrefix(k.pub, "tcp://")
+}
+
+// kvEventsArgs are engine i's --kv-events-config with Options.KVEventsZMQ: free ports on
+// loopback on its first start, the same ones on a restart.
+func (c *Cluster) kvEventsArgs(i int) []string {
+	if !c.opts.KVEventsZMQ {
+		return nil
+	}
+	k := kvSockets{pub: "tcp://127.0.0.1:0", replay: "tcp://127.0.0.1:0"}
+	c.kvMu.Lock()
+	if had, ok := c.kv[i]; ok {
+		k = had
+	}
+	c.kvMu.Unlock()
+	cfg, _ := json.Marshal(map[string]any{
+		"enable_kv_cache_events": true, "publisher": "zmq",
+		"endpoint": k.pub, "bind": true, "replay_endpoint": k.replay,
+		"topic": fmt.Sprintf("kv@engine-%d@%s", i, c.opts.KVEventsModel),
+	})
+	return []string{"--kv-events-config", string(cfg)}
 }
 
 type engineProc struct {
@@ -473,6 +546,7 @@ func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engi
 	if opts.EngineArgsFor != nil {
 		args = append(args, opts.EngineArgsFor(i)...)
 	}
+	args = append(args, c.kvEventsArgs(i)...)
 	args = append(args, "--host", "127.0.0.1", "--port", port)
 	cmd := exec.Command(opts.Command[0], args...)
 	cmd.Env = append(os.Environ(), opts.Env...)
@@ -504,7 +578,7 @@ func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engi
 	}
 	e := &engineProc{name: name, cmd: cmd, started: time.Now(), exited: make(chan struct{})}
 	go func() {
-		reported := false
+		reported, kvSeen := false, false
 		var last []string // the tail of its output, for the error when it dies
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -512,8 +586,23 @@ func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engi
 			logMu.Lock()
 			fmt.Fprintf(opts.Log, "[%s] %s\n", name, line)
 			logMu.Unlock()
+			if opts.KVEventsZMQ && strings.HasPrefix(line, kvEventsPrefix) {
+				if k, ok := parseKVEventsLine(line); ok {
+					c.kvMu.Lock()
+					if c.kv == nil {
+						c.kv = map[int]kvSockets{}
+					}
+					c.kv[i] = k
+					c.kvMu.Unlock()
+					kvSeen = true
+				}
+			}
 			if rest, ok := strings.CutPrefix(line, listenPrefix); ok && !reported {
-				addrs <- addrOrErr{name: name, addr: strings.TrimSpace(rest)}
+				a := addrOrErr{name: name, addr: strings.TrimSpace(rest)}
+				if opts.KVEventsZMQ && !kvSeen {
+					a = addrOrErr{name: name, err: fmt.Errorf("local: %s announced no ZeroMQ KV-event sockets (a %q line) before listening", name, kvEventsPrefix)}
+				}
+				addrs <- a
 				reported = true
 				continue
 			}
@@ -564,13 +653,10 @@ func waitHealthy(ctx context.Context, url string, e *engineProc) error {
 
 func (c *Cluster) startRouter(ctx context.Context, opts Options) error {
 	cfg := opts.Router
-	cfg.Endpoints = c.Endpoints
-	if len(opts.Roles) > 0 {
-		cfg.Endpoints = make([]string, len(c.Endpoints))
-		for i, u := range c.Endpoints {
-			if cfg.Endpoints[i] = u; i < len(opts.Roles) && opts.Roles[i] != "" {
-				cfg.Endpoints[i] = opts.Roles[i] + "=" + u
-			}
+	cfg.Endpoints = make([]string, len(c.Endpoints))
+	for i, u := range c.Endpoints {
+		if cfg.Endpoints[i] = c.routerEndpoint(i, u); i < len(opts.Roles) && opts.Roles[i] != "" {
+			cfg.Endpoints[i] = opts.Roles[i] + "=" + cfg.Endpoints[i]
 		}
 	}
 	r, err := router.New(cfg)
