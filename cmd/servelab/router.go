@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"servelab/engine/model"
 	"servelab/engine/tokenizer"
 	"servelab/policies"
+	"servelab/policies/route"
 	"servelab/real/router"
 )
 
@@ -31,8 +34,11 @@ type routerFlags struct {
 	model     string
 	kvEvents  bool
 	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
-	zmq  router.ZMQConfig
-	seed uint64
+	zmq router.ZMQConfig
+	// fileKV is the --router EndpointPickerConfig's kvEventsConfig, set by config; nil
+	// without one.
+	fileKV *route.KVEventsConfig
+	seed   uint64
 	// latencyProfile is a `servelab profile` file whose step-time model the
 	// predicted-latency-scorer predicts with (router_slo.go).
 	latencyProfile string
@@ -114,11 +120,9 @@ func (f *routerFlags) config() (router.Config, error) {
 		return router.Config{}, fmt.Errorf("--kv-events-socket-port %d: want a port, or 0 for /v1/kv_events", f.zmq.SocketPort)
 	case f.zmq.ReplayPort < 0 || f.zmq.ReplayPort > 65535:
 		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d: want a port, or 0 for none", f.zmq.ReplayPort)
-	case f.zmq.ReplayPort > 0 && f.zmq.SocketPort == 0:
-		return router.Config{}, fmt.Errorf("--kv-events-replay-port %d needs --kv-events-socket-port", f.zmq.ReplayPort)
-	case f.zmq.SocketPort > 0:
-		z := f.zmq
-		cfg.KVEventsZMQ = &z
+	}
+	if cfg.KVEventsZMQ, err = f.kvEventsZMQ(); err != nil {
+		return router.Config{}, err
 	}
 	if cfg.FlowControl, cfg.Objectives, err = f.flow.parse(); err != nil {
 		return router.Config{}, err
@@ -167,7 +171,12 @@ func newRouterCmd() *cobra.Command {
 picks an endpoint per request with a routing policy spec or llm-d EndpointPickerConfig file, the
 same objects 'servelab sim' uses. Views come from each endpoint's /metrics (vLLM metric names, so
 vLLM and llm-d-inference-sim servers work too) and, with --kv-events, from servelab engines'
-/v1/kv_events for an exact prefix index. Give --model (the engines' model directory) so prompts are
+/v1/kv_events for an exact prefix index, or over ZeroMQ as vLLM publishes them: at
+--kv-events-socket-port on each endpoint's host (llm-d's socketPort), at an endpoint's own
+addresses (URL#kv-events=tcp://HOST:PORT&kv-events-replay=tcp://HOST:PORT, as 'servelab up
+--kv-events-transport zmq' gives them), or as the --router EndpointPickerConfig's
+precise-prefix-cache-scorer kvEventsConfig says (llm-d-kv-cache's topicFilter, discoverPods,
+podDiscoveryConfig.socketPort; the flags may repeat the file's values, not contradict them). Give --model (the engines' model directory) so prompts are
 hashed into the engines' token blocks: completions prompts as the engine encodes them, chat messages
 after the model's chat template is applied, as the engine renders them. Failed endpoints are retried elsewhere and skipped until a
 scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
@@ -304,7 +313,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringSliceVar(&f.endpoints, "endpoints", nil, "engine base URLs, comma separated; ROLE=URL gives an endpoint llm-d's role (prefill, decode, both, prefill-decode) for a P/D --router config")
+	fl.StringSliceVar(&f.endpoints, "endpoints", nil, "engine base URLs, comma separated; ROLE=URL gives an endpoint llm-d's role (prefill, decode, both, prefill-decode) for a P/D --router config; URL#kv-events=tcp://HOST:PORT[&kv-events-replay=tcp://HOST:PORT] follows that engine's ZeroMQ KV events at its own addresses (engines sharing a host)")
 	fl.StringVar(&f.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to bind")
 	fl.IntVar(&f.port, "port", 8080, "port to listen on (0 picks a free one)")
@@ -344,4 +353,42 @@ func stopGRPC(s interface {
 	case <-time.After(d):
 		s.Stop()
 	}
+}
+
+// kvEventsZMQ is the router's ZeroMQ subscription: --kv-events-socket-port,
+// --kv-events-replay-port and --kv-events-topic-filter, or the --router
+// EndpointPickerConfig's kvEventsConfig (llm-d's precise-prefix-cache-scorer parameter,
+// route.KVEventsConfig), whose podDiscoveryConfig.socketPort and topicFilter the two flags
+// name, with --kv-events-replay-port (llm-d has no replay) added. A flag that says
+// otherwise than the file is an error naming both. Endpoints with their own addresses
+// (URL#kv-events=...) are followed over ZeroMQ whatever the port. nil: none of these.
+func (f *routerFlags) kvEventsZMQ() (*router.ZMQConfig, error) {
+	kc, err := route.EndpointPickerKVEventsFile(f.spec)
+	if err != nil {
+		return nil, err
+	}
+	f.fileKV = kc
+	z := f.zmq
+	if kc != nil {
+		z.SocketPort, z.TopicFilter = kc.PodDiscoveryConfig.SocketPort, kc.TopicFilter
+		switch {
+		case f.zmq.SocketPort != 0 && f.zmq.SocketPort != z.SocketPort:
+			return nil, fmt.Errorf("--kv-events-socket-port %d and %s.podDiscoveryConfig.socketPort %d disagree; give one", f.zmq.SocketPort, kc.Field, z.SocketPort)
+		case f.zmq.TopicFilter != "" && f.zmq.TopicFilter != z.TopicFilter:
+			return nil, fmt.Errorf("--kv-events-topic-filter %q and %s.topicFilter %q disagree; give one", f.zmq.TopicFilter, kc.Field, z.TopicFilter)
+		}
+		return &z, nil
+	}
+	own := slices.ContainsFunc(f.endpoints, func(e string) bool { return strings.Contains(e, "#kv-events=") })
+	switch {
+	case z.SocketPort > 0:
+		return &z, nil
+	case z.ReplayPort > 0:
+		return nil, fmt.Errorf("--kv-events-replay-port %d needs --kv-events-socket-port", z.ReplayPort)
+	case z.TopicFilter != "" && !own:
+		return nil, fmt.Errorf("--kv-events-topic-filter %q needs --kv-events-socket-port, endpoints with their own URL#kv-events=tcp://HOST:PORT, or an EndpointPickerConfig kvEventsConfig", z.TopicFilter)
+	case z.TopicFilter != "":
+		return &z, nil
+	}
+	return nil, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"syscall"
@@ -49,6 +50,9 @@ type clusterFlags struct {
 	kvTierDir string
 	// kvLink is the simulator's KV link preset for a cluster with prefill engines (fidelity).
 	kvLink string
+	// kvEventsTransport is up's --kv-events-transport: "http", "zmq", or "" (http, or zmq
+	// when --router's EndpointPickerConfig has a kvEventsConfig).
+	kvEventsTransport string
 }
 
 func (f *clusterFlags) register(cmd *cobra.Command) {
@@ -175,6 +179,10 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 		return local.Options{}, fmt.Errorf("--router: %w", err)
 	}
 	opts := local.Options{Engines: f.total(), EngineArgs: args, Router: cfg, Log: log, CPUs: f.cpus}
+	if opts.KVEventsZMQ, err = f.kvEventsOverZMQ(rf.fileKV); err != nil {
+		return local.Options{}, err
+	}
+	opts.KVEventsModel = filepath.Base(f.model)
 	if roles := f.roles(); roles != nil {
 		if _, ok := cfg.Policy.(*route.PDProfileHandler); !ok {
 			return local.Options{}, fmt.Errorf("--prefill-engines %d: --router %s is not a P/D EndpointPickerConfig (a pd-profile-handler with decode and prefill profiles, e.g. examples/router/llm-d-pd.yaml), so nothing would send the prefill engines work",
@@ -184,6 +192,29 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 		opts.EngineArgsFor = func(i int) []string { return []string{"--role", roles[i]} }
 	}
 	return opts, nil
+}
+
+// kvEventsOverZMQ is whether the engines publish their KV events over ZeroMQ, each on
+// sockets of its own, for the router to follow (--kv-events-transport; file is the
+// --router EndpointPickerConfig's kvEventsConfig, nil without one).
+func (f *clusterFlags) kvEventsOverZMQ(file *route.KVEventsConfig) (bool, error) {
+	switch f.kvEventsTransport {
+	case "", "http", "zmq":
+	default:
+		return false, fmt.Errorf("--kv-events-transport %q: want http or zmq", f.kvEventsTransport)
+	}
+	zmq := f.kvEventsTransport == "zmq" || f.kvEventsTransport == "" && file != nil
+	switch {
+	case f.kvEventsTransport == "http" && file != nil:
+		return false, fmt.Errorf("--kv-events-transport http and %s: the kvEventsConfig subscribes over ZeroMQ; drop one", file.Field)
+	case zmq && !f.router.kvEvents:
+		what := "--kv-events-transport zmq"
+		if f.kvEventsTransport == "" {
+			what = file.Field
+		}
+		return false, fmt.Errorf("--kv-events=false and %s: the router would follow no KV events, so the engines would publish them for nobody; drop one", what)
+	}
+	return zmq, nil
 }
 
 func newUpCmd() *cobra.Command {
@@ -284,7 +315,11 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 				if i < len(roles) {
 					role = "  " + roles[i]
 				}
-				fmt.Fprintf(out, "engine-%d  %s%s  (pid %d)\n", i, ep, role, pids[i])
+				kv := ""
+				if pub, replay := c.KVEvents(i); pub != "" {
+					kv = fmt.Sprintf("  KV events %s (replay %s)", pub, replay)
+				}
+				fmt.Fprintf(out, "engine-%d  %s%s  (pid %d)%s\n", i, ep, role, pids[i], kv)
 			}
 			fmt.Fprintf(out, "router (%s) listening on %s\n", f.router.describePolicy(), c.URL)
 			fmt.Fprintf(out, "OpenAI API: %s/v1   metrics: %s/metrics   Ctrl-C stops the cluster\n", c.URL, c.URL)
@@ -330,6 +365,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	f.router.flow.register(cmd.Flags())
 	f.router.addABFlags(cmd.Flags())
+	cmd.Flags().StringVar(&f.kvEventsTransport, "kv-events-transport", "", "how the router follows the engines' KV events: http (their /v1/kv_events; the default) or zmq (each engine publishes over ZeroMQ as vLLM does, --kv-events-config, on PUB and replay sockets of its own on 127.0.0.1, and the router subscribes to each; the default when --router's EndpointPickerConfig has a kvEventsConfig)")
 	cmd.Flags().IntVar(&f.prefillEngines, "prefill-engines", 0, "start this many more engines with --role prefill (the --engines ones get --role decode) and route prefill/decode-disaggregated; needs a P/D --router config")
 	cmd.Flags().DurationVar(&f.router.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with --prefill-engines: time a prefill leg may take")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"servelab/real/local"
+	"servelab/serving"
+)
+
+// TestUpFollowsEnginesOverZMQ: `servelab up --kv-events-transport zmq`'s cluster (the
+// options up builds, started as up starts them) gives each engine PUB and replay sockets
+// of its own on 127.0.0.1 and the router each engine's addresses, and the router's prefix
+// index fills from those ZeroMQ events alone: the /v1/kv_events source is switched off.
+// Each engine's index holds the prompts that engine served and not the other's; after
+// engine-1 is killed and restarted (on the same sockets) its index drops what the old
+// process cached and follows the new one; and requests routed by the precise prefix scorer
+// go where their prefix is cached.
+func TestUpFollowsEnginesOverZMQ(t *testing.T) {
+	dir := synthTiny(t)
+	t.Setenv("SERVELAB_RUN_MAIN", "1")
+	f := clusterFlags{engines: 2, model: dir, batch: "vllm", evict: "lru", blockSize: 16, numBlocks: 64,
+		maxModelLen: 128, threads: 1, prefixCaching: true, kvEventsTransport: "zmq"}
+	f.router = routerFlags{spec: "weighted:precise-prefix=1,queue=0,kv=0,prefix=0", scrape: 10 * time.Millisecond,
+		kvEvents: true, logf: t.Logf}
+	log := &syncBuffer{}
+	opts, err := f.options(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opts.KVEventsZMQ {
+		t.Fatal("--kv-events-transport zmq: the engines do not publish over ZeroMQ")
+	}
+	opts.Router.KVEvents = false // no /v1/kv_events: the index can only fill over ZeroMQ
+	opts.Restart = &local.RestartPolicy{Backoff: 50 * time.Millisecond}
+	opts.Events = log
+	c, err := local.Start(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	t.Cleanup(func() { c.Stop(10 * time.Second) })
+	r := c.Router
+
+	addr := regexp.MustCompile(`^tcp://127\.0\.0\.1:\d+$`)
+	var want []string
+	seen := map[string]bool{}
+	for i, u := range c.Endpoints {
+		pub, replay := c.KVEvents(i)
+		for _, a := range []string{pub, replay} {
+			if !addr.MatchString(a) || seen[a] {
+				t.Fatalf("engine-%d's KV-event sockets %q, %q: want loopback addresses of its own", i, pub, replay)
+			}
+			seen[a] = true
+		}
+		want = append(want, u+"#kv-events="+pub+"&kv-events-replay="+replay)
+	}
+	if d := cmp.Diff(want, r.Endpoints()); d != "" {
+		t.Fatalf("the router's endpoints (-want +got):\n%s", d)
+	}
+
+	// No kept-alive connection may outlive the engine it went to: the restarted engine
+	// listens on the same port, and a POST on a dead pooled connection is not retried.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	post := func(base, prompt string) (body []byte, servedBy string) {
+		t.Helper()
+		body, _ = json.Marshal(map[string]any{"prompt": prompt, "max_tokens": 1})
+		resp, err := client.Post(base+"/v1/completions", "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s: %s", base, resp.Status, b)
+		}
+		return body, resp.Header.Get(serving.ServedEndpointHeader)
+	}
+	complete := func(i int, prompt string) []uint64 {
+		t.Helper()
+		body, _ := post(c.Endpoints[i], prompt)
+		h := r.BlockHashes(context.Background(), "/v1/completions", body)
+		if len(h) < 2 {
+			t.Fatalf("prompt of %d blocks", len(h))
+		}
+		return h
+	}
+	cached := func(i int, hashes []uint64) int {
+		v, ok := r.Views()[c.Endpoints[i]]
+		if !ok || v.Cache == nil {
+			return -1
+		}
+		return v.Cache.CachedPrefixBlocks(hashes)
+	}
+	waitCached := func(what string, i int, hashes []uint64, n int) {
+		t.Helper()
+		waitFor(t, what, 20*time.Second, func() bool { return cached(i, hashes) == n }, log)
+	}
+
+	p0 := complete(0, strings.Repeat("engine zero prompt ", 6))
+	p1 := complete(1, strings.Repeat("engine one prompt ", 6))
+	waitCached("engine-0's index holds its prompt", 0, p0, len(p0))
+	waitCached("engine-1's index holds its prompt", 1, p1, len(p1))
+	if n := cached(0, p1) + cached(1, p0); n != 0 {
+		t.Errorf("an engine's index holds %d blocks of the other engine's prompt", n)
+	}
+	for i, p := range []string{strings.Repeat("engine zero prompt ", 6), strings.Repeat("engine one prompt ", 6)} {
+		if _, by := post(c.URL, p); by != strings.TrimPrefix(c.Endpoints[i], "http://") {
+			t.Errorf("the router sent engine-%d's cached prompt to %q", i, by)
+		}
+	}
+
+	pub, replay := c.KVEvents(1)
+	if err := syscall.Kill(c.PIDs()[1], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "engine-1 is back", 60*time.Second, func() bool {
+		return regexp.MustCompile(`engine-1 is back`).MatchString(log.String())
+	}, log)
+	if p, r := c.KVEvents(1); p != pub || r != replay {
+		t.Errorf("the restarted engine-1 publishes on %s (replay %s), not its sockets %s (replay %s)", p, r, pub, replay)
+	}
+	fresh := complete(1, strings.Repeat("after the restart ", 6))
+	waitCached("the restarted engine-1's prompt", 1, fresh, len(fresh))
+	waitCached("the old engine-1's prompt dropped", 1, p1, 0)
+	if n := cached(0, p0); n != len(p0) {
+		t.Errorf("engine-0's index holds %d of its prompt's %d blocks after engine-1's restart", n, len(p0))
+	}
+}
