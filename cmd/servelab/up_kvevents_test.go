@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"servelab/real/local"
+	"servelab/real/router"
 	"servelab/serving"
 )
 
@@ -133,5 +136,126 @@ func TestUpFollowsEnginesOverZMQ(t *testing.T) {
 	waitCached("the old engine-1's prompt dropped", 1, p1, 0)
 	if n := cached(0, p0); n != len(p0) {
 		t.Errorf("engine-0's index holds %d of its prompt's %d blocks after engine-1's restart", n, len(p0))
+	}
+}
+
+// kvEventsEPP writes an EndpointPickerConfig with llm-d's precise-prefix-cache-scorer and
+// the kvEventsConfig kv (YAML lines, indented as a parameter) and returns its path.
+func kvEventsEPP(t *testing.T, kv string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "epp.yaml")
+	data := `apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: precise-prefix-cache-scorer
+  parameters:
+    kvEventsConfig:
+` + kv + `
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: precise-prefix-cache-scorer
+`
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestRouterKVEventsConfigFromEPP: the --router EndpointPickerConfig's kvEventsConfig
+// configures the router's ZeroMQ subscription as --kv-events-socket-port and
+// --kv-events-topic-filter do; flags that repeat it are fine, flags that contradict it
+// are an error naming both, and a bad field is named with its file.
+func TestRouterKVEventsConfigFromEPP(t *testing.T) {
+	guide := kvEventsEPP(t, "      topicFilter: \"kv@\"\n      discoverPods: true\n      podDiscoveryConfig:\n        socketPort: 6557")
+	defaults := kvEventsEPP(t, "      concurrency: 8")
+	bad := kvEventsEPP(t, "      podDiscoveryConfig:\n        socket_port: 6557")
+	field := func(p string) string { return p + ": plugins[0].parameters.kvEventsConfig" }
+	for _, tc := range []struct {
+		name, spec   string
+		port, replay int
+		filter       string
+		endpoints    []string
+		want         *router.ZMQConfig
+		err          string
+	}{
+		{name: "the file", spec: guide, want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@"}},
+		{name: "llm-d's defaults", spec: defaults, want: &router.ZMQConfig{SocketPort: 5557, TopicFilter: "kv@"}},
+		{name: "flags repeating the file, and a replay port", spec: guide, port: 6557, replay: 6558, filter: "kv@",
+			want: &router.ZMQConfig{SocketPort: 6557, ReplayPort: 6558, TopicFilter: "kv@"}},
+		{name: "flags alone", spec: "weighted:precise-prefix=1", port: 5557, filter: "kv@", want: &router.ZMQConfig{SocketPort: 5557, TopicFilter: "kv@"}},
+		{name: "neither", spec: "weighted:precise-prefix=1"},
+		{name: "a topic filter for endpoints with their own addresses", spec: "least-request", filter: "kv@",
+			endpoints: []string{"http://127.0.0.1:1#kv-events=tcp://127.0.0.1:2"}, want: &router.ZMQConfig{TopicFilter: "kv@"}},
+		{name: "port conflict", spec: guide, port: 5557, err: "--kv-events-socket-port 5557 and " + field(guide) + ".podDiscoveryConfig.socketPort 6557 disagree"},
+		{name: "topic conflict", spec: guide, filter: "kv@pod", err: `--kv-events-topic-filter "kv@pod" and ` + field(guide) + `.topicFilter "kv@" disagree`},
+		{name: "bad field", spec: bad, err: bad + `: EndpointPickerConfig: plugins[0].parameters.kvEventsConfig: json: unknown field "socket_port"`},
+		{name: "replay alone", spec: "least-request", replay: 5558, err: "--kv-events-replay-port 5558 needs --kv-events-socket-port"},
+		{name: "a topic filter for nothing", spec: "least-request", filter: "kv@", err: `--kv-events-topic-filter "kv@" needs`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := routerFlags{spec: tc.spec, blockSize: 16, kvEvents: true, endpoints: tc.endpoints}
+			f.zmq = router.ZMQConfig{SocketPort: tc.port, ReplayPort: tc.replay, TopicFilter: tc.filter}
+			cfg, err := f.config()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tc.want, cfg.KVEventsZMQ); d != "" {
+				t.Errorf("the router's ZeroMQ subscription (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestUpKVEventsTransport: up's engines publish over ZeroMQ with --kv-events-transport zmq,
+// or when --router's EndpointPickerConfig has a kvEventsConfig; contradictions are errors
+// naming both.
+func TestUpKVEventsTransport(t *testing.T) {
+	model := synthTiny(t)
+	epp := kvEventsEPP(t, "      topicFilter: \"kv@\"")
+	for _, tc := range []struct {
+		name, transport, spec string
+		noKVEvents            bool
+		want                  bool
+		err                   string
+	}{
+		{name: "default", spec: "least-request"},
+		{name: "http", transport: "http", spec: "least-request"},
+		{name: "zmq", transport: "zmq", spec: "least-request", want: true},
+		{name: "the file's kvEventsConfig", spec: epp, want: true},
+		{name: "zmq and the file", transport: "zmq", spec: epp, want: true},
+		{name: "http and the file", transport: "http", spec: epp, err: "--kv-events-transport http and " + epp + ": plugins[0].parameters.kvEventsConfig"},
+		{name: "unknown", transport: "nats", spec: "least-request", err: `--kv-events-transport "nats": want http or zmq`},
+		{name: "zmq without events", transport: "zmq", spec: "least-request", noKVEvents: true, err: "--kv-events=false and --kv-events-transport zmq"},
+		{name: "the file without events", spec: epp, noKVEvents: true, err: "--kv-events=false and " + epp + ": plugins[0]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := clusterFlags{engines: 2, model: model, batch: "vllm", evict: "lru", blockSize: 16, kvEventsTransport: tc.transport}
+			f.router = routerFlags{spec: tc.spec, kvEvents: !tc.noKVEvents}
+			opts, err := f.options(io.Discard)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if opts.KVEventsZMQ != tc.want {
+				t.Errorf("engines publish over ZeroMQ: %v, want %v", opts.KVEventsZMQ, tc.want)
+			}
+		})
+	}
+	// The flag is up's, and up reports the error before starting anything.
+	out, err := run(t, "up", "--model", model, "--port", "0", "--kv-events-transport", "nats")
+	if err == nil || !strings.Contains(err.Error(), "--kv-events-transport") || strings.Contains(out, "starting") {
+		t.Errorf("up --kv-events-transport nats: %v, output %q", err, out)
 	}
 }
