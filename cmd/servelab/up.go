@@ -251,6 +251,12 @@ P/D EndpointPickerConfig (examples/router/llm-d-pd.yaml), e.g.
   servelab up --model DIR --prefill-engines 1 --engines 2 --router examples/router/llm-d-pd.yaml
 (see 'servelab router --help' for the flow).
 
+KV events: by default the router follows each engine's /v1/kv_events. --kv-events-transport zmq
+has the engines publish them over ZeroMQ as vLLM does (--kv-events-config), each on PUB and replay
+sockets of its own on 127.0.0.1 (free ports, kept across a restart, printed beside its URL), and
+the router subscribe to each at its addresses (URL#kv-events=..., see 'servelab router --help');
+it is the default when --router's EndpointPickerConfig has a kvEventsConfig.
+
 Autoscaling: --autoscale SPEC starts the policy's min-replicas engines and then starts and
 drains engines by the scaling policy (policies/scale; the same code and scale.Scaler the
 simulator's --autoscale runs), every interval seconds, on the router's view of the ready engines
