@@ -177,12 +177,13 @@ step nvidia-smi 30 "$OUT/nvidia-smi.txt" bash -c 'rc=0
 
 # The driver test comes first: if it fails, nothing else can load a model on the GPU, and
 # the model steps are skipped (their minutes kept for a rerun).
-driver_ok=0
+driver_ok=0 telemetry_ok=0
 for t in "${TESTS[@]}"; do
   read -r bin pkg pattern <<<"$t"
   if unpack "$bin" >>"$OUT/tests.log" 2>&1; then
     if step "test ${pkg#cuda/}" 150 "$OUT/tests.log" bash -c 'gotest "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern"; then
       [ "$pkg" = cuda/driver ] && driver_ok=1
+      [ "$pkg" = cuda/telemetry ] && telemetry_ok=1
     fi
   else
     printf '%-34s %s\n' "test ${pkg#cuda/}" "FAILED (no $bin in the bundle)" | tee -a "$SUMMARY"
@@ -223,8 +224,16 @@ if [ "$synth_ok" = 1 ]; then
   # GPU_CHECK_PROFILE_TOKENS (4096) tokens: the grid's 8192-token prompts over 8192 tokens of
   # context take the naive prefill attention seconds each (an estimate: 1-3 minutes for the
   # grid's three timings of each), more than the step's limit holds; 8192 is vLLM's.
+  # Without NVML (the telemetry test failed) the profile is measured without telemetry
+  # rather than not at all.
+  notel=()
+  if [ "$telemetry_ok" != 1 ]; then
+    notel=(--gpu-telemetry-interval 0)
+    echo "gpu-check: the telemetry test failed: profile runs with --gpu-telemetry-interval 0" | tee -a "$SUMMARY"
+  fi
   step "profile --device cuda" 200 "$OUT/profile.log" "$SERVELAB" profile --device cuda --dtype bfloat16 --model "$MODEL" \
-    --max-num-batched-tokens "${GPU_CHECK_PROFILE_TOKENS:-4096}" --max-num-seqs 256 --kv-cache-memory-bytes $((48 << 30)) --out "$PROFILE"
+    --max-num-batched-tokens "${GPU_CHECK_PROFILE_TOKENS:-4096}" --max-num-seqs 256 --kv-cache-memory-bytes $((48 << 30)) \
+    "${notel[@]}" --out "$PROFILE"
 else
   printf '%-34s %s\n' "profile --device cuda" "NOT RUN (no model)" | tee -a "$SUMMARY"
   failed+=("profile --device cuda")

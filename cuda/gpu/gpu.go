@@ -337,6 +337,16 @@ func (b *Backend) setup(o Options, open opener, set *safetensors.Set, dtype stri
 	if err != nil {
 		return err
 	}
+	if err := b.allocKV(n); err != nil {
+		return err
+	}
+	return b.dev.CtxSynchronize()
+}
+
+// allocKV allocates (and zeroes) n blocks of KV cache, fewer if n·blockSize slots would
+// overflow the int32 slot numbers the kernels take: per layer, keys and values of
+// [n·blockSize, KVDim] float32.
+func (b *Backend) allocKV(n int) error {
 	if int64(n)*int64(b.blockSize) > math.MaxInt32 {
 		n = math.MaxInt32 / b.blockSize
 	}
@@ -354,8 +364,8 @@ func (b *Backend) setup(o Options, open opener, set *safetensors.Set, dtype stri
 			}
 		}
 	}
-	b.info.KVBytes = int64(n) * blockBytes
-	return b.dev.CtxSynchronize()
+	b.info.KVBytes = int64(n) * int64(b.BlockBytes())
+	return nil
 }
 
 // uploadWeights streams every tensor to the device in the compute dtype.
