@@ -8,6 +8,7 @@
 #      skip without a GPU fails instead): the driver, every kernel against its CPU
 #      reference, a forward pass of the 15m and 110m presets against the CPU engine, the
 #      engine serving the OpenAI API on the GPU, NVML telemetry; the kernels' benchmarks;
+#      then the forward pass of a real shape (llama-3.2-1b, synthesised) against the CPU;
 #   3. servelab model synth --preset llama-3.1-8b --dtype bfloat16 (16 GB, on local disk);
 #   4. the benchmarks of the issue's targets (cuda/gpubench) on it, -test.count 3;
 #   5. servelab profile --device cuda on it, the GPU grid;
@@ -56,6 +57,10 @@ TESTS=(
   "gpu.test cuda/gpu ^(TestForwardMatchesCPU|TestEngineServesOnGPU)$"
   "telemetry.test cuda/telemetry ^TestOpenOnGPU$"
 )
+# A forward pass of a real shape against the CPU engine, on llama-3.2-1b (2.5 GB; its CPU
+# reference in float32 takes 5 GB of host memory): NAME.test PACKAGE -test.run PATTERN.
+SHAPE_TEST="gpu.test cuda/gpu ^TestForwardMatchesCPUOnModel$"
+SHAPE_PRESET=llama-3.2-1b
 # The kernels' own benchmarks (no model needed): NAME.test PACKAGE -test.bench PATTERN.
 KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16)$"
 # The issue's targets, on the synthesised model.
@@ -201,6 +206,20 @@ fi
 
 unpack servelab >>"$OUT/synth.log" 2>&1
 SERVELAB=$WORK/bin/servelab
+
+# The real shape's check: the 1B written (seconds), the GPU against the CPU, the 1B removed.
+read -r bin pkg pattern <<<"$SHAPE_TEST"
+SHAPE_MODEL=$WORK/$SHAPE_PRESET
+if [ "$driver_ok" = 1 ] && [ -x "$WORK/bin/$bin" ]; then
+  if step "synth $SHAPE_PRESET bf16" 60 "$OUT/synth.log" "$SERVELAB" model synth --preset "$SHAPE_PRESET" --dtype bfloat16 --out "$SHAPE_MODEL"; then
+    step "test ${pkg#cuda/} $SHAPE_PRESET" 120 "$OUT/tests.log" env SERVELAB_GPU_CHECK_MODEL="$SHAPE_MODEL" bash -c 'gotest "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern"
+  fi
+  rm -rf "$SHAPE_MODEL"
+else
+  printf '%-34s %s\n' "test ${pkg#cuda/} $SHAPE_PRESET" "NOT RUN (the driver test failed, or no $bin)" | tee -a "$SUMMARY"
+  failed+=("test ${pkg#cuda/} $SHAPE_PRESET")
+fi
+
 synth_ok=0
 if [ "$driver_ok" = 1 ]; then
   step "synth $PRESET bf16" 200 "$OUT/synth.log" "$SERVELAB" model synth --preset "$PRESET" --dtype bfloat16 --out "$MODEL" && synth_ok=1

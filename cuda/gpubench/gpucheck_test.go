@@ -29,6 +29,7 @@ type scriptEntry struct {
 var (
 	entryLine  = regexp.MustCompile(`^\s*"(\S+)\.test (\S+) (\S+)"\s*$`)
 	benchLine  = regexp.MustCompile(`^[A-Z_]*BENCH="(\S+)\.test (\S+) (\S+)"\s*$`)
+	testLine   = regexp.MustCompile(`^[A-Z_]*_TEST="(\S+)\.test (\S+) (\S+)"\s*$`)
 	bundleLine = regexp.MustCompile(`^\s*([a-z0-9_]+):\./(\S+)\s*$`)
 )
 
@@ -49,6 +50,9 @@ func parseCheckScript(src string) []scriptEntry {
 		default:
 			if m := benchLine.FindStringSubmatch(line); m != nil {
 				out = append(out, scriptEntry{m[1], m[2], m[3], "-test.bench"})
+			}
+			if m := testLine.FindStringSubmatch(line); m != nil {
+				out = append(out, scriptEntry{m[1], m[2], m[3], "-test.run"})
 			}
 		}
 	}
@@ -146,7 +150,7 @@ func TestGPUCheckScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := parseCheckScript(string(raw))
-	if len(entries) < 6 {
+	if len(entries) < 7 {
 		t.Fatalf("found %d test and benchmark entries in %s: %+v", len(entries), checkScript, entries)
 	}
 	bundle, err := os.ReadFile(bundleScript)
