@@ -60,7 +60,7 @@ TESTS=(
 # A forward pass of a real shape against the CPU engine, on llama-3.2-1b (2.5 GB; its CPU
 # reference in float32 takes 5 GB of host memory): NAME.test PACKAGE -test.run PATTERN.
 SHAPE_TEST="gpu.test cuda/gpu ^TestForwardMatchesCPUOnModel$"
-SHAPE_PRESET=llama-3.2-1b
+SHAPE_PRESET=${GPU_CHECK_SHAPE_PRESET:-llama-3.2-1b}
 # The kernels' own benchmarks (no model needed): NAME.test PACKAGE -test.bench PATTERN.
 KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16)$"
 # The issue's targets, on the synthesised model.
