@@ -15,7 +15,8 @@
 // Memory: weights are streamed from the safetensors files tensor by tensor, each
 // converted in chunks of at most 4 Mi elements to the compute dtype and copied to the
 // device, so the host never holds the model in float32 (nor converted at all beyond one
-// chunk). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
+// chunk). The files themselves are read whole (engine/safetensors reads each into memory,
+// 16 GB for Llama-3.1-8B in bfloat16, released once Load returns). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
 // so KV blocks move to the CPU and disk tiers and to other engines byte for byte.
 //
 // Errors from the driver are returned: Load fails, a step fails. A failed step leaves
