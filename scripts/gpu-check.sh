@@ -228,6 +228,18 @@ else
   failed+=("synth")
 fi
 
+# The benchmarks take their bounds from the GPU table's row whose device_names holds the
+# CUDA device name ("NVIDIA H200"); a variant's name ("NVIDIA H200 NVL") is not there and
+# would fail every benchmark, so an H200 of any name is measured against the h200 row.
+gpuname=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$gpuname" in
+  "NVIDIA H200") ;;
+  "NVIDIA H200"*)
+    export SERVELAB_GPU=${SERVELAB_GPU:-h200}
+    echo "gpu-check: the GPU is \"$gpuname\": the benchmarks use the GPU table's h200 row (SERVELAB_GPU=$SERVELAB_GPU)" | tee -a "$SUMMARY"
+    ;;
+esac
+
 read -r bin pkg pattern <<<"$BENCH"
 if [ "$synth_ok" = 1 ] && unpack "$bin" >>"$OUT/bench.txt" 2>&1; then
   step "bench ${pkg#cuda/}" 240 "$OUT/bench.txt" env SERVELAB_GPU_MODEL="$MODEL" bash -c 'gobench "$@"' _ "$pkg" "$WORK/bin/$bin" "$pattern" \
