@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -58,6 +59,13 @@ profile:FILE' then runs and prices. The measured steps are recorded too ("points
 			progress := func(done, total int) {}
 			if isTerminal(w) {
 				progress = func(done, total int) { fmt.Fprintf(w, "\rprofiling: %d/%d shapes", done, total) }
+			} else if f.device == "cuda" {
+				// A GPU profile in a log (scripts/gpu-check.sh): a line a shape, so a run
+				// stopped at its time limit still says how far it got and how fast.
+				start := time.Now()
+				progress = func(done, total int) {
+					fmt.Fprintf(w, "profiled %d/%d shapes in %.1f s\n", done, total, time.Since(start).Seconds())
+				}
 			}
 			var prof *latency.Profile
 			var err error

@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"os"
 	"servelab/internal/gputest"
 
 	"testing"
@@ -32,5 +33,40 @@ func TestForwardMatchesCPU(t *testing.T) {
 				compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), info.DType)
 			})
 		}
+	}
+}
+
+// envCheckModel names a model directory of a real shape for TestForwardMatchesCPUOnModel
+// (scripts/gpu-check.sh synthesises llama-3.2-1b for it).
+const envCheckModel = "SERVELAB_GPU_CHECK_MODEL"
+
+// TestForwardMatchesCPUOnModel is TestForwardMatchesCPU on the model in
+// $SERVELAB_GPU_CHECK_MODEL: a real shape (llama-3.2-1b: vocabulary 128256, grouped-query
+// attention 32/8, Llama 3.1 rope scaling, tied embeddings), which neither the presets nor
+// the CPU emulation of the kernels reach.
+func TestForwardMatchesCPUOnModel(t *testing.T) {
+	gputest.Require(t)
+	dir := os.Getenv(envCheckModel)
+	if dir == "" {
+		if gputest.Required() {
+			t.Fatalf("SERVELAB_REQUIRE_GPU=1 and %s is not set (a model directory: servelab model synth --preset llama-3.2-1b --out DIR)", envCheckModel)
+		}
+		t.Skipf("%s is not set (a model directory: servelab model synth --preset llama-3.2-1b --out DIR)", envCheckModel)
+	}
+	for _, dtype := range []string{Float32, BFloat16} {
+		t.Run(dtype, func(t *testing.T) {
+			b, err := Load(Options{Dir: dir, DType: dtype, NumBlocks: 64, MaxNumBatchedTokens: 256, MaxNumSeqs: 8})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := b.Close(); err != nil {
+					t.Error(err)
+				}
+			}()
+			info := b.Info()
+			t.Logf("%s on %s (%s), weights %d bytes, KV %d bytes", dir, info.Device, info.Image, info.WeightBytes, info.KVBytes)
+			compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), info.DType)
+		})
 	}
 }

@@ -15,7 +15,8 @@
 // Memory: weights are streamed from the safetensors files tensor by tensor, each
 // converted in chunks of at most 4 Mi elements to the compute dtype and copied to the
 // device, so the host never holds the model in float32 (nor converted at all beyond one
-// chunk). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
+// chunk). The files themselves are read whole (engine/safetensors reads each into memory,
+// 16 GB for Llama-3.1-8B in bfloat16, released once Load returns). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
 // so KV blocks move to the CPU and disk tiers and to other engines byte for byte.
 //
 // Errors from the driver are returned: Load fails, a step fails. A failed step leaves
@@ -333,6 +334,16 @@ func (b *Backend) setup(o Options, open opener, set *safetensors.Set, dtype stri
 	if err != nil {
 		return err
 	}
+	if err := b.allocKV(n); err != nil {
+		return err
+	}
+	return b.dev.CtxSynchronize()
+}
+
+// allocKV allocates (and zeroes) n blocks of KV cache, fewer if n·blockSize slots would
+// overflow the int32 slot numbers the kernels take: per layer, keys and values of
+// [n·blockSize, KVDim] float32.
+func (b *Backend) allocKV(n int) error {
 	if int64(n)*int64(b.blockSize) > math.MaxInt32 {
 		n = math.MaxInt32 / b.blockSize
 	}
@@ -350,8 +361,8 @@ func (b *Backend) setup(o Options, open opener, set *safetensors.Set, dtype stri
 			}
 		}
 	}
-	b.info.KVBytes = int64(n) * blockBytes
-	return b.dev.CtxSynchronize()
+	b.info.KVBytes = int64(n) * int64(b.BlockBytes())
+	return nil
 }
 
 // uploadWeights streams every tensor to the device in the compute dtype.

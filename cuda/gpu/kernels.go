@@ -7,6 +7,9 @@ import (
 	"servelab/engine/model"
 )
 
+// maxGridY is CUDA's limit on a grid's y (and z) dimension.
+const maxGridY = 65535
+
 // stream is the stream every kernel and copy runs on: the legacy default stream, which
 // the synchronous cuMemcpy calls use too, so launches and copies run in issue order.
 const defaultStream driver.Stream = 0
@@ -228,9 +231,12 @@ func (k *gpuKernels) RopeStore(layer int) error {
 func (k *gpuKernels) Attention(layer int) error {
 	c := &k.b.cfg
 	st := k.st
-	if n := len(st.DecodeSeqs); n > 0 {
+	// sl_attn_decode's grid is (heads, sequences), and a grid's y is at most 65535: a
+	// larger decode batch launches in parts, each over its stretch of the sequence list.
+	for i, n := 0, len(st.DecodeSeqs); i < n; i += maxGridY {
+		seqs := k.decode + driver.DevicePtr(4*i)
 		if err := k.b.ops.AttnDecode(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
-			k.decode, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize); err != nil {
+			seqs, k.seqStart, k.seqPos, k.tables, min(maxGridY, n-i), st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize); err != nil {
 			return err
 		}
 	}

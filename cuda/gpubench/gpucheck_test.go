@@ -29,6 +29,7 @@ type scriptEntry struct {
 var (
 	entryLine  = regexp.MustCompile(`^\s*"(\S+)\.test (\S+) (\S+)"\s*$`)
 	benchLine  = regexp.MustCompile(`^[A-Z_]*BENCH="(\S+)\.test (\S+) (\S+)"\s*$`)
+	testLine   = regexp.MustCompile(`^[A-Z_]*_TEST="(\S+)\.test (\S+) (\S+)"\s*$`)
 	bundleLine = regexp.MustCompile(`^\s*([a-z0-9_]+):\./(\S+)\s*$`)
 )
 
@@ -49,6 +50,9 @@ func parseCheckScript(src string) []scriptEntry {
 		default:
 			if m := benchLine.FindStringSubmatch(line); m != nil {
 				out = append(out, scriptEntry{m[1], m[2], m[3], "-test.bench"})
+			}
+			if m := testLine.FindStringSubmatch(line); m != nil {
+				out = append(out, scriptEntry{m[1], m[2], m[3], "-test.run"})
 			}
 		}
 	}
@@ -146,7 +150,7 @@ func TestGPUCheckScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := parseCheckScript(string(raw))
-	if len(entries) < 6 {
+	if len(entries) < 7 {
 		t.Fatalf("found %d test and benchmark entries in %s: %+v", len(entries), checkScript, entries)
 	}
 	bundle, err := os.ReadFile(bundleScript)
@@ -181,5 +185,60 @@ func TestGPUCheckScript(t *testing.T) {
 	}
 	if !benched {
 		t.Errorf("%s runs no benchmark of cuda/gpubench", checkScript)
+	}
+}
+
+// TestGPUCheckKeepsOutputPastTimeout runs gpu-check.sh over a bundle of stand-in binaries
+// (shell scripts; nothing touches a GPU or the driver): a driver test that prints its PASS
+// line and then hangs past the step's limit. The step is recorded as timed out, the line it
+// printed is in tests.log (the device's output of a step cut at its limit is what a later
+// session reads), and the model steps are skipped since the driver test failed.
+func TestGPUCheckKeepsOutputPastTimeout(t *testing.T) {
+	for _, tool := range []string{"bash", "timeout", "gzip", "tee", "mktemp"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s: %v", tool, err)
+		}
+	}
+	tmp := t.TempDir()
+	bundle, out, work := filepath.Join(tmp, "bundle"), filepath.Join(tmp, "out"), filepath.Join(tmp, "work")
+	if err := os.MkdirAll(bundle, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hung := "#!/bin/sh\necho '=== RUN   TestGPUInitAndDeviceCount'\necho '--- PASS: TestGPUInitAndDeviceCount (0.01s)'\nexec sleep 60\n"
+	if err := os.WriteFile(filepath.Join(bundle, "driver.test"), []byte(hung), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("gzip", filepath.Join(bundle, "driver.test")).CombinedOutput(); err != nil {
+		t.Fatalf("gzip: %v\n%s", err, b)
+	}
+	script, err := filepath.Abs(checkScript)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", script)
+	cmd.Env = append(os.Environ(), "GPU_BUNDLE="+bundle, "OUT="+out, "GPU_CHECK_WORK="+work, "GPU_CHECK_STEP_LIMIT=2",
+		"PATH=/usr/bin:/bin") // no nvidia-smi, even where one is installed
+	b, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("gpu-check.sh passed with a hung driver test:\n%s", b)
+	}
+	read := func(name string) string {
+		t.Helper()
+		raw, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil {
+			t.Fatalf("%v (script output:\n%s)", err, b)
+		}
+		return string(raw)
+	}
+	tests, summary := read("tests.log"), read("summary.txt")
+	for _, want := range []struct{ file, text, line string }{
+		{"tests.log", tests, "--- PASS: TestGPUInitAndDeviceCount (0.01s)"},
+		{"summary.txt", summary, "test driver"},
+		{"summary.txt", summary, "FAILED (timed out after 2s)"},
+		{"summary.txt", summary, "NOT RUN (the driver test failed"},
+	} {
+		if !strings.Contains(want.text, want.line) {
+			t.Errorf("%s lacks %q:\n%s", want.file, want.line, want.text)
+		}
 	}
 }
