@@ -50,7 +50,7 @@ TESTS=(
   "telemetry.test cuda/telemetry ^TestOpenOnGPU$"
 )
 # The kernels' own benchmarks (no model needed): NAME.test PACKAGE -test.bench PATTERN.
-KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16)$"
+KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16|BenchmarkAttnPrefill)$"
 # The issue's targets, on the synthesised model.
 BENCH="gpubench.test cuda/gpubench ^(BenchmarkDecodeSingleStream|BenchmarkDecodeBatch64|BenchmarkPrefill)$"
 BENCHTIME=${GPU_CHECK_BENCHTIME:-20x}
