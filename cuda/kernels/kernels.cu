@@ -405,9 +405,21 @@ sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *
 // Shared memory: Qs 4.25 KiB + Ks/Vs 2 x 17 KiB = 38.3 KiB, so five blocks fit an SM.
 // Compared with sl_attn_prefill (float32 throughout), q, k, v and p are rounded to bf16:
 // TestKernelsMatchCPU states the bound.
+// Expected speed (arithmetic, not measured: no GPU has run this yet): per 64-position
+// tile a block reads 64 x head_dim x 8 bytes of float32 keys and values (64 KiB at 128),
+// from L2 after the first item of a (sequence, kv head) (its cache is 2 MiB at 2048
+// tokens), for 4 x 16 x 64 x head_dim = 0.5 MFLOP of mma: 0.125 bytes per FLOP, since each
+// item's 16 queries reread the context. At ~64 bytes per clock per SM from L2 (an
+// assumption; ~127 GB/s at 1.98 GHz) that caps an SM near 1 TFLOP/s, ~130 TFLOP/s over
+// 132 SMs (13% of the H200's dense bf16 peak; the scalar kernel does ~2 float32 FLOP per
+// loaded float). A block does not overlap its loads with its mma (four blocks per SM
+// overlap each other's). Not done: one block for the 16-query tiles of all the query
+// heads that share a kv head (GQA: 4 on Llama-3.1-8B) would load each K/V tile once for
+// 64 query rows, a quarter of the bytes, but needs items grouped by kv head.
 #define FA_BK 64
 #define FA_MAXHD 128
 #define FA_LD (FA_MAXHD + 8)
+#define FA_RLD (FA_MAXHD + 4)
 
 extern "C" __global__ void __launch_bounds__(128)
 sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const float *vcache, const int *items,
@@ -452,19 +464,28 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 
 	for (int kt0 = 0; kt0 < nctx; kt0 += FA_BK) {
 		if (colIn) {
-			for (int p = rp; p < FA_BK; p += 2) {
-				const int j = kt0 + p;
-				u32 kw = 0u, vw = 0u;
-				if (j < nctx && colLoad) {
-					const int blk = j / block_size;
-					const i64 base = ((i64)bt[blk] * block_size + (j - blk * block_size)) * kvd + kvOff + d2;
-					const float2 kf = *(const float2 *)(kcache + base);
-					const float2 vf = *(const float2 *)(vcache + base);
-					kw = pack_bf16(kf.x, kf.y);
-					vw = pack_bf16(vf.x, vf.y);
+			// Four rows' loads are issued before the first is converted and stored, so
+			// a thread has 8 loads in flight.
+			for (int p0 = rp; p0 < FA_BK; p0 += 8) {
+				float2 kf[4], vf[4];
+#pragma unroll
+				for (int u = 0; u < 4; u++) {
+					const int j = kt0 + p0 + 2 * u;
+					if (j < nctx && colLoad) {
+						const int blk = j / block_size;
+						const i64 base = ((i64)bt[blk] * block_size + (j - blk * block_size)) * kvd + kvOff + d2;
+						kf[u] = *(const float2 *)(kcache + base);
+						vf[u] = *(const float2 *)(vcache + base);
+					} else {
+						kf[u].x = kf[u].y = vf[u].x = vf[u].y = 0.f;
+					}
 				}
-				*(u32 *)&Ks[p * FA_LD + d2] = kw;
-				*(u32 *)&Vs[p * FA_LD + d2] = vw;
+#pragma unroll
+				for (int u = 0; u < 4; u++) {
+					const int p = p0 + 2 * u;
+					*(u32 *)&Ks[p * FA_LD + d2] = pack_bf16(kf[u].x, kf[u].y);
+					*(u32 *)&Vs[p * FA_LD + d2] = pack_bf16(vf[u].x, vf[u].y);
+				}
 			}
 		}
 		__syncthreads();
@@ -537,8 +558,9 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 		__syncthreads(); // Ks/Vs are rewritten by the next tile
 	}
 
-	// Merge the warps' states: red[w][row][col] in KV (4 x 16 x 128 floats = 32 KiB of
-	// its 34 KiB; the loop's last barrier has passed).
+	// Merge the warps' states: red[w][row][col] in KV (4 x 16 rows of FA_RLD floats, 33
+	// KiB of its 34; the loop's last barrier has passed). The row stride of 132 (not 128)
+	// makes a warp's stores (rows g, columns 2t4) at most 2-way bank conflicts, not 8-way.
 	float *red = (float *)KV;
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -557,7 +579,7 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				const int row = g + 8 * (e >> 1), col = n * 8 + 2 * t4 + (e & 1);
-				red[(warp * 16 + row) * FA_MAXHD + col] = acc[n][e];
+				red[(warp * 16 + row) * FA_RLD + col] = acc[n][e];
 			}
 		}
 	}
@@ -570,7 +592,7 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 		for (int w = 0; w < 4; w++) {
 			const float f = sm[w][row] == NEG_INF ? 0.f : expf(sm[w][row] - M);
 			L = fmaf(sl[w][row], f, L);
-			v = fmaf(red[(w * 16 + row) * FA_MAXHD + col], f, v);
+			v = fmaf(red[(w * 16 + row) * FA_RLD + col], f, v);
 		}
 		out[(start + q0 + row) * (i64)heads * hd + (i64)h * hd + col] = v / L;
 	}
