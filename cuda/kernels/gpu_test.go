@@ -542,9 +542,10 @@ func attnBF16Ref(q, kc, vc []float32, blocks []int32, n, bs, kvd, kvOff, hd int)
 
 // testAttnPrefillBF16 checks the tensor-core prefill attention: head dims 64, 40 (padded
 // to 48 in the kernel) and 128; block sizes 16, 5 and 1; grouped-query heads (2, 1 and 8
-// query heads per kv head); prefix offsets 0, 33, 70 and 150 (so contexts of 1 to 187
-// positions: one to three 64-position tiles, sub-tiles a warp skips, the causal mask
-// inside a tile); chunks of 20 and 37 (items of 16 and tails of 4 and 5) and 1 and 5.
+// query heads per kv head); prefix offsets 0, 33, 70, 150 and 48 (so contexts of 1 to
+// 187 positions: one to three 64-position tiles, exactly one tile and one past it,
+// sub-tiles a warp skips, the causal mask inside a tile); chunks of 20, 37 and 17 (items
+// of 16 and tails of 4, 5 and 1) and 1 and 5.
 // q is pre-scaled by 1/sqrt(headDim), as RopeStore leaves it. It also checks that the
 // same inputs give the same bits and that a head dim above FlashMaxHeadDim is refused.
 func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
@@ -554,8 +555,10 @@ func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
 		width := (c.heads + 2*c.kvHeads) * c.hd
 		group := c.heads / c.kvHeads
 		kc, vc := randF32(r, numBlocks*c.bs*kvd, -1, 1), randF32(r, numBlocks*c.bs*kvd, -1, 1)
-		pos := []int32{0, 33, 70, 150}
-		chunk := []int32{20, 5, 1, 37}
+		// The last sequence's items end on a 64-position tile boundary (context 64) and
+		// one past it (65).
+		pos := []int32{0, 33, 70, 150, 48}
+		chunk := []int32{20, 5, 1, 37, 17}
 		maxBlocks := 0
 		for i := range pos {
 			maxBlocks = max(maxBlocks, (int(pos[i]+chunk[i])+c.bs-1)/c.bs)
