@@ -13,9 +13,9 @@ const (
 	AttnQueryTile = 16
 	// MaxHeadDim is the largest head dimension the attention kernels support.
 	MaxHeadDim = 256
-	// FlashMaxHeadDim is the largest head dimension AttnPrefillBF16 supports (its 16 x
-	// headDim float32 accumulator stays in registers: 64 per thread at 128).
-	FlashMaxHeadDim = 128
+	// FlashMaxHeadDim is the largest head dimension AttnPrefillBF16 supports (above 128
+	// it makes one pass per 128 output columns, recomputing the scores).
+	FlashMaxHeadDim = MaxHeadDim
 	// GemvMaxRows is the most rows of x GemvBF16 takes (decode batches); Linear uses the
 	// tensor-core GEMM above it.
 	GemvMaxRows = 8
@@ -101,7 +101,9 @@ func (m *Module) AttnPrefill(s driver.Stream, out, qkv, kcache, vcache, items, s
 // sums), the online softmax in float32 with P rounded to bfloat16 for the product and
 // the normaliser summed from the unrounded P. The block's 4 warps take 16 positions of
 // each 64-position tile and merge their softmax states in a fixed order, so results are
-// deterministic. kernels.cu's comment on sl_attn_prefill_bf16 has the layout.
+// deterministic. Above 128 head dimensions it makes two passes over the context, one per
+// 128 output columns (the 16 x 128 float32 accumulator is what fits in registers), so the
+// scores are computed twice. kernels.cu's comment on sl_attn_prefill_bf16 has the layout.
 // headDim is even and at most FlashMaxHeadDim. Grid nItems, block 128.
 func (m *Module) AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
 	if headDim > FlashMaxHeadDim || headDim%2 != 0 {
