@@ -62,7 +62,7 @@ TESTS=(
 SHAPE_TEST="gpu.test cuda/gpu ^TestForwardMatchesCPUOnModel$"
 SHAPE_PRESET=${GPU_CHECK_SHAPE_PRESET:-llama-3.2-1b}
 # The kernels' own benchmarks (no model needed): NAME.test PACKAGE -test.bench PATTERN.
-KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16)$"
+KERNEL_BENCH="kernels.test cuda/kernels ^(BenchmarkGemvBF16|BenchmarkGemmBF16|BenchmarkAttnPrefill)$"
 # The issue's targets, on the synthesised model.
 BENCH="gpubench.test cuda/gpubench ^(BenchmarkDecodeSingleStream|BenchmarkDecodeBatch64|BenchmarkPrefill)$"
 BENCHTIME=${GPU_CHECK_BENCHTIME:-20x}

@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"servelab/cuda/driver"
+	"servelab/cuda/kernels"
 	"servelab/engine/cpu"
 	"servelab/engine/safetensors"
 )
@@ -283,6 +284,14 @@ func (o *fakeOps) AttnDecode(_ driver.Stream, out, qkv, kcache, vcache, seqs, se
 }
 
 func (o *fakeOps) AttnPrefill(_ driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
+	if err := o.prefill(out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, nItems, maxBlocks, heads, kvHeads, headDim, blockSize); err != nil {
+		return err
+	}
+	return o.count("sl_attn_prefill")
+}
+
+// prefill computes AttnPrefill's items.
+func (o *fakeOps) prefill(out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
 	it := o.d.i32(items, 4*nItems)
 	for n := range nItems {
 		seq, head, q0, q1 := int(it[4*n]), int(it[4*n+1]), int(it[4*n+2]), int(it[4*n+3])
@@ -295,7 +304,19 @@ func (o *fakeOps) AttnPrefill(_ driver.Stream, out, qkv, kcache, vcache, items, 
 			o.attendOne(out, qkv, kcache, vcache, blockTables, seq, start+i, head, pos+i+1, maxBlocks, heads, kvHeads, headDim, blockSize)
 		}
 	}
-	return o.count("sl_attn_prefill")
+	return nil
+}
+
+// AttnPrefillBF16 is AttnPrefill's contract (the fake does not model the kernel's bf16
+// rounding of q, k, v and p; the bf16 comparisons' 1% covers it) with its head-dim limit.
+func (o *fakeOps) AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
+	if headDim > kernels.FlashMaxHeadDim {
+		return fmt.Errorf("fake: sl_attn_prefill_bf16: head dim %d above %d", headDim, kernels.FlashMaxHeadDim)
+	}
+	if err := o.prefill(out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, nItems, maxBlocks, heads, kvHeads, headDim, blockSize); err != nil {
+		return err
+	}
+	return o.count("sl_attn_prefill_bf16")
 }
 
 func (o *fakeOps) SiLUMul(_ driver.Stream, act, gu driver.DevicePtr, rows, hidden int) error {

@@ -255,7 +255,11 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 		t.Fatalf("KV cache of %d blocks of %d", b.NumBlocks(), b.BlockSize())
 	}
 	compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), b.Info().DType)
-	for _, k := range []string{"sl_attn_decode", "sl_attn_prefill", "sl_rope_store", "sl_silu_mul"} {
+	prefill := "sl_attn_prefill"
+	if b.Info().DType == BFloat16 {
+		prefill = "sl_attn_prefill_bf16" // Attention's kernel for bf16 (head dims up to kernels.FlashMaxHeadDim)
+	}
+	for _, k := range []string{"sl_attn_decode", prefill, "sl_rope_store", "sl_silu_mul"} {
 		if dev.launched(k) == 0 {
 			t.Errorf("kernel %s never launched", k)
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"servelab/cuda/driver"
+	"servelab/cuda/kernels"
 	"servelab/engine/model"
 )
 
@@ -241,6 +242,12 @@ func (k *gpuKernels) Attention(layer int) error {
 		}
 	}
 	if n := len(st.PrefillItems); n > 0 {
+		// bfloat16: the tensor-core flash-attention kernel (q, k, v and p rounded to bf16,
+		// as the bf16 GEMMs round x); float32 keeps the exact scalar kernel.
+		if k.dtype == BFloat16 && c.HeadDim <= kernels.FlashMaxHeadDim {
+			return k.b.ops.AttnPrefillBF16(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
+				k.items, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize)
+		}
 		return k.b.ops.AttnPrefill(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
 			k.items, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize)
 	}

@@ -124,6 +124,66 @@ func BenchmarkGemmBF16(b *testing.B) {
 	}
 }
 
+// BenchmarkAttnPrefill is prefill attention on Llama-3.1-8B's shapes (32 query heads, 8
+// KV heads, head dim 128, KV blocks of 16) for one sequence's first chunk of 2048 and
+// 8192 tokens, in AttnQueryTile-query items as the engine makes them: TFLOP/s counts the
+// causal half, 4·headDim·heads·T(T+1)/2 (compare with the GPU's dense bf16 tensor-core
+// peak; H200: 989 TFLOP/s). sl_attn_prefill_bf16 at both lengths; the float32 scalar
+// sl_attn_prefill at 2048 for comparison (at 8192 it takes seconds a launch).
+func BenchmarkAttnPrefill(b *testing.B) {
+	g := newGPU(b)
+	r := rand.New(rand.NewPCG(5, 6))
+	const heads, kvHeads, hd, bs = 32, 8, 128, 16
+	const width, kvd = (heads + 2*kvHeads) * hd, kvHeads * hd
+	type kernel struct {
+		name   string
+		launch func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error
+	}
+	flash := kernel{"sl_attn_prefill_bf16", func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
+		return g.m.AttnPrefillBF16(0, out, qkv, kc, vc, items, start, pos, tables, nItems, maxBlocks, heads, kvHeads, hd, bs)
+	}}
+	scalar := kernel{"sl_attn_prefill", func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
+		return g.m.AttnPrefill(0, out, qkv, kc, vc, items, start, pos, tables, nItems, maxBlocks, heads, kvHeads, hd, bs)
+	}}
+	for _, run := range []struct {
+		tokens  int
+		kernels []kernel
+	}{{2048, []kernel{flash, scalar}}, {8192, []kernel{flash}}} {
+		T := run.tokens
+		maxBlocks := T / bs
+		tables := make([]int32, maxBlocks)
+		for i := range tables {
+			tables[i] = int32(i)
+		}
+		var items []int32
+		for h := range heads {
+			for q0 := 0; q0 < T; q0 += AttnQueryTile {
+				items = append(items, 0, int32(h), int32(q0), int32(q0+AttnQueryTile))
+			}
+		}
+		q := randF32(r, T*width, -1, 1)
+		for i := range q {
+			q[i] *= 1 / float32(11.3137085) // pre-scaled by 1/sqrt(128), as RopeStore leaves it
+		}
+		qkv, kc, vc := upload(g, q), upload(g, randF32(r, T*kvd, -1, 1)), upload(g, randF32(r, T*kvd, -1, 1))
+		itemsP, start, pos, tablesP := upload(g, items), upload(g, []int32{0}), upload(g, []int32{0}), upload(g, tables)
+		out := upload(g, make([]float32, T*heads*hd))
+		flops := 4 * float64(hd) * heads * float64(T) * float64(T+1) / 2
+		for _, kern := range run.kernels {
+			b.Run(fmt.Sprintf("tokens=%d/%s", T, kern.name), func(b *testing.B) {
+				g.enter(b)
+				sec := timeLaunches(b, g, func() error {
+					return kern.launch(out, qkv, kc, vc, itemsP, start, pos, tablesP, len(items)/4, maxBlocks)
+				})
+				b.ReportMetric(flops/sec/1e12, "TFLOP/s")
+				b.ReportMetric(sec*1e3, "ms/launch")
+			})
+		}
+		g.t = b
+		g.free(qkv, kc, vc, itemsP, start, pos, tablesP, out)
+	}
+}
+
 // filled allocates n bytes set to v.
 func (g *gpu) filled(n int, v uint8) driver.DevicePtr {
 	g.t.Helper()

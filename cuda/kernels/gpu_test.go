@@ -39,6 +39,15 @@ var tolerances = map[string]tol{
 	// sl_gemm_bf16 against the CPU engine, which keeps x in float32: rounding x to bf16
 	// moves each product by up to 2^-9 of itself.
 	"bf16 matmul vs cpu": {Rel: 4e-3},
+	// sl_attn_prefill_bf16 against its exact semantics (q, k and v rounded to bf16, the
+	// softmax and the weighted sum in float64), relative to Σ_j w_j·|ṽ_jd| (w the softmax
+	// weights): what the reference does not model is P's rounding to bf16 for P·V (each
+	// term moves by at most u = 2^-8 of itself, bf16 keeping 8 significant bits; the
+	// normaliser sums the unrounded P) and float32 exp and sums (~1e-6 relative).
+	"bf16 attention": {Abs: 1e-6, Rel: 1.0/256 + 1e-4},
+	// sl_attn_prefill_bf16 against the CPU engine (float32 throughout): the scale of each
+	// output is its bound (see attnBF16Ref), so Rel is 1.
+	"bf16 attention vs cpu": {Abs: 1e-6, Rel: 1},
 }
 
 // gpu is a test's CUDA context and the loaded kernels, or the CPU emulation of them
@@ -261,6 +270,7 @@ func matchCPU(t *testing.T, g *gpu) {
 	run("sl_rope_store", func() { testRopeStore(t, g, r) })
 	run("sl_attn_decode", func() { testAttention(t, g, r) })
 	seen["sl_attn_prefill"] = true
+	run("sl_attn_prefill_bf16", func() { testAttnPrefillBF16(t, g, r) })
 	run("sl_silu_mul", func() { testSiLUMul(t, g, r) })
 	run("sl_add", func() { testAdd(t, g, r) })
 	run("sl_gemm_f32", func() { testMatmul(t, g, r) })
@@ -480,6 +490,136 @@ func testAttention(t *testing.T, g *gpu, r *rand.Rand) {
 			outP := upload(g, make([]float32, rows*c.heads*c.hd))
 			g.check(g.m.AttnPrefill(0, outP, upload(g, qkv), kP, vP, upload(g, items), upload(g, start), posP, tablesP, len(items)/4, maxBlocks, c.heads, c.kvHeads, c.hd, c.bs))
 			compare(t, "sl_attn_prefill "+name, download[float32](g, outP, len(want)), want, nil, tolerances["f32 reduction"])
+		}
+	}
+}
+
+// bf16r is v rounded to bf16 (nearest even), as float64.
+func bf16r(v float32) float64 { return float64(bf16ToF32(f32ToBF16(v))) }
+
+// attnBF16Ref is attention for one query over positions [0, n) in float64 with q, k and
+// v rounded to bf16 (sl_attn_prefill_bf16's semantics, but for P's rounding) and the
+// scales of both comparisons: scale[d] = Σ_j w_j·|ṽ_jd| for "bf16 attention", and
+// cpuScale[d], the bound on the distance from the float32 result: with u = 2^-8 and
+// δ = max_j (2u+u²)·Σ_d |q_d·k_jd| (rounding q and k moves each score by at most δ, so
+// each softmax weight by a factor within e^±2δ), and P and v rounded (a factor within
+// (1±u) each), |õ_d - o_d| <= (e^2δ·(1+u)² - 1)·Σ_j w_j·|v_jd|; plus 1e-4 of it for
+// float32 arithmetic on both sides.
+func attnBF16Ref(q, kc, vc []float32, blocks []int32, n, bs, kvd, kvOff, hd int) (o, scale, cpuScale []float64) {
+	const u = 1.0 / 256
+	s := make([]float64, n)
+	mx, delta := math.Inf(-1), 0.0
+	for j := range n {
+		off := (int(blocks[j/bs])*bs+j%bs)*kvd + kvOff
+		var dot, abs float64
+		for d := range hd {
+			dot += bf16r(q[d]) * bf16r(kc[off+d])
+			abs += math.Abs(float64(q[d]) * float64(kc[off+d]))
+		}
+		s[j] = dot
+		mx = max(mx, dot)
+		delta = max(delta, (2*u+u*u)*abs)
+	}
+	var sum float64
+	for j := range s {
+		s[j] = math.Exp(s[j] - mx)
+		sum += s[j]
+	}
+	o, scale, cpuScale = make([]float64, hd), make([]float64, hd), make([]float64, hd)
+	factor := math.Exp(2*delta)*(1+u)*(1+u) - 1 + 1e-4
+	for j := range n {
+		w := s[j] / sum
+		off := (int(blocks[j/bs])*bs+j%bs)*kvd + kvOff
+		for d := range hd {
+			v := bf16r(vc[off+d])
+			o[d] += w * v
+			scale[d] += w * math.Abs(v)
+			cpuScale[d] += factor * w * math.Abs(float64(vc[off+d]))
+		}
+	}
+	return o, scale, cpuScale
+}
+
+// testAttnPrefillBF16 checks the tensor-core prefill attention: head dims 64, 40 (padded
+// to 48 in the kernel), 128, and above 128 (two passes of output columns, two K chunks)
+// 136 (padded to 144: a second chunk of 16), 192 and 256; block sizes 16, 5, 4, 8 and 1;
+// grouped-query heads (1, 2, 4 and 8 query heads per kv head); prefix offsets 0, 33, 70, 150 and 48 (so contexts of 1 to
+// 187 positions: one to three 64-position tiles, exactly one tile and one past it,
+// sub-tiles a warp skips, the causal mask inside a tile); chunks of 20, 37 and 17 (items
+// of 16 and tails of 4, 5 and 1) and 1 and 5.
+// q is pre-scaled by 1/sqrt(headDim), as RopeStore leaves it. It also checks that the
+// same inputs give the same bits.
+func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
+	const numBlocks = 256
+	for _, c := range []struct{ heads, kvHeads, hd, bs int }{{4, 2, 64, 16}, {4, 4, 40, 5}, {8, 1, 128, 16}, {4, 1, 128, 1}, {2, 2, 136, 4}, {2, 1, 192, 16}, {2, 1, 256, 8}} {
+		kvd := c.kvHeads * c.hd
+		width := (c.heads + 2*c.kvHeads) * c.hd
+		group := c.heads / c.kvHeads
+		kc, vc := randF32(r, numBlocks*c.bs*kvd, -1, 1), randF32(r, numBlocks*c.bs*kvd, -1, 1)
+		// The last sequence's items end on a 64-position tile boundary (context 64) and
+		// one past it (65).
+		pos := []int32{0, 33, 70, 150, 48}
+		chunk := []int32{20, 5, 1, 37, 17}
+		maxBlocks := 0
+		for i := range pos {
+			maxBlocks = max(maxBlocks, (int(pos[i]+chunk[i])+c.bs-1)/c.bs)
+		}
+		perm := r.Perm(numBlocks)
+		tables := make([]int32, len(pos)*maxBlocks)
+		for i := range tables {
+			tables[i] = int32(perm[i%numBlocks])
+		}
+		start := make([]int32, len(pos))
+		rows := 0
+		for i := range pos {
+			start[i] = int32(rows)
+			rows += int(chunk[i])
+		}
+		qkv := randF32(r, rows*width, -1, 1)
+		for i := range qkv {
+			qkv[i] *= float32(1 / math.Sqrt(float64(c.hd)))
+		}
+		var items []int32
+		n := rows * c.heads * c.hd
+		want, scale := make([]float64, n), make([]float64, n)
+		wantCPU, scaleCPU := make([]float64, n), make([]float64, n)
+		for s := range pos {
+			for h := range c.heads {
+				for q0 := 0; q0 < int(chunk[s]); q0 += AttnQueryTile {
+					items = append(items, int32(s), int32(h), int32(q0), int32(min(int(chunk[s]), q0+AttnQueryTile)))
+				}
+				for i := range int(chunk[s]) {
+					row := int(start[s]) + i
+					q := qkv[row*width+h*c.hd:][:c.hd]
+					ctx, off := int(pos[s])+i+1, row*c.heads*c.hd+h*c.hd
+					o, sc, scCPU := attnBF16Ref(q, kc, vc, tables[s*maxBlocks:], ctx, c.bs, kvd, h/group*c.hd, c.hd)
+					copy(want[off:], o)
+					copy(scale[off:], sc)
+					copy(scaleCPU[off:], scCPU)
+					copy(wantCPU[off:], f64(attnRef(q, kc, vc, tables[s*maxBlocks:], ctx, c.bs, kvd, h/group*c.hd, c.hd)))
+				}
+			}
+		}
+		name := fmt.Sprintf("sl_attn_prefill_bf16 %+v", c)
+		qkvP, kP, vP, itemsP := upload(g, qkv), upload(g, kc), upload(g, vc), upload(g, items)
+		startP, posP, tablesP := upload(g, start), upload(g, pos), upload(g, tables)
+		launch := func(out driver.DevicePtr) error {
+			return g.m.AttnPrefillBF16(0, out, qkvP, kP, vP, itemsP, startP, posP, tablesP, len(items)/4, maxBlocks, c.heads, c.kvHeads, c.hd, c.bs)
+		}
+		outP := upload(g, make([]float32, n))
+		g.check(launch(outP))
+		got := download[float32](g, outP, n)
+		compare(t, name, got, want, scale, tolerances["bf16 attention"])
+		compare(t, name+" vs cpu (float32)", got, wantCPU, scaleCPU, tolerances["bf16 attention vs cpu"])
+		// Deterministic: the warps' states merge in a fixed order.
+		out2 := upload(g, make([]float32, n))
+		g.check(launch(out2))
+		again := download[float32](g, out2, n)
+		for i := range got {
+			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+				t.Errorf("%s: [%d] = %v, then %v on the same inputs", name, i, got[i], again[i])
+				break
+			}
 		}
 	}
 }

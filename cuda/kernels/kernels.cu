@@ -376,6 +376,258 @@ sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *
 	}
 }
 
+// sl_attn_prefill_bf16: sl_attn_prefill's items on tensor cores (FlashAttention-2's
+// online softmax over bf16 mma.sync.m16n8k16, float32 accumulation). Block per item
+// {seq, head, q0, q1}: its (at most 16) queries are one m16 tile, pre-scaled q rounded to
+// bf16 in Qs (rows past q1 and dimensions past head_dim, up to a multiple of 16, zero). The block walks the
+// context [0, seq_pos+q1) in tiles of FA_BK = 64 positions: its 128 threads load the
+// tile's keys and values from the float32 paged cache (through the block table, two
+// floats per load), round them to bf16 (nearest even) into Ks/Vs (positions past the
+// context and dimensions past head_dim zero), and warp w takes the tile's positions
+// 16w..16w+15:
+//   - S = Q·Kᵀ (16 x 16: two n8 tiles, k over the head dimension in steps of 16; Qs and
+//     Ks are row-major, so every A and B fragment register is one aligned 32-bit
+//     shared load, and the 136- and 264-element row strides put a warp's 32 loads in 32 banks);
+//   - the causal mask (position > seq_pos+q0+row is -inf) where the sub-tile reaches
+//     past the first query's position;
+//   - the online softmax per row in float32: m the running maximum, l each lane's
+//     partial sum of exp(s - m) over its columns (unrounded), acc rescaled by
+//     exp(m_old - m_new) when the maximum grows (no rescaling term when m was -inf);
+//   - O += P·V: S's accumulator layout is the A fragment layout of P (rows g/g+8,
+//     columns 2t..2t+1 and 8+2t..), so P is rounded to bf16 and packed in registers; V's
+//     B fragments (positions 2t, 2t+1 of a column) are two 16-bit shared loads each.
+// After the last tile the four warps' states (m, l, acc) are merged in a fixed order
+// (warp 0, 1, 2, 3) through shared memory (acc in the K/V buffers), so a result does not
+// depend on timing: out = Σ_w acc_w·e^(m_w-M) / Σ_w l_w·e^(m_w-M), M = max_w m_w (finite:
+// warp 0 sees position 0, which every query attends to).
+// head_dim is even and at most FA_MAXHD = 256 (AttnPrefillBF16 checks). A thread's share
+// of a 16 x 128 float32 accumulator is 64 registers (__launch_bounds__(128, 4) keeps the
+// kernel at 128, no spills), so above 128 dimensions the block makes one pass over the
+// context per 128 output columns, recomputing the scores, and loads a tile's keys in
+// 128-dimension chunks (a barrier between them) into the same Ks: at 256 the scores cost
+// twice and the keys are read twice (1.5x the FLOPs of one pass).
+// Shared memory: Qs 8.25 KiB (16 x 264 bf16) + Ks/Vs 2 x 17 KiB (64 x 136 bf16 each) =
+// 42.75 KiB, so five blocks fit an SM by shared memory, four by registers.
+// Compared with sl_attn_prefill (float32 throughout), q, k, v and p are rounded to bf16:
+// TestKernelsMatchCPU states the bound.
+// Expected speed (arithmetic, not measured: no GPU has run this yet): per 64-position
+// tile a block reads 64 x head_dim x 8 bytes of float32 keys and values (64 KiB at 128),
+// from L2 after the first item of a (sequence, kv head) (its cache is 2 MiB at 2048
+// tokens), for 4 x 16 x 64 x head_dim = 0.5 MFLOP of mma: 0.125 bytes per FLOP, since each
+// item's 16 queries reread the context. At ~64 bytes per clock per SM from L2 (an
+// assumption; ~127 GB/s at 1.98 GHz) that caps an SM near 1 TFLOP/s, ~130 TFLOP/s over
+// 132 SMs (13% of the H200's dense bf16 peak; the scalar kernel does ~2 float32 FLOP per
+// loaded float). A block does not overlap its loads with its mma (four blocks per SM
+// overlap each other's). Not done: one block for the 16-query tiles of all the query
+// heads that share a kv head (GQA: 4 on Llama-3.1-8B) would load each K/V tile once for
+// 64 query rows, a quarter of the bytes, but needs items grouped by kv head.
+#define FA_BK 64
+#define FA_HC 128            // head dimensions per pass / per K or V chunk in shared memory
+#define FA_MAXHD 256
+#define FA_LD (FA_HC + 8)    // Ks/Vs row stride
+#define FA_QLD (FA_MAXHD + 8) // Qs row stride
+#define FA_RLD (FA_HC + 4)   // merge buffer row stride
+
+// fa_load_tile loads rows rp, rp+2, ... < FA_BK of a 64-position tile (positions kt0 +
+// row) of this thread's dimension pair: keys' dimensions dk, dk+1 into Ks (when dk <
+// hdp) and, when withV, values' dv, dv+1 into Vs (when dv < hdp), rounded to bf16; zeros
+// past the context (nctx) and past head_dim. Four rows' loads are issued before the first
+// is converted and stored, so a thread has up to 8 loads in flight.
+__device__ __forceinline__ void fa_load_tile(u16 *Ks, u16 *Vs, const float *kcache, const float *vcache, const int *bt,
+                                             i64 kvOff, int kvd, int bs, int kt0, int nctx, int rp, int col, int dk,
+                                             int dv, bool withV, int hd, int hdp) {
+	const bool kIn = dk < hdp, vIn = withV && dv < hdp;
+	if (!kIn && !vIn) return;
+	for (int p0 = rp; p0 < FA_BK; p0 += 8) {
+		float2 kf[4], vf[4];
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			const int j = kt0 + p0 + 2 * u;
+			kf[u].x = kf[u].y = vf[u].x = vf[u].y = 0.f;
+			if (j < nctx) {
+				const int blk = j / bs;
+				const i64 base = ((i64)bt[blk] * bs + (j - blk * bs)) * kvd + kvOff;
+				if (dk < hd) kf[u] = *(const float2 *)(kcache + base + dk);
+				if (withV && dv < hd) vf[u] = *(const float2 *)(vcache + base + dv);
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < 4; u++) {
+			const int p = p0 + 2 * u;
+			if (kIn) *(u32 *)&Ks[p * FA_LD + col] = pack_bf16(kf[u].x, kf[u].y);
+			if (vIn) *(u32 *)&Vs[p * FA_LD + col] = pack_bf16(vf[u].x, vf[u].y);
+		}
+	}
+}
+
+extern "C" __global__ void __launch_bounds__(128, 4)
+sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const float *vcache, const int *items,
+                     const int *seq_start, const int *seq_pos, const int *block_tables, int max_blocks, int heads,
+                     int kv_heads, int head_dim, int block_size) {
+	__shared__ __align__(16) u16 Qs[16 * FA_QLD];
+	__shared__ __align__(16) u16 KV[2 * FA_BK * FA_LD];
+	__shared__ float sm[4][16], sl[4][16];
+	u16 *Ks = KV, *Vs = KV + FA_BK * FA_LD;
+	const int *it = items + (i64)blockIdx.x * 4;
+	const int seq = it[0], h = it[1], q0 = it[2], q1 = it[3];
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const int hd = head_dim, hdp = (hd + 15) & ~15, kvd = kv_heads * hd, width = (heads + 2 * kv_heads) * hd;
+	const i64 kvOff = (i64)(h / (heads / kv_heads)) * hd;
+	const int *bt = block_tables + (i64)seq * max_blocks;
+	const i64 start = seq_start[seq];
+	const int pos0 = seq_pos[seq], nq = q1 - q0;
+	const int nctx = pos0 + q1; // positions [0, nctx): the last query's context
+	const int lim0 = pos0 + q0; // query row r attends positions <= lim0 + r
+	const int nkh = (hdp + FA_HC - 1) / FA_HC; // K chunks of 128 dimensions: 1, or 2 above 128
+
+	// Thread tid moves dimension pair cp (columns 2cp, 2cp+1 of a chunk) of rows rp, rp+2, ...
+	const int cp = tid & 63, rp = tid >> 6, d2 = 2 * cp;
+	for (int c = d2; c < hdp; c += FA_HC) {
+		for (int r = rp; r < 16; r += 2) {
+			u32 v = 0u;
+			if (r < nq && c < hd) {
+				const float2 f = *(const float2 *)(qkv + (start + q0 + r) * width + (i64)h * hd + c);
+				v = pack_bf16(f.x, f.y);
+			}
+			*(u32 *)&Qs[r * FA_QLD + c] = v;
+		}
+	}
+
+	// One pass per 128 output columns (two above 128: the second recomputes the scores).
+	for (int oc = 0; oc < hdp; oc += FA_HC) {
+		const int ocp = min(hdp - oc, FA_HC); // columns of this pass, padded
+		float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+		float acc[FA_HC / 8][4];
+#pragma unroll
+		for (int n = 0; n < FA_HC / 8; n++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+
+		for (int kt0 = 0; kt0 < nctx; kt0 += FA_BK) {
+			const int w0 = warp * 16, j0 = kt0 + w0; // this warp's sub-tile
+			float s[2][4];
+#pragma unroll
+			for (int j = 0; j < 2; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+			for (int kh = 0; kh < nkh; kh++) {
+				const bool last = kh == nkh - 1;
+				if (kh > 0) __syncthreads(); // every warp is done with the previous K chunk
+				fa_load_tile(Ks, Vs, kcache, vcache, bt, kvOff, kvd, block_size, kt0, nctx, rp, d2, kh * FA_HC + d2,
+				             oc + d2, last, hd, hdp);
+				__syncthreads();
+				if (j0 < nctx) { // uniform over the warp
+					const int kn = min(hdp - kh * FA_HC, FA_HC);
+					for (int kk = 0; kk < kn; kk += 16) {
+						const u16 *qa = Qs + g * FA_QLD + kh * FA_HC + kk + 2 * t4;
+						const u32 a[4] = {*(const u32 *)qa, *(const u32 *)(qa + 8 * FA_QLD), *(const u32 *)(qa + 8),
+						                  *(const u32 *)(qa + 8 * FA_QLD + 8)};
+#pragma unroll
+						for (int j = 0; j < 2; j++) {
+							const u16 *kb = Ks + (w0 + j * 8 + g) * FA_LD + kk + 2 * t4;
+							const u32 b[2] = {*(const u32 *)kb, *(const u32 *)(kb + 8)};
+							mma_bf16(s[j], a, b);
+						}
+					}
+				}
+			}
+			if (j0 < nctx) {
+				// s[j][e] is row g + 8(e>>1), position j0 + 8j + 2t4 + (e&1).
+				if (j0 + 15 > lim0) {
+#pragma unroll
+					for (int j = 0; j < 2; j++)
+#pragma unroll
+						for (int e = 0; e < 4; e++) {
+							const int row = g + 8 * (e >> 1), pos = j0 + 8 * j + 2 * t4 + (e & 1);
+							if (pos > lim0 + row || pos >= nctx) s[j][e] = NEG_INF;
+						}
+				}
+				float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
+				               fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
+				float corr[2];
+#pragma unroll
+				for (int r = 0; r < 2; r++) {
+					mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+					mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+					const float mn = fmaxf(m[r], mx[r]);
+					corr[r] = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
+					m[r] = mn;
+					l[r] *= corr[r];
+				}
+#pragma unroll
+				for (int j = 0; j < 2; j++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						const int r = e >> 1;
+						const float p = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[r]);
+						l[r] += p;
+						s[j][e] = p;
+					}
+				const u32 pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
+				                   pack_bf16(s[1][2], s[1][3])};
+				const u16 *v0 = Vs + (w0 + 2 * t4) * FA_LD + g;
+#pragma unroll
+				for (int n = 0; n < FA_HC / 8; n++) {
+					if (n * 8 < ocp) {
+						acc[n][0] *= corr[0];
+						acc[n][1] *= corr[0];
+						acc[n][2] *= corr[1];
+						acc[n][3] *= corr[1];
+						const u16 *vp = v0 + n * 8;
+						const u32 b[2] = {(u32)vp[0] | ((u32)vp[FA_LD] << 16),
+						                  (u32)vp[8 * FA_LD] | ((u32)vp[9 * FA_LD] << 16)};
+						mma_bf16(acc[n], pa, b);
+					}
+				}
+			}
+			__syncthreads(); // Ks/Vs are rewritten by the next tile
+		}
+
+		// Merge the warps' states: red[w][row][col] in KV (4 x 16 rows of FA_RLD floats,
+		// 33 KiB of its 34; the loop's last barrier has passed). The row stride of 132
+		// (not 128) makes a warp's stores (rows g, columns 2t4) at most 2-way bank
+		// conflicts, not 8-way.
+		float *red = (float *)KV;
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+			l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+		}
+		if (t4 == 0) {
+			sm[warp][g] = m[0];
+			sm[warp][g + 8] = m[1];
+			sl[warp][g] = l[0];
+			sl[warp][g + 8] = l[1];
+		}
+#pragma unroll
+		for (int n = 0; n < FA_HC / 8; n++) {
+			if (n * 8 < ocp) {
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					const int row = g + 8 * (e >> 1), col = n * 8 + 2 * t4 + (e & 1);
+					red[(warp * 16 + row) * FA_RLD + col] = acc[n][e];
+				}
+			}
+		}
+		__syncthreads();
+		const int ocw = min(hd - oc, FA_HC); // output columns of this pass
+		for (int i = tid; i < nq * ocw; i += 128) {
+			const int row = i / ocw, col = i - row * ocw;
+			const float M = fmaxf(fmaxf(sm[0][row], sm[1][row]), fmaxf(sm[2][row], sm[3][row]));
+			float L = 0.f, v = 0.f;
+#pragma unroll
+			for (int w = 0; w < 4; w++) {
+				const float f = sm[w][row] == NEG_INF ? 0.f : expf(sm[w][row] - M);
+				L = fmaf(sl[w][row], f, L);
+				v = fmaf(red[(w * 16 + row) * FA_RLD + col], f, v);
+			}
+			out[(start + q0 + row) * (i64)heads * hd + (i64)h * hd + oc + col] = v / L;
+		}
+		__syncthreads(); // red and sm/sl are reused by the next pass
+	}
+}
+
 // ---- matrix products ----------------------------------------------------------------
 
 // sl_gemm_f32: y = x·wᵀ (+= when accumulate); a 64x64 tile of y per block, 16 of k at a

@@ -13,6 +13,9 @@ const (
 	AttnQueryTile = 16
 	// MaxHeadDim is the largest head dimension the attention kernels support.
 	MaxHeadDim = 256
+	// FlashMaxHeadDim is the largest head dimension AttnPrefillBF16 supports (above 128
+	// it makes one pass per 128 output columns, recomputing the scores).
+	FlashMaxHeadDim = MaxHeadDim
 	// GemvMaxRows is the most rows of x GemvBF16 takes (decode batches); Linear uses the
 	// tensor-core GEMM above it.
 	GemvMaxRows = 8
@@ -87,6 +90,26 @@ func (m *Module) AttnPrefill(s driver.Stream, out, qkv, kcache, vcache, items, s
 		return fmt.Errorf("kernels: head dim %d: want even and at most %d", headDim, MaxHeadDim)
 	}
 	return m.launch("sl_attn_prefill", dim1(uint32(nItems)), dim1(128), 0, s,
+		out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, maxBlocks, heads, kvHeads, headDim, blockSize)
+}
+
+// AttnPrefillBF16 is AttnPrefill (the same items, parameters and causal semantics, the
+// float32 paged KV cache in the CPU layout) on tensor cores, for the bfloat16 backend:
+// FlashAttention-2 over one item's 16-query tile, its pre-scaled q and the keys and
+// values of 64-position tiles rounded to bfloat16 (nearest even) as they are loaded into
+// shared memory, S = q·Kᵀ and O += P·V with mma.sync.m16n8k16 (bf16 inputs, float32
+// sums), the online softmax in float32 with P rounded to bfloat16 for the product and
+// the normaliser summed from the unrounded P. The block's 4 warps take 16 positions of
+// each 64-position tile and merge their softmax states in a fixed order, so results are
+// deterministic. Above 128 head dimensions it makes two passes over the context, one per
+// 128 output columns (the 16 x 128 float32 accumulator is what fits in registers), so the
+// scores are computed twice. kernels.cu's comment on sl_attn_prefill_bf16 has the layout.
+// headDim is even and at most FlashMaxHeadDim. Grid nItems, block 128.
+func (m *Module) AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
+	if headDim > FlashMaxHeadDim || headDim%2 != 0 {
+		return fmt.Errorf("kernels: sl_attn_prefill_bf16: head dim %d: want even and at most %d", headDim, FlashMaxHeadDim)
+	}
+	return m.launch("sl_attn_prefill_bf16", dim1(uint32(nItems)), dim1(128), 0, s,
 		out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, maxBlocks, heads, kvHeads, headDim, blockSize)
 }
 

@@ -33,6 +33,9 @@
 struct emu_dim3 {
 	unsigned x, y, z;
 };
+struct alignas(8) float2 {
+	float x, y;
+};
 struct alignas(16) float4 {
 	float x, y, z, w;
 };
