@@ -7,8 +7,6 @@ import (
 	"servelab/cuda/driver"
 	"servelab/cuda/kernels"
 	"servelab/cuda/kernels/emu"
-	"servelab/engine/modelfile"
-	"servelab/engine/safetensors"
 )
 
 // emuTotal is the emulated device's memory as MemGetInfo states it (KV cache sizing
@@ -64,14 +62,7 @@ func emuDevice(t *testing.T) testDevice {
 // tensor-core GEMM and the GEMV run) logits within 1%. The emulation is not a GPU (no
 // memory model, the host's arithmetic): TestForwardMatchesCPU is that check.
 func TestEmulatedForwardMatchesCPU(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		spec  modelfile.Spec
-		dtype string
-	}{
-		{"tiny/float32", preset(t, "tiny"), Float32},
-		{"gqa-untied-bf16file/bfloat16", small8(safetensors.BF16), BFloat16},
-	} {
+	for _, tc := range smallModelCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			forwardMatchesCPU(t, tc.spec, tc.dtype, emuDevice(t))
 		})
@@ -88,14 +79,7 @@ func TestEmulatedKVBlocksMatchCPU(t *testing.T) {
 // TestEmulatedWideBatchMatchesCPU is wideBatchMatchesCPU with the real kernels, in
 // float32 (tiny preset) and bfloat16 (a bfloat16 checkpoint).
 func TestEmulatedWideBatchMatchesCPU(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		spec  modelfile.Spec
-		dtype string
-	}{
-		{"tiny/float32", preset(t, "tiny"), Float32},
-		{"gqa-untied-bf16file/bfloat16", small8(safetensors.BF16), BFloat16},
-	} {
+	for _, tc := range smallModelCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			wideBatchMatchesCPU(t, tc.spec, tc.dtype, emuDevice(t))
 		})

@@ -432,16 +432,26 @@ func wideBatchMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev te
 	t.Logf("%s: %d sequences, 3 steps; largest logits relative RMS error %.3g", dtype, n, maxRel)
 }
 
-// TestFakeWideBatchMatchesCPU is wideBatchMatchesCPU on the fake device.
-func TestFakeWideBatchMatchesCPU(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		spec  modelfile.Spec
-		dtype string
-	}{
+// modelCase is a model and the dtype a backend test runs it in.
+type modelCase struct {
+	name  string
+	spec  modelfile.Spec
+	dtype string
+}
+
+// smallModelCases are the models the fake-device and emulated comparisons run: the tiny
+// preset in float32, and a bfloat16 checkpoint with grouped-query attention, an untied
+// classifier and inner dimensions that are multiples of 8 (so the bf16 kernels run).
+func smallModelCases(t *testing.T) []modelCase {
+	return []modelCase{
 		{"tiny/float32", preset(t, "tiny"), Float32},
 		{"gqa-untied-bf16file/bfloat16", small8(safetensors.BF16), BFloat16},
-	} {
+	}
+}
+
+// TestFakeWideBatchMatchesCPU is wideBatchMatchesCPU on the fake device.
+func TestFakeWideBatchMatchesCPU(t *testing.T) {
+	for _, tc := range smallModelCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newFakeDevice(1 << 30)
 			wideBatchMatchesCPU(t, tc.spec, tc.dtype, testDevice{open: fakeOpener(d, &fakeOps{d: d}, new(int))})

@@ -428,15 +428,7 @@ func testAttention(t *testing.T, g *gpu, r *rand.Rand) {
 		// Three sequences: cached positions before this step and tokens this step.
 		pos := []int32{0, 33, 70}
 		chunk := []int32{20, 5, 1} // prefill chunks; decode uses one token each
-		maxBlocks := 0
-		for i := range pos {
-			maxBlocks = max(maxBlocks, (int(pos[i]+chunk[i])+c.bs-1)/c.bs)
-		}
-		perm := r.Perm(numBlocks)
-		tables := make([]int32, len(pos)*maxBlocks)
-		for i := range tables {
-			tables[i] = int32(perm[i%numBlocks])
-		}
+		tables, maxBlocks := scrambledTables(r, pos, chunk, c.bs, numBlocks)
 		tablesP, kP, vP := upload(g, tables), upload(g, kc), upload(g, vc)
 		posP := upload(g, pos)
 		name := fmt.Sprintf("%+v", c)
@@ -560,15 +552,7 @@ func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
 		// one past it (65).
 		pos := []int32{0, 33, 70, 150, 48}
 		chunk := []int32{20, 5, 1, 37, 17}
-		maxBlocks := 0
-		for i := range pos {
-			maxBlocks = max(maxBlocks, (int(pos[i]+chunk[i])+c.bs-1)/c.bs)
-		}
-		perm := r.Perm(numBlocks)
-		tables := make([]int32, len(pos)*maxBlocks)
-		for i := range tables {
-			tables[i] = int32(perm[i%numBlocks])
-		}
+		tables, maxBlocks := scrambledTables(r, pos, chunk, c.bs, numBlocks)
 		start := make([]int32, len(pos))
 		rows := 0
 		for i := range pos {
@@ -935,4 +919,19 @@ func TestCompareCatchesErrors(t *testing.T) {
 			t.Errorf("case %d: %d mismatches, want %d", i, bad, c.bad)
 		}
 	}
+}
+
+// scrambledTables gives each sequence (cached positions pos[i], chunk[i] tokens this step)
+// a block table of maxBlocks blocks drawn from a permutation of the cache's numBlocks, so
+// a kernel that reads blocks in table order rather than through the table fails.
+func scrambledTables(r *rand.Rand, pos, chunk []int32, bs, numBlocks int) (tables []int32, maxBlocks int) {
+	for i := range pos {
+		maxBlocks = max(maxBlocks, (int(pos[i]+chunk[i])+bs-1)/bs)
+	}
+	perm := r.Perm(numBlocks)
+	tables = make([]int32, len(pos)*maxBlocks)
+	for i := range tables {
+		tables[i] = int32(perm[i%numBlocks])
+	}
+	return tables, maxBlocks
 }
