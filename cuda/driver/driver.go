@@ -99,6 +99,8 @@ type Driver struct {
 	cuMemFree            func(ptr DevicePtr) Result
 	cuMemcpyHtoD         func(dst DevicePtr, src unsafe.Pointer, size uintptr) Result
 	cuMemcpyDtoH         func(dst unsafe.Pointer, src DevicePtr, size uintptr) Result
+	cuMemAllocHost       func(pp *unsafe.Pointer, size uintptr) Result
+	cuMemFreeHost        func(p unsafe.Pointer) Result
 	cuStreamCreate       func(s *Stream, flags uint32) Result
 	cuStreamSynchronize  func(s Stream) Result
 	cuStreamDestroy      func(s Stream) Result
@@ -144,6 +146,8 @@ func (d *Driver) symbols() []struct {
 		{"cuMemFree_v2", &d.cuMemFree},
 		{"cuMemcpyHtoD_v2", &d.cuMemcpyHtoD},
 		{"cuMemcpyDtoH_v2", &d.cuMemcpyDtoH},
+		{"cuMemAllocHost_v2", &d.cuMemAllocHost},
+		{"cuMemFreeHost", &d.cuMemFreeHost},
 		{"cuStreamCreate", &d.cuStreamCreate},
 		{"cuStreamSynchronize", &d.cuStreamSynchronize},
 		{"cuStreamDestroy_v2", &d.cuStreamDestroy},
@@ -357,6 +361,22 @@ func (d *Driver) MemcpyDtoH(dst []byte, src DevicePtr) error {
 	err := d.check("cuMemcpyDtoH_v2", d.cuMemcpyDtoH(unsafe.Pointer(&dst[0]), src, uintptr(len(dst))))
 	runtime.KeepAlive(dst)
 	return err
+}
+
+// MemAllocHost is cuMemAllocHost_v2: bytes of page-locked host memory, which the device
+// reads and writes by DMA, so cuMemcpyDtoH and cuMemcpyHtoD to and from it run at the
+// link's bandwidth (from pageable memory the driver stages every copy through its own
+// pinned buffers). The context owns it; free it with MemFreeHost before destroying the
+// context. Pinning takes physical memory from the host's pageable pool: allocate it once
+// and reuse it.
+func (d *Driver) MemAllocHost(bytes uintptr) (unsafe.Pointer, error) {
+	var p unsafe.Pointer
+	return p, d.check("cuMemAllocHost_v2", d.cuMemAllocHost(&p, bytes))
+}
+
+// MemFreeHost is cuMemFreeHost of memory MemAllocHost returned.
+func (d *Driver) MemFreeHost(p unsafe.Pointer) error {
+	return d.check("cuMemFreeHost", d.cuMemFreeHost(p))
 }
 
 // StreamCreate is cuStreamCreate.

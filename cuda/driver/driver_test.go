@@ -64,12 +64,12 @@ func TestSymbolsAreTheDriverAPINames(t *testing.T) {
 	for _, want := range []string{"cuInit", "cuDeviceGet", "cuDeviceGetCount", "cuDeviceGetName", "cuCtxCreate_v2", "cuCtxDestroy_v2",
 		"cuModuleLoadData", "cuModuleGetFunction", "cuLaunchKernel", "cuMemAlloc_v2", "cuMemFree_v2", "cuMemcpyHtoD_v2",
 		"cuMemcpyDtoH_v2", "cuStreamCreate", "cuStreamSynchronize", "cuEventCreate", "cuEventRecord", "cuEventElapsedTime",
-		"cuGetErrorString", "cuGetErrorName"} {
+		"cuGetErrorString", "cuGetErrorName", "cuMemAllocHost_v2", "cuMemFreeHost"} {
 		if !strings.Contains(" "+got+" ", " "+want+" ") {
 			t.Errorf("Symbols() lacks %s: %s", want, got)
 		}
 	}
-	for _, unversioned := range []string{"cuCtxCreate", "cuMemAlloc", "cuMemFree", "cuMemcpyHtoD", "cuMemcpyDtoH"} {
+	for _, unversioned := range []string{"cuCtxCreate", "cuMemAlloc", "cuMemFree", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemAllocHost"} {
 		if strings.Contains(" "+got+" ", " "+unversioned+" ") {
 			t.Errorf("Symbols() binds %s, the CUDA 3 ABI; want %s_v2", unversioned, unversioned)
 		}
