@@ -1,8 +1,10 @@
 package gpu
 
 import (
+	"errors"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"servelab/cuda/driver"
 	"servelab/cuda/kernels"
@@ -43,15 +45,34 @@ func emuDevice(t *testing.T) testDevice {
 		t.Skip("skipping the kernels' emulation in -short mode")
 	}
 	lib := emu.Load(t)
-	d := lib.NewDevice(emuTotal)
+	d := &emuHostDevice{Device: lib.NewDevice(emuTotal)}
 	cl := &countingLauncher{l: lib, n: map[string]int{}}
 	closed := new(int)
 	open := func(int) (*opened, error) {
 		return &opened{dev: d, ops: kernels.NewModule(cl), name: "CPU emulation of kernels.cu", image: "emulated",
 			close: func() error { *closed++; return nil }}, nil
 	}
-	return testDevice{open: open, launched: cl.launched, live: d.Live, closed: closed}
+	return testDevice{open: open, launched: cl.launched, live: func() int {
+		_, _, host := d.host.counts()
+		return d.Live() + host
+	}, closed: closed}
 }
+
+// emuHostDevice is the emulated device with page-locked host memory, which the emulation
+// does not model: Go memory (testHost), which its copies read and write as any host memory.
+type emuHostDevice struct {
+	*emu.Device
+	host testHost
+}
+
+func (d *emuHostDevice) MemAllocHost(n uintptr) (unsafe.Pointer, error) {
+	if n == 0 {
+		return nil, errors.New("emu: cuMemAllocHost_v2 of 0 bytes: CUDA_ERROR_INVALID_VALUE (1)")
+	}
+	return d.host.alloc(n), nil
+}
+
+func (d *emuHostDevice) MemFreeHost(p unsafe.Pointer) error { return d.host.free(p) }
 
 // TestEmulatedForwardMatchesCPU is TestFakeForwardMatchesCPU with the real kernels:
 // cuda/kernels' launch functions and kernels.cu, compiled for the CPU (cuda/kernels/emu),

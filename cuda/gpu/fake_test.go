@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 	"unsafe"
 
 	"servelab/cuda/driver"
@@ -28,6 +29,72 @@ type fakeDevice struct {
 	calls    int
 	failAt   int
 	failCall string
+
+	host testHost
+	// pinnedDtoH and pageableDtoH count MemcpyDtoH calls into a host allocation and
+	// into other memory.
+	pinnedDtoH, pageableDtoH int
+}
+
+// testHost is page-locked host memory as the test devices give it (MemAllocHost,
+// MemFreeHost): Go memory, with the allocations and frees counted. A free overwrites the
+// memory with 0xff bytes (NaN as float32), so a reader of a freed buffer sees NaN logits
+// instead of the last step's.
+type testHost struct {
+	mu            sync.Mutex
+	live          map[unsafe.Pointer][]byte
+	allocs, frees int
+}
+
+func (h *testHost) alloc(n uintptr) unsafe.Pointer {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.live == nil {
+		h.live = map[unsafe.Pointer][]byte{}
+	}
+	b := make([]byte, n)
+	p := unsafe.Pointer(&b[0])
+	h.live[p] = b
+	h.allocs++
+	return p
+}
+
+func (h *testHost) free(p unsafe.Pointer) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b, ok := h.live[p]
+	if !ok {
+		return fmt.Errorf("cuda: cuMemFreeHost of %p, not a host allocation: CUDA_ERROR_INVALID_VALUE (1)", p)
+	}
+	for i := range b {
+		b[i] = 0xff
+	}
+	delete(h.live, p)
+	h.frees++
+	return nil
+}
+
+// holds reports whether dst lies inside one host allocation.
+func (h *testHost) holds(dst []byte) bool {
+	if len(dst) == 0 {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	lo := uintptr(unsafe.Pointer(&dst[0]))
+	for p, b := range h.live {
+		if base := uintptr(p); lo >= base && lo+uintptr(len(dst)) <= base+uintptr(len(b)) {
+			return true
+		}
+	}
+	return false
+}
+
+// counts is (allocations, frees, live allocations).
+func (h *testHost) counts() (allocs, frees, live int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.allocs, h.frees, len(h.live)
 }
 
 func newFakeDevice(total uint64) *fakeDevice {
@@ -116,6 +183,18 @@ func (f *fakeDevice) MemFree(p driver.DevicePtr) error {
 	return nil
 }
 
+func (f *fakeDevice) MemAllocHost(n uintptr) (unsafe.Pointer, error) {
+	if err := f.fail("MemAllocHost"); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, errors.New("cuda: cuMemAllocHost_v2 of 0 bytes: CUDA_ERROR_INVALID_VALUE (1)")
+	}
+	return f.host.alloc(n), nil
+}
+
+func (f *fakeDevice) MemFreeHost(p unsafe.Pointer) error { return f.host.free(p) }
+
 func (f *fakeDevice) MemcpyHtoD(dst driver.DevicePtr, src []byte) error {
 	if err := f.fail("MemcpyHtoD"); err != nil {
 		return err
@@ -127,6 +206,11 @@ func (f *fakeDevice) MemcpyHtoD(dst driver.DevicePtr, src []byte) error {
 func (f *fakeDevice) MemcpyDtoH(dst []byte, src driver.DevicePtr) error {
 	if err := f.fail("MemcpyDtoH"); err != nil {
 		return err
+	}
+	if f.host.holds(dst) {
+		f.pinnedDtoH++
+	} else {
+		f.pageableDtoH++
 	}
 	copy(dst, f.mem(src, uintptr(len(dst))))
 	return nil
@@ -146,12 +230,17 @@ func (f *fakeDevice) MemGetInfo() (free, total uint64, err error) {
 	return f.total - f.used - f.other, f.total, nil
 }
 
-// liveAllocs lists the allocations' sizes, for leak checks.
+// liveAllocs lists the device and host allocations' sizes, for leak checks.
 func (f *fakeDevice) liveAllocs() []int {
 	var n []int
 	for _, b := range f.allocs {
 		n = append(n, len(b))
 	}
+	f.host.mu.Lock()
+	for _, b := range f.host.live {
+		n = append(n, len(b))
+	}
+	f.host.mu.Unlock()
 	sort.Ints(n)
 	return n
 }

@@ -17,7 +17,9 @@
 // device, so the host never holds the model in float32 (nor converted at all beyond one
 // chunk). The files themselves are read whole (engine/safetensors reads each into memory,
 // 16 GB for Llama-3.1-8B in bfloat16, released once Load returns). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
-// so KV blocks move to the CPU and disk tiers and to other engines byte for byte.
+// so KV blocks move to the CPU and disk tiers and to other engines byte for byte. Each
+// step's logits are copied into page-locked host memory (cuMemAllocHost), reserved with
+// the activations and grown with them; the rows Forward returns are slices of it.
 //
 // Errors from the driver are returned: Load fails, a step fails. A failed step leaves
 // the CUDA context in an unknown state (a kernel fault is sticky), so the backend keeps
@@ -74,10 +76,13 @@ type Info struct {
 }
 
 // device is the driver calls the backend makes on its thread once a context is current:
-// *driver.Driver's methods, or a host-memory fake in tests.
+// *driver.Driver's methods, or a host-memory fake in tests. MemAllocHost is page-locked
+// host memory on a GPU (plain host memory on the fakes) that the logits are copied into.
 type device interface {
 	MemAlloc(bytes uintptr) (driver.DevicePtr, error)
 	MemFree(p driver.DevicePtr) error
+	MemAllocHost(bytes uintptr) (unsafe.Pointer, error)
+	MemFreeHost(p unsafe.Pointer) error
 	MemcpyHtoD(dst driver.DevicePtr, src []byte) error
 	MemcpyDtoH(dst []byte, src driver.DevicePtr) error
 	MemsetD8(dst driver.DevicePtr, v uint8, n uintptr) error
@@ -422,7 +427,7 @@ func (b *Backend) release() error {
 	for i := range b.vcache {
 		free(b.vcache[i])
 	}
-	b.k.freeAll(free)
+	b.k.freeAll(free, func(p unsafe.Pointer) { errs = append(errs, b.dev.MemFreeHost(p)) })
 	b.wts, b.kcache, b.vcache = weights{}, nil, nil
 	if b.closeFn != nil {
 		errs = append(errs, b.closeFn())
@@ -486,7 +491,8 @@ func (b *Backend) run(f func() error) error {
 }
 
 // Forward computes one step on the GPU, as model.Runner.Forward does on the CPU, and
-// returns its logits rows (host memory, valid until the next Forward). Inconsistent input
+// returns its logits rows (page-locked host memory the backend reuses, valid until the
+// next Forward or Close: engine.Executor's contract). Inconsistent input
 // is an error before anything runs (and does not stop the backend); a device error
 // fails this step and every later one.
 func (b *Backend) Forward(batch []model.SeqInput) ([][]float32, error) {

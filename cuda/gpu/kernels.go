@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"fmt"
+	"unsafe"
 
 	"servelab/cuda/driver"
 	"servelab/cuda/kernels"
@@ -45,6 +46,48 @@ func (d *devBuf) ensure(dev device, n uintptr) error {
 	return nil
 }
 
+// hostBuf is page-locked host memory (cuMemAllocHost) grown on demand as devBuf is. A
+// device-to-host copy into it runs at the link's bandwidth; one into pageable memory is
+// staged by the driver through its own pinned buffers at a fraction of it, and the logits
+// are 33 MB a step at batch 64 for Llama-3.1-8B's vocabulary of 128256 (131 MB at 256).
+type hostBuf struct {
+	p    unsafe.Pointer
+	size uintptr
+}
+
+// ensure makes h hold at least n bytes, as devBuf.ensure does: a short buffer is freed
+// (its contents, and any slice over them, are gone) and reallocated with a quarter of
+// headroom.
+func (h *hostBuf) ensure(dev device, n uintptr) error {
+	if n <= h.size && h.p != nil {
+		return nil
+	}
+	if h.p != nil {
+		if err := dev.MemFreeHost(h.p); err != nil {
+			return err
+		}
+		h.p, h.size = nil, 0
+	}
+	n += n / 4
+	if n == 0 {
+		n = 256
+	}
+	p, err := dev.MemAllocHost(n)
+	if err != nil {
+		return fmt.Errorf("allocating %d bytes of page-locked host memory: %w", n, err)
+	}
+	h.p, h.size = p, n
+	return nil
+}
+
+// f32 is the buffer's first n float32s (n·4 at most its size).
+func (h *hostBuf) f32(n int) []float32 {
+	if uintptr(n)*4 > h.size {
+		panic(fmt.Sprintf("gpu: %d float32s in a host buffer of %d bytes", n, h.size))
+	}
+	return unsafe.Slice((*float32)(h.p), n)
+}
+
 // gpuKernels is the CUDA backend of the forward pass ([model.Kernels]); its methods run on
 // the backend's worker thread.
 type gpuKernels struct {
@@ -64,9 +107,11 @@ type gpuKernels struct {
 	// Device pointers into layout.
 	tokens, pos, slot, seqStart, seqPos, tables, decode, items, logitRows driver.DevicePtr
 
-	ropeN     int
-	cos, sin  devBuf
-	hostLogit []float32
+	ropeN    int
+	cos, sin devBuf
+	// hostLogit receives the logit rows; out's rows are slices of it, valid until the
+	// next step.
+	hostLogit hostBuf
 	out       [][]float32
 }
 
@@ -90,7 +135,8 @@ func (k *gpuKernels) actWidth(a model.Act) int {
 	panic(fmt.Sprintf("gpu: activation %d", a))
 }
 
-// reserve sizes the activations for rows tokens and logits for logitRows rows.
+// reserve sizes the activations for rows tokens and logits for logitRows rows, on the
+// device and in page-locked host memory.
 func (k *gpuKernels) reserve(rows, logitRows int) error {
 	dev := k.b.dev
 	for a := range k.acts {
@@ -101,7 +147,10 @@ func (k *gpuKernels) reserve(rows, logitRows int) error {
 	if err := k.xl.ensure(dev, uintptr(logitRows*k.b.cfg.Dim*4)); err != nil {
 		return err
 	}
-	return k.logit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4))
+	if err := k.logit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4)); err != nil {
+		return err
+	}
+	return k.hostLogit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4))
 }
 
 // ensureRope makes the rotary tables cover positions [0, n), growing them to at least
@@ -131,7 +180,9 @@ func (k *gpuKernels) ensureRope(n int) error {
 	return nil
 }
 
-func (k *gpuKernels) freeAll(free func(driver.DevicePtr)) {
+// freeAll frees the device buffers with free and the page-locked host buffer with
+// freeHost.
+func (k *gpuKernels) freeAll(free func(driver.DevicePtr), freeHost func(unsafe.Pointer)) {
 	for i := range k.acts {
 		free(k.acts[i].p)
 	}
@@ -141,6 +192,10 @@ func (k *gpuKernels) freeAll(free func(driver.DevicePtr)) {
 	k.acts = [model.ActAct + 1]devBuf{}
 	k.xl, k.logit, k.layout, k.cos, k.sin = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
 	k.ropeN = 0
+	if k.hostLogit.p != nil {
+		freeHost(k.hostLogit.p)
+	}
+	k.hostLogit, k.out = hostBuf{}, nil
 }
 
 // Begin uploads the step's layout in one copy and sizes the activations.
@@ -174,6 +229,11 @@ func (k *gpuKernels) Begin(st *model.Step) error {
 		}
 		k.host = append(k.host, s...)
 	}
+	// The layout is uploaded from pageable memory: it is small beside the logits (at batch
+	// 64 mostly the block tables, 64 · MaxBlocks · 4 bytes: 32 KiB at 2048 tokens of
+	// context, against 33 MB of Llama-3.1-8B logits), so the driver's staging copy of it
+	// is a host memcpy of that size, and a page-locked array would have to be sized
+	// before the sections are packed.
 	if err := k.layout.ensure(k.b.dev, uintptr(len(k.host)*4)); err != nil {
 		return err
 	}
@@ -273,15 +333,13 @@ func (k *gpuKernels) Logits() ([][]float32, error) {
 	if err := k.b.ops.Linear(defaultStream, k.logit.p, k.xl.p, k.b.wts.lmHead, n, c.Vocab, c.Dim, k.dtype, false); err != nil {
 		return nil, err
 	}
-	if cap(k.hostLogit) < n*c.Vocab {
-		k.hostLogit = make([]float32, n*c.Vocab)
-	}
-	k.hostLogit = k.hostLogit[:n*c.Vocab]
-	if err := k.b.dev.MemcpyDtoH(bytesOf(k.hostLogit), k.logit.p); err != nil {
+	// Begin's reserve sized hostLogit for the step's rows.
+	host := k.hostLogit.f32(n * c.Vocab)
+	if err := k.b.dev.MemcpyDtoH(bytesOf(host), k.logit.p); err != nil {
 		return nil, err
 	}
 	for i := range n {
-		k.out = append(k.out, k.hostLogit[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
+		k.out = append(k.out, host[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
 	}
 	return k.out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"testing"
+	"unsafe"
 
 	"servelab/cuda/driver"
 	"servelab/cuda/kernels"
@@ -53,7 +54,13 @@ func (d *addrDevice) MemAlloc(n uintptr) (driver.DevicePtr, error) {
 	d.sizes = append(d.sizes, n)
 	return p, nil
 }
-func (d *addrDevice) MemFree(driver.DevicePtr) error                  { return nil }
+func (d *addrDevice) MemFree(driver.DevicePtr) error { return nil }
+
+// MemAllocHost is Go memory: the logits rows are slices of it.
+func (d *addrDevice) MemAllocHost(n uintptr) (unsafe.Pointer, error) {
+	return unsafe.Pointer(unsafe.SliceData(make([]byte, n))), nil
+}
+func (d *addrDevice) MemFreeHost(unsafe.Pointer) error                { return nil }
 func (d *addrDevice) MemcpyHtoD(driver.DevicePtr, []byte) error       { return nil }
 func (d *addrDevice) MemcpyDtoH([]byte, driver.DevicePtr) error       { return nil }
 func (d *addrDevice) MemsetD8(driver.DevicePtr, uint8, uintptr) error { return nil }
