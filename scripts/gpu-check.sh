@@ -5,8 +5,9 @@
 #
 #   1. nvidia-smi;
 #   2. the CUDA test binaries with -test.v under SERVELAB_REQUIRE_GPU=1 (a test that would
-#      skip without a GPU fails instead): the driver, every kernel against its CPU
-#      reference, a forward pass of the 15m and 110m presets against the CPU engine, the
+#      skip without a GPU fails instead): the driver (and its logits-sized copies to
+#      page-locked and pageable memory, their bandwidth logged), every kernel against its
+#      CPU reference, a forward pass of the 15m and 110m presets against the CPU engine, the
 #      engine serving the OpenAI API on the GPU, NVML telemetry; the kernels' benchmarks;
 #      then the forward pass of a real shape (llama-3.2-1b, synthesised) against the CPU;
 #   3. servelab model synth --preset llama-3.1-8b --dtype bfloat16 (16 GB, on local disk);
@@ -52,7 +53,7 @@ export SERVELAB_REQUIRE_GPU=1
 # named test must run and pass: one the binary lacks (a file behind a build tag it was built
 # without, such as cuda/telemetry's NVML test without cgo) fails its step, not "no tests to run".
 TESTS=(
-  "driver.test cuda/driver ^TestGPUInitAndDeviceCount$"
+  "driver.test cuda/driver ^(TestGPUInitAndDeviceCount|TestGPUMemcpyPinned)$"
   "kernels.test cuda/kernels ^TestKernelsMatchCPU$"
   "gpu.test cuda/gpu ^(TestForwardMatchesCPU|TestEngineServesOnGPU)$"
   "telemetry.test cuda/telemetry ^TestOpenOnGPU$"
