@@ -418,9 +418,9 @@ sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *
 // assumption; ~127 GB/s at 1.98 GHz) that caps an SM near 1 TFLOP/s, ~130 TFLOP/s over
 // 132 SMs (13% of the H200's dense bf16 peak; the scalar kernel does ~2 float32 FLOP per
 // loaded float). A block does not overlap its loads with its mma (four blocks per SM
-// overlap each other's). Not done: one block for the 16-query tiles of all the query
-// heads that share a kv head (GQA: 4 on Llama-3.1-8B) would load each K/V tile once for
-// 64 query rows, a quarter of the bytes, but needs items grouped by kv head.
+// overlap each other's). sl_attn_prefill_bf16_gqa (below) serves all the query heads
+// that share a kv head (GQA: 4 on Llama-3.1-8B) in one block, loading each K/V tile once
+// for their 16·G query rows; this kernel remains for head dims above 128 and other groups.
 #define FA_BK 64
 #define FA_HC 128            // head dimensions per pass / per K or V chunk in shared memory
 #define FA_MAXHD 256
@@ -654,9 +654,14 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 // the same bytes for one head's 131 kFLOP). At head_dim 128 and G = 4 (Llama-3.1-8B: 32
 // query heads over 8 kv heads) that is 0.031 bytes per FLOP instead of 0.125: at the ~64
 // bytes per clock per SM from L2 assumed there, ~2,000 FLOP per clock per SM, ~540 TFLOP/s
-// over 132 SMs at 1.98 GHz, so the L2 cap is no longer below the mma.sync rate; the
-// cache's HBM bytes are unchanged (each kv head's context once per 16-query tile, mostly
-// from L2). The blocks are a quarter as many (G = 4): 8 kv heads x ceil(T/16) items.
+// over 132 SMs at 1.98 GHz (54% of the dense bf16 peak, from 13%), so other limits (the
+// float32 exp of the online softmax, two barriers per tile, mma.sync's issue rate, loads
+// not overlapped with mma within a block) decide the speed; the cache's HBM bytes are
+// unchanged (each kv head's context once per 16-query tile, mostly from L2). The float32
+// to bf16 conversions of K and V drop by G as well. The blocks are a quarter as many (G =
+// 4): 8 kv heads x ceil(T/16) items, 1,024 for one 2048-token chunk (about two waves of
+// four 128-thread blocks per SM), but only 256 for 512 tokens, which fills half the
+// H200's block slots: short prefills may gain less, or lose.
 #define GQ_LD FA_LD            // Qs, Ks and Vs row stride (head_dim <= 128)
 #define GQ_SMEM_ELEMS (16 * 8 * GQ_LD + 2 * 16 * GQ_LD) // G = 8, BK = 16: the largest layout (43520 bytes)
 
