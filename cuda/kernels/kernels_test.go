@@ -519,3 +519,28 @@ func TestImage(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupItems checks AttnPrefillBF16GQA's items: one per (sequence, kv head, query
+// tile), from the items of each group's first query head.
+func TestGroupItems(t *testing.T) {
+	// Two sequences, 4 query heads: sequence 0 one tile, sequence 1 two.
+	var items []int32
+	for h := range int32(4) {
+		items = append(items, 0, h, 0, 3)
+	}
+	for h := range int32(4) {
+		items = append(items, 1, h, 0, 16, 1, h, 16, 18)
+	}
+	for _, tc := range []struct {
+		group int
+		want  []int32
+	}{
+		{1, items},
+		{2, []int32{0, 0, 0, 3, 0, 1, 0, 3, 1, 0, 0, 16, 1, 0, 16, 18, 1, 1, 0, 16, 1, 1, 16, 18}},
+		{4, []int32{0, 0, 0, 3, 1, 0, 0, 16, 1, 0, 16, 18}},
+	} {
+		if d := cmp.Diff(tc.want, GroupItems(nil, items, tc.group)); d != "" {
+			t.Errorf("group %d (-want +got):\n%s", tc.group, d)
+		}
+	}
+}
