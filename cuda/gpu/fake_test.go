@@ -408,6 +408,30 @@ func (o *fakeOps) AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, ite
 	return o.count("sl_attn_prefill_bf16")
 }
 
+// AttnPrefillBF16GQA is AttnPrefillBF16's contract over items {seq, kvHead, q0, q1},
+// each for the query heads kvHead·G .. kvHead·G+G-1, with kernels.FlashGQA's limits.
+func (o *fakeOps) AttnPrefillBF16GQA(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
+	if !kernels.FlashGQA(heads, kvHeads, headDim) {
+		return fmt.Errorf("fake: sl_attn_prefill_bf16_gqa: %d heads over %d kv heads, head dim %d", heads, kvHeads, headDim)
+	}
+	group := heads / kvHeads
+	it := o.d.i32(items, 4*nItems)
+	for n := range nItems {
+		seq, kvh, q0, q1 := int(it[4*n]), int(it[4*n+1]), int(it[4*n+2]), int(it[4*n+3])
+		if q1-q0 <= 0 || q1-q0 > 16 || kvh >= kvHeads {
+			return fmt.Errorf("fake: item %d: kv head %d, %d queries", n, kvh, q1-q0)
+		}
+		start := int(o.d.i32(seqStart+driver.DevicePtr(seq*4), 1)[0])
+		pos := int(o.d.i32(seqPos+driver.DevicePtr(seq*4), 1)[0])
+		for h := kvh * group; h < (kvh+1)*group; h++ {
+			for i := q0; i < q1; i++ {
+				o.attendOne(out, qkv, kcache, vcache, blockTables, seq, start+i, h, pos+i+1, maxBlocks, heads, kvHeads, headDim, blockSize)
+			}
+		}
+	}
+	return o.count("sl_attn_prefill_bf16_gqa")
+}
+
 func (o *fakeOps) SiLUMul(_ driver.Stream, act, gu driver.DevicePtr, rows, hidden int) error {
 	a, g := o.d.f32(act, rows*hidden), o.d.f32(gu, rows*2*hidden)
 	for r := range rows {

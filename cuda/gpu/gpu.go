@@ -100,6 +100,7 @@ type ops interface {
 	AttnDecode(s driver.Stream, out, qkv, kcache, vcache, seqs, seqStart, seqPos, blockTables driver.DevicePtr, nSeqs, maxBlocks, heads, kvHeads, headDim, blockSize int) error
 	AttnPrefill(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error
 	AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error
+	AttnPrefillBF16GQA(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error
 	SiLUMul(s driver.Stream, act, gu driver.DevicePtr, rows, hidden int) error
 	Linear(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, dtype string, accumulate bool) error
 }

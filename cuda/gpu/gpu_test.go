@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"servelab/cuda/kernels"
 	"servelab/engine/cpu"
 	"servelab/engine/model"
 	"servelab/engine/modelfile"
@@ -256,8 +257,11 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 	}
 	compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), b.Info().DType)
 	prefill := "sl_attn_prefill"
-	if b.Info().DType == BFloat16 {
+	if c := b.Config(); b.Info().DType == BFloat16 {
 		prefill = "sl_attn_prefill_bf16" // Attention's kernel for bf16 (head dims up to kernels.FlashMaxHeadDim)
+		if c.Heads > c.KVHeads && kernels.FlashGQA(c.Heads, c.KVHeads, c.HeadDim) {
+			prefill = "sl_attn_prefill_bf16_gqa" // a block per kv head's group of query heads
+		}
 	}
 	for _, k := range []string{"sl_attn_decode", prefill, "sl_rope_store", "sl_silu_mul"} {
 		if dev.launched(k) == 0 {

@@ -107,6 +107,7 @@ type gpuKernels struct {
 	host   []int32
 	// Device pointers into layout.
 	tokens, pos, slot, seqStart, seqPos, tables, decode, items, logitRows driver.DevicePtr
+	nItems                                                                int // prefill items in items (grouped by kv head when prefillGQA)
 
 	ropeN    int
 	cos, sin devBuf
@@ -223,8 +224,20 @@ func (k *gpuKernels) Begin(st *model.Step) error {
 		}
 		offs[i] = len(k.host)
 		if i == 7 {
+			// sl_attn_prefill_bf16_gqa takes one item per (sequence, kv head, query
+			// tile): the items of each group's first query head, with kv head
+			// head/group (the engine tiles every head of a sequence alike).
+			group := int32(k.b.cfg.Heads / k.b.cfg.KVHeads)
+			k.nItems = 0
 			for _, it := range st.PrefillItems {
-				k.host = append(k.host, it.Seq, it.Head, it.Q0, it.Q1)
+				if !k.prefillGQA() {
+					k.host = append(k.host, it.Seq, it.Head, it.Q0, it.Q1)
+				} else if it.Head%group == 0 {
+					k.host = append(k.host, it.Seq, it.Head/group, it.Q0, it.Q1)
+				} else {
+					continue
+				}
+				k.nItems++
 			}
 			continue
 		}
@@ -246,6 +259,14 @@ func (k *gpuKernels) Begin(st *model.Step) error {
 }
 
 func (k *gpuKernels) act(a model.Act) driver.DevicePtr { return k.acts[a].p }
+
+// prefillGQA says whether Attention runs prefill through sl_attn_prefill_bf16_gqa: bf16,
+// more than one query head per kv head, and a group and head dim it takes
+// (kernels.FlashGQA); otherwise sl_attn_prefill_bf16 (bf16) or sl_attn_prefill.
+func (k *gpuKernels) prefillGQA() bool {
+	c := &k.b.cfg
+	return k.dtype == BFloat16 && c.Heads > c.KVHeads && kernels.FlashGQA(c.Heads, c.KVHeads, c.HeadDim)
+}
 
 func (k *gpuKernels) Embed() error {
 	x, T, d := k.act(model.ActX), k.st.T(), k.b.cfg.Dim
@@ -302,9 +323,14 @@ func (k *gpuKernels) Attention(layer int) error {
 			return err
 		}
 	}
-	if n := len(st.PrefillItems); n > 0 {
+	if n := k.nItems; n > 0 {
 		// bfloat16: the tensor-core flash-attention kernel (q, k, v and p rounded to bf16,
-		// as the bf16 GEMMs round x); float32 keeps the exact scalar kernel.
+		// as the bf16 GEMMs round x), with a block per kv head's group of query heads where
+		// it takes the model (Begin grouped the items); float32 keeps the exact scalar kernel.
+		if k.prefillGQA() {
+			return k.b.ops.AttnPrefillBF16GQA(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
+				k.items, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize)
+		}
 		if k.dtype == BFloat16 && c.HeadDim <= kernels.FlashMaxHeadDim {
 			return k.b.ops.AttnPrefillBF16(defaultStream, k.act(model.ActAtt), k.act(model.ActQKV), k.b.kcache[layer], k.b.vcache[layer],
 				k.items, k.seqStart, k.seqPos, k.tables, n, st.MaxBlocks, c.Heads, c.KVHeads, c.HeadDim, k.b.blockSize)

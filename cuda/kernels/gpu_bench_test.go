@@ -128,27 +128,33 @@ func BenchmarkGemmBF16(b *testing.B) {
 // KV heads, head dim 128, KV blocks of 16) for one sequence's first chunk of 2048 and
 // 8192 tokens, in AttnQueryTile-query items as the engine makes them: TFLOP/s counts the
 // causal half, 4·headDim·heads·T(T+1)/2 (compare with the GPU's dense bf16 tensor-core
-// peak; H200: 989 TFLOP/s). sl_attn_prefill_bf16 at both lengths; the float32 scalar
-// sl_attn_prefill at 2048 for comparison (at 8192 it takes seconds a launch).
+// peak; H200: 989 TFLOP/s). sl_attn_prefill_bf16 and sl_attn_prefill_bf16_gqa (the
+// same items grouped by kv head, GroupItems: a quarter as many blocks, each K/V tile read
+// once per group of 4) at both lengths; the float32 scalar sl_attn_prefill at 2048 for
+// comparison (at 8192 it takes seconds a launch).
 func BenchmarkAttnPrefill(b *testing.B) {
 	g := newGPU(b)
 	r := rand.New(rand.NewPCG(5, 6))
 	const heads, kvHeads, hd, bs = 32, 8, 128, 16
 	const width, kvd = (heads + 2*kvHeads) * hd, kvHeads * hd
 	type kernel struct {
-		name   string
-		launch func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error
+		name    string
+		grouped bool // takes GroupItems' items
+		launch  func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error
 	}
-	flash := kernel{"sl_attn_prefill_bf16", func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
+	flash := kernel{"sl_attn_prefill_bf16", false, func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
 		return g.m.AttnPrefillBF16(0, out, qkv, kc, vc, items, start, pos, tables, nItems, maxBlocks, heads, kvHeads, hd, bs)
 	}}
-	scalar := kernel{"sl_attn_prefill", func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
+	gqa := kernel{"sl_attn_prefill_bf16_gqa", true, func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
+		return g.m.AttnPrefillBF16GQA(0, out, qkv, kc, vc, items, start, pos, tables, nItems, maxBlocks, heads, kvHeads, hd, bs)
+	}}
+	scalar := kernel{"sl_attn_prefill", false, func(out, qkv, kc, vc, items, start, pos, tables driver.DevicePtr, nItems, maxBlocks int) error {
 		return g.m.AttnPrefill(0, out, qkv, kc, vc, items, start, pos, tables, nItems, maxBlocks, heads, kvHeads, hd, bs)
 	}}
 	for _, run := range []struct {
 		tokens  int
 		kernels []kernel
-	}{{2048, []kernel{flash, scalar}}, {8192, []kernel{flash}}} {
+	}{{2048, []kernel{flash, gqa, scalar}}, {8192, []kernel{flash, gqa}}} {
 		T := run.tokens
 		maxBlocks := T / bs
 		tables := make([]int32, maxBlocks)
@@ -166,21 +172,27 @@ func BenchmarkAttnPrefill(b *testing.B) {
 			q[i] *= 1 / float32(11.3137085) // pre-scaled by 1/sqrt(128), as RopeStore leaves it
 		}
 		qkv, kc, vc := upload(g, q), upload(g, randF32(r, T*kvd, -1, 1)), upload(g, randF32(r, T*kvd, -1, 1))
-		itemsP, start, pos, tablesP := upload(g, items), upload(g, []int32{0}), upload(g, []int32{0}), upload(g, tables)
+		gitems := GroupItems(nil, items, heads/kvHeads)
+		itemsP, gitemsP := upload(g, items), upload(g, gitems)
+		start, pos, tablesP := upload(g, []int32{0}), upload(g, []int32{0}), upload(g, tables)
 		out := upload(g, make([]float32, T*heads*hd))
 		flops := 4 * float64(hd) * heads * float64(T) * float64(T+1) / 2
 		for _, kern := range run.kernels {
 			b.Run(fmt.Sprintf("tokens=%d/%s", T, kern.name), func(b *testing.B) {
 				g.enter(b)
+				it, n := itemsP, len(items)/4
+				if kern.grouped {
+					it, n = gitemsP, len(gitems)/4
+				}
 				sec := timeLaunches(b, g, func() error {
-					return kern.launch(out, qkv, kc, vc, itemsP, start, pos, tablesP, len(items)/4, maxBlocks)
+					return kern.launch(out, qkv, kc, vc, it, start, pos, tablesP, n, maxBlocks)
 				})
 				b.ReportMetric(flops/sec/1e12, "TFLOP/s")
 				b.ReportMetric(sec*1e3, "ms/launch")
 			})
 		}
 		g.t = b
-		g.free(qkv, kc, vc, itemsP, start, pos, tablesP, out)
+		g.free(qkv, kc, vc, itemsP, gitemsP, start, pos, tablesP, out)
 	}
 }
 

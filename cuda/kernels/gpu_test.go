@@ -271,6 +271,7 @@ func matchCPU(t *testing.T, g *gpu) {
 	run("sl_attn_decode", func() { testAttention(t, g, r) })
 	seen["sl_attn_prefill"] = true
 	run("sl_attn_prefill_bf16", func() { testAttnPrefillBF16(t, g, r) })
+	seen["sl_attn_prefill_bf16_gqa"] = true // in testAttnPrefillBF16
 	run("sl_silu_mul", func() { testSiLUMul(t, g, r) })
 	run("sl_add", func() { testAdd(t, g, r) })
 	run("sl_gemm_f32", func() { testMatmul(t, g, r) })
@@ -538,12 +539,17 @@ func attnBF16Ref(q, kc, vc []float32, blocks []int32, n, bs, kvd, kvOff, hd int)
 // grouped-query heads (1, 2, 4 and 8 query heads per kv head); prefix offsets 0, 33, 70, 150 and 48 (so contexts of 1 to
 // 187 positions: one to three 64-position tiles, exactly one tile and one past it,
 // sub-tiles a warp skips, the causal mask inside a tile); chunks of 20, 37 and 17 (items
-// of 16 and tails of 4, 5 and 1) and 1 and 5.
+// of 16 and tails of 4, 5 and 1) and 1 and 5. The cases sl_attn_prefill_bf16_gqa takes
+// (head dims up to 128) run it too, on the group items, against the same references:
+// groups 2 (head dims 64), 1 (40, and 128), 8 (128, and 64 over 2 kv heads) and 4 (128,
+// block size 1).
 // q is pre-scaled by 1/sqrt(headDim), as RopeStore leaves it. It also checks that the
 // same inputs give the same bits.
 func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
 	const numBlocks = 256
-	for _, c := range []struct{ heads, kvHeads, hd, bs int }{{4, 2, 64, 16}, {4, 4, 40, 5}, {8, 1, 128, 16}, {4, 1, 128, 1}, {2, 2, 136, 4}, {2, 1, 192, 16}, {2, 1, 256, 8}} {
+	gqaTested := map[int]bool{}
+	for _, c := range []struct{ heads, kvHeads, hd, bs int }{{4, 2, 64, 16}, {4, 4, 40, 5}, {8, 1, 128, 16}, {4, 1, 128, 1}, {8, 2, 64, 16}, {2, 2, 128, 16},
+		{2, 2, 136, 4}, {2, 1, 192, 16}, {2, 1, 256, 8}} {
 		kvd := c.kvHeads * c.hd
 		width := (c.heads + 2*c.kvHeads) * c.hd
 		group := c.heads / c.kvHeads
@@ -584,26 +590,45 @@ func testAttnPrefillBF16(t *testing.T, g *gpu, r *rand.Rand) {
 				}
 			}
 		}
-		name := fmt.Sprintf("sl_attn_prefill_bf16 %+v", c)
 		qkvP, kP, vP, itemsP := upload(g, qkv), upload(g, kc), upload(g, vc), upload(g, items)
 		startP, posP, tablesP := upload(g, start), upload(g, pos), upload(g, tables)
-		launch := func(out driver.DevicePtr) error {
-			return g.m.AttnPrefillBF16(0, out, qkvP, kP, vP, itemsP, startP, posP, tablesP, len(items)/4, maxBlocks, c.heads, c.kvHeads, c.hd, c.bs)
-		}
-		outP := upload(g, make([]float32, n))
-		g.check(launch(outP))
-		got := download[float32](g, outP, n)
-		compare(t, name, got, want, scale, tolerances["bf16 attention"])
-		compare(t, name+" vs cpu (float32)", got, wantCPU, scaleCPU, tolerances["bf16 attention vs cpu"])
-		// Deterministic: the warps' states merge in a fixed order.
-		out2 := upload(g, make([]float32, n))
-		g.check(launch(out2))
-		again := download[float32](g, out2, n)
-		for i := range got {
-			if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
-				t.Errorf("%s: [%d] = %v, then %v on the same inputs", name, i, got[i], again[i])
-				break
+		check := func(name string, launch func(out driver.DevicePtr) error) {
+			outP := upload(g, make([]float32, n))
+			g.check(launch(outP))
+			got := download[float32](g, outP, n)
+			compare(t, name, got, want, scale, tolerances["bf16 attention"])
+			compare(t, name+" vs cpu (float32)", got, wantCPU, scaleCPU, tolerances["bf16 attention vs cpu"])
+			// Deterministic: the warps' states merge in a fixed order.
+			out2 := upload(g, make([]float32, n))
+			g.check(launch(out2))
+			again := download[float32](g, out2, n)
+			for i := range got {
+				if math.Float32bits(got[i]) != math.Float32bits(again[i]) {
+					t.Errorf("%s: [%d] = %v, then %v on the same inputs", name, i, got[i], again[i])
+					break
+				}
 			}
+		}
+		check(fmt.Sprintf("sl_attn_prefill_bf16 %+v", c), func(out driver.DevicePtr) error {
+			return g.m.AttnPrefillBF16(0, out, qkvP, kP, vP, itemsP, startP, posP, tablesP, len(items)/4, maxBlocks, c.heads, c.kvHeads, c.hd, c.bs)
+		})
+		// sl_attn_prefill_bf16_gqa on the same inputs: one block per (sequence, kv head,
+		// 16-query tile) for the group's query heads, against the same references.
+		if FlashGQA(c.heads, c.kvHeads, c.hd) {
+			gitems := GroupItems(nil, items, group)
+			if len(gitems)*group != len(items) {
+				t.Fatalf("GroupItems: %d items of %d heads from %d", len(gitems)/4, group, len(items)/4)
+			}
+			gitemsP := upload(g, gitems)
+			check(fmt.Sprintf("sl_attn_prefill_bf16_gqa %+v", c), func(out driver.DevicePtr) error {
+				return g.m.AttnPrefillBF16GQA(0, out, qkvP, kP, vP, gitemsP, startP, posP, tablesP, len(gitems)/4, maxBlocks, c.heads, c.kvHeads, c.hd, c.bs)
+			})
+			gqaTested[group] = true
+		}
+	}
+	for _, group := range []int{1, 2, 4, 8} {
+		if !gqaTested[group] {
+			t.Errorf("sl_attn_prefill_bf16_gqa: no case with %d query heads per kv head", group)
 		}
 	}
 }

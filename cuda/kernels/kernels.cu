@@ -418,9 +418,9 @@ sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *
 // assumption; ~127 GB/s at 1.98 GHz) that caps an SM near 1 TFLOP/s, ~130 TFLOP/s over
 // 132 SMs (13% of the H200's dense bf16 peak; the scalar kernel does ~2 float32 FLOP per
 // loaded float). A block does not overlap its loads with its mma (four blocks per SM
-// overlap each other's). Not done: one block for the 16-query tiles of all the query
-// heads that share a kv head (GQA: 4 on Llama-3.1-8B) would load each K/V tile once for
-// 64 query rows, a quarter of the bytes, but needs items grouped by kv head.
+// overlap each other's). sl_attn_prefill_bf16_gqa (below) serves all the query heads
+// that share a kv head (GQA: 4 on Llama-3.1-8B) in one block, loading each K/V tile once
+// for their 16·G query rows; this kernel remains for head dims above 128 and other groups.
 #define FA_BK 64
 #define FA_HC 128            // head dimensions per pass / per K or V chunk in shared memory
 #define FA_MAXHD 256
@@ -625,6 +625,235 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 			out[(start + q0 + row) * (i64)heads * hd + (i64)h * hd + oc + col] = v / L;
 		}
 		__syncthreads(); // red and sm/sl are reused by the next pass
+	}
+}
+
+// sl_attn_prefill_bf16_gqa: sl_attn_prefill_bf16 for all the query heads of a kv head
+// (grouped-query attention) in one block, so each K/V tile is read from the float32
+// cache and rounded to bf16 once for the group instead of once per query head. Block per
+// item {seq, kv_head, q0, q1} (at most 16 queries); group G = heads/kv_heads is 1, 2, 4
+// or 8 and head_dim at most 128 (AttnPrefillBF16GQA checks). The block's M = 16·G query
+// rows (query head kv_head·G + i in rows 16i..16i+15, pre-scaled q rounded to bf16) are
+// in Qs; warp w serves query head i = w % G (its own m16 tile: the A fragments and
+// the mask are sl_attn_prefill_bf16's) and split s = w / G of the S = NW/G warps that share
+// that head, NW = 4 warps (8 when G = 8). The context is walked in tiles of BK = 16·TS
+// positions, TS = 4, 4, 2, 1 sub-tiles of 16 for G = 1, 2, 4, 8 (what fits 48 KiB of
+// static shared memory next to Qs); all NW·32 threads load and round a tile's keys and
+// values once, then warp (i, s) takes sub-tiles s, s+S, ... of it for head i, each one
+// as sl_attn_prefill_bf16's warp takes its 16 positions (S = Q·Kᵀ, mask, online softmax,
+// O += P·V). With S > 1 (G = 1, 2) the splits of a head merge their states in a fixed
+// order (split 0, 1, ...) through shared memory as sl_attn_prefill_bf16's warps do; with
+// S = 1 (G = 4, 8) a warp has the whole context of its head and writes acc/l itself. So
+// results are deterministic.
+// Shared memory: Qs 16·G x 136 bf16 (4.25 KiB per head) + Ks/Vs 2 x BK x 136 bf16:
+// 38.25, 42.5, 34 and 42.5 KiB for G = 1, 2, 4, 8 (the merge buffer, 4 x 16 x 132
+// float32 = 33 KiB, reuses it after the last tile). __launch_bounds__(256, 2): 128 registers.
+// Expected bytes and FLOPs (arithmetic, not measured): per 16 context positions a block
+// reads 16 x head_dim x 8 bytes of float32 keys and values (16 KiB at 128) and rounds them
+// once, for G x 2 x (2 x 16 x 16 x head_dim) = G x 131 kFLOP of mma (sl_attn_prefill_bf16:
+// the same bytes for one head's 131 kFLOP). At head_dim 128 and G = 4 (Llama-3.1-8B: 32
+// query heads over 8 kv heads) that is 0.031 bytes per FLOP instead of 0.125: at the ~64
+// bytes per clock per SM from L2 assumed there, ~2,000 FLOP per clock per SM, ~540 TFLOP/s
+// over 132 SMs at 1.98 GHz (54% of the dense bf16 peak, from 13%), so other limits (the
+// float32 exp of the online softmax, two barriers per tile, mma.sync's issue rate, loads
+// not overlapped with mma within a block) decide the speed; the cache's HBM bytes are
+// unchanged (each kv head's context once per 16-query tile, mostly from L2). The float32
+// to bf16 conversions of K and V drop by G as well. The blocks are a quarter as many (G =
+// 4): 8 kv heads x ceil(T/16) items, 1,024 for one 2048-token chunk (about two waves of
+// four 128-thread blocks per SM), but only 256 for 512 tokens, which fills half the
+// H200's block slots: short prefills may gain less, or lose.
+#define GQ_LD FA_LD            // Qs, Ks and Vs row stride (head_dim <= 128)
+#define GQ_SMEM_ELEMS (16 * 8 * GQ_LD + 2 * 16 * GQ_LD) // G = 8, BK = 16: the largest layout (43520 bytes)
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+sl_attn_prefill_bf16_gqa(float *out, const float *qkv, const float *kcache, const float *vcache, const int *items,
+                         const int *seq_start, const int *seq_pos, const int *block_tables, int max_blocks, int heads,
+                         int kv_heads, int head_dim, int block_size) {
+	__shared__ __align__(16) u16 smem[GQ_SMEM_ELEMS];
+	__shared__ float sm[4][16], sl[4][16];
+	const int *it = items + (i64)blockIdx.x * 4;
+	const int seq = it[0], kvh = it[1], q0 = it[2], q1 = it[3];
+	const int G = heads / kv_heads, NW = blockDim.x >> 5, S = NW / G;
+	const int TS = G >= 8 ? 1 : G == 4 ? 2 : 4, BK = 16 * TS;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const int hi = warp % G, sp = warp / G;
+	const int hd = head_dim, hdp = (hd + 15) & ~15, kvd = kv_heads * hd, width = (heads + 2 * kv_heads) * hd;
+	const i64 kvOff = (i64)kvh * hd;
+	const int *bt = block_tables + (i64)seq * max_blocks;
+	const i64 start = seq_start[seq];
+	const int pos0 = seq_pos[seq], nq = q1 - q0;
+	const int nctx = pos0 + q1, lim0 = pos0 + q0;
+	u16 *Qs = smem, *Ks = smem + 16 * G * GQ_LD, *Vs = Ks + BK * GQ_LD;
+
+	// Thread tid moves dimension pair cp (columns 2cp, 2cp+1) of rows rp, rp+RS, ...
+	const int cp = tid & 63, rp = tid >> 6, RS = NW >> 1, d2 = 2 * cp;
+	if (d2 < hdp) {
+		for (int r = rp; r < 16 * G; r += RS) {
+			const int qr = r & 15;
+			u32 v = 0u;
+			if (qr < nq && d2 < hd) {
+				const float2 f =
+				    *(const float2 *)(qkv + (start + q0 + qr) * width + (i64)(kvh * G + (r >> 4)) * hd + d2);
+				v = pack_bf16(f.x, f.y);
+			}
+			*(u32 *)&Qs[r * GQ_LD + d2] = v;
+		}
+	}
+
+	float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+	float acc[FA_HC / 8][4];
+#pragma unroll
+	for (int n = 0; n < FA_HC / 8; n++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+	const u16 *qrow = Qs + (16 * hi + g) * GQ_LD + 2 * t4;
+
+	for (int kt0 = 0; kt0 < nctx; kt0 += BK) {
+		// Load and round the tile's keys and values, four rows' loads in flight per thread.
+		if (d2 < hdp) {
+			for (int p0 = rp; p0 < BK; p0 += 4 * RS) {
+				float2 kf[4], vf[4];
+#pragma unroll
+				for (int u = 0; u < 4; u++) {
+					const int p = p0 + u * RS, j = kt0 + p;
+					kf[u].x = kf[u].y = vf[u].x = vf[u].y = 0.f;
+					if (p < BK && j < nctx && d2 < hd) {
+						const int blk = j / block_size;
+						const i64 base = ((i64)bt[blk] * block_size + (j - blk * block_size)) * kvd + kvOff + d2;
+						kf[u] = *(const float2 *)(kcache + base);
+						vf[u] = *(const float2 *)(vcache + base);
+					}
+				}
+#pragma unroll
+				for (int u = 0; u < 4; u++) {
+					const int p = p0 + u * RS;
+					if (p < BK) {
+						*(u32 *)&Ks[p * GQ_LD + d2] = pack_bf16(kf[u].x, kf[u].y);
+						*(u32 *)&Vs[p * GQ_LD + d2] = pack_bf16(vf[u].x, vf[u].y);
+					}
+				}
+			}
+		}
+		__syncthreads();
+		for (int st = sp; st < TS; st += S) {
+			const int w0 = 16 * st, j0 = kt0 + w0;
+			if (j0 >= nctx) break; // uniform over the warp
+			float s[2][4];
+#pragma unroll
+			for (int j = 0; j < 2; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) s[j][e] = 0.f;
+			for (int kk = 0; kk < hdp; kk += 16) {
+				const u16 *qa = qrow + kk;
+				const u32 a[4] = {*(const u32 *)qa, *(const u32 *)(qa + 8 * GQ_LD), *(const u32 *)(qa + 8),
+				                  *(const u32 *)(qa + 8 * GQ_LD + 8)};
+#pragma unroll
+				for (int j = 0; j < 2; j++) {
+					const u16 *kb = Ks + (w0 + j * 8 + g) * GQ_LD + kk + 2 * t4;
+					const u32 b[2] = {*(const u32 *)kb, *(const u32 *)(kb + 8)};
+					mma_bf16(s[j], a, b);
+				}
+			}
+			// s[j][e] is row g + 8(e>>1), position j0 + 8j + 2t4 + (e&1).
+			if (j0 + 15 > lim0) {
+#pragma unroll
+				for (int j = 0; j < 2; j++)
+#pragma unroll
+					for (int e = 0; e < 4; e++) {
+						const int row = g + 8 * (e >> 1), pos = j0 + 8 * j + 2 * t4 + (e & 1);
+						if (pos > lim0 + row || pos >= nctx) s[j][e] = NEG_INF;
+					}
+			}
+			float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
+			               fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
+			float corr[2];
+#pragma unroll
+			for (int r = 0; r < 2; r++) {
+				mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+				mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+				const float mn = fmaxf(m[r], mx[r]);
+				corr[r] = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
+				m[r] = mn;
+				l[r] *= corr[r];
+			}
+#pragma unroll
+			for (int j = 0; j < 2; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					const int r = e >> 1;
+					const float p = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[r]);
+					l[r] += p;
+					s[j][e] = p;
+				}
+			const u32 pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
+			                   pack_bf16(s[1][2], s[1][3])};
+			const u16 *v0 = Vs + (w0 + 2 * t4) * GQ_LD + g;
+#pragma unroll
+			for (int n = 0; n < FA_HC / 8; n++) {
+				if (n * 8 < hdp) {
+					acc[n][0] *= corr[0];
+					acc[n][1] *= corr[0];
+					acc[n][2] *= corr[1];
+					acc[n][3] *= corr[1];
+					const u16 *vp = v0 + n * 8;
+					const u32 b[2] = {(u32)vp[0] | ((u32)vp[GQ_LD] << 16), (u32)vp[8 * GQ_LD] | ((u32)vp[9 * GQ_LD] << 16)};
+					mma_bf16(acc[n], pa, b);
+				}
+			}
+		}
+		__syncthreads(); // Ks/Vs are rewritten by the next tile
+	}
+
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+	}
+	float *o = out + (start + q0) * (i64)heads * hd + (i64)(kvh * G + hi) * hd;
+	if (S == 1) {
+		// The warp saw its head's whole context: l > 0 (position 0 is in every row's).
+#pragma unroll
+		for (int n = 0; n < FA_HC / 8; n++) {
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int row = g + 8 * (e >> 1), col = n * 8 + 2 * t4 + (e & 1);
+				if (row < nq && col < hd) o[(i64)row * heads * hd + col] = acc[n][e] / l[e >> 1];
+			}
+		}
+		return;
+	}
+	// Merge the S splits of each head: red[w][row][col] over smem (the last barrier has passed).
+	float *red = (float *)smem;
+	if (t4 == 0) {
+		sm[warp][g] = m[0];
+		sm[warp][g + 8] = m[1];
+		sl[warp][g] = l[0];
+		sl[warp][g + 8] = l[1];
+	}
+#pragma unroll
+	for (int n = 0; n < FA_HC / 8; n++) {
+		if (n * 8 < hdp) {
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int row = g + 8 * (e >> 1), col = n * 8 + 2 * t4 + (e & 1);
+				red[(warp * 16 + row) * FA_RLD + col] = acc[n][e];
+			}
+		}
+	}
+	__syncthreads();
+	for (int i = tid; i < G * nq * hd; i += blockDim.x) {
+		const int h = i / (nq * hd), rc = i - h * nq * hd, row = rc / hd, col = rc - row * hd;
+		float M = NEG_INF;
+		for (int s = 0; s < S; s++) M = fmaxf(M, sm[h + G * s][row]);
+		float L = 0.f, v = 0.f;
+		for (int s = 0; s < S; s++) {
+			const int w = h + G * s;
+			const float f = sm[w][row] == NEG_INF ? 0.f : expf(sm[w][row] - M);
+			L = fmaf(sl[w][row], f, L);
+			v = fmaf(red[(w * 16 + row) * FA_RLD + col], f, v);
+		}
+		out[(start + q0 + row) * (i64)heads * hd + (i64)(kvh * G + h) * hd + col] = v / L;
 	}
 }
 

@@ -232,6 +232,14 @@ func TestLaunchesMatchTable(t *testing.T) {
 			return m.AttnPrefillBF16(s, pA, pB, pC, pD, pE, pF, pG, pH, 100, 40, 32, 8, 128, 16)
 		},
 			launchRecord{"sl_attn_prefill_bf16", d3(100, 1), d3(128, 1), 0, []any{pA, pB, pC, pD, pE, pF, pG, pH, int32(40), int32(32), int32(8), int32(128), int32(16)}}},
+		{"AttnPrefillBF16GQA group 4", func(m *Module) error {
+			return m.AttnPrefillBF16GQA(s, pA, pB, pC, pD, pE, pF, pG, pH, 25, 40, 32, 8, 128, 16)
+		},
+			launchRecord{"sl_attn_prefill_bf16_gqa", d3(25, 1), d3(128, 1), 0, []any{pA, pB, pC, pD, pE, pF, pG, pH, int32(40), int32(32), int32(8), int32(128), int32(16)}}},
+		{"AttnPrefillBF16GQA group 8", func(m *Module) error {
+			return m.AttnPrefillBF16GQA(s, pA, pB, pC, pD, pE, pF, pG, pH, 7, 3, 64, 8, 64, 1)
+		},
+			launchRecord{"sl_attn_prefill_bf16_gqa", d3(7, 1), d3(256, 1), 0, []any{pA, pB, pC, pD, pE, pF, pG, pH, int32(3), int32(64), int32(8), int32(64), int32(1)}}},
 		{"SiLUMul", func(m *Module) error { return m.SiLUMul(s, pA, pB, 3, 1000) },
 			launchRecord{"sl_silu_mul", d3(12, 1), d3(256, 1), 0, []any{pA, pB, int32(3), int32(1000)}}},
 		{"Add", func(m *Module) error { return m.Add(s, pA, pB, 257) },
@@ -302,6 +310,15 @@ func TestLaunchErrors(t *testing.T) {
 		{"flash prefill head dim odd", func(m *Module) error {
 			return m.AttnPrefillBF16(s, pA, pB, pC, pD, pE, pF, pG, pH, 1, 1, 1, 1, 63, 16)
 		}, "head dim 63"},
+		{"gqa prefill group 3", func(m *Module) error {
+			return m.AttnPrefillBF16GQA(s, pA, pB, pC, pD, pE, pF, pG, pH, 1, 1, 12, 4, 64, 16)
+		}, "12 heads over 4 kv heads"},
+		{"gqa prefill group 16", func(m *Module) error {
+			return m.AttnPrefillBF16GQA(s, pA, pB, pC, pD, pE, pF, pG, pH, 1, 1, 32, 2, 64, 16)
+		}, "32 heads over 2 kv heads"},
+		{"gqa prefill head dim 256", func(m *Module) error {
+			return m.AttnPrefillBF16GQA(s, pA, pB, pC, pD, pE, pF, pG, pH, 1, 1, 8, 2, 256, 16)
+		}, "head dim 256"},
 		{"gemm k not multiple of 8", func(m *Module) error { return m.GemmBF16(s, pA, pB, pC, 16, 16, 12, false) }, "k = 12"},
 		{"gemv k not multiple of 8", func(m *Module) error { return m.GemvBF16(s, pA, pB, pC, 1, 16, 4, false) }, "k = 4"},
 		{"skinny k not multiple of 8", func(m *Module) error { return m.GemmBF16Skinny(s, pA, pB, pC, 16, 16, 20, false) }, "k = 20"},
@@ -356,22 +373,23 @@ type budget struct {
 // allow four 128-thread blocks per SM, five by its 42.75 KiB of shared memory (a 16 x 264
 // bf16 q tile and two 64 x 136 bf16 tiles of keys and values).
 var budgets = map[string]budget{
-	"sl_embed_f32":         {Registers: 32, Threads: 256},
-	"sl_embed_bf16":        {Registers: 32, Threads: 256},
-	"sl_rmsnorm":           {Registers: 40, SharedBytes: 128, Threads: 256},
-	"sl_rope_store":        {Registers: 48, Threads: 128},
-	"sl_attn_decode":       {Registers: 96, SharedBytes: 5152, Threads: 128},
-	"sl_attn_prefill":      {Registers: 96, SharedBytes: 4096, Threads: 128},
-	"sl_attn_prefill_bf16": {Registers: 128, SharedBytes: 43776, Threads: 128},
-	"sl_silu_mul":          {Registers: 32, Threads: 256},
-	"sl_add":               {Registers: 16, Threads: 256},
-	"sl_gemm_f32":          {Registers: 64, SharedBytes: 8704, Threads: 256},
-	"sl_gemm_bf16":         {Registers: 192, SharedBytes: 40960, Threads: 256},
-	"sl_gemm_bf16_skinny":  {Registers: 128, SharedBytes: 40960, Threads: 256},
-	"sl_gemv_bf16":         {Registers: 64, Threads: 256},
-	"sl_argmax":            {Registers: 32, SharedBytes: 64, Threads: 256},
-	"sl_topk":              {Registers: 48, SharedBytes: 4108, Threads: 256},
-	"sl_softmax":           {Registers: 32, SharedBytes: 128, Threads: 256},
+	"sl_embed_f32":             {Registers: 32, Threads: 256},
+	"sl_embed_bf16":            {Registers: 32, Threads: 256},
+	"sl_rmsnorm":               {Registers: 40, SharedBytes: 128, Threads: 256},
+	"sl_rope_store":            {Registers: 48, Threads: 128},
+	"sl_attn_decode":           {Registers: 96, SharedBytes: 5152, Threads: 128},
+	"sl_attn_prefill":          {Registers: 96, SharedBytes: 4096, Threads: 128},
+	"sl_attn_prefill_bf16":     {Registers: 128, SharedBytes: 43776, Threads: 128},
+	"sl_attn_prefill_bf16_gqa": {Registers: 128, SharedBytes: 44032, Threads: 256},
+	"sl_silu_mul":              {Registers: 32, Threads: 256},
+	"sl_add":                   {Registers: 16, Threads: 256},
+	"sl_gemm_f32":              {Registers: 64, SharedBytes: 8704, Threads: 256},
+	"sl_gemm_bf16":             {Registers: 192, SharedBytes: 40960, Threads: 256},
+	"sl_gemm_bf16_skinny":      {Registers: 128, SharedBytes: 40960, Threads: 256},
+	"sl_gemv_bf16":             {Registers: 64, Threads: 256},
+	"sl_argmax":                {Registers: 32, SharedBytes: 64, Threads: 256},
+	"sl_topk":                  {Registers: 48, SharedBytes: 4108, Threads: 256},
+	"sl_softmax":               {Registers: 32, SharedBytes: 128, Threads: 256},
 }
 
 // Per-SM limits of sm_80/sm_90: 65536 registers (allocated per warp in units of 256,
@@ -498,6 +516,31 @@ func TestImage(t *testing.T) {
 			if img[len(img)-1] != 0 || !bytes.Contains(img, []byte(".visible .entry sl_gemm_bf16(")) {
 				t.Errorf("Image(%d.%d) is not NUL-terminated PTX with the kernels", c.major, c.minor)
 			}
+		}
+	}
+}
+
+// TestGroupItems checks AttnPrefillBF16GQA's items: one per (sequence, kv head, query
+// tile), from the items of each group's first query head.
+func TestGroupItems(t *testing.T) {
+	// Two sequences, 4 query heads: sequence 0 one tile, sequence 1 two.
+	var items []int32
+	for h := range int32(4) {
+		items = append(items, 0, h, 0, 3)
+	}
+	for h := range int32(4) {
+		items = append(items, 1, h, 0, 16, 1, h, 16, 18)
+	}
+	for _, tc := range []struct {
+		group int
+		want  []int32
+	}{
+		{1, items},
+		{2, []int32{0, 0, 0, 3, 0, 1, 0, 3, 1, 0, 0, 16, 1, 0, 16, 18, 1, 1, 0, 16, 1, 1, 16, 18}},
+		{4, []int32{0, 0, 0, 3, 1, 0, 0, 16, 1, 0, 16, 18}},
+	} {
+		if d := cmp.Diff(tc.want, GroupItems(nil, items, tc.group)); d != "" {
+			t.Errorf("group %d (-want +got):\n%s", tc.group, d)
 		}
 	}
 }

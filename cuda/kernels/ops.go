@@ -113,6 +113,69 @@ func (m *Module) AttnPrefillBF16(s driver.Stream, out, qkv, kcache, vcache, item
 		out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, maxBlocks, heads, kvHeads, headDim, blockSize)
 }
 
+// FlashGQAMaxGroup and FlashGQAMaxHeadDim bound AttnPrefillBF16GQA: at most 8 query
+// heads per kv head (M = 16 x 8 query rows per block) and head dims up to 128 (one pass:
+// the 16 x 128 float32 accumulator per warp is what fits its registers, and Qs for 8
+// heads with a 16-position K/V tile is what fits 48 KiB of shared memory).
+const (
+	FlashGQAMaxGroup   = 8
+	FlashGQAMaxHeadDim = 128
+)
+
+// FlashGQA says whether AttnPrefillBF16GQA takes a model's heads: heads/kvHeads is 1,
+// 2, 4 or 8 and headDim even and at most FlashGQAMaxHeadDim. Otherwise use
+// AttnPrefillBF16 (its per-query-head items).
+func FlashGQA(heads, kvHeads, headDim int) bool {
+	if kvHeads <= 0 || heads%kvHeads != 0 || headDim%2 != 0 || headDim <= 0 || headDim > FlashGQAMaxHeadDim {
+		return false
+	}
+	switch heads / kvHeads {
+	case 1, 2, 4, 8:
+		return true
+	}
+	return false
+}
+
+// GroupItems turns AttnPrefill's items (flattened {seq, head, q0, q1}) into
+// AttnPrefillBF16GQA's {seq, kvHead, q0, q1}: the items of each group's first query
+// head (head % group == 0), with kvHead = head/group, in their order. The other heads'
+// items name the same queries (the engine's items tile every head of a sequence alike),
+// so the group kernel covers them. It appends to dst.
+func GroupItems(dst, items []int32, group int) []int32 {
+	for i := 0; i+3 < len(items); i += 4 {
+		if int(items[i+1])%group == 0 {
+			dst = append(dst, items[i], items[i+1]/int32(group), items[i+2], items[i+3])
+		}
+	}
+	return dst
+}
+
+// AttnPrefillBF16GQA is AttnPrefillBF16 (the same causal semantics and rounding: q, k, v
+// and P in bfloat16, float32 sums, the online softmax in float32) for all the query
+// heads of a kv head in one block, so each K/V tile is loaded from the float32 cache and
+// rounded to bfloat16 once per group instead of once per query head. items is
+// [nItems][4] int32 {seq, kvHead, q0, q1} with 0 < q1-q0 <= AttnQueryTile (GroupItems
+// makes them): query i in [q0, q1) of query heads kvHead·G .. kvHead·G+G-1, G =
+// heads/kvHeads. Each of the block's warps takes one query head's 16-row m16 tile (M =
+// 16·G rows through mma per block) and, when G < 4, 1/(4/G) of the context's 16-position
+// sub-tiles, the splits merged in a fixed order: results are deterministic (they differ
+// from AttnPrefillBF16's in float32 rounding only: the online softmax steps over other
+// tiles). FlashGQA(heads, kvHeads, headDim) must hold (checked). Grid nItems, block 128
+// (256 when G = 8). kernels.cu's comment on sl_attn_prefill_bf16_gqa has the layout and
+// the expected bytes per FLOP.
+func (m *Module) AttnPrefillBF16GQA(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error {
+	if !FlashGQA(heads, kvHeads, headDim) {
+		return fmt.Errorf("kernels: sl_attn_prefill_bf16_gqa: %d heads over %d kv heads, head dim %d: want a group of 1, 2, 4 or 8 and an even head dim of at most %d",
+			heads, kvHeads, headDim, FlashGQAMaxHeadDim)
+	}
+	threads := uint32(128)
+	if heads/kvHeads == 8 {
+		threads = 256
+	}
+	return m.launch("sl_attn_prefill_bf16_gqa", dim1(uint32(nItems)), dim1(threads), 0, s,
+		out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables, maxBlocks, heads, kvHeads, headDim, blockSize)
+}
+
 // SiLUMul is SwiGLU, as cpu.SiLUMul: act[r][i] = silu(gu[r][i])·gu[r][hidden+i] for
 // act [rows, hidden] and gu [rows, 2·hidden] (gate_proj outputs, then up_proj's). Grid
 // ceil(rows·hidden/256), block 256.

@@ -81,6 +81,8 @@ var Table = []Kernel{
 		i32("max_blocks"), i32("heads"), i32("kv_heads"), i32("head_dim"), i32("block_size")}},
 	{"sl_attn_prefill_bf16", []Param{p("out"), p("qkv"), p("kcache"), p("vcache"), p("items"), p("seq_start"), p("seq_pos"), p("block_tables"),
 		i32("max_blocks"), i32("heads"), i32("kv_heads"), i32("head_dim"), i32("block_size")}},
+	{"sl_attn_prefill_bf16_gqa", []Param{p("out"), p("qkv"), p("kcache"), p("vcache"), p("items"), p("seq_start"), p("seq_pos"), p("block_tables"),
+		i32("max_blocks"), i32("heads"), i32("kv_heads"), i32("head_dim"), i32("block_size")}},
 	{"sl_silu_mul", []Param{p("act"), p("gu"), i32("rows"), i32("hidden")}},
 	{"sl_add", []Param{p("x"), p("y"), i32("n")}},
 	{"sl_gemm_f32", []Param{p("y"), p("x"), p("w"), i32("m"), i32("n"), i32("k"), i32("accumulate")}},
