@@ -78,9 +78,16 @@ func (e *Engine) loop() {
 			continue
 		}
 		if !e.step() {
-			// Nothing could be scheduled (every block held by running requests that are
-			// themselves waiting on blocks cannot happen with recompute preemption, so this
-			// is a request larger than the cache): wait for a change.
+			// Nothing could be scheduled. Waiting disaggregated requests may hold every
+			// block, each needing one more for the rest of its prompt: one gives its pulled
+			// blocks back and recomputes (without this the loop waited here for good, and the
+			// router's decode legs with it).
+			if e.inst.ReleaseWaitingBlocks() {
+				continue
+			}
+			// Otherwise (every block held by running requests that are themselves waiting
+			// on blocks cannot happen with recompute preemption) this is a request larger
+			// than the cache: wait for a change.
 			e.flushEvents()
 			e.publishStats()
 			e.busySince = time.Time{}

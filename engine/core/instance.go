@@ -168,6 +168,32 @@ func (in *Instance) Complete(step *serving.Step, now float64) []*serving.Seq {
 	return in.finished
 }
 
+// ReleaseWaitingBlocks frees the blocks of the last waiting sequence that holds any and
+// returns true, or returns false when none does. A waiting sequence holds blocks only when
+// it was queued with them: a disaggregated request whose prompt KV was pulled from its
+// prefill engine (engine/pd.go). With recompute preemption, blocks are otherwise held only
+// by running sequences, which the batch policy can preempt, so a step always makes
+// progress; pulled blocks break that: when every block is held by waiting pulled requests
+// that each need one more, nothing can be scheduled or preempted. The released sequence
+// recomputes its prompt locally, as a preempted one does (vLLM's recompute preemption).
+// Like Abort, it must not be called between Plan and Complete.
+func (in *Instance) ReleaseWaitingBlocks() bool {
+	w := in.waiting.items()
+	for i := len(w) - 1; i >= 0; i-- {
+		s := w[i]
+		if len(s.Blocks) == 0 {
+			continue
+		}
+		in.kv.Free(s)
+		s.NumComputed = 0
+		s.NumCachedPrompt = 0
+		s.Preemptions++
+		in.stats.Preemptions++
+		return true
+	}
+	return false
+}
+
 // Finish ends a running sequence at time now because the driver saw a stop condition
 // (an end-of-sequence token or a stop string) before MaxTokens, and frees its blocks. Like
 // Abort, it must not be called between Plan and Complete.
