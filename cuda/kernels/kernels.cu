@@ -428,6 +428,61 @@ sl_attn_prefill(float *out, const float *qkv, const float *kcache, const float *
 #define FA_QLD (FA_MAXHD + 8) // Qs row stride
 #define FA_RLD (FA_HC + 4)   // merge buffer row stride
 
+// fa_step is one warp's FlashAttention-2 step over 16 context positions, shared by both
+// flash prefill kernels: s[j][e] holds the scores of rows g + 8(e>>1) at positions j0 + 8j
+// + 2t4 + (e&1); those past a row's causal bound (lim0 + row) or the context (nctx) are
+// masked; the running max m, sum l and output acc (columns below ocols, n-th 8 in acc[n])
+// are rescaled, and P (rounded to bf16) times the V rows at v0 (stride FA_LD, the tile's
+// first of these 16 positions, column g) is added to acc.
+__device__ __forceinline__ void fa_step(float s[2][4], float m[2], float l[2], float acc[FA_HC / 8][4], int j0,
+                                        int lim0, int nctx, const u16 *v0, int ocols) {
+	const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	if (j0 + 15 > lim0) {
+#pragma unroll
+		for (int j = 0; j < 2; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				const int row = g + 8 * (e >> 1), pos = j0 + 8 * j + 2 * t4 + (e & 1);
+				if (pos > lim0 + row || pos >= nctx) s[j][e] = NEG_INF;
+			}
+	}
+	float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
+	               fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
+	float corr[2];
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+		const float mn = fmaxf(m[r], mx[r]);
+		corr[r] = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
+		m[r] = mn;
+		l[r] *= corr[r];
+	}
+#pragma unroll
+	for (int j = 0; j < 2; j++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			const int r = e >> 1;
+			const float p = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[r]);
+			l[r] += p;
+			s[j][e] = p;
+		}
+	const u32 pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
+	                   pack_bf16(s[1][2], s[1][3])};
+#pragma unroll
+	for (int n = 0; n < FA_HC / 8; n++) {
+		if (n * 8 < ocols) {
+			acc[n][0] *= corr[0];
+			acc[n][1] *= corr[0];
+			acc[n][2] *= corr[1];
+			acc[n][3] *= corr[1];
+			const u16 *vp = v0 + n * 8;
+			const u32 b[2] = {(u32)vp[0] | ((u32)vp[FA_LD] << 16), (u32)vp[8 * FA_LD] | ((u32)vp[9 * FA_LD] << 16)};
+			mma_bf16(acc[n], pa, b);
+		}
+	}
+}
+
 // fa_load_tile loads rows rp, rp+2, ... < FA_BK of a 64-position tile (positions kt0 +
 // row) of this thread's dimension pair: keys' dimensions dk, dk+1 into Ks (when dk <
 // hdp) and, when withV, values' dv, dv+1 into Vs (when dv < hdp), rounded to bf16; zeros
@@ -534,52 +589,7 @@ sl_attn_prefill_bf16(float *out, const float *qkv, const float *kcache, const fl
 			}
 			if (j0 < nctx) {
 				// s[j][e] is row g + 8(e>>1), position j0 + 8j + 2t4 + (e&1).
-				if (j0 + 15 > lim0) {
-#pragma unroll
-					for (int j = 0; j < 2; j++)
-#pragma unroll
-						for (int e = 0; e < 4; e++) {
-							const int row = g + 8 * (e >> 1), pos = j0 + 8 * j + 2 * t4 + (e & 1);
-							if (pos > lim0 + row || pos >= nctx) s[j][e] = NEG_INF;
-						}
-				}
-				float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
-				               fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
-				float corr[2];
-#pragma unroll
-				for (int r = 0; r < 2; r++) {
-					mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-					mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-					const float mn = fmaxf(m[r], mx[r]);
-					corr[r] = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
-					m[r] = mn;
-					l[r] *= corr[r];
-				}
-#pragma unroll
-				for (int j = 0; j < 2; j++)
-#pragma unroll
-					for (int e = 0; e < 4; e++) {
-						const int r = e >> 1;
-						const float p = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[r]);
-						l[r] += p;
-						s[j][e] = p;
-					}
-				const u32 pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
-				                   pack_bf16(s[1][2], s[1][3])};
-				const u16 *v0 = Vs + (w0 + 2 * t4) * FA_LD + g;
-#pragma unroll
-				for (int n = 0; n < FA_HC / 8; n++) {
-					if (n * 8 < ocp) {
-						acc[n][0] *= corr[0];
-						acc[n][1] *= corr[0];
-						acc[n][2] *= corr[1];
-						acc[n][3] *= corr[1];
-						const u16 *vp = v0 + n * 8;
-						const u32 b[2] = {(u32)vp[0] | ((u32)vp[FA_LD] << 16),
-						                  (u32)vp[8 * FA_LD] | ((u32)vp[9 * FA_LD] << 16)};
-						mma_bf16(acc[n], pa, b);
-					}
-				}
+				fa_step(s, m, l, acc, j0, lim0, nctx, Vs + (w0 + 2 * t4) * FA_LD + g, ocp);
 			}
 			__syncthreads(); // Ks/Vs are rewritten by the next tile
 		}
@@ -756,51 +766,7 @@ sl_attn_prefill_bf16_gqa(float *out, const float *qkv, const float *kcache, cons
 				}
 			}
 			// s[j][e] is row g + 8(e>>1), position j0 + 8j + 2t4 + (e&1).
-			if (j0 + 15 > lim0) {
-#pragma unroll
-				for (int j = 0; j < 2; j++)
-#pragma unroll
-					for (int e = 0; e < 4; e++) {
-						const int row = g + 8 * (e >> 1), pos = j0 + 8 * j + 2 * t4 + (e & 1);
-						if (pos > lim0 + row || pos >= nctx) s[j][e] = NEG_INF;
-					}
-			}
-			float mx[2] = {fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])),
-			               fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))};
-			float corr[2];
-#pragma unroll
-			for (int r = 0; r < 2; r++) {
-				mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-				mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-				const float mn = fmaxf(m[r], mx[r]);
-				corr[r] = m[r] == NEG_INF ? 0.f : expf(m[r] - mn);
-				m[r] = mn;
-				l[r] *= corr[r];
-			}
-#pragma unroll
-			for (int j = 0; j < 2; j++)
-#pragma unroll
-				for (int e = 0; e < 4; e++) {
-					const int r = e >> 1;
-					const float p = s[j][e] == NEG_INF ? 0.f : expf(s[j][e] - m[r]);
-					l[r] += p;
-					s[j][e] = p;
-				}
-			const u32 pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]), pack_bf16(s[1][0], s[1][1]),
-			                   pack_bf16(s[1][2], s[1][3])};
-			const u16 *v0 = Vs + (w0 + 2 * t4) * GQ_LD + g;
-#pragma unroll
-			for (int n = 0; n < FA_HC / 8; n++) {
-				if (n * 8 < hdp) {
-					acc[n][0] *= corr[0];
-					acc[n][1] *= corr[0];
-					acc[n][2] *= corr[1];
-					acc[n][3] *= corr[1];
-					const u16 *vp = v0 + n * 8;
-					const u32 b[2] = {(u32)vp[0] | ((u32)vp[GQ_LD] << 16), (u32)vp[8 * GQ_LD] | ((u32)vp[9 * GQ_LD] << 16)};
-					mma_bf16(acc[n], pa, b);
-				}
-			}
+			fa_step(s, m, l, acc, j0, lim0, nctx, Vs + (w0 + 2 * t4) * GQ_LD + g, hdp);
 		}
 		__syncthreads(); // Ks/Vs are rewritten by the next tile
 	}
