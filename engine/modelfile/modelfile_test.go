@@ -851,3 +851,30 @@ func TestWriteLlama2CRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteRandomRefusesHugeSpecs: a spec (from a hostile config.json) whose tensors
+// overflow or exceed the bounds is refused before anything is allocated or written;
+// model synth --config panicked in makeslice. 2^30 layers is not listed layer by layer.
+func TestWriteRandomRefusesHugeSpecs(t *testing.T) {
+	good, _ := Preset("tiny")
+	for _, tt := range []struct {
+		name string
+		edit func(*Spec)
+		want string
+	}{
+		{"huge tensor", func(s *Spec) { s.Dim, s.Hidden, s.Vocab = 1<<22, 1<<22, 2e9 }, "spec tensor model.embed_tokens.weight of shape [2000000000 4194304] is larger than 16 GiB"},
+		{"overflowing tensor", func(s *Spec) { s.Vocab, s.Dim, s.Heads, s.KVHeads = 1<<40, 1<<40, 1, 1 }, "spec tensor model.embed_tokens.weight"},
+		{"huge model", func(s *Spec) { s.Dim, s.Hidden, s.Heads, s.KVHeads, s.Layers = 8192, 28672, 64, 8, 100000 }, "spec weights exceed 2 TiB"},
+		{"2^30 layers", func(s *Spec) { s.Layers = 1 << 30 }, "spec weights exceed 2 TiB (1073741824 layers of"},
+	} {
+		s := good
+		tt.edit(&s)
+		dir := t.TempDir()
+		if _, err := WriteRandom(dir, s, 1, RandomOptions{}); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.want)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("%s: wrote %d files", tt.name, len(entries))
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -121,6 +122,9 @@ type shardIndexMetadata struct {
 // give the same files.
 func WriteRandom(dir string, spec Spec, seed uint64, opts RandomOptions) (WriteStats, error) {
 	if err := spec.Validate(); err != nil {
+		return WriteStats{}, err
+	}
+	if err := spec.checkSizes(); err != nil {
 		return WriteStats{}, err
 	}
 	maxShard := opts.MaxShardSize
@@ -273,4 +277,38 @@ func encoder(d safetensors.DType) func([]byte, float32) {
 	default:
 		return func(b []byte, v float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(v)) }
 	}
+}
+
+// MaxTensorBytes and MaxModelBytes bound what a Spec may describe before anything is
+// allocated or written: synthesis holds one tensor in memory, and a config.json with
+// hostile sizes (a vocabulary of 2e9 and a hidden size of 4M) made it panic in makeslice.
+// The largest real models are far below both (Llama-3.1-405B: 4.2 GB for its largest
+// bfloat16 tensor, 810 GB in all).
+const (
+	MaxTensorBytes = 16 << 30
+	MaxModelBytes  = 2 << 40
+)
+
+// checkSizes refuses a valid spec whose tensors' sizes overflow or exceed the bounds
+// above. Every layer has the same tensors, so it looks at one layer's and multiplies,
+// rather than listing Layers of them (a header claiming 2^30 layers).
+func (s Spec) checkSizes() error {
+	one := s
+	one.Layers = 1
+	var layer, rest int64
+	for _, t := range stateDict(one) {
+		n, ok := t.ByteSize()
+		if !ok || n > MaxTensorBytes {
+			return fmt.Errorf("modelfile: spec tensor %s of shape %v is larger than %d GiB", t.Name, t.Shape, MaxTensorBytes>>30)
+		}
+		if strings.HasPrefix(t.Name, "model.layers.0.") {
+			layer += int64(n)
+		} else {
+			rest += int64(n)
+		}
+	}
+	if layer > (MaxModelBytes-rest)/int64(s.Layers) {
+		return fmt.Errorf("modelfile: spec weights exceed %d TiB (%d layers of %d bytes)", MaxModelBytes>>40, s.Layers, layer)
+	}
+	return nil
 }
