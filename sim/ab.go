@@ -57,6 +57,12 @@ func (c ClusterSpec) abRouter(env policies.Env, router route.Policy, pd, disagg 
 	if _, ok := b.(*route.PDProfileHandler); ok {
 		return nil, fmt.Errorf("ab_router: %s is a P/D EndpointPickerConfig, which cannot be an A/B arm", c.ABRouter)
 	}
+	// servelab router follows the endpoints' KV events once for both arms, as their files'
+	// kvEventsConfigs say, and refuses two that disagree; the simulator refuses them too,
+	// so an A/B test runs in both worlds or in neither.
+	if _, err := route.EndpointPickerKVEventsFiles(c.Router, c.ABRouter); err != nil {
+		return nil, fmt.Errorf("ab_router: %w", err)
+	}
 	ab, err := route.NewAB(router, b, c.ABFraction)
 	if err != nil {
 		return nil, fmt.Errorf("ab_fraction: %w", err)

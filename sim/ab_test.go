@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -104,6 +106,28 @@ func TestABAllInOneArmIsThatPolicy(t *testing.T) {
 }
 
 func TestABRefusesBadSpecs(t *testing.T) {
+	// EndpointPickerConfigs with a precise-prefix-cache-scorer's kvEventsConfig: servelab
+	// router follows the endpoints once for both arms and refuses two that disagree.
+	epp := func(kv string) string {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "epp.yaml")
+		data := "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n" +
+			"- type: precise-prefix-cache-scorer\n  parameters:\n    kvEventsConfig:\n" + kv +
+			"schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: precise-prefix-cache-scorer\n"
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kvA := epp("      topicFilter: kv@\n")
+	kvB := epp("      topicFilter: kv@b\n")
+	kvBad := epp("      podDiscoveryConfig:\n        socketPort: 0\n")
+	// Agreeing arms run: concurrency has no effect on the router's subscription.
+	ok := poolsSpec()
+	ok.Router, ok.ABRouter, ok.ABFraction = kvA, epp("      topicFilter: kv@\n      concurrency: 8\n"), 0.5
+	if _, err := ok.Build(metrics.SLO{}); err != nil {
+		t.Errorf("arms whose kvEventsConfigs agree: %v", err)
+	}
 	for _, tc := range []struct {
 		name string
 		edit func(*ClusterSpec)
@@ -120,6 +144,10 @@ func TestABRefusesBadSpecs(t *testing.T) {
 			c.UsePools([]PoolSpec{{Name: "p", Role: RolePrefill, Instances: 1, GPU: "h100"}, {Name: "d", Role: RoleDecode, Instances: 1, GPU: "h100"}})
 			c.ABRouter = "random"
 		}, "cannot run in a disaggregated cluster"},
+		{"arms' kvEventsConfigs disagree", func(c *ClusterSpec) { c.Router, c.ABRouter = kvA, kvB },
+			"ab_router: " + kvA + `: plugins[0].parameters.kvEventsConfig.topicFilter "kv@" and ` + kvB + `: plugins[0].parameters.kvEventsConfig.topicFilter "kv@b" disagree`},
+		{"bad kvEventsConfig in arm b", func(c *ClusterSpec) { c.ABRouter = kvBad },
+			"ab_router: " + kvBad + ": EndpointPickerConfig: plugins[0].parameters.kvEventsConfig.podDiscoveryConfig.socketPort: 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := poolsSpec()

@@ -35,9 +35,9 @@ type routerFlags struct {
 	kvEvents  bool
 	// zmq follows the engines' KV events over ZeroMQ (vLLM's publisher) instead.
 	zmq router.ZMQConfig
-	// fileKV is the --router EndpointPickerConfig's kvEventsConfig, set by config; nil
-	// without one.
-	fileKV *route.KVEventsConfig
+	// fileKV is the kvEventsConfigs of the --router and --ab-router EndpointPickerConfigs
+	// (those that have one, agreeing), set by config; empty without one.
+	fileKV []*route.KVEventsConfig
 	seed   uint64
 	// latencyProfile is a `servelab profile` file whose step-time model the
 	// predicted-latency-scorer predicts with (router_slo.go).
@@ -174,9 +174,9 @@ vLLM and llm-d-inference-sim servers work too) and, with --kv-events, from serve
 /v1/kv_events for an exact prefix index, or over ZeroMQ as vLLM publishes them: at
 --kv-events-socket-port on each endpoint's host (llm-d's socketPort), at an endpoint's own
 addresses (URL#kv-events=tcp://HOST:PORT&kv-events-replay=tcp://HOST:PORT, as 'servelab up
---kv-events-transport zmq' gives them), or as the --router EndpointPickerConfig's
+--kv-events-transport zmq' gives them), or as the --router (or --ab-router) EndpointPickerConfig's
 precise-prefix-cache-scorer kvEventsConfig says (llm-d-kv-cache's topicFilter, discoverPods,
-podDiscoveryConfig.socketPort; the flags may repeat the file's values, not contradict them). Give --model (the engines' model directory) so prompts are
+podDiscoveryConfig.socketPort; both arms' files must agree, and the flags may repeat the file's values, not contradict them). Give --model (the engines' model directory) so prompts are
 hashed into the engines' token blocks: completions prompts as the engine encodes them, chat messages
 after the model's chat template is applied, as the engine renders them. Failed endpoints are retried elsewhere and skipped until a
 scrape answers again; an endpoint going down or coming back is logged on stderr, as is (once per
@@ -356,26 +356,29 @@ func stopGRPC(s interface {
 }
 
 // kvEventsZMQ is the router's ZeroMQ subscription: --kv-events-socket-port,
-// --kv-events-replay-port and --kv-events-topic-filter, or the --router
-// EndpointPickerConfig's kvEventsConfig (llm-d's precise-prefix-cache-scorer parameter,
-// route.KVEventsConfig), whose podDiscoveryConfig.socketPort and topicFilter the two flags
-// name, with --kv-events-replay-port (llm-d has no replay) added. A flag that says
-// otherwise than the file is an error naming both. Endpoints with their own addresses
-// (URL#kv-events=...) are followed over ZeroMQ whatever the port. nil: none of these.
+// --kv-events-replay-port and --kv-events-topic-filter, or the kvEventsConfig (llm-d's
+// precise-prefix-cache-scorer parameter, route.KVEventsConfig) of the --router
+// EndpointPickerConfig or of an A/B test's --ab-router one (both agreeing when both have
+// one: the arms share the router's subscriptions), whose podDiscoveryConfig.socketPort and
+// topicFilter the two flags name, with --kv-events-replay-port (llm-d has no replay)
+// added. A flag that says otherwise than a file is an error naming both. Endpoints with
+// their own addresses (URL#kv-events=...) are followed over ZeroMQ whatever the port. nil:
+// none of these.
 func (f *routerFlags) kvEventsZMQ() (*router.ZMQConfig, error) {
-	kc, err := route.EndpointPickerKVEventsFile(f.spec)
+	kcs, err := route.EndpointPickerKVEventsFiles(f.spec, f.abSpec)
 	if err != nil {
 		return nil, err
 	}
-	f.fileKV = kc
+	f.fileKV = kcs
 	z := f.zmq
-	if kc != nil {
+	if len(kcs) > 0 {
+		kc := kcs[0]
 		z.SocketPort, z.TopicFilter = kc.PodDiscoveryConfig.SocketPort, kc.TopicFilter
 		switch {
 		case f.zmq.SocketPort != 0 && f.zmq.SocketPort != z.SocketPort:
-			return nil, fmt.Errorf("--kv-events-socket-port %d and %s.podDiscoveryConfig.socketPort %d disagree; give one", f.zmq.SocketPort, kc.Field, z.SocketPort)
+			return nil, fmt.Errorf("--kv-events-socket-port %d and %s disagree; give one", f.zmq.SocketPort, kvFields(kcs, ".podDiscoveryConfig.socketPort %d", z.SocketPort))
 		case f.zmq.TopicFilter != "" && f.zmq.TopicFilter != z.TopicFilter:
-			return nil, fmt.Errorf("--kv-events-topic-filter %q and %s.topicFilter %q disagree; give one", f.zmq.TopicFilter, kc.Field, z.TopicFilter)
+			return nil, fmt.Errorf("--kv-events-topic-filter %q and %s disagree; give one", f.zmq.TopicFilter, kvFields(kcs, ".topicFilter %q", z.TopicFilter))
 		}
 		return &z, nil
 	}
@@ -391,4 +394,15 @@ func (f *routerFlags) kvEventsZMQ() (*router.ZMQConfig, error) {
 		return &z, nil
 	}
 	return nil, nil
+}
+
+// kvFields names each file's kvEventsConfig, followed by suffix formatted with args (the
+// files agree on them), for an error: `A: plugins[0].parameters.kvEventsConfig.topicFilter
+// "kv@" and B: plugins[1].parameters.kvEventsConfig.topicFilter "kv@"`.
+func kvFields(kcs []*route.KVEventsConfig, suffix string, args ...any) string {
+	parts := make([]string, len(kcs))
+	for i, kc := range kcs {
+		parts[i] = kc.Field + fmt.Sprintf(suffix, args...)
+	}
+	return strings.Join(parts, " and ")
 }

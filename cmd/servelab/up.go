@@ -51,7 +51,7 @@ type clusterFlags struct {
 	// kvLink is the simulator's KV link preset for a cluster with prefill engines (fidelity).
 	kvLink string
 	// kvEventsTransport is up's --kv-events-transport: "http", "zmq", or "" (http, or zmq
-	// when --router's EndpointPickerConfig has a kvEventsConfig).
+	// when the --router or --ab-router EndpointPickerConfig has a kvEventsConfig).
 	kvEventsTransport string
 }
 
@@ -195,22 +195,23 @@ func (f *clusterFlags) options(log io.Writer) (local.Options, error) {
 }
 
 // kvEventsOverZMQ is whether the engines publish their KV events over ZeroMQ, each on
-// sockets of its own, for the router to follow (--kv-events-transport; file is the
-// --router EndpointPickerConfig's kvEventsConfig, nil without one).
-func (f *clusterFlags) kvEventsOverZMQ(file *route.KVEventsConfig) (bool, error) {
+// sockets of its own, for the router to follow (--kv-events-transport; files are the
+// kvEventsConfigs of the --router and --ab-router EndpointPickerConfigs, empty without
+// one).
+func (f *clusterFlags) kvEventsOverZMQ(files []*route.KVEventsConfig) (bool, error) {
 	switch f.kvEventsTransport {
 	case "", "http", "zmq":
 	default:
 		return false, fmt.Errorf("--kv-events-transport %q: want http or zmq", f.kvEventsTransport)
 	}
-	zmq := f.kvEventsTransport == "zmq" || f.kvEventsTransport == "" && file != nil
+	zmq := f.kvEventsTransport == "zmq" || f.kvEventsTransport == "" && len(files) > 0
 	switch {
-	case f.kvEventsTransport == "http" && file != nil:
-		return false, fmt.Errorf("--kv-events-transport http and %s: the kvEventsConfig subscribes over ZeroMQ; drop one", file.Field)
+	case f.kvEventsTransport == "http" && len(files) > 0:
+		return false, fmt.Errorf("--kv-events-transport http and %s: the kvEventsConfig subscribes over ZeroMQ; drop one", kvFields(files, ""))
 	case zmq && !f.router.kvEvents:
 		what := "--kv-events-transport zmq"
 		if f.kvEventsTransport == "" {
-			what = file.Field
+			what = kvFields(files, "")
 		}
 		return false, fmt.Errorf("--kv-events=false and %s: the router would follow no KV events, so the engines would publish them for nobody; drop one", what)
 	}
@@ -255,7 +256,7 @@ KV events: by default the router follows each engine's /v1/kv_events. --kv-event
 has the engines publish them over ZeroMQ as vLLM does (--kv-events-config), each on PUB and replay
 sockets of its own on 127.0.0.1 (free ports, kept across a restart, printed beside its URL), and
 the router subscribe to each at its addresses (URL#kv-events=..., see 'servelab router --help');
-it is the default when --router's EndpointPickerConfig has a kvEventsConfig.
+it is the default when the --router (or --ab-router) EndpointPickerConfig has a kvEventsConfig.
 
 Autoscaling: --autoscale SPEC starts the policy's min-replicas engines and then starts and
 drains engines by the scaling policy (policies/scale; the same code and scale.Scaler the
@@ -371,7 +372,7 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 	cmd.Flags().StringVar(&f.router.spec, "router", "least-request", "routing policy spec or EndpointPickerConfig YAML file")
 	f.router.flow.register(cmd.Flags())
 	f.router.addABFlags(cmd.Flags())
-	cmd.Flags().StringVar(&f.kvEventsTransport, "kv-events-transport", "", "how the router follows the engines' KV events: http (their /v1/kv_events; the default) or zmq (each engine publishes over ZeroMQ as vLLM does, --kv-events-config, on PUB and replay sockets of its own on 127.0.0.1, and the router subscribes to each; the default when --router's EndpointPickerConfig has a kvEventsConfig)")
+	cmd.Flags().StringVar(&f.kvEventsTransport, "kv-events-transport", "", "how the router follows the engines' KV events: http (their /v1/kv_events; the default) or zmq (each engine publishes over ZeroMQ as vLLM does, --kv-events-config, on PUB and replay sockets of its own on 127.0.0.1, and the router subscribes to each; the default when the --router or --ab-router EndpointPickerConfig has a kvEventsConfig)")
 	cmd.Flags().IntVar(&f.prefillEngines, "prefill-engines", 0, "start this many more engines with --role prefill (the --engines ones get --role decode) and route prefill/decode-disaggregated; needs a P/D --router config")
 	cmd.Flags().DurationVar(&f.router.prefillTimeout, "prefill-timeout", router.DefaultPrefillTimeout, "with --prefill-engines: time a prefill leg may take")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address the router binds")

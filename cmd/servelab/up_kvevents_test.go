@@ -213,14 +213,91 @@ func TestRouterKVEventsConfigFromEPP(t *testing.T) {
 	}
 }
 
+// TestRouterABKVEventsConfig: in an A/B test the subscription is configured by whichever
+// arm's EndpointPickerConfig has a kvEventsConfig; two must agree on the socket port and
+// topic filter (other fields may differ), else an error names both files' fields; flags
+// that contradict a file name it (both, when both have one); and a bad field of arm b's
+// file is named with that file, as arm a's is.
+func TestRouterABKVEventsConfig(t *testing.T) {
+	a := kvEventsEPP(t, "      topicFilter: \"kv@\"\n      podDiscoveryConfig:\n        socketPort: 6557")
+	b := kvEventsEPP(t, "      topicFilter: \"kv@\"\n      concurrency: 8\n      podDiscoveryConfig:\n        socketPort: 6557\n        podNamespace: other")
+	otherPort := kvEventsEPP(t, "      topicFilter: \"kv@\"\n      podDiscoveryConfig:\n        socketPort: 5557")
+	otherTopic := kvEventsEPP(t, "      topicFilter: \"kv@pod\"\n      podDiscoveryConfig:\n        socketPort: 6557")
+	bad := kvEventsEPP(t, "      podDiscoveryConfig:\n        socket_port: 6557")
+	badPort := kvEventsEPP(t, "      podDiscoveryConfig:\n        socketPort: 70000")
+	field := func(p string) string { return p + ": plugins[0].parameters.kvEventsConfig" }
+	const plain = "weighted:precise-prefix=1"
+	for _, tc := range []struct {
+		name, spec, ab string
+		port, replay   int
+		filter         string
+		want           *router.ZMQConfig
+		wantFiles      []string // the files whose kvEventsConfig the router read, as fileKV names them
+		err            string
+	}{
+		{name: "arm b's file alone", spec: plain, ab: b,
+			want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@"}, wantFiles: []string{field(b)}},
+		{name: "arm a's file alone", spec: a, ab: plain,
+			want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@"}, wantFiles: []string{field(a)}},
+		{name: "arm b's port and topic", spec: plain, ab: otherTopic,
+			want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@pod"}, wantFiles: []string{field(otherTopic)}},
+		{name: "both agreeing, other fields differing", spec: a, ab: b,
+			want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@"}, wantFiles: []string{field(a), field(b)}},
+		{name: "the same file in both arms", spec: a, ab: a,
+			want: &router.ZMQConfig{SocketPort: 6557, TopicFilter: "kv@"}, wantFiles: []string{field(a)}},
+		{name: "flags repeating arm b's file, and a replay port", spec: plain, ab: b, port: 6557, replay: 6558, filter: "kv@",
+			want: &router.ZMQConfig{SocketPort: 6557, ReplayPort: 6558, TopicFilter: "kv@"}, wantFiles: []string{field(b)}},
+		{name: "neither arm has one", spec: plain, ab: "least-request"},
+		{name: "ports disagree", spec: a, ab: otherPort,
+			err: field(a) + ".podDiscoveryConfig.socketPort 6557 and " + field(otherPort) + ".podDiscoveryConfig.socketPort 5557 disagree"},
+		{name: "topics disagree", spec: a, ab: otherTopic,
+			err: field(a) + `.topicFilter "kv@" and ` + field(otherTopic) + `.topicFilter "kv@pod" disagree`},
+		{name: "port flag against arm b's file", spec: plain, ab: b, port: 5557,
+			err: "--kv-events-socket-port 5557 and " + field(b) + ".podDiscoveryConfig.socketPort 6557 disagree"},
+		{name: "topic flag against both files", spec: a, ab: b, filter: "kv@pod",
+			err: `--kv-events-topic-filter "kv@pod" and ` + field(a) + `.topicFilter "kv@" and ` + field(b) + `.topicFilter "kv@" disagree`},
+		{name: "unknown field in arm b", spec: plain, ab: bad,
+			err: bad + `: EndpointPickerConfig: plugins[0].parameters.kvEventsConfig: json: unknown field "socket_port"`},
+		{name: "bad port in arm b", spec: a, ab: badPort,
+			err: badPort + ": EndpointPickerConfig: plugins[0].parameters.kvEventsConfig.podDiscoveryConfig.socketPort: 70000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := routerFlags{spec: tc.spec, abSpec: tc.ab, abFraction: 0.5, blockSize: 16, kvEvents: true}
+			f.zmq = router.ZMQConfig{SocketPort: tc.port, ReplayPort: tc.replay, TopicFilter: tc.filter}
+			cfg, err := f.config()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tc.want, cfg.KVEventsZMQ); d != "" {
+				t.Errorf("the router's ZeroMQ subscription (-want +got):\n%s", d)
+			}
+			var files []string
+			for _, kc := range f.fileKV {
+				files = append(files, kc.Field)
+			}
+			if d := cmp.Diff(tc.wantFiles, files); d != "" {
+				t.Errorf("the kvEventsConfigs read (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
 // TestUpKVEventsTransport: up's engines publish over ZeroMQ with --kv-events-transport zmq,
 // or when --router's EndpointPickerConfig has a kvEventsConfig; contradictions are errors
 // naming both.
 func TestUpKVEventsTransport(t *testing.T) {
 	model := synthTiny(t)
 	epp := kvEventsEPP(t, "      topicFilter: \"kv@\"")
+	armB := kvEventsEPP(t, "      topicFilter: \"kv@\"")
 	for _, tc := range []struct {
 		name, transport, spec string
+		ab                    string // --ab-router
 		noKVEvents            bool
 		want                  bool
 		err                   string
@@ -234,10 +311,19 @@ func TestUpKVEventsTransport(t *testing.T) {
 		{name: "unknown", transport: "nats", spec: "least-request", err: `--kv-events-transport "nats": want http or zmq`},
 		{name: "zmq without events", transport: "zmq", spec: "least-request", noKVEvents: true, err: "--kv-events=false and --kv-events-transport zmq"},
 		{name: "the file without events", spec: epp, noKVEvents: true, err: "--kv-events=false and " + epp + ": plugins[0]"},
+		{name: "arm b's file", spec: "least-request", ab: armB, want: true},
+		{name: "http and arm b's file", transport: "http", spec: "least-request", ab: armB,
+			err: "--kv-events-transport http and " + armB + ": plugins[0].parameters.kvEventsConfig"},
+		{name: "http and both arms' files", transport: "http", spec: epp, ab: armB,
+			err: "--kv-events-transport http and " + epp + ": plugins[0].parameters.kvEventsConfig and " + armB + ": plugins[0].parameters.kvEventsConfig: "},
+		{name: "arm b's file without events", spec: "least-request", ab: armB, noKVEvents: true, err: "--kv-events=false and " + armB + ": plugins[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := clusterFlags{engines: 2, model: model, batch: "vllm", evict: "lru", blockSize: 16, kvEventsTransport: tc.transport}
-			f.router = routerFlags{spec: tc.spec, kvEvents: !tc.noKVEvents}
+			f.router = routerFlags{spec: tc.spec, kvEvents: !tc.noKVEvents, abSpec: tc.ab}
+			if tc.ab != "" {
+				f.router.abFraction = 0.5
+			}
 			opts, err := f.options(io.Discard)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -146,4 +147,36 @@ func EndpointPickerKVEventsFile(spec string) (*KVEventsConfig, error) {
 		c.Field = spec + ": " + c.Field
 	}
 	return c, nil
+}
+
+// EndpointPickerKVEventsFiles is EndpointPickerKVEventsFile of each spec (an A/B test's
+// arms, arm a's first): the kvEventsConfigs they have, in order. The router follows each
+// endpoint once for both arms (they route over the same views and prefix index), so two
+// configurations must agree on what it subscribes with: podDiscoveryConfig.socketPort and
+// topicFilter. The other fields it checks (discoverPods, engineType, zmqEndpoint) have
+// one accepted meaning each, and the rest have no effect, so they may differ. A
+// disagreement is an error naming both files' fields. A file given twice counts once.
+func EndpointPickerKVEventsFiles(specs ...string) ([]*KVEventsConfig, error) {
+	var found []*KVEventsConfig
+	for _, spec := range specs {
+		c, err := EndpointPickerKVEventsFile(spec)
+		if err != nil {
+			return nil, err
+		}
+		if c == nil || slices.ContainsFunc(found, func(o *KVEventsConfig) bool { return o.Field == c.Field }) {
+			continue // none, or the same file again: one configuration
+		}
+		for _, o := range found {
+			switch {
+			case o.PodDiscoveryConfig.SocketPort != c.PodDiscoveryConfig.SocketPort:
+				return nil, fmt.Errorf("%s.podDiscoveryConfig.socketPort %d and %s.podDiscoveryConfig.socketPort %d disagree: the router follows each endpoint once for both arms; give them the same",
+					o.Field, o.PodDiscoveryConfig.SocketPort, c.Field, c.PodDiscoveryConfig.SocketPort)
+			case o.TopicFilter != c.TopicFilter:
+				return nil, fmt.Errorf("%s.topicFilter %q and %s.topicFilter %q disagree: the router follows each endpoint once for both arms; give them the same",
+					o.Field, o.TopicFilter, c.Field, c.TopicFilter)
+			}
+		}
+		found = append(found, c)
+	}
+	return found, nil
 }

@@ -111,3 +111,62 @@ func TestEndpointPickerKVEventsFile(t *testing.T) {
 		}
 	}
 }
+
+// TestEndpointPickerKVEventsFiles: an A/B test's arms give the configurations their files
+// have, arm a's first; two must agree on the socket port and topic filter (the fields the
+// router subscribes with), and a disagreement or a bad field names the files.
+func TestEndpointPickerKVEventsFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, kv string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(eppWithKVEvents(kv)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	a := write("a.yaml", "      topicFilter: kv@\n      podDiscoveryConfig:\n        socketPort: 6557")
+	b := write("b.yaml", "      topicFilter: kv@\n      concurrency: 16\n      engineType: vllm\n      podDiscoveryConfig:\n        socketPort: 6557\n        podLabelSelector: app=vllm")
+	port := write("port.yaml", "      topicFilter: kv@\n      podDiscoveryConfig:\n        socketPort: 5557")
+	topic := write("topic.yaml", "      topicFilter: kv@x\n      podDiscoveryConfig:\n        socketPort: 6557")
+	bad := write("bad.yaml", "      topicFiltre: kv@")
+	const field = ": plugins[1].parameters.kvEventsConfig"
+	for _, tc := range []struct {
+		name  string
+		specs []string
+		want  []string // the configurations' Fields
+		err   string
+	}{
+		{name: "arm b alone", specs: []string{"least-request", b}, want: []string{b + field}},
+		{name: "arm a alone", specs: []string{a, "random"}, want: []string{a + field}},
+		{name: "no A/B test", specs: []string{a, ""}, want: []string{a + field}},
+		{name: "neither", specs: []string{"least-request", "random"}},
+		{name: "agreeing", specs: []string{a, b}, want: []string{a + field, b + field}},
+		{name: "one file twice", specs: []string{a, a}, want: []string{a + field}},
+		{name: "ports disagree", specs: []string{a, port},
+			err: a + field + ".podDiscoveryConfig.socketPort 6557 and " + port + field + ".podDiscoveryConfig.socketPort 5557 disagree"},
+		{name: "topics disagree", specs: []string{topic, b},
+			err: topic + field + `.topicFilter "kv@x" and ` + b + field + `.topicFilter "kv@" disagree`},
+		{name: "bad field in arm b", specs: []string{a, bad}, err: bad + field + `: json: unknown field "topicFiltre"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := EndpointPickerKVEventsFiles(tc.specs...)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fields []string
+			for _, c := range got {
+				fields = append(fields, c.Field)
+			}
+			if d := cmp.Diff(tc.want, fields); d != "" {
+				t.Errorf("configurations (-want +got):\n%s", d)
+			}
+		})
+	}
+}
