@@ -331,7 +331,9 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	// Its place in c.engines now, so that c.engines[idx] is engine-idx (its supervisor's
 	// and PIDs' index) however concurrent starts interleave.
 	idx := len(c.engines)
-	c.engines = append(c.engines, notStarted(fmt.Sprintf("engine-%d", idx), nil))
+	placeholder := notStarted(fmt.Sprintf("engine-%d", idx), nil)
+	c.retired[placeholder] = true // no crash, should Start's watch see it
+	c.engines = append(c.engines, placeholder)
 	c.mu.Unlock()
 	addrs := make(chan addrOrErr, 1)
 	e, err := c.startEngine(idx, "0", addrs)
