@@ -55,6 +55,9 @@ type autoscaler struct {
 	// restarting replica final and keeps the supervisor and the scaler from both starting
 	// one.
 	supervised map[int]int
+	// unsupervised[idx] is closed when engine idx leaves supervised: it ends its
+	// supervisor's back-off at once.
+	unsupervised map[int]chan struct{}
 	// counts is servelab_router_decisions_total by endpoint at the last decision.
 	counts map[string]float64
 	// LoadTimes are how long each started engine took from the decision to being routable.
@@ -92,7 +95,7 @@ func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.
 	case len(c.Endpoints) != lo:
 		return nil, fmt.Errorf("local: autoscale: the cluster started %d engines, the policy's min-replicas is %d", len(c.Endpoints), lo)
 	}
-	a := &autoscaler{c: c, opts: opts, start: time.Now(), supervised: map[int]int{}}
+	a := &autoscaler{c: c, opts: opts, start: time.Now()}
 	a.scaler = scale.NewScaler(opts.Policy, 2*hi, 0)
 	a.slots = make([]scaledEngine, 2*hi)
 	if c.opts.Restart != nil {
@@ -110,7 +113,7 @@ func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.
 	if a.restart != nil {
 		c.scaling = a
 		for i := range urls {
-			a.supervised[i] = i
+			a.superviseLocked(i, i)
 		}
 	}
 	c.mu.Unlock()
@@ -234,8 +237,8 @@ func (a *autoscaler) decide(ctx context.Context) {
 
 // cancelRestarting stops for good the engine of cancelled slot i if it is a crashed
 // replica being restarted (a new engine starting in the slot is startSlot's): it is no
-// longer supervised, so its supervisor starts nothing after the back-off, and the process
-// it may have started already is retired and sent SIGTERM, so its exit is no crash.
+// longer supervised, so its supervisor, woken from its back-off, starts nothing, and the
+// process it may have started already is retired and sent SIGTERM, so its exit is no crash.
 func (a *autoscaler) cancelRestarting(i int) {
 	c := a.c
 	c.mu.Lock()
@@ -244,7 +247,7 @@ func (a *autoscaler) cancelRestarting(i int) {
 		c.mu.Unlock()
 		return
 	}
-	delete(a.supervised, s.idx)
+	a.unsuperviseLocked(s.idx)
 	e := c.engines[s.idx] // the dead process, or the one restarted meanwhile
 	c.retired[e] = true
 	c.Endpoints = slices.DeleteFunc(c.Endpoints, func(u string) bool { return u == s.url })
@@ -253,6 +256,30 @@ func (a *autoscaler) cancelRestarting(i int) {
 	e.signal(syscall.SIGTERM)
 	a.logf("autoscale: %s, restarting after a crash, scaled down: stopped for good (slot %d)", e.name, i)
 }
+
+// superviseLocked records that engine idx, slot i's, is restarted when it crashes.
+// c.mu is held.
+func (a *autoscaler) superviseLocked(idx, i int) {
+	if a.supervised == nil {
+		a.supervised, a.unsupervised = map[int]int{}, map[int]chan struct{}{}
+	}
+	a.supervised[idx] = i
+	a.unsupervised[idx] = make(chan struct{})
+}
+
+// unsuperviseLocked records that engine idx is no longer restarted, and ends its
+// supervisor's back-off. c.mu is held.
+func (a *autoscaler) unsuperviseLocked(idx int) {
+	if ch, ok := a.unsupervised[idx]; ok {
+		close(ch)
+		delete(a.unsupervised, idx)
+	}
+	delete(a.supervised, idx)
+}
+
+// unsupervisedLocked is closed once engine idx is no longer restarted (nil if it is not
+// supervised). c.mu is held.
+func (a *autoscaler) unsupervisedLocked(idx int) <-chan struct{} { return a.unsupervised[idx] }
 
 // crashedLocked is the supervisor's report that supervised engine idx exited on its own:
 // whether to restart it. A ready replica becomes restarting (unready: the router is given
@@ -296,7 +323,7 @@ func (a *autoscaler) backLocked(idx int, e *engineProc) bool {
 // engine in its place). It returns the replicas left, ready or starting. c.mu is held.
 func (a *autoscaler) gaveUpLocked(idx int) int {
 	if i, ok := a.supervised[idx]; ok {
-		delete(a.supervised, idx)
+		a.unsuperviseLocked(idx)
 		url := a.slots[i].url
 		a.c.Endpoints = slices.DeleteFunc(a.c.Endpoints, func(u string) bool { return u == url })
 		a.scaler.Stopped(i, a.now())
@@ -385,7 +412,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 		c.Endpoints = append(c.Endpoints, url)
 		delete(c.retired, e)
 		if a.restart != nil {
-			a.supervised[idx] = i
+			a.superviseLocked(idx, i)
 		}
 	}
 	c.mu.Unlock()
@@ -412,7 +439,7 @@ func (a *autoscaler) drainSlot(i int) {
 	c.mu.Lock()
 	e := a.slots[i].proc
 	c.retired[e] = true // before its supervisor sees it exit: no restart
-	delete(a.supervised, a.slots[i].idx)
+	a.unsuperviseLocked(a.slots[i].idx)
 	c.mu.Unlock()
 	e.signal(syscall.SIGTERM)
 	<-e.exited

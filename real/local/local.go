@@ -484,14 +484,26 @@ func (c *Cluster) supervise(i int, url string, p RestartPolicy) {
 		}
 		wait := p.backoff(crashes)
 		c.events("%s; restarting in %v (attempt %d of %d)", what, wait, crashes, p.MaxRestarts)
+		var scaledDown <-chan struct{} // nil, never ready, without an autoscaler
+		if as != nil {
+			c.mu.Lock()
+			scaledDown = as.unsupervisedLocked(i)
+			c.mu.Unlock()
+		}
 		select {
 		case <-time.After(wait):
+		case <-scaledDown:
 		case <-c.stopCh:
 			return
 		}
 		c.mu.Lock()
-		if c.stopping || as != nil && !as.wantsLocked(i) { // scaled down during the back-off
+		if c.stopping {
 			c.mu.Unlock()
+			return
+		}
+		if as != nil && !as.wantsLocked(i) {
+			c.mu.Unlock()
+			c.events("%s was scaled down while it waited to restart; not restarting it", e.name)
 			return
 		}
 		ne, err := c.startEngine(i, port, make(chan addrOrErr, 1))
