@@ -155,6 +155,7 @@ func TestUpAutoscaleRestartsAKilledEngine(t *testing.T) {
 		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
 	}
 
+	t.Logf("servelab up:\n%s", out)
 	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response",
 		counts[served], counts[lostUnstarted], counts[lostMidStream])
 	if counts[lostUnstarted] != 0 {
