@@ -18,7 +18,9 @@
 // port, after a back-off that doubles per consecutive crash up to a cap and resets once the
 // engine has stayed healthy for a while; the router skips it meanwhile (its scrapes fail)
 // and takes it back when a scrape answers again. An engine that keeps crashing is given up
-// after a bound, and the cluster ends only when no engine is left.
+// after a bound, and the cluster ends only when no engine is left. Under Cluster.Autoscale
+// (Options.Autoscaled) the same supervisor restarts every ready engine, each counted as the
+// replica it was while it restarts (autoscale.go).
 package local
 
 import (
