@@ -265,8 +265,13 @@ simulator's --autoscale runs), every interval seconds, on the router's view of t
 servelab_router_decisions_total. A started engine joins the router once it answers /health; the
 time from the decision to then (the real scale-up delay: the model load) is printed. A drained
 engine is removed from the router first, then sent SIGTERM, on which it finishes its requests and
-exits. With --autoscale, --engines is the policy's min-replicas, engines are not restarted (a
-crash stops the cluster), and metric=slo is not supported (the router does not see SLOs).
+exits. A crashed engine is restarted as without --autoscale (same port, --restart-backoff,
+--max-restarts) and stays its replica: the policy counts it as starting (not ready, so nothing is
+started in its place) and the router leaves it out until it answers /health again; a scale-down
+meanwhile stops it for good (a restarting engine is picked before a ready one is drained), and an
+engine given up frees its replica for the policy to start another ('up' exits when none is
+left). With --autoscale, --engines is the policy's min-replicas, --prefill-engines and
+--pin-cpus are refused, and metric=slo is not supported (the router does not see SLOs).
 
 ` + "Scaling policies (--autoscale):\n" + scale.Registry.Help(),
 		Args: cobra.NoArgs,
@@ -274,6 +279,9 @@ crash stops the cluster), and metric=slo is not supported (the router does not s
 			var log io.Writer = io.Discard
 			if f.verbose {
 				log = cmd.ErrOrStderr()
+			}
+			if autoscale != "" && f.pinCPUs {
+				return errAutoscalePinCPUs
 			}
 			if err := f.resolveCPUs(); err != nil {
 				return err

@@ -11,9 +11,13 @@ import (
 	"servelab/real/local"
 )
 
+// errAutoscalePinCPUs refuses --pin-cpus with --autoscale, before a CPU plan is made.
+var errAutoscalePinCPUs = fmt.Errorf("--autoscale and --pin-cpus: the autoscaler starts engines at run time, and a CPU plan is made for a fixed number of engines at start; drop one")
+
 // upAutoscale checks --autoscale against up's other flags and sets the cluster up for it:
-// min-replicas engines, a registry the autoscaler reads the router's counters from, no
-// restarts.
+// min-replicas engines, a registry the autoscaler reads the router's counters from, and
+// restarts (--restart-backoff, --max-restarts) supervised with the autoscaler, which counts a
+// restarting engine as its replica.
 func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec string) (scale.Policy, error) {
 	pol, err := scale.Parse(spec, policies.Env{Seed: f.router.seed})
 	if err != nil {
@@ -22,8 +26,8 @@ func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec 
 	switch {
 	case cmd.Flags().Changed("engines"):
 		return nil, fmt.Errorf("--engines and --autoscale: the policy's min-replicas and max-replicas decide the engines")
-	case f.prefillEngines > 0 || f.cpus != nil:
-		return nil, fmt.Errorf("--autoscale: not with --prefill-engines or --pin-cpus")
+	case f.prefillEngines > 0:
+		return nil, fmt.Errorf("--autoscale and --prefill-engines: the autoscaler scales one pool of engines, not a prefill and a decode pool; drop one")
 	case pol.Spec().Params["metric"] == string(scale.MetricSLO):
 		return nil, fmt.Errorf("--autoscale: metric=slo needs each request's SLO, which the router does not see; use queue, concurrency, kv or rps")
 	}
@@ -37,7 +41,7 @@ func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec 
 		f.engines = lo
 		opts.EngineArgs = setFlag(opts.EngineArgs, "--threads", fmt.Sprint(threads))
 	}
-	opts.Restart = nil
+	opts.Autoscaled = true
 	if opts.Router.Registry == nil {
 		opts.Router.Registry = prometheus.NewRegistry()
 	}

@@ -1,10 +1,19 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,6 +78,119 @@ func TestUpAutoscaleStartsAndDrainsEngines(t *testing.T) {
 	}
 }
 
+// servelab up --autoscale restarts a killed engine as up does without it: kill -9 of one
+// engine mid-load loses no request the router could retry, the engine comes back on its URL
+// and gets traffic again, and the autoscaler keeps it as the replica it was: every decision
+// counts two replicas and none starts, cancels or drains an engine.
+func TestUpAutoscaleRestartsAKilledEngine(t *testing.T) {
+	dir := synthTiny(t)
+	scaleLog := filepath.Join(t.TempDir(), "scale.jsonl")
+	url, out, stop := startUpOut(t, "--model", dir, "--router", "round-robin", "--num-gpu-blocks-override", "128",
+		"--threads", "1", "--restart-backoff", "100ms", "--scale-log", scaleLog,
+		// min-replicas 2 and a queue target never reached: the policy wants 2 throughout.
+		"--autoscale", "hpa:metric=queue,target=1000,min-replicas=2,max-replicas=3,interval=0.2")
+	m := regexp.MustCompile(`engine-1\s+(http://127\.0\.0\.1:\d+)\s+\(pid (\d+)\)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("servelab up does not print engine-1's URL and pid:\n%s", out)
+	}
+	victimURL := m[1]
+	pid, _ := strconv.Atoi(m[2])
+
+	var mu sync.Mutex
+	counts := map[outcome]int{}
+	firstErr := map[outcome]string{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	const workers = 4
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				stream := (w+i)%2 == 0
+				o, msg := replayRequest(url, stream)
+				mu.Lock()
+				counts[o]++
+				if o != served && firstErr[o] == "" {
+					firstErr[o] = fmt.Sprintf("stream=%v: %s", stream, msg)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	defer func() { close(done); wg.Wait() }()
+	servedSoFar := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return counts[served] >= n }
+	}
+	waitFor(t, "20 requests served before the kill", 120*time.Second, servedSoFar(20), out)
+	waitFor(t, "engine-1 running a request", 60*time.Second, func() bool {
+		return metricSum(t, victimURL, "vllm:num_requests_running", "") > 0
+	}, out)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "up says it restarts engine-1", 60*time.Second, func() bool {
+		return regexp.MustCompile(`engine-1 .*signal: killed.*restarting in .*attempt 1`).MatchString(out.String())
+	}, out)
+	waitFor(t, "up says engine-1 is back at its URL", 60*time.Second, func() bool {
+		return strings.Contains(out.String(), "engine-1 is back at "+victimURL)
+	}, out)
+	// The restarted process counts from zero: its own counter shows traffic after the restart.
+	waitFor(t, "the router sends the restarted engine-1 traffic", 60*time.Second, func() bool {
+		return metricSum(t, victimURL, "vllm:request_success_total", "") > 0
+	}, out)
+	mu.Lock()
+	after := counts[served]
+	mu.Unlock()
+	waitFor(t, "more requests served after the restart", 60*time.Second, servedSoFar(after+8), out)
+	close(done)
+	wg.Wait()
+	done = make(chan struct{}) // for the deferred close
+	if err := stop(); err != nil {
+		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
+	}
+
+	t.Logf("servelab up:\n%s", out)
+	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response",
+		counts[served], counts[lostUnstarted], counts[lostMidStream])
+	if counts[lostUnstarted] != 0 {
+		t.Errorf("%d requests failed before any response byte (the router could have retried them); first: %s\noutput:\n%s",
+			counts[lostUnstarted], firstErr[lostUnstarted], out)
+	}
+	if counts[lostMidStream] > workers {
+		t.Errorf("%d responses cut mid-way, but only %d requests are in flight at once; first: %s",
+			counts[lostMidStream], workers, firstErr[lostMidStream])
+	}
+	if strings.Contains(out.String(), "engine-2") {
+		t.Errorf("a third engine was started beside the restarted one:\n%s", out)
+	}
+	f, err := os.Open(scaleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var e scaleLogEntry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("--scale-log line %q: %v", sc.Text(), err)
+		}
+		lines++
+		if e.Replicas != 2 || len(e.Start)+len(e.Cancel)+len(e.Drain) > 0 {
+			t.Errorf("decision %+v: want 2 replicas (the restarting one counted) and no action", e)
+		}
+	}
+	if lines == 0 {
+		t.Errorf("no decisions in --scale-log; output:\n%s", out)
+	}
+}
+
 func TestUpAutoscaleRejectsConflictingFlags(t *testing.T) {
 	dir := synthTiny(t)
 	for _, tc := range []struct {
@@ -78,6 +200,8 @@ func TestUpAutoscaleRejectsConflictingFlags(t *testing.T) {
 		{[]string{"--autoscale", "hpa:metric=slo,target=0.9"}, "metric=slo needs"},
 		{[]string{"--autoscale", "hpa", "--engines", "3"}, "--engines and --autoscale"},
 		{[]string{"--autoscale", "hpa:target=-1"}, `--autoscale: policy "hpa": parameter "target"`},
+		{[]string{"--autoscale", "hpa", "--pin-cpus"}, "--autoscale and --pin-cpus"},
+		{[]string{"--autoscale", "hpa", "--prefill-engines", "1", "--router", "../../examples/router/llm-d-pd.yaml"}, "--autoscale and --prefill-engines"},
 	} {
 		_, err := run(t, append([]string{"up", "--port", "0", "--model", dir}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -166,8 +166,23 @@ func (s *Scaler) MarkReady(i int, t float64) bool {
 	return true
 }
 
+// Restarting records that ready slot i stopped being ready at t without leaving the pool:
+// its process crashed and is being restarted in place (servelab up's supervisor), as a
+// Kubernetes pod whose container restarts stays in its ReplicaSet, unready. It counts as
+// starting until MarkReady, so it is still one of the pool's replicas (nothing starts in its
+// place) but not a ready one, and a scale-down cancels it before draining a ready one, as a
+// ReplicaSet deletes unready pods first. A slot that is not ready (draining: on its way out
+// anyway) is left alone and false returned.
+func (s *Scaler) Restarting(i int, t float64) bool {
+	if s.replicas[i].State != Ready {
+		return false
+	}
+	s.replicas[i] = Replica{State: Starting, Since: t}
+	return true
+}
+
 // Stopped records that slot i stopped at t: a draining replica that finished its
-// requests, or a starting one that failed to come up.
+// requests, or a starting one that failed to come up (or, restarting, was given up).
 func (s *Scaler) Stopped(i int, t float64) {
 	if st := s.replicas[i].State; st == Draining || st == Starting {
 		s.replicas[i] = Replica{State: Off, Since: t}

@@ -34,19 +34,30 @@ type AutoscaleOptions struct {
 
 // scaledEngine is what occupies a scaler slot: an engine process and its URL.
 type scaledEngine struct {
-	proc *engineProc
+	proc *engineProc // its current process: a restart replaces it
+	idx  int         // engine-idx, its index in Cluster.engines
 	url  string
 	spec string // url as the router is given it (Cluster.routerEndpoint)
 }
 
 // autoscaler is the state of one Cluster.Autoscale run.
 type autoscaler struct {
-	c       *Cluster
-	opts    AutoscaleOptions
-	scaler  *scale.Scaler
-	slots   []scaledEngine
-	start   time.Time
-	nextIdx int
+	c      *Cluster
+	opts   AutoscaleOptions
+	scaler *scale.Scaler
+	slots  []scaledEngine
+	start  time.Time
+	// restart is the cluster's restart policy (with its defaults), nil without restarts.
+	restart *RestartPolicy
+	// supervised maps the index of each engine whose crashes are restarted (a ready
+	// replica's, from when it became ready until it is drained, cancelled or given up) to its
+	// slot. An engine not in it is not restarted: that is what makes a scale-down of a
+	// restarting replica final and keeps the supervisor and the scaler from both starting
+	// one.
+	supervised map[int]int
+	// unsupervised[idx] is closed when engine idx leaves supervised: it ends its
+	// supervisor's back-off at once.
+	unsupervised map[int]chan struct{}
 	// counts is servelab_router_decisions_total by endpoint at the last decision.
 	counts map[string]float64
 	// LoadTimes are how long each started engine took from the decision to being routable.
@@ -59,30 +70,58 @@ type autoscaler struct {
 // started engine joins the router once it answers /health (the scale-up delay is the real
 // load time, logged); a drained engine is first taken out of the router's endpoints (no
 // request is routed to it from then on), then asked to stop with SIGTERM, on which the
-// engine finishes the requests it has before it exits. The cluster must have been started
-// with Engines equal to the policy's min-replicas, a router, no Restart and no CPU plan.
-// It returns the engines' load times when ctx ends.
+// engine finishes the requests it has before it exits.
+//
+// With Options.Restart (and Options.Autoscaled, so that supervision starts here) a ready
+// engine that crashes is restarted by the cluster's supervisor, with its policy, as without
+// an autoscaler: it is the same replica throughout, counted as starting (unready; see
+// scale.Scaler.Restarting) and out of the router until it answers /health again, then
+// ready and routed to again. A scale-down that picks it meanwhile (a restarting replica is
+// cancelled before a ready one is drained) stops it for good; one given up after
+// MaxRestarts crashes frees its slot, and the cluster's Done reports when no replica is
+// left. Without Restart, the first crash is reported on Done.
+//
+// The cluster must have been started with Engines equal to the policy's min-replicas, a
+// router, and no CPU plan or P/D roles. It returns the engines' load times when ctx ends.
 func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.Duration, error) {
 	lo, hi := opts.Policy.Bounds()
 	switch {
 	case c.Router == nil:
 		return nil, fmt.Errorf("local: autoscale: the cluster has no router")
-	case c.opts.Restart != nil || c.opts.CPUs != nil || len(c.opts.Roles) > 0:
-		return nil, fmt.Errorf("local: autoscale: not with restarts, CPU pinning or P/D roles")
+	case c.opts.CPUs != nil || len(c.opts.Roles) > 0:
+		return nil, fmt.Errorf("local: autoscale: not with CPU pinning or P/D roles")
+	case c.opts.Restart != nil && !c.opts.Autoscaled:
+		return nil, fmt.Errorf("local: autoscale: a cluster that restarts its engines must be started with Options.Autoscaled")
 	case len(c.Endpoints) != lo:
 		return nil, fmt.Errorf("local: autoscale: the cluster started %d engines, the policy's min-replicas is %d", len(c.Endpoints), lo)
 	}
-	a := &autoscaler{c: c, opts: opts, start: time.Now(), nextIdx: len(c.Endpoints)}
+	a := &autoscaler{c: c, opts: opts, start: time.Now()}
 	a.scaler = scale.NewScaler(opts.Policy, 2*hi, 0)
 	a.slots = make([]scaledEngine, 2*hi)
+	if c.opts.Restart != nil {
+		p := c.opts.Restart.withDefaults()
+		a.restart = &p
+	}
 	c.mu.Lock()
-	for i := range lo {
-		a.slots[i] = scaledEngine{proc: c.engines[i], url: c.Endpoints[i], spec: c.routerEndpoint(i, c.Endpoints[i])}
+	urls := slices.Clone(c.Endpoints)
+	for i, url := range urls {
+		a.slots[i] = scaledEngine{proc: c.engines[i], idx: i, url: url, spec: c.routerEndpoint(i, url)}
 	}
 	if c.retired == nil {
 		c.retired = map[*engineProc]bool{}
 	}
+	if a.restart != nil {
+		c.scaling = a
+		for i := range urls {
+			a.superviseLocked(i, i)
+		}
+	}
 	c.mu.Unlock()
+	if a.restart != nil {
+		for i, url := range urls {
+			go c.supervise(i, url, *a.restart)
+		}
+	}
 	a.arrivals()
 	ticks := opts.Ticks
 	if ticks == nil {
@@ -181,6 +220,9 @@ func (a *autoscaler) decide(ctx context.Context) {
 	for _, i := range act.Start {
 		go a.startSlot(ctx, i, time.Now())
 	}
+	for _, i := range act.Cancel {
+		a.cancelRestarting(i)
+	}
 	if len(act.Drain) > 0 {
 		// Out of the router first: from here no request is routed to them.
 		if err := a.setEndpoints(); err != nil {
@@ -190,7 +232,104 @@ func (a *autoscaler) decide(ctx context.Context) {
 			go a.drainSlot(i)
 		}
 	}
-	// A cancelled slot's engine is stopped when it comes up (startSlot).
+	// A cancelled slot's new engine is stopped when it comes up (startSlot).
+}
+
+// cancelRestarting stops for good the engine of cancelled slot i if it is a crashed
+// replica being restarted (a new engine starting in the slot is startSlot's): it is no
+// longer supervised, so its supervisor, woken from its back-off, starts nothing, and the
+// process it may have started already is retired and sent SIGTERM, so its exit is no crash.
+func (a *autoscaler) cancelRestarting(i int) {
+	c := a.c
+	c.mu.Lock()
+	s := a.slots[i]
+	if slot, ok := a.supervised[s.idx]; s.proc == nil || !ok || slot != i {
+		c.mu.Unlock()
+		return
+	}
+	a.unsuperviseLocked(s.idx)
+	e := c.engines[s.idx] // the dead process, or the one restarted meanwhile
+	c.retired[e] = true
+	c.Endpoints = slices.DeleteFunc(c.Endpoints, func(u string) bool { return u == s.url })
+	a.slots[i] = scaledEngine{}
+	c.mu.Unlock()
+	e.signal(syscall.SIGTERM)
+	a.logf("autoscale: %s, restarting after a crash, scaled down: stopped for good (slot %d)", e.name, i)
+}
+
+// superviseLocked records that engine idx, slot i's, is restarted when it crashes.
+// c.mu is held.
+func (a *autoscaler) superviseLocked(idx, i int) {
+	if a.supervised == nil {
+		a.supervised, a.unsupervised = map[int]int{}, map[int]chan struct{}{}
+	}
+	a.supervised[idx] = i
+	a.unsupervised[idx] = make(chan struct{})
+}
+
+// unsuperviseLocked records that engine idx is no longer restarted, and ends its
+// supervisor's back-off. c.mu is held.
+func (a *autoscaler) unsuperviseLocked(idx int) {
+	if ch, ok := a.unsupervised[idx]; ok {
+		close(ch)
+		delete(a.unsupervised, idx)
+	}
+	delete(a.supervised, idx)
+}
+
+// unsupervisedLocked is closed once engine idx is no longer restarted (nil if it is not
+// supervised). c.mu is held.
+func (a *autoscaler) unsupervisedLocked(idx int) <-chan struct{} { return a.unsupervised[idx] }
+
+// crashedLocked is the supervisor's report that supervised engine idx exited on its own:
+// whether to restart it. A ready replica becomes restarting (unready: the router is given
+// the ready ones only); one already restarting (a restart that did not come up) stays so;
+// one being drained, or no longer supervised, is not restarted. c.mu is held.
+func (a *autoscaler) crashedLocked(idx int) bool {
+	i, ok := a.supervised[idx]
+	if !ok {
+		return false
+	}
+	switch a.scaler.Replicas()[i].State {
+	case scale.Ready:
+		a.scaler.Restarting(i, a.now())
+		return true
+	case scale.Starting:
+		return true
+	}
+	return false
+}
+
+// wantsLocked is whether engine idx is still to be restarted (not scaled down during its
+// back-off). c.mu is held.
+func (a *autoscaler) wantsLocked(idx int) bool {
+	_, ok := a.supervised[idx]
+	return ok
+}
+
+// backLocked is the supervisor's report that engine idx, restarted as e, answers /health:
+// its replica is ready again, unless it was scaled down meanwhile (false). c.mu is held.
+func (a *autoscaler) backLocked(idx int, e *engineProc) bool {
+	i, ok := a.supervised[idx]
+	if !ok || !a.scaler.MarkReady(i, a.now()) {
+		return false
+	}
+	a.slots[i].proc = e
+	return true
+}
+
+// gaveUpLocked is the supervisor's report that engine idx crashed too often to be
+// restarted again: its replica is gone and its slot free (the policy may start another
+// engine in its place). It returns the replicas left, ready or starting. c.mu is held.
+func (a *autoscaler) gaveUpLocked(idx int) int {
+	if i, ok := a.supervised[idx]; ok {
+		a.unsuperviseLocked(idx)
+		url := a.slots[i].url
+		a.c.Endpoints = slices.DeleteFunc(a.c.Endpoints, func(u string) bool { return u == url })
+		a.scaler.Stopped(i, a.now())
+		a.slots[i] = scaledEngine{}
+	}
+	return a.scaler.Count(scale.Ready) + a.scaler.Count(scale.Starting)
 }
 
 // setEndpoints gives the router the ready slots' URLs.
@@ -216,8 +355,12 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 		c.mu.Unlock()
 		return
 	}
-	idx := a.nextIdx
-	a.nextIdx++
+	// Its place in c.engines now, so that c.engines[idx] is engine-idx (its supervisor's
+	// and PIDs' index) however concurrent starts interleave.
+	idx := len(c.engines)
+	placeholder := notStarted(fmt.Sprintf("engine-%d", idx), nil)
+	c.retired[placeholder] = true // no crash, should Start's watch see it
+	c.engines = append(c.engines, placeholder)
 	c.mu.Unlock()
 	addrs := make(chan addrOrErr, 1)
 	e, err := c.startEngine(idx, "0", addrs)
@@ -233,7 +376,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	}
 	c.mu.Lock()
 	c.retired[e] = true // until it is ready, its exit is the autoscaler's to handle
-	c.engines = append(c.engines, e)
+	c.engines[idx] = e
 	stopping := c.stopping
 	c.mu.Unlock()
 	if stopping { // Stop may have signalled the engines before this one joined them
@@ -264,10 +407,13 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	c.mu.Lock()
 	ok := a.scaler.MarkReady(i, a.now())
 	if ok {
-		a.slots[i] = scaledEngine{proc: e, url: url, spec: c.routerEndpoint(idx, url)}
+		a.slots[i] = scaledEngine{proc: e, idx: idx, url: url, spec: c.routerEndpoint(idx, url)}
 		a.loadTimes = append(a.loadTimes, load)
 		c.Endpoints = append(c.Endpoints, url)
 		delete(c.retired, e)
+		if a.restart != nil {
+			a.superviseLocked(idx, i)
+		}
 	}
 	c.mu.Unlock()
 	if !ok {
@@ -275,7 +421,11 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 		e.signal(syscall.SIGTERM)
 		return
 	}
-	go c.watchEngine(e)
+	if a.restart != nil {
+		go c.supervise(idx, url, *a.restart)
+	} else {
+		go c.watchEngine(e)
+	}
 	if err := a.setEndpoints(); err != nil {
 		a.logf("autoscale: router endpoints: %v", err)
 	}
@@ -288,7 +438,8 @@ func (a *autoscaler) drainSlot(i int) {
 	c := a.c
 	c.mu.Lock()
 	e := a.slots[i].proc
-	c.retired[e] = true
+	c.retired[e] = true // before its supervisor sees it exit: no restart
+	a.unsuperviseLocked(a.slots[i].idx)
 	c.mu.Unlock()
 	e.signal(syscall.SIGTERM)
 	<-e.exited

@@ -18,7 +18,9 @@
 // port, after a back-off that doubles per consecutive crash up to a cap and resets once the
 // engine has stayed healthy for a while; the router skips it meanwhile (its scrapes fail)
 // and takes it back when a scrape answers again. An engine that keeps crashing is given up
-// after a bound, and the cluster ends only when no engine is left.
+// after a bound, and the cluster ends only when no engine is left. Under Cluster.Autoscale
+// (Options.Autoscaled) the same supervisor restarts every ready engine, each counted as the
+// replica it was while it restarts (autoscale.go).
 package local
 
 import (
@@ -74,6 +76,10 @@ type Options struct {
 	// Restart, if set, restarts engines that exit on their own; nil: the first engine that
 	// exits is reported on Done (what a measurement wants: a crash fails it).
 	Restart *RestartPolicy
+	// Autoscaled says Cluster.Autoscale will run over the cluster: with Restart, the
+	// engines' supervision then starts with Autoscale rather than Start, so that from an
+	// engine's first crash on the autoscaler counts it as restarting (autoscale.go).
+	Autoscaled bool
 	// Events receives the supervisor's messages (an engine died, restarts in N s, is
 	// back, is given up), one a line; nil discards them.
 	Events io.Writer
@@ -164,6 +170,9 @@ type Cluster struct {
 	// retired are the engines the autoscaler stopped on purpose (autoscale.go): their
 	// exits are no crash.
 	retired map[*engineProc]bool
+	// scaling is the autoscaler running over the cluster, nil without one: the supervisor
+	// tells it of crashes, restarts and engines given up, under mu.
+	scaling *autoscaler
 
 	// kv are engine i's KV-event sockets with Options.KVEventsZMQ, as its first start
 	// announced them; a restart binds the same. Guarded by kvMu.
@@ -321,13 +330,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if opts.Restart != nil {
-		p := opts.Restart.withDefaults()
-		for i := range c.engines {
-			go c.supervise(i, p)
-		}
-	} else {
+	switch {
+	case opts.Restart == nil:
 		go c.watch()
+	case !opts.Autoscaled: // else Autoscale starts the supervisors
+		p := opts.Restart.withDefaults()
+		for i, url := range c.Endpoints {
+			go c.supervise(i, url, p)
+		}
 	}
 	return c, nil
 }
@@ -407,12 +417,15 @@ func (c *Cluster) events(format string, args ...any) {
 	fmt.Fprintf(c.opts.Events, format+"\n", args...)
 }
 
-// supervise restarts engine i each time it exits on its own, on the port it had, until
-// Stop or until it crashed MaxRestarts times in a row.
-func (c *Cluster) supervise(i int, p RestartPolicy) {
-	url := c.Endpoints[i]
+// supervise restarts engine i (c.engines[i], healthy at url) each time it exits on its
+// own, on the port it had, until Stop or until it crashed MaxRestarts times in a row. With
+// an autoscaler (c.scaling) the engine is its replica throughout: a crash makes it
+// restarting (unready) there, and a scale-down of it meanwhile (retired, or no longer
+// wanted) ends its supervision instead of restarting it; it is given up to the autoscaler,
+// which frees its slot, rather than counted down in live.
+func (c *Cluster) supervise(i int, url string, p RestartPolicy) {
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
-	healthySince := time.Now() // Start saw it healthy
+	healthySince := time.Now() // it was healthy when supervision began
 	crashes := 0
 	for {
 		c.mu.Lock()
@@ -423,8 +436,17 @@ func (c *Cluster) supervise(i int, p RestartPolicy) {
 		case <-c.stopCh:
 			return
 		}
-		if c.isStopping() {
+		c.mu.Lock()
+		as := c.scaling
+		// One critical section with the autoscaler's drains and cancels: an engine it
+		// stopped, or whose slot it is draining, is not restarted.
+		restart := !c.stopping && !c.retired[e] && (as == nil || as.crashedLocked(i))
+		c.mu.Unlock()
+		if !restart {
 			return
+		}
+		if as != nil {
+			as.setEndpoints() // out of the router until it is back
 		}
 		if !healthySince.IsZero() && time.Since(healthySince) >= p.ResetAfter {
 			crashes = 0
@@ -441,10 +463,19 @@ func (c *Cluster) supervise(i int, p RestartPolicy) {
 				why += "; its last output: " + strings.Join(e.tail, " | ")
 			}
 			c.mu.Lock()
-			c.live--
-			live := c.live
+			var live int
+			if as != nil {
+				live = as.gaveUpLocked(i)
+			} else {
+				c.live--
+				live = c.live
+			}
 			c.mu.Unlock()
-			c.events("%s; not restarting it: %s; %d of %d engines left", what, why, live, len(c.engines))
+			if as != nil {
+				c.events("%s; not restarting it: %s; its replica is gone, %d left", what, why, live)
+			} else {
+				c.events("%s; not restarting it: %s; %d of %d engines left", what, why, live, len(c.engines))
+			}
 			if live == 0 {
 				select {
 				case c.done <- fmt.Errorf("local: every engine is down; the last: %w", e.err):
@@ -455,8 +486,15 @@ func (c *Cluster) supervise(i int, p RestartPolicy) {
 		}
 		wait := p.backoff(crashes)
 		c.events("%s; restarting in %v (attempt %d of %d)", what, wait, crashes, p.MaxRestarts)
+		var scaledDown <-chan struct{} // nil, never ready, without an autoscaler
+		if as != nil {
+			c.mu.Lock()
+			scaledDown = as.unsupervisedLocked(i)
+			c.mu.Unlock()
+		}
 		select {
 		case <-time.After(wait):
+		case <-scaledDown:
 		case <-c.stopCh:
 			return
 		}
@@ -465,10 +503,14 @@ func (c *Cluster) supervise(i int, p RestartPolicy) {
 			c.mu.Unlock()
 			return
 		}
+		if as != nil && !as.wantsLocked(i) {
+			c.mu.Unlock()
+			c.events("%s was scaled down while it waited to restart; not restarting it", e.name)
+			return
+		}
 		ne, err := c.startEngine(i, port, make(chan addrOrErr, 1))
 		if err != nil {
-			ne = &engineProc{name: e.name, cmd: &exec.Cmd{}, started: time.Now(), exited: make(chan struct{}), err: err}
-			close(ne.exited)
+			ne = notStarted(e.name, err)
 		}
 		c.engines[i] = ne
 		c.mu.Unlock()
@@ -495,10 +537,32 @@ func (c *Cluster) supervise(i int, p RestartPolicy) {
 			}
 			continue
 		}
+		if as != nil {
+			c.mu.Lock()
+			back := as.backLocked(i, ne)
+			c.mu.Unlock()
+			if !back {
+				// Scaled down while it started: the autoscaler retired and signalled it, and
+				// the loop ends at its exit.
+				continue
+			}
+			as.setEndpoints()
+		}
 		healthySince = time.Now()
 		c.events("%s is back at %s (pid %d, healthy %v after its start, attempt %d)", ne.name, url,
 			ne.pid(), time.Since(ne.started).Round(time.Millisecond), crashes)
 	}
+}
+
+// notStarted is an engine process that never ran (its start failed with err, or it is
+// about to be started): it has exited, with nothing to signal.
+func notStarted(name string, err error) *engineProc {
+	if err == nil {
+		err = fmt.Errorf("local: %s not started", name)
+	}
+	e := &engineProc{name: name, cmd: &exec.Cmd{}, started: time.Now(), exited: make(chan struct{}), err: err}
+	close(e.exited)
+	return e
 }
 
 func (c *Cluster) isStopping() bool {

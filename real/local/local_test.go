@@ -57,6 +57,21 @@ func fakeEngine(mode string, args []string) {
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM)
+	if mode == "gated-restart" && *port != 0 {
+		// A restart runs but does not listen until the test creates $FAKE_GATE: it stays
+		// starting (not healthy) for as long as the test needs; SIGTERM ends it meanwhile.
+		for {
+			if _, err := os.Stat(os.Getenv("FAKE_GATE")); err == nil {
+				break
+			}
+			select {
+			case <-sigs:
+				fmt.Println("shutting down before listening")
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
 		fmt.Println(err)
