@@ -511,6 +511,12 @@ func (s *Spec) validate() error {
 			if _, err := route.Parse(s.resolve(r), env); err != nil {
 				return fmt.Errorf("policies.routers[%d]: %w", i, err)
 			}
+			// The router takes its KV-event subscription from the file's kvEventsConfig
+			// and refuses a file with two, which the policy loader accepts; refuse it
+			// here, in both worlds, rather than when a cell runs.
+			if _, err := route.EndpointPickerKVEventsFiles(s.resolve(r)); err != nil {
+				return fmt.Errorf("policies.routers[%d]: %w", i, err)
+			}
 		}
 		if err := s.checkABPolicies(i, env); err != nil {
 			return err
@@ -807,7 +813,10 @@ func checkAB(k Cluster, path string) error {
 }
 
 // checkABPolicies parses a cluster's ab_router and refuses what cannot be an arm: a P/D
-// EndpointPickerConfig, as ab_router or as one of the routers (arm a).
+// EndpointPickerConfig, as ab_router or as one of the routers (arm a); and what the
+// router refuses of the arms' kvEventsConfigs (route.EndpointPickerKVEventsFiles, as
+// servelab router and sim check them): two in ab_router's file, or a router's and
+// ab_router's that disagree, since the arms share one KV-event subscription per endpoint.
 func (s *Spec) checkABPolicies(i int, env policies.Env) error {
 	k := s.clusters()[i]
 	if k.ABRouter == "" {
@@ -821,11 +830,19 @@ func (s *Spec) checkABPolicies(i int, env policies.Env) error {
 	if _, ok := b.(*route.PDProfileHandler); ok {
 		return fmt.Errorf("%s.ab_router: %s is a P/D EndpointPickerConfig, which cannot be an A/B arm", path, k.ABRouter)
 	}
+	if _, err := route.EndpointPickerKVEventsFiles(s.resolve(k.ABRouter)); err != nil {
+		return fmt.Errorf("%s.ab_router: %w", path, err)
+	}
 	for j, r := range s.Policies.Routers {
 		if a, err := route.Parse(s.resolve(r), env); err == nil {
 			if _, ok := a.(*route.PDProfileHandler); ok {
 				return fmt.Errorf("policies.routers[%d]: %s is a P/D EndpointPickerConfig, which cannot be arm a of %s.ab_router's A/B test", j, r, path)
 			}
+		}
+		// Each file alone has passed (validate checks the routers'), so an error here is
+		// the two files' disagreement, named by both keys and both files' fields.
+		if _, err := route.EndpointPickerKVEventsFiles(s.resolve(r), s.resolve(k.ABRouter)); err != nil {
+			return fmt.Errorf("policies.routers[%d] and %s.ab_router: %w", j, path, err)
 		}
 	}
 	return nil

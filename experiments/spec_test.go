@@ -1,6 +1,7 @@
 package experiments
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -107,6 +108,97 @@ func TestParseNamesTheBadKey(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "spec.yaml") {
 				t.Errorf("error %q does not name %q and the file", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestParseRefusesTheKVEventsConfigsTheRouterRefuses: what servelab router refuses of the
+// EndpointPickerConfigs' kvEventsConfigs (route.EndpointPickerKVEventsFiles: two in one
+// file, or an A/B cell's router and ab_router files that disagree, since the arms share
+// one KV-event subscription per endpoint) is refused when the spec is parsed, in both
+// worlds, for every router, not when a cell runs; the error names the spec file, its keys
+// and both EndpointPickerConfig files' fields. Files that agree are accepted.
+func TestParseRefusesTheKVEventsConfigsTheRouterRefuses(t *testing.T) {
+	dir := t.TempDir()
+	// epp writes an EndpointPickerConfig beside the spec with one
+	// precise-prefix-cache-scorer per kvEventsConfig in kvs (YAML, indented as a parameter).
+	epp := func(name string, kvs ...string) string {
+		t.Helper()
+		var plugins, refs strings.Builder
+		for i, kv := range kvs {
+			fmt.Fprintf(&plugins, "- name: precise-%d\n  type: precise-prefix-cache-scorer\n  parameters:\n    kvEventsConfig:\n%s", i, kv)
+			fmt.Fprintf(&refs, "  - pluginRef: precise-%d\n", i)
+		}
+		data := "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n" + plugins.String() +
+			"schedulingProfiles:\n- name: default\n  plugins:\n" + refs.String()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	const kv = "      topicFilter: kv@\n      podDiscoveryConfig:\n        socketPort: 6557\n"
+	a := epp("a.yaml", kv)
+	b := epp("b.yaml", kv+"      concurrency: 8\n") // agrees with a.yaml: concurrency has no effect on the subscription
+	port := epp("port.yaml", "      topicFilter: kv@\n      podDiscoveryConfig:\n        socketPort: 5557\n")
+	topic := epp("topic.yaml", "      topicFilter: kv@x\n      podDiscoveryConfig:\n        socketPort: 6557\n")
+	two := epp("two.yaml", kv, "      topicFilter: kv@x\n")
+	twoAgreeing := epp("two-agreeing.yaml", kv, kv)
+	model := filepath.Join(dir, "tiny")
+	if err := os.MkdirAll(model, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(model, "config.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	specPath := filepath.Join(dir, "spec.yaml")
+	absTrace, err := filepath.Abs("../examples/traces/azure_conv_3000.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(f string) string { return filepath.Join(dir, f) + ": plugins[0].parameters.kvEventsConfig" }
+	twoOf := func(f string) string {
+		return filepath.Join(dir, f) + ": plugins[0].parameters.kvEventsConfig and plugins[1].parameters.kvEventsConfig: two kvEventsConfigs"
+	}
+	portsDisagree := at(a) + ".podDiscoveryConfig.socketPort 6557 and " + at(port) + ".podDiscoveryConfig.socketPort 5557 disagree"
+	topicsDisagree := at(a) + `.topicFilter "kv@" and ` + at(topic) + `.topicFilter "kv@x" disagree`
+	const sim, real = "", "world: real\n"
+	for _, tt := range []struct {
+		name, world, routers, cluster string // routers: policies.routers' list; cluster: the cluster or clusters key
+		want                          string // "" accepts; else the error after the spec file's name
+	}{
+		{"agreeing arms", sim, "[" + a + "]", "cluster: {ab_router: " + b + ", ab_fraction: 0.5}", ""},
+		{"agreeing arms, real world", real, "[" + a + "]", "cluster: {model: tiny, ab_router: " + b + ", ab_fraction: 0.5}", ""},
+		{"one file in both arms", sim, "[round-robin, " + a + "]", "cluster: {ab_router: " + a + ", ab_fraction: 0.5}", ""},
+		{"ports disagree", sim, "[" + a + "]", "cluster: {ab_router: " + port + ", ab_fraction: 0.5}",
+			"policies.routers[0] and cluster.ab_router: " + portsDisagree},
+		{"ports disagree, real world", real, "[" + a + "]", "cluster: {model: tiny, ab_router: " + port + ", ab_fraction: 0.5}",
+			"policies.routers[0] and cluster.ab_router: " + portsDisagree},
+		{"topics disagree in a later router and cluster", sim, "[round-robin, " + a + "]", "clusters: [{name: c1}, {name: c2, ab_router: " + topic + ", ab_fraction: 0.5}]",
+			"policies.routers[1] and clusters[1].ab_router: " + topicsDisagree},
+		{"topics disagree, real world", real, "[round-robin, " + a + "]", "cluster: {model: tiny, ab_router: " + topic + ", ab_fraction: 0.5}",
+			"policies.routers[1] and cluster.ab_router: " + topicsDisagree},
+		{"two in a router's file", sim, "[round-robin, " + two + "]", "cluster: {}", "policies.routers[1]: " + twoOf(two)},
+		{"two agreeing in a router's file", sim, "[" + twoAgreeing + "]", "cluster: {}", "policies.routers[0]: " + twoOf(twoAgreeing)},
+		{"two in a router's file, real world", real, "[" + two + "]", "cluster: {model: tiny}", "policies.routers[0]: " + twoOf(two)},
+		{"two in ab_router's file", sim, "[round-robin]", "cluster: {ab_router: " + two + ", ab_fraction: 0.5}", "cluster.ab_router: " + twoOf(two)},
+		{"two in ab_router's file, real world", real, "[" + a + "]", "cluster: {model: tiny, ab_router: " + twoAgreeing + ", ab_fraction: 0.5}",
+			"cluster.ab_router: " + twoOf(twoAgreeing)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := "name: t\n" + tt.world + "workload: {trace: " + absTrace + "}\npolicies: {routers: " + tt.routers + "}\n" + tt.cluster + "\n"
+			_, err := Parse([]byte(spec), specPath)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Parse refused\n%s: %v", spec, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Parse accepted\n%s", spec)
+			}
+			if want := specPath + ": " + tt.want; !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error %q\nwant one starting %q", err, want)
 			}
 		})
 	}

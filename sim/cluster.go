@@ -359,6 +359,13 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("router: %w", err)
 	}
+	// servelab router reads an EndpointPickerConfig's kvEventsConfig for its KV-event
+	// subscription and refuses a file it cannot subscribe by (two kvEventsConfigs, which
+	// the policy loader accepts); the simulator refuses it too, with the router's own check,
+	// so a spec runs in both worlds or in neither.
+	if _, err := route.EndpointPickerKVEventsFiles(c.Router); err != nil {
+		return Config{}, fmt.Errorf("router: %w", err)
+	}
 	// A P/D EndpointPickerConfig (llm-d's pd-profile-handler) routes with its decode profile
 	// and, with a prefill pool, disaggregates with its prefill profile and decider.
 	pd, _ := router.(*route.PDProfileHandler)

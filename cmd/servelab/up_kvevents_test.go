@@ -170,6 +170,10 @@ func TestRouterKVEventsConfigFromEPP(t *testing.T) {
 	guide := kvEventsEPP(t, "      topicFilter: \"kv@\"\n      discoverPods: true\n      podDiscoveryConfig:\n        socketPort: 6557")
 	defaults := kvEventsEPP(t, "      concurrency: 8")
 	bad := kvEventsEPP(t, "      podDiscoveryConfig:\n        socket_port: 6557")
+	// A second precise-prefix-cache-scorer with a kvEventsConfig of its own: the router
+	// subscribes once per endpoint (servelab sim and experiments refuse it as well, with
+	// the same route.EndpointPickerKVEventsFiles).
+	two := kvEventsEPP(t, "      topicFilter: \"kv@\"\n- name: second\n  type: precise-prefix-cache-scorer\n  parameters:\n    kvEventsConfig:\n      topicFilter: \"kv@x\"")
 	field := func(p string) string { return p + ": plugins[0].parameters.kvEventsConfig" }
 	for _, tc := range []struct {
 		name, spec   string
@@ -190,6 +194,7 @@ func TestRouterKVEventsConfigFromEPP(t *testing.T) {
 		{name: "port conflict", spec: guide, port: 5557, err: "--kv-events-socket-port 5557 and " + field(guide) + ".podDiscoveryConfig.socketPort 6557 disagree"},
 		{name: "topic conflict", spec: guide, filter: "kv@pod", err: `--kv-events-topic-filter "kv@pod" and ` + field(guide) + `.topicFilter "kv@" disagree`},
 		{name: "bad field", spec: bad, err: bad + `: EndpointPickerConfig: plugins[0].parameters.kvEventsConfig: json: unknown field "socket_port"`},
+		{name: "two kvEventsConfigs", spec: two, err: field(two) + " and plugins[1].parameters.kvEventsConfig: two kvEventsConfigs"},
 		{name: "replay alone", spec: "least-request", replay: 5558, err: "--kv-events-replay-port 5558 needs --kv-events-socket-port"},
 		{name: "a topic filter for nothing", spec: "least-request", filter: "kv@", err: `--kv-events-topic-filter "kv@" needs`},
 	} {

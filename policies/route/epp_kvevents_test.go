@@ -130,6 +130,26 @@ func TestEndpointPickerKVEventsFiles(t *testing.T) {
 	port := write("port.yaml", "      topicFilter: kv@\n      podDiscoveryConfig:\n        socketPort: 5557")
 	topic := write("topic.yaml", "      topicFilter: kv@x\n      podDiscoveryConfig:\n        socketPort: 6557")
 	bad := write("bad.yaml", "      topicFiltre: kv@")
+	// A second precise-prefix-cache-scorer with a kvEventsConfig of its own, after the
+	// first: the router subscribes once per endpoint, so one file may have one, agreeing
+	// with the first or not.
+	second := func(name, kv string) string {
+		t.Helper()
+		p := write(name, eppWithKVEvents("      topicFilter: kv@"))
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := strings.Replace(string(data), "schedulingProfiles:",
+			"- name: precise-2\n  type: precise-prefix-cache-scorer\n  parameters:\n    kvEventsConfig:\n"+kv+"\nschedulingProfiles:", 1)
+		if err := os.WriteFile(p, []byte(doc+"  - pluginRef: precise-2\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	twoAgreeing := second("two-agreeing.yaml", "      topicFilter: kv@")
+	twoDisagreeing := second("two-disagreeing.yaml", "      topicFilter: kv@x")
+	const two = ": plugins[1].parameters.kvEventsConfig and plugins[2].parameters.kvEventsConfig: two kvEventsConfigs"
 	const field = ": plugins[1].parameters.kvEventsConfig"
 	for _, tc := range []struct {
 		name  string
@@ -148,6 +168,9 @@ func TestEndpointPickerKVEventsFiles(t *testing.T) {
 		{name: "topics disagree", specs: []string{topic, b},
 			err: topic + field + `.topicFilter "kv@x" and ` + b + field + `.topicFilter "kv@" disagree`},
 		{name: "bad field in arm b", specs: []string{a, bad}, err: bad + field + `: json: unknown field "topicFiltre"`},
+		{name: "two in arm a's file", specs: []string{twoDisagreeing, "random"}, err: twoDisagreeing + two},
+		{name: "two agreeing in arm a's file", specs: []string{twoAgreeing}, err: twoAgreeing + two},
+		{name: "two in arm b's file", specs: []string{a, twoAgreeing}, err: twoAgreeing + two},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := EndpointPickerKVEventsFiles(tc.specs...)
