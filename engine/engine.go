@@ -51,9 +51,10 @@ type Executor interface {
 }
 
 // FallibleExecutor is the optional Executor interface of an executor whose steps can fail:
-// a GPU backend's device errors (cuda/gpu). The engine calls ExecuteErr instead of Execute;
-// a failed step aborts its requests (finish reason "abort", their KV blocks freed) and the
-// engine goes on with the next step, which a backend that cannot recover fails the same way.
+// a GPU backend's device errors (cuda/gpu). The engine calls ExecuteErr instead of Execute
+// (unless the executor is a TokenExecutor: then ExecuteTokens); a failed step aborts its
+// requests (finish reason "abort", their KV blocks freed) and the engine goes on with the
+// next step, which a backend that cannot recover fails the same way.
 type FallibleExecutor interface {
 	Executor
 	ExecuteErr(batch []Input) ([][]float32, error)
