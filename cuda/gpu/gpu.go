@@ -519,7 +519,8 @@ func (b *Backend) Forward(batch []model.SeqInput) ([][]float32, error) {
 // contract): the argmax of each greedy row is taken on the device (sl_argmax, whose choice
 // is engine/sampling.Argmax's) and only it is copied back, 4 bytes instead of the row's
 // Vocab float32s; the other rows' logits come back as Forward returns them, and a greedy
-// row's is nil. tokens has an entry per logits row, meaningful for the greedy ones.
+// row's is nil. tokens has an entry per logits row, meaningful for the greedy ones (nil
+// when no row is greedy: then no sl_argmax runs).
 func (b *Backend) ForwardTokens(batch []model.SeqInput) (logits [][]float32, tokens []int32, err error) {
 	if err := b.step.Build(batch, &b.cfg, b.numBlocks, b.blockSize); err != nil {
 		return nil, nil, err

@@ -82,8 +82,9 @@ type TokenKernels interface {
 	// LogitsTokens ends the step as Logits does, except for the rows st.GreedyLogits
 	// names: for those, logits[i] is nil and tokens[i] is the argmax of the row as
 	// engine/sampling.Argmax takes it (the largest value, the lowest index among equals,
-	// NaN never chosen, 0 when every value is NaN). tokens has one entry per logit row;
-	// the entries of other rows are unspecified. Both are valid until the next step.
+	// NaN never chosen, 0 when every value is NaN). With greedy rows tokens has one entry
+	// per logit row, those of the other rows unspecified; without, it may be nil. Both are
+	// valid until the next step.
 	LogitsTokens() (logits [][]float32, tokens []int32, err error)
 }
 
