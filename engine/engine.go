@@ -36,6 +36,10 @@ type Input struct {
 	Blocks []int32
 	// Logits asks for the logits of the last token.
 	Logits bool
+	// Greedy, with Logits, says the caller wants only the argmax of that row: its request
+	// decodes greedily. The engine sets it only for a TokenExecutor, which may then return
+	// the token instead of the row; other executors never see it set.
+	Greedy bool
 }
 
 // Executor runs one step of the model.
@@ -47,12 +51,32 @@ type Executor interface {
 }
 
 // FallibleExecutor is the optional Executor interface of an executor whose steps can fail:
-// a GPU backend's device errors (cuda/gpu). The engine calls ExecuteErr instead of Execute;
-// a failed step aborts its requests (finish reason "abort", their KV blocks freed) and the
-// engine goes on with the next step, which a backend that cannot recover fails the same way.
+// a GPU backend's device errors (cuda/gpu). The engine calls ExecuteErr instead of Execute
+// (unless the executor is a TokenExecutor: then ExecuteTokens); a failed step aborts its
+// requests (finish reason "abort", their KV blocks freed) and the engine goes on with the
+// next step, which a backend that cannot recover fails the same way.
 type FallibleExecutor interface {
 	Executor
 	ExecuteErr(batch []Input) ([][]float32, error)
+}
+
+// TokenExecutor is the optional Executor interface of an executor that takes the argmax
+// of a greedy request's logits itself. A GPU backend (cuda/gpu) reduces the row on the
+// device, so one int32 crosses PCIe instead of the vocabulary's logits (513 KB per
+// sequence for Llama 3's 128256; 131 MB a step at batch 256), which the engine would
+// only reduce to that argmax on the host: vLLM samples on the GPU for the same reason.
+// The engine calls ExecuteTokens instead of ExecuteErr and Execute, with Greedy set on
+// the inputs whose requests decode greedily (sampling.Params.Greedy); a failed step is
+// handled as FallibleExecutor's. The outputs are the same as through Execute: greedy
+// sampling is the argmax and draws nothing from the request's random stream.
+type TokenExecutor interface {
+	Executor
+	// ExecuteTokens is ExecuteErr with a token per logits row: for a row whose input was
+	// Greedy, tokens[row] is sampling.Argmax of the row's logits (the lowest index among
+	// equals, NaN never chosen, 0 when every logit is NaN) and logits[row] may be nil;
+	// for the other rows logits[row] is the row, and tokens[row] is not read. Both stay
+	// valid until the next call.
+	ExecuteTokens(batch []Input) (logits [][]float32, tokens []int32, err error)
 }
 
 // TextDecoder turns generated token ids into text incrementally.
@@ -229,7 +253,8 @@ type Engine struct {
 	wake     chan struct{}
 	stats    Stats
 	pd       pdState
-	kvio     KVBlockIO // the executor's, if it has it
+	kvio     KVBlockIO     // the executor's, if it has it
+	tokx     TokenExecutor // the executor, if it takes greedy rows' argmax itself
 	done     chan struct{}
 	stopLoop bool
 
@@ -301,6 +326,7 @@ func New(cfg Config) (*Engine, error) {
 		pd:    pdState{holds: map[string]*hold{}},
 	}
 	e.kvio, _ = cfg.Executor.(KVBlockIO)
+	e.tokx, _ = cfg.Executor.(TokenExecutor)
 	inst, err := core.New(core.Config{
 		KV: kv.Config{
 			NumBlocks:           cfg.NumBlocks,

@@ -147,15 +147,24 @@ func (e *Engine) step() bool {
 			}
 		}
 		end := s.NumComputed + sc.NumTokens
+		last := end == s.NumTokens()
 		e.inputs = append(e.inputs, Input{
 			Tokens: r.tokens[s.NumComputed:end],
 			Pos:    s.NumComputed,
 			Blocks: s.Blocks,
-			Logits: end == s.NumTokens(),
+			Logits: last,
+			Greedy: last && e.tokx != nil && r.sampler.Greedy(),
 		})
 	}
 	var logits [][]float32
-	if fx, ok := e.cfg.Executor.(FallibleExecutor); ok {
+	var tokens []int32
+	if e.tokx != nil {
+		var err error
+		if logits, tokens, err = e.tokx.ExecuteTokens(e.inputs); err != nil {
+			e.failStep(step, err)
+			return true
+		}
+	} else if fx, ok := e.cfg.Executor.(FallibleExecutor); ok {
 		var err error
 		if logits, err = fx.ExecuteErr(e.inputs); err != nil {
 			e.failStep(step, err)
@@ -178,8 +187,12 @@ func (e *Engine) step() bool {
 		if !in.Logits {
 			continue
 		}
-		r := e.live[step.Seqs[i].Seq]
-		sampled[i] = r.sampler.Sample(logits[row])
+		if in.Greedy {
+			// The executor took the argmax, which is what Sample would return.
+			sampled[i] = tokens[row]
+		} else {
+			sampled[i] = e.live[step.Seqs[i].Seq].sampler.Sample(logits[row])
+		}
 		row++
 	}
 	finished := e.inst.Complete(step, now.Sub(e.start).Seconds())

@@ -12,7 +12,8 @@ import (
 // prompt, then the chunk's rest, a decode and a prefix-cache hit in one batch, then 32
 // decode steps of three sequences. float32: greedy tokens identical at every step, each
 // logits row within 1e-4 relative RMS error. bfloat16: each logits row within 5% relative
-// RMS error of the CPU's (float32 weights).
+// RMS error of the CPU's (float32 weights). The first steps run again with greedy rows
+// (ForwardTokens): sl_argmax's tokens are sampling.Argmax of Forward's rows.
 func TestForwardMatchesCPU(t *testing.T) {
 	gputest.Require(t)
 	for _, name := range []string{"15m", "110m"} {
@@ -30,7 +31,7 @@ func TestForwardMatchesCPU(t *testing.T) {
 				}()
 				info := b.Info()
 				t.Logf("%s on %s (%s), weights %d bytes, KV %d bytes", name, info.Device, info.Image, info.WeightBytes, info.KVBytes)
-				compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), info.DType)
+				compareWithCPU(t, dir, b)
 			})
 		}
 	}
@@ -66,7 +67,7 @@ func TestForwardMatchesCPUOnModel(t *testing.T) {
 			}()
 			info := b.Info()
 			t.Logf("%s on %s (%s), weights %d bytes, KV %d bytes", dir, info.Device, info.Image, info.WeightBytes, info.KVBytes)
-			compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), info.DType)
+			compareWithCPU(t, dir, b)
 		})
 	}
 }

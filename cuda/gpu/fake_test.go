@@ -485,6 +485,22 @@ func (o *fakeOps) Linear(_ driver.Stream, y, x, w driver.DevicePtr, rows, n, k i
 	return o.count("linear_" + dtype)
 }
 
+// Argmax is sl_argmax's contract: per row, the index of the largest value, the lowest
+// among equals, NaN never chosen (0 when every value is NaN).
+func (o *fakeOps) Argmax(_ driver.Stream, idx, logits driver.DevicePtr, rows, vocab int) error {
+	out, all := o.d.i32(idx, rows), o.d.f32(logits, rows*vocab)
+	for r := range rows {
+		best := -1
+		for i, v := range all[r*vocab : (r+1)*vocab] {
+			if !math.IsNaN(float64(v)) && (best < 0 || v > all[r*vocab+best]) {
+				best = i
+			}
+		}
+		out[r] = int32(max(best, 0))
+	}
+	return o.count("sl_argmax")
+}
+
 // fakeOpener opens the fake device, as openCUDA opens a GPU.
 func fakeOpener(d *fakeDevice, o *fakeOps, closed *int) opener {
 	return func(int) (*opened, error) {

@@ -19,7 +19,8 @@
 // 16 GB for Llama-3.1-8B in bfloat16, released once Load returns). The KV cache is float32 in the CPU engine's layout (engine/model/kvcache.go),
 // so KV blocks move to the CPU and disk tiers and to other engines byte for byte. Each
 // step's logits are copied into page-locked host memory (cuMemAllocHost), reserved with
-// the activations and grown with them; the rows Forward returns are slices of it.
+// the activations and grown with them; the rows Forward returns are slices of it. A greedy
+// row (ForwardTokens) is reduced to its argmax on the device and only the token copied.
 //
 // Errors from the driver are returned: Load fails, a step fails. A failed step leaves
 // the CUDA context in an unknown state (a kernel fault is sticky), so the backend keeps
@@ -103,6 +104,7 @@ type ops interface {
 	AttnPrefillBF16GQA(s driver.Stream, out, qkv, kcache, vcache, items, seqStart, seqPos, blockTables driver.DevicePtr, nItems, maxBlocks, heads, kvHeads, headDim, blockSize int) error
 	SiLUMul(s driver.Stream, act, gu driver.DevicePtr, rows, hidden int) error
 	Linear(s driver.Stream, y, x, w driver.DevicePtr, rows, n, k int, dtype string, accumulate bool) error
+	Argmax(s driver.Stream, idx, logits driver.DevicePtr, rows, vocab int) error
 }
 
 var _ ops = (*kernels.Module)(nil)
@@ -511,6 +513,28 @@ func (b *Backend) Forward(batch []model.SeqInput) ([][]float32, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// ForwardTokens is Forward for a batch with Greedy inputs (engine.TokenExecutor's
+// contract): the argmax of each greedy row is taken on the device (sl_argmax, whose choice
+// is engine/sampling.Argmax's) and only it is copied back, 4 bytes instead of the row's
+// Vocab float32s; the other rows' logits come back as Forward returns them, and a greedy
+// row's is nil. tokens has an entry per logits row, meaningful for the greedy ones (nil
+// when no row is greedy: then no sl_argmax runs).
+func (b *Backend) ForwardTokens(batch []model.SeqInput) (logits [][]float32, tokens []int32, err error) {
+	if err := b.step.Build(batch, &b.cfg, b.numBlocks, b.blockSize); err != nil {
+		return nil, nil, err
+	}
+	err = b.run(func() error {
+		var err error
+		logits, tokens, err = model.ForwardTokens(&b.k, &b.step, b.cfg.Layers)
+		return err
+	})
+	b.step.Batch = nil
+	if err != nil {
+		return nil, nil, err
+	}
+	return logits, tokens, nil
 }
 
 // BlockBytes is one KV block's size as ReadBlock writes it: every layer's keys then

@@ -5,16 +5,19 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"servelab/cuda/kernels"
 	"servelab/engine/cpu"
 	"servelab/engine/model"
 	"servelab/engine/modelfile"
 	"servelab/engine/safetensors"
+	"servelab/engine/sampling"
 )
 
 // synth writes a random-weight model of spec into a temporary directory.
@@ -181,9 +184,10 @@ func TestKVBlocks(t *testing.T) {
 			t.Errorf("%s: %d, %v; want %d", tc.name, got, err, tc.want)
 		}
 	}
-	// Llama-3.1-8B's activations for 2048 tokens and 256 logit rows.
+	// Llama-3.1-8B's activations for 2048 tokens and 256 logit rows (their logits and
+	// argmax tokens).
 	c := model.Config{Dim: 4096, Hidden: 14336, Heads: 32, KVHeads: 8, HeadDim: 128, Vocab: 128256}
-	if got, want := activationBytes(c, 2048, 256), int64(4*(2048*(2*4096+4096+2*1024+4096+3*14336)+256*(4096+128256))); got != want {
+	if got, want := activationBytes(c, 2048, 256), int64(4*(2048*(2*4096+4096+2*1024+4096+3*14336)+256*(4096+128256+1))); got != want {
 		t.Errorf("activationBytes = %d, want %d", got, want)
 	}
 }
@@ -255,7 +259,7 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 	if b.NumBlocks() != 64 || b.BlockSize() != 16 {
 		t.Fatalf("KV cache of %d blocks of %d", b.NumBlocks(), b.BlockSize())
 	}
-	compareWithCPU(t, dir, b.Forward, b.NumBlocks(), b.BlockSize(), b.Info().DType)
+	compareWithCPU(t, dir, b)
 	prefill := "sl_attn_prefill"
 	if c := b.Config(); b.Info().DType == BFloat16 {
 		prefill = "sl_attn_prefill_bf16" // Attention's kernel for bf16 (head dims up to kernels.FlashMaxHeadDim)
@@ -263,7 +267,7 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 			prefill = "sl_attn_prefill_bf16_gqa" // a block per kv head's group of query heads
 		}
 	}
-	for _, k := range []string{"sl_attn_decode", prefill, "sl_rope_store", "sl_silu_mul"} {
+	for _, k := range []string{"sl_attn_decode", prefill, "sl_rope_store", "sl_silu_mul", "sl_argmax"} {
 		if dev.launched(k) == 0 {
 			t.Errorf("kernel %s never launched", k)
 		}
@@ -276,20 +280,29 @@ func forwardMatchesCPU(t *testing.T, spec modelfile.Spec, dtype string, dev test
 	}
 }
 
-// compareWithCPU drives forward (a GPU backend's) and the CPU engine's runner with the same
+// compareWithCPU drives b (a GPU backend) and the CPU engine's runner with the same
 // steps: a prefill chunk and a whole prompt in one batch, then the chunk's rest, a decode
 // and a third sequence hitting the first one's cached prefix blocks in one batch, then 32
 // decode steps of all three, each engine fed its own greedy tokens. In float32 the tokens
 // must be identical; every logits row must be within checkLogits' tolerance of the CPU's
 // (1e-4 relative RMS error in float32).
 //
+// The first greedySteps steps run again through ForwardTokens (rewriting the same keys
+// and values) with some rows Greedy, every pattern of the three sequences among them: a
+// greedy row's logits are nil and its token is sampling.Argmax of the row Forward returned
+// (the kernels are deterministic, so exactly; in float32 that is the CPU's argmax too),
+// and the other rows' logits are Forward's bit for bit.
+//
 // Why a float32 logits bound besides the tokens: with random weights the logits are
 // dominated by the embeddings' residual path, so greedy tokens alone miss broken
 // attention: a sign flipped in the rotary embedding left every token identical and moved
 // the tiny preset's logits by 0.9% relative RMS (TestEmulatedForwardMatchesCPU), while
 // sums in another order move them by about 3e-7.
-func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([][]float32, error), numBlocks, blockSize int, dtype string) {
+const greedySteps = 10
+
+func compareWithCPU(t *testing.T, dir string, b *Backend) {
 	t.Helper()
+	numBlocks, blockSize, dtype := b.NumBlocks(), b.BlockSize(), b.Info().DType
 	cm, err := model.Load(dir, cpu.NewPool(0))
 	if err != nil {
 		t.Fatal(err)
@@ -339,9 +352,10 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 			}
 		}
 	}
+	greedyRows := 0
 	run := func(step int, batch []model.SeqInput, who []int) {
 		t.Helper()
-		g, err := forward(batch)
+		g, err := b.Forward(batch)
 		if err != nil {
 			t.Fatalf("step %d: %v", step, err)
 		}
@@ -349,6 +363,51 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 		copy(cb, batch)
 		cl := runner.Forward(cb)
 		check(step, g, cl, who)
+		if step >= greedySteps {
+			return
+		}
+		// g is the backend's host buffer, which the next step overwrites.
+		want := make([][]float32, len(g))
+		for i := range g {
+			want[i] = slices.Clone(g[i])
+		}
+		tb := make([]model.SeqInput, len(batch))
+		copy(tb, batch)
+		greedy := make([]bool, len(g))
+		row := 0
+		for i := range tb {
+			if tb[i].Logits {
+				// Step s marks row j greedy by bit j of s+1: 1, 2, 3, ... cover every pattern.
+				greedy[row] = (step+1)>>row&1 == 1
+				tb[i].Greedy = greedy[row]
+				row++
+			}
+		}
+		lg, toks, err := b.ForwardTokens(tb)
+		if err != nil {
+			t.Fatalf("step %d, greedy rows %v: %v", step, greedy, err)
+		}
+		if len(lg) != len(g) || len(toks) != len(g) && slices.Contains(greedy, true) {
+			t.Fatalf("step %d, greedy rows %v: %d logits rows and %d tokens; want %d", step, greedy, len(lg), len(toks), len(g))
+		}
+		for i := range lg {
+			if !greedy[i] {
+				if d := cmp.Diff(want[i], lg[i], cmpopts.EquateNaNs()); d != "" {
+					t.Fatalf("step %d, greedy rows %v: row %d's logits through ForwardTokens differ from Forward's (-Forward +ForwardTokens):\n%s", step, greedy, i, d)
+				}
+				continue
+			}
+			greedyRows++
+			if lg[i] != nil {
+				t.Errorf("step %d, greedy rows %v: row %d has %d logits; want none copied", step, greedy, i, len(lg[i]))
+			}
+			if w := sampling.Argmax(want[i]); toks[i] != w {
+				t.Fatalf("step %d, greedy rows %v: row %d's device token %d; sampling.Argmax of Forward's row %d", step, greedy, i, toks[i], w)
+			}
+			if w := sampling.Argmax(cl[i]); dtype == Float32 && toks[i] != w {
+				t.Fatalf("step %d, greedy rows %v: row %d's device token %d; sampling.Argmax of the CPU's row %d", step, greedy, i, toks[i], w)
+			}
+		}
 	}
 	run(0, steps[0], []int{1})
 	// Step 1: a's rest, b's first decode, c's prefix hit (blocks 0 and 1 computed by a).
@@ -379,7 +438,10 @@ func compareWithCPU(t *testing.T, dir string, forward func([]model.SeqInput) ([]
 			}
 		}
 	}
-	t.Logf("%s: %d tokens per sequence compared; largest logits relative RMS error %.3g", dtype, len(st[0].cpu), maxRel)
+	if greedyRows == 0 {
+		t.Error("no greedy row ran through ForwardTokens")
+	}
+	t.Logf("%s: %d tokens per sequence compared; largest logits relative RMS error %.3g; %d greedy rows reduced on the device", dtype, len(st[0].cpu), maxRel, greedyRows)
 }
 
 // wideBatchMatchesCPU loads spec on dev in dtype and runs a batch wider than

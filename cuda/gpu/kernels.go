@@ -89,6 +89,14 @@ func (h *hostBuf) f32(n int) []float32 {
 	return unsafe.Slice((*float32)(h.p), n)
 }
 
+// i32 is the n int32s of the buffer from its off-th (off+n at most its size in int32s).
+func (h *hostBuf) i32(off, n int) []int32 {
+	if uintptr(off+n)*4 > h.size {
+		panic(fmt.Sprintf("gpu: int32s [%d, %d) in a host buffer of %d bytes", off, off+n, h.size))
+	}
+	return unsafe.Slice((*int32)(unsafe.Add(h.p, off*4)), n)
+}
+
 // gpuKernels is the CUDA backend of the forward pass ([model.Kernels]); its methods run on
 // the backend's worker thread.
 type gpuKernels struct {
@@ -99,9 +107,9 @@ type gpuKernels struct {
 
 	st *model.Step
 
-	// Activations, one buffer per model.Act, and the logit rows.
-	acts      [model.ActAct + 1]devBuf
-	xl, logit devBuf
+	// Activations, one buffer per model.Act, the logit rows and their argmax (int32).
+	acts              [model.ActAct + 1]devBuf
+	xl, logit, argmax devBuf
 	// The step's layout, packed into one host array and one upload.
 	layout devBuf
 	host   []int32
@@ -111,13 +119,14 @@ type gpuKernels struct {
 
 	ropeN    int
 	cos, sin devBuf
-	// hostLogit receives the logit rows; out's rows are slices of it, valid until the
-	// next step.
+	// hostLogit receives the logit rows, then (LogitsTokens) their argmax: n·Vocab float32s
+	// then n int32s for a step of n rows. out's rows and the tokens are slices of it, valid
+	// until the next step.
 	hostLogit hostBuf
 	out       [][]float32
 }
 
-var _ model.Kernels = (*gpuKernels)(nil)
+var _ model.TokenKernels = (*gpuKernels)(nil)
 
 // actWidth is activation a's row width in elements.
 func (k *gpuKernels) actWidth(a model.Act) int {
@@ -137,8 +146,8 @@ func (k *gpuKernels) actWidth(a model.Act) int {
 	panic(fmt.Sprintf("gpu: activation %d", a))
 }
 
-// reserve sizes the activations for rows tokens and logits for logitRows rows, on the
-// device and in page-locked host memory.
+// reserve sizes the activations for rows tokens and logits and their argmax for logitRows
+// rows, on the device and in page-locked host memory.
 func (k *gpuKernels) reserve(rows, logitRows int) error {
 	dev := k.b.dev
 	for a := range k.acts {
@@ -152,7 +161,10 @@ func (k *gpuKernels) reserve(rows, logitRows int) error {
 	if err := k.logit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4)); err != nil {
 		return err
 	}
-	return k.hostLogit.ensure(dev, uintptr(logitRows*k.b.cfg.Vocab*4))
+	if err := k.argmax.ensure(dev, uintptr(logitRows*4)); err != nil {
+		return err
+	}
+	return k.hostLogit.ensure(dev, uintptr(logitRows*(k.b.cfg.Vocab+1)*4))
 }
 
 // ensureRope makes the rotary tables cover positions [0, n), growing them to at least
@@ -188,11 +200,11 @@ func (k *gpuKernels) freeAll(free func(driver.DevicePtr), freeHost func(unsafe.P
 	for i := range k.acts {
 		free(k.acts[i].p)
 	}
-	for _, d := range []*devBuf{&k.xl, &k.logit, &k.layout, &k.cos, &k.sin} {
+	for _, d := range []*devBuf{&k.xl, &k.logit, &k.argmax, &k.layout, &k.cos, &k.sin} {
 		free(d.p)
 	}
 	k.acts = [model.ActAct + 1]devBuf{}
-	k.xl, k.logit, k.layout, k.cos, k.sin = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
+	k.xl, k.logit, k.argmax, k.layout, k.cos, k.sin = devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}, devBuf{}
 	k.ropeN = 0
 	if k.hostLogit.p != nil {
 		freeHost(k.hostLogit.p)
@@ -349,24 +361,72 @@ func (k *gpuKernels) SwiGLU() error {
 // the copy waits for the step's kernels, so their errors surface here. A step without
 // logits synchronises instead.
 func (k *gpuKernels) Logits() ([][]float32, error) {
+	out, _, err := k.logits(false)
+	return out, err
+}
+
+// LogitsTokens is Logits with the argmax of the greedy rows (st.GreedyLogits) taken on the
+// device: sl_argmax over every row, the n tokens copied back, and only the other rows'
+// logits, each run of consecutive non-greedy rows in one copy. A greedy row is the copy the
+// engine would only reduce to its argmax on the host (513 KB a sequence for a vocabulary of
+// 128256), and the argmax is one read of the rows already on the device.
+func (k *gpuKernels) LogitsTokens() ([][]float32, []int32, error) {
+	return k.logits(true)
+}
+
+// logits is Logits, and LogitsTokens when tokens is set and the step has greedy rows.
+func (k *gpuKernels) logits(tokens bool) ([][]float32, []int32, error) {
 	c := &k.b.cfg
 	n := len(k.st.LogitRows)
 	if n == 0 {
-		return k.out, k.b.dev.CtxSynchronize()
+		return k.out, nil, k.b.dev.CtxSynchronize()
 	}
 	if err := k.b.ops.RMSNorm(defaultStream, k.xl.p, k.act(model.ActX), k.logitRows, k.b.wts.norm, n, c.Dim, k.eps); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := k.b.ops.Linear(defaultStream, k.logit.p, k.xl.p, k.b.wts.lmHead, n, c.Vocab, c.Dim, k.dtype, false); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Begin's reserve sized hostLogit for the step's rows.
+	// Begin's reserve sized hostLogit for the step's rows and their tokens.
 	host := k.hostLogit.f32(n * c.Vocab)
-	if err := k.b.dev.MemcpyDtoH(bytesOf(host), k.logit.p); err != nil {
-		return nil, err
+	greedy := k.st.GreedyLogits
+	if !tokens || len(greedy) == 0 {
+		if err := k.b.dev.MemcpyDtoH(bytesOf(host), k.logit.p); err != nil {
+			return nil, nil, err
+		}
+		for i := range n {
+			k.out = append(k.out, host[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
+		}
+		return k.out, nil, nil
 	}
-	for i := range n {
-		k.out = append(k.out, host[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
+	if err := k.b.ops.Argmax(defaultStream, k.argmax.p, k.logit.p, n, c.Vocab); err != nil {
+		return nil, nil, err
 	}
-	return k.out, nil
+	toks := k.hostLogit.i32(n*c.Vocab, n)
+	if err := k.b.dev.MemcpyDtoH(bytesOf(toks), k.argmax.p); err != nil {
+		return nil, nil, err
+	}
+	// The non-greedy rows keep their places in host (and so Logits' layout): row i at
+	// i·Vocab. greedy is ascending, so the runs between its entries are the rows to copy.
+	row := 0
+	for g := 0; row < n; g++ {
+		end := n
+		if g < len(greedy) {
+			end = int(greedy[g])
+		}
+		if end > row {
+			run := host[row*c.Vocab : end*c.Vocab]
+			if err := k.b.dev.MemcpyDtoH(bytesOf(run), k.logit.p+driver.DevicePtr(row*c.Vocab*4)); err != nil {
+				return nil, nil, err
+			}
+			for i := row; i < end; i++ {
+				k.out = append(k.out, host[i*c.Vocab:(i+1)*c.Vocab:(i+1)*c.Vocab])
+			}
+		}
+		if end < n {
+			k.out = append(k.out, nil) // greedy row end
+		}
+		row = end + 1
+	}
+	return k.out, toks, nil
 }

@@ -16,12 +16,12 @@ const DefaultMaxNumBatchedTokens = 2048
 // activationBytes is the device memory one step of tokens rows (logitRows of which want
 // logits) takes in activations: the residual and its norm, the fused q/k/v, the attention
 // output, the fused gate/up and SwiGLU's output per row, float32, plus the normalised
-// logit rows and their logits. The backend allocates this much before sizing the KV cache
+// logit rows, their logits and their argmax (int32). The backend allocates this much before sizing the KV cache
 // (vLLM profiles a forward pass of max_num_batched_tokens for the same reason) and grows
 // the buffers if a step needs more.
 func activationBytes(c model.Config, tokens, logitRows int) int64 {
 	perRow := int64(2*c.Dim + c.QDim() + 2*c.KVDim() + c.QDim() + 2*c.Hidden + c.Hidden)
-	return 4 * (int64(tokens)*perRow + int64(logitRows)*int64(c.Dim+c.Vocab))
+	return 4 * (int64(tokens)*perRow + int64(logitRows)*int64(c.Dim+c.Vocab+1))
 }
 
 // kvSizing is what the KV cache's size is computed from.

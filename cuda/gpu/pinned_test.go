@@ -7,6 +7,7 @@ import (
 
 	"servelab/engine/cpu"
 	"servelab/engine/model"
+	"servelab/engine/sampling"
 )
 
 // TestFakeLogitsInPinnedMemory: each step's logits are copied into page-locked host memory
@@ -137,5 +138,76 @@ func TestFakeMemAllocHostFailure(t *testing.T) {
 				t.Errorf("afterwards: allocations %v left, context destroyed %d times", n, *closed)
 			}
 		})
+	}
+}
+
+// TestFakeGreedyRowsCopyTokens: ForwardTokens copies the step's argmax tokens (one copy
+// of n int32s, into the same page-locked buffer) and only the non-greedy rows' logits, one
+// copy per run of consecutive non-greedy rows; a step without greedy rows is Forward's
+// single copy with no sl_argmax launch. Tokens are sampling.Argmax of the CPU engine's
+// rows, and the non-greedy rows are within float32 rounding of the CPU's.
+func TestFakeGreedyRowsCopyTokens(t *testing.T) {
+	dir := synth(t, preset(t, "tiny"), 23)
+	b, d, ops, _ := loadFake(t, Options{Dir: dir, NumBlocks: 32, MaxNumBatchedTokens: 64, MaxNumSeqs: 6}, 1<<30)
+	defer b.Close()
+	cm, err := model.Load(dir, cpu.NewPool(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner := cm.NewRunner(cm.NewKVCache(b.NumBlocks(), b.BlockSize()))
+	const n = 6
+	toks := make([][]int32, n)
+	for i := range toks {
+		for j := range 4 + i {
+			toks[i] = append(toks[i], int32(3+(j*7919+i*104729)%(cm.Config.Vocab-3)))
+		}
+	}
+	for step, tc := range []struct {
+		greedy       string // row i greedy where greedy[i] is 'g'
+		copies, runs int    // device-to-host copies: the tokens' (1 or 0) and each run's
+	}{
+		{"g.gg..", 1, 2}, // prefill: runs [1] and [4, 6)
+		{"......", 0, 1}, // no greedy row: Forward's copy
+		{"gggggg", 1, 0}, // every row greedy: the tokens only
+		{"..g...", 1, 2},
+		{".g.g.g", 1, 3},
+	} {
+		batch := make([]model.SeqInput, n)
+		for i := range batch {
+			pos := 0
+			if step > 0 {
+				pos = len(toks[i]) - 1
+			}
+			batch[i] = model.SeqInput{Tokens: toks[i][pos:], Pos: pos, Blocks: []int32{int32(2 * i), int32(2*i + 1)}, Logits: true, Greedy: tc.greedy[i] == 'g'}
+		}
+		copies, argmaxes := d.pinnedDtoH, ops.launches["sl_argmax"]
+		g, tk, err := b.ForwardTokens(batch)
+		if err != nil {
+			t.Fatalf("step %d (%s): %v", step, tc.greedy, err)
+		}
+		c := runner.Forward(append([]model.SeqInput(nil), batch...))
+		if got, want := d.pinnedDtoH-copies, tc.copies+tc.runs; got != want || d.pageableDtoH != 0 {
+			t.Errorf("step %d (%s): %d copies into page-locked memory, want %d; %d into pageable memory", step, tc.greedy, got, want, d.pageableDtoH)
+		}
+		if got := ops.launches["sl_argmax"] - argmaxes; got != tc.copies {
+			t.Errorf("step %d (%s): %d sl_argmax launches, want %d", step, tc.greedy, got, tc.copies)
+		}
+		if len(g) != n {
+			t.Fatalf("step %d (%s): %d logits rows, want %d", step, tc.greedy, len(g), n)
+		}
+		for i := range n {
+			want := sampling.Argmax(c[i])
+			if batch[i].Greedy {
+				if g[i] != nil || tk[i] != want {
+					t.Errorf("step %d (%s), row %d: %d logits and token %d; want none and the CPU's argmax %d", step, tc.greedy, i, len(g[i]), tk[i], want)
+				}
+			} else {
+				checkLogits(t, step, i, Float32, cm.Config, g[i], c[i])
+				if !d.host.holds(bytesOf(g[i])) {
+					t.Errorf("step %d (%s): logits row %d is not in a page-locked host allocation", step, tc.greedy, i)
+				}
+			}
+			toks[i] = append(toks[i], want)
+		}
 	}
 }

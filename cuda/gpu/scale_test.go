@@ -135,8 +135,8 @@ func TestLlama8BSizes(t *testing.T) {
 	const weights = (8030261248-65*4096)*2 + 65*4096*4
 	// Per token: residual and its norm (2·4096), q/k/v (4096+2·1024), attention output
 	// (4096), gate/up (2·14336), SwiGLU (14336): 61440 float32; per logits row its normed
-	// row and 128256 logits.
-	const acts2048 = 4 * (2048*61440 + 256*(4096+128256))
+	// row, 128256 logits and its argmax.
+	const acts2048 = 4 * (2048*61440 + 256*(4096+128256+1))
 	const context = 512 << 20 // a CUDA context's own memory, for the sizing below
 	used := uint64(weights + acts2048 + context)
 	const wantBlocks = 28238 // (0.9·143771 MiB - used) / 4 MiB
@@ -146,8 +146,8 @@ func TestLlama8BSizes(t *testing.T) {
 	}{
 		{"weight bytes", b.info.WeightBytes, weights},
 		{"activation bytes (2048 tokens, 256 logits rows)", activationBytes(cfg, 2048, 256), acts2048},
-		{"activation bytes (8192 tokens, 256 logits rows)", activationBytes(cfg, 8192, 256), 4 * (8192*61440 + 256*(4096+128256))},
-		{"activation bytes (131072 tokens, 1024 logits rows): past 2^32", activationBytes(cfg, 131072, 1024), 32754368512},
+		{"activation bytes (8192 tokens, 256 logits rows)", activationBytes(cfg, 8192, 256), 4 * (8192*61440 + 256*(4096+128256+1))},
+		{"activation bytes (131072 tokens, 1024 logits rows): past 2^32", activationBytes(cfg, 131072, 1024), 32754368512 + 4*1024},
 		{"KV block bytes (16 tokens)", int64(b.BlockBytes()), 2 * 32 * 16 * 1024 * 4},
 		{"rope table positions", int64(b.k.ropeN), 131072},
 		{"rope table bytes (cos)", int64(b.k.cos.size), 131072 * 64 * 4 * 5 / 4}, // ensure's quarter of headroom

@@ -103,11 +103,23 @@ func (x *fakeExecutor) Execute(batch []engine.Input) [][]float32 {
 }
 
 func (x *fakeExecutor) ExecuteErr(batch []engine.Input) ([][]float32, error) {
+	x.convert(batch)
+	return x.g.Forward(x.inputs)
+}
+
+// ExecuteTokens, as engine/backend's, has the engine take greedy requests' tokens from
+// the device: checkServes' completion (temperature 0) goes that way, its chat (the
+// default temperature 1) through the logits.
+func (x *fakeExecutor) ExecuteTokens(batch []engine.Input) ([][]float32, []int32, error) {
+	x.convert(batch)
+	return x.g.ForwardTokens(x.inputs)
+}
+
+func (x *fakeExecutor) convert(batch []engine.Input) {
 	x.inputs = x.inputs[:0]
 	for _, in := range batch {
 		x.inputs = append(x.inputs, model.SeqInput(in))
 	}
-	return x.g.Forward(x.inputs)
 }
 
 // TestFakeEngineServes is TestEngineServesOnGPU on the fake device (tiny preset), and

@@ -10,6 +10,7 @@ import (
 	"servelab/engine"
 	"servelab/engine/modelfile"
 	"servelab/engine/safetensors"
+	"servelab/engine/sampling"
 	"servelab/engine/tokenizer"
 	"servelab/sim/latency"
 )
@@ -82,6 +83,74 @@ func TestBenchmarkBodiesOnCPU(t *testing.T) {
 		if pre.N != 20 || !(sec > 0) || !relNear(pre.Extra["TFLOP/s"], bounds.FLOPs(PrefillShape(48))/sec/1e12) ||
 			!relNear(pre.Extra["peak-frac"], pre.Extra["TFLOP/s"]*1e12/bounds.PeakFLOPS()) {
 			t.Errorf("prefill: N %d, metrics %v", pre.N, pre.Extra)
+		}
+	})
+}
+
+// hostTokens is an executor as a TokenExecutor taking the greedy rows' argmax on the
+// host (a GPU's takes it on the device), plus off: 1 makes every token wrong. It counts
+// its ExecuteTokens steps and greedy rows.
+type hostTokens struct {
+	engine.Executor
+	off               int32
+	steps, greedyRows int
+	tokens            []int32
+}
+
+func (x *hostTokens) ExecuteTokens(batch []engine.Input) ([][]float32, []int32, error) {
+	x.steps++
+	out := x.Execute(batch)
+	x.tokens = x.tokens[:0]
+	row := 0
+	for _, in := range batch {
+		if !in.Logits {
+			continue
+		}
+		tok := int32(-1)
+		if in.Greedy {
+			tok = sampling.Argmax(out[row]) + x.off
+			x.greedyRows++
+		}
+		x.tokens = append(x.tokens, tok)
+		row++
+	}
+	return out, x.tokens, nil
+}
+
+// TestBenchmarkBodiesTakeGreedyTokens: with a TokenExecutor (the GPU's) the timed decode
+// and prefill steps run through ExecuteTokens with every row greedy, as the engine runs
+// greedy requests, after one checked step whose tokens must be the argmax of its logits;
+// an executor whose tokens are not fails the benchmark.
+func TestBenchmarkBodiesTakeGreedyTokens(t *testing.T) {
+	h200, err := latency.LookupGPU("h200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := shape{blockSize: 16, singleContext: 24, batchContext: 40, batch: 4, decodeRoom: 8, prefillChunk: 64, prefill: []int{48}}
+	exec, vocab, bounds, err := load(t, tinyModel(t), "cpu", h200, sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBenchtime(t, "5x", func() {
+		for _, tc := range []struct {
+			name string
+			body func(*testing.B, engine.Executor)
+			rows int // greedy rows a step
+		}{
+			{"batch decode", func(b *testing.B, x engine.Executor) { sh.batchDecode(b, x, vocab, bounds) }, 4},
+			{"prefill", func(b *testing.B, x engine.Executor) { sh.prefillRun(b, x, vocab, bounds, 48) }, 1},
+		} {
+			x := &hostTokens{Executor: exec}
+			r := testing.Benchmark(func(b *testing.B) { tc.body(b, x) })
+			// testing.Benchmark runs the body with N 1, then with N 5: each run's checked
+			// step and its timed ones.
+			if r.N != 5 || x.steps != 1+1+1+r.N || x.greedyRows != tc.rows*x.steps {
+				t.Errorf("%s: N %d, %d steps through ExecuteTokens with %d greedy rows; want 5, 8, %d", tc.name, r.N, x.steps, x.greedyRows, 8*tc.rows)
+			}
+			wrong := &hostTokens{Executor: exec, off: 1}
+			if r := testing.Benchmark(func(b *testing.B) { tc.body(b, wrong) }); r.N != 0 {
+				t.Errorf("%s: tokens off the argmax: the benchmark ran %d steps", tc.name, r.N)
+			}
 		}
 	})
 }

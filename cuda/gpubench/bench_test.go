@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"servelab/internal/gputest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"servelab/engine"
 	"servelab/engine/backend"
 	"servelab/engine/model"
+	"servelab/engine/sampling"
 	"servelab/sim/latency"
 )
 
@@ -178,12 +180,16 @@ func (s shape) seqBlocks(i int) []int32 {
 }
 
 // execute runs one step and checks that it returned a finite logits row of the model's
-// vocabulary for every input: a benchmark of a backend computing nonsense fails.
+// vocabulary for every input: a benchmark of a backend computing nonsense fails. For a
+// batch with Greedy inputs (a TokenExecutor's: see greedy) it runs the step again as the
+// timed steps do and checks that each greedy row's token is sampling.Argmax of the row
+// just checked (the same step computes the same logits again).
 func execute(b *testing.B, exec engine.Executor, vocab int, batch []engine.Input) {
 	out := exec.Execute(batch)
 	if len(out) != len(batch) {
 		b.Fatalf("a step of %d inputs returned %d logits rows", len(batch), len(out))
 	}
+	want := make([]int32, len(out))
 	for i, row := range out {
 		if len(row) != vocab {
 			b.Fatalf("logits row %d has %d values, want the vocabulary's %d", i, len(row), vocab)
@@ -193,7 +199,46 @@ func execute(b *testing.B, exec engine.Executor, vocab int, batch []engine.Input
 				b.Fatalf("logits row %d holds %v", i, v)
 			}
 		}
+		want[i] = sampling.Argmax(row)
 	}
+	tx, ok := exec.(engine.TokenExecutor)
+	if !ok || !slices.ContainsFunc(batch, func(in engine.Input) bool { return in.Greedy }) {
+		return
+	}
+	logits, tokens, err := tx.ExecuteTokens(batch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(logits) != len(batch) || len(tokens) != len(batch) {
+		b.Fatalf("ExecuteTokens of %d inputs returned %d logits rows and %d tokens", len(batch), len(logits), len(tokens))
+	}
+	for i, in := range batch {
+		if in.Greedy && tokens[i] != want[i] {
+			b.Fatalf("greedy row %d: token %d, want the argmax of its logits %d", i, tokens[i], want[i])
+		}
+	}
+}
+
+// greedy says whether the timed steps ask for greedy tokens: with a TokenExecutor (the
+// GPU's), as the engine runs greedy requests (real/bench sends temperature 0) and vLLM,
+// whose throughput the targets come from, samples on the GPU. Other executors get no
+// Greedy input, as from the engine.
+func greedy(exec engine.Executor) bool {
+	_, ok := exec.(engine.TokenExecutor)
+	return ok
+}
+
+// step runs one timed step: through ExecuteTokens for a TokenExecutor (batch's inputs
+// Greedy, so the argmax is taken on the device and only the tokens are copied back), else
+// Execute (every logits row copied back).
+func step(b *testing.B, exec engine.Executor, batch []engine.Input) {
+	if tx, ok := exec.(engine.TokenExecutor); ok {
+		if _, _, err := tx.ExecuteTokens(batch); err != nil {
+			b.Fatal(err)
+		}
+		return
+	}
+	exec.Execute(batch)
 }
 
 // fill computes the first context tokens of each of seqs sequences, in steps of at most
@@ -211,13 +256,14 @@ func (s shape) fill(b *testing.B, exec engine.Executor, vocab, seqs, context int
 
 // decode times b.N steps of seqs sequences each decoding one token after context, and
 // returns the aggregate tokens per second. The first step's logits are checked, the timed
-// ones not (reading them back is part of every step, as the engine samples from them).
+// ones not; they run as the engine runs greedy requests (step): on the GPU the argmax on
+// the device and the tokens copied back, elsewhere every logits row.
 func (s shape) decode(b *testing.B, exec engine.Executor, vocab, seqs, context int) float64 {
 	toks := tokens(context+s.decodeRoom+1, vocab)
 	s.fill(b, exec, vocab, seqs, context, toks)
 	batch := make([]engine.Input, seqs)
 	for i := range batch {
-		batch[i] = engine.Input{Tokens: toks[context : context+1], Pos: context, Blocks: s.seqBlocks(i), Logits: true}
+		batch[i] = engine.Input{Tokens: toks[context : context+1], Pos: context, Blocks: s.seqBlocks(i), Logits: true, Greedy: greedy(exec)}
 	}
 	execute(b, exec, vocab, batch)
 	b.ResetTimer()
@@ -229,7 +275,7 @@ func (s shape) decode(b *testing.B, exec engine.Executor, vocab, seqs, context i
 		for i := range batch {
 			batch[i].Tokens, batch[i].Pos = toks[pos:pos+1], pos
 		}
-		exec.Execute(batch)
+		step(b, exec, batch)
 		pos++
 	}
 	b.StopTimer()
@@ -263,11 +309,11 @@ func (s shape) prefillRun(b *testing.B, exec engine.Executor, vocab int, bounds 
 	for j := range blocks {
 		blocks[j] = int32(j)
 	}
-	in := []engine.Input{{Tokens: tokens(n, vocab), Blocks: blocks, Logits: true}}
+	in := []engine.Input{{Tokens: tokens(n, vocab), Blocks: blocks, Logits: true, Greedy: greedy(exec)}}
 	execute(b, exec, vocab, in) // checked, and warm: the first use of this shape's buffers
 	b.ResetTimer()
 	for range b.N {
-		exec.Execute(in)
+		step(b, exec, in)
 	}
 	b.StopTimer()
 	sec := b.Elapsed().Seconds() / float64(b.N)

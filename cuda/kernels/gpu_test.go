@@ -793,10 +793,22 @@ func testArgmax(t *testing.T, g *gpu, r *rand.Rand) {
 		}
 		if vocab > 1 {
 			mixed := quantized(r, vocab)
-			for i := 1; i < vocab; i += 7 {
-				mixed[i] = nan // never at 0, where engine/sampling's Argmax would stop
+			for i := 0; i < vocab; i += 7 {
+				mixed[i] = nan // at 0 too: neither skips a leading NaN differently
 			}
 			rows = append(rows, mixed)
+		}
+		if vocab >= 4 {
+			// NaN first, then -0 and +0 the largest: equal, so the lower index.
+			zeros := make([]float32, vocab)
+			for i := range zeros {
+				zeros[i] = -1
+			}
+			zeros[0], zeros[1], zeros[2] = nan, float32(math.Copysign(0, -1)), 0
+			// Two +Inf: the first.
+			infs := quantized(r, vocab)
+			infs[vocab/2], infs[vocab-1] = inf, inf
+			rows = append(rows, zeros, infs)
 		}
 		var logits []float32
 		var want []int32

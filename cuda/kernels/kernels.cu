@@ -22,10 +22,10 @@
 //     the sum once; the CPU normalises the scores first.
 //   - sl_rope_store matches the CPU bit for bit: its products and sums are rounded
 //     separately (__fmul_rn/__fadd_rn), never fused into FMAs.
-//   - sl_argmax never picks NaN (unless every value is NaN: then 0); engine/sampling's
-//     Argmax returns 0 when logits[0] is NaN. sl_topk orders NaN below every number and
-//     -0 equal to +0; sl_softmax gives NaN logits probability 0 (engine/sampling drops
-//     NaN candidates).
+//   - sl_argmax does not differ: as engine/sampling's Argmax, it never picks NaN (0 when
+//     every value is NaN) and takes the lowest index among equals (-0 equal to +0).
+//     sl_topk orders NaN below every number and -0 equal to +0; sl_softmax gives NaN
+//     logits probability 0 (engine/sampling drops NaN candidates).
 //
 // Alignment: sl_gemm_bf16, sl_gemm_bf16_skinny and sl_gemv_bf16 read x and w with
 // 16-byte loads, so x and w must be 16-byte aligned (cuMemAlloc's are; k % 8 == 0 keeps

@@ -38,10 +38,11 @@ type gpuExecutor struct {
 }
 
 var _ engine.FallibleExecutor = (*gpuExecutor)(nil)
+var _ engine.TokenExecutor = (*gpuExecutor)(nil)
 var _ engine.KVBlockIO = (*gpuExecutor)(nil)
 
 // Execute is ExecuteErr for callers that cannot take an error; the engine and the
-// profiler (engine/profile) call ExecuteErr, so only another caller panics on a device
+// profiler (engine/profile) call ExecuteTokens, so only another caller panics on a device
 // error.
 func (x *gpuExecutor) Execute(batch []engine.Input) [][]float32 {
 	out, err := x.ExecuteErr(batch)
@@ -52,12 +53,25 @@ func (x *gpuExecutor) Execute(batch []engine.Input) [][]float32 {
 }
 
 // ExecuteErr runs the step on the GPU; a device error fails it (and every later one).
+// Every logits row is copied back, Greedy or not.
 func (x *gpuExecutor) ExecuteErr(batch []engine.Input) ([][]float32, error) {
+	x.convert(batch)
+	return x.g.Forward(x.inputs)
+}
+
+// ExecuteTokens runs the step on the GPU with the greedy rows' argmax taken on the device
+// (gpu.Backend.ForwardTokens): only their tokens and the other rows' logits are copied
+// back. The engine calls it for every step.
+func (x *gpuExecutor) ExecuteTokens(batch []engine.Input) ([][]float32, []int32, error) {
+	x.convert(batch)
+	return x.g.ForwardTokens(x.inputs)
+}
+
+func (x *gpuExecutor) convert(batch []engine.Input) {
 	x.inputs = x.inputs[:0]
 	for _, in := range batch {
 		x.inputs = append(x.inputs, model.SeqInput(in))
 	}
-	return x.g.Forward(x.inputs)
 }
 
 func (x *gpuExecutor) BlockBytes() int                { return x.g.BlockBytes() }

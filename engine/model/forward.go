@@ -20,6 +20,10 @@ type SeqInput struct {
 	Blocks []int32
 	// Logits asks for the logits of the last of Tokens.
 	Logits bool
+	// Greedy, with Logits, says the caller wants only the argmax of that row (its request
+	// decodes greedily): [ForwardTokens] on a [TokenKernels] backend returns the token
+	// instead of the row. Runner.Forward and Forward ignore it and return the row.
+	Greedy bool
 }
 
 // Runner computes forward steps over one KV cache with the CPU kernels (engine/cpu). It

@@ -72,47 +72,80 @@ type Kernels interface {
 	Logits() ([][]float32, error)
 }
 
+// TokenKernels is the optional Kernels interface of a backend that takes the argmax of
+// greedy rows itself. On a GPU that is the point: lm_head's output stays on the device and
+// a greedy row sends back one int32 instead of Vocab float32s (513 KB per sequence for
+// Llama 3's 128256, 131 MB a step at batch 256), as vLLM samples on the GPU. The CPU
+// kernels need not implement it: their rows are already in host memory.
+type TokenKernels interface {
+	Kernels
+	// LogitsTokens ends the step as Logits does, except for the rows st.GreedyLogits
+	// names: for those, logits[i] is nil and tokens[i] is the argmax of the row as
+	// engine/sampling.Argmax takes it (the largest value, the lowest index among equals,
+	// NaN never chosen, 0 when every value is NaN). With greedy rows tokens has one entry
+	// per logit row, those of the other rows unspecified; without, it may be nil. Both are
+	// valid until the next step.
+	LogitsTokens() (logits [][]float32, tokens []int32, err error)
+}
+
 // Forward runs one step through k: the decoder layers of Llama-family models, pre-norm,
 // with the projections that share an input fused. layers is the model's number of
 // decoder layers. It stops at the first error.
 func Forward(k Kernels, st *Step, layers int) ([][]float32, error) {
-	if err := k.Begin(st); err != nil {
+	if err := runLayers(k, st, layers); err != nil {
 		return nil, err
+	}
+	return k.Logits()
+}
+
+// ForwardTokens is Forward ending in k.LogitsTokens: the greedy rows (st.GreedyLogits)
+// come back as tokens, the others as logits.
+func ForwardTokens(k TokenKernels, st *Step, layers int) ([][]float32, []int32, error) {
+	if err := runLayers(k, st, layers); err != nil {
+		return nil, nil, err
+	}
+	return k.LogitsTokens()
+}
+
+// runLayers runs the step up to the logits: Begin, the embedding and every decoder layer.
+func runLayers(k Kernels, st *Step, layers int) error {
+	if err := k.Begin(st); err != nil {
+		return err
 	}
 	if st.T() == 0 {
-		return k.Logits()
+		return nil
 	}
 	if err := k.Embed(); err != nil {
-		return nil, err
+		return err
 	}
 	for l := range layers {
 		if err := k.RMSNorm(l, NormAttn); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.Linear(l, MatQKV, ActXN, ActQKV, false); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.RopeStore(l); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.Attention(l); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.Linear(l, MatO, ActAtt, ActX, true); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.RMSNorm(l, NormFFN); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.Linear(l, MatGU, ActXN, ActGU, false); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.SwiGLU(); err != nil {
-			return nil, err
+			return err
 		}
 		if err := k.Linear(l, MatDown, ActAct, ActX, true); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return k.Logits()
+	return nil
 }

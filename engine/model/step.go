@@ -51,6 +51,9 @@ type Step struct {
 	// LogitRows are the rows whose logits the step returns (the last row of each
 	// sequence with Logits set), in batch order.
 	LogitRows []int32
+	// GreedyLogits are the indices into LogitRows of the rows whose sequence is Greedy,
+	// ascending: a [TokenKernels] backend returns their argmax instead of their logits.
+	GreedyLogits []int32
 	// MaxCtx is the longest context of the step: max of Pos+len(Tokens).
 	MaxCtx int
 }
@@ -67,7 +70,7 @@ func (s *Step) Build(batch []SeqInput, c *Config, numBlocks, blockSize int) erro
 	s.Tokens, s.Pos, s.RowSeq, s.Slot = s.Tokens[:0], s.Pos[:0], s.RowSeq[:0], s.Slot[:0]
 	s.SeqStart, s.SeqPos = s.SeqStart[:0], s.SeqPos[:0]
 	s.Items, s.DecodeSeqs, s.PrefillItems = s.Items[:0], s.DecodeSeqs[:0], s.PrefillItems[:0]
-	s.LogitRows = s.LogitRows[:0]
+	s.LogitRows, s.GreedyLogits = s.LogitRows[:0], s.GreedyLogits[:0]
 	s.MaxCtx, s.MaxBlocks = 0, 0
 	if blockSize <= 0 {
 		return errors.New("model: Forward: block size must be positive")
@@ -103,6 +106,9 @@ func (s *Step) Build(batch []SeqInput, c *Config, numBlocks, blockSize int) erro
 			s.Slot = append(s.Slot, in.Blocks[p/blockSize]*int32(blockSize)+int32(p%blockSize))
 		}
 		if in.Logits {
+			if in.Greedy {
+				s.GreedyLogits = append(s.GreedyLogits, int32(len(s.LogitRows)))
+			}
 			s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
 		}
 		n := len(in.Tokens)

@@ -11,14 +11,15 @@ import (
 
 // TestStepBuild checks the batch layout a step hands to its backend: rows, positions,
 // cache slots, the flattened block tables, the attention items split into decode
-// sequences and prefill items, and the logit rows.
+// sequences and prefill items, the logit rows and which of them are greedy (Greedy without
+// Logits asks for nothing).
 func TestStepBuild(t *testing.T) {
 	c := &Config{Vocab: 100, Heads: 2}
 	batch := []SeqInput{
-		{Tokens: []int32{1, 2, 3}, Pos: 0, Blocks: []int32{7, 9}, Logits: false},           // prefill chunk, 1 block used
-		{Tokens: []int32{4}, Pos: 5, Blocks: []int32{2, 3, 8}, Logits: true},               // decode at position 5 (block 3, slot 1)
-		{Pos: 4, Blocks: []int32{1}},                                                       // no tokens this step
-		{Tokens: make([]int32, 18), Pos: 2, Blocks: []int32{0, 4, 5, 6, 10}, Logits: true}, // a chunk of 18 after a 2-token prefix
+		{Tokens: []int32{1, 2, 3}, Pos: 0, Blocks: []int32{7, 9}, Logits: false, Greedy: true}, // prefill chunk, 1 block used
+		{Tokens: []int32{4}, Pos: 5, Blocks: []int32{2, 3, 8}, Logits: true},                   // decode at position 5 (block 3, slot 1)
+		{Pos: 4, Blocks: []int32{1}}, // no tokens this step
+		{Tokens: make([]int32, 18), Pos: 2, Blocks: []int32{0, 4, 5, 6, 10}, Logits: true, Greedy: true}, // a chunk of 18 after a 2-token prefix
 	}
 	var st Step
 	if err := st.Build(batch, c, 11, 4); err != nil {
@@ -56,6 +57,7 @@ func TestStepBuild(t *testing.T) {
 		DecodeSeqs:   []int32{1},
 		PrefillItems: []AttnItem{{0, 0, 0, 3}, {0, 1, 0, 3}, {3, 0, 0, 16}, {3, 0, 16, 18}, {3, 1, 0, 16}, {3, 1, 16, 18}},
 		LogitRows:    []int32{3, 21},
+		GreedyLogits: []int32{1},
 		MaxCtx:       20,
 	}
 	if d := cmp.Diff(want, st); d != "" {
@@ -70,7 +72,7 @@ func TestStepBuild(t *testing.T) {
 		Batch: st.Batch, BlockSize: 4, Tokens: []int32{5}, Pos: []int32{0}, RowSeq: []int32{0}, Slot: []int32{12},
 		SeqStart: []int32{0, 1}, SeqPos: []int32{0}, MaxBlocks: 1, BlockTables: []int32{3},
 		Items: []AttnItem{{0, 0, 0, 1}, {0, 1, 0, 1}}, DecodeSeqs: []int32{0}, PrefillItems: []AttnItem{},
-		LogitRows: []int32{0}, MaxCtx: 1,
+		LogitRows: []int32{0}, GreedyLogits: []int32{}, MaxCtx: 1,
 	}
 	if d := cmp.Diff(want2, st); d != "" {
 		t.Errorf("second layout (-want +got):\n%s", d)

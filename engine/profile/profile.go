@@ -135,8 +135,9 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 		// Arbitrary ids below any real vocabulary's size.
 		tokens[i] = int32(1 + i*7919%200)
 	}
+	_, greedy := exec.(engine.TokenExecutor)
 	// Warm caches and goroutines once.
-	warm := buildStep(steps[0], cfg.BlockSize, tokens)
+	warm := buildStep(steps[0], cfg.BlockSize, tokens, greedy)
 	if err := execute(exec, warm.inputs); err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 	points := make([]Point, 0, len(steps))
 	times := make([]float64, repeats)
 	for i, c := range steps {
-		st := buildStep(c, cfg.BlockSize, tokens)
+		st := buildStep(c, cfg.BlockSize, tokens, greedy)
 		for r := range times {
 			start := time.Now()
 			if err := execute(exec, st.inputs); err != nil {
@@ -162,7 +163,18 @@ func Measure(exec engine.Executor, cfg Config) ([]Point, error) {
 }
 
 // execute runs one step; an executor whose steps can fail (a GPU's) reports its error.
+// A TokenExecutor (the GPU's) runs it through ExecuteTokens with every input Greedy
+// (Measure has buildStep mark them): the step the engine runs for greedy requests (real/bench sends temperature 0),
+// their argmax taken on the device and only the tokens copied back, as vLLM samples on the
+// GPU. Timing Execute instead would add a copy of every logits row that neither engine
+// makes (131 MB a step at batch 256 for a vocabulary of 128256).
 func execute(exec engine.Executor, inputs []engine.Input) error {
+	if tx, ok := exec.(engine.TokenExecutor); ok {
+		if _, _, err := tx.ExecuteTokens(inputs); err != nil {
+			return fmt.Errorf("profile: step of %d sequences: %w", len(inputs), err)
+		}
+		return nil
+	}
 	if fx, ok := exec.(engine.FallibleExecutor); ok {
 		if _, err := fx.ExecuteErr(inputs); err != nil {
 			return fmt.Errorf("profile: step of %d sequences: %w", len(inputs), err)
@@ -180,8 +192,9 @@ type builtStep struct {
 
 // buildStep lays the step's sequences over consecutive blocks and computes its shape the
 // way the scheduler does. Context positions are written by the step itself when absent
-// from the cache; the model reads whatever the blocks hold, which costs the same.
-func buildStep(c []chunk, blockSize int, tokens []int32) builtStep {
+// from the cache; the model reads whatever the blocks hold, which costs the same. greedy
+// marks every sequence Greedy (for a TokenExecutor: see execute).
+func buildStep(c []chunk, blockSize int, tokens []int32, greedy bool) builtStep {
 	var st serving.Step
 	var out builtStep
 	next := int32(0)
@@ -204,6 +217,7 @@ func buildStep(c []chunk, blockSize int, tokens []int32) builtStep {
 			Pos:    ch.context,
 			Blocks: blocks,
 			Logits: true,
+			Greedy: greedy,
 		})
 	}
 	out.shape = st.Shape

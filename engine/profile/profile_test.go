@@ -15,6 +15,8 @@ type recorder struct {
 	cfg Config
 	out [][]float32
 	n   int
+	// noGreedy fails a step with an input marked Greedy.
+	noGreedy bool
 }
 
 func (r *recorder) Execute(batch []engine.Input) [][]float32 {
@@ -23,6 +25,9 @@ func (r *recorder) Execute(batch []engine.Input) [][]float32 {
 	r.out = r.out[:0]
 	tokens, used := 0, map[int32]bool{}
 	for _, in := range batch {
+		if r.noGreedy && in.Greedy {
+			r.t.Fatal("an executor without ExecuteTokens got a Greedy input")
+		}
 		tokens += len(in.Tokens)
 		end := in.Pos + len(in.Tokens)
 		if end > r.cfg.MaxModelLen {
@@ -69,7 +74,7 @@ func TestMeasureStaysWithinLimits(t *testing.T) {
 
 func TestShapesMatchTheScheduler(t *testing.T) {
 	// A decode over 100 tokens of context and a 20-token chunk after 40 cached tokens.
-	got := buildStep([]chunk{{context: 100, tokens: 1, decode: true}, {context: 40, tokens: 20}}, 16, make([]int32, 200)).shape
+	got := buildStep([]chunk{{context: 100, tokens: 1, decode: true}, {context: 40, tokens: 20}}, 16, make([]int32, 200), false).shape
 	want := serving.StepShape{
 		PrefillTokens: 20, PrefillSeqs: 1, DecodeSeqs: 1,
 		ContextTokens: 101 + 60, DecodeContextTokens: 101, PrefillAttention: 20 * (40 + 10),
@@ -110,6 +115,46 @@ func TestMeasureReportsStepErrors(t *testing.T) {
 	}
 	if f.n != 3 {
 		t.Errorf("%d steps ran; want 3 before the failure", f.n)
+	}
+}
+
+// tokenRecorder is the recorder with ExecuteTokens (a GPU's executor): it counts the
+// steps that came through it and the inputs that asked for logits without Greedy.
+type tokenRecorder struct {
+	recorder
+	tokenSteps, notGreedy int
+	tokens                []int32
+}
+
+func (r *tokenRecorder) ExecuteTokens(batch []engine.Input) ([][]float32, []int32, error) {
+	r.tokenSteps++
+	r.tokens = r.tokens[:0]
+	for _, in := range batch {
+		if in.Logits && !in.Greedy {
+			r.notGreedy++
+		}
+		r.tokens = append(r.tokens, 0)
+	}
+	return r.Execute(batch), r.tokens, nil
+}
+
+// TestMeasureTakesGreedyTokens: a TokenExecutor's steps are timed through ExecuteTokens
+// with every row Greedy, as the engine runs greedy requests (on a GPU, the argmax on the
+// device and no logits copied back); other executors never see Greedy (recorder fails
+// on it below).
+func TestMeasureTakesGreedyTokens(t *testing.T) {
+	cfg := Config{MaxModelLen: 200, NumBlocks: 64, BlockSize: 16, MaxNumBatchedTokens: 128, MaxNumSeqs: 16, Repeats: 2, Quick: true}
+	tr := &tokenRecorder{recorder: recorder{t: t, cfg: cfg}}
+	points, err := Measure(tr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.tokenSteps != tr.n || tr.n != 1+2*len(points) || tr.notGreedy != 0 {
+		t.Errorf("%d of %d steps through ExecuteTokens (want all %d), %d rows without Greedy (want 0)", tr.tokenSteps, tr.n, 1+2*len(points), tr.notGreedy)
+	}
+	rec := &recorder{t: t, cfg: cfg, noGreedy: true}
+	if _, err := Measure(rec, cfg); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -66,6 +66,11 @@ func New(p Params, seed uint64) *Sampler {
 	return &Sampler{p: p, rng: rand.New(rand.NewPCG(seed, 0x5851f42d4c957f2d))}
 }
 
+// Greedy reports whether the sampler picks the argmax (its parameters' Greedy): then
+// Sample is Argmax and draws nothing from the random stream, so a caller may take the
+// argmax elsewhere (the engine has a GPU backend take it on the device) and skip Sample.
+func (s *Sampler) Greedy() bool { return s.p.Greedy() }
+
 // Argmax is the index of the largest logit, the lowest index on ties. NaN logits are
 // never chosen (0 when every logit is NaN). (A NaN at index 0 used to win: nothing
 // compares greater than it.)
