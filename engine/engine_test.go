@@ -248,7 +248,8 @@ func TestAbortFreesBlocks(t *testing.T) {
 
 func waitEmpty(t *testing.T, e *Engine) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous: the loop frees them at once, but a loaded machine may not run it for a while.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := e.Stats()
 		if st.FreeBlocks == st.NumBlocks && st.Running+st.Waiting == 0 {
@@ -361,7 +362,7 @@ func TestOnStepSeesEveryStep(t *testing.T) {
 	run(t, te.Engine, greedy(strings.Repeat("abcdefgh", 9), 5)) // 72 prompt tokens
 	// The loop calls OnStep after it has delivered the step's tokens, so the last call
 	// can come just after Wait returns.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		mu.Lock()
 		n := len(shapes)
 		mu.Unlock()
@@ -386,7 +387,28 @@ func TestOnStepSeesEveryStep(t *testing.T) {
 // the loop does while busy, not only the forward pass: the simulator runs steps back to
 // back, so the times of consecutive steps must add up to the wall time between them. The
 // observer takes a millisecond per call, which the loop spends between steps.
+//
+// Only being descheduled between a step's end and its OnStep call separates the two, and
+// on a loaded machine that can take a good part of the ~25 ms the steps last; a loop whose
+// times leave out its own work misses by about 80% (the observer's millisecond a step) on
+// every run. So a run within 10% passes, and a machine's hiccup gets another two tries.
 func TestOnStepTimesCoverTheLoop(t *testing.T) {
+	var misses []string
+	for range 3 {
+		miss := onStepTimesMiss(t)
+		if miss == "" {
+			return
+		}
+		misses = append(misses, miss)
+	}
+	t.Errorf("the logged times leave out the loop's work between steps, on each of %d runs:\n%s", len(misses), strings.Join(misses, "\n"))
+}
+
+// onStepTimesMiss runs one request's 22 steps and says how the sum of the logged step
+// times of steps 1-21 misses the wall time between the ends of steps 0 and 21 by over
+// 10%, or "" when it does not.
+func onStepTimesMiss(t *testing.T) string {
+	t.Helper()
 	const observerCost = time.Millisecond
 	var mu sync.Mutex
 	var seconds []float64
@@ -405,7 +427,9 @@ func TestOnStepTimesCoverTheLoop(t *testing.T) {
 	// One request keeps the engine busy for all its steps: 72 prompt tokens in 3 chunks
 	// of 32, then decodes; it never waits for anything.
 	run(t, te.Engine, greedy(strings.Repeat("abcdefgh", 9), 20))
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	// The loop calls OnStep after it has delivered the step's tokens, so the last call
+	// can come just after Wait returns.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		mu.Lock()
 		n := len(seconds)
 		mu.Unlock()
@@ -424,9 +448,8 @@ func TestOnStepTimesCoverTheLoop(t *testing.T) {
 		logged += s
 	}
 	wall := calledAt[len(calledAt)-1].Sub(calledAt[0]).Seconds()
-	// Only being descheduled between a step's end and its OnStep call separates the two.
 	if math.Abs(logged-wall) > 0.1*wall {
-		t.Errorf("steps 1-21 logged %.2f ms, but %.2f ms passed between the ends of steps 0 and 21: the logged times leave out the loop's work between steps",
-			1e3*logged, 1e3*wall)
+		return fmt.Sprintf("steps 1-21 logged %.2f ms, but %.2f ms passed between the ends of steps 0 and 21", 1e3*logged, 1e3*wall)
 	}
+	return ""
 }

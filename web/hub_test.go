@@ -291,7 +291,11 @@ func TestSlowClientDropsOldestWithoutStallingOthers(t *testing.T) {
 	}
 	h.Apply(experiments.Event{Kind: experiments.ExperimentDone, Progress: 1})
 	waitFor(t, "the fast client to see the end", func() bool { return fast.view(t).status == StatusDone })
-	if worst > 100*time.Millisecond {
+	// The slow client stays stuck for the whole loop: an Apply that waited for it would
+	// never return, or only after a write timeout (5 s by default). The bound proves that
+	// much, not how fast Apply is (a benchmark's job): a loaded machine can hold one call
+	// back for a good part of a second.
+	if worst > 2*time.Second {
 		t.Errorf("Apply took up to %v with a stuck client", worst)
 	}
 	fv := fast.view(t)

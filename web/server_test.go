@@ -643,7 +643,11 @@ func TestStuckWebsocketClientDoesNotStallTheRun(t *testing.T) {
 
 // A client that answers no ping is disconnected; one that reads (and so answers) stays.
 func TestPingDropsUnresponsiveClients(t *testing.T) {
-	d := newTestDash(t, func(s *Server) { s.opt.PingPeriod = 50 * time.Millisecond })
+	// A 500 ms period gives the answering client about that long to send each pong: a loaded
+	// machine (the race detector, other jobs) may hold its reader back for tens of ms, and a
+	// pong later than the server's 2-period read deadline would drop it too.
+	const period = 500 * time.Millisecond
+	d := newTestDash(t, func(s *Server) { s.opt.PingPeriod = period })
 	s, _ := experiments.Parse([]byte(specYAML("x", 50, "round-robin", "")), "x.yaml")
 	norm, _ := s.Normalized()
 	writeFile(t, filepath.Join(d.runs, "x", "spec.yaml"), string(norm))
@@ -657,7 +661,18 @@ func TestPingDropsUnresponsiveClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer alive.Close()
-	go func() { // reading makes the client answer pings
+	// Reading makes the client answer pings (as gorilla's default handler does); the
+	// handler also counts them, so the test knows how many the server has sent it.
+	var pings atomic.Int64
+	alive.SetPingHandler(func(data string) error {
+		pings.Add(1)
+		err := alive.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(10*time.Second))
+		if err == websocket.ErrCloseSent {
+			return nil
+		}
+		return err
+	})
+	go func() {
 		for {
 			if _, _, err := alive.ReadMessage(); err != nil {
 				return
@@ -666,7 +681,10 @@ func TestPingDropsUnresponsiveClients(t *testing.T) {
 	}()
 	h, _ := d.srv.hub("x")
 	waitFor(t, "the mute client to be dropped", func() bool { return h.numClients() == 1 })
-	time.Sleep(300 * time.Millisecond)
+	// The answering client stays through several more pings, longer than the 2-period
+	// read deadline that dropped the mute one.
+	n := pings.Load()
+	waitFor(t, "three more pings to the answering client", func() bool { return pings.Load() >= n+3 })
 	if h.numClients() != 1 {
 		t.Errorf("%d clients; the one answering pings was dropped too", h.numClients())
 	}

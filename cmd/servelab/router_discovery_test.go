@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -152,14 +153,40 @@ func TestRouterDiscoversEnginePods(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, resp.Header.Get("x-gateway-destination-endpoint-served")
 	}
+	// The repeats are routed on the engines' KV events: rather than sleep a guessed while
+	// for them, the test follows them through the router's count of the batches it has
+	// applied (its lag histogram's). A batch counts there only when it reaches a live
+	// subscription, not in a snapshot, so first each engine is sent prompts of its own
+	// until one of their batches is counted: then both subscriptions are live.
+	for j, u := range urls {
+		for i, deadline := 0, time.Now().Add(30*time.Second); ; i++ {
+			n := kvBatches(t, url)
+			warm := fmt.Sprintf(`{"prompt":"Warm-up %d of engine %d: %s","max_tokens":1}`, i, j, strings.Repeat("a prompt of its own, several blocks long, before the test begins. ", 4))
+			resp, err := http.Post(u+"/v1/completions", "application/json", strings.NewReader(warm))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if waitUntil(time.Second, func() bool { return kvBatches(t, url) > n }) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no KV-event batch of engine %s reached the router within 30 s:\n%s", u, out.String())
+			}
+		}
+	}
 	served := map[string]int{}
 	for i := range 6 {
+		n := kvBatches(t, url)
 		code, host := post()
 		if code != http.StatusOK {
 			t.Fatalf("request %d: %d", i, code)
 		}
 		served[host]++
-		time.Sleep(30 * time.Millisecond) // let the KV events reach the router
+		if i == 0 { // the prompt's blocks are new: the engine publishes them, the router applies them
+			waitFor(t, "the first request's KV events at the router", 30*time.Second, func() bool { return kvBatches(t, url) > n }, &out)
+		}
 	}
 	if len(served) != 1 {
 		t.Errorf("repeats of a cached prompt were split between the engines: %v", served)
@@ -206,6 +233,27 @@ func setEnginePodReady(t *testing.T, cs kubernetes.Interface, ns, name string, r
 	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// kvBatches is how many KV-event batches, snapshots aside, the router at url has applied.
+func kvBatches(t *testing.T, url string) int {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^servelab_router_kv_event_lag_seconds_count (\d+)$`).FindStringSubmatch(routerTestGet(t, url+"/metrics"))
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// waitUntil polls cond for up to d and says whether it came to hold.
+func waitUntil(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 func routerTestGet(t *testing.T, url string) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -79,6 +80,19 @@ func routeRepeats(t *testing.T, f routerFlags, key string) {
 
 	prompt := strings.Repeat("The engine answers one token at a time and keeps its cache. ", 6)
 	body := `{"prompt":"` + prompt + `","max_tokens":2,"temperature":0}`
+	hashes := r.BlockHashes(context.Background(), "/v1/completions", []byte(body))
+	if len(hashes) < 2 {
+		t.Fatalf("the prompt is %d blocks", len(hashes))
+	}
+	// cachedSomewhere: the router's index has an engine holding every block of the prompt.
+	cachedSomewhere := func() bool {
+		for _, v := range r.Views() {
+			if v.Cache != nil && v.Cache.CachedPrefixBlocks(hashes) == len(hashes) {
+				return true
+			}
+		}
+		return false
+	}
 	for i := range 6 {
 		req, _ := http.NewRequest("POST", url+"/v1/completions", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -94,7 +108,13 @@ func routeRepeats(t *testing.T, f routerFlags, key string) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("request %d: %s", i, resp.Status)
 		}
-		time.Sleep(30 * time.Millisecond) // let the KV events reach the router
+		// The next request is routed on the engines' KV events: wait until they have
+		// reached the router (however loaded the machine), not for a guessed while.
+		for deadline := time.Now().Add(30 * time.Second); !cachedSomewhere(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("after request %d the router's index has no engine holding the prompt's %d blocks within 30 s", i, len(hashes))
+			}
+		}
 	}
 	resp, err := http.Get(url + "/metrics")
 	if err != nil {

@@ -281,7 +281,7 @@ func start(t testing.TB, opts options) *fixture {
 // waitIdle waits until the engine runs nothing and the block manager is back to empty.
 func waitIdle(t testing.TB, eng *engine.Engine) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := eng.Stats()
 		if st.FreeBlocks == st.NumBlocks && st.Running+st.Waiting == 0 {

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 var specialFor = map[string][]string{
@@ -54,13 +53,11 @@ func TestTrain(t *testing.T) {
 	} {
 		t.Run(tc.kind, func(t *testing.T) {
 			cfg := TrainConfig{VocabSize: 2048, Kind: tc.kind, Special: specialFor[tc.kind]}
-			start := time.Now()
+			// How long Train takes is BenchmarkTrain's to measure: a bound here fails on a
+			// loaded machine, not on a slow Train.
 			tj, tcfg, err := Train(DefaultCorpus(), cfg)
 			if err != nil {
 				t.Fatal(err)
-			}
-			if d := time.Since(start); d > 2*time.Second {
-				t.Errorf("Train took %v", d)
 			}
 			tj2, tcfg2, err := Train(DefaultCorpus(), cfg)
 			if err != nil {

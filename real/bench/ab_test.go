@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"math"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -61,8 +62,8 @@ func TestBenchSummarisesEachArm(t *testing.T) {
 	if want[serving.ArmA] == 0 || want[serving.ArmB] == 0 {
 		t.Fatalf("the split put every request in one arm: %v", want)
 	}
-	res, err := Run(ctx, Options{Endpoint: srv.URL, Model: "m", Trace: &rows{trace}, VocabSize: 1000, Seed: 1,
-		SLO: metrics.SLO{TTFTMs: 40}})
+	slo := metrics.SLO{TTFTMs: 40}
+	res, err := Run(ctx, Options{Endpoint: srv.URL, Model: "m", Trace: &rows{trace}, VocabSize: 1000, Seed: 1, SLO: slo})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,13 +82,34 @@ func TestBenchSummarisesEachArm(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("completed requests per arm (-split +summary):\n%s", diff)
 	}
-	a, b := res.Summary.Arms[serving.ArmA], res.Summary.Arms[serving.ArmB]
-	if a.MeanTTFTMs >= 40 || b.MeanTTFTMs < 80 {
-		t.Errorf("mean TTFT: arm a %.1f ms (engine waits 5), arm b %.1f ms (engine waits 80)", a.MeanTTFTMs, b.MeanTTFTMs)
+	// Each arm's latencies and goodput are its own records': checked against those
+	// records rather than against how fast the test machine served arm a (under load,
+	// hundreds of ms). The arms share the run's duration.
+	ttfts, good := map[string][]float64{}, map[string]int{}
+	for i := range res.Records {
+		rec := &res.Records[i]
+		ttfts[rec.Arm] = append(ttfts[rec.Arm], 1e3*rec.TTFT())
+		if slo.Met(rec) {
+			good[rec.Arm]++
+		}
 	}
-	// Goodput (TTFT under 40 ms) is arm a's alone; the arms share the run's duration.
-	if b.RequestGoodput != 0 || a.RequestGoodput <= 0 || a.Duration != res.Summary.Duration || b.Duration != res.Summary.Duration {
-		t.Errorf("goodput a %.2f b %.2f req/s, durations %v %v of %v", a.RequestGoodput, b.RequestGoodput, a.Duration, b.Duration, res.Summary.Duration)
+	for arm, s := range res.Summary.Arms {
+		var sum float64
+		for _, ms := range ttfts[arm] {
+			sum += ms
+		}
+		mean := sum / float64(len(ttfts[arm]))
+		if math.Abs(s.MeanTTFTMs-mean) > 1e-6*mean || s.Duration != res.Summary.Duration || math.Abs(s.RequestGoodput-float64(good[arm])/s.Duration) > 1e-9 {
+			t.Errorf("arm %s: mean TTFT %.3f ms, goodput %.3f req/s over %v s; its %d records: mean TTFT %.3f ms, %d within the SLO, over the run's %v s",
+				arm, s.MeanTTFTMs, s.RequestGoodput, s.Duration, len(ttfts[arm]), mean, good[arm], res.Summary.Duration)
+		}
+	}
+	// What the engines' waits guarantee however loaded the machine: arm b's first tokens
+	// all miss the 40 ms SLO.
+	a, b := res.Summary.Arms[serving.ArmA], res.Summary.Arms[serving.ArmB]
+	if a.MeanTTFTMs < 5 || b.MeanTTFTMs < 80 || b.RequestGoodput != 0 {
+		t.Errorf("arm a mean TTFT %.1f ms (engine waits 5), arm b %.1f ms (engine waits 80) with goodput %.2f req/s, want 0",
+			a.MeanTTFTMs, b.MeanTTFTMs, b.RequestGoodput)
 	}
 	if sum := a.RequestThroughput + b.RequestThroughput; sum < res.Summary.RequestThroughput*0.999 || sum > res.Summary.RequestThroughput*1.001 {
 		t.Errorf("arms' throughputs add to %.3f req/s, the run's is %.3f", sum, res.Summary.RequestThroughput)

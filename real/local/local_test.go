@@ -257,7 +257,9 @@ func TestStopKillsEnginesThatIgnoreSIGTERM(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Fatalf("Stop: %v, want an error saying engines were killed", err)
 	}
-	if time.Since(start) > 5*time.Second {
+	// Engines that ignore SIGTERM would keep a Stop that does not kill them waiting for
+	// ever; the bound is that, with room for a loaded machine, not a measure of Stop.
+	if time.Since(start) > 30*time.Second {
 		t.Fatal("Stop waited far past its grace period")
 	}
 	for _, e := range c.engines {
@@ -422,7 +424,7 @@ func TestStopDuringABackoffStartsNothing(t *testing.T) {
 	if err := c.Stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if time.Since(start) > 5*time.Second {
+	if time.Since(start) > 30*time.Second { // the back-off is an hour; a loaded machine is slow, not that slow
 		t.Fatal("Stop waited for the back-off")
 	}
 	if pids := c.PIDs(); pids[0] != 0 {

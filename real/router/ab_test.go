@@ -38,7 +38,7 @@ func newABRouter(t *testing.T, fraction float64, urls ...string) (string, *prome
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)

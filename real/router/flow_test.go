@@ -283,10 +283,57 @@ func TestWithPriority(t *testing.T) {
 // goes away leaves the queue, a held request past the TTL is answered 503, and a held
 // request goes out once a scrape shows room.
 func TestFlowHeldRequests(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The TTL: 503.
+	_, _, send := heldRouter(ctx, t, 0.3)
+	if code, err := send(ctx); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("a request held past the TTL: status %d, %v; want 503", code, err)
+	}
+	// The rest hold requests while the test acts on them: a TTL far longer than the
+	// test, so that however slowly a loaded machine runs it they are still queued.
+	r, ep, send := heldRouter(ctx, t, 60)
+	waitQueued := func(what string, n int) {
+		t.Helper()
+		for r.flowLen() != n {
+			if ctx.Err() != nil {
+				t.Fatalf("%s: %d requests queued, want %d", what, r.flowLen(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// A client that goes away while held leaves the queue.
+	cctx, ccancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { send(cctx); close(done) }()
+	waitQueued("a request held", 1)
+	ccancel()
+	<-done
+	waitQueued("the cancelled request gone", 0)
+	// Room appears: a held request goes out, with the objective's priority (1, vLLM's -1).
+	codes := make(chan int, 1)
+	go func() { c, _ := send(ctx); codes <- c }()
+	waitQueued("a request held", 1)
+	ep.set(serving.InstanceView{Waiting: 0})
+	if c := <-codes; c != http.StatusOK {
+		t.Fatalf("released request: status %d", c)
+	}
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if len(ep.bodies) != 1 || !strings.Contains(ep.bodies[0], `"priority":-1`) {
+		t.Errorf("the endpoint got %q, want one body with priority -1", ep.bodies)
+	}
+}
+
+// heldRouter starts a router with flow control (request TTL ttl seconds) in front of one
+// saturated endpoint, and returns it, the endpoint, and a function that sends it a
+// critical request and returns the status.
+func heldRouter(ctx context.Context, t *testing.T, ttl float64) (*Router, *gauged, func(context.Context) (int, error)) {
+	t.Helper()
 	ep := newGauged(t)
 	ep.set(serving.InstanceView{Waiting: 10})
 	fc := flow.Defaults
-	fc.RequestTTL = 0.3
+	fc.RequestTTL = ttl
 	var log decisionLog
 	r, err := New(Config{
 		Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"), ScrapeInterval: 20 * time.Millisecond,
@@ -295,14 +342,12 @@ func TestFlowHeldRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(r.Close)
 	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(r.Handler())
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	send := func(ctx context.Context) (int, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions", strings.NewReader(`{"model":"critical","prompt":"hi"}`))
 		resp, err := http.DefaultClient.Do(req)
@@ -313,40 +358,7 @@ func TestFlowHeldRequests(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		return resp.StatusCode, nil
 	}
-	// The TTL: 503.
-	if code, err := send(ctx); err != nil || code != http.StatusServiceUnavailable {
-		t.Fatalf("a request held past the TTL: status %d, %v; want 503", code, err)
-	}
-	// A client that goes away while held leaves the queue.
-	cctx, ccancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { send(cctx); close(done) }()
-	for r.flowLen() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	ccancel()
-	<-done
-	for r.flowLen() != 0 {
-		if ctx.Err() != nil {
-			t.Fatal("the cancelled request stayed queued")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	// Room appears: a held request goes out, with the objective's priority (1, vLLM's -1).
-	codes := make(chan int, 1)
-	go func() { c, _ := send(ctx); codes <- c }()
-	for r.flowLen() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	ep.set(serving.InstanceView{Waiting: 0})
-	if c := <-codes; c != http.StatusOK {
-		t.Fatalf("released request: status %d", c)
-	}
-	ep.mu.Lock()
-	defer ep.mu.Unlock()
-	if len(ep.bodies) != 1 || !strings.Contains(ep.bodies[0], `"priority":-1`) {
-		t.Errorf("the endpoint got %q, want one body with priority -1", ep.bodies)
-	}
+	return r, ep, send
 }
 
 func mustRoute(t *testing.T, spec string) route.Policy {

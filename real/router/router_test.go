@@ -108,7 +108,8 @@ func newRouter(t testing.TB, spec string, scrape time.Duration, urls ...string) 
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Generous: the first scrapes of a local stub are quick, unless the machine is loaded.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)

@@ -41,7 +41,7 @@ func TestSLOHeadersReachThePolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.WaitReady(ctx); err != nil {
 		t.Fatal(err)
