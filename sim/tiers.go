@@ -43,18 +43,21 @@ type KVTierPreset struct {
 }
 
 // KVTierPresets are the defaults a kv_tiers entry's preset names. The local-* presets are
-// this development machine's (a 2-core VM with a virtio disk), measured from the real
-// engine's servelab:kv_tier_load_seconds, so `servelab fidelity` compares a CPU engine's
-// tiers with the same costs: local-cpu from the tiny model (2.7 us per 8 KB block loaded
-// from the host-memory tier: a memory copy, 138 loads); local-disk from the tiny model
-// (234 us per 8 KB block from the O_DIRECT disk tier, 558 loads: almost all of it the
+// this development machine's (a 2-core VM with a virtio disk), measured on the real
+// engine's tiers, so `servelab fidelity` compares a CPU engine's tiers with the same costs.
+// local-cpu: a block moves as one memory copy (engine/kvoffload's BenchmarkKVTierBlock,
+// cpu/load: staging then the KV cache, what a hit costs): 118 us per 1.18 MB 110m block on
+// the Intel Xeon VM (scripts/kv-tiers, 2026-12-04), 62 us on the AMD EPYC VM and 0.6 us per
+// 8 KB tiny block (2026-12-05): 10 GB/s, the slower machine's, within 2x of either. (It was
+// 3 GB/s, from the tiny model when a load decoded floats one by one.) local-disk from the tiny
+// model (234 us per 8 KB block from the O_DIRECT disk tier, 558 loads: almost all of it the
 // read's latency, so a per-block latency) and the 110m model (1.2-1.6 ms per 1.18 MB
 // block, scripts/kv-tiers: the bandwidth, about 1 GB/s). On a loaded machine they vary 2x.
 var KVTierPresets = map[string]KVTierPreset{
 	"pcie-gen5":  {BandwidthGBps: 50, LatencyUs: 10, Description: "host memory over PCIe 5.0 x16: 64 GB/s nominal per direction, about 50 GB/s from pinned memory"},
 	"pcie-gen4":  {BandwidthGBps: 25, LatencyUs: 10, Description: "host memory over PCIe 4.0 x16: 32 GB/s nominal per direction, about 25 GB/s from pinned memory"},
 	"nvme":       {BandwidthGBps: 7, LatencyUs: 100, Description: "an NVMe SSD on PCIe 4.0: about 7 GB/s rated sequential read, 100 us to first byte"},
-	"local-cpu":  {BandwidthGBps: 3, Measured: true, Description: "this machine's host-memory tier of the real engine: a copy, 2.7 us per 8 KB tiny-model block"},
+	"local-cpu":  {BandwidthGBps: 10, Measured: true, Description: "this machine's host-memory tier of the real engine: one copy a block, 62-118 us per 1.18 MB 110m block, 0.6 us per 8 KB tiny block"},
 	"local-disk": {BandwidthGBps: 1, BlockLatencyUs: 226, Measured: true, Description: "this machine's disk tier of the real engine: one O_DIRECT read per block, 234 us per 8 KB tiny-model block, 1.2-1.6 ms per 1.18 MB 110m block"},
 }
 
