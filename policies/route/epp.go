@@ -136,6 +136,12 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 		built[name] = inst
 		names = append(names, name)
 	}
+	// Each plugin's kvEventsConfig is checked above; that there is at most one is the
+	// router's rule for the file, checked here so that whoever accepts a configuration
+	// through this loader (the controller, deploy) refuses what the router refuses.
+	if _, err := pluginsKVEvents(cfg.Plugins); err != nil {
+		return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
+	}
 
 	var handler *pdHandlerParams
 	for _, name := range names {
