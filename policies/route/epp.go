@@ -138,9 +138,11 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 	}
 	// Each plugin's kvEventsConfig is checked above; that there is at most one is the
 	// router's rule for the file, checked here so that whoever accepts a configuration
-	// through this loader (the controller, deploy) refuses what the router refuses.
+	// through this loader (the controller, deploy) refuses what the router refuses. The
+	// error is the router's own, word for word (EndpointPickerKVEvents), so a file is
+	// refused alike wherever it is read.
 	if _, err := pluginsKVEvents(cfg.Plugins); err != nil {
-		return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
+		return nil, err
 	}
 
 	var handler *pdHandlerParams
