@@ -508,13 +508,10 @@ func (s *Spec) validate() error {
 		cluster := s.clusterSpec(k.Name, s.Policies.Routers[0], s.Policies.Batch[0], s.Policies.Evict[0], 0)
 		env := policies.Env{BlockSize: cluster.BlockSize, GPUClass: latency.GPUClass(cluster.GPU)}
 		for i, r := range s.Policies.Routers {
+			// Parse refuses, in both worlds, what the router refuses of the file's
+			// kvEventsConfig (two in one file: the loader runs the router's own check),
+			// rather than when a cell runs.
 			if _, err := route.Parse(s.resolve(r), env); err != nil {
-				return fmt.Errorf("policies.routers[%d]: %w", i, err)
-			}
-			// The router takes its KV-event subscription from the file's kvEventsConfig
-			// and refuses a file with two, which the policy loader accepts; refuse it
-			// here, in both worlds, rather than when a cell runs.
-			if _, err := route.EndpointPickerKVEventsFiles(s.resolve(r)); err != nil {
 				return fmt.Errorf("policies.routers[%d]: %w", i, err)
 			}
 		}
@@ -814,9 +811,10 @@ func checkAB(k Cluster, path string) error {
 
 // checkABPolicies parses a cluster's ab_router and refuses what cannot be an arm: a P/D
 // EndpointPickerConfig, as ab_router or as one of the routers (arm a); and what the
-// router refuses of the arms' kvEventsConfigs (route.EndpointPickerKVEventsFiles, as
-// servelab router and sim check them): two in ab_router's file, or a router's and
-// ab_router's that disagree, since the arms share one KV-event subscription per endpoint.
+// router refuses of the arms' kvEventsConfigs: two in ab_router's file (route.Parse, as
+// every file), or a router's and ab_router's that disagree (route.EndpointPickerKVEventsFiles,
+// as servelab router and sim check them), since the arms share one KV-event subscription
+// per endpoint.
 func (s *Spec) checkABPolicies(i int, env policies.Env) error {
 	k := s.clusters()[i]
 	if k.ABRouter == "" {
@@ -829,9 +827,6 @@ func (s *Spec) checkABPolicies(i int, env policies.Env) error {
 	}
 	if _, ok := b.(*route.PDProfileHandler); ok {
 		return fmt.Errorf("%s.ab_router: %s is a P/D EndpointPickerConfig, which cannot be an A/B arm", path, k.ABRouter)
-	}
-	if _, err := route.EndpointPickerKVEventsFiles(s.resolve(k.ABRouter)); err != nil {
-		return fmt.Errorf("%s.ab_router: %w", path, err)
 	}
 	for j, r := range s.Policies.Routers {
 		if a, err := route.Parse(s.resolve(r), env); err == nil {

@@ -58,9 +58,9 @@ func (c ClusterSpec) abRouter(env policies.Env, router route.Policy, pd, disagg 
 		return nil, fmt.Errorf("ab_router: %s is a P/D EndpointPickerConfig, which cannot be an A/B arm", c.ABRouter)
 	}
 	// servelab router follows the endpoints' KV events once for both arms, as their files'
-	// kvEventsConfigs say, and refuses two files that disagree (or arm b's file with two
-	// kvEventsConfigs, as Build refuses arm a's); the simulator refuses them too, so an A/B
-	// test runs in both worlds or in neither.
+	// kvEventsConfigs say, and refuses two files that disagree (arm b's file with two
+	// kvEventsConfigs Parse has refused, as it refuses arm a's); the simulator refuses them
+	// too, so an A/B test runs in both worlds or in neither.
 	if _, err := route.EndpointPickerKVEventsFiles(c.Router, c.ABRouter); err != nil {
 		return nil, fmt.Errorf("ab_router: %w", err)
 	}

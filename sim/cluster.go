@@ -355,15 +355,11 @@ func (c ClusterSpec) Build(slo metrics.SLO) (Config, error) {
 	}
 	env := policies.Env{Seed: c.Seed, BlockSize: c.BlockSize, GPUClass: latency.GPUClass(pools[0].GPU)}
 	c.withRouterLatency(&env, pools[0], slo)
+	// Parse refuses what servelab router refuses of an EndpointPickerConfig's
+	// kvEventsConfig (two in one file: the loader runs the router's own check), so a spec
+	// runs in both worlds or in neither.
 	router, err := route.Parse(c.Router, env)
 	if err != nil {
-		return Config{}, fmt.Errorf("router: %w", err)
-	}
-	// servelab router reads an EndpointPickerConfig's kvEventsConfig for its KV-event
-	// subscription and refuses a file it cannot subscribe by (two kvEventsConfigs, which
-	// the policy loader accepts); the simulator refuses it too, with the router's own check,
-	// so a spec runs in both worlds or in neither.
-	if _, err := route.EndpointPickerKVEventsFiles(c.Router); err != nil {
 		return Config{}, fmt.Errorf("router: %w", err)
 	}
 	// A P/D EndpointPickerConfig (llm-d's pd-profile-handler) routes with its decode profile

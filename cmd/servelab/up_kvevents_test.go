@@ -171,8 +171,8 @@ func TestRouterKVEventsConfigFromEPP(t *testing.T) {
 	defaults := kvEventsEPP(t, "      concurrency: 8")
 	bad := kvEventsEPP(t, "      podDiscoveryConfig:\n        socket_port: 6557")
 	// A second precise-prefix-cache-scorer with a kvEventsConfig of its own: the router
-	// subscribes once per endpoint (servelab sim and experiments refuse it as well, with
-	// the same route.EndpointPickerKVEventsFiles).
+	// subscribes once per endpoint (the policy loader refuses it with the same message,
+	// so servelab sim, experiments, the controller and deploy refuse it as well).
 	two := kvEventsEPP(t, "      topicFilter: \"kv@\"\n- name: second\n  type: precise-prefix-cache-scorer\n  parameters:\n    kvEventsConfig:\n      topicFilter: \"kv@x\"")
 	field := func(p string) string { return p + ": plugins[0].parameters.kvEventsConfig" }
 	for _, tc := range []struct {

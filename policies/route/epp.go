@@ -136,6 +136,14 @@ func LoadEndpointPickerConfig(data []byte, env policies.Env) (Policy, error) {
 		built[name] = inst
 		names = append(names, name)
 	}
+	// Each plugin's kvEventsConfig is checked above; that there is at most one is the
+	// router's rule for the file, checked here so that whoever accepts a configuration
+	// through this loader (the controller, deploy) refuses what the router refuses. The
+	// error is the router's own, word for word (EndpointPickerKVEvents), so a file is
+	// refused alike wherever it is read.
+	if _, err := pluginsKVEvents(cfg.Plugins); err != nil {
+		return nil, err
+	}
 
 	var handler *pdHandlerParams
 	for _, name := range names {

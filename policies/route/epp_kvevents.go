@@ -83,7 +83,8 @@ func parseKVEventsConfig(raw json.RawMessage, field string) (*KVEventsConfig, er
 
 // EndpointPickerKVEvents is the kvEventsConfig of the EndpointPickerConfig in data: that
 // of its precise-prefix-cache-scorer, nil when none has one (the router then keeps its
-// flags' KV-event source). Two such scorers with a kvEventsConfig are an error.
+// flags' KV-event source). Two such scorers with a kvEventsConfig are an error, which
+// LoadEndpointPickerConfig reports too (pluginsKVEvents is the one check for both).
 func EndpointPickerKVEvents(data []byte) (*KVEventsConfig, error) {
 	var cfg struct {
 		Plugins []eppPlugin `json:"plugins"`
@@ -91,8 +92,18 @@ func EndpointPickerKVEvents(data []byte) (*KVEventsConfig, error) {
 	if err := yaml.Unmarshal(data, &cfg); err != nil {
 		return nil, fmt.Errorf("EndpointPickerConfig: %w", err)
 	}
+	return pluginsKVEvents(cfg.Plugins)
+}
+
+// pluginsKVEvents is the kvEventsConfig of the precise-prefix-cache-scorers among plugins
+// (an EndpointPickerConfig's plugins section), nil when none has one. The router
+// subscribes to each endpoint once, with one configuration, so a second is an error,
+// agreeing with the first or not: every caller that accepts an EndpointPickerConfig
+// (the router, sim, experiments, the controller, deploy) refuses it through
+// LoadEndpointPickerConfig or EndpointPickerKVEvents, both of which call this.
+func pluginsKVEvents(plugins []eppPlugin) (*KVEventsConfig, error) {
 	var found *KVEventsConfig
-	for i, pl := range cfg.Plugins {
+	for i, pl := range plugins {
 		if pl.Type != PrecisePrefixCacheScorerType {
 			continue
 		}

@@ -193,3 +193,91 @@ func TestEndpointPickerKVEventsFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestLoaderRefusesTwoKVEventsConfigs: the policy loader refuses an EndpointPickerConfig
+// with two kvEventsConfigs as EndpointPickerKVEvents (the router's subscription) does,
+// with the same message, so that a caller holding only the loader (the controller,
+// deploy) cannot accept a configuration the router would refuse at start; Parse of the
+// file (what the router, sim and up build the policy with) gives the router's message for
+// the file (EndpointPickerKVEventsFile's).
+func TestLoaderRefusesTwoKVEventsConfigs(t *testing.T) {
+	const head = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+	precise := func(name, kv string) string {
+		s := "- name: " + name + "\n  type: precise-prefix-cache-scorer\n"
+		if kv != "" {
+			s += "  parameters:\n    kvEventsConfig:\n      " + kv + "\n"
+		}
+		return s
+	}
+	single := func(a, b string) string {
+		return head + "plugins:\n" + a + b + "- type: max-score-picker\nschedulingProfiles:\n- name: default\n  plugins:\n" +
+			"  - pluginRef: p1\n  - pluginRef: p2\n  - pluginRef: max-score-picker\n"
+	}
+	pd := func(plugins, prefill, decode string) string {
+		return head + "plugins:\n" + plugins +
+			"- type: prefill-filter\n- type: decode-filter\n- type: max-score-picker\n" +
+			"- type: prefix-based-pd-decider\n  parameters:\n    nonCachedTokens: 16\n" +
+			"- type: pd-profile-handler\n  parameters:\n    deciderPluginName: prefix-based-pd-decider\n" +
+			"schedulingProfiles:\n" +
+			"- name: prefill\n  plugins:\n  - pluginRef: prefill-filter\n  - pluginRef: max-score-picker\n  - pluginRef: " + prefill + "\n" +
+			"- name: decode\n  plugins:\n  - pluginRef: decode-filter\n  - pluginRef: max-score-picker\n  - pluginRef: " + decode + "\n"
+	}
+	const two = "plugins[0].parameters.kvEventsConfig and plugins[1].parameters.kvEventsConfig: two kvEventsConfigs; the router subscribes once per endpoint, so give one"
+	for _, tc := range []struct {
+		name string
+		doc  string
+		want string // the kvEventsConfig's Field, when accepted
+		err  string
+		// same: every reader's error is the router's (EndpointPickerKVEvents's, and
+		// EndpointPickerKVEventsFile's for Parse), word for word.
+		same bool
+	}{
+		{name: "two disagreeing", doc: single(precise("p1", "topicFilter: kv@"), precise("p2", "topicFilter: kv@x")), err: two, same: true},
+		{name: "two agreeing", doc: single(precise("p1", "topicFilter: kv@"), precise("p2", "topicFilter: kv@")), err: two, same: true},
+		{name: "one of two scorers", doc: single(precise("p1", "topicFilter: kv@"), precise("p2", "")), want: "plugins[0].parameters.kvEventsConfig"},
+		{name: "the second of two scorers", doc: single(precise("p1", ""), precise("p2", "topicFilter: kv@")), want: "plugins[1].parameters.kvEventsConfig"},
+		{name: "null and one", doc: single(precise("p1", "null"), precise("p2", "topicFilter: kv@")), want: "plugins[1].parameters.kvEventsConfig"},
+		{name: "P/D, one per profile", doc: pd(precise("p1", "topicFilter: kv@")+precise("p2", "topicFilter: kv@"), "p1", "p2"), err: two, same: true},
+		{name: "P/D, one scorer in both profiles", doc: pd(precise("p1", "topicFilter: kv@"), "p1", "p1"), want: "plugins[0].parameters.kvEventsConfig"},
+		// A bad field is the plugin's own error, before the count.
+		{name: "bad field in the second", doc: single(precise("p1", "topicFilter: kv@"), precise("p2", "topicFiltre: kv@")),
+			err: `plugins[1].parameters.kvEventsConfig: json: unknown field "topicFiltre"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "epp.yaml")
+			if err := os.WriteFile(file, []byte(tc.doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			env := policies.Env{BlockSize: 16}
+			kc, kvErr := EndpointPickerKVEvents([]byte(tc.doc))
+			_, fileErr := EndpointPickerKVEventsFile(file)
+			_, loadErr := LoadEndpointPickerConfig([]byte(tc.doc), env)
+			_, parseErr := Parse(file, env)
+			if tc.err != "" {
+				for _, c := range []struct {
+					what     string
+					err, the error // the, when tc.same: the router's error, which err must equal
+				}{
+					{"EndpointPickerKVEvents", kvErr, nil},
+					{"EndpointPickerKVEventsFile", fileErr, nil},
+					{"LoadEndpointPickerConfig", loadErr, kvErr},
+					{"Parse", parseErr, fileErr},
+				} {
+					switch {
+					case c.err == nil || !strings.Contains(c.err.Error(), tc.err):
+						t.Errorf("%s: error %v, want one containing %q", c.what, c.err, tc.err)
+					case tc.same && c.the != nil && c.err.Error() != c.the.Error():
+						t.Errorf("%s: error %q, want the router's %q", c.what, c.err, c.the)
+					}
+				}
+				return
+			}
+			if kvErr != nil || fileErr != nil || loadErr != nil || parseErr != nil {
+				t.Fatalf("EndpointPickerKVEvents: %v; EndpointPickerKVEventsFile: %v; LoadEndpointPickerConfig: %v; Parse: %v", kvErr, fileErr, loadErr, parseErr)
+			}
+			if kc == nil || kc.Field != tc.want {
+				t.Errorf("kvEventsConfig %+v, want one read from %s", kc, tc.want)
+			}
+		})
+	}
+}

@@ -397,6 +397,15 @@ func TestReconcile(t *testing.T) {
 				return fs
 			},
 		}
+		pdConfig, err := os.ReadFile("../../examples/router/llm-d-pd.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		twoKVCM := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "two-kvevents", Namespace: ns},
+			Data: map[string]string{"epp.yaml": withTwoKVEvents(t, llmdDefault(3))}}
+		if err := env.Client.Create(ctx, twoKVCM); err != nil {
+			t.Fatal(err)
+		}
 		for _, tc := range []struct {
 			name   string
 			mutate func(*v1alpha1.LLMService)
@@ -415,6 +424,22 @@ func TestReconcile(t *testing.T) {
 			{"prefill pool without a P/D policy", func(s *v1alpha1.LLMService) {
 				s.Spec.Prefill = &v1alpha1.WorkloadSpec{}
 			}, ReasonInvalidPolicy, "spec.prefill needs a prefill/decode EndpointPickerConfig"},
+			// Two kvEventsConfigs: the router refuses the file at start (it subscribes once per
+			// endpoint), so the controller refuses it before deploying it, inline, from a
+			// ConfigMap, or as a P/D configuration (that error, not that it is not P/D).
+			{"inline EndpointPickerConfig with two kvEventsConfigs", func(s *v1alpha1.LLMService) {
+				s.Spec.Router.Policy = ""
+				s.Spec.Router.EndpointPickerConfig = withTwoKVEvents(t, llmdDefault(3))
+			}, ReasonInvalidPolicy, "spec.router.endpointPickerConfig: " + twoKVEventsErr(0)},
+			{"ConfigMap EndpointPickerConfig with two kvEventsConfigs", func(s *v1alpha1.LLMService) {
+				s.Spec.Router.Policy = ""
+				s.Spec.Router.EndpointPickerConfigRef = &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: twoKVCM.Name}, Key: "epp.yaml"}
+			}, ReasonInvalidPolicy, "spec.router.endpointPickerConfigRef (ConfigMap two-kvevents, key epp.yaml): " + twoKVEventsErr(0)},
+			{"P/D EndpointPickerConfig with two kvEventsConfigs", func(s *v1alpha1.LLMService) {
+				s.Spec.Prefill = &v1alpha1.WorkloadSpec{}
+				s.Spec.Router.Policy = ""
+				s.Spec.Router.EndpointPickerConfig = withTwoKVEvents(t, string(pdConfig))
+			}, ReasonInvalidPolicy, "spec.router.endpointPickerConfig: " + twoKVEventsErr(1)},
 			{"unknown engine flag", func(s *v1alpha1.LLMService) { s.Spec.Template.Args = []string{"--max-num-seq=8"} }, ReasonInvalidArgs, "spec.template.args"},
 			{"unknown router flag", func(s *v1alpha1.LLMService) {
 				s.Spec.Router.Template = &v1alpha1.EngineTemplate{Args: []string{"--no-such-flag"}}
@@ -714,6 +739,26 @@ schedulingProfiles:
     weight: %d
   - pluginRef: max-score-picker
 `, w)
+}
+
+// withTwoKVEvents is the EndpointPickerConfig doc with two precise-prefix-cache-scorers
+// after its plugins' queue-scorer, each with a kvEventsConfig: a file the router refuses
+// (it subscribes once per endpoint), with twoKVEventsErr of queue-scorer's index.
+func withTwoKVEvents(t *testing.T, doc string) string {
+	t.Helper()
+	const queue = "- type: queue-scorer\n"
+	if !strings.Contains(doc, queue) {
+		t.Fatalf("no %q in %q", queue, doc)
+	}
+	kv := "  type: precise-prefix-cache-scorer\n  parameters: {kvEventsConfig: {topicFilter: kv@}}\n"
+	return strings.Replace(doc, queue, queue+"- name: precise-a\n"+kv+"- name: precise-b\n"+kv, 1)
+}
+
+// twoKVEventsErr is the router's error for withTwoKVEvents of a doc whose queue-scorer is
+// plugins[queue].
+func twoKVEventsErr(queue int) string {
+	return fmt.Sprintf("plugins[%d].parameters.kvEventsConfig and plugins[%d].parameters.kvEventsConfig: two kvEventsConfigs; the router subscribes once per endpoint",
+		queue+1, queue+2)
 }
 
 // TestInferencePool: with GIE's InferencePool CRD installed, each LLMService gets an

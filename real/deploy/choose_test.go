@@ -247,8 +247,44 @@ func TestServiceFromChoice(t *testing.T) {
 	}
 }
 
+// withTwoKVEvents is the EndpointPickerConfig doc with two precise-prefix-cache-scorers
+// after its plugins' queue-scorer, each with a kvEventsConfig: a file the router refuses
+// (it subscribes once per endpoint), with twoKVEventsErr, when queue-scorer is plugins[1].
+func withTwoKVEvents(t *testing.T, doc string) string {
+	t.Helper()
+	const queue = "- type: queue-scorer\n"
+	if !strings.Contains(doc, queue) {
+		t.Fatalf("no %q in %q", queue, doc)
+	}
+	return strings.Replace(doc, queue, queue+
+		"- name: precise-a\n  type: precise-prefix-cache-scorer\n  parameters: {kvEventsConfig: {topicFilter: kv@}}\n"+
+		"- name: precise-b\n  type: precise-prefix-cache-scorer\n  parameters: {kvEventsConfig: {topicFilter: kv@}}\n", 1)
+}
+
+const twoKVEventsErr = "plugins[2].parameters.kvEventsConfig and plugins[3].parameters.kvEventsConfig: two kvEventsConfigs"
+
+// policyDir is a directory holding the file rel with doc in it: a --policy-dir.
+func policyDir(t *testing.T, rel, doc string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func TestServiceErrors(t *testing.T) {
-	dir, _ := experiment(t)
+	dir, specDir := experiment(t)
+	epc, err := os.ReadFile(filepath.Join(specDir, "router", "llm-d.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	twoKVEvents := policyDir(t, "router/llm-d.yaml", withTwoKVEvents(t, string(epc)))
+	unknownPlugin := policyDir(t, "router/llm-d.yaml", strings.Replace(string(epc), "- type: single-profile-handler", "- type: no-such-plugin", 1))
 	pick := func(label string) *Choice {
 		c, err := Choose(dir, ChooseOptions{Policy: label})
 		if err != nil {
@@ -270,6 +306,12 @@ func TestServiceErrors(t *testing.T) {
 		{"long name", "round-robin / lru", ServiceOptions{ModelURI: "file:///m", Name: strings.Repeat("a", 57)}, "at most 56 characters"},
 		{"negative replicas", "round-robin / lru", ServiceOptions{ModelURI: "file:///m", Replicas: ptr.To[int32](-1)}, "--replicas: must not be negative"},
 		{"policy file not found", "router/llm-d.yaml / lru", ServiceOptions{ModelURI: "file:///m", Dir: t.TempDir()}, `router "router/llm-d.yaml": the experiment's policy file is not in`},
+		// The policy file changed since the experiment ran, into one the controller and the
+		// router would refuse: refused here, naming the file and the fields.
+		{"two kvEventsConfigs", "router/llm-d.yaml / lru", ServiceOptions{ModelURI: "file:///m", Dir: twoKVEvents},
+			`router "router/llm-d.yaml": ` + filepath.Join(twoKVEvents, "router", "llm-d.yaml") + ": " + twoKVEventsErr},
+		{"unknown plugin", "router/llm-d.yaml / lru", ServiceOptions{ModelURI: "file:///m", Dir: unknownPlugin},
+			`router "router/llm-d.yaml": ` + filepath.Join(unknownPlugin, "router", "llm-d.yaml") + ": EndpointPickerConfig: plugins[0].type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Service(pick(tc.label), tc.o)
@@ -383,18 +425,27 @@ func TestServiceOfAClusterInClusters(t *testing.T) {
 	for _, p := range res.Policies {
 		labels[p.Cluster+"/"+p.Router] = p.Name()
 	}
-	opts := ServiceOptions{ModelURI: "pvc://models/llama/8b", Dir: specDir}
+	twoKVEvents := policyDir(t, "pd.yaml", withTwoKVEvents(t, string(pd)))
 	for _, tc := range []struct {
 		key              string
 		replicas, prefil int32 // prefill 0: no spec.prefill
 		err              string
+		dir              string // --policy-dir; "": the spec's
 	}{
-		{"colo/least-request", 3, 0, ""},
-		{"colo/pd.yaml", 3, 0, ""},
-		{"split/pd.yaml", 2, 1, ""},
-		{"split/least-request", 0, 0, "ran disaggregated"},
+		{"colo/least-request", 3, 0, "", ""},
+		{"colo/pd.yaml", 3, 0, "", ""},
+		{"split/pd.yaml", 2, 1, "", ""},
+		{"split/least-request", 0, 0, "ran disaggregated", ""},
+		// pd.yaml changed since the run into a P/D file the router refuses: that is the error,
+		// not that the router is not P/D.
+		{"split/pd.yaml", 0, 0, filepath.Join(twoKVEvents, "pd.yaml") + ": " + twoKVEventsErr, twoKVEvents},
+		{"colo/pd.yaml", 0, 0, filepath.Join(twoKVEvents, "pd.yaml") + ": " + twoKVEventsErr, twoKVEvents},
 	} {
-		t.Run(tc.key, func(t *testing.T) {
+		name, opts := tc.key, ServiceOptions{ModelURI: "pvc://models/llama/8b", Dir: specDir}
+		if tc.dir != "" {
+			name, opts.Dir = name+" from --policy-dir", tc.dir
+		}
+		t.Run(name, func(t *testing.T) {
 			label, ok := labels[tc.key]
 			if !ok {
 				t.Fatalf("no cell %s among %v", tc.key, labels)

@@ -99,13 +99,14 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 		},
 	}
 	svc.Spec.Replicas = &replicas
-	if err := routerPolicy(&svc.Spec.Router, p.Router, []string{c.Experiment.Dir, o.Dir}); err != nil {
+	pol, err := routerPolicy(&svc.Spec.Router, p.Router, []string{c.Experiment.Dir, o.Dir}, policies.Env{BlockSize: deployedBlockSize(spec.World, k)})
+	if err != nil {
 		return nil, err
 	}
 	if prefill > 0 {
 		// A disaggregated cell: its prefill pool becomes spec.prefill, which the controller
 		// runs only under a P/D EndpointPickerConfig (the router runs both legs).
-		if !isPDConfig(svc.Spec.Router.EndpointPickerConfig) {
+		if _, pd := pol.(*route.PDProfileHandler); !pd {
 			return nil, fmt.Errorf("%s ran disaggregated (%d prefill instances) with router %q and prefill_router %q: a deployed router runs prefill/decode only from a P/D EndpointPickerConfig (llm-d's pd-profile-handler, e.g. examples/router/llm-d-pd.yaml); give the experiment's router as such a file",
 				c.Label, prefill, p.Router, k.PrefillRouter)
 		}
@@ -123,21 +124,18 @@ func Service(c *Choice, o ServiceOptions) (*v1alpha1.LLMService, error) {
 	return svc, nil
 }
 
-// isPDConfig says whether doc is an EndpointPickerConfig with prefill and decode profiles.
-func isPDConfig(doc string) bool {
-	if doc == "" {
-		return false
-	}
-	pol, err := route.LoadEndpointPickerConfig([]byte(doc), policies.Env{BlockSize: defaultBlockSize})
-	if err != nil {
-		return false
-	}
-	_, pd := pol.(*route.PDProfileHandler)
-	return pd
-}
-
 // defaultBlockSize is the --block-size default of 'servelab engine' and 'servelab router'.
 const defaultBlockSize = 16
+
+// deployedBlockSize is the --block-size the deployed engines run with (engineArgs gives
+// it to them, and the controller to the router): a real-world experiment's, else the
+// default.
+func deployedBlockSize(world string, k experiments.Cluster) int {
+	if world == "real" && k.BlockSize != 0 {
+		return k.BlockSize
+	}
+	return defaultBlockSize
+}
 
 // engineArgs are the engine flags a real-world experiment's cluster set: its engines ran
 // with them, so the deployed ones do too. A simulated cluster's GPU, TP and memory are the
@@ -205,12 +203,16 @@ func modelSpec(world, expModel string, o ServiceOptions) (v1alpha1.ModelSpec, er
 
 // routerPolicy sets the router's policy from the experiment's router spec: a servelab
 // policy spec, or a YAML file holding one (rendered compact) or an EndpointPickerConfig
-// (inlined). A relative file resolves against dirs, in order.
-func routerPolicy(r *v1alpha1.RouterSpec, router string, dirs []string) error {
+// (inlined). A relative file resolves against dirs, in order. An EndpointPickerConfig is
+// loaded as the controller loads it (route.LoadEndpointPickerConfig, with env the deployed
+// engines' block size), so a file that changed since the experiment ran, and that the
+// controller and router would refuse (two kvEventsConfigs, say), is refused here, naming
+// the file, instead of after it is applied; its policy is returned (nil for a spec).
+func routerPolicy(r *v1alpha1.RouterSpec, router string, dirs []string, env policies.Env) (route.Policy, error) {
 	lower := strings.ToLower(strings.TrimSpace(router))
 	if !strings.HasSuffix(lower, ".yaml") && !strings.HasSuffix(lower, ".yml") {
 		r.Policy = strings.TrimSpace(router)
-		return nil
+		return nil, nil
 	}
 	file, tried := router, []string{}
 	if !filepath.IsAbs(router) {
@@ -228,27 +230,31 @@ func routerPolicy(r *v1alpha1.RouterSpec, router string, dirs []string) error {
 		}
 	}
 	if file == "" {
-		return fmt.Errorf("router %q: the experiment's policy file is not in %s; run 'servelab deploy' from the directory the spec named it from, or give --policy-dir DIR",
+		return nil, fmt.Errorf("router %q: the experiment's policy file is not in %s; run 'servelab deploy' from the directory the spec named it from, or give --policy-dir DIR",
 			router, strings.Join(tried, " nor "))
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return fmt.Errorf("router %q: %w", router, err)
+		return nil, fmt.Errorf("router %q: %w", router, err)
 	}
 	var head struct {
 		APIVersion string `json:"apiVersion"`
 		Kind       string `json:"kind"`
 	}
 	if err := yaml.Unmarshal(data, &head); err == nil && (head.APIVersion != "" || head.Kind != "") {
+		pol, err := route.LoadEndpointPickerConfig(data, env)
+		if err != nil {
+			return nil, fmt.Errorf("router %q: %s: %w", router, file, err)
+		}
 		r.EndpointPickerConfig = string(data)
-		return nil
+		return pol, nil
 	}
 	s, err := policies.ParseYAMLSpec(data)
 	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	r.Policy = s.String()
-	return nil
+	return nil, nil
 }
 
 // MaxNameLength is the longest LLMService name the API takes: Services are named
