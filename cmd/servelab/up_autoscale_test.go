@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -96,38 +94,10 @@ func TestUpAutoscaleRestartsAKilledEngine(t *testing.T) {
 	victimURL := m[1]
 	pid, _ := strconv.Atoi(m[2])
 
-	var mu sync.Mutex
-	counts := map[outcome]int{}
-	firstErr := map[outcome]string{}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
 	const workers = 4
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				stream := (w+i)%2 == 0
-				o, msg := replayRequest(url, stream)
-				mu.Lock()
-				counts[o]++
-				if o != served && firstErr[o] == "" {
-					firstErr[o] = fmt.Sprintf("stream=%v: %s", stream, msg)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	defer func() { close(done); wg.Wait() }()
-	servedSoFar := func(n int) func() bool {
-		return func() bool { mu.Lock(); defer mu.Unlock(); return counts[served] >= n }
-	}
-	waitFor(t, "20 requests served before the kill", 120*time.Second, servedSoFar(20), out)
+	load := startLoad(url, workers)
+	defer load.stop()
+	waitFor(t, "20 requests served before the kill", 120*time.Second, load.servedAtLeast(20), out)
 	waitFor(t, "engine-1 running a request", 60*time.Second, func() bool {
 		return metricSum(t, victimURL, "vllm:num_requests_running", "") > 0
 	}, out)
@@ -144,13 +114,8 @@ func TestUpAutoscaleRestartsAKilledEngine(t *testing.T) {
 	waitFor(t, "the router sends the restarted engine-1 traffic", 60*time.Second, func() bool {
 		return metricSum(t, victimURL, "vllm:request_success_total", "") > 0
 	}, out)
-	mu.Lock()
-	after := counts[served]
-	mu.Unlock()
-	waitFor(t, "more requests served after the restart", 60*time.Second, servedSoFar(after+8), out)
-	close(done)
-	wg.Wait()
-	done = make(chan struct{}) // for the deferred close
+	waitFor(t, "more requests served after the restart", 60*time.Second, load.servedAtLeast(load.served()+8), out)
+	counts, firstErr := load.stop()
 	if err := stop(); err != nil {
 		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
 	}

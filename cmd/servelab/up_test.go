@@ -240,42 +240,9 @@ func TestUpSurvivesAKilledEngine(t *testing.T) {
 	victimURL, victimPID := m[1], m[2]
 	pid, _ := strconv.Atoi(victimPID)
 
-	var mu sync.Mutex
-	counts := map[outcome]int{}
-	var streamed, unstreamed int
-	var firstErr = map[outcome]string{}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				stream := (w+i)%2 == 0
-				o, msg := replayRequest(url, stream)
-				mu.Lock()
-				counts[o]++
-				if stream {
-					streamed++
-				} else {
-					unstreamed++
-				}
-				if o != served && firstErr[o] == "" {
-					firstErr[o] = fmt.Sprintf("stream=%v: %s", stream, msg)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	servedSoFar := func(n int) func() bool {
-		return func() bool { mu.Lock(); defer mu.Unlock(); return counts[served] >= n }
-	}
-	waitFor(t, "30 requests served before the kill", 60*time.Second, servedSoFar(30), out)
+	load := startLoad(url, 6)
+	defer load.stop()
+	waitFor(t, "30 requests served before the kill", 60*time.Second, load.servedAtLeast(30), out)
 	// Kill it while it is working on requests, so that some die with it.
 	waitFor(t, "engine-1 running a request", 60*time.Second, func() bool {
 		return metricSum(t, victimURL, "vllm:num_requests_running", "") > 0
@@ -301,19 +268,15 @@ func TestUpSurvivesAKilledEngine(t *testing.T) {
 	waitFor(t, "the router sends the restarted engine-1 traffic", 60*time.Second, func() bool {
 		return metricSum(t, victimURL, "vllm:request_success_total", "") > 0
 	}, out)
-	mu.Lock()
-	after := counts[served]
-	mu.Unlock()
-	waitFor(t, "more requests served after the restart", 60*time.Second, servedSoFar(after+12), out)
-	close(done)
-	wg.Wait()
+	waitFor(t, "more requests served after the restart", 60*time.Second, load.servedAtLeast(load.served()+12), out)
+	counts, firstErr := load.stop()
 
 	if d := metricSum(t, url, "servelab_router_decisions_total", victimURL); d <= 0 {
 		t.Errorf("router decisions for %s: %v", victimURL, d)
 	}
 	t.Logf("servelab up:\n%s", out)
 	t.Logf("requests: %d served, %d lost before any response byte, %d cut mid-response (%d streamed, %d not); router retries %v",
-		counts[served], counts[lostUnstarted], counts[lostMidStream], streamed, unstreamed,
+		counts[served], counts[lostUnstarted], counts[lostMidStream], load.streamed, load.unstreamed,
 		metricSum(t, url, "servelab_router_retries_total", ""))
 	if counts[lostUnstarted] != 0 {
 		t.Errorf("%d requests failed before any response byte (the router could have retried them); first: %s",
@@ -367,4 +330,72 @@ func TestEnginesDieWithUp(t *testing.T) {
 			return syscall.Kill(pid, 0) != nil
 		}, out)
 	}
+}
+
+// loadGen sends requests through up's router from workers goroutines, each alternating
+// streamed and unstreamed, until stopped, counting how each ended.
+type loadGen struct {
+	mu                   sync.Mutex
+	counts               map[outcome]int
+	firstErr             map[outcome]string
+	streamed, unstreamed int
+	done                 chan struct{}
+	stopped              bool
+	wg                   sync.WaitGroup
+}
+
+func startLoad(url string, workers int) *loadGen {
+	g := &loadGen{counts: map[outcome]int{}, firstErr: map[outcome]string{}, done: make(chan struct{})}
+	for w := range workers {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-g.done:
+					return
+				default:
+				}
+				stream := (w+i)%2 == 0
+				o, msg := replayRequest(url, stream)
+				g.mu.Lock()
+				g.counts[o]++
+				if stream {
+					g.streamed++
+				} else {
+					g.unstreamed++
+				}
+				if o != served && g.firstErr[o] == "" {
+					g.firstErr[o] = fmt.Sprintf("stream=%v: %s", stream, msg)
+				}
+				g.mu.Unlock()
+			}
+		}()
+	}
+	return g
+}
+
+// served is how many requests were served so far.
+func (g *loadGen) served() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.counts[served]
+}
+
+// servedAtLeast is a waitFor condition: n requests served.
+func (g *loadGen) servedAtLeast(n int) func() bool {
+	return func() bool { return g.served() >= n }
+}
+
+// stop stops the workers (again is a no-op) and returns the outcomes' counts and each
+// failed outcome's first message.
+func (g *loadGen) stop() (map[outcome]int, map[outcome]string) {
+	g.mu.Lock()
+	if !g.stopped {
+		g.stopped = true
+		close(g.done)
+	}
+	g.mu.Unlock()
+	g.wg.Wait()
+	return g.counts, g.firstErr
 }
