@@ -278,3 +278,24 @@ func TestMeterReadsEventsSplitAcrossWrites(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkMeterStreamChunk is what the meter adds per streamed chunk (one token's, as
+// servelab's engine and vLLM stream them): reading its event on the router's copy.
+func BenchmarkMeterStreamChunk(b *testing.B) {
+	chunk := []byte(`data: {"id":"cmpl-1","object":"text_completion","created":1733370000,"model":"m","choices":[{"index":0,"text":" token","logprobs":null,"finish_reason":null,"stop_reason":null}]}` + "\n\n")
+	m := newMeter(discardWriter{http.Header{"Content-Type": {"text/event-stream"}}}, httptest.NewRequest(http.MethodPost, "/v1/completions", nil))
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		m.Write(chunk)
+	}
+	if m.events == 0 {
+		b.Fatal("no token counted")
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps nothing, so a benchmark times the meter.
+type discardWriter struct{ h http.Header }
+
+func (d discardWriter) Header() http.Header         { return d.h }
+func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d discardWriter) WriteHeader(int)             {}
