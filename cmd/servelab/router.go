@@ -19,6 +19,7 @@ import (
 
 	"servelab/engine/model"
 	"servelab/engine/tokenizer"
+	"servelab/metrics"
 	"servelab/policies"
 	"servelab/policies/route"
 	"servelab/real/router"
@@ -115,6 +116,9 @@ func (f *routerFlags) config() (router.Config, error) {
 		APIKey: f.apiKey, EngineAPIKey: f.engineAPIKey, BodyTimeout: f.bodyTimeout,
 		MaxInFlight: f.maxInFlight, Logf: f.logf, PrefillTimeout: f.prefillTimeout,
 	}
+	// The default objectives the router measures requests against (withLatencyProfile
+	// checked them), as its predicted-latency-scorer predicts against them.
+	cfg.SLO, _ = metrics.ParseSLO(f.slo)
 	switch {
 	case f.zmq.SocketPort < 0 || f.zmq.SocketPort > 65535:
 		return router.Config{}, fmt.Errorf("--kv-events-socket-port %d: want a port, or 0 for /v1/kv_events", f.zmq.SocketPort)
@@ -320,7 +324,7 @@ gRPC health service answers liveness, readiness and envoy.service.ext_proc.v3.Ex
 	fl.DurationVar(&f.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often each endpoint's /metrics is read")
 	fl.IntVar(&f.blockSize, "block-size", 16, "the engines' KV block size, for prompt hashing")
 	fl.StringVar(&f.model, "model", "", "the engines' model directory, to hash prompts with their tokenizer")
-	fl.StringVar(&f.slo, "slo", "", "objectives of requests without x-slo-ttft-ms / x-slo-tpot-ms headers, for the predicted-latency-scorer: ttft:MS,tpot:MS")
+	fl.StringVar(&f.slo, "slo", "", "objectives of requests without x-slo-ttft-ms / x-slo-tpot-ms headers, for the predicted-latency-scorer and servelab_router_slo_requests_total: ttft:MS,tpot:MS[,e2el:MS]")
 	fl.StringVar(&f.latencyProfile, "latency-profile", "", "a 'servelab profile' file of the engines: the step-time model the predicted-latency-scorer predicts TTFT and TPOT with")
 	fl.BoolVar(&f.kvEvents, "kv-events", true, "follow endpoints' /v1/kv_events for an exact prefix index (servelab engines)")
 	fl.IntVar(&f.zmq.SocketPort, "kv-events-socket-port", 0, "follow KV events over ZeroMQ as vLLM publishes them (--kv-events-config) instead of /v1/kv_events: connect to this port on each endpoint's host (llm-d's socketPort; 0: off)")

@@ -24,10 +24,14 @@ type scaleLogEntry struct {
 	Running  int      `json:"running"`
 	KVUsage  float64  `json:"kv_usage"`
 	Arrived  int      `json:"arrived"`
-	Start    []int    `json:"start,omitempty"`
-	Cancel   []int    `json:"cancel,omitempty"`
-	Drain    []int    `json:"drain,omitempty"`
-	Reason   string   `json:"reason"`
+	// Finished and MetSLO are the requests finished since the previous decision and those
+	// that met their SLO (in up, the router's servelab_router_slo_requests_total).
+	Finished int    `json:"finished"`
+	MetSLO   int    `json:"met_slo"`
+	Start    []int  `json:"start,omitempty"`
+	Cancel   []int  `json:"cancel,omitempty"`
+	Drain    []int  `json:"drain,omitempty"`
+	Reason   string `json:"reason"`
 }
 
 // scaleLog writes decisions as JSON lines; safe for concurrent use.
@@ -49,6 +53,7 @@ func openScaleLog(path string) (*scaleLog, error) {
 func (l *scaleLog) write(o scale.Observation, d scale.Decision, a scale.Actions) error {
 	e := scaleLogEntry{T: o.Time, Replicas: o.Replicas, Ready: o.Ready, Desired: d.Replicas,
 		Waiting: o.Waiting, Running: o.Running, KVUsage: o.KVUsage, Arrived: o.Arrived,
+		Finished: o.Finished, MetSLO: o.MetSLO,
 		Start: a.Start, Cancel: a.Cancel, Drain: a.Drain, Reason: d.Reason}
 	if !math.IsNaN(d.Metric) {
 		m := d.Metric

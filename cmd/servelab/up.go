@@ -71,7 +71,7 @@ func (f *clusterFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.router.scrape, "scrape-interval", router.DefaultScrapeInterval, "how often the router reads each engine's /metrics")
 	fl.BoolVar(&f.router.kvEvents, "kv-events", true, "the router follows the engines' KV events for an exact prefix index")
 	fl.StringVar(&f.router.latencyProfile, "latency-profile", "", "a 'servelab profile' of the engines, for the router's predicted-latency-scorer")
-	fl.StringVar(&f.router.slo, "slo", "", "the router's default objectives of requests without x-slo-* headers, for its predicted-latency-scorer: ttft:MS,tpot:MS")
+	fl.StringVar(&f.router.slo, "slo", "", "the router's default objectives of requests without x-slo-* headers, for its predicted-latency-scorer and its SLO counts (--autoscale metric=slo): ttft:MS,tpot:MS[,e2el:MS]")
 	fl.Uint64Var(&f.router.seed, "seed", 0, "seed of randomised policies (and, in fidelity, of the prompts)")
 	fl.BoolVar(&f.verbose, "verbose", false, "print the engines' output")
 }
@@ -262,7 +262,7 @@ Autoscaling: --autoscale SPEC starts the policy's min-replicas engines and then 
 drains engines by the scaling policy (policies/scale; the same code and scale.Scaler the
 simulator's --autoscale runs), every interval seconds, on the router's view of the ready engines
 (their vllm:num_requests_waiting/_running and kv_cache_usage_perc as it scrapes them) and its
-servelab_router_decisions_total. A started engine joins the router once it answers /health; the
+servelab_router_decisions_total and servelab_router_slo_requests_total. A started engine joins the router once it answers /health; the
 time from the decision to then (the real scale-up delay: the model load) is printed. A drained
 engine is removed from the router first, then sent SIGTERM, on which it finishes its requests and
 exits. A crashed engine is restarted as without --autoscale (same port, --restart-backoff,
@@ -271,7 +271,9 @@ started in its place) and the router leaves it out until it answers /health agai
 meanwhile stops it for good (a restarting engine is picked before a ready one is drained), and an
 engine given up frees its replica for the policy to start another ('up' exits when none is
 left). With --autoscale, --engines is the policy's min-replicas, --prefill-engines and
---pin-cpus are refused, and metric=slo is not supported (the router does not see SLOs).
+--pin-cpus are refused. metric=slo reads the router's servelab_router_slo_requests_total: each
+request measured against its x-slo-ttft-ms / x-slo-tpot-ms headers, else --slo (as the simulator's
+SLO attainment: TTFT, TPOT, E2E; a failed request missed, one without objectives met).
 
 ` + "Scaling policies (--autoscale):\n" + scale.Registry.Help(),
 		Args: cobra.NoArgs,

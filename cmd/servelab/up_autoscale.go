@@ -28,8 +28,6 @@ func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec 
 		return nil, fmt.Errorf("--engines and --autoscale: the policy's min-replicas and max-replicas decide the engines")
 	case f.prefillEngines > 0:
 		return nil, fmt.Errorf("--autoscale and --prefill-engines: the autoscaler scales one pool of engines, not a prefill and a decode pool; drop one")
-	case pol.Spec().Params["metric"] == string(scale.MetricSLO):
-		return nil, fmt.Errorf("--autoscale: metric=slo needs each request's SLO, which the router does not see; use queue, concurrency, kv or rps")
 	}
 	lo, hi := pol.Bounds()
 	f.engines = lo

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // servelab up --autoscale grows the cluster under load and drains it after: a second engine
@@ -162,7 +164,6 @@ func TestUpAutoscaleRejectsConflictingFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--autoscale", "hpa:metric=slo,target=0.9"}, "metric=slo needs"},
 		{[]string{"--autoscale", "hpa", "--engines", "3"}, "--engines and --autoscale"},
 		{[]string{"--autoscale", "hpa:target=-1"}, `--autoscale: policy "hpa": parameter "target"`},
 		{[]string{"--autoscale", "hpa", "--pin-cpus"}, "--autoscale and --pin-cpus"},
@@ -172,5 +173,75 @@ func TestUpAutoscaleRejectsConflictingFlags(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// servelab up --autoscale with metric=slo: the autoscaler's observations carry the requests
+// the router finished since the previous one and those that met their SLO, the header's
+// objective or else --slo's. The objectives are far from what the tiny engine takes: 60 s
+// (met) and 1 µs (missed: no response crosses the router that fast).
+func TestUpAutoscaleObservesSLOAttainment(t *testing.T) {
+	dir := synthTiny(t)
+	scaleLog := filepath.Join(t.TempDir(), "scale.jsonl")
+	url, out, stop := startUpOut(t, "--model", dir, "--router", "round-robin", "--num-gpu-blocks-override", "128",
+		"--threads", "1", "--scale-log", scaleLog, "--slo", "ttft:60000,tpot:60000",
+		"--autoscale", "hpa:metric=slo,target=0.5,min-replicas=1,max-replicas=1,interval=0.2")
+	post := func(stream bool, ttftMs string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"prompt":"Once upon a time","max_tokens":3,"temperature":0,"stream":%v}`, stream)
+		req, err := http.NewRequest(http.MethodPost, url+"/v1/completions", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if ttftMs != "" {
+			req.Header.Set("x-slo-ttft-ms", ttftMs)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream=%v: %s, %v", stream, resp.Status, err)
+		}
+	}
+	// 3 met by --slo's objectives, 2 missing their header's.
+	post(true, "")
+	post(false, "")
+	post(true, "60000")
+	post(true, "0.001")
+	post(false, "0.001")
+	type sums struct{ Finished, Met int }
+	var got sums
+	var metric bool // a decision read an attainment
+	read := func() bool {
+		data, err := os.ReadFile(scaleLog)
+		if err != nil {
+			return false
+		}
+		got, metric = sums{}, false
+		lines := strings.Split(string(data), "\n")
+		for _, line := range lines[:len(lines)-1] { // the last may be half written
+			var e scaleLogEntry
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				t.Fatalf("--scale-log line %q: %v", line, err)
+			}
+			got.Finished += e.Finished
+			got.Met += e.MetSLO
+			metric = metric || e.Metric != nil
+		}
+		return got.Finished >= 5
+	}
+	waitFor(t, "5 finished requests in the autoscaler's observations", 60*time.Second, read, out)
+	if err := stop(); err != nil {
+		t.Fatalf("servelab up stopped with %v; output:\n%s", err, out)
+	}
+	read()
+	if diff := cmp.Diff(sums{Finished: 5, Met: 3}, got); diff != "" {
+		t.Errorf("finished and met over the observations (-want +got):\n%s\noutput:\n%s", diff, out)
+	}
+	if !metric {
+		t.Errorf("no decision read an SLO attainment; output:\n%s", out)
 	}
 }

@@ -76,8 +76,9 @@ func parseAutoscale(spec string) (scale.Policy, *policyError) {
 		return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.autoscale %q: %v", spec, err)}
 	}
 	if m := p.Spec().Params["metric"]; m == string(scale.MetricSLO) {
-		// Neither the engines nor the router see requests' SLOs.
-		return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.autoscale %q: metric=slo is simulator-only (the engines do not know requests' SLOs); use queue, concurrency, kv or rps", spec)}
+		// The controller reads the engines' metrics, and the engines do not know requests'
+		// SLOs; the router that measures them (servelab_router_slo_requests_total) is up's.
+		return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.autoscale %q: metric=slo is not supported by the controller, which reads the engines' metrics (the engines do not know requests' SLOs; 'servelab up --autoscale' reads them from its router); use queue, concurrency, kv or rps", spec)}
 	}
 	return p, nil
 }

@@ -200,7 +200,7 @@ func TestAutoscaleRefusesBadSpecs(t *testing.T) {
 		{"hpa:target=-1", "target"},
 		{"hpa:min-replicas=4,max-replicas=2", "max-replicas"},
 		{"kpa:metric=queue", "metric"},
-		{"hpa:metric=slo,target=0.9", "simulator-only"},
+		{"hpa:metric=slo,target=0.9", "metric=slo is not supported by the controller"},
 		{"hpa:speed=3", "speed"},
 	} {
 		t.Run(tc.spec, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"servelab/policies/scale"
+	"servelab/real/router"
 )
 
 // AutoscaleOptions configure Cluster.Autoscale.
@@ -18,7 +19,8 @@ type AutoscaleOptions struct {
 	// (their /metrics as it scrapes them) and its request counter.
 	Policy scale.Policy
 	// Gatherer, if set, is the router's metrics registry (router.Config.Registry): the
-	// rps metric reads servelab_router_decisions_total from it.
+	// rps metric reads servelab_router_decisions_total from it, the slo metric
+	// servelab_router_slo_requests_total.
 	Gatherer prometheus.Gatherer
 	// Logf, if set, receives a line per decision and per engine started or stopped.
 	Logf func(format string, args ...any)
@@ -58,7 +60,8 @@ type autoscaler struct {
 	// unsupervised[idx] is closed when engine idx leaves supervised: it ends its
 	// supervisor's back-off at once.
 	unsupervised map[int]chan struct{}
-	// counts is servelab_router_decisions_total by endpoint at the last decision.
+	// counts is servelab_router_decisions_total by endpoint and
+	// servelab_router_slo_requests_total by outcome at the last decision (routerCounts).
 	counts map[string]float64
 	// LoadTimes are how long each started engine took from the decision to being routable.
 	loadTimes []time.Duration
@@ -122,7 +125,7 @@ func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.
 			go c.supervise(i, url, *a.restart)
 		}
 	}
-	a.arrivals()
+	a.routerCounts()
 	ticks := opts.Ticks
 	if ticks == nil {
 		t := time.NewTicker(time.Duration(opts.Policy.Interval() * float64(time.Second)))
@@ -149,36 +152,51 @@ func (a *autoscaler) logf(format string, args ...any) {
 
 func (a *autoscaler) now() float64 { return time.Since(a.start).Seconds() }
 
-// arrivals is how many requests the router routed since the last call: the growth of
-// servelab_router_decisions_total, per endpoint (a removed endpoint's series goes away
-// with it, so the plain sum would shrink).
-func (a *autoscaler) arrivals() int {
+// routerCounts is what the router counted since the last call: the requests it routed
+// (the growth of servelab_router_decisions_total, per endpoint: a removed endpoint's series
+// goes away with it, so the plain sum would shrink), and those it finished, which met their
+// SLO or missed it (servelab_router_slo_requests_total by outcome).
+func (a *autoscaler) routerCounts() (arrived, finished, met int) {
 	if a.opts.Gatherer == nil {
-		return 0
+		return 0, 0, 0
 	}
 	mfs, err := a.opts.Gatherer.Gather()
 	if err != nil {
 		a.logf("autoscale: reading the router's metrics: %v", err)
-		return 0
+		return 0, 0, 0
 	}
 	seen := map[string]float64{}
-	n := 0.0
+	var grew [3]float64 // arrived, finished, met
 	for _, mf := range mfs {
-		if mf.GetName() != "servelab_router_decisions_total" {
+		name := mf.GetName()
+		if name != "servelab_router_decisions_total" && name != "servelab_router_slo_requests_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			key := ""
+			key := name + "{"
+			outcome := ""
 			for _, l := range m.GetLabel() {
 				key += l.GetName() + "=" + l.GetValue() + ","
+				if l.GetName() == "outcome" {
+					outcome = l.GetValue()
+				}
 			}
 			v := m.GetCounter().GetValue()
 			seen[key] = v
-			n += max(0, v-a.counts[key])
+			d := max(0, v-a.counts[key])
+			switch {
+			case name == "servelab_router_decisions_total":
+				grew[0] += d
+			case outcome == router.SLOMet:
+				grew[1] += d
+				grew[2] += d
+			case outcome == router.SLOMissed:
+				grew[1] += d
+			}
 		}
 	}
 	a.counts = seen
-	return int(n + 0.5)
+	return int(grew[0] + 0.5), int(grew[1] + 0.5), int(grew[2] + 0.5)
 }
 
 // observe reads the router's view of the ready engines and its request counter.
@@ -186,7 +204,8 @@ func (a *autoscaler) observe(t float64) scale.Observation {
 	if a.opts.Observe != nil {
 		return a.opts.Observe(t)
 	}
-	o := scale.Observation{Time: t, Arrived: a.arrivals()}
+	o := scale.Observation{Time: t}
+	o.Arrived, o.Finished, o.MetSLO = a.routerCounts()
 	views := a.c.Router.Views()
 	ready := 0
 	for i, r := range a.scaler.Replicas() {

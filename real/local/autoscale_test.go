@@ -172,15 +172,50 @@ func TestAutoscaleArrivalsSurviveARemovedEndpoint(t *testing.T) {
 	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "servelab_router_decisions_total", Help: "h"}, []string{"endpoint"})
 	reg.MustRegister(decisions)
 	a := &autoscaler{opts: AutoscaleOptions{Gatherer: reg}}
+	arrivals := func() int {
+		n, _, _ := a.routerCounts()
+		return n
+	}
 	decisions.WithLabelValues("a").Add(5)
 	decisions.WithLabelValues("b").Add(3)
-	got := []int{a.arrivals()}
+	got := []int{arrivals()}
 	decisions.DeleteLabelValues("a")
 	decisions.WithLabelValues("b").Add(2)
-	got = append(got, a.arrivals())
+	got = append(got, arrivals())
 	decisions.WithLabelValues("c").Add(4)
-	got = append(got, a.arrivals())
+	got = append(got, arrivals())
 	if diff := cmp.Diff([]int{8, 2, 4}, got); diff != "" {
 		t.Errorf("arrivals (-want +got):\n%s", diff)
+	}
+}
+
+// Finished and MetSLO are the growth of the router's servelab_router_slo_requests_total
+// since the previous observation: met and missed requests finished, the met ones met.
+func TestAutoscaleSLOCountsAreTheRoutersGrowth(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "servelab_router_slo_requests_total", Help: "h"}, []string{"outcome"})
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "servelab_router_decisions_total", Help: "h"}, []string{"endpoint"})
+	reg.MustRegister(outcomes, decisions)
+	a := &autoscaler{opts: AutoscaleOptions{Gatherer: reg}}
+	type counts struct{ Arrived, Finished, Met int }
+	var got []counts
+	observe := func() {
+		var c counts
+		c.Arrived, c.Finished, c.Met = a.routerCounts()
+		got = append(got, c)
+	}
+	outcomes.WithLabelValues(router.SLOMet).Add(3)
+	outcomes.WithLabelValues(router.SLOMissed).Add(1)
+	decisions.WithLabelValues("a").Add(6)
+	observe()
+	outcomes.WithLabelValues(router.SLOMissed).Add(2)
+	observe()
+	observe()
+	outcomes.WithLabelValues(router.SLOMet).Add(5)
+	decisions.WithLabelValues("a").Add(1)
+	observe()
+	want := []counts{{6, 4, 3}, {0, 2, 0}, {0, 0, 0}, {1, 5, 5}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("router counts per observation (-want +got):\n%s", diff)
 	}
 }

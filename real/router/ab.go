@@ -77,13 +77,13 @@ func (t timedAB) Route(req *serving.Request, views []serving.InstanceView) int {
 }
 
 // begin assigns req's arm and tags the response with it. It answers 400 itself, and
-// returns nil, when the request names an arm that does not exist.
-func (s *abState) begin(w http.ResponseWriter, req *http.Request, rr *serving.Request) *armWriter {
+// returns false, when the request names an arm that does not exist.
+func (s *abState) begin(w http.ResponseWriter, req *http.Request, rr *serving.Request) bool {
 	if v := req.Header.Get(serving.ArmHeader); v != "" {
 		arm, err := route.ParseArm(strings.TrimSpace(v))
 		if err != nil {
 			writeErrorParam(w, http.StatusBadRequest, "BadRequestError", err.Error(), serving.ArmHeader)
-			return nil
+			return false
 		}
 		rr.Arm = arm
 	} else {
@@ -94,58 +94,20 @@ func (s *abState) begin(w http.ResponseWriter, req *http.Request, rr *serving.Re
 		rr.Arm = s.policy.Split.Arm(key)
 	}
 	w.Header().Set(serving.ArmHeader, rr.Arm)
-	return &armWriter{ResponseWriter: w, s: s, arm: rr.Arm, req: req, start: time.Now()}
+	return true
 }
 
-// armWriter passes a response through, noting its status and first body byte for the
-// arm's metrics.
-type armWriter struct {
-	http.ResponseWriter
-	s     *abState
-	arm   string
-	req   *http.Request
-	start time.Time
-	code  int
-	first bool
-}
-
-func (a *armWriter) WriteHeader(code int) {
-	if a.code == 0 {
-		a.code = code
-	}
-	a.ResponseWriter.WriteHeader(code)
-}
-
-func (a *armWriter) Write(p []byte) (int, error) {
-	if a.code == 0 {
-		a.code = http.StatusOK
-	}
-	if !a.first && len(p) > 0 {
-		a.first = true
-		if a.code < 300 {
-			a.s.firstByte.WithLabelValues(a.arm).Observe(time.Since(a.start).Seconds())
-		}
-	}
-	return a.ResponseWriter.Write(p)
-}
-
-func (a *armWriter) Flush() {
-	if f, ok := a.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (a *armWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
-
-// end counts the finished request in its arm.
-func (a *armWriter) end() {
-	code := a.code
-	if code == 0 && a.req.Context().Err() != nil {
+// end counts the finished request, its response as m saw it, in its arm.
+func (s *abState) end(m *meter, arm string) {
+	code := m.code
+	if code == 0 && m.req.Context().Err() != nil {
 		code = 499 // nginx's "client closed request"
 	}
-	a.s.requests.WithLabelValues(a.arm, a.Header().Get(serving.ServedEndpointHeader), strconv.Itoa(code)).Inc()
-	a.s.duration.WithLabelValues(a.arm).Observe(time.Since(a.start).Seconds())
+	if !m.first.IsZero() && code < 300 {
+		s.firstByte.WithLabelValues(arm).Observe(m.first.Sub(m.start).Seconds())
+	}
+	s.requests.WithLabelValues(arm, m.Header().Get(serving.ServedEndpointHeader), strconv.Itoa(code)).Inc()
+	s.duration.WithLabelValues(arm).Observe(time.Since(m.start).Seconds())
 }
 
 // RemoveInstance passes an endpoint's removal to the arms (route.InstanceRemover).

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"servelab/metrics"
 	"servelab/policies/flow"
 	"servelab/policies/route"
 	"servelab/serving"
@@ -103,6 +104,10 @@ type Config struct {
 	// priority negated. vLLM refuses a nonzero priority unless it runs
 	// --scheduling-policy priority (servelab engines take it under any batch policy).
 	NoEnginePriority bool
+	// SLO is the objectives of requests without x-slo-ttft-ms / x-slo-tpot-ms headers
+	// (each header replaces its own); a zero field is no objective. The router counts the
+	// requests it proxies by whether they met theirs (servelab_router_slo_requests_total).
+	SLO metrics.SLO
 }
 
 // DefaultBodyTimeout is Config.BodyTimeout's default: generous for a 32 MiB body on a slow
@@ -141,6 +146,8 @@ type Router struct {
 	// kvEventLag is how long after an engine published a KV-event batch (its "ts", at the
 	// end of the step that produced it) the batch was in the endpoint's prefix index.
 	kvEventLag prometheus.Histogram
+	// sloRequests counts proxied requests by SLO outcome (slo.go).
+	sloRequests *prometheus.CounterVec
 
 	ctx    context.Context // the endpoints' loops run until it ends (Close)
 	stop   context.CancelFunc
@@ -227,6 +234,7 @@ func New(cfg Config) (*Router, error) {
 	cfg.Registry.MustRegister(r.decisions, r.scoring, r.retries, r.shed, r.kvEventLag, healthy)
 	r.pdm = newPDMetrics(cfg.Registry)
 	r.initAB()
+	r.initSLO()
 	for _, e := range r.endpoints {
 		e.decisions = r.decisions.WithLabelValues(e.url)
 	}
@@ -536,13 +544,15 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
 		return
 	}
+	if r.ab != nil && !r.ab.begin(w, req, rr) {
+		return
+	}
+	// The response is measured from here: its SLO outcome, and its arm's metrics.
+	m := newMeter(w, req)
+	w = m
+	defer r.sloMeasure(m, rr)
 	if r.ab != nil {
-		aw := r.ab.begin(w, req, rr)
-		if aw == nil {
-			return
-		}
-		defer aw.end()
-		w = aw
+		defer r.ab.end(m, rr.Arm)
 	}
 	if r.pd != nil {
 		r.servePD(w, req, body, rr)

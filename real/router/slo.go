@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"servelab/policies/route"
 	"servelab/serving"
 )
@@ -31,4 +33,39 @@ func withObjectives(req *serving.Request, h http.Header) error {
 	}
 	req.Arrival = time.Since(epoch).Seconds()
 	return nil
+}
+
+// SLO outcomes, servelab_router_slo_requests_total's outcome label.
+const (
+	SLOMet    = "met"
+	SLOMissed = "missed"
+)
+
+// initSLO registers the count of proxied requests by SLO outcome, both outcomes from zero.
+func (r *Router) initSLO() {
+	r.sloRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "servelab_router_slo_requests_total",
+		Help: "Requests proxied, by whether they met their objectives (x-slo-ttft-ms and x-slo-tpot-ms, else the router's --slo; TTFT, TPOT and E2E as the simulator's SLO attainment): met, or missed (a failed request too: an error status, a stream cut before [DONE]).",
+	}, []string{"outcome"})
+	r.sloRequests.WithLabelValues(SLOMet)
+	r.sloRequests.WithLabelValues(SLOMissed)
+	r.cfg.Registry.MustRegister(r.sloRequests)
+}
+
+// sloMeasure counts a proxied request, its response as m saw it, as met or missed: a
+// failed one missed, one with no objective met, as the simulator counts finished requests
+// for the autoscaler's slo metric (metrics.SLO.Met).
+func (r *Router) sloMeasure(m *meter, rr *serving.Request) {
+	slo := r.cfg.SLO
+	if rr.TTFTSLO > 0 {
+		slo.TTFTMs = rr.TTFTSLO * 1000
+	}
+	if rr.AvgTPOTSLO > 0 {
+		slo.TPOTMs = rr.AvgTPOTSLO * 1000
+	}
+	outcome := SLOMissed
+	if rec, failed := m.record(); !failed && slo.Met(&rec) {
+		outcome = SLOMet
+	}
+	r.sloRequests.WithLabelValues(outcome).Inc()
 }
