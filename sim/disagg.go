@@ -224,6 +224,13 @@ func (h timeHeap) peek() float64 {
 // routePD routes req through the pd-profile-handler; it reports the instance that gets
 // the request now (the prefill instance when disaggregated) and the request it queues.
 func (s *simulation) routePD(req *serving.Request) (int, *serving.Request, error) {
+	s.pdViews()
+	pick := s.pickPD(req)
+	return pick.target, pick.req, pick.err
+}
+
+// pdViews fills the decode and prefill profiles' views from the router's views.
+func (s *simulation) pdViews() {
 	p := s.pd
 	for k, i := range p.decodeIdx {
 		p.dviews[k] = s.views[i]
@@ -231,22 +238,40 @@ func (s *simulation) routePD(req *serving.Request) (int, *serving.Request, error
 	for k, i := range p.prefillIdx {
 		p.pviews[k] = s.views[i]
 	}
+}
+
+// pdPick is one run of the pd-profile-handler: the decode instance's index among the
+// decode views (d) and in the cluster (decode), the prefill instance (-1 when the decode
+// instance runs the request alone), and the instance and request that go out now.
+type pdPick struct {
+	d, decode, prefill, target int
+	req                        *serving.Request
+	err                        error
+}
+
+// pickPD runs the pd-profile-handler on the views pdViews filled (flow control counts
+// the requests it sends between scrapes in them) and registers a disaggregated request.
+func (s *simulation) pickPD(req *serving.Request) pdPick {
+	p := s.pd
 	d, pre := p.handler.Pick(req, p.dviews, p.pviews)
 	if d < 0 || d >= len(p.dviews) {
-		return 0, nil, fmt.Errorf("sim: decode router returned %d of %d decode instances", d, len(p.dviews))
+		return pdPick{d: -1, prefill: -1, err: fmt.Errorf("sim: decode router returned %d of %d decode instances", d, len(p.dviews))}
 	}
 	if pre < 0 {
-		return p.decodeIdx[d], req, nil
+		return pdPick{d: d, decode: p.decodeIdx[d], prefill: -1, target: p.decodeIdx[d], req: req}
 	}
 	if pre >= len(p.pviews) {
-		return 0, nil, fmt.Errorf("sim: prefill router returned %d of %d prefill instances", pre, len(p.pviews))
+		return pdPick{d: -1, prefill: -1, err: fmt.Errorf("sim: prefill router returned %d of %d prefill instances", pre, len(p.pviews))}
 	}
 	half := *req
 	half.MaxTokens = 1
 	x := &pdReq{req: req, half: &half, prefill: p.prefillIdx[pre], decode: p.decodeIdx[d]}
 	p.inflight[x.half] = x
 	p.count++
-	return x.prefill, x.half, nil
+	// Until the next scrape the prefill profile sees the prefill it just sent, as the
+	// controller makes the decode profile see the decode (flow.Controller.Pump).
+	p.pviews[pre].Waiting++
+	return pdPick{d: d, decode: x.decode, prefill: x.prefill, target: x.prefill, req: x.half}
 }
 
 // sendKV starts the transfer of a finished prefill half's prompt KV at t: the prefill

@@ -23,8 +23,6 @@ func (s *simulation) initFlow() error {
 	switch {
 	case !(s.cfg.ScrapeInterval > 0):
 		return fmt.Errorf("sim: flow control needs a positive scrape interval: it releases held requests at scrapes")
-	case s.cfg.Disagg != nil:
-		return fmt.Errorf("sim: flow control with prefill/decode disaggregation is not supported")
 	}
 	s.flow = &flowState{ctl: flow.New(*s.cfg.FlowControl), held: map[uint64]*serving.Request{}}
 	return nil
@@ -50,6 +48,13 @@ func (s *simulation) nextFlowScrape() float64 {
 // flowArrive runs flow control on an arriving request, whose views are built.
 func (s *simulation) flowArrive(req *serving.Request) {
 	r := flow.Request{ID: req.ID, Flow: s.flowKey(req), Enqueued: req.Arrival}
+	if s.pd != nil {
+		s.pdViews()
+		var pick pdPick
+		d := s.flow.ctl.Arrive(r, req.Arrival, s.pd.dviews, func(flow.Request) int { pick = s.pickPD(req); return pick.d })
+		s.flowPD(req, d, pick, req.Arrival)
+		return
+	}
 	d := s.flow.ctl.Arrive(r, req.Arrival, s.views, func(flow.Request) int { return s.cfg.Router.Route(req, s.views) })
 	s.flowDecided(d)
 	switch d.Outcome {
@@ -60,6 +65,42 @@ func (s *simulation) flowArrive(req *serving.Request) {
 		s.flow.held[req.ID] = req
 	default:
 		s.flowRefuse(req, d.Outcome, req.Arrival)
+	}
+}
+
+// With prefill/decode disaggregation flow control gates admission as llm-d's EPP does:
+// its flow controller holds the request while the saturation detector finds the pool
+// saturated, then hands it to the scheduler, whose pd-profile-handler runs the decode
+// profile, the decider and the prefill profile. Saturation is measured over the decode
+// profile's candidates (the controller gets the decode views): GIE's utilization detector
+// reads the candidate pods the request may be scheduled to (pkg/epp/saturationdetector,
+// IsSaturated over the pods it is given), and in llm-d the request is scheduled to its
+// decode pod, which keeps it and its KV for the whole decode (the prefill pod sees only
+// the max_tokens-1 leg). The controller's pick is the handler's one run, so the decode
+// instance it counts as waiting is the one the request goes to.
+
+// flowPD completes a flow-control decision d on req under disaggregation; pick is the
+// handler's run when d dispatched it.
+func (s *simulation) flowPD(req *serving.Request, d flow.Decision, pick pdPick, t float64) {
+	if d.Outcome == flow.Dispatched {
+		if pick.err != nil {
+			s.fail(pick.err)
+			return
+		}
+		d.Instance = pick.decode // the decision names the cluster's instance, as without P/D
+	}
+	s.flowDecided(d)
+	switch d.Outcome {
+	case flow.Dispatched:
+		s.flowSent(pick.decode)
+		if pick.prefill >= 0 {
+			s.flowSent(pick.prefill)
+		}
+		s.dispatch(pick.req, pick.target, t)
+	case flow.Queued:
+		s.flow.held[req.ID] = req
+	default:
+		s.flowRefuse(req, d.Outcome, t)
 	}
 }
 
@@ -76,6 +117,23 @@ func (s *simulation) flowPump(t float64) {
 		s.flowRefuse(req, flow.EvictedTTL, t)
 	}
 	s.buildViews(t)
+	if s.pd != nil {
+		s.pdViews()
+		picks := map[uint64]pdPick{}
+		for _, d := range s.flow.ctl.Pump(t, s.pd.dviews, func(r flow.Request) int {
+			pick := s.pickPD(s.flow.held[r.ID])
+			picks[r.ID] = pick
+			return pick.d
+		}) {
+			req := s.flow.held[d.ID]
+			delete(s.flow.held, d.ID)
+			s.flowPD(req, d, picks[d.ID], t)
+			if s.err != nil {
+				return
+			}
+		}
+		return
+	}
 	for _, d := range s.flow.ctl.Pump(t, s.views, func(r flow.Request) int { return s.cfg.Router.Route(s.flow.held[r.ID], s.views) }) {
 		req := s.flow.held[d.ID]
 		delete(s.flow.held, d.ID)

@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"bytes"
+	"encoding/json"
 	"slices"
 	"testing"
 
@@ -104,5 +106,77 @@ func TestFlowControlNeedsScrapes(t *testing.T) {
 	cfg.FlowControl = &c
 	if _, err := newSimulation(cfg); err == nil {
 		t.Fatal("flow control without a scrape interval was accepted")
+	}
+}
+
+// TestFlowControlWithDisagg: flow control gates a disaggregated cluster (one prefill and
+// one decode instance) on the decode instance's saturation and hands what it admits to the
+// pd-profile-handler: under a burst it holds requests, every request then runs through
+// both legs and finishes, no block leaks, the decisions name the decode instance, and the
+// same run gives a byte-identical summary. With a short TTL, held requests are evicted
+// with 503 records instead.
+func TestFlowControlWithDisagg(t *testing.T) {
+	var rows []traces.Row
+	for i := range 120 {
+		rows = append(rows, traces.Row{Arrival: 0.002 * float64(i), InputTokens: 100 + i%7*10, OutputTokens: 20})
+	}
+	run := func(ttl float64) (Result, []serving.Record, map[flow.Outcome]int, *simulation) {
+		t.Helper()
+		cfg := pdConfig(t, 0) // every request disaggregated
+		cfg.ScrapeInterval = 0.05
+		c := flow.Defaults
+		c.QueueDepthThreshold = 2
+		c.RequestTTL = ttl
+		cfg.FlowControl = &c
+		outcomes := map[flow.Outcome]int{}
+		cfg.OnFlowDecision = func(d flow.Decision) error {
+			outcomes[d.Outcome]++
+			if d.Outcome == flow.Dispatched && d.Instance != 1 {
+				t.Errorf("request %d dispatched to instance %d, not the decode instance 1", d.ID, d.Instance)
+			}
+			return nil
+		}
+		res, recs, s := runPD(t, cfg, rows)
+		if len(recs) != len(rows) {
+			t.Fatalf("%d records of %d requests", len(recs), len(rows))
+		}
+		checkNoLeak(t, s)
+		return res, recs, outcomes, s
+	}
+	res, recs, outcomes, _ := run(0)
+	t.Logf("outcomes: %v", outcomes)
+	if outcomes[flow.Queued] == 0 {
+		t.Errorf("no request held: %v", outcomes)
+	}
+	if outcomes[flow.Dispatched] != len(rows) {
+		t.Errorf("%d dispatched of %d: %v", outcomes[flow.Dispatched], len(rows), outcomes)
+	}
+	for _, r := range recs {
+		if r.Failed || r.PrefillInstance == nil || *r.PrefillInstance != 0 || r.Instance != 1 {
+			t.Fatalf("request %d: failed %v (%s), prefill %v, decode %d; want served by prefill 0 and decode 1", r.ID, r.Failed, r.Error, r.PrefillInstance, r.Instance)
+		}
+	}
+	again, _, _, _ := run(0)
+	a, err := json.Marshal(res.Summary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(again.Summary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Errorf("two runs' summaries differ:\n%s", cmp.Diff(string(a), string(b)))
+	}
+
+	_, recs, outcomes, _ = run(0.1)
+	failed := 0
+	for _, r := range recs {
+		if r.Failed {
+			failed++
+		}
+	}
+	if outcomes[flow.EvictedTTL] == 0 || failed != outcomes[flow.EvictedTTL] {
+		t.Errorf("ttl 0.1 s: %d evicted, %d failed records; want some, as many: %v", outcomes[flow.EvictedTTL], failed, outcomes)
 	}
 }
