@@ -38,7 +38,10 @@ type flowWaiter struct {
 type flowResult struct {
 	outcome flow.Outcome
 	e       *endpoint
-	at      time.Time
+	// p is the prefill endpoint the P/D handler picked with e, its decode endpoint (nil:
+	// no P/D policy, or e runs the request alone).
+	p  *endpoint
+	at time.Time
 }
 
 // otherObjectiveHeader is llm-d's name for GIE's objective header, read when GIE's is absent.
@@ -90,19 +93,35 @@ func (r *Router) flowScraped() {
 // now is the controller's clock.
 func (g *flowGate) now() float64 { return time.Since(g.start).Seconds() }
 
+// flowCands are the endpoints flow control's views (r.views) describe, in order, and with
+// a P/D policy the prefill profile's (r.pviews).
+type flowCands struct{ d, p []*endpoint }
+
 // flowCandidates builds the views of the endpoints a request may go to; r.mu is held.
-func (r *Router) flowCandidates() []*endpoint {
-	r.views = r.views[:0]
-	var cands []*endpoint
+// Saturation is measured over the decode candidates, with or without a P/D policy (the
+// decode filter's endpoints, as pickPD's decode profile sees them): see flowRoute.
+func (r *Router) flowCandidates() flowCands {
+	r.views, r.pviews = r.views[:0], r.pviews[:0]
+	var c flowCands
+	filter := route.DecodeRoleFilter()
+	if r.pd != nil {
+		filter = r.pd.DecodeFilter
+	}
 	for _, e := range r.endpoints {
-		if !e.healthy() || !route.DecodeRoleFilter().Allows(e.role) {
+		if !e.healthy() {
 			continue
 		}
-		r.views = append(r.views, e.view())
-		cands = append(cands, e)
+		if filter.Allows(e.role) {
+			r.views = append(r.views, e.view())
+			c.d = append(c.d, e)
+		}
+		if r.pd != nil && r.pd.PrefillFilter.Allows(e.role) {
+			r.pviews = append(r.pviews, e.view())
+			c.p = append(c.p, e)
+		}
 	}
 	// The policy sees the candidates as indexed 0..n-1, as pickAt's does.
-	return cands
+	return c
 }
 
 // flowDecided records a decision; r.mu is held.
@@ -114,20 +133,45 @@ func (r *Router) flowDecided(d flow.Decision) {
 }
 
 // flowRoute routes req over the current candidate views and counts it as waiting on the
-// endpoint until its next scrape, as the simulator does; r.mu is held.
-func (r *Router) flowRoute(req *serving.Request, cands []*endpoint) int {
-	if len(cands) == 0 {
-		return -1
+// endpoint until its next scrape, as the simulator does; r.mu is held. It returns the
+// endpoint's index among the decode candidates and, with a P/D policy, the prefill
+// endpoint (nil: the decode endpoint runs it alone).
+//
+// With a P/D policy flow control runs as in llm-d's EPP: the flow controller holds a
+// request while the saturation detector finds the decode candidates saturated (GIE's
+// utilization detector reads the candidate pods it is given; in llm-d the request is
+// scheduled to its decode pod, which keeps it and its KV for the whole decode, the
+// prefill pod seeing only the max_tokens-1 leg), then the scheduler's pd-profile-handler
+// picks the decode endpoint, asks the decider and picks the prefill endpoint: this one
+// run is the pick servePD's first attempt uses. The simulator does the same (sim/flow.go).
+func (r *Router) flowRoute(req *serving.Request, cands flowCands) (int, *endpoint) {
+	if len(cands.d) == 0 {
+		return -1, nil
 	}
-	i := r.cfg.Policy.Route(req, r.views)
-	if i < 0 || i >= len(cands) {
+	var i, j int
+	if r.pd != nil {
+		i, j = r.pd.Pick(req, r.views, r.pviews)
+	} else {
+		i, j = r.cfg.Policy.Route(req, r.views), -1
+	}
+	if i < 0 || i >= len(cands.d) {
 		i = 0
 	}
-	e := cands[i]
+	e := cands.d[i]
 	e.mu.Lock()
 	e.waiting++
 	e.mu.Unlock()
-	return i
+	var p *endpoint
+	if j >= 0 && j < len(cands.p) {
+		// The prefill endpoint too counts the request until its next scrape, in the
+		// views later picks of this pump read as well.
+		p = cands.p[j]
+		p.mu.Lock()
+		p.waiting++
+		p.mu.Unlock()
+		r.pviews[j].Waiting++
+	}
+	return i, p
 }
 
 // flowObjective resolves a request's objective, GIE's way: the objective header names it,
@@ -180,21 +224,22 @@ func withPriority(body []byte, p int) []byte {
 	return append(out, rest...)
 }
 
-// flowAdmit runs flow control on a request: it returns the endpoint to send it to and when
-// it was routed, or, for a refused request, writes the refusal and returns nil.
-func (r *Router) flowAdmit(ctx context.Context, w http.ResponseWriter, rr *serving.Request) (*endpoint, time.Time, bool) {
+// flowAdmit runs flow control on a request: it returns the endpoint to send it to (with a
+// P/D policy, the decode endpoint and the prefill endpoint, nil for decode alone) and when
+// it was routed, or, for a refused request, writes the refusal and returns false.
+func (r *Router) flowAdmit(ctx context.Context, w http.ResponseWriter, rr *serving.Request) (flowResult, bool) {
 	res, gone := r.flowWait(ctx, rr)
 	switch {
 	case gone:
-		return nil, res.at, false // the client went away
+		return res, false // the client went away
 	case res.outcome != flow.Dispatched:
 		flowRefuse(w, res.outcome)
-		return nil, res.at, false
+		return res, false
 	case res.e == nil:
 		writeError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "no healthy endpoint left to try")
-		return nil, res.at, false
+		return res, false
 	}
-	return res.e, res.at, true
+	return res, true
 }
 
 // flowWait runs flow control on a request and waits for its outcome: dispatched (to res.e;
@@ -207,14 +252,19 @@ func (r *Router) flowWait(ctx context.Context, rr *serving.Request) (res flowRes
 	now := g.now()
 	cands := r.flowCandidates()
 	routedAt := time.Now()
+	var pre *endpoint
 	d := g.ctl.Arrive(flow.Request{ID: rr.ID, Flow: key, Enqueued: now}, now, r.views,
-		func(flow.Request) int { return r.flowRoute(rr, cands) })
+		func(flow.Request) int {
+			i, p := r.flowRoute(rr, cands)
+			pre = p
+			return i
+		})
 	r.flowDecided(d)
 	if d.Outcome != flow.Queued {
 		r.mu.Unlock()
 		res = flowResult{outcome: d.Outcome, at: routedAt}
 		if d.Outcome == flow.Dispatched && d.Instance >= 0 {
-			res.e = cands[d.Instance]
+			res.e, res.p = cands.d[d.Instance], pre
 		}
 		return res, false
 	}
@@ -268,11 +318,18 @@ func (r *Router) flowPump() {
 		r.flowRelease(q.ID, flowResult{outcome: flow.EvictedTTL, at: at})
 	}
 	cands := r.flowCandidates()
-	for _, d := range g.ctl.Pump(now, r.views, func(q flow.Request) int { return r.flowRoute(g.waiters[q.ID].req, cands) }) {
+	pre := map[uint64]*endpoint{}
+	for _, d := range g.ctl.Pump(now, r.views, func(q flow.Request) int {
+		i, p := r.flowRoute(g.waiters[q.ID].req, cands)
+		if p != nil {
+			pre[q.ID] = p
+		}
+		return i
+	}) {
 		r.flowDecided(d)
 		res := flowResult{outcome: flow.Dispatched, at: at}
 		if d.Instance >= 0 {
-			res.e = cands[d.Instance]
+			res.e, res.p = cands.d[d.Instance], pre[d.ID]
 		}
 		r.flowRelease(d.ID, res)
 	}

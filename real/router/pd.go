@@ -191,7 +191,10 @@ func (r *Router) countPDDecision(body []byte, disaggregated bool) {
 }
 
 // servePD serves a request with the P/D handler and, when it disaggregates, the two legs.
-func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, rr *serving.Request) {
+// admitted, when flow control admitted the request, holds the handler's picks at
+// admission (its e the decode endpoint, its p the prefill endpoint or nil): the first
+// attempt uses them rather than running the handler again on other views.
+func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, rr *serving.Request, admitted flowResult) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		writeError(w, http.StatusBadRequest, "BadRequestError", "the request body is not a JSON object")
@@ -203,7 +206,10 @@ func (r *Router) servePD(w http.ResponseWriter, req *http.Request, body []byte, 
 	kvRetried := false
 	var routedAt time.Time
 	for attempt := 0; ; attempt++ {
-		d, p, at := r.pickPD(rr, triedD, triedP)
+		d, p, at := admitted.e, admitted.p, admitted.at
+		if attempt > 0 || d == nil {
+			d, p, at = r.pickPD(rr, triedD, triedP)
+		}
 		if routedAt.IsZero() {
 			routedAt = at
 		}

@@ -92,7 +92,8 @@ type Config struct {
 	Logf func(format string, args ...any)
 
 	// FlowControl, if set, holds requests while every endpoint is saturated, as GIE's flow
-	// control does (policies/flow, the simulator's; flow.go). Not with a P/D policy.
+	// control does (policies/flow, the simulator's; flow.go). With a P/D policy it measures
+	// saturation over the decode endpoints and admits to the P/D handler, as llm-d does.
 	FlowControl *flow.Config
 	// Objectives are the InferenceObjectives requests name (x-gateway-inference-objective
 	// or their model): name to priority.
@@ -250,10 +251,6 @@ func New(cfg Config) (*Router, error) {
 	r.handler = r.guard(r.mux)
 
 	r.ctx, r.stop = context.WithCancel(context.Background())
-	if cfg.FlowControl != nil && r.pd != nil {
-		r.stop()
-		return nil, errors.New("router: flow control with a P/D policy is not supported")
-	}
 	r.initFlow()
 	for _, e := range r.endpoints {
 		r.startLoops(e)
@@ -554,21 +551,21 @@ func (r *Router) proxy(w http.ResponseWriter, req *http.Request) {
 	if r.ab != nil {
 		defer r.ab.end(m, rr.Arm)
 	}
-	if r.pd != nil {
-		r.servePD(w, req, body, rr)
-		return
-	}
-	var admitted *endpoint // flow control's pick, the first try
-	var admittedAt time.Time
 	if r.flow != nil || len(r.cfg.Objectives) > 0 {
 		body = r.flowObjective(req, body, rr)
 	}
+	var admission flowResult // flow control's pick, the first try
 	if r.flow != nil {
 		var ok bool
-		if admitted, admittedAt, ok = r.flowAdmit(req.Context(), w, rr); !ok {
+		if admission, ok = r.flowAdmit(req.Context(), w, rr); !ok {
 			return
 		}
 	}
+	if r.pd != nil {
+		r.servePD(w, req, body, rr, admission)
+		return
+	}
+	admitted, admittedAt := admission.e, admission.at
 	tried := map[*endpoint]bool{}
 	var routedAt time.Time // the first decision's: the order requests reached the policy in
 	for {
