@@ -355,9 +355,15 @@ func (ex *exchange) route(headersOnly, eos bool) []*extprocv3.ProcessingResponse
 		case res.e != nil && !exclude[res.e]:
 			ex.destination = append(ex.destination, res.e)
 			exclude[res.e] = true
+			if ex.r.pd != nil {
+				// The P/D handler ran at admission (flowRoute): its decode endpoint is
+				// res.e and its prefill endpoint res.p; it does not run again.
+				prefill = res.p
+				ex.r.countPDDecision(ex.body, prefill != nil)
+			}
 		}
 	}
-	if ex.r.pd != nil {
+	if ex.r.pd != nil && len(ex.destination) == 0 {
 		d, p, _ := ex.r.pickPD(rr, exclude, nil)
 		if d != nil {
 			ex.destination = append(ex.destination, d)

@@ -194,3 +194,28 @@ func TestFlowControlWithPDIgnoresPrefillLoad(t *testing.T) {
 		t.Errorf("decisions %+v, want one dispatched at once", log.ds)
 	}
 }
+
+// TestFlowControlWithPDThroughExtProc: behind a gateway, a request flow control admits with
+// a P/D policy gets the handler's picks at admission: one destination, the decode endpoint
+// the controller counted, and the prefill endpoint in x-prefiller-host-port.
+func TestFlowControlWithPDThroughExtProc(t *testing.T) {
+	r, _, _, pre, decs, log := newFlowPDRouter(t, 0, 0)
+	conn := extProcClient(t, r, ExtProcConfig{})
+	g := openStream(t, conn)
+	g.send(requestHeaders("/v1/completions", false, nil), requestBody(`{"model":"m","prompt":"`+longPrompt+`","max_tokens":5}`, true))
+	resp := g.recv()
+	common := resp.GetRequestHeaders().GetResponse()
+	dest := destination(t, resp, common)
+	log.mu.Lock()
+	ds := append([]flow.Decision(nil), log.ds...)
+	log.mu.Unlock()
+	if len(ds) != 1 || ds[0].Outcome != flow.Dispatched || ds[0].Instance < 0 || ds[0].Instance >= len(decs) {
+		t.Fatalf("decisions %+v, want one dispatched to a decode endpoint", ds)
+	}
+	if want := strings.TrimPrefix(decs[ds[0].Instance].URL, "http://"); dest != want {
+		t.Errorf("destination %q, want the flow controller's decode pick %q alone", dest, want)
+	}
+	if got, want := setHeaders(t, common.GetHeaderMutation())[PrefillEndpointHeader], strings.TrimPrefix(pre.URL, "http://"); got != want {
+		t.Errorf("%s %q, want %q", PrefillEndpointHeader, got, want)
+	}
+}
