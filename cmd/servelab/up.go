@@ -282,11 +282,10 @@ SLO attainment: TTFT, TPOT, E2E; a failed request missed, one without objectives
 			if f.verbose {
 				log = cmd.ErrOrStderr()
 			}
-			if autoscale != "" && f.pinCPUs {
-				return errAutoscalePinCPUs
-			}
-			if err := f.resolveCPUs(); err != nil {
-				return err
+			if autoscale == "" { // else upAutoscale plans for max-replicas engines
+				if err := f.resolveCPUs(); err != nil {
+					return err
+				}
 			}
 			opts, err := f.options(log)
 			if err != nil {

@@ -466,7 +466,11 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	if err := a.setEndpoints(); err != nil {
 		a.logf("autoscale: router endpoints: %v", err)
 	}
-	a.logf("autoscale: %s at %s ready in %.3f s (slot %d)", e.name, url, load.Seconds(), i)
+	where := ""
+	if cpus := c.cpus.of(idx); cpus != nil {
+		where = ", CPUs " + FormatCPUList(cpus)
+	}
+	a.logf("autoscale: %s at %s ready in %.3f s (slot %d); pid %d%s", e.name, url, load.Seconds(), i, e.pid(), where)
 }
 
 // drainSlot stops slot i's engine, already out of the router: SIGTERM, on which the
