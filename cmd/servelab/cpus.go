@@ -13,7 +13,8 @@ const pinCPUsHelp = `pin each engine to its own CPUs (sched_setaffinity, Linux) 
 and this process (router, load generator) to the CPUs left: with more CPUs than engines one CPU goes to
 the router and the rest are split evenly among the engines (leftovers to the router); with as many CPUs as
 engines (2 engines on 2 CPUs) each engine gets one and the router shares them; with fewer CPUs than
-engines it is an error`
+engines it is an error; with up --autoscale the plan is for max-replicas engines, each engine started
+taking a free set (waiting, if every set is held by a running engine, until one exits)`
 
 // registerPinCPUs adds --pin-cpus with its command's default.
 func (f *clusterFlags) registerPinCPUs(cmd *cobra.Command, def bool) {

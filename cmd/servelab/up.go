@@ -270,8 +270,11 @@ exits. A crashed engine is restarted as without --autoscale (same port, --restar
 started in its place) and the router leaves it out until it answers /health again; a scale-down
 meanwhile stops it for good (a restarting engine is picked before a ready one is drained), and an
 engine given up frees its replica for the policy to start another ('up' exits when none is
-left). With --autoscale, --engines is the policy's min-replicas, --prefill-engines and
---pin-cpus are refused. metric=slo reads the router's servelab_router_slo_requests_total: each
+left). With --autoscale, --engines is the policy's min-replicas and --prefill-engines is
+refused; --pin-cpus plans a CPU set for each of max-replicas engines: an engine started takes
+the lowest-numbered free set, a restart keeps its own, a drained engine frees its set once its
+process exits, and a scale-up that finds every set held (by engines still draining) waits for
+one rather than share CPUs. metric=slo reads the router's servelab_router_slo_requests_total: each
 request measured against its x-slo-ttft-ms / x-slo-tpot-ms headers, else --slo (as the simulator's
 SLO attainment: TTFT, TPOT, E2E; a failed request missed, one without objectives met).
 
@@ -282,11 +285,10 @@ SLO attainment: TTFT, TPOT, E2E; a failed request missed, one without objectives
 			if f.verbose {
 				log = cmd.ErrOrStderr()
 			}
-			if autoscale != "" && f.pinCPUs {
-				return errAutoscalePinCPUs
-			}
-			if err := f.resolveCPUs(); err != nil {
-				return err
+			if autoscale == "" { // else upAutoscale plans for max-replicas engines
+				if err := f.resolveCPUs(); err != nil {
+					return err
+				}
 			}
 			opts, err := f.options(log)
 			if err != nil {

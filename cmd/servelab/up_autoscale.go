@@ -11,13 +11,11 @@ import (
 	"servelab/real/local"
 )
 
-// errAutoscalePinCPUs refuses --pin-cpus with --autoscale, before a CPU plan is made.
-var errAutoscalePinCPUs = fmt.Errorf("--autoscale and --pin-cpus: the autoscaler starts engines at run time, and a CPU plan is made for a fixed number of engines at start; drop one")
-
 // upAutoscale checks --autoscale against up's other flags and sets the cluster up for it:
 // min-replicas engines, a registry the autoscaler reads the router's counters from, and
 // restarts (--restart-backoff, --max-restarts) supervised with the autoscaler, which counts a
-// restarting engine as its replica.
+// restarting engine as its replica; with --pin-cpus, a CPU plan for max-replicas engines,
+// whose sets the autoscaler hands to the engines it starts (local.Cluster.Autoscale).
 func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec string) (scale.Policy, error) {
 	pol, err := scale.Parse(spec, policies.Env{Seed: f.router.seed})
 	if err != nil {
@@ -30,6 +28,15 @@ func upAutoscale(cmd *cobra.Command, f *clusterFlags, opts *local.Options, spec 
 		return nil, fmt.Errorf("--autoscale and --prefill-engines: the autoscaler scales one pool of engines, not a prefill and a decode pool; drop one")
 	}
 	lo, hi := pol.Bounds()
+	if f.pinCPUs {
+		// A set for each engine the autoscaler may run: it never runs more than
+		// max-replicas ready or starting ones.
+		f.engines = hi
+		if err := f.resolveCPUs(); err != nil {
+			return nil, fmt.Errorf("--autoscale with max-replicas %d: %w", hi, err)
+		}
+		opts.CPUs = f.cpus
+	}
 	f.engines = lo
 	opts.Engines = lo
 	if f.threads == 0 {

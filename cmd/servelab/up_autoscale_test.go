@@ -167,7 +167,6 @@ func TestUpAutoscaleRejectsConflictingFlags(t *testing.T) {
 	}{
 		{[]string{"--autoscale", "hpa", "--engines", "3"}, "--engines and --autoscale"},
 		{[]string{"--autoscale", "hpa:target=-1"}, `--autoscale: policy "hpa": parameter "target"`},
-		{[]string{"--autoscale", "hpa", "--pin-cpus"}, "--autoscale and --pin-cpus"},
 		{[]string{"--autoscale", "hpa", "--prefill-engines", "1", "--router", "../../examples/router/llm-d-pd.yaml"}, "--autoscale and --prefill-engines"},
 	} {
 		_, err := run(t, append([]string{"up", "--port", "0", "--model", dir}, tc.args...)...)

@@ -84,15 +84,27 @@ type autoscaler struct {
 // MaxRestarts crashes frees its slot, and the cluster's Done reports when no replica is
 // left. Without Restart, the first crash is reported on Done.
 //
+// With a CPU plan (Options.CPUs, a set for each of max-replicas engines) every engine runs
+// on a set of its own: one it starts takes the lowest-numbered free set, a restart keeps
+// its engine's, and a drained, cancelled or given-up engine frees its set only once its
+// process has exited. Draining replicas are not counted against max-replicas (as in
+// Kubernetes, a terminating pod does not count), so a scale-up may find every set held,
+// by engines still finishing their requests: it then waits until one exits (logged; its
+// load time, from the decision, includes the wait) rather than share a drained engine's
+// CPUs; a scale-down meanwhile cancels the wait.
+//
 // The cluster must have been started with Engines equal to the policy's min-replicas, a
-// router, and no CPU plan or P/D roles. It returns the engines' load times when ctx ends.
+// router, no P/D roles, and, with a CPU plan, Options.Autoscaled and at least max-replicas
+// sets. It returns the engines' load times when ctx ends.
 func (c *Cluster) Autoscale(ctx context.Context, opts AutoscaleOptions) ([]time.Duration, error) {
 	lo, hi := opts.Policy.Bounds()
 	switch {
 	case c.Router == nil:
 		return nil, fmt.Errorf("local: autoscale: the cluster has no router")
-	case c.opts.CPUs != nil || len(c.opts.Roles) > 0:
-		return nil, fmt.Errorf("local: autoscale: not with CPU pinning or P/D roles")
+	case len(c.opts.Roles) > 0:
+		return nil, fmt.Errorf("local: autoscale: not with P/D roles")
+	case c.opts.CPUs != nil && (len(c.opts.CPUs.Engines) < hi || !c.opts.Autoscaled):
+		return nil, fmt.Errorf("local: autoscale: the CPU plan has sets for %d engines, the policy's max-replicas is %d (and the cluster must be started with Options.Autoscaled)", len(c.opts.CPUs.Engines), hi)
 	case c.opts.Restart != nil && !c.opts.Autoscaled:
 		return nil, fmt.Errorf("local: autoscale: a cluster that restarts its engines must be started with Options.Autoscaled")
 	case len(c.Endpoints) != lo:
@@ -381,6 +393,9 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	c.retired[placeholder] = true // no crash, should Start's watch see it
 	c.engines = append(c.engines, placeholder)
 	c.mu.Unlock()
+	if c.cpus != nil && !a.takeCPUs(ctx, i, idx) {
+		return
+	}
 	addrs := make(chan addrOrErr, 1)
 	e, err := c.startEngine(idx, "0", addrs)
 	fail := func(err error) {
@@ -388,6 +403,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 		c.mu.Lock()
 		a.scaler.Stopped(i, a.now())
 		c.mu.Unlock()
+		a.freeCPUs(idx, e)
 	}
 	if err != nil {
 		fail(err)
@@ -408,6 +424,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	select {
 	case r := <-addrs:
 		if r.err != nil {
+			e.signal(syscall.SIGKILL) // it may run on (no KV-event sockets announced)
 			fail(r.err)
 			return
 		}
@@ -438,6 +455,7 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	if !ok {
 		a.logf("autoscale: %s at %s came up after its slot %d was cancelled; stopping it", e.name, url, i)
 		e.signal(syscall.SIGTERM)
+		a.freeCPUs(idx, e)
 		return
 	}
 	if a.restart != nil {
@@ -448,7 +466,11 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 	if err := a.setEndpoints(); err != nil {
 		a.logf("autoscale: router endpoints: %v", err)
 	}
-	a.logf("autoscale: %s at %s ready in %.3f s (slot %d)", e.name, url, load.Seconds(), i)
+	where := ""
+	if cpus := c.cpus.of(idx); cpus != nil {
+		where = ", CPUs " + FormatCPUList(cpus)
+	}
+	a.logf("autoscale: %s at %s ready in %.3f s (slot %d); pid %d%s", e.name, url, load.Seconds(), i, e.pid(), where)
 }
 
 // drainSlot stops slot i's engine, already out of the router: SIGTERM, on which the
@@ -456,16 +478,70 @@ func (a *autoscaler) startSlot(ctx context.Context, i int, decided time.Time) {
 func (a *autoscaler) drainSlot(i int) {
 	c := a.c
 	c.mu.Lock()
-	e := a.slots[i].proc
+	e, idx := a.slots[i].proc, a.slots[i].idx
 	c.retired[e] = true // before its supervisor sees it exit: no restart
-	a.unsuperviseLocked(a.slots[i].idx)
+	a.unsuperviseLocked(idx)
 	c.mu.Unlock()
 	e.signal(syscall.SIGTERM)
 	<-e.exited
+	c.cpus.free(idx) // its supervisor, if any, frees it too as it returns: harmless
 	c.mu.Lock()
 	a.scaler.Stopped(i, a.now())
 	c.Endpoints = slices.DeleteFunc(c.Endpoints, func(u string) bool { return u == a.slots[i].url })
 	a.slots[i] = scaledEngine{}
 	c.mu.Unlock()
 	a.logf("autoscale: %s drained and stopped (slot %d)", e.name, i)
+}
+
+// takeCPUs gives engine idx, about to start in slot i, a CPU set of the plan, waiting for
+// one to be freed if every set is held (see Autoscale). It returns false, with no set
+// taken, if the slot is cancelled meanwhile or the autoscaler or the cluster stops.
+func (a *autoscaler) takeCPUs(ctx context.Context, i, idx int) bool {
+	c := a.c
+	waited := false
+	for {
+		c.mu.Lock()
+		cancelled := a.scaler.Replicas()[i].State != scale.Starting
+		c.mu.Unlock()
+		if cancelled {
+			if waited {
+				a.logf("autoscale: slot %d was cancelled while engine-%d waited for CPUs; not starting it", i, idx)
+			}
+			return false
+		}
+		freed, ok := c.cpus.take(idx)
+		if ok {
+			if waited {
+				a.logf("autoscale: engine-%d (slot %d) has CPUs %s", idx, i, FormatCPUList(c.cpus.of(idx)))
+			}
+			return true
+		}
+		if !waited {
+			a.logf("autoscale: engine-%d (slot %d) waits for CPUs: each of the plan's sets is held by an engine that still runs (draining)", idx, i)
+			waited = true
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		case <-c.stopCh:
+			return false
+		}
+	}
+}
+
+// freeCPUs frees engine idx's CPU set once its process e (nil: none was started) has
+// exited; it does not block.
+func (a *autoscaler) freeCPUs(idx int, e *engineProc) {
+	if a.c.cpus == nil {
+		return
+	}
+	if e == nil {
+		a.c.cpus.free(idx)
+		return
+	}
+	go func() {
+		<-e.exited
+		a.c.cpus.free(idx)
+	}()
 }

@@ -234,6 +234,12 @@ type scaled struct {
 
 func startScaled(t *testing.T, mode string, engines int, restart RestartPolicy, pol scale.Policy) *scaled {
 	t.Helper()
+	return startScaledPinned(t, mode, engines, restart, pol, nil)
+}
+
+// startScaledPinned is startScaled with the engines pinned by cpus (nil: unpinned).
+func startScaledPinned(t *testing.T, mode string, engines int, restart RestartPolicy, pol scale.Policy, cpus *CPUPlan) *scaled {
+	t.Helper()
 	s := &scaled{events: &lockedBuffer{}, ticks: make(chan time.Time), decided: make(chan decision, 1),
 		gate: filepath.Join(t.TempDir(), "gate")}
 	c, err := Start(context.Background(), Options{
@@ -248,6 +254,7 @@ func startScaled(t *testing.T, mode string, engines int, restart RestartPolicy, 
 		Router:        router.Config{Policy: roundRobin(t), ScrapeInterval: 10 * time.Millisecond},
 		Log:           io.Discard,
 		StartTimeout:  60 * time.Second,
+		CPUs:          cpus,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // CPUPlan assigns CPUs (Linux CPU ids) to a cluster's processes so that they do not fight
@@ -124,4 +125,77 @@ func ParseCPUList(s string) ([]int, error) {
 		}
 	}
 	return cpus, nil
+}
+
+// cpuPool hands a CPU plan's engine sets to engines: engine idx holds at most one set, from
+// when it is started until its last process has exited for good (a restart keeps the set:
+// it is the same engine), and no two engines hold the same set, so no two live engine
+// processes share CPUs. Under Cluster.Autoscale engines come and go, and more processes
+// than sets may exist for a while (a drained engine finishes its requests while the
+// engine that replaces it starts, as the scaler does not count draining replicas); an
+// engine that finds no set free waits for one (cpuPool.take's channel). Safe for
+// concurrent use; a nil pool (no plan) holds nothing.
+type cpuPool struct {
+	mu    sync.Mutex
+	sets  [][]int
+	owner []int         // owner[s] is the engine index holding set s, -1 when it is free
+	freed chan struct{} // closed, and replaced, when a set is freed
+}
+
+// newCPUPool is a pool of sets whose first n are held by engines 0..n-1 (a cluster's
+// engines at its start).
+func newCPUPool(sets [][]int, n int) *cpuPool {
+	p := &cpuPool{sets: sets, owner: make([]int, len(sets)), freed: make(chan struct{})}
+	for s := range p.owner {
+		p.owner[s] = -1
+		if s < n {
+			p.owner[s] = s
+		}
+	}
+	return p
+}
+
+// of is the set engine idx holds, nil if none.
+func (p *cpuPool) of(idx int) []int {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := slices.Index(p.owner, idx); s >= 0 {
+		return p.sets[s]
+	}
+	return nil
+}
+
+// take gives engine idx the lowest-numbered free set (the one it holds, if it holds one)
+// and returns true; with none free it returns false and a channel closed when one is
+// freed, on which the caller may wait and try again.
+func (p *cpuPool) take(idx int) (<-chan struct{}, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if slices.Contains(p.owner, idx) {
+		return nil, true
+	}
+	if s := slices.Index(p.owner, -1); s >= 0 {
+		p.owner[s] = idx
+		return nil, true
+	}
+	return p.freed, false
+}
+
+// free returns engine idx's set, if it holds one, to the pool: the caller knows its last
+// process has exited and will not be restarted. Freeing twice is harmless (engine indices
+// are never reused, so the set is not another engine's meanwhile).
+func (p *cpuPool) free(idx int) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := slices.Index(p.owner, idx); s >= 0 {
+		p.owner[s] = -1
+		close(p.freed)
+		p.freed = make(chan struct{})
+	}
 }

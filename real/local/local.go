@@ -92,7 +92,9 @@ type Options struct {
 	KVEventsModel string
 	// CPUs, if set, pins engine i to CPUs.Engines[i] from its first instruction (a restart
 	// too), with GOMAXPROCS one more than that (see startEngine), and this process, which runs the router, to
-	// CPUs.Router from Start until Stop (Linux; see PlanCPUs).
+	// CPUs.Router from Start until Stop (Linux; see PlanCPUs). It has a set per engine;
+	// with Autoscaled, a set per engine the autoscaler may run (max-replicas), of which the
+	// engines started hold the first and the ones it starts take free ones (cpuPool).
 	CPUs *CPUPlan
 }
 
@@ -167,6 +169,9 @@ type Cluster struct {
 	live     int           // engines not given up
 	stopErr  error
 	unpin    func() error // restores this process's affinity; nil when not pinned
+	// cpus hands Options.CPUs' engine sets to the engines (nil without a plan): engine i
+	// runs on the set it holds, kept across its restarts.
+	cpus *cpuPool
 	// retired are the engines the autoscaler stopped on purpose (autoscale.go): their
 	// exits are no crash.
 	retired map[*engineProc]bool
@@ -272,7 +277,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		opts.Events = io.Discard
 	}
 	if p := opts.CPUs; p != nil {
-		if len(p.Engines) != opts.Engines {
+		if len(p.Engines) != opts.Engines && !(opts.Autoscaled && len(p.Engines) > opts.Engines) {
 			return nil, fmt.Errorf("local: the CPU plan has CPUs for %d engines, not %d", len(p.Engines), opts.Engines)
 		}
 		for i, cpus := range p.Engines {
@@ -282,6 +287,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 	}
 	c := &Cluster{done: make(chan error, 1), stopCh: make(chan struct{}), opts: opts, live: opts.Engines}
+	if opts.CPUs != nil {
+		c.cpus = newCPUPool(opts.CPUs.Engines, opts.Engines)
+	}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 	addrs := make(chan addrOrErr, opts.Engines)
@@ -424,6 +432,9 @@ func (c *Cluster) events(format string, args ...any) {
 // wanted) ends its supervision instead of restarting it; it is given up to the autoscaler,
 // which frees its slot, rather than counted down in live.
 func (c *Cluster) supervise(i int, url string, p RestartPolicy) {
+	// It returns once engine i's last process has exited for good (or at Stop): its CPU
+	// set, kept across the restarts, is free for another engine.
+	defer c.cpus.free(i)
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
 	healthySince := time.Now() // it was healthy when supervision began
 	crashes := 0
@@ -616,7 +627,9 @@ func (c *Cluster) startEngine(i int, port string, addrs chan<- addrOrErr) (*engi
 	cmd.Env = append(os.Environ(), opts.Env...)
 	var cpus []int
 	if opts.CPUs != nil {
-		cpus = opts.CPUs.Engines[i]
+		if cpus = c.cpus.of(i); cpus == nil {
+			return nil, fmt.Errorf("local: %s holds no CPU set of the plan", name)
+		}
 		// One P more than the kernels' threads, on the same CPUs: the HTTP side (parsing
 		// requests, writing SSE chunks) then runs beside the forward pass, time-sliced by the
 		// kernel, as vLLM's API server runs in its own process beside EngineCore. With

@@ -95,6 +95,15 @@ func fakeEngine(mode string, args []string) {
 	go http.Serve(ln, mux)
 	for {
 		<-sigs
+		if mode == "gated-drain" {
+			// A drain that takes as long as the test needs: it exits once $FAKE_GATE exists.
+			for {
+				if _, err := os.Stat(os.Getenv("FAKE_GATE")); err == nil {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
 		if mode != "ignore-sigterm" {
 			fmt.Println("shutting down")
 			return
