@@ -138,13 +138,19 @@ func TestAutoscaleOnLocalCluster(t *testing.T) {
 	}
 	mu.Unlock()
 	t2 := time.Now()
-	waitUntil("scaled back to 1 engine", 2*time.Minute, func() bool { return engineReplicas() == 1 && len(readyPods()) == 1 })
-	t.Logf("scaled down %.1f s after the load stopped", time.Since(t2).Seconds())
-
+	// The controller scales the Deployment before it writes status.autoscale: wait for both.
 	var got v1alpha1.LLMService
-	if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, &got); err != nil {
-		t.Fatal(err)
-	}
+	waitUntil("scaled back to 1 engine, and status.autoscale says so", 2*time.Minute, func() bool {
+		if engineReplicas() != 1 || len(readyPods()) != 1 {
+			return false
+		}
+		if err := c.Get(ctx, types.NamespacedName{Namespace: "default", Name: name}, &got); err != nil {
+			return false
+		}
+		a := got.Status.Autoscale
+		return a != nil && a.DesiredReplicas == 1
+	})
+	t.Logf("scaled down %.1f s after the load stopped", time.Since(t2).Seconds())
 	if a := got.Status.Autoscale; a == nil || a.DesiredReplicas != 1 || !strings.HasPrefix(a.Metric, "rps=") || a.LastScaleTime == nil {
 		t.Errorf("status.autoscale %+v; want 1 replica, an rps metric and a scale time", a)
 	}
