@@ -149,11 +149,15 @@ func (r *Router) flowRoute(req *serving.Request, cands flowCands) (int, *endpoin
 		return -1, nil
 	}
 	var i, j int
+	// The policy's time counts as the router's scoring, as pickAt's and pickPD's do: with
+	// flow control this is the pick the request's first attempt uses.
+	start := time.Now()
 	if r.pd != nil {
 		i, j = r.pd.Pick(req, r.views, r.pviews)
 	} else {
 		i, j = r.cfg.Policy.Route(req, r.views), -1
 	}
+	r.scoring.Observe(time.Since(start).Seconds())
 	if i < 0 || i >= len(cands.d) {
 		i = 0
 	}

@@ -219,3 +219,64 @@ func TestFlowControlWithPDThroughExtProc(t *testing.T) {
 		t.Errorf("%s %q, want %q", PrefillEndpointHeader, got, want)
 	}
 }
+
+// TestFlowScoringRecorded: a request flow control dispatches counts its one pick in
+// servelab_router_scoring_seconds, with a P/D policy (the handler's run at admission) and
+// without (the policy's), as a request routed without flow control does.
+func TestFlowScoringRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start func(t *testing.T) (string, *prometheus.Registry)
+	}{
+		{"pd", func(t *testing.T) (string, *prometheus.Registry) {
+			_, base, reg, _, _, _ := newFlowPDRouter(t, 0, 0)
+			return base, reg
+		}},
+		{"plain", func(t *testing.T) (string, *prometheus.Registry) {
+			ep := newGauged(t)
+			fc := flow.Defaults
+			reg := prometheus.NewRegistry()
+			r, err := New(Config{
+				Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"), Registry: reg,
+				ScrapeInterval: 20 * time.Millisecond, FlowControl: &fc, Logf: t.Logf,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(r.Close)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := r.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return serve(t, r.Handler()), reg
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base, reg := tc.start(t)
+			resp, body := post(t, base, "/v1/completions", `{"model":"m","prompt":"`+longPrompt+`","max_tokens":5}`)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			if n := histogramCount(t, reg, "servelab_router_scoring_seconds"); n != 1 {
+				t.Errorf("servelab_router_scoring_seconds has %d samples, want 1 (the admission's pick)", n)
+			}
+		})
+	}
+}
+
+// histogramCount is the sample count of the unlabelled histogram name in reg.
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatalf("no histogram %s", name)
+	return 0
+}
