@@ -378,11 +378,10 @@ func (f *routerFlags) kvEventsZMQ() (*router.ZMQConfig, error) {
 	if len(kcs) > 0 {
 		kc := kcs[0]
 		z.SocketPort, z.TopicFilter = kc.PodDiscoveryConfig.SocketPort, kc.TopicFilter
-		switch {
-		case f.zmq.SocketPort != 0 && f.zmq.SocketPort != z.SocketPort:
-			return nil, fmt.Errorf("--kv-events-socket-port %d and %s disagree; give one", f.zmq.SocketPort, kvFields(kcs, ".podDiscoveryConfig.socketPort %d", z.SocketPort))
-		case f.zmq.TopicFilter != "" && f.zmq.TopicFilter != z.TopicFilter:
-			return nil, fmt.Errorf("--kv-events-topic-filter %q and %s disagree; give one", f.zmq.TopicFilter, kvFields(kcs, ".topicFilter %q", z.TopicFilter))
+		// The agreement rule is route's, shared with the controller, which refuses an
+		// LLMService whose router args contradict its EndpointPickerConfig.
+		if err := route.KVEventsFlagsAgree(f.zmq.SocketPort, f.zmq.TopicFilter, kcs); err != nil {
+			return nil, err
 		}
 		return &z, nil
 	}
@@ -398,15 +397,4 @@ func (f *routerFlags) kvEventsZMQ() (*router.ZMQConfig, error) {
 		return &z, nil
 	}
 	return nil, nil
-}
-
-// kvFields names each file's kvEventsConfig, followed by suffix formatted with args (the
-// files agree on them), for an error: `A: plugins[0].parameters.kvEventsConfig.topicFilter
-// "kv@" and B: plugins[1].parameters.kvEventsConfig.topicFilter "kv@"`.
-func kvFields(kcs []*route.KVEventsConfig, suffix string, args ...any) string {
-	parts := make([]string, len(kcs))
-	for i, kc := range kcs {
-		parts[i] = kc.Field + fmt.Sprintf(suffix, args...)
-	}
-	return strings.Join(parts, " and ")
 }

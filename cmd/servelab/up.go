@@ -207,11 +207,11 @@ func (f *clusterFlags) kvEventsOverZMQ(files []*route.KVEventsConfig) (bool, err
 	zmq := f.kvEventsTransport == "zmq" || f.kvEventsTransport == "" && len(files) > 0
 	switch {
 	case f.kvEventsTransport == "http" && len(files) > 0:
-		return false, fmt.Errorf("--kv-events-transport http and %s: the kvEventsConfig subscribes over ZeroMQ; drop one", kvFields(files, ""))
+		return false, fmt.Errorf("--kv-events-transport http and %s: the kvEventsConfig subscribes over ZeroMQ; drop one", route.KVEventsFields(files, ""))
 	case zmq && !f.router.kvEvents:
 		what := "--kv-events-transport zmq"
 		if f.kvEventsTransport == "" {
-			what = kvFields(files, "")
+			what = route.KVEventsFields(files, "")
 		}
 		return false, fmt.Errorf("--kv-events=false and %s: the router would follow no KV events, so the engines would publish them for nobody; drop one", what)
 	}

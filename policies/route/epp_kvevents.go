@@ -191,3 +191,35 @@ func EndpointPickerKVEventsFiles(specs ...string) ([]*KVEventsConfig, error) {
 	}
 	return found, nil
 }
+
+// KVEventsFlagsAgree is the rule 'servelab router' and the LLMService controller share for
+// the router's --kv-events-socket-port and --kv-events-topic-filter (socketPort and
+// topicFilter, 0 and "" when not given) against kcs, the kvEventsConfigs of its
+// EndpointPickerConfigs (EndpointPickerKVEventsFiles; they agree with one another): a flag
+// given must name what the files say, else it is an error naming the flag and each file's
+// field. The controller checks it before deploying, so a router pod that would refuse its
+// args at start is never created. No files: nothing to disagree with.
+func KVEventsFlagsAgree(socketPort int, topicFilter string, kcs []*KVEventsConfig) error {
+	if len(kcs) == 0 {
+		return nil
+	}
+	kc := kcs[0]
+	switch {
+	case socketPort != 0 && socketPort != kc.PodDiscoveryConfig.SocketPort:
+		return fmt.Errorf("--kv-events-socket-port %d and %s disagree; give one", socketPort, KVEventsFields(kcs, ".podDiscoveryConfig.socketPort %d", kc.PodDiscoveryConfig.SocketPort))
+	case topicFilter != "" && topicFilter != kc.TopicFilter:
+		return fmt.Errorf("--kv-events-topic-filter %q and %s disagree; give one", topicFilter, KVEventsFields(kcs, ".topicFilter %q", kc.TopicFilter))
+	}
+	return nil
+}
+
+// KVEventsFields names each kvEventsConfig's field, followed by suffix formatted with args
+// (the files agree on them), for an error: `A: plugins[0].parameters.kvEventsConfig.topicFilter
+// "kv@" and B: plugins[1].parameters.kvEventsConfig.topicFilter "kv@"`.
+func KVEventsFields(kcs []*KVEventsConfig, suffix string, args ...any) string {
+	parts := make([]string, len(kcs))
+	for i, kc := range kcs {
+		parts[i] = kc.Field + fmt.Sprintf(suffix, args...)
+	}
+	return strings.Join(parts, " and ")
+}

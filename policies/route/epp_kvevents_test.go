@@ -281,3 +281,42 @@ func TestLoaderRefusesTwoKVEventsConfigs(t *testing.T) {
 		})
 	}
 }
+
+func TestKVEventsFlagsAgree(t *testing.T) {
+	kc := func(field string, port int, topic string) *KVEventsConfig {
+		c := DefaultKVEventsConfig()
+		c.PodDiscoveryConfig.SocketPort, c.TopicFilter, c.Field = port, topic, field
+		return &c
+	}
+	one := []*KVEventsConfig{kc("a.yaml: plugins[0].parameters.kvEventsConfig", 5557, "kv@")}
+	two := append(one[:1:1], kc("b.yaml: plugins[1].parameters.kvEventsConfig", 5557, "kv@"))
+	tests := []struct {
+		name    string
+		port    int
+		topic   string
+		kcs     []*KVEventsConfig
+		wantErr string
+	}{
+		{name: "no files, flags given", port: 6000, topic: "x@"},
+		{name: "file, no flags", kcs: one},
+		{name: "flags agree", port: 5557, topic: "kv@", kcs: two},
+		{name: "port disagrees", port: 6000, kcs: one,
+			wantErr: `--kv-events-socket-port 6000 and a.yaml: plugins[0].parameters.kvEventsConfig.podDiscoveryConfig.socketPort 5557 disagree; give one`},
+		{name: "topic disagrees, both files named", topic: "x@", kcs: two,
+			wantErr: `--kv-events-topic-filter "x@" and a.yaml: plugins[0].parameters.kvEventsConfig.topicFilter "kv@" and b.yaml: plugins[1].parameters.kvEventsConfig.topicFilter "kv@" disagree; give one`},
+		{name: "port checked before topic", port: 1, topic: "x@", kcs: one,
+			wantErr: `--kv-events-socket-port 1 and a.yaml: plugins[0].parameters.kvEventsConfig.podDiscoveryConfig.socketPort 5557 disagree; give one`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := KVEventsFlagsAgree(tt.port, tt.topic, tt.kcs)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if diff := cmp.Diff(tt.wantErr, got); diff != "" {
+				t.Errorf("KVEventsFlagsAgree(%d, %q) error (-want +got):\n%s", tt.port, tt.topic, diff)
+			}
+		})
+	}
+}
