@@ -394,6 +394,8 @@ func TestReconcile(t *testing.T) {
 			Router: func() *pflag.FlagSet {
 				fs := pflag.NewFlagSet("router", pflag.ContinueOnError)
 				fs.Uint64("seed", 0, "")
+				fs.Int("kv-events-socket-port", 0, "")
+				fs.String("kv-events-topic-filter", "", "")
 				return fs
 			},
 		}
@@ -440,6 +442,18 @@ func TestReconcile(t *testing.T) {
 				s.Spec.Router.Policy = ""
 				s.Spec.Router.EndpointPickerConfig = withTwoKVEvents(t, string(pdConfig))
 			}, ReasonInvalidPolicy, "spec.router.endpointPickerConfig: " + twoKVEventsErr(1)},
+			// Router args contradicting the EndpointPickerConfig's kvEventsConfig: the router
+			// refuses them at start, so its pod would crash-loop; both flag forms are read.
+			{"router --kv-events-socket-port against the kvEventsConfig", func(s *v1alpha1.LLMService) {
+				s.Spec.Router.Policy = ""
+				s.Spec.Router.EndpointPickerConfig = withKVEvents(t, llmdDefault(3))
+				s.Spec.Router.Template = &v1alpha1.EngineTemplate{Args: []string{"--kv-events-socket-port", "5557"}}
+			}, ReasonInvalidPolicy, "spec.router.template.args: --kv-events-socket-port 5557 and spec.router.endpointPickerConfig: plugins[1].parameters.kvEventsConfig.podDiscoveryConfig.socketPort 6557 disagree"},
+			{"router --kv-events-topic-filter= against the kvEventsConfig", func(s *v1alpha1.LLMService) {
+				s.Spec.Router.Policy = ""
+				s.Spec.Router.EndpointPickerConfig = withKVEvents(t, llmdDefault(3))
+				s.Spec.Router.Template = &v1alpha1.EngineTemplate{Args: []string{"--kv-events-socket-port=6557", "--kv-events-topic-filter=kv@pod"}}
+			}, ReasonInvalidPolicy, `spec.router.template.args: --kv-events-topic-filter "kv@pod" and spec.router.endpointPickerConfig: plugins[1].parameters.kvEventsConfig.topicFilter "kv@" disagree`},
 			{"unknown engine flag", func(s *v1alpha1.LLMService) { s.Spec.Template.Args = []string{"--max-num-seq=8"} }, ReasonInvalidArgs, "spec.template.args"},
 			{"unknown router flag", func(s *v1alpha1.LLMService) {
 				s.Spec.Router.Template = &v1alpha1.EngineTemplate{Args: []string{"--no-such-flag"}}
@@ -752,6 +766,18 @@ func withTwoKVEvents(t *testing.T, doc string) string {
 	}
 	kv := "  type: precise-prefix-cache-scorer\n  parameters: {kvEventsConfig: {topicFilter: kv@}}\n"
 	return strings.Replace(doc, queue, queue+"- name: precise-a\n"+kv+"- name: precise-b\n"+kv, 1)
+}
+
+// withKVEvents is the EndpointPickerConfig doc with a precise-prefix-cache-scorer after
+// its plugins' queue-scorer, whose kvEventsConfig has socketPort 6557 and topicFilter kv@.
+func withKVEvents(t *testing.T, doc string) string {
+	t.Helper()
+	const queue = "- type: queue-scorer\n"
+	if !strings.Contains(doc, queue) {
+		t.Fatalf("no %q in %q", queue, doc)
+	}
+	return strings.Replace(doc, queue, queue+"- name: precise\n  type: precise-prefix-cache-scorer\n"+
+		"  parameters: {kvEventsConfig: {topicFilter: kv@, podDiscoveryConfig: {socketPort: 6557}}}\n", 1)
 }
 
 // twoKVEventsErr is the router's error for withTwoKVEvents of a doc whose queue-scorer is

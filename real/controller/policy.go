@@ -91,8 +91,17 @@ func minimalEngineFlags() *pflag.FlagSet {
 func minimalRouterFlags() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("router", pflag.ContinueOnError)
 	fs.Uint64("seed", 0, "")
+	fs.Int("kv-events-socket-port", 0, "")
+	fs.String("kv-events-topic-filter", "", "")
 	fs.ParseErrorsAllowlist.UnknownFlags = true
 	return fs
+}
+
+func stringFlag(fs *pflag.FlagSet, name string) string {
+	if f := fs.Lookup(name); f != nil {
+		return f.Value.String()
+	}
+	return ""
 }
 
 func intFlag(fs *pflag.FlagSet, name string) int {
@@ -188,6 +197,9 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 		if err != nil {
 			return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.router.endpointPickerConfig: %v", err)}
 		}
+		if perr := checkRouterKVEvents(fs, rt.EndpointPickerConfig, "spec.router.endpointPickerConfig"); perr != nil {
+			return resolvedPolicy{}, perr
+		}
 		out.epc, loaded = rt.EndpointPickerConfig, pol
 	case rt.EndpointPickerConfigRef != nil:
 		ref := rt.EndpointPickerConfigRef
@@ -207,6 +219,9 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 		pol, err := route.LoadEndpointPickerConfig([]byte(doc), env)
 		if err != nil {
 			return resolvedPolicy{}, &policyError{ReasonInvalidPolicy, fmt.Sprintf("%s: %v", field, err)}
+		}
+		if perr := checkRouterKVEvents(fs, doc, field); perr != nil {
+			return resolvedPolicy{}, perr
 		}
 		out.epc, loaded = doc, pol
 	default:
@@ -236,4 +251,20 @@ func (r *Reconciler) resolvePolicy(ctx context.Context, svc *v1alpha1.LLMService
 	fmt.Fprintf(h, "%s\x00%s\x00%d", out.routerArg, out.epc, out.blockSize)
 	out.hash = hex.EncodeToString(h.Sum(nil))[:16]
 	return out, nil
+}
+
+// checkRouterKVEvents refuses router args (fs, parsed from spec.router.template.args) whose
+// --kv-events-socket-port or --kv-events-topic-filter contradicts the kvEventsConfig of
+// the EndpointPickerConfig doc (from field): the router refuses them at start
+// (route.KVEventsFlagsAgree, the rule it applies), so its pod would crash-loop.
+func checkRouterKVEvents(fs *pflag.FlagSet, doc, field string) *policyError {
+	kc, err := route.EndpointPickerKVEvents([]byte(doc))
+	if err != nil || kc == nil {
+		return nil // none, or LoadEndpointPickerConfig's error, reported before this
+	}
+	kc.Field = field + ": " + kc.Field
+	if err := route.KVEventsFlagsAgree(intFlag(fs, "kv-events-socket-port"), stringFlag(fs, "kv-events-topic-filter"), []*route.KVEventsConfig{kc}); err != nil {
+		return &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.router.template.args: %v", err)}
+	}
+	return nil
 }
