@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strconv"
@@ -33,16 +32,7 @@ func newABRouter(t *testing.T, fraction float64, urls ...string) (string, *prome
 	}
 	ab.Split.Seed = 5
 	reg := prometheus.NewRegistry()
-	r, err := New(Config{Endpoints: urls, Policy: ab, ScrapeInterval: time.Hour, Registry: reg, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := readyRouter(t, Config{Endpoints: urls, Policy: ab, ScrapeInterval: time.Hour, Registry: reg, Logf: t.Logf})
 	return serve(t, r.Handler()), reg, ab.Split
 }
 

@@ -90,32 +90,7 @@ func (l *decisionLog) len() int {
 // held, refused (429), and, at each scrape, which held requests go, in which order, to
 // which endpoint.
 func TestFlowSameDecisionsAsSimulator(t *testing.T) {
-	gen, err := traces.NewSynth(traces.SynthConfig{
-		Requests: 120, Rate: 150, InputMean: 200, OutputMean: 30, InputSigma: 0.3, OutputSigma: 0.3, Seed: 9,
-		Classes: []traces.SynthClass{{Name: "critical", Share: 0.6, Tenants: 2}, {Name: "standard", Share: 0.2}, {Name: "sheddable", Share: 0.2}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows []traces.Row
-	for {
-		r, err := gen.Next()
-		if err != nil {
-			break
-		}
-		rows = append(rows, r)
-	}
-	objectives := flow.Objectives{"critical": 2, "standard": 0, "sheddable": -1}
-	fc := flow.Defaults
-	fc.QueueDepthThreshold, fc.Fairness = 3, "round-robin"
-	env := policies.Env{Seed: 1, BlockSize: 16}
-	newRoute := func() route.Policy {
-		p, _, err := route.Registry.Parse("least-request", env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	rows, objectives, fc, env, newRoute := flowSameDecisionsSetup(t)
 
 	// The simulator: its decisions, and the events to replay in its order.
 	type event struct {
@@ -169,21 +144,13 @@ func TestFlowSameDecisionsAsSimulator(t *testing.T) {
 	// servelab router, replaying them.
 	eps := []*gauged{newGauged(t), newGauged(t)}
 	var log decisionLog
-	r, err := New(Config{
+	r := readyRouter(t, Config{
 		Endpoints: []string{eps[0].URL, eps[1].URL}, Policy: newRoute(),
 		ScrapeInterval: time.Hour, // the test scrapes
 		FlowControl:    &fc, Objectives: objectives, OnFlowDecision: log.add,
 		Logf: t.Logf,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
 	srv := httptest.NewServer(r.Handler())
 	defer srv.Close()
 	var wg sync.WaitGroup
@@ -383,19 +350,10 @@ func TestObjectivePriorityWithoutFlowControl(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ep := newGauged(t)
-			r, err := New(Config{
+			r := readyRouter(t, Config{
 				Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"),
 				Objectives: flow.Objectives{"gold": 3}, NoEnginePriority: tc.noPriority, Logf: t.Logf,
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := r.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
 			srv := httptest.NewServer(r.Handler())
 			defer srv.Close()
 			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/completions", strings.NewReader(tc.body))
@@ -424,19 +382,11 @@ func TestFlowExtProc(t *testing.T) {
 	ep := newGauged(t)
 	ep.set(serving.InstanceView{Waiting: 10})
 	fc := flow.Defaults
-	r, err := New(Config{
+	r := readyRouter(t, Config{
 		Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"), ScrapeInterval: 10 * time.Millisecond,
 		FlowControl: &fc, Objectives: flow.Objectives{"critical": 1, "sheddable": -1}, Logf: t.Logf,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
 	conn := extProcClient(t, r, ExtProcConfig{})
 	body := `{"model":"m","prompt":"hi"}`
 
@@ -459,4 +409,38 @@ func TestFlowExtProc(t *testing.T) {
 	if dest := destination(t, resp, resp.GetRequestHeaders().GetResponse()); !strings.Contains(ep.URL, dest) {
 		t.Errorf("destination %q, want the endpoint %s", dest, ep.URL)
 	}
+}
+
+// flowSameDecisionsSetup is what the simulator-agreement tests share: a bursty trace of three
+// objectives (two tenants in the critical one), their priorities, a flow control that holds
+// past three waiting requests with round-robin fairness, and least-request routing.
+func flowSameDecisionsSetup(t *testing.T) ([]traces.Row, flow.Objectives, flow.Config, policies.Env, func() route.Policy) {
+	t.Helper()
+	gen, err := traces.NewSynth(traces.SynthConfig{
+		Requests: 120, Rate: 150, InputMean: 200, OutputMean: 30, InputSigma: 0.3, OutputSigma: 0.3, Seed: 9,
+		Classes: []traces.SynthClass{{Name: "critical", Share: 0.6, Tenants: 2}, {Name: "standard", Share: 0.2}, {Name: "sheddable", Share: 0.2}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []traces.Row
+	for {
+		r, err := gen.Next()
+		if err != nil {
+			break
+		}
+		rows = append(rows, r)
+	}
+	objectives := flow.Objectives{"critical": 2, "standard": 0, "sheddable": -1}
+	fc := flow.Defaults
+	fc.QueueDepthThreshold, fc.Fairness = 3, "round-robin"
+	env := policies.Env{Seed: 1, BlockSize: 16}
+	newRoute := func() route.Policy {
+		p, _, err := route.Registry.Parse("least-request", env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return rows, objectives, fc, env, newRoute
 }

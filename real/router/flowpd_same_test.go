@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,14 +15,12 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"servelab/metrics"
-	"servelab/policies"
 	"servelab/policies/batch"
 	"servelab/policies/flow"
 	"servelab/policies/route"
 	"servelab/serving"
 	"servelab/sim"
 	"servelab/sim/latency"
-	"servelab/traces"
 )
 
 // pdPicks is where one request went: its decode and prefill instances, numbered as the
@@ -45,32 +42,7 @@ type pdPicks struct{ Decode, Prefill int }
 // prefix cache to consult (the simulator runs without prefix caching, the test's engines
 // publish no KV events), so the decider reads the prompt length alone.
 func TestFlowPDSameDecisionsAsSimulator(t *testing.T) {
-	gen, err := traces.NewSynth(traces.SynthConfig{
-		Requests: 120, Rate: 150, InputMean: 200, OutputMean: 30, InputSigma: 0.3, OutputSigma: 0.3, Seed: 9,
-		Classes: []traces.SynthClass{{Name: "critical", Share: 0.6, Tenants: 2}, {Name: "standard", Share: 0.2}, {Name: "sheddable", Share: 0.2}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rows []traces.Row
-	for {
-		r, err := gen.Next()
-		if err != nil {
-			break
-		}
-		rows = append(rows, r)
-	}
-	objectives := flow.Objectives{"critical": 2, "standard": 0, "sheddable": -1}
-	fc := flow.Defaults
-	fc.QueueDepthThreshold, fc.Fairness = 3, "round-robin"
-	env := policies.Env{Seed: 1, BlockSize: 16}
-	newRoute := func() route.Policy {
-		p, _, err := route.Registry.Parse("least-request", env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	rows, objectives, fc, env, newRoute := flowSameDecisionsSetup(t)
 	decider := route.PrefixBasedPDDecider{NonCachedTokens: 200}
 	const prefills = 2 // the simulator's prefill pool comes first
 
@@ -157,7 +129,7 @@ func TestFlowPDSameDecisionsAsSimulator(t *testing.T) {
 	// servelab router, replaying them: endpoints in the simulator's instance order.
 	eps := []*gauged{newGauged(t), newGauged(t), newGauged(t), newGauged(t)}
 	var log decisionLog
-	r, err := New(Config{
+	r := readyRouter(t, Config{
 		Endpoints: []string{"prefill=" + eps[0].URL, "prefill=" + eps[1].URL, "decode=" + eps[2].URL, "decode=" + eps[3].URL},
 		Policy: &route.PDProfileHandler{
 			Decode: newRoute(), Prefill: newRoute(), Decider: decider, BlockSize: 16,
@@ -167,17 +139,9 @@ func TestFlowPDSameDecisionsAsSimulator(t *testing.T) {
 		FlowControl:    &fc, Objectives: objectives, OnFlowDecision: log.add,
 		Logf: t.Logf,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	ctx := t.Context()
 	if r.pd == nil {
 		t.Fatal("the router does not run the policy as a P/D handler")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
 	}
 	srv := httptest.NewServer(r.Handler())
 	defer srv.Close()

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -35,20 +34,11 @@ func newFlowPDRouter(t *testing.T, ttl float64, waiting int) (*Router, string, *
 	fc.RequestTTL = ttl
 	reg := prometheus.NewRegistry()
 	log := &decisionLog{}
-	r, err := New(Config{
+	r := readyRouter(t, Config{
 		Endpoints: []string{"prefill=" + pre.URL, "decode=" + decs[0].URL, "decode=" + decs[1].URL},
 		Policy:    p, Registry: reg, ScrapeInterval: 20 * time.Millisecond, Logf: t.Logf,
 		FlowControl: &fc, OnFlowDecision: log.add,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return r, serve(t, r.Handler()), reg, pre, decs, log
 }
 
@@ -236,19 +226,10 @@ func TestFlowScoringRecorded(t *testing.T) {
 			ep := newGauged(t)
 			fc := flow.Defaults
 			reg := prometheus.NewRegistry()
-			r, err := New(Config{
+			r := readyRouter(t, Config{
 				Endpoints: []string{ep.URL}, Policy: mustRoute(t, "least-request"), Registry: reg,
 				ScrapeInterval: 20 * time.Millisecond, FlowControl: &fc, Logf: t.Logf,
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(r.Close)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := r.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
 			return serve(t, r.Handler()), reg
 		}},
 	} {

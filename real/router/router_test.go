@@ -308,3 +308,20 @@ func TestResponseSaysWhenItWasRouted(t *testing.T) {
 		last = at
 	}
 }
+
+// readyRouter builds a router from cfg, closed when the test ends, and waits (generously:
+// a loaded machine scrapes local stubs slowly) until its endpoints have been scraped.
+func readyRouter(t testing.TB, cfg Config) *Router {
+	t.Helper()
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := r.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}

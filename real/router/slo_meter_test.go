@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -172,16 +171,7 @@ func TestSLOCountsMetAndMissed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			r, err := New(Config{Endpoints: []string{newSLOStub(t)}, Policy: fixedPolicy{0}, ScrapeInterval: time.Hour, Registry: reg, Logf: t.Logf, SLO: tc.defaults})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(r.Close)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := r.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
+			r := readyRouter(t, Config{Endpoints: []string{newSLOStub(t)}, Policy: fixedPolicy{0}, ScrapeInterval: time.Hour, Registry: reg, Logf: t.Logf, SLO: tc.defaults})
 			url := serve(t, r.Handler())
 			if got := sloCounts(t, reg); !cmp.Equal(got, map[string]float64{SLOMet: 0, SLOMissed: 0}) {
 				t.Fatalf("before any request: %v, want both outcomes at 0", got)

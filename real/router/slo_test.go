@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -36,16 +35,7 @@ func TestSLOHeadersReachThePolicy(t *testing.T) {
 	a := newStub(t, "a")
 	close(a.release)
 	pol := &objectivesRecorder{}
-	r, err := New(Config{Endpoints: []string{a.URL}, Policy: pol, ScrapeInterval: time.Hour, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := readyRouter(t, Config{Endpoints: []string{a.URL}, Policy: pol, ScrapeInterval: time.Hour, Logf: t.Logf})
 	url := serve(t, r.Handler())
 	post := func(headers map[string]string, body string) (int, string) {
 		t.Helper()
