@@ -23,8 +23,8 @@ const (
 	EventSuccessfulRescale = "SuccessfulRescale"
 	// ReasonValidMetricFound: ScalingActive is True, the policy decided from the metrics.
 	ReasonValidMetricFound = "ValidMetricFound"
-	// ReasonFailedGetMetrics: ScalingActive is False, the engines' metrics could not be read;
-	// the replicas stay as they are.
+	// ReasonFailedGetMetrics: ScalingActive is False, the engines' metrics (with metric=slo,
+	// the routers' too) could not be read; the replicas stay as they are.
 	ReasonFailedGetMetrics = "FailedGetMetrics"
 )
 
@@ -33,7 +33,9 @@ type Metrics interface {
 	// Observe returns the engine pool's Waiting and Running (vllm:num_requests_waiting
 	// and vllm:num_requests_running summed over the ready engines), KVUsage (the mean of
 	// their vllm:kv_cache_usage_perc) and Arrived (the requests that reached them since the
-	// previous call for svc). Time, Replicas and Ready are filled in by the caller.
+	// previous call for svc); with metric=slo also Finished and MetSLO (the requests the
+	// routers finished since the previous call, and those that met their SLO). Time,
+	// Replicas and Ready are filled in by the caller.
 	Observe(ctx context.Context, svc *v1alpha1.LLMService) (scale.Observation, error)
 }
 
@@ -69,16 +71,11 @@ func (r *Reconciler) forgetScaler(key types.NamespacedName) {
 }
 
 // parseAutoscale builds spec.autoscale's policy as the simulator and 'servelab up' build
-// it, and refuses what the controller cannot run.
+// it. Every metric runs here: metric=slo reads the router pods (PodMetrics).
 func parseAutoscale(spec string) (scale.Policy, *policyError) {
 	p, err := scale.Parse(spec, policies.Env{})
 	if err != nil {
 		return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.autoscale %q: %v", spec, err)}
-	}
-	if m := p.Spec().Params["metric"]; m == string(scale.MetricSLO) {
-		// The controller reads the engines' metrics, and the engines do not know requests'
-		// SLOs; the router that measures them (servelab_router_slo_requests_total) is up's.
-		return nil, &policyError{ReasonInvalidPolicy, fmt.Sprintf("spec.autoscale %q: metric=slo is not supported by the controller, which reads the engines' metrics (the engines do not know requests' SLOs; 'servelab up --autoscale' reads them from its router); use queue, concurrency, kv or rps", spec)}
 	}
 	return p, nil
 }
@@ -151,7 +148,7 @@ func (r *Reconciler) autoscale(ctx context.Context, svc *v1alpha1.LLMService, cu
 		}
 		cur.Autoscale.DesiredReplicas = pool()
 		setCond(cur, v1alpha1.ConditionScalingActive, false, ReasonFailedGetMetrics,
-			fmt.Sprintf("reading the engines' metrics: %v; the replicas stay at %d", err, pool()), svc.Generation)
+			fmt.Sprintf("reading the pods' metrics: %v; the replicas stay at %d", err, pool()), svc.Generation)
 		return pool(), st.next.Sub(now)
 	}
 	o.Time = now.Sub(st.start).Seconds()

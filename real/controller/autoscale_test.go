@@ -61,12 +61,14 @@ func TestAutoscaleFollowsTheScalersDecisions(t *testing.T) {
 		{"hpa queue", "hpa:metric=queue,target=4,min-replicas=1,max-replicas=6,scale-down-window=45,interval=15"},
 		{"hpa rps", "hpa:metric=rps,target=1,min-replicas=2,max-replicas=5,scale-down-window=30,window=30,interval=10"},
 		{"kpa concurrency", "kpa:metric=concurrency,target=6,target-utilization-percentage=100,min-scale=1,max-scale=6,window=8,interval=2"},
+		{"hpa slo", "hpa:metric=slo,target=0.9,min-replicas=1,max-replicas=6,scale-down-window=30,window=30,interval=10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := fmt.Sprintf("scaled-%d", i)
 			var obs []scale.Observation
 			for _, l := range load {
-				obs = append(obs, scale.Observation{Waiting: l[0], Running: l[1], Arrived: l[2], KVUsage: 0.1})
+				// As many finish as arrive; those that waited missed their SLO.
+				obs = append(obs, scale.Observation{Waiting: l[0], Running: l[1], Arrived: l[2], KVUsage: 0.1, Finished: l[2], MetSLO: max(0, l[2]-l[0])})
 			}
 			fake := &fakeMetrics{obs: obs}
 			t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
@@ -200,7 +202,6 @@ func TestAutoscaleRefusesBadSpecs(t *testing.T) {
 		{"hpa:target=-1", "target"},
 		{"hpa:min-replicas=4,max-replicas=2", "max-replicas"},
 		{"kpa:metric=queue", "metric"},
-		{"hpa:metric=slo,target=0.9", "metric=slo is not supported by the controller"},
 		{"hpa:speed=3", "speed"},
 	} {
 		t.Run(tc.spec, func(t *testing.T) {

@@ -32,6 +32,17 @@ import (
 // (vllm:request_success_total, every finished_reason, aborts included) or is still waiting
 // or running, so arrivals = Δ request_success_total + Δ (waiting + running), per pod; a pod
 // not seen at the previous scrape counts all it has had.
+//
+// With metric=slo (and only then, so that the other metrics gain no way to fail) it also
+// scrapes the LLMService's ready router pods, since only the router knows requests'
+// objectives: Finished and MetSLO are the growth, summed per router pod, of
+// servelab_router_slo_requests_total{outcome="met"|"missed"} (Finished = Δmet + Δmissed,
+// MetSLO = Δmet), as 'servelab up --autoscale' reads its router. Each router counts the
+// requests it proxied, so the sum over routers counts each request once. As for the
+// engines' Arrived, a router pod not seen at the previous scrape counts all it has had:
+// a router that just became ready has finished few requests, and dropping them would lose
+// its first interval's outcomes. A counter that went down (the router's container
+// restarted, keeping its pod UID) counts its current value, never a negative growth.
 type PodMetrics struct {
 	// Client lists the engine pods.
 	Client client.Reader
@@ -44,8 +55,18 @@ type PodMetrics struct {
 	prev map[types.NamespacedName]map[types.UID]podCounts
 }
 
-// podCounts is what a pod reported at the previous scrape.
-type podCounts struct{ finished, load float64 }
+// podCounts is what a pod reported at the previous scrape: an engine its finished
+// requests and load, a router its met and missed SLO counts.
+type podCounts struct{ finished, load, met, missed float64 }
+
+// growth is how much a counter grew from was to now; one that went down was reset (its
+// container restarted) and has counted now since.
+func growth(was, now float64) float64 {
+	if now < was {
+		return now
+	}
+	return now - was
+}
 
 // Observe implements Metrics.
 func (m *PodMetrics) Observe(ctx context.Context, svc *v1alpha1.LLMService) (scale.Observation, error) {
@@ -90,6 +111,13 @@ func (m *PodMetrics) Observe(ctx context.Context, svc *v1alpha1.LLMService) (sca
 		o.KVUsage /= float64(ready)
 	}
 	o.Arrived = int(arrived + 0.5)
+	if p, perr := parseAutoscale(svc.Spec.Autoscale); perr == nil && p.Spec().Params["metric"] == string(scale.MetricSLO) {
+		finished, met, err := m.routers(ctx, hc, svc, prev, now)
+		if err != nil {
+			return scale.Observation{}, err
+		}
+		o.Finished, o.MetSLO = int(finished+0.5), int(met+0.5)
+	}
 	m.mu.Lock()
 	if m.prev == nil {
 		m.prev = map[types.NamespacedName]map[types.UID]podCounts{}
@@ -97,6 +125,41 @@ func (m *PodMetrics) Observe(ctx context.Context, svc *v1alpha1.LLMService) (sca
 	m.prev[key] = now
 	m.mu.Unlock()
 	return o, nil
+}
+
+// routers reads the SLO outcomes of svc's ready router pods: the growth since prev of the
+// requests finished and of those that met their SLO, summed over the pods, whose counts it
+// records in now. No ready router is an error: the policy would see no request finish.
+func (m *PodMetrics) routers(ctx context.Context, hc *http.Client, svc *v1alpha1.LLMService, prev, now map[types.UID]podCounts) (finished, met float64, err error) {
+	var pods corev1.PodList
+	if err := m.Client.List(ctx, &pods, client.InNamespace(svc.Namespace), client.MatchingLabels(selectorLabels(svc.Name, ComponentRouter))); err != nil {
+		return 0, 0, fmt.Errorf("listing the router pods: %w", err)
+	}
+	ready := 0
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if !podReady(p) {
+			continue
+		}
+		url := "http://" + net.JoinHostPort(p.Status.PodIP, strconv.Itoa(RouterPort)) + "/metrics"
+		if m.URL != nil {
+			url = m.URL(p)
+		}
+		c, err := scrapeRouter(ctx, hc, url)
+		if err != nil {
+			return 0, 0, fmt.Errorf("router pod %s: %w", p.Name, err)
+		}
+		ready++
+		now[p.UID] = c
+		was := prev[p.UID]
+		dm, dx := growth(was.met, c.met), growth(was.missed, c.missed)
+		finished += dm + dx
+		met += dm
+	}
+	if ready == 0 {
+		return 0, 0, fmt.Errorf("metric=slo: no ready router pod (%s) to read servelab_router_slo_requests_total from", routerName(svc.Name))
+	}
+	return finished, met, nil
 }
 
 // Forget drops the counts kept of an LLMService's pods.
@@ -121,24 +184,62 @@ func podReady(p *corev1.Pod) bool {
 
 type engineSample struct{ waiting, running, kv, finished float64 }
 
-// scrape reads one engine's vLLM gauges and finished-request counter.
-func scrape(ctx context.Context, hc *http.Client, url string) (engineSample, error) {
+// getMetrics reads the metric families a pod's /metrics serves.
+func getMetrics(ctx context.Context, hc *http.Client, url string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return engineSample{}, err
+		return nil, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return engineSample{}, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return engineSample{}, fmt.Errorf("GET %s: %s", url, resp.Status)
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return engineSample{}, fmt.Errorf("GET %s: %w", url, err)
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return mfs, nil
+}
+
+// scrapeRouter reads one router's servelab_router_slo_requests_total by outcome. The router
+// registers both outcomes from zero, so a router without the series is not one that meters
+// SLOs: an error rather than a pool that seems to finish nothing.
+func scrapeRouter(ctx context.Context, hc *http.Client, url string) (podCounts, error) {
+	mfs, err := getMetrics(ctx, hc, url)
+	if err != nil {
+		return podCounts{}, err
+	}
+	mf, ok := mfs["servelab_router_slo_requests_total"]
+	if !ok {
+		return podCounts{}, errors.New("GET " + url + ": no servelab_router_slo_requests_total")
+	}
+	var c podCounts
+	for _, m := range mf.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() != "outcome" {
+				continue
+			}
+			switch l.GetValue() {
+			case "met":
+				c.met += value(m)
+			case "missed":
+				c.missed += value(m)
+			}
+		}
+	}
+	return c, nil
+}
+
+// scrape reads one engine's vLLM gauges and finished-request counter.
+func scrape(ctx context.Context, hc *http.Client, url string) (engineSample, error) {
+	mfs, err := getMetrics(ctx, hc, url)
+	if err != nil {
+		return engineSample{}, err
 	}
 	// Summed over label sets (the engines of a data-parallel pod), but the KV usage is
 	// their highest, as the router reads it.
