@@ -470,23 +470,6 @@ type completionRequest struct {
 	} `json:"stream_options"`
 }
 
-type streamChunk struct {
-	Choices []struct {
-		Text     string  `json:"text"`
-		TokenIDs []int32 `json:"token_ids"`
-	} `json:"choices"`
-	Usage *struct {
-		PromptTokens        int `json:"prompt_tokens"`
-		CompletionTokens    int `json:"completion_tokens"`
-		PromptTokensDetails *struct {
-			CachedTokens int `json:"cached_tokens"`
-		} `json:"prompt_tokens_details"`
-	} `json:"usage"`
-	Error *struct {
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 // do sends one request and reads its stream to the end.
 func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	if row.InputTokens < 0 || row.InputTokens > MaxRowTokens || row.OutputTokens < 0 || row.OutputTokens > MaxRowTokens {
@@ -558,25 +541,23 @@ func (r *runner) do(ctx context.Context, id uint64, row traces.Row) outcome {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
-		line := sc.Bytes()
-		data, ok := bytes.CutPrefix(line, []byte("data:"))
+		data, done, ok := serving.SSEData(sc.Bytes())
 		if !ok {
 			continue
 		}
-		data = bytes.TrimSpace(data)
-		if string(data) == "[DONE]" {
+		if done {
 			sawDone = true
 			break
 		}
 		t := now()
-		var chunk streamChunk
+		var chunk serving.StreamChunk
 		if err := json.Unmarshal(data, &chunk); err != nil {
 			return fail("bad stream", fmt.Errorf("undecodable chunk %.80q: %v", data, err))
 		}
 		if chunk.Error != nil {
 			return fail("stream error", errors.New(chunk.Error.Message))
 		}
-		if len(chunk.Choices) > 0 && (chunk.Choices[0].Text != "" || len(chunk.Choices[0].TokenIDs) > 0) {
+		if chunk.CarriesToken() {
 			if o.rec.FirstToken == 0 {
 				o.rec.FirstToken = t
 			} else {

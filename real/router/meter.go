@@ -120,47 +120,27 @@ func (m *meter) scan(p []byte, now time.Time) {
 	}
 }
 
-// sseChunk is what the meter reads of a streamed chunk: as servelab bench reads it.
-type sseChunk struct {
-	Choices []struct {
-		Text  string `json:"text"`
-		Delta *struct {
-			Content string `json:"content"`
-		} `json:"delta"`
-		TokenIDs []int32 `json:"token_ids"`
-	} `json:"choices"`
-	Usage *struct {
-		CompletionTokens int `json:"completion_tokens"`
-	} `json:"usage"`
-	Error json.RawMessage `json:"error"`
-}
-
-// event reads one line of the stream. A chunk whose choice has text (or token ids)
-// carries a token, as servelab bench times tokens: a chat stream's opening chunk (its role)
-// and the held-back and finishing chunks with empty text carry none.
+// event reads one line of the stream; a chunk carries a token by serving.StreamChunk's
+// rule, servelab bench's.
 func (m *meter) event(line []byte, now time.Time) {
-	data, ok := bytes.CutPrefix(line, []byte("data:"))
-	if !ok {
+	data, done, ok := serving.SSEData(line)
+	switch {
+	case !ok:
 		return
-	}
-	data = bytes.TrimSpace(data)
-	if string(data) == "[DONE]" {
+	case done:
 		m.done = true
 		return
 	}
-	var c sseChunk
-	if err := json.Unmarshal(data, &c); err != nil || (len(c.Error) > 0 && string(c.Error) != "null") {
+	var c serving.StreamChunk
+	if err := json.Unmarshal(data, &c); err != nil || c.Error != nil {
 		m.bad = true
 		return
 	}
-	if len(c.Choices) > 0 {
-		ch := c.Choices[0]
-		if ch.Text != "" || len(ch.TokenIDs) > 0 || (ch.Delta != nil && ch.Delta.Content != "") {
-			if m.firstToken.IsZero() {
-				m.firstToken = now
-			}
-			m.events++
+	if c.CarriesToken() {
+		if m.firstToken.IsZero() {
+			m.firstToken = now
 		}
+		m.events++
 	}
 	if c.Usage != nil {
 		m.usage = c.Usage.CompletionTokens
