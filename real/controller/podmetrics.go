@@ -184,6 +184,9 @@ func podReady(p *corev1.Pod) bool {
 
 type engineSample struct{ waiting, running, kv, finished float64 }
 
+// maxMetricsPage bounds a pod's /metrics page.
+const maxMetricsPage = 16 << 20
+
 // getMetrics reads the metric families a pod's /metrics serves.
 func getMetrics(ctx context.Context, hc *http.Client, url string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -198,8 +201,10 @@ func getMetrics(ctx context.Context, hc *http.Client, url string) (map[string]*d
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
+	// The parser keeps every family it reads: a page past maxMetricsPage (an engine's is
+	// tens of KB) is refused rather than held.
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := p.TextToMetricFamilies(http.MaxBytesReader(nil, resp.Body, maxMetricsPage))
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,8 @@ type routerPod struct {
 	ready       bool
 	met, missed float64
 	noSeries    bool
+	// huge pads the page past maxMetricsPage.
+	huge bool
 }
 
 // TestPodMetricsSLOFromRouters: with metric=slo, Finished and MetSLO are the growth of the
@@ -99,6 +102,12 @@ func TestPodMetricsSLOFromRouters(t *testing.T) {
 			want:  []want{{err: "router pod slosvc-router-r1"}},
 		},
 		{
+			name:  "a page past maxMetricsPage fails, naming the pod, and is not held",
+			spec:  slo,
+			steps: []map[string]routerPod{{"r1": {uid: "u1", ready: true, met: 1, huge: true}}},
+			want:  []want{{err: "router pod slosvc-router-r1"}},
+		},
+		{
 			name: "other metrics never read the routers",
 			spec: "hpa:metric=queue,target=4",
 			steps: []map[string]routerPod{
@@ -122,6 +131,12 @@ func TestPodMetricsSLOFromRouters(t *testing.T) {
 					return
 				}
 				fmt.Fprintf(w, "# TYPE servelab_router_decisions_total counter\nservelab_router_decisions_total{endpoint=\"e0\"} 7\n")
+				if p.huge {
+					line := "# " + strings.Repeat("x", 1<<10) + "\n"
+					for range maxMetricsPage/len(line) + 1 {
+						io.WriteString(w, line)
+					}
+				}
 				if !p.noSeries {
 					fmt.Fprintf(w, "# TYPE servelab_router_slo_requests_total counter\nservelab_router_slo_requests_total{outcome=\"met\"} %g\nservelab_router_slo_requests_total{outcome=\"missed\"} %g\n", p.met, p.missed)
 				}
